@@ -1,0 +1,351 @@
+"""Reverse-mode autodiff on the IR: a VJP rule per primitive, a backward graph out.
+
+`VJP[op](b, node, g, xs, out)` receives the graph builder, the forward node,
+the cotangent `g` of its output, its inputs `xs` and its output `out` (all as
+`Tensor` handles into the same graph) and returns one cotangent per input
+(None for "no gradient").  Rules emit ordinary nodes, so the backward pass is
+a graph like any other: printable, optimizable, fusable, runnable by every
+backend.  Gradients match torch's, including its choices at kinks (relu at 0
+is 0, ties of maximum split the gradient).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+from dln.compiler.emit import GraphBuilder, Tensor
+from dln.compiler.ir import Graph, GroupOp, Node, Op, Phase
+from dln.compiler.symbolic import Dim
+from dln.dsl.diagnostics import Diagnostic, DlnError
+
+Cotangents = Sequence["Tensor | None"]
+VjpRule = Callable[[GraphBuilder, Node, Tensor, list[Tensor], Tensor], Cotangents]
+VJP: dict[Op, VjpRule] = {}
+
+# Ops with no inputs, or whose outputs carry no gradient (integers, booleans, randomness).
+NO_GRADIENT = frozenset({Op.INPUT, Op.CONST, Op.IOTA, Op.SYMSIZE, Op.RAND, Op.ARGMAX, Op.SIGN, Op.NOT, Op.DETACH}) \
+    | GroupOp.Compare | {Op.AND, Op.OR}
+
+
+def vjp(*ops: Op):
+    def register(fn: VjpRule) -> VjpRule:
+        for op in ops:
+            VJP[op] = fn
+        return fn
+    return register
+
+
+# ---- elementwise ------------------------------------------------------------------------------------------
+
+@vjp(Op.NEG)
+def _neg(b, n, g, xs, out):
+    return [b.neg(g)]
+
+
+@vjp(Op.EXP)
+def _exp(b, n, g, xs, out):
+    return [b.mul(g, out)]
+
+
+@vjp(Op.LOG)
+def _log(b, n, g, xs, out):
+    return [b.div(g, xs[0])]
+
+
+@vjp(Op.LOG1P)
+def _log1p(b, n, g, xs, out):
+    return [b.div(g, b.add(xs[0], 1.0))]
+
+
+@vjp(Op.SQRT)
+def _sqrt(b, n, g, xs, out):
+    return [b.div(g, b.mul(out, 2.0))]
+
+
+@vjp(Op.RSQRT)
+def _rsqrt(b, n, g, xs, out):
+    return [b.mul(b.mul(g, -0.5), b.mul(b.mul(out, out), out))]
+
+
+@vjp(Op.ABS)
+def _abs(b, n, g, xs, out):
+    return [b.mul(g, b.unary(Op.SIGN, xs[0]))]
+
+
+@vjp(Op.SIN)
+def _sin(b, n, g, xs, out):
+    return [b.mul(g, b.unary(Op.COS, xs[0]))]
+
+
+@vjp(Op.COS)
+def _cos(b, n, g, xs, out):
+    return [b.neg(b.mul(g, b.unary(Op.SIN, xs[0])))]
+
+
+@vjp(Op.TANH)
+def _tanh(b, n, g, xs, out):
+    return [b.mul(g, b.sub(1.0, b.mul(out, out)))]
+
+
+@vjp(Op.SIGMOID)
+def _sigmoid(b, n, g, xs, out):
+    return [b.mul(g, b.mul(out, b.sub(1.0, out)))]
+
+
+@vjp(Op.RELU)
+def _relu(b, n, g, xs, out):
+    return [b.where(b.compare(Op.GT, out, 0.0), g, 0.0)]
+
+
+@vjp(Op.ERF)
+def _erf(b, n, g, xs, out):
+    x = xs[0]
+    return [b.mul(g, b.mul(b.exp(b.neg(b.mul(x, x))), 2.0 / math.sqrt(math.pi)))]
+
+
+@vjp(Op.CAST)
+def _cast(b, n, g, xs, out):
+    return [b.cast(g, xs[0].dtype) if xs[0].dtype.is_float else None]
+
+
+@vjp(Op.ADD)
+def _add(b, n, g, xs, out):
+    return [g, g]
+
+
+@vjp(Op.SUB)
+def _sub(b, n, g, xs, out):
+    return [g, b.neg(g)]
+
+
+@vjp(Op.MUL)
+def _mul(b, n, g, xs, out):
+    x, y = xs
+    return [b.mul(g, y), b.mul(g, x)]
+
+
+@vjp(Op.DIV)
+def _div(b, n, g, xs, out):
+    x, y = xs
+    return [b.div(g, y), b.neg(b.div(b.mul(g, x), b.mul(y, y)))]
+
+
+@vjp(Op.POW)
+def _pow(b, n, g, xs, out):
+    x, y = xs
+    # d/dx: y * x^(y-1), zero where y == 0 (torch's pow_backward_self)
+    dx = b.mul(g, b.mul(y, b.pow(x, b.sub(y, 1.0))))
+    dx = b.where(b.compare(Op.EQ, y, 0.0), 0.0, dx)
+    # d/dy: x^y * log(x), zero where x == 0 and y >= 0 (torch's pow_backward_exponent)
+    zero_base = b.logical(Op.AND, b.compare(Op.EQ, x, 0.0), b.compare(Op.GE, y, 0.0))
+    safe_x = b.where(zero_base, 1.0, x)
+    dy = b.where(zero_base, 0.0, b.mul(g, b.mul(out, b.log(safe_x))))
+    return [dx, dy]
+
+
+@vjp(Op.MOD)
+def _mod(b, n, g, xs, out):
+    x, y = xs
+    # remainder(x, y) = x - floor(x / y) * y, and floor(x / y) = (x - out) / y
+    return [g, b.neg(b.mul(g, b.div(b.sub(x, out), y)))]
+
+
+def _extremum(b, n, g, xs, out, win: Op):
+    x, y = xs
+    half = b.mul(g, 0.5)
+    tie = b.compare(Op.EQ, x, y)
+    gx = b.where(b.compare(win, x, y), g, b.where(tie, half, 0.0))
+    gy = b.where(b.compare(win, y, x), g, b.where(tie, half, 0.0))
+    return [gx, gy]
+
+
+@vjp(Op.MAXIMUM)
+def _maximum(b, n, g, xs, out):
+    return _extremum(b, n, g, xs, out, Op.GT)
+
+
+@vjp(Op.MINIMUM)
+def _minimum(b, n, g, xs, out):
+    return _extremum(b, n, g, xs, out, Op.LT)
+
+
+@vjp(Op.WHERE)
+def _where(b, n, g, xs, out):
+    c = xs[0]
+    return [None, b.where(c, g, 0.0), b.where(c, 0.0, g)]
+
+
+# ---- reductions ---------------------------------------------------------------------------------------------
+
+def _to_input_shape(b: GraphBuilder, n: Node, g: Tensor, x: Tensor) -> Tensor:
+    """The reduction's cotangent broadcast back over the reduced axes."""
+    axes = n.attrs["axes"]
+    return b.broadcast_to(b.reshape(g, b.keepdim_shape(x, axes)), x.shape)
+
+
+@vjp(Op.SUM)
+def _sum(b, n, g, xs, out):
+    return [_to_input_shape(b, n, g, xs[0])]
+
+
+def _max_min(b, n, g, xs, out):
+    # Ties share the gradient evenly (torch.amax / torch.max over all elements).
+    x = xs[0]
+    axes = n.attrs["axes"]
+    hit = b.compare(Op.EQ, x, _to_input_shape(b, n, out, x))
+    count = b.sum(b.cast(hit, x.dtype), axes, keepdim=True)
+    share = b.div(b.reshape(g, b.keepdim_shape(x, axes)), count)
+    return [b.where(hit, b.broadcast_to(share, x.shape), 0.0)]
+
+
+VJP[Op.MAX] = VJP[Op.MIN] = _max_min
+
+
+# ---- movement -------------------------------------------------------------------------------------------------
+
+@vjp(Op.RESHAPE)
+def _reshape(b, n, g, xs, out):
+    return [b.reshape(g, xs[0].shape)]
+
+
+@vjp(Op.BROADCAST)
+def _broadcast(b, n, g, xs, out):
+    x = xs[0]
+    lead = g.rank - x.rank
+    axes = list(range(lead)) + [lead + i for i, d in enumerate(x.shape) if d == 1 and g.shape[lead + i] != 1]
+    if not axes:
+        return [b.reshape(g, x.shape)]
+    return [b.reshape(b.sum(g, axes, keepdim=False), x.shape)]
+
+
+@vjp(Op.PERMUTE)
+def _permute(b, n, g, xs, out):
+    perm = n.attrs["perm"]
+    inverse = [0] * len(perm)
+    for i, p in enumerate(perm):
+        inverse[p] = i
+    return [b.permute(g, inverse)]
+
+
+@vjp(Op.SLICE)
+def _slice(b, n, g, xs, out):
+    x = xs[0]
+    for axis, (start, stop, step) in enumerate(zip(n.attrs["starts"], n.attrs["stops"], n.attrs["steps"])):
+        if step > 1:
+            g = _unstride(b, g, axis, step)
+        size: Dim = g.shape[axis]
+        after = x.shape[axis] - start - size
+        if isinstance(after, int) and after < 0:
+            g = b.slice_axis(g, axis, 0, size + after)
+            after = 0
+        if start != 0 or after != 0:
+            pads = [(0, 0)] * g.rank
+            pads[axis] = (start, after)
+            g = b.pad(g, pads, 0.0)
+    return [g]
+
+
+def _unstride(b: GraphBuilder, g: Tensor, axis: int, step: int) -> Tensor:
+    """[..., n, ...] -> [..., n * step, ...] with the values at multiples of step, zeros between."""
+    shape = g.shape
+    g = b.reshape(g, shape[:axis + 1] + (1,) + shape[axis + 1:])
+    pads = [(0, 0)] * g.rank
+    pads[axis + 1] = (0, step - 1)
+    g = b.pad(g, pads, 0.0)
+    return b.reshape(g, shape[:axis] + (shape[axis] * step,) + shape[axis + 1:])
+
+
+@vjp(Op.PAD)
+def _pad(b, n, g, xs, out):
+    x = xs[0]
+    starts = [lo for lo, _ in n.attrs["pads"]]
+    stops = [lo + d for (lo, _), d in zip(n.attrs["pads"], x.shape)]
+    return [b.slice(g, starts, stops, [1] * x.rank)]
+
+
+@vjp(Op.CONCAT)
+def _concat(b, n, g, xs, out):
+    axis = n.attrs["axis"]
+    grads = []
+    start: Dim = 0
+    for x in xs:
+        stop = start + x.shape[axis]
+        grads.append(b.slice_axis(g, axis, start, stop))
+        start = stop
+    return grads
+
+
+# ---- indexing and contraction ------------------------------------------------------------------------------
+
+@vjp(Op.GATHER)
+def _gather(b, n, g, xs, out):
+    x, index = xs
+    return [b.scatter_add(x.shape, n.attrs["axis"], index, g), None]
+
+
+@vjp(Op.SCATTER_ADD)
+def _scatter_add(b, n, g, xs, out):
+    index, _ = xs
+    return [None, b.gather(g, n.attrs["axis"], index)]
+
+
+@vjp(Op.MATMUL)
+def _matmul(b, n, g, xs, out):
+    x, y = xs
+    return [b.matmul(g, b.transpose(y)), b.matmul(b.transpose(x), g)]
+
+
+def missing_rules() -> list[Op]:
+    return [op for op in Op if op not in VJP and op not in NO_GRADIENT]
+
+
+# ---- the transformation ---------------------------------------------------------------------------------------
+
+def active_nodes(graph: Graph, loss: int, wrt: Sequence[int]) -> set[int]:
+    """Nodes on a float path from some `wrt` to `loss` (DETACH cuts paths)."""
+    forward = set(wrt)
+    for n in graph.nodes:
+        if n.op in NO_GRADIENT or not n.dtype.is_float:
+            continue
+        if any(i in forward for i in n.inputs):
+            forward.add(n.id)
+    backward = {loss}
+    for n in reversed(graph.nodes):
+        if n.id in backward and n.op not in NO_GRADIENT:
+            backward.update(n.inputs)
+    return forward & backward
+
+
+def grad(graph: Graph, loss: int, wrt: Sequence[int]) -> tuple[Graph, dict[int, int | None], GraphBuilder]:
+    """Append the backward pass of scalar `loss` with respect to `wrt` to `graph`.
+
+    Returns the builder holding forward + backward nodes and, per `wrt` node,
+    its gradient node (None where the loss does not depend on it: torch's
+    `grad is None`).
+    """
+    loss_node = graph.node(loss)
+    if loss_node.shape != ():
+        raise DlnError(Diagnostic("E0602", f"the objective must be a scalar, got {loss_node.type}", loss_node.loc))
+    if not loss_node.dtype.is_float:
+        raise DlnError(Diagnostic("E0602", f"the objective must be a float, got {loss_node.type}", loss_node.loc))
+    active = active_nodes(graph, loss, wrt)
+    b = GraphBuilder(graph.name, base=graph)
+    cotangent: dict[int, Tensor] = {}
+    with b.at(loc=loss_node.loc, label=loss_node.name, phase=Phase.BACKWARD):
+        cotangent[loss] = b.const(1.0, loss_node.dtype)
+    for n in reversed(graph.nodes):
+        if n.id not in active or n.id not in cotangent or n.op is Op.INPUT:
+            continue
+        g = cotangent[n.id]
+        xs = [b.tensor(i) for i in n.inputs]
+        with b.at(loc=n.loc, label=n.name, phase=Phase.BACKWARD):
+            contributions = VJP[n.op](b, n, g, xs, b.tensor(n.id))
+            for i, c in zip(n.inputs, contributions):
+                if c is None or i not in active:
+                    continue
+                if c.dtype is not graph.node(i).dtype:
+                    c = b.cast(c, graph.node(i).dtype)
+                cotangent[i] = c if i not in cotangent else b.add(cotangent[i], c)
+    grads = {w: (cotangent[w].id if w in cotangent else None) for w in wrt}
+    return b.finish(graph.outputs), grads, b

@@ -1,0 +1,94 @@
+"""Layers: built-ins that own parameters, with PyTorch's layouts, leaf names and
+default initialization, written as decompositions into primitives."""
+
+from __future__ import annotations
+
+import math
+
+from dln.compiler.builtins import BOOL, FLOAT, INIT, INT, TENSOR, builtin
+from dln.compiler.emit import DEFAULT_FLOAT, Tensor
+from dln.compiler.ir import DType, Op
+from dln.compiler.symbolic import numel
+from dln.compiler.values import InitSpec
+
+
+def _features(cx, x: Tensor, layer: str, axis: int = -1) -> int:
+    n = x.shape[axis] if x.rank else None
+    if not isinstance(n, int):
+        raise cx.fail("E0202", f"{layer} needs a known input size on axis {axis}, got {x.type}")
+    return n
+
+
+def _param_dtype(x: Tensor) -> DType:
+    return x.dtype if x.dtype.is_float else DEFAULT_FLOAT
+
+
+def _uniform(bound: float) -> InitSpec:
+    return InitSpec("uniform", (("a", -bound), ("b", bound)))
+
+
+@builtin(category="layer", owns_params=True)
+def linear(cx, x: TENSOR, out: INT, bias: BOOL = True, init: INIT = None):
+    """x @ weight.T + bias; weight [out, in], bias [out] (torch.nn.Linear)"""
+    n_in = _features(cx, x, "linear")
+    if out <= 0:
+        raise cx.fail("E0208", f"linear needs a positive output size, got {out}")
+    b = cx.b
+    dtype = _param_dtype(x)
+    default = _uniform(1.0 / math.sqrt(n_in)) if n_in else InitSpec("zeros")
+    weight = cx.param("weight", (out, n_in), init or default, dtype)
+    y = b.matmul(b.cast(x, dtype), b.transpose(weight))
+    if bias:
+        y = b.add(y, cx.param("bias", (out,), default, dtype))
+    return y
+
+
+@builtin(category="layer", owns_params=True)
+def embedding(cx, x: TENSOR, vocab: INT, dim: INT, init: INIT = None):
+    """rows of weight [vocab, dim] picked by integer indices (torch.nn.Embedding)"""
+    if not x.dtype.is_int:
+        raise cx.fail("E0206", f"embedding needs integer indices, got {x.type}")
+    b = cx.b
+    weight = cx.param("weight", (vocab, dim), init or InitSpec("normal", (("mean", 0.0), ("std", 1.0))))
+    flat = b.reshape(x, (numel(x.shape),))
+    index = b.broadcast_to(b.unsqueeze(flat, 1), (flat.shape[0], dim))
+    rows = b.gather(weight, 0, index)
+    return b.reshape(rows, x.shape + (dim,))
+
+
+@builtin(category="layer", owns_params=True)
+def layernorm(cx, x: TENSOR, eps: FLOAT = 1e-5, affine: BOOL = True):
+    """normalization over the last axis, with weight and bias (torch.nn.LayerNorm)"""
+    b = cx.b
+    n = _features(cx, x, "layernorm")
+    dtype = _param_dtype(x)
+    x = b.cast(x, dtype)
+    mean = b.mean(x, -1, keepdim=True)
+    centered = b.sub(x, mean)
+    variance = b.mean(b.mul(centered, centered), -1, keepdim=True)
+    y = b.mul(centered, b.unary(Op.RSQRT, b.add(variance, eps)))
+    if affine:
+        y = b.add(b.mul(y, cx.param("weight", (n,), InitSpec("ones"), dtype)),
+                  cx.param("bias", (n,), InitSpec("zeros"), dtype))
+    return y
+
+
+@builtin(category="layer", owns_params=True)
+def gcn_conv(cx, x: TENSOR, adj: TENSOR, out: INT, bias: BOOL = True):
+    """adj @ (x @ weight.T) + bias, adj already normalized (Kipf & Welling; PyG's initialization)"""
+    b = cx.b
+    n_in = _features(cx, x, "gcn_conv")
+    dtype = _param_dtype(x)
+    weight = cx.param("weight", (out, n_in), InitSpec("xavier_uniform", (("gain", 1.0),)), dtype)
+    y = b.matmul(b.cast(adj, dtype), b.matmul(b.cast(x, dtype), b.transpose(weight)))
+    if bias:
+        y = b.add(y, cx.param("bias", (out,), InitSpec("zeros"), dtype))
+    return y
+
+
+@builtin()
+def global_avgpool(cx, x: TENSOR):
+    """the mean over every axis after the first two: [B, C, ...] -> [B, C]"""
+    if x.rank < 3:
+        raise cx.fail("E0202", f"global_avgpool needs [B, C, ...], got {x.type}")
+    return cx.b.mean(x, tuple(range(2, x.rank)))

@@ -1,0 +1,107 @@
+"""Reductions and the softmax family.
+
+`axis` is an int, a tuple of ints or omitted (all axes); `keepdim` keeps the
+reduced axes with size 1.  Softmax, log-softmax and logsumexp subtract the
+row maximum first, detached: the result does not depend on it, so no
+gradient has to flow through the max.
+"""
+
+from __future__ import annotations
+
+from dln.compiler.builtins import AXIS, BOOL, INT, TENSOR, builtin
+from dln.compiler.emit import DEFAULT_FLOAT, Tensor
+
+
+def _float(cx, x: Tensor) -> Tensor:
+    return x if x.dtype.is_float else cx.b.cast(x, DEFAULT_FLOAT)
+
+
+@builtin()
+def sum(cx, x: TENSOR, axis: AXIS = None, keepdim: BOOL = False):
+    """sum over axis (all axes when omitted)"""
+    return cx.b.sum(x, axis, keepdim)
+
+
+@builtin()
+def mean(cx, x: TENSOR, axis: AXIS = None, keepdim: BOOL = False):
+    """mean over axis (all axes when omitted)"""
+    return cx.b.mean(x, axis, keepdim)
+
+
+@builtin()
+def max(cx, x: TENSOR, axis: AXIS = None, keepdim: BOOL = False):
+    """largest value over axis; use argmax for its index"""
+    return cx.b.max(x, axis, keepdim)
+
+
+@builtin()
+def min(cx, x: TENSOR, axis: AXIS = None, keepdim: BOOL = False):
+    """smallest value over axis"""
+    return cx.b.min(x, axis, keepdim)
+
+
+@builtin()
+def argmax(cx, x: TENSOR, axis: INT = None, keepdim: BOOL = False):
+    """index of the largest value (the first one on ties), i64"""
+    return cx.b.argmax(x, axis, keepdim)
+
+
+@builtin()
+def var(cx, x: TENSOR, axis: AXIS = None, keepdim: BOOL = False, correction: INT = 1):
+    """variance; correction = 1 divides by n - 1, as torch.var"""
+    b = cx.b
+    x = _float(cx, x)
+    axes = b.axes(x, axis)
+    count = 1
+    for a in axes:
+        count = count * x.shape[a]
+    centered = b.sub(x, b.mean(x, axes, keepdim=True))
+    total = b.sum(b.mul(centered, centered), axes, keepdim)
+    return b.div(total, b.dim_value(count - correction, x.dtype))
+
+
+@builtin()
+def std(cx, x: TENSOR, axis: AXIS = None, keepdim: BOOL = False, correction: INT = 1):
+    """standard deviation; correction = 1 divides by n - 1, as torch.std"""
+    return cx.b.sqrt(var(cx, x, axis, keepdim, correction))
+
+
+def _shifted(cx, x: Tensor, axis) -> tuple[Tensor, Tensor]:
+    """x minus its (detached) maximum over axis, and that maximum with keepdim."""
+    b = cx.b
+    m = b.detach(b.max(x, axis, keepdim=True))
+    return b.sub(x, m), m
+
+
+@builtin()
+def logsumexp(cx, x: TENSOR, axis: AXIS = None, keepdim: BOOL = False):
+    """log(sum(exp(x))) over axis, computed stably"""
+    b = cx.b
+    x = _float(cx, x)
+    shifted, m = _shifted(cx, x, axis)
+    out = b.add(b.log(b.sum(b.exp(shifted), axis, keepdim=True)), m)
+    if not keepdim:
+        out = b.reshape(out, tuple(d for i, d in enumerate(out.shape) if i not in b.axes(x, axis)))
+    return out
+
+
+@builtin()
+def softmax(cx, x: TENSOR, axis: INT = -1):
+    """exp(x) / sum(exp(x)) along axis (the last by default)"""
+    b = cx.b
+    x = _float(cx, x)
+    shifted, _ = _shifted(cx, x, axis)
+    e = b.exp(shifted)
+    return b.div(e, b.sum(e, axis, keepdim=True))
+
+
+@builtin()
+def log_softmax(cx, x: TENSOR, axis: INT = -1):
+    """x - logsumexp(x) along axis (the last by default)"""
+    return log_softmax_of(cx, _float(cx, x), axis)
+
+
+def log_softmax_of(cx, x: Tensor, axis: int) -> Tensor:
+    b = cx.b
+    shifted, _ = _shifted(cx, x, axis)
+    return b.sub(shifted, b.log(b.sum(b.exp(shifted), axis, keepdim=True)))

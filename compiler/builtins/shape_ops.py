@@ -1,0 +1,186 @@
+"""Shape built-ins: reshape, transpose, permute, flatten, squeeze, concat, split,
+pad, one_hot, gather, arange, matmul — torch's meanings, `axis` for `dim`."""
+
+from __future__ import annotations
+
+from dln.compiler.builtins import AXIS, DIM, DIMS, FLOAT, INT, SIZES, TENSOR, TENSORS, builtin
+from dln.compiler.emit import Tensor
+from dln.compiler.ir import DType, Op
+from dln.compiler.symbolic import Dim, NotDivisible, numel
+from dln.compiler.values import TupleValue
+
+
+def _axis(cx, x: Tensor, axis: int, extra: int = 0) -> int:
+    rank = x.rank + extra
+    if not -rank <= axis < rank:
+        raise cx.fail("E0202", f"axis {axis} is out of range for {x.type}")
+    return axis % rank
+
+
+@builtin()
+def reshape(cx, x: TENSOR, shape: DIMS):
+    """x with a new shape of the same size; one entry may be -1"""
+    holes = [i for i, d in enumerate(shape) if d == -1]
+    if len(holes) > 1:
+        raise cx.fail("E0204", "reshape allows at most one -1")
+    if holes:
+        known: Dim = 1
+        for d in shape:
+            if d != -1:
+                known = known * d
+        try:
+            missing = numel(x.shape) // known
+        except (NotDivisible, ZeroDivisionError):
+            raise cx.fail("E0204", f"cannot reshape {x.type} to {tuple(str(d) for d in shape)}") from None
+        shape = tuple(missing if d == -1 else d for d in shape)
+    return cx.b.reshape(x, shape)
+
+
+@builtin()
+def transpose(cx, x: TENSOR, a: INT, b: INT):
+    """x with axes a and b swapped"""
+    return cx.b.transpose(x, _axis(cx, x, a), _axis(cx, x, b))
+
+
+@builtin()
+def permute(cx, x: TENSOR, *axes: SIZES):
+    """x with its axes reordered: permute(x, 0, 2, 1) or permute(x, (0, 2, 1))"""
+    perm: list[int] = []
+    for a in axes:
+        perm += list(a) if isinstance(a, tuple) else [a]
+    if sorted(p % x.rank if x.rank else 0 for p in perm) != list(range(x.rank)):
+        raise cx.fail("E0202", f"{tuple(perm)} is not a permutation of the axes of {x.type}")
+    return cx.b.permute(x, [p % x.rank for p in perm])
+
+
+@builtin()
+def flatten(cx, x: TENSOR, start: INT = 1, end: INT = -1):
+    """axes start..end merged into one (by default all but the batch axis)"""
+    if x.rank == 0:
+        return cx.b.reshape(x, (1,))
+    s, e = _axis(cx, x, start), _axis(cx, x, end)
+    if s > e:
+        raise cx.fail("E0202", f"flatten's start axis {start} comes after its end axis {end}")
+    merged = numel(x.shape[s:e + 1])
+    return cx.b.reshape(x, x.shape[:s] + (merged,) + x.shape[e + 1:])
+
+
+@builtin()
+def squeeze(cx, x: TENSOR, axis: AXIS = None):
+    """x without its size-1 axes (or only the given ones, if they have size 1)"""
+    axes = cx.b.axes(x, axis)
+    return cx.b.reshape(x, tuple(d for i, d in enumerate(x.shape) if not (i in axes and d == 1)))
+
+
+@builtin()
+def unsqueeze(cx, x: TENSOR, axis: INT):
+    """x with a new axis of size 1 at position axis"""
+    return cx.b.unsqueeze(x, _axis(cx, x, axis, extra=1))
+
+
+@builtin()
+def expand(cx, x: TENSOR, shape: DIMS):
+    """x broadcast to shape; -1 keeps an axis"""
+    offset = len(shape) - x.rank
+    if offset < 0:
+        raise cx.fail("E0201", f"cannot expand {x.type} to fewer axes")
+    target = tuple(x.shape[i - offset] if d == -1 else d for i, d in enumerate(shape))
+    return cx.b.broadcast_to(x, target)
+
+
+@builtin()
+def concat(cx, xs: TENSORS, axis: INT = 0):
+    """the tensors joined along axis"""
+    return cx.b.concat(xs, _axis(cx, xs[0], axis))
+
+
+@builtin()
+def split(cx, x: TENSOR, sizes: SIZES, axis: INT = 0):
+    """pieces of the given size (or sizes) along axis, as a tuple"""
+    axis = _axis(cx, x, axis)
+    n = x.shape[axis]
+    if isinstance(sizes, int):
+        if not isinstance(n, int):
+            raise cx.fail("E0202", f"split of the symbolic axis {n} needs explicit sizes")
+        if sizes <= 0:
+            raise cx.fail("E0208", f"split size must be positive, got {sizes}")
+        sizes = tuple(min(sizes, n - i) for i in range(0, n, sizes))
+    elif isinstance(n, int) and sum(sizes) != n:
+        raise cx.fail("E0204", f"split sizes {sizes} do not add up to {n}")
+    pieces, start = [], 0
+    for s in sizes:
+        pieces.append(cx.b.slice_axis(x, axis, start, start + s))
+        start += s
+    return TupleValue(tuple(pieces))
+
+
+@builtin()
+def chunk(cx, x: TENSOR, chunks: INT, axis: INT = 0):
+    """x cut into `chunks` pieces along axis (the last may be smaller), as a tuple"""
+    axis = _axis(cx, x, axis)
+    n = x.shape[axis]
+    if not isinstance(n, int):
+        raise cx.fail("E0202", f"chunk of the symbolic axis {n} is not supported; use split with sizes")
+    if chunks <= 0:
+        raise cx.fail("E0208", f"chunk count must be positive, got {chunks}")
+    size = -(-n // chunks)
+    return split(cx, x, size, axis)
+
+
+@builtin()
+def pad(cx, x: TENSOR, pads: SIZES, value: FLOAT = 0.0):
+    """constant padding, torch.nn.functional.pad order: (left, right, top, bottom, ...) from the last axis"""
+    pads = (pads,) if isinstance(pads, int) else pads
+    if len(pads) % 2 or len(pads) // 2 > x.rank:
+        raise cx.fail("E0208", f"pad needs pairs for at most {x.rank} axes, got {len(pads)} numbers")
+    per_axis = [(0, 0)] * x.rank
+    for i in range(len(pads) // 2):
+        per_axis[x.rank - 1 - i] = (pads[2 * i], pads[2 * i + 1])
+    if any(lo < 0 or hi < 0 for lo, hi in per_axis):
+        raise cx.fail("E0208", "negative padding is not supported")
+    return cx.b.pad(x, per_axis, value)
+
+
+@builtin()
+def one_hot(cx, x: TENSOR, n: INT):
+    """class indices as one-hot vectors of length n (i64, as torch)"""
+    if not x.dtype.is_int:
+        raise cx.fail("E0206", f"one_hot needs integer class indices, got {x.type}")
+    b = cx.b
+    shape = x.shape + (n,)
+    hot = b.compare(Op.EQ, b.broadcast_to(b.unsqueeze(x, -1), shape),
+                    b.broadcast_to(b.cast(b.iota(n), x.dtype), shape))
+    return b.cast(hot, DType.I64)
+
+
+@builtin()
+def gather(cx, x: TENSOR, axis: INT, index: TENSOR):
+    """values of x at the indices along axis (torch.gather)"""
+    return cx.b.gather(x, _axis(cx, x, axis), index)
+
+
+@builtin()
+def arange(cx, start: DIM, end: DIM = None, step: INT = 1):
+    """start, start + step, ... below end; arange(n) counts from 0 (i64)"""
+    b = cx.b
+    if end is None:
+        start, end = 0, start
+    if step <= 0:
+        raise cx.fail("E0208", f"arange's step must be positive, got {step}")
+    n = end - start
+    if step != 1:
+        if not isinstance(n, int):
+            raise cx.fail("E0202", "arange with a step needs known bounds")
+        n = max(0, -(-n // step))
+    out = b.iota(n)
+    if step != 1:
+        out = b.mul(out, step)
+    if start != 0:
+        out = b.add(out, b.dim_value(start, DType.I64))
+    return out
+
+
+@builtin()
+def matmul(cx, a: TENSOR, b: TENSOR):
+    """the matrix product a @ b (torch.matmul)"""
+    return cx.b.matmul(a, b)

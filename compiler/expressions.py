@@ -1,0 +1,394 @@
+"""Evaluating expressions: constants fold in Python, tensors become nodes.
+
+Numbers, strings, hyperparameters and dimensions are computed while
+compiling; as soon as a tensor takes part, the operation emits nodes.  A
+dimension meeting a tensor becomes a scalar tensor (`x / B`).
+"""
+
+from __future__ import annotations
+
+import operator
+import re
+from typing import TYPE_CHECKING, Any
+
+from dln.compiler import builtins as lib
+from dln.compiler.emit import Tensor
+from dln.compiler.ir import DTYPES, DType, Op
+from dln.compiler.symbolic import Dim, Sym
+from dln.compiler.values import (BlockRef, DimValue, DTypeValue, FunctionRef, Instance, ListValue, ModelRef,
+                                 RecordValue, TupleValue, Value, describe)
+from dln.dsl import ast
+from dln.dsl.diagnostics import Diagnostic, DlnError, Note, Span
+
+if TYPE_CHECKING:
+    from dln.compiler.build import Frame, ModelBuilder
+
+_COMPARE = {"==": Op.EQ, "!=": Op.NE, "<": Op.LT, "<=": Op.LE, ">": Op.GT, ">=": Op.GE}
+_PY_COMPARE = {"==": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le, ">": operator.gt,
+               ">=": operator.ge}
+_ARITH = {"+": Op.ADD, "-": Op.SUB, "*": Op.MUL, "/": Op.DIV, "%": Op.MOD, "**": Op.POW}
+
+
+class Evaluator:
+    def __init__(self, builder: "ModelBuilder | None") -> None:
+        self.m = builder
+
+    # ---- entry points --------------------------------------------------------------------------------
+    def eval(self, frame: "Frame", e: ast.Expr) -> Value:
+        method = getattr(self, "_" + type(e).__name__)
+        return method(frame, e)
+
+    def eval_const(self, frame: "Frame", e: ast.Expr) -> Any:
+        """A value needed while compiling (a hyperparameter's default): no tensors, no calls."""
+        if isinstance(e, ast.Call):
+            raise DlnError(Diagnostic("E0307", "a hyperparameter's default must be a constant", e.span))
+        v = self.eval(frame, e)
+        if isinstance(v, DimValue) and isinstance(v.dim, int):
+            return v.dim
+        if not isinstance(v, (int, float, bool, str)):
+            raise DlnError(Diagnostic("E0307", f"a hyperparameter's default must be a constant, got {describe(v)}",
+                                      e.span))
+        return v
+
+    def owning_kind(self, frame: "Frame", call: ast.Call) -> str | None:
+        """The kind of a call that owns parameters (for naming), else None."""
+        if not isinstance(call.func, ast.Name):
+            return None
+        name = call.func.id
+        binding = frame.env.get(name)
+        if binding is not None:
+            return None  # a local value: an instance application reuses its parameters
+        decl = frame.globals.get(name)
+        if isinstance(decl, (ast.Block, ast.Model)):
+            return name
+        b = lib.BUILTINS.get(name)
+        return name if b is not None and b.owns_params else None
+
+    # ---- atoms --------------------------------------------------------------------------------------------
+    def _Name(self, frame, e: ast.Name) -> Value:
+        if self.m is None:
+            if e.id in frame.env:
+                return frame.env[e.id].value
+            raise DlnError(Diagnostic("E0301", f"unknown name '{e.id}'", e.span))
+        if e.id in DTYPES and e.id not in frame.env:
+            return DTypeValue(DTYPES[e.id])
+        return self.m.lookup(frame, e.id, e.span)
+
+    def _Int(self, frame, e: ast.Int) -> Value:
+        return e.value
+
+    def _Float(self, frame, e: ast.Float) -> Value:
+        return e.value
+
+    def _Str(self, frame, e: ast.Str) -> Value:
+        return e.value
+
+    def _Bool(self, frame, e: ast.Bool) -> Value:
+        return e.value
+
+    def _TupleExpr(self, frame, e: ast.TupleExpr) -> Value:
+        return TupleValue(tuple(self.eval(frame, i) for i in e.items))
+
+    def _ListExpr(self, frame, e: ast.ListExpr) -> Value:
+        return ListValue(tuple(self.eval(frame, i) for i in e.items))
+
+    def _Record(self, frame, e: ast.Record) -> Value:
+        seen: set[str] = set()
+        fields = []
+        for f in e.fields:
+            if f.name.name in seen:
+                raise DlnError(Diagnostic("E0306", f"field '{f.name.name}' given twice", f.name.span))
+            seen.add(f.name.name)
+            fields.append((f.name.name, self.eval(frame, f.value), f.name.span))
+        return RecordValue(tuple(fields))
+
+    def _Slice(self, frame, e: ast.Slice) -> Value:
+        raise DlnError(Diagnostic("E0307", "a slice is only allowed inside [...]", e.span))
+
+    def _EllipsisExpr(self, frame, e: ast.EllipsisExpr) -> Value:
+        raise DlnError(Diagnostic("E0307", "'...' is only allowed inside [...]", e.span))
+
+    # ---- operators ------------------------------------------------------------------------------------
+    def _Unary(self, frame, e: ast.Unary) -> Value:
+        v = self.eval(frame, e.operand)
+        if e.op == "-":
+            if isinstance(v, Tensor):
+                with self.m.b.at(loc=e.span):
+                    return self.m.b.neg(v)
+            if isinstance(v, DimValue):
+                return DimValue(-v.dim)
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                return -v
+            raise DlnError(Diagnostic("E0307", f"cannot negate {describe(v)}", e.span))
+        if isinstance(v, bool):
+            return not v
+        if isinstance(v, Tensor) and v.dtype is DType.BOOL:
+            with self.m.b.at(loc=e.span):
+                return self.m.b.unary(Op.NOT, v)
+        raise DlnError(Diagnostic("E0307", f"'not' needs a bool, got {describe(v)}", e.span))
+
+    def _Binary(self, frame, e: ast.Binary) -> Value:
+        a, b = self.eval(frame, e.left), self.eval(frame, e.right)
+        if not isinstance(a, Tensor) and not isinstance(b, Tensor):
+            return self._const_binary(e, a, b)
+        if self.m is None:  # pragma: no cover - constants have no tensors
+            raise AssertionError
+        for side, v in (("left", a), ("right", b)):
+            if not isinstance(v, (Tensor, int, float, DimValue)):
+                raise DlnError(Diagnostic("E0307", f"'{e.op}' cannot take {describe(v)}",
+                                          e.left.span if side == "left" else e.right.span))
+        gb = self.m.b
+        notes = self._operand_notes(frame, (e.left, e.right))
+        with gb.at(loc=e.span, notes=notes):
+            x, y = self.operand(a), self.operand(b)
+            if e.op == "@":
+                if not isinstance(x, Tensor) or not isinstance(y, Tensor):
+                    raise gb.fail("E0203", "'@' needs two tensors")
+                return gb.matmul(x, y)
+            if e.op in _COMPARE:
+                return gb.compare(_COMPARE[e.op], x, y)
+            if e.op in ("and", "or"):
+                for v in (x, y):
+                    if not (isinstance(v, bool) or isinstance(v, Tensor) and v.dtype is DType.BOOL):
+                        raise gb.fail("E0206", f"'{e.op}' needs bool values, got {describe(v)}")
+                return gb.logical(Op.AND if e.op == "and" else Op.OR, x, y)
+            return gb.binary(_ARITH[e.op], x, y) if e.op != "**" else gb.pow(x, y)
+
+    def operand(self, v: Value) -> Tensor | int | float:
+        """A value as an operand of a tensor operation: dimensions become scalar tensors."""
+        if isinstance(v, DimValue):
+            return v.dim if isinstance(v.dim, int) else self.m.b.symsize(v.dim)
+        return v
+
+    def _const_binary(self, e: ast.Binary, a: Value, b: Value) -> Value:
+        if e.op in ("and", "or"):
+            if isinstance(a, bool) and isinstance(b, bool):
+                return (a and b) if e.op == "and" else (a or b)
+            raise DlnError(Diagnostic("E0206", f"'{e.op}' needs bool values", e.span))
+        if isinstance(a, DimValue) or isinstance(b, DimValue):
+            return self._dim_binary(e, a, b)
+        if e.op in _PY_COMPARE:
+            if type(a) in (int, float) and type(b) in (int, float) or type(a) is type(b):
+                return _PY_COMPARE[e.op](a, b)
+            raise DlnError(Diagnostic("E0307", f"cannot compare {describe(a)} with {describe(b)}", e.span))
+        if e.op == "+" and isinstance(a, str) and isinstance(b, str):
+            return a + b
+        for v in (a, b):
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise DlnError(Diagnostic("E0307", f"'{e.op}' cannot take {describe(v)}", e.span))
+        try:
+            if e.op == "+":
+                return a + b
+            if e.op == "-":
+                return a - b
+            if e.op == "*":
+                return a * b
+            if e.op == "/":
+                return a / b
+            if e.op == "%":
+                return a % b
+            if e.op == "**":
+                return a ** b
+        except (ZeroDivisionError, OverflowError) as err:
+            raise DlnError(Diagnostic("E0208", f"cannot compute this constant: {err}", e.span)) from None
+        raise DlnError(Diagnostic("E0307", f"'{e.op}' needs tensors", e.span))
+
+    def _dim_binary(self, e: ast.Binary, a: Value, b: Value) -> Value:
+        da = a.dim if isinstance(a, DimValue) else a
+        db = b.dim if isinstance(b, DimValue) else b
+        for v in (da, db):
+            if isinstance(v, bool) or not isinstance(v, (int, float, Sym)):
+                raise DlnError(Diagnostic("E0307", f"'{e.op}' cannot take {describe(v)}", e.span))
+        if e.op in ("+", "-", "*") and not isinstance(da, float) and not isinstance(db, float):
+            return DimValue({"+": operator.add, "-": operator.sub, "*": operator.mul}[e.op](da, db))
+        if e.op in _PY_COMPARE and isinstance(da, (int, float)) and isinstance(db, (int, float)):
+            return _PY_COMPARE[e.op](da, db)
+        if self.m is None:
+            raise DlnError(Diagnostic("E0307", f"'{e.op}' of a dimension needs a tensor context", e.span))
+        # Anything else is computed at run time on scalar tensors.
+        gb = self.m.b
+        with gb.at(loc=e.span):
+            x, y = self.operand(a), self.operand(b)
+            if e.op in _COMPARE:
+                return gb.compare(_COMPARE[e.op], x, y)
+            return gb.binary(_ARITH[e.op], x, y) if e.op in _ARITH and e.op != "**" else gb.pow(x, y)
+
+    def _operand_notes(self, frame, exprs) -> tuple[Note, ...]:
+        notes = []
+        for x in exprs:
+            if isinstance(x, ast.Name) and x.id in frame.env:
+                bnd = frame.env[x.id]
+                if isinstance(bnd.value, Tensor) and bnd.span is not None:
+                    notes.append(Note(f"{x.id} declared at {bnd.span} as {bnd.value.type}", bnd.span))
+        return tuple(notes)
+
+    # ---- calls -----------------------------------------------------------------------------------------------
+    def _Call(self, frame, e: ast.Call) -> Value:
+        callee = self.eval(frame, e.func)
+        args = [lib.Arg(self.eval(frame, a), a.span) for a in e.args]
+        kwargs: dict[str, tuple[lib.Arg, Span]] = {}
+        override: str | None = None
+        for k in e.kwargs:
+            if k.name.name in kwargs:
+                raise DlnError(Diagnostic("E0306", f"argument '{k.name.name}' given twice", k.name.span))
+            value = self.eval(frame, k.value)
+            if k.name.name == "name" and (not isinstance(callee, FunctionRef) or lib.BUILTINS[callee.name].owns_params):
+                override = _check_override(value, k.value.span)
+                continue
+            kwargs[k.name.name] = (lib.Arg(value, k.value.span), k.name.span)
+        m = self.m
+        scope_name = override or m.call_names.get(id(e)) or self._fallback_name(frame, e, callee)
+        if isinstance(callee, FunctionRef):
+            return self._call_builtin(frame, e, lib.BUILTINS[callee.name], args, kwargs, scope_name)
+        if isinstance(callee, BlockRef):
+            with m.b.at(loc=e.span, label=".".join(frame.prefix + (scope_name,))):
+                return m.call_block(frame, callee.decl, args, kwargs, e, scope_name)
+        if isinstance(callee, ModelRef):
+            return m.make_instance(frame, callee.decl, args, kwargs, e, scope_name)
+        if isinstance(callee, Instance):
+            if override is not None:
+                raise DlnError(Diagnostic("E0305", "an instance keeps the name it was made with", e.span))
+            with m.b.at(loc=e.span):
+                return m.apply_instance(frame, callee, args, kwargs, e)
+        raise DlnError(Diagnostic("E0307", f"{describe(callee)} cannot be called", e.func.span))
+
+    def _fallback_name(self, frame, e: ast.Call, callee: Value) -> str:
+        kind = self.owning_kind(frame, e) or (callee.name if isinstance(callee, FunctionRef) else "call")
+        counts = frame.names.counts
+        key = f"<{kind}>"
+        k = counts.get(key, 0)
+        counts[key] = k + 1
+        return f"{kind}_{k}"
+
+    def _call_builtin(self, frame, e: ast.Call, b: lib.Builtin, args, kwargs, scope_name: str) -> Value:
+        if not b.available:
+            raise DlnError(Diagnostic("E0303", f"{b.name} is not available yet in this version of dln", e.func.span,
+                                      (Note("it is part of the language and comes with the layer library"),)))
+        bound, spans = lib.bind(b, args, kwargs, e.span, e.piped)
+        m = self.m
+        label = ".".join(frame.prefix + (scope_name,)) if b.owns_params else None
+        cx = _CallContext(m, frame, e.span, scope_name, spans)
+        with m.b.at(loc=e.span, label=label):
+            return b.fn(cx, **bound)
+
+    # ---- indexing ----------------------------------------------------------------------------------------
+    def _Index(self, frame, e: ast.Index) -> Value:
+        v = self.eval(frame, e.value)
+        if isinstance(v, (TupleValue, ListValue)):
+            if len(e.items) != 1:
+                raise DlnError(Diagnostic("E0207", "a tuple takes one index", e.span))
+            i = self.eval(frame, e.items[0])
+            if isinstance(i, DimValue) and isinstance(i.dim, int):
+                i = i.dim
+            if not isinstance(i, int) or isinstance(i, bool):
+                raise DlnError(Diagnostic("E0307", f"a tuple index must be an int, got {describe(i)}",
+                                          e.items[0].span))
+            if not -len(v.items) <= i < len(v.items):
+                raise DlnError(Diagnostic("E0207", f"index {i} is out of range for {describe(v)}", e.items[0].span))
+            return v.items[i]
+        if not isinstance(v, Tensor):
+            raise DlnError(Diagnostic("E0307", f"cannot index {describe(v)}", e.value.span))
+        with self.m.b.at(loc=e.span):
+            return self._index_tensor(frame, e, v)
+
+    def _index_tensor(self, frame, e: ast.Index, x: Tensor) -> Tensor:
+        items = list(e.items)
+        ellipses = [i for i, it in enumerate(items) if isinstance(it, ast.EllipsisExpr)]
+        if len(ellipses) > 1:
+            raise DlnError(Diagnostic("E0207", "an index may hold one '...'", items[ellipses[1]].span))
+        explicit = len(items) - len(ellipses)
+        if explicit > x.rank:
+            raise DlnError(Diagnostic("E0207", f"{explicit} indices for {x.type}", e.span))
+        if ellipses:
+            k = ellipses[0]
+            items = items[:k] + [None] * (x.rank - explicit) + items[k + 1:]
+        else:
+            items += [None] * (x.rank - explicit)
+        starts, stops, steps, keep = [], [], [], []
+        for axis, (it, d) in enumerate(zip(items, x.shape)):
+            if it is None or isinstance(it, ast.Slice) and it.start is None and it.stop is None and it.step is None:
+                starts.append(0), stops.append(d), steps.append(1), keep.append(axis)
+            elif isinstance(it, ast.Slice):
+                step = 1 if it.step is None else self._index_int(frame, it.step, allow_dim=False)
+                if step <= 0:
+                    raise DlnError(Diagnostic("E0207", "slice steps must be positive", it.step.span))
+                lo = 0 if it.start is None else self._bound(frame, it.start, d)
+                hi = d if it.stop is None else self._bound(frame, it.stop, d)
+                if isinstance(lo, int) and isinstance(hi, int) and hi < lo:
+                    hi = lo
+                starts.append(lo), stops.append(hi), steps.append(step), keep.append(axis)
+            else:
+                i = self._index_int(frame, it, allow_dim=True)
+                if isinstance(i, int) and isinstance(d, int) and not -d <= i < d:
+                    raise DlnError(Diagnostic("E0207", f"index {i} is out of range for axis {axis} of size {d}",
+                                              it.span))
+                i = i + d if isinstance(i, int) and i < 0 else i
+                starts.append(i), stops.append(i + 1), steps.append(1)
+        out = self.m.b.slice(x, starts, stops, steps)
+        return self.m.b.reshape(out, tuple(out.shape[a] for a in keep))
+
+    def _index_int(self, frame, expr: ast.Expr, allow_dim: bool) -> Dim:
+        v = self.eval(frame, expr)
+        if isinstance(v, DimValue) and (allow_dim or isinstance(v.dim, int)):
+            return v.dim
+        if isinstance(v, int) and not isinstance(v, bool):
+            return v
+        raise DlnError(Diagnostic("E0307", f"an index must be an int or a dimension, got {describe(v)}",
+                                  expr.span))
+
+    def _bound(self, frame, expr: ast.Expr, d: Dim) -> Dim:
+        v = self._index_int(frame, expr, allow_dim=True)
+        if isinstance(v, int):
+            if v < 0:
+                v = d + v
+                if isinstance(v, int):
+                    v = max(v, 0)
+            elif isinstance(d, int):
+                v = min(v, d)
+        return v
+
+
+class _CallContext:
+    """What a built-in sees of the call being compiled (see builtins.CallContext)."""
+
+    def __init__(self, m: "ModelBuilder", frame: "Frame", span: Span, name: str, spans: dict[str, Span]) -> None:
+        self.m = m
+        self.frame = frame
+        self.b = m.b
+        self.span = span
+        self.name = name
+        self.training = m.training
+        self._spans = spans
+
+    def param(self, leaf: str, shape, init, dtype: DType = DType.F32) -> Tensor:
+        return self.m.make_param(self.frame, self.frame.prefix + (self.name, leaf), shape, init, dtype, self.span)
+
+    def random(self, shape, dtype: DType = DType.F32) -> Tensor:
+        return self.m.random(shape, dtype)
+
+    def fail(self, code: str, message: str, *notes: Note) -> DlnError:
+        return DlnError(Diagnostic(code, message, self.span, notes))
+
+    def arg_span(self, name: str) -> Span:
+        return self._spans.get(name, self.span)
+
+    def note_metric(self, kind: str, **tensors: Tensor) -> None:
+        if kind in self.m.metrics or kind != "accuracy":
+            return
+        b = self.b
+        logits, target = tensors["logits"], tensors["target"]
+        with b.at(label=f"metric.{kind}"):
+            hits = b.compare(Op.EQ, b.argmax(logits, -1), b.cast(target, DType.I64))
+            self.m.metrics[kind] = b.mean(b.cast(hits, logits.dtype)).id
+
+    def operand(self, v: Value):
+        if isinstance(v, DimValue):
+            return self.b.dim_value(v.dim, DType.I64) if not isinstance(v.dim, int) else v.dim
+        return v
+
+
+def _check_override(value: Value, span: Span) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*", value):
+        raise DlnError(Diagnostic("E0208", f"name = ... must be a string like \"pos\" or \"enc.fc\", got "
+                                           f"{describe(value)}", span))
+    return value

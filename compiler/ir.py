@@ -1,0 +1,300 @@
+"""The graph IR: element types, tensor types, primitive ops, nodes and graphs.
+
+A `Graph` is an SSA list of `Node`s in topological order.  Every node has one
+primitive `Op`, the ids of its inputs, frozen attributes, a `TensorType`
+(element type and a shape that may hold symbolic dimensions), the `.dln`
+span it came from, the source name it computes (for printing and kernel
+names) and the phase it belongs to (forward, backward, optimizer).
+
+Everything is immutable: passes build new graphs; a node's users are computed
+when needed (`Graph.users`), never stored.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Iterator, Mapping
+
+from dln.compiler.symbolic import Dim, Shape, Sym, format_shape
+from dln.dsl.diagnostics import Span
+
+
+class DType(enum.Enum):
+    F16 = "f16"
+    BF16 = "bf16"
+    F32 = "f32"
+    F64 = "f64"
+    I32 = "i32"
+    I64 = "i64"
+    BOOL = "bool"
+
+    @property
+    def is_float(self) -> bool:
+        return self in (DType.F16, DType.BF16, DType.F32, DType.F64)
+
+    @property
+    def is_int(self) -> bool:
+        return self in (DType.I32, DType.I64)
+
+    @property
+    def itemsize(self) -> int:
+        return {"f16": 2, "bf16": 2, "f32": 4, "f64": 8, "i32": 4, "i64": 8, "bool": 1}[self.value]
+
+    def __str__(self) -> str:
+        return self.value
+
+
+DTYPES = {d.value: d for d in DType}
+
+
+@dataclass(frozen=True, slots=True)
+class TensorType:
+    dtype: DType
+    shape: Shape
+
+    @property
+    def rank(self) -> int:
+        return len(self.shape)
+
+    @property
+    def is_static(self) -> bool:
+        return all(isinstance(d, int) for d in self.shape)
+
+    def __str__(self) -> str:
+        return f"{self.dtype}{format_shape(self.shape)}"
+
+
+class Op(enum.Enum):
+    """The primitives.  Layers, losses and optimizers decompose into these."""
+
+    # -- leaves: graph inputs and values made from nothing
+    INPUT = "input"          # attrs: name, role (input|param|state|rng|hyper), init (params)
+    CONST = "const"          # attrs: value (a scalar, filled into the node's shape)
+    IOTA = "iota"            # 0, 1, ..., n-1 along the single axis
+    SYMSIZE = "symsize"      # attrs: dim — the runtime value of a symbolic dimension
+    RAND = "rand"            # inputs: seed, step; attrs: stream — U[0, 1), counter-based (Philox)
+
+    # -- unary elementwise
+    NEG = "neg"
+    EXP = "exp"
+    LOG = "log"
+    LOG1P = "log1p"
+    SQRT = "sqrt"
+    RSQRT = "rsqrt"
+    ABS = "abs"
+    SIGN = "sign"
+    SIN = "sin"
+    COS = "cos"
+    TANH = "tanh"
+    SIGMOID = "sigmoid"
+    RELU = "relu"
+    ERF = "erf"
+    NOT = "not"
+    CAST = "cast"            # attrs: dtype (the node's type says it too)
+    DETACH = "detach"        # identity; its gradient is zero
+
+    # -- binary elementwise (operands of equal shape; the builder broadcasts)
+    ADD = "add"
+    SUB = "sub"
+    MUL = "mul"
+    DIV = "div"
+    POW = "pow"
+    MOD = "mod"
+    MAXIMUM = "maximum"
+    MINIMUM = "minimum"
+    LT = "lt"
+    LE = "le"
+    GT = "gt"
+    GE = "ge"
+    EQ = "eq"
+    NE = "ne"
+    AND = "and"
+    OR = "or"
+
+    # -- ternary elementwise
+    WHERE = "where"          # where(cond, a, b)
+
+    # -- reductions: attrs axes (sorted tuple), keepdim
+    SUM = "sum"
+    MAX = "max"
+    MIN = "min"
+    ARGMAX = "argmax"        # attrs: axes (one axis), keepdim; result i64
+
+    # -- movement
+    RESHAPE = "reshape"      # attrs: shape
+    BROADCAST = "broadcast"  # attrs: shape — numpy broadcasting of the operand to `shape`
+    PERMUTE = "permute"      # attrs: perm
+    SLICE = "slice"          # attrs: starts, stops, steps (one per axis)
+    PAD = "pad"              # attrs: pads ((lo, hi) per axis), value
+    CONCAT = "concat"        # attrs: axis
+
+    # -- indexing
+    GATHER = "gather"        # gather(x, index) along attrs.axis (torch.gather)
+    SCATTER_ADD = "scatter_add"  # scatter_add(zeros(shape), index, src) along attrs.axis
+
+    # -- contraction
+    MATMUL = "matmul"        # [..., M, K] @ [..., K, N], equal batch dims
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class GroupOp:
+    """Ops grouped by kind, as the fusion planner and the tables see them."""
+
+    Leaf = frozenset({Op.INPUT, Op.CONST, Op.IOTA, Op.SYMSIZE, Op.RAND})
+    Unary = frozenset({Op.NEG, Op.EXP, Op.LOG, Op.LOG1P, Op.SQRT, Op.RSQRT, Op.ABS, Op.SIGN, Op.SIN,
+                       Op.COS, Op.TANH, Op.SIGMOID, Op.RELU, Op.ERF, Op.NOT, Op.CAST, Op.DETACH})
+    Binary = frozenset({Op.ADD, Op.SUB, Op.MUL, Op.DIV, Op.POW, Op.MOD, Op.MAXIMUM, Op.MINIMUM,
+                        Op.LT, Op.LE, Op.GT, Op.GE, Op.EQ, Op.NE, Op.AND, Op.OR})
+    Compare = frozenset({Op.LT, Op.LE, Op.GT, Op.GE, Op.EQ, Op.NE})
+    Ternary = frozenset({Op.WHERE})
+    Elementwise = Unary | Binary | Ternary
+    Reduce = frozenset({Op.SUM, Op.MAX, Op.MIN, Op.ARGMAX})
+    Movement = frozenset({Op.RESHAPE, Op.BROADCAST, Op.PERMUTE, Op.SLICE, Op.PAD, Op.CONCAT})
+    Indexing = frozenset({Op.GATHER, Op.SCATTER_ADD})
+    Contraction = frozenset({Op.MATMUL})
+    Random = frozenset({Op.RAND})
+    Commutative = frozenset({Op.ADD, Op.MUL, Op.MAXIMUM, Op.MINIMUM, Op.EQ, Op.NE, Op.AND, Op.OR})
+
+
+class Phase(enum.Enum):
+    FORWARD = "forward"
+    BACKWARD = "backward"
+    OPTIMIZER = "optimizer"
+
+
+class Attrs(Mapping[str, Any]):
+    """An immutable, hashable mapping of node attributes."""
+
+    __slots__ = ("_items", "_hash")
+
+    def __init__(self, items: Mapping[str, Any] | Iterable[tuple[str, Any]] = ()) -> None:
+        pairs = items.items() if isinstance(items, Mapping) else items
+        self._items = dict(sorted(pairs))
+        self._hash = hash(tuple((k, _hashable(v)) for k, v in self._items.items()))
+
+    def __getitem__(self, key: str) -> Any:
+        return self._items[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Attrs) and self._items == other._items
+
+    def replace(self, **changes: Any) -> "Attrs":
+        return Attrs({**self._items, **changes})
+
+    def __repr__(self) -> str:
+        return f"Attrs({self._items!r})"
+
+
+def _hashable(v: Any) -> Any:
+    if isinstance(v, list):
+        return tuple(_hashable(x) for x in v)
+    if isinstance(v, dict):
+        return tuple(sorted((k, _hashable(x)) for k, x in v.items()))
+    if isinstance(v, float) and v != v:  # NaN constants must still hash equal to themselves
+        return "nan"
+    return v
+
+
+NO_ATTRS = Attrs()
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    id: int
+    op: Op
+    inputs: tuple[int, ...]
+    type: TensorType
+    attrs: Attrs = NO_ATTRS
+    loc: Span | None = field(default=None, compare=False)
+    name: str = field(default="", compare=False)
+    phase: Phase = field(default=Phase.FORWARD, compare=False)
+
+    @property
+    def shape(self) -> Shape:
+        return self.type.shape
+
+    @property
+    def dtype(self) -> DType:
+        return self.type.dtype
+
+
+@dataclass(frozen=True, slots=True)
+class Constraint:
+    """Two dimensions that must agree once the inputs bind the symbols in them."""
+
+    lhs: Dim
+    rhs: Dim
+    message: str
+    loc: Span | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Graph:
+    name: str
+    nodes: tuple[Node, ...]
+    outputs: tuple[tuple[str, int], ...]
+    constraints: tuple[Constraint, ...] = ()
+    _index: dict[int, Node] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self._index.update((n.id, n) for n in self.nodes)
+
+    def node(self, node_id: int) -> Node:
+        return self._index[node_id]
+
+    def __contains__(self, node_id: int) -> bool:
+        return node_id in self._index
+
+    @property
+    def inputs(self) -> list[Node]:
+        return [n for n in self.nodes if n.op is Op.INPUT]
+
+    def inputs_by_role(self, role: str) -> list[Node]:
+        return [n for n in self.nodes if n.op is Op.INPUT and n.attrs["role"] == role]
+
+    def input_named(self, name: str) -> Node | None:
+        for n in self.nodes:
+            if n.op is Op.INPUT and n.attrs["name"] == name:
+                return n
+        return None
+
+    def output(self, name: str) -> Node:
+        for out_name, node_id in self.outputs:
+            if out_name == name:
+                return self.node(node_id)
+        raise KeyError(name)
+
+    @property
+    def output_names(self) -> list[str]:
+        return [name for name, _ in self.outputs]
+
+    def users(self) -> dict[int, list[int]]:
+        """node id -> ids of the nodes that read it, in order."""
+        out: dict[int, list[int]] = {n.id: [] for n in self.nodes}
+        for n in self.nodes:
+            for i in n.inputs:
+                out[i].append(n.id)
+        return out
+
+    def symbols(self) -> frozenset[str]:
+        syms: frozenset[str] = frozenset()
+        for n in self.nodes:
+            for d in n.shape:
+                if isinstance(d, Sym):
+                    syms |= d.symbols
+        return syms
+
+    def with_outputs(self, outputs: Iterable[tuple[str, int]]) -> "Graph":
+        return Graph(self.name, self.nodes, tuple(outputs), self.constraints)

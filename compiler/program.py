@@ -1,0 +1,178 @@
+"""A program: the file given, the files it imports, and what each file can see.
+
+`load` parses the root file and every file it imports (paths relative to the
+importing file), reports missing files and import cycles, and gives each file
+its table of visible models and blocks: its own and those of the files it
+imports directly.  Hyperparameter values (defaults, `--set k=v`, keyword
+arguments of `dln.compile`) are resolved here too.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from dln.dsl import ast
+from dln.dsl.diagnostics import Diagnostic, DlnError, Note, Span
+from dln.dsl.parser import parse, parse_file
+
+Decl = ast.Model | ast.Block
+
+
+@dataclass
+class Program:
+    root: ast.Module
+    modules: dict[str, ast.Module] = field(default_factory=dict)
+    scopes: dict[str, dict[str, Decl]] = field(default_factory=dict)  # file path -> visible declarations
+
+    @property
+    def path(self) -> str:
+        return self.root.source.path
+
+    def visible(self, path: str) -> dict[str, Decl]:
+        return self.scopes[path]
+
+    @property
+    def models(self) -> dict[str, ast.Model]:
+        return {k: v for k, v in self.scopes[self.path].items() if isinstance(v, ast.Model)}
+
+    @property
+    def local_models(self) -> list[ast.Model]:
+        return self.root.models
+
+    def model(self, name: str | None, span: Span | None = None) -> ast.Model:
+        """The model called `name`, or the file's only model when `name` is None."""
+        models = self.models
+        if name is None:
+            own = self.root.models
+            if len(own) == 1:
+                return own[0]
+            if not own:
+                raise DlnError(Diagnostic("E0301", f"{self.path} declares no model", span))
+            names = ", ".join(m.name.name for m in own)
+            raise DlnError(Diagnostic("E0301", f"{self.path} declares several models ({names}); name one",
+                                      span))
+        if name not in models:
+            close = difflib.get_close_matches(name, list(models), n=1)
+            notes = (Note(f"did you mean '{close[0]}'?"),) if close else ()
+            raise DlnError(Diagnostic("E0301", f"unknown model '{name}'", span, notes))
+        return models[name]
+
+
+def load(text_or_path: str | Path, path: str | None = None) -> Program:
+    """Parse a program from a file path or from source text (`path` names it in messages)."""
+    if path is None and isinstance(text_or_path, Path):
+        root = parse_file(text_or_path)
+    elif path is None and _looks_like_path(str(text_or_path)):
+        root = parse_file(str(text_or_path))
+    else:
+        root = parse(str(text_or_path), path or "<string>")
+    program = Program(root)
+    _load_imports(program, root, stack=[])
+    return program
+
+
+def _looks_like_path(s: str) -> bool:
+    return "\n" not in s and "{" not in s and (s.endswith(".dln") or Path(s).is_file())
+
+
+def _load_imports(program: Program, module: ast.Module, stack: list[tuple[str, Span | None]]) -> None:
+    key = module.source.path
+    program.modules[key] = module
+    diagnostics: list[Diagnostic] = []
+    scope: dict[str, Decl] = {}
+    imported: list[ast.Module] = []
+    base = Path(key).parent if not key.startswith("<") else Path.cwd()
+    for imp in module.imports:
+        target = (base / imp.path).resolve()
+        target_key = _display_path(target)
+        chain = [p for p, _ in stack] + [key]
+        if target_key in chain:
+            cycle = " -> ".join(chain[chain.index(target_key):] + [target_key])
+            diagnostics.append(Diagnostic("E0502", f"import cycle: {cycle}", imp.span))
+            continue
+        if target_key in program.modules:
+            imported.append(program.modules[target_key])
+            continue
+        if not target.is_file():
+            diagnostics.append(Diagnostic("E0501", f"cannot import \"{imp.path}\": no such file {target_key}",
+                                          imp.span))
+            continue
+        try:
+            sub = parse_file(target_key)
+            _load_imports(program, sub, stack + [(key, imp.span)])
+        except DlnError as e:
+            diagnostics.extend(e.diagnostics)
+            continue
+        imported.append(sub)
+    for other in imported:
+        for d in (*other.models, *other.blocks):
+            scope.setdefault(d.name.name, d)
+    for d in (*module.models, *module.blocks):
+        first = scope.get(d.name.name)
+        if first is not None and first.source is module.source:
+            diagnostics.append(Diagnostic("E0306", f"'{d.name.name}' is declared twice", d.name.span,
+                                          (Note("first declared here", first.name.span),)))
+            continue
+        scope[d.name.name] = d
+    if len(module.trains) > 1 and module is program.root:
+        seen: dict[str, ast.Train] = {}
+        for t in module.trains:
+            tname = t.model.name if t.model else ""
+            if tname in seen:
+                diagnostics.append(Diagnostic("E0306", "a second train section for the same model", t.span,
+                                              (Note("the first is here", seen[tname].span),)))
+            seen[tname] = t
+    program.scopes[key] = scope
+    if diagnostics:
+        raise DlnError(diagnostics)
+
+
+def _display_path(p: Path) -> str:
+    try:
+        return str(p.relative_to(Path.cwd()))
+    except ValueError:
+        return str(p)
+
+
+# ---- hyperparameters ------------------------------------------------------------------------------------
+
+HPARAM_TYPES = ("int", "float", "bool", "str")
+
+
+def coerce_hparam(type_name: str, value: Any, from_text: bool) -> Any:
+    """`value` as a hyperparameter of type `type_name`, or raise ValueError saying why not."""
+    if from_text and isinstance(value, str):
+        text = value.strip()
+        if type_name == "int":
+            return int(text)
+        if type_name == "float":
+            return float(text)
+        if type_name == "bool":
+            if text in ("true", "false"):
+                return text == "true"
+            raise ValueError("expected true or false")
+        return value
+    if type_name == "int" and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if type_name == "float" and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if type_name == "bool" and isinstance(value, bool):
+        return value
+    if type_name == "str" and isinstance(value, str):
+        return value
+    raise ValueError(f"expected {'an' if type_name == 'int' else 'a'} {type_name}, got {type(value).__name__} "
+                     f"{value!r}")
+
+
+def check_overrides(model: ast.Model, overrides: Mapping[str, Any], span: Span | None = None) -> None:
+    known = [h.name.name for h in model.hparams]
+    for key in overrides:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f"did you mean '{close[0]}'?" if close else (
+                f"{model.name.name} has {', '.join(known)}" if known else f"{model.name.name} has no hyperparameters")
+            raise DlnError(Diagnostic("E0402", f"unknown hyperparameter '{key}' for model {model.name.name}", span
+                                      or model.name.span, (Note(hint),)))

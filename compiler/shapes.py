@@ -1,0 +1,282 @@
+"""Shape and element-type rules: one entry per primitive.
+
+`SHAPE_RULES[op](cx, types, attrs) -> TensorType` computes a node's type from
+its inputs' types.  Rules never guess: dimensions that must agree go through
+`cx.unify`, which passes when they are provably equal, raises `ShapeError`
+when provably different, and otherwise records a `Constraint` that the
+runtime checks once the inputs bind the symbols.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from dln.compiler.ir import Attrs, Constraint, DType, GroupOp, Op, TensorType
+from dln.compiler.symbolic import Dim, NotDivisible, Shape, dims_equal, format_shape, numel
+
+
+class ShapeError(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class ShapeContext:
+    """Collects the constraints that can only be checked when inputs arrive."""
+
+    def __init__(self) -> None:
+        self.constraints: list[Constraint] = []
+        self.loc = None
+
+    def unify(self, a: Dim, b: Dim, code: str, message: str) -> Dim:
+        same = dims_equal(a, b)
+        if same is False:
+            raise ShapeError(code, message)
+        if same is None:
+            self.constraints.append(Constraint(a, b, message, self.loc))
+        return a if isinstance(a, int) or not isinstance(b, int) else b
+
+
+Rule = Callable[[ShapeContext, list[TensorType], Attrs], TensorType]
+SHAPE_RULES: dict[Op, Rule] = {}
+
+
+def rule(*ops: Op):
+    def register(fn: Rule) -> Rule:
+        for op in ops:
+            SHAPE_RULES[op] = fn
+        return fn
+    return register
+
+
+def _fmt(t: TensorType) -> str:
+    return format_shape(t.shape)
+
+
+# ---- leaves: their type is given when they are made ---------------------------------
+
+@rule(Op.INPUT, Op.CONST, Op.IOTA, Op.SYMSIZE)
+def _leaf(cx, types, attrs):
+    return attrs["type"]
+
+
+@rule(Op.RAND)
+def _rand(cx, types, attrs):
+    return attrs["type"]
+
+
+# ---- elementwise --------------------------------------------------------------------------
+
+@rule(*(GroupOp.Unary - {Op.CAST, Op.NOT}))
+def _unary(cx, types, attrs):
+    (x,) = types
+    return x
+
+
+@rule(Op.NOT)
+def _not(cx, types, attrs):
+    (x,) = types
+    if x.dtype is not DType.BOOL:
+        raise ShapeError("E0206", f"'not' needs a bool tensor, got {x}")
+    return x
+
+
+@rule(Op.CAST)
+def _cast(cx, types, attrs):
+    return TensorType(attrs["dtype"], types[0].shape)
+
+
+def same_shape(cx: ShapeContext, a: Shape, b: Shape, what: str) -> Shape:
+    if len(a) != len(b):
+        raise ShapeError("E0201", f"{what}: shapes {format_shape(a)} and {format_shape(b)} differ in rank")
+    return tuple(cx.unify(x, y, "E0201", f"{what}: shapes {format_shape(a)} and {format_shape(b)} do not match")
+                 for x, y in zip(a, b))
+
+
+@rule(*GroupOp.Binary)
+def _binary(cx, types, attrs):
+    a, b = types
+    if a.dtype is not b.dtype:
+        raise ShapeError("E0206", f"element types differ: {a} and {b}")
+    return TensorType(a.dtype, same_shape(cx, a.shape, b.shape, "elementwise operands"))
+
+
+def _compare_rule(cx, types, attrs):
+    a, b = types
+    if a.dtype is not b.dtype:
+        raise ShapeError("E0206", f"element types differ: {a} and {b}")
+    return TensorType(DType.BOOL, same_shape(cx, a.shape, b.shape, "comparison operands"))
+
+
+for _op in GroupOp.Compare:
+    SHAPE_RULES[_op] = _compare_rule
+
+
+def _logical_rule(cx, types, attrs):
+    a, b = types
+    if a.dtype is not DType.BOOL or b.dtype is not DType.BOOL:
+        raise ShapeError("E0206", f"'and'/'or' need bool tensors, got {a} and {b}")
+    return TensorType(DType.BOOL, same_shape(cx, a.shape, b.shape, "logical operands"))
+
+
+SHAPE_RULES[Op.AND] = SHAPE_RULES[Op.OR] = _logical_rule
+
+
+@rule(Op.WHERE)
+def _where(cx, types, attrs):
+    c, a, b = types
+    if c.dtype is not DType.BOOL:
+        raise ShapeError("E0206", f"where's condition must be bool, got {c}")
+    if a.dtype is not b.dtype:
+        raise ShapeError("E0206", f"where's branches differ in element type: {a} and {b}")
+    shape = same_shape(cx, c.shape, a.shape, "where")
+    shape = same_shape(cx, shape, b.shape, "where")
+    return TensorType(a.dtype, shape)
+
+
+# ---- reductions -----------------------------------------------------------------------------
+
+def reduced_shape(shape: Shape, axes: tuple[int, ...], keepdim: bool) -> Shape:
+    if keepdim:
+        return tuple(1 if i in axes else d for i, d in enumerate(shape))
+    return tuple(d for i, d in enumerate(shape) if i not in axes)
+
+
+@rule(Op.SUM, Op.MAX, Op.MIN)
+def _reduce(cx, types, attrs):
+    (x,) = types
+    axes = attrs["axes"]
+    for a in axes:
+        if not 0 <= a < x.rank:
+            raise ShapeError("E0202", f"axis {a} is out of range for a tensor of rank {x.rank}")
+    return TensorType(x.dtype, reduced_shape(x.shape, axes, attrs["keepdim"]))
+
+
+@rule(Op.ARGMAX)
+def _argmax(cx, types, attrs):
+    return TensorType(DType.I64, _reduce(cx, types, attrs).shape)
+
+
+# ---- movement ----------------------------------------------------------------------------------
+
+@rule(Op.RESHAPE)
+def _reshape(cx, types, attrs):
+    (x,) = types
+    shape = attrs["shape"]
+    cx.unify(numel(x.shape), numel(shape), "E0204",
+             f"cannot reshape {_fmt(x)} to {format_shape(shape)}: the number of elements differs")
+    return TensorType(x.dtype, shape)
+
+
+@rule(Op.BROADCAST)
+def _broadcast(cx, types, attrs):
+    (x,) = types
+    shape = attrs["shape"]
+    if x.rank > len(shape):
+        raise ShapeError("E0201", f"cannot broadcast {_fmt(x)} to {format_shape(shape)}")
+    offset = len(shape) - x.rank
+    for i, d in enumerate(x.shape):
+        if d != 1:
+            cx.unify(d, shape[offset + i], "E0201", f"cannot broadcast {_fmt(x)} to {format_shape(shape)}")
+    return TensorType(x.dtype, shape)
+
+
+@rule(Op.PERMUTE)
+def _permute(cx, types, attrs):
+    (x,) = types
+    perm = attrs["perm"]
+    if sorted(perm) != list(range(x.rank)):
+        raise ShapeError("E0202", f"{tuple(perm)} is not a permutation of the {x.rank} axes of {_fmt(x)}")
+    return TensorType(x.dtype, tuple(x.shape[p] for p in perm))
+
+
+def slice_length(start: Dim, stop: Dim, step: int) -> Dim:
+    n = stop - start
+    if step == 1:
+        return n
+    if isinstance(n, int):
+        return max(0, -(-n // step))
+    try:
+        return (n + (step - 1)) // step
+    except NotDivisible:
+        raise ShapeError("E0207", f"a slice with step {step} over a symbolic length {n} is not supported") from None
+
+
+@rule(Op.SLICE)
+def _slice(cx, types, attrs):
+    (x,) = types
+    starts, stops, steps = attrs["starts"], attrs["stops"], attrs["steps"]
+    if not (len(starts) == len(stops) == len(steps) == x.rank):
+        raise ShapeError("E0202", f"slice needs one range per axis of {_fmt(x)}")
+    return TensorType(x.dtype, tuple(slice_length(a, b, s) for a, b, s in zip(starts, stops, steps)))
+
+
+@rule(Op.PAD)
+def _pad(cx, types, attrs):
+    (x,) = types
+    pads = attrs["pads"]
+    if len(pads) != x.rank:
+        raise ShapeError("E0202", f"pad needs one (before, after) pair per axis of {_fmt(x)}")
+    return TensorType(x.dtype, tuple(d + lo + hi for d, (lo, hi) in zip(x.shape, pads)))
+
+
+@rule(Op.CONCAT)
+def _concat(cx, types, attrs):
+    axis = attrs["axis"]
+    first = types[0]
+    if not 0 <= axis < first.rank:
+        raise ShapeError("E0202", f"axis {axis} is out of range for a tensor of rank {first.rank}")
+    total: Dim = 0
+    shape = list(first.shape)
+    for t in types:
+        if t.rank != first.rank:
+            raise ShapeError("E0202", f"concat needs tensors of equal rank, got {_fmt(first)} and {_fmt(t)}")
+        if t.dtype is not first.dtype:
+            raise ShapeError("E0206", f"concat needs equal element types, got {first} and {t}")
+        for i, (a, b) in enumerate(zip(shape, t.shape)):
+            if i != axis:
+                shape[i] = cx.unify(a, b, "E0201", f"concat: shapes {_fmt(first)} and {_fmt(t)} differ "
+                                                   f"outside axis {axis}")
+        total = total + t.shape[axis]
+    shape[axis] = total
+    return TensorType(first.dtype, tuple(shape))
+
+
+# ---- indexing -----------------------------------------------------------------------------------
+
+@rule(Op.GATHER)
+def _gather(cx, types, attrs):
+    x, index = types
+    if not index.dtype.is_int:
+        raise ShapeError("E0206", f"gather's index must be an integer tensor, got {index}")
+    if index.rank != x.rank:
+        raise ShapeError("E0202", f"gather's index must have the rank of the input: {_fmt(x)} and {_fmt(index)}")
+    return TensorType(x.dtype, index.shape)
+
+
+@rule(Op.SCATTER_ADD)
+def _scatter_add(cx, types, attrs):
+    index, src = types
+    same_shape(cx, index.shape, src.shape, "scatter_add")
+    return TensorType(src.dtype, attrs["shape"])
+
+
+# ---- contraction ---------------------------------------------------------------------------------
+
+@rule(Op.MATMUL)
+def _matmul(cx, types, attrs):
+    a, b = types
+    if a.rank < 2 or a.rank != b.rank:
+        raise ShapeError("E0203", f"matmul needs operands of equal rank >= 2, got {_fmt(a)} and {_fmt(b)}")
+    if a.dtype is not b.dtype:
+        raise ShapeError("E0206", f"matrix product of different element types: {a} and {b}")
+    batch = tuple(cx.unify(x, y, "E0203", f"matrix product needs matching batch dimensions: {_fmt(a)} @ {_fmt(b)}")
+                  for x, y in zip(a.shape[:-2], b.shape[:-2]))
+    cx.unify(a.shape[-1], b.shape[-2], "E0203",
+             f"matrix product needs matching inner dimensions: {_fmt(a)} @ {_fmt(b)}")
+    return TensorType(a.dtype, batch + (a.shape[-2], b.shape[-1]))
+
+
+def missing_rules() -> list[Op]:
+    return [op for op in Op if op not in SHAPE_RULES]

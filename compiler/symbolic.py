@@ -1,0 +1,197 @@
+"""Symbolic dimensions: integer polynomials over dimension names.
+
+A dimension is an `int` or a `Sym` (`B`, `B*T`, `T - 1`).  Arithmetic on a
+`Sym` returns an `int` as soon as no symbol is left, so a concrete shape is
+always a tuple of ints.  Equality of two dimensions is decided by their
+canonical form: `dims_equal` answers True (proven), False (proven different)
+or None (depends on the inputs: a constraint to check when they bind).
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Union
+
+Monomial = tuple[str, ...]  # sorted symbol names, with repetition for powers
+
+
+class NotDivisible(ArithmeticError):
+    pass
+
+
+class Sym:
+    """An integer polynomial in dimension names, in canonical form."""
+
+    __slots__ = ("terms",)
+
+    def __init__(self, terms: Mapping[Monomial, int]) -> None:
+        self.terms: tuple[tuple[Monomial, int], ...] = tuple(
+            sorted(((m, c) for m, c in terms.items() if c != 0), key=lambda mc: (-len(mc[0]), mc[0])))
+
+    @staticmethod
+    def var(name: str) -> "Sym":
+        return Sym({(name,): 1})
+
+    # -- construction helpers
+    @staticmethod
+    def _lift(x: "Dim") -> "Sym":
+        return x if isinstance(x, Sym) else Sym({(): int(x)})
+
+    def _simplify(self) -> "Dim":
+        if not self.terms:
+            return 0
+        if len(self.terms) == 1 and self.terms[0][0] == ():
+            return self.terms[0][1]
+        return self
+
+    # -- arithmetic
+    def __add__(self, other: "Dim") -> "Dim":
+        out = dict(self.terms)
+        for m, c in Sym._lift(other).terms:
+            out[m] = out.get(m, 0) + c
+        return Sym(out)._simplify()
+
+    __radd__ = __add__
+
+    def __neg__(self) -> "Dim":
+        return Sym({m: -c for m, c in self.terms})._simplify()
+
+    def __sub__(self, other: "Dim") -> "Dim":
+        return self + (-Sym._lift(other))
+
+    def __rsub__(self, other: "Dim") -> "Dim":
+        return Sym._lift(other) + (-self)
+
+    def __mul__(self, other: "Dim") -> "Dim":
+        out: dict[Monomial, int] = {}
+        for m1, c1 in self.terms:
+            for m2, c2 in Sym._lift(other).terms:
+                m = tuple(sorted(m1 + m2))
+                out[m] = out.get(m, 0) + c1 * c2
+        return Sym(out)._simplify()
+
+    __rmul__ = __mul__
+
+    def __floordiv__(self, other: "Dim") -> "Dim":
+        """Exact division only: by an int dividing every coefficient, or by a monomial."""
+        if isinstance(other, int):
+            if other != 0 and all(c % other == 0 for _, c in self.terms):
+                return Sym({m: c // other for m, c in self.terms})._simplify()
+            raise NotDivisible(f"{self} is not divisible by {other}")
+        if len(other.terms) == 1:
+            (mono, coeff), = other.terms
+            out: dict[Monomial, int] = {}
+            for m, c in self.terms:
+                rest = list(m)
+                for s in mono:
+                    if s not in rest:
+                        raise NotDivisible(f"{self} is not divisible by {other}")
+                    rest.remove(s)
+                if c % coeff:
+                    raise NotDivisible(f"{self} is not divisible by {other}")
+                out[tuple(rest)] = c // coeff
+            return Sym(out)._simplify()
+        if self == other:
+            return 1
+        raise NotDivisible(f"{self} is not divisible by {other}")
+
+    # -- queries
+    @property
+    def symbols(self) -> frozenset[str]:
+        return frozenset(s for m, _ in self.terms for s in m)
+
+    def evaluate(self, env: Mapping[str, int]) -> int:
+        total = 0
+        for m, c in self.terms:
+            v = c
+            for s in m:
+                v *= env[s]
+            total += v
+        return total
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Sym):
+            return self.terms == other.terms
+        return False
+
+    def __hash__(self) -> int:
+        return hash(self.terms)
+
+    def __str__(self) -> str:
+        parts: list[str] = []
+        for m, c in self.terms:
+            body = "*".join(m)
+            if not m:
+                text = str(abs(c))
+            elif abs(c) == 1:
+                text = body
+            else:
+                text = f"{abs(c)}*{body}"
+            if not parts:
+                parts.append(text if c > 0 else "-" + text)
+            else:
+                parts.append(("+ " if c > 0 else "- ") + text)
+        return " ".join(parts)
+
+    __repr__ = __str__
+
+
+Dim = Union[int, Sym]
+Shape = tuple[Dim, ...]
+
+
+def is_static(d: Dim) -> bool:
+    return isinstance(d, int)
+
+
+def dims_equal(a: Dim, b: Dim) -> bool | None:
+    """True if provably equal, False if provably different, None if it depends on the inputs."""
+    diff = a - b
+    if isinstance(diff, int):
+        return diff == 0
+    return None
+
+
+def evaluate(d: Dim, env: Mapping[str, int]) -> int:
+    return d if isinstance(d, int) else d.evaluate(env)
+
+
+def free_symbols(shape: Shape) -> frozenset[str]:
+    out: frozenset[str] = frozenset()
+    for d in shape:
+        if isinstance(d, Sym):
+            out |= d.symbols
+    return out
+
+
+def numel(shape: Shape) -> Dim:
+    n: Dim = 1
+    for d in shape:
+        n = n * d
+    return n
+
+
+def format_dim(d: Dim) -> str:
+    s = str(d)
+    return f"({s})" if isinstance(d, Sym) and len(d.terms) > 1 else s
+
+
+def format_shape(shape: Shape) -> str:
+    return "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+def parse_dim(text: str) -> Dim:
+    """The inverse of `str(dim)` for the forms the printer writes (`B`, `4*T`, `B*T - 1`)."""
+    text = text.strip()
+    total: Dim = 0
+    sign = 1
+    for token in text.replace("- ", "-").replace("+ ", "+").split():
+        term = token
+        sign = 1
+        if term[0] in "+-":
+            sign = -1 if term[0] == "-" else 1
+            term = term[1:]
+        value: Dim = sign
+        for factor in term.split("*"):
+            value = value * (int(factor) if factor.isdigit() else Sym.var(factor))
+        total = total + value
+    return total

@@ -1,0 +1,395 @@
+"""Parsing: `.dln` text -> `dln.dsl.ast.Module`, or diagnostics.
+
+The grammar lives in grammar.lark (LALR, positions on).  A Lark `Transformer`
+turns the parse tree into AST dataclasses; syntax errors become diagnostics
+that name the tokens the parser would have accepted, in words.  After a
+syntax error the parser blanks out the declaration that holds it and parses
+the rest again, so one run reports an error per broken declaration.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from pathlib import Path
+
+from lark import Lark, Token, Transformer, Tree, v_args
+from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
+
+from dln.dsl import ast
+from dln.dsl.diagnostics import Diagnostic, DlnError, Note, Source, Span
+
+GRAMMAR_PATH = Path(__file__).with_name("grammar.lark")
+MAX_SYNTAX_ERRORS = 10
+
+
+@functools.cache
+def _lark() -> Lark:
+    return Lark(
+        GRAMMAR_PATH.read_text(),
+        parser="lalr",
+        propagate_positions=True,
+        maybe_placeholders=True,
+    )
+
+
+def parse(text: str, path: str = "<string>") -> ast.Module:
+    """Parse one file.  Raises `DlnError` with every syntax error found."""
+    source = Source(path, text)
+    diagnostics: list[Diagnostic] = []
+    work = text
+    tree = None
+    while tree is None:
+        try:
+            tree = _lark().parse(work)
+        except UnexpectedInput as e:
+            diagnostics.append(_syntax_diagnostic(e, source))
+            blanked = _blank_declaration(work, _error_offset(e, work))
+            if blanked == work or len(diagnostics) >= MAX_SYNTAX_ERRORS:
+                break
+            work = blanked
+    if diagnostics:
+        raise DlnError(diagnostics)
+    try:
+        decls = _ToAst(source).transform(tree)
+    except VisitError as e:
+        if isinstance(e.orig_exc, DlnError):
+            raise e.orig_exc from None
+        raise
+    return ast.Module(source, tuple(decls))
+
+
+def parse_file(path: str | Path) -> ast.Module:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise DlnError(Diagnostic("E0702", f"cannot read {path}: {getattr(e, 'strerror', None) or e}")) from None
+    return parse(text, str(path))
+
+
+# ---- syntax errors ---------------------------------------------------------------
+
+# Terminals the parser may expect, in words.  Anonymous terminals ("(", "model")
+# are shown as their text.
+_TERMINAL_WORDS = {
+    "NAME": "a name",
+    "INT": "an integer",
+    "FLOAT": "a number",
+    "STRING": "a string",
+    "COMPARE": "a comparison",
+    "ADD_OP": "'+' or '-'",
+    "MUL_OP": "'*', '/', '%' or '@'",
+    "RANGE": "'..'",
+    "ELLIPSIS": "'...'",
+    "$END": "end of file",
+}
+# When the parser would accept any of these, it is waiting for an expression.
+_EXPRESSION_STARTS = {"NAME", "INT", "FLOAT", "STRING", "LPAR", "LSQB", "LBRACE", "MINUS", "NOT", "TRUE", "FALSE"}
+
+
+def _describe_terminal(name: str) -> str:
+    if name in _TERMINAL_WORDS:
+        return _TERMINAL_WORDS[name]
+    for t in _lark().terminals:
+        if t.name == name and t.pattern.type == "str":
+            return f"'{t.pattern.value}'"
+    return name.lower()
+
+
+_OPERATORS = {"'*', '/', '%' or '@'", "'+' or '-'", "a comparison", "'**'", "'->'", "'and'", "'or'", "'('", "'['"}
+_STATEMENT_STARTS = {"'input'", "'param'", "'output'", "'repeat'", "'return'"}
+
+
+def _expected_words(expected: set[str]) -> list[str]:
+    """The tokens a parser state accepts, in words, with the usual groups collapsed."""
+    words = {_describe_terminal(t) for t in expected if t not in _EXPRESSION_STARTS or not {"NAME", "INT", "FLOAT"} <= expected}
+    grouped: list[str] = []
+    if {"NAME", "INT", "FLOAT"} <= expected:
+        grouped.append("an expression")
+    if len(words & _OPERATORS) >= 3:
+        words -= _OPERATORS
+        grouped.append("an operator")
+    if _STATEMENT_STARTS <= words:
+        words -= _STATEMENT_STARTS | {"a name", "';'"}
+        grouped.append("a statement")
+    return grouped + sorted(words)
+
+
+def _join_words(words: list[str]) -> str:
+    if len(words) > 8:
+        words = words[:7] + [f"{len(words) - 7} more"]
+    if len(words) <= 1:
+        return "".join(words)
+    return ", ".join(words[:-1]) + " or " + words[-1]
+
+
+def _syntax_diagnostic(e: UnexpectedInput, source: Source) -> Diagnostic:
+    if isinstance(e, UnexpectedToken) and e.token.type != "$END":
+        tok = e.token
+        try:
+            expected = set(e.interactive_parser.accepts())
+        except Exception:  # accepts() replays the parser; fall back on the plain set
+            expected = set(e.expected)
+        span = Span(source, tok.line, tok.column, tok.end_line or tok.line,
+                    tok.end_column or tok.column + len(tok))
+        shown = _describe_terminal(tok.type) if tok.type in ("NAME", "INT", "FLOAT", "STRING") else f"'{tok}'"
+        if tok.type in ("NAME",):
+            shown = f"name '{tok}'"
+        message = f"unexpected {shown}"
+        return Diagnostic("E0101", message, span, (Note("expected " + _join_words(_expected_words(expected))),))
+    if isinstance(e, UnexpectedCharacters):
+        span = Span(source, e.line, e.column, e.line, e.column + 1)
+        char = source.text[e.pos_in_stream] if e.pos_in_stream < len(source.text) else "?"
+        hint = ()
+        if char == "'":
+            hint = (Note("strings use double quotes: \"...\""),)
+        return Diagnostic("E0102", f"unexpected character {char!r}", span, hint)
+    # End of file: point at the last character of the text.
+    expected = set(getattr(e, "expected", None) or [])
+    if isinstance(e, UnexpectedToken):
+        try:
+            expected = set(e.interactive_parser.accepts())
+        except Exception:
+            expected = set(e.expected)
+    line = source.text.rstrip().count("\n") + 1
+    col = len(source.line_text(line).rstrip()) + 1
+    span = Span(source, line, max(col - 1, 1), line, col)
+    notes = (Note("expected " + _join_words(_expected_words(expected - {"$END"}))),) if expected - {"$END"} else ()
+    return Diagnostic("E0103", "unexpected end of file", span, notes)
+
+
+def _error_offset(e: UnexpectedInput, text: str) -> int:
+    if isinstance(e, UnexpectedToken):
+        return e.token.start_pos if e.token.start_pos is not None else len(text)
+    if isinstance(e, UnexpectedCharacters):
+        return e.pos_in_stream
+    return len(text)
+
+
+_DECL_START = re.compile(r"^(?:model|block|train|import)\b", re.M)
+
+
+def _blank_declaration(text: str, offset: int) -> str:
+    """`text` with the top-level declaration around `offset` replaced by spaces.
+
+    Declarations are found by their keyword at the start of a line; newlines
+    are kept so every later position is unchanged.
+    """
+    starts = [m.start() for m in _DECL_START.finditer(text)]
+    begin = max([s for s in starts if s <= offset], default=0)
+    end = min([s for s in starts if s > offset], default=len(text))
+    blank = re.sub(r"[^\n]", " ", text[begin:end])
+    return text[:begin] + blank + text[end:]
+
+
+# ---- parse tree -> AST -----------------------------------------------------------
+
+_ESCAPES = {'"': '"', "\\": "\\", "n": "\n", "t": "\t"}
+
+
+@v_args(meta=True)
+class _ToAst(Transformer):
+    """Builds AST nodes; every method receives the node's `meta` for its span."""
+
+    def __init__(self, source: Source) -> None:
+        super().__init__()
+        self.source = source
+
+    # -- spans
+    def _span(self, meta) -> Span:
+        return Span(self.source, meta.line, meta.column, meta.end_line, meta.end_column)
+
+    def _tok_span(self, tok: Token) -> Span:
+        return Span(self.source, tok.line, tok.column, tok.end_line, tok.end_column)
+
+    def _ident(self, tok: Token) -> ast.Ident:
+        return ast.Ident(str(tok), self._tok_span(tok))
+
+    # -- top level
+    def start(self, meta, items):
+        return [i for i in items if i is not None and not isinstance(i, Token)]
+
+    def import_decl(self, meta, items):
+        return ast.Import(self._string(items[0]), self._span(meta))
+
+    def model_decl(self, meta, items):
+        name, *rest = items
+        body = rest.pop()
+        hparams = tuple(h for h in rest if h is not None)
+        return ast.Model(self._ident(name), hparams, body, self._span(meta), self.source)
+
+    def hparam(self, meta, items):
+        name, type_, default = items
+        return ast.HParam(self._ident(name), self._ident(type_), default, self._span(meta))
+
+    def block_decl(self, meta, items):
+        name, *rest = items
+        body = rest.pop()
+        params = tuple(p for p in rest if p is not None)
+        return ast.Block(self._ident(name), params, body, self._span(meta), self.source)
+
+    def bparam(self, meta, items):
+        name, type_, default = items
+        return ast.HParam(self._ident(name), self._ident(type_) if type_ is not None else None,
+                          default, self._span(meta))
+
+    def train_decl(self, meta, items):
+        name, *rest = items
+        settings = tuple(s for s in rest if isinstance(s, ast.Setting))
+        objectives = tuple(s for s in rest if isinstance(s, ast.Minimize))
+        return ast.Train(self._ident(name) if name is not None else None, settings, objectives, self._span(meta))
+
+    def setting(self, meta, items):
+        return ast.Setting(self._ident(items[0]), items[1], self._span(meta))
+
+    def minimize(self, meta, items):
+        loss, over, optimizer = items
+        return ast.Minimize(self._ident(loss), self._ident(over) if over is not None else None,
+                            optimizer, self._span(meta))
+
+    # -- statements
+    def body(self, meta, items):
+        return tuple(i for i in items if isinstance(i, ast.Stmt))
+
+    def input_stmt(self, meta, items):
+        return ast.Input(self._ident(items[0]), items[1], self._span(meta))
+
+    def param_stmt(self, meta, items):
+        return ast.Param(self._ident(items[0]), items[1], items[2], self._span(meta))
+
+    def assign_stmt(self, meta, items):
+        *targets, value = items
+        return ast.Assign(tuple(self._ident(t) for t in targets), value, self._span(meta))
+
+    def output_stmt(self, meta, items):
+        return ast.Output(tuple(items), self._span(meta))
+
+    def output_item(self, meta, items):
+        return ast.OutputItem(self._ident(items[0]), items[1])
+
+    def repeat_stmt(self, meta, items):
+        var, start, _range, stop, body = items
+        return ast.Repeat(self._ident(var), start, stop, body, self._span(meta))
+
+    def return_stmt(self, meta, items):
+        return ast.Return(items[0], self._span(meta))
+
+    def type(self, meta, items):
+        dtype, *dims = items
+        return ast.TypeExpr(self._ident(dtype), tuple(d for d in dims if d is not None), self._span(meta))
+
+    # -- expressions
+    def pipe(self, meta, items):
+        value, (func, args, kwargs, span) = items
+        return ast.Call(func, (value, *args), kwargs, span, piped=True)
+
+    def stage_name(self, meta, items):
+        tok = items[0]
+        return ast.Name(str(tok), self._tok_span(tok)), (), (), self._span(meta)
+
+    def stage_call(self, meta, items):
+        tok, args = items
+        positional, keywords = args if args is not None else ((), ())
+        return ast.Name(str(tok), self._tok_span(tok)), positional, keywords, self._span(meta)
+
+    def call(self, meta, items):
+        func, args = items
+        positional, keywords = args if args is not None else ((), ())
+        return ast.Call(func, positional, keywords, self._span(meta))
+
+    def args(self, meta, items):
+        positional = tuple(a for a in items if not isinstance(a, ast.Keyword))
+        keywords = tuple(a for a in items if isinstance(a, ast.Keyword))
+        seen_keyword = False
+        for a in items:
+            if isinstance(a, ast.Keyword):
+                seen_keyword = True
+            elif seen_keyword:
+                raise DlnError(Diagnostic("E0101", "positional argument after a keyword argument", a.span))
+        return positional, keywords
+
+    def keyword(self, meta, items):
+        return ast.Keyword(self._ident(items[0]), items[1])
+
+    def index(self, meta, items):
+        value, *subs = items
+        return ast.Index(value, tuple(subs), self._span(meta))
+
+    def slice(self, meta, items):
+        start, stop, step = items
+        return ast.Slice(start, stop, step, self._span(meta))
+
+    def ellipsis(self, meta, items):
+        return ast.EllipsisExpr(self._span(meta))
+
+    def or_op(self, meta, items):
+        return ast.Binary("or", items[0], items[1], self._span(meta))
+
+    def and_op(self, meta, items):
+        return ast.Binary("and", items[0], items[1], self._span(meta))
+
+    def not_op(self, meta, items):
+        return ast.Unary("not", items[0], self._span(meta))
+
+    def compare(self, meta, items):
+        return ast.Binary(str(items[1]), items[0], items[2], self._span(meta))
+
+    def binary(self, meta, items):
+        return ast.Binary(str(items[1]), items[0], items[2], self._span(meta))
+
+    def neg(self, meta, items):
+        return ast.Unary("-", items[0], self._span(meta))
+
+    def power(self, meta, items):
+        return ast.Binary("**", items[0], items[1], self._span(meta))
+
+    def name(self, meta, items):
+        return ast.Name(str(items[0]), self._span(meta))
+
+    def int(self, meta, items):
+        return ast.Int(int(items[0]), self._span(meta))
+
+    def float(self, meta, items):
+        return ast.Float(float(items[0]), self._span(meta))
+
+    def string(self, meta, items):
+        return ast.Str(self._string(items[0]), self._span(meta))
+
+    def true(self, meta, items):
+        return ast.Bool(True, self._span(meta))
+
+    def false(self, meta, items):
+        return ast.Bool(False, self._span(meta))
+
+    def tuple(self, meta, items):
+        return ast.TupleExpr(tuple(i for i in items if i is not None), self._span(meta))
+
+    def list(self, meta, items):
+        return ast.ListExpr(tuple(i for i in items if i is not None), self._span(meta))
+
+    def record(self, meta, items):
+        return ast.Record(tuple(i for i in items if i is not None), self._span(meta))
+
+    def field(self, meta, items):
+        return ast.Field(self._ident(items[0]), items[1])
+
+    def _string(self, tok: Token) -> str:
+        body = str(tok)[1:-1]
+        out: list[str] = []
+        i = 0
+        while i < len(body):
+            ch = body[i]
+            if ch == "\\":
+                nxt = body[i + 1]
+                if nxt not in _ESCAPES:
+                    col = tok.column + 1 + i
+                    span = Span(self.source, tok.line, col, tok.line, col + 2)
+                    raise DlnError(Diagnostic("E0104", f"unknown escape '\\{nxt}' in string", span,
+                                              (Note('strings allow \\", \\\\, \\n and \\t'),)))
+                out.append(_ESCAPES[nxt])
+                i += 2
+            else:
+                out.append(ch)
+                i += 1
+        return "".join(out)

@@ -1,0 +1,1 @@
+Model = compile = train = None

@@ -1,0 +1,303 @@
+"""The NumPy interpreter: the reference backend, and the CPU backend.
+
+In its simplest form it is the ten-line loop of `evaluate`: look each node's
+op up in `IMPLS` and call it.  `Executable` runs the same table fast, for
+training: for each binding of the symbolic dimensions it plans once —
+
+* every buffer is allocated once and reused across steps (a pool keyed by
+  shape and dtype, freed by liveness), so no temporary is mapped and
+  unmapped each step;
+* views (reshape, transpose, broadcast, slice) are made once, at plan time;
+* nodes that depend on no input (constants, iotas, their arithmetic) are
+  computed once, at plan time;
+* each step is a list of prebound NumPy calls (`np.add(a, b, out=c)`);
+* outputs named in `donate` are written straight into the buffer of the input
+  they replace (a parameter, an optimizer state) when no later node reads it.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from dln.compiler.ir import Graph, GroupOp, Node, Op
+from dln.dsl.diagnostics import Diagnostic, DlnError
+from dln.runtime.numpy_ops import IMPLS, VIEW_OPS, concrete_shape, np_dtype
+
+# Ops whose implementation is a single NumPy call `f(*inputs, out=buffer)`.
+_DIRECT: dict[Op, Callable] = {
+    Op.NEG: np.negative, Op.EXP: np.exp, Op.LOG: np.log, Op.LOG1P: np.log1p, Op.SQRT: np.sqrt, Op.ABS: np.abs,
+    Op.SIGN: np.sign, Op.SIN: np.sin, Op.COS: np.cos, Op.TANH: np.tanh, Op.NOT: np.logical_not,
+    Op.ADD: np.add, Op.SUB: np.subtract, Op.MUL: np.multiply, Op.DIV: np.divide, Op.POW: np.power,
+    Op.MOD: np.mod, Op.MAXIMUM: np.maximum, Op.MINIMUM: np.minimum, Op.LT: np.less, Op.LE: np.less_equal,
+    Op.GT: np.greater, Op.GE: np.greater_equal, Op.EQ: np.equal, Op.NE: np.not_equal, Op.AND: np.logical_and,
+    Op.OR: np.logical_or, Op.MATMUL: np.matmul,
+}
+_REDUCE: dict[Op, Callable] = {Op.SUM: np.sum, Op.MAX: np.max, Op.MIN: np.min}
+
+
+def evaluate(graph: Graph, inputs: Mapping[str, np.ndarray], env: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Run `graph` once, op by op, allocating as it goes: the definition of its meaning."""
+    values: dict[int, np.ndarray] = {}
+    for n in graph.nodes:
+        if n.op is Op.INPUT:
+            values[n.id] = inputs[n.attrs["name"]]
+        else:
+            values[n.id] = IMPLS[n.op](n, [values[i] for i in n.inputs], None, env)
+    return {name: values[i] for name, i in graph.outputs}
+
+
+class Executable:
+    """A graph prepared for repeated runs (see the module docstring)."""
+
+    def __init__(self, graph: Graph, persistent: Mapping[str, np.ndarray] | None = None,
+                 donate: Mapping[str, str] | None = None) -> None:
+        self.graph = graph
+        self.persistent = dict(persistent or {})
+        self.donate = dict(donate or {})
+        self.feeds = [n.attrs["name"] for n in graph.nodes
+                      if n.op is Op.INPUT and n.attrs["name"] not in self.persistent]
+        self._plans: dict[tuple, _Plan] = {}
+
+    def run(self, feeds: Mapping[str, np.ndarray], env: Mapping[str, int]) -> dict[str, np.ndarray]:
+        """Outputs as arrays owned by the executable: valid until the next run."""
+        key = tuple(sorted(env.items()))
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._plans[key] = _Plan(self, dict(env))
+        return plan.run(feeds)
+
+
+class _Plan:
+    def __init__(self, exe: Executable, env: dict[str, Any]) -> None:
+        graph = exe.graph
+        self.env = env
+        self.feed_buffers: list[tuple[str, np.ndarray]] = []
+        self.steps: list[Callable[[], Any]] = []
+        self.step_nodes: list[Node] = []
+        self.copies: list[tuple[np.ndarray, np.ndarray]] = []
+        arrays: dict[int, np.ndarray] = {}
+        root: dict[int, int] = {}  # node -> the node owning the memory it views
+        static: set[int] = set()
+        order = {n.id: k for k, n in enumerate(graph.nodes)}
+        outputs = {i for _, i in graph.outputs}
+        donated_by_node = {graph.output(o).id: graph.input_named(i).id for o, i in exe.donate.items()
+                           if i in exe.persistent}
+
+        last_use: dict[int, int] = {}
+        for n in graph.nodes:
+            root[n.id] = root[n.inputs[0]] if n.op in VIEW_OPS and n.inputs else n.id
+            for i in n.inputs:
+                last_use[root[i]] = order[n.id]
+        for i in outputs:
+            last_use[root[i]] = len(graph.nodes)
+
+        pool: dict[tuple, list[np.ndarray]] = {}
+        owned: set[int] = set()   # nodes whose buffer came from the pool
+        for n in graph.nodes:
+            args = [arrays[i] for i in n.inputs]
+            if n.op is Op.INPUT:
+                name = n.attrs["name"]
+                if name in exe.persistent:
+                    arrays[n.id] = exe.persistent[name]
+                else:
+                    buf = np.empty(concrete_shape(n, env), np_dtype(n.dtype))
+                    self.feed_buffers.append((name, buf))
+                    arrays[n.id] = buf
+                continue
+            if n.op in (Op.CONST, Op.IOTA, Op.SYMSIZE) or (n.op is not Op.RAND and n.inputs
+                                                            and all(i in static for i in n.inputs)):
+                arrays[n.id] = IMPLS[n.op](n, args, None, env)
+                static.add(n.id)
+                root[n.id] = n.id
+                continue
+            if n.op in VIEW_OPS:
+                view = IMPLS[n.op](n, args, None, env)
+                if n.op is Op.RESHAPE and not np.shares_memory(view, args[0]):
+                    # A reshape that must copy: a step of its own, into a buffer.
+                    root[n.id] = n.id
+                    out = self._buffer(n, pool, owned)
+                    self._step(n, functools.partial(np.copyto, out.reshape(args[0].shape), args[0]))
+                    arrays[n.id] = out
+                else:
+                    arrays[n.id] = view
+                continue
+            target = donated_by_node.get(n.id)
+            if target is not None and _may_write_into(graph, n, target, root, order):
+                out = arrays[target]
+            else:
+                out = self._buffer(n, pool, owned)
+                if target is not None:
+                    self.copies.append((arrays[target], out))
+            self._step(n, _bind(n, args, out, env))
+            arrays[n.id] = out
+            # Return the buffers whose last reader this was.
+            for i in set(n.inputs):
+                r = root[i]
+                if r in owned and last_use.get(r) == order[n.id]:
+                    owned.discard(r)
+                    pool.setdefault(_key(arrays[r]), []).append(arrays[r])
+        self.outputs = [(name, arrays[i]) for name, i in graph.outputs]
+        for o, i in exe.donate.items():
+            if i in exe.persistent:
+                self.outputs = [(name, exe.persistent[i] if name == o else a) for name, a in self.outputs]
+
+    def _buffer(self, n: Node, pool: dict, owned: set) -> np.ndarray:
+        shape, dtype = concrete_shape(n, self.env), np_dtype(n.dtype)
+        free = pool.get((shape, dtype))
+        buf = free.pop() if free else np.empty(shape, dtype)
+        owned.add(n.id)
+        return buf
+
+    def _step(self, n: Node, fn: Callable[[], Any]) -> None:
+        self.steps.append(fn)
+        self.step_nodes.append(n)
+
+    def run(self, feeds: Mapping[str, np.ndarray], env: Mapping[str, int]) -> dict[str, np.ndarray]:
+        """Outputs as arrays owned by the executable: valid until the next run."""
+        key = tuple(sorted(env.items()))
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._plans[key] = _Plan(self, dict(env))
+        return plan.run(feeds)
+
+
+class _Plan:
+    def __init__(self, exe: Executable, env: dict[str, Any]) -> None:
+        graph = exe.graph
+        self.env = env
+        self.feed_buffers: list[tuple[str, np.ndarray]] = []
+        self.steps: list[Callable[[], Any]] = []
+        self.step_nodes: list[Node] = []
+        self.copies: list[tuple[np.ndarray, np.ndarray]] = []
+        arrays: dict[int, np.ndarray] = {}
+        root: dict[int, int] = {}  # node -> the node owning the memory it views
+        static: set[int] = set()
+        order = {n.id: k for k, n in enumerate(graph.nodes)}
+        outputs = {i for _, i in graph.outputs}
+        donated_by_node = {graph.output(o).id: graph.input_named(i).id for o, i in exe.donate.items()
+                           if i in exe.persistent}
+
+        last_use: dict[int, int] = {}
+        for n in graph.nodes:
+            root[n.id] = root[n.inputs[0]] if n.op in VIEW_OPS and n.inputs else n.id
+            for i in n.inputs:
+                last_use[root[i]] = order[n.id]
+        for i in outputs:
+            last_use[root[i]] = len(graph.nodes)
+
+        pool: dict[tuple, list[np.ndarray]] = {}
+        owned: set[int] = set()   # nodes whose buffer came from the pool
+        for n in graph.nodes:
+            args = [arrays[i] for i in n.inputs]
+            if n.op is Op.INPUT:
+                name = n.attrs["name"]
+                if name in exe.persistent:
+                    arrays[n.id] = exe.persistent[name]
+                else:
+                    buf = np.empty(concrete_shape(n, env), np_dtype(n.dtype))
+                    self.feed_buffers.append((name, buf))
+                    arrays[n.id] = buf
+                continue
+            if n.op in (Op.CONST, Op.IOTA, Op.SYMSIZE) or (n.op is not Op.RAND and n.inputs
+                                                            and all(i in static for i in n.inputs)):
+                arrays[n.id] = IMPLS[n.op](n, args, None, env)
+                static.add(n.id)
+                root[n.id] = n.id
+                continue
+            if n.op in VIEW_OPS:
+                view = IMPLS[n.op](n, args, None, env)
+                if n.op is Op.RESHAPE and not np.shares_memory(view, args[0]):
+                    # A reshape that must copy: a step of its own, into a buffer.
+                    root[n.id] = n.id
+                    out = self._buffer(n, pool, owned)
+                    self._step(n, functools.partial(np.copyto, out.reshape(args[0].shape), args[0]))
+                    arrays[n.id] = out
+                else:
+                    arrays[n.id] = view
+                continue
+            target = donated_by_node.get(n.id)
+            if target is not None and _may_write_into(graph, n, target, root, order):
+                out = arrays[target]
+            else:
+                out = self._buffer(n, pool, owned)
+                if target is not None:
+                    self.copies.append((arrays[target], out))
+            self._step(n, _bind(n, args, out, env))
+            arrays[n.id] = out
+            # Return the buffers whose last reader this was.
+            for i in set(n.inputs):
+                r = root[i]
+                if r in owned and last_use.get(r) == order[n.id]:
+                    owned.discard(r)
+                    pool.setdefault(_key(arrays[r]), []).append(arrays[r])
+        self.outputs = [(name, arrays[i]) for name, i in graph.outputs]
+        for o, i in exe.donate.items():
+            if i in exe.persistent:
+                self.outputs = [(name, exe.persistent[i] if name == o else a) for name, a in self.outputs]
+
+    def _buffer(self, n: Node, pool: dict, owned: set) -> np.ndarray:
+        shape, dtype = concrete_shape(n, self.env), np_dtype(n.dtype)
+        free = pool.get((shape, dtype))
+        buf = free.pop() if free else np.empty(shape, dtype)
+        owned.add(n.id)
+        return buf
+
+    def _step(self, n: Node, fn: Callable[[], Any]) -> None:
+        self.steps.append(fn)
+        self.step_nodes.append(n)
+
+    @staticmethod
+    def _may_write_into(graph: Graph, n: Node, target: np.ndarray, arrays: dict[int, np.ndarray],
+                        order: dict[int, int]) -> bool:
+        """May node `n` write its result straight into `target`?  Only an elementwise op
+        reading `target` itself (not a view of it), after every other reader."""
+        if n.op not in GroupOp.Elementwise or n.op is Op.WHERE:
+            return False
+        for i in n.inputs:
+            if arrays[i] is not target and np.shares_memory(arrays[i], target):
+                return False
+        later = [m for m in graph.nodes if order[m.id] > order[n.id]]
+        return not any(np.shares_memory(arrays[i], target) for m in later for i in m.inputs if i in arrays)
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        for name, buf in self.feed_buffers:
+            np.copyto(buf, feeds[name], casting="unsafe")
+        k = 0
+        try:
+            with np.errstate(all="ignore"):
+                for k, step in enumerate(self.steps):
+                    step()
+                for dst, src in self.copies:
+                    np.copyto(dst, src)
+        except (ValueError, TypeError, FloatingPointError, IndexError) as e:
+            node = self.step_nodes[k]
+            raise DlnError(Diagnostic("E0704", f"{node.op.value} failed at run time: {e}", node.loc)) from None
+        return dict(self.outputs)
+
+
+def _may_write_into(graph: Graph, n: Node, target: int, root: dict[int, int], order: dict[int, int]) -> bool:
+    """May node `n` write its result straight into the buffer of input `target`?  Only an
+    elementwise op that reads `target` itself (not a view of it), after every other reader."""
+    if n.op not in GroupOp.Elementwise or n.op is Op.WHERE:
+        return False
+    if any(root[i] == target and i != target for i in n.inputs):
+        return False
+    return not any(root[i] == target for m in graph.nodes if order[m.id] > order[n.id] for i in m.inputs)
+
+
+def _key(a: np.ndarray) -> tuple:
+    return (a.shape, a.dtype)
+
+
+def _bind(n: Node, args: list[np.ndarray], out: np.ndarray, env: dict[str, Any]) -> Callable[[], Any]:
+    """The node's computation as one prebound call."""
+    direct = _DIRECT.get(n.op)
+    if direct is not None:
+        return functools.partial(direct, *args, out=out)
+    reduce = _REDUCE.get(n.op)
+    if reduce is not None:
+        return functools.partial(reduce, args[0], axis=n.attrs["axes"], keepdims=n.attrs["keepdim"], out=out)
+    return functools.partial(IMPLS[n.op], n, args, out, env)

@@ -1,0 +1,217 @@
+"""The NumPy implementation of every primitive: the living definition of each op.
+
+`IMPLS[op](node, args, out, env)` computes a node from its input arrays.
+`out` is a preallocated array of the node's shape and dtype (the buffer plan
+reuses buffers across steps); an implementation writes into it and returns
+it.  Ops in `VIEW_OPS` return views of their input instead and are given no
+buffer.  `env` maps symbolic dimensions to their sizes, plus the random
+state (`seed`, `step`) for `rand`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+from scipy import special
+
+from dln.compiler.ir import DType, Node, Op
+from dln.compiler.symbolic import evaluate
+from dln.runtime import philox
+
+NUMPY_DTYPES: dict[DType, np.dtype] = {
+    DType.F16: np.dtype(np.float16),
+    DType.BF16: np.dtype(np.float32),  # NumPy has no bfloat16: computed in float32
+    DType.F32: np.dtype(np.float32),
+    DType.F64: np.dtype(np.float64),
+    DType.I32: np.dtype(np.int32),
+    DType.I64: np.dtype(np.int64),
+    DType.BOOL: np.dtype(np.bool_),
+}
+
+Impl = Callable[[Node, list[np.ndarray], "np.ndarray | None", dict[str, Any]], np.ndarray]
+IMPLS: dict[Op, Impl] = {}
+VIEW_OPS = frozenset({Op.RESHAPE, Op.BROADCAST, Op.PERMUTE, Op.SLICE, Op.DETACH, Op.CONST, Op.INPUT})
+
+
+def concrete_shape(node: Node, env: dict[str, Any]) -> tuple[int, ...]:
+    return tuple(evaluate(d, env) for d in node.shape)
+
+
+def np_dtype(dtype: DType) -> np.dtype:
+    return NUMPY_DTYPES[dtype]
+
+
+def _alloc(node: Node, out: np.ndarray | None, env) -> np.ndarray:
+    return out if out is not None else np.empty(concrete_shape(node, env), np_dtype(node.dtype))
+
+
+def impl(*ops: Op):
+    def register(fn: Impl) -> Impl:
+        for op in ops:
+            IMPLS[op] = fn
+        return fn
+    return register
+
+
+def _ufunc(op: Op, ufunc: Callable) -> None:
+    def run(node, args, out, env):
+        return ufunc(*args, out=_alloc(node, out, env))
+    IMPLS[op] = run
+
+
+for _op, _f in [
+    (Op.NEG, np.negative), (Op.EXP, np.exp), (Op.LOG, np.log), (Op.LOG1P, np.log1p), (Op.SQRT, np.sqrt),
+    (Op.ABS, np.abs), (Op.SIGN, np.sign), (Op.SIN, np.sin), (Op.COS, np.cos), (Op.TANH, np.tanh),
+    (Op.SIGMOID, special.expit), (Op.ERF, special.erf), (Op.NOT, np.logical_not),
+    (Op.ADD, np.add), (Op.SUB, np.subtract), (Op.MUL, np.multiply), (Op.DIV, np.divide), (Op.POW, np.power),
+    (Op.MOD, np.mod), (Op.MAXIMUM, np.maximum), (Op.MINIMUM, np.minimum),
+    (Op.LT, np.less), (Op.LE, np.less_equal), (Op.GT, np.greater), (Op.GE, np.greater_equal),
+    (Op.EQ, np.equal), (Op.NE, np.not_equal), (Op.AND, np.logical_and), (Op.OR, np.logical_or),
+    (Op.MATMUL, np.matmul),
+]:
+    _ufunc(_op, _f)
+
+
+# ---- leaves ------------------------------------------------------------------------------------------------
+
+@impl(Op.CONST)
+def _const(node, args, out, env):
+    value = np.array(node.attrs["value"], dtype=np_dtype(node.dtype))
+    return np.broadcast_to(value, concrete_shape(node, env))
+
+
+@impl(Op.IOTA)
+def _iota(node, args, out, env):
+    out = _alloc(node, out, env)
+    out[...] = np.arange(out.shape[0], dtype=out.dtype)
+    return out
+
+
+@impl(Op.SYMSIZE)
+def _symsize(node, args, out, env):
+    out = _alloc(node, out, env)
+    out[...] = evaluate(node.attrs["dim"], env)
+    return out
+
+
+@impl(Op.RAND)
+def _rand(node, args, out, env):
+    seed, step = (int(a) for a in args)
+    out = _alloc(node, out, env)
+    out[...] = philox.uniform(seed & 0xFFFFFFFFFFFFFFFF, node.attrs["stream"], step, out.shape)
+    return out
+
+
+# ---- unary and ternary specials --------------------------------------------------------------------------
+
+@impl(Op.RELU)
+def _relu(node, args, out, env):
+    return np.maximum(args[0], 0, out=_alloc(node, out, env))
+
+
+@impl(Op.RSQRT)
+def _rsqrt(node, args, out, env):
+    out = np.sqrt(args[0], out=_alloc(node, out, env))
+    return np.divide(1, out, out=out)
+
+
+@impl(Op.CAST)
+def _cast(node, args, out, env):
+    out = _alloc(node, out, env)
+    np.copyto(out, args[0], casting="unsafe")
+    return out
+
+
+@impl(Op.DETACH)
+def _detach(node, args, out, env):
+    return args[0]
+
+
+@impl(Op.WHERE)
+def _where(node, args, out, env):
+    cond, a, b = args
+    out = _alloc(node, out, env)
+    np.copyto(out, b)
+    np.copyto(out, a, where=cond)
+    return out
+
+
+# ---- reductions ------------------------------------------------------------------------------------------------
+
+def _reduction(fn: Callable) -> Impl:
+    def run(node, args, out, env):
+        return fn(args[0], axis=node.attrs["axes"], keepdims=node.attrs["keepdim"], out=_alloc(node, out, env))
+    return run
+
+
+IMPLS[Op.SUM] = _reduction(np.sum)
+IMPLS[Op.MAX] = _reduction(np.max)
+IMPLS[Op.MIN] = _reduction(np.min)
+
+
+@impl(Op.ARGMAX)
+def _argmax(node, args, out, env):
+    (axis,) = node.attrs["axes"]
+    return np.argmax(args[0], axis=axis, keepdims=node.attrs["keepdim"], out=_alloc(node, out, env))
+
+
+# ---- movement ----------------------------------------------------------------------------------------------------
+
+@impl(Op.RESHAPE)
+def _reshape(node, args, out, env):
+    return np.reshape(args[0], concrete_shape(node, env))
+
+
+@impl(Op.BROADCAST)
+def _broadcast(node, args, out, env):
+    return np.broadcast_to(args[0], concrete_shape(node, env))
+
+
+@impl(Op.PERMUTE)
+def _permute(node, args, out, env):
+    return np.transpose(args[0], node.attrs["perm"])
+
+
+@impl(Op.SLICE)
+def _slice(node, args, out, env):
+    index = tuple(slice(evaluate(a, env), evaluate(b, env), s)
+                  for a, b, s in zip(node.attrs["starts"], node.attrs["stops"], node.attrs["steps"]))
+    return args[0][index]
+
+
+@impl(Op.PAD)
+def _pad(node, args, out, env):
+    out = _alloc(node, out, env)
+    out.fill(node.attrs["value"])
+    inner = tuple(slice(evaluate(lo, env), evaluate(lo, env) + d) for (lo, _), d in zip(node.attrs["pads"],
+                                                                                         args[0].shape))
+    out[inner] = args[0]
+    return out
+
+
+@impl(Op.CONCAT)
+def _concat(node, args, out, env):
+    return np.concatenate(args, axis=node.attrs["axis"], out=_alloc(node, out, env))
+
+
+# ---- indexing -------------------------------------------------------------------------------------------------------
+
+@impl(Op.GATHER)
+def _gather(node, args, out, env):
+    x, index = args
+    out = _alloc(node, out, env)
+    out[...] = np.take_along_axis(x, index, axis=node.attrs["axis"])
+    return out
+
+
+@impl(Op.SCATTER_ADD)
+def _scatter_add(node, args, out, env):
+    index, src = args
+    axis = node.attrs["axis"]
+    out = _alloc(node, out, env)
+    out.fill(0)
+    where = list(np.indices(index.shape, sparse=True))
+    where[axis] = index
+    np.add.at(out, tuple(where), src)
+    return out
