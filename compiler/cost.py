@@ -1,0 +1,35 @@
+"""Counting work: FLOPs and bytes of a node, for `dln check`, plans and the cost model.
+
+Symbolic dimensions are evaluated in `env` (all 1 for "per example").
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+from dln.compiler.ir import Graph, GroupOp, Node, Op
+from dln.compiler.symbolic import evaluate, numel
+
+
+def size(shape, env: Mapping[str, int]) -> int:
+    return int(evaluate(numel(shape), env))
+
+
+def flops(graph: Graph, n: Node, env: Mapping[str, int]) -> int:
+    """Floating-point operations of one node (a multiply-add counts 2)."""
+    if n.op is Op.MATMUL:
+        a = graph.node(n.inputs[0])
+        return 2 * size(n.shape, env) * int(evaluate(a.shape[-1], env))
+    if n.op in GroupOp.Elementwise and n.op not in (Op.CAST, Op.DETACH):
+        return size(n.shape, env)
+    if n.op in GroupOp.Reduce:
+        return size(graph.node(n.inputs[0]).shape, env)
+    return 0
+
+
+def total_flops(graph: Graph, env: Mapping[str, int]) -> int:
+    return sum(flops(graph, n, env) for n in graph.nodes)
+
+
+def nbytes(n: Node, env: Mapping[str, int]) -> int:
+    return size(n.shape, env) * n.dtype.itemsize

@@ -1,0 +1,10 @@
+"""After autodiff, `detach` has done its work: it is the identity."""
+
+from __future__ import annotations
+
+from dln.compiler.ir import Graph, Op
+from dln.compiler.passes.rewrite import rewrite
+
+
+def strip_detach(graph: Graph) -> Graph:
+    return rewrite(graph, lambda b, n: n.inputs[0] if n.op is Op.DETACH else None)

@@ -1,0 +1,42 @@
+"""The IR checker: run between passes in debug mode (DLN_DEBUG=1 or --debug).
+
+It re-derives every node's type from its inputs with the shape rules and
+checks SSA order; on a failure it prints the IR around the bad node.
+"""
+
+from __future__ import annotations
+
+from dln.compiler.ir import Graph, Op
+from dln.compiler.printer import format_node
+from dln.compiler.shapes import SHAPE_RULES, ShapeContext, ShapeError
+
+
+class IRError(AssertionError):
+    pass
+
+
+def verify(graph: Graph, after: str = "") -> Graph:
+    seen: set[int] = set()
+    for k, n in enumerate(graph.nodes):
+        problem = None
+        if n.id in seen:
+            problem = f"node id %{n.id} defined twice"
+        missing = [i for i in n.inputs if i not in seen]
+        if missing:
+            problem = f"uses %{missing[0]} before it is defined"
+        elif n.op not in (Op.INPUT, Op.CONST, Op.IOTA, Op.SYMSIZE, Op.RAND):
+            try:
+                expected = SHAPE_RULES[n.op](ShapeContext(), [graph.node(i).type for i in n.inputs], n.attrs)
+                if expected != n.type:
+                    problem = f"type {n.type} but its inputs give {expected}"
+            except ShapeError as e:
+                problem = f"ill-typed: {e.message}"
+        if problem:
+            lo, hi = max(0, k - 5), min(len(graph.nodes), k + 3)
+            context = "\n".join(("> " if j == k else "  ") + format_node(graph.nodes[j]) for j in range(lo, hi))
+            raise IRError(f"IR check failed{' after ' + after if after else ''}: %{n.id} {problem}\n{context}")
+        seen.add(n.id)
+    for name, i in graph.outputs:
+        if i not in seen:
+            raise IRError(f"output {name} refers to missing node %{i}")
+    return graph

@@ -1,0 +1,73 @@
+"""The compiler's steps, in order.  Each is a pure function.
+
+    text ──parse──► AST ──load──► Program (the file and its imports)
+         ──build_model──► BuiltModel: typed graph, shapes inferred, parameters named
+         ──forward_graph──► the graph of the requested values, optimized
+         ──train_step──► forward + backward + optimizer update, optimized
+         ──(kernels)──► fusion plan and Triton source, in dln.kernels
+
+Between passes the IR checker runs when `debug` is on.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+from dln.compiler.build import BuiltModel, build_model
+from dln.compiler.ir import Graph
+from dln.compiler.passes.cse import cse
+from dln.compiler.passes.dce import dce
+from dln.compiler.passes.detach import strip_detach
+from dln.compiler.passes.fold import fold
+from dln.compiler.passes.verify import verify
+from dln.compiler.program import load
+from dln.compiler.recipe import Objective
+from dln.compiler.training import TrainStep, build_step
+
+__all__ = ["load", "build_model", "forward_graph", "train_step", "optimize", "PASSES"]
+
+# The optimization passes, in order.
+PASSES: list[tuple[str, Callable[[Graph], Graph]]] = [
+    # `detach` only matters to autodiff, which has run by now.
+    ("strip_detach", strip_detach),
+    # Fold constants and exact identities (x * 1, reshape to the same shape, ...).
+    ("fold", fold),
+    # One node per distinct computation: VJPs recompute what the forward had.
+    ("cse", cse),
+    # Folding may expose more: once more, then drop what no output needs.
+    ("fold", fold),
+    ("dce", dce),
+]
+
+
+def optimize(graph: Graph, debug: bool = False) -> Graph:
+    if debug:
+        verify(graph, "build")
+    for name, run in PASSES:
+        graph = run(graph)
+        if debug:
+            verify(graph, name)
+    return graph
+
+
+def forward_graph(model: BuiltModel, outputs: Sequence[str] | None = None, debug: bool = False) -> Graph:
+    """The graph computing `outputs` (declared outputs by default; any named value or metric may be asked for)."""
+    names = list(outputs) if outputs is not None else model.outputs
+    pairs = []
+    for name in names:
+        if name in model.graph.output_names:
+            pairs.append((name, model.graph.output(name).id))
+        elif name in model.values:
+            pairs.append((name, model.values[name]))
+        else:
+            pairs.append((name, model.metrics[name]))
+    g = model.graph.with_outputs(pairs)
+    return optimize(g, debug)
+
+
+def train_step(model: BuiltModel, objective: Objective, clip_grad: float | None = None,
+               debug: bool = False) -> TrainStep:
+    step = build_step(model, objective, clip_grad)
+    step.graph = optimize(step.graph, debug)
+    return step
+

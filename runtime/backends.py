@@ -1,0 +1,78 @@
+"""Backends behind one interface (ARCHITECTURE.md, decision 8).
+
+A backend keeps tensors in its own memory (NumPy arrays, torch tensors on a
+GPU) and prepares graphs into executables with `run(feeds, env)`.  Parameters
+and optimizer state are *persistent* buffers an executable reads, and writes
+in place when an output is donated to them.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from typing import Any, Mapping, Protocol
+
+import numpy as np
+
+from dln.compiler.ir import Graph
+from dln.dsl.diagnostics import Diagnostic, DlnError
+from dln.runtime.interpreter import Executable
+
+
+class Prepared(Protocol):
+    def run(self, feeds: Mapping[str, Any], env: Mapping[str, int]) -> dict[str, Any]: ...
+
+
+class Backend(Protocol):
+    name: str
+
+    def asarray(self, array: np.ndarray) -> Any: ...
+    def to_numpy(self, value: Any) -> np.ndarray: ...
+    def copy_into(self, dst: Any, src: np.ndarray) -> None: ...
+    def prepare(self, graph: Graph, persistent: Mapping[str, Any], donate: Mapping[str, str]) -> Prepared: ...
+
+
+class NumpyBackend:
+    """The NumPy interpreter (dln.runtime.interpreter)."""
+
+    name = "numpy"
+
+    def asarray(self, array: np.ndarray) -> np.ndarray:
+        return np.array(array, copy=True)
+
+    def to_numpy(self, value: Any) -> np.ndarray:
+        return np.asarray(value)
+
+    def copy_into(self, dst: np.ndarray, src: np.ndarray) -> None:
+        np.copyto(dst, src, casting="unsafe")
+
+    def prepare(self, graph: Graph, persistent: Mapping[str, Any], donate: Mapping[str, str]) -> Executable:
+        return Executable(graph, persistent, donate)
+
+
+BACKENDS = ("numpy", "triton")
+
+
+def cuda_visible() -> bool:
+    """A CUDA GPU is visible: the driver is loaded and torch sees a device (checked without importing
+    torch when there is no driver at all)."""
+    if not os.path.exists("/proc/driver/nvidia") or importlib.util.find_spec("torch") is None:
+        return False
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def get_backend(name: str | None) -> Backend:
+    if name is None:
+        name = "triton" if cuda_visible() and importlib.util.find_spec("triton") else "numpy"
+    if name == "numpy":
+        return NumpyBackend()
+    if name == "triton":
+        if importlib.util.find_spec("triton") is None or importlib.util.find_spec("torch") is None:
+            raise DlnError(Diagnostic("E0601", "the triton backend needs the packages torch and triton",
+                                      None))
+        from dln.runtime.triton_backend import TritonBackend
+
+        return TritonBackend()
+    raise DlnError(Diagnostic("E0601", f"unknown backend '{name}'; backends: {', '.join(BACKENDS)}"))

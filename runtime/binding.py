@@ -1,0 +1,91 @@
+"""Binding inputs: arrays checked against the declared types, symbols bound.
+
+The first input that mentions a symbolic dimension binds it; every later use
+must agree, and so must the constraints the compiler could not prove.  Each
+mismatch is an error at the input's declaration, naming the input and the
+dimension.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+
+from dln.compiler.build import InputInfo
+from dln.compiler.ir import Constraint, DType
+from dln.compiler.symbolic import Sym, evaluate
+from dln.dsl.diagnostics import Diagnostic, DlnError, Note
+from dln.runtime.numpy_ops import np_dtype
+
+
+def to_numpy(value: Any) -> np.ndarray:
+    """NumPy arrays pass; torch tensors are read without copying when possible."""
+    if isinstance(value, np.ndarray):
+        return value
+    if type(value).__module__.startswith("torch"):
+        return value.detach().cpu().numpy()
+    return np.asarray(value)
+
+
+def convert(info: InputInfo, value: Any) -> np.ndarray:
+    arr = to_numpy(value)
+    want = info.type.dtype
+    got_float = np.issubdtype(arr.dtype, np.floating)
+    got_int = np.issubdtype(arr.dtype, np.integer) or arr.dtype == np.bool_
+    if want.is_float and not (got_float or got_int) or want.is_int and not got_int or \
+            want is DType.BOOL and arr.dtype != np.bool_:
+        raise DlnError(Diagnostic("E0701", f"input '{info.name}' is declared {info.type}, got an array of "
+                                           f"{arr.dtype}", info.span))
+    if arr.ndim != info.type.rank:
+        raise DlnError(Diagnostic("E0701", f"input '{info.name}' is declared {info.type} (rank {info.type.rank}), "
+                                           f"got shape {tuple(arr.shape)}", info.span))
+    return np.ascontiguousarray(arr, dtype=np_dtype(want))
+
+
+def bind(infos: Iterable[InputInfo], arrays: Mapping[str, np.ndarray],
+         constraints: Iterable[Constraint] = ()) -> dict[str, int]:
+    """The value of every symbolic dimension, from the arrays given for `infos`."""
+    env: dict[str, int] = {}
+    bound_by: dict[str, InputInfo] = {}
+    infos = [i for i in infos if i.name in arrays]
+    for info in infos:  # bare symbols first: `B` in f32[B, 64]
+        for axis, d in enumerate(info.type.shape):
+            if isinstance(d, Sym) and len(d.symbols) == 1 and d == Sym.var(next(iter(d.symbols))):
+                name = next(iter(d.symbols))
+                size = int(arrays[info.name].shape[axis])
+                if name not in env:
+                    env[name] = size
+                    bound_by[name] = info
+    for info in infos:
+        shape = arrays[info.name].shape
+        for axis, d in enumerate(info.type.shape):
+            if isinstance(d, Sym) and not d.symbols <= env.keys():
+                missing = ", ".join(sorted(d.symbols - env.keys()))
+                raise DlnError(Diagnostic("E0701", f"input '{info.name}': dimension {axis} ({d}) uses {missing}, "
+                                                   "which no input gives directly", info.span))
+            want = evaluate(d, env)
+            if want != shape[axis]:
+                notes = ()
+                if isinstance(d, Sym) and d.symbols:
+                    first = next(iter(sorted(d.symbols)))
+                    by = bound_by[first]
+                    notes = (Note(f"{first} = {env[first]} was bound by input '{by.name}'", by.span),)
+                raise DlnError(Diagnostic("E0205", f"input '{info.name}': dimension {axis} is {shape[axis]} but "
+                                                   f"{d} = {want}", info.span, notes))
+    for c in constraints:
+        if not (_known(c.lhs, env) and _known(c.rhs, env)):
+            continue
+        lhs, rhs = evaluate(c.lhs, env), evaluate(c.rhs, env)
+        if lhs != rhs:
+            raise DlnError(Diagnostic("E0205", f"{c.message} (with {_describe(env)}: {c.lhs} = {lhs}, "
+                                               f"{c.rhs} = {rhs})", c.loc))
+    return env
+
+
+def _known(d, env) -> bool:
+    return not isinstance(d, Sym) or d.symbols <= env.keys()
+
+
+def _describe(env: Mapping[str, int]) -> str:
+    return ", ".join(f"{k} = {v}" for k, v in sorted(env.items()))

@@ -1,0 +1,62 @@
+"""Weights and training state on disk: safetensors for arrays, JSON for the rest.
+
+Every write goes to a temporary file in the same directory and is renamed
+over the old one, so a crash leaves either the old checkpoint or the new,
+never half of one.  Nothing is pickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+from safetensors.numpy import load_file, save_file
+
+from dln.dsl.diagnostics import Diagnostic, DlnError
+
+
+def _atomic(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_arrays(path: str | Path, arrays: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None = None) -> None:
+    tensors = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
+    _atomic(Path(path), lambda tmp: save_file(tensors, tmp, metadata=dict(metadata or {})))
+
+
+def load_arrays(path: str | Path) -> dict[str, np.ndarray]:
+    try:
+        return load_file(str(path))
+    except FileNotFoundError:
+        raise DlnError(Diagnostic("E0702", f"no such weights file: {path}")) from None
+    except Exception as e:  # safetensors reports a corrupt header in several ways
+        raise DlnError(Diagnostic("E0702", f"cannot read weights from {path}: {e}")) from None
+
+
+def save_json(path: str | Path, data: Any) -> None:
+    text = json.dumps(data, indent=2, sort_keys=True)
+    _atomic(Path(path), lambda tmp: Path(tmp).write_text(text + "\n"))
+
+
+def load_json(path: str | Path) -> Any:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, json.JSONDecodeError) as e:
+        raise DlnError(Diagnostic("E0702", f"cannot read {path}: {e}")) from None

@@ -1,0 +1,280 @@
+"""The `dln` command (INTERFACE.md).
+
+Exit status: 0 success, 1 an error in the user's program or data, 2 wrong
+usage.  Errors are printed as diagnostics; a Python traceback appears only
+with --debug.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from dln.dsl.diagnostics import Diagnostic, DlnError, render_all
+
+
+def _sets(values: list[str]) -> dict[str, str]:
+    out = {}
+    for item in values or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise argparse.ArgumentTypeError(f"--set expects key=value, got {item!r}")
+        out[key.strip()] = value
+    return out
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dln", description="A declarative language for neural networks.")
+    p.add_argument("--debug", action="store_true", help="show Python tracebacks and check the IR between passes")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help: str, backend: bool = False, sets: bool = True) -> argparse.ArgumentParser:
+        c = sub.add_parser(name, help=help, description=help)
+        c.add_argument("file", help="the .dln file")
+        c.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        if sets:
+            c.add_argument("--set", action="append", default=[], metavar="K=V", help="override a hyperparameter")
+            c.add_argument("--model", help="which model of the file (default: the trained one, or the only one)")
+        if backend:
+            c.add_argument("--backend", choices=["numpy", "triton"], help="default: triton with a GPU, else numpy")
+        return c
+
+    command("check", "parse, resolve and infer shapes; print errors or a summary")
+    command("params", "list every parameter: name, shape, initializer, count")
+    c = command("compile", "write the compiled artefacts (IR, plan, kernels, manifest) to a directory", backend=True)
+    c.add_argument("-o", "--output", required=True, help="output directory")
+    c.add_argument("--target", choices=["sm_80", "sm_90"], help="also compile every kernel for this GPU")
+    c = command("run", "one forward pass", backend=True)
+    c.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy", help="an input array")
+    c.add_argument("--weights", help="a .safetensors file of weights")
+    c.add_argument("-o", "--output", help="write the outputs to this .npz file")
+    c = command("train", "train as the file's train section says", backend=True)
+    c.add_argument("--weights", help="start from these weights (.safetensors)")
+    c.add_argument("--epochs", type=int)
+    c.add_argument("--batch", type=int)
+    c.add_argument("--seed", type=int)
+    c.add_argument("--checkpoint", help="checkpoint directory (resumes from it)")
+    c.add_argument("--save", help="write the final weights to this .safetensors file")
+    c.add_argument("--no-progress", action="store_true", help="no progress bar")
+    c = command("eval", "metrics on the validation data", backend=True)
+    c.add_argument("--weights", required=True, help="a .safetensors file of weights")
+    c = command("graph", "the graph as DOT text (kernels as boxes with --backend triton)", backend=True)
+    c.add_argument("-o", "--output", help="write DOT (or SVG, when the name ends in .svg and Graphviz is installed)")
+    c = command("bench", "kernels per training step and modeled memory traffic, against PyTorch", backend=True)
+    c.add_argument("--batch", type=int, default=128)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        args.hparams = _sets(getattr(args, "set", []))
+    except argparse.ArgumentTypeError as e:
+        parser.error(str(e))
+    try:
+        return COMMANDS[args.command](args)
+    except DlnError as e:
+        print(render_all(e.diagnostics), file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except RecursionError:
+        if args.debug:
+            raise
+        print(render_all([Diagnostic("E0208", "the program nests too deeply to compile")]), file=sys.stderr)
+        return 1
+    except Exception as e:  # an internal error: say so, without a traceback
+        if args.debug:
+            raise
+        print(f"internal error: {type(e).__name__}: {e}\n(run with --debug for the traceback, and please report "
+              "it)", file=sys.stderr)
+        return 1
+
+
+# ---- commands -------------------------------------------------------------------------------------------------
+
+def _load(args):
+    from dln.compiler import pipeline
+
+    return pipeline.load(args.file)
+
+
+def _model(args, backend: str | None = "numpy"):
+    from dln.runtime.api import Model
+
+    program = _load(args)
+    name = args.model
+    if name is None and program.root.trains and program.root.trains[0].model is not None and \
+            len(program.root.models) > 1:
+        name = program.root.trains[0].model.name
+    return Model(program, name, args.hparams, backend, from_text=True, debug=args.debug)
+
+
+def cmd_check(args) -> int:
+    from dln.compiler import pipeline
+    from dln.compiler.cost import total_flops
+    from dln.runtime.train import recipe_for
+    from dln.runtime.api import Model
+
+    began = time.perf_counter()
+    program = _load(args)
+    names = [args.model] if args.model else [m.name.name for m in program.root.models]
+    if not names:
+        raise DlnError(Diagnostic("E0301", f"{program.path} declares no model"))
+    diagnostics: list[Diagnostic] = []
+    lines = []
+    for name in names:
+        try:
+            model = Model(program, name, args.hparams if name == names[0] or args.model else {}, "numpy",
+                          from_text=True, debug=args.debug)
+            graph = pipeline.forward_graph(model.spec)
+            flops = total_flops(graph, {s: 1 for s in graph.symbols()})
+            count = sum(int(_numel(p.type.shape)) for p in model.spec.params)
+            trains = [t for t in program.root.trains if t.model is None or t.model.name == name]
+            if trains:
+                recipe = recipe_for(model, trains[0])
+                for objective in recipe.objectives:
+                    pipeline.train_step(model.train_spec, objective, recipe.clip_grad, args.debug)
+            lines.append(f"ok  {name}: {count:,} parameters, {_si(flops)}FLOPs per example"
+                         + (f", {len(model.spec.inputs)} inputs" if model.spec.inputs else ""))
+        except DlnError as e:
+            diagnostics.extend(e.diagnostics)
+    if diagnostics:
+        raise DlnError(diagnostics)
+    for line in lines:
+        print(line)
+    if args.debug:
+        print(f"checked in {time.perf_counter() - began:.3f}s", file=sys.stderr)
+    return 0
+
+
+def cmd_params(args) -> int:
+    model = _model(args)
+    rows = [(p.name, "[" + ", ".join(str(d) for d in p.type.shape) + "]", str(p.init), int(_numel(p.type.shape)))
+            for p in model.spec.params]
+    widths = [max([len(h)] + [len(str(r[i])) for r in rows]) for i, h in enumerate(("name", "shape", "init"))]
+    print(f"{'name':<{widths[0]}}  {'shape':<{widths[1]}}  {'init':<{widths[2]}}  {'count':>10}")
+    for name, shape, init, count in rows:
+        print(f"{name:<{widths[0]}}  {shape:<{widths[1]}}  {init:<{widths[2]}}  {count:>10,}")
+    print(f"{len(rows)} parameters, {sum(r[3] for r in rows):,} values")
+    return 0
+
+
+def cmd_compile(args) -> int:
+    from dln.runtime.artefacts import write_artefacts
+
+    model = _model(args, backend="numpy")
+    out = Path(args.output)
+    written = write_artefacts(model, out, backend=args.backend or "numpy", target=args.target, log=print)
+    print(f"wrote {', '.join(written)} to {out}")
+    return 0
+
+
+def cmd_run(args) -> int:
+    import numpy as np
+
+    model = _model(args, args.backend)
+    if args.weights:
+        model.load(args.weights)
+    inputs: dict[str, Any] = {}
+    for item in args.input:
+        name, sep, path = item.partition("=")
+        if not sep:
+            print(f"dln run: --input expects NAME=FILE.npy, got {item!r}", file=sys.stderr)
+            return 2
+        try:
+            inputs[name] = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise DlnError(Diagnostic("E0702", f"cannot read input {name} from {path}: {e}")) from None
+    outputs = model(**inputs)
+    if args.output:
+        np.savez(args.output, **outputs)
+        print(f"wrote {', '.join(outputs)} to {args.output}")
+    else:
+        for name, value in outputs.items():
+            arr = np.asarray(value)
+            print(f"{name}: {arr.dtype}{list(arr.shape)}")
+            print(np.array2string(arr, threshold=20, edgeitems=3, precision=4))
+    return 0
+
+
+def cmd_train(args) -> int:
+    from dln.runtime.train import train_file
+
+    settings = {k: getattr(args, k) for k in ("epochs", "batch", "seed", "checkpoint") if getattr(args, k) is not None}
+    history = train_file(args.file, backend=args.backend, progress=False if args.no_progress else None,
+                         debug=args.debug, weights=args.weights, from_text=True, **settings, **args.hparams)
+    if args.save and history.model is not None:
+        history.model.save(args.save)
+        print(f"saved weights to {args.save}")
+    if history.epochs:
+        last = history.epochs[-1]
+        summary = {k: round(v, 6) for k, v in last.items() if k != "time"}
+        print("final " + json.dumps(summary))
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from dln.runtime.train import Trainer, recipe_for
+
+    model = _model(args, args.backend)
+    model.load(args.weights)
+    recipe = recipe_for(model)
+    base = Path(model.program.path).parent
+    trainer = Trainer(model, recipe, base, progress=False)
+    train, val = trainer._data()
+    metrics = trainer.evaluate(val if val is not None else train)
+    for k, v in metrics.items():
+        print(f"{k}: {100 * v:.2f}%" if "accuracy" in k else f"{k}: {v:.6f}")
+    return 0
+
+
+def cmd_graph(args) -> int:
+    from dln.runtime.artefacts import graph_dot
+
+    model = _model(args)
+    text = graph_dot(model, kernels=args.backend == "triton")
+    if args.output:
+        Path(args.output).write_text(text)
+        print(f"wrote {args.output}")
+    else:
+        print(text, end="")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from dln.kernels.bench import bench_report
+
+    model = _model(args)
+    print(bench_report(model, batch=args.batch))
+    return 0
+
+
+COMMANDS: dict[str, Callable[[Any], int]] = {
+    "check": cmd_check, "params": cmd_params, "compile": cmd_compile, "run": cmd_run, "train": cmd_train,
+    "eval": cmd_eval, "graph": cmd_graph, "bench": cmd_bench,
+}
+
+
+def _numel(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n
+
+
+def _si(n: float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n:.0f} "
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,126 @@
+"""Training data: the built-in data sets (offline) and files (npz, csv).
+
+Every data set is a dict of named arrays sharing their first axis; arrays
+are matched to model inputs by name (a train section's `inputs = {...}`
+renames).  The built-in sets come from scikit-learn's bundled copies, so
+nothing is downloaded.
+
+| name | arrays |
+| --- | --- |
+| digits | x f32[N, 64] and images f32[N, 1, 8, 8] in [0, 1]; y i64[N] (10 classes) |
+| iris | x f32[N, 4] standardized; y i64[N] (3 classes) |
+| wine | x f32[N, 13] standardized; y i64[N] (3 classes) |
+| breast_cancer | x f32[N, 30] standardized; y i64[N] (2 classes); target f32[N, 1] (y as a float) |
+"""
+
+from __future__ import annotations
+
+import csv as csv_module
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from dln.compiler.values import TrainValue
+from dln.dsl.diagnostics import Diagnostic, DlnError, Note
+
+Arrays = dict[str, np.ndarray]
+
+
+def _standardize(x: np.ndarray) -> np.ndarray:
+    std = x.std(axis=0)
+    return ((x - x.mean(axis=0)) / np.where(std > 0, std, 1.0)).astype(np.float32)
+
+
+def _digits() -> Arrays:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = (d.data / 16.0).astype(np.float32)
+    return {"x": x, "images": x.reshape(-1, 1, 8, 8), "y": d.target.astype(np.int64)}
+
+
+def _tabular(loader: Callable) -> Callable[[], Arrays]:
+    def load() -> Arrays:
+        d = loader()
+        y = d.target.astype(np.int64)
+        return {"x": _standardize(d.data), "y": y, "target": y.astype(np.float32)[:, None]}
+    return load
+
+
+def _sk(name: str) -> Callable:
+    def loader():
+        import sklearn.datasets as ds
+
+        return getattr(ds, f"load_{name}")()
+    return loader
+
+
+DATASETS: dict[str, Callable[[], Arrays]] = {
+    "digits": _digits,
+    "iris": _tabular(_sk("iris")),
+    "wine": _tabular(_sk("wine")),
+    "breast_cancer": _tabular(_sk("breast_cancer")),
+}
+
+
+def load(spec: TrainValue, base: Path) -> Arrays:
+    """The arrays a `data = ...` setting names; file paths are relative to the .dln file."""
+    if spec.kind == "dataset":
+        name = spec.arg("name")
+        if name not in DATASETS:
+            raise DlnError(Diagnostic("E0603", f"unknown data set \"{name}\"", spec.span,
+                                      (Note("data sets: " + ", ".join(DATASETS)),)))
+        return DATASETS[name]()
+    path = (base / spec.arg("path")) if not Path(spec.arg("path")).is_absolute() else Path(spec.arg("path"))
+    if not path.is_file():
+        raise DlnError(Diagnostic("E0603", f"no such data file: {path}", spec.span))
+    if spec.kind == "npz":
+        return _npz(path, spec)
+    return _csv(path, spec.arg("target"), spec)
+
+
+def _npz(path: Path, spec: TrainValue) -> Arrays:
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+    except (OSError, ValueError) as e:
+        raise DlnError(Diagnostic("E0603", f"cannot read {path}: {e}", spec.span)) from None
+    return _check_lengths(arrays, path, spec)
+
+
+def _csv(path: Path, target: str, spec: TrainValue) -> Arrays:
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv_module.reader(f))
+    except (OSError, UnicodeDecodeError) as e:
+        raise DlnError(Diagnostic("E0603", f"cannot read {path}: {e}", spec.span)) from None
+    if not rows or target not in rows[0]:
+        raise DlnError(Diagnostic("E0603", f"{path} has no column \"{target}\"", spec.span))
+    header, body = rows[0], rows[1:]
+    t = header.index(target)
+    try:
+        table = np.array([[float(v) for v in row] for row in body], dtype=np.float64)
+    except ValueError as e:
+        raise DlnError(Diagnostic("E0603", f"{path}: every value must be a number ({e})", spec.span)) from None
+    y = table[:, t]
+    x = np.delete(table, t, axis=1).astype(np.float32)
+    arrays = {"x": x, "y": y.astype(np.int64) if np.all(y == np.round(y)) else y.astype(np.float32)}
+    return _check_lengths(arrays, path, spec)
+
+
+def _check_lengths(arrays: Arrays, path: Path, spec: TrainValue) -> Arrays:
+    lengths = {k: len(v) for k, v in arrays.items() if np.ndim(v) > 0}
+    if len(set(lengths.values())) > 1:
+        listing = ", ".join(f"{k}: {n}" for k, n in lengths.items())
+        raise DlnError(Diagnostic("E0603", f"arrays in {path} differ in length ({listing})", spec.span))
+    return arrays
+
+
+def split(arrays: Arrays, fraction: float, seed: int) -> tuple[Arrays, Arrays]:
+    """A shuffled split: the last `fraction` of a seeded permutation is held out."""
+    n = len(next(iter(arrays.values())))
+    order = np.random.default_rng(seed).permutation(n)
+    held = int(round(n * fraction))
+    train_idx, val_idx = order[: n - held], order[n - held:]
+    return {k: v[train_idx] for k, v in arrays.items()}, {k: v[val_idx] for k, v in arrays.items()}

@@ -1,0 +1,356 @@
+"""Training as a file's `train` section says.
+
+One compiled step graph per objective (forward + backward + optimizer
+update), run over shuffled mini-batches; parameters and optimizer state are
+persistent buffers the step updates in place.  Each epoch reports loss and
+accuracy on the training batches and on the held-out data, writes a
+checkpoint atomically (weights and optimizer state as safetensors, the rest
+as JSON) and resumes from it when run again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from dln.compiler import pipeline
+from dln.compiler.ir import Op
+from dln.compiler.recipe import DEFAULT_OPTIMIZER, Objective, Recipe, read_recipe
+from dln.compiler.training import TrainStep
+from dln.dsl import ast
+from dln.dsl.diagnostics import Diagnostic, DlnError, Note
+from dln.runtime import binding, checkpoint, data
+from dln.runtime.api import Model
+from dln.runtime.schedules import Schedule
+
+SETTING_OVERRIDES = ("epochs", "batch", "seed", "checkpoint", "clip_grad", "validate")
+
+
+@dataclass
+class History:
+    """Per-epoch metrics: `history[-1]["val_accuracy"]`, `history.best("val_loss")`."""
+
+    epochs: list[dict[str, float]] = field(default_factory=list)
+    model: Model | None = None
+
+    def __getitem__(self, i: int) -> dict[str, float]:
+        return self.epochs[i]
+
+    def __len__(self) -> int:
+        return len(self.epochs)
+
+    def best(self, key: str = "val_loss") -> dict[str, float]:
+        scored = [e for e in self.epochs if key in e]
+        pick = min if "loss" in key else max
+        return pick(scored, key=lambda e: e[key])
+
+
+def find_train(program, name: str | None = None) -> ast.Train:
+    trains = program.root.trains
+    if not trains:
+        raise DlnError(Diagnostic("E0601", f"{program.path} has no train section", None,
+                                  (Note("add: train { data = dataset(\"digits\")  minimize loss }"),)))
+    if name is not None:
+        for t in trains:
+            if t.model is not None and t.model.name == name:
+                return t
+    return trains[0]
+
+
+def recipe_for(model: Model, train: ast.Train | None = None) -> Recipe:
+    spec = model.train_spec
+    if train is None:
+        trains = model.program.root.trains
+        train = next((t for t in trains if t.model is None or t.model.name == model.name), None)
+    if train is None:
+        objective = Objective("loss", None, DEFAULT_OPTIMIZER, spec.decl.span)
+        return Recipe(model.name, [objective])
+    names = set(spec.values) | set(spec.graph.output_names)
+    return read_recipe(train, model.name, names, set(spec.instances))
+
+
+def default_objective(model: Model) -> Objective:
+    spec = model.train_spec
+    if model.program.root.trains:
+        return recipe_for(model).objectives[0]
+    if "loss" not in spec.values:
+        raise DlnError(Diagnostic("E0602", f"model {model.name} has no train section and no value named 'loss'",
+                                  spec.decl.name.span))
+    return Objective("loss", None, DEFAULT_OPTIMIZER, spec.decl.span)
+
+
+def train_file(source: str | Path, backend: str | None = None, progress: bool | None = None,
+               log: Callable[[str], None] | None = None, debug: bool = False, weights: str | None = None,
+               from_text: bool = False, **overrides: Any) -> History:
+    settings = {k: overrides.pop(k) for k in list(overrides) if k in SETTING_OVERRIDES}
+    program = pipeline.load(source)
+    train = find_train(program)
+    model_name = train.model.name if train.model else None
+    probe = pipeline.build_model(program, model_name, overrides, training=True, from_text=from_text)
+    names = set(probe.values) | set(probe.graph.output_names)
+    recipe = read_recipe(train, probe.name, names, set(probe.instances)).with_overrides(**settings)
+    model = Model(program, probe.name, overrides, backend, seed=recipe.seed, from_text=from_text, debug=debug)
+    if weights:
+        model.load(weights)
+    base = Path(program.path).parent if not program.path.startswith("<") else Path.cwd()
+    trainer = Trainer(model, recipe, base, log=log, progress=progress, debug=debug)
+    return trainer.fit()
+
+
+class Trainer:
+    def __init__(self, model: Model, recipe: Recipe, base: Path, log: Callable[[str], None] | None = None,
+                 progress: bool | None = None, debug: bool = False) -> None:
+        self.model = model
+        self.recipe = recipe
+        self.base = base
+        self.log = log or (lambda s: print(s, flush=True))
+        self.progress = sys.stderr.isatty() if progress is None else progress
+        self.debug = debug
+        spec = model.train_spec
+        self.steps: list[TrainStep] = [pipeline.train_step(spec, o, recipe.clip_grad, debug)
+                                       for o in recipe.objectives]
+        be = model.backend
+        self.states: dict[str, Any] = {}
+        for step in self.steps:
+            for s in step.states:
+                arr = np.full(tuple(int(d) for d in s.type.shape), s.init,
+                              dtype=np.asarray(model.parameters()[s.param]).dtype)
+                self.states[s.name] = be.asarray(arr)
+        persistent = {**model._params, **self.states}
+        self.prepared = [be.prepare(step.graph, persistent, step.donate) for step in self.steps]
+        self.eval_names = [o.loss for o in recipe.objectives] + list(spec.metrics)
+        self.step_counts = [0] * len(self.steps)
+        self.global_step = 0
+        self.history = History(model=model)
+        self.fill_rng = np.random.default_rng(recipe.seed + 1)
+
+    # ---- data ---------------------------------------------------------------------------------------------
+    def _data(self) -> tuple[data.Arrays, data.Arrays | None]:
+        r = self.recipe
+        if r.data is None:
+            raise DlnError(Diagnostic("E0601", "the train section has no data = ...", None))
+        arrays = data.load(r.data, self.base)
+        if isinstance(r.validate, float) and r.validate > 0:
+            return data.split(arrays, r.validate, r.seed)
+        if r.validate is not None and not isinstance(r.validate, float):
+            return arrays, data.load(r.validate, self.base)
+        return arrays, None
+
+    def _sources(self, arrays: data.Arrays) -> dict[str, str]:
+        """For each model input: the array feeding it, or a fill (randn, rand, zeros)."""
+        spec = self.model.train_spec
+        used = set()
+        for step in self.steps:
+            used |= {n.attrs["name"] for n in step.graph.nodes if n.op is Op.INPUT and n.attrs["role"] == "input"}
+        out = {}
+        for info in spec.inputs:
+            src = self.recipe.inputs.get(info.name, info.name)
+            if src in ("randn", "rand", "zeros"):
+                out[info.name] = src
+            elif src in arrays:
+                out[info.name] = src
+            elif info.name in used:
+                listing = ", ".join(sorted(arrays))
+                raise DlnError(Diagnostic("E0603", f"input '{info.name}' has no data: the data has {listing}",
+                                          info.span, (Note('map it in the train section: inputs = { '
+                                                           f'{info.name} = "..." }}'),)))
+        return out
+
+    def _batch(self, arrays: data.Arrays, sources: dict[str, str], idx: np.ndarray) -> dict[str, Any]:
+        spec = self.model.train_spec
+        feeds: dict[str, Any] = {}
+        for info in spec.inputs:
+            src = sources.get(info.name)
+            if src is None or src in ("randn", "rand", "zeros"):
+                continue
+            feeds[info.name] = binding.convert(info, arrays[src][idx])
+        env = binding.bind([i for i in spec.inputs if i.name in feeds], feeds)
+        for info in spec.inputs:
+            src = sources.get(info.name)
+            if src in ("randn", "rand", "zeros"):
+                shape = _fill_shape(info, env, len(idx))
+                fill = {"randn": lambda: self.fill_rng.standard_normal(shape),
+                        "rand": lambda: self.fill_rng.random(shape),
+                        "zeros": lambda: np.zeros(shape)}[src]()
+                feeds[info.name] = fill.astype(np.float32)
+        return feeds
+
+    # ---- the loop -------------------------------------------------------------------------------------------
+    def fit(self) -> History:
+        r = self.recipe
+        train, val = self._data()
+        sources = self._sources(train)
+        n = len(next(iter(train.values())))
+        if n == 0:
+            raise DlnError(Diagnostic("E0603", "the training data is empty", None))
+        steps_per_epoch = math.ceil(n / r.batch)
+        schedules = [Schedule(r.schedule, o.optimizer.lr, steps_per_epoch * r.epochs) for o in r.objectives]
+        ckpt = Path(r.checkpoint) if r.checkpoint else None
+        start = self._resume(ckpt, schedules) if ckpt else 0
+        if start >= r.epochs:
+            self.log(f"already trained for {start} epochs (checkpoint {ckpt})")
+        best_val, best_params, bad_epochs = math.inf, None, 0
+        for epoch in range(start, r.epochs):
+            began = time.perf_counter()
+            order = np.random.default_rng(r.seed * 100003 + epoch).permutation(n)
+            sums: dict[str, float] = {}
+            seen = 0
+            batches = range(steps_per_epoch)
+            bar = None
+            if self.progress:
+                from tqdm import tqdm
+
+                bar = tqdm(batches, desc=f"epoch {epoch + 1}/{r.epochs}", leave=False, unit="step",
+                           file=sys.stderr)
+                batches = bar
+            for k in batches:
+                idx = order[k * r.batch:(k + 1) * r.batch]
+                feeds = self._batch(train, sources, idx)
+                results = self._step(feeds, schedules, epoch)
+                for name, value in results.items():
+                    sums[name] = sums.get(name, 0.0) + value * len(idx)
+                seen += len(idx)
+                if bar is not None:
+                    bar.set_postfix(loss=f"{results[self.steps[0].objective.loss]:.4f}", refresh=False)
+            if bar is not None:
+                bar.close()
+            record = {"epoch": epoch + 1, **{k: v / seen for k, v in sums.items()},
+                      "lr": schedules[0].lr(self.step_counts[0], epoch)}
+            if val is not None:
+                record.update({f"val_{k}": v for k, v in self.evaluate(val, sources).items()})
+            record["time"] = time.perf_counter() - began
+            self.history.epochs.append(record)
+            self.log(_format_epoch(record, r.epochs))
+            val_loss = record.get(f"val_{r.objectives[0].loss}")
+            for s in schedules:
+                s.end_epoch(val_loss)
+            if r.early_stop is not None and val_loss is not None:
+                if val_loss < best_val:
+                    best_val, best_params, bad_epochs = val_loss, self.model.parameters(), 0
+                else:
+                    bad_epochs += 1
+            if ckpt:
+                self._save(ckpt, epoch + 1, schedules)
+            if r.early_stop is not None and bad_epochs >= r.early_stop:
+                self.log(f"early stop: no better validation loss for {r.early_stop} epochs")
+                break
+        if best_params is not None:
+            self.model.load_state_dict(best_params)
+        return self.history
+
+    def _step(self, feeds: dict[str, Any], schedules: list[Schedule], epoch: int) -> dict[str, float]:
+        model, spec = self.model, self.model.train_spec
+        env = binding.bind(spec.inputs, {k: v for k, v in feeds.items()})
+        out: dict[str, float] = {}
+        for k, (step, prepared) in enumerate(zip(self.steps, self.prepared)):
+            graph_inputs = {n.attrs["name"] for n in step.graph.nodes if n.op is Op.INPUT}
+            run_feeds = {name: v for name, v in feeds.items() if name in graph_inputs}
+            self.step_counts[k] += 1
+            run_feeds["lr"] = np.array(schedules[k].lr(self.step_counts[k] - 1, epoch), np.float64)
+            run_feeds["step"] = np.array(self.step_counts[k], np.float64)
+            if "rng.seed" in graph_inputs:
+                run_feeds["rng.seed"] = np.array(self.recipe.seed, np.int64)
+                run_feeds["rng.step"] = np.array(self.global_step, np.int64)
+            results = prepared.run(run_feeds, env)
+            self.global_step += 1
+            loss = float(model.backend.to_numpy(results["loss"]))
+            if not math.isfinite(loss):
+                raise DlnError(Diagnostic("E0704", f"the loss {step.objective.loss} became {loss} at epoch "
+                                                   f"{epoch + 1}, step {self.step_counts[k]}", step.objective.span,
+                                          (Note("try a smaller learning rate or clip_grad = 1.0"),)))
+            out[step.objective.loss] = loss
+            for m in step.metrics:
+                if m not in out:
+                    out[m] = float(model.backend.to_numpy(results[m]))
+        return out
+
+    def evaluate(self, arrays: data.Arrays, sources: dict[str, str] | None = None) -> dict[str, float]:
+        """Mean objective losses and metrics over `arrays`, in evaluation mode."""
+        sources = sources or self._sources(arrays)
+        spec = self.model.spec
+        names = [n for n in self.eval_names if n in spec.values or n in spec.metrics]
+        n = len(next(iter(arrays.values())))
+        batch = max(self.recipe.batch, 256)
+        sums = dict.fromkeys(names, 0.0)
+        for start in range(0, n, batch):
+            idx = np.arange(start, min(n, start + batch))
+            feeds = self._batch(arrays, sources, idx)
+            results = self.model.run(names, **feeds)
+            for k in names:
+                sums[k] += float(np.asarray(results[k])) * len(idx)
+        return {k: v / max(n, 1) for k, v in sums.items()}
+
+    # ---- checkpoints ----------------------------------------------------------------------------------------
+    def _fingerprint(self) -> str:
+        source = self.model.program.root.source.text
+        return hashlib.sha256((source + repr(sorted(self.model.hparams.items()))).encode()).hexdigest()[:16]
+
+    def _save(self, ckpt: Path, epochs_done: int, schedules: list[Schedule]) -> None:
+        be = self.model.backend
+        checkpoint.save_arrays(ckpt / "weights.safetensors", self.model.parameters(), {"model": self.model.name})
+        checkpoint.save_arrays(ckpt / "optimizer.safetensors",
+                               {k: be.to_numpy(v).copy() for k, v in self.states.items()} or
+                               {"_empty": np.zeros(0, np.float32)})
+        checkpoint.save_json(ckpt / "state.json", {
+            "model": self.model.name, "fingerprint": self._fingerprint(), "epochs_done": epochs_done,
+            "step_counts": self.step_counts, "global_step": self.global_step,
+            "schedules": [s.state() for s in schedules], "history": self.history.epochs,
+        })
+
+    def _resume(self, ckpt: Path, schedules: list[Schedule]) -> int:
+        state = checkpoint.load_json(ckpt / "state.json")
+        if state is None:
+            return 0
+        if state.get("model") != self.model.name:
+            raise DlnError(Diagnostic("E0703", f"the checkpoint in {ckpt} is of model {state.get('model')}, not "
+                                               f"{self.model.name}", None,
+                                      (Note("use another checkpoint directory, or delete this one"),)))
+        if state.get("fingerprint") != self._fingerprint():
+            self.log(f"note: {self.model.program.path} changed since the checkpoint in {ckpt}; resuming anyway")
+        self.model.load_state_dict(checkpoint.load_arrays(ckpt / "weights.safetensors"))
+        saved = checkpoint.load_arrays(ckpt / "optimizer.safetensors")
+        for k, v in self.states.items():
+            if k not in saved or saved[k].shape != self.model.backend.to_numpy(v).shape:
+                raise DlnError(Diagnostic("E0703", f"the optimizer state in {ckpt} does not match this recipe "
+                                                   f"({k})", None))
+            self.model.backend.copy_into(v, saved[k])
+        self.step_counts = list(state["step_counts"])
+        self.global_step = int(state["global_step"])
+        for s, st in zip(schedules, state.get("schedules", [])):
+            s.restore(st)
+        self.history.epochs = list(state.get("history", []))
+        self.log(f"resuming from {ckpt} after epoch {state['epochs_done']}")
+        return int(state["epochs_done"])
+
+
+def _fill_shape(info, env: dict[str, int], batch: int) -> tuple[int, ...]:
+    """The shape of a filled input: its declared dims, a free leading symbol taking the batch size."""
+    shape = []
+    for axis, d in enumerate(info.type.shape):
+        if isinstance(d, int):
+            shape.append(d)
+        elif d.symbols <= env.keys():
+            shape.append(d.evaluate(env))
+        elif axis == 0:
+            shape.append(batch)
+        else:
+            raise DlnError(Diagnostic("E0601", f"cannot size the filled input '{info.name}': {d} is unknown",
+                                      info.span))
+    return tuple(shape)
+
+
+def _format_epoch(r: Mapping[str, float], epochs: int) -> str:
+    parts = [f"epoch {int(r['epoch']):>{len(str(epochs))}}/{epochs}"]
+    for k, v in r.items():
+        if k in ("epoch", "time", "lr"):
+            continue
+        parts.append(f"{k} {100 * v:.2f}%" if "accuracy" in k else f"{k} {v:.4f}")
+    parts.append(f"{r['time']:.2f}s")
+    return "  ".join(parts)
