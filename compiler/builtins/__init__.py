@@ -14,6 +14,7 @@ its parameter scope) and returns a value.  Layers create parameters through
 from __future__ import annotations
 
 import difflib
+import functools
 import inspect
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
@@ -209,10 +210,16 @@ class Builtin:
         return self.fn is not None
 
     def parameters(self) -> list[inspect.Parameter]:
-        return list(inspect.signature(self.fn).parameters.values())[1:] if self.fn else []
+        return _parameters(self.fn) if self.fn else []
 
 
 BUILTINS: dict[str, Builtin] = {}
+
+
+@functools.cache
+def _parameters(fn: Callable) -> list[inspect.Parameter]:
+    """The language-level parameters: the function's, after the context; kinds resolved."""
+    return list(inspect.signature(fn, eval_str=True).parameters.values())[1:]
 
 
 def builtin(name: str | None = None, category: str = "function", owns_params: bool = False):
