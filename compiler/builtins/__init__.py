@@ -225,9 +225,29 @@ def _parameters(fn: Callable) -> list[inspect.Parameter]:
 def builtin(name: str | None = None, category: str = "function", owns_params: bool = False):
     def register(fn):
         key = name or fn.__name__.rstrip("_")
-        BUILTINS[key] = Builtin(key, fn, category, owns_params, inspect.getdoc(fn) or "")
+        BUILTINS[key] = Builtin(key, _keyword_callable(fn), category, owns_params, inspect.getdoc(fn) or "")
         return fn
     return register
+
+
+def _keyword_callable(fn: Callable) -> Callable:
+    """`fn`, callable as `fn(cx, **bound)` even when it takes `*args`.
+
+    `bind` returns every argument by name, a variadic one as a tuple under its name
+    (`permute`'s `axes`); Python cannot pass that by keyword, so it is spread here.
+    The wrapper keeps `fn`'s signature (`__wrapped__`), which `bind` reads.
+    """
+    params = list(inspect.signature(fn).parameters.values())[1:]
+    variadic = next((p for p in params if p.kind is p.VAR_POSITIONAL), None)
+    if variadic is None:
+        return fn
+    leading = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+
+    @functools.wraps(fn)
+    def call(cx, **kwargs):
+        head = [kwargs.pop(n) for n in leading]
+        return fn(cx, *head, *kwargs.pop(variadic.name, ()), **kwargs)
+    return call
 
 
 def planned(category: str, *names: str, owns_params: bool = False) -> None:

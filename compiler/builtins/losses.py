@@ -14,6 +14,7 @@ from dln.compiler.emit import DEFAULT_FLOAT, Tensor
 from dln.compiler.ir import Op
 
 REDUCTIONS = ("mean", "sum", "none")
+_BCE_EPSILON = 9.999999960041972e-13  # float(np.float32(1e-12)), torch's EPSILON in binary_cross_entropy
 
 
 def _reduce(cx, loss: Tensor, reduction: str, allowed=REDUCTIONS) -> Tensor:
@@ -133,9 +134,15 @@ def bce(cx, input: TENSOR, target: OPERAND, reduction: STR = "mean"):
     b = cx.b
     p = _float(cx, input)
     t = _target(cx, p, cx.operand(target))
-    log_p = b.maximum(b.log(p), -100.0)
-    log_q = b.maximum(b.log(b.sub(1.0, p)), -100.0)
+    log_p = b.detach(b.maximum(b.log(p), -100.0))
+    log_q = b.detach(b.maximum(b.log(b.sub(1.0, p)), -100.0))
     loss = b.neg(b.add(b.mul(t, log_p), b.mul(b.sub(1.0, t), log_q)))
+    # The gradient for p is torch's explicit formula, (p - t) / max(p (1 - p), 1e-12), added as
+    # (p - detach(p)) * detach(formula), which is 0 in value.  Differentiating through the clamped
+    # logs instead gives 0 / 0 = NaN wherever p is exactly 0 or 1 (a saturated sigmoid), where
+    # torch's gradient is finite.  torch's 1e-12 is a C float: 9.99999996e-13.
+    slope = b.div(b.sub(p, t), b.maximum(b.mul(p, b.sub(1.0, p)), _BCE_EPSILON))
+    loss = b.add(loss, b.mul(b.sub(p, b.detach(p)), b.detach(slope)))
     return _reduce(cx, loss, reduction)
 
 

@@ -108,8 +108,11 @@ def softplus(cx, x: TENSOR, beta: FLOAT = 1.0, threshold: FLOAT = 20.0):
     b = cx.b
     x = _float(cx, x)
     bx = b.mul(x, beta)
-    soft = b.div(b.unary(Op.LOG1P, b.exp(b.minimum(bx, threshold))), beta)
-    return b.where(b.compare(Op.GT, bx, threshold), x, soft)
+    above = b.compare(Op.GT, bx, threshold)
+    # Clamp what exp sees with `where`, not `minimum`: at bx == threshold exactly torch takes the
+    # soft branch with its full gradient, which minimum's tie rule would halve.
+    soft = b.div(b.unary(Op.LOG1P, b.exp(b.where(above, threshold, bx))), beta)
+    return b.where(above, x, soft)
 
 
 @builtin()

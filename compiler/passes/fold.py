@@ -30,6 +30,8 @@ _FOLD = {
 
 
 def fold(graph: Graph) -> Graph:
+    users = graph.users()
+
     def const_value(b, i):
         n = b.index[i]
         return n.attrs["value"] if n.op is Op.CONST else None
@@ -57,6 +59,11 @@ def fold(graph: Graph) -> Graph:
             return b.reshape(b.tensor(ins[0].inputs[0]), n.shape).id
         if n.op is Op.BROADCAST and ins[0].op is Op.BROADCAST:
             return b.broadcast_to(b.tensor(ins[0].inputs[0]), n.shape).id
+        if n.op is Op.PERMUTE and ins[0].op is Op.MATMUL and _swaps_last_two(n) and len(users.get(ins[0].id, ())) == 1:
+            # (a @ b).T = b.T @ a.T: the product comes out in the layout its reader wants.
+            a, bb = (b.tensor(i) for i in ins[0].inputs)
+            with b.at(loc=ins[0].loc, label=ins[0].name, phase=ins[0].phase):
+                return b.emit(Op.MATMUL, (b.transpose(bb), b.transpose(a))).id
         if n.op is Op.PERMUTE and ins[0].op is Op.PERMUTE:
             inner, outer = ins[0].attrs["perm"], n.attrs["perm"]
             return b.permute(b.tensor(ins[0].inputs[0]), [inner[p] for p in outer]).id
@@ -67,6 +74,12 @@ def fold(graph: Graph) -> Graph:
         return None
 
     return rewrite(graph, rule)
+
+
+def _swaps_last_two(n) -> bool:
+    perm = n.attrs["perm"]
+    rank = len(perm)
+    return rank >= 2 and tuple(perm) == tuple(range(rank - 2)) + (rank - 1, rank - 2)
 
 
 def _identity(n, ins, values):

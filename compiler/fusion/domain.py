@@ -1,0 +1,176 @@
+"""Iteration domains of kernels, and how nodes are read inside them.
+
+A kernel iterates over a domain:
+
+* pointwise — the elements of one shape;
+* reduction — a shape X split into kept axes (rows) and reduced axes
+  (columns); nodes of shape X live at a (row, column) index, nodes of the
+  reduced shape (with or without keepdim) at a row index;
+* matmul — the output tile (batch..., m, n) of a matrix product;
+* scatter — the elements of the source of a scatter-add.
+
+`canonical` gives the index a node of a given shape has in the domain, or
+None when the node cannot live there.  `reads` walks the part of the graph a
+kernel computes inline from one node and lists what it must read from
+memory, at which index.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from dln.compiler.fusion import index as ix
+from dln.compiler.ir import Graph, GroupOp, Node, Op
+from dln.compiler.shapes import reduced_shape
+from dln.compiler.symbolic import Shape, dims_equal
+
+# How each op takes part in fusion.
+LEAVES = frozenset({Op.CONST, Op.IOTA, Op.SYMSIZE})
+POINTWISE = GroupOp.Elementwise | {Op.RAND, Op.PAD, Op.CONCAT, Op.GATHER}
+REDUCE = GroupOp.Reduce
+
+
+def same_shape(a: Shape, b: Shape) -> bool:
+    return len(a) == len(b) and all(dims_equal(x, y) is True for x, y in zip(a, b))
+
+
+@dataclass(frozen=True)
+class Domain:
+    kind: str                      # pointwise | reduction | matmul | scatter
+    shape: Shape
+    axes: tuple[int, ...] = ()     # reduction: the reduced axes of `shape`
+    contraction: object = None     # matmul: the size K
+
+    def vars(self) -> ix.Index:
+        if self.kind == "reduction":
+            return tuple(ix.ZERO if d == 1 else ix.Var(("c" if k in self.axes else "r") + str(k), d)
+                         for k, d in enumerate(self.shape))
+        if self.kind == "matmul":
+            rank = len(self.shape)
+            names = [f"b{k}" for k in range(rank - 2)] + ["m", "n"]
+            return tuple(ix.Var(n, d) if d != 1 or n in ("m", "n") else ix.ZERO
+                         for n, d in zip(names, self.shape))
+        return ix.domain_vars(self.shape, "i")
+
+    def row_shape(self, keepdim: bool) -> Shape:
+        return reduced_shape(self.shape, self.axes, keepdim)
+
+    def canonical(self, shape: Shape) -> ix.Index | None:
+        """The index of a node of `shape` in this domain, or None if it has no place here."""
+        full = self.vars()
+        if same_shape(shape, self.shape):
+            return full
+        if self.kind == "reduction":
+            if same_shape(shape, self.row_shape(True)):
+                return tuple(ix.ZERO if k in self.axes else v for k, v in enumerate(full))
+            if same_shape(shape, self.row_shape(False)):
+                return tuple(v for k, v in enumerate(full) if k not in self.axes)
+        return None
+
+    def is_row(self, shape: Shape) -> bool:
+        """In a reduction domain: does a node of `shape` hold one value per row?"""
+        return self.kind == "reduction" and not same_shape(shape, self.shape) and self.canonical(shape) is not None
+
+
+@dataclass
+class Reads:
+    """What evaluating a node inline needs: nodes read from memory, each at its indices."""
+
+    memory: dict[int, set[ix.Index]] = field(default_factory=dict)
+    inline: set[int] = field(default_factory=set)   # nodes computed inline (not the root)
+    ops: int = 0                                     # elementwise operations computed inline
+
+    def add(self, node: int, index: ix.Index) -> None:
+        self.memory.setdefault(node, set()).add(index)
+
+
+def reads(graph: Graph, root: Node, index: ix.Index, stops: Callable[[int], bool]) -> Reads:
+    """Walk the inputs of `root` evaluated at `index`, inlining every node for which
+    `stops` is false; nodes where it is true (inputs, realized values) are read."""
+    out = Reads()
+    seen: set[tuple[int, ix.Index]] = set()
+
+    def visit(node_id: int, at: ix.Index) -> None:
+        key = (node_id, at)
+        if key in seen:
+            return
+        seen.add(key)
+        n = graph.node(node_id)
+        if n.op is Op.INPUT or stops(node_id):
+            out.add(node_id, at)
+            return
+        out.inline.add(node_id)
+        inputs_at(graph, n, at, visit)
+
+    inputs_at(graph, root, index, visit)
+    return out
+
+
+def inputs_at(graph: Graph, n: Node, at: ix.Index, visit: Callable[[int, ix.Index], None]) -> None:
+    """Call `visit(input, index)` for every input of `n` evaluated at `at`."""
+    if n.op in LEAVES:
+        return
+    if n.op in ix.VIEWS:
+        src = graph.node(n.inputs[0])
+        visit(src.id, ix.view_index(n, at, src.shape))
+    elif n.op is Op.RAND:
+        for i in n.inputs:
+            visit(i, ())
+    elif n.op is Op.PAD:
+        visit(n.inputs[0], tuple(ix.add(i, ix.lit(-lo)) for i, (lo, _) in zip(at, n.attrs["pads"])))
+    elif n.op is Op.CONCAT:
+        axis, offset = n.attrs["axis"], 0
+        for i in n.inputs:
+            shifted = list(at)
+            shifted[axis] = ix.add(at[axis], ix.lit(-offset))
+            visit(i, tuple(shifted))
+            offset = offset + graph.node(i).shape[axis]
+    elif n.op is Op.GATHER:
+        x, index = n.inputs
+        visit(index, at)
+        where = list(at)
+        where[n.attrs["axis"]] = ix.Load(index, at)
+        visit(x, tuple(where))
+    elif n.op in REDUCE:
+        src = graph.node(n.inputs[0])
+        visit(src.id, reduction_input_index(n, at, src.shape))
+    elif n.op is Op.MATMUL:
+        a, b = (graph.node(i) for i in n.inputs)
+        k = ix.Var("k", a.shape[-1])
+        visit(a.id, at[:-2] + (at[-2], k))
+        visit(b.id, at[:-2] + (k, at[-1]))
+    elif n.op is Op.SCATTER_ADD:
+        pass  # a scatter is computed by its own kernel and read from memory
+    else:
+        for i in n.inputs:
+            visit(i, at)
+
+
+def reduction_input_index(n: Node, at: ix.Index, input_shape: Shape) -> ix.Index:
+    """The index of the reduction's input at row `at`: kept axes from `at`, reduced axes as columns."""
+    axes = n.attrs["axes"]
+    keep = n.attrs["keepdim"]
+    out: list[ix.Ix] = []
+    k = 0
+    for axis, d in enumerate(input_shape):
+        if axis in axes:
+            out.append(ix.ZERO if d == 1 else ix.Var(f"c{axis}", d))
+            if keep:
+                k += 1
+        else:
+            out.append(at[k])
+            k += 1
+    return tuple(out)
+
+
+def node_domain(graph: Graph, n: Node) -> Domain:
+    """The domain of a kernel that starts at node `n`."""
+    if n.op in REDUCE:
+        src = graph.node(n.inputs[0])
+        return Domain("reduction", src.shape, tuple(n.attrs["axes"]))
+    if n.op is Op.MATMUL:
+        return Domain("matmul", n.shape, (), graph.node(n.inputs[0]).shape[-1])
+    if n.op is Op.SCATTER_ADD:
+        return Domain("scatter", graph.node(n.inputs[1]).shape)
+    return Domain("pointwise", n.shape)

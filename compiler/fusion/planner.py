@@ -1,0 +1,435 @@
+"""The fusion planner: which nodes become kernels, and which kernels fuse which nodes.
+
+Over a whole graph — for training, forward + backward + optimizer update:
+
+1. **Realize.**  Choose the values that live in memory: outputs, matrix
+   products, reductions, scatters, the operands matmul kernels load, the
+   tables a gather indexes, and values so expensive and widely used that
+   recomputing them costs more than storing them (cost.py).  Everything else
+   (elementwise chains, views, constants, random numbers) is computed inline
+   wherever it is used — a dropout mask is recomputed in the backward pass,
+   never stored.
+2. **Group.**  In program order, each realized value joins the kernel that
+   profits most among those it may legally join (legality.py), or starts a
+   kernel of its own: epilogues join their matrix product, softmax, its
+   log, cross-entropy and its gradient share one pass over the rows.
+3. **Batch the optimizer.**  The per-parameter updates are the same
+   computation over different tensors: they become one multi-tensor kernel
+   over parameters, gradients and state laid out back to back (memory.py).
+4. **Order** the kernels topologically and plan memory (memory.py).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Mapping
+
+from dln.compiler.fusion import cost
+from dln.compiler.fusion import index as ix
+from dln.compiler.fusion.domain import LEAVES, POINTWISE, REDUCE, Domain, node_domain, reads
+from dln.compiler.fusion.legality import may_join
+from dln.compiler.fusion.memory import Arena, MemoryPlan, plan_memory
+from dln.compiler.ir import Graph, Node, Op, Phase
+from dln.compiler.symbolic import numel
+
+
+@dataclass
+class Group:
+    """One kernel: the realized nodes it computes, over one domain."""
+
+    id: int
+    domain: Domain
+    members: list[int]
+    stores: list[int] = field(default_factory=list)       # members written to memory
+    multi: list[list[int]] | None = None                   # multi-tensor: members per parameter
+    name: str = ""
+
+    @property
+    def kind(self) -> str:
+        return "multi_tensor" if self.multi else self.domain.kind
+
+
+class Planner:
+    def __init__(self, graph: Graph) -> None:
+        self.graph = graph
+        self.realized: set[int] = set()
+        self.groups: list[Group] = []
+        self.group_of: dict[int, int] = {}
+        self._edges: dict[int, set[int]] = {}   # group -> groups it reads from
+
+    def is_realized(self, node_id: int) -> bool:
+        return node_id in self.realized
+
+    # ---- 1. realize -------------------------------------------------------------------------------------
+    def realize(self) -> None:
+        g = self.graph
+        r = self.realized
+        r.update(i for _, i in g.outputs)
+        for n in g.nodes:
+            if n.op in REDUCE or n.op in (Op.MATMUL, Op.SCATTER_ADD):
+                r.add(n.id)
+            if n.op is Op.MATMUL:
+                for operand in n.inputs:
+                    r.add(self._strided_base(operand))
+            if n.op is Op.GATHER:
+                r.add(self._strided_base(n.inputs[0]))
+        # Outputs that are leaves or inputs are produced by copying kernels; inputs stay inputs.
+        r.difference_update(n.id for n in g.nodes if n.op is Op.INPUT)
+        self._realize_shared()
+
+    def _strided_base(self, node_id: int) -> int:
+        """The node whose memory a strided read of `node_id` reaches through views.  When the
+        views compose to no strided access (a reshape of a transpose), the view is stored."""
+        g = self.graph
+        top = g.node(node_id)
+        n, at = top, ix.domain_vars(top.shape, "i")
+        while n.op in ix.VIEWS:
+            src = g.node(n.inputs[0])
+            at = ix.view_index(n, at, src.shape)
+            n = src
+        if ix.has_div(ix.linear(at, n.shape)):
+            return node_id
+        return n.id
+
+    def _realize_shared(self) -> None:
+        """Store inline values that several kernels would otherwise each recompute at a cost."""
+        g = self.graph
+        users = g.users()
+        for n in g.nodes:
+            if n.id in self.realized or n.op in LEAVES or n.op is Op.INPUT or n.op in ix.VIEWS or n.shape == ():
+                continue  # scalars are computed once per program: never worth storing
+            if n.op not in POINTWISE:
+                continue
+            found = reads(g, n, ix.domain_vars(n.shape, "i"), self.is_realized)
+            if cost.should_store_shared(len(found.inline) + 1, len(users[n.id])):
+                self.realized.add(n.id)
+
+    # ---- 2. group ------------------------------------------------------------------------------------------
+    def group_all(self) -> None:
+        for n in self.graph.nodes:
+            if n.id not in self.realized:
+                continue
+            best, best_domain, best_profit = None, None, 0
+            if n.op in POINTWISE or n.op in REDUCE or n.op in ix.VIEWS or n.op in LEAVES:
+                for group in reversed(self.groups):
+                    domain = may_join(self, group, n)
+                    if domain is None:
+                        continue
+                    profit = cost.join_profit(self._shared_bytes(group, n, domain))
+                    if profit > best_profit:
+                        best, best_domain, best_profit = group, domain, profit
+            if best is None:
+                best = Group(len(self.groups), node_domain(self.graph, n), [])
+                self.groups.append(best)
+                self._edges[best.id] = set()
+            else:
+                best.domain = best_domain
+            self._add(best, n)
+
+    def _add(self, group: Group, n: Node) -> None:
+        domain = group.domain
+        at = domain.canonical(n.shape) if n.op is not Op.MATMUL and n.op is not Op.SCATTER_ADD else domain.vars()
+        if at is None:
+            at = domain.vars()
+        found = reads(self.graph, n, at, self.is_realized)
+        group.members.append(n.id)
+        self.group_of[n.id] = group.id
+        for m in found.memory:
+            source = self.group_of.get(m)
+            if source is not None and source != group.id:
+                self._edges[group.id].add(source)
+
+    def _shared_bytes(self, group: Group, n: Node, domain: Domain) -> int:
+        from dln.compiler.cost import nbytes
+
+        env = {s: 64 for s in self.graph.symbols()}
+        found = reads(self.graph, n, domain.canonical(n.shape), self.is_realized)
+        members = set(group.members)
+        read_by_group: set[int] = set()
+        for m in group.members:
+            mn = self.graph.node(m)
+            at = domain.canonical(mn.shape) or domain.vars()
+            read_by_group |= set(reads(self.graph, mn, at, self.is_realized).memory)
+        shared = [m for m in found.memory if m in members or m in read_by_group]
+        return sum(nbytes(self.graph.node(m), env) for m in shared)
+
+    def depends_on(self, a: int, b: int) -> bool:
+        """Does group `a` read, directly or through other kernels, from group `b`?"""
+        stack, seen = [a], set()
+        while stack:
+            g = stack.pop()
+            if g == b:
+                return True
+            if g in seen:
+                continue
+            seen.add(g)
+            stack.extend(self._edges.get(g, ()))
+        return False
+
+    # ---- 3. the optimizer as one multi-tensor kernel ------------------------------------------------------
+    def batch_updates(self, donate: Mapping[str, str]) -> None:
+        """Merge the per-parameter update kernels that compute the same thing (when each
+        writes its results over its inputs: a multi-tensor kernel works in place)."""
+        donated = {i for name, i in self.graph.outputs if name in donate}
+        by_signature: dict[tuple, list[Group]] = {}
+        for group in self.groups:
+            if not set(group.members) <= donated:
+                continue
+            signature = self._update_signature(group)
+            if signature is not None:
+                by_signature.setdefault(signature, []).append(group)
+        for similar in by_signature.values():
+            if len(similar) < 2:
+                continue
+            first = similar[0]
+            first.multi = [list(g.members) for g in similar]
+            first.members = [m for g in similar for m in g.members]
+            for g in similar[1:]:
+                for m in g.members:
+                    self.group_of[m] = first.id
+                self._edges[first.id] |= self._edges.pop(g.id)
+            dropped = {g.id for g in similar[1:]}
+            self.groups = [g for g in self.groups if g.id not in dropped]
+            for edges in self._edges.values():
+                if edges & dropped:
+                    edges -= dropped
+                    edges.add(first.id)
+            self._edges[first.id].discard(first.id)
+
+    def _update_signature(self, group: Group) -> tuple | None:
+        """The structure of an optimizer update kernel with its tensors abstracted, or None."""
+        g = self.graph
+        if group.domain.kind != "pointwise":
+            return None
+        nodes = [g.node(m) for m in group.members]
+        if not all(n.phase is Phase.OPTIMIZER for n in nodes):
+            return None
+        shape = group.domain.shape
+        numbering: dict[int, int] = {}
+        parts: list[tuple] = []
+        at = group.domain.vars()
+        for n in nodes:
+            found = reads(g, n, at, self.is_realized)
+            for m, indices in sorted(found.memory.items()):
+                mn = g.node(m)
+                if mn.shape == ():
+                    parts.append(("scalar", m))
+                elif mn.shape == shape and indices == {at}:
+                    numbering.setdefault(m, len(numbering))
+                else:
+                    return None
+            parts.append(("node", _structure(g, n, numbering, self.is_realized)))
+        return (str(nodes[0].dtype), len(nodes), tuple(parts))
+
+    # ---- 4. order -----------------------------------------------------------------------------------------------
+    def order(self, after: dict[int, set[int]] | None = None) -> None:
+        """Kernels in dependency order; `after[g]`: more groups that must run before g
+        (the readers of a buffer g overwrites)."""
+        done: set[int] = set()
+        ordered: list[Group] = []
+        pending = list(self.groups)
+        while pending:
+            for k, group in enumerate(pending):
+                needs = self._edges.get(group.id, set()) | (after or {}).get(group.id, set())
+                if needs <= done:
+                    ordered.append(group)
+                    done.add(group.id)
+                    del pending[k]
+                    break
+            else:  # pragma: no cover - legality keeps the kernel graph acyclic
+                raise AssertionError("kernel dependency cycle")
+        self.groups = ordered
+
+
+def _structure(g: Graph, n: Node, numbering: dict[int, int], stop) -> tuple:
+    """A node's inline computation with realized tensors replaced by their position."""
+    memo: dict[int, tuple] = {}
+
+    def walk(node_id: int) -> tuple:
+        if node_id in memo:
+            return memo[node_id]
+        m = g.node(node_id)
+        if node_id in numbering:
+            out: tuple = ("tensor", numbering[node_id])
+        elif m.op is Op.INPUT or (stop(node_id) and node_id != n.id):
+            out = ("leaf", node_id)
+        else:
+            attrs = tuple(sorted((k, v) for k, v in m.attrs.items() if k != "shape"))
+            shapes = tuple(g.node(i).shape == () for i in m.inputs)
+            out = (m.op.value, attrs, str(m.dtype), shapes, tuple(walk(i) for i in m.inputs))
+        memo[node_id] = out
+        return out
+
+    return walk(n.id)
+
+
+
+# ---- the plan ---------------------------------------------------------------------------------------------------
+
+@dataclass
+class FusionPlan:
+    graph: Graph
+    groups: list[Group]
+    realized: set[int]
+    memory: MemoryPlan
+    reads: list[dict[int, set[ix.Index]]]   # per kernel: values read from memory, at which indices
+
+    @property
+    def kernels(self) -> list[Group]:
+        return self.groups
+
+    def stored(self) -> set[int]:
+        return {m for g in self.groups for m in g.stores}
+
+
+def plan_graph(graph: Graph, donate: Mapping[str, str] | None = None) -> FusionPlan:
+    """Fuse `graph` into kernels and plan their memory (see the module docstring)."""
+    donate = dict(donate or {})
+    planner = Planner(graph)
+    planner.realize()
+    planner.group_all()
+    planner.batch_updates(donate)
+    group_reads = {g.id: _group_reads(planner, g) for g in planner.groups}
+    donations = _donations(planner, donate, group_reads)
+    # A kernel overwriting an input runs after every other kernel that reads it.
+    after: dict[int, set[int]] = {}
+    for out, inp in donations.items():
+        writer = planner.group_of[out]
+        after.setdefault(writer, set()).update(g for g, r in group_reads.items() if inp in r and g != writer)
+    planner.order(after)
+    reads = [group_reads[g.id] for g in planner.groups]
+    read_anywhere = {n for r in reads for n in r}
+    outputs = {i for _, i in graph.outputs}
+    for group in planner.groups:
+        group.stores = [m for m in group.members if m in outputs or m in read_anywhere or group.multi]
+    arenas = _arenas(planner)
+    writes = [set(g.stores) for g in planner.groups]
+    memory = plan_memory(graph, [set(r) for r in reads], writes, arenas, donations)
+    for group in planner.groups:
+        if group.multi and any(m not in memory.donated for m in group.members):
+            raise AssertionError(f"multi-tensor kernel outputs must be donated: {group.members}")
+    for k, group in enumerate(planner.groups):
+        group.name = kernel_name(graph, group, k, planner.realized)
+    return FusionPlan(graph, planner.groups, planner.realized, memory, reads)
+
+
+def _group_reads(planner: Planner, group: Group) -> dict[int, set[ix.Index]]:
+    """The values a kernel reads from memory, each at the indices it reads it."""
+    found: dict[int, set[ix.Index]] = {}
+    for m in group.members:
+        node = planner.graph.node(m)
+        at = group.domain.canonical(node.shape) or group.domain.vars()
+        for k, v in _reads_of(planner, node, at).items():
+            found.setdefault(k, set()).update(v)
+    for m in group.members:  # a kernel's own values are in registers
+        found.pop(m, None)
+    return found
+
+
+def _donations(planner: Planner, donate: Mapping[str, str], group_reads) -> dict[int, int]:
+    """Outputs that may be written over their inputs: the writing kernel reads the input
+    only at the element it writes, and the extra ordering this needs stays acyclic."""
+    g = planner.graph
+    inputs = {n.attrs["name"]: n.id for n in g.nodes if n.op is Op.INPUT}
+    outputs = dict(g.outputs)
+    out: dict[int, int] = {}
+    for out_name, in_name in donate.items():
+        o, i = outputs.get(out_name), inputs.get(in_name)
+        if o is None or i is None or o not in planner.group_of or g.node(o).type != g.node(i).type:
+            continue
+        writer = planner.group_of[o]
+        group = next(gr for gr in planner.groups if gr.id == writer)
+        own = group.domain.canonical(g.node(o).shape)
+        if group.multi:
+            own = ix.domain_vars(g.node(o).shape, "i")
+        if i in group_reads[writer] and group_reads[writer][i] != {own}:
+            continue
+        readers = [k for k, r in group_reads.items() if i in r and k != writer]
+        if any(planner.depends_on(k, writer) for k in readers):
+            continue  # a reader needs the writer's results first: keep a separate buffer
+        out[o] = i
+    return out
+
+
+def _reads_of(planner: Planner, node: Node, at: ix.Index) -> dict[int, set[ix.Index]]:
+    if node.op is Op.MATMUL:
+        found = reads(planner.graph, node, at, lambda i: True)
+        # Operands are read through their views, from the stored value under them.
+        out: dict[int, set[ix.Index]] = {}
+        for i in node.inputs:
+            base = planner._strided_base(i)
+            out.setdefault(base, set())
+        return out | {k: v for k, v in found.memory.items() if k not in node.inputs}
+    return reads(planner.graph, node, at, planner.is_realized).memory
+
+
+def update_operands(planner_graph: Graph, group: Group, realized) -> list[list[int]]:
+    """Per parameter of a multi-tensor kernel: its tensors, in operand-position order."""
+    per_param = []
+    for members in group.multi or []:
+        numbering: dict[int, int] = {}
+        for m in members:
+            n = planner_graph.node(m)
+            found = reads(planner_graph, n, ix.domain_vars(n.shape, "i"), realized)
+            for node_id in sorted(found.memory):
+                if planner_graph.node(node_id).shape != ():
+                    numbering.setdefault(node_id, len(numbering))
+        per_param.append(sorted(numbering, key=numbering.get))
+    return per_param
+
+
+def _arenas(planner: Planner) -> list[Arena]:
+    g = planner.graph
+    arenas: list[Arena] = []
+    for group in planner.groups:
+        if not group.multi:
+            continue
+        per_param = update_operands(g, group, planner.is_realized)
+        sizes = [int(numel(g.node(p[0]).shape)) for p in per_param]
+        offsets = [sum(sizes[:k]) for k in range(len(sizes))]
+        for position in range(len(per_param[0])):
+            nodes = [p[position] for p in per_param]
+            persistent = all(g.node(n).op is Op.INPUT for n in nodes)
+            arenas.append(Arena(f"k{group.id}.{position}", g.node(nodes[0]).dtype, nodes, offsets, sum(sizes),
+                                persistent))
+    return arenas
+
+
+def kernel_name(graph: Graph, group: Group, k: int, realized: set[int]) -> str:
+    """`k3_fc1_matmul_bias_relu`: position, the .dln name it computes, what it does."""
+    anchor = graph.node(group.members[0])
+    label = "optimizer" if group.multi else (anchor.name or "")
+    label = re.sub(r"[^A-Za-z0-9_]", "_", label)[:32].strip("_")
+    words: list[str] = []
+    for node in _computed(graph, group, realized):
+        for w in _op_words(graph, node):
+            if w not in words:
+                words.append(w)
+    if any(graph.node(m).phase is Phase.OPTIMIZER for m in group.members):
+        words = [w for w in words if w in ("matmul", "sum", "max")] + ["update"]
+    if group.multi:
+        words = ["multi_tensor_update"]
+    return "_".join(part for part in (f"k{k}", label, "_".join(words[:4])) if part)
+
+
+def _computed(graph: Graph, group: Group, realized: set[int]) -> list[Node]:
+    """The nodes a kernel computes (members and what they inline), in program order."""
+    ids: set[int] = set(group.members)
+    for m in group.members:
+        n = graph.node(m)
+        at = group.domain.canonical(n.shape) or group.domain.vars()
+        ids |= reads(graph, n, at, lambda i: i in realized).inline
+    return [n for n in graph.nodes if n.id in ids]
+
+
+def _op_words(graph: Graph, n: Node) -> list[str]:
+    if n.op is Op.ADD and any(graph.node(i).op is Op.BROADCAST and graph.node(graph.node(i).inputs[0]).op
+                              is Op.INPUT for i in n.inputs):
+        return ["bias"]
+    if n.op is Op.RAND:
+        return ["dropout"]
+    if n.op in (Op.MATMUL, Op.SUM, Op.MAX, Op.MIN, Op.ARGMAX, Op.RELU, Op.EXP, Op.LOG, Op.TANH, Op.SIGMOID,
+                Op.SCATTER_ADD, Op.GATHER, Op.ERF):
+        return [n.op.value]
+    return []

@@ -1,0 +1,80 @@
+"""Choosing block sizes and warps: a cost model that needs no GPU.
+
+For a GPU the choice follows the problem size: tiles big enough to keep a
+streaming multiprocessor busy and memory accesses wide, small enough to keep
+every value in registers (the tests compile each kernel for sm_80 and sm_90
+and require zero spill bytes).  `autotune_candidates` lists what
+`triton.autotune` should try on a real GPU.
+
+Under Triton's interpreter every program instance costs about a millisecond
+of Python, so there the blocks are as large as the data (capped), chosen at
+launch time from the actual sizes (`interpreter_config`, copied into the
+generated module).
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+from dln.compiler.symbolic import Dim, evaluate
+
+REPRESENTATIVE = 128   # symbolic sizes (batch, sequence) are priced at this value
+
+
+def next_pow2(n: int) -> int:
+    return 1 << max(0, (int(n) - 1).bit_length())
+
+
+def _size(d: Dim) -> int:
+    if isinstance(d, int):
+        return d
+    return int(evaluate(d, {s: REPRESENTATIVE for s in d.symbols}))
+
+
+def gpu_config(kind: str, sizes: Mapping[str, Dim], epilogue_values: int = 1) -> dict[str, int]:
+    if kind in ("pointwise", "multi_tensor", "scatter"):
+        n = _size(sizes["n"])
+        block = min(1024, max(128, next_pow2(n)))
+        return {"BLOCK": block, "num_warps": 4 if block <= 1024 else 8}
+    if kind == "reduction":
+        rows, cols = _size(sizes["rows"]), _size(sizes["cols"])
+        symbolic_cols = not isinstance(sizes["cols"], int)
+        block_n = 128 if symbolic_cols else min(1024, max(16, next_pow2(cols)))
+        block_m = max(1, min(next_pow2(rows), 4096 // block_n, 64))
+        warps = 8 if block_m * block_n >= 4096 else 4
+        return {"BLOCK_M": block_m, "BLOCK_N": block_n, "num_warps": warps}
+    if kind == "matmul":
+        m, n = _size(sizes["M"]), _size(sizes["N"])
+        # fp32 tiles: the accumulator plus every epilogue value live in registers.
+        edge = 64 if epilogue_values <= 3 else 32
+        block_m = max(16, min(edge, next_pow2(m)))
+        block_n = max(16, min(edge, next_pow2(n)))
+        return {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": 32, "num_warps": 4}
+    raise ValueError(kind)
+
+
+def autotune_candidates(kind: str) -> list[dict[str, int]]:
+    """What a GPU should try (`triton.autotune`); the cost model's pick comes first."""
+    if kind in ("pointwise", "multi_tensor", "scatter"):
+        return [{"BLOCK": b, "num_warps": w} for b, w in ((1024, 4), (512, 4), (2048, 8), (4096, 8))]
+    if kind == "reduction":
+        return [{"BLOCK_M": m, "BLOCK_N": n, "num_warps": w}
+                for m, n, w in ((1, 1024, 4), (4, 256, 4), (16, 128, 4), (64, 16, 4), (8, 512, 8))]
+    return [{"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k, "num_warps": w}
+            for m, n, k, w in ((64, 64, 32, 4), (128, 64, 32, 4), (64, 128, 32, 4), (32, 32, 32, 4),
+                               (128, 128, 32, 8))]
+
+
+INTERPRETER_CONFIG = '''
+def _interpreter_config(kind, sizes):
+    """Blocks as large as the data (capped): the interpreter pays per program instance."""
+    def p2(n, cap):
+        return min(cap, 1 << max(0, (int(n) - 1).bit_length()))
+    if kind in ("pointwise", "multi_tensor", "scatter"):
+        return {"BLOCK": p2(sizes["n"], 1 << 16)}
+    if kind == "reduction":
+        block_n = max(2, p2(sizes["cols"], 1 << 12))
+        return {"BLOCK_M": max(1, p2(sizes["rows"], max(1, (1 << 14) // block_n))), "BLOCK_N": block_n}
+    return {"BLOCK_M": max(16, p2(sizes["M"], 128)), "BLOCK_N": max(16, p2(sizes["N"], 128)),
+            "BLOCK_K": max(16, p2(sizes["K"], 128))}
+'''

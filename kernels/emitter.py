@@ -1,0 +1,304 @@
+"""Writing a kernel body: values computed at indices, loads, stores.
+
+`Emitter.value(node, index)` returns the Triton expression of a node's value
+at an index of the kernel's domain, emitting the lines that compute it:
+views rewrite the index, elementwise ops lower through `LOWER`, values in
+memory are loaded with the kernel's mask.  Each (node, index) is computed
+once per scope (a loop body opens a scope), so shared subexpressions stay
+shared.  Everything the user wrote that reaches the source — names, file
+lines — goes through `safe_name` or `comment`.
+"""
+
+from __future__ import annotations
+
+import re
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Iterator
+
+from dln.compiler.fusion import index as ix
+from dln.compiler.ir import DType, Graph, Node, Op
+from dln.compiler.symbolic import Dim, Sym
+from dln.kernels.lowering import LOWER, TL_DTYPES
+
+
+def safe_name(text: str, limit: int = 40) -> str:
+    """An identifier fragment from user text: letters, digits and underscores only."""
+    return re.sub(r"[^A-Za-z0-9_]", "_", text)[:limit].strip("_")
+
+
+def comment(text: str) -> str:
+    """User text for a comment or docstring: printable ASCII only, no quotes that end a docstring."""
+    cleaned = "".join(ch if 32 <= ord(ch) < 127 else "?" for ch in text)
+    return cleaned.replace('"""', "'''").replace("\\", "/")
+
+
+def render_dim(d: Dim) -> str:
+    """A size as launcher/kernel code: symbols are the `s_<name>` arguments."""
+    if isinstance(d, int):
+        return str(d)
+    parts = []
+    for mono, coeff in d.terms:
+        factors = [f"s_{s}" for s in mono]
+        if coeff != 1 or not factors:
+            factors.insert(0, str(coeff))
+        parts.append(" * ".join(factors))
+    return "(" + " + ".join(parts).replace("+ -", "- ") + ")"
+
+
+def dim_symbols(d: Dim) -> set[str]:
+    return set(d.symbols) if isinstance(d, Sym) else set()
+
+
+@dataclass
+class Pointer:
+    """A kernel argument pointing at a tensor in memory."""
+
+    name: str        # the parameter name in the kernel
+    node: int        # the value it holds
+    shape: tuple     # the shape its offsets are computed in
+    offset: Dim = 0  # where the value starts (arenas)
+
+
+@dataclass
+class Scope:
+    values: dict[tuple[int, ix.Index], str] = field(default_factory=dict)
+
+
+class Emitter:
+    def __init__(self, graph: Graph, pointers: dict[int, Pointer], vars: dict[str, str]) -> None:
+        self.graph = graph
+        self.pointers = pointers
+        self.vars = vars                 # index variable name -> Triton expression
+        self.lines: list[str] = []
+        self.depth = 1
+        self.scopes: list[Scope] = [Scope()]
+        self.counter = 0
+        self.mask = "mask"
+        self.symbols: set[str] = set()
+        self.uses_rng = False
+        self.inline_values: dict[int, str] = {}   # node -> expression fixed by the template (acc, reductions)
+        self.inline_index: dict[int, ix.Index] = {}
+        self.block_shape = "[BLOCK]"
+        self.members: set[int] = set()              # values this kernel computes (never loaded)
+        self.scalar_offset = ""                     # how a block-shaped scalar result is stored
+
+    # ---- text ------------------------------------------------------------------------------------------------
+    def line(self, text: str) -> None:
+        self.lines.append("    " * self.depth + text)
+
+    @contextmanager
+    def block(self, header: str) -> Iterator[None]:
+        self.line(header)
+        self.depth += 1
+        self.scopes.append(Scope())
+        try:
+            yield
+        finally:
+            self.depth -= 1
+            self.scopes.pop()
+
+    def fresh(self, hint: str) -> str:
+        self.counter += 1
+        return f"{hint}{self.counter}"
+
+    def _lookup(self, key) -> str | None:
+        for scope in reversed(self.scopes):
+            if key in scope.values:
+                return scope.values[key]
+        return None
+
+    def _remember(self, key, name: str) -> None:
+        self.scopes[-1].values[key] = name
+
+    # ---- indices -----------------------------------------------------------------------------------------------
+    def dim(self, d: Dim) -> str:
+        self.symbols |= dim_symbols(d)
+        return render_dim(d)
+
+    def render(self, e: ix.Ix) -> str:
+        if isinstance(e, ix.Var):
+            return self.vars[e.name]
+        if isinstance(e, ix.Lit):
+            return self.dim(e.value)
+        if isinstance(e, ix.Add):
+            return "(" + " + ".join(self.render(t) for t in e.terms) + ")"
+        if isinstance(e, ix.Mul):
+            return f"{self.render(e.x)} * {self.dim(e.k)}"
+        if isinstance(e, ix.Div):
+            return f"({self.render(e.x)} // {self.dim(e.k)})"
+        if isinstance(e, ix.Mod):
+            return f"({self.render(e.x)} % {self.dim(e.k)})"
+        if isinstance(e, ix.Load):
+            return self.value(e.node, e.index)
+        raise TypeError(e)
+
+    def offset(self, pointer: Pointer, index: ix.Index) -> str:
+        flat = ix.linear(index, pointer.shape)
+        if pointer.offset:
+            flat = ix.add(flat, ix.lit(pointer.offset))
+        return self.render(flat)
+
+    # ---- values ---------------------------------------------------------------------------------------------------
+    def value(self, node_id: int, index: ix.Index) -> str:
+        """The expression of node `node_id` at `index`, emitting what it needs."""
+        if node_id in self.inline_values and index == self.inline_index[node_id]:
+            return self.inline_values[node_id]
+        key = (node_id, index)
+        known = self._lookup(key)
+        if known is not None:
+            return known
+        n = self.graph.node(node_id)
+        if node_id in self.pointers and node_id not in self.members:
+            name = self.load(node_id, index)
+        else:
+            name = self._compute(n, index)
+        self._remember(key, name)
+        return name
+
+    def fix(self, node_id: int, index: ix.Index, expression: str) -> None:
+        """Declare the value of a node at its canonical index (an accumulator, a reduction)."""
+        self.inline_index[node_id] = index
+        self.inline_values[node_id] = expression
+
+    def load(self, node_id: int, index: ix.Index, mask: str | None = None, other: str | None = None) -> str:
+        p = self.pointers[node_id]
+        n = self.graph.node(node_id)
+        name = self.fresh("x")
+        if n.shape == () and not p.offset:
+            self.line(f"{name} = tl.load({p.name})  # %{node_id}")
+        else:
+            m = mask or self.mask
+            extra = f", other={other}" if other is not None else ""
+            self.line(f"{name} = tl.load({p.name} + {self.offset(p, index)}, mask={m}{extra})  # %{node_id}")
+        return name
+
+    def store(self, node_id: int, index: ix.Index, value: str, mask: str | None = None) -> None:
+        p = self.pointers[node_id]
+        n = self.graph.node(node_id)
+        value = self.as_tensor(value, n)
+        if n.shape == () and not p.offset and not self.scalar_offset:
+            self.line(f"tl.store({p.name}, {value})  # %{node_id}")
+        elif n.shape == ():
+            self.line(f"tl.store({p.name} + {self.scalar_offset}, {value}, mask={mask or self.mask})  # %{node_id}")
+        else:
+            self.line(f"tl.store({p.name} + {self.offset(p, index)}, {value}, mask={mask or self.mask})  # %{node_id}")
+
+    def as_tensor(self, value: str, n: Node) -> str:
+        """Stores need a tensor: a constant is widened to the value's block shape."""
+        if _is_literal(value):
+            return f"tl.full({self.block_shape}, {value}, {TL_DTYPES[n.dtype]})"
+        return value
+
+    def _compute(self, n: Node, index: ix.Index) -> str:
+        g = self.graph
+        if n.op is Op.CONST:
+            return _literal(n.attrs["value"], n.dtype)
+        if n.op is Op.IOTA:
+            return f"tl.cast({self.render(index[0])}, {TL_DTYPES[n.dtype]})"
+        if n.op is Op.SYMSIZE:
+            return self.dim(n.attrs["dim"])
+        if n.op in ix.VIEWS:
+            src = g.node(n.inputs[0])
+            return self.value(src.id, ix.view_index(n, index, src.shape))
+        if n.op is Op.RAND:
+            self.uses_rng = True
+            seed, step = (self.value(i, ()) for i in n.inputs)
+            flat = self.render(ix.linear(index, n.shape))
+            name = self.fresh("u")
+            self.line(f"{name} = _uniform({seed}, {flat}, {n.attrs['stream']}, {step})  # %{n.id} dropout draw")
+            if n.dtype is not DType.F32:
+                self.line(f"{name} = {name}.to({TL_DTYPES[n.dtype]})")
+            return name
+        if n.op is Op.PAD:
+            return self._pad(n, index)
+        if n.op is Op.CONCAT:
+            return self._concat(n, index)
+        if n.op is Op.GATHER:
+            x, idx = n.inputs
+            where = list(index)
+            where[n.attrs["axis"]] = ix.Load(idx, index)
+            return self.value(x, tuple(where))
+        if n.op in LOWER:
+            args = [self.value(i, index) for i in n.inputs]
+            expression = LOWER[n.op](n, args)
+            name = self.fresh("v")
+            self.line(f"{name} = {expression}  # %{n.id} {n.op.value}")
+            return name
+        raise NotImplementedError(f"{n.op.value} cannot be computed inline")
+
+    def _pad(self, n: Node, index: ix.Index) -> str:
+        src = self.graph.node(n.inputs[0])
+        inner = tuple(ix.add(i, ix.lit(-lo)) for i, (lo, _) in zip(index, n.attrs["pads"]))
+        conditions = []
+        for e, d in zip(inner, src.shape):
+            r = self.render(e)
+            conditions.append(f"({r} >= 0) & ({r} < {self.dim(d)})")
+        inside = self.fresh("inside")
+        self.line(f"{inside} = " + " & ".join(conditions) if conditions else f"{inside} = True")
+        # Read inside the bounds only (the mask keeps loads in range); pad outside.
+        saved = self.mask
+        self.mask = f"{saved} & {inside}"
+        v = self.value(src.id, inner)
+        self.mask = saved
+        name = self.fresh("v")
+        self.line(f"{name} = tl.where({inside}, {v}, {_literal(n.attrs['value'], n.dtype)})  # %{n.id} pad")
+        return name
+
+    def _concat(self, n: Node, index: ix.Index) -> str:
+        axis = n.attrs["axis"]
+        pieces = []
+        start: Dim = 0
+        saved = self.mask
+        for i in n.inputs:
+            src = self.graph.node(i)
+            stop = start + src.shape[axis]
+            shifted = list(index)
+            shifted[axis] = ix.add(index[axis], ix.lit(-start) if start != 0 else ix.ZERO)
+            r = self.render(index[axis])
+            inside = self.fresh("part")
+            self.line(f"{inside} = ({r} >= {self.dim(start)}) & ({r} < {self.dim(stop)})")
+            self.mask = f"{saved} & {inside}"
+            pieces.append((inside, self.value(i, tuple(shifted))))
+            self.mask = saved
+            start = stop
+        expression = pieces[-1][1]
+        for inside, v in reversed(pieces[:-1]):
+            expression = f"tl.where({inside}, {v}, {expression})"
+        name = self.fresh("v")
+        self.line(f"{name} = {expression}  # %{n.id} concat")
+        return name
+
+
+def _literal(value, dtype: DType) -> str:
+    if dtype is DType.BOOL:
+        return "True" if value else "False"
+    if dtype.is_float:
+        v = float(value)
+        if v != v:
+            return 'float("nan")'
+        if v in (float("inf"), float("-inf")):
+            return f'float("{"-" if v < 0 else ""}inf")'
+        return repr(v)
+    return str(int(value))
+
+
+def _is_literal(text: str) -> bool:
+    return bool(re.fullmatch(r"-?[0-9.e+\-]+|True|False|float\(\"-?(inf|nan)\"\)", text))
+
+
+def identity_of(op: Op, dtype: DType) -> str:
+    """The neutral element of a reduction, for masked-off lanes."""
+    if op is Op.SUM:
+        return "0.0" if dtype.is_float else "0"
+    if op in (Op.MAX, Op.ARGMAX):
+        return 'float("-inf")' if dtype.is_float else str(-(2 ** 63) if dtype is DType.I64 else -(2 ** 31))
+    if op is Op.MIN:
+        return 'float("inf")' if dtype.is_float else str(2 ** 63 - 1 if dtype is DType.I64 else 2 ** 31 - 1)
+    raise ValueError(op)
+
+
+def accumulator_dtype(dtype: DType) -> DType:
+    """fp32 accumulation for half types; others keep their type."""
+    return DType.F32 if dtype in (DType.F16, DType.BF16) else dtype
+

@@ -1,0 +1,173 @@
+"""The Triton lowering of each elementwise primitive: one entry per op.
+
+`LOWER[op](node, args)` returns a Triton expression computing the node from
+the expressions of its inputs.  Where Triton's interpreter lacks a function
+(libdevice is compiled code), the generated module carries a small
+`@triton.jit` helper built from core ops (`HELPERS`), numerically matched to
+NumPy's result: tanh, log1p, pow, the remainder with Python's sign, and the
+Philox uniform draw that reproduces dln.runtime.philox bit for bit.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from dln.compiler.ir import DType, GroupOp, Node, Op
+
+TL_DTYPES = {
+    DType.F16: "tl.float16", DType.BF16: "tl.bfloat16", DType.F32: "tl.float32", DType.F64: "tl.float64",
+    DType.I32: "tl.int32", DType.I64: "tl.int64", DType.BOOL: "tl.int1",
+}
+
+Lowering = Callable[[Node, list[str]], str]
+LOWER: dict[Op, Lowering] = {}
+
+
+def lower(*ops: Op):
+    def register(fn: Lowering) -> Lowering:
+        for op in ops:
+            LOWER[op] = fn
+        return fn
+    return register
+
+
+def _infix(symbol: str) -> Lowering:
+    return lambda n, a: f"{a[0]} {symbol} {a[1]}"
+
+
+def _call(fn: str) -> Lowering:
+    return lambda n, a: f"{fn}({', '.join(a)})"
+
+
+for _op, _sym in [(Op.ADD, "+"), (Op.SUB, "-"), (Op.MUL, "*"), (Op.LT, "<"), (Op.LE, "<="), (Op.GT, ">"),
+                  (Op.GE, ">="), (Op.EQ, "=="), (Op.NE, "!="), (Op.AND, "&"), (Op.OR, "|")]:
+    LOWER[_op] = _infix(_sym)
+
+for _op, _fn in [(Op.EXP, "tl.exp"), (Op.LOG, "tl.log"), (Op.SQRT, "tl.sqrt"), (Op.RSQRT, "tl.rsqrt"),
+                 (Op.ABS, "tl.abs"), (Op.SIN, "tl.sin"), (Op.COS, "tl.cos"), (Op.SIGMOID, "tl.sigmoid"),
+                 (Op.ERF, "tl.erf"), (Op.TANH, "_tanh"), (Op.LOG1P, "_log1p")]:
+    LOWER[_op] = _call(_fn)
+
+
+@lower(Op.DIV)
+def _div(n, a):
+    return f"{a[0]} / {a[1]}"
+
+
+@lower(Op.NEG)
+def _neg(n, a):
+    return f"-{a[0]}"
+
+
+@lower(Op.NOT)
+def _not(n, a):
+    return f"{a[0]} == 0"
+
+
+@lower(Op.RELU)
+def _relu(n, a):
+    return f"tl.where({a[0]} > 0, {a[0]}, 0.0)"
+
+
+@lower(Op.SIGN)
+def _sign(n, a):
+    return f"tl.where({a[0]} > 0, 1, tl.where({a[0]} < 0, -1, 0)).to({TL_DTYPES[n.dtype]})"
+
+
+@lower(Op.MAXIMUM)
+def _maximum(n, a):
+    return f"tl.maximum({a[0]}, {a[1]}, propagate_nan=tl.PropagateNan.ALL)"
+
+
+@lower(Op.MINIMUM)
+def _minimum(n, a):
+    return f"tl.minimum({a[0]}, {a[1]}, propagate_nan=tl.PropagateNan.ALL)"
+
+
+@lower(Op.POW)
+def _pow(n, a):
+    exponent = a[1]
+    try:
+        value = float(exponent)
+    except ValueError:
+        value = None
+    if value == 2.0:
+        return f"{a[0]} * {a[0]}"
+    if value == 3.0:
+        return f"{a[0]} * {a[0]} * {a[0]}"
+    if value == 1.0:
+        return a[0]
+    return f"_pow({a[0]}, {a[1]})"
+
+
+@lower(Op.MOD)
+def _mod(n, a):
+    return f"_mod({a[0]}, {a[1]})"
+
+
+@lower(Op.WHERE)
+def _where(n, a):
+    return f"tl.where({a[0]}, {a[1]}, {a[2]})"
+
+
+@lower(Op.CAST)
+def _cast(n, a):
+    return f"tl.cast({a[0]}, {TL_DTYPES[n.dtype]})"
+
+
+@lower(Op.DETACH)
+def _detach(n, a):
+    return a[0]
+
+
+HELPERS = '''
+@triton.jit
+def _tanh(x):
+    # exp-based away from 0, Taylor near 0 (where 1 - exp(-2|x|) would cancel)
+    ax = tl.abs(x)
+    e = tl.exp(-2.0 * ax)
+    t = (1.0 - e) / (1.0 + e)
+    t = tl.where(x < 0, -t, t)
+    x2 = x * x
+    small = x * (1.0 - x2 * (0.3333333333333333 - x2 * (0.13333333333333333 - x2 * 0.05396825396825397)))
+    return tl.where(ax < 0.15, small, t)
+
+
+@triton.jit
+def _log1p(x):
+    # log(1 + x) without losing x when it is tiny (Goldberg's correction)
+    u = 1.0 + x
+    d = u - 1.0
+    return tl.where(d == 0.0, x, tl.log(u) * (x / tl.where(d == 0.0, 1.0, d)))
+
+
+@triton.jit
+def _pow(x, y):
+    # x ** y as NumPy computes it, with the sign of odd integer powers of negative x
+    r = tl.exp(y * tl.log(tl.abs(x)))
+    odd = (tl.abs(y % 2.0) == 1.0)
+    r = tl.where((x < 0) & odd, -r, r)
+    r = tl.where((x < 0) & (y != tl.floor(y)), float("nan"), r)
+    r = tl.where(x == 0, tl.where(y > 0, 0.0, tl.where(y == 0, 1.0, float("inf"))), r)
+    return tl.where(y == 0, 1.0, r)
+
+
+@triton.jit
+def _mod(x, y):
+    # the remainder with the sign of the divisor, as Python, NumPy and torch.remainder
+    r = x % y
+    return tl.where((r != 0) & ((r < 0) != (y < 0)), r + y, r)
+
+
+@triton.jit
+def _uniform(seed, offset, stream, step):
+    # U[0, 1) from Philox-4x32-10 at counter (offset, stream, step, 0): dln.runtime.philox
+    r, _, _, _ = tl.philox(seed, offset.to(tl.uint32), stream, step.to(tl.uint32), 0)
+    x = r.to(tl.int32, bitcast=True)
+    x = tl.where(x < 0, ~x, x)
+    return x.to(tl.float32) * 4.6566127342e-10
+'''
+
+
+def missing_lowerings() -> list[Op]:
+    return [op for op in GroupOp.Elementwise if op not in LOWER]

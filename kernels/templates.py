@@ -1,0 +1,415 @@
+"""Kernel templates, one per kind of fusion group, in the Triton tutorials' style.
+
+* pointwise — a 1-D grid over the elements of the domain;
+* reduction — rows in blocks of BLOCK_M, columns looped in BLOCK_N chunks:
+  one loop per level of dependent reductions, then one loop storing the
+  full-size results (softmax, cross-entropy with its gradient);
+* matmul — a BLOCK_M x BLOCK_N output tile accumulated over K in fp32 with
+  `tl.dot`, then the fused epilogue on the tile;
+* scatter — a scatter-add with atomics;
+* multi_tensor — one flat pass over parameters, gradients and state laid out
+  back to back (the optimizer step for every parameter at once).
+
+Each returns a `KernelSource`: the `@triton.jit` function and what the
+launcher needs to call it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from dln.compiler.fusion import index as ix
+from dln.compiler.fusion.domain import REDUCE, reads
+from dln.compiler.fusion.planner import FusionPlan, Group, update_operands
+from dln.compiler.ir import DType, Graph, Op
+from dln.compiler.symbolic import Dim, numel
+from dln.kernels.emitter import (Emitter, Pointer, accumulator_dtype, comment, identity_of, render_dim,
+                                 safe_name)
+from dln.kernels.lowering import TL_DTYPES
+
+PRECISIONS = ("ieee", "tf32", "tf32x3", "bf16x3")
+
+
+@dataclass
+class KernelSource:
+    name: str
+    kind: str
+    source: str
+    pointers: list[Pointer]
+    symbols: list[str]
+    blocks: list[str]                          # constexpr parameter names
+    grid: list[str]                            # launcher expressions, may use `cfg["BLOCK..."]`
+    sizes: dict[str, Dim] = field(default_factory=dict)   # named problem sizes for the cost model
+    zero_outputs: list[int] = field(default_factory=list)  # outputs the launcher zeroes first (scatter)
+
+
+def _int64(total: Dim) -> bool:
+    """Offsets need 64 bits unless the size is known to fit in 31."""
+    return not (isinstance(total, int) and total < 2 ** 31)
+
+
+def _pointers(plan: FusionPlan, group: Group, k: int) -> dict[int, Pointer]:
+    g = plan.graph
+    out: dict[int, Pointer] = {}
+    for node_id in sorted(set(plan.reads[k]) | set(group.stores)):
+        n = g.node(node_id)
+        label = n.attrs["name"] if n.op is Op.INPUT else (n.name or n.op.value)
+        out[node_id] = Pointer(f"p{node_id}_{safe_name(label, 28)}" if safe_name(label, 28) else f"p{node_id}",
+                               node_id, n.shape)
+    return out
+
+
+def _docstring(plan: FusionPlan, group: Group) -> str:
+    g = plan.graph
+    nodes = [g.node(m) for m in group.members]
+    lines = sorted({(n.loc.path, n.loc.line) for n in nodes if n.loc is not None})
+    where = ", ".join(f"{path.split('/')[-1]}:{line}" for path, line in lines)
+    ops = ", ".join(f"%{n.id} {n.op.value}" + (f" ({comment(n.name)})" if n.name else "") for n in nodes[:12])
+    more = f", ... ({len(nodes)} nodes)" if len(nodes) > 12 else ""
+    return comment(f"Fuses {ops}{more}. Source: {where or 'generated'}.")
+
+
+def _header(name: str, pointers: list[Pointer], symbols: list[str], blocks: list[str], doc: str) -> list[str]:
+    params = [p.name for p in pointers] + [f"s_{s}" for s in symbols] + [f"{b}: tl.constexpr" for b in blocks]
+    lines = ["@triton.jit", f"def {name}("]
+    lines += [f"    {p}," for p in params]
+    lines += ["):", f'    """{doc}"""']
+    return lines
+
+
+def _finish(name: str, kind: str, em: Emitter, pointers: dict[int, Pointer], blocks: list[str],
+            grid: list[str], doc: str, sizes: dict[str, Dim], extra_symbols: set[str] = frozenset(),
+            zero: list[int] | None = None) -> KernelSource:
+    symbols = sorted(em.symbols | set(extra_symbols))
+    ordered = [pointers[i] for i in sorted(pointers)]
+    head = _header(name, ordered, symbols, blocks, doc)
+    return KernelSource(name, kind, "\n".join(head + em.lines) + "\n", ordered, symbols, blocks, grid, sizes,
+                        zero or [])
+
+
+def _store_members(em: Emitter, plan: FusionPlan, group: Group, at_of) -> None:
+    for m in group.members:
+        if m in group.stores:
+            at = at_of(m)
+            em.store(m, at, em.value(m, at))
+
+
+# ---- pointwise -------------------------------------------------------------------------------------------------
+
+def pointwise(plan: FusionPlan, group: Group, k: int) -> KernelSource:
+    g = plan.graph
+    shape = group.domain.shape
+    total = numel(shape)
+    pointers = _pointers(plan, group, k)
+    em = Emitter(g, pointers, {})
+    em.members = set(group.members)
+    n_text = em.dim(total)
+    em.line("pid = tl.program_id(0)")
+    start = "pid.to(tl.int64) * BLOCK" if _int64(total) else "pid * BLOCK"
+    em.line(f"offs = {start} + tl.arange(0, BLOCK)")
+    em.line(f"mask = offs < {n_text}")
+    offs = ix.Var("offs", total)
+    em.vars["offs"] = "offs"
+    at = ix.delinearize(offs, shape)
+    _store_members(em, plan, group, lambda m: at)
+    grid = [f"triton.cdiv({render_dim(total)}, cfg['BLOCK'])"]
+    return _finish(group.name, "pointwise", em, pointers, ["BLOCK"], grid, _docstring(plan, group),
+                   {"n": total})
+
+
+# ---- multi-tensor: every parameter's update in one flat pass ---------------------------------------------------
+
+def multi_tensor(plan: FusionPlan, group: Group, k: int) -> KernelSource:
+    g = plan.graph
+    per_param = update_operands(g, group, lambda i: i in plan.realized)
+    arenas = {a.name: a for a in plan.memory.arenas}
+    total = sum(int(numel(g.node(p[0]).shape)) for p in per_param)
+    first_members = group.multi[0]
+    pointers: dict[int, Pointer] = {}
+    # Operand position j of parameter 0 reads arena j; scalars are read as themselves.
+    for j, node_id in enumerate(per_param[0]):
+        assert f"k{group.id}.{j}" in arenas, "the memory plan lays out every operand position"
+        pointers[node_id] = Pointer(f"arena{j}_{safe_name(_label(g, node_id), 24)}", node_id, (total,))
+    for node_id in plan.reads[k]:
+        if g.node(node_id).shape == ():
+            pointers[node_id] = Pointer(f"p{node_id}_{safe_name(_label(g, node_id), 24)}", node_id, ())
+    em = Emitter(g, pointers, {"offs": "offs"})
+    em.members = set(first_members)
+    em.line("pid = tl.program_id(0)")
+    em.line("offs = pid * BLOCK + tl.arange(0, BLOCK)")
+    em.line(f"mask = offs < {total}")
+    at = (ix.Var("offs", total),)
+    outputs: list[tuple[int, Pointer]] = []
+    for m in first_members:
+        target = plan.memory.donated[m]
+        outputs.append((m, pointers[target]))
+    values = [(m, em.value(m, at)) for m in first_members]
+    for (m, v), (_, p) in zip(values, outputs):
+        em.line(f"tl.store({p.name} + offs, {v}, mask=mask)  # %{m} -> {p.name}")
+    doc = comment(f"One step of the optimizer for {len(per_param)} parameters ({total} values), laid out back "
+                  f"to back. Per parameter: {', '.join(f'%{m} {g.node(m).op.value}' for m in first_members)}.")
+    grid = [f"triton.cdiv({total}, cfg['BLOCK'])"]
+    return _finish(group.name, "multi_tensor", em, pointers, ["BLOCK"], grid, doc, {"n": total})
+
+
+def _label(g: Graph, node_id: int) -> str:
+    n = g.node(node_id)
+    return n.attrs["name"] if n.op is Op.INPUT else (n.name or n.op.value)
+
+
+# ---- reductions over rows ----------------------------------------------------------------------------------------
+
+def reduction(plan: FusionPlan, group: Group, k: int) -> KernelSource:
+    g = plan.graph
+    d = group.domain
+    kept = tuple(dim for a, dim in enumerate(d.shape) if a not in d.axes)
+    cols = tuple(dim for a, dim in enumerate(d.shape) if a in d.axes)
+    n_rows, n_cols = numel(kept), numel(cols)
+    pointers = _pointers(plan, group, k)
+    em = Emitter(g, pointers, {})
+    em.members = set(group.members)
+    em.block_shape = "[BLOCK_M, 1]"
+    em.scalar_offset = "rows * 0"
+    rows_text, cols_text = em.dim(n_rows), em.dim(n_cols)
+    wide = _int64(numel(d.shape))
+    em.line("pid = tl.program_id(0)")
+    em.line(f"rows = {'pid.to(tl.int64)' if wide else 'pid'} * BLOCK_M + tl.arange(0, BLOCK_M)[:, None]")
+    em.line(f"row_mask = rows < {rows_text}")
+    em.mask = "row_mask"
+    # Row variables: one per kept axis, from the flat row number.
+    kept_axes = [a for a in range(len(d.shape)) if a not in d.axes]
+    row_vars = _split(em, ix.Var("rows", n_rows), kept, [f"r{a}" for a in kept_axes])
+    em.vars["rows"] = "rows"
+    full = d.vars()
+
+    levels = _levels(plan, group)
+    members = [g.node(m) for m in group.members]
+    reductions = [n for n in members if n.op in REDUCE]
+    row_members = [n for n in members if n.op not in REDUCE and d.is_row(n.shape)]
+    full_members = [n for n in members if n.op not in REDUCE and not d.is_row(n.shape)]
+    done_level = 0
+    for level in sorted({levels[n.id] for n in reductions}):
+        batch = [n for n in reductions if levels[n.id] == level]
+        _reduction_loop(em, plan, batch, full, cols, cols_text, row_vars, d)
+        done_level = level
+        for n in row_members:  # row values ready after this level
+            if levels[n.id] <= done_level and n.id in group.stores:
+                at = d.canonical(n.shape)
+                em.store(n.id, at, em.value(n.id, at), "row_mask")
+    for n in row_members:
+        if levels[n.id] > done_level and n.id in group.stores:
+            at = d.canonical(n.shape)
+            em.store(n.id, at, em.value(n.id, at), "row_mask")
+    for n in reductions:
+        if n.id in group.stores:
+            at = d.canonical(n.shape)
+            em.store(n.id, at, em.value(n.id, at), "row_mask")
+    stored_full = [n for n in full_members if n.id in group.stores]
+    if stored_full:
+        with _column_loop(em, cols, cols_text, d):
+            for n in stored_full:
+                em.store(n.id, full, em.value(n.id, full))
+    grid = [f"triton.cdiv({render_dim(n_rows)}, cfg['BLOCK_M'])"]
+    return _finish(group.name, "reduction", em, pointers, ["BLOCK_M", "BLOCK_N"], grid, _docstring(plan, group),
+                   {"rows": n_rows, "cols": n_cols})
+
+
+def _split(em: Emitter, flat: ix.Var, shape: tuple, names: list[str]) -> dict[str, str]:
+    """Emit one variable per axis of `shape` from the flat index `flat`."""
+    parts = ix.delinearize(flat, shape)
+    em.vars[flat.name] = flat.name
+    out = {}
+    for name, e, dim in zip(names, parts, shape):
+        if dim == 1:
+            continue
+        em.line(f"{name} = {em.render(e)}")
+        em.vars[name] = name
+        out[name] = name
+    return out
+
+
+class _column_loop:
+    """`for start in range(0, n_cols, BLOCK_N):` with column variables and the tile mask."""
+
+    def __init__(self, em: Emitter, cols: tuple, cols_text: str, d) -> None:
+        self.em, self.cols, self.cols_text, self.d = em, cols, cols_text, d
+
+    def __enter__(self):
+        em = self.em
+        self.block = em.block(f"for start in range(0, {self.cols_text}, BLOCK_N):")
+        self.block.__enter__()
+        em.line("cols = start + tl.arange(0, BLOCK_N)[None, :]")
+        em.line(f"mask = row_mask & (cols < {self.cols_text})")
+        self.saved = em.mask
+        em.mask = "mask"
+        reduced_axes = [a for a in range(len(self.d.shape)) if a in self.d.axes]
+        _split(em, ix.Var("cols", numel(self.cols)), self.cols, [f"c{a}" for a in reduced_axes])
+        return self
+
+    def __exit__(self, *exc):
+        self.em.mask = self.saved
+        return self.block.__exit__(*exc)
+
+
+def _reduction_loop(em: Emitter, plan: FusionPlan, batch, full, cols, cols_text, row_vars, d) -> None:
+    g = plan.graph
+    accs = {}
+    for n in batch:
+        dtype = accumulator_dtype(g.node(n.inputs[0]).dtype)
+        acc = f"acc{n.id}"
+        ident = identity_of(n.op, dtype)
+        em.line(f"{acc} = tl.full([BLOCK_M, BLOCK_N], {ident}, {TL_DTYPES[dtype]})  # %{n.id} {n.op.value}")
+        if n.op is Op.ARGMAX:
+            em.line(f"arg{n.id} = tl.zeros([BLOCK_M, BLOCK_N], tl.int64)")
+        accs[n.id] = (acc, ident, dtype)
+    with _column_loop(em, cols, cols_text, d):
+        for n in batch:
+            acc, ident, dtype = accs[n.id]
+            src = g.node(n.inputs[0])
+            x = em.value(src.id, full)  # a reduction's input has the domain's full shape
+            if accumulator_dtype(src.dtype) is not src.dtype:
+                x = f"{x}.to({TL_DTYPES[dtype]})"
+            masked = f"tl.where(mask, {x}, {ident})"
+            if n.op is Op.SUM:
+                em.line(f"{acc} += {masked}")
+            elif n.op is Op.MAX:
+                em.line(f"{acc} = tl.maximum({acc}, {masked}, propagate_nan=tl.PropagateNan.ALL)")
+            elif n.op is Op.MIN:
+                em.line(f"{acc} = tl.minimum({acc}, {masked}, propagate_nan=tl.PropagateNan.ALL)")
+            else:  # ARGMAX: keep the first largest value's column (strictly greater replaces)
+                em.line(f"take{n.id} = {masked} > {acc}")
+                em.line(f"arg{n.id} = tl.where(take{n.id}, cols, arg{n.id})")
+                em.line(f"{acc} = tl.where(take{n.id}, {masked}, {acc})")
+    for n in batch:
+        acc, ident, dtype = accs[n.id]
+        name = f"red{n.id}"
+        if n.op is Op.SUM:
+            em.line(f"{name} = tl.sum({acc}, axis=1)[:, None]")
+        elif n.op is Op.MAX:
+            em.line(f"{name} = tl.max({acc}, axis=1)[:, None]")
+        elif n.op is Op.MIN:
+            em.line(f"{name} = tl.min({acc}, axis=1)[:, None]")
+        else:
+            em.line(f"best{n.id} = tl.max({acc}, axis=1)[:, None]")
+            em.line(f"{name} = tl.min(tl.where({acc} == best{n.id}, arg{n.id}, {2 ** 62}), axis=1)[:, None]")
+        if g.node(n.id).dtype is not dtype and n.op is not Op.ARGMAX:
+            em.line(f"{name} = {name}.to({TL_DTYPES[g.node(n.id).dtype]})")
+        em.fix(n.id, d.canonical(n.shape), name)
+
+
+def _levels(plan: FusionPlan, group: Group) -> dict[int, int]:
+    """Level of each member: 1 + the highest level of the group's reductions it depends on
+    (a reduction adds one itself).  Reductions of one level share a loop."""
+    g = plan.graph
+    members = set(group.members)
+    level: dict[int, int] = {}
+    for m in group.members:
+        n = g.node(m)
+        at = group.domain.canonical(n.shape) or group.domain.vars()
+        found = reads(g, n, at, lambda i: i in plan.realized)
+        deps = [level[x] for x in found.memory if x in members and x in level]
+        base = max(deps, default=0)
+        level[m] = base + 1 if n.op in REDUCE else base
+    return level
+
+
+# ---- matrix products with epilogues --------------------------------------------------------------------------
+
+def matmul(plan: FusionPlan, group: Group, k: int, precision: str = "ieee") -> KernelSource:
+    g = plan.graph
+    mm = g.node(group.members[0])
+    a_node, b_node = g.node(mm.inputs[0]), g.node(mm.inputs[1])
+    shape = mm.shape
+    M, N, K = shape[-2], shape[-1], a_node.shape[-1]
+    batch = shape[:-2]
+    pointers = _pointers(plan, group, k)
+    em = Emitter(g, pointers, {"m": "m", "n": "n"})
+    em.members = set(group.members)
+    em.block_shape = "[BLOCK_M, BLOCK_N]"
+    m_text, n_text, k_text = em.dim(M), em.dim(N), em.dim(K)
+    em.line("pid = tl.program_id(0)")
+    em.line(f"num_n = tl.cdiv({n_text}, BLOCK_N)")
+    em.line("pid_m = pid // num_n")
+    em.line("pid_n = pid % num_n")
+    em.line("m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)[:, None]")
+    em.line("n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]")
+    if batch:
+        em.line("pid_b = tl.program_id(1)")
+        _split(em, ix.Var("pid_b", numel(batch)), batch, [f"b{a}" for a in range(len(batch))])
+        em.vars["pid_b"] = "pid_b"
+    at = d_vars = group.domain.vars()
+    a_off = _operand_offset(em, g, a_node.id, d_vars[:-2] + (d_vars[-2], ix.Var("k", K)), {"k": "ka"})
+    b_off = _operand_offset(em, g, b_node.id, d_vars[:-2] + (ix.Var("k", K), d_vars[-1]), {"k": "kb"})
+    acc_type = "tl.float64" if mm.dtype is DType.F64 else "tl.float32"
+    em.line(f"acc = tl.zeros([BLOCK_M, BLOCK_N], dtype={acc_type})")
+    with em.block(f"for k0 in range(0, {k_text}, BLOCK_K):"):
+        em.line("ka = k0 + tl.arange(0, BLOCK_K)[None, :]")
+        em.line("kb = k0 + tl.arange(0, BLOCK_K)[:, None]")
+        em.line(f"a = tl.load({a_off[0]} + {a_off[1]}, mask=(m < {m_text}) & (ka < {k_text}), other=0.0)")
+        em.line(f"b = tl.load({b_off[0]} + {b_off[1]}, mask=(kb < {k_text}) & (n < {n_text}), other=0.0)")
+        prec = "" if mm.dtype is DType.F64 else f", input_precision=\"{precision}\""
+        em.line(f"acc = tl.dot(a, b, acc{prec})")
+    em.line(f"mask = (m < {m_text}) & (n < {n_text})")
+    value = "acc" if mm.dtype in (DType.F32, DType.F64) else f"acc.to({TL_DTYPES[mm.dtype]})"
+    em.fix(mm.id, at, value)
+    _store_members(em, plan, group, lambda m: group.domain.canonical(g.node(m).shape))
+    grid = [f"triton.cdiv({render_dim(M)}, cfg['BLOCK_M']) * triton.cdiv({render_dim(N)}, cfg['BLOCK_N'])"]
+    if batch:
+        grid.append(render_dim(numel(batch)))
+    return _finish(group.name, "matmul", em, pointers, ["BLOCK_M", "BLOCK_N", "BLOCK_K"], grid,
+                   _docstring(plan, group), {"M": M, "N": N, "K": K, "batch": numel(batch)})
+
+
+def _operand_offset(em: Emitter, g: Graph, node_id: int, index: ix.Index, rename: dict[str, str]) -> tuple[str, str]:
+    """(pointer, offset) of a matmul operand read through its views from the stored value under them."""
+    n = g.node(node_id)
+    while node_id not in em.pointers and n.op in ix.VIEWS:
+        src = g.node(n.inputs[0])
+        index = ix.view_index(n, index, src.shape)
+        node_id, n = src.id, src
+    p = em.pointers[node_id]
+    saved = dict(em.vars)
+    em.vars.update(rename)
+    text = em.offset(p, index)
+    em.vars = saved
+    return p.name, text
+
+
+# ---- scatter-add ---------------------------------------------------------------------------------------------------
+
+def scatter(plan: FusionPlan, group: Group, k: int) -> KernelSource:
+    g = plan.graph
+    node = g.node(group.members[0])
+    index_node, src_node = node.inputs
+    shape = g.node(src_node).shape
+    total = numel(shape)
+    pointers = _pointers(plan, group, k)
+    em = Emitter(g, pointers, {})
+    em.members = set()
+    em.line("pid = tl.program_id(0)")
+    em.line(f"offs = {'pid.to(tl.int64)' if _int64(total) else 'pid'} * BLOCK + tl.arange(0, BLOCK)")
+    em.line(f"mask = offs < {em.dim(total)}")
+    em.vars["offs"] = "offs"
+    at = ix.delinearize(ix.Var("offs", total), shape)
+    v = em.value(src_node, at)
+    target = list(at)
+    target[node.attrs["axis"]] = ix.Load(index_node, at)
+    out = pointers[node.id]
+    em.line(f"tl.atomic_add({out.name} + {em.offset(out, tuple(target))}, {v}, mask=mask)  # %{node.id} "
+             "scatter_add")
+    grid = [f"triton.cdiv({render_dim(total)}, cfg['BLOCK'])"]
+    return _finish(group.name, "scatter", em, pointers, ["BLOCK"], grid, _docstring(plan, group), {"n": total},
+                   zero=[node.id])
+
+
+def generate(plan: FusionPlan, group: Group, k: int, precision: str = "ieee") -> KernelSource:
+    if group.multi:
+        return multi_tensor(plan, group, k)
+    kind = group.domain.kind
+    if kind == "matmul":
+        return matmul(plan, group, k, precision)
+    if kind == "reduction":
+        return reduction(plan, group, k)
+    if kind == "scatter":
+        return scatter(plan, group, k)
+    return pointwise(plan, group, k)

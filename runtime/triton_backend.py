@@ -1,0 +1,134 @@
+"""The Triton backend: generated kernels, run on a GPU or through Triton's interpreter.
+
+`prepare` plans and generates the kernel module of a graph (dln.kernels),
+stores it in a content-hashed cache — Python source plus a JSON record,
+written atomically, so concurrent processes share it safely — imports it,
+and returns an executable.  Tensors are torch tensors on the GPU when one is
+visible, else on the CPU, where the same kernels run under
+`TRITON_INTERPRET=1` (slow, exact: for testing).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from dln.compiler.ir import Graph
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("DLN_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "dln")
+    path = Path(root) / "kernels"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def load_module(source: str, record: Mapping[str, Any]):
+    """Import generated source through the cache (the key is the source's hash)."""
+    key = hashlib.sha256(source.encode()).hexdigest()[:24]
+    directory = cache_dir()
+    path = directory / f"dln_{key}.py"
+    if not path.exists() or path.read_text() != source:
+        _write_atomic(path, source)
+        _write_atomic(directory / f"dln_{key}.json", json.dumps(record, indent=2, sort_keys=True) + "\n")
+    spec = importlib.util.spec_from_file_location(f"dln_kernels_{key}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class TritonBackend:
+    name = "triton"
+
+    def __init__(self, precision: str = "ieee") -> None:
+        import torch
+
+        if not torch.cuda.is_available():
+            os.environ.setdefault("TRITON_INTERPRET", "1")
+        self.torch = torch
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.precision = precision
+
+    def asarray(self, array: np.ndarray):
+        return self.torch.tensor(np.ascontiguousarray(array), device=self.device)
+
+    def to_numpy(self, value: Any) -> np.ndarray:
+        if isinstance(value, np.ndarray):
+            return value
+        return value.detach().cpu().numpy()
+
+    def copy_into(self, dst, src: np.ndarray) -> None:
+        dst.copy_(self.torch.from_numpy(np.ascontiguousarray(src)).to(dst.dtype))
+
+    def prepare(self, graph: Graph, persistent: Mapping[str, Any], donate: Mapping[str, str]) -> "TritonExecutable":
+        return TritonExecutable(self, graph, persistent, donate)
+
+
+class TritonExecutable:
+    def __init__(self, backend: TritonBackend, graph: Graph, persistent: Mapping[str, Any],
+                 donate: Mapping[str, str]) -> None:
+        from dln.kernels.module import generate_module
+
+        self.backend = backend
+        self.graph = graph
+        self.generated = generate_module(graph, donate, backend.precision)
+        record = {"graph": graph.name, "kernels": [k.name for k in self.generated.kernels],
+                  "configs": self.generated.configs}
+        self.module = load_module(self.generated.source, record)
+        self.program = self.module.Program(backend.device)
+        self.persistent = persistent
+        for names in self.generated.persistent_arenas:
+            relocate([persistent[n] for n in names], backend.torch)
+
+    def run(self, feeds: Mapping[str, Any], env: Mapping[str, int]) -> dict[str, Any]:
+        torch = self.backend.torch
+        bufs: dict[str, Any] = dict(self.persistent)
+        for name, value in feeds.items():
+            if isinstance(value, np.ndarray):
+                value = torch.from_numpy(np.ascontiguousarray(value))
+            bufs[name] = value.to(self.backend.device)
+        for names in self.generated.persistent_arenas:
+            tensors = [self.persistent[n] for n in names]
+            if not contiguous_run(tensors):
+                relocate(tensors, torch)
+        return self.program(bufs, dict(env))
+
+
+def contiguous_run(tensors) -> bool:
+    base = tensors[0].data_ptr()
+    offset = 0
+    for t in tensors:
+        if not t.is_contiguous() or t.data_ptr() != base + offset * t.element_size():
+            return False
+        offset += t.numel()
+    return True
+
+
+def relocate(tensors, torch) -> None:
+    """Lay tensors out back to back in one buffer, keeping each tensor object (and so every
+    reference to it) valid: each is re-pointed at its slice of the new storage."""
+    if contiguous_run(tensors):
+        return
+    total = sum(t.numel() for t in tensors)
+    arena = torch.empty(total, dtype=tensors[0].dtype, device=tensors[0].device)
+    offset = 0
+    for t in tensors:
+        n = t.numel()
+        arena[offset:offset + n].copy_(t.reshape(-1))
+        with torch.no_grad():
+            t.set_(arena.untyped_storage(), offset, t.shape)
+        offset += n
