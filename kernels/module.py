@@ -19,9 +19,10 @@ from typing import Mapping
 from dln.compiler.fusion.planner import FusionPlan, plan_graph
 from dln.compiler.ir import DType, Graph, Op
 from dln.compiler.symbolic import numel
-from dln.kernels.configs import INTERPRETER_CONFIG, autotune_candidates, gpu_config
+from dln.kernels.configs import INTERPRETER_CONFIG, autotune_candidates, epilogue_weight, gpu_config
 from dln.kernels.emitter import comment, render_dim
 from dln.kernels.lowering import HELPERS
+from dln.kernels.report import computed_nodes
 from dln.kernels.templates import KernelSource, generate
 
 TORCH_DTYPES = {
@@ -45,7 +46,10 @@ def generate_module(graph: Graph, donate: Mapping[str, str] | None = None, preci
     kernels = [generate(plan, group, k, precision) for k, group in enumerate(plan.groups)]
     configs = {}
     for kernel, group in zip(kernels, plan.groups):
-        configs[kernel.name] = gpu_config(kernel.kind, kernel.sizes, len(group.stores))
+        nodes = computed_nodes(plan, group)
+        weight = epilogue_weight(sum(n.op not in (Op.MATMUL, Op.INPUT) for n in nodes),
+                                 sum(n.op is Op.RAND for n in nodes), len(group.stores))
+        configs[kernel.name] = gpu_config(kernel.kind, kernel.sizes, weight)
     source = _module_source(plan, kernels, configs, title or graph.name)
     arenas = [[plan.graph.node(n).attrs["name"] for n in a.nodes] for a in plan.memory.arenas if a.persistent]
     return GeneratedModule(source, plan, kernels, configs, arenas)

@@ -65,13 +65,15 @@ def write_artefacts(model, out: Path, backend: str = "numpy", target: str | None
     except DlnError:
         objective = None
     if objective is not None:
-        step_graph = pipeline.train_step(model.train_spec, objective).graph
+        step = pipeline.train_step(model.train_spec, objective)
+        step_graph = step.graph
         (out / "backward.ir").write_text(format_graph(step_graph))
         files.append("backward.ir")
     if backend == "triton" or target is not None:
         from dln.kernels.artefacts import write_kernel_artefacts
 
-        files += write_kernel_artefacts(step_graph or forward, out, target=target, log=log)
+        graph, donate = (step.graph, step.donate) if step_graph is not None else (forward, {})
+        files += write_kernel_artefacts(graph, out, donate, target=target, log=log)
     files.append("manifest.json")
     save_json(out / "manifest.json", manifest(model, forward, step_graph, files))
     return files

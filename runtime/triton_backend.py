@@ -59,6 +59,7 @@ class TritonBackend:
 
         if not torch.cuda.is_available():
             os.environ.setdefault("TRITON_INTERPRET", "1")
+        os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
         self.torch = torch
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.precision = precision
