@@ -82,10 +82,28 @@ class Emitter:
         self.block_shape = "[BLOCK]"
         self.members: set[int] = set()              # values this kernel computes (never loaded)
         self.scalar_offset = ""                     # how a block-shaped scalar result is stored
+        self.loops: list[dict] = []                 # open loops, for hoisting what does not vary in them
+        self._insert: dict | None = None
 
     # ---- text ------------------------------------------------------------------------------------------------
     def line(self, text: str) -> None:
-        self.lines.append("    " * self.depth + text)
+        if self._insert is not None:  # hoisting: write above the loop
+            self.lines.insert(self._insert["at"], "    " * self.depth + text)
+            self._insert["at"] += 1
+        else:
+            self.lines.append("    " * self.depth + text)
+
+    @contextmanager
+    def loop(self, header: str, variables: set[str]) -> Iterator[None]:
+        """A loop over `variables`; values that do not depend on them are computed before it."""
+        entry = {"at": len(self.lines), "depth": self.depth, "vars": set(variables), "mask": self.mask,
+                 "scopes": len(self.scopes)}
+        self.loops.append(entry)
+        try:
+            with self.block(header):
+                yield
+        finally:
+            self.loops.pop()
 
     @contextmanager
     def block(self, header: str) -> Iterator[None]:
@@ -148,6 +166,8 @@ class Emitter:
         known = self._lookup(key)
         if known is not None:
             return known
+        if self.loops and self._insert is None and not _mentions(index, self.loops[-1]["vars"]):
+            return self._hoisted(self.loops[-1], node_id, index)
         n = self.graph.node(node_id)
         if node_id in self.pointers and node_id not in self.members:
             name = self.load(node_id, index)
@@ -155,6 +175,17 @@ class Emitter:
             name = self._compute(n, index)
         self._remember(key, name)
         return name
+
+    def _hoisted(self, loop: dict, node_id: int, index: ix.Index) -> str:
+        """Compute a value that does not vary in `loop` once, above it."""
+        saved = (self.depth, self.mask, self.scopes)
+        self.depth, self.mask, self.scopes = loop["depth"], loop["mask"], self.scopes[:loop["scopes"]]
+        self._insert = loop
+        try:
+            return self.value(node_id, index)
+        finally:
+            self.depth, self.mask, self.scopes = saved
+            self._insert = None
 
     def fix(self, node_id: int, index: ix.Index, expression: str) -> None:
         """Declare the value of a node at its canonical index (an accumulator, a reduction)."""
@@ -268,6 +299,23 @@ class Emitter:
         name = self.fresh("v")
         self.line(f"{name} = {expression}  # %{n.id} concat")
         return name
+
+
+def _mentions(index: ix.Index, names: set[str]) -> bool:
+    """Does any expression of the index use one of the variables `names`?"""
+    stack: list = list(index)
+    while stack:
+        e = stack.pop()
+        if isinstance(e, ix.Var):
+            if e.name in names:
+                return True
+        elif isinstance(e, ix.Add):
+            stack.extend(e.terms)
+        elif isinstance(e, (ix.Mul, ix.Div, ix.Mod)):
+            stack.append(e.x)
+        elif isinstance(e, ix.Load):
+            stack.extend(e.index)
+    return False
 
 
 def _literal(value, dtype: DType) -> str:

@@ -236,14 +236,15 @@ class _column_loop:
 
     def __enter__(self):
         em = self.em
-        self.block = em.block(f"for start in range(0, {self.cols_text}, BLOCK_N):")
+        reduced_axes = [a for a in range(len(self.d.shape)) if a in self.d.axes]
+        names = [f"c{a}" for a in reduced_axes]
+        self.block = em.loop(f"for start in range(0, {self.cols_text}, BLOCK_N):", {"cols", *names})
         self.block.__enter__()
         em.line("cols = start + tl.arange(0, BLOCK_N)[None, :]")
         em.line(f"mask = row_mask & (cols < {self.cols_text})")
         self.saved = em.mask
         em.mask = "mask"
-        reduced_axes = [a for a in range(len(self.d.shape)) if a in self.d.axes]
-        _split(em, ix.Var("cols", numel(self.cols)), self.cols, [f"c{a}" for a in reduced_axes])
+        _split(em, ix.Var("cols", numel(self.cols)), self.cols, names)
         return self
 
     def __exit__(self, *exc):

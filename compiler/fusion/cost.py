@@ -18,9 +18,18 @@ LAUNCH_BYTES = 64 * 1024
 RECOMPUTE_OPS = 24
 
 
-def join_profit(shared_bytes: int) -> int:
+# A reduction kernel runs one program per block of rows.  Elementwise work over the full
+# domain joins it only when that leaves enough programs to fill a GPU, or the work is small.
+MIN_ROWS_FOR_FULL_WORK = 64
+SMALL_WORK = 16 * 1024
+
+
+def join_profit(shared_bytes: int, rows: int | None = None, full_elements: int = 0) -> int:
     """The bytes saved by putting a node into a kernel that already reads `shared_bytes` of
-    what the node reads (or computes what it reads), plus the launch it saves."""
+    what the node reads (or computes what it reads), plus the launch it saves.  Zero when
+    the node would do `full_elements` of work in a reduction kernel of only `rows` rows."""
+    if rows is not None and rows < MIN_ROWS_FOR_FULL_WORK and full_elements > SMALL_WORK:
+        return 0
     return shared_bytes + LAUNCH_BYTES
 
 

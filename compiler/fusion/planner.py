@@ -31,7 +31,7 @@ from dln.compiler.fusion.domain import LEAVES, POINTWISE, REDUCE, Domain, node_d
 from dln.compiler.fusion.legality import may_join
 from dln.compiler.fusion.memory import Arena, MemoryPlan, plan_memory
 from dln.compiler.ir import Graph, Node, Op, Phase
-from dln.compiler.symbolic import numel
+from dln.compiler.symbolic import evaluate, numel
 
 
 @dataclass
@@ -116,7 +116,7 @@ class Planner:
                     domain = may_join(self, group, n)
                     if domain is None:
                         continue
-                    profit = cost.join_profit(self._shared_bytes(group, n, domain))
+                    profit = cost.join_profit(self._shared_bytes(group, n, domain), *self._parallelism(domain, n))
                     if profit > best_profit:
                         best, best_domain, best_profit = group, domain, profit
             if best is None:
@@ -139,6 +139,14 @@ class Planner:
             source = self.group_of.get(m)
             if source is not None and source != group.id:
                 self._edges[group.id].add(source)
+
+    def _parallelism(self, domain: Domain, n: Node) -> tuple[int | None, int]:
+        """(rows of a reduction domain, elements of full-domain work `n` adds), at representative sizes."""
+        if domain.kind != "reduction" or domain.is_row(n.shape):
+            return None, 0
+        env = {s: 64 for s in self.graph.symbols()}
+        rows = evaluate(numel(domain.row_shape(False)), env)
+        return int(rows), int(evaluate(numel(n.shape), env))
 
     def _shared_bytes(self, group: Group, n: Node, domain: Domain) -> int:
         from dln.compiler.cost import nbytes
@@ -206,21 +214,14 @@ class Planner:
         if not all(n.phase is Phase.OPTIMIZER for n in nodes):
             return None
         shape = group.domain.shape
-        numbering: dict[int, int] = {}
-        parts: list[tuple] = []
         at = group.domain.vars()
-        for n in nodes:
-            found = reads(g, n, at, self.is_realized)
-            for m, indices in sorted(found.memory.items()):
-                mn = g.node(m)
-                if mn.shape == ():
-                    parts.append(("scalar", m))
-                elif mn.shape == shape and indices == {at}:
-                    numbering.setdefault(m, len(numbering))
-                else:
+        for n in nodes:  # tensors must be read where they are written: element i of each
+            for m, indices in reads(g, n, at, self.is_realized).memory.items():
+                if g.node(m).shape != () and (g.node(m).shape != shape or indices != {at}):
                     return None
-            parts.append(("node", _structure(g, n, numbering, self.is_realized)))
-        return (str(nodes[0].dtype), len(nodes), tuple(parts))
+        numbering: dict[int, int] = {}
+        parts = tuple(_structure(g, n, numbering, self.is_realized) for n in nodes)
+        return (str(nodes[0].dtype), parts)
 
     # ---- 4. order -----------------------------------------------------------------------------------------------
     def order(self, after: dict[int, set[int]] | None = None) -> None:
@@ -243,26 +244,21 @@ class Planner:
 
 
 def _structure(g: Graph, n: Node, numbering: dict[int, int], stop) -> tuple:
-    """A node's inline computation with realized tensors replaced by their position."""
-    memo: dict[int, tuple] = {}
+    """A node's inline computation with the tensors it reads numbered in the order the walk meets
+    them (so two parameters' updates compare equal), scalars kept as themselves."""
 
     def walk(node_id: int) -> tuple:
-        if node_id in memo:
-            return memo[node_id]
         m = g.node(node_id)
-        if node_id in numbering:
-            out: tuple = ("tensor", numbering[node_id])
-        elif m.op is Op.INPUT or (stop(node_id) and node_id != n.id):
-            out = ("leaf", node_id)
-        else:
-            attrs = tuple(sorted((k, v) for k, v in m.attrs.items() if k != "shape"))
-            shapes = tuple(g.node(i).shape == () for i in m.inputs)
-            out = (m.op.value, attrs, str(m.dtype), shapes, tuple(walk(i) for i in m.inputs))
-        memo[node_id] = out
-        return out
+        if m.op is Op.INPUT or (stop(node_id) and node_id != n.id):
+            if m.shape == ():
+                return ("scalar", node_id)
+            numbering.setdefault(node_id, len(numbering))
+            return ("tensor", numbering[node_id])
+        attrs = tuple(sorted((k, v) for k, v in m.attrs.items() if k != "shape"))
+        shapes = tuple(g.node(i).shape == () for i in m.inputs)
+        return (m.op.value, attrs, str(m.dtype), shapes, tuple(walk(i) for i in m.inputs))
 
     return walk(n.id)
-
 
 
 # ---- the plan ---------------------------------------------------------------------------------------------------
@@ -319,7 +315,7 @@ def _group_reads(planner: Planner, group: Group) -> dict[int, set[ix.Index]]:
     found: dict[int, set[ix.Index]] = {}
     for m in group.members:
         node = planner.graph.node(m)
-        at = group.domain.canonical(node.shape) or group.domain.vars()
+        at = member_index(group, node)
         for k, v in _reads_of(planner, node, at).items():
             found.setdefault(k, set()).update(v)
     for m in group.members:  # a kernel's own values are in registers
@@ -340,9 +336,7 @@ def _donations(planner: Planner, donate: Mapping[str, str], group_reads) -> dict
             continue
         writer = planner.group_of[o]
         group = next(gr for gr in planner.groups if gr.id == writer)
-        own = group.domain.canonical(g.node(o).shape)
-        if group.multi:
-            own = ix.domain_vars(g.node(o).shape, "i")
+        own = member_index(group, g.node(o))
         if i in group_reads[writer] and group_reads[writer][i] != {own}:
             continue
         readers = [k for k, r in group_reads.items() if i in r and k != writer]
@@ -350,6 +344,13 @@ def _donations(planner: Planner, donate: Mapping[str, str], group_reads) -> dict
             continue  # a reader needs the writer's results first: keep a separate buffer
         out[o] = i
     return out
+
+
+def member_index(group: Group, node: Node) -> ix.Index:
+    """Where a member lives in its kernel's domain (a multi-tensor member: in its own shape)."""
+    if group.multi:
+        return ix.domain_vars(node.shape, "i")
+    return group.domain.canonical(node.shape) or group.domain.vars()
 
 
 def _reads_of(planner: Planner, node: Node, at: ix.Index) -> dict[int, set[ix.Index]]:
@@ -364,17 +365,13 @@ def _reads_of(planner: Planner, node: Node, at: ix.Index) -> dict[int, set[ix.In
     return reads(planner.graph, node, at, planner.is_realized).memory
 
 
-def update_operands(planner_graph: Graph, group: Group, realized) -> list[list[int]]:
-    """Per parameter of a multi-tensor kernel: its tensors, in operand-position order."""
+def update_operands(graph: Graph, group: Group, realized) -> list[list[int]]:
+    """Per parameter of a multi-tensor kernel: the tensors it reads, in operand-position order."""
     per_param = []
     for members in group.multi or []:
         numbering: dict[int, int] = {}
         for m in members:
-            n = planner_graph.node(m)
-            found = reads(planner_graph, n, ix.domain_vars(n.shape, "i"), realized)
-            for node_id in sorted(found.memory):
-                if planner_graph.node(node_id).shape != ():
-                    numbering.setdefault(node_id, len(numbering))
+            _structure(graph, graph.node(m), numbering, realized)
         per_param.append(sorted(numbering, key=numbering.get))
     return per_param
 
