@@ -1,0 +1,107 @@
+"""Every program of the language draft (shared/spec/LANGUAGE.md) parses; those
+whose layers exist compile with `dln check`; the others say E0303.
+
+The spec lives next to the repository: `<repo>/../shared/spec/LANGUAGE.md`.
+"""
+
+from __future__ import annotations
+
+import re
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from dlncheck import ROOT, check_many, diagnostics
+from dln.dsl import DlnError, parse
+
+SPEC = ROOT.parent / "shared" / "spec" / "LANGUAGE.md"
+
+# Outcome of `dln check` by the model a block is about (see _name): 0, or the layer that is not available yet.
+EXPECTED = {
+    "mlp": 0,
+    "gan": 0,             # with generator and discriminator
+    "vae": 0,
+    "gcn": 0,
+    "gpt": "attention",
+    "classifier_lstm": "lstm",
+    "lenet": "conv2d",    # the statement-only pipe fragment, wrapped in a model
+}
+
+# A statement-only fragment becomes the body of this model; `images` is the input the
+# fragment reads (LeNet's [B, 1, 28, 28]), `h` the value it binds.
+WRAPPER = "model lenet() {{\n    input images: f32[B, 1, 28, 28]\n{body}    output h\n}}\n"
+
+
+def _blocks() -> list[str]:
+    if not SPEC.is_file():
+        return []
+    text = SPEC.read_text()
+    return [textwrap.dedent(b) for b in re.findall(r"^[ \t]*```dln[ \t]*\n(.*?)^[ \t]*```", text, re.S | re.M)]
+
+
+def _is_complete(block: str) -> bool:
+    return re.search(r"^\s*(model|block)\s", block, re.M) is not None
+
+
+def _program(block: str) -> str:
+    return block if _is_complete(block) else WRAPPER.format(body=textwrap.indent(block, "    "))
+
+
+def _name(block: str) -> str:
+    """The model a block is about: the one it trains, else its last."""
+    source = _program(block)
+    trained = re.search(r"^\s*train\s+([A-Za-z_]\w*)", source, re.M)
+    models = re.findall(r"^\s*model\s+([A-Za-z_]\w*)", source, re.M)
+    return trained.group(1) if trained else models[-1] if models else "block"
+
+
+BLOCKS = _blocks()
+pytestmark = pytest.mark.skipif(not SPEC.is_file(), reason=f"{SPEC} is absent")
+
+
+def test_spec_has_the_known_examples():
+    names = [_name(b) for b in BLOCKS]
+    assert len(BLOCKS) >= 7
+    assert set(EXPECTED) <= set(names), names
+    assert sum(not _is_complete(b) for b in BLOCKS) >= 1, "the LeNet pipe fragment"
+
+
+@pytest.mark.parametrize("block", BLOCKS, ids=[_name(b) for b in BLOCKS])
+def test_example_parses(block):
+    source = _program(block)
+    try:
+        module = parse(source, f"LANGUAGE.md:{_name(block)}")
+    except DlnError as e:
+        pytest.fail(f"does not parse:\n{e}\n\n{source}")
+    assert module.models or module.blocks
+
+
+@pytest.fixture(scope="module")
+def checked(tmp_path_factory):
+    d = tmp_path_factory.mktemp("spec")
+    paths = {}
+    for k, block in enumerate(BLOCKS):
+        name = _name(block)
+        f = d / f"{k}_{name}.dln"
+        f.write_text(_program(block))
+        paths[name] = f.name
+    results = check_many(list(paths.values()), cwd=d)
+    return {name: results[p] for name, p in paths.items()}
+
+
+@pytest.mark.parametrize("name", list(EXPECTED))
+def test_example_checks(checked, name):
+    r = checked[name]
+    assert "Traceback" not in r.stderr and "internal error" not in r.stderr, r.stderr
+    want = EXPECTED[name]
+    if want == 0:
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.startswith("ok"), r.stdout
+        assert f"ok  {name}:" in r.stdout
+    else:
+        assert r.returncode == 1, r
+        shown = diagnostics(r.stderr)
+        assert [d.code for d in shown] == ["E0303"], r.stderr
+        assert shown[0].message.startswith(f"{want} "), r.stderr
+        assert shown[0].where is not None, r.stderr
