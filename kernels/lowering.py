@@ -144,6 +144,7 @@ def _log1p(x):
 @triton.jit
 def _pow(x, y):
     # x ** y as NumPy computes it, with the sign of odd integer powers of negative x
+    x, y = x + y * 0, y + x * 0  # both as tensors of the broadcast shape
     r = tl.exp(y * tl.log(tl.abs(x)))
     odd = (tl.abs(y % 2.0) == 1.0)
     r = tl.where((x < 0) & odd, -r, r)
@@ -155,6 +156,7 @@ def _pow(x, y):
 @triton.jit
 def _mod(x, y):
     # the remainder with the sign of the divisor, as Python, NumPy and torch.remainder
+    x, y = x + y * 0, y + x * 0
     r = x % y
     return tl.where((r != 0) & ((r < 0) != (y < 0)), r + y, r)
 

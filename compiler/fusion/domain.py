@@ -141,7 +141,9 @@ def inputs_at(graph: Graph, n: Node, at: ix.Index, visit: Callable[[int, ix.Inde
         visit(a.id, at[:-2] + (at[-2], k))
         visit(b.id, at[:-2] + (k, at[-1]))
     elif n.op is Op.SCATTER_ADD:
-        pass  # a scatter is computed by its own kernel and read from memory
+        # Evaluated over its source's elements (`at` indexes the source), written with atomics.
+        for i in n.inputs:
+            visit(i, at)
     else:
         for i in n.inputs:
             visit(i, at)
