@@ -3,10 +3,19 @@
     import dln
     model = dln.compile("mlp.dln", backend="numpy", hidden=256)
     out = model(x=x)
+
+The public names load on first use, so `dln check` starts without the runtime.
 """
 
 from dln.dsl.diagnostics import DlnError
-from dln.runtime.api import Model, compile, train
 
 __version__ = "0.1.0"
 __all__ = ["DlnError", "Model", "compile", "train", "__version__"]
+
+
+def __getattr__(name: str):
+    if name in ("Model", "compile", "train"):
+        from dln.runtime import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'dln' has no attribute {name!r}")

@@ -13,7 +13,6 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import numpy as np
-from scipy import special
 
 from dln.compiler.ir import DType, Node, Op
 from dln.compiler.symbolic import evaluate
@@ -63,7 +62,7 @@ def _ufunc(op: Op, ufunc: Callable) -> None:
 for _op, _f in [
     (Op.NEG, np.negative), (Op.EXP, np.exp), (Op.LOG, np.log), (Op.LOG1P, np.log1p), (Op.SQRT, np.sqrt),
     (Op.ABS, np.abs), (Op.SIGN, np.sign), (Op.SIN, np.sin), (Op.COS, np.cos), (Op.TANH, np.tanh),
-    (Op.SIGMOID, special.expit), (Op.ERF, special.erf), (Op.NOT, np.logical_not),
+    (Op.NOT, np.logical_not),
     (Op.ADD, np.add), (Op.SUB, np.subtract), (Op.MUL, np.multiply), (Op.DIV, np.divide), (Op.POW, np.power),
     (Op.MOD, np.mod), (Op.MAXIMUM, np.maximum), (Op.MINIMUM, np.minimum),
     (Op.LT, np.less), (Op.LE, np.less_equal), (Op.GT, np.greater), (Op.GE, np.greater_equal),
@@ -71,6 +70,19 @@ for _op, _f in [
     (Op.MATMUL, np.matmul),
 ]:
     _ufunc(_op, _f)
+
+
+def _scipy_special(name: str) -> Callable:
+    """scipy.special's ufuncs, imported on first use (scipy is slow to import)."""
+    def run(node, args, out, env):
+        from scipy import special
+
+        return getattr(special, name)(*args, out=_alloc(node, out, env))
+    return run
+
+
+IMPLS[Op.SIGMOID] = _scipy_special("expit")  # stable for large |x|
+IMPLS[Op.ERF] = _scipy_special("erf")
 
 
 # ---- leaves ------------------------------------------------------------------------------------------------

@@ -1,0 +1,78 @@
+"""Run every benchmark and record the numbers in benchmarks/RESULTS.md.
+
+    .venv/bin/python benchmarks/run_all.py
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import check_time  # noqa: E402
+import fusion  # noqa: E402
+import numpy_step  # noqa: E402
+
+
+def main() -> None:
+    import numpy
+    import torch
+
+    step = numpy_step.main([])
+    counts = fusion.main()
+    check = check_time.main([])
+    machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Python "
+               f"{platform.python_version()}, NumPy {numpy.__version__}, torch {torch.__version__}")
+    d, e, c = counts["dln"], counts["eager"], counts["torch_compile"]
+    text = f"""# Benchmark results
+
+Recorded {datetime.date.today().isoformat()} on {machine}.
+Regenerate with `.venv/bin/python benchmarks/run_all.py`.
+
+## Training step on the NumPy backend (issue: <= 1.0x PyTorch eager)
+
+MLP 784-256-128-10, batch 128, Adam; forward + backward + update; both in one process, interleaved,
+median over {step['rounds']} rounds of {step['steps_per_round']} steps
+(`benchmarks/numpy_step.py`).
+
+| | ms per step |
+| --- | --- |
+| dln, NumPy backend | {step['dln_numpy_ms']} |
+| PyTorch eager ({step['torch_threads']} threads) | {step['torch_eager_ms']} |
+| **ratio** | **{step['ratio']}** |
+
+Load average (1 min) before and after: {step['load_avg_1min_before_after']} on {step['cpus']} CPUs.
+
+## Kernels per training step and modeled memory traffic (issue: <= torch.compile's count, <= 0.5x eager's bytes)
+
+Same model and batch (`benchmarks/fusion.py`).
+
+| | kernels per step | modeled HBM bytes |
+| --- | --- | --- |
+| dln (forward + backward + Adam) | **{d['kernels']}** | **{d['bytes']:,}** |
+| PyTorch eager (operators, Adam foreach) | {e['ops']} ({e['phases']['forward']['ops']} + {e['phases']['backward']['ops']} + {e['phases']['optimizer']['ops']}) | {e['bytes']:,} |
+| torch.compile, forward + backward only | {c['forward_backward_kernels']} ({' + '.join(map(str, c['per_graph']))}) | - |
+| torch.compile, its compiled Adam step | {c['optimizer_kernels']} | - |
+
+dln / eager bytes: **{d['bytes'] / e['bytes']:.3f}**. dln peak activation memory: {d['peak_activation_bytes']:,} bytes.
+dln's kernels: {', '.join(d['names'])}.
+
+## `dln check` (issue: < 0.5 s)
+
+`dln check examples/mlp_digits.dln` in a fresh process: median **{check['median_ms']} ms** over {check['runs']} runs
+(min {check['min_ms']} ms) (`benchmarks/check_time.py`).
+"""
+    (HERE / "RESULTS.md").write_text(text)
+    (HERE / "results.json").write_text(json.dumps({"numpy_step": step, "fusion": counts, "check": check},
+                                                  indent=2, default=str) + "\n")
+    print(f"wrote {HERE / 'RESULTS.md'}")
+
+
+if __name__ == "__main__":
+    main()
