@@ -1,0 +1,120 @@
+"""Running an IR graph op by op with PyTorch: the eager baseline of `dln bench`.
+
+Each primitive maps to the torch operator with the same meaning, so PyTorch
+eager executing a dln graph dispatches one operator per node (views stay
+views), and `torch.compile` of the same function shows what Inductor fuses
+from the same graph.  Random draws come from dln's Philox (NumPy), as data.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from dln.compiler.ir import DType, Graph, Node, Op
+from dln.compiler.symbolic import evaluate
+from dln.runtime import philox
+
+
+def _shape(n: Node, env) -> tuple[int, ...]:
+    return tuple(int(evaluate(d, env)) for d in n.shape)
+
+
+def torch_table() -> dict[Op, Callable]:
+    import torch
+    import torch.nn.functional as F
+
+    dtypes = {DType.F16: torch.float16, DType.BF16: torch.bfloat16, DType.F32: torch.float32,
+              DType.F64: torch.float64, DType.I32: torch.int32, DType.I64: torch.int64, DType.BOOL: torch.bool}
+
+    def unary(fn):
+        return lambda n, a, env: fn(a[0])
+
+    def binary(fn):
+        return lambda n, a, env: fn(a[0], a[1])
+
+    def pad(n, a, env):
+        flat = []
+        for lo, hi in reversed(n.attrs["pads"]):
+            flat += [int(evaluate(lo, env)), int(evaluate(hi, env))]
+        return F.pad(a[0], flat, value=n.attrs["value"])
+
+    def slice_(n, a, env):
+        index = tuple(slice(int(evaluate(s, env)), int(evaluate(e, env)), st)
+                      for s, e, st in zip(n.attrs["starts"], n.attrs["stops"], n.attrs["steps"]))
+        return a[0][index]
+
+    def rand(n, a, env):
+        u = philox.uniform(int(a[0]) & 0xFFFFFFFFFFFFFFFF, n.attrs["stream"], int(a[1]), _shape(n, env))
+        return torch.from_numpy(u).to(dtypes[n.dtype])
+
+    table: dict[Op, Callable] = {
+        Op.CONST: lambda n, a, env: torch.full(_shape(n, env), n.attrs["value"], dtype=dtypes[n.dtype]),
+        Op.IOTA: lambda n, a, env: torch.arange(_shape(n, env)[0], dtype=dtypes[n.dtype]),
+        Op.SYMSIZE: lambda n, a, env: torch.tensor(int(evaluate(n.attrs["dim"], env))),
+        Op.RAND: rand,
+        Op.NEG: unary(torch.neg), Op.EXP: unary(torch.exp), Op.LOG: unary(torch.log), Op.LOG1P: unary(torch.log1p),
+        Op.SQRT: unary(torch.sqrt), Op.RSQRT: unary(torch.rsqrt), Op.ABS: unary(torch.abs), Op.SIGN: unary(torch.sign),
+        Op.SIN: unary(torch.sin), Op.COS: unary(torch.cos), Op.TANH: unary(torch.tanh),
+        Op.SIGMOID: unary(torch.sigmoid), Op.RELU: unary(torch.relu), Op.ERF: unary(torch.erf),
+        Op.NOT: unary(torch.logical_not), Op.DETACH: unary(lambda x: x.detach()),
+        Op.CAST: lambda n, a, env: a[0].to(dtypes[n.dtype]),
+        Op.ADD: binary(torch.add), Op.SUB: binary(torch.sub), Op.MUL: binary(torch.mul), Op.DIV: binary(torch.div),
+        Op.POW: binary(torch.pow), Op.MOD: binary(torch.remainder), Op.MAXIMUM: binary(torch.maximum),
+        Op.MINIMUM: binary(torch.minimum), Op.LT: binary(torch.lt), Op.LE: binary(torch.le), Op.GT: binary(torch.gt),
+        Op.GE: binary(torch.ge), Op.EQ: binary(torch.eq), Op.NE: binary(torch.ne), Op.AND: binary(torch.logical_and),
+        Op.OR: binary(torch.logical_or),
+        Op.WHERE: lambda n, a, env: torch.where(a[0], a[1], a[2]),
+        Op.SUM: lambda n, a, env: torch.sum(a[0], dim=n.attrs["axes"], keepdim=n.attrs["keepdim"]),
+        Op.MAX: lambda n, a, env: torch.amax(a[0], dim=n.attrs["axes"], keepdim=n.attrs["keepdim"]),
+        Op.MIN: lambda n, a, env: torch.amin(a[0], dim=n.attrs["axes"], keepdim=n.attrs["keepdim"]),
+        Op.ARGMAX: lambda n, a, env: torch.argmax(a[0], dim=n.attrs["axes"][0], keepdim=n.attrs["keepdim"]),
+        Op.RESHAPE: lambda n, a, env: a[0].reshape(_shape(n, env)),
+        Op.BROADCAST: lambda n, a, env: a[0].expand(_shape(n, env)),
+        Op.PERMUTE: lambda n, a, env: a[0].permute(n.attrs["perm"]),
+        Op.SLICE: slice_, Op.PAD: pad,
+        Op.CONCAT: lambda n, a, env: torch.cat(a, dim=n.attrs["axis"]),
+        Op.GATHER: lambda n, a, env: torch.gather(a[0], n.attrs["axis"], a[1]),
+        Op.SCATTER_ADD: lambda n, a, env: torch.zeros(_shape(n, env), dtype=a[1].dtype).scatter_add(
+            n.attrs["axis"], a[0], a[1]),
+        Op.MATMUL: binary(torch.matmul),
+    }
+    return table
+
+
+def make_runner(graph: Graph, env: Mapping[str, int]) -> Callable[..., dict[str, Any]]:
+    """A function of the graph's inputs (torch tensors, by name) returning its outputs."""
+    table = torch_table()
+    names = {n.id: n.attrs["name"] for n in graph.nodes if n.op is Op.INPUT}
+
+    def run(inputs: Mapping[str, Any]) -> dict[str, Any]:
+        values: dict[int, Any] = {}
+        for n in graph.nodes:
+            if n.op is Op.INPUT:
+                values[n.id] = inputs[names[n.id]]
+            else:
+                values[n.id] = table[n.op](n, [values[i] for i in n.inputs], env)
+        return {name: values[i] for name, i in graph.outputs}
+
+    return run
+
+
+def random_inputs(graph: Graph, env: Mapping[str, int], seed: int = 0) -> dict[str, Any]:
+    import torch
+
+    rng = np.random.default_rng(seed)
+    out = {}
+    for n in graph.nodes:
+        if n.op is not Op.INPUT:
+            continue
+        shape = _shape(n, env)
+        name = n.attrs["name"]
+        if n.dtype.is_float:
+            value = rng.standard_normal(shape) * 0.1 if name not in ("lr", "step") else np.full(shape, 1.0)
+            out[name] = torch.from_numpy(np.asarray(value)).to(torch.float64 if n.dtype is DType.F64 else torch.float32)
+        elif n.dtype is DType.BOOL:
+            out[name] = torch.from_numpy(rng.random(shape) < 0.5)
+        else:
+            out[name] = torch.from_numpy(rng.integers(0, 2, shape).astype(np.int64))
+    return out
