@@ -1,0 +1,119 @@
+"""`model.as_torch()`: a compiled model as a `torch.nn.Module`.
+
+Forward runs the model's compiled forward graph; backward runs a graph dln
+derives for it: with one cotangent input per output, the scalar
+sum(output * cotangent) is differentiated with respect to the parameters and
+the float inputs — exactly the vector-Jacobian product autograd asks for.
+Parameters are `nn.Parameter`s (names with `.` spelled `__`), shared with the
+compiled graphs without copies; training mode follows `module.train()`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from dln.compiler import pipeline
+from dln.compiler.autodiff import grad
+from dln.compiler.build import BuiltModel
+from dln.compiler.emit import GraphBuilder
+from dln.compiler.ir import Graph, Op
+
+
+def as_torch(model):
+    import torch
+
+    class CompiledModule(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.dln_model = model
+            for name, value in model.parameters().items():
+                self.register_parameter(name.replace(".", "__"), torch.nn.Parameter(torch.from_numpy(value)))
+            self._graphs: dict[bool, tuple] = {}
+
+        def forward(self, *args: Any, **kwargs: Any):
+            spec = model.train_spec if self.training else model.spec
+            names = [i.name for i in spec.inputs]
+            inputs = dict(zip(names, args))
+            inputs.update(kwargs)
+            graphs = self._prepared(self.training)
+            keys = sorted(inputs)
+            params = [getattr(self, p.name.replace(".", "__")) for p in spec.params]
+            outputs = _Apply.apply(self, graphs, keys, len(params), *[inputs[k] for k in keys], *params)
+            return outputs[0] if len(outputs) == 1 else outputs
+
+        def _prepared(self, training: bool):
+            if training not in self._graphs:
+                spec = model.train_spec if training else model.spec
+                forward = pipeline.forward_graph(spec)
+                self._graphs[training] = (spec, forward, _vjp_graph(spec, forward))
+            return self._graphs[training]
+
+    class _Apply(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, module, graphs, keys, n_params, *tensors):
+            spec, forward, backward = graphs
+            inputs = dict(zip(keys, tensors[:len(keys)]))
+            params = {p.name: t for p, t in zip(spec.params, tensors[len(keys):])}
+            rng = (model._rng_seed, model._rng_step)
+            model._rng_step += 1
+            out = _run(model, spec, forward, params, inputs, rng, {})
+            ctx.saved = (module, graphs, keys, inputs, params, rng)
+            ctx.n_inputs = len(keys)
+            return tuple(torch.from_numpy(np.ascontiguousarray(out[name])) for name in forward.output_names)
+
+        @staticmethod
+        def backward(ctx, *cotangents):
+            module, graphs, keys, inputs, params, rng = ctx.saved
+            spec, forward, backward = graphs
+            cot = {f"cot:{name}": c.detach().contiguous() for name, c in zip(forward.output_names, cotangents)}
+            out = _run(model, spec, backward, params, inputs, rng, cot)
+            input_grads = [torch.from_numpy(np.ascontiguousarray(out[f"grad:{k}"])) if f"grad:{k}" in out else None
+                           for k in keys]
+            param_grads = [torch.from_numpy(np.ascontiguousarray(out[f"grad:{p.name}"]))
+                           if f"grad:{p.name}" in out else torch.zeros_like(params[p.name]) for p in spec.params]
+            return (None, None, None, None, *input_grads, *param_grads)
+
+    return CompiledModule()
+
+
+def _vjp_graph(spec: BuiltModel, forward: Graph) -> Graph:
+    """Gradients of sum_k sum(output_k * cot:output_k) for every parameter and float input."""
+    b = GraphBuilder(f"{spec.name}.vjp", base=spec.graph)
+    total = None
+    for name, node_id in forward.outputs:
+        out = b.tensor(node_id)
+        if not out.dtype.is_float:
+            continue
+        cot = b.input(f"cot:{name}", out.type, "input")
+        term = b.sum(b.mul(out, cot))
+        total = term if total is None else b.add(total, term)
+    graph = b.finish(spec.graph.outputs)
+    wrt = [p.node for p in spec.params] + [i.node for i in spec.inputs if i.type.dtype.is_float]
+    full, grads, _ = grad(graph, total.id, wrt)
+    names = {p.node: p.name for p in spec.params} | {i.node: i.name for i in spec.inputs}
+    outputs = [(f"grad:{names[w]}", g) for w, g in grads.items() if g is not None]
+    return pipeline.optimize(full.with_outputs(outputs))
+
+
+def _run(model, spec: BuiltModel, graph: Graph, params, inputs, rng, extra) -> dict[str, np.ndarray]:
+    """One run of `graph` on the model's backend, parameters fed as inputs."""
+    from dln.runtime import binding
+
+    prepared = _PREPARED.get(id(graph))
+    if prepared is None or prepared[0] is not graph:
+        prepared = _PREPARED[id(graph)] = (graph, model.backend.prepare(graph, {}, {}))
+    needed = {n.attrs["name"] for n in graph.nodes if n.op is Op.INPUT}
+    infos = {i.name: i for i in spec.inputs}
+    arrays = {k: binding.convert(infos[k], v) for k, v in inputs.items() if k in needed}
+    env = binding.bind([infos[k] for k in arrays], arrays, graph.constraints)
+    feeds = {**arrays, **{k: v.detach().numpy() for k, v in params.items() if k in needed},
+             **{k: v.numpy() for k, v in extra.items()}}
+    if "rng.seed" in needed:
+        feeds["rng.seed"], feeds["rng.step"] = np.array(rng[0]), np.array(rng[1])
+    out = prepared[1].run(feeds, env)
+    return {k: model.backend.to_numpy(v).copy() for k, v in out.items()}
+
+
+_PREPARED: dict[int, tuple] = {}
