@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
 from dln.compiler.ir import Graph, Op
 from dln.runtime.interpreter import evaluate
+
+# The kernels run under Triton's interpreter on the CPU; benchmarks/gpu.sh sets DLN_TEST_DEVICE=cuda
+# to run the same tests compiled for a real GPU.
+DEVICE = os.environ.get("DLN_TEST_DEVICE", "cpu")
 
 
 def run_both(graph: Graph, inputs: dict[str, np.ndarray], env: dict[str, int], gpu_configs: bool = True,
@@ -21,10 +27,12 @@ def run_both(graph: Graph, inputs: dict[str, np.ndarray], env: dict[str, int], g
     expected = evaluate(graph, inputs, env)
     generated = generate_module(graph, donate)
     module = load_module(generated.source, {"test": graph.name})
-    program = module.Program("cpu", interpret=True, configs=dict(module.CONFIGS) if gpu_configs else None)
-    bufs = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in inputs.items()}
+    device = DEVICE
+    program = module.Program(device, interpret=device == "cpu",
+                             configs=dict(module.CONFIGS) if gpu_configs else None)
+    bufs = {k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in inputs.items()}
     got = program(bufs, env)
-    return expected, {k: v.numpy() for k, v in got.items()}, generated
+    return expected, {k: v.cpu().numpy() for k, v in got.items()}, generated
 
 
 def graph_inputs(graph: Graph, env: dict[str, int], rng: np.random.Generator) -> dict[str, np.ndarray]:
