@@ -60,7 +60,9 @@ def gpu_config(kind: str, sizes: Mapping[str, Dim], epilogue_weight: int = 0) ->
         block_n = max(16, min(edge_n, next_pow2(n)))
         if block_m * block_n <= 32 * 64:
             warps = 4
-        return {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": 32, "num_warps": warps}
+        # A K block wider than K itself only pads the dot (and, measured, makes ptxas spill).
+        block_k = max(16, min(32, next_pow2(_size(sizes["K"]))))
+        return {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k, "num_warps": warps}
     raise ValueError(kind)
 
 

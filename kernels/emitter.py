@@ -198,6 +198,8 @@ class Emitter:
         name = self.fresh("x")
         if n.shape == () and not p.offset:
             self.line(f"{name} = tl.load({p.name})  # %{node_id}")
+        elif not _varies(index):  # one element for every lane (a size-1 axis): a scalar load
+            self.line(f"{name} = tl.load({p.name} + {self.offset(p, index)})  # %{node_id}")
         else:
             m = mask or self.mask
             extra = f", other={other}" if other is not None else ""
@@ -210,10 +212,12 @@ class Emitter:
         value = self.as_tensor(value, n)
         if n.shape == () and not p.offset and not self.scalar_offset:
             self.line(f"tl.store({p.name}, {value})  # %{node_id}")
-        elif n.shape == ():
-            self.line(f"tl.store({p.name} + {self.scalar_offset}, {value}, mask={mask or self.mask})  # %{node_id}")
-        else:
-            self.line(f"tl.store({p.name} + {self.offset(p, index)}, {value}, mask={mask or self.mask})  # %{node_id}")
+            return
+        offset = self.scalar_offset if n.shape == () else self.offset(p, index)
+        pointer = f"{p.name} + {offset}"
+        if self.block_shape != "[BLOCK]":  # a tile: the address covers every lane, even along size-1 axes
+            pointer = f"tl.broadcast_to({pointer}, {self.block_shape})"
+        self.line(f"tl.store({pointer}, {value}, mask={mask or self.mask})  # %{node_id}")
 
     def as_tensor(self, value: str, n: Node) -> str:
         """Stores need a tensor: a constant is widened to the value's block shape."""
@@ -315,6 +319,20 @@ def _mentions(index: ix.Index, names: set[str]) -> bool:
             stack.append(e.x)
         elif isinstance(e, ix.Load):
             stack.extend(e.index)
+    return False
+
+
+def _varies(index: ix.Index) -> bool:
+    """Does the index depend on any loop variable or loaded value?"""
+    stack: list = list(index)
+    while stack:
+        e = stack.pop()
+        if isinstance(e, (ix.Var, ix.Load)):
+            return True
+        if isinstance(e, ix.Add):
+            stack.extend(e.terms)
+        elif isinstance(e, (ix.Mul, ix.Div, ix.Mod)):
+            stack.append(e.x)
     return False
 
 

@@ -75,6 +75,7 @@ def _module_source(plan: FusionPlan, kernels: list[KernelSource], configs: dict,
     out += ["", "CONFIGS = " + json.dumps(configs, indent=4, sort_keys=True), ""]
     out += ["AUTOTUNE = " + json.dumps({k.name: autotune_candidates(k.kind) for k in kernels}, indent=4), ""]
     out += ["KINDS = " + json.dumps({k.name: k.kind for k in kernels}, indent=4), ""]
+    out += ["KEYS = " + json.dumps({k.name: [f"s_{s}" for s in k.symbols] for k in kernels}, indent=4), ""]
     out += [INTERPRETER_CONFIG.strip("\n"), ""]
     out += _launcher(plan, kernels)
     return "\n".join(out) + "\n"
@@ -99,12 +100,21 @@ def _launcher(plan: FusionPlan, kernels: list[KernelSource]) -> list[str]:
         "class Program:",
         '    """The whole graph: buffers in, buffers out (outputs alias the workspace until the next call)."""',
         "",
-        "    def __init__(self, device, interpret=None, configs=None):",
-        '        """`configs`: per-kernel overrides of the launch configuration (e.g. CONFIGS under the interpreter)."""',
+        "    def __init__(self, device, interpret=None, configs=None, autotune=False):",
+        '        """`configs`: per-kernel launch configurations overriding the defaults (e.g. CONFIGS under the',
+        "        interpreter); `autotune`: on a GPU, let triton.autotune pick among AUTOTUNE's candidates.\"\"\"",
         "        self.device = torch.device(device)",
         "        import os",
         "        self.interpret = (os.environ.get('TRITON_INTERPRET') == '1') if interpret is None else interpret",
         "        self.configs = configs",
+        "        self.kernels = {name: globals()[name] for name in KINDS}",
+        "        self.tuned = set()",
+        "        if autotune and not self.interpret:",
+        "            for name, candidates in AUTOTUNE.items():",
+        "                configs_ = [triton.Config({k: v for k, v in c.items() if k != 'num_warps'},",
+        "                                          num_warps=c.get('num_warps', 4)) for c in candidates]",
+        "                self.kernels[name] = triton.autotune(configs=configs_, key=KEYS[name])(globals()[name])",
+        "                self.tuned.add(name)",
         "        self._slots = {}",
         "",
         "    def _slot(self, k, numel, dtype):",
@@ -114,6 +124,8 @@ def _launcher(plan: FusionPlan, kernels: list[KernelSource]) -> list[str]:
         "        return buf",
         "",
         "    def _cfg(self, name, sizes):",
+        "        if name in self.tuned:",
+        "            return {}",
         "        if self.configs is not None and name in self.configs:",
         "            return self.configs[name]",
         "        if self.interpret:",
@@ -161,12 +173,11 @@ def _launcher(plan: FusionPlan, kernels: list[KernelSource]) -> list[str]:
             body.append(f"{_tensor(z)}.zero_()")
         sizes = "{" + ", ".join(f"{json.dumps(k)}: {render_dim(v)}" for k, v in kernel.sizes.items()) + "}"
         body.append(f"cfg = self._cfg({json.dumps(kernel.name)}, {sizes})")
-        args = [_tensor(_pointer_node(plan, group, p)) for p in kernel.pointers] + [f"s_{s}" for s in kernel.symbols]
-        blocks = ", ".join(f"{b}=cfg[{json.dumps(b)}]" for b in kernel.blocks)
-        grid = "(" + ", ".join(kernel.grid) + ",)"
-        body.append(f"{kernel.name}[{grid}](")
+        args = [_tensor(p.node) for p in kernel.pointers] + [f"s_{s}" for s in kernel.symbols]
+        grid = "lambda meta: (" + ", ".join(kernel.grid) + ",)"
+        body.append(f"self.kernels[{json.dumps(kernel.name)}][{grid}](")
         body.append("    " + ", ".join(args) + ",")
-        body.append(f"    {blocks}, num_warps=cfg.get('num_warps', 4),")
+        body.append("    **cfg,")
         body.append(")")
     body.append("")
     body.append("return {" + ", ".join(f"{json.dumps(name)}: {_tensor(i)}" for name, i in g.outputs) + "}")
@@ -182,11 +193,6 @@ def _launcher(plan: FusionPlan, kernels: list[KernelSource]) -> list[str]:
         "            raise RuntimeError('multi-tensor operands are not laid out back to back')",
     ]
     return lines
-
-
-def _pointer_node(plan: FusionPlan, group, pointer) -> int:
-    """The tensor variable to pass for a kernel pointer (an arena's first tensor for multi-tensor kernels)."""
-    return pointer.node
 
 
 def _shape(shape) -> str:

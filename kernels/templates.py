@@ -38,7 +38,7 @@ class KernelSource:
     pointers: list[Pointer]
     symbols: list[str]
     blocks: list[str]                          # constexpr parameter names
-    grid: list[str]                            # launcher expressions, may use `cfg["BLOCK..."]`
+    grid: list[str]                            # launcher expressions, may use `meta["BLOCK..."]` (the launch's constexprs)
     sizes: dict[str, Dim] = field(default_factory=dict)   # named problem sizes for the cost model
     zero_outputs: list[int] = field(default_factory=list)  # outputs the launcher zeroes first (scatter)
 
@@ -112,7 +112,7 @@ def pointwise(plan: FusionPlan, group: Group, k: int) -> KernelSource:
     em.vars["offs"] = "offs"
     at = ix.delinearize(offs, shape)
     _store_members(em, plan, group, lambda m: at)
-    grid = [f"triton.cdiv({render_dim(total)}, cfg['BLOCK'])"]
+    grid = [f"triton.cdiv({render_dim(total)}, meta['BLOCK'])"]
     return _finish(group.name, "pointwise", em, pointers, ["BLOCK"], grid, _docstring(plan, group),
                    {"n": total})
 
@@ -148,7 +148,7 @@ def multi_tensor(plan: FusionPlan, group: Group, k: int) -> KernelSource:
         em.line(f"tl.store({p.name} + offs, {v}, mask=mask)  # %{m} -> {p.name}")
     doc = comment(f"One step of the optimizer for {len(per_param)} parameters ({total} values), laid out back "
                   f"to back. Per parameter: {', '.join(f'%{m} {g.node(m).op.value}' for m in first_members)}.")
-    grid = [f"triton.cdiv({total}, cfg['BLOCK'])"]
+    grid = [f"triton.cdiv({total}, meta['BLOCK'])"]
     return _finish(group.name, "multi_tensor", em, pointers, ["BLOCK"], grid, doc, {"n": total})
 
 
@@ -209,7 +209,7 @@ def reduction(plan: FusionPlan, group: Group, k: int) -> KernelSource:
         with _column_loop(em, cols, cols_text, d):
             for n in stored_full:
                 em.store(n.id, full, em.value(n.id, full))
-    grid = [f"triton.cdiv({render_dim(n_rows)}, cfg['BLOCK_M'])"]
+    grid = [f"triton.cdiv({render_dim(n_rows)}, meta['BLOCK_M'])"]
     return _finish(group.name, "reduction", em, pointers, ["BLOCK_M", "BLOCK_N"], grid, _docstring(plan, group),
                    {"rows": n_rows, "cols": n_cols})
 
@@ -242,13 +242,13 @@ class _column_loop:
         self.block.__enter__()
         em.line("cols = start + tl.arange(0, BLOCK_N)[None, :]")
         em.line(f"mask = row_mask & (cols < {self.cols_text})")
-        self.saved = em.mask
-        em.mask = "mask"
+        self.saved = (em.mask, em.block_shape)
+        em.mask, em.block_shape = "mask", "[BLOCK_M, BLOCK_N]"
         _split(em, ix.Var("cols", numel(self.cols)), self.cols, names)
         return self
 
     def __exit__(self, *exc):
-        self.em.mask = self.saved
+        self.em.mask, self.em.block_shape = self.saved
         return self.block.__exit__(*exc)
 
 
@@ -354,7 +354,7 @@ def matmul(plan: FusionPlan, group: Group, k: int, precision: str = "ieee") -> K
     value = "acc" if mm.dtype in (DType.F32, DType.F64) else f"acc.to({TL_DTYPES[mm.dtype]})"
     em.fix(mm.id, at, value)
     _store_members(em, plan, group, lambda m: group.domain.canonical(g.node(m).shape))
-    grid = [f"triton.cdiv({render_dim(M)}, cfg['BLOCK_M']) * triton.cdiv({render_dim(N)}, cfg['BLOCK_N'])"]
+    grid = [f"triton.cdiv({render_dim(M)}, meta['BLOCK_M']) * triton.cdiv({render_dim(N)}, meta['BLOCK_N'])"]
     if batch:
         grid.append(render_dim(numel(batch)))
     return _finish(group.name, "matmul", em, pointers, ["BLOCK_M", "BLOCK_N", "BLOCK_K"], grid,
@@ -398,7 +398,7 @@ def scatter(plan: FusionPlan, group: Group, k: int) -> KernelSource:
     out = pointers[node.id]
     em.line(f"tl.atomic_add({out.name} + {em.offset(out, tuple(target))}, {v}, mask=mask)  # %{node.id} "
              "scatter_add")
-    grid = [f"triton.cdiv({render_dim(total)}, cfg['BLOCK'])"]
+    grid = [f"triton.cdiv({render_dim(total)}, meta['BLOCK'])"]
     return _finish(group.name, "scatter", em, pointers, ["BLOCK"], grid, _docstring(plan, group), {"n": total},
                    zero=[node.id])
 
