@@ -51,12 +51,23 @@ def _int64(total: Dim) -> bool:
 def _pointers(plan: FusionPlan, group: Group, k: int) -> dict[int, Pointer]:
     g = plan.graph
     out: dict[int, Pointer] = {}
+    output_names = {i: name for name, i in g.outputs}
     for node_id in sorted(set(plan.reads[k]) | set(group.stores)):
         n = g.node(node_id)
-        label = n.attrs["name"] if n.op is Op.INPUT else (n.name or n.op.value)
-        out[node_id] = Pointer(f"p{node_id}_{safe_name(label, 28)}" if safe_name(label, 28) else f"p{node_id}",
-                               node_id, n.shape)
+        label = n.attrs["name"] if n.op is Op.INPUT else output_names.get(node_id) or n.name or n.op.value
+        new = label.startswith("new:")
+        label = _tail(safe_name(label.removeprefix("new:"), 200), 28)
+        label = f"new_{label}" if new else label
+        out[node_id] = Pointer(f"p{node_id}_{label}" if label else f"p{node_id}", node_id, n.shape)
     return out
+
+
+def _tail(name: str, limit: int) -> str:
+    """The end of a long name (it tells the most: `..._h_weight_exp_avg_sq`), cut at a word."""
+    if len(name) <= limit:
+        return name
+    tail = name[-limit:]
+    return tail[tail.index("_") + 1:] if "_" in tail else tail
 
 
 def _docstring(plan: FusionPlan, group: Group) -> str:
