@@ -65,6 +65,9 @@ def bind(infos: Iterable[InputInfo], arrays: Mapping[str, np.ndarray],
                 raise DlnError(Diagnostic("E0701", f"input '{info.name}': dimension {axis} ({d}) uses {missing}, "
                                                    "which no input gives directly", info.span))
             want = evaluate(d, env)
+            if want != shape[axis] and isinstance(d, int):
+                raise DlnError(Diagnostic("E0701", f"input '{info.name}' is declared {info.type}, got shape "
+                                                   f"{tuple(shape)}", info.span))
             if want != shape[axis]:
                 notes = ()
                 if isinstance(d, Sym) and d.symbols:

@@ -1,0 +1,215 @@
+"""The `dln` command as a user runs it (INTERFACE.md): subprocesses, exit codes, files written.
+
+Exit status: 0 success, 1 an error in the user's program or data (a
+diagnostic, never a traceback), 2 wrong command-line usage.  Values are
+checked against the Python API and torch, never against numbers written here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.numpy import load_file, save_file
+
+import dln
+from conftest import EXAMPLES, run_dln
+
+EXAMPLE = (EXAMPLES / "mlp_digits.dln").read_text()
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch) -> Path:
+    """A copy of the digits example in a fresh directory, which is also the working directory."""
+    (tmp_path / "mlp.dln").write_text(EXAMPLE)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def dln_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return run_dln(*args, cwd=cwd, timeout=120)
+
+
+def assert_user_error(result: subprocess.CompletedProcess, code: str) -> None:
+    assert result.returncode == 1, result.stderr
+    assert f"error[{code}" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert "internal error" not in result.stderr
+
+
+def count(n: int) -> str:
+    return f"{n:,}"
+
+
+# ---- check, params -----------------------------------------------------------------------------------------------
+def test_check_prints_ok_with_parameters_and_flops(project: Path):
+    total = sum(v.size for v in dln.compile("mlp.dln").parameters().values())
+    result = dln_cli("check", "mlp.dln", cwd=project)
+    assert result.returncode == 0, result.stderr
+    line = result.stdout.strip()
+    assert line.startswith("ok") and "mlp" in line
+    assert f"{count(total)} parameters" in line
+    assert re.search(r"[\d.]+ ?[kMG]?FLOPs per example", line), line
+
+    bad = project / "bad.dln"
+    bad.write_text("model m() {\n    input x: f32[B, 4]\n    param W: f32[3, 2] = zeros\n    output y = x @ W\n}\n")
+    result = dln_cli("check", "bad.dln", cwd=project)
+    assert_user_error(result, "E0203")
+    assert "--> bad.dln:4:" in result.stderr and "^" in result.stderr
+
+
+def test_params_lists_every_parameter_and_totals(project: Path):
+    for sets, hidden in (([], 128), (["--set", "hidden=32"], 32)):
+        model = dln.compile("mlp.dln", hidden=hidden)
+        params = model.parameters()
+        result = dln_cli("params", "mlp.dln", *sets, cwd=project)
+        assert result.returncode == 0, result.stderr
+        lines = result.stdout.strip().splitlines()
+        assert lines[0].split() == ["name", "shape", "init", "count"]
+        rows = {ln.split()[0]: ln for ln in lines[1:-1]}
+        assert list(rows) == list(params)
+        for name, value in params.items():
+            row = rows[name]
+            assert "[" + ", ".join(map(str, value.shape)) + "]" in row
+            assert row.split()[-1] == count(value.size)
+            assert "uniform(" in row   # linear's default initializer, as torch's
+        assert lines[-1] == f"{len(params)} parameters, {count(sum(v.size for v in params.values()))} values"
+    assert "[32, 64]" in result.stdout
+
+
+# ---- compile -----------------------------------------------------------------------------------------------------
+def test_compile_writes_ir_and_manifest(project: Path):
+    result = dln_cli("compile", "mlp.dln", "-o", "build", cwd=project)
+    assert result.returncode == 0, result.stderr
+    build = project / "build"
+    assert {"forward.ir", "backward.ir", "manifest.json"} <= {p.name for p in build.iterdir()}
+
+    model = dln.compile("mlp.dln")
+    forward = (build / "forward.ir").read_text()
+    backward = (build / "backward.ir").read_text()
+    assert forward == model.ir
+    assert backward == model.backward_ir
+    assert "matmul(" in forward and "mlp.dln:" in forward
+    assert "# -- backward" in backward and "# -- optimizer" in backward
+
+    manifest = json.loads((build / "manifest.json").read_text())
+    assert manifest["model"] == "mlp"
+    assert manifest["source_sha256"] == hashlib.sha256(EXAMPLE.encode()).hexdigest()
+    assert [(i["name"], i["dtype"], i["shape"]) for i in manifest["inputs"]] == \
+        [("x", "f32", ["B", 64]), ("y", "i64", ["B"])]
+    assert [(o["name"], o["shape"]) for o in manifest["outputs"]] == [("logits", ["B", 10])]
+    assert {p["name"]: p["shape"] for p in manifest["parameters"]} == \
+        {k: list(v.shape) for k, v in model.parameters().items()}
+    assert manifest["hparams"]["hidden"] == 128
+
+
+# ---- run ---------------------------------------------------------------------------------------------------------
+class TorchMLP(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.h = torch.nn.Linear(64, 128)
+        self.logits = torch.nn.Linear(128, 10)
+
+    def forward(self, x):
+        return self.logits(torch.relu(self.h(x)))   # dropout: identity in evaluation
+
+
+def test_run_with_weights_against_torch(project: Path):
+    rng = np.random.default_rng(0)
+    x = rng.random((5, 64), dtype=np.float32)
+    np.save(project / "x.npy", x)
+    torch.manual_seed(0)
+    net = TorchMLP()
+    save_file({k: v.numpy() for k, v in net.state_dict().items()}, str(project / "W.safetensors"))
+
+    result = dln_cli("run", "mlp.dln", "--input", "x=x.npy", "--weights", "W.safetensors", "-o", "out.npz",
+                     cwd=project)
+    assert result.returncode == 0, result.stderr
+    with np.load(project / "out.npz") as out:
+        assert out.files == ["logits"]
+        np.testing.assert_allclose(out["logits"], net(torch.from_numpy(x)).detach().numpy(), rtol=1e-5, atol=1e-6)
+
+    # without -o the outputs are printed
+    result = dln_cli("run", "mlp.dln", "--input", "x=x.npy", cwd=project)
+    assert result.returncode == 0, result.stderr
+    assert "logits: float32[5, 10]" in result.stdout
+
+
+def test_run_errors(project: Path):
+    np.save(project / "narrow.npy", np.zeros((3, 63), np.float32))
+    result = dln_cli("run", "mlp.dln", "--input", "x=narrow.npy", cwd=project)
+    assert_user_error(result, "E0")
+    assert "'x'" in result.stderr and "mlp.dln:3:" in result.stderr
+    result = dln_cli("run", "mlp.dln", "--input", "x=absent.npy", cwd=project)
+    assert_user_error(result, "E0702")
+    assert "absent.npy" in result.stderr
+
+
+# ---- train, eval -------------------------------------------------------------------------------------------------
+def test_train_save_then_eval(project: Path):
+    result = dln_cli("train", "mlp.dln", "--epochs", "2", "--no-progress", "--save", "W.safetensors", cwd=project)
+    assert result.returncode == 0, result.stderr
+    epochs = [ln for ln in result.stdout.splitlines() if ln.startswith("epoch")]
+    assert len(epochs) == 2 and epochs[-1].startswith("epoch 2/2")
+    assert "\r" not in result.stdout + result.stderr     # no progress bar
+    final = json.loads(next(ln for ln in result.stdout.splitlines() if ln.startswith("final "))[len("final "):])
+    assert final["epoch"] == 2
+
+    weights = load_file(str(project / "W.safetensors"))
+    assert {k: v.shape for k, v in weights.items()} == \
+        {k: v.shape for k, v in dln.compile("mlp.dln").parameters().items()}
+
+    result = dln_cli("eval", "mlp.dln", "--weights", "W.safetensors", cwd=project)
+    assert result.returncode == 0, result.stderr
+    metrics = dict(ln.split(": ") for ln in result.stdout.strip().splitlines())
+    assert set(metrics) == {"loss", "accuracy"}
+    # the same validation data as training's last epoch, the same weights: the same numbers
+    assert abs(float(metrics["loss"]) - final["val_loss"]) < 1e-5
+    assert abs(float(metrics["accuracy"].rstrip("%")) / 100 - final["val_accuracy"]) < 1e-4
+
+    # weights of another shape are a user error
+    result = dln_cli("eval", "mlp.dln", "--weights", "W.safetensors", "--set", "hidden=32", cwd=project)
+    assert_user_error(result, "E0703")
+
+
+# ---- exit codes --------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("args", [
+    [],
+    ["frobnicate", "mlp.dln"],
+    ["check"],
+    ["params", "mlp.dln", "--set", "hidden"],
+    ["run", "mlp.dln", "--input", "x"],
+    ["train", "mlp.dln", "--epochs", "two"],
+], ids=["nothing", "unknown-command", "no-file", "set-without-value", "input-without-file", "epochs-not-int"])
+def test_usage_errors_exit_2(project: Path, args):
+    result = dln_cli(*args, cwd=project)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    assert "usage" in result.stderr.lower() or "expects" in result.stderr
+
+
+@pytest.mark.parametrize("args, code", [
+    (["check", "absent.dln"], "E0702"),
+    (["params", "mlp.dln", "--set", "hidden=abc"], "E0401"),
+    (["params", "mlp.dln", "--set", "hiden=3"], "E0402"),
+    (["train", "mlp.dln", "--batch", "0", "--no-progress"], "E0601"),
+], ids=["missing-file", "hparam-wrong-type", "hparam-unknown", "batch-zero"])
+def test_user_errors_exit_1(project: Path, args, code):
+    assert_user_error(dln_cli(*args, cwd=project), code)
+
+
+def test_console_script_and_module_agree(project: Path):
+    script = Path(sys.executable).parent / "dln"
+    assert script.is_file()
+    as_script = subprocess.run([str(script), "check", "mlp.dln"], capture_output=True, text=True, cwd=project,
+                               timeout=120)
+    as_module = dln_cli("check", "mlp.dln", cwd=project)
+    assert as_script.returncode == as_module.returncode == 0
+    assert as_script.stdout == as_module.stdout and as_script.stdout.startswith("ok")
