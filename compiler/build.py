@@ -2,7 +2,8 @@
 
 `build_model` walks a model's statements with a `Frame` per body being run
 (the model, each inlined block, each application of a model instance, each
-`repeat` iteration sharing its enclosing frame).  Expressions evaluate to
+`repeat` iteration sharing its enclosing frame; dln.compiler.frames); blocks
+and instances are expanded by dln.compiler.inline.  Expressions evaluate to
 values (dln.compiler.values); tensor operations emit typed nodes through the
 `GraphBuilder`, so every shape is known, or constrained, as soon as the line
 that makes it is read.  Errors are collected per statement: a statement that
@@ -12,22 +13,23 @@ fails poisons the names it binds, so one mistake is reported once.
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 from dln.compiler import builtins as lib
-from dln.compiler.builtins.inits import resolve as resolve_init
+from dln.compiler.builtins.inits import problem as init_problem, resolve as resolve_init
 from dln.compiler.emit import GraphBuilder, Tensor
 from dln.compiler.expressions import Evaluator
+from dln.compiler.frames import POISON, Binding, Frame, Poisoned
+from dln.compiler.inline import expanding, hparam_span, reapplied_mismatch
 from dln.compiler.ir import DTYPES, DType, Graph, TensorType
-from dln.compiler.shapes import ShapeError
 from dln.compiler.naming import ScopeNames
 from dln.compiler.program import HPARAM_TYPES, Program, check_overrides, coerce_hparam
-from dln.compiler.symbolic import Dim, Sym
-from dln.compiler.values import (BlockRef, DimValue, FunctionRef, InitSpec, Instance, ModelRef, TupleValue,
-                                 Value, describe)
+from dln.compiler.symbolic import Dim, Sym, format_shape
+from dln.compiler.values import (BlockRef, DimValue, FunctionRef, InitSpec, Instance, ModelRef, TupleValue, Value,
+                                 describe)
 from dln.dsl import ast
-from dln.dsl.diagnostics import Diagnostic, DlnError, Note, Span
+from dln.dsl.diagnostics import Diagnostic, DlnError, Note, Span, dedupe
 
 
 @dataclass(frozen=True)
@@ -68,34 +70,6 @@ class BuiltModel:
         return self.graph.output_names
 
 
-@dataclass
-class Binding:
-    value: Value
-    span: Span | None
-    kind: str  # input | param | let | hparam | dim | loop
-
-
-class _Poisoned(Exception):
-    """A statement used a name whose own statement failed: stay quiet, it was reported."""
-
-
-@dataclass
-class Frame:
-    env: dict[str, Binding]
-    globals: Mapping[str, ast.Model | ast.Block]
-    prefix: tuple[str, ...]
-    names: ScopeNames
-    kind: str                          # model | block | instance
-    reuse: bool = False                # parameters may exist already (a re-applied instance)
-    outputs: list[tuple[str, Value, Span]] = field(default_factory=list)
-    returned: tuple[Value, Span] | None = None
-    poisoned: set[str] = field(default_factory=set)
-    top: bool = False                  # the model being built (inputs become graph inputs)
-
-
-POISON = object()
-
-
 class ModelBuilder:
     def __init__(self, program: Program, decl: ast.Model, hparams: Mapping[str, Any], training: bool) -> None:
         self.program = program
@@ -113,13 +87,16 @@ class ModelBuilder:
         self.rng: tuple[Tensor, Tensor] | None = None
         self.streams = 0
         self.eval = Evaluator(self)
+        # The models and blocks being expanded, outermost first, with the call that expanded each.
+        self.expanding: list[tuple[ast.Model | ast.Block, Span | None]] = []
 
     # ---- entry -----------------------------------------------------------------------------------------
     def build(self) -> BuiltModel:
         frame = Frame({}, self.program.visible(self.decl.source.path), (), ScopeNames(), "model", top=True)
         for name, value in self.hparam_values.items():
-            frame.env[name] = Binding(value, _hparam_span(self.decl, name), "hparam")
-        self.run_body(frame, self.decl.body)
+            frame.env[name] = Binding(value, hparam_span(self.decl, name), "hparam")
+        with expanding(self, self.decl, None):
+            self.run_body(frame, self.decl.body)
         outputs = []
         for name, value, span in frame.outputs:
             if isinstance(value, Tensor):
@@ -131,7 +108,7 @@ class ModelBuilder:
             self.diagnostics.append(Diagnostic("E0310", f"model {self.decl.name.name} declares no output",
                                                self.decl.name.span))
         if self.diagnostics:
-            raise DlnError(_dedupe(self.diagnostics))
+            raise DlnError(dedupe(self.diagnostics))
         values = {k: v.value.id for k, v in frame.env.items() if isinstance(v.value, Tensor)}
         return BuiltModel(
             name=self.decl.name.name,
@@ -158,7 +135,7 @@ class ModelBuilder:
             except DlnError as e:
                 self.diagnostics.extend(e.diagnostics)
                 self._poison(frame, stmt)
-            except _Poisoned:
+            except Poisoned:
                 self._poison(frame, stmt)
 
     def _poison(self, frame: Frame, stmt: ast.Stmt) -> None:
@@ -243,7 +220,8 @@ class ModelBuilder:
         if spec is None:
             raise DlnError(Diagnostic("E0307", f"a parameter's initializer must be an initializer or a number, "
                                                f"got {describe(init)}", stmt.init.span))
-        t = self.make_param(frame, frame.prefix + (stmt.name.name,), type_.shape, spec, type_.dtype, stmt.span)
+        t = self.make_param(frame, frame.prefix + (stmt.name.name,), type_.shape, spec, type_.dtype, stmt.span,
+                            stmt.init.span)
         self.bind(frame, stmt.name, t, "param")
 
     def run_output(self, frame: Frame, stmt: ast.Output) -> None:
@@ -285,11 +263,12 @@ class ModelBuilder:
                 frame.env[stmt.var.name] = saved_var
 
     # ---- names and types -----------------------------------------------------------------------------------
-    def lookup(self, frame: Frame, name: str, span: Span) -> Value:
+    def lookup(self, frame: Frame, name: str, span: Span, called: bool = False) -> Value:
+        """The value of `name`; `called`: it names the function of a call (`f(x)`, `x -> f`)."""
         if name in frame.env:
             value = frame.env[name].value
             if value is POISON:
-                raise _Poisoned()
+                raise Poisoned()
             return value
         decl = frame.globals.get(name)
         if isinstance(decl, ast.Model):
@@ -298,11 +277,16 @@ class ModelBuilder:
             return BlockRef(decl)
         if name in lib.BUILTINS:
             return FunctionRef(name)
-        candidates = list(frame.env) + list(frame.globals) + list(lib.BUILTINS)
-        close = difflib.get_close_matches(name, candidates, n=1)
-        notes = (Note(f"did you mean '{close[0]}'?"),) if close else ()
         if name in _TRAIN_ONLY:
-            notes = (Note(f"'{name}' exists only inside a train section"),)
+            raise DlnError(Diagnostic("E0301", f"unknown name '{name}'", span,
+                                      (Note(f"'{name}' exists only inside a train section"),)))
+        if called:
+            callables = [k for k, b in frame.env.items() if isinstance(b.value, Instance)]
+            close = difflib.get_close_matches(name, callables + list(frame.globals) + list(lib.BUILTINS), n=1)
+            notes = (Note(f"did you mean '{close[0]}'?"),) if close else ()
+            raise DlnError(Diagnostic("E0302", f"unknown function or layer '{name}'", span, notes))
+        close = difflib.get_close_matches(name, list(frame.env) + list(frame.globals) + list(lib.BUILTINS), n=1)
+        notes = (Note(f"did you mean '{close[0]}'?"),) if close else ()
         raise DlnError(Diagnostic("E0301", f"unknown name '{name}'", span, notes))
 
     def eval_type(self, frame: Frame, t: ast.TypeExpr, introduce: bool) -> TensorType:
@@ -331,18 +315,26 @@ class ModelBuilder:
 
     # ---- parameters and randomness --------------------------------------------------------------------------
     def make_param(self, frame: Frame, path: tuple[str, ...], shape: tuple[Dim, ...], init: InitSpec,
-                   dtype: DType, span: Span) -> Tensor:
+                   dtype: DType, span: Span, init_span: Span | None = None) -> Tensor:
+        """A parameter of the model (or the existing one, in a re-applied instance).
+
+        `span` is the statement or call making it; `init_span` where its initializer is written.
+        """
         name = ".".join(path)
         if not all(isinstance(d, int) for d in shape):
             raise DlnError(Diagnostic("E0202", f"parameter {name} needs a known shape, got "
-                                               f"[{', '.join(map(str, shape))}]", span))
+                                               f"{format_shape(shape)}", span))
+        if any(d < 0 for d in shape):
+            raise DlnError(Diagnostic("E0208", f"parameter {name} cannot have a negative size, got "
+                                               f"{format_shape(shape)}", span))
+        problem = init_problem(init, shape, dtype)
+        if problem is not None:
+            raise DlnError(Diagnostic(problem[0], f"parameter {name}: {problem[1]}", init_span or span))
         existing = self.params.get(name)
         if existing is not None:
             if frame.reuse:
                 if existing.type.shape != tuple(shape):
-                    raise DlnError(Diagnostic("E0201", f"instance parameter {name} was made as {existing.type}, "
-                                                       f"this application needs {list(shape)}", span,
-                                              (Note("first made here", existing.span),)))
+                    raise reapplied_mismatch(frame, name, str(existing.type), format_shape(shape), existing.span)
                 return self.b.tensor(existing.node)
             raise DlnError(Diagnostic("E0306", f"two parameters are named {name}", span,
                                       (Note("the first is made here", existing.span),
@@ -363,128 +355,9 @@ class ModelBuilder:
         self.streams += 1
         return self.b.rand(shape, self.rng[0], self.rng[1], stream, dtype)
 
-    # ---- blocks and instances -----------------------------------------------------------------------------
-    def call_block(self, frame: Frame, decl: ast.Block, args: list[lib.Arg], kwargs: dict[str, tuple[lib.Arg, Span]],
-                   call: ast.Call, scope_name: str) -> Value:
-        env: dict[str, Binding] = {}
-        params = list(decl.params)
-        if len(args) > len(params):
-            raise DlnError(Diagnostic("E0304", f"block {decl.name.name} takes {len(params)} arguments, got "
-                                               f"{len(args)}", args[len(params)].span,
-                                      (Note("declared here", decl.name.span),)))
-        given: dict[str, tuple[lib.Arg, Span | None]] = {p.name.name: (a, None) for p, a in zip(params, args)}
-        for key, (a, key_span) in kwargs.items():
-            if key not in {p.name.name for p in params}:
-                raise DlnError(Diagnostic("E0305", f"block {decl.name.name} has no argument '{key}'", key_span,
-                                          (Note("declared here", decl.name.span),)))
-            if key in given:
-                raise DlnError(Diagnostic("E0306", f"argument '{key}' given twice", key_span))
-            given[key] = (a, key_span)
-        block_globals = self.program.visible(decl.source.path)
-        default_frame = Frame(env, block_globals, (), ScopeNames(), "block")
-        for p in params:
-            if p.name.name in given:
-                a = given[p.name.name][0]
-                value, span = a.value, a.span
-            elif p.default is not None:
-                value, span = self.eval.eval(default_frame, p.default), p.default.span
-            else:
-                raise DlnError(Diagnostic("E0304", f"block {decl.name.name} needs the argument '{p.name.name}'",
-                                          call.span, (Note("declared here", decl.name.span),)))
-            env[p.name.name] = Binding(self._check_block_arg(decl, p, value, span), p.name.span, "let")
-        inner = Frame(env, block_globals, frame.prefix + (scope_name,), ScopeNames(), "block", reuse=frame.reuse)
-        self.run_body(inner, decl.body)
-        if inner.returned is None:
-            if not any(isinstance(s, ast.Return) for s in decl.body):
-                raise DlnError(Diagnostic("E0310", f"block {decl.name.name} does not return a value",
-                                          decl.name.span))
-            raise _Poisoned()
-        return inner.returned[0]
-
-    def _check_block_arg(self, decl: ast.Block, p: ast.HParam, value: Value, span: Span) -> Value:
-        if p.type is None:
-            if not isinstance(value, Tensor):
-                raise DlnError(Diagnostic("E0307", f"argument '{p.name.name}' of block {decl.name.name} must be a "
-                                                   f"tensor, got {describe(value)}", span,
-                                          (Note("scalar arguments are declared with a type, e.g. dim: int",
-                                                p.span),)))
-            return value
-        if p.type.name not in HPARAM_TYPES:
-            raise DlnError(Diagnostic("E0401", f"unknown argument type '{p.type.name}'", p.type.span,
-                                      (Note("types: " + ", ".join(HPARAM_TYPES)),)))
-        if isinstance(value, DimValue) and isinstance(value.dim, int):
-            value = value.dim
-        try:
-            return coerce_hparam(p.type.name, value, from_text=False)
-        except ValueError:
-            raise DlnError(Diagnostic("E0401", f"argument '{p.name.name}' of block {decl.name.name} must be "
-                                               f"{_article(p.type.name)}, got {describe(value)}", span,
-                                      (Note("declared here", p.span),))) from None
-
-    def make_instance(self, frame: Frame, decl: ast.Model, args: list[lib.Arg],
-                      kwargs: dict[str, tuple[lib.Arg, Span]], call: ast.Call, scope_name: str) -> Instance:
-        if args:
-            raise DlnError(Diagnostic("E0304", f"calling model {decl.name.name} makes an instance and takes "
-                                               "keyword hyperparameters only", args[0].span,
-                                      (Note(f"apply the instance to tensors: G = {decl.name.name}(...); G(x)"),)))
-        values = {k: a.value for k, (a, _) in kwargs.items()}
-        spans = {k: s for k, (_, s) in kwargs.items()}
-        check_overrides(decl, values, next(iter(spans.values()), call.span))
-        hparams = resolve_hparams(self.program, decl, values, from_text=False, spans=spans)
-        prefix = frame.prefix + (scope_name,)
-        self.instances[".".join(prefix)] = prefix
-        return Instance(decl, hparams, prefix, call.span)
-
-    def apply_instance(self, frame: Frame, inst: Instance, args: list[lib.Arg],
-                       kwargs: dict[str, tuple[lib.Arg, Span]], call: ast.Call) -> Value:
-        decl = inst.decl
-        inputs = [s for s in decl.body if isinstance(s, ast.Input)]
-        if len(args) > len(inputs):
-            raise DlnError(Diagnostic("E0304", f"model {decl.name.name} has {len(inputs)} inputs, got {len(args)} "
-                                               "arguments", args[len(inputs)].span))
-        given = {i.name.name: a for i, a in zip(inputs, args)}
-        for key, (a, key_span) in kwargs.items():
-            if key not in {i.name.name for i in inputs}:
-                raise DlnError(Diagnostic("E0305", f"model {decl.name.name} has no input '{key}'", key_span))
-            given[key] = a
-        env = {k: Binding(v, _hparam_span(decl, k), "hparam") for k, v in inst.hparams.items()}
-        inner = Frame(env, self.program.visible(decl.source.path), inst.prefix, ScopeNames(), "instance",
-                      reuse=inst.applications > 0)
-        for i in inputs:
-            if i.name.name not in given:
-                raise DlnError(Diagnostic("E0304", f"model {decl.name.name} needs the input '{i.name.name}'",
-                                          call.span, (Note("declared here", i.span),)))
-            self._bind_instance_input(inner, decl, i, given[i.name.name])
-        inst.applications += 1
-        self.run_body(inner, decl.body)
-        outs = [v for _, v, _ in inner.outputs]
-        if any(v is POISON for v in outs):
-            raise _Poisoned()
-        if not outs:
-            raise DlnError(Diagnostic("E0310", f"model {decl.name.name} has no output to return", call.span))
-        return outs[0] if len(outs) == 1 else TupleValue(tuple(outs))
-
-    def _bind_instance_input(self, frame: Frame, decl: ast.Model, stmt: ast.Input, arg: lib.Arg) -> None:
-        value = arg.value
-        if not isinstance(value, Tensor):
-            raise DlnError(Diagnostic("E0307", f"input '{stmt.name.name}' of {decl.name.name} must be a tensor, "
-                                               f"got {describe(value)}", arg.span))
-        # Declared dimension names not known yet bind to the argument's sizes.
-        for d, actual in zip(stmt.type.dims, value.shape):
-            if isinstance(d, ast.Name) and d.id not in frame.env and d.id not in frame.globals:
-                frame.env[d.id] = Binding(DimValue(actual), d.span, "dim")
-        declared = self.eval_type(frame, stmt.type, introduce=False)
-        mismatch = Diagnostic("E0201", f"input '{stmt.name.name}' of {decl.name.name} is declared {declared}, "
-                                       f"got {value.type}", arg.span, (Note("declared here", stmt.span),))
-        if declared.rank != value.rank or declared.dtype is not value.dtype:
-            raise DlnError(mismatch)
-        with self.b.at(loc=arg.span):
-            for want, got in zip(declared.shape, value.shape):
-                try:
-                    self.b.shapes.unify(want, got, "E0201", mismatch.message)
-                except ShapeError:
-                    raise DlnError(mismatch) from None
-        frame.env[stmt.name.name] = Binding(value, stmt.name.span, "input")
+    def resolve_hparams(self, decl: ast.Model, values: Mapping[str, Any], spans: Mapping[str, Span]) -> dict[str, Any]:
+        """The hyperparameters of an instance of `decl` made with keyword `values`."""
+        return resolve_hparams(self.program, decl, values, from_text=False, spans=spans)
 
 
 # ---- hyperparameters ------------------------------------------------------------------------------------------
@@ -511,8 +384,9 @@ def resolve_hparams(program: Program, decl: ast.Model, overrides: Mapping[str, A
         try:
             value = coerce_hparam(type_name, raw, from_text=from_text and h.name.name in overrides)
         except ValueError as e:
+            notes = (Note("declared here", h.span),) if span != h.span else ()
             raise DlnError(Diagnostic("E0401", f"hyperparameter '{h.name.name}' is declared {type_name}: {e}", span,
-                                      (Note("declared here", h.span),))) from None
+                                      notes)) from None
         values[h.name.name] = value
         frame.env[h.name.name] = Binding(value, h.span, "hparam")
     return values
@@ -525,28 +399,6 @@ def build_model(program: Program, name: str | None = None, overrides: Mapping[st
     check_overrides(decl, overrides)
     hparams = resolve_hparams(program, decl, overrides, from_text)
     return ModelBuilder(program, decl, hparams, training).build()
-
-
-def _hparam_span(decl: ast.Model, name: str) -> Span | None:
-    for h in decl.hparams:
-        if h.name.name == name:
-            return h.span
-    return None
-
-
-def _article(type_name: str) -> str:
-    return f"an {type_name}" if type_name == "int" else f"a {type_name}"
-
-
-def _dedupe(diagnostics: list[Diagnostic]) -> list[Diagnostic]:
-    seen: set[tuple] = set()
-    out = []
-    for d in diagnostics:
-        key = (d.code, d.message, str(d.span))
-        if key not in seen:
-            seen.add(key)
-            out.append(d)
-    return out
 
 
 # Names that mean something only inside `train` (LANGUAGE.md §8).

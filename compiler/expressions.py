@@ -12,7 +12,8 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from dln.compiler import builtins as lib
-from dln.compiler.emit import Tensor
+from dln.compiler import inline
+from dln.compiler.emit import DEFAULT_FLOAT, Tensor, const_problem, result_dtype
 from dln.compiler.ir import DTYPES, DType, Op
 from dln.compiler.symbolic import Dim, Sym
 from dln.compiler.values import (BlockRef, DimValue, DTypeValue, FunctionRef, Instance, ListValue, ModelRef,
@@ -141,6 +142,8 @@ class Evaluator:
         notes = self._operand_notes(frame, (e.left, e.right))
         with gb.at(loc=e.span, notes=notes):
             x, y = self.operand(a), self.operand(b)
+            if e.op not in ("and", "or", "@"):
+                self._check_constants(e, x, y, notes)
             if e.op == "@":
                 if not isinstance(x, Tensor) or not isinstance(y, Tensor):
                     raise gb.fail("E0203", "'@' needs two tensors")
@@ -153,6 +156,16 @@ class Evaluator:
                         raise gb.fail("E0206", f"'{e.op}' needs bool values, got {describe(v)}")
                 return gb.logical(Op.AND if e.op == "and" else Op.OR, x, y)
             return gb.binary(_ARITH[e.op], x, y) if e.op != "**" else gb.pow(x, y)
+
+    def _check_constants(self, e: ast.Binary, x, y, notes: tuple[Note, ...]) -> None:
+        """A number meeting a tensor becomes a constant of the result's type: it must fit there."""
+        dtype = result_dtype(x, y)
+        if e.op == "/" and not dtype.is_float:
+            dtype = DEFAULT_FLOAT
+        for v, side in ((x, e.left), (y, e.right)):
+            problem = None if isinstance(v, Tensor) else const_problem(v, dtype)
+            if problem is not None:
+                raise DlnError(Diagnostic("E0208", problem, side.span, notes))
 
     def operand(self, v: Value) -> Tensor | int | float:
         """A value as an operand of a tensor operation: dimensions become scalar tensors."""
@@ -214,17 +227,21 @@ class Evaluator:
             return gb.binary(_ARITH[e.op], x, y) if e.op in _ARITH and e.op != "**" else gb.pow(x, y)
 
     def _operand_notes(self, frame, exprs) -> tuple[Note, ...]:
+        """Where each operand named by a plain name was declared (once per name: `x and x`)."""
         notes = []
-        for x in exprs:
-            if isinstance(x, ast.Name) and x.id in frame.env:
-                bnd = frame.env[x.id]
-                if isinstance(bnd.value, Tensor) and bnd.span is not None:
-                    notes.append(Note(f"{x.id} declared at {bnd.span} as {bnd.value.type}", bnd.span))
+        names = dict.fromkeys(x.id for x in exprs if isinstance(x, ast.Name) and x.id in frame.env)
+        for name in names:
+            bnd = frame.env[name]
+            if isinstance(bnd.value, Tensor) and bnd.span is not None:
+                notes.append(Note(f"{name} declared at {bnd.span} as {bnd.value.type}", bnd.span))
         return tuple(notes)
 
     # ---- calls -----------------------------------------------------------------------------------------------
     def _Call(self, frame, e: ast.Call) -> Value:
-        callee = self.eval(frame, e.func)
+        if isinstance(e.func, ast.Name) and not (e.func.id in DTYPES and e.func.id not in frame.env):
+            callee = self.m.lookup(frame, e.func.id, e.func.span, called=True)
+        else:
+            callee = self.eval(frame, e.func)
         args = [lib.Arg(self.eval(frame, a), a.span) for a in e.args]
         kwargs: dict[str, tuple[lib.Arg, Span]] = {}
         override: str | None = None
@@ -242,14 +259,14 @@ class Evaluator:
             return self._call_builtin(frame, e, lib.BUILTINS[callee.name], args, kwargs, scope_name)
         if isinstance(callee, BlockRef):
             with m.b.at(loc=e.span, label=".".join(frame.prefix + (scope_name,))):
-                return m.call_block(frame, callee.decl, args, kwargs, e, scope_name)
+                return inline.call_block(m, frame, callee.decl, args, kwargs, e, scope_name)
         if isinstance(callee, ModelRef):
-            return m.make_instance(frame, callee.decl, args, kwargs, e, scope_name)
+            return inline.make_instance(m, frame, callee.decl, args, kwargs, e, scope_name)
         if isinstance(callee, Instance):
             if override is not None:
                 raise DlnError(Diagnostic("E0305", "an instance keeps the name it was made with", e.span))
             with m.b.at(loc=e.span):
-                return m.apply_instance(frame, callee, args, kwargs, e)
+                return inline.apply_instance(m, frame, callee, args, kwargs, e)
         raise DlnError(Diagnostic("E0307", f"{describe(callee)} cannot be called", e.func.span))
 
     def _fallback_name(self, frame, e: ast.Call, callee: Value) -> str:
@@ -361,7 +378,8 @@ class _CallContext:
         self._spans = spans
 
     def param(self, leaf: str, shape, init, dtype: DType = DType.F32) -> Tensor:
-        return self.m.make_param(self.frame, self.frame.prefix + (self.name, leaf), shape, init, dtype, self.span)
+        return self.m.make_param(self.frame, self.frame.prefix + (self.name, leaf), shape, init, dtype, self.span,
+                                 self._spans.get("init"))
 
     def random(self, shape, dtype: DType = DType.F32) -> Tensor:
         return self.m.random(shape, dtype)
@@ -371,6 +389,10 @@ class _CallContext:
 
     def arg_span(self, name: str) -> Span:
         return self._spans.get(name, self.span)
+
+    def fail_at(self, arg: str, code: str, message: str, *notes: Note) -> DlnError:
+        """An error about one argument, underlining it where it is written (else the call)."""
+        return DlnError(Diagnostic(code, message, self.arg_span(arg), notes))
 
     def note_metric(self, kind: str, **tensors: Tensor) -> None:
         if kind in self.m.metrics or kind != "accuracy":

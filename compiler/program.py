@@ -10,10 +10,12 @@ arguments of `dln.compile`) are resolved here too.
 from __future__ import annotations
 
 import difflib
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from dln.compiler.values import describe
 from dln.dsl import ast
 from dln.dsl.diagnostics import Diagnostic, DlnError, Note, Span
 from dln.dsl.parser import parse, parse_file
@@ -50,7 +52,9 @@ class Program:
             if len(own) == 1:
                 return own[0]
             if not own:
-                raise DlnError(Diagnostic("E0301", f"{self.path} declares no model", span))
+                seen = sorted(models)
+                notes = (Note(f"name one of the imported models: {', '.join(seen)}"),) if seen else ()
+                raise DlnError(Diagnostic("E0301", f"{self.path} declares no model", span, notes))
             names = ", ".join(m.name.name for m in own)
             raise DlnError(Diagnostic("E0301", f"{self.path} declares several models ({names}); name one",
                                       span))
@@ -63,10 +67,8 @@ class Program:
 
 def load(text_or_path: str | Path, path: str | None = None) -> Program:
     """Parse a program from a file path or from source text (`path` names it in messages)."""
-    if path is None and isinstance(text_or_path, Path):
-        root = parse_file(text_or_path)
-    elif path is None and _looks_like_path(str(text_or_path)):
-        root = parse_file(str(text_or_path))
+    if path is None and (isinstance(text_or_path, Path) or _looks_like_path(str(text_or_path))):
+        root = parse_file(display_path(Path(text_or_path)))
     else:
         root = parse(str(text_or_path), path or "<string>")
     program = Program(root)
@@ -78,31 +80,49 @@ def _looks_like_path(s: str) -> bool:
     return "\n" not in s and "{" not in s and (s.endswith(".dln") or Path(s).is_file())
 
 
-def _load_imports(program: Program, module: ast.Module, stack: list[tuple[str, Span | None]]) -> None:
-    key = module.source.path
+def file_key(path: str | Path) -> str:
+    """One key per file however its path is spelled (relative, `./`, absolute, through `..`)."""
+    text = str(path)
+    return text if text.startswith("<") else str(Path(text).resolve())
+
+
+def display_path(path: Path) -> str:
+    """A path as messages show it: relative to the working directory when it lies below it."""
+    absolute = Path(os.path.abspath(path))
+    try:
+        return str(absolute.relative_to(Path.cwd()))
+    except ValueError:
+        return str(absolute)
+
+
+def _load_imports(program: Program, module: ast.Module, stack: list[str]) -> None:
+    """Parse what `module` imports (depth first) and make its scope; `stack` holds the
+    keys of the files importing it, for cycles."""
+    path = module.source.path
+    key = file_key(path)
     program.modules[key] = module
-    diagnostics: list[Diagnostic] = []
+    diagnostics: list[Diagnostic] = _check_signatures(module)
     scope: dict[str, Decl] = {}
     imported: list[ast.Module] = []
-    base = Path(key).parent if not key.startswith("<") else Path.cwd()
+    base = Path(path).parent if not path.startswith("<") else Path.cwd()
     for imp in module.imports:
-        target = (base / imp.path).resolve()
-        target_key = _display_path(target)
-        chain = [p for p, _ in stack] + [key]
+        target = base / imp.path
+        target_key, shown = file_key(target), display_path(target)
+        chain = stack + [key]
         if target_key in chain:
-            cycle = " -> ".join(chain[chain.index(target_key):] + [target_key])
-            diagnostics.append(Diagnostic("E0502", f"import cycle: {cycle}", imp.span))
+            files = [program.modules[k].source.path for k in chain[chain.index(target_key):]]
+            diagnostics.append(Diagnostic("E0502", f"import cycle: {' -> '.join(files + [shown])}", imp.span))
             continue
         if target_key in program.modules:
             imported.append(program.modules[target_key])
             continue
         if not target.is_file():
-            diagnostics.append(Diagnostic("E0501", f"cannot import \"{imp.path}\": no such file {target_key}",
+            diagnostics.append(Diagnostic("E0501", f"cannot import \"{imp.path}\": no such file {shown}",
                                           imp.span))
             continue
         try:
-            sub = parse_file(target_key)
-            _load_imports(program, sub, stack + [(key, imp.span)])
+            sub = parse_file(shown)
+            _load_imports(program, sub, chain)
         except DlnError as e:
             diagnostics.extend(e.diagnostics)
             continue
@@ -125,16 +145,24 @@ def _load_imports(program: Program, module: ast.Module, stack: list[tuple[str, S
                 diagnostics.append(Diagnostic("E0306", "a second train section for the same model", t.span,
                                               (Note("the first is here", seen[tname].span),)))
             seen[tname] = t
-    program.scopes[key] = scope
+    program.scopes[path] = scope
     if diagnostics:
         raise DlnError(diagnostics)
 
 
-def _display_path(p: Path) -> str:
-    try:
-        return str(p.relative_to(Path.cwd()))
-    except ValueError:
-        return str(p)
+def _check_signatures(module: ast.Module) -> list[Diagnostic]:
+    """Each hyperparameter of a model and each argument of a block is declared once."""
+    out = []
+    for decl, params, what in [(m, m.hparams, "hyperparameter") for m in module.models] + \
+                              [(b, b.params, "argument") for b in module.blocks]:
+        first: dict[str, ast.HParam] = {}
+        for p in params:
+            if p.name.name in first:
+                out.append(Diagnostic("E0306", f"{what} '{p.name.name}' of {decl.name.name} is declared twice",
+                                      p.name.span, (Note("first declared here", first[p.name.name].name.span),)))
+            else:
+                first[p.name.name] = p
+    return out
 
 
 # ---- hyperparameters ------------------------------------------------------------------------------------
@@ -143,18 +171,17 @@ HPARAM_TYPES = ("int", "float", "bool", "str")
 
 
 def coerce_hparam(type_name: str, value: Any, from_text: bool) -> Any:
-    """`value` as a hyperparameter of type `type_name`, or raise ValueError saying why not."""
+    """`value` as a hyperparameter of type `type_name`, or raise ValueError saying why not
+    (in the language's words: `expected an int, got "abc"`, `got a bool (true)`)."""
     if from_text and isinstance(value, str):
         text = value.strip()
-        if type_name == "int":
-            return int(text)
-        if type_name == "float":
-            return float(text)
-        if type_name == "bool":
-            if text in ("true", "false"):
-                return text == "true"
-            raise ValueError("expected true or false")
-        return value
+        parse_text = {"int": int, "float": float, "bool": _parse_bool}.get(type_name)
+        if parse_text is None:
+            return value
+        try:
+            return parse_text(text)
+        except ValueError:
+            raise ValueError(f"expected {_article(type_name)}, got \"{text}\"") from None
     if type_name == "int" and isinstance(value, int) and not isinstance(value, bool):
         return value
     if type_name == "float" and isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -163,8 +190,17 @@ def coerce_hparam(type_name: str, value: Any, from_text: bool) -> Any:
         return value
     if type_name == "str" and isinstance(value, str):
         return value
-    raise ValueError(f"expected {'an' if type_name == 'int' else 'a'} {type_name}, got {type(value).__name__} "
-                     f"{value!r}")
+    raise ValueError(f"expected {_article(type_name)}, got {describe(value)}")
+
+
+def _parse_bool(text: str) -> bool:
+    if text not in ("true", "false"):
+        raise ValueError(text)
+    return text == "true"
+
+
+def _article(type_name: str) -> str:
+    return {"int": "an int", "bool": "true or false"}.get(type_name, f"a {type_name}")
 
 
 def check_overrides(model: ast.Model, overrides: Mapping[str, Any], span: Span | None = None) -> None:

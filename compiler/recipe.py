@@ -1,183 +1,29 @@
 """The `train` section: settings checked and turned into a `Recipe`.
 
-The names of LANGUAGE.md §8 (`dataset`, `npz`, `adam`, `cosine`, ...) exist only
-here.  Each is a function with torch's defaults, bound with the same
-machinery as the model built-ins, so a misspelled argument or a value of the
-wrong kind is reported at its place in the file.
+Settings are constants and calls of the train-only functions
+(dln.compiler.train_functions: `dataset`, `adam`, `cosine`, ...).
+`read_recipe` checks a section against its model: the names it minimizes (a
+scalar each), the instances it trains over, the inputs it fills or renames;
+`model_of` finds the model a section trains.
 """
 
 from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Collection, Mapping
 
-from dln.compiler import builtins as lib
-from dln.compiler.builtins import BOOL, FLOAT, INT, STR, Arg, Builtin
+from dln.compiler.builtins import Arg
+from dln.compiler.ir import TensorType
 from dln.compiler.optimizers import OPTIMIZERS
+from dln.compiler.program import Program
+from dln.compiler.train_functions import FILLS, TRAIN_BUILTINS, call
 from dln.compiler.values import ListValue, RecordValue, TrainValue, TupleValue, Value, describe
 from dln.dsl import ast
 from dln.dsl.diagnostics import Diagnostic, DlnError, Note, Span
 
-TRAIN_BUILTINS: dict[str, Builtin] = {}
-
-
-def _train_builtin(category: str, name: str | None = None):
-    def register(fn):
-        key = name or fn.__name__.lstrip("_")
-        TRAIN_BUILTINS[key] = Builtin(key, fn, category)
-        return fn
-    return register
-
-
-class _Pair(lib.Kind):
-    text = "a pair of numbers, like (0.9, 0.999)"
-
-    def convert(self, v):
-        if isinstance(v, TupleValue) and len(v.items) == 2 and all(
-                isinstance(i, (int, float)) and not isinstance(i, bool) for i in v.items):
-            return tuple(float(i) for i in v.items)
-        return None
-
-
-PAIR = _Pair()
-
-
-def _value(kind: str, **args: Any) -> TrainValue:
-    return TrainValue(kind, tuple(args.items()))
-
-
-# ---- data ---------------------------------------------------------------------------------------------
-
-@_train_builtin("data")
-def dataset(cx, name: STR):
-    """a built-in data set that works offline"""
-    return _value("dataset", name=name)
-
-
-@_train_builtin("data")
-def npz(cx, path: STR):
-    """arrays from a NumPy .npz file, matched to inputs by name"""
-    return _value("npz", path=path)
-
-
-@_train_builtin("data")
-def csv(cx, path: STR, target: STR = "label"):
-    """a CSV file with a header: the target column becomes `y`, the others `x`"""
-    return _value("csv", path=path, target=target)
-
-
-# ---- optimizers: torch.optim's defaults --------------------------------------------------------------
-
-@_train_builtin("optimizer")
-def sgd(cx, lr: FLOAT = 1e-3, momentum: FLOAT = 0.0, dampening: FLOAT = 0.0, weight_decay: FLOAT = 0.0,
-        nesterov: BOOL = False):
-    """torch.optim.SGD"""
-    return _value("sgd", lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=nesterov)
-
-
-@_train_builtin("optimizer")
-def adam(cx, lr: FLOAT = 1e-3, betas: PAIR = (0.9, 0.999), eps: FLOAT = 1e-8, weight_decay: FLOAT = 0.0,
-         amsgrad: BOOL = False):
-    """torch.optim.Adam"""
-    return _value("adam", lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad)
-
-
-@_train_builtin("optimizer")
-def adamw(cx, lr: FLOAT = 1e-3, betas: PAIR = (0.9, 0.999), eps: FLOAT = 1e-8, weight_decay: FLOAT = 1e-2,
-          amsgrad: BOOL = False):
-    """torch.optim.AdamW"""
-    return _value("adamw", lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad)
-
-
-@_train_builtin("optimizer")
-def rmsprop(cx, lr: FLOAT = 1e-2, alpha: FLOAT = 0.99, eps: FLOAT = 1e-8, weight_decay: FLOAT = 0.0,
-            momentum: FLOAT = 0.0, centered: BOOL = False):
-    """torch.optim.RMSprop"""
-    return _value("rmsprop", lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum,
-                  centered=centered)
-
-
-@_train_builtin("optimizer")
-def adagrad(cx, lr: FLOAT = 1e-2, lr_decay: FLOAT = 0.0, weight_decay: FLOAT = 0.0,
-            initial_accumulator_value: FLOAT = 0.0, eps: FLOAT = 1e-10):
-    """torch.optim.Adagrad"""
-    return _value("adagrad", lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
-                  initial_accumulator_value=initial_accumulator_value, eps=eps)
-
-
-@_train_builtin("optimizer")
-def adadelta(cx, lr: FLOAT = 1.0, rho: FLOAT = 0.9, eps: FLOAT = 1e-6, weight_decay: FLOAT = 0.0):
-    """torch.optim.Adadelta"""
-    return _value("adadelta", lr=lr, rho=rho, eps=eps, weight_decay=weight_decay)
-
-
-# ---- schedules: the learning rate per optimizer step ----------------------------------------------
-
-@_train_builtin("schedule")
-def constant(cx):
-    """the optimizer's learning rate throughout"""
-    return _value("constant")
-
-
-@_train_builtin("schedule")
-def cosine(cx, warmup: INT = 0, min_lr: FLOAT = 0.0):
-    """linear warm-up for `warmup` steps, then cosine decay to min_lr at the last step"""
-    return _value("cosine", warmup=warmup, min_lr=min_lr)
-
-
-@_train_builtin("schedule", "step")
-def _step(cx, every: INT, gamma: FLOAT = 0.1):
-    """multiply the rate by gamma every `every` epochs (torch's StepLR)"""
-    return _value("step", every=every, gamma=gamma)
-
-
-@_train_builtin("schedule")
-def exponential(cx, gamma: FLOAT):
-    """multiply the rate by gamma every epoch (torch's ExponentialLR)"""
-    return _value("exponential", gamma=gamma)
-
-
-@_train_builtin("schedule")
-def linear(cx, warmup: INT = 0):
-    """linear warm-up for `warmup` steps, then linear decay to 0 at the last step"""
-    return _value("linear", warmup=warmup)
-
-
-@_train_builtin("schedule")
-def plateau(cx, patience: INT = 10, factor: FLOAT = 0.1):
-    """multiply the rate by factor when the validation loss stalls (torch's ReduceLROnPlateau)"""
-    return _value("plateau", patience=patience, factor=factor)
-
-
-# ---- the rest -------------------------------------------------------------------------------------------
-
-@_train_builtin("stop")
-def patience(cx, epochs: INT):
-    """stop when the validation loss has not improved for `epochs` epochs; keep the best weights"""
-    return _value("patience", epochs=epochs)
-
-
-@_train_builtin("augment")
-def random_crop(cx, size: INT, padding: INT = 0):
-    """a random size x size crop of the zero-padded image"""
-    return _value("random_crop", size=size, padding=padding)
-
-
-@_train_builtin("augment")
-def hflip(cx, p: FLOAT = 0.5):
-    """a horizontal flip with probability p"""
-    return _value("hflip", p=p)
-
-
-@_train_builtin("augment")
-def gaussian_noise(cx, std: FLOAT):
-    """N(0, std^2) noise added to the inputs"""
-    return _value("gaussian_noise", std=std)
-
-
-FILLS = ("randn", "rand", "zeros")
-
+if TYPE_CHECKING:
+    from dln.compiler.build import BuiltModel
 
 # ---- the recipe ------------------------------------------------------------------------------------------
 
@@ -228,8 +74,26 @@ _SETTINGS = {"data", "validate", "inputs", "optimizer", "batch", "epochs", "seed
              "early_stop", "augment", "checkpoint"}
 
 
-def read_recipe(train: ast.Train, model_name: str, values: set[str], instances: set[str]) -> Recipe:
-    """Check a train section against its model (the names it may minimize and train over)."""
+def model_of(program: Program, train: ast.Train) -> ast.Model:
+    """The model a train section trains: the one it names, or the file's only model."""
+    if train.model is not None:
+        return program.model(train.model.name, train.model.span)
+    return program.model(None, train.span)
+
+
+def recipe_of(train: ast.Train, spec: "BuiltModel") -> Recipe:
+    """`read_recipe` against a model built in training mode."""
+    types = {name: spec.graph.node(node).type for name, node in spec.values.items()}
+    for name in spec.graph.output_names:
+        types.setdefault(name, spec.graph.output(name).type)
+    return read_recipe(train, spec.name, set(types), set(spec.instances), types=types,
+                       inputs=[i.name for i in spec.inputs])
+
+
+def read_recipe(train: ast.Train, model_name: str, values: Collection[str], instances: Collection[str],
+                types: Mapping[str, TensorType] | None = None, inputs: Collection[str] | None = None) -> Recipe:
+    """Check a train section against its model: the names it may minimize (with their types,
+    when given: objectives are scalars) and train over, and its inputs (when given)."""
     diagnostics: list[Diagnostic] = []
     recipe = Recipe(model_name, [])
     default_optimizer = DEFAULT_OPTIMIZER
@@ -251,16 +115,22 @@ def read_recipe(train: ast.Train, model_name: str, values: set[str], instances: 
                 default_optimizer = _optimizer(value, s.value.span)
             else:
                 _apply(recipe, key, value, s.value.span)
+                if key == "inputs" and inputs is not None:
+                    _check_inputs(value, inputs, model_name)
         except DlnError as e:
             diagnostics.extend(e.diagnostics)
     for obj in train.objectives:
         try:
-            recipe.objectives.append(_objective(obj, default_optimizer, values, instances))
+            recipe.objectives.append(_objective(obj, default_optimizer, values, instances, types))
         except DlnError as e:
             diagnostics.extend(e.diagnostics)
     if not train.objectives:
         if "loss" in values:
-            recipe.objectives.append(Objective("loss", None, default_optimizer, train.span))
+            try:
+                _check_scalar("loss", types, train.span, "the default objective")
+                recipe.objectives.append(Objective("loss", None, default_optimizer, train.span))
+            except DlnError as e:
+                diagnostics.extend(e.diagnostics)
         else:
             diagnostics.append(Diagnostic("E0602", "the train section says nothing to minimize", train.span,
                                           (Note("add: minimize <name of a scalar in the model>"),)))
@@ -269,12 +139,14 @@ def read_recipe(train: ast.Train, model_name: str, values: set[str], instances: 
     return recipe
 
 
-def _objective(obj: ast.Minimize, default: OptimizerSpec, values: set[str], instances: set[str]) -> Objective:
+def _objective(obj: ast.Minimize, default: OptimizerSpec, values: Collection[str], instances: Collection[str],
+               types: Mapping[str, TensorType] | None) -> Objective:
     if obj.loss.name not in values:
         close = difflib.get_close_matches(obj.loss.name, sorted(values), n=1)
         notes = (Note(f"did you mean '{close[0]}'?"),) if close else ()
         raise DlnError(Diagnostic("E0602", f"the model has no value '{obj.loss.name}' to minimize", obj.loss.span,
                                   notes))
+    _check_scalar(obj.loss.name, types, obj.loss.span, "an objective")
     if obj.over is not None and obj.over.name not in instances:
         known = ", ".join(sorted(instances)) or "none"
         raise DlnError(Diagnostic("E0602", f"'{obj.over.name}' is not a model instance of this model",
@@ -283,6 +155,24 @@ def _objective(obj: ast.Minimize, default: OptimizerSpec, values: set[str], inst
     if obj.optimizer is not None:
         optimizer = _optimizer(_eval(obj.optimizer), obj.optimizer.span)
     return Objective(obj.loss.name, obj.over.name if obj.over else None, optimizer, obj.span)
+
+
+def _check_scalar(name: str, types: Mapping[str, TensorType] | None, span: Span, what: str) -> None:
+    t = types.get(name) if types is not None else None
+    if t is not None and t.rank != 0:
+        raise DlnError(Diagnostic("E0602", f"{what} must be a scalar: '{name}' is {t}", span,
+                                  (Note("reduce it first, e.g. mean(...) or sum(...)"),)))
+
+
+def _check_inputs(value: Value, inputs: Collection[str], model_name: str) -> None:
+    """Every field of `inputs = { ... }` names an input of the model."""
+    for name, _, span in value.fields:
+        if name not in inputs:
+            close = difflib.get_close_matches(name, sorted(inputs), n=1)
+            hint = f"did you mean '{close[0]}'?" if close else \
+                f"its inputs: {', '.join(inputs)}" if inputs else "it has no inputs"
+            raise DlnError(Diagnostic("E0601", f"model {model_name} has no input '{name}' to fill", span,
+                                      (Note(hint),)))
 
 
 def _optimizer(value: Value, span: Span) -> OptimizerSpec:
@@ -346,11 +236,6 @@ def _apply(recipe: Recipe, key: str, value: Value, span: Span) -> None:
         recipe.checkpoint = value
 
 
-class _TrainContext:
-    def __init__(self, span: Span) -> None:
-        self.span = span
-
-
 def _eval(e: ast.Expr) -> Value:
     """Train settings are constants and calls of the train-only functions."""
     if isinstance(e, (ast.Int, ast.Float, ast.Str, ast.Bool)):
@@ -364,12 +249,18 @@ def _eval(e: ast.Expr) -> Value:
     if isinstance(e, ast.ListExpr):
         return ListValue(tuple(_eval(i) for i in e.items))
     if isinstance(e, ast.Record):
+        fields: dict[str, ast.Field] = {}
+        for f in e.fields:
+            if f.name.name in fields:
+                raise DlnError(Diagnostic("E0306", f"field '{f.name.name}' given twice", f.name.span,
+                                          (Note("first given here", fields[f.name.name].name.span),)))
+            fields[f.name.name] = f
         return RecordValue(tuple((f.name.name, _eval(f.value), f.name.span) for f in e.fields))
     if isinstance(e, ast.Name):
         if e.id in FILLS:
             return TrainValue(e.id, (), e.span)
         if e.id in TRAIN_BUILTINS:
-            return _call(TRAIN_BUILTINS[e.id], [], {}, e.span)
+            return call(TRAIN_BUILTINS[e.id], [], {}, e.span)
         raise DlnError(Diagnostic("E0301", f"unknown name '{e.id}' in a train section", e.span,
                                   _suggest(e.id)))
     if isinstance(e, ast.Call) and isinstance(e.func, ast.Name):
@@ -378,15 +269,13 @@ def _eval(e: ast.Expr) -> Value:
             raise DlnError(Diagnostic("E0302", f"unknown function '{name}' in a train section", e.func.span,
                                       _suggest(name)))
         args = [Arg(_eval(a), a.span) for a in e.args]
-        kwargs = {k.name.name: (Arg(_eval(k.value), k.value.span), k.name.span) for k in e.kwargs}
-        return _call(TRAIN_BUILTINS[name], args, kwargs, e.span)
+        kwargs: dict[str, tuple[Arg, Span]] = {}
+        for k in e.kwargs:
+            if k.name.name in kwargs:
+                raise DlnError(Diagnostic("E0306", f"argument '{k.name.name}' given twice", k.name.span))
+            kwargs[k.name.name] = (Arg(_eval(k.value), k.value.span), k.name.span)
+        return call(TRAIN_BUILTINS[name], args, kwargs, e.span)
     raise DlnError(Diagnostic("E0601", "a train setting must be a constant or a call like adam(lr = 1e-3)", e.span))
-
-
-def _call(b: Builtin, args: list[Arg], kwargs, span: Span) -> TrainValue:
-    bound, _ = lib.bind(b, args, kwargs, span, piped=False)
-    value = b.fn(_TrainContext(span), **bound)
-    return TrainValue(value.kind, value.args, span)
 
 
 def _suggest(name: str) -> tuple[Note, ...]:

@@ -3,8 +3,9 @@
 A dimension is an `int` or a `Sym` (`B`, `B*T`, `T - 1`).  Arithmetic on a
 `Sym` returns an `int` as soon as no symbol is left, so a concrete shape is
 always a tuple of ints.  Equality of two dimensions is decided by their
-canonical form: `dims_equal` answers True (proven), False (proven different)
-or None (depends on the inputs: a constraint to check when they bind).
+canonical form: `dims_equal` answers True (proven), False (proven different,
+taking every symbol to be at least 1) or None (depends on the inputs: a
+constraint to check when they bind).
 """
 
 from __future__ import annotations
@@ -144,10 +145,17 @@ def is_static(d: Dim) -> bool:
 
 
 def dims_equal(a: Dim, b: Dim) -> bool | None:
-    """True if provably equal, False if provably different, None if it depends on the inputs."""
+    """True if provably equal, False if provably different, None if it depends on the inputs.
+
+    Every symbol is a size of at least 1, so each monomial is at least 1 too: when
+    all the terms of `a - b` have one sign, the difference cannot be 0
+    (`12*B` and `5*B`, `B + 1` and `B`), and the two are provably different.
+    """
     diff = a - b
     if isinstance(diff, int):
         return diff == 0
+    if all(c > 0 for _, c in diff.terms) or all(c < 0 for _, c in diff.terms):
+        return False
     return None
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Union
 
 from dln.compiler.emit import Tensor
-from dln.compiler.ir import DType
+from dln.compiler.ir import DType, TensorType
 from dln.compiler.symbolic import Dim
 from dln.dsl import ast
 from dln.dsl.diagnostics import Span
@@ -66,6 +66,8 @@ class Instance:
     prefix: tuple[str, ...]
     span: Span
     applications: int = 0
+    first_application: Span | None = None
+    first_inputs: dict[str, tuple[TensorType, Span]] = field(default_factory=dict)  # input -> (type, argument span)
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +107,11 @@ Value = Union[Tensor, int, float, bool, str, DimValue, TupleValue, ListValue, Re
               BlockRef, ModelRef, Instance, InitSpec, DTypeValue, TrainValue, None]
 
 
+def dln_string(s: str) -> str:
+    """A string as it is written in a .dln file."""
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\t", "\\t") + '"'
+
+
 def describe(v: Value) -> str:
     """What a value is, for error messages."""
     if isinstance(v, Tensor):
@@ -116,7 +123,7 @@ def describe(v: Value) -> str:
     if isinstance(v, float):
         return f"a float ({v:g})"
     if isinstance(v, str):
-        return f"a string ({v!r})"
+        return f"a string ({dln_string(v)})"
     if isinstance(v, DimValue):
         return f"the dimension {v.dim}"
     if isinstance(v, TupleValue):

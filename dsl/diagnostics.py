@@ -107,6 +107,18 @@ class DlnError(Exception):
         return self.diagnostics[0].code if self.diagnostics else ""
 
 
+def dedupe(diagnostics: Iterable[Diagnostic]) -> list[Diagnostic]:
+    """Each diagnostic once (one mistake reached twice: a block inlined twice, a model built twice)."""
+    seen: set[tuple] = set()
+    out = []
+    for d in diagnostics:
+        key = (d.code, d.message, str(d.span))
+        if key not in seen:
+            seen.add(key)
+            out.append(d)
+    return out
+
+
 def error(code: str, message: str, span: Span | None = None, *notes: Note) -> DlnError:
     """Shorthand for raising a single diagnostic: `raise error("E0301", "...", span)`."""
     return DlnError(Diagnostic(code, message, span, tuple(notes)))
@@ -172,6 +184,7 @@ CODES: dict[str, str] = {
     "E0308": "a binding reuses a dimension's name",
     "E0309": "destructuring count mismatch",
     "E0310": "statement not allowed here",
+    "E0311": "recursive block or model",
     "E0401": "hyperparameter has the wrong type",
     "E0402": "unknown hyperparameter",
     "E0403": "hyperparameter has no value",

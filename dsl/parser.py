@@ -10,11 +10,14 @@ the rest again, so one run reports an error per broken declaration.
 from __future__ import annotations
 
 import functools
+import hashlib
+import math
+import os
 import re
 from pathlib import Path
 
-from lark import Lark, Token, Transformer, Tree, v_args
-from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
+from lark import Lark, Token, Transformer, v_args
+from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedToken, VisitError
 
 from dln.dsl import ast
 from dln.dsl.diagnostics import Diagnostic, DlnError, Note, Source, Span
@@ -25,12 +28,45 @@ MAX_SYNTAX_ERRORS = 10
 
 @functools.cache
 def _lark() -> Lark:
-    return Lark(
-        GRAMMAR_PATH.read_text(),
+    grammar = GRAMMAR_PATH.read_text()
+    parser = Lark(
+        grammar,
         parser="lalr",
         propagate_positions=True,
         maybe_placeholders=True,
+        lexer_callbacks={"NAME": _reserve_keyword},
+        cache=_table_cache(grammar) or False,
     )
+    KEYWORDS.update({t.pattern.value: t.name for t in parser.terminals
+                     if t.pattern.type == "str" and re.fullmatch(r"[A-Za-z_]\w*", t.pattern.value)})
+    return parser
+
+
+def _table_cache(grammar: str) -> str | None:
+    """Where Lark keeps the parse tables it computed (about 0.2 s that every `dln check`
+    would pay again): the user's cache directory, one file per grammar; None when unwritable.
+
+    Lark checks the grammar's hash when loading and rebuilds a stale or damaged file.
+    """
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dln"
+    digest = hashlib.sha256(grammar.encode()).hexdigest()[:16]
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
+    return str(base / f"grammar-{digest}.lark-cache") if os.access(base, os.W_OK) else None
+
+
+# The keywords of LANGUAGE.md §2 (`model` -> MODEL), read from the grammar's literal terminals.
+KEYWORDS: dict[str, str] = {}
+
+
+def _reserve_keyword(tok: Token) -> Token:
+    """Keywords are reserved.  Lark's contextual lexer reads `model` as a NAME where
+    the keyword cannot follow (`model = relu(x)`); give it back its keyword type, so
+    the parser rejects it there.  Names that merely start with one (`inputs`) stay names."""
+    kind = KEYWORDS.get(tok.value)
+    return Token.new_borrow_pos(kind, tok.value, tok) if kind is not None else tok
 
 
 def parse(text: str, path: str = "<string>") -> ast.Module:
@@ -84,6 +120,8 @@ _TERMINAL_WORDS = {
     "ELLIPSIS": "'...'",
     "$END": "end of file",
 }
+# How an unexpected token of these kinds is shown: "unexpected integer 2".
+_TOKEN_WORDS = {"NAME": "name", "INT": "integer", "FLOAT": "number", "STRING": "string"}
 # When the parser would accept any of these, it is waiting for an expression.
 _EXPRESSION_STARTS = {"NAME", "INT", "FLOAT", "STRING", "LPAR", "LSQB", "LBRACE", "MINUS", "NOT", "TRUE", "FALSE"}
 
@@ -133,11 +171,18 @@ def _syntax_diagnostic(e: UnexpectedInput, source: Source) -> Diagnostic:
             expected = set(e.expected)
         span = Span(source, tok.line, tok.column, tok.end_line or tok.line,
                     tok.end_column or tok.column + len(tok))
-        shown = _describe_terminal(tok.type) if tok.type in ("NAME", "INT", "FLOAT", "STRING") else f"'{tok}'"
-        if tok.type in ("NAME",):
-            shown = f"name '{tok}'"
-        message = f"unexpected {shown}"
-        return Diagnostic("E0101", message, span, (Note("expected " + _join_words(_expected_words(expected))),))
+        if tok.type in ("NAME", "STRING"):
+            shown = f"{_TOKEN_WORDS[tok.type]} {_quote(str(tok))}"
+        elif tok.type in _TOKEN_WORDS:
+            shown = f"{_TOKEN_WORDS[tok.type]} {tok}"
+        else:
+            shown = f"'{tok}'"
+        notes = [Note("expected " + _join_words(_expected_words(expected)))]
+        if tok.type in _DECL_KEYWORDS and "RBRACE" in expected and tok.column == 1:
+            notes.append(Note(f"is a '}}' missing before this {tok}?"))
+        elif tok.value in KEYWORDS and "NAME" in expected:
+            notes.append(Note(f"'{tok}' is a keyword and cannot be used as a name"))
+        return Diagnostic("E0101", f"unexpected {shown}", span, tuple(notes))
     if isinstance(e, UnexpectedCharacters):
         span = Span(source, e.line, e.column, e.line, e.column + 1)
         char = source.text[e.pos_in_stream] if e.pos_in_stream < len(source.text) else "?"
@@ -159,6 +204,11 @@ def _syntax_diagnostic(e: UnexpectedInput, source: Source) -> Diagnostic:
     return Diagnostic("E0103", "unexpected end of file", span, notes)
 
 
+def _quote(text: str) -> str:
+    """A token as shown in a message: names in single quotes, strings as written."""
+    return text if text.startswith('"') else f"'{text}'"
+
+
 def _error_offset(e: UnexpectedInput, text: str) -> int:
     if isinstance(e, UnexpectedToken):
         return e.token.start_pos if e.token.start_pos is not None else len(text)
@@ -167,6 +217,7 @@ def _error_offset(e: UnexpectedInput, text: str) -> int:
     return len(text)
 
 
+_DECL_KEYWORDS = {"MODEL", "BLOCK", "TRAIN", "IMPORT"}
 _DECL_START = re.compile(r"^(?:model|block|train|import)\b", re.M)
 
 
@@ -174,11 +225,13 @@ def _blank_declaration(text: str, offset: int) -> str:
     """`text` with the top-level declaration around `offset` replaced by spaces.
 
     Declarations are found by their keyword at the start of a line; newlines
-    are kept so every later position is unchanged.
+    are kept so every later position is unchanged.  An error right at the start
+    of a declaration (`train m {` where a statement or `}` was expected) lies in
+    the unfinished declaration before it: that one is blanked.
     """
     starts = [m.start() for m in _DECL_START.finditer(text)]
-    begin = max([s for s in starts if s <= offset], default=0)
-    end = min([s for s in starts if s > offset], default=len(text))
+    begin = max([s for s in starts if s < offset or s == offset == starts[0]], default=0)
+    end = min([s for s in starts if s > begin], default=len(text))
     blank = re.sub(r"[^\n]", " ", text[begin:end])
     return text[:begin] + blank + text[end:]
 
@@ -351,7 +404,11 @@ class _ToAst(Transformer):
         return ast.Int(int(items[0]), self._span(meta))
 
     def float(self, meta, items):
-        return ast.Float(float(items[0]), self._span(meta))
+        value = float(items[0])
+        if math.isinf(value):
+            raise DlnError(Diagnostic("E0104", f"the number {items[0]} is too large", self._span(meta),
+                                      (Note("numbers are 64-bit floats: at most about 1.8e308"),)))
+        return ast.Float(value, self._span(meta))
 
     def string(self, meta, items):
         return ast.Str(self._string(items[0]), self._span(meta))

@@ -42,8 +42,7 @@ class Model:
         self.name = self.spec.name
         self.backend: Backend = get_backend(backend)
         rng = np.random.default_rng(seed)
-        self._params: dict[str, Any] = {p.name: self.backend.asarray(init.draw(p.init, p.type, rng))
-                                        for p in self.spec.params}
+        self._params: dict[str, Any] = init.draw_all(self.spec.params, rng, self.backend.asarray)
         self._train_spec: BuiltModel | None = None
         self._prepared: dict[tuple, tuple[Graph, Any]] = {}
         self._rng_seed = seed

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from dln.dsl.diagnostics import Diagnostic, DlnError, render_all
+from dln.dsl.diagnostics import Diagnostic, DlnError, dedupe, render_all
 
 
 def _sets(values: list[str]) -> dict[str, str]:
@@ -105,49 +105,67 @@ def _load(args):
     return pipeline.load(args.file)
 
 
-def _model(args, backend: str | None = "numpy"):
-    from dln.runtime.api import Model
-
-    program = _load(args)
+def _model_name(args, program) -> str | None:
+    """The model a command is about: --model, else the trained one when the file has several."""
     name = args.model
     if name is None and program.root.trains and program.root.trains[0].model is not None and \
             len(program.root.models) > 1:
         name = program.root.trains[0].model.name
-    return Model(program, name, args.hparams, backend, from_text=True, debug=args.debug)
+    return name
+
+
+def _model(args, backend: str | None = "numpy"):
+    from dln.runtime.api import Model
+
+    program = _load(args)
+    return Model(program, _model_name(args, program), args.hparams, backend, from_text=True, debug=args.debug)
 
 
 def cmd_check(args) -> int:
+    """Everything the compiler can find without running: every model of the file and every
+    train section.  No parameter is allocated: sizes are counted from the shapes."""
     from dln.compiler import pipeline
     from dln.compiler.cost import total_flops
-    from dln.runtime.train import recipe_for
-    from dln.runtime.api import Model
+    from dln.compiler.recipe import model_of, recipe_of
 
     began = time.perf_counter()
     program = _load(args)
     names = [args.model] if args.model else [m.name.name for m in program.root.models]
-    if not names:
+    if not names and not program.root.trains:
         raise DlnError(Diagnostic("E0301", f"{program.path} declares no model"))
+
+    def hparams(name: str) -> dict[str, str]:  # --set applies to the model chosen, else to the first
+        return args.hparams if name == (names[0] if names else None) else {}
+
     diagnostics: list[Diagnostic] = []
     lines = []
+    failed: set[str] = set()
     for name in names:
         try:
-            model = Model(program, name, args.hparams if name == names[0] or args.model else {}, "numpy",
-                          from_text=True, debug=args.debug)
-            graph = pipeline.forward_graph(model.spec)
+            spec = pipeline.build_model(program, name, hparams(name), training=False, from_text=True)
+            graph = pipeline.forward_graph(spec)
             flops = total_flops(graph, {s: 1 for s in graph.symbols()})
-            count = sum(int(_numel(p.type.shape)) for p in model.spec.params)
-            trains = [t for t in program.root.trains if t.model is None or t.model.name == name]
-            if trains:
-                recipe = recipe_for(model, trains[0])
-                for objective in recipe.objectives:
-                    pipeline.train_step(model.train_spec, objective, recipe.clip_grad, args.debug)
-            lines.append(f"ok  {name}: {count:,} parameters, {_si(flops)}FLOPs per example"
-                         + (f", {len(model.spec.inputs)} inputs" if model.spec.inputs else ""))
+            count = sum(_numel(p.type.shape) for p in spec.params)
+            inputs = len(spec.inputs)
+            lines.append(f"ok  {spec.name}: {count:,} parameters, {_si(flops)}FLOPs per example"
+                         + (f", {inputs} input{'s' if inputs != 1 else ''}" if inputs else ""))
+        except DlnError as e:
+            diagnostics.extend(e.diagnostics)
+            failed.add(name)
+    for train in program.root.trains:
+        try:
+            name = model_of(program, train).name.name
+            if name in failed or (args.model and name != args.model):
+                continue  # its own errors are reported; or not the model asked about
+            spec = pipeline.build_model(program, name, hparams(name), training=True, from_text=True)
+            recipe = recipe_of(train, spec)
+            for objective in recipe.objectives:
+                pipeline.train_step(spec, objective, recipe.clip_grad, args.debug)
         except DlnError as e:
             diagnostics.extend(e.diagnostics)
     if diagnostics:
-        raise DlnError(diagnostics)
-    for line in lines:
+        raise DlnError(dedupe(diagnostics))
+    for line in lines or ["ok"]:
         print(line)
     if args.debug:
         print(f"checked in {time.perf_counter() - began:.3f}s", file=sys.stderr)
@@ -155,9 +173,12 @@ def cmd_check(args) -> int:
 
 
 def cmd_params(args) -> int:
-    model = _model(args)
+    from dln.compiler import pipeline
+
+    program = _load(args)
+    spec = pipeline.build_model(program, _model_name(args, program), args.hparams, from_text=True)
     rows = [(p.name, "[" + ", ".join(str(d) for d in p.type.shape) + "]", str(p.init), int(_numel(p.type.shape)))
-            for p in model.spec.params]
+            for p in spec.params]
     widths = [max([len(h)] + [len(str(r[i])) for r in rows]) for i, h in enumerate(("name", "shape", "init"))]
     print(f"{'name':<{widths[0]}}  {'shape':<{widths[1]}}  {'init':<{widths[2]}}  {'count':>10}")
     for name, shape, init, count in rows:
@@ -249,7 +270,7 @@ def cmd_graph(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from dln.kernels.bench import bench_report
+    from dln.runtime.bench import bench_report
 
     model = _model(args)
     print(bench_report(model, batch=args.batch))

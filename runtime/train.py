@@ -22,7 +22,7 @@ import numpy as np
 
 from dln.compiler import pipeline
 from dln.compiler.ir import Op
-from dln.compiler.recipe import DEFAULT_OPTIMIZER, Objective, Recipe, read_recipe
+from dln.compiler.recipe import DEFAULT_OPTIMIZER, Objective, Recipe, model_of, recipe_of
 from dln.compiler.training import TrainStep
 from dln.dsl import ast
 from dln.dsl.diagnostics import Diagnostic, DlnError, Note
@@ -72,8 +72,7 @@ def recipe_for(model: Model, train: ast.Train | None = None) -> Recipe:
     if train is None:
         objective = Objective("loss", None, DEFAULT_OPTIMIZER, spec.decl.span)
         return Recipe(model.name, [objective])
-    names = set(spec.values) | set(spec.graph.output_names)
-    return read_recipe(train, model.name, names, set(spec.instances))
+    return recipe_of(train, spec)
 
 
 def default_objective(model: Model) -> Objective:
@@ -92,10 +91,9 @@ def train_file(source: str | Path, backend: str | None = None, progress: bool | 
     settings = {k: overrides.pop(k) for k in list(overrides) if k in SETTING_OVERRIDES}
     program = pipeline.load(source)
     train = find_train(program)
-    model_name = train.model.name if train.model else None
+    model_name = model_of(program, train).name.name
     probe = pipeline.build_model(program, model_name, overrides, training=True, from_text=from_text)
-    names = set(probe.values) | set(probe.graph.output_names)
-    recipe = read_recipe(train, probe.name, names, set(probe.instances)).with_overrides(**settings)
+    recipe = recipe_of(train, probe).with_overrides(**settings)
     model = Model(program, probe.name, overrides, backend, seed=recipe.seed, from_text=from_text, debug=debug)
     if weights:
         model.load(weights)

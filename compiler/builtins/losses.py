@@ -20,7 +20,7 @@ _BCE_EPSILON = 9.999999960041972e-13  # float(np.float32(1e-12)), torch's EPSILO
 def _reduce(cx, loss: Tensor, reduction: str, allowed=REDUCTIONS) -> Tensor:
     if reduction not in allowed:
         options = ", ".join(f'"{r}"' for r in allowed)
-        raise cx.fail("E0208", f'reduction must be one of {options}, got "{reduction}"')
+        raise cx.fail_at("reduction", "E0208", f'reduction must be one of {options}, got "{reduction}"')
     if reduction == "mean":
         return cx.b.mean(loss)
     if reduction == "sum":
@@ -71,7 +71,7 @@ def cross_entropy(cx, logits: TENSOR, target: TENSOR, label_smoothing: FLOAT = 0
     if logits.rank == 0:
         raise cx.fail("E0202", f"cross_entropy needs logits with a class axis, got {logits.type}")
     if not 0.0 <= label_smoothing <= 1.0:
-        raise cx.fail("E0208", f"label_smoothing must be in [0, 1], got {label_smoothing:g}")
+        raise cx.fail_at("label_smoothing", "E0208", f"label_smoothing must be in [0, 1], got {label_smoothing:g}")
     logp = log_softmax_of(cx, logits, -1)
     if target.dtype.is_int:
         loss = b.neg(_picked(cx, logp, target))

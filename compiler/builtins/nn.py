@@ -19,6 +19,12 @@ def _features(cx, x: Tensor, layer: str, axis: int = -1) -> int:
     return n
 
 
+def _positive(cx, layer: str, **sizes: int) -> None:
+    for name, n in sizes.items():
+        if n <= 0:
+            raise cx.fail_at(name, "E0208", f"{layer}'s {name} must be positive, got {n}")
+
+
 def _param_dtype(x: Tensor) -> DType:
     return x.dtype if x.dtype.is_float else DEFAULT_FLOAT
 
@@ -31,8 +37,7 @@ def _uniform(bound: float) -> InitSpec:
 def linear(cx, x: TENSOR, out: INT, bias: BOOL = True, init: INIT = None):
     """x @ weight.T + bias; weight [out, in], bias [out] (torch.nn.Linear)"""
     n_in = _features(cx, x, "linear")
-    if out <= 0:
-        raise cx.fail("E0208", f"linear needs a positive output size, got {out}")
+    _positive(cx, "linear", out=out)
     b = cx.b
     dtype = _param_dtype(x)
     default = _uniform(1.0 / math.sqrt(n_in)) if n_in else InitSpec("zeros")
@@ -48,6 +53,7 @@ def embedding(cx, x: TENSOR, vocab: INT, dim: INT, init: INIT = None):
     """rows of weight [vocab, dim] picked by integer indices (torch.nn.Embedding)"""
     if not x.dtype.is_int:
         raise cx.fail("E0206", f"embedding needs integer indices, got {x.type}")
+    _positive(cx, "embedding", vocab=vocab, dim=dim)
     b = cx.b
     weight = cx.param("weight", (vocab, dim), init or InitSpec("normal", (("mean", 0.0), ("std", 1.0))))
     flat = b.reshape(x, (numel(x.shape),))
@@ -76,6 +82,7 @@ def layernorm(cx, x: TENSOR, eps: FLOAT = 1e-5, affine: BOOL = True):
 @builtin(category="layer", owns_params=True)
 def gcn_conv(cx, x: TENSOR, adj: TENSOR, out: INT, bias: BOOL = True):
     """adj @ (x @ weight.T) + bias, adj already normalized (Kipf & Welling; PyG's initialization)"""
+    _positive(cx, "gcn_conv", out=out)
     b = cx.b
     n_in = _features(cx, x, "gcn_conv")
     dtype = _param_dtype(x)

@@ -103,8 +103,10 @@ def split(cx, x: TENSOR, sizes: SIZES, axis: INT = 0):
         if not isinstance(n, int):
             raise cx.fail("E0202", f"split of the symbolic axis {n} needs explicit sizes")
         if sizes <= 0:
-            raise cx.fail("E0208", f"split size must be positive, got {sizes}")
+            raise cx.fail_at("sizes", "E0208", f"split size must be positive, got {sizes}")
         sizes = tuple(min(sizes, n - i) for i in range(0, n, sizes))
+    elif any(s < 0 for s in sizes):
+        raise cx.fail_at("sizes", "E0208", f"split sizes cannot be negative, got {sizes}")
     elif isinstance(n, int) and sum(sizes) != n:
         raise cx.fail("E0204", f"split sizes {sizes} do not add up to {n}")
     pieces, start = [], 0
@@ -122,7 +124,7 @@ def chunk(cx, x: TENSOR, chunks: INT, axis: INT = 0):
     if not isinstance(n, int):
         raise cx.fail("E0202", f"chunk of the symbolic axis {n} is not supported; use split with sizes")
     if chunks <= 0:
-        raise cx.fail("E0208", f"chunk count must be positive, got {chunks}")
+        raise cx.fail_at("chunks", "E0208", f"chunk count must be positive, got {chunks}")
     size = -(-n // chunks)
     return split(cx, x, size, axis)
 
@@ -132,12 +134,12 @@ def pad(cx, x: TENSOR, pads: SIZES, value: FLOAT = 0.0):
     """constant padding, torch.nn.functional.pad order: (left, right, top, bottom, ...) from the last axis"""
     pads = (pads,) if isinstance(pads, int) else pads
     if len(pads) % 2 or len(pads) // 2 > x.rank:
-        raise cx.fail("E0208", f"pad needs pairs for at most {x.rank} axes, got {len(pads)} numbers")
+        raise cx.fail_at("pads", "E0208", f"pad needs pairs for at most {x.rank} axes, got {len(pads)} numbers")
     per_axis = [(0, 0)] * x.rank
     for i in range(len(pads) // 2):
         per_axis[x.rank - 1 - i] = (pads[2 * i], pads[2 * i + 1])
     if any(lo < 0 or hi < 0 for lo, hi in per_axis):
-        raise cx.fail("E0208", "negative padding is not supported")
+        raise cx.fail_at("pads", "E0208", "negative padding is not supported")
     return cx.b.pad(x, per_axis, value)
 
 
@@ -166,7 +168,7 @@ def arange(cx, start: DIM, end: DIM = None, step: INT = 1):
     if end is None:
         start, end = 0, start
     if step <= 0:
-        raise cx.fail("E0208", f"arange's step must be positive, got {step}")
+        raise cx.fail_at("step", "E0208", f"arange's step must be positive, got {step}")
     n = end - start
     if step != 1:
         if not isinstance(n, int):

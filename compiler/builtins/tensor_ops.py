@@ -92,7 +92,7 @@ def gelu(cx, x: TENSOR, approximate: STR = "none"):
     if approximate == "tanh":
         inner = b.mul(b.add(x, b.mul(b.pow(x, 3.0), 0.044715)), math.sqrt(2.0 / math.pi))
         return b.mul(b.mul(x, 0.5), b.add(b.tanh(inner), 1.0))
-    raise cx.fail("E0208", f'gelu\'s approximate must be "none" or "tanh", got "{approximate}"')
+    raise cx.fail_at("approximate", "E0208", f'gelu\'s approximate must be "none" or "tanh", got "{approximate}"')
 
 
 @builtin()
@@ -181,7 +181,7 @@ def detach(cx, x: TENSOR):
 def dropout(cx, x: TENSOR, p: FLOAT = 0.5):
     """zeroes each element with probability p and scales the rest by 1 / (1 - p); identity in evaluation"""
     if not 0.0 <= p <= 1.0:
-        raise cx.fail("E0208", f"dropout probability must be in [0, 1], got {p:g}")
+        raise cx.fail_at("p", "E0208", f"dropout probability must be in [0, 1], got {p:g}")
     if not cx.training or p == 0.0:
         return x
     b = cx.b

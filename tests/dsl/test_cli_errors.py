@@ -59,6 +59,7 @@ def test_set_of_the_wrong_type_is_e0401(results):
     assert r.returncode == 1, r
     assert "Traceback" not in r.stderr and "internal error" not in r.stderr
     assert [d.code for d in diagnostics(r.stderr)] == ["E0401"], r.stderr
+    assert 'expected an int, got "abc"' in r.stderr, r.stderr  # the language's words, not int()'s
 
 
 def test_set_of_an_unknown_hyperparameter_is_e0402(results):
