@@ -45,12 +45,15 @@ class Program:
         return self.root.models
 
     def model(self, name: str | None, span: Span | None = None) -> ast.Model:
-        """The model called `name`, or the file's only model when `name` is None."""
+        """The model called `name`; when None, the file's only model, or the one its train section trains."""
         models = self.models
         if name is None:
             own = self.root.models
             if len(own) == 1:
                 return own[0]
+            trained = {t.model.name for t in self.root.trains if t.model is not None}
+            if len(trained) == 1 and next(iter(trained)) in models:
+                return models[next(iter(trained))]
             if not own:
                 seen = sorted(models)
                 notes = (Note(f"name one of the imported models: {', '.join(seen)}"),) if seen else ()

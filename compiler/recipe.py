@@ -64,8 +64,15 @@ class Recipe:
     spans: dict[str, Span] = field(default_factory=dict)
 
     def with_overrides(self, **changes: Any) -> "Recipe":
+        """The recipe with settings given outside the file (`--epochs 5`, `dln.train(..., batch=32)`),
+        checked as the train section's own settings are."""
         import dataclasses
-        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+        recipe = dataclasses.replace(self, inputs=dict(self.inputs), spans=dict(self.spans))
+        for key, value in changes.items():
+            if value is not None:
+                _apply(recipe, key, value, None)
+        return recipe
 
 
 DEFAULT_OPTIMIZER = OptimizerSpec("adam", dict(OPTIMIZERS["adam"].defaults))
@@ -182,10 +189,12 @@ def _optimizer(value: Value, span: Span) -> OptimizerSpec:
     return OptimizerSpec(value.kind, dict(value.args), span)
 
 
-def _apply(recipe: Recipe, key: str, value: Value, span: Span) -> None:
+def _apply(recipe: Recipe, key: str, value: Value, span: Span | None) -> None:
+    """Set one setting after checking it; `span` is None for a setting given outside the file."""
     def need(ok: bool, what: str) -> None:
         if not ok:
-            raise DlnError(Diagnostic("E0601", f"{key} must be {what}, got {describe(value)}", span))
+            where = "" if span is not None else " (as given outside the file)"
+            raise DlnError(Diagnostic("E0601", f"{key} must be {what}, got {describe(value)}{where}", span))
 
     is_int = isinstance(value, int) and not isinstance(value, bool)
     if key == "data":

@@ -128,6 +128,8 @@ class Trainer:
         self.global_step = 0
         self.history = History(model=model)
         self.fill_rng = np.random.default_rng(recipe.seed + 1)
+        # Early stopping: the best validation loss so far, its weights, epochs since.
+        self.best_val, self.best_params, self.bad_epochs, self.stopped = math.inf, None, 0, False
 
     # ---- data ---------------------------------------------------------------------------------------------
     def _data(self) -> tuple[data.Arrays, data.Arrays | None]:
@@ -192,9 +194,11 @@ class Trainer:
         schedules = [Schedule(r.schedule, o.optimizer.lr, steps_per_epoch * r.epochs) for o in r.objectives]
         ckpt = Path(r.checkpoint) if r.checkpoint else None
         start = self._resume(ckpt, schedules) if ckpt else 0
+        if self.stopped:
+            self.log(f"training stopped early after epoch {start} (checkpoint {ckpt})")
+            return self.history
         if start >= r.epochs:
             self.log(f"already trained for {start} epochs (checkpoint {ckpt})")
-        best_val, best_params, bad_epochs = math.inf, None, 0
         for epoch in range(start, r.epochs):
             began = time.perf_counter()
             order = np.random.default_rng(r.seed * 100003 + epoch).permutation(n)
@@ -220,7 +224,7 @@ class Trainer:
             if bar is not None:
                 bar.close()
             record = {"epoch": epoch + 1, **{k: v / seen for k, v in sums.items()},
-                      "lr": schedules[0].lr(self.step_counts[0], epoch)}
+                      "lr": schedules[0].lr(self.step_counts[0] - 1, epoch)}  # the rate of the epoch's last step
             if val is not None:
                 record.update({f"val_{k}": v for k, v in self.evaluate(val, sources).items()})
             record["time"] = time.perf_counter() - began
@@ -230,17 +234,18 @@ class Trainer:
             for s in schedules:
                 s.end_epoch(val_loss)
             if r.early_stop is not None and val_loss is not None:
-                if val_loss < best_val:
-                    best_val, best_params, bad_epochs = val_loss, self.model.parameters(), 0
+                if val_loss < self.best_val:
+                    self.best_val, self.best_params, self.bad_epochs = val_loss, self.model.parameters(), 0
                 else:
-                    bad_epochs += 1
+                    self.bad_epochs += 1
+                self.stopped = self.bad_epochs >= r.early_stop
+            if self.stopped:
+                self.log(f"early stop: no better validation loss for {r.early_stop} epochs; keeping the best weights")
+                self.model.load_state_dict(self.best_params)
             if ckpt:
                 self._save(ckpt, epoch + 1, schedules)
-            if r.early_stop is not None and bad_epochs >= r.early_stop:
-                self.log(f"early stop: no better validation loss for {r.early_stop} epochs")
+            if self.stopped:
                 break
-        if best_params is not None:
-            self.model.load_state_dict(best_params)
         return self.history
 
     def _step(self, feeds: dict[str, Any], schedules: list[Schedule], epoch: int) -> dict[str, float]:
@@ -291,16 +296,29 @@ class Trainer:
         return hashlib.sha256((source + repr(sorted(self.model.hparams.items()))).encode()).hexdigest()[:16]
 
     def _save(self, ckpt: Path, epochs_done: int, schedules: list[Schedule]) -> None:
+        """Arrays first, under names of this epoch; then state.json, which names them, replaces the old
+        one atomically: that is the commit.  A crash at any point leaves the previous checkpoint whole."""
         be = self.model.backend
-        checkpoint.save_arrays(ckpt / "weights.safetensors", self.model.parameters(), {"model": self.model.name})
-        checkpoint.save_arrays(ckpt / "optimizer.safetensors",
-                               {k: be.to_numpy(v).copy() for k, v in self.states.items()} or
-                               {"_empty": np.zeros(0, np.float32)})
+        files = {"weights": f"weights-{epochs_done}.safetensors", "optimizer": f"optimizer-{epochs_done}.safetensors"}
+        checkpoint.save_arrays(ckpt / files["weights"], self.model.parameters(), {"model": self.model.name})
+        checkpoint.save_arrays(ckpt / files["optimizer"], {k: be.to_numpy(v).copy() for k, v in self.states.items()}
+                               or {"_empty": np.zeros(0, np.float32)})
+        if self.best_params is not None:
+            files["best"] = f"best-{epochs_done}.safetensors"
+            checkpoint.save_arrays(ckpt / files["best"], self.best_params, {"model": self.model.name})
+        previous = checkpoint.load_json(ckpt / "state.json") or {}
         checkpoint.save_json(ckpt / "state.json", {
             "model": self.model.name, "fingerprint": self._fingerprint(), "epochs_done": epochs_done,
-            "step_counts": self.step_counts, "global_step": self.global_step,
+            "files": files, "step_counts": self.step_counts, "global_step": self.global_step,
             "schedules": [s.state() for s in schedules], "history": self.history.epochs,
+            "fill_rng": self.fill_rng.bit_generator.state,
+            "early_stop": {"best_val": None if math.isinf(self.best_val) else self.best_val,
+                           "bad_epochs": self.bad_epochs, "stopped": self.stopped},
         })
+        for name in set((previous.get("files") or {}).values()) - set(files.values()):
+            (ckpt / name).unlink(missing_ok=True)
+        # For people: the latest weights under a stable name (resuming reads the committed files).
+        checkpoint.save_arrays(ckpt / "weights.safetensors", self.model.parameters(), {"model": self.model.name})
 
     def _resume(self, ckpt: Path, schedules: list[Schedule]) -> int:
         state = checkpoint.load_json(ckpt / "state.json")
@@ -312,8 +330,9 @@ class Trainer:
                                       (Note("use another checkpoint directory, or delete this one"),)))
         if state.get("fingerprint") != self._fingerprint():
             self.log(f"note: {self.model.program.path} changed since the checkpoint in {ckpt}; resuming anyway")
-        self.model.load_state_dict(checkpoint.load_arrays(ckpt / "weights.safetensors"))
-        saved = checkpoint.load_arrays(ckpt / "optimizer.safetensors")
+        files = state.get("files", {})
+        self.model.load_state_dict(checkpoint.load_arrays(ckpt / files["weights"]))
+        saved = checkpoint.load_arrays(ckpt / files["optimizer"])
         for k, v in self.states.items():
             if k not in saved or saved[k].shape != self.model.backend.to_numpy(v).shape:
                 raise DlnError(Diagnostic("E0703", f"the optimizer state in {ckpt} does not match this recipe "
@@ -324,6 +343,13 @@ class Trainer:
         for s, st in zip(schedules, state.get("schedules", [])):
             s.restore(st)
         self.history.epochs = list(state.get("history", []))
+        if state.get("fill_rng"):
+            self.fill_rng.bit_generator.state = state["fill_rng"]
+        stop = state.get("early_stop") or {}
+        self.best_val = stop.get("best_val") if stop.get("best_val") is not None else math.inf
+        self.bad_epochs, self.stopped = int(stop.get("bad_epochs", 0)), bool(stop.get("stopped", False))
+        if "best" in files:
+            self.best_params = checkpoint.load_arrays(ckpt / files["best"])
         self.log(f"resuming from {ckpt} after epoch {state['epochs_done']}")
         return int(state["epochs_done"])
 

@@ -406,12 +406,15 @@ def test_minimize_over_an_instance_trains_only_its_parameters(tmp_path: Path):
 def test_checkpoint_files_are_safetensors_and_json(tmp_path: Path):
     ckpt = tmp_path / "run"
     history = dln.train(CLASSIFIER, epochs=2, checkpoint=str(ckpt), **QUIET)
-    assert sorted(p.name for p in ckpt.iterdir()) == ["optimizer.safetensors", "state.json", "weights.safetensors"]
+    # state.json commits a checkpoint by naming its files; weights.safetensors is the latest for people.
+    assert sorted(p.name for p in ckpt.iterdir()) == ["optimizer-2.safetensors", "state.json", "weights-2.safetensors",
+                                                      "weights.safetensors"]
     for p in ckpt.iterdir():
         assert not p.read_bytes().startswith(b"\x80"), f"{p.name} looks like a pickle"
     weights = load_file(str(ckpt / "weights.safetensors"))
     assert_same_params(weights, history.model.parameters())
-    optimizer = load_file(str(ckpt / "optimizer.safetensors"))
+    assert_same_params(load_file(str(ckpt / "weights-2.safetensors")), history.model.parameters())
+    optimizer = load_file(str(ckpt / "optimizer-2.safetensors"))
     for name, value in weights.items():   # adam: two moments per parameter, shaped like it
         moments = [v for k, v in optimizer.items() if name in k]
         assert len(moments) == 2 and all(m.shape == value.shape for m in moments), name
@@ -509,13 +512,14 @@ def test_a_crash_while_checkpointing_keeps_the_previous_checkpoint(tmp_path: Pat
     ckpt = tmp_path / "run"
     after_two = dln.train(CLASSIFIER, epochs=2, checkpoint=str(ckpt), **QUIET).model.parameters()
     monkeypatch.setattr(checkpoint, "save_file", crashing_save_file(
-        checkpoint.save_file, when=lambda p: p.name.startswith("optimizer.safetensors")))
+        checkpoint.save_file, when=lambda p: p.name.startswith("optimizer-3.safetensors")))
     with pytest.raises(Crash):
         dln.train(CLASSIFIER, epochs=3, checkpoint=str(ckpt), **QUIET)
     monkeypatch.undo()
-    assert sorted(p.name for p in ckpt.iterdir()) == ["optimizer.safetensors", "state.json", "weights.safetensors"]
-    assert json.loads((ckpt / "state.json").read_text())["epochs_done"] == 2
-    # weights and state must describe the same epoch
+    state = json.loads((ckpt / "state.json").read_text())
+    assert state["epochs_done"] == 2
+    # the committed files describe epoch 2, whole
+    assert_same_params(load_file(str(ckpt / state["files"]["weights"])), after_two)
     assert_same_params(load_file(str(ckpt / "weights.safetensors")), after_two)
     resumed = dln.train(CLASSIFIER, epochs=3, checkpoint=str(ckpt), **QUIET)
     straight = dln.train(CLASSIFIER, epochs=3, **QUIET)
