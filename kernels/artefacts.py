@@ -12,8 +12,9 @@ from dln.kernels.report import format_plan
 
 
 def write_kernel_artefacts(graph: Graph, out: Path, donate: dict[str, str] | None = None, target: str | None = None,
+                           precision: str = "ieee",
                            batch: int = 128, log: Callable[[str], None] = print) -> list[str]:
-    generated = generate_module(graph, donate)
+    generated = generate_module(graph, donate, precision)
     module_path = out / "kernels.py"
     module_path.write_text(generated.source)
     files = ["kernels.py"]

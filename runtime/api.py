@@ -32,7 +32,8 @@ class Model:
     """A compiled `.dln` model: parameters plus prepared graphs."""
 
     def __init__(self, program: Program, name: str | None = None, hparams: Mapping[str, Any] | None = None,
-                 backend: str | None = None, seed: int = 0, from_text: bool = False, debug: bool = False) -> None:
+                 backend: str | None = None, seed: int = 0, from_text: bool = False, debug: bool = False,
+                 precision: str | None = None) -> None:
         self.program = program
         self.debug = debug
         self.hparams_given = dict(hparams or {})
@@ -40,7 +41,7 @@ class Model:
         self.spec: BuiltModel = pipeline.build_model(program, name, self.hparams_given, training=False,
                                                      from_text=from_text)
         self.name = self.spec.name
-        self.backend: Backend = get_backend(backend)
+        self.backend: Backend = get_backend(backend, precision)
         rng = np.random.default_rng(seed)
         self._params: dict[str, Any] = init.draw_all(self.spec.params, rng, self.backend.asarray)
         self._train_spec: BuiltModel | None = None
@@ -228,10 +229,13 @@ def _as_kind(results: dict[str, np.ndarray], inputs: Mapping[str, Any]) -> dict[
 
 
 def compile(source: str | Path, backend: str | None = None, model: str | None = None, seed: int = 0,
-            debug: bool = False, **hparams: Any) -> Model:
-    """Compile a `.dln` file (a path) or source text; keyword arguments override hyperparameters."""
+            debug: bool = False, precision: str | None = None, **hparams: Any) -> Model:
+    """Compile a `.dln` file (a path) or source text; keyword arguments override hyperparameters.
+
+    `backend`: "numpy" or "triton" (default: triton with a CUDA GPU, else numpy).  `precision` (Triton):
+    "ieee" exact fp32 matrix products (default), or "tf32", "tf32x3", "bf16x3" tensor-core modes."""
     program = pipeline.load(source)
-    return Model(program, model, hparams, backend, seed=seed, debug=debug)
+    return Model(program, model, hparams, backend, seed=seed, debug=debug, precision=precision)
 
 
 def train(source: str | Path, backend: str | None = None, **overrides: Any):

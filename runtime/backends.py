@@ -63,7 +63,14 @@ def cuda_visible() -> bool:
     return bool(torch.cuda.is_available())
 
 
-def get_backend(name: str | None) -> Backend:
+PRECISIONS = ("ieee", "tf32", "tf32x3", "bf16x3")
+
+
+def get_backend(name: str | None, precision: str | None = None) -> Backend:
+    """`precision`: how the Triton backend's matrix products use tensor cores — "ieee" (exact fp32,
+    the default), "tf32", "tf32x3" or "bf16x3" (Triton's `tl.dot` input precisions)."""
+    if precision is not None and precision not in PRECISIONS:
+        raise DlnError(Diagnostic("E0601", f"unknown precision '{precision}'; precisions: {', '.join(PRECISIONS)}"))
     if name is None:
         name = "triton" if cuda_visible() and importlib.util.find_spec("triton") else "numpy"
     if name == "numpy":
@@ -74,5 +81,5 @@ def get_backend(name: str | None) -> Backend:
                                       None))
         from dln.runtime.triton_backend import TritonBackend
 
-        return TritonBackend()
+        return TritonBackend(precision or "ieee")
     raise DlnError(Diagnostic("E0601", f"unknown backend '{name}'; backends: {', '.join(BACKENDS)}"))

@@ -41,6 +41,8 @@ def _parser() -> argparse.ArgumentParser:
             c.add_argument("--model", help="which model of the file (default: the trained one, or the only one)")
         if backend:
             c.add_argument("--backend", choices=["numpy", "triton"], help="default: triton with a GPU, else numpy")
+            c.add_argument("--precision", choices=["ieee", "tf32", "tf32x3", "bf16x3"],
+                           help="Triton matrix products: exact fp32 (ieee, default) or tensor-core modes")
         return c
 
     command("check", "parse, resolve and infer shapes; print errors or a summary")
@@ -118,7 +120,8 @@ def _model(args, backend: str | None = "numpy"):
     from dln.runtime.api import Model
 
     program = _load(args)
-    return Model(program, _model_name(args, program), args.hparams, backend, from_text=True, debug=args.debug)
+    return Model(program, _model_name(args, program), args.hparams, backend, from_text=True, debug=args.debug,
+                 precision=getattr(args, "precision", None))
 
 
 def cmd_check(args) -> int:
@@ -192,7 +195,8 @@ def cmd_compile(args) -> int:
 
     model = _model(args, backend="numpy")
     out = Path(args.output)
-    written = write_artefacts(model, out, backend=args.backend or "numpy", target=args.target, log=print)
+    written = write_artefacts(model, out, backend=args.backend or "numpy", target=args.target, log=print,
+                              precision=args.precision or "ieee")
     print(f"wrote {', '.join(written)} to {out}")
     return 0
 
@@ -230,7 +234,8 @@ def cmd_train(args) -> int:
 
     settings = {k: getattr(args, k) for k in ("epochs", "batch", "seed", "checkpoint") if getattr(args, k) is not None}
     history = train_file(args.file, backend=args.backend, progress=False if args.no_progress else None,
-                         debug=args.debug, weights=args.weights, from_text=True, **settings, **args.hparams)
+                         debug=args.debug, weights=args.weights, from_text=True, precision=args.precision,
+                         **settings, **args.hparams)
     if args.save and history.model is not None:
         history.model.save(args.save)
         print(f"saved weights to {args.save}")

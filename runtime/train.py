@@ -87,14 +87,15 @@ def default_objective(model: Model) -> Objective:
 
 def train_file(source: str | Path, backend: str | None = None, progress: bool | None = None,
                log: Callable[[str], None] | None = None, debug: bool = False, weights: str | None = None,
-               from_text: bool = False, **overrides: Any) -> History:
+               from_text: bool = False, precision: str | None = None, **overrides: Any) -> History:
     settings = {k: overrides.pop(k) for k in list(overrides) if k in SETTING_OVERRIDES}
     program = pipeline.load(source)
     train = find_train(program)
     model_name = model_of(program, train).name.name
     probe = pipeline.build_model(program, model_name, overrides, training=True, from_text=from_text)
     recipe = recipe_of(train, probe).with_overrides(**settings)
-    model = Model(program, probe.name, overrides, backend, seed=recipe.seed, from_text=from_text, debug=debug)
+    model = Model(program, probe.name, overrides, backend, seed=recipe.seed, from_text=from_text, debug=debug,
+                  precision=precision)
     if weights:
         model.load(weights)
     base = Path(program.path).parent if not program.path.startswith("<") else Path.cwd()
