@@ -1,7 +1,9 @@
 """Every program of the language draft (shared/spec/LANGUAGE.md) parses; those
 whose layers exist compile with `dln check`; the others say E0303.
 
-The spec lives next to the repository: `<repo>/../shared/spec/LANGUAGE.md`.
+The spec lives next to the repository (`<repo>/../shared/spec/LANGUAGE.md`); a copy of its
+programs is kept in tests/programs/language/, so the tests run without it, and
+`test_copies_match_the_spec` notices when the spec moves on.
 """
 
 from __future__ import annotations
@@ -33,11 +35,18 @@ EXPECTED = {
 WRAPPER = "model lenet() {{\n    input images: f32[B, 1, 28, 28]\n{body}    output h\n}}\n"
 
 
-def _blocks() -> list[str]:
-    if not SPEC.is_file():
-        return []
+COPIES = Path(__file__).resolve().parents[1] / "programs" / "language"
+
+
+def _spec_blocks() -> list[str]:
     text = SPEC.read_text()
     return [textwrap.dedent(b) for b in re.findall(r"^[ \t]*```dln[ \t]*\n(.*?)^[ \t]*```", text, re.S | re.M)]
+
+
+def _blocks() -> list[str]:
+    if SPEC.is_file():
+        return _spec_blocks()
+    return [p.read_text() for p in sorted(COPIES.glob("block_*.dln"), key=lambda p: int(p.stem.split("_")[1]))]
 
 
 def _is_complete(block: str) -> bool:
@@ -57,7 +66,12 @@ def _name(block: str) -> str:
 
 
 BLOCKS = _blocks()
-pytestmark = pytest.mark.skipif(not SPEC.is_file(), reason=f"{SPEC} is absent")
+
+
+@pytest.mark.skipif(not SPEC.is_file(), reason=f"{SPEC} is absent")
+def test_copies_match_the_spec():
+    copies = [p.read_text() for p in sorted(COPIES.glob("block_*.dln"), key=lambda p: int(p.stem.split("_")[1]))]
+    assert copies == _spec_blocks(), "LANGUAGE.md changed: refresh tests/programs/language/"
 
 
 def test_spec_has_the_known_examples():
