@@ -84,12 +84,13 @@ def graph_dot(model, kernels: bool = False) -> str:
     graph = pipeline.forward_graph(model.spec)
     groups: list[tuple[str, list[int]]] = []
     if kernels:
-        from dln.kernels.planner import plan_graph
+        from dln.compiler.fusion.planner import plan_graph
+        from dln.kernels.report import computed_nodes
         from dln.runtime.train import default_objective
 
         graph = pipeline.train_step(model.train_spec, default_objective(model)).graph
         plan = plan_graph(graph)
-        groups = [(k.name, [n.id for n in k.nodes]) for k in plan.kernels]
+        groups = [(k.name, [n.id for n in computed_nodes(plan, k)]) for k in plan.kernels]
     lines = [f"digraph {json.dumps(graph.name)} {{", "  rankdir=TB;", "  node [shape=box, fontsize=10];"]
     grouped = {i for _, ids in groups for i in ids}
     for name, ids in groups:

@@ -90,8 +90,11 @@ def bench_report(model, batch: int = 128, compile_torch: bool = True) -> str:
         lines.append(f"{c.name:<48} {c.kind:<12} {c.flops:>12,} {c.bytes:>12,}")
     ours_bytes = sum(c.bytes for c in costs)
     lines += ["", f"dln            {len(costs):4d} kernels   {ours_bytes:>14,} bytes modeled"]
+    # Time first: torch.compile leaves worker processes busy for a while.
+    numpy_time = _numpy_step_time(model, step, env)
     inputs = random_inputs(graph, env)
     run = make_runner(graph, env)
+    eager_time = _median_time(lambda: run(inputs))
     ops, eager_bytes = eager_ops(run, inputs)
     lines.append(f"PyTorch eager  {ops:4d} operators {eager_bytes:>14,} bytes (the same graph, op by op)")
     if compile_torch:
@@ -99,9 +102,6 @@ def bench_report(model, batch: int = 128, compile_torch: bool = True) -> str:
         if kernels is not None:
             lines.append(f"torch.compile  {kernels:4d} kernels   (Inductor, the same graph)")
     lines.append(f"bytes: dln / eager = {ours_bytes / max(eager_bytes, 1):.3f}")
-    # Whole-step time of the NumPy backend against eager PyTorch on this CPU.
-    numpy_time = _numpy_step_time(model, step, env)
-    eager_time = _median_time(lambda: run(inputs))
     lines.append(f"CPU step time: dln NumPy backend {numpy_time * 1e3:.3f} ms, PyTorch eager {eager_time * 1e3:.3f} ms")
     return "\n".join(lines)
 

@@ -45,6 +45,7 @@ def torch_table() -> dict[Op, Callable]:
                       for s, e, st in zip(n.attrs["starts"], n.attrs["stops"], n.attrs["steps"]))
         return a[0][index]
 
+    @torch.compiler.disable  # NumPy's Philox is data to torch.compile: a graph break, not a trace
     def rand(n, a, env):
         u = philox.uniform(int(a[0]) & 0xFFFFFFFFFFFFFFFF, n.attrs["stream"], int(a[1]), _shape(n, env))
         return torch.from_numpy(u).to(dtypes[n.dtype])
