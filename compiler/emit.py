@@ -470,7 +470,7 @@ def _dedupe(constraints: list[Constraint]) -> list[Constraint]:
     seen: set[tuple] = set()
     out = []
     for c in constraints:
-        key = (c.lhs, c.rhs)
+        key = (c.lhs, c.rhs, c.relation)
         if key not in seen:
             seen.add(key)
             out.append(c)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from dln.compiler import builtins as lib
 from dln.compiler import inline
 from dln.compiler.emit import DEFAULT_FLOAT, Tensor, const_problem, result_dtype
-from dln.compiler.ir import DTYPES, DType, Op
+from dln.compiler.ir import DTYPES, Constraint, DType, Op
 from dln.compiler.symbolic import Dim, Sym
 from dln.compiler.values import (BlockRef, DimValue, DTypeValue, FunctionRef, Instance, ListValue, ModelRef,
                                  RecordValue, TupleValue, Value, describe)
@@ -336,13 +336,27 @@ class Evaluator:
                 starts.append(lo), stops.append(hi), steps.append(step), keep.append(axis)
             else:
                 i = self._index_int(frame, it, allow_dim=True)
-                if isinstance(i, int) and isinstance(d, int) and not -d <= i < d:
-                    raise DlnError(Diagnostic("E0207", f"index {i} is out of range for axis {axis} of size {d}",
-                                              it.span))
+                self._check_index(i, d, axis, it.span)
                 i = i + d if isinstance(i, int) and i < 0 else i
                 starts.append(i), stops.append(i + 1), steps.append(1)
         out = self.m.b.slice(x, starts, stops, steps)
         return self.m.b.reshape(out, tuple(out.shape[a] for a in keep))
+
+    def _check_index(self, i: Dim, d: Dim, axis: int, span: Span) -> None:
+        """An index must fall inside its axis: proven now, or required of the inputs."""
+        message = f"index {i} is out of range for axis {axis} of size {d}"
+        if isinstance(i, int) and isinstance(d, int):
+            if not -d <= i < d:
+                raise DlnError(Diagnostic("E0207", message, span))
+            return
+        # i >= 0 needs i + 1 <= d; a negative int needs -i <= d.
+        low, high = (i + 1, d) if not (isinstance(i, int) and i < 0) else (-i, d)
+        slack = high - low
+        if isinstance(slack, int):
+            if slack < 0:
+                raise DlnError(Diagnostic("E0207", message, span))
+            return
+        self.m.b.shapes.constraints.append(Constraint(low, high, message, span, "<="))
 
     def _index_int(self, frame, expr: ast.Expr, allow_dim: bool) -> Dim:
         v = self.eval(frame, expr)

@@ -232,12 +232,17 @@ class Node:
 
 @dataclass(frozen=True, slots=True)
 class Constraint:
-    """Two dimensions that must agree once the inputs bind the symbols in them."""
+    """Two dimensions that must agree (`==`) or be ordered (`<=`: an index within its axis) once
+    the inputs bind the symbols in them."""
 
     lhs: Dim
     rhs: Dim
     message: str
     loc: Span | None = field(default=None, compare=False)
+    relation: str = "=="
+
+    def holds(self, lhs: int, rhs: int) -> bool:
+        return lhs == rhs if self.relation == "==" else lhs <= rhs
 
 
 @dataclass(frozen=True, slots=True)

@@ -66,7 +66,7 @@ def format_graph(g: Graph, phases: set[Phase] | None = None) -> str:
         phase = n.phase
         lines.append("  " + format_node(n))
     for c in g.constraints:
-        lines.append(f"  require {c.lhs} == {c.rhs}  # {json.dumps(c.message)}")
+        lines.append(f"  require {c.lhs} {c.relation} {c.rhs}  # {json.dumps(c.message)}")
     lines.append("  return " + ", ".join(f"{name}=%{i}" for name, i in g.outputs))
     lines.append("}")
     return "\n".join(lines) + "\n"

@@ -80,7 +80,9 @@ def bind(infos: Iterable[InputInfo], arrays: Mapping[str, np.ndarray],
         if not (_known(c.lhs, env) and _known(c.rhs, env)):
             continue
         lhs, rhs = evaluate(c.lhs, env), evaluate(c.rhs, env)
-        if lhs != rhs:
+        if not c.holds(lhs, rhs):
+            if c.relation != "==":  # an index bound: the sizes say it all
+                raise DlnError(Diagnostic("E0207", f"{c.message} (with {_describe(env)})", c.loc))
             raise DlnError(Diagnostic("E0205", f"{c.message} (with {_describe(env)}: {c.lhs} = {lhs}, "
                                                f"{c.rhs} = {rhs})", c.loc))
     return env
