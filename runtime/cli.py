@@ -235,6 +235,7 @@ def cmd_train(args) -> int:
     settings = {k: getattr(args, k) for k in ("epochs", "batch", "seed", "checkpoint") if getattr(args, k) is not None}
     history = train_file(args.file, backend=args.backend, progress=False if args.no_progress else None,
                          debug=args.debug, weights=args.weights, from_text=True, precision=args.precision,
+                         model=args.model,
                          **settings, **args.hparams)
     if args.save and history.model is not None:
         history.model.save(args.save)

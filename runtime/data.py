@@ -124,3 +124,39 @@ def split(arrays: Arrays, fraction: float, seed: int) -> tuple[Arrays, Arrays]:
     held = int(round(n * fraction))
     train_idx, val_idx = order[: n - held], order[n - held:]
     return {k: v[train_idx] for k, v in arrays.items()}, {k: v[val_idx] for k, v in arrays.items()}
+
+
+def augment(batch: Arrays, specs, rng: np.random.Generator) -> Arrays:
+    """Training-batch augmentation (`augment = [...]`) of the float inputs with a batch axis:
+    gaussian_noise(std) on every such input; hflip(p) and random_crop(size, padding) on images
+    ([B, C, H, W] or [B, H, W]: the last two axes)."""
+    out = dict(batch)
+    for name, x in batch.items():
+        if not np.issubdtype(x.dtype, np.floating) or x.ndim < 2:
+            continue
+        for spec in specs:
+            if spec.kind == "gaussian_noise":
+                x = x + rng.normal(0.0, spec.arg("std"), x.shape).astype(x.dtype)
+            elif spec.kind == "hflip" and x.ndim >= 3:
+                flip = rng.random(len(x)) < spec.arg("p")
+                x = x.copy()
+                x[flip] = x[flip][..., ::-1]
+            elif spec.kind == "random_crop" and x.ndim >= 3:
+                x = _random_crop(x, spec.arg("size"), spec.arg("padding"), rng)
+        out[name] = x
+    return out
+
+
+def _random_crop(x: np.ndarray, size: int, padding: int, rng: np.random.Generator) -> np.ndarray:
+    pads = [(0, 0)] * (x.ndim - 2) + [(padding, padding), (padding, padding)]
+    padded = np.pad(x, pads)
+    height, width = padded.shape[-2], padded.shape[-1]
+    if size > height or size > width:
+        raise DlnError(Diagnostic("E0601", f"random_crop({size}) is larger than the padded images "
+                                           f"({height} x {width})"))
+    out = np.empty(x.shape[:-2] + (size, size), x.dtype)
+    tops = rng.integers(0, height - size + 1, len(x))
+    lefts = rng.integers(0, width - size + 1, len(x))
+    for k, (top, left) in enumerate(zip(tops, lefts)):
+        out[k] = padded[k, ..., top:top + size, left:left + size]
+    return out

@@ -59,8 +59,11 @@ def find_train(program, name: str | None = None) -> ast.Train:
                                   (Note("add: train { data = dataset(\"digits\")  minimize loss }"),)))
     if name is not None:
         for t in trains:
-            if t.model is not None and t.model.name == name:
+            if t.model is not None and t.model.name == name or t.model is None and len(program.root.models) == 1:
                 return t
+        raise DlnError(Diagnostic("E0601", f"{program.path} has no train section for model {name}", None,
+                                  (Note("train sections: " + ", ".join(t.model.name if t.model else "(unnamed)"
+                                                                        for t in trains)),)))
     return trains[0]
 
 
@@ -87,19 +90,21 @@ def default_objective(model: Model) -> Objective:
 
 def train_file(source: str | Path, backend: str | None = None, progress: bool | None = None,
                log: Callable[[str], None] | None = None, debug: bool = False, weights: str | None = None,
-               from_text: bool = False, precision: str | None = None, **overrides: Any) -> History:
+               from_text: bool = False, precision: str | None = None, model: str | None = None,
+               **overrides: Any) -> History:
+    """Train as `source`'s train section for `model` (the first section by default) says."""
     settings = {k: overrides.pop(k) for k in list(overrides) if k in SETTING_OVERRIDES}
     program = pipeline.load(source)
-    train = find_train(program)
-    model_name = model_of(program, train).name.name
-    probe = pipeline.build_model(program, model_name, overrides, training=True, from_text=from_text)
+    train = find_train(program, model)
+    probe = pipeline.build_model(program, model_of(program, train).name.name, overrides, training=True,
+                                 from_text=from_text)
     recipe = recipe_of(train, probe).with_overrides(**settings)
-    model = Model(program, probe.name, overrides, backend, seed=recipe.seed, from_text=from_text, debug=debug,
-                  precision=precision)
+    compiled = Model(program, probe.name, overrides, backend, seed=recipe.seed, from_text=from_text, debug=debug,
+                     precision=precision)
     if weights:
-        model.load(weights)
+        compiled.load(weights)
     base = Path(program.path).parent if not program.path.startswith("<") else Path.cwd()
-    trainer = Trainer(model, recipe, base, log=log, progress=progress, debug=debug)
+    trainer = Trainer(compiled, recipe, base, log=log, progress=progress, debug=debug)
     return trainer.fit()
 
 
@@ -164,14 +169,17 @@ class Trainer:
                                                            f'{info.name} = "..." }}'),)))
         return out
 
-    def _batch(self, arrays: data.Arrays, sources: dict[str, str], idx: np.ndarray) -> dict[str, Any]:
+    def _batch(self, arrays: data.Arrays, sources: dict[str, str], idx: np.ndarray,
+               augment: bool = False) -> dict[str, Any]:
         spec = self.model.train_spec
+        picked = {info.name: arrays[src][idx] for info in spec.inputs
+                  if (src := sources.get(info.name)) is not None and src not in ("randn", "rand", "zeros")}
+        if augment and self.recipe.augment:
+            picked = data.augment(picked, self.recipe.augment, self.fill_rng)
         feeds: dict[str, Any] = {}
         for info in spec.inputs:
-            src = sources.get(info.name)
-            if src is None or src in ("randn", "rand", "zeros"):
-                continue
-            feeds[info.name] = binding.convert(info, arrays[src][idx])
+            if info.name in picked:
+                feeds[info.name] = binding.convert(info, picked[info.name])
         env = binding.bind([i for i in spec.inputs if i.name in feeds], feeds)
         for info in spec.inputs:
             src = sources.get(info.name)
@@ -215,7 +223,7 @@ class Trainer:
                 batches = bar
             for k in batches:
                 idx = order[k * r.batch:(k + 1) * r.batch]
-                feeds = self._batch(train, sources, idx)
+                feeds = self._batch(train, sources, idx, augment=True)
                 results = self._step(feeds, schedules, epoch)
                 for name, value in results.items():
                     sums[name] = sums.get(name, 0.0) + value * len(idx)
