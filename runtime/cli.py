@@ -186,7 +186,8 @@ def cmd_params(args) -> int:
     print(f"{'name':<{widths[0]}}  {'shape':<{widths[1]}}  {'init':<{widths[2]}}  {'count':>10}")
     for name, shape, init, count in rows:
         print(f"{name:<{widths[0]}}  {shape:<{widths[1]}}  {init:<{widths[2]}}  {count:>10,}")
-    print(f"{len(rows)} parameters, {sum(r[3] for r in rows):,} values")
+    count = len(rows)
+    print(f"{count} parameter{'s' if count != 1 else ''}, {sum(r[3] for r in rows):,} values")
     return 0
 
 

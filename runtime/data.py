@@ -8,9 +8,9 @@ nothing is downloaded.
 | name | arrays |
 | --- | --- |
 | digits | x f32[N, 64] and images f32[N, 1, 8, 8] in [0, 1]; y i64[N] (10 classes) |
-| iris | x f32[N, 4] standardized; y i64[N] (3 classes) |
-| wine | x f32[N, 13] standardized; y i64[N] (3 classes) |
-| breast_cancer | x f32[N, 30] standardized; y i64[N] (2 classes); target f32[N, 1] (y as a float) |
+| iris | x f32[N, 4] standardized; y i64[N] (3 classes); target f32[N, 1] (y as a float) |
+| wine | x f32[N, 13] standardized; y i64[N] (3 classes); target f32[N, 1] |
+| breast_cancer | x f32[N, 30] standardized; y i64[N] (2 classes); target f32[N, 1] (for binary losses) |
 """
 
 from __future__ import annotations
