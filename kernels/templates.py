@@ -71,13 +71,28 @@ def _tail(name: str, limit: int) -> str:
 
 
 def _docstring(plan: FusionPlan, group: Group) -> str:
-    g = plan.graph
-    nodes = [g.node(m) for m in group.members]
-    lines = sorted({(n.loc.path, n.loc.line) for n in nodes if n.loc is not None})
-    where = ", ".join(f"{path.split('/')[-1]}:{line}" for path, line in lines)
-    ops = ", ".join(f"%{n.id} {n.op.value}" + (f" ({comment(n.name)})" if n.name else "") for n in nodes[:12])
-    more = f", ... ({len(nodes)} nodes)" if len(nodes) > 12 else ""
-    return comment(f"Fuses {ops}{more}. Source: {where or 'generated'}.")
+    """Every IR node the kernel computes, the values it stores, and the .dln lines they come from."""
+    from dln.kernels.report import computed_nodes
+
+    nodes = [n for n in computed_nodes(plan, group) if n.op is not Op.INPUT]
+    places = sorted({(n.loc.path, n.loc.line) for n in nodes if n.loc is not None})
+    where = ", ".join(f"{path.split('/')[-1]}:{line}" for path, line in places)
+    names = sorted({n.name for n in nodes if n.name})
+    text = (f"Fuses {', '.join(f'%{n.id} {n.op.value}' for n in nodes)}; stores "
+            f"{', '.join(f'%{s}' for s in group.stores)}. Computes {', '.join(names) or 'generated values'} "
+            f"from {where or 'generated code'}.")
+    return "\n    ".join(comment(line) for line in _wrap(text, 100))
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    lines, line = [], ""
+    for word in text.split(" "):
+        if line and len(line) + 1 + len(word) > width:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}" if line else word
+    return lines + [line]
 
 
 def _header(name: str, pointers: list[Pointer], symbols: list[str], blocks: list[str], doc: str) -> list[str]:

@@ -69,7 +69,7 @@ def write_artefacts(model, out: Path, backend: str = "numpy", target: str | None
         step_graph = step.graph
         (out / "backward.ir").write_text(format_graph(step_graph))
         files.append("backward.ir")
-    if backend == "triton" or target is not None:
+    if backend != "numpy" or target is not None:
         from dln.kernels.artefacts import write_kernel_artefacts
 
         graph, donate = (step.graph, step.donate) if step_graph is not None else (forward, {})

@@ -196,7 +196,7 @@ def cmd_compile(args) -> int:
 
     model = _model(args, backend="numpy")
     out = Path(args.output)
-    written = write_artefacts(model, out, backend=args.backend or "numpy", target=args.target, log=print,
+    written = write_artefacts(model, out, backend=args.backend or "triton", target=args.target, log=print,
                               precision=args.precision or "ieee")
     print(f"wrote {', '.join(written)} to {out}")
     return 0
