@@ -10,18 +10,14 @@ the rest again, so one run reports an error per broken declaration.
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
 import math
-import os
 import re
-import tempfile
 from pathlib import Path
 
 from lark import Lark, Token, Transformer, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedToken, VisitError
 
-from dln.dsl import ast
+from dln.dsl import ast, tables
 from dln.dsl.diagnostics import Diagnostic, DlnError, Note, Source, Span
 
 GRAMMAR_PATH = Path(__file__).with_name("grammar.lark")
@@ -32,78 +28,14 @@ MAX_SYNTAX_ERRORS = 10
 def _lark() -> Lark:
     grammar = GRAMMAR_PATH.read_text()
     callbacks = {"NAME": _reserve_keyword}
-    parser = _load_tables(grammar, callbacks)
+    parser = tables.load(grammar, callbacks)
     if parser is None:
         parser = Lark(grammar, parser="lalr", propagate_positions=True, maybe_placeholders=True,
                       lexer_callbacks=callbacks)
-        _save_tables(grammar, parser)
+        tables.save(grammar, parser)
     KEYWORDS.update({t.pattern.value: t.name for t in parser.terminals
                      if t.pattern.type == "str" and re.fullmatch(r"[A-Za-z_]\w*", t.pattern.value)})
     return parser
-
-
-# ---- the parse tables, cached as JSON ----------------------------------------------------------------------
-# Building the LALR tables costs about 0.1 s that every `dln check` would pay again.  They are kept
-# in the user's cache directory as JSON (never pickle), keyed by the grammar's and Lark's versions;
-# a missing, stale or damaged file is simply rebuilt.
-
-def _table_path(grammar: str) -> Path:
-    import lark
-
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dln"
-    digest = hashlib.sha256((grammar + lark.__version__).encode()).hexdigest()[:16]
-    return base / f"grammar-{digest}.json"
-
-
-def _load_tables(grammar: str, callbacks) -> Lark | None:
-    try:
-        saved = json.loads(_table_path(grammar).read_text())
-        return Lark._load_from_dict(_decode(saved["data"]), _decode(saved["memo"]), lexer_callbacks=callbacks)
-    except Exception:  # missing, unreadable or from another version: rebuild
-        return None
-
-
-def _save_tables(grammar: str, parser: Lark) -> None:
-    from lark.grammar import Rule
-    from lark.lexer import TerminalDef
-
-    path = _table_path(grammar)
-    data, memo = parser.memo_serialize([TerminalDef, Rule])
-    data["options"] = {k: v for k, v in data["options"].items() if k != "lexer_callbacks"}  # given at load
-    text = json.dumps({"data": _encode(data), "memo": _encode(memo)})
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except OSError:
-        pass  # an unwritable cache only costs time
-
-
-def _encode(x):
-    """JSON keeps only string keys and no tuples: spell the others out."""
-    if isinstance(x, dict):
-        if all(isinstance(k, str) for k in x):
-            return {k: _encode(v) for k, v in x.items()}
-        return {"__items__": [[_encode(k), _encode(v)] for k, v in x.items()]}
-    if isinstance(x, tuple):
-        return {"__tuple__": [_encode(v) for v in x]}
-    if isinstance(x, list):
-        return [_encode(v) for v in x]
-    return x
-
-
-def _decode(x):
-    if isinstance(x, dict):
-        if set(x) == {"__items__"}:
-            return {_decode(k): _decode(v) for k, v in x["__items__"]}
-        if set(x) == {"__tuple__"}:
-            return tuple(_decode(v) for v in x["__tuple__"])
-        return {k: _decode(v) for k, v in x.items()}
-    if isinstance(x, list):
-        return [_decode(v) for v in x]
-    return x
 
 
 # The keywords of LANGUAGE.md §2 (`model` -> MODEL), read from the grammar's literal terminals.

@@ -278,6 +278,15 @@ class _column_loop:
         return self.block.__exit__(*exc)
 
 
+# How a reduction folds a block of columns into its accumulator, and the accumulator into a row value.
+_ACCUMULATE = {
+    Op.SUM: "{acc} += {x}",
+    Op.MAX: "{acc} = tl.maximum({acc}, {x}, propagate_nan=tl.PropagateNan.ALL)",
+    Op.MIN: "{acc} = tl.minimum({acc}, {x}, propagate_nan=tl.PropagateNan.ALL)",
+}
+_FINISH = {Op.SUM: "tl.sum", Op.MAX: "tl.max", Op.MIN: "tl.min"}
+
+
 def _reduction_loop(em: Emitter, plan: FusionPlan, batch, full, cols, cols_text, row_vars, d) -> None:
     g = plan.graph
     accs = {}
@@ -297,28 +306,20 @@ def _reduction_loop(em: Emitter, plan: FusionPlan, batch, full, cols, cols_text,
             if accumulator_dtype(src.dtype) is not src.dtype:
                 x = f"{x}.to({TL_DTYPES[dtype]})"
             masked = f"tl.where(mask, {x}, {ident})"
-            if n.op is Op.SUM:
-                em.line(f"{acc} += {masked}")
-            elif n.op is Op.MAX:
-                em.line(f"{acc} = tl.maximum({acc}, {masked}, propagate_nan=tl.PropagateNan.ALL)")
-            elif n.op is Op.MIN:
-                em.line(f"{acc} = tl.minimum({acc}, {masked}, propagate_nan=tl.PropagateNan.ALL)")
-            else:  # ARGMAX: keep the first largest value's column (strictly greater replaces)
+            if n.op is Op.ARGMAX:  # keep the first largest value's column (strictly greater replaces)
                 em.line(f"take{n.id} = {masked} > {acc}")
                 em.line(f"arg{n.id} = tl.where(take{n.id}, cols, arg{n.id})")
                 em.line(f"{acc} = tl.where(take{n.id}, {masked}, {acc})")
+            else:
+                em.line(_ACCUMULATE[n.op].format(acc=acc, x=masked))
     for n in batch:
         acc, ident, dtype = accs[n.id]
         name = f"red{n.id}"
-        if n.op is Op.SUM:
-            em.line(f"{name} = tl.sum({acc}, axis=1)[:, None]")
-        elif n.op is Op.MAX:
-            em.line(f"{name} = tl.max({acc}, axis=1)[:, None]")
-        elif n.op is Op.MIN:
-            em.line(f"{name} = tl.min({acc}, axis=1)[:, None]")
-        else:
+        if n.op is Op.ARGMAX:
             em.line(f"best{n.id} = tl.max({acc}, axis=1)[:, None]")
             em.line(f"{name} = tl.min(tl.where({acc} == best{n.id}, arg{n.id}, {2 ** 62}), axis=1)[:, None]")
+        else:
+            em.line(f"{name} = {_FINISH[n.op]}({acc}, axis=1)[:, None]")
         if g.node(n.id).dtype is not dtype and n.op is not Op.ARGMAX:
             em.line(f"{name} = {name}.to({TL_DTYPES[g.node(n.id).dtype]})")
         em.fix(n.id, d.canonical(n.shape), name)

@@ -185,9 +185,12 @@ class Trainer:
             src = sources.get(info.name)
             if src in ("randn", "rand", "zeros"):
                 shape = _fill_shape(info, env, len(idx))
-                fill = {"randn": lambda: self.fill_rng.standard_normal(shape),
-                        "rand": lambda: self.fill_rng.random(shape),
-                        "zeros": lambda: np.zeros(shape)}[src]()
+                if src == "randn":
+                    fill = self.fill_rng.standard_normal(shape)
+                elif src == "rand":
+                    fill = self.fill_rng.random(shape)
+                else:
+                    fill = np.zeros(shape)
                 feeds[info.name] = fill.astype(np.float32)
         return feeds
 

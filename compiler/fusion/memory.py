@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Mapping
 
-from dln.compiler.ir import DType, Graph, Op
+from dln.compiler.ir import DType, Graph
 from dln.compiler.symbolic import Dim, Sym, evaluate, numel
 
 

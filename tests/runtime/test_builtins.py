@@ -20,23 +20,10 @@ import torch.nn.functional as F
 
 import dln
 from dln.compiler.builtins import BUILTINS
+from _data import R, normal, positive  # noqa: E402
 
 RTOL, ATOL = 1e-10, 1e-12
 
-
-def R(seed: int = 0) -> np.random.Generator:
-    return np.random.default_rng(seed)
-
-
-def normal(shape, seed=0, lo_abs: float | None = None) -> np.ndarray:
-    x = R(seed).standard_normal(shape)
-    if lo_abs is not None:
-        x = np.where(x >= 0, x + lo_abs, x - lo_abs)
-    return x
-
-
-def positive(shape, seed=0, lo=0.3, hi=2.5) -> np.ndarray:
-    return R(seed).uniform(lo, hi, shape)
 
 
 def _decl(name: str, v: np.ndarray, kind: str) -> str:

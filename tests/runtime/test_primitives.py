@@ -23,27 +23,13 @@ from dln.compiler.autodiff import grad
 from dln.compiler.emit import GraphBuilder
 from dln.compiler.ir import DType, Op, TensorType
 from dln.runtime.interpreter import Executable, evaluate
+from _data import R, normal, positive  # noqa: E402
 
 RTOL, ATOL = 1e-10, 1e-12
 FD_EPS, FD_RTOL, FD_ATOL = 1e-6, 1e-6, 1e-7
 
 _DTYPES = {np.dtype(np.float64): DType.F64, np.dtype(np.int64): DType.I64, np.dtype(np.bool_): DType.BOOL}
 
-
-def R(seed: int = 0) -> np.random.Generator:
-    return np.random.default_rng(seed)
-
-
-def normal(shape, seed=0, lo_abs: float | None = None) -> np.ndarray:
-    """Standard normal values; with `lo_abs`, pushed at least that far from zero (away from kinks)."""
-    x = R(seed).standard_normal(shape)
-    if lo_abs is not None:
-        x = np.where(x >= 0, x + lo_abs, x - lo_abs)
-    return x
-
-
-def positive(shape, seed=0, lo=0.3, hi=2.5) -> np.ndarray:
-    return R(seed).uniform(lo, hi, shape)
 
 
 @dataclass
