@@ -47,7 +47,8 @@ def main() -> None:
         step = pipeline.train_step(model.train_spec, default_objective(model))
         be = model.backend
         states = {s.name: be.asarray(np.zeros(tuple(int(d) for d in s.type.shape), np.float32)) for s in step.states}
-        exe = be.prepare(step.graph, {**model._params, **states}, step.donate)
+        rng = {"rng.step": be.asarray(np.array(0, np.int64))}
+        exe = be.prepare(step.graph, {**model._params, **states, **rng}, step.donate)
         x = torch.rand(batch, 784, device="cuda")
         y = torch.randint(0, 10, (batch,), device="cuda")
         feeds = {"x": x, "y": y, "lr": torch.tensor(1e-3, dtype=torch.float64, device="cuda"),

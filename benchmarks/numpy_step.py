@@ -31,7 +31,8 @@ def dln_step(batch: int):
     objective = default_objective(model)
     step = pipeline.train_step(model.train_spec, objective)
     states = {s.name: np.zeros(tuple(int(d) for d in s.type.shape), np.float32) for s in step.states}
-    exe = model.backend.prepare(step.graph, {**model._params, **states}, step.donate)
+    rng = {"rng.step": np.array(0, np.int64)}
+    exe = model.backend.prepare(step.graph, {**model._params, **states, **rng}, step.donate)
     rng = np.random.default_rng(0)
     x = rng.random((batch, 784), dtype=np.float32)
     y = rng.integers(0, 10, batch)

@@ -127,11 +127,12 @@ class Trainer:
                 arr = np.full(tuple(int(d) for d in s.type.shape), s.init,
                               dtype=np.asarray(model.parameters()[s.param]).dtype)
                 self.states[s.name] = be.asarray(arr)
-        persistent = {**model._params, **self.states}
+        # The random state: the seed, and the step count every step graph advances in place.
+        self.rng = {"rng.seed": be.asarray(np.array(recipe.seed, np.int64)), "rng.step": be.asarray(np.array(0, np.int64))}
+        persistent = {**model._params, **self.states, **self.rng}
         self.prepared = [be.prepare(step.graph, persistent, step.donate) for step in self.steps]
         self.eval_names = [o.loss for o in recipe.objectives] + list(spec.metrics)
         self.step_counts = [0] * len(self.steps)
-        self.global_step = 0
         self.history = History(model=model)
         self.fill_rng = np.random.default_rng(recipe.seed + 1)
         # Early stopping: the best validation loss so far, its weights, epochs since.
@@ -270,11 +271,7 @@ class Trainer:
             self.step_counts[k] += 1
             run_feeds["lr"] = np.array(schedules[k].lr(self.step_counts[k] - 1, epoch), np.float64)
             run_feeds["step"] = np.array(self.step_counts[k], np.float64)
-            if "rng.seed" in graph_inputs:
-                run_feeds["rng.seed"] = np.array(self.recipe.seed, np.int64)
-                run_feeds["rng.step"] = np.array(self.global_step, np.int64)
             results = prepared.run(run_feeds, env)
-            self.global_step += 1
             loss = float(model.backend.to_numpy(results["loss"]))
             if not math.isfinite(loss):
                 raise DlnError(Diagnostic("E0704", f"the loss {step.objective.loss} became {loss} at epoch "
@@ -321,7 +318,8 @@ class Trainer:
         previous = checkpoint.load_json(ckpt / "state.json") or {}
         checkpoint.save_json(ckpt / "state.json", {
             "model": self.model.name, "fingerprint": self._fingerprint(), "epochs_done": epochs_done,
-            "files": files, "step_counts": self.step_counts, "global_step": self.global_step,
+            "files": files, "step_counts": self.step_counts,
+            "rng_step": int(be.to_numpy(self.rng["rng.step"])),
             "schedules": [s.state() for s in schedules], "history": self.history.epochs,
             "fill_rng": self.fill_rng.bit_generator.state,
             "early_stop": {"best_val": None if math.isinf(self.best_val) else self.best_val,
@@ -351,7 +349,7 @@ class Trainer:
                                                    f"({k})", None))
             self.model.backend.copy_into(v, saved[k])
         self.step_counts = list(state["step_counts"])
-        self.global_step = int(state["global_step"])
+        self.model.backend.copy_into(self.rng["rng.step"], np.array(int(state["rng_step"]), np.int64))
         for s, st in zip(schedules, state.get("schedules", [])):
             s.restore(st)
         self.history.epochs = list(state.get("history", []))

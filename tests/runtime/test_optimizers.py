@@ -89,7 +89,7 @@ class DlnRun:
         self.params = {k: v.copy() for k, v in self.model.parameters().items()}
         self.states = {s.name: np.full(tuple(int(d) for d in s.type.shape), s.init, NP[dtype])
                        for s in self.step.states}
-        self.persistent = {**self.params, **self.states}
+        self.persistent = {**self.params, **self.states, "rng.step": np.array(0, np.int64)}
         self.exe = Executable(self.step.graph, self.persistent, self.step.donate)
         self.count = 0
 
