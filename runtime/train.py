@@ -263,7 +263,8 @@ class Trainer:
 
     def _step(self, feeds: dict[str, Any], schedules: list[Schedule], epoch: int) -> dict[str, float]:
         model, spec = self.model, self.model.train_spec
-        env = binding.bind(spec.inputs, {k: v for k, v in feeds.items()})
+        # What the compiler could not prove about sizes is checked here, on the real batch.
+        env = binding.bind(spec.inputs, feeds, [c for step in self.steps for c in step.graph.constraints])
         out: dict[str, float] = {}
         for k, (step, prepared) in enumerate(zip(self.steps, self.prepared)):
             graph_inputs = {n.attrs["name"] for n in step.graph.nodes if n.op is Op.INPUT}

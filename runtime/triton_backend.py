@@ -94,6 +94,11 @@ class TritonExecutable:
         self.persistent = persistent
         for names in self.generated.persistent_arenas:
             relocate([persistent[n] for n in names], backend.torch)
+        # Outputs the plan could not write in place (their kernel still reads the old value
+        # elsewhere) are copied over their inputs after the step.
+        in_place = self.generated.plan.memory.donated
+        self.copy_back = [(out, inp) for out, inp in donate.items()
+                          if inp in persistent and out in graph.output_names and graph.output(out).id not in in_place]
 
     def run(self, feeds: Mapping[str, Any], env: Mapping[str, int]) -> dict[str, Any]:
         torch = self.backend.torch
@@ -106,7 +111,11 @@ class TritonExecutable:
             tensors = [self.persistent[n] for n in names]
             if not contiguous_run(tensors):
                 relocate(tensors, torch)
-        return self.program(bufs, dict(env))
+        outputs = self.program(bufs, dict(env))
+        for out, inp in self.copy_back:
+            self.persistent[inp].copy_(outputs[out])
+            outputs[out] = self.persistent[inp]
+        return outputs
 
 
 def contiguous_run(tensors) -> bool:

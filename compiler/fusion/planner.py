@@ -354,14 +354,9 @@ def member_index(group: Group, node: Node) -> ix.Index:
 
 
 def _reads_of(planner: Planner, node: Node, at: ix.Index) -> dict[int, set[ix.Index]]:
-    if node.op is Op.MATMUL:
-        found = reads(planner.graph, node, at, lambda i: True)
-        # Operands are read through their views, from the stored value under them.
-        out: dict[int, set[ix.Index]] = {}
-        for i in node.inputs:
-            base = planner._strided_base(i)
-            out.setdefault(base, set())
-        return out | {k: v for k, v in found.memory.items() if k not in node.inputs}
+    """What evaluating `node` at `at` reads from memory.  A matmul reads its operands at
+    (row, k) and (k, column) for every k: indices no other member shares, so nothing read
+    as an operand is ever written over in the same kernel."""
     return reads(planner.graph, node, at, planner.is_realized).memory
 
 

@@ -206,3 +206,35 @@ def test_multi_tensor_kernel_is_used_with_gradient_clipping():
     generated = generate_module(step.graph, step.donate)
     assert [k for k in generated.kernels if k.kind == "multi_tensor"]
     assert generated.persistent_arenas
+
+
+def test_a_weight_read_as_a_matmul_operand_is_not_overwritten_while_read(rng, close):
+    """W @ W with W's update in the same kernel as its gradient: the update must not land in W
+    while other tiles still read it (small tiles, several programs)."""
+    source = """
+model m() {
+    param W: f32[40, 40] = normal(0.0, 0.3)
+    input t: f32[40, 40]
+    loss = sum((W @ W) * t)
+    output loss
+}
+train m { optimizer = sgd(lr = 0.1)  minimize loss }
+"""
+    from dln.runtime.train import default_objective
+
+    t = rng.standard_normal((40, 40)).astype(np.float32)
+    start = dln.compile(source).parameters()
+    results = []
+    for backend in ("numpy", "triton"):
+        model = dln.compile(source, backend=backend)
+        model.load_state_dict(start)
+        step = pipeline.train_step(model.train_spec, default_objective(model))
+        be = model.backend
+        exe = be.prepare(step.graph, {**model._params, "rng.step": be.asarray(np.array(0))}, step.donate)
+        if backend == "triton":
+            exe.program.configs = {k: {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16}
+                                   for k, kind in exe.module.KINDS.items() if kind == "matmul"}
+        exe.run({"t": t, "lr": np.array(0.1), "step": np.array(1.0)}, {})
+        results.append(model.parameters()["W"])
+    assert np.abs(results[0] - start["W"]).max() > 0.1  # the step did move W
+    close(results[0], results[1], rtol=1e-4, atol=1e-5)
