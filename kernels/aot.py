@@ -125,7 +125,9 @@ def jobs_for(generated, module_path: str, targets: list[str], out_dir: str | Non
         signature = {p.name: POINTER_TYPES[g.node(p.node).dtype] for p in kernel.pointers}
         signature.update({f"s_{s}": "i32" for s in kernel.symbols})
         signature.update({b: "constexpr" for b in kernel.blocks})
-        constexprs = {b: config[b] for b in kernel.blocks}
+        constexprs = {b: config[b] for b in kernel.blocks if b != "WIDE"}
+        if kernel.wide:
+            constexprs["WIDE"] = False  # the variant every size below 2**31 elements runs
         for target in targets:
             jobs.append(Job(module_path, kernel.name, signature, constexprs, config.get("num_warps", 4), target,
                             out_dir))

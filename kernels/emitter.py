@@ -82,6 +82,7 @@ class Emitter:
         self.block_shape = "[BLOCK]"
         self.members: set[int] = set()              # values this kernel computes (never loaded)
         self.scalar_offset = ""                     # how a block-shaped scalar result is stored
+        self.wide = False                           # the kernel has a 64-bit (WIDE) variant
         self.loops: list[dict] = []                 # open loops, for hoisting what does not vary in them
         self._insert: dict | None = None
 
@@ -166,8 +167,11 @@ class Emitter:
         known = self._lookup(key)
         if known is not None:
             return known
-        if self.loops and self._insert is None and not _mentions(index, self.loops[-1]["vars"]):
-            return self._hoisted(self.loops[-1], node_id, index)
+        loop = self.loops[-1] if self.loops else None
+        if loop is not None and self._insert is None and self.mask == loop.get("inner") \
+                and not _mentions(index, loop["vars"]):
+            # Loop-invariant, and not under a narrower mask (pad, concat) that must guard it.
+            return self._hoisted(loop, node_id, index)
         n = self.graph.node(node_id)
         if node_id in self.pointers and node_id not in self.members:
             name = self.load(node_id, index)
@@ -201,10 +205,20 @@ class Emitter:
         elif not _varies(index):  # one element for every lane (a size-1 axis): a scalar load
             self.line(f"{name} = tl.load({p.name} + {self.offset(p, index)})  # %{node_id}")
         else:
-            m = mask or self.mask
+            m = (mask or self.mask) + self.in_bounds(index, n.shape)
             extra = f", other={other}" if other is not None else ""
             self.line(f"{name} = tl.load({p.name} + {self.offset(p, index)}, mask={m}{extra})  # %{node_id}")
         return name
+
+    def in_bounds(self, index: ix.Index, shape) -> str:
+        """For indices read from a tensor (gather): ` & (i >= 0) & (i < n)`, so a bad index loads
+        nothing instead of reading out of bounds (the NumPy backend reports it)."""
+        conditions = ""
+        for e, d in zip(index, shape):
+            if isinstance(e, ix.Load):
+                i = self.render(e)
+                conditions += f" & ({i} >= 0) & ({i} < {self.dim(d)})"
+        return conditions
 
     def store(self, node_id: int, index: ix.Index, value: str, mask: str | None = None) -> None:
         p = self.pointers[node_id]

@@ -66,7 +66,7 @@ def _not(n, a):
 
 @lower(Op.RELU)
 def _relu(n, a):
-    return f"tl.where({a[0]} > 0, {a[0]}, 0.0)"
+    return f"tl.where({a[0]} < 0, 0.0, {a[0]})"  # NaN stays NaN, as in torch
 
 
 @lower(Op.SIGN)
@@ -97,12 +97,24 @@ def _pow(n, a):
         return f"{a[0]} * {a[0]} * {a[0]}"
     if value == 1.0:
         return a[0]
-    return f"_pow({a[0]}, {a[1]})"
+    if value == 0.5:
+        return f"tl.sqrt_rn({a[0]})"  # correctly rounded, as NumPy's power(x, 0.5)
+    return f"_pow({_tensor(a[0], n)}, {_tensor(a[1], n)})"
 
 
 @lower(Op.MOD)
 def _mod(n, a):
-    return f"_mod({a[0]}, {a[1]})"
+    return f"_mod({_tensor(a[0], n)}, {_tensor(a[1], n)})"
+
+
+def _tensor(arg: str, n: Node) -> str:
+    """A literal operand as a 0-d tensor of the node's type: the helpers combine masks with `&`,
+    which needs tensors on both sides."""
+    try:
+        float(arg)
+    except ValueError:
+        return arg
+    return f"tl.full([], {arg}, {TL_DTYPES[n.dtype]})"
 
 
 @lower(Op.WHERE)
@@ -144,7 +156,7 @@ def _log1p(x):
 @triton.jit
 def _pow(x, y):
     # x ** y as NumPy computes it, with the sign of odd integer powers of negative x
-    x, y = x + y * 0, y + x * 0  # both as tensors of the broadcast shape
+    x, y = tl.broadcast(x, y)
     r = tl.exp(y * tl.log(tl.abs(x)))
     odd = (tl.abs(y % 2.0) == 1.0)
     r = tl.where((x < 0) & odd, -r, r)
@@ -156,7 +168,7 @@ def _pow(x, y):
 @triton.jit
 def _mod(x, y):
     # the remainder with the sign of the divisor, as Python, NumPy and torch.remainder
-    x, y = x + y * 0, y + x * 0
+    x, y = tl.broadcast(x, y)
     r = x % y
     return tl.where((r != 0) & ((r < 0) != (y < 0)), r + y, r)
 

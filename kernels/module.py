@@ -172,6 +172,9 @@ def _launcher(plan: FusionPlan, kernels: list[KernelSource]) -> list[str]:
             body.append(f"{_tensor(z)}.zero_()")
         sizes = "{" + ", ".join(f"{json.dumps(k)}: {render_dim(v)}" for k, v in kernel.sizes.items()) + "}"
         body.append(f"cfg = self._cfg({json.dumps(kernel.name)}, {sizes})")
+        if kernel.wide:
+            tensors = ", ".join(f"{_tensor(p.node)}.numel()" for p in kernel.pointers)
+            body.append(f"cfg = dict(cfg, WIDE=max({tensors}) >= 2 ** 31)")
         args = [_tensor(p.node) for p in kernel.pointers] + [f"s_{s}" for s in kernel.symbols]
         grid = "lambda meta: (" + ", ".join(kernel.grid) + ",)"
         body.append(f"self.kernels[{json.dumps(kernel.name)}][{grid}](")

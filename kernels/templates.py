@@ -26,8 +26,8 @@ from dln.compiler.symbolic import Dim, numel
 from dln.kernels.emitter import (Emitter, Pointer, accumulator_dtype, comment, identity_of, render_dim,
                                  safe_name)
 from dln.kernels.lowering import TL_DTYPES
+from dln.kernels.precision import PRECISIONS
 
-PRECISIONS = ("ieee", "tf32", "tf32x3", "bf16x3")
 
 
 @dataclass
@@ -41,6 +41,24 @@ class KernelSource:
     grid: list[str]                            # launcher expressions, may use `meta["BLOCK..."]` (the launch's constexprs)
     sizes: dict[str, Dim] = field(default_factory=dict)   # named problem sizes for the cost model
     zero_outputs: list[int] = field(default_factory=list)  # outputs the launcher zeroes first (scatter)
+    wide: bool = False                         # takes WIDE: 64-bit offsets when a tensor is that large
+
+
+def _start(em: Emitter, sizes: list[Dim], axis: int = 0, name: str = "pid") -> bool:
+    """`pid = tl.program_id(axis)`, in 64 bits when the kernel runs WIDE.  Kernels whose
+    tensors may hold 2**31 elements or more (symbolic or huge sizes) take a WIDE constexpr,
+    chosen at launch from the actual sizes, so the usual case keeps 32-bit index math."""
+    em.line(f"{name} = tl.program_id({axis})")
+    if not any(_int64(s) for s in sizes):
+        return False
+    em.wide = True
+    with em.block("if WIDE:  # some tensor has 2**31 elements or more: 64-bit offsets"):
+        em.line(f"{name} = {name}.to(tl.int64)")
+    return True
+
+
+def _sizes(plan: FusionPlan, pointers: dict[int, Pointer]) -> list[Dim]:
+    return [numel(plan.graph.node(p.node).shape) for p in pointers.values()]
 
 
 def _int64(total: Dim) -> bool:
@@ -108,9 +126,14 @@ def _finish(name: str, kind: str, em: Emitter, pointers: dict[int, Pointer], blo
             zero: list[int] | None = None) -> KernelSource:
     symbols = sorted(em.symbols | set(extra_symbols))
     ordered = [pointers[i] for i in sorted(pointers)]
+    body = em.lines
+    if em.wide:  # sizes in 64 bits too, so their products cannot wrap
+        casts = [f"        s_{s} = tl.cast(s_{s}, tl.int64)" for s in symbols]
+        body = (["    if WIDE:", *casts] if casts else []) + body
+        blocks = blocks + ["WIDE"]
     head = _header(name, ordered, symbols, blocks, doc)
-    return KernelSource(name, kind, "\n".join(head + em.lines) + "\n", ordered, symbols, blocks, grid, sizes,
-                        zero or [])
+    return KernelSource(name, kind, "\n".join(head + body) + "\n", ordered, symbols, blocks, grid, sizes,
+                        zero or [], em.wide)
 
 
 def _store_members(em: Emitter, plan: FusionPlan, group: Group, at_of) -> None:
@@ -130,9 +153,8 @@ def pointwise(plan: FusionPlan, group: Group, k: int) -> KernelSource:
     em = Emitter(g, pointers, {})
     em.members = set(group.members)
     n_text = em.dim(total)
-    em.line("pid = tl.program_id(0)")
-    start = "pid.to(tl.int64) * BLOCK" if _int64(total) else "pid * BLOCK"
-    em.line(f"offs = {start} + tl.arange(0, BLOCK)")
+    wide = _start(em, _sizes(plan, pointers))
+    em.line("offs = pid * BLOCK + tl.arange(0, BLOCK)")
     em.line(f"mask = offs < {n_text}")
     offs = ix.Var("offs", total)
     em.vars["offs"] = "offs"
@@ -197,9 +219,8 @@ def reduction(plan: FusionPlan, group: Group, k: int) -> KernelSource:
     em.block_shape = "[BLOCK_M, 1]"
     em.scalar_offset = "rows * 0"
     rows_text, cols_text = em.dim(n_rows), em.dim(n_cols)
-    wide = _int64(numel(d.shape))
-    em.line("pid = tl.program_id(0)")
-    em.line(f"rows = {'pid.to(tl.int64)' if wide else 'pid'} * BLOCK_M + tl.arange(0, BLOCK_M)[:, None]")
+    wide = _start(em, _sizes(plan, pointers))
+    em.line("rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)[:, None]")
     em.line(f"row_mask = rows < {rows_text}")
     em.mask = "row_mask"
     # Row variables: one per kept axis, from the flat row number.
@@ -270,6 +291,7 @@ class _column_loop:
         em.line(f"mask = row_mask & (cols < {self.cols_text})")
         self.saved = (em.mask, em.block_shape)
         em.mask, em.block_shape = "mask", "[BLOCK_M, BLOCK_N]"
+        em.loops[-1]["inner"] = "mask"  # values computed under this mask alone may be hoisted
         _split(em, ix.Var("cols", numel(self.cols)), self.cols, names)
         return self
 
@@ -307,7 +329,8 @@ def _reduction_loop(em: Emitter, plan: FusionPlan, batch, full, cols, cols_text,
                 x = f"{x}.to({TL_DTYPES[dtype]})"
             masked = f"tl.where(mask, {x}, {ident})"
             if n.op is Op.ARGMAX:  # keep the first largest value's column (strictly greater replaces)
-                em.line(f"take{n.id} = {masked} > {acc}")
+                # NaN counts as the largest value, as in torch (and its first occurrence wins)
+                em.line(f"take{n.id} = ({masked} > {acc}) | (({masked} != {masked}) & ({acc} == {acc}))")
                 em.line(f"arg{n.id} = tl.where(take{n.id}, cols, arg{n.id})")
                 em.line(f"{acc} = tl.where(take{n.id}, {masked}, {acc})")
             else:
@@ -316,8 +339,13 @@ def _reduction_loop(em: Emitter, plan: FusionPlan, batch, full, cols, cols_text,
         acc, ident, dtype = accs[n.id]
         name = f"red{n.id}"
         if n.op is Op.ARGMAX:
-            em.line(f"best{n.id} = tl.max({acc}, axis=1)[:, None]")
-            em.line(f"{name} = tl.min(tl.where({acc} == best{n.id}, arg{n.id}, {2 ** 62}), axis=1)[:, None]")
+            # each lane holds its first largest value (or its first NaN); the row takes the lowest
+            # column among the lanes holding the row's largest, NaN outranking every number
+            em.line(f"nan{n.id} = {acc} != {acc}")
+            em.line(f"any_nan{n.id} = tl.max(nan{n.id}.to(tl.int32), axis=1)[:, None] > 0")
+            em.line(f"best{n.id} = tl.max(tl.where(nan{n.id}, float('-inf'), {acc}), axis=1)[:, None]")
+            em.line(f"pick{n.id} = tl.where(any_nan{n.id}, nan{n.id}, {acc} == best{n.id})")
+            em.line(f"{name} = tl.min(tl.where(pick{n.id}, arg{n.id}, {2 ** 62}), axis=1)[:, None]")
         else:
             em.line(f"{name} = {_FINISH[n.op]}({acc}, axis=1)[:, None]")
         if g.node(n.id).dtype is not dtype and n.op is not Op.ARGMAX:
@@ -344,6 +372,8 @@ def _levels(plan: FusionPlan, group: Group) -> dict[int, int]:
 # ---- matrix products with epilogues --------------------------------------------------------------------------
 
 def matmul(plan: FusionPlan, group: Group, k: int, precision: str = "ieee") -> KernelSource:
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown matmul precision {precision!r}; precisions: {', '.join(PRECISIONS)}")
     g = plan.graph
     mm = g.node(group.members[0])
     a_node, b_node = g.node(mm.inputs[0]), g.node(mm.inputs[1])
@@ -355,14 +385,14 @@ def matmul(plan: FusionPlan, group: Group, k: int, precision: str = "ieee") -> K
     em.members = set(group.members)
     em.block_shape = "[BLOCK_M, BLOCK_N]"
     m_text, n_text, k_text = em.dim(M), em.dim(N), em.dim(K)
-    em.line("pid = tl.program_id(0)")
+    wide = _start(em, _sizes(plan, pointers))
     em.line(f"num_n = tl.cdiv({n_text}, BLOCK_N)")
     em.line("pid_m = pid // num_n")
     em.line("pid_n = pid % num_n")
     em.line("m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)[:, None]")
     em.line("n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]")
     if batch:
-        em.line("pid_b = tl.program_id(1)")
+        _start(em, [2 ** 31] if wide else [], axis=1, name="pid_b")
         _split(em, ix.Var("pid_b", numel(batch)), batch, [f"b{a}" for a in range(len(batch))])
         em.vars["pid_b"] = "pid_b"
     at = d_vars = group.domain.vars()
@@ -373,9 +403,16 @@ def matmul(plan: FusionPlan, group: Group, k: int, precision: str = "ieee") -> K
     with em.block(f"for k0 in range(0, {k_text}, BLOCK_K):"):
         em.line("ka = k0 + tl.arange(0, BLOCK_K)[None, :]")
         em.line("kb = k0 + tl.arange(0, BLOCK_K)[:, None]")
-        em.line(f"a = tl.load({a_off[0]} + {a_off[1]}, mask=(m < {m_text}) & (ka < {k_text}), other=0.0)")
-        em.line(f"b = tl.load({b_off[0]} + {b_off[1]}, mask=(kb < {k_text}) & (n < {n_text}), other=0.0)")
-        prec = "" if mm.dtype is DType.F64 else f", input_precision=\"{precision}\""
+        if wide:
+            with em.block("if WIDE:"):
+                em.line("ka = ka.to(tl.int64)")
+                em.line("kb = kb.to(tl.int64)")
+        # Addresses cover the whole tile even where an operand repeats along an axis (a broadcast).
+        em.line(f"a = tl.load(tl.broadcast_to({a_off[0]} + {a_off[1]}, [BLOCK_M, BLOCK_K]), "
+                f"mask=(m < {m_text}) & (ka < {k_text}), other=0.0)")
+        em.line(f"b = tl.load(tl.broadcast_to({b_off[0]} + {b_off[1]}, [BLOCK_K, BLOCK_N]), "
+                f"mask=(kb < {k_text}) & (n < {n_text}), other=0.0)")
+        prec = "" if mm.dtype is DType.F64 else f", input_precision={precision!r}"
         em.line(f"acc = tl.dot(a, b, acc{prec})")
     em.line(f"mask = (m < {m_text}) & (n < {n_text})")
     value = "acc" if mm.dtype in (DType.F32, DType.F64) else f"acc.to({TL_DTYPES[mm.dtype]})"
@@ -414,8 +451,8 @@ def scatter(plan: FusionPlan, group: Group, k: int) -> KernelSource:
     pointers = _pointers(plan, group, k)
     em = Emitter(g, pointers, {})
     em.members = set()
-    em.line("pid = tl.program_id(0)")
-    em.line(f"offs = {'pid.to(tl.int64)' if _int64(total) else 'pid'} * BLOCK + tl.arange(0, BLOCK)")
+    wide = _start(em, _sizes(plan, pointers))
+    em.line("offs = pid * BLOCK + tl.arange(0, BLOCK)")
     em.line(f"mask = offs < {em.dim(total)}")
     em.vars["offs"] = "offs"
     at = ix.delinearize(ix.Var("offs", total), shape)
@@ -423,8 +460,9 @@ def scatter(plan: FusionPlan, group: Group, k: int) -> KernelSource:
     target = list(at)
     target[node.attrs["axis"]] = ix.Load(index_node, at)
     out = pointers[node.id]
-    em.line(f"tl.atomic_add({out.name} + {em.offset(out, tuple(target))}, {v}, mask=mask)  # %{node.id} "
-             "scatter_add")
+    bounds = em.in_bounds(tuple(target), g.node(node.id).shape)
+    em.line(f"tl.atomic_add({out.name} + {em.offset(out, tuple(target))}, {v}, mask=mask{bounds})  # %{node.id} "
+            "scatter_add")
     grid = [f"triton.cdiv({render_dim(total)}, meta['BLOCK'])"]
     return _finish(group.name, "scatter", em, pointers, ["BLOCK"], grid, _docstring(plan, group), {"n": total},
                    zero=[node.id])

@@ -63,12 +63,11 @@ def cuda_visible() -> bool:
     return bool(torch.cuda.is_available())
 
 
-PRECISIONS = ("ieee", "tf32", "tf32x3", "bf16x3")
-
-
 def get_backend(name: str | None, precision: str | None = None) -> Backend:
     """`precision`: how the Triton backend's matrix products use tensor cores — "ieee" (exact fp32,
     the default), "tf32", "tf32x3" or "bf16x3" (Triton's `tl.dot` input precisions)."""
+    from dln.kernels.precision import PRECISIONS
+
     if precision is not None and precision not in PRECISIONS:
         raise DlnError(Diagnostic("E0601", f"unknown precision '{precision}'; precisions: {', '.join(PRECISIONS)}"))
     if name is None:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from dln.dsl.diagnostics import Diagnostic, DlnError, dedupe, render_all
+from dln.kernels.precision import PRECISIONS
 
 
 def _sets(values: list[str]) -> dict[str, str]:
@@ -41,7 +42,7 @@ def _parser() -> argparse.ArgumentParser:
             c.add_argument("--model", help="which model of the file (default: the trained one, or the only one)")
         if backend:
             c.add_argument("--backend", choices=["numpy", "triton"], help="default: triton with a GPU, else numpy")
-            c.add_argument("--precision", choices=["ieee", "tf32", "tf32x3", "bf16x3"],
+            c.add_argument("--precision", choices=PRECISIONS,
                            help="Triton matrix products: exact fp32 (ieee, default) or tensor-core modes")
         return c
 

@@ -16,6 +16,8 @@ nothing is downloaded.
 from __future__ import annotations
 
 import csv as csv_module
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Callable
 
@@ -82,9 +84,13 @@ def load(spec: TrainValue, base: Path) -> Arrays:
 
 def _npz(path: Path, spec: TrainValue) -> Arrays:
     try:
-        with np.load(path, allow_pickle=False) as f:
+        loaded = np.load(path, allow_pickle=False)
+        if isinstance(loaded, np.ndarray):
+            raise DlnError(Diagnostic("E0603", f"{path} holds one array, not named arrays (save with np.savez)",
+                                      spec.span))
+        with loaded as f:
             arrays = {k: f[k] for k in f.files}
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:  # what a damaged file raises
         raise DlnError(Diagnostic("E0603", f"cannot read {path}: {e}", spec.span)) from None
     return _check_lengths(arrays, path, spec)
 
@@ -97,7 +103,13 @@ def _csv(path: Path, target: str, spec: TrainValue) -> Arrays:
         raise DlnError(Diagnostic("E0603", f"cannot read {path}: {e}", spec.span)) from None
     if not rows or target not in rows[0]:
         raise DlnError(Diagnostic("E0603", f"{path} has no column \"{target}\"", spec.span))
-    header, body = rows[0], rows[1:]
+    header, body = rows[0], [row for row in rows[1:] if row]
+    if not body:
+        raise DlnError(Diagnostic("E0603", f"{path} has a header but no rows of data", spec.span))
+    for k, row in enumerate(body):
+        if len(row) != len(header):
+            raise DlnError(Diagnostic("E0603", f"{path}: row {k + 1} has {len(row)} values, the header "
+                                               f"{len(header)} columns", spec.span))
     t = header.index(target)
     try:
         table = np.array([[float(v) for v in row] for row in body], dtype=np.float64)
@@ -110,7 +122,13 @@ def _csv(path: Path, target: str, spec: TrainValue) -> Arrays:
 
 
 def _check_lengths(arrays: Arrays, path: Path, spec: TrainValue) -> Arrays:
-    lengths = {k: len(v) for k, v in arrays.items() if np.ndim(v) > 0}
+    if not arrays:
+        raise DlnError(Diagnostic("E0603", f"{path} holds no arrays", spec.span))
+    for k, v in arrays.items():
+        if np.ndim(v) == 0:
+            raise DlnError(Diagnostic("E0603", f"array '{k}' in {path} is a single number: data arrays need a "
+                                               "first axis of examples", spec.span))
+    lengths = {k: len(v) for k, v in arrays.items()}
     if len(set(lengths.values())) > 1:
         listing = ", ".join(f"{k}: {n}" for k, n in lengths.items())
         raise DlnError(Diagnostic("E0603", f"arrays in {path} differ in length ({listing})", spec.span))

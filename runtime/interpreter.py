@@ -103,18 +103,18 @@ class _Plan:
                 if name in exe.persistent:
                     arrays[n.id] = exe.persistent[name]
                 else:
-                    buf = np.empty(concrete_shape(n, env), np_dtype(n.dtype))
+                    buf = _at(n, np.empty, concrete_shape(n, env), np_dtype(n.dtype))
                     self.feed_buffers.append((name, buf))
                     arrays[n.id] = buf
                 continue
             if n.op in (Op.CONST, Op.IOTA, Op.SYMSIZE) or (n.op is not Op.RAND and n.inputs
                                                             and all(i in static for i in n.inputs)):
-                arrays[n.id] = IMPLS[n.op](n, args, None, env)
+                arrays[n.id] = _at(n, IMPLS[n.op], n, args, None, env)
                 static.add(n.id)
                 root[n.id] = n.id
                 continue
             if n.op in VIEW_OPS:
-                view = IMPLS[n.op](n, args, None, env)
+                view = _at(n, IMPLS[n.op], n, args, None, env)
                 if n.op is Op.RESHAPE and not np.shares_memory(view, args[0]):
                     # A reshape that must copy: a step of its own, into a buffer.
                     root[n.id] = n.id
@@ -147,7 +147,7 @@ class _Plan:
     def _buffer(self, n: Node, pool: dict, owned: set) -> np.ndarray:
         shape, dtype = concrete_shape(n, self.env), np_dtype(n.dtype)
         free = pool.get((shape, dtype))
-        buf = free.pop() if free else np.empty(shape, dtype)
+        buf = free.pop() if free else _at(n, np.empty, shape, dtype)
         owned.add(n.id)
         return buf
 
@@ -165,10 +165,27 @@ class _Plan:
                     step()
                 for dst, src in self.copies:
                     np.copyto(dst, src)
-        except (ValueError, TypeError, FloatingPointError, IndexError) as e:
-            node = self.step_nodes[k]
-            raise DlnError(Diagnostic("E0704", f"{node.op.value} failed at run time: {e}", node.loc)) from None
+        except _RUN_ERRORS as e:
+            raise _failure(self.step_nodes[k], e) from None
         return dict(self.outputs)
+
+
+# What NumPy raises for values it cannot compute: an index out of range, a size it cannot allocate.
+_RUN_ERRORS = (ValueError, TypeError, FloatingPointError, IndexError, MemoryError)
+
+
+def _failure(node: Node, e: Exception) -> DlnError:
+    return DlnError(Diagnostic("E0704", f"{node.op.value} failed at run time: {e or type(e).__name__}", node.loc))
+
+
+def _at(node: Node, fn: Callable, *args: Any) -> Any:
+    """`fn(*args)` while planning (a constant computed once, a view, a buffer): a failure is the
+    node's, reported as when a step fails."""
+    try:
+        with np.errstate(all="ignore"):
+            return fn(*args)
+    except _RUN_ERRORS as e:
+        raise _failure(node, e) from None
 
 
 def _may_write_into(graph: Graph, n: Node, target: int, root: dict[int, int], order: dict[int, int]) -> bool:

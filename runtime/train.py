@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -309,6 +310,7 @@ class Trainer:
         """Arrays first, under names of this epoch; then state.json, which names them, replaces the old
         one atomically: that is the commit.  A crash at any point leaves the previous checkpoint whole."""
         be = self.model.backend
+        previous = _committed_files(ckpt, checkpoint.load_json(ckpt / "state.json") or {})
         files = {"weights": f"weights-{epochs_done}.safetensors", "optimizer": f"optimizer-{epochs_done}.safetensors"}
         checkpoint.save_arrays(ckpt / files["weights"], self.model.parameters(), {"model": self.model.name})
         checkpoint.save_arrays(ckpt / files["optimizer"], {k: be.to_numpy(v).copy() for k, v in self.states.items()}
@@ -316,7 +318,6 @@ class Trainer:
         if self.best_params is not None:
             files["best"] = f"best-{epochs_done}.safetensors"
             checkpoint.save_arrays(ckpt / files["best"], self.best_params, {"model": self.model.name})
-        previous = checkpoint.load_json(ckpt / "state.json") or {}
         checkpoint.save_json(ckpt / "state.json", {
             "model": self.model.name, "fingerprint": self._fingerprint(), "epochs_done": epochs_done,
             "files": files, "step_counts": self.step_counts,
@@ -326,7 +327,7 @@ class Trainer:
             "early_stop": {"best_val": None if math.isinf(self.best_val) else self.best_val,
                            "bad_epochs": self.bad_epochs, "stopped": self.stopped},
         })
-        for name in set((previous.get("files") or {}).values()) - set(files.values()):
+        for name in set(previous.values()) - set(files.values()):
             (ckpt / name).unlink(missing_ok=True)
         # For people: the latest weights under a stable name (resuming reads the committed files).
         checkpoint.save_arrays(ckpt / "weights.safetensors", self.model.parameters(), {"model": self.model.name})
@@ -335,13 +336,17 @@ class Trainer:
         state = checkpoint.load_json(ckpt / "state.json")
         if state is None:
             return 0
+        if not isinstance(state, dict):
+            raise _damaged(ckpt, "state.json does not hold an object")
         if state.get("model") != self.model.name:
             raise DlnError(Diagnostic("E0703", f"the checkpoint in {ckpt} is of model {state.get('model')}, not "
                                                f"{self.model.name}", None,
                                       (Note("use another checkpoint directory, or delete this one"),)))
         if state.get("fingerprint") != self._fingerprint():
             self.log(f"note: {self.model.program.path} changed since the checkpoint in {ckpt}; resuming anyway")
-        files = state.get("files", {})
+        files = _committed_files(ckpt, state)
+        if "weights" not in files or "optimizer" not in files:
+            raise _damaged(ckpt, "state.json names no weights or no optimizer state")
         self.model.load_state_dict(checkpoint.load_arrays(ckpt / files["weights"]))
         saved = checkpoint.load_arrays(ckpt / files["optimizer"])
         for k, v in self.states.items():
@@ -349,20 +354,47 @@ class Trainer:
                 raise DlnError(Diagnostic("E0703", f"the optimizer state in {ckpt} does not match this recipe "
                                                    f"({k})", None))
             self.model.backend.copy_into(v, saved[k])
-        self.step_counts = list(state["step_counts"])
-        self.model.backend.copy_into(self.rng["rng.step"], np.array(int(state["rng_step"]), np.int64))
-        for s, st in zip(schedules, state.get("schedules", [])):
-            s.restore(st)
-        self.history.epochs = list(state.get("history", []))
-        if state.get("fill_rng"):
-            self.fill_rng.bit_generator.state = state["fill_rng"]
-        stop = state.get("early_stop") or {}
-        self.best_val = stop.get("best_val") if stop.get("best_val") is not None else math.inf
-        self.bad_epochs, self.stopped = int(stop.get("bad_epochs", 0)), bool(stop.get("stopped", False))
+        try:
+            self.step_counts = [int(c) for c in state["step_counts"]]
+            rng_step = int(state["rng_step"])
+            epochs_done = int(state["epochs_done"])
+            for s, st in zip(schedules, state.get("schedules", [])):
+                s.restore(st)
+            self.history.epochs = list(state.get("history", []))
+            if state.get("fill_rng"):
+                self.fill_rng.bit_generator.state = state["fill_rng"]
+            stop = state.get("early_stop") or {}
+            self.best_val = float(stop["best_val"]) if stop.get("best_val") is not None else math.inf
+            self.bad_epochs, self.stopped = int(stop.get("bad_epochs", 0)), bool(stop.get("stopped", False))
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise _damaged(ckpt, f"state.json is incomplete ({type(e).__name__}: {e})") from None
+        self.model.backend.copy_into(self.rng["rng.step"], np.array(rng_step, np.int64))
         if "best" in files:
             self.best_params = checkpoint.load_arrays(ckpt / files["best"])
-        self.log(f"resuming from {ckpt} after epoch {state['epochs_done']}")
-        return int(state["epochs_done"])
+        self.log(f"resuming from {ckpt} after epoch {epochs_done}")
+        return epochs_done
+
+
+# The files a checkpoint's state.json may name: ours, in the checkpoint directory itself.
+_CHECKPOINT_FILE = re.compile(r"(weights|optimizer|best)-\d+\.safetensors")
+
+
+def _committed_files(ckpt: Path, state: Mapping[str, Any]) -> dict[str, str]:
+    """The files a state.json names (kind -> file name), each checked before anything reads or
+    deletes it: a name of the form `weights-3.safetensors` under its kind, nothing else."""
+    files = state.get("files", {}) if isinstance(state, Mapping) else None
+    if not isinstance(files, Mapping):
+        raise _damaged(ckpt, "state.json has no valid list of files")
+    for kind, name in files.items():
+        match = _CHECKPOINT_FILE.fullmatch(name) if isinstance(name, str) else None
+        if match is None or match.group(1) != kind:
+            raise _damaged(ckpt, f"state.json names {name!r} as its {kind} file")
+    return dict(files)
+
+
+def _damaged(ckpt: Path, why: str) -> DlnError:
+    return DlnError(Diagnostic("E0703", f"damaged checkpoint in {ckpt}: {why}", None,
+                               (Note("delete the checkpoint directory (or use another) to start over"),)))
 
 
 def _fill_shape(info, env: dict[str, int], batch: int) -> tuple[int, ...]:

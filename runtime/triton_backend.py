@@ -57,6 +57,10 @@ class TritonBackend:
     def __init__(self, precision: str = "ieee") -> None:
         import torch
 
+        from dln.kernels.precision import PRECISIONS
+
+        if precision not in PRECISIONS:
+            raise ValueError(f"unknown matmul precision {precision!r}")
         if not torch.cuda.is_available():
             os.environ.setdefault("TRITON_INTERPRET", "1")
         os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")

@@ -238,3 +238,58 @@ train m { optimizer = sgd(lr = 0.1)  minimize loss }
         results.append(model.parameters()["W"])
     assert np.abs(results[0] - start["W"]).max() > 0.1  # the step did move W
     close(results[0], results[1], rtol=1e-4, atol=1e-5)
+
+
+def test_nan_and_inf_follow_torch(close):
+    """relu keeps NaN, argmax picks the first NaN, inf ** 0.5 is inf — as NumPy and torch."""
+    def f(b, x):
+        return [b.unary(Op.RELU, x), b.argmax(x, 1), b.pow(b.unary(Op.ABS, x), 0.5)]
+
+    graph = build(f, (F32, (3, 5)))
+    x = np.array([[1.0, np.nan, 3.0, np.nan, 2.0], [np.inf, -np.inf, 0.0, 1.0, 2.0],
+                  [-1.0, -2.0, -0.5, -3.0, -0.5]], np.float32)
+    expected, got, _ = run_both(graph, {"x0": x}, {})
+    np.testing.assert_array_equal(np.isnan(expected["out0"]), np.isnan(got["out0"]))
+    np.testing.assert_array_equal(expected["out1"], got["out1"])
+    np.testing.assert_array_equal(expected["out2"], got["out2"])
+
+
+def test_gather_with_a_bad_index_reads_nothing_out_of_bounds():
+    def f(b, w, idx):
+        index = b.broadcast_to(b.unsqueeze(idx, 1), (idx.shape[0], 3))
+        return [b.gather(w, 0, index)]
+
+    graph = build(f, (F32, (4, 3)), (DType.I64, (3,)))
+    import torch
+
+    from dln.kernels.module import generate_module
+    from dln.runtime.triton_backend import load_module
+
+    module = load_module(generate_module(graph).source, {"test": "gather"})
+    out = module.Program("cpu", interpret=True)({"x0": torch.ones(4, 3), "x1": torch.tensor([0, 7, -1])}, {})
+    np.testing.assert_array_equal(out["out0"].numpy(), [[1, 1, 1], [0, 0, 0], [0, 0, 0]])
+
+
+def test_the_64_bit_variant_computes_the_same(rng, close):
+    """Kernels over symbolic sizes have a WIDE variant (64-bit offsets) for tensors of 2**31
+    elements or more; run it here on small data by lowering the threshold."""
+    import torch
+
+    from dln.kernels.module import generate_module
+    from dln.runtime.triton_backend import load_module
+
+    def f(b, x, w, bias):
+        y = b.unary(Op.RELU, b.add(b.matmul(x, b.transpose(w)), bias))
+        return [y, b.sum(b.exp(y), 1), b.sum(y, 0)]
+
+    graph = build(f, (F32, (B, 23)), (F32, (19, 23)), (F32, (19,)))
+    inputs = graph_inputs(graph, {"B": 37}, rng)
+    expected = run_both(graph, inputs, {"B": 37})[0]
+    generated = generate_module(graph)
+    assert any(k.wide for k in generated.kernels)
+    source = generated.source.replace(">= 2 ** 31)", ">= 0)")
+    module = load_module(source, {"test": "wide"})
+    got = module.Program("cpu", interpret=True, configs=dict(module.CONFIGS))(
+        {k: torch.from_numpy(v) for k, v in inputs.items()}, {"B": 37})
+    for name in expected:
+        close(expected[name], got[name].numpy(), rtol=2e-5, atol=2e-5)
