@@ -10,9 +10,16 @@ and are not counted.
 
 from __future__ import annotations
 
+import re
+
 from typing import Callable, Iterator
 
 from dln.dsl import ast
+
+
+def safe_name(text: str, limit: int = 40) -> str:
+    """An identifier fragment from user text: letters, digits and underscores only."""
+    return re.sub(r"[^A-Za-z0-9_]", "_", text)[:limit].strip("_")
 
 
 def calls_in(expr: ast.Expr) -> Iterator[ast.Call]:

@@ -18,7 +18,7 @@ from typing import Mapping
 
 from dln.compiler.symbolic import Dim, evaluate
 
-REPRESENTATIVE = 128   # symbolic sizes (batch, sequence) are priced at this value
+from dln.compiler.fusion.cost import REPRESENTATIVE
 
 
 def next_pow2(n: int) -> int:

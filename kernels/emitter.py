@@ -18,13 +18,9 @@ from typing import Iterator
 
 from dln.compiler.fusion import index as ix
 from dln.compiler.ir import DType, Graph, Node, Op
+from dln.compiler.naming import safe_name  # noqa: F401  (re-exported for the templates)
 from dln.compiler.symbolic import Dim, Sym
 from dln.kernels.lowering import LOWER, TL_DTYPES
-
-
-def safe_name(text: str, limit: int = 40) -> str:
-    """An identifier fragment from user text: letters, digits and underscores only."""
-    return re.sub(r"[^A-Za-z0-9_]", "_", text)[:limit].strip("_")
 
 
 def comment(text: str) -> str:
@@ -77,8 +73,7 @@ class Emitter:
         self.mask = "mask"
         self.symbols: set[str] = set()
         self.uses_rng = False
-        self.inline_values: dict[int, str] = {}   # node -> expression fixed by the template (acc, reductions)
-        self.inline_index: dict[int, ix.Index] = {}
+        self.fixed: dict[int, tuple[ix.Index, str]] = {}  # node -> (index, expression) set by the template
         self.block_shape = "[BLOCK]"
         self.members: set[int] = set()              # values this kernel computes (never loaded)
         self.scalar_offset = ""                     # how a block-shaped scalar result is stored
@@ -161,8 +156,9 @@ class Emitter:
     # ---- values ---------------------------------------------------------------------------------------------------
     def value(self, node_id: int, index: ix.Index) -> str:
         """The expression of node `node_id` at `index`, emitting what it needs."""
-        if node_id in self.inline_values and index == self.inline_index[node_id]:
-            return self.inline_values[node_id]
+        fixed = self.fixed.get(node_id)
+        if fixed is not None and index == fixed[0]:
+            return fixed[1]
         key = (node_id, index)
         known = self._lookup(key)
         if known is not None:
@@ -193,8 +189,7 @@ class Emitter:
 
     def fix(self, node_id: int, index: ix.Index, expression: str) -> None:
         """Declare the value of a node at its canonical index (an accumulator, a reduction)."""
-        self.inline_index[node_id] = index
-        self.inline_values[node_id] = expression
+        self.fixed[node_id] = (index, expression)
 
     def load(self, node_id: int, index: ix.Index, mask: str | None = None, other: str | None = None) -> str:
         p = self.pointers[node_id]

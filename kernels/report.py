@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from typing import Mapping
 
 from dln.compiler.cost import flops, nbytes
-from dln.compiler.fusion.domain import reads
 from dln.compiler.fusion.planner import FusionPlan, Group
+from dln.compiler.fusion.planner import computed_nodes as planner_computed_nodes
 from dln.compiler.ir import Graph, Node
 from dln.compiler.symbolic import evaluate
 
@@ -36,13 +36,7 @@ class KernelCost:
 
 
 def computed_nodes(plan: FusionPlan, group: Group) -> list[Node]:
-    g = plan.graph
-    ids = set(group.members)
-    for m in group.members:
-        n = g.node(m)
-        at = group.domain.canonical(n.shape) or group.domain.vars()
-        ids |= reads(g, n, at, lambda i: i in plan.realized).inline
-    return [n for n in g.nodes if n.id in ids]
+    return planner_computed_nodes(plan.graph, group, plan.realized)
 
 
 def kernel_costs(plan: FusionPlan, env: Mapping[str, int]) -> list[KernelCost]:

@@ -153,7 +153,7 @@ def pointwise(plan: FusionPlan, group: Group, k: int) -> KernelSource:
     em = Emitter(g, pointers, {})
     em.members = set(group.members)
     n_text = em.dim(total)
-    wide = _start(em, _sizes(plan, pointers))
+    _start(em, _sizes(plan, pointers))
     em.line("offs = pid * BLOCK + tl.arange(0, BLOCK)")
     em.line(f"mask = offs < {n_text}")
     offs = ix.Var("offs", total)
@@ -219,7 +219,7 @@ def reduction(plan: FusionPlan, group: Group, k: int) -> KernelSource:
     em.block_shape = "[BLOCK_M, 1]"
     em.scalar_offset = "rows * 0"
     rows_text, cols_text = em.dim(n_rows), em.dim(n_cols)
-    wide = _start(em, _sizes(plan, pointers))
+    _start(em, _sizes(plan, pointers))
     em.line("rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)[:, None]")
     em.line(f"row_mask = rows < {rows_text}")
     em.mask = "row_mask"
@@ -451,7 +451,7 @@ def scatter(plan: FusionPlan, group: Group, k: int) -> KernelSource:
     pointers = _pointers(plan, group, k)
     em = Emitter(g, pointers, {})
     em.members = set()
-    wide = _start(em, _sizes(plan, pointers))
+    _start(em, _sizes(plan, pointers))
     em.line("offs = pid * BLOCK + tl.arange(0, BLOCK)")
     em.line(f"mask = offs < {em.dim(total)}")
     em.vars["offs"] = "offs"

@@ -31,6 +31,7 @@ def as_torch(model):
             for name, value in model.parameters().items():
                 self.register_parameter(name.replace(".", "__"), torch.nn.Parameter(torch.from_numpy(value)))
             self._graphs: dict[bool, tuple] = {}
+            self._prepared: dict[int, tuple] = {}   # graph id -> (graph, backend executable)
 
         def forward(self, *args: Any, **kwargs: Any):
             spec = model.train_spec if self.training else model.spec
@@ -58,7 +59,7 @@ def as_torch(model):
             params = {p.name: t for p, t in zip(spec.params, tensors[len(keys):])}
             rng = (model._rng_seed, model._rng_step)
             model._rng_step += 1
-            out = _run(model, spec, forward, params, inputs, rng, {})
+            out = _run(model, module._prepared, spec, forward, params, inputs, rng, {})
             ctx.saved = (module, graphs, keys, inputs, params, rng)
             ctx.n_inputs = len(keys)
             return tuple(torch.from_numpy(np.ascontiguousarray(out[name])) for name in forward.output_names)
@@ -68,7 +69,7 @@ def as_torch(model):
             module, graphs, keys, inputs, params, rng = ctx.saved
             spec, forward, backward = graphs
             cot = {f"cot:{name}": c.detach().contiguous() for name, c in zip(forward.output_names, cotangents)}
-            out = _run(model, spec, backward, params, inputs, rng, cot)
+            out = _run(model, module._prepared, spec, backward, params, inputs, rng, cot)
             input_grads = [torch.from_numpy(np.ascontiguousarray(out[f"grad:{k}"])) if f"grad:{k}" in out else None
                            for k in keys]
             param_grads = [torch.from_numpy(np.ascontiguousarray(out[f"grad:{p.name}"]))
@@ -97,13 +98,13 @@ def _vjp_graph(spec: BuiltModel, forward: Graph) -> Graph:
     return pipeline.optimize(full.with_outputs(outputs))
 
 
-def _run(model, spec: BuiltModel, graph: Graph, params, inputs, rng, extra) -> dict[str, np.ndarray]:
+def _run(model, cache: dict, spec: BuiltModel, graph: Graph, params, inputs, rng, extra) -> dict[str, np.ndarray]:
     """One run of `graph` on the model's backend, parameters fed as inputs."""
     from dln.runtime import binding
 
-    prepared = _PREPARED.get(id(graph))
+    prepared = cache.get(id(graph))
     if prepared is None or prepared[0] is not graph:
-        prepared = _PREPARED[id(graph)] = (graph, model.backend.prepare(graph, {}, {}))
+        prepared = cache[id(graph)] = (graph, model.backend.prepare(graph, {}, {}))
     needed = {n.attrs["name"] for n in graph.nodes if n.op is Op.INPUT}
     infos = {i.name: i for i in spec.inputs}
     arrays = {k: binding.convert(infos[k], v) for k, v in inputs.items() if k in needed}
@@ -114,6 +115,3 @@ def _run(model, spec: BuiltModel, graph: Graph, params, inputs, rng, extra) -> d
         feeds["rng.seed"], feeds["rng.step"] = np.array(rng[0]), np.array(rng[1])
     out = prepared[1].run(feeds, env)
     return {k: model.backend.to_numpy(v).copy() for k, v in out.items()}
-
-
-_PREPARED: dict[int, tuple] = {}

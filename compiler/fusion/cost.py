@@ -8,6 +8,9 @@ here so that nothing else in the planner hides a threshold.
 
 from __future__ import annotations
 
+# Symbolic sizes (batch, sequence) are priced at this value.
+REPRESENTATIVE = 128
+
 # Launching a kernel costs a few microseconds: at ~2 TB/s that is ~8 MB, but
 # small kernels overlap their launches; count a conservative 64 KiB.
 LAUNCH_BYTES = 64 * 1024

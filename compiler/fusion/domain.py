@@ -79,7 +79,6 @@ class Reads:
 
     memory: dict[int, set[ix.Index]] = field(default_factory=dict)
     inline: set[int] = field(default_factory=set)   # nodes computed inline (not the root)
-    ops: int = 0                                     # elementwise operations computed inline
 
     def add(self, node: int, index: ix.Index) -> None:
         self.memory.setdefault(node, set()).add(index)

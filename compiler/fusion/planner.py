@@ -21,7 +21,6 @@ Over a whole graph — for training, forward + backward + optimizer update:
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Mapping
 
@@ -30,6 +29,7 @@ from dln.compiler.fusion import index as ix
 from dln.compiler.fusion.domain import LEAVES, POINTWISE, REDUCE, Domain, node_domain, reads
 from dln.compiler.fusion.legality import may_join
 from dln.compiler.fusion.memory import Arena, MemoryPlan, plan_memory
+from dln.compiler.naming import safe_name
 from dln.compiler.ir import Graph, Node, Op, Phase
 from dln.compiler.symbolic import evaluate, numel
 
@@ -144,14 +144,14 @@ class Planner:
         """(rows of a reduction domain, elements of full-domain work `n` adds), at representative sizes."""
         if domain.kind != "reduction" or domain.is_row(n.shape):
             return None, 0
-        env = {s: 64 for s in self.graph.symbols()}
+        env = {s: cost.REPRESENTATIVE for s in self.graph.symbols()}
         rows = evaluate(numel(domain.row_shape(False)), env)
         return int(rows), int(evaluate(numel(n.shape), env))
 
     def _shared_bytes(self, group: Group, n: Node, domain: Domain) -> int:
         from dln.compiler.cost import nbytes
 
-        env = {s: 64 for s in self.graph.symbols()}
+        env = {s: cost.REPRESENTATIVE for s in self.graph.symbols()}
         found = reads(self.graph, n, domain.canonical(n.shape), self.is_realized)
         members = set(group.members)
         read_by_group: set[int] = set()
@@ -392,9 +392,9 @@ def kernel_name(graph: Graph, group: Group, k: int, realized: set[int]) -> str:
     """`k3_fc1_matmul_bias_relu`: position, the .dln name it computes, what it does."""
     anchor = graph.node(group.members[0])
     label = "optimizer" if group.multi else (anchor.name or "")
-    label = re.sub(r"[^A-Za-z0-9_]", "_", label)[:32].strip("_")
+    label = safe_name(label, 32)
     words: list[str] = []
-    for node in _computed(graph, group, realized):
+    for node in computed_nodes(graph, group, realized):
         for w in _op_words(graph, node):
             if w not in words:
                 words.append(w)
@@ -405,13 +405,12 @@ def kernel_name(graph: Graph, group: Group, k: int, realized: set[int]) -> str:
     return "_".join(part for part in (f"k{k}", label, "_".join(words[:4])) if part)
 
 
-def _computed(graph: Graph, group: Group, realized: set[int]) -> list[Node]:
+def computed_nodes(graph: Graph, group: Group, realized: set[int]) -> list[Node]:
     """The nodes a kernel computes (members and what they inline), in program order."""
     ids: set[int] = set(group.members)
     for m in group.members:
         n = graph.node(m)
-        at = group.domain.canonical(n.shape) or group.domain.vars()
-        ids |= reads(graph, n, at, lambda i: i in realized).inline
+        ids |= reads(graph, n, member_index(group, n), lambda i: i in realized).inline
     return [n for n in graph.nodes if n.id in ids]
 
 
