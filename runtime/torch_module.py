@@ -31,7 +31,7 @@ def as_torch(model):
             for name, value in model.parameters().items():
                 self.register_parameter(name.replace(".", "__"), torch.nn.Parameter(torch.from_numpy(value)))
             self._graphs: dict[bool, tuple] = {}
-            self._prepared: dict[int, tuple] = {}   # graph id -> (graph, backend executable)
+            self._executables: dict[int, tuple] = {}   # graph id -> (graph, backend executable)
 
         def forward(self, *args: Any, **kwargs: Any):
             spec = model.train_spec if self.training else model.spec
@@ -59,7 +59,7 @@ def as_torch(model):
             params = {p.name: t for p, t in zip(spec.params, tensors[len(keys):])}
             rng = (model._rng_seed, model._rng_step)
             model._rng_step += 1
-            out = _run(model, module._prepared, spec, forward, params, inputs, rng, {})
+            out = _run(model, module._executables, spec, forward, params, inputs, rng, {})
             ctx.saved = (module, graphs, keys, inputs, params, rng)
             ctx.n_inputs = len(keys)
             return tuple(torch.from_numpy(np.ascontiguousarray(out[name])) for name in forward.output_names)
@@ -69,7 +69,7 @@ def as_torch(model):
             module, graphs, keys, inputs, params, rng = ctx.saved
             spec, forward, backward = graphs
             cot = {f"cot:{name}": c.detach().contiguous() for name, c in zip(forward.output_names, cotangents)}
-            out = _run(model, module._prepared, spec, backward, params, inputs, rng, cot)
+            out = _run(model, module._executables, spec, backward, params, inputs, rng, cot)
             input_grads = [torch.from_numpy(np.ascontiguousarray(out[f"grad:{k}"])) if f"grad:{k}" in out else None
                            for k in keys]
             param_grads = [torch.from_numpy(np.ascontiguousarray(out[f"grad:{p.name}"]))
