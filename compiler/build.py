@@ -26,6 +26,7 @@ from dln.compiler.ir import DTYPES, DType, Graph, TensorType
 from dln.compiler.naming import ScopeNames
 from dln.compiler.program import HPARAM_TYPES, Program, check_overrides, coerce_hparam
 from dln.compiler.symbolic import Dim, Sym, format_shape
+from dln.compiler.train_functions import FILLS, TRAIN_BUILTINS
 from dln.compiler.values import (BlockRef, DimValue, FunctionRef, InitSpec, Instance, ModelRef, TupleValue, Value,
                                  describe)
 from dln.dsl import ast
@@ -401,6 +402,6 @@ def build_model(program: Program, name: str | None = None, overrides: Mapping[st
     return ModelBuilder(program, decl, hparams, training).build()
 
 
-# Names that mean something only inside `train` (LANGUAGE.md §8).
-_TRAIN_ONLY = {"dataset", "npz", "csv", "patience", "random_crop", "hflip", "gaussian_noise", "randn", "rand",
-               "sgd", "adam", "adamw", "rmsprop", "adagrad", "adadelta", "cosine", "step", "exponential", "plateau"}
+# Names that mean something only inside `train` (LANGUAGE.md §8): its functions and fills, less the
+# model built-ins of the same name (`linear` is a layer and a schedule, `zeros` an initializer and a fill).
+_TRAIN_ONLY = frozenset(TRAIN_BUILTINS).union(FILLS) - frozenset(lib.BUILTINS)

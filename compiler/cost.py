@@ -12,7 +12,9 @@ from dln.compiler.symbolic import evaluate, numel
 
 
 def size(shape, env: Mapping[str, int]) -> int:
-    return int(evaluate(numel(shape), env))
+    """Elements of `shape` in `env`; none where the sizes make it negative (`B - 5` with B = 1 is a
+    binding the inputs are not allowed, not a negative cost)."""
+    return max(0, int(evaluate(numel(shape), env)))
 
 
 def flops(graph: Graph, n: Node, env: Mapping[str, int]) -> int:

@@ -16,9 +16,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Sequence, Union
 
-from dln.compiler.ir import NO_ATTRS, Attrs, Constraint, DType, Graph, Node, Op, Phase, TensorType
+from dln.compiler.ir import NO_ATTRS, Attrs, Constraint, DType, Graph, GroupOp, Node, Op, Phase, TensorType
 from dln.compiler.shapes import SHAPE_RULES, ShapeContext, ShapeError
-from dln.compiler.symbolic import Dim, Shape, format_shape
+from dln.compiler.symbolic import Dim, Shape, format_shape, numel
 from dln.dsl.diagnostics import Diagnostic, DlnError, Note, Span
 
 
@@ -171,7 +171,7 @@ class GraphBuilder:
             type_ = SHAPE_RULES[op](self.shapes, [t.type for t in inputs], attrs)
         except ShapeError as e:
             raise self.fail(e.code, e.message) from None
-        if op in (Op.INPUT, Op.CONST, Op.IOTA, Op.SYMSIZE, Op.RAND):
+        if op in GroupOp.Leaf:
             attrs = Attrs({k: v for k, v in attrs.items() if k != "type"})
         node = Node(self.next_id, op, tuple(t.id for t in inputs), type_, attrs, self.loc, self.label, self.phase)
         self.next_id += 1
@@ -232,14 +232,23 @@ class GraphBuilder:
                 if out[i] == 1:
                     out[i] = d
                 else:
-                    out[i] = self.shapes_unify(out[i], d, shapes)
+                    listed = " and ".join(format_shape(s) for s in shapes)
+                    out[i] = self.unify(out[i], d, "E0201", f"shapes {listed} do not broadcast")
         return tuple(out)
 
-    def shapes_unify(self, a: Dim, b: Dim, shapes: Sequence[Shape]) -> Dim:
-        listed = " and ".join(format_shape(s) for s in shapes)
+    def unify(self, a: Dim, b: Dim, code: str, message: str) -> Dim:
+        """Two dimensions that must be equal: proven, refuted here (`code`), or required of the inputs."""
         self.shapes.loc = self.loc
         try:
-            return self.shapes.unify(a, b, "E0201", f"shapes {listed} do not broadcast")
+            return self.shapes.unify(a, b, code, message)
+        except ShapeError as e:
+            raise self.fail(e.code, e.message) from None
+
+    def at_most(self, a: Dim, b: Dim, code: str, message: str) -> None:
+        """a <= b (an index within its axis): proven, refuted here (`code`), or required of the inputs."""
+        self.shapes.loc = self.loc
+        try:
+            self.shapes.at_most(a, b, code, message)
         except ShapeError as e:
             raise self.fail(e.code, e.message) from None
 
@@ -290,11 +299,13 @@ class GraphBuilder:
     def unary(self, op: Op, x: Tensor) -> Tensor:
         return self.emit(op, (x,))
 
+    def to_float(self, x: Tensor) -> Tensor:
+        """x as a float tensor: integers and bools become the default float, as torch's math functions do."""
+        return x if x.dtype.is_float else self.cast(x, DEFAULT_FLOAT)
+
     def float_unary(self, op: Op, x: Tensor) -> Tensor:
         """A math function: integer inputs become floats first, as in torch."""
-        if not x.dtype.is_float:
-            x = self.cast(x, DEFAULT_FLOAT)
-        return self.emit(op, (x,))
+        return self.emit(op, (self.to_float(x),))
 
     def neg(self, x: Tensor) -> Tensor: return self.emit(Op.NEG, (x,))
     def exp(self, x: Tensor) -> Tensor: return self.float_unary(Op.EXP, x)
@@ -332,8 +343,8 @@ class GraphBuilder:
         return self.emit(op, (x,), {"axes": axes, "keepdim": keepdim})
 
     def sum(self, x: Tensor, axis: int | Sequence[int] | None = None, keepdim: bool = False) -> Tensor:
-        if x.dtype is DType.BOOL:
-            x = self.cast(x, DType.I64)
+        if not x.dtype.is_float:
+            x = self.cast(x, DType.I64)  # torch sums bool and integer tensors in int64
         return self.reduce(Op.SUM, x, axis, keepdim)
 
     def mean(self, x: Tensor, axis: int | Sequence[int] | None = None, keepdim: bool = False) -> Tensor:
@@ -357,7 +368,7 @@ class GraphBuilder:
 
     def argmax(self, x: Tensor, axis: int | None = None, keepdim: bool = False) -> Tensor:
         if axis is None:
-            x = self.reshape(x, (_numel(x.shape),))
+            x = self.reshape(x, (numel(x.shape),))
             axis = 0
         return self.emit(Op.ARGMAX, (x,), {"axes": self.axes(x, axis), "keepdim": keepdim})
 
@@ -435,17 +446,12 @@ class GraphBuilder:
             b = self.reshape(b, b.shape + (1,))
         if a.shape[-1] != b.shape[-2]:
             # Report in the user's shapes before any batching reshapes.
-            self.shapes.loc = self.loc
-            try:
-                self.shapes.unify(a.shape[-1], b.shape[-2], "E0203",
-                                  f"matrix product needs matching inner dimensions: "
-                                  f"{format_shape(a.shape)} @ {format_shape(b.shape)}")
-            except ShapeError as e:
-                raise self.fail(e.code, e.message) from None
+            self.unify(a.shape[-1], b.shape[-2], "E0203", f"matrix product needs matching inner dimensions: "
+                                                          f"{format_shape(a.shape)} @ {format_shape(b.shape)}")
         batch = self.broadcast_shapes(a.shape[:-2], b.shape[:-2])
         if b.rank == 2 and not squeeze_b and a.rank > 2:
             # [..., M, K] @ [K, N]: fold the batch into the rows, one plain product.
-            rows = _numel(a.shape[:-1])
+            rows = numel(a.shape[:-1])
             out = self.emit(Op.MATMUL, (self.reshape(a, (rows, a.shape[-1])), b))
             out = self.reshape(out, a.shape[:-1] + (b.shape[-1],))
         else:
@@ -457,13 +463,6 @@ class GraphBuilder:
         if squeeze_b:
             out = self.reshape(out, out.shape[:-1])
         return out
-
-
-def _numel(shape: Shape) -> Dim:
-    n: Dim = 1
-    for d in shape:
-        n = n * d
-    return n
 
 
 def _dedupe(constraints: list[Constraint]) -> list[Constraint]:

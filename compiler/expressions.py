@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 from dln.compiler import builtins as lib
 from dln.compiler import inline
 from dln.compiler.emit import DEFAULT_FLOAT, Tensor, const_problem, result_dtype
-from dln.compiler.ir import DTYPES, Constraint, DType, Op
-from dln.compiler.symbolic import Dim, Sym
+from dln.compiler.ir import DTYPES, DType, Op
+from dln.compiler.symbolic import Dim, Sym, dim_at_most
 from dln.compiler.values import (BlockRef, DimValue, DTypeValue, FunctionRef, Instance, ListValue, ModelRef,
                                  RecordValue, TupleValue, Value, describe)
 from dln.dsl import ast
@@ -40,9 +40,8 @@ class Evaluator:
         return method(frame, e)
 
     def eval_const(self, frame: "Frame", e: ast.Expr) -> Any:
-        """A value needed while compiling (a hyperparameter's default): no tensors, no calls."""
-        if isinstance(e, ast.Call):
-            raise DlnError(Diagnostic("E0307", "a hyperparameter's default must be a constant", e.span))
+        """A value needed while compiling (a hyperparameter's default): no tensors, no calls (an
+        evaluator without a model builder refuses every call, however deep: see `_Call`)."""
         v = self.eval(frame, e)
         if isinstance(v, DimValue) and isinstance(v.dim, int):
             return v.dim
@@ -174,6 +173,9 @@ class Evaluator:
         return v
 
     def _const_binary(self, e: ast.Binary, a: Value, b: Value) -> Value:
+        if e.op == "@":
+            raise DlnError(Diagnostic("E0203", f"'@' needs two tensors, got {describe(a)} and {describe(b)}",
+                                      e.span))
         if e.op in ("and", "or"):
             if isinstance(a, bool) and isinstance(b, bool):
                 return (a and b) if e.op == "and" else (a or b)
@@ -201,7 +203,7 @@ class Evaluator:
             if e.op == "%":
                 return a % b
             if e.op == "**":
-                return a ** b
+                return _const_power(e, a, b)
         except (ZeroDivisionError, OverflowError) as err:
             raise DlnError(Diagnostic("E0208", f"cannot compute this constant: {err}", e.span)) from None
         raise DlnError(Diagnostic("E0307", f"'{e.op}' needs tensors", e.span))
@@ -224,7 +226,7 @@ class Evaluator:
             x, y = self.operand(a), self.operand(b)
             if e.op in _COMPARE:
                 return gb.compare(_COMPARE[e.op], x, y)
-            return gb.binary(_ARITH[e.op], x, y) if e.op in _ARITH and e.op != "**" else gb.pow(x, y)
+            return gb.pow(x, y) if e.op == "**" else gb.binary(_ARITH[e.op], x, y)
 
     def _operand_notes(self, frame, exprs) -> tuple[Note, ...]:
         """Where each operand named by a plain name was declared (once per name: `x and x`)."""
@@ -238,6 +240,8 @@ class Evaluator:
 
     # ---- calls -----------------------------------------------------------------------------------------------
     def _Call(self, frame, e: ast.Call) -> Value:
+        if self.m is None:
+            raise DlnError(Diagnostic("E0307", "a hyperparameter's default must be a constant", e.span))
         if isinstance(e.func, ast.Name) and not (e.func.id in DTYPES and e.func.id not in frame.env):
             callee = self.m.lookup(frame, e.func.id, e.func.span, called=True)
         else:
@@ -329,10 +333,12 @@ class Evaluator:
                 step = 1 if it.step is None else self._index_int(frame, it.step, allow_dim=False)
                 if step <= 0:
                     raise DlnError(Diagnostic("E0207", "slice steps must be positive", it.step.span))
-                lo = 0 if it.start is None else self._bound(frame, it.start, d)
-                hi = d if it.stop is None else self._bound(frame, it.stop, d)
-                if isinstance(lo, int) and isinstance(hi, int) and hi < lo:
-                    hi = lo
+                lo = 0 if it.start is None else self._bound(frame, it.start, d, axis)
+                hi = d if it.stop is None else self._bound(frame, it.stop, d, axis)
+                if dim_at_most(lo, hi) is False:
+                    hi = lo  # an empty slice, as in NumPy
+                else:
+                    self._require(lo, hi, f"slice {lo}:{hi} of axis {axis} starts after it stops", it.span)
                 starts.append(lo), stops.append(hi), steps.append(step), keep.append(axis)
             else:
                 i = self._index_int(frame, it, allow_dim=True)
@@ -350,13 +356,13 @@ class Evaluator:
                 raise DlnError(Diagnostic("E0207", message, span))
             return
         # i >= 0 needs i + 1 <= d; a negative int needs -i <= d.
-        low, high = (i + 1, d) if not (isinstance(i, int) and i < 0) else (-i, d)
-        slack = high - low
-        if isinstance(slack, int):
-            if slack < 0:
-                raise DlnError(Diagnostic("E0207", message, span))
-            return
-        self.m.b.shapes.constraints.append(Constraint(low, high, message, span, "<="))
+        low = -i if isinstance(i, int) and i < 0 else i + 1
+        self._require(low, d, message, span)
+
+    def _require(self, low: Dim, high: Dim, message: str, span: Span) -> None:
+        """low <= high: proven now, refuted now (E0207), or required of the inputs when they bind."""
+        with self.m.b.at(loc=span, notes=()):
+            self.m.b.at_most(low, high, "E0207", message)
 
     def _index_int(self, frame, expr: ast.Expr, allow_dim: bool) -> Dim:
         v = self.eval(frame, expr)
@@ -367,15 +373,19 @@ class Evaluator:
         raise DlnError(Diagnostic("E0307", f"an index must be an int or a dimension, got {describe(v)}",
                                   expr.span))
 
-    def _bound(self, frame, expr: ast.Expr, d: Dim) -> Dim:
+    def _bound(self, frame, expr: ast.Expr, d: Dim, axis: int) -> Dim:
+        """A slice bound as a position in 0..d.  Negative bounds count from the end.  On an axis
+        of known size a bound beyond it clamps, as in NumPy; on a symbolic axis it must fall
+        inside the axis (the result's size depends on it), which the inputs are required to meet."""
         v = self._index_int(frame, expr, allow_dim=True)
-        if isinstance(v, int):
-            if v < 0:
-                v = d + v
-                if isinstance(v, int):
-                    v = max(v, 0)
-            elif isinstance(d, int):
-                v = min(v, d)
+        if isinstance(v, int) and isinstance(d, int):
+            return min(max(v + d if v < 0 else v, 0), d)
+        message = f"slice bound {v} is out of range for axis {axis} of size {d}"
+        if dim_at_most(v, -1):  # counts from the end: needs -v <= d
+            self._require(-v, d, message, expr.span)
+            return d + v
+        self._require(0, v, message, expr.span)
+        self._require(v, d, message, expr.span)
         return v
 
 
@@ -421,6 +431,24 @@ class _CallContext:
         if isinstance(v, DimValue):
             return self.b.dim_value(v.dim, DType.I64) if not isinstance(v.dim, int) else v.dim
         return v
+
+
+# Integer constants stay within what an i64 (or any index) can hold, give or take the sign.
+_INT_LIMIT = 2 ** 63
+
+
+def _const_power(e: ast.Binary, a: int | float, b: int | float) -> int | float:
+    """a ** b of two numbers, refusing what no element type holds before computing it:
+    `9 ** 9 ** 9` has 370 million digits, and Python would take minutes to write them."""
+    if isinstance(a, int) and isinstance(b, int) and b > 0 and abs(a) > 1:
+        if (abs(a).bit_length() - 1) * b >= 64 or abs(a ** b) > _INT_LIMIT:
+            raise DlnError(Diagnostic("E0208", f"the constant {a} ** {b} is too large (beyond 2**63)", e.span))
+    result = a ** b
+    if isinstance(result, complex):
+        base = f"({a})" if a < 0 else str(a)
+        raise DlnError(Diagnostic("E0208", f"{base} ** {b} is not a real number", e.span,
+                                  (Note("a negative number to a fractional power is complex; torch gives nan"),)))
+    return result
 
 
 def _check_override(value: Value, span: Span) -> str:

@@ -139,7 +139,7 @@ def make_instance(m: "ModelBuilder", frame: Frame, decl: ast.Model, args: Args, 
                                   (Note(f"apply the instance to tensors: G = {decl.name.name}(...); G(x)"),)))
     values = {k: a.value for k, (a, _) in kwargs.items()}
     spans = {k: s for k, (_, s) in kwargs.items()}
-    check_overrides(decl, values, next(iter(spans.values()), call.span))
+    check_overrides(decl, values, spans, call.span)
     hparams = m.resolve_hparams(decl, values, spans)
     prefix = frame.prefix + (scope_name,)
     m.instances[".".join(prefix)] = prefix

@@ -57,10 +57,6 @@ class TensorType:
     def rank(self) -> int:
         return len(self.shape)
 
-    @property
-    def is_static(self) -> bool:
-        return all(isinstance(d, int) for d in self.shape)
-
     def __str__(self) -> str:
         return f"{self.dtype}{format_shape(self.shape)}"
 
@@ -266,9 +262,6 @@ class Graph:
     def inputs(self) -> list[Node]:
         return [n for n in self.nodes if n.op is Op.INPUT]
 
-    def inputs_by_role(self, role: str) -> list[Node]:
-        return [n for n in self.nodes if n.op is Op.INPUT and n.attrs["role"] == role]
-
     def input_named(self, name: str) -> Node | None:
         for n in self.nodes:
             if n.op is Op.INPUT and n.attrs["name"] == name:
@@ -294,12 +287,22 @@ class Graph:
         return out
 
     def symbols(self) -> frozenset[str]:
-        syms: frozenset[str] = frozenset()
+        """The dimension names the graph needs: in its shapes, and in attributes (a `symsize`'s
+        dimension, a slice's bounds) that no shape may mention."""
+        syms: set[str] = set()
+
+        def add(v: Any) -> None:
+            if isinstance(v, Sym):
+                syms.update(v.symbols)
+            elif isinstance(v, tuple):
+                for x in v:
+                    add(x)
+
         for n in self.nodes:
-            for d in n.shape:
-                if isinstance(d, Sym):
-                    syms |= d.symbols
-        return syms
+            add(n.shape)
+            for v in n.attrs.values():
+                add(v)
+        return frozenset(syms)
 
     def with_outputs(self, outputs: Iterable[tuple[str, int]]) -> "Graph":
         return Graph(self.name, self.nodes, tuple(outputs), self.constraints)

@@ -206,12 +206,16 @@ def _article(type_name: str) -> str:
     return {"int": "an int", "bool": "true or false"}.get(type_name, f"a {type_name}")
 
 
-def check_overrides(model: ast.Model, overrides: Mapping[str, Any], span: Span | None = None) -> None:
+def check_overrides(model: ast.Model, overrides: Mapping[str, Any], spans: Mapping[str, Span] | None = None,
+                    span: Span | None = None) -> None:
+    """Every override names a hyperparameter; an unknown one is reported where it is written
+    (`spans`, by name), else at `span` (the call), else at the model."""
     known = [h.name.name for h in model.hparams]
     for key in overrides:
         if key not in known:
             close = difflib.get_close_matches(key, known, n=1)
             hint = f"did you mean '{close[0]}'?" if close else (
                 f"{model.name.name} has {', '.join(known)}" if known else f"{model.name.name} has no hyperparameters")
-            raise DlnError(Diagnostic("E0402", f"unknown hyperparameter '{key}' for model {model.name.name}", span
-                                      or model.name.span, (Note(hint),)))
+            where = (spans or {}).get(key) or span or model.name.span
+            raise DlnError(Diagnostic("E0402", f"unknown hyperparameter '{key}' for model {model.name.name}", where,
+                                      (Note(hint),)))

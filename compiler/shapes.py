@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Callable
 
 from dln.compiler.ir import Attrs, Constraint, DType, GroupOp, Op, TensorType
-from dln.compiler.symbolic import Dim, NotDivisible, Shape, dims_equal, format_shape, numel
+from dln.compiler.symbolic import Dim, NotDivisible, Shape, dim_at_most, dims_equal, format_shape, numel
 
 
 class ShapeError(Exception):
@@ -37,6 +37,14 @@ class ShapeContext:
             self.constraints.append(Constraint(a, b, message, self.loc))
         return a if isinstance(a, int) or not isinstance(b, int) else b
 
+    def at_most(self, a: Dim, b: Dim, code: str, message: str) -> None:
+        """a <= b, like `unify`: proven, refuted (ShapeError), or a constraint on the inputs."""
+        known = dim_at_most(a, b)
+        if known is False:
+            raise ShapeError(code, message)
+        if known is None:
+            self.constraints.append(Constraint(a, b, message, self.loc, "<="))
+
 
 Rule = Callable[[ShapeContext, list[TensorType], Attrs], TensorType]
 SHAPE_RULES: dict[Op, Rule] = {}
@@ -56,13 +64,8 @@ def _fmt(t: TensorType) -> str:
 
 # ---- leaves: their type is given when they are made ---------------------------------
 
-@rule(Op.INPUT, Op.CONST, Op.IOTA, Op.SYMSIZE)
+@rule(*GroupOp.Leaf)
 def _leaf(cx, types, attrs):
-    return attrs["type"]
-
-
-@rule(Op.RAND)
-def _rand(cx, types, attrs):
     return attrs["type"]
 
 
@@ -252,6 +255,9 @@ def _gather(cx, types, attrs):
         raise ShapeError("E0206", f"gather's index must be an integer tensor, got {index}")
     if index.rank != x.rank:
         raise ShapeError("E0202", f"gather's index must have the rank of the input: {_fmt(x)} and {_fmt(index)}")
+    for d, (i, n) in enumerate(zip(index.shape, x.shape)):
+        if d != attrs["axis"]:
+            cx.at_most(i, n, "E0207", f"gather's index {_fmt(index)} is larger than the input {_fmt(x)} on axis {d}")
     return TensorType(x.dtype, index.shape)
 
 

@@ -95,6 +95,10 @@ class Sym:
             return 1
         raise NotDivisible(f"{self} is not divisible by {other}")
 
+    def __rfloordiv__(self, other: int) -> "Dim":
+        """An int divided by a polynomial: exact only when the polynomial is an int too, which a Sym is not."""
+        return Sym._lift(other) // self
+
     # -- queries
     @property
     def symbols(self) -> frozenset[str]:
@@ -140,10 +144,6 @@ Dim = Union[int, Sym]
 Shape = tuple[Dim, ...]
 
 
-def is_static(d: Dim) -> bool:
-    return isinstance(d, int)
-
-
 def dims_equal(a: Dim, b: Dim) -> bool | None:
     """True if provably equal, False if provably different, None if it depends on the inputs.
 
@@ -159,16 +159,27 @@ def dims_equal(a: Dim, b: Dim) -> bool | None:
     return None
 
 
+def dim_at_most(a: Dim, b: Dim) -> bool | None:
+    """a <= b: True if provably, False if provably not, None if it depends on the inputs.
+
+    With every symbol at least 1, a polynomial whose non-constant terms all have one
+    sign is smallest (or largest) where every symbol is 1: `1 <= T` always,
+    `2*B + 1 <= B` never, `5 <= B` only for some inputs.
+    """
+    diff = b - a
+    if isinstance(diff, int):
+        return diff >= 0
+    at_ones = sum(c for _, c in diff.terms)
+    slopes = [c for m, c in diff.terms if m]
+    if all(c > 0 for c in slopes) and at_ones >= 0:
+        return True
+    if all(c < 0 for c in slopes) and at_ones < 0:
+        return False
+    return None
+
+
 def evaluate(d: Dim, env: Mapping[str, int]) -> int:
     return d if isinstance(d, int) else d.evaluate(env)
-
-
-def free_symbols(shape: Shape) -> frozenset[str]:
-    out: frozenset[str] = frozenset()
-    for d in shape:
-        if isinstance(d, Sym):
-            out |= d.symbols
-    return out
 
 
 def numel(shape: Shape) -> Dim:
@@ -178,28 +189,5 @@ def numel(shape: Shape) -> Dim:
     return n
 
 
-def format_dim(d: Dim) -> str:
-    s = str(d)
-    return f"({s})" if isinstance(d, Sym) and len(d.terms) > 1 else s
-
-
 def format_shape(shape: Shape) -> str:
     return "[" + ", ".join(str(d) for d in shape) + "]"
-
-
-def parse_dim(text: str) -> Dim:
-    """The inverse of `str(dim)` for the forms the printer writes (`B`, `4*T`, `B*T - 1`)."""
-    text = text.strip()
-    total: Dim = 0
-    sign = 1
-    for token in text.replace("- ", "-").replace("+ ", "+").split():
-        term = token
-        sign = 1
-        if term[0] in "+-":
-            sign = -1 if term[0] == "-" else 1
-            term = term[1:]
-        value: Dim = sign
-        for factor in term.split("*"):
-            value = value * (int(factor) if factor.isdigit() else Sym.var(factor))
-        total = total + value
-    return total

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dln.compiler.autodiff import grad
-from dln.compiler.build import BuiltModel, ParamInfo
+from dln.compiler.build import BuiltModel
 from dln.compiler.emit import GraphBuilder, Tensor
 from dln.compiler.ir import DType, Graph, Phase, TensorType
 from dln.compiler.optimizers import OPTIMIZERS, emit_update
@@ -99,7 +99,3 @@ def _clip(b: GraphBuilder, grads: dict[str, Tensor], max_norm: float) -> dict[st
     norm = b.sqrt(total)
     coef = b.minimum(b.div(max_norm, b.add(norm, 1e-6)), 1.0)
     return {k: b.mul(t, b.cast(coef, t.dtype)) for k, t in grads.items()}
-
-
-def param_info(model: BuiltModel, name: str) -> ParamInfo:
-    return next(p for p in model.params if p.name == name)

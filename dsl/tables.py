@@ -41,6 +41,8 @@ def save(grammar: str, parser: Lark) -> None:
     data, memo = parser.memo_serialize([TerminalDef, Rule])
     data["options"] = {k: v for k, v in data["options"].items() if k != "lexer_callbacks"}  # given at load
     text = json.dumps({"data": _encode(data), "memo": _encode(memo)})
+    # Written beside its final name and renamed over it, as runtime/checkpoint.py writes (dsl does not
+    # import the runtime): a reader never sees half a cache.
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)

@@ -20,6 +20,8 @@ from dln.dsl.diagnostics import Diagnostic, DlnError
 
 
 def _atomic(path: Path, write) -> None:
+    """`write(tmp)` a file beside `path`, flushed to disk, then renamed over it.  (dsl/tables.py writes
+    its parse-table cache the same way, with its own copy: the front end does not import the runtime.)"""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     os.close(fd)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -66,7 +68,7 @@ def _parser() -> argparse.ArgumentParser:
     c = command("eval", "metrics on the validation data", backend=True)
     c.add_argument("--weights", required=True, help="a .safetensors file of weights")
     c = command("graph", "the graph as DOT text (kernels as boxes with --backend triton)", backend=True)
-    c.add_argument("-o", "--output", help="write DOT (or SVG, when the name ends in .svg and Graphviz is installed)")
+    c.add_argument("-o", "--output", help="write DOT; SVG when the name ends in .svg (with Graphviz's dot program)")
     c = command("bench", "kernels per training step and modeled memory traffic, against PyTorch", backend=True)
     c.add_argument("--batch", type=int, default=128)
     return p
@@ -131,6 +133,7 @@ def cmd_check(args) -> int:
     from dln.compiler import pipeline
     from dln.compiler.cost import total_flops
     from dln.compiler.recipe import model_of, recipe_of
+    from dln.compiler.symbolic import numel
 
     began = time.perf_counter()
     program = _load(args)
@@ -149,7 +152,7 @@ def cmd_check(args) -> int:
             spec = pipeline.build_model(program, name, hparams(name), training=False, from_text=True)
             graph = pipeline.forward_graph(spec)
             flops = total_flops(graph, {s: 1 for s in graph.symbols()})
-            count = sum(_numel(p.type.shape) for p in spec.params)
+            count = sum(int(numel(p.type.shape)) for p in spec.params)
             inputs = len(spec.inputs)
             lines.append(f"ok  {spec.name}: {count:,} parameters, {_si(flops)}FLOPs per example"
                          + (f", {inputs} input{'s' if inputs != 1 else ''}" if inputs else ""))
@@ -178,10 +181,11 @@ def cmd_check(args) -> int:
 
 def cmd_params(args) -> int:
     from dln.compiler import pipeline
+    from dln.compiler.symbolic import numel
 
     program = _load(args)
     spec = pipeline.build_model(program, _model_name(args, program), args.hparams, from_text=True)
-    rows = [(p.name, "[" + ", ".join(str(d) for d in p.type.shape) + "]", str(p.init), int(_numel(p.type.shape)))
+    rows = [(p.name, "[" + ", ".join(str(d) for d in p.type.shape) + "]", str(p.init), int(numel(p.type.shape)))
             for p in spec.params]
     widths = [max([len(h)] + [len(str(r[i])) for r in rows]) for i, h in enumerate(("name", "shape", "init"))]
     print(f"{'name':<{widths[0]}}  {'shape':<{widths[1]}}  {'init':<{widths[2]}}  {'count':>10}")
@@ -269,11 +273,24 @@ def cmd_graph(args) -> int:
 
     model = _model(args)
     text = graph_dot(model, kernels=args.backend == "triton")
-    if args.output:
-        Path(args.output).write_text(text)
-        print(f"wrote {args.output}")
-    else:
+    if not args.output:
         print(text, end="")
+        return 0
+    out = Path(args.output)
+    if out.suffix.lower() == ".svg":
+        dot = shutil.which("dot")
+        if dot is not None:
+            run = subprocess.run([dot, "-Tsvg", "-o", str(out)], input=text, text=True, capture_output=True)
+            if run.returncode == 0:
+                print(f"wrote {out}")
+                return 0
+            print(f"dot failed ({run.stderr.strip() or f'exit status {run.returncode}'}); writing DOT instead",
+                  file=sys.stderr)
+        else:
+            print("SVG needs Graphviz's dot program, which is not installed; writing DOT instead", file=sys.stderr)
+        out = out.with_suffix(".dot")
+    out.write_text(text)
+    print(f"wrote {out}")
     return 0
 
 
@@ -289,13 +306,6 @@ COMMANDS: dict[str, Callable[[Any], int]] = {
     "check": cmd_check, "params": cmd_params, "compile": cmd_compile, "run": cmd_run, "train": cmd_train,
     "eval": cmd_eval, "graph": cmd_graph, "bench": cmd_bench,
 }
-
-
-def _numel(shape) -> int:
-    n = 1
-    for d in shape:
-        n *= int(d)
-    return n
 
 
 def _si(n: float) -> str:

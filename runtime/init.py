@@ -14,6 +14,7 @@ import numpy as np
 
 from dln.compiler.build import ParamInfo
 from dln.compiler.ir import TensorType
+from dln.compiler.symbolic import numel
 from dln.compiler.values import InitSpec
 from dln.dsl.diagnostics import Diagnostic, DlnError, Note
 from dln.runtime.numpy_ops import np_dtype
@@ -49,10 +50,7 @@ def physical_memory() -> int | None:
 
 
 def _nbytes(t: TensorType) -> int:
-    n = t.dtype.itemsize
-    for d in t.shape:
-        n *= int(d)
-    return n
+    return int(numel(t.shape)) * t.dtype.itemsize
 
 
 def _human(n: int) -> str:

@@ -211,9 +211,18 @@ def _concat(node, args, out, env):
 
 @impl(Op.GATHER)
 def _gather(node, args, out, env):
+    """torch.gather: out[i][j][k] = x[i][index[i][j][k]][k] (axis 1).  The index may be smaller than
+    x on the other axes; every index must lie in 0 .. size - 1 of the gathered axis (no wrapping)."""
     x, index = args
+    axis = node.attrs["axis"]
+    size = x.shape[axis]
+    if index.size and (index.min() < 0 or index.max() >= size):
+        bad = index.min() if index.min() < 0 else index.max()
+        raise IndexError(f"index {bad} is out of bounds for axis {axis} with size {size}")
+    where = list(np.indices(index.shape, sparse=True))
+    where[axis] = index
     out = _alloc(node, out, env)
-    out[...] = np.take_along_axis(x, index, axis=node.attrs["axis"])
+    out[...] = x[tuple(where)]
     return out
 
 

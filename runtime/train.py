@@ -347,6 +347,16 @@ class Trainer:
         files = _committed_files(ckpt, state)
         if "weights" not in files or "optimizer" not in files:
             raise _damaged(ckpt, "state.json names no weights or no optimizer state")
+        try:  # everything read before anything is restored
+            step_counts = [int(c) for c in state["step_counts"]]
+            rng_step = int(state["rng_step"])
+            epochs_done = int(state["epochs_done"])
+            history = list(state.get("history", []))
+            stop = state.get("early_stop") or {}
+            best_val = float(stop["best_val"]) if stop.get("best_val") is not None else math.inf
+            bad_epochs, stopped = int(stop.get("bad_epochs", 0)), bool(stop.get("stopped", False))
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise _damaged(ckpt, f"state.json is incomplete ({type(e).__name__}: {e})") from None
         self.model.load_state_dict(checkpoint.load_arrays(ckpt / files["weights"]))
         saved = checkpoint.load_arrays(ckpt / files["optimizer"])
         for k, v in self.states.items():
@@ -355,19 +365,14 @@ class Trainer:
                                                    f"({k})", None))
             self.model.backend.copy_into(v, saved[k])
         try:
-            self.step_counts = [int(c) for c in state["step_counts"]]
-            rng_step = int(state["rng_step"])
-            epochs_done = int(state["epochs_done"])
             for s, st in zip(schedules, state.get("schedules", [])):
                 s.restore(st)
-            self.history.epochs = list(state.get("history", []))
             if state.get("fill_rng"):
                 self.fill_rng.bit_generator.state = state["fill_rng"]
-            stop = state.get("early_stop") or {}
-            self.best_val = float(stop["best_val"]) if stop.get("best_val") is not None else math.inf
-            self.bad_epochs, self.stopped = int(stop.get("bad_epochs", 0)), bool(stop.get("stopped", False))
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise _damaged(ckpt, f"state.json is incomplete ({type(e).__name__}: {e})") from None
+        self.step_counts, self.history.epochs = step_counts, history
+        self.best_val, self.bad_epochs, self.stopped = best_val, bad_epochs, stopped
         self.model.backend.copy_into(self.rng["rng.step"], np.array(rng_step, np.int64))
         if "best" in files:
             self.best_params = checkpoint.load_arrays(ckpt / files["best"])
@@ -379,7 +384,7 @@ class Trainer:
 _CHECKPOINT_FILE = re.compile(r"(weights|optimizer|best)-\d+\.safetensors")
 
 
-def _committed_files(ckpt: Path, state: Mapping[str, Any]) -> dict[str, str]:
+def _committed_files(ckpt: Path, state: Any) -> dict[str, str]:
     """The files a state.json names (kind -> file name), each checked before anything reads or
     deletes it: a name of the form `weights-3.safetensors` under its kind, nothing else."""
     files = state.get("files", {}) if isinstance(state, Mapping) else None

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dln.compiler.builtins import BOOL, FLOAT, OPERAND, STR, TENSOR, builtin
 from dln.compiler.builtins.reductions import log_softmax_of
-from dln.compiler.emit import DEFAULT_FLOAT, Tensor
+from dln.compiler.emit import Tensor
 from dln.compiler.ir import Op
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -26,10 +26,6 @@ def _reduce(cx, loss: Tensor, reduction: str, allowed=REDUCTIONS) -> Tensor:
     if reduction == "sum":
         return cx.b.sum(loss)
     return loss
-
-
-def _float(cx, x: Tensor) -> Tensor:
-    return x if x.dtype.is_float else cx.b.cast(x, DEFAULT_FLOAT)
 
 
 def _target(cx, x: Tensor, target) -> Tensor:
@@ -67,7 +63,7 @@ def _picked(cx, values: Tensor, target: Tensor) -> Tensor:
 def cross_entropy(cx, logits: TENSOR, target: TENSOR, label_smoothing: FLOAT = 0.0, reduction: STR = "mean"):
     """softmax cross-entropy; target holds class indices or class probabilities; classes on the last axis"""
     b = cx.b
-    logits = _float(cx, logits)
+    logits = cx.b.to_float(logits)
     if logits.rank == 0:
         raise cx.fail("E0202", f"cross_entropy needs logits with a class axis, got {logits.type}")
     if not 0.0 <= label_smoothing <= 1.0:
@@ -96,14 +92,14 @@ def nll(cx, logp: TENSOR, target: TENSOR, reduction: STR = "mean"):
     """negative log-likelihood of class indices, given log-probabilities (classes on the last axis)"""
     if not target.dtype.is_int:
         raise cx.fail("E0206", f"nll needs integer class indices, got {target.type}")
-    return _reduce(cx, cx.b.neg(_picked(cx, _float(cx, logp), target)), reduction)
+    return _reduce(cx, cx.b.neg(_picked(cx, cx.b.to_float(logp), target)), reduction)
 
 
 @builtin(category="loss")
 def mse(cx, input: TENSOR, target: OPERAND, reduction: STR = "mean"):
     """mean squared error"""
     b = cx.b
-    x = _float(cx, input)
+    x = cx.b.to_float(input)
     d = b.sub(x, _target(cx, x, cx.operand(target)))
     return _reduce(cx, b.mul(d, d), reduction)
 
@@ -112,7 +108,7 @@ def mse(cx, input: TENSOR, target: OPERAND, reduction: STR = "mean"):
 def mae(cx, input: TENSOR, target: OPERAND, reduction: STR = "mean"):
     """mean absolute error (torch's l1_loss)"""
     b = cx.b
-    x = _float(cx, input)
+    x = cx.b.to_float(input)
     return _reduce(cx, b.unary(Op.ABS, b.sub(x, _target(cx, x, cx.operand(target)))), reduction)
 
 
@@ -120,7 +116,7 @@ def mae(cx, input: TENSOR, target: OPERAND, reduction: STR = "mean"):
 def huber(cx, input: TENSOR, target: OPERAND, delta: FLOAT = 1.0, reduction: STR = "mean"):
     """quadratic within delta of the target, linear beyond (torch's huber_loss)"""
     b = cx.b
-    x = _float(cx, input)
+    x = cx.b.to_float(input)
     d = b.sub(x, _target(cx, x, cx.operand(target)))
     ad = b.unary(Op.ABS, d)
     quad = b.mul(b.mul(d, d), 0.5)
@@ -132,7 +128,7 @@ def huber(cx, input: TENSOR, target: OPERAND, delta: FLOAT = 1.0, reduction: STR
 def bce(cx, input: TENSOR, target: OPERAND, reduction: STR = "mean"):
     """binary cross-entropy of probabilities; logs are clamped at -100, as torch"""
     b = cx.b
-    p = _float(cx, input)
+    p = cx.b.to_float(input)
     t = _target(cx, p, cx.operand(target))
     log_p = b.detach(b.maximum(b.log(p), -100.0))
     log_q = b.detach(b.maximum(b.log(b.sub(1.0, p)), -100.0))
@@ -150,7 +146,7 @@ def bce(cx, input: TENSOR, target: OPERAND, reduction: STR = "mean"):
 def bce_with_logits(cx, input: TENSOR, target: OPERAND, reduction: STR = "mean"):
     """binary cross-entropy on logits: (1 - t) x - log(sigmoid(x)), computed stably"""
     b = cx.b
-    x = _float(cx, input)
+    x = cx.b.to_float(input)
     t = _target(cx, x, cx.operand(target))
     # log(sigmoid(x)) = min(x, 0) - log1p(exp(-|x|)); `minimum` splits the gradient at
     # x = 0, which makes the derivative exactly sigmoid(x) - t there too.
@@ -163,7 +159,7 @@ def bce_with_logits(cx, input: TENSOR, target: OPERAND, reduction: STR = "mean")
 def hinge(cx, input: TENSOR, target: TENSOR, margin: FLOAT = 1.0, reduction: STR = "mean"):
     """multi-class margin loss: sum over wrong classes of max(0, margin - x[y] + x[j]) / C"""
     b = cx.b
-    x = _float(cx, input)
+    x = cx.b.to_float(input)
     if not target.dtype.is_int:
         raise cx.fail("E0206", f"hinge needs integer class indices, got {target.type}")
     mask = _class_mask(cx, x, target)
@@ -177,7 +173,7 @@ def hinge(cx, input: TENSOR, target: TENSOR, margin: FLOAT = 1.0, reduction: STR
 def kl_div(cx, input: TENSOR, target: TENSOR, reduction: STR = "mean", log_target: BOOL = False):
     """KL divergence with input as log-probabilities (torch.nn.functional.kl_div)"""
     b = cx.b
-    x = _float(cx, input)
+    x = cx.b.to_float(input)
     t = _target(cx, x, target)
     if log_target:
         loss = b.mul(b.exp(t), b.sub(t, x))

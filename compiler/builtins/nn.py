@@ -6,8 +6,8 @@ from __future__ import annotations
 import math
 
 from dln.compiler.builtins import BOOL, FLOAT, INIT, INT, TENSOR, builtin
-from dln.compiler.emit import DEFAULT_FLOAT, Tensor
-from dln.compiler.ir import DType, Op
+from dln.compiler.emit import Tensor
+from dln.compiler.ir import Op
 from dln.compiler.symbolic import numel
 from dln.compiler.values import InitSpec
 
@@ -25,10 +25,6 @@ def _positive(cx, layer: str, **sizes: int) -> None:
             raise cx.fail_at(name, "E0208", f"{layer}'s {name} must be positive, got {n}")
 
 
-def _param_dtype(x: Tensor) -> DType:
-    return x.dtype if x.dtype.is_float else DEFAULT_FLOAT
-
-
 def _uniform(bound: float) -> InitSpec:
     return InitSpec("uniform", (("a", -bound), ("b", bound)))
 
@@ -39,10 +35,11 @@ def linear(cx, x: TENSOR, out: INT, bias: BOOL = True, init: INIT = None):
     n_in = _features(cx, x, "linear")
     _positive(cx, "linear", out=out)
     b = cx.b
-    dtype = _param_dtype(x)
+    x = b.to_float(x)
+    dtype = x.dtype
     default = _uniform(1.0 / math.sqrt(n_in)) if n_in else InitSpec("zeros")
     weight = cx.param("weight", (out, n_in), init or default, dtype)
-    y = b.matmul(b.cast(x, dtype), b.transpose(weight))
+    y = b.matmul(x, b.transpose(weight))
     if bias:
         y = b.add(y, cx.param("bias", (out,), default, dtype))
     return y
@@ -67,8 +64,8 @@ def layernorm(cx, x: TENSOR, eps: FLOAT = 1e-5, affine: BOOL = True):
     """normalization over the last axis, with weight and bias (torch.nn.LayerNorm)"""
     b = cx.b
     n = _features(cx, x, "layernorm")
-    dtype = _param_dtype(x)
-    x = b.cast(x, dtype)
+    x = b.to_float(x)
+    dtype = x.dtype
     mean = b.mean(x, -1, keepdim=True)
     centered = b.sub(x, mean)
     variance = b.mean(b.mul(centered, centered), -1, keepdim=True)
@@ -85,9 +82,10 @@ def gcn_conv(cx, x: TENSOR, adj: TENSOR, out: INT, bias: BOOL = True):
     _positive(cx, "gcn_conv", out=out)
     b = cx.b
     n_in = _features(cx, x, "gcn_conv")
-    dtype = _param_dtype(x)
+    x = b.to_float(x)
+    dtype = x.dtype
     weight = cx.param("weight", (out, n_in), InitSpec("xavier_uniform", (("gain", 1.0),)), dtype)
-    y = b.matmul(b.cast(adj, dtype), b.matmul(b.cast(x, dtype), b.transpose(weight)))
+    y = b.matmul(b.cast(adj, dtype), b.matmul(x, b.transpose(weight)))
     if bias:
         y = b.add(y, cx.param("bias", (out,), InitSpec("zeros"), dtype))
     return y

@@ -8,12 +8,11 @@ gradient has to flow through the max.
 
 from __future__ import annotations
 
+import math
+
 from dln.compiler.builtins import AXIS, BOOL, INT, TENSOR, builtin
-from dln.compiler.emit import DEFAULT_FLOAT, Tensor
-
-
-def _float(cx, x: Tensor) -> Tensor:
-    return x if x.dtype.is_float else cx.b.cast(x, DEFAULT_FLOAT)
+from dln.compiler.emit import Tensor
+from dln.compiler.ir import Op
 
 
 @builtin()
@@ -50,7 +49,7 @@ def argmax(cx, x: TENSOR, axis: INT = None, keepdim: BOOL = False):
 def var(cx, x: TENSOR, axis: AXIS = None, keepdim: BOOL = False, correction: INT = 1):
     """variance; correction = 1 divides by n - 1, as torch.var"""
     b = cx.b
-    x = _float(cx, x)
+    x = cx.b.to_float(x)
     axes = b.axes(x, axis)
     count = 1
     for a in axes:
@@ -77,9 +76,12 @@ def _shifted(cx, x: Tensor, axis) -> tuple[Tensor, Tensor]:
 def logsumexp(cx, x: TENSOR, axis: AXIS = None, keepdim: BOOL = False):
     """log(sum(exp(x))) over axis, computed stably"""
     b = cx.b
-    x = _float(cx, x)
-    shifted, m = _shifted(cx, x, axis)
-    out = b.add(b.log(b.sum(b.exp(shifted), axis, keepdim=True)), m)
+    x = cx.b.to_float(x)
+    # torch's shift: the row maximum, or 0 where it is infinite, so that a row of -inf gives -inf
+    # (not -inf - -inf = nan) and a row holding +inf gives +inf.
+    m = b.max(x, axis, keepdim=True)
+    m = b.detach(b.where(b.compare(Op.EQ, b.unary(Op.ABS, m), math.inf), 0.0, m))
+    out = b.add(b.log(b.sum(b.exp(b.sub(x, m)), axis, keepdim=True)), m)
     if not keepdim:
         out = b.reshape(out, tuple(d for i, d in enumerate(out.shape) if i not in b.axes(x, axis)))
     return out
@@ -89,7 +91,7 @@ def logsumexp(cx, x: TENSOR, axis: AXIS = None, keepdim: BOOL = False):
 def softmax(cx, x: TENSOR, axis: INT = -1):
     """exp(x) / sum(exp(x)) along axis (the last by default)"""
     b = cx.b
-    x = _float(cx, x)
+    x = cx.b.to_float(x)
     shifted, _ = _shifted(cx, x, axis)
     e = b.exp(shifted)
     return b.div(e, b.sum(e, axis, keepdim=True))
@@ -98,7 +100,7 @@ def softmax(cx, x: TENSOR, axis: INT = -1):
 @builtin()
 def log_softmax(cx, x: TENSOR, axis: INT = -1):
     """x - logsumexp(x) along axis (the last by default)"""
-    return log_softmax_of(cx, _float(cx, x), axis)
+    return log_softmax_of(cx, cx.b.to_float(x), axis)
 
 
 def log_softmax_of(cx, x: Tensor, axis: int) -> Tensor:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dln.compiler.builtins import AXIS, DIM, DIMS, FLOAT, INT, SIZES, TENSOR, TENSORS, builtin
 from dln.compiler.emit import Tensor
 from dln.compiler.ir import DType, Op
-from dln.compiler.symbolic import Dim, NotDivisible, numel
+from dln.compiler.symbolic import Dim, NotDivisible, Sym, dim_at_most, numel
 from dln.compiler.values import TupleValue
 
 
@@ -17,21 +17,31 @@ def _axis(cx, x: Tensor, axis: int, extra: int = 0) -> int:
     return axis % rank
 
 
+def _sizes(cx, shape: tuple[Dim, ...], what: str, keep: str) -> None:
+    """Sizes written by the user: -1 (which `keep`s or infers a size) or not negative."""
+    for d in shape:
+        if d != -1 and dim_at_most(d, -1):
+            raise cx.fail_at("shape", "E0208", f"{what}'s sizes must be -1 ({keep}) or at least 0, got {d}")
+
+
 @builtin()
 def reshape(cx, x: TENSOR, shape: DIMS):
     """x with a new shape of the same size; one entry may be -1"""
+    _sizes(cx, shape, "reshape", "inferred")
     holes = [i for i, d in enumerate(shape) if d == -1]
     if len(holes) > 1:
-        raise cx.fail("E0204", "reshape allows at most one -1")
+        raise cx.fail_at("shape", "E0204", "reshape allows at most one -1")
     if holes:
-        known: Dim = 1
-        for d in shape:
-            if d != -1:
-                known = known * d
+        total, known = numel(x.shape), numel(tuple(d for d in shape if d != -1))
         try:
-            missing = numel(x.shape) // known
+            if isinstance(total, int) and isinstance(known, int) and known and total % known:
+                raise NotDivisible(f"{total} is not divisible by {known}")
+            missing = total // known
         except (NotDivisible, ZeroDivisionError):
-            raise cx.fail("E0204", f"cannot reshape {x.type} to {tuple(str(d) for d in shape)}") from None
+            written = "(" + ", ".join(str(d) for d in shape) + ")"
+            divisor = f"({known})" if isinstance(known, Sym) and len(known.terms) > 1 else str(known)
+            raise cx.fail("E0204", f"cannot reshape {x.type} to {written}: the -1 would be {total} / {divisor}, "
+                                   "not a whole size") from None
         shape = tuple(missing if d == -1 else d for d in shape)
     return cx.b.reshape(x, shape)
 
@@ -45,12 +55,13 @@ def transpose(cx, x: TENSOR, a: INT, b: INT):
 @builtin()
 def permute(cx, x: TENSOR, *axes: SIZES):
     """x with its axes reordered: permute(x, 0, 2, 1) or permute(x, (0, 2, 1))"""
-    perm: list[int] = []
+    written: list[int] = []
     for a in axes:
-        perm += list(a) if isinstance(a, tuple) else [a]
-    if sorted(p % x.rank if x.rank else 0 for p in perm) != list(range(x.rank)):
-        raise cx.fail("E0202", f"{tuple(perm)} is not a permutation of the axes of {x.type}")
-    return cx.b.permute(x, [p % x.rank for p in perm])
+        written += list(a) if isinstance(a, tuple) else [a]
+    perm = [_axis(cx, x, a) for a in written]
+    if sorted(perm) != list(range(x.rank)):
+        raise cx.fail("E0202", f"{tuple(written)} is not a permutation of the axes of {x.type}")
+    return cx.b.permute(x, perm)
 
 
 @builtin()
@@ -81,9 +92,12 @@ def unsqueeze(cx, x: TENSOR, axis: INT):
 @builtin()
 def expand(cx, x: TENSOR, shape: DIMS):
     """x broadcast to shape; -1 keeps an axis"""
+    _sizes(cx, shape, "expand", "keeps an axis")
     offset = len(shape) - x.rank
     if offset < 0:
         raise cx.fail("E0201", f"cannot expand {x.type} to fewer axes")
+    if -1 in shape[:offset]:
+        raise cx.fail_at("shape", "E0208", f"expand's -1 keeps an axis of {x.type}: a new leading axis needs a size")
     target = tuple(x.shape[i - offset] if d == -1 else d for i, d in enumerate(shape))
     return cx.b.broadcast_to(x, target)
 
@@ -107,8 +121,8 @@ def split(cx, x: TENSOR, sizes: SIZES, axis: INT = 0):
         sizes = tuple(min(sizes, n - i) for i in range(0, n, sizes))
     elif any(s < 0 for s in sizes):
         raise cx.fail_at("sizes", "E0208", f"split sizes cannot be negative, got {sizes}")
-    elif isinstance(n, int) and sum(sizes) != n:
-        raise cx.fail("E0204", f"split sizes {sizes} do not add up to {n}")
+    else:
+        cx.b.unify(sum(sizes), n, "E0204", f"split sizes {sizes} do not add up to {n}")
     pieces, start = [], 0
     for s in sizes:
         pieces.append(cx.b.slice_axis(x, axis, start, start + s))
@@ -169,11 +183,16 @@ def arange(cx, start: DIM, end: DIM = None, step: INT = 1):
         start, end = 0, start
     if step <= 0:
         raise cx.fail_at("step", "E0208", f"arange's step must be positive, got {step}")
+    # torch: empty when end == start, an error when end comes before start.
+    before = f"arange's end {end} comes before its start {start}"
+    if dim_at_most(start, end) is False:
+        raise cx.fail_at("end", "E0208", before)
+    cx.b.at_most(start, end, "E0207", before)
     n = end - start
     if step != 1:
         if not isinstance(n, int):
             raise cx.fail("E0202", "arange with a step needs known bounds")
-        n = max(0, -(-n // step))
+        n = -(-n // step)
     out = b.iota(n)
     if step != 1:
         out = b.mul(out, step)

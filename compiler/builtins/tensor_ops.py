@@ -9,17 +9,13 @@ from __future__ import annotations
 import math
 
 from dln.compiler.builtins import DTYPE, FLOAT, OPERAND, STR, TENSOR, builtin
-from dln.compiler.emit import DEFAULT_FLOAT, Tensor
+from dln.compiler.emit import DEFAULT_FLOAT
 from dln.compiler.ir import DType, Op
-
-
-def _float(cx, x: Tensor) -> Tensor:
-    return x if x.dtype.is_float else cx.b.cast(x, DEFAULT_FLOAT)
 
 
 def _unary(op: Op, name: str, doc: str) -> None:
     def fn(cx, x: TENSOR):
-        return cx.b.unary(op, _float(cx, x))
+        return cx.b.float_unary(op, x)
     fn.__doc__ = doc
     builtin(name)(fn)
 
@@ -67,7 +63,7 @@ def leaky_relu(cx, x: TENSOR, slope: FLOAT = 0.01):
 def elu(cx, x: TENSOR, alpha: FLOAT = 1.0):
     """x where x > 0, else alpha * (exp(x) - 1)"""
     b = cx.b
-    x = _float(cx, x)
+    x = cx.b.to_float(x)
     return b.where(b.compare(Op.GT, x, 0), x, b.mul(b.sub(b.exp(x), 1.0), alpha))
 
 
@@ -85,7 +81,7 @@ def selu(cx, x: TENSOR):
 def gelu(cx, x: TENSOR, approximate: STR = "none"):
     """x * Phi(x); approximate = "tanh" uses the tanh formula"""
     b = cx.b
-    x = _float(cx, x)
+    x = cx.b.to_float(x)
     if approximate == "none":
         cdf = b.mul(b.add(b.unary(Op.ERF, b.mul(x, 1.0 / math.sqrt(2.0))), 1.0), 0.5)
         return b.mul(x, cdf)
@@ -98,7 +94,7 @@ def gelu(cx, x: TENSOR, approximate: STR = "none"):
 @builtin()
 def silu(cx, x: TENSOR):
     """x * sigmoid(x)"""
-    x = _float(cx, x)
+    x = cx.b.to_float(x)
     return cx.b.mul(x, cx.b.sigmoid(x))
 
 
@@ -106,7 +102,7 @@ def silu(cx, x: TENSOR):
 def softplus(cx, x: TENSOR, beta: FLOAT = 1.0, threshold: FLOAT = 20.0):
     """log(1 + exp(beta * x)) / beta; linear above the threshold"""
     b = cx.b
-    x = _float(cx, x)
+    x = cx.b.to_float(x)
     bx = b.mul(x, beta)
     above = b.compare(Op.GT, bx, threshold)
     # Clamp what exp sees with `where`, not `minimum`: at bx == threshold exactly torch takes the
@@ -136,8 +132,10 @@ def clamp(cx, x: TENSOR, lo: OPERAND = None, hi: OPERAND = None):
     b = cx.b
     out = x
     if lo is not None:
+        lo = cx.operand(lo)
         out = b.where(b.compare(Op.LT, out, lo), lo, out)
     if hi is not None:
+        hi = cx.operand(hi)
         out = b.where(b.compare(Op.GT, out, hi), hi, out)
     return out
 
@@ -185,7 +183,7 @@ def dropout(cx, x: TENSOR, p: FLOAT = 0.5):
     if not cx.training or p == 0.0:
         return x
     b = cx.b
-    x = _float(cx, x)
+    x = cx.b.to_float(x)
     if p == 1.0:
         return b.mul(x, 0.0)
     keep = b.compare(Op.GE, cx.random(x.shape, x.dtype), p)
@@ -214,7 +212,7 @@ def randn_like(cx, x: TENSOR):
 def bernoulli(cx, p: TENSOR):
     """1.0 with probability p, else 0.0"""
     b = cx.b
-    p = _float(cx, p)
+    p = cx.b.to_float(p)
     return b.cast(b.compare(Op.LT, cx.random(p.shape, p.dtype), p), p.dtype)
 
 

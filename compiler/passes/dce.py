@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dln.compiler.ir import Graph
+from dln.compiler.ir import Graph, Op
 
 
 def dce(graph: Graph, keep_inputs: bool = False) -> Graph:
@@ -13,5 +13,5 @@ def dce(graph: Graph, keep_inputs: bool = False) -> Graph:
         if n.id in live:
             live.update(n.inputs)
     nodes = tuple(n for n in graph.nodes
-                  if n.id in live or (keep_inputs and n.op.value == "input"))
+                  if n.id in live or (keep_inputs and n.op is Op.INPUT))
     return Graph(graph.name, nodes, graph.outputs, graph.constraints)

@@ -4,12 +4,15 @@ Constants in the IR are filled tensors (`const(value=...)` of a shape), so
 folding works on their single value: elementwise ops of constants become
 constants, computed with NumPy scalars of the node's element type (the same
 arithmetic the NumPy backend does).  Identities are removed where they are
-exact for every input: `x + 0`, `x * 1`, `x / 1`, `--x`, a reshape or
-broadcast to the same shape, chains of reshapes and of permutes.  `x * 0` is
-kept: it is NaN for infinite x.
+exact for every input, signed zeros, infinities and NaN included: `x * 1`,
+`x / 1`, `x - 0`, `x + 0` for integers (for floats only `x + -0.0`: `-0.0 +
+0.0` is `+0.0`), `--x`, a reshape or broadcast to the same shape, chains of
+reshapes and of permutes.  `x * 0` is kept: it is NaN for infinite x.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -88,11 +91,11 @@ def _identity(n, ins, values):
     same = a.type == n.type and b.type == n.type
     if not same:
         return None
-    if n.op is Op.ADD and vb == 0 and vb is not False:
+    if n.op is Op.ADD and _is_zero(vb, n.dtype, negative=True):
         return a.id
-    if n.op is Op.ADD and va == 0 and va is not False:
+    if n.op is Op.ADD and _is_zero(va, n.dtype, negative=True):
         return b.id
-    if n.op is Op.SUB and vb == 0 and vb is not False:
+    if n.op is Op.SUB and _is_zero(vb, n.dtype, negative=False):
         return a.id
     if n.op is Op.MUL and vb == 1 and vb is not True:
         return a.id
@@ -101,3 +104,11 @@ def _identity(n, ins, values):
     if n.op is Op.DIV and vb == 1 and vb is not True:
         return a.id
     return None
+
+
+def _is_zero(v, dtype: DType, negative: bool) -> bool:
+    """Is `v` a zero that adds exactly (`negative`: x + v) or subtracts exactly (x - v)?  Any integer 0;
+    for floats the zero of the right sign: x + -0.0 and x - +0.0 keep x, even x = -0.0."""
+    if v is None or isinstance(v, bool) or v != 0:
+        return False
+    return not dtype.is_float or math.copysign(1.0, v) == (-1.0 if negative else 1.0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from dln.compiler.emit import GraphBuilder, Tensor
+from dln.compiler.emit import GraphBuilder
 from dln.compiler.ir import Graph, Node
 
 # A rule gets the builder and the node with its inputs already remapped; it
@@ -30,7 +30,3 @@ def rewrite(graph: Graph, rule: Rule) -> Graph:
             alias[n.id] = replacement
     outputs = [(name, alias.get(i, i)) for name, i in graph.outputs]
     return b.finish(outputs)
-
-
-def tensor_of(b: GraphBuilder, node_id: int) -> Tensor:
-    return b.tensor(node_id)

@@ -1,4 +1,4 @@
-"""The IR checker: run between passes in debug mode (DLN_DEBUG=1 or --debug).
+"""The IR checker: run between passes in debug mode (`dln --debug`, or `debug=True` in the API).
 
 It re-derives every node's type from its inputs with the shape rules and
 checks SSA order; on a failure it prints the IR around the bad node.
@@ -6,7 +6,7 @@ checks SSA order; on a failure it prints the IR around the bad node.
 
 from __future__ import annotations
 
-from dln.compiler.ir import Graph, Op
+from dln.compiler.ir import Graph, GroupOp
 from dln.compiler.printer import format_node
 from dln.compiler.shapes import SHAPE_RULES, ShapeContext, ShapeError
 
@@ -24,7 +24,7 @@ def verify(graph: Graph, after: str = "") -> Graph:
         missing = [i for i in n.inputs if i not in seen]
         if missing:
             problem = f"uses %{missing[0]} before it is defined"
-        elif n.op not in (Op.INPUT, Op.CONST, Op.IOTA, Op.SYMSIZE, Op.RAND):
+        elif n.op not in GroupOp.Leaf:
             try:
                 expected = SHAPE_RULES[n.op](ShapeContext(), [graph.node(i).type for i in n.inputs], n.attrs)
                 if expected != n.type:

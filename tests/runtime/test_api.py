@@ -322,6 +322,36 @@ model pairs() {
     assert info.value.diagnostics[0].span.line == line_of(text, "input b")
 
 
+def test_a_gather_index_out_of_range_fails_at_the_call():
+    model = dln.compile("model m() {\n    input x: f32[B, 3]\n    input i: i64[B, 2]\n"
+                        "    output y = gather(x, 1, i)\n}\n")
+    x = np.zeros((2, 3), np.float32)
+    for bad in ([[0, 3], [1, 1]], [[0, -1], [1, 1]]):   # torch.gather wraps no negative index either
+        with pytest.raises(dln.DlnError) as e:
+            model(x=x, i=np.array(bad))
+        assert e.value.code == "E0704" and "gather failed at run time" in str(e.value)
+        assert e.value.diagnostics[0].span.line == 4
+
+
+def test_a_failure_while_computing_constants_is_a_diagnostic_at_the_node():
+    """Values that depend on no input are computed once, when a run is planned: a failure there is
+    reported like one during a step."""
+    model = dln.compile("model m() {\n    input x: f32[4]\n    i = arange(3) + 5\n"
+                        "    output y = x + cast(gather(arange(3), 0, i), f32)[0]\n}\n")
+    with pytest.raises(dln.DlnError) as e:
+        model(x=np.zeros(4, np.float32))
+    assert e.value.code == "E0704" and "index 7 is out of bounds" in str(e.value)
+    assert e.value.diagnostics[0].span.line == 4
+
+
+def test_an_output_that_only_reads_a_dimension_still_needs_the_input_giving_it():
+    model = dln.compile("model m() {\n    input x: f32[B, 4]\n    output y = arange(3) * B\n}\n")
+    np.testing.assert_array_equal(model(x=np.zeros((5, 4), np.float32))["y"], [0, 5, 10])
+    with pytest.raises(dln.DlnError) as e:
+        model()
+    assert e.value.code == "E0701" and "dimension B is unknown" in str(e.value)
+
+
 def test_outputs_are_not_overwritten_by_the_next_call(batch):
     x, y = batch
     model = dln.compile(SOURCE)

@@ -228,6 +228,16 @@ REDUCTIONS = [
     Case("logsumexp_masked", "y = logsumexp(x, axis = 1)", lambda x: torch.logsumexp(x, 1),
          {"x": np.where(R(13).random((6, 7)) < 0.3, -np.inf, normal((6, 7), 14))}),
     Case("sum_bool", "y = sum(x > 0.0, axis = 0)", lambda x: torch.sum(x > 0.0, 0), inputs={"x": X3}),
+    # torch sums integers in int64
+    Case("sum_int32", "y = sum(cast(t, i32), axis = 1)", lambda t: torch.sum(t.to(torch.int32), 1),
+         inputs={"t": R(23).integers(-9, 9, (3, 7))}),
+    Case("sum_int32_all", "y = sum(cast(t, i32))", lambda t: torch.sum(t.to(torch.int32)),
+         inputs={"t": R(23).integers(-9, 9, (3, 7))}),
+    # torch's shift: a row of -inf sums to -inf, a row holding +inf to +inf (not nan)
+    Case("logsumexp_infinite_rows", "y = logsumexp(x, axis = 1)", lambda x: torch.logsumexp(x, 1),
+         inputs={"x": np.array([[-np.inf] * 3, [1.0, np.inf, 2.0], [-np.inf, np.inf, 0.0]])}),
+    Case("logsumexp_infinite_rows_keepdim", "y = logsumexp(x, axis = 1, keepdim = true)",
+         lambda x: torch.logsumexp(x, 1, keepdim=True), inputs={"x": np.array([[-np.inf] * 3, [1.0, np.inf, 2.0]])}),
     Case("argmax", "y = argmax(x, axis = 1)", lambda x: torch.argmax(x, 1), inputs={"x": X3}),
     Case("argmax_keepdim", "y = argmax(x, axis = -1, keepdim = true)",
          lambda x: torch.argmax(x, -1, keepdim=True), inputs={"x": X3}),
@@ -281,8 +291,14 @@ SHAPES = [
     Case("gather", "y = gather(x, 1, i)", lambda x, i: torch.gather(x, 1, i), {"x": X3}, {"i": IDX}),
     Case("gather_pipe_last", "y = x -> gather(-1, i)", lambda x, i: torch.gather(x, -1, i),
          {"x": normal((6, 4, 7))}, {"i": IDX[:, :, :3]}),
+    # the index may be smaller than x on the axes it does not gather along
+    Case("gather_smaller_index", "y = gather(x, 1, i)", lambda x, i: torch.gather(x, 1, i), {"x": X3},
+         {"i": R(24).integers(0, 7, (4, 9, 2))}),
+    Case("gather_smaller_index_axis0", "y = gather(x, 0, i)", lambda x, i: torch.gather(x, 0, i), {"x": X3},
+         {"i": R(25).integers(0, 6, (8, 3, 5))}),
     Case("arange", "y = arange(7)", lambda: torch.arange(7)),
     Case("arange_start_step", "y = arange(2, 11, step = 3)", lambda: torch.arange(2, 11, 3)),
+    Case("arange_empty", "y = arange(3, 3)", lambda: torch.arange(3, 3)),
     Case("arange_as_float", "y = x * cast(arange(5), f64)", lambda x: x * torch.arange(5).double(),
          {"x": normal(S)}),
 ]
@@ -544,6 +560,12 @@ model m() {
     COT
     output y
 }""", torch.nn.Linear(5, 7), "fc", normal((6, 5)), lambda m, x: torch.tanh(m(x)) * 2.0, x_is_param=False)
+
+
+def test_clamp_bounds_may_be_dimensions():
+    model = dln.compile("model m() {\n    input x: f32[B, 4]\n    output y = clamp(x, lo = B, hi = 2 * B)\n}\n")
+    x = np.arange(-4, 20, dtype=np.float32).reshape(6, 4)
+    np.testing.assert_array_equal(model(x=x)["y"], torch.clamp(torch.tensor(x), 6, 12).numpy())
 
 
 def test_layernorm():

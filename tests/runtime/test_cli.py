@@ -213,3 +213,29 @@ def test_console_script_and_module_agree(project: Path):
     as_module = dln_cli("check", "mlp.dln", cwd=project)
     assert as_script.returncode == as_module.returncode == 0
     assert as_script.stdout == as_module.stdout and as_script.stdout.startswith("ok")
+
+
+# ---- dln graph: DOT, or SVG through Graphviz's dot program when it is there -------------------------------------
+def test_graph_writes_svg_through_dot(project: Path, monkeypatch, capsys):
+    from dln.runtime import cli
+
+    fake_dot = project / "dot"   # stands for Graphviz: records what it was given, writes an SVG
+    fake_dot.write_text(f"#!{sys.executable}\nimport sys\nsource = sys.stdin.read()\n"
+                        "assert sys.argv[1] == '-Tsvg' and source.startswith('digraph')\n"
+                        "open(sys.argv[3], 'w').write('<svg/>')\n")
+    fake_dot.chmod(0o755)
+    monkeypatch.setattr(cli.shutil, "which", lambda name: str(fake_dot) if name == "dot" else None)
+    assert cli.main(["graph", "mlp.dln", "-o", "g.svg"]) == 0
+    assert (project / "g.svg").read_text() == "<svg/>"
+    assert "wrote g.svg" in capsys.readouterr().out
+
+
+def test_graph_without_dot_writes_dot_and_says_so(project: Path, monkeypatch, capsys):
+    from dln.runtime import cli
+
+    monkeypatch.setattr(cli.shutil, "which", lambda name: None)
+    assert cli.main(["graph", "mlp.dln", "-o", "g.svg"]) == 0
+    out = capsys.readouterr()
+    assert not (project / "g.svg").exists()
+    assert (project / "g.dot").read_text().startswith("digraph")
+    assert "wrote g.dot" in out.out and "dot program" in out.err

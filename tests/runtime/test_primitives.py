@@ -379,6 +379,9 @@ INDEXING = [
          lambda x, i: torch.gather(x, 2, i)),
     Case("gather_axis1_repeats", {"x": normal((3, 7)), "i": _IDX1}, lambda b, x, i: b.gather(x, 1, i),
          lambda x, i: torch.gather(x, 1, i)),
+    # torch.gather: the index may be smaller than x on the other axes
+    Case("gather_axis1_smaller_index", {"x": normal(S3), "i": R(24).integers(0, 7, (4, 9, 2))},
+         lambda b, x, i: b.gather(x, 1, i), lambda x, i: torch.gather(x, 1, i)),
     Case("scatter_add_axis0", {"i": _IDX0, "src": normal((4, 7, 5), 1)},
          lambda b, i, src: b.scatter_add((6, 7, 5), 0, i, src),
          lambda i, src: torch.zeros(6, 7, 5, dtype=torch.float64).scatter_add(0, i, src)),

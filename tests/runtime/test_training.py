@@ -175,6 +175,41 @@ def test_npz_and_csv_are_read_relative_to_the_dln_file(tmp_path: Path, monkeypat
     assert info.value.code == "E0603" and "nowhere.npz" in str(info.value)
 
 
+@pytest.mark.parametrize("name,content,says", [
+    ("table.csv", "a,b,label\n", "has a header but no rows"),
+    ("table.csv", "a,b,label\n1,2,0\n3,4\n", "row 2 has 2 values"),
+    ("train.npz", b"PK\x03\x04garbage", "cannot read"),
+    ("train.npz", b"", "cannot read"),
+])
+def test_unreadable_data_files_are_diagnostics(tmp_path: Path, name: str, content, says: str):
+    path = tmp_path / name
+    path.write_bytes(content.encode() if isinstance(content, str) else content)
+    reader = 'csv("table.csv")' if name.endswith(".csv") else 'npz("train.npz")'
+    source = write(tmp_path, "m.dln", CLASSIFIER.replace('dataset("iris")', reader))
+    with pytest.raises(dln.DlnError) as info:
+        dln.train(source, **QUIET)
+    assert info.value.code == "E0603" and says in str(info.value), str(info.value)
+    assert info.value.diagnostics[0].span is not None
+
+
+@pytest.mark.parametrize("arrays,says", [({}, "holds no arrays"), ({"x": np.float32(1.0)}, "a single number")])
+def test_npz_files_without_arrays_of_examples_are_diagnostics(tmp_path: Path, arrays, says: str):
+    np.savez(tmp_path / "train.npz", **arrays)
+    source = write(tmp_path, "m.dln", CLASSIFIER.replace('dataset("iris")', 'npz("train.npz")'))
+    with pytest.raises(dln.DlnError) as info:
+        dln.train(source, **QUIET)
+    assert info.value.code == "E0603" and says in str(info.value), str(info.value)
+
+
+def test_an_npy_file_named_npz_is_a_diagnostic(tmp_path: Path):
+    with open(tmp_path / "train.npz", "wb") as f:
+        np.save(f, np.zeros((4, 4), np.float32))
+    source = write(tmp_path, "m.dln", CLASSIFIER.replace('dataset("iris")', 'npz("train.npz")'))
+    with pytest.raises(dln.DlnError) as info:
+        dln.train(source, **QUIET)
+    assert info.value.code == "E0603" and "not named arrays" in str(info.value)
+
+
 def test_an_input_without_data_is_reported():
     source = CLASSIFIER.replace("input x:", "input feats:").replace("logits = x", "logits = feats")
     with pytest.raises(dln.DlnError) as info:
@@ -524,3 +559,53 @@ def test_a_crash_while_checkpointing_keeps_the_previous_checkpoint(tmp_path: Pat
     resumed = dln.train(CLASSIFIER, epochs=3, checkpoint=str(ckpt), **QUIET)
     straight = dln.train(CLASSIFIER, epochs=3, **QUIET)
     assert_same_params(resumed.model.parameters(), straight.model.parameters())
+
+
+# ---- a state.json is data from disk: it names files, and nothing else ------------------------------------------
+def _tamper(ckpt: Path, change) -> None:
+    state = json.loads((ckpt / "state.json").read_text())
+    change(state)
+    (ckpt / "state.json").write_text(json.dumps(state))
+
+
+@pytest.mark.parametrize("change", [
+    lambda s: s["files"].update(optimizer="../victim.safetensors"),
+    lambda s: s["files"].update(weights=str(Path("..") / "run" / "weights-1.safetensors")),
+    lambda s: s["files"].update(weights="/etc/passwd"),
+    lambda s: s["files"].update(weights="optimizer-1.safetensors"),   # a file of ours, under the wrong kind
+    lambda s: s["files"].update(best="state.json"),
+    lambda s: s["files"].update(weights=3),
+    lambda s: s.update(files=["weights-1.safetensors"]),
+    lambda s: s["files"].pop("weights"),
+    lambda s: s.pop("step_counts"),
+    lambda s: s.update(epochs_done="many"),
+], ids=["parent", "dotdot", "absolute", "wrong_kind", "not_a_weights_file", "not_a_name", "not_a_table",
+        "no_weights", "incomplete", "not_a_number"])
+def test_resuming_from_a_damaged_checkpoint_is_a_diagnostic(tmp_path: Path, change):
+    ckpt = tmp_path / "run"
+    dln.train(CLASSIFIER, epochs=1, checkpoint=str(ckpt), **QUIET)
+    victim = tmp_path / "victim.safetensors"
+    victim.write_bytes(b"not ours")
+    _tamper(ckpt, change)
+    with pytest.raises(dln.DlnError) as info:
+        dln.train(CLASSIFIER, epochs=2, checkpoint=str(ckpt), **QUIET)
+    assert info.value.code == "E0703" and "damaged checkpoint" in str(info.value), str(info.value)
+    assert victim.read_bytes() == b"not ours"
+    assert sorted(p.name for p in ckpt.iterdir()) == ["optimizer-1.safetensors", "state.json", "weights-1.safetensors",
+                                                      "weights.safetensors"]
+
+
+def test_a_state_json_changed_during_training_deletes_nothing_outside_the_directory(tmp_path: Path):
+    """Saving epoch 2 deletes the files epoch 1's state.json named: only names of ours, in the directory."""
+    ckpt = tmp_path / "run"
+    victim = tmp_path / "victim.safetensors"
+    victim.write_bytes(b"not ours")
+
+    def log(line: str) -> None:   # called for each epoch before its checkpoint is written
+        if line.startswith("epoch 2"):
+            _tamper(ckpt, lambda s: s["files"].update(optimizer="../victim.safetensors"))
+
+    with pytest.raises(dln.DlnError) as info:
+        dln.train(CLASSIFIER, epochs=2, checkpoint=str(ckpt), progress=False, log=log)
+    assert info.value.code == "E0703"
+    assert victim.read_bytes() == b"not ours"
