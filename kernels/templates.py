@@ -23,11 +23,18 @@ from dln.compiler.fusion.domain import REDUCE, reads
 from dln.compiler.fusion.planner import FusionPlan, Group, update_operands
 from dln.compiler.ir import DType, Graph, Op
 from dln.compiler.symbolic import Dim, numel
-from dln.kernels.emitter import (Emitter, Pointer, accumulator_dtype, comment, identity_of, render_dim,
-                                 safe_name)
+from dln.dsl.diagnostics import Diagnostic, DlnError, Note
+from dln.kernels.emitter import (
+    Emitter,
+    Pointer,
+    accumulator_dtype,
+    comment,
+    identity_of,
+    render_dim,
+    safe_name,
+)
 from dln.kernels.lowering import TL_DTYPES
 from dln.kernels.precision import PRECISIONS
-
 
 
 @dataclass
@@ -374,6 +381,11 @@ def _levels(plan: FusionPlan, group: Group) -> dict[int, int]:
 def matmul(plan: FusionPlan, group: Group, k: int, precision: str = "ieee") -> KernelSource:
     if precision not in PRECISIONS:
         raise ValueError(f"unknown matmul precision {precision!r}; precisions: {', '.join(PRECISIONS)}")
+    product = plan.graph.node(group.members[0])
+    if not product.dtype.is_float:
+        raise DlnError(Diagnostic("E0303", f"integer matrix products ({product.type}) are not available on the "
+                                           "Triton backend yet", product.loc,
+                                  (Note("the numpy backend computes them"),)))
     g = plan.graph
     mm = g.node(group.members[0])
     a_node, b_node = g.node(mm.inputs[0]), g.node(mm.inputs[1])

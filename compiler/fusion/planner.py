@@ -53,6 +53,7 @@ class Group:
 class Planner:
     def __init__(self, graph: Graph) -> None:
         self.graph = graph
+        self.env = {s: cost.REPRESENTATIVE for s in graph.symbols()}  # sizes the cost model prices
         self.realized: set[int] = set()
         self.groups: list[Group] = []
         self.group_of: dict[int, int] = {}
@@ -144,14 +145,14 @@ class Planner:
         """(rows of a reduction domain, elements of full-domain work `n` adds), at representative sizes."""
         if domain.kind != "reduction" or domain.is_row(n.shape):
             return None, 0
-        env = {s: cost.REPRESENTATIVE for s in self.graph.symbols()}
+        env = self.env
         rows = evaluate(numel(domain.row_shape(False)), env)
         return int(rows), int(evaluate(numel(n.shape), env))
 
     def _shared_bytes(self, group: Group, n: Node, domain: Domain) -> int:
         from dln.compiler.cost import nbytes
 
-        env = {s: cost.REPRESENTATIVE for s in self.graph.symbols()}
+        env = self.env
         found = reads(self.graph, n, domain.canonical(n.shape), self.is_realized)
         members = set(group.members)
         read_by_group: set[int] = set()
