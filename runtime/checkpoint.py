@@ -50,9 +50,13 @@ def load_arrays(path: str | Path) -> dict[str, np.ndarray]:
         raise DlnError(Diagnostic("E0702", f"cannot read weights from {path}: {e}")) from None
 
 
+def write_text(path: str | Path, text: str) -> None:
+    """A text file replaced atomically."""
+    _atomic(Path(path), lambda tmp: Path(tmp).write_text(text))
+
+
 def save_json(path: str | Path, data: Any) -> None:
-    text = json.dumps(data, indent=2, sort_keys=True)
-    _atomic(Path(path), lambda tmp: Path(tmp).write_text(text + "\n"))
+    write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def load_json(path: str | Path) -> Any:

@@ -24,18 +24,8 @@ import numpy as np
 
 from dln.compiler.ir import Graph, GroupOp, Node, Op
 from dln.dsl.diagnostics import Diagnostic, DlnError
-from dln.runtime.numpy_ops import IMPLS, VIEW_OPS, concrete_shape, np_dtype
+from dln.runtime.numpy_ops import IMPLS, REDUCTIONS, UFUNCS, VIEW_OPS, concrete_shape, np_dtype
 
-# Ops whose implementation is a single NumPy call `f(*inputs, out=buffer)`.
-_DIRECT: dict[Op, Callable] = {
-    Op.NEG: np.negative, Op.EXP: np.exp, Op.LOG: np.log, Op.LOG1P: np.log1p, Op.SQRT: np.sqrt, Op.ABS: np.abs,
-    Op.SIGN: np.sign, Op.SIN: np.sin, Op.COS: np.cos, Op.TANH: np.tanh, Op.NOT: np.logical_not,
-    Op.ADD: np.add, Op.SUB: np.subtract, Op.MUL: np.multiply, Op.DIV: np.divide, Op.POW: np.power,
-    Op.MOD: np.mod, Op.MAXIMUM: np.maximum, Op.MINIMUM: np.minimum, Op.LT: np.less, Op.LE: np.less_equal,
-    Op.GT: np.greater, Op.GE: np.greater_equal, Op.EQ: np.equal, Op.NE: np.not_equal, Op.AND: np.logical_and,
-    Op.OR: np.logical_or, Op.MATMUL: np.matmul,
-}
-_REDUCE: dict[Op, Callable] = {Op.SUM: np.sum, Op.MAX: np.max, Op.MIN: np.min}
 
 
 def evaluate(graph: Graph, inputs: Mapping[str, np.ndarray], env: dict[str, Any]) -> dict[str, np.ndarray]:
@@ -204,10 +194,10 @@ def _key(a: np.ndarray) -> tuple:
 
 def _bind(n: Node, args: list[np.ndarray], out: np.ndarray, env: dict[str, Any]) -> Callable[[], Any]:
     """The node's computation as one prebound call."""
-    direct = _DIRECT.get(n.op)
+    direct = UFUNCS.get(n.op)
     if direct is not None:
         return functools.partial(direct, *args, out=out)
-    reduce = _REDUCE.get(n.op)
+    reduce = REDUCTIONS.get(n.op)
     if reduce is not None:
         return functools.partial(reduce, args[0], axis=n.attrs["axes"], keepdims=n.attrs["keepdim"], out=out)
     return functools.partial(IMPLS[n.op], n, args, out, env)

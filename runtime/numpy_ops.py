@@ -53,23 +53,27 @@ def impl(*ops: Op):
     return register
 
 
-def _ufunc(op: Op, ufunc: Callable) -> None:
+# Ops that are one NumPy call `f(*inputs, out=buffer)` (the planned interpreter binds them directly).
+UFUNCS: dict[Op, Callable] = {
+    Op.NEG: np.negative, Op.EXP: np.exp, Op.LOG: np.log, Op.LOG1P: np.log1p, Op.SQRT: np.sqrt, Op.ABS: np.abs,
+    Op.SIGN: np.sign, Op.SIN: np.sin, Op.COS: np.cos, Op.TANH: np.tanh, Op.NOT: np.logical_not,
+    Op.ADD: np.add, Op.SUB: np.subtract, Op.MUL: np.multiply, Op.DIV: np.divide, Op.POW: np.power,
+    Op.MOD: np.mod, Op.MAXIMUM: np.maximum, Op.MINIMUM: np.minimum, Op.LT: np.less, Op.LE: np.less_equal,
+    Op.GT: np.greater, Op.GE: np.greater_equal, Op.EQ: np.equal, Op.NE: np.not_equal, Op.AND: np.logical_and,
+    Op.OR: np.logical_or, Op.MATMUL: np.matmul,
+}
+# Reductions that are one NumPy call `f(x, axis=..., keepdims=..., out=buffer)`.
+REDUCTIONS: dict[Op, Callable] = {Op.SUM: np.sum, Op.MAX: np.max, Op.MIN: np.min}
+
+
+def _ufunc(ufunc: Callable) -> Impl:
     def run(node, args, out, env):
         return ufunc(*args, out=_alloc(node, out, env))
-    IMPLS[op] = run
+    return run
 
 
-for _op, _f in [
-    (Op.NEG, np.negative), (Op.EXP, np.exp), (Op.LOG, np.log), (Op.LOG1P, np.log1p), (Op.SQRT, np.sqrt),
-    (Op.ABS, np.abs), (Op.SIGN, np.sign), (Op.SIN, np.sin), (Op.COS, np.cos), (Op.TANH, np.tanh),
-    (Op.NOT, np.logical_not),
-    (Op.ADD, np.add), (Op.SUB, np.subtract), (Op.MUL, np.multiply), (Op.DIV, np.divide), (Op.POW, np.power),
-    (Op.MOD, np.mod), (Op.MAXIMUM, np.maximum), (Op.MINIMUM, np.minimum),
-    (Op.LT, np.less), (Op.LE, np.less_equal), (Op.GT, np.greater), (Op.GE, np.greater_equal),
-    (Op.EQ, np.equal), (Op.NE, np.not_equal), (Op.AND, np.logical_and), (Op.OR, np.logical_or),
-    (Op.MATMUL, np.matmul),
-]:
-    _ufunc(_op, _f)
+for _op, _f in UFUNCS.items():
+    IMPLS[_op] = _ufunc(_f)
 
 
 def _scipy_special(name: str) -> Callable:
@@ -157,9 +161,8 @@ def _reduction(fn: Callable) -> Impl:
     return run
 
 
-IMPLS[Op.SUM] = _reduction(np.sum)
-IMPLS[Op.MAX] = _reduction(np.max)
-IMPLS[Op.MIN] = _reduction(np.min)
+for _op, _f in REDUCTIONS.items():
+    IMPLS[_op] = _reduction(_f)
 
 
 @impl(Op.ARGMAX)

@@ -14,13 +14,13 @@ import hashlib
 import importlib.util
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
 from dln.compiler.ir import Graph
+from dln.runtime.checkpoint import write_text
 
 
 def cache_dir() -> Path:
@@ -30,21 +30,14 @@ def cache_dir() -> Path:
     return path
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def load_module(source: str, record: Mapping[str, Any]):
     """Import generated source through the cache (the key is the source's hash)."""
     key = hashlib.sha256(source.encode()).hexdigest()[:24]
     directory = cache_dir()
     path = directory / f"dln_{key}.py"
     if not path.exists() or path.read_text() != source:
-        _write_atomic(path, source)
-        _write_atomic(directory / f"dln_{key}.json", json.dumps(record, indent=2, sort_keys=True) + "\n")
+        write_text(path, source)
+        write_text(directory / f"dln_{key}.json", json.dumps(record, indent=2, sort_keys=True) + "\n")
     spec = importlib.util.spec_from_file_location(f"dln_kernels_{key}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from dln.compiler.ir import Node, Op
-from dln.compiler.symbolic import Dim, NotDivisible, Shape, dims_equal, numel
+from dln.compiler.symbolic import Dim, NotDivisible, Shape, dims_equal
 
 
 class Ix:
@@ -326,7 +326,4 @@ def domain_vars(shape: Shape, prefix: str) -> Index:
     """One index variable per axis (a constant 0 for size-1 axes)."""
     return tuple(ZERO if d == 1 else Var(f"{prefix}{k}", d) for k, d in enumerate(shape))
 
-
-def size(shape: Shape) -> Dim:
-    return numel(shape)
 
