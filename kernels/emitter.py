@@ -112,6 +112,20 @@ class Emitter:
             self.depth -= 1
             self.scopes.pop()
 
+    @contextmanager
+    def narrowed(self, condition: str) -> Iterator[None]:
+        """Compute under a narrower mask (a pad's inside, a concat's part).  What is loaded there is
+        valid only where the condition holds, so it is remembered in a scope of its own and never
+        reused outside it — a value outside may share the (node, index) but not the mask."""
+        saved = self.mask
+        self.mask = f"{saved} & {condition}"
+        self.scopes.append(Scope())
+        try:
+            yield
+        finally:
+            self.scopes.pop()
+            self.mask = saved
+
     def fresh(self, hint: str) -> str:
         self.counter += 1
         return f"{hint}{self.counter}"
@@ -281,10 +295,8 @@ class Emitter:
         inside = self.fresh("inside")
         self.line(f"{inside} = " + " & ".join(conditions) if conditions else f"{inside} = True")
         # Read inside the bounds only (the mask keeps loads in range); pad outside.
-        saved = self.mask
-        self.mask = f"{saved} & {inside}"
-        v = self.value(src.id, inner)
-        self.mask = saved
+        with self.narrowed(inside):
+            v = self.value(src.id, inner)
         name = self.fresh("v")
         self.line(f"{name} = tl.where({inside}, {v}, {_literal(n.attrs['value'], n.dtype)})  # %{n.id} pad")
         return name
@@ -293,7 +305,6 @@ class Emitter:
         axis = n.attrs["axis"]
         pieces = []
         start: Dim = 0
-        saved = self.mask
         for i in n.inputs:
             src = self.graph.node(i)
             stop = start + src.shape[axis]
@@ -302,9 +313,8 @@ class Emitter:
             r = self.render(index[axis])
             inside = self.fresh("part")
             self.line(f"{inside} = ({r} >= {self.dim(start)}) & ({r} < {self.dim(stop)})")
-            self.mask = f"{saved} & {inside}"
-            pieces.append((inside, self.value(i, tuple(shifted))))
-            self.mask = saved
+            with self.narrowed(inside):
+                pieces.append((inside, self.value(i, tuple(shifted))))
             start = stop
         expression = pieces[-1][1]
         for inside, v in reversed(pieces[:-1]):
