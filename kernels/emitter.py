@@ -209,14 +209,19 @@ class Emitter:
         p = self.pointers[node_id]
         n = self.graph.node(node_id)
         name = self.fresh("x")
+        flat = (ix.linear(index, p.shape),)  # size-1 axes drop out: their index is 0 wherever it is read
+        bounds = self.in_bounds(index, n.shape)
         if n.shape == () and not p.offset:
             self.line(f"{name} = tl.load({p.name})  # %{node_id}")
-        elif not _varies(index):  # one element for every lane (a size-1 axis): a scalar load
+        elif not _varies(flat) and not bounds:  # one element for every lane: a scalar load
             self.line(f"{name} = tl.load({p.name} + {self.offset(p, index)})  # %{node_id}")
         else:
-            m = (mask or self.mask) + self.in_bounds(index, n.shape)
+            m = (mask or self.mask) + bounds
+            address = f"{p.name} + {self.offset(p, index)}"
+            if not _varies(flat, through_loads=True):  # one gathered element: lane-wide, as the mask is
+                address = f"tl.broadcast_to({address}, {self.block_shape})"
             extra = f", other={other}" if other is not None else ""
-            self.line(f"{name} = tl.load({p.name} + {self.offset(p, index)}, mask={m}{extra})  # %{node_id}")
+            self.line(f"{name} = tl.load({address}, mask={m}{extra})  # %{node_id}")
         return name
 
     def in_bounds(self, index: ix.Index, shape) -> str:
@@ -226,6 +231,8 @@ class Emitter:
         for e, d in zip(index, shape):
             if isinstance(e, ix.Load):
                 i = self.render(e)
+                if not _varies(e.index):  # one index for every lane: compared lane-wide, as the mask is
+                    i = f"tl.broadcast_to({i}, {self.block_shape})"
                 conditions += f" & ({i} >= 0) & ({i} < {self.dim(d)})"
         return conditions
 
@@ -238,7 +245,8 @@ class Emitter:
             return
         offset = self.scalar_offset if n.shape == () else self.offset(p, index)
         pointer = f"{p.name} + {offset}"
-        if self.block_shape != "[BLOCK]":  # a tile: the address covers every lane, even along size-1 axes
+        if self.block_shape != "[BLOCK]" or not _varies(index):
+            # a tile, or one element for every lane: the address covers every lane, as the mask does
             pointer = f"tl.broadcast_to({pointer}, {self.block_shape})"
         self.line(f"tl.store({pointer}, {value}, mask={mask or self.mask})  # %{node_id}")
 
@@ -341,14 +349,17 @@ def _mentions(index: ix.Index, names: set[str]) -> bool:
     return False
 
 
-def _varies(index: ix.Index) -> bool:
-    """Does the index depend on any loop variable or loaded value?"""
+def _varies(index: ix.Index, through_loads: bool = False) -> bool:
+    """Does the index depend on any loop variable or loaded value?  With `through_loads`, a loaded
+    value varies only when the index it is loaded at does."""
     stack: list = list(index)
     while stack:
         e = stack.pop()
-        if isinstance(e, (ix.Var, ix.Load)):
+        if isinstance(e, ix.Load) and through_loads:
+            stack.extend(e.index)
+        elif isinstance(e, (ix.Var, ix.Load)):
             return True
-        if isinstance(e, ix.Add):
+        elif isinstance(e, ix.Add):
             stack.extend(e.terms)
         elif isinstance(e, (ix.Mul, ix.Div, ix.Mod)):
             stack.append(e.x)

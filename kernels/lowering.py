@@ -40,8 +40,18 @@ def _call(fn: str) -> Lowering:
 
 
 for _op, _sym in [(Op.ADD, "+"), (Op.SUB, "-"), (Op.MUL, "*"), (Op.LT, "<"), (Op.LE, "<="), (Op.GT, ">"),
-                  (Op.GE, ">="), (Op.EQ, "=="), (Op.NE, "!="), (Op.AND, "&"), (Op.OR, "|")]:
+                  (Op.GE, ">="), (Op.EQ, "=="), (Op.NE, "!=")]:
     LOWER[_op] = _infix(_sym)
+
+
+def _logical(symbol: str) -> Lowering:
+    # `!= 0` first: Triton's interpreter splats a scalar int1 (a hoisted comparison) to a float array,
+    # which `&` then refuses; the comparison is free on a GPU.
+    return lambda n, a: f"({a[0]} != 0) {symbol} ({a[1]} != 0)"
+
+
+LOWER[Op.AND] = _logical("&")
+LOWER[Op.OR] = _logical("|")
 
 for _op, _fn in [(Op.EXP, "tl.exp"), (Op.LOG, "tl.log"), (Op.SQRT, "tl.sqrt"), (Op.RSQRT, "tl.rsqrt"),
                  (Op.ABS, "tl.abs"), (Op.SIN, "tl.sin"), (Op.COS, "tl.cos"), (Op.SIGMOID, "tl.sigmoid"),
