@@ -319,3 +319,29 @@ def test_values_read_under_a_narrower_mask_stay_there(rng, close, case):
     close(l1, l2)
     for name in g1:
         close(g1[name], g2[name], rtol=1e-4, atol=1e-6)
+
+
+# One-element reads and writes under a lane-wide mask, and logic on a comparison hoisted out of a loop:
+# each once failed to compile or run (found by the differential harness).
+LANE_WIDE = {
+    "gather_one_element": ("param x: f32[5, 3] = zeros\n input i: i64[1, 1]\n y = gather(x * 1.5, 0, i)",
+                           {"i": np.array([[3]])}),
+    "scalar_exponent": ("param x: f32[3, 7] = zeros\n param e: f32[1] = zeros\n y = (x * x + 0.5) ** e", {}),
+    "chunk_of_two": ("param x: f32[2] = zeros\n u, v = chunk(x * 1.5, 2, axis = 0)\n y = u * sigmoid(v)", {}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(LANE_WIDE))
+def test_one_element_and_hoisted_values_under_a_lane_wide_mask(rng, close, case):
+    body, inputs = LANE_WIDE[case]
+    numpy_model = dln.compile(f"model m() {{\n {body}\n loss = sum(y * y)\n output y\n}}", backend="numpy")
+    params = {k: rng.uniform(0.5, 1.5, v.shape).astype(np.float32) for k, v in numpy_model.parameters().items()}
+    numpy_model.load_state_dict(params)
+    triton_model = dln.compile(f"model m() {{\n {body}\n loss = sum(y * y)\n output y\n}}", backend="triton")
+    triton_model.load_state_dict(params)
+    close(numpy_model(**inputs)["y"], triton_model(**inputs)["y"])
+    l1, g1 = numpy_model.value_and_grad("loss", **inputs)
+    l2, g2 = triton_model.value_and_grad("loss", **inputs)
+    close(l1, l2)
+    for name in g1:
+        close(g1[name], g2[name], rtol=1e-4, atol=1e-6)
