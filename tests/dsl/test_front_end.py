@@ -99,3 +99,19 @@ def test_parameters_too_large_for_memory_are_a_diagnostic_not_a_crash():
     (d,) = err.diagnostics
     assert d.code == "E0208" and d.span is not None and d.span.line == 3
     assert "memory" in d.message
+
+
+def test_a_model_without_hyperparameters_needs_no_parentheses():
+    """`model plain { ... }` as `train plain { ... }` (LANGUAGE.md §3); the same model as `model plain() { ... }`."""
+    body = "{\n    input x: f32[B, 4]\n    output y = x -> linear(3)\n}\n"
+    plain = dln.compile("model plain " + body, backend="numpy")
+    empty = dln.compile("model plain() " + body, backend="numpy")
+    assert plain.hparams == {} and plain.ir == empty.ir
+    (model,) = parse("model plain " + body).models
+    assert model.name.name == "plain" and model.hparams == ()
+    # An instance of it is made with empty parentheses, as of any model.
+    top = dln.compile("model top {\n    input x: f32[B, 4]\n    P = plain()\n    output z = P(x)\n}\n"
+                      "model plain " + body, backend="numpy", model="top")
+    assert list(top.parameters()) == ["P.y.weight", "P.y.bias"]
+    err = _compile_error("model plain " + body, d=3)
+    assert err.code == "E0402" and "plain has no hyperparameters" in str(err)
