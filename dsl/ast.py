@@ -8,7 +8,8 @@ builds them (dsl/parser.py); the compiler's builder walks them
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Iterator
 
 from dln.dsl.diagnostics import Source, Span
 
@@ -286,3 +287,18 @@ class Module:
     @property
     def imports(self) -> list[Import]:
         return [d for d in self.decls if isinstance(d, Import)]
+
+
+def names_used(node: object) -> Iterator[str]:
+    """Every name an AST node reads (`Name` expressions), in no particular order.
+
+    Iterative, not recursive: an expression may nest thousands deep (a long sum)."""
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        if isinstance(n, Name):
+            yield n.id
+        elif isinstance(n, tuple):
+            stack.extend(n)
+        elif hasattr(n, "__dataclass_fields__") and not isinstance(n, (Span, Ident)):
+            stack.extend(getattr(n, f.name) for f in fields(n))

@@ -159,6 +159,34 @@ model b() { input x: f32[B, 2]  output y = x -> linear(5) }
     assert info.value.code == "E0301"
 
 
+# Three models, of which `autoencoder` makes instances of the other two.
+AUTOENCODER = (Path(__file__).parents[1] / "programs" / "autoencoder.dln").read_text()
+OTHER = "\nmodel other {\n    input x: f32[B, 2]\n    output y = relu(x)\n}\n"
+
+
+def test_the_model_no_other_model_uses_is_chosen(tmp_path, monkeypatch):
+    """INTERFACE.md: without `model=`, the one model that no other model uses as an instance."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ae.dln").write_text(AUTOENCODER)
+    for source in ("ae.dln", AUTOENCODER):
+        model = dln.compile(source, backend="numpy")
+        assert model.name == "autoencoder"
+        assert list(model.parameters()) == ["E.h.weight", "E.h.bias", "D.y.weight", "D.y.bias"]
+    assert dln.compile(AUTOENCODER, model="enc").name == "enc"   # naming one still picks it
+
+
+def test_several_unused_models_are_ambiguous_and_listed():
+    text = AUTOENCODER + OTHER
+    with pytest.raises(dln.DlnError) as info:
+        dln.compile(text)
+    (d,) = info.value.diagnostics
+    # enc and dec are used as instances: not candidates
+    assert d.code == "E0301" and d.message.endswith("several models that no other model uses (autoencoder, "
+                                                    "other); name one"), d
+    assert d.span is not None and (d.span.line, d.span.col) == (12, 7)   # at the first candidate's name
+    assert [n.span.line for n in d.notes if n.span is not None] == [12, 19]
+
+
 # ---- running -----------------------------------------------------------------------------------------------------
 def test_call_returns_declared_outputs_and_matches_torch(batch):
     x, y = batch

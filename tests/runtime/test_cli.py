@@ -152,6 +152,27 @@ def test_run_errors(project: Path):
     assert "absent.npy" in result.stderr
 
 
+def test_every_command_picks_the_model_no_other_model_uses(project: Path, capsys):
+    """A file whose `autoencoder` makes instances of `enc` and `dec`: run, params, compile and graph are
+    about `autoencoder` without --model (INTERFACE.md)."""
+    from dln.runtime import cli
+    ae = (Path(__file__).parents[1] / "programs" / "autoencoder.dln").read_text()
+    (project / "ae.dln").write_text(ae)
+    np.save(project / "x.npy", np.ones((2, 4), np.float32))
+    assert cli.main(["run", "ae.dln", "--input", "x=x.npy"]) == 0
+    assert "y: float32[2, 4]" in capsys.readouterr().out
+    assert cli.main(["params", "ae.dln"]) == 0
+    assert "E.h.weight" in capsys.readouterr().out
+    assert cli.main(["compile", "ae.dln", "-o", "build"]) == 0
+    assert json.loads((project / "build" / "manifest.json").read_text())["model"] == "autoencoder"
+    assert cli.main(["graph", "ae.dln"]) == 0
+    assert "E.h" in capsys.readouterr().out
+    (project / "two.dln").write_text(ae + "\nmodel other {\n    input x: f32[B, 2]\n    output y = relu(x)\n}\n")
+    result = dln_cli("params", "two.dln", cwd=project)
+    assert_user_error(result, "E0301")
+    assert "(autoencoder, other); name one" in result.stderr and "--> two.dln:12:7" in result.stderr
+
+
 # ---- train, eval -------------------------------------------------------------------------------------------------
 def test_train_save_then_eval(project: Path):
     result = dln_cli("train", "mlp.dln", "--epochs", "2", "--no-progress", "--save", "W.safetensors", cwd=project)
