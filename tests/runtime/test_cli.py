@@ -173,6 +173,21 @@ def test_every_command_picks_the_model_no_other_model_uses(project: Path, capsys
     assert "(autoencoder, other); name one" in result.stderr and "--> two.dln:12:7" in result.stderr
 
 
+def test_limits_are_raised_on_the_command_line(project: Path, capsys):
+    """E0312 names the flag that raises the limit; the flag does raise it, for check and the other commands."""
+    from dln.runtime import cli
+
+    (project / "long.dln").write_text("model m {\n    input x: f32[B, 4]\n    h = x\n"
+                                      "    repeat i in 0..20000 { h = h }\n    output h\n}\n")
+    for command in ("check", "params"):
+        assert cli.main([command, "long.dln"]) == 1
+        err = capsys.readouterr().err
+        assert "error[E0312]" in err and "--> long.dln:4:17" in err and "--max-unroll N" in err, err
+        assert cli.main([command, "long.dln", "--max-unroll", "20000"]) == 0, capsys.readouterr().err
+    assert cli.main(["check", "mlp.dln", "--max-nodes", "10"]) == 1
+    assert "max_nodes = 10" in capsys.readouterr().err
+
+
 # ---- train, eval -------------------------------------------------------------------------------------------------
 def test_train_save_then_eval(project: Path):
     result = dln_cli("train", "mlp.dln", "--epochs", "2", "--no-progress", "--save", "W.safetensors", cwd=project)
@@ -208,7 +223,9 @@ def test_train_save_then_eval(project: Path):
     ["params", "mlp.dln", "--set", "hidden"],
     ["run", "mlp.dln", "--input", "x"],
     ["train", "mlp.dln", "--epochs", "two"],
-], ids=["nothing", "unknown-command", "no-file", "set-without-value", "input-without-file", "epochs-not-int"])
+    ["check", "mlp.dln", "--max-nodes", "0"],
+], ids=["nothing", "unknown-command", "no-file", "set-without-value", "input-without-file", "epochs-not-int",
+        "max-nodes-zero"])
 def test_usage_errors_exit_2(project: Path, args):
     result = dln_cli(*args, cwd=project)
     assert result.returncode == 2, (result.stdout, result.stderr)
