@@ -23,7 +23,7 @@ from dln.compiler.expressions import Evaluator
 from dln.compiler.frames import POISON, Binding, Frame, Poisoned
 from dln.compiler.inline import expanding, hparam_span, reapplied_mismatch
 from dln.compiler.ir import DTYPES, DType, Graph, TensorType
-from dln.compiler.limits import DEFAULT_LIMITS, LimitExceeded, Limits, exceeded
+from dln.compiler.limits import DEFAULT_LIMITS, LimitExceeded, Limits, exceeded, too_deep
 from dln.compiler.naming import ScopeNames
 from dln.compiler.program import HPARAM_TYPES, Program, check_overrides, coerce_hparam
 from dln.compiler.symbolic import Dim, Sym, format_shape
@@ -142,6 +142,10 @@ class ModelBuilder:
                 self.run_stmt(frame, stmt)
             except LimitExceeded:
                 raise
+            except RecursionError:
+                # What MAX_NESTING (dsl/parser.py) and MAX_EXPANSION_DEPTH (inline.py) let through and
+                # still overflows Python's stack: reported at the innermost statement, and the build stops.
+                raise too_deep(stmt.span) from None
             except DlnError as e:
                 self.diagnostics.extend(e.diagnostics)
                 self._poison(frame, stmt)

@@ -37,3 +37,9 @@ class LimitExceeded(DlnError):
 def exceeded(limit: str, value: int, message: str, span: Span | None) -> LimitExceeded:
     return LimitExceeded(Diagnostic("E0312", message, span, (
         Note(f"the limit is {limit} = {value:,}; raise it with {_HOW[limit]} if this is meant"),)))
+
+
+def too_deep(span: Span | None) -> LimitExceeded:
+    """The program nests deeper than Python's stack allows (blocks in blocks in expressions ...)."""
+    return LimitExceeded(Diagnostic("E0313", "this statement nests too deeply to compile", span, (
+        Note("bind inner parts to names, or call fewer blocks inside one another"),)))

@@ -12,9 +12,11 @@ from __future__ import annotations
 import functools
 import math
 import re
+from dataclasses import fields
 from pathlib import Path
 
-from lark import Lark, Token, Transformer, v_args
+from lark import Lark, Token, v_args
+from lark.visitors import Transformer_NonRecursive
 from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedToken, VisitError
 
 from dln.dsl import ast, tables
@@ -22,6 +24,11 @@ from dln.dsl.diagnostics import Diagnostic, DlnError, Note, Source, Span
 
 GRAMMAR_PATH = Path(__file__).with_name("grammar.lark")
 MAX_SYNTAX_ERRORS = 10
+# How deep expressions and statements may nest.  The compiler walks them recursively, on Python's stack
+# (about 1,000 frames, a few a level): past this, a program is an error at the place it goes too deep,
+# not a crash.  Chains of operators and pipes (`x + x + ... + x`, `x -> f -> g`) and parentheses do not
+# count: the compiler walks those in a loop, so a sum of thousands of terms compiles.
+MAX_NESTING = 100
 
 
 @functools.cache
@@ -73,7 +80,29 @@ def parse(text: str, path: str = "<string>") -> ast.Module:
         if isinstance(e.orig_exc, DlnError):
             raise e.orig_exc from None
         raise
+    too_deep = _too_deep(decls)
+    if too_deep is not None:
+        raise DlnError(Diagnostic("E0313", f"this nests more than {MAX_NESTING} levels deep", too_deep.span, (
+            Note("bind the inner parts to names first: h = ...; y = f(h)"),)))
     return ast.Module(source, tuple(decls))
+
+
+def _too_deep(decls: list) -> object | None:
+    """The first node nested more than MAX_NESTING levels deep, not counting the links of chains."""
+    stack: list[tuple[object, int]] = [(d, 0) for d in reversed(decls)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_NESTING:
+            return node
+        children: list[object] = []
+        for f in fields(node):
+            value = getattr(node, f.name)
+            children.extend(value if isinstance(value, tuple) else (value,))
+        for child in reversed(children):
+            if hasattr(child, "__dataclass_fields__") and not isinstance(child, (Span, ast.Ident)):
+                stack.append((child, depth if ast.chain_next(node) is child else depth + 1))
+    return None
+
 
 
 def parse_file(path: str | Path) -> ast.Module:
@@ -223,7 +252,7 @@ _ESCAPES = {'"': '"', "\\": "\\", "n": "\n", "t": "\t"}
 
 
 @v_args(meta=True)
-class _ToAst(Transformer):
+class _ToAst(Transformer_NonRecursive):
     """Builds AST nodes; every method receives the node's `meta` for its span."""
 
     def __init__(self, source: Source) -> None:
