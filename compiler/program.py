@@ -91,8 +91,9 @@ def root_models(module: ast.Module) -> list[ast.Model]:
 
 
 def load(text_or_path: str | Path, path: str | None = None) -> Program:
-    """Parse a program from a file path or from source text (`path` names it in messages)."""
-    if path is None and (isinstance(text_or_path, Path) or _looks_like_path(str(text_or_path))):
+    """Parse a program from a file path (a `Path`, or a string that looks like one) or from source text
+    (`path` names it in messages).  A path that is not a readable file is E0702, never read as text."""
+    if path is None and (isinstance(text_or_path, Path) or looks_like_path(str(text_or_path))):
         root = parse_file(display_path(Path(text_or_path)))
     else:
         root = parse(str(text_or_path), path or "<string>")
@@ -101,8 +102,14 @@ def load(text_or_path: str | Path, path: str | None = None) -> Program:
     return program
 
 
-def _looks_like_path(s: str) -> bool:
-    return "\n" not in s and "{" not in s and (s.endswith(".dln") or Path(s).is_file())
+def looks_like_path(s: str) -> bool:
+    """Whether `dln.compile(s)` means a file.  Program text that declares anything has a `{`, and text
+    on several lines is never a path; of the rest, a name ending in .dln, anything on disk (a directory,
+    /dev/null) and a single word (`missing`, `models/mlp`) are paths; `# a comment` or `import "a.dln"`
+    is text."""
+    if "\n" in s or "{" in s or not s.strip():
+        return False
+    return s.endswith(".dln") or os.path.exists(s) or not any(c.isspace() or c == '"' for c in s)
 
 
 def file_key(path: str | Path) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import math
 import re
+import stat
 from dataclasses import fields
 from pathlib import Path
 
@@ -106,7 +107,16 @@ def _too_deep(decls: list) -> object | None:
 
 
 def parse_file(path: str | Path) -> ast.Module:
+    """Parse the file at `path`: a readable regular file, else E0702 naming it."""
     path = Path(path)
+    try:
+        mode = path.stat().st_mode
+    except OSError as e:
+        raise DlnError(Diagnostic("E0702", f"cannot read {path}: {e.strerror or e}")) from None
+    if stat.S_ISDIR(mode):
+        raise DlnError(Diagnostic("E0702", f"cannot read {path}: it is a directory, not a .dln file"))
+    if not stat.S_ISREG(mode):  # a device (/dev/null, a terminal) or a pipe: no program text to read
+        raise DlnError(Diagnostic("E0702", f"cannot read {path}: it is not a regular file"))
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:

@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
 def _load(args):
     from dln.compiler import pipeline
 
-    return pipeline.load(args.file)
+    return pipeline.load(Path(args.file))  # FILE is always a path, never program text
 
 
 def _model_name(args, program) -> str | None:
@@ -263,7 +263,7 @@ def cmd_train(args) -> int:
     from dln.runtime.train import train_file
 
     settings = {k: getattr(args, k) for k in ("epochs", "batch", "seed", "checkpoint") if getattr(args, k) is not None}
-    history = train_file(args.file, backend=args.backend, progress=False if args.no_progress else None,
+    history = train_file(Path(args.file), backend=args.backend, progress=False if args.no_progress else None,
                          debug=args.debug, weights=args.weights, from_text=True, precision=args.precision,
                          model=args.model, limits=_limits(args),
                          **settings, **args.hparams)

@@ -187,6 +187,34 @@ def test_several_unused_models_are_ambiguous_and_listed():
     assert [n.span.line for n in d.notes if n.span is not None] == [12, 19]
 
 
+@pytest.mark.parametrize("path, why", [("missing.dln", "No such file"), ("missing", "No such file"),
+                                       ("models/missing", "No such file"), ("adir", "is a directory"),
+                                       ("/dev/null", "not a regular file")])
+def test_compile_of_a_path_that_is_not_a_readable_file_is_e0702(tmp_path, monkeypatch, path, why):
+    """A string that looks like a path is one: an error naming it, not a syntax error in '<string>'."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "adir").mkdir()
+    with pytest.raises(dln.DlnError) as info:
+        dln.compile(path)
+    (d,) = info.value.diagnostics
+    assert d.code == "E0702" and d.message.startswith(f"cannot read {path}") and why in d.message, d
+
+
+@pytest.mark.parametrize("text, code", [
+    ("model m { input x: f32[B, 2]  output y = relu(x) }", None),   # text on one line
+    ("", "E0301"), ("# nothing here", "E0301"),                       # no model: text, not a file named so
+    ('import "elsewhere.dln"', "E0501"),
+])
+def test_source_text_on_one_line_is_still_text(tmp_path, monkeypatch, text, code):
+    monkeypatch.chdir(tmp_path)
+    if code is None:
+        assert dln.compile(text).name == "m"
+        return
+    with pytest.raises(dln.DlnError) as info:
+        dln.compile(text)
+    assert info.value.code == code and "cannot read" not in str(info.value), info.value
+
+
 # ---- running -----------------------------------------------------------------------------------------------------
 def test_call_returns_declared_outputs_and_matches_torch(batch):
     x, y = batch

@@ -188,6 +188,24 @@ def test_limits_are_raised_on_the_command_line(project: Path, capsys):
     assert "max_nodes = 10" in capsys.readouterr().err
 
 
+# Every command that takes FILE, with what it needs besides.
+FILE_COMMANDS = [["check"], ["params"], ["compile", "-o", "build"], ["run"], ["train", "--no-progress"],
+                 ["eval", "--weights", "W.safetensors"], ["graph"], ["bench"]]
+
+
+@pytest.mark.parametrize("path", ["adir", "adir/", "missing", "missing.dln", "/dev/null"])
+def test_a_path_that_is_not_a_readable_file_is_e0702_naming_it(project: Path, capsys, path):
+    """FILE is a path, never program text: `dln check adir` must not parse 'adir' as a program."""
+    from dln.runtime import cli
+
+    (project / "adir").mkdir()
+    for command in FILE_COMMANDS:
+        assert cli.main([command[0], path, *command[1:]]) == 1, command
+        err = capsys.readouterr().err
+        assert err.startswith("error[E0702]: cannot read ") and path.rstrip("/") in err.splitlines()[0], (command, err)
+        assert "<string>" not in err and "internal error" not in err, (command, err)
+
+
 # ---- train, eval -------------------------------------------------------------------------------------------------
 def test_train_save_then_eval(project: Path):
     result = dln_cli("train", "mlp.dln", "--epochs", "2", "--no-progress", "--save", "W.safetensors", cwd=project)
