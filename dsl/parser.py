@@ -60,6 +60,8 @@ def _reserve_keyword(tok: Token) -> Token:
 
 def parse(text: str, path: str = "<string>") -> ast.Module:
     """Parse one file.  Raises `DlnError` with every syntax error found."""
+    # A byte-order mark (editors on Windows write one) is not part of the program: columns start after it.
+    text = text.removeprefix("\ufeff")
     source = Source(path, text)
     diagnostics: list[Diagnostic] = []
     work = text
