@@ -77,7 +77,7 @@ def _parser() -> argparse.ArgumentParser:
     c = command("run", "one forward pass", backend=True)
     c.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy", help="an input array")
     c.add_argument("--weights", help="a .safetensors file of weights")
-    c.add_argument("-o", "--output", help="write the outputs to this .npz file")
+    c.add_argument("-o", "--output", help="write the outputs to this file (NumPy .npz format, under exactly this name)")
     c = command("train", "train as the file's train section says", backend=True)
     c.add_argument("--weights", help="start from these weights (.safetensors)")
     c.add_argument("--epochs", type=int)
@@ -249,7 +249,13 @@ def cmd_run(args) -> int:
             raise DlnError(Diagnostic("E0702", f"cannot read input {name} from {path}: {e}")) from None
     outputs = model(**inputs)
     if args.output:
-        np.savez(args.output, **outputs)
+        # Through an open file: np.savez given a name appends ".npz" to one without it, and the
+        # message would name a file that does not exist.  The file is written as named.
+        try:
+            with open(args.output, "wb") as f:
+                np.savez(f, **outputs)
+        except OSError as e:
+            raise DlnError(Diagnostic("E0702", f"cannot write {args.output}: {e.strerror or e}")) from None
         print(f"wrote {', '.join(outputs)} to {args.output}")
     else:
         for name, value in outputs.items():

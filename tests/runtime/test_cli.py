@@ -142,6 +142,21 @@ def test_run_with_weights_against_torch(project: Path):
     assert "logits: float32[5, 10]" in result.stdout
 
 
+@pytest.mark.parametrize("name", ["outs", "out.npz", "results.bin"])
+def test_run_writes_the_file_it_names(project: Path, capsys, name):
+    """`-o outs` writes `outs` and says so (numpy would have written outs.npz)."""
+    from dln.runtime import cli
+
+    np.save(project / "x.npy", np.ones((3, 64), np.float32))
+    assert cli.main(["run", "mlp.dln", "--input", "x=x.npy", "-o", name]) == 0
+    assert capsys.readouterr().out.strip() == f"wrote logits to {name}"
+    assert sorted(p.name for p in project.iterdir()) == sorted(["mlp.dln", "x.npy", name])
+    with np.load(project / name) as out:
+        np.testing.assert_allclose(out["logits"], dln.compile("mlp.dln")(x=np.ones((3, 64), np.float32))["logits"])
+    assert cli.main(["run", "mlp.dln", "--input", "x=x.npy", "-o", "no/such/dir/out.npz"]) == 1
+    assert "error[E0702]: cannot write no/such/dir/out.npz" in capsys.readouterr().err
+
+
 def test_run_errors(project: Path):
     np.save(project / "narrow.npy", np.zeros((3, 63), np.float32))
     result = dln_cli("run", "mlp.dln", "--input", "x=narrow.npy", cwd=project)
