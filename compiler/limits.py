@@ -5,7 +5,7 @@ memory runs out.  A compile stops instead, with a diagnostic at the line
 that went over, saying which limit and how to raise it.  The limits are
 configuration: read at the edge (`dln.compile(..., max_nodes=...)`, the
 CLI's `--max-nodes`) and passed down to the builder; the defaults leave
-real models far below them (a 24-block transformer: 48 repeat iterations,
+real models far below them (a 24-block transformer: 24 repeat iterations,
 about 2,800 forward nodes).
 """
 

@@ -1,7 +1,8 @@
 """Parsing: `.dln` text -> `dln.dsl.ast.Module`, or diagnostics.
 
 The grammar lives in grammar.lark (LALR, positions on).  A Lark `Transformer`
-turns the parse tree into AST dataclasses; syntax errors become diagnostics
+(the non-recursive one: a sum of thousands of terms is a deep tree) turns the
+parse tree into AST dataclasses; syntax errors become diagnostics
 that name the tokens the parser would have accepted, in words.  After a
 syntax error the parser blanks out the declaration that holds it and parses
 the rest again, so one run reports an error per broken declaration.
@@ -17,8 +18,8 @@ from dataclasses import fields
 from pathlib import Path
 
 from lark import Lark, Token, v_args
-from lark.visitors import Transformer_NonRecursive
 from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedToken, VisitError
+from lark.visitors import Transformer_NonRecursive
 
 from dln.dsl import ast, tables
 from dln.dsl.diagnostics import Diagnostic, DlnError, Note, Source, Span
@@ -105,7 +106,6 @@ def _too_deep(decls: list) -> object | None:
             if hasattr(child, "__dataclass_fields__") and not isinstance(child, (Span, ast.Ident)):
                 stack.append((child, depth if ast.chain_next(node) is child else depth + 1))
     return None
-
 
 
 def parse_file(path: str | Path) -> ast.Module:

@@ -244,9 +244,11 @@ def compile(source: str | Path, backend: str | None = None, model: str | None = 
                  limits=Limits(max_nodes, max_unroll))
 
 
-def train(source: str | Path, backend: str | None = None, **overrides: Any):
+def train(source: str | Path, backend: str | None = None, max_nodes: int = DEFAULT_LIMITS.max_nodes,
+          max_unroll: int = DEFAULT_LIMITS.max_unroll, **overrides: Any):
     """Train as the file's train section says; keyword arguments override settings
-    (epochs, batch, seed, checkpoint, ...) and hyperparameters (anything else)."""
+    (epochs, batch, seed, checkpoint, ...) and hyperparameters (anything else).  `max_nodes`,
+    `max_unroll`: as for `compile`."""
     from dln.runtime.train import train_file
 
-    return train_file(source, backend=backend, **overrides)
+    return train_file(source, backend=backend, limits=Limits(max_nodes, max_unroll), **overrides)

@@ -77,7 +77,7 @@ def _parser() -> argparse.ArgumentParser:
     c = command("run", "one forward pass", backend=True)
     c.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy", help="an input array")
     c.add_argument("--weights", help="a .safetensors file of weights")
-    c.add_argument("-o", "--output", help="write the outputs to this file (NumPy .npz format, under exactly this name)")
+    c.add_argument("-o", "--output", help="write the outputs to this file (NumPy .npz, under exactly this name)")
     c = command("train", "train as the file's train section says", backend=True)
     c.add_argument("--weights", help="start from these weights (.safetensors)")
     c.add_argument("--epochs", type=int)
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     except RecursionError:
         if args.debug:
             raise
-        print(render_all([Diagnostic("E0208", "the program nests too deeply to compile")]), file=sys.stderr)
+        print(render_all([Diagnostic("E0313", "the program nests too deeply to compile")]), file=sys.stderr)
         return 1
     except Exception as e:  # an internal error: say so, without a traceback
         if args.debug:
