@@ -23,6 +23,7 @@ from dln.compiler.expressions import Evaluator
 from dln.compiler.frames import POISON, Binding, Frame, Poisoned
 from dln.compiler.inline import expanding, hparam_span, reapplied_mismatch
 from dln.compiler.ir import DTYPES, DType, Graph, TensorType
+from dln.compiler.limits import DEFAULT_LIMITS, LimitExceeded, Limits, exceeded, too_deep
 from dln.compiler.naming import ScopeNames
 from dln.compiler.program import HPARAM_TYPES, Program, check_overrides, coerce_hparam
 from dln.compiler.symbolic import Dim, Sym, format_shape
@@ -72,11 +73,14 @@ class BuiltModel:
 
 
 class ModelBuilder:
-    def __init__(self, program: Program, decl: ast.Model, hparams: Mapping[str, Any], training: bool) -> None:
+    def __init__(self, program: Program, decl: ast.Model, hparams: Mapping[str, Any], training: bool,
+                 limits: Limits = DEFAULT_LIMITS) -> None:
         self.program = program
         self.decl = decl
         self.training = training
-        self.b = GraphBuilder(f"{decl.name.name}.{'train' if training else 'eval'}")
+        self.limits = limits
+        self.unrolled = 0  # repeat iterations run so far, against limits.max_unroll
+        self.b = GraphBuilder(f"{decl.name.name}.{'train' if training else 'eval'}", max_nodes=limits.max_nodes)
         self.hparam_values = dict(hparams)
         self.params: dict[str, ParamInfo] = {}
         self.inputs: dict[str, InputInfo] = {}
@@ -96,8 +100,11 @@ class ModelBuilder:
         frame = Frame({}, self.program.visible(self.decl.source.path), (), ScopeNames(), "model", top=True)
         for name, value in self.hparam_values.items():
             frame.env[name] = Binding(value, hparam_span(self.decl, name), "hparam")
-        with expanding(self, self.decl, None):
-            self.run_body(frame, self.decl.body)
+        try:
+            with expanding(self, self.decl, None):
+                self.run_body(frame, self.decl.body)
+        except LimitExceeded as e:
+            raise DlnError(dedupe(self.diagnostics + e.diagnostics)) from None
         outputs = []
         for name, value, span in frame.outputs:
             if isinstance(value, Tensor):
@@ -133,6 +140,12 @@ class ModelBuilder:
                 return
             try:
                 self.run_stmt(frame, stmt)
+            except LimitExceeded:
+                raise
+            except RecursionError:
+                # What MAX_NESTING (dsl/parser.py) and MAX_EXPANSION_DEPTH (inline.py) let through and
+                # still overflows Python's stack: reported at the innermost statement, and the build stops.
+                raise too_deep(stmt.span) from None
             except DlnError as e:
                 self.diagnostics.extend(e.diagnostics)
                 self._poison(frame, stmt)
@@ -248,6 +261,15 @@ class ModelBuilder:
                 raise DlnError(Diagnostic("E0307", f"repeat bounds must be ints known when compiling, got "
                                                    f"{describe(v)}", e.span))
             bounds.append(v)
+        # Checked before unrolling: the trip count is known, and a huge one would only run out of memory.
+        trips = max(0, bounds[1] - bounds[0])
+        if self.unrolled + trips > self.limits.max_unroll:
+            limit = self.limits.max_unroll
+            message = (f"repeat would unroll {trips:,} more times after {self.unrolled:,} iterations of repeats, "
+                       f"more than {limit:,} in all" if self.unrolled else
+                       f"repeat would unroll {trips:,} times, more than {limit:,}")
+            raise exceeded("max_unroll", limit, message, stmt.start.span.to(stmt.stop.span))
+        self.unrolled += trips
         saved_prefix, saved_names = frame.prefix, frame.names
         saved_var = frame.env.get(stmt.var.name)
         try:
@@ -394,12 +416,12 @@ def resolve_hparams(program: Program, decl: ast.Model, overrides: Mapping[str, A
 
 
 def build_model(program: Program, name: str | None = None, overrides: Mapping[str, Any] | None = None,
-                training: bool = False, from_text: bool = False) -> BuiltModel:
+                training: bool = False, from_text: bool = False, limits: Limits = DEFAULT_LIMITS) -> BuiltModel:
     decl = program.model(name)
     overrides = dict(overrides or {})
     check_overrides(decl, overrides)
     hparams = resolve_hparams(program, decl, overrides, from_text)
-    return ModelBuilder(program, decl, hparams, training).build()
+    return ModelBuilder(program, decl, hparams, training, limits).build()
 
 
 # Names that mean something only inside `train` (LANGUAGE.md §8): its functions and fills, less the

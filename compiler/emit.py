@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Sequence, Union
 
 from dln.compiler.ir import NO_ATTRS, Attrs, Constraint, DType, Graph, GroupOp, Node, Op, Phase, TensorType
+from dln.compiler.limits import exceeded
 from dln.compiler.shapes import SHAPE_RULES, ShapeContext, ShapeError
 from dln.compiler.symbolic import Dim, Shape, format_shape, numel
 from dln.dsl.diagnostics import Diagnostic, DlnError, Note, Span
@@ -128,8 +129,9 @@ def _short(value: Any) -> str:
 class GraphBuilder:
     """Accumulates typed nodes; `finish` freezes them into a `Graph`."""
 
-    def __init__(self, name: str, base: Graph | None = None) -> None:
+    def __init__(self, name: str, base: Graph | None = None, max_nodes: int | None = None) -> None:
         self.name = name
+        self.max_nodes = max_nodes  # dln.compiler.limits: the model builder's bound on the graph's size
         self.nodes: list[Node] = list(base.nodes) if base else []
         self.index: dict[int, Node] = {n.id: n for n in self.nodes}
         self.next_id = max(self.index, default=-1) + 1
@@ -166,6 +168,9 @@ class GraphBuilder:
     # ---- the primitive -------------------------------------------------------------------
     def emit(self, op: Op, inputs: Sequence[Tensor] = (), attrs: dict[str, Any] | Attrs | None = None) -> Tensor:
         attrs = attrs if isinstance(attrs, Attrs) else (Attrs(attrs) if attrs else NO_ATTRS)
+        if self.max_nodes is not None and len(self.nodes) >= self.max_nodes:
+            raise exceeded("max_nodes", self.max_nodes, f"the graph grows past {self.max_nodes:,} nodes here",
+                           self.loc)
         self.shapes.loc = self.loc
         try:
             type_ = SHAPE_RULES[op](self.shapes, [t.type for t in inputs], attrs)

@@ -109,8 +109,17 @@ class Evaluator:
         raise DlnError(Diagnostic("E0307", "'...' is only allowed inside [...]", e.span))
 
     # ---- operators ------------------------------------------------------------------------------------
+    # A chain of operators (`x + x + ... + x`, `a ** b ** ... ** z`, `- - x`) nests as deep as it is long;
+    # it is walked along its spine in a loop, so that only the other operands recurse and a sum of
+    # thousands of terms compiles (dsl/parser.py bounds the nesting that still recurses).
     def _Unary(self, frame, e: ast.Unary) -> Value:
-        v = self.eval(frame, e.operand)
+        spine = ast.spine(e)
+        v = self.eval(frame, spine[-1].operand)
+        for u in reversed(spine):
+            v = self._unary(u, v)
+        return v
+
+    def _unary(self, e: ast.Unary, v: Value) -> Value:
         if e.op == "-":
             if isinstance(v, Tensor):
                 with self.m.b.at(loc=e.span):
@@ -128,7 +137,20 @@ class Evaluator:
         raise DlnError(Diagnostic("E0307", f"'not' needs a bool, got {describe(v)}", e.span))
 
     def _Binary(self, frame, e: ast.Binary) -> Value:
-        a, b = self.eval(frame, e.left), self.eval(frame, e.right)
+        spine = ast.spine(e)
+        if e.op != "**":  # ((a + b) + c) + d: a, then b and c and d each added as it is evaluated
+            v = self.eval(frame, spine[-1].left)
+            for b in reversed(spine):
+                v = self._binary(frame, b, v, self.eval(frame, b.right))
+            return v
+        # a ** (b ** (c ** d)): a, b, c, d in the order written, then the powers from the right
+        lefts = [self.eval(frame, b.left) for b in spine]
+        v = self.eval(frame, spine[-1].right)
+        for b, left in zip(reversed(spine), reversed(lefts)):
+            v = self._binary(frame, b, left, v)
+        return v
+
+    def _binary(self, frame, e: ast.Binary, a: Value, b: Value) -> Value:
         if not isinstance(a, Tensor) and not isinstance(b, Tensor):
             return self._const_binary(e, a, b)
         if self.m is None:  # pragma: no cover - constants have no tensors
@@ -242,11 +264,26 @@ class Evaluator:
     def _Call(self, frame, e: ast.Call) -> Value:
         if self.m is None:
             raise DlnError(Diagnostic("E0307", "a hyperparameter's default must be a constant", e.span))
+        # A pipe `x -> f -> g -> ...` is a chain too: every stage's function is found first, last stage
+        # first (as when each call evaluated its function, then its piped argument), then the stages run.
+        spine = ast.spine(e)
+        if len(spine) == 1:
+            return self._call(frame, e, self._callee(frame, e))
+        callees = [self._callee(frame, c) for c in spine]
+        value = self.eval(frame, spine[-1].args[0])
+        for c, callee in zip(reversed(spine), reversed(callees)):
+            value = self._call(frame, c, callee, (value,))
+        return value
+
+    def _callee(self, frame, e: ast.Call) -> Value:
         if isinstance(e.func, ast.Name) and not (e.func.id in DTYPES and e.func.id not in frame.env):
-            callee = self.m.lookup(frame, e.func.id, e.func.span, called=True)
-        else:
-            callee = self.eval(frame, e.func)
-        args = [lib.Arg(self.eval(frame, a), a.span) for a in e.args]
+            return self.m.lookup(frame, e.func.id, e.func.span, called=True)
+        return self.eval(frame, e.func)
+
+    def _call(self, frame, e: ast.Call, callee: Value, piped: tuple[Value, ...] = ()) -> Value:
+        """Call `callee` as `e` says; `piped`: the value of its first argument, when evaluated already."""
+        args = [lib.Arg(piped[0] if k == 0 and piped else self.eval(frame, a), a.span)
+                for k, a in enumerate(e.args)]
         kwargs: dict[str, tuple[lib.Arg, Span]] = {}
         override: str | None = None
         for k in e.kwargs:

@@ -36,10 +36,20 @@ Kwargs = dict[str, tuple[lib.Arg, Span]]
 
 # ---- recursion ------------------------------------------------------------------------------------------------
 
+# How deep blocks and instances may expand inside one another.  Each expansion takes a dozen frames of
+# Python's stack (about 1,000): past this, a program is an error at the call, not a crash.
+MAX_EXPANSION_DEPTH = 50
+
+
 @contextmanager
 def expanding(m: "ModelBuilder", decl: ast.Model | ast.Block, site: Span | None) -> Iterator[None]:
     """While `decl`'s body runs (called or applied at `site`), it is on the builder's stack."""
     check_not_recursive(m, decl, site)
+    if len(m.expanding) > MAX_EXPANSION_DEPTH:
+        outer = " -> ".join(d.name.name for d, _ in m.expanding[1:4])
+        raise DlnError(Diagnostic("E0313", f"blocks and instances expand more than {MAX_EXPANSION_DEPTH} levels "
+                                           f"deep here", site,
+                                  (Note(f"the expansion: {outer} -> ... -> {decl.name.name}"),)))
     m.expanding.append((decl, site))
     try:
         yield

@@ -45,7 +45,8 @@ class Program:
         return self.root.models
 
     def model(self, name: str | None, span: Span | None = None) -> ast.Model:
-        """The model called `name`; when None, the file's only model, or the one its train section trains."""
+        """The model called `name`; when None (INTERFACE.md): the file's only model, else the one its
+        train section trains, else the one model of the file that no other model uses as an instance."""
         models = self.models
         if name is None:
             own = self.root.models
@@ -58,9 +59,18 @@ class Program:
                 seen = sorted(models)
                 notes = (Note(f"name one of the imported models: {', '.join(seen)}"),) if seen else ()
                 raise DlnError(Diagnostic("E0301", f"{self.path} declares no model", span, notes))
-            names = ", ".join(m.name.name for m in own)
-            raise DlnError(Diagnostic("E0301", f"{self.path} declares several models ({names}); name one",
-                                      span))
+            roots = root_models(self.root)
+            if len(roots) == 1:
+                return roots[0]
+            candidates = roots or own
+            names = ", ".join(m.name.name for m in candidates)
+            what = "several models that no other model uses" if roots else "several models"
+            # With a span the choice is a train section's (`train { ... }`), else the command line's or Python's.
+            how = (f"name it: train {candidates[0].name.name} {{ ... }}" if span is not None else
+                   "choose one with --model NAME on the command line or model=\"NAME\" in Python")
+            notes = tuple(Note(f"{m.name.name} is declared here", m.name.span) for m in candidates) + (Note(how),)
+            raise DlnError(Diagnostic("E0301", f"{self.path} declares {what} ({names}); name one",
+                                      span or candidates[0].name.span, notes))
         if name not in models:
             close = difflib.get_close_matches(name, list(models), n=1)
             notes = (Note(f"did you mean '{close[0]}'?"),) if close else ()
@@ -68,9 +78,22 @@ class Program:
         return models[name]
 
 
+def root_models(module: ast.Module) -> list[ast.Model]:
+    """The models of `module` that no other declaration of it names: the candidates for the model a
+    file is about when it has several (`enc` and `dec` used by `autoencoder`: `autoencoder`).  A model
+    named in a block counts as used: the block makes an instance of it for some model."""
+    names = {m.name.name for m in module.models}
+    used: set[str] = set()
+    for d in (*module.models, *module.blocks):
+        own = d.name.name if isinstance(d, ast.Model) else None
+        used.update(n for n in ast.names_used(d.body) if n in names and n != own)
+    return [m for m in module.models if m.name.name not in used]
+
+
 def load(text_or_path: str | Path, path: str | None = None) -> Program:
-    """Parse a program from a file path or from source text (`path` names it in messages)."""
-    if path is None and (isinstance(text_or_path, Path) or _looks_like_path(str(text_or_path))):
+    """Parse a program from a file path (a `Path`, or a string that looks like one) or from source text
+    (`path` names it in messages).  A path that is not a readable file is E0702, never read as text."""
+    if path is None and (isinstance(text_or_path, Path) or looks_like_path(str(text_or_path))):
         root = parse_file(display_path(Path(text_or_path)))
     else:
         root = parse(str(text_or_path), path or "<string>")
@@ -79,8 +102,14 @@ def load(text_or_path: str | Path, path: str | None = None) -> Program:
     return program
 
 
-def _looks_like_path(s: str) -> bool:
-    return "\n" not in s and "{" not in s and (s.endswith(".dln") or Path(s).is_file())
+def looks_like_path(s: str) -> bool:
+    """Whether `dln.compile(s)` means a file.  Program text that declares anything has a `{`, and text
+    on several lines is never a path; of the rest, a name ending in .dln, anything on disk (a directory,
+    /dev/null) and a single word (`missing`, `models/mlp`) are paths; `# a comment` or `import "a.dln"`
+    is text."""
+    if "\n" in s or "{" in s or not s.strip():
+        return False
+    return s.endswith(".dln") or os.path.exists(s) or not any(c.isspace() or c == '"' for c in s)
 
 
 def file_key(path: str | Path) -> str:

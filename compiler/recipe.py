@@ -250,9 +250,10 @@ def _eval(e: ast.Expr) -> Value:
     if isinstance(e, (ast.Int, ast.Float, ast.Str, ast.Bool)):
         return e.value
     if isinstance(e, ast.Unary) and e.op == "-":
-        v = _eval(e.operand)
-        if isinstance(v, (int, float)) and not isinstance(v, bool):
-            return -v
+        negations = ast.spine(e)  # `- - 1`, however long, in a loop (dsl/parser.py's MAX_NESTING)
+        v = _eval(negations[-1].operand)
+        if all(u.op == "-" for u in negations) and isinstance(v, (int, float)) and not isinstance(v, bool):
+            return -v if len(negations) % 2 else v
     if isinstance(e, ast.TupleExpr):
         return TupleValue(tuple(_eval(i) for i in e.items))
     if isinstance(e, ast.ListExpr):

@@ -8,7 +8,8 @@ builds them (dsl/parser.py); the compiler's builder walks them
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Iterator
 
 from dln.dsl.diagnostics import Source, Span
 
@@ -286,3 +287,44 @@ class Module:
     @property
     def imports(self) -> list[Import]:
         return [d for d in self.decls if isinstance(d, Import)]
+
+
+def names_used(node: object) -> Iterator[str]:
+    """Every name an AST node reads (`Name` expressions), in no particular order.
+
+    Iterative, not recursive: an expression may nest thousands deep (a long sum)."""
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        if isinstance(n, Name):
+            yield n.id
+        elif isinstance(n, tuple):
+            stack.extend(n)
+        elif hasattr(n, "__dataclass_fields__") and not isinstance(n, (Span, Ident)):
+            stack.extend(getattr(n, f.name) for f in fields(n))
+
+
+# Chains of operators, which nest as deep as they are long.  The evaluator walks each along its spine in
+# a loop (dln.compiler.expressions) and the parser does not count its links as nesting (MAX_NESTING).
+
+def chain_next(e: object) -> Expr | None:
+    """The next link of a chain `e` is part of, if any: the associative side of an operator of the same
+    direction (`(a + b) * c` -> `a + b`; `a ** (b ** c)` -> `b ** c`), the operand of a unary operator
+    that is one too (`- - x`), the earlier stage of a pipe (`x -> f -> g` -> `x -> f`)."""
+    if isinstance(e, Binary):
+        inner = e.right if e.op == "**" else e.left
+        return inner if isinstance(inner, Binary) and (inner.op == "**") == (e.op == "**") else None
+    if isinstance(e, Unary):
+        return e.operand if isinstance(e.operand, Unary) else None
+    if isinstance(e, Call) and e.piped and e.args:
+        inner = e.args[0]
+        return inner if isinstance(inner, Call) and inner.piped else None
+    return None
+
+
+def spine(e: Expr) -> list:
+    """`e` and the links of its chain, outermost first."""
+    out = [e]
+    while (nxt := chain_next(out[-1])) is not None:
+        out.append(nxt)
+    return out

@@ -185,6 +185,8 @@ CODES: dict[str, str] = {
     "E0309": "destructuring count mismatch",
     "E0310": "statement not allowed here",
     "E0311": "recursive block or model",
+    "E0312": "program too large to compile (a limit)",
+    "E0313": "program nests too deeply",
     "E0401": "hyperparameter has the wrong type",
     "E0402": "unknown hyperparameter",
     "E0403": "hyperparameter has no value",

@@ -1,7 +1,8 @@
 """Parsing: `.dln` text -> `dln.dsl.ast.Module`, or diagnostics.
 
 The grammar lives in grammar.lark (LALR, positions on).  A Lark `Transformer`
-turns the parse tree into AST dataclasses; syntax errors become diagnostics
+(the non-recursive one: a sum of thousands of terms is a deep tree) turns the
+parse tree into AST dataclasses; syntax errors become diagnostics
 that name the tokens the parser would have accepted, in words.  After a
 syntax error the parser blanks out the declaration that holds it and parses
 the rest again, so one run reports an error per broken declaration.
@@ -12,16 +13,24 @@ from __future__ import annotations
 import functools
 import math
 import re
+import stat
+from dataclasses import fields
 from pathlib import Path
 
-from lark import Lark, Token, Transformer, v_args
+from lark import Lark, Token, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedToken, VisitError
+from lark.visitors import Transformer_NonRecursive
 
 from dln.dsl import ast, tables
 from dln.dsl.diagnostics import Diagnostic, DlnError, Note, Source, Span
 
 GRAMMAR_PATH = Path(__file__).with_name("grammar.lark")
 MAX_SYNTAX_ERRORS = 10
+# How deep expressions and statements may nest.  The compiler walks them recursively, on Python's stack
+# (about 1,000 frames, a few a level): past this, a program is an error at the place it goes too deep,
+# not a crash.  Chains of operators and pipes (`x + x + ... + x`, `x -> f -> g`) and parentheses do not
+# count: the compiler walks those in a loop, so a sum of thousands of terms compiles.
+MAX_NESTING = 100
 
 
 @functools.cache
@@ -52,6 +61,8 @@ def _reserve_keyword(tok: Token) -> Token:
 
 def parse(text: str, path: str = "<string>") -> ast.Module:
     """Parse one file.  Raises `DlnError` with every syntax error found."""
+    # A byte-order mark (editors on Windows write one) is not part of the program: columns start after it.
+    text = text.removeprefix("\ufeff")
     source = Source(path, text)
     diagnostics: list[Diagnostic] = []
     work = text
@@ -73,11 +84,41 @@ def parse(text: str, path: str = "<string>") -> ast.Module:
         if isinstance(e.orig_exc, DlnError):
             raise e.orig_exc from None
         raise
+    too_deep = _too_deep(decls)
+    if too_deep is not None:
+        raise DlnError(Diagnostic("E0313", f"this nests more than {MAX_NESTING} levels deep", too_deep.span, (
+            Note("bind the inner parts to names first: h = ...; y = f(h)"),)))
     return ast.Module(source, tuple(decls))
 
 
+def _too_deep(decls: list) -> object | None:
+    """The first node nested more than MAX_NESTING levels deep, not counting the links of chains."""
+    stack: list[tuple[object, int]] = [(d, 0) for d in reversed(decls)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_NESTING:
+            return node
+        children: list[object] = []
+        for f in fields(node):
+            value = getattr(node, f.name)
+            children.extend(value if isinstance(value, tuple) else (value,))
+        for child in reversed(children):
+            if hasattr(child, "__dataclass_fields__") and not isinstance(child, (Span, ast.Ident)):
+                stack.append((child, depth if ast.chain_next(node) is child else depth + 1))
+    return None
+
+
 def parse_file(path: str | Path) -> ast.Module:
+    """Parse the file at `path`: a readable regular file, else E0702 naming it."""
     path = Path(path)
+    try:
+        mode = path.stat().st_mode
+    except OSError as e:
+        raise DlnError(Diagnostic("E0702", f"cannot read {path}: {e.strerror or e}")) from None
+    if stat.S_ISDIR(mode):
+        raise DlnError(Diagnostic("E0702", f"cannot read {path}: it is a directory, not a .dln file"))
+    if not stat.S_ISREG(mode):  # a device (/dev/null, a terminal) or a pipe: no program text to read
+        raise DlnError(Diagnostic("E0702", f"cannot read {path}: it is not a regular file"))
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
@@ -223,7 +264,7 @@ _ESCAPES = {'"': '"', "\\": "\\", "n": "\n", "t": "\t"}
 
 
 @v_args(meta=True)
-class _ToAst(Transformer):
+class _ToAst(Transformer_NonRecursive):
     """Builds AST nodes; every method receives the node's `meta` for its span."""
 
     def __init__(self, source: Source) -> None:

@@ -21,6 +21,7 @@ from dln.compiler import pipeline
 from dln.compiler.autodiff import grad as grad_graph
 from dln.compiler.build import BuiltModel, InputInfo
 from dln.compiler.ir import Graph, Op
+from dln.compiler.limits import DEFAULT_LIMITS, Limits
 from dln.compiler.printer import format_graph
 from dln.compiler.program import Program
 from dln.dsl.diagnostics import Diagnostic, DlnError, Note
@@ -33,13 +34,14 @@ class Model:
 
     def __init__(self, program: Program, name: str | None = None, hparams: Mapping[str, Any] | None = None,
                  backend: str | None = None, seed: int = 0, from_text: bool = False, debug: bool = False,
-                 precision: str | None = None) -> None:
+                 precision: str | None = None, limits: Limits = DEFAULT_LIMITS) -> None:
         self.program = program
         self.debug = debug
         self.hparams_given = dict(hparams or {})
         self.from_text = from_text
+        self.limits = limits
         self.spec: BuiltModel = pipeline.build_model(program, name, self.hparams_given, training=False,
-                                                     from_text=from_text)
+                                                     from_text=from_text, limits=limits)
         self.name = self.spec.name
         self.backend: Backend = get_backend(backend, precision)
         rng = np.random.default_rng(seed)
@@ -58,7 +60,7 @@ class Model:
     def train_spec(self) -> BuiltModel:
         if self._train_spec is None:
             self._train_spec = pipeline.build_model(self.program, self.name, self.hparams_given, training=True,
-                                                    from_text=self.from_text)
+                                                    from_text=self.from_text, limits=self.limits)
         return self._train_spec
 
     @property
@@ -229,18 +231,24 @@ def _as_kind(results: dict[str, np.ndarray], inputs: Mapping[str, Any]) -> dict[
 
 
 def compile(source: str | Path, backend: str | None = None, model: str | None = None, seed: int = 0,
-            debug: bool = False, precision: str | None = None, **hparams: Any) -> Model:
+            debug: bool = False, precision: str | None = None, max_nodes: int = DEFAULT_LIMITS.max_nodes,
+            max_unroll: int = DEFAULT_LIMITS.max_unroll, **hparams: Any) -> Model:
     """Compile a `.dln` file (a path) or source text; keyword arguments override hyperparameters.
 
     `backend`: "numpy" or "triton" (default: triton with a CUDA GPU, else numpy).  `precision` (Triton):
-    "ieee" exact fp32 matrix products (default), or "tf32", "tf32x3", "bf16x3" tensor-core modes."""
+    "ieee" exact fp32 matrix products (default), or "tf32", "tf32x3", "bf16x3" tensor-core modes.
+    `max_nodes`, `max_unroll`: bounds on the model's forward graph and its `repeat` iterations
+    (dln.compiler.limits); a program past them is an error E0312 rather than a compile without end."""
     program = pipeline.load(source)
-    return Model(program, model, hparams, backend, seed=seed, debug=debug, precision=precision)
+    return Model(program, model, hparams, backend, seed=seed, debug=debug, precision=precision,
+                 limits=Limits(max_nodes, max_unroll))
 
 
-def train(source: str | Path, backend: str | None = None, **overrides: Any):
+def train(source: str | Path, backend: str | None = None, max_nodes: int = DEFAULT_LIMITS.max_nodes,
+          max_unroll: int = DEFAULT_LIMITS.max_unroll, **overrides: Any):
     """Train as the file's train section says; keyword arguments override settings
-    (epochs, batch, seed, checkpoint, ...) and hyperparameters (anything else)."""
+    (epochs, batch, seed, checkpoint, ...) and hyperparameters (anything else).  `max_nodes`,
+    `max_unroll`: as for `compile`."""
     from dln.runtime.train import train_file
 
-    return train_file(source, backend=backend, **overrides)
+    return train_file(source, backend=backend, limits=Limits(max_nodes, max_unroll), **overrides)

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from dln.compiler.limits import DEFAULT_LIMITS, Limits
 from dln.dsl.diagnostics import Diagnostic, DlnError, dedupe, render_all
 from dln.kernels.precision import PRECISIONS
 
@@ -30,6 +31,20 @@ def _sets(values: list[str]) -> dict[str, str]:
     return out
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _limits(args) -> Limits:
+    return Limits(args.max_nodes, args.max_unroll)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dln", description="A declarative language for neural networks.")
     p.add_argument("--debug", action="store_true", help="show Python tracebacks and check the IR between passes")
@@ -41,7 +56,13 @@ def _parser() -> argparse.ArgumentParser:
         c.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         if sets:
             c.add_argument("--set", action="append", default=[], metavar="K=V", help="override a hyperparameter")
-            c.add_argument("--model", help="which model of the file (default: the trained one, or the only one)")
+            c.add_argument("--model", help="which model of the file (default: the only one, the trained one, or "
+                                           "the one no other model uses)")
+            c.add_argument("--max-nodes", type=_positive, default=DEFAULT_LIMITS.max_nodes, metavar="N",
+                           help=f"stop when a model's graph grows past N nodes (default {DEFAULT_LIMITS.max_nodes:,})")
+            c.add_argument("--max-unroll", type=_positive, default=DEFAULT_LIMITS.max_unroll, metavar="N",
+                           help=f"stop when a model's repeat loops unroll more than N times in all (default "
+                                f"{DEFAULT_LIMITS.max_unroll:,})")
         if backend:
             c.add_argument("--backend", choices=["numpy", "triton"], help="default: triton with a GPU, else numpy")
             c.add_argument("--precision", choices=PRECISIONS,
@@ -56,7 +77,7 @@ def _parser() -> argparse.ArgumentParser:
     c = command("run", "one forward pass", backend=True)
     c.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy", help="an input array")
     c.add_argument("--weights", help="a .safetensors file of weights")
-    c.add_argument("-o", "--output", help="write the outputs to this .npz file")
+    c.add_argument("-o", "--output", help="write the outputs to this file (NumPy .npz, under exactly this name)")
     c = command("train", "train as the file's train section says", backend=True)
     c.add_argument("--weights", help="start from these weights (.safetensors)")
     c.add_argument("--epochs", type=int)
@@ -92,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     except RecursionError:
         if args.debug:
             raise
-        print(render_all([Diagnostic("E0208", "the program nests too deeply to compile")]), file=sys.stderr)
+        print(render_all([Diagnostic("E0313", "the program nests too deeply to compile")]), file=sys.stderr)
         return 1
     except Exception as e:  # an internal error: say so, without a traceback
         if args.debug:
@@ -107,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
 def _load(args):
     from dln.compiler import pipeline
 
-    return pipeline.load(args.file)
+    return pipeline.load(Path(args.file))  # FILE is always a path, never program text
 
 
 def _model_name(args, program) -> str | None:
@@ -124,7 +145,7 @@ def _model(args, backend: str | None = "numpy"):
 
     program = _load(args)
     return Model(program, _model_name(args, program), args.hparams, backend, from_text=True, debug=args.debug,
-                 precision=getattr(args, "precision", None))
+                 precision=getattr(args, "precision", None), limits=_limits(args))
 
 
 def cmd_check(args) -> int:
@@ -149,7 +170,8 @@ def cmd_check(args) -> int:
     failed: set[str] = set()
     for name in names:
         try:
-            spec = pipeline.build_model(program, name, hparams(name), training=False, from_text=True)
+            spec = pipeline.build_model(program, name, hparams(name), training=False, from_text=True,
+                                        limits=_limits(args))
             graph = pipeline.forward_graph(spec)
             flops = total_flops(graph, {s: 1 for s in graph.symbols()})
             count = sum(int(numel(p.type.shape)) for p in spec.params)
@@ -164,7 +186,8 @@ def cmd_check(args) -> int:
             name = model_of(program, train).name.name
             if name in failed or (args.model and name != args.model):
                 continue  # its own errors are reported; or not the model asked about
-            spec = pipeline.build_model(program, name, hparams(name), training=True, from_text=True)
+            spec = pipeline.build_model(program, name, hparams(name), training=True, from_text=True,
+                                        limits=_limits(args))
             recipe = recipe_of(train, spec)
             for objective in recipe.objectives:
                 pipeline.train_step(spec, objective, recipe.clip_grad, args.debug)
@@ -184,7 +207,8 @@ def cmd_params(args) -> int:
     from dln.compiler.symbolic import numel
 
     program = _load(args)
-    spec = pipeline.build_model(program, _model_name(args, program), args.hparams, from_text=True)
+    spec = pipeline.build_model(program, _model_name(args, program), args.hparams, from_text=True,
+                                limits=_limits(args))
     rows = [(p.name, "[" + ", ".join(str(d) for d in p.type.shape) + "]", str(p.init), int(numel(p.type.shape)))
             for p in spec.params]
     widths = [max([len(h)] + [len(str(r[i])) for r in rows]) for i, h in enumerate(("name", "shape", "init"))]
@@ -225,7 +249,13 @@ def cmd_run(args) -> int:
             raise DlnError(Diagnostic("E0702", f"cannot read input {name} from {path}: {e}")) from None
     outputs = model(**inputs)
     if args.output:
-        np.savez(args.output, **outputs)
+        # Through an open file: np.savez given a name appends ".npz" to one without it, and the
+        # message would name a file that does not exist.  The file is written as named.
+        try:
+            with open(args.output, "wb") as f:
+                np.savez(f, **outputs)
+        except OSError as e:
+            raise DlnError(Diagnostic("E0702", f"cannot write {args.output}: {e.strerror or e}")) from None
         print(f"wrote {', '.join(outputs)} to {args.output}")
     else:
         for name, value in outputs.items():
@@ -239,9 +269,9 @@ def cmd_train(args) -> int:
     from dln.runtime.train import train_file
 
     settings = {k: getattr(args, k) for k in ("epochs", "batch", "seed", "checkpoint") if getattr(args, k) is not None}
-    history = train_file(args.file, backend=args.backend, progress=False if args.no_progress else None,
+    history = train_file(Path(args.file), backend=args.backend, progress=False if args.no_progress else None,
                          debug=args.debug, weights=args.weights, from_text=True, precision=args.precision,
-                         model=args.model,
+                         model=args.model, limits=_limits(args),
                          **settings, **args.hparams)
     if args.save and history.model is not None:
         history.model.save(args.save)

@@ -23,6 +23,7 @@ import numpy as np
 
 from dln.compiler import pipeline
 from dln.compiler.ir import Op
+from dln.compiler.limits import DEFAULT_LIMITS, Limits
 from dln.compiler.recipe import DEFAULT_OPTIMIZER, Objective, Recipe, model_of, recipe_of
 from dln.compiler.training import TrainStep
 from dln.dsl import ast
@@ -92,16 +93,16 @@ def default_objective(model: Model) -> Objective:
 def train_file(source: str | Path, backend: str | None = None, progress: bool | None = None,
                log: Callable[[str], None] | None = None, debug: bool = False, weights: str | None = None,
                from_text: bool = False, precision: str | None = None, model: str | None = None,
-               **overrides: Any) -> History:
+               limits: Limits = DEFAULT_LIMITS, **overrides: Any) -> History:
     """Train as `source`'s train section for `model` (the first section by default) says."""
     settings = {k: overrides.pop(k) for k in list(overrides) if k in SETTING_OVERRIDES}
     program = pipeline.load(source)
     train = find_train(program, model)
     probe = pipeline.build_model(program, model_of(program, train).name.name, overrides, training=True,
-                                 from_text=from_text)
+                                 from_text=from_text, limits=limits)
     recipe = recipe_of(train, probe).with_overrides(**settings)
     compiled = Model(program, probe.name, overrides, backend, seed=recipe.seed, from_text=from_text, debug=debug,
-                     precision=precision)
+                     precision=precision, limits=limits)
     if weights:
         compiled.load(weights)
     base = Path(program.path).parent if not program.path.startswith("<") else Path.cwd()

@@ -99,3 +99,40 @@ def test_parameters_too_large_for_memory_are_a_diagnostic_not_a_crash():
     (d,) = err.diagnostics
     assert d.code == "E0208" and d.span is not None and d.span.line == 3
     assert "memory" in d.message
+
+
+def test_a_model_without_hyperparameters_needs_no_parentheses():
+    """`model plain { ... }` as `train plain { ... }` (LANGUAGE.md §3); the same model as `model plain() { ... }`."""
+    body = "{\n    input x: f32[B, 4]\n    output y = x -> linear(3)\n}\n"
+    plain = dln.compile("model plain " + body, backend="numpy")
+    empty = dln.compile("model plain() " + body, backend="numpy")
+    assert plain.hparams == {} and plain.ir == empty.ir
+    (model,) = parse("model plain " + body).models
+    assert model.name.name == "plain" and model.hparams == ()
+    # An instance of it is made with empty parentheses, as of any model.
+    top = dln.compile("model top {\n    input x: f32[B, 4]\n    P = plain()\n    output z = P(x)\n}\n"
+                      "model plain " + body, backend="numpy", model="top")
+    assert list(top.parameters()) == ["P.y.weight", "P.y.bias"]
+    err = _compile_error("model plain " + body, d=3)
+    assert err.code == "E0402" and "plain has no hyperparameters" in str(err)
+
+
+def test_a_byte_order_mark_is_accepted_and_columns_stay_right(tmp_path):
+    """Editors on Windows may start a UTF-8 file with a byte-order mark: it is not part of the program."""
+    text = "model m {\n    input x: f32[B, 4]\n    output y = relu(z)\n}\n"
+    path = tmp_path / "bom.dln"
+    path.write_bytes(b"\xef\xbb\xbf" + text.replace("relu(z)", "relu(x)").encode())
+    assert dln.compile(str(path), backend="numpy").name == "m"
+    for source in ("\ufeff" + text, str(path)):
+        if source == str(path):
+            path.write_bytes(b"\xef\xbb\xbf" + text.encode())
+        with pytest.raises(DlnError) as info:
+            dln.compile(source, backend="numpy")
+        (d,) = info.value.diagnostics
+        assert (d.code, d.span.line, d.span.col) == ("E0301", 3, 21), d
+    with pytest.raises(DlnError) as info:   # on the first line too
+        parse("\ufeffmodel m {\n    input x: f32[B, 4]\n")
+    assert (info.value.diagnostics[0].span.line, info.value.diagnostics[0].span.col) == (2, 22)
+    with pytest.raises(DlnError) as info:
+        parse("\ufeffmodel 1")
+    assert (info.value.diagnostics[0].span.line, info.value.diagnostics[0].span.col) == (1, 7)

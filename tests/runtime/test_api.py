@@ -159,6 +159,62 @@ model b() { input x: f32[B, 2]  output y = x -> linear(5) }
     assert info.value.code == "E0301"
 
 
+# Three models, of which `autoencoder` makes instances of the other two.
+AUTOENCODER = (Path(__file__).parents[1] / "programs" / "autoencoder.dln").read_text()
+OTHER = "\nmodel other {\n    input x: f32[B, 2]\n    output y = relu(x)\n}\n"
+
+
+def test_the_model_no_other_model_uses_is_chosen(tmp_path, monkeypatch):
+    """INTERFACE.md: without `model=`, the one model that no other model uses as an instance."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ae.dln").write_text(AUTOENCODER)
+    for source in ("ae.dln", AUTOENCODER):
+        model = dln.compile(source, backend="numpy")
+        assert model.name == "autoencoder"
+        assert list(model.parameters()) == ["E.h.weight", "E.h.bias", "D.y.weight", "D.y.bias"]
+    assert dln.compile(AUTOENCODER, model="enc").name == "enc"   # naming one still picks it
+
+
+def test_several_unused_models_are_ambiguous_and_listed():
+    text = AUTOENCODER + OTHER
+    with pytest.raises(dln.DlnError) as info:
+        dln.compile(text)
+    (d,) = info.value.diagnostics
+    # enc and dec are used as instances: not candidates
+    assert d.code == "E0301" and d.message.endswith("several models that no other model uses (autoencoder, "
+                                                    "other); name one"), d
+    assert d.span is not None and (d.span.line, d.span.col) == (12, 7)   # at the first candidate's name
+    assert [n.span.line for n in d.notes if n.span is not None] == [12, 19]
+
+
+@pytest.mark.parametrize("path, why", [("missing.dln", "No such file"), ("missing", "No such file"),
+                                       ("models/missing", "No such file"), ("adir", "is a directory"),
+                                       ("/dev/null", "not a regular file")])
+def test_compile_of_a_path_that_is_not_a_readable_file_is_e0702(tmp_path, monkeypatch, path, why):
+    """A string that looks like a path is one: an error naming it, not a syntax error in '<string>'."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "adir").mkdir()
+    with pytest.raises(dln.DlnError) as info:
+        dln.compile(path)
+    (d,) = info.value.diagnostics
+    assert d.code == "E0702" and d.message.startswith(f"cannot read {path}") and why in d.message, d
+
+
+@pytest.mark.parametrize("text, code", [
+    ("model m { input x: f32[B, 2]  output y = relu(x) }", None),   # text on one line
+    ("", "E0301"), ("# nothing here", "E0301"),                       # no model: text, not a file named so
+    ('import "elsewhere.dln"', "E0501"),
+])
+def test_source_text_on_one_line_is_still_text(tmp_path, monkeypatch, text, code):
+    monkeypatch.chdir(tmp_path)
+    if code is None:
+        assert dln.compile(text).name == "m"
+        return
+    with pytest.raises(dln.DlnError) as info:
+        dln.compile(text)
+    assert info.value.code == code and "cannot read" not in str(info.value), info.value
+
+
 # ---- running -----------------------------------------------------------------------------------------------------
 def test_call_returns_declared_outputs_and_matches_torch(batch):
     x, y = batch

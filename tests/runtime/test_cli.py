@@ -142,6 +142,21 @@ def test_run_with_weights_against_torch(project: Path):
     assert "logits: float32[5, 10]" in result.stdout
 
 
+@pytest.mark.parametrize("name", ["outs", "out.npz", "results.bin"])
+def test_run_writes_the_file_it_names(project: Path, capsys, name):
+    """`-o outs` writes `outs` and says so (numpy would have written outs.npz)."""
+    from dln.runtime import cli
+
+    np.save(project / "x.npy", np.ones((3, 64), np.float32))
+    assert cli.main(["run", "mlp.dln", "--input", "x=x.npy", "-o", name]) == 0
+    assert capsys.readouterr().out.strip() == f"wrote logits to {name}"
+    assert sorted(p.name for p in project.iterdir()) == sorted(["mlp.dln", "x.npy", name])
+    with np.load(project / name) as out:
+        np.testing.assert_allclose(out["logits"], dln.compile("mlp.dln")(x=np.ones((3, 64), np.float32))["logits"])
+    assert cli.main(["run", "mlp.dln", "--input", "x=x.npy", "-o", "no/such/dir/out.npz"]) == 1
+    assert "error[E0702]: cannot write no/such/dir/out.npz" in capsys.readouterr().err
+
+
 def test_run_errors(project: Path):
     np.save(project / "narrow.npy", np.zeros((3, 63), np.float32))
     result = dln_cli("run", "mlp.dln", "--input", "x=narrow.npy", cwd=project)
@@ -150,6 +165,60 @@ def test_run_errors(project: Path):
     result = dln_cli("run", "mlp.dln", "--input", "x=absent.npy", cwd=project)
     assert_user_error(result, "E0702")
     assert "absent.npy" in result.stderr
+
+
+def test_every_command_picks_the_model_no_other_model_uses(project: Path, capsys):
+    """A file whose `autoencoder` makes instances of `enc` and `dec`: run, params, compile and graph are
+    about `autoencoder` without --model (INTERFACE.md)."""
+    from dln.runtime import cli
+    ae = (Path(__file__).parents[1] / "programs" / "autoencoder.dln").read_text()
+    (project / "ae.dln").write_text(ae)
+    np.save(project / "x.npy", np.ones((2, 4), np.float32))
+    assert cli.main(["run", "ae.dln", "--input", "x=x.npy"]) == 0
+    assert "y: float32[2, 4]" in capsys.readouterr().out
+    assert cli.main(["params", "ae.dln"]) == 0
+    assert "E.h.weight" in capsys.readouterr().out
+    assert cli.main(["compile", "ae.dln", "-o", "build"]) == 0
+    assert json.loads((project / "build" / "manifest.json").read_text())["model"] == "autoencoder"
+    assert cli.main(["graph", "ae.dln"]) == 0
+    assert "E.h" in capsys.readouterr().out
+    (project / "two.dln").write_text(ae + "\nmodel other {\n    input x: f32[B, 2]\n    output y = relu(x)\n}\n")
+    result = dln_cli("params", "two.dln", cwd=project)
+    assert_user_error(result, "E0301")
+    assert "(autoencoder, other); name one" in result.stderr and "--> two.dln:12:7" in result.stderr
+
+
+def test_limits_are_raised_on_the_command_line(project: Path, capsys):
+    """E0312 names the flag that raises the limit; the flag does raise it, for check and the other commands."""
+    from dln.runtime import cli
+
+    (project / "long.dln").write_text("model m {\n    input x: f32[B, 4]\n    h = x\n"
+                                      "    repeat i in 0..20000 { h = h }\n    output h\n}\n")
+    for command in ("check", "params"):
+        assert cli.main([command, "long.dln"]) == 1
+        err = capsys.readouterr().err
+        assert "error[E0312]" in err and "--> long.dln:4:17" in err and "--max-unroll N" in err, err
+        assert cli.main([command, "long.dln", "--max-unroll", "20000"]) == 0, capsys.readouterr().err
+    assert cli.main(["check", "mlp.dln", "--max-nodes", "10"]) == 1
+    assert "max_nodes = 10" in capsys.readouterr().err
+
+
+# Every command that takes FILE, with what it needs besides.
+FILE_COMMANDS = [["check"], ["params"], ["compile", "-o", "build"], ["run"], ["train", "--no-progress"],
+                 ["eval", "--weights", "W.safetensors"], ["graph"], ["bench"]]
+
+
+@pytest.mark.parametrize("path", ["adir", "adir/", "missing", "missing.dln", "/dev/null"])
+def test_a_path_that_is_not_a_readable_file_is_e0702_naming_it(project: Path, capsys, path):
+    """FILE is a path, never program text: `dln check adir` must not parse 'adir' as a program."""
+    from dln.runtime import cli
+
+    (project / "adir").mkdir()
+    for command in FILE_COMMANDS:
+        assert cli.main([command[0], path, *command[1:]]) == 1, command
+        err = capsys.readouterr().err
+        assert err.startswith("error[E0702]: cannot read ") and path.rstrip("/") in err.splitlines()[0], (command, err)
+        assert "<string>" not in err and "internal error" not in err, (command, err)
 
 
 # ---- train, eval -------------------------------------------------------------------------------------------------
@@ -187,7 +256,9 @@ def test_train_save_then_eval(project: Path):
     ["params", "mlp.dln", "--set", "hidden"],
     ["run", "mlp.dln", "--input", "x"],
     ["train", "mlp.dln", "--epochs", "two"],
-], ids=["nothing", "unknown-command", "no-file", "set-without-value", "input-without-file", "epochs-not-int"])
+    ["check", "mlp.dln", "--max-nodes", "0"],
+], ids=["nothing", "unknown-command", "no-file", "set-without-value", "input-without-file", "epochs-not-int",
+        "max-nodes-zero"])
 def test_usage_errors_exit_2(project: Path, args):
     result = dln_cli(*args, cwd=project)
     assert result.returncode == 2, (result.stdout, result.stderr)
