@@ -70,7 +70,8 @@ class TritonBackend:
         return value.detach().cpu().numpy()
 
     def copy_into(self, dst, src: np.ndarray) -> None:
-        dst.copy_(self.torch.from_numpy(np.ascontiguousarray(src)).to(dst.dtype))
+        with self.torch.no_grad():  # dst may be an nn.Parameter shared with `as_torch()`'s module
+            dst.copy_(self.torch.from_numpy(np.ascontiguousarray(src)).to(dst.dtype))
 
     def prepare(self, graph: Graph, persistent: Mapping[str, Any], donate: Mapping[str, str]) -> "TritonExecutable":
         return TritonExecutable(self, graph, persistent, donate)
@@ -108,10 +109,13 @@ class TritonExecutable:
             tensors = [self.persistent[n] for n in names]
             if not contiguous_run(tensors):
                 relocate(tensors, torch)
-        outputs = self.program(bufs, dict(env))
-        for out, inp in self.copy_back:
-            self.persistent[inp].copy_(outputs[out])
-            outputs[out] = self.persistent[inp]
+        # Persistent buffers may be nn.Parameters shared with `as_torch()`'s module: written in place
+        # by the kernels, outside autograd.
+        with torch.no_grad():
+            outputs = self.program(bufs, dict(env))
+            for out, inp in self.copy_back:
+                self.persistent[inp].copy_(outputs[out])
+                outputs[out] = self.persistent[inp]
         return outputs
 
 
