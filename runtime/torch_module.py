@@ -23,6 +23,7 @@ from dln.compiler.autodiff import grad
 from dln.compiler.build import BuiltModel
 from dln.compiler.emit import GraphBuilder
 from dln.compiler.ir import Graph, Op
+from dln.dsl.diagnostics import Diagnostic, DlnError, Note
 
 
 def as_torch(model):
@@ -39,9 +40,7 @@ def as_torch(model):
 
         def forward(self, *args: Any, **kwargs: Any):
             spec = model.train_spec if self.training else model.spec
-            names = [i.name for i in spec.inputs]
-            inputs = dict(zip(names, args))
-            inputs.update(kwargs)
+            inputs = _named_inputs(model, spec, args, kwargs)
             graphs = self._prepared(self.training)
             keys = sorted(inputs)
             params = [getattr(self, p.name.replace(".", "__")) for p in spec.params]
@@ -80,6 +79,24 @@ def as_torch(model):
             return (None, None, None, None, *input_grads, *param_grads)
 
     return CompiledModule()
+
+
+def _named_inputs(model, spec: BuiltModel, args: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The module's arguments by input name: positional ones in declaration order, then keywords."""
+    names = [i.name for i in spec.inputs]
+    where = spec.decl.name.span
+    if len(args) > len(names):
+        raise DlnError(Diagnostic("E0701", f"model {model.name} has {len(names)} input(s), got {len(args)} "
+                                           "positional arguments", where, (Note(f"inputs: {', '.join(names)}"),)))
+    inputs = dict(zip(names, args))
+    for name, value in kwargs.items():
+        if name not in names:
+            raise DlnError(Diagnostic("E0701", f"model {model.name} has no input '{name}'", where,
+                                      (Note(f"inputs: {', '.join(names) or 'none'}"),)))
+        if name in inputs:
+            raise DlnError(Diagnostic("E0701", f"input '{name}' is given twice, by position and by name", where))
+        inputs[name] = value
+    return inputs
 
 
 def shared_parameter(model, name: str):
@@ -132,11 +149,19 @@ def _run(model, cache: dict, spec: BuiltModel, graph: Graph, params, inputs, rng
         prepared = cache[id(graph)] = (graph, model.backend.prepare(graph, {}, {}))
     needed = {n.attrs["name"] for n in graph.nodes if n.op is Op.INPUT}
     infos = {i.name: i for i in spec.inputs}
-    arrays = {k: binding.convert(infos[k], v) for k, v in inputs.items() if k in needed}
+    for name in sorted(needed & infos.keys() - inputs.keys()):
+        raise DlnError(Diagnostic("E0701", f"missing input '{name}'", infos[name].span))
+    gives_size = {k for k in inputs if any(str(d) in graph.symbols() for d in infos[k].type.shape)}
+    arrays = {k: binding.convert(infos[k], v) for k, v in inputs.items() if k in needed | gives_size}
     env = binding.bind([infos[k] for k in arrays], arrays, graph.constraints)
+    unknown = graph.symbols() - env.keys()
+    if unknown:
+        givers = [i.name for i in spec.inputs if any(str(d) in unknown for d in i.type.shape)]
+        raise DlnError(Diagnostic("E0701", f"dimension {', '.join(sorted(unknown))} is unknown: pass input "
+                                           f"{' or '.join(repr(g) for g in givers) or '?'}", spec.decl.name.span))
     numpy = model.backend.name == "numpy"
     tensors = {k: v for k, v in {**params, **extra}.items() if k in needed}
-    feeds = {**arrays, **{k: v.detach().numpy() if numpy else v.detach() for k, v in tensors.items()}}
+    feeds = {**{k: v for k, v in arrays.items() if k in needed}, **{k: v.detach().numpy() if numpy else v.detach() for k, v in tensors.items()}}
     if "rng.seed" in needed:
         feeds["rng.seed"], feeds["rng.step"] = np.array(rng[0]), np.array(rng[1])
     out = prepared[1].run(feeds, env)
