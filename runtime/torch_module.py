@@ -27,7 +27,10 @@ from dln.dsl.diagnostics import Diagnostic, DlnError, Note
 
 
 def as_torch(model):
-    import torch
+    try:
+        import torch
+    except ImportError:
+        raise DlnError(Diagnostic("E0601", "as_torch() needs the package torch (pip install torch)")) from None
 
     class CompiledModule(torch.nn.Module):
         def __init__(self) -> None:

@@ -304,3 +304,22 @@ def test_train_overrides_may_be_numpy_scalars(tmp_path: Path):
                         log=lambda s: None)
     assert len(history) == 1
     assert history.model.parameters()["h.weight"].shape == (4, 5)
+
+
+def test_triton_backend_takes_bf16_weights_and_inputs():
+    """The same conversions on the Triton backend (kernels under TRITON_INTERPRET=1 without a GPU)."""
+    torch.manual_seed(1)
+    source = TorchNet().bfloat16()
+    model = dln.compile(SOURCE, backend="triton")
+    model.load_state_dict(source.state_dict())
+    target = TorchNet()
+    target.load_state_dict(source.state_dict())
+    x = torch.from_numpy(X[:3]).bfloat16()
+    out = model(x=x)["logits"]
+    np.testing.assert_allclose(out.cpu().numpy(), target(x.float()).detach().numpy(), rtol=1e-5, atol=1e-6)
+    with pytest.raises(dln.DlnError) as info:
+        model.load_state_dict(state(model, lambda v: v.astype(np.complex64)))
+    assert info.value.code == "E0703"
+    with pytest.raises(dln.DlnError) as info:
+        model(x=torch.empty(3, 5, device="meta"))
+    assert info.value.code == "E0701"
