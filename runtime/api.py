@@ -302,7 +302,21 @@ def train(source: str | Path, backend: str | None = None, **overrides: Any):
 
     _check_source(source)
     _check_arg("backend", backend, (str, type(None)), '"numpy" or "triton"')
-    return train_file(source, backend=backend, **plain_values(overrides))
+    overrides = plain_values(overrides)
+    for name, types, wanted in _TRAIN_ARGS:
+        if overrides.get(name) is not None:
+            _check_arg(name, overrides[name], types, wanted)
+    if overrides.get("log") is not None and not callable(overrides["log"]):
+        raise DlnError(Diagnostic("E0710", f"argument log must be a function of one string, got "
+                                           f"{_kind(overrides['log'])}"))
+    return train_file(source, backend=backend, **overrides)
+
+
+# dln.train's own keyword arguments (the rest are train settings, checked by the recipe, and
+# hyperparameters, checked by the compiler).
+_TRAIN_ARGS = (("model", str, "a model's name"), ("weights", (str, os.PathLike), "a weights file's path"),
+               ("precision", str, 'a precision name such as "ieee"'), ("progress", bool, "True or False"),
+               ("debug", bool, "True or False"), ("from_text", bool, "True or False"))
 
 
 # ---- checking what the caller passed --------------------------------------------------------------------------------

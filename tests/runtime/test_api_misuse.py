@@ -164,6 +164,12 @@ MISUSE: list[tuple[str, Callable[[dln.Model, Path], Any], str, list[str]]] = [
     ("train-hparam-str", lambda m, tmp: dln.train(TRAIN, hidden="8"), "E0401", ["hidden"]),
     ("train-source-int", lambda m, tmp: dln.train(3), "E0710", ["source"]),
     ("train-backend-int", lambda m, tmp: dln.train(TRAIN, backend=3), "E0710", ["backend"]),
+    ("train-model-int", lambda m, tmp: dln.train(TRAIN, model=3), "E0710", ["model"]),
+    ("train-weights-int", lambda m, tmp: dln.train(TRAIN, weights=3), "E0710", ["weights"]),
+    ("train-log-str", lambda m, tmp: dln.train(TRAIN, log="file.txt"), "E0710", ["log"]),
+    ("train-progress-str", lambda m, tmp: dln.train(TRAIN, progress="no"), "E0710", ["progress"]),
+    ("train-weights-missing", lambda m, tmp: dln.train(TRAIN, weights=str(tmp / "w.safetensors")), "E0702",
+     ["w.safetensors"]),
 ]
 
 TRAIN = SOURCE + '\ntrain net {\n    data = dataset("iris")\n    inputs = { x = "randn" }\n    epochs = 1\n    minimize loss\n}\n'
