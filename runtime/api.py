@@ -179,12 +179,17 @@ class Model:
     # ---- running ----------------------------------------------------------------------------------------------
     def __call__(self, *args: Any, **inputs: Any) -> dict[str, Any]:
         """The declared outputs, in evaluation mode."""
+        self._by_name(args, "model(")
+        return self.run(None, **inputs)
+
+    def _by_name(self, args: tuple, call: str) -> None:
+        """Inputs are given by name; a positional array is a mistake worth a diagnostic (`call`: how
+        the right call begins)."""
         if args:
             names = ", ".join(f"{i.name}=..." for i in self.spec.inputs)
             raise DlnError(Diagnostic("E0701", f"model {self.name} takes its inputs by name, got {len(args)} "
                                                "positional argument(s)", self.spec.decl.name.span,
-                                      (Note(f"call it as model({names})"),)))
-        return self.run(None, **inputs)
+                                      (Note(f"call it as {call}{names})"),)))
 
     def run(self, outputs: str | Iterable[str] | None = None, training: bool = False, **inputs: Any) -> dict[str, Any]:
         """Any named values of the model (declared outputs by default; one name or several)."""
@@ -202,8 +207,9 @@ class Model:
         results = self._execute(spec, graph, prepared, inputs)
         return _as_kind(results, inputs)
 
-    def value_and_grad(self, loss: str = "loss", **inputs: Any) -> tuple[Any, dict[str, Any]]:
+    def value_and_grad(self, loss: str = "loss", *args: Any, **inputs: Any) -> tuple[Any, dict[str, Any]]:
         """The value of scalar `loss` and its gradient for every parameter, in training mode."""
+        self._by_name(args, 'model.value_and_grad("loss", ')
         _check_arg("loss", loss, str, "the name of a scalar value")
         spec = self.train_spec
         if loss not in spec.values:

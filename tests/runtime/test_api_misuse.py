@@ -113,6 +113,7 @@ MISUSE: list[tuple[str, Callable[[dln.Model, Path], Any], str, list[str]]] = [
     ("grad-loss-int", lambda m, tmp: m.value_and_grad(3, x=X, y=Y), "E0710", ["loss"]),
     ("grad-non-scalar", lambda m, tmp: m.value_and_grad("logits", x=X, y=Y), "E0602", ["scalar", "f32[B, 3]"]),
     ("grad-integer-loss", lambda m, tmp: m.value_and_grad("total", x=X, y=Y), "E0602", ["float", "i64[]"]),
+    ("grad-positional", lambda m, tmp: m.value_and_grad("loss", X, Y), "E0701", ["by name", "y=..."]),
     ("grad-missing-labels", lambda m, tmp: m.value_and_grad("loss", x=X), "E0701", ["missing input 'y'"]),
     # -- load_state_dict
     ("state-list", lambda m, tmp: m.load_state_dict([1, 2, 3]), "E0703", ["mapping", "list"]),
