@@ -35,10 +35,10 @@ class Model:
     def __init__(self, program: Program, name: str | None = None, hparams: Mapping[str, Any] | None = None,
                  backend: str | None = None, seed: int = 0, from_text: bool = False, debug: bool = False,
                  precision: str | None = None) -> None:
+        self.program = program
         _check_arg("model", name, (str, type(None)), "a model's name")
         _check_flag("debug", debug)
         _check_seed(seed)
-        self.program = program
         self.debug = bool(debug)
         self.hparams_given = plain_values(hparams or {})
         self.from_text = from_text
