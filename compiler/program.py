@@ -222,7 +222,10 @@ def coerce_hparam(type_name: str, value: Any, from_text: bool) -> Any:
         return value
     if type_name == "str" and isinstance(value, str):
         return value
-    raise ValueError(f"expected {_article(type_name)}, got {describe(value)}")
+    got = describe(value)
+    if got == "nothing":  # a Python object from the API: dln.compile(..., hidden=torch.tensor(8))
+        got = "None" if value is None else f"a Python {type(value).__name__}"
+    raise ValueError(f"expected {_article(type_name)}, got {got}")
 
 
 def _parse_bool(text: str) -> bool:

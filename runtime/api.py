@@ -12,8 +12,9 @@ once per request and reused.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 
@@ -36,14 +37,18 @@ class Model:
                  backend: str | None = None, seed: int = 0, from_text: bool = False, debug: bool = False,
                  precision: str | None = None, limits: Limits = DEFAULT_LIMITS) -> None:
         self.program = program
-        self.debug = debug
-        self.hparams_given = dict(hparams or {})
+        _check_arg("model", name, (str, type(None)), "a model's name")
+        _check_flag("debug", debug)
+        _check_seed(seed)
+        self.debug = bool(debug)
+        self.hparams_given = plain_values(hparams or {})
         self.from_text = from_text
         self.limits = limits
         self.spec: BuiltModel = pipeline.build_model(program, name, self.hparams_given, training=False,
                                                      from_text=from_text, limits=limits)
         self.name = self.spec.name
         self.backend: Backend = get_backend(backend, precision)
+        seed = int(seed)
         rng = np.random.default_rng(seed)
         self._params: dict[str, Any] = init.draw_all(self.spec.params, rng, self.backend.asarray)
         self._train_spec: BuiltModel | None = None
@@ -101,11 +106,31 @@ class Model:
         return self.parameters()
 
     def load_state_dict(self, state: Mapping[str, Any], strict: bool = True) -> None:
-        """Copy values in by name; a PyTorch state_dict of the same architecture loads."""
-        arrays = {k: binding.to_numpy(v) for k, v in state.items()}
-        missing = [k for k in self._params if k not in arrays]
-        unexpected = [k for k in arrays if k not in self._params]
+        """Copy values in by name; a PyTorch state_dict of the same architecture loads.
+
+        As torch's `load_state_dict` does, values are cast to each parameter's element type (bfloat16
+        and float16 weights load into float32 parameters); complex, string and object arrays are
+        refused, and so is any mismatch, before anything is written."""
+        _check_flag("strict", strict)
+        where = self.spec.decl.name.span
+        if not isinstance(state, Mapping):
+            raise DlnError(Diagnostic("E0703", f"load_state_dict of model {self.name} takes a mapping from parameter "
+                                               f"names to arrays, got {_kind(state)}", where))
+        arrays = {}
         problems = []
+        for k, v in state.items():
+            if not isinstance(k, str):
+                problems.append(f"the name {k!r} is not a string")
+                continue
+            try:
+                arrays[k] = binding.to_numpy(v)
+            except binding.NotAnArray as e:
+                problems.append(f"{k} {e}")
+                continue
+            if not binding.real_dtype(arrays[k]):
+                problems.append(f"{k} is an array of {arrays[k].dtype}, not of numbers")
+        missing = [k for k in self._params if k not in state]
+        unexpected = [k for k in state if isinstance(k, str) and k not in self._params]
         if strict and missing:
             problems.append(f"missing: {', '.join(missing)}")
         if strict and unexpected:
@@ -117,30 +142,62 @@ class Model:
                     problems.append(f"{k} has shape {tuple(v.shape)}, the model's is {want}")
         if problems:
             raise DlnError(Diagnostic("E0703", f"the weights do not match model {self.name}: " + "; ".join(problems),
-                                      self.spec.decl.name.span))
+                                      where))
         for k, v in arrays.items():
             if k in self._params:
                 self.backend.copy_into(self._params[k], v)
 
     def save(self, path: str | Path) -> None:
+        """The parameters as a safetensors file (the model's name in its metadata)."""
         from dln.runtime.checkpoint import save_arrays
 
-        save_arrays(path, self.parameters(), {"model": self.name})
+        path = _check_path("save", path)
+        if path.is_dir():
+            raise DlnError(Diagnostic("E0702", f"cannot write weights to {path}: it is a directory",
+                                      None, (Note("name a file: model.save(\"weights.safetensors\")"),)))
+        try:
+            save_arrays(path, self.parameters(), {"model": self.name})
+        except OSError as e:  # permissions, a file where a directory should be, a full disk
+            raise DlnError(Diagnostic("E0702", f"cannot write weights to {path}: {e.strerror or e}")) from None
 
     def load(self, path: str | Path) -> None:
+        """Parameters from a safetensors file (as `save` writes, or any with the same names and shapes)."""
         from dln.runtime.checkpoint import load_arrays
 
-        self.load_state_dict(load_arrays(path))
+        path = _check_path("load", path)
+        if path.is_dir():
+            raise DlnError(Diagnostic("E0702", f"cannot read weights from {path}: it is a directory"))
+        arrays = load_arrays(path)
+        try:
+            self.load_state_dict(arrays)
+        except DlnError as e:
+            saved_by = _saved_model(path)
+            if saved_by is None or saved_by == self.name:
+                raise
+            d = e.diagnostics[0]
+            raise DlnError(Diagnostic(d.code, d.message, d.span,
+                                      d.notes + (Note(f"{path} holds the weights of model {saved_by}"),))) from None
 
     # ---- running ----------------------------------------------------------------------------------------------
-    def __call__(self, **inputs: Any) -> dict[str, Any]:
+    def __call__(self, *args: Any, **inputs: Any) -> dict[str, Any]:
         """The declared outputs, in evaluation mode."""
+        self._by_name(args, "model(")
         return self.run(None, **inputs)
 
-    def run(self, outputs: list[str] | None = None, training: bool = False, **inputs: Any) -> dict[str, Any]:
-        """Any named values of the model (declared outputs by default)."""
+    def _by_name(self, args: tuple, call: str) -> None:
+        """Inputs are given by name; a positional array is a mistake worth a diagnostic (`call`: how
+        the right call begins)."""
+        if args:
+            names = ", ".join(f"{i.name}=..." for i in self.spec.inputs)
+            raise DlnError(Diagnostic("E0701", f"model {self.name} takes its inputs by name, got {len(args)} "
+                                               "positional argument(s)", self.spec.decl.name.span,
+                                      (Note(f"call it as {call}{names})"),)))
+
+    def run(self, outputs: str | Iterable[str] | None = None, training: bool = False, **inputs: Any) -> dict[str, Any]:
+        """Any named values of the model (declared outputs by default; one name or several)."""
+        _check_flag("training", training)
         spec = self.train_spec if training else self.spec
-        names = tuple(outputs) if outputs is not None else tuple(spec.outputs)
+        names = _names(outputs) if outputs is not None else tuple(spec.outputs)
         for n in names:
             if n not in spec.values and n not in spec.graph.output_names and n not in spec.metrics:
                 raise DlnError(Diagnostic("E0602", f"model {self.name} has no value '{n}'", spec.decl.name.span))
@@ -152,8 +209,10 @@ class Model:
         results = self._execute(spec, graph, prepared, inputs)
         return _as_kind(results, inputs)
 
-    def value_and_grad(self, loss: str = "loss", **inputs: Any) -> tuple[Any, dict[str, Any]]:
+    def value_and_grad(self, loss: str = "loss", *args: Any, **inputs: Any) -> tuple[Any, dict[str, Any]]:
         """The value of scalar `loss` and its gradient for every parameter, in training mode."""
+        self._by_name(args, 'model.value_and_grad("loss", ')
+        _check_arg("loss", loss, str, "the name of a scalar value")
         spec = self.train_spec
         if loss not in spec.values:
             raise DlnError(Diagnostic("E0602", f"model {self.name} has no value '{loss}'", spec.decl.name.span))
@@ -233,12 +292,17 @@ def _as_kind(results: dict[str, np.ndarray], inputs: Mapping[str, Any]) -> dict[
 def compile(source: str | Path, backend: str | None = None, model: str | None = None, seed: int = 0,
             debug: bool = False, precision: str | None = None, max_nodes: int = DEFAULT_LIMITS.max_nodes,
             max_unroll: int = DEFAULT_LIMITS.max_unroll, **hparams: Any) -> Model:
-    """Compile a `.dln` file (a path) or source text; keyword arguments override hyperparameters.
+    """Compile a `.dln` file (a path) or source text; keyword arguments override hyperparameters
+    (NumPy scalars such as `np.int64(8)` count as the Python numbers they hold).
 
     `backend`: "numpy" or "triton" (default: triton with a CUDA GPU, else numpy).  `precision` (Triton):
     "ieee" exact fp32 matrix products (default), or "tf32", "tf32x3", "bf16x3" tensor-core modes.
     `max_nodes`, `max_unroll`: bounds on the model's forward graph and its `repeat` iterations
     (dln.compiler.limits); a program past them is an error E0312 rather than a compile without end."""
+    _check_source(source)
+    _check_arg("backend", backend, (str, type(None)), '"numpy" or "triton"')
+    _check_arg("precision", precision, (str, type(None)), 'a precision name such as "ieee"')
+    _check_limits(max_nodes, max_unroll)
     program = pipeline.load(source)
     return Model(program, model, hparams, backend, seed=seed, debug=debug, precision=precision,
                  limits=Limits(max_nodes, max_unroll))
@@ -251,4 +315,90 @@ def train(source: str | Path, backend: str | None = None, max_nodes: int = DEFAU
     `max_unroll`: as for `compile`."""
     from dln.runtime.train import train_file
 
-    return train_file(source, backend=backend, limits=Limits(max_nodes, max_unroll), **overrides)
+    _check_source(source)
+    _check_arg("backend", backend, (str, type(None)), '"numpy" or "triton"')
+    overrides = plain_values(overrides)
+    for name, types, wanted in _TRAIN_ARGS:
+        if overrides.get(name) is not None:
+            _check_arg(name, overrides[name], types, wanted)
+    if overrides.get("log") is not None and not callable(overrides["log"]):
+        raise DlnError(Diagnostic("E0710", f"argument log must be a function of one string, got "
+                                           f"{_kind(overrides['log'])}"))
+    return train_file(source, backend=backend, **overrides)
+
+
+# dln.train's own keyword arguments (the rest are train settings, checked by the recipe, and
+# hyperparameters, checked by the compiler).
+_TRAIN_ARGS = (("model", str, "a model's name"), ("weights", (str, os.PathLike), "a weights file's path"),
+               ("precision", str, 'a precision name such as "ieee"'), ("progress", bool, "True or False"),
+               ("debug", bool, "True or False"), ("from_text", bool, "True or False"))
+
+
+# ---- checking what the caller passed --------------------------------------------------------------------------------
+# Mistakes in a call's arguments are E0710 diagnostics naming the argument; mistakes about the
+# model (inputs E0701, weights E0703, hyperparameters E0401) keep their own codes.
+
+def plain_values(values: Mapping[str, Any]) -> dict[str, Any]:
+    """NumPy scalars (`np.int64(8)`, `np.float32(0.5)`, `np.bool_(True)`) as the Python values they hold."""
+    return {k: v.item() if isinstance(v, np.generic) else v for k, v in values.items()}
+
+
+def _kind(value: Any) -> str:
+    """A value as an error message shows it: `-1 (int)`, `[1, 2, 3] (list)`."""
+    return "None" if value is None else f"{value!r:.40} ({type(value).__name__})"
+
+
+def _check_limits(max_nodes: Any, max_unroll: Any) -> None:
+    for name, value in (("max_nodes", max_nodes), ("max_unroll", max_unroll)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise DlnError(Diagnostic("E0710", f"argument {name} must be a positive int, got {_kind(value)}"))
+
+
+def _check_arg(name: str, value: Any, types: type | tuple[type, ...], wanted: str) -> None:
+    if not isinstance(value, types):
+        raise DlnError(Diagnostic("E0710", f"argument {name} must be {wanted}, got {_kind(value)}"))
+
+
+def _check_flag(name: str, value: Any) -> None:
+    _check_arg(name, value, (bool, np.bool_), "True or False")
+
+
+def _check_seed(seed: Any) -> None:
+    """Seeds are what NumPy's generators and the Philox counter (64 bits, signed on the way) take."""
+    ok = isinstance(seed, (int, np.integer)) and not isinstance(seed, (bool, np.bool_)) and 0 <= seed < 2 ** 63
+    if not ok:
+        raise DlnError(Diagnostic("E0710", f"argument seed must be an int from 0 to 2**63 - 1, got {_kind(seed)}"))
+
+
+def _check_source(source: Any) -> None:
+    if not isinstance(source, (str, os.PathLike)):
+        hint = (Note("decode bytes first: source.decode()"),) if isinstance(source, bytes) else ()
+        raise DlnError(Diagnostic("E0710", f"argument source must be a path or the text of a .dln file, got "
+                                           f"{_kind(source)}", None, hint))
+
+
+def _check_path(what: str, path: Any) -> Path:
+    if not isinstance(path, (str, os.PathLike)):
+        raise DlnError(Diagnostic("E0710", f"{what} takes a file path, got {_kind(path)}"))
+    return Path(path)
+
+
+def _names(outputs: Any) -> tuple[str, ...]:
+    """`run`'s outputs: one name, or a list or tuple of names."""
+    if isinstance(outputs, str):
+        return (outputs,)
+    if isinstance(outputs, (list, tuple)) and all(isinstance(n, str) for n in outputs):
+        return tuple(outputs)
+    raise DlnError(Diagnostic("E0710", f"argument outputs must be a value's name or a list of names, got "
+                                       f"{_kind(outputs)}"))
+
+
+def _saved_model(path: Path) -> str | None:
+    """The model a weights file says it holds (`save` writes it in the safetensors metadata)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "np") as f:
+            return (f.metadata() or {}).get("model")
+    except Exception:  # unreadable metadata only loses the note
+        return None

@@ -19,20 +19,63 @@ from dln.dsl.diagnostics import Diagnostic, DlnError, Note
 from dln.runtime.numpy_ops import np_dtype
 
 
+class NotAnArray(Exception):
+    """A value that cannot be read as an array; the message says why, for the caller's diagnostic
+    (an input's is E0701 at its declaration, a weight's E0703 at the model)."""
+
+
 def to_numpy(value: Any) -> np.ndarray:
-    """NumPy arrays pass; torch tensors are read without copying when possible."""
+    """NumPy arrays pass; torch tensors are read without copying when possible (bfloat16 and other
+    floats NumPy lacks widen exactly to float32, sparse tensors are made dense); anything else goes
+    through `np.asarray` (lists, scalars).  Raises NotAnArray."""
     if isinstance(value, np.ndarray):
         return value
+    if value is None:
+        raise NotAnArray("is None")
     if type(value).__module__.startswith("torch"):
-        return value.detach().cpu().numpy()
-    return np.asarray(value)
+        return _torch_to_numpy(value)
+    try:
+        return np.asarray(value)
+    except (ValueError, TypeError, OverflowError) as e:  # ragged lists, objects NumPy cannot convert
+        raise NotAnArray(f"cannot be read as an array ({e})") from None
+
+
+def _torch_to_numpy(value: Any) -> np.ndarray:
+    import torch
+
+    if not isinstance(value, torch.Tensor):
+        raise NotAnArray(f"is a {type(value).__module__}.{type(value).__name__}, not a tensor")
+    t = value.detach()
+    if t.device.type == "meta":
+        raise NotAnArray("is a tensor on the meta device, which holds no values")
+    if t.layout != torch.strided:
+        t = t.to_dense()
+    if t.is_floating_point() and t.dtype not in (torch.float16, torch.float32, torch.float64):
+        t = t.float()  # bfloat16, float8: NumPy has no such type; float32 holds every value exactly
+    try:
+        return t.cpu().resolve_conj().resolve_neg().numpy()
+    except (TypeError, RuntimeError) as e:  # quantized, nested, unsigned types NumPy lacks
+        raise NotAnArray(f"is a torch tensor NumPy cannot read ({t.dtype}, {t.layout}): {e}") from None
+
+
+def real_dtype(arr: np.ndarray) -> bool:
+    """Bool, integer or float: the element types an array of numbers may have (not complex, object,
+    strings, dates)."""
+    return arr.dtype.kind in "biuf"
 
 
 def convert(info: InputInfo, value: Any) -> np.ndarray:
-    arr = to_numpy(value)
+    """`value` as a contiguous array of the declared element type, or E0701 at the input's declaration.
+    Floats of any width convert to a declared float (float16 and bfloat16 exactly, float64 rounded, as
+    torch's `.to()` does); ints and bools convert to a declared float; only ints to a declared int."""
+    try:
+        arr = to_numpy(value)
+    except NotAnArray as e:
+        raise DlnError(Diagnostic("E0701", f"input '{info.name}' is declared {info.type}, but the value given "
+                                           f"{e}", info.span)) from None
     want = info.type.dtype
-    got_float = np.issubdtype(arr.dtype, np.floating)
-    got_int = np.issubdtype(arr.dtype, np.integer) or arr.dtype == np.bool_
+    got_float = arr.dtype.kind == "f"
+    got_int = arr.dtype.kind in "biu"
     if want.is_float and not (got_float or got_int) or want.is_int and not got_int or \
             want is DType.BOOL and arr.dtype != np.bool_:
         raise DlnError(Diagnostic("E0701", f"input '{info.name}' is declared {info.type}, got an array of "

@@ -4,8 +4,12 @@ Forward runs the model's compiled forward graph; backward runs a graph dln
 derives for it: with one cotangent input per output, the scalar
 sum(output * cotangent) is differentiated with respect to the parameters and
 the float inputs — exactly the vector-Jacobian product autograd asks for.
-Parameters are `nn.Parameter`s (names with `.` spelled `__`), shared with the
-compiled graphs without copies; training mode follows `module.train()`.
+Parameters are `nn.Parameter`s (names with `.` spelled `__`) over the model's
+own memory: a torch optimizer stepping the module changes what `model(...)`
+computes, and `model.load_state_dict`, `model.load` or training through dln
+change what the module computes (every runtime path writes parameters in
+place).  `module.to(...)`, `.double()` and the like make new tensors, as they
+do in torch, and so end the sharing.  Training mode follows `module.train()`.
 """
 
 from __future__ import annotations
@@ -19,25 +23,27 @@ from dln.compiler.autodiff import grad
 from dln.compiler.build import BuiltModel
 from dln.compiler.emit import GraphBuilder
 from dln.compiler.ir import Graph, Op
+from dln.dsl.diagnostics import Diagnostic, DlnError, Note
 
 
 def as_torch(model):
-    import torch
+    try:
+        import torch
+    except ImportError:
+        raise DlnError(Diagnostic("E0601", "as_torch() needs the package torch (pip install torch)")) from None
 
     class CompiledModule(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.dln_model = model
-            for name, value in model.parameters().items():
-                self.register_parameter(name.replace(".", "__"), torch.nn.Parameter(torch.from_numpy(value)))
+            for name in model._params:
+                self.register_parameter(name.replace(".", "__"), shared_parameter(model, name))
             self._graphs: dict[bool, tuple] = {}
             self._executables: dict[int, tuple] = {}   # graph id -> (graph, backend executable)
 
         def forward(self, *args: Any, **kwargs: Any):
             spec = model.train_spec if self.training else model.spec
-            names = [i.name for i in spec.inputs]
-            inputs = dict(zip(names, args))
-            inputs.update(kwargs)
+            inputs = _named_inputs(model, spec, args, kwargs)
             graphs = self._prepared(self.training)
             keys = sorted(inputs)
             params = [getattr(self, p.name.replace(".", "__")) for p in spec.params]
@@ -62,7 +68,7 @@ def as_torch(model):
             out = _run(model, module._executables, spec, forward, params, inputs, rng, {})
             ctx.saved = (module, graphs, keys, inputs, params, rng)
             ctx.n_inputs = len(keys)
-            return tuple(torch.from_numpy(np.ascontiguousarray(out[name])) for name in forward.output_names)
+            return tuple(out[name] for name in forward.output_names)
 
         @staticmethod
         def backward(ctx, *cotangents):
@@ -70,13 +76,49 @@ def as_torch(model):
             spec, forward, backward = graphs
             cot = {f"cot:{name}": c.detach().contiguous() for name, c in zip(forward.output_names, cotangents)}
             out = _run(model, module._executables, spec, backward, params, inputs, rng, cot)
-            input_grads = [torch.from_numpy(np.ascontiguousarray(out[f"grad:{k}"])) if f"grad:{k}" in out else None
-                           for k in keys]
-            param_grads = [torch.from_numpy(np.ascontiguousarray(out[f"grad:{p.name}"]))
-                           if f"grad:{p.name}" in out else torch.zeros_like(params[p.name]) for p in spec.params]
+            input_grads = [out.get(f"grad:{k}") for k in keys]
+            param_grads = [out[f"grad:{p.name}"] if f"grad:{p.name}" in out else torch.zeros_like(params[p.name])
+                           for p in spec.params]
             return (None, None, None, None, *input_grads, *param_grads)
 
     return CompiledModule()
+
+
+def _named_inputs(model, spec: BuiltModel, args: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The module's arguments by input name: positional ones in declaration order, then keywords."""
+    names = [i.name for i in spec.inputs]
+    where = spec.decl.name.span
+    if len(args) > len(names):
+        raise DlnError(Diagnostic("E0701", f"model {model.name} has {len(names)} input(s), got {len(args)} "
+                                           "positional arguments", where, (Note(f"inputs: {', '.join(names)}"),)))
+    inputs = dict(zip(names, args))
+    for name, value in kwargs.items():
+        if name not in names:
+            raise DlnError(Diagnostic("E0701", f"model {model.name} has no input '{name}'", where,
+                                      (Note(f"inputs: {', '.join(names) or 'none'}"),)))
+        if name in inputs:
+            raise DlnError(Diagnostic("E0701", f"input '{name}' is given twice, by position and by name", where))
+        inputs[name] = value
+    return inputs
+
+
+def shared_parameter(model, name: str):
+    """An `nn.Parameter` over the memory of the model's parameter `name`.
+
+    NumPy backend: `torch.from_numpy` views the model's array.  Triton backend: the model's
+    tensor is itself replaced by the Parameter (same storage), so that when an executable lays
+    parameters out in one arena (`relocate` re-points each tensor object with `set_`), the module,
+    holding the very same object, moves with it.  A second module of the model reuses the object."""
+    import torch
+
+    value = model._params[name]
+    if isinstance(value, torch.nn.Parameter):
+        return value
+    if isinstance(value, np.ndarray):
+        return torch.nn.Parameter(torch.from_numpy(value))
+    param = torch.nn.Parameter(value)
+    model._params[name] = param
+    return param
 
 
 def _vjp_graph(spec: BuiltModel, forward: Graph) -> Graph:
@@ -98,8 +140,11 @@ def _vjp_graph(spec: BuiltModel, forward: Graph) -> Graph:
     return pipeline.optimize(full.with_outputs(outputs))
 
 
-def _run(model, cache: dict, spec: BuiltModel, graph: Graph, params, inputs, rng, extra) -> dict[str, np.ndarray]:
-    """One run of `graph` on the model's backend, parameters fed as inputs."""
+def _run(model, cache: dict, spec: BuiltModel, graph: Graph, params, inputs, rng, extra) -> dict[str, Any]:
+    """One run of `graph` on the model's backend, parameters fed as inputs; the outputs as torch
+    tensors of their own (on the backend's device), which autograd may keep."""
+    import torch
+
     from dln.runtime import binding
 
     prepared = cache.get(id(graph))
@@ -107,11 +152,22 @@ def _run(model, cache: dict, spec: BuiltModel, graph: Graph, params, inputs, rng
         prepared = cache[id(graph)] = (graph, model.backend.prepare(graph, {}, {}))
     needed = {n.attrs["name"] for n in graph.nodes if n.op is Op.INPUT}
     infos = {i.name: i for i in spec.inputs}
-    arrays = {k: binding.convert(infos[k], v) for k, v in inputs.items() if k in needed}
+    for name in sorted(needed & infos.keys() - inputs.keys()):
+        raise DlnError(Diagnostic("E0701", f"missing input '{name}'", infos[name].span))
+    gives_size = {k for k in inputs if any(str(d) in graph.symbols() for d in infos[k].type.shape)}
+    arrays = {k: binding.convert(infos[k], v) for k, v in inputs.items() if k in needed | gives_size}
     env = binding.bind([infos[k] for k in arrays], arrays, graph.constraints)
-    feeds = {**arrays, **{k: v.detach().numpy() for k, v in params.items() if k in needed},
-             **{k: v.numpy() for k, v in extra.items()}}
+    unknown = graph.symbols() - env.keys()
+    if unknown:
+        givers = [i.name for i in spec.inputs if any(str(d) in unknown for d in i.type.shape)]
+        raise DlnError(Diagnostic("E0701", f"dimension {', '.join(sorted(unknown))} is unknown: pass input "
+                                           f"{' or '.join(repr(g) for g in givers) or '?'}", spec.decl.name.span))
+    numpy = model.backend.name == "numpy"
+    tensors = {k: v for k, v in {**params, **extra}.items() if k in needed}
+    feeds = {**{k: v for k, v in arrays.items() if k in needed}, **{k: v.detach().numpy() if numpy else v.detach() for k, v in tensors.items()}}
     if "rng.seed" in needed:
         feeds["rng.seed"], feeds["rng.step"] = np.array(rng[0]), np.array(rng[1])
     out = prepared[1].run(feeds, env)
-    return {k: model.backend.to_numpy(v).copy() for k, v in out.items()}
+    if numpy:
+        return {k: torch.from_numpy(np.array(v, copy=True)) for k, v in out.items()}
+    return {k: v.detach().clone() for k, v in out.items()}

@@ -10,6 +10,7 @@ visible, else on the CPU, where the same kernels run under
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import json
@@ -44,6 +45,20 @@ def load_module(source: str, record: Mapping[str, Any]):
     return module
 
 
+def outside_autograd(method):
+    """Run `method` under torch.no_grad(): persistent buffers may be the nn.Parameters of
+    `model.as_torch()`'s module (shared with the model), and kernels, copies and loads write them
+    in place, which autograd forbids on a leaf that requires grad."""
+    @functools.wraps(method)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        import torch
+
+        with torch.no_grad():
+            return method(*args, **kwargs)
+
+    return run
+
+
 class TritonBackend:
     name = "triton"
 
@@ -69,6 +84,7 @@ class TritonBackend:
             return value
         return value.detach().cpu().numpy()
 
+    @outside_autograd
     def copy_into(self, dst, src: np.ndarray) -> None:
         dst.copy_(self.torch.from_numpy(np.ascontiguousarray(src)).to(dst.dtype))
 
@@ -97,6 +113,7 @@ class TritonExecutable:
         self.copy_back = [(out, inp) for out, inp in donate.items()
                           if inp in persistent and out in graph.output_names and graph.output(out).id not in in_place]
 
+    @outside_autograd
     def run(self, feeds: Mapping[str, Any], env: Mapping[str, int]) -> dict[str, Any]:
         torch = self.backend.torch
         bufs: dict[str, Any] = dict(self.persistent)
