@@ -80,6 +80,7 @@ class Emitter:
         self.wide = False                           # the kernel has a 64-bit (WIDE) variant
         self.loops: list[dict] = []                 # open loops, for hoisting what does not vary in them
         self._insert: dict | None = None
+        self._nesting = 0                           # nodes being computed, one inside another
 
     # ---- text ------------------------------------------------------------------------------------------------
     def line(self, text: str) -> None:
@@ -186,9 +187,42 @@ class Emitter:
         if node_id in self.pointers and node_id not in self.members:
             name = self.load(node_id, index)
         else:
-            name = self._compute(n, index)
+            self._nesting += 1
+            try:
+                if self._nesting > _DEEP:
+                    self._operands_first(n, index)
+                name = self._compute(n, index)
+            finally:
+                self._nesting -= 1
         self._remember(key, name)
         return name
+
+    def _operands_first(self, root: Node, index: ix.Index) -> None:
+        """Compute the chain of elementwise ops and views below `root` bottom-up with a worklist, so
+        that evaluating `root` recursively finds every operand computed (a sum of thousands of terms
+        is one kernel's body, not a Python stack that deep).  The lines come out in the order the
+        recursion would write them."""
+        stack: list[tuple[int, ix.Index, bool]] = [(i, at, False) for i, at in reversed(self._operands(root, index))]
+        while stack:
+            node_id, at, ready = stack.pop()
+            if self._lookup((node_id, at)) is not None or self.fixed.get(node_id, (None,))[0] == at:
+                continue
+            n = self.graph.node(node_id)
+            operands = self._operands(n, at) if node_id not in self.pointers or node_id in self.members else []
+            if ready or not operands:
+                self.value(node_id, at)
+            else:
+                stack.append((node_id, at, True))
+                stack.extend((i, where, False) for i, where in reversed(operands))
+
+    def _operands(self, n: Node, index: ix.Index) -> list[tuple[int, ix.Index]]:
+        """The inputs of an elementwise op or a view, at the indices they are read (others: none)."""
+        if n.op in ix.VIEWS:
+            src = self.graph.node(n.inputs[0])
+            return [(src.id, ix.view_index(n, index, src.shape))]
+        if n.op in LOWER:
+            return [(i, index) for i in n.inputs]
+        return []
 
     def _hoisted(self, loop: dict, node_id: int, index: ix.Index) -> str:
         """Compute a value that does not vary in `loop` once, above it."""
@@ -330,6 +364,10 @@ class Emitter:
         name = self.fresh("v")
         self.line(f"{name} = {expression}  # %{n.id} concat")
         return name
+
+
+# Past this many nested computations, operands are computed bottom-up first (`_operands_first`).
+_DEEP = 64
 
 
 def _mentions(index: ix.Index, names: set[str]) -> bool:

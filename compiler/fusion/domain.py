@@ -90,19 +90,24 @@ def reads(graph: Graph, root: Node, index: ix.Index, stops: Callable[[int], bool
     out = Reads()
     seen: set[tuple[int, ix.Index]] = set()
 
-    def visit(node_id: int, at: ix.Index) -> None:
-        key = (node_id, at)
+    def children(n: Node, at: ix.Index) -> list[tuple[int, ix.Index]]:
+        found: list[tuple[int, ix.Index]] = []
+        inputs_at(graph, n, at, lambda i, where: found.append((i, where)))
+        return found[::-1]   # popped in input order: the walk is the depth-first one, without recursion
+
+    stack = children(root, index)
+    while stack:   # a worklist, not recursion: a chain of thousands of ops is one kernel's body
+        key = stack.pop()
         if key in seen:
-            return
+            continue
         seen.add(key)
+        node_id, at = key
         n = graph.node(node_id)
         if n.op is Op.INPUT or stops(node_id):
             out.add(node_id, at)
-            return
+            continue
         out.inline.add(node_id)
-        inputs_at(graph, n, at, visit)
-
-    inputs_at(graph, root, index, visit)
+        stack.extend(children(n, at))
     return out
 
 
