@@ -322,6 +322,8 @@ class Trainer:
             "model": self.model.name, "fingerprint": self._fingerprint(), "epochs_done": epochs_done,
             "files": files, "step_counts": self.step_counts,
             "rng_step": int(be.to_numpy(self.rng["rng.step"])),
+            # Evaluation draws too (randn_like in evaluation mode), from the model's own counter.
+            "eval_rng_step": self.model._rng_step,
             "schedules": [s.state() for s in schedules], "history": self.history.epochs,
             "fill_rng": self.fill_rng.bit_generator.state,
             "early_stop": {"best_val": None if math.isinf(self.best_val) else self.best_val,
@@ -350,6 +352,7 @@ class Trainer:
         try:  # everything read before anything is restored
             step_counts = [int(c) for c in state["step_counts"]]
             rng_step = int(state["rng_step"])
+            eval_rng_step = int(state.get("eval_rng_step", 0))
             epochs_done = int(state["epochs_done"])
             history = list(state.get("history", []))
             stop = state.get("early_stop") or {}
@@ -374,6 +377,7 @@ class Trainer:
         self.step_counts, self.history.epochs = step_counts, history
         self.best_val, self.bad_epochs, self.stopped = best_val, bad_epochs, stopped
         self.model.backend.copy_into(self.rng["rng.step"], np.array(rng_step, np.int64))
+        self.model._rng_step = eval_rng_step
         if "best" in files:
             self.best_params = checkpoint.load_arrays(ckpt / files["best"])
         self.log(f"resuming from {ckpt} after epoch {epochs_done}")
