@@ -103,3 +103,5 @@ def test_killed_and_resumed_runs_match_an_uninterrupted_one(tmp_path: Path):
     assert weights.keys() == want_weights.keys()
     for name in weights:
         np.testing.assert_array_equal(weights[name], want_weights[name], err_msg=name)
+    # nothing half-written is left behind
+    assert not [p.name for p in ckpt.iterdir() if p.name.endswith(".tmp")]
