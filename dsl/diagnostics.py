@@ -198,4 +198,5 @@ CODES: dict[str, str] = {
     "E0703": "weights do not match the model",
     "E0704": "numerical failure during training",
     "E0707": "damaged checkpoint",
+    "E0708": "an output path cannot be written",
 }

@@ -208,6 +208,8 @@ class Trainer:
         steps_per_epoch = math.ceil(n / r.batch)
         schedules = [Schedule(r.schedule, o.optimizer.lr, steps_per_epoch * r.epochs) for o in r.objectives]
         ckpt = Path(r.checkpoint) if r.checkpoint else None
+        if ckpt:  # found out before training, not after the first epoch
+            checkpoint.check_output(ckpt, "directory", "the checkpoint directory")
         start = self._resume(ckpt, schedules) if ckpt else 0
         if self.stopped:
             self.log(f"training stopped early after epoch {start} (checkpoint {ckpt})")
@@ -258,7 +260,13 @@ class Trainer:
                 self.log(f"early stop: no better validation loss for {r.early_stop} epochs; keeping the best weights")
                 self.model.load_state_dict(self.best_params)
             if ckpt:
-                self._save(ckpt, epoch + 1, schedules)
+                try:
+                    self._save(ckpt, epoch + 1, schedules)
+                except OSError as e:   # a full disk, a directory made read-only meanwhile
+                    raise DlnError(Diagnostic("E0708", f"cannot write the checkpoint in {ckpt} after epoch "
+                                                       f"{epoch + 1}: {e}", None,
+                                              (Note("the checkpoint before is whole: run again to resume from "
+                                                    "it"),))) from None
             if self.stopped:
                 break
         return self.history

@@ -552,8 +552,9 @@ def test_a_crash_while_checkpointing_keeps_the_previous_checkpoint(tmp_path: Pat
     after_two = dln.train(CLASSIFIER, epochs=2, checkpoint=str(ckpt), **QUIET).model.parameters()
     monkeypatch.setattr(checkpoint, "save_file", crashing_save_file(
         checkpoint.save_file, when=lambda p: p.name.startswith("optimizer-3.safetensors")))
-    with pytest.raises(Crash):
+    with pytest.raises(dln.DlnError) as info:
         dln.train(CLASSIFIER, epochs=3, checkpoint=str(ckpt), **QUIET)
+    assert info.value.code == "E0708" and "disk full" in str(info.value)
     monkeypatch.undo()
     state = json.loads((ckpt / "state.json").read_text())
     assert state["epochs_done"] == 2
