@@ -145,9 +145,10 @@ def split(arrays: Arrays, fraction: float, seed: int) -> tuple[Arrays, Arrays]:
 
 
 def augment(batch: Arrays, specs, rng: np.random.Generator) -> Arrays:
-    """Training-batch augmentation (`augment = [...]`) of the float inputs with a batch axis:
-    gaussian_noise(std) on every such input; hflip(p) and random_crop(size, padding) on images
-    ([B, C, H, W] or [B, H, W]: the last two axes)."""
+    """Training-batch augmentation (`augment = [...]`) of the float arrays of `batch` with a batch axis:
+    gaussian_noise(std) on every such array; hflip(p) and random_crop(size, padding) on images
+    ([B, C, H, W] or [B, H, W]: the last two axes).  The trainer passes the model's inputs only, not
+    the targets of its losses."""
     out = dict(batch)
     for name, x in batch.items():
         if not np.issubdtype(x.dtype, np.floating) or x.ndim < 2:

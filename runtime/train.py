@@ -21,6 +21,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from dln.compiler import pipeline
+from dln.compiler.build import BuiltModel
 from dln.compiler.ir import Op
 from dln.compiler.recipe import DEFAULT_OPTIMIZER, Objective, Recipe, model_of, recipe_of
 from dln.compiler.training import TrainStep
@@ -135,6 +136,8 @@ class Trainer:
         self.step_counts = [0] * len(self.steps)
         self.history = History(model=model)
         self.fill_rng = np.random.default_rng(recipe.seed + 1)
+        # Augmentation changes what the model sees, never what a loss compares it with.
+        self.targets = target_inputs(spec)
         # Early stopping: the best validation loss so far, its weights, epochs since.
         self.best_val, self.best_params, self.bad_epochs, self.stopped = math.inf, None, 0, False
         # The state of the last checkpoint written or resumed from (state.json's content).
@@ -178,7 +181,8 @@ class Trainer:
         picked = {info.name: arrays[src][idx] for info in spec.inputs
                   if (src := sources.get(info.name)) is not None and src not in ("randn", "rand", "zeros")}
         if augment and self.recipe.augment:
-            picked = data.augment(picked, self.recipe.augment, self.fill_rng)
+            inputs = {name: x for name, x in picked.items() if name not in self.targets}
+            picked = {**picked, **data.augment(inputs, self.recipe.augment, self.fill_rng)}
         feeds: dict[str, Any] = {}
         for info in spec.inputs:
             if info.name in picked:
@@ -405,6 +409,25 @@ def _files_of(state: Mapping[str, Any]) -> set[str]:
     names = set(state["files"].values())
     if state.get("previous"):
         names |= set(state["previous"]["files"].values())
+    return names
+
+
+def target_inputs(spec: BuiltModel) -> set[str]:
+    """The model inputs a loss takes as its target, directly or through computation (`mse(pred, t)`,
+    `cross_entropy(logits, y)`, `bce(recon, x)`): data to compare with, which augmentation leaves alone."""
+    graph, names = spec.graph, set()
+    stack, seen = list(spec.loss_targets), set()
+    while stack:
+        node_id = stack.pop()
+        if node_id in seen:
+            continue
+        seen.add(node_id)
+        node = graph.node(node_id)
+        if node.op is Op.INPUT:
+            if node.attrs["role"] == "input":
+                names.add(node.attrs["name"])
+        else:
+            stack.extend(node.inputs)
     return names
 
 
