@@ -199,4 +199,5 @@ CODES: dict[str, str] = {
     "E0704": "numerical failure during training",
     "E0707": "damaged checkpoint",
     "E0708": "an output path cannot be written",
+    "E0709": "a whole example cannot be split",
 }

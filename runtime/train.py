@@ -150,6 +150,17 @@ class Trainer:
             raise DlnError(Diagnostic("E0601", "the train section has no data = ...", None))
         arrays = data.load(r.data, self.base)
         if isinstance(r.validate, float) and r.validate > 0:
+            whole = self._whole_example(self._sources(arrays))
+            if whole is not None:
+                info, symbol = whole
+                raise DlnError(Diagnostic(
+                    "E0709", f"validate = {r.validate:g} would split one example: input '{info.name}' "
+                             f"{info.type} holds the data axis {symbol} twice, so the data set is one example (a "
+                             "graph) that every step takes whole", r.spans.get("validate"),
+                    (Note(f"'{info.name}' is declared here", info.span),
+                     Note("hold out part of it with a mask input instead: loss = sum(cross_entropy(logits, y, "
+                          "reduction = \"none\") * mask) / sum(mask)"),
+                     Note("or validate on another whole example: validate = npz(\"val.npz\")"))))
             return data.split(arrays, r.validate, r.seed)
         if r.validate is not None and not isinstance(r.validate, float):
             return arrays, data.load(r.validate, self.base)
@@ -175,13 +186,20 @@ class Trainer:
                                                            f'{info.name} = "..." }}'),)))
         return out
 
+    def _whole_example(self, sources: dict[str, str]) -> tuple[Any, str] | None:
+        """The input that makes the data one whole example (data.whole_example), among those fed data."""
+        fed = [i for i in self.model.train_spec.inputs if sources.get(i.name) not in (None, "randn", "rand", "zeros")]
+        return data.whole_example(fed)
+
     def _batch(self, arrays: data.Arrays, sources: dict[str, str], idx: np.ndarray,
                augment: bool = False) -> dict[str, Any]:
         spec = self.model.train_spec
         picked = {info.name: arrays[src][idx] for info in spec.inputs
                   if (src := sources.get(info.name)) is not None and src not in ("randn", "rand", "zeros")}
         if augment and self.recipe.augment:
-            inputs = {name: x for name, x in picked.items() if name not in self.targets}
+            whole = self._whole_example(sources)
+            structure = {whole[0].name} if whole is not None else set()   # an adjacency is not noised
+            inputs = {name: x for name, x in picked.items() if name not in self.targets | structure}
             picked = {**picked, **data.augment(inputs, self.recipe.augment, self.fill_rng)}
         feeds: dict[str, Any] = {}
         for info in spec.inputs:
@@ -209,7 +227,12 @@ class Trainer:
         n = len(next(iter(train.values())))
         if n == 0:
             raise DlnError(Diagnostic("E0603", "the training data is empty", None))
-        steps_per_epoch = math.ceil(n / r.batch)
+        whole = self._whole_example(sources)
+        if whole is not None:
+            self.log(f"one whole example: input '{whole[0].name}' {whole[0].type} holds {whole[1]} twice; every "
+                     "step takes all of it, unshuffled")
+        batch = n if whole is not None else r.batch
+        steps_per_epoch = math.ceil(n / batch)
         schedules = [Schedule(r.schedule, o.optimizer.lr, steps_per_epoch * r.epochs) for o in r.objectives]
         ckpt = Path(r.checkpoint) if r.checkpoint else None
         if ckpt:  # found out before training, not after the first epoch
@@ -222,7 +245,8 @@ class Trainer:
             self.log(f"already trained for {start} epochs (checkpoint {ckpt})")
         for epoch in range(start, r.epochs):
             began = time.perf_counter()
-            order = np.random.default_rng(r.seed * 100003 + epoch).permutation(n)
+            order = np.arange(n) if whole is not None else \
+                np.random.default_rng(r.seed * 100003 + epoch).permutation(n)
             sums: dict[str, float] = {}
             seen = 0
             batches = range(steps_per_epoch)
@@ -234,7 +258,7 @@ class Trainer:
                            file=sys.stderr)
                 batches = bar
             for k in batches:
-                idx = order[k * r.batch:(k + 1) * r.batch]
+                idx = order[k * batch:(k + 1) * batch]
                 feeds = self._batch(train, sources, idx, augment=True)
                 results = self._step(feeds, schedules, epoch)
                 for name, value in results.items():
@@ -304,7 +328,7 @@ class Trainer:
         spec = self.model.spec
         names = [n for n in self.eval_names if n in spec.values or n in spec.metrics]
         n = len(next(iter(arrays.values())))
-        batch = max(self.recipe.batch, 256)
+        batch = n if self._whole_example(sources) is not None else max(self.recipe.batch, 256)
         sums = dict.fromkeys(names, 0.0)
         for start in range(0, n, batch):
             idx = np.arange(start, min(n, start + batch))
