@@ -33,9 +33,10 @@ class Damaged(Exception):
 Check = Callable[[Any, str], Any]
 
 
-def _count(value: Any, field: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise Damaged(field, f"expected a whole number >= 0, found {value!r}")
+def _count(value: Any, field: str, limit: int = 2 ** 63) -> int:
+    """A whole number >= 0 below `limit` (counters feed i64 scalars)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < limit:
+        raise Damaged(field, f"expected a whole number in [0, {limit}), found {value!r}")
     return value
 
 
@@ -114,16 +115,18 @@ def _metrics(value: Any, field: str) -> dict[str, float]:
 
 
 def _u128(value: Any, field: str) -> int:
-    if _count(value, field) >= 2 ** 128:
-        raise Damaged(field, "expected a 128-bit number")
-    return value
+    return _count(value, field, 2 ** 128)
+
+
+def _u32(value: Any, field: str) -> int:
+    return _count(value, field, 2 ** 32)
 
 
 _GENERATOR = _record({   # NumPy's PCG64 state, as `bit_generator.state` gives it
     "bit_generator": (_text, True),
     "state": (_record({"state": (_u128, True), "inc": (_u128, True)}), True),
-    "has_uint32": (_count, True),
-    "uinteger": (_count, True),
+    "has_uint32": (lambda v, f: _count(v, f, 2), True),
+    "uinteger": (_u32, True),
 })
 
 _FIELDS: dict[str, tuple[Check, bool]] = {

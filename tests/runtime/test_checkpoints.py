@@ -34,6 +34,8 @@ def _set(path: str, value):
 
 @pytest.mark.parametrize("field, value", [
     ("rng_step", "x"),
+    ("rng_step", 2 ** 70),                       # beyond an i64 counter
+    ("fill_rng.has_uint32", 7),
     ("eval_rng_step", -3),
     ("step_counts", [4, 4]),                     # one objective, two counts
     ("schedules[0].scale", "big"),
