@@ -21,7 +21,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from dln.compiler import pipeline
-from dln.compiler.build import BuiltModel
+from dln.compiler.build import BuiltModel, InputInfo
 from dln.compiler.ir import Op
 from dln.compiler.recipe import DEFAULT_OPTIMIZER, Objective, Recipe, model_of, recipe_of
 from dln.compiler.training import TrainStep
@@ -186,7 +186,7 @@ class Trainer:
                                                            f'{info.name} = "..." }}'),)))
         return out
 
-    def _whole_example(self, sources: dict[str, str]) -> tuple[Any, str] | None:
+    def _whole_example(self, sources: dict[str, str]) -> tuple[InputInfo, str] | None:
         """The input that makes the data one whole example (data.whole_example), among those fed data."""
         fed = [i for i in self.model.train_spec.inputs if sources.get(i.name) not in (None, "randn", "rand", "zeros")]
         return data.whole_example(fed)
@@ -401,6 +401,12 @@ class Trainer:
                     raise
                 print(f"warning: {e.diagnostics[0].message}; resuming from the previous checkpoint (after epoch "
                       f"{candidates[k + 1]['epochs_done']}) instead", file=sys.stderr)
+        fill_rng = np.random.default_rng()   # everything read and checked before anything is restored
+        try:
+            fill_rng.bit_generator.state = chosen["fill_rng"]
+        except (TypeError, ValueError) as e:
+            raise checkpoint_state.damaged(ckpt, f"state.json field 'fill_rng' is not a generator state ({e})") \
+                from None
         checkpoint_state.tidy(ckpt, _files_of(chosen))
         self.model.load_state_dict(arrays["weights"])
         for name, v in self.states.items():
@@ -409,11 +415,7 @@ class Trainer:
                 raise DlnError(Diagnostic("E0703", f"the optimizer state in {ckpt} does not match this recipe "
                                                    f"({name})", None))
             self.model.backend.copy_into(v, saved)
-        try:
-            self.fill_rng.bit_generator.state = chosen["fill_rng"]
-        except (TypeError, ValueError) as e:
-            raise checkpoint_state.damaged(ckpt, f"state.json field 'fill_rng' is not a generator state ({e})") \
-                from None
+        self.fill_rng = fill_rng
         for s, st in zip(schedules, chosen["schedules"]):
             s.restore(st)
         stop = chosen["early_stop"]
