@@ -66,6 +66,8 @@ class BuiltModel:
     hparams: dict[str, Any]
     training: bool
     decl: ast.Model
+    loss_targets: tuple[int, ...] = ()  # the tensors losses take as their target (the runtime keeps
+                                        # the inputs they come from out of augmentation)
 
     @property
     def outputs(self) -> list[str]:
@@ -86,6 +88,7 @@ class ModelBuilder:
         self.inputs: dict[str, InputInfo] = {}
         self.symbols: dict[str, Span] = {}
         self.metrics: dict[str, int] = {}
+        self.loss_targets: list[int] = []
         self.instances: dict[str, tuple[str, ...]] = {}
         self.diagnostics: list[Diagnostic] = []
         self.call_names: dict[int, str] = {}
@@ -130,6 +133,7 @@ class ModelBuilder:
             hparams=self.hparam_values,
             training=self.training,
             decl=self.decl,
+            loss_targets=tuple(self.loss_targets),
         )
 
     # ---- statements ------------------------------------------------------------------------------------

@@ -326,6 +326,8 @@ class Evaluator:
         m = self.m
         label = ".".join(frame.prefix + (scope_name,)) if b.owns_params else None
         cx = _CallContext(m, frame, e.span, scope_name, spans)
+        if b.category == "loss" and isinstance(bound.get("target"), Tensor):
+            m.loss_targets.append(bound["target"].id)
         with m.b.at(loc=e.span, label=label):
             return b.fn(cx, **bound)
 

@@ -199,5 +199,8 @@ CODES: dict[str, str] = {
     "E0702": "file not found or unreadable",
     "E0703": "weights do not match the model",
     "E0704": "numerical failure during training",
+    "E0707": "damaged checkpoint",
+    "E0708": "an output path cannot be written",
+    "E0709": "a whole example cannot be split",
     "E0710": "invalid argument to a Python API function",
 }

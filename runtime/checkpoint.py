@@ -16,7 +16,7 @@ from typing import Any, Mapping
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from dln.dsl.diagnostics import Diagnostic, DlnError
+from dln.dsl.diagnostics import Diagnostic, DlnError, Note
 
 
 def _atomic(path: Path, write) -> None:
@@ -34,6 +34,31 @@ def _atomic(path: Path, write) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def check_output(path: str | Path, kind: str, what: str) -> None:
+    """Before any work is done: can `path` be written as a `kind` ("file" or "directory")?  It must not
+    be the other kind, and it or its nearest existing ancestor must be a writable directory (missing
+    directories are created on writing).  `what` says what the path is for (`--save`, `checkpoint`)."""
+    path = Path(path)
+
+    def refuse(why: str) -> DlnError:
+        return DlnError(Diagnostic("E0708", f"cannot write {what} {path}: {why}", None,
+                                   (Note("nothing was trained; choose another path"),)))
+
+    if kind == "file" and path.is_dir():
+        raise refuse("it is a directory (name a .safetensors file)")
+    if kind == "directory" and path.exists() and not path.is_dir():
+        raise refuse("it is a file, not a directory")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise refuse("permission denied")
+    ancestor = path.parent if kind == "file" or not path.exists() else path
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise refuse(f"{ancestor} is a file, not a directory")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise refuse(f"the directory {ancestor} is not writable")
 
 
 def save_arrays(path: str | Path, arrays: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None = None) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from dln.compiler.limits import DEFAULT_LIMITS, Limits
-from dln.dsl.diagnostics import Diagnostic, DlnError, dedupe, render_all
+from dln.dsl.diagnostics import Diagnostic, DlnError, Note, dedupe, render_all
 from dln.kernels.precision import PRECISIONS
 
 
@@ -266,21 +266,51 @@ def cmd_run(args) -> int:
 
 
 def cmd_train(args) -> int:
+    from dln.runtime.checkpoint import check_output
     from dln.runtime.train import train_file
 
+    if args.save:  # found out before training, not after
+        check_output(args.save, "file", "the weights (--save)")
     settings = {k: getattr(args, k) for k in ("epochs", "batch", "seed", "checkpoint") if getattr(args, k) is not None}
     history = train_file(Path(args.file), backend=args.backend, progress=False if args.no_progress else None,
                          debug=args.debug, weights=args.weights, from_text=True, precision=args.precision,
                          model=args.model, limits=_limits(args),
                          **settings, **args.hparams)
     if args.save and history.model is not None:
-        history.model.save(args.save)
+        _save_or_rescue(history.model, Path(args.save))
         print(f"saved weights to {args.save}")
     if history.epochs:
         last = history.epochs[-1]
         summary = {k: round(v, 6) for k, v in last.items() if k != "time"}
         print("final " + json.dumps(summary))
     return 0
+
+
+def _save_or_rescue(model, path: Path) -> None:
+    """Write the trained weights to `path`; when that fails anyway (the disk filled, the directory went
+    away), write them where they can be found — the current directory, else the system's temporary
+    one — and say where: a trained result is never lost."""
+    import os
+    import tempfile
+
+    from dln.runtime.checkpoint import save_arrays
+
+    try:
+        model.save(path)
+        return
+    except (OSError, DlnError) as e:
+        why = e.diagnostics[0].message if isinstance(e, DlnError) else f"{type(e).__name__}: {e}"
+    name = f"{model.name}-rescued-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.safetensors"
+    for directory in (Path.cwd(), Path(tempfile.gettempdir())):
+        try:
+            save_arrays(directory / name, model.parameters(), {"model": model.name})
+        except OSError:
+            continue
+        raise DlnError(Diagnostic("E0708", f"cannot write the weights (--save) {path}: {why}", None,
+                                  (Note(f"the trained weights are saved in {directory / name}"),)))
+    raise DlnError(Diagnostic("E0708", f"cannot write the weights (--save) {path}: {why}", None,
+                              (Note("nor in the current or the temporary directory: the trained weights are "
+                                    "lost"),)))
 
 
 def cmd_eval(args) -> int:

@@ -2,7 +2,9 @@
 
 Every data set is a dict of named arrays sharing their first axis; arrays
 are matched to model inputs by name (a train section's `inputs = {...}`
-renames).  The built-in sets come from scikit-learn's bundled copies, so
+renames).  The first axis holds the examples, which training shuffles and
+batches, unless an input holds the data axis on several axes (a graph's
+`adj: f32[N, N]`): then the whole data set is one example (`whole_example`).  The built-in sets come from scikit-learn's bundled copies, so
 nothing is downloaded.
 
 | name | arrays |
@@ -23,6 +25,7 @@ from typing import Callable
 
 import numpy as np
 
+from dln.compiler.build import InputInfo
 from dln.compiler.values import TrainValue
 from dln.dsl.diagnostics import Diagnostic, DlnError, Note
 
@@ -135,6 +138,20 @@ def _check_lengths(arrays: Arrays, path: Path, spec: TrainValue) -> Arrays:
     return arrays
 
 
+def whole_example(inputs: list[InputInfo]) -> tuple[InputInfo, str] | None:
+    """Is the data set one whole example?  The data axis is the leading symbol of the inputs fed from
+    data (N of `x: f32[N, F]`); an input holding it on more than one axis (`adj: f32[N, N]`, a graph's
+    adjacency) relates examples to each other, so rows cannot be shuffled, batched or held out without
+    scrambling it.  Such an input and the repeated symbol, else None."""
+    leading = {str(i.type.shape[0]) for i in inputs if i.type.shape and not isinstance(i.type.shape[0], int)}
+    for info in inputs:
+        dims = [str(d) for d in info.type.shape if not isinstance(d, int)]
+        for symbol in sorted(leading):
+            if dims.count(symbol) > 1:
+                return info, symbol
+    return None
+
+
 def split(arrays: Arrays, fraction: float, seed: int) -> tuple[Arrays, Arrays]:
     """A shuffled split: the last `fraction` of a seeded permutation is held out."""
     n = len(next(iter(arrays.values())))
@@ -145,9 +162,10 @@ def split(arrays: Arrays, fraction: float, seed: int) -> tuple[Arrays, Arrays]:
 
 
 def augment(batch: Arrays, specs, rng: np.random.Generator) -> Arrays:
-    """Training-batch augmentation (`augment = [...]`) of the float inputs with a batch axis:
-    gaussian_noise(std) on every such input; hflip(p) and random_crop(size, padding) on images
-    ([B, C, H, W] or [B, H, W]: the last two axes)."""
+    """Training-batch augmentation (`augment = [...]`) of the float arrays of `batch` with a batch axis:
+    gaussian_noise(std) on every such array; hflip(p) and random_crop(size, padding) on images
+    ([B, C, H, W] or [B, H, W]: the last two axes).  The trainer passes the model's inputs only, not
+    the targets of its losses."""
     out = dict(batch)
     for name, x in batch.items():
         if not np.issubdtype(x.dtype, np.floating) or x.ndim < 2:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -22,13 +21,14 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from dln.compiler import pipeline
+from dln.compiler.build import BuiltModel, InputInfo
 from dln.compiler.ir import Op
 from dln.compiler.limits import DEFAULT_LIMITS, Limits
 from dln.compiler.recipe import DEFAULT_OPTIMIZER, Objective, Recipe, model_of, recipe_of
 from dln.compiler.training import TrainStep
 from dln.dsl import ast
 from dln.dsl.diagnostics import Diagnostic, DlnError, Note
-from dln.runtime import binding, checkpoint, data
+from dln.runtime import binding, checkpoint, checkpoint_state, data
 from dln.runtime.api import Model
 from dln.runtime.schedules import Schedule
 
@@ -137,8 +137,12 @@ class Trainer:
         self.step_counts = [0] * len(self.steps)
         self.history = History(model=model)
         self.fill_rng = np.random.default_rng(recipe.seed + 1)
+        # Augmentation changes what the model sees, never what a loss compares it with.
+        self.targets = target_inputs(spec)
         # Early stopping: the best validation loss so far, its weights, epochs since.
         self.best_val, self.best_params, self.bad_epochs, self.stopped = math.inf, None, 0, False
+        # The state of the last checkpoint written or resumed from (state.json's content).
+        self.committed: dict[str, Any] | None = None
 
     # ---- data ---------------------------------------------------------------------------------------------
     def _data(self) -> tuple[data.Arrays, data.Arrays | None]:
@@ -147,6 +151,17 @@ class Trainer:
             raise DlnError(Diagnostic("E0601", "the train section has no data = ...", None))
         arrays = data.load(r.data, self.base)
         if isinstance(r.validate, float) and r.validate > 0:
+            whole = self._whole_example(self._sources(arrays))
+            if whole is not None:
+                info, symbol = whole
+                raise DlnError(Diagnostic(
+                    "E0709", f"validate = {r.validate:g} would split one example: input '{info.name}' "
+                             f"{info.type} holds the data axis {symbol} twice, so the data set is one example (a "
+                             "graph) that every step takes whole", r.spans.get("validate"),
+                    (Note(f"'{info.name}' is declared here", info.span),
+                     Note("hold out part of it with a mask input instead: loss = sum(cross_entropy(logits, y, "
+                          "reduction = \"none\") * mask) / sum(mask)"),
+                     Note("or validate on another whole example: validate = npz(\"val.npz\")"))))
             return data.split(arrays, r.validate, r.seed)
         if r.validate is not None and not isinstance(r.validate, float):
             return arrays, data.load(r.validate, self.base)
@@ -172,13 +187,21 @@ class Trainer:
                                                            f'{info.name} = "..." }}'),)))
         return out
 
+    def _whole_example(self, sources: dict[str, str]) -> tuple[InputInfo, str] | None:
+        """The input that makes the data one whole example (data.whole_example), among those fed data."""
+        fed = [i for i in self.model.train_spec.inputs if sources.get(i.name) not in (None, "randn", "rand", "zeros")]
+        return data.whole_example(fed)
+
     def _batch(self, arrays: data.Arrays, sources: dict[str, str], idx: np.ndarray,
                augment: bool = False) -> dict[str, Any]:
         spec = self.model.train_spec
         picked = {info.name: arrays[src][idx] for info in spec.inputs
                   if (src := sources.get(info.name)) is not None and src not in ("randn", "rand", "zeros")}
         if augment and self.recipe.augment:
-            picked = data.augment(picked, self.recipe.augment, self.fill_rng)
+            whole = self._whole_example(sources)
+            structure = {whole[0].name} if whole is not None else set()   # an adjacency is not noised
+            inputs = {name: x for name, x in picked.items() if name not in self.targets | structure}
+            picked = {**picked, **data.augment(inputs, self.recipe.augment, self.fill_rng)}
         feeds: dict[str, Any] = {}
         for info in spec.inputs:
             if info.name in picked:
@@ -205,9 +228,16 @@ class Trainer:
         n = len(next(iter(train.values())))
         if n == 0:
             raise DlnError(Diagnostic("E0603", "the training data is empty", None))
-        steps_per_epoch = math.ceil(n / r.batch)
+        whole = self._whole_example(sources)
+        if whole is not None:
+            self.log(f"one whole example: input '{whole[0].name}' {whole[0].type} holds {whole[1]} twice; every "
+                     "step takes all of it, unshuffled")
+        batch = n if whole is not None else r.batch
+        steps_per_epoch = math.ceil(n / batch)
         schedules = [Schedule(r.schedule, o.optimizer.lr, steps_per_epoch * r.epochs) for o in r.objectives]
         ckpt = Path(r.checkpoint) if r.checkpoint else None
+        if ckpt:  # found out before training, not after the first epoch
+            checkpoint.check_output(ckpt, "directory", "the checkpoint directory")
         start = self._resume(ckpt, schedules) if ckpt else 0
         if self.stopped:
             self.log(f"training stopped early after epoch {start} (checkpoint {ckpt})")
@@ -216,7 +246,8 @@ class Trainer:
             self.log(f"already trained for {start} epochs (checkpoint {ckpt})")
         for epoch in range(start, r.epochs):
             began = time.perf_counter()
-            order = np.random.default_rng(r.seed * 100003 + epoch).permutation(n)
+            order = np.arange(n) if whole is not None else \
+                np.random.default_rng(r.seed * 100003 + epoch).permutation(n)
             sums: dict[str, float] = {}
             seen = 0
             batches = range(steps_per_epoch)
@@ -228,7 +259,7 @@ class Trainer:
                            file=sys.stderr)
                 batches = bar
             for k in batches:
-                idx = order[k * r.batch:(k + 1) * r.batch]
+                idx = order[k * batch:(k + 1) * batch]
                 feeds = self._batch(train, sources, idx, augment=True)
                 results = self._step(feeds, schedules, epoch)
                 for name, value in results.items():
@@ -258,7 +289,13 @@ class Trainer:
                 self.log(f"early stop: no better validation loss for {r.early_stop} epochs; keeping the best weights")
                 self.model.load_state_dict(self.best_params)
             if ckpt:
-                self._save(ckpt, epoch + 1, schedules)
+                try:
+                    self._save(ckpt, epoch + 1, schedules)
+                except OSError as e:   # a full disk, a directory made read-only meanwhile
+                    raise DlnError(Diagnostic("E0708", f"cannot write the checkpoint in {ckpt} after epoch "
+                                                       f"{epoch + 1}: {e}", None,
+                                              (Note("the checkpoint before is whole: run again to resume from "
+                                                    "it"),))) from None
             if self.stopped:
                 break
         return self.history
@@ -292,7 +329,7 @@ class Trainer:
         spec = self.model.spec
         names = [n for n in self.eval_names if n in spec.values or n in spec.metrics]
         n = len(next(iter(arrays.values())))
-        batch = max(self.recipe.batch, 256)
+        batch = n if self._whole_example(sources) is not None else max(self.recipe.batch, 256)
         sums = dict.fromkeys(names, 0.0)
         for start in range(0, n, batch):
             idx = np.arange(start, min(n, start + batch))
@@ -309,9 +346,10 @@ class Trainer:
 
     def _save(self, ckpt: Path, epochs_done: int, schedules: list[Schedule]) -> None:
         """Arrays first, under names of this epoch; then state.json, which names them, replaces the old
-        one atomically: that is the commit.  A crash at any point leaves the previous checkpoint whole."""
+        one atomically: that is the commit.  The previous checkpoint's files are kept (state.json names
+        them under `previous`) and only older ones deleted, so a crash at any point, or a committed file
+        found unreadable later, leaves a whole checkpoint to resume from."""
         be = self.model.backend
-        previous = _committed_files(ckpt, checkpoint.load_json(ckpt / "state.json") or {})
         files = {"weights": f"weights-{epochs_done}.safetensors", "optimizer": f"optimizer-{epochs_done}.safetensors"}
         checkpoint.save_arrays(ckpt / files["weights"], self.model.parameters(), {"model": self.model.name})
         checkpoint.save_arrays(ckpt / files["optimizer"], {k: be.to_numpy(v).copy() for k, v in self.states.items()}
@@ -319,88 +357,105 @@ class Trainer:
         if self.best_params is not None:
             files["best"] = f"best-{epochs_done}.safetensors"
             checkpoint.save_arrays(ckpt / files["best"], self.best_params, {"model": self.model.name})
-        checkpoint.save_json(ckpt / "state.json", {
+        state = {
             "model": self.model.name, "fingerprint": self._fingerprint(), "epochs_done": epochs_done,
-            "files": files, "step_counts": self.step_counts,
+            "files": files, "step_counts": list(self.step_counts),
             "rng_step": int(be.to_numpy(self.rng["rng.step"])),
-            "schedules": [s.state() for s in schedules], "history": self.history.epochs,
+            # Evaluation draws too (randn_like in evaluation mode), from the model's own counter.
+            "eval_rng_step": self.model._rng_step,
+            "schedules": [s.state() for s in schedules], "history": [dict(e) for e in self.history.epochs],
             "fill_rng": self.fill_rng.bit_generator.state,
             "early_stop": {"best_val": None if math.isinf(self.best_val) else self.best_val,
                            "bad_epochs": self.bad_epochs, "stopped": self.stopped},
-        })
-        for name in set(previous.values()) - set(files.values()):
-            (ckpt / name).unlink(missing_ok=True)
+        }
+        previous = self.committed
+        if previous is not None:
+            state["previous"] = {k: v for k, v in previous.items() if k != "previous"}
+        checkpoint.save_json(ckpt / "state.json", state)
+        self.committed = state
+        checkpoint_state.tidy(ckpt, _files_of(state))
         # For people: the latest weights under a stable name (resuming reads the committed files).
         checkpoint.save_arrays(ckpt / "weights.safetensors", self.model.parameters(), {"model": self.model.name})
 
     def _resume(self, ckpt: Path, schedules: list[Schedule]) -> int:
         state = checkpoint.load_json(ckpt / "state.json")
         if state is None:
+            checkpoint_state.tidy(ckpt, set())   # what a run killed before its first commit wrote
             return 0
         if not isinstance(state, dict):
-            raise _damaged(ckpt, "state.json does not hold an object")
-        if state.get("model") != self.model.name:
+            raise checkpoint_state.damaged(ckpt, "state.json does not hold an object")
+        if isinstance(state.get("model"), str) and state["model"] != self.model.name:
             raise DlnError(Diagnostic("E0703", f"the checkpoint in {ckpt} is of model {state.get('model')}, not "
                                                f"{self.model.name}", None,
                                       (Note("use another checkpoint directory, or delete this one"),)))
-        if state.get("fingerprint") != self._fingerprint():
+        state = checkpoint_state.validate(state, ckpt, len(self.steps))
+        if state["fingerprint"] != self._fingerprint():
             self.log(f"note: {self.model.program.path} changed since the checkpoint in {ckpt}; resuming anyway")
-        files = _committed_files(ckpt, state)
-        if "weights" not in files or "optimizer" not in files:
-            raise _damaged(ckpt, "state.json names no weights or no optimizer state")
-        try:  # everything read before anything is restored
-            step_counts = [int(c) for c in state["step_counts"]]
-            rng_step = int(state["rng_step"])
-            epochs_done = int(state["epochs_done"])
-            history = list(state.get("history", []))
-            stop = state.get("early_stop") or {}
-            best_val = float(stop["best_val"]) if stop.get("best_val") is not None else math.inf
-            bad_epochs, stopped = int(stop.get("bad_epochs", 0)), bool(stop.get("stopped", False))
-        except (KeyError, TypeError, ValueError, AttributeError) as e:
-            raise _damaged(ckpt, f"state.json is incomplete ({type(e).__name__}: {e})") from None
-        self.model.load_state_dict(checkpoint.load_arrays(ckpt / files["weights"]))
-        saved = checkpoint.load_arrays(ckpt / files["optimizer"])
-        for k, v in self.states.items():
-            if k not in saved or saved[k].shape != self.model.backend.to_numpy(v).shape:
-                raise DlnError(Diagnostic("E0703", f"the optimizer state in {ckpt} does not match this recipe "
-                                                   f"({k})", None))
-            self.model.backend.copy_into(v, saved[k])
+        # The latest checkpoint, or the one before when a file of the latest cannot be read.
+        candidates = [state] + ([state["previous"]] if state.get("previous") else [])
+        for k, chosen in enumerate(candidates):
+            try:
+                arrays = {kind: checkpoint.load_arrays(ckpt / name) for kind, name in chosen["files"].items()}
+                break
+            except DlnError as e:
+                if e.code != "E0702" or k + 1 == len(candidates):
+                    raise
+                print(f"warning: {e.diagnostics[0].message}; resuming from the previous checkpoint (after epoch "
+                      f"{candidates[k + 1]['epochs_done']}) instead", file=sys.stderr)
+        fill_rng = np.random.default_rng()   # everything read and checked before anything is restored
         try:
-            for s, st in zip(schedules, state.get("schedules", [])):
-                s.restore(st)
-            if state.get("fill_rng"):
-                self.fill_rng.bit_generator.state = state["fill_rng"]
-        except (KeyError, TypeError, ValueError, AttributeError) as e:
-            raise _damaged(ckpt, f"state.json is incomplete ({type(e).__name__}: {e})") from None
-        self.step_counts, self.history.epochs = step_counts, history
-        self.best_val, self.bad_epochs, self.stopped = best_val, bad_epochs, stopped
-        self.model.backend.copy_into(self.rng["rng.step"], np.array(rng_step, np.int64))
-        if "best" in files:
-            self.best_params = checkpoint.load_arrays(ckpt / files["best"])
-        self.log(f"resuming from {ckpt} after epoch {epochs_done}")
-        return epochs_done
+            fill_rng.bit_generator.state = chosen["fill_rng"]
+        except (TypeError, ValueError) as e:
+            raise checkpoint_state.damaged(ckpt, f"state.json field 'fill_rng' is not a generator state ({e})") \
+                from None
+        checkpoint_state.tidy(ckpt, _files_of(chosen))
+        self.model.load_state_dict(arrays["weights"])
+        for name, v in self.states.items():
+            saved = arrays["optimizer"].get(name)
+            if saved is None or saved.shape != self.model.backend.to_numpy(v).shape:
+                raise DlnError(Diagnostic("E0703", f"the optimizer state in {ckpt} does not match this recipe "
+                                                   f"({name})", None))
+            self.model.backend.copy_into(v, saved)
+        self.fill_rng = fill_rng
+        for s, st in zip(schedules, chosen["schedules"]):
+            s.restore(st)
+        stop = chosen["early_stop"]
+        self.best_val = stop["best_val"] if stop["best_val"] is not None else math.inf
+        self.bad_epochs, self.stopped = stop["bad_epochs"], stop["stopped"]
+        self.best_params = arrays.get("best")
+        self.step_counts, self.history.epochs = list(chosen["step_counts"]), [dict(e) for e in chosen["history"]]
+        self.model.backend.copy_into(self.rng["rng.step"], np.array(chosen["rng_step"], np.int64))
+        self.model._rng_step = chosen.get("eval_rng_step", 0)
+        self.committed = chosen
+        self.log(f"resuming from {ckpt} after epoch {chosen['epochs_done']}")
+        return chosen["epochs_done"]
 
 
-# The files a checkpoint's state.json may name: ours, in the checkpoint directory itself.
-_CHECKPOINT_FILE = re.compile(r"(weights|optimizer|best)-\d+\.safetensors")
+def _files_of(state: Mapping[str, Any]) -> set[str]:
+    """The files a committed state names, its previous checkpoint's included: what must be kept."""
+    names = set(state["files"].values())
+    if state.get("previous"):
+        names |= set(state["previous"]["files"].values())
+    return names
 
 
-def _committed_files(ckpt: Path, state: Any) -> dict[str, str]:
-    """The files a state.json names (kind -> file name), each checked before anything reads or
-    deletes it: a name of the form `weights-3.safetensors` under its kind, nothing else."""
-    files = state.get("files", {}) if isinstance(state, Mapping) else None
-    if not isinstance(files, Mapping):
-        raise _damaged(ckpt, "state.json has no valid list of files")
-    for kind, name in files.items():
-        match = _CHECKPOINT_FILE.fullmatch(name) if isinstance(name, str) else None
-        if match is None or match.group(1) != kind:
-            raise _damaged(ckpt, f"state.json names {name!r} as its {kind} file")
-    return dict(files)
-
-
-def _damaged(ckpt: Path, why: str) -> DlnError:
-    return DlnError(Diagnostic("E0703", f"damaged checkpoint in {ckpt}: {why}", None,
-                               (Note("delete the checkpoint directory (or use another) to start over"),)))
+def target_inputs(spec: BuiltModel) -> set[str]:
+    """The model inputs a loss takes as its target, directly or through computation (`mse(pred, t)`,
+    `cross_entropy(logits, y)`, `bce(recon, x)`): data to compare with, which augmentation leaves alone."""
+    graph, names = spec.graph, set()
+    stack, seen = list(spec.loss_targets), set()
+    while stack:
+        node_id = stack.pop()
+        if node_id in seen:
+            continue
+        seen.add(node_id)
+        node = graph.node(node_id)
+        if node.op is Op.INPUT:
+            if node.attrs["role"] == "input":
+                names.add(node.attrs["name"])
+        else:
+            stack.extend(node.inputs)
+    return names
 
 
 def _fill_shape(info, env: dict[str, int], batch: int) -> tuple[int, ...]:

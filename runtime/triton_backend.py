@@ -77,7 +77,8 @@ class TritonBackend:
         self.precision = precision
 
     def asarray(self, array: np.ndarray):
-        return self.torch.tensor(np.ascontiguousarray(array), device=self.device)
+        # np.ascontiguousarray makes a 0-d array 1-d: keep the shape (a scalar such as rng.step stays one).
+        return self.torch.tensor(_contiguous(array), device=self.device)
 
     def to_numpy(self, value: Any) -> np.ndarray:
         if isinstance(value, np.ndarray):
@@ -86,7 +87,7 @@ class TritonBackend:
 
     @outside_autograd
     def copy_into(self, dst, src: np.ndarray) -> None:
-        dst.copy_(self.torch.from_numpy(np.ascontiguousarray(src)).to(dst.dtype))
+        dst.copy_(self.torch.from_numpy(_contiguous(src)).to(dst.dtype))
 
     def prepare(self, graph: Graph, persistent: Mapping[str, Any], donate: Mapping[str, str]) -> "TritonExecutable":
         return TritonExecutable(self, graph, persistent, donate)
@@ -130,6 +131,12 @@ class TritonExecutable:
             self.persistent[inp].copy_(outputs[out])
             outputs[out] = self.persistent[inp]
         return outputs
+
+
+def _contiguous(array: np.ndarray) -> np.ndarray:
+    """A C-contiguous copy or view of `array`, of the same shape (0-d included)."""
+    array = np.asarray(array)
+    return np.ascontiguousarray(array).reshape(array.shape)
 
 
 def contiguous_run(tensors) -> bool:

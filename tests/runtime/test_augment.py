@@ -6,6 +6,7 @@ import pytest
 import dln
 from dln.compiler.values import TrainValue
 from dln.runtime import data
+from dln.runtime.train import Trainer, target_inputs
 
 
 def _spec(kind, **args):
@@ -56,3 +57,67 @@ train b { data = dataset("iris")  epochs = 2  minimize loss }
     assert dln.train(two, model="b", progress=False, log=lambda s: None).model.name == "b"
     with pytest.raises(dln.DlnError):
         dln.train(two, model="c", progress=False, log=lambda s: None)
+
+
+# ---- what augmentation applies to: model inputs, never the targets of losses -----------------------------------
+REGRESSION = """
+model reg() {
+    input x: f32[B, 3]
+    input t: f32[B, 1]
+    input clean: f32[B, 3]
+    pred  = x -> linear(1)
+    recon = x -> linear(3)
+    loss  = mse(pred, t * 2.0) + mse(recon, clean)    # t through computation; clean: x without noise
+    output pred
+}
+train reg {
+    data    = npz("data.npz")
+    inputs  = { clean = "x" }
+    augment = [gaussian_noise(0.5)]
+    batch   = 7
+    epochs  = 2
+    minimize loss
+}
+"""
+
+
+def test_augmentation_leaves_loss_targets_exact(tmp_path, monkeypatch):
+    """Was: gaussian_noise was added to the float target t too (mean(t²) of a constant 1 became 1.80)."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((23, 3)).astype(np.float32)
+    np.savez(tmp_path / "data.npz", x=x, t=np.ones((23, 1), np.float32))
+    (tmp_path / "reg.dln").write_text(REGRESSION)
+    seen = []
+    real_step = Trainer._step
+
+    def recording_step(self, feeds, schedules, epoch):
+        seen.append({k: np.array(v) for k, v in feeds.items()})
+        return real_step(self, feeds, schedules, epoch)
+
+    monkeypatch.setattr(Trainer, "_step", recording_step)
+    dln.train(tmp_path / "reg.dln", progress=False, log=lambda s: None)
+    assert len(seen) == 2 * 4
+    noise = []
+    for feeds in seen:
+        np.testing.assert_array_equal(feeds["t"], 1.0)                          # exact: mean(t²) is 1
+        rows = [np.flatnonzero((x == row).all(axis=1)) for row in feeds["clean"]]
+        assert all(len(r) == 1 for r in rows), "clean must be rows of x, untouched"
+        noise.append(feeds["x"] - x[np.concatenate(rows)])                    # the same rows, plus noise
+        assert np.all(noise[-1] != 0)
+    assert 0.4 < np.concatenate(noise).std() < 0.6
+
+
+def test_the_targets_of_a_model_are_found_in_its_graph():
+    source = """
+model m() {
+    input x: f32[B, 4]
+    input y: i64[B]
+    input w: f32[B, 4]
+    input s: f32[B, 1]
+    logits = (x * w) -> linear(3)
+    loss = cross_entropy(logits, y) + bce_with_logits(logits -> linear(1), sigmoid(s)) + mse(x, 0.0)
+    output logits
+}
+"""
+    model = dln.compile(source)
+    assert target_inputs(model.train_spec) == {"y", "s"}
