@@ -67,6 +67,8 @@ class TritonBackend:
     def to_numpy(self, value: Any) -> np.ndarray:
         if isinstance(value, np.ndarray):
             return value
+        if value.dtype == self.torch.bfloat16:  # NumPy has no bfloat16: read as float32, as the NumPy backend computes
+            value = value.float()
         return value.detach().cpu().numpy()
 
     def copy_into(self, dst, src: np.ndarray) -> None:
@@ -79,7 +81,7 @@ class TritonBackend:
 class TritonExecutable:
     def __init__(self, backend: TritonBackend, graph: Graph, persistent: Mapping[str, Any],
                  donate: Mapping[str, str]) -> None:
-        from dln.kernels.module import generate_module
+        from dln.kernels.module import TORCH_DTYPES, generate_module
 
         self.backend = backend
         self.graph = graph
@@ -89,6 +91,14 @@ class TritonExecutable:
         self.module = load_module(self.generated.source, record)
         self.program = self.module.Program(backend.device)
         self.persistent = persistent
+        # Arrays arrive as NumPy holds them (bf16 as float32): tensors take the graph's types, in place,
+        # so every reference to a parameter stays valid.
+        self.input_dtypes = {n.attrs["name"]: getattr(backend.torch, TORCH_DTYPES[n.dtype].split(".")[1])
+                             for n in graph.inputs}
+        for name, tensor in persistent.items():
+            want = self.input_dtypes.get(name)
+            if want is not None and tensor.dtype != want:
+                tensor.data = tensor.data.to(want)
         for names in self.generated.persistent_arenas:
             relocate([persistent[n] for n in names], backend.torch)
         # Outputs the plan could not write in place (their kernel still reads the old value
@@ -103,7 +113,7 @@ class TritonExecutable:
         for name, value in feeds.items():
             if isinstance(value, np.ndarray):
                 value = torch.from_numpy(np.ascontiguousarray(value))
-            bufs[name] = value.to(self.backend.device)
+            bufs[name] = value.to(self.backend.device, self.input_dtypes.get(name, value.dtype))
         for names in self.generated.persistent_arenas:
             tensors = [self.persistent[n] for n in names]
             if not contiguous_run(tensors):
