@@ -197,4 +197,5 @@ CODES: dict[str, str] = {
     "E0702": "file not found or unreadable",
     "E0703": "weights do not match the model",
     "E0704": "numerical failure during training",
+    "E0705": "class index out of range",
 }

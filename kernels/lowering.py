@@ -135,6 +135,11 @@ def _detach(n, a):
     return a[0]
 
 
+@lower(Op.CHECK_INDEX)
+def _check_index(n, a):
+    return a[0]  # the Triton backend checks the indices after the step (dln.runtime.triton_backend)
+
+
 HELPERS = '''
 # Triton's interpreter (TRITON_INTERPRET=1) does no arithmetic on bf16: matrix products of half types
 # take fp32 operands there (the products are exact; the GPU's tensor cores accumulate in fp32 too).

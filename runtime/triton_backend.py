@@ -19,8 +19,9 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from dln.compiler.ir import Graph
+from dln.compiler.ir import Graph, Node, Op
 from dln.runtime.checkpoint import write_text
+from dln.runtime.checks import index_size, out_of_range
 
 
 def cache_dir() -> Path:
@@ -85,6 +86,11 @@ class TritonExecutable:
 
         self.backend = backend
         self.graph = graph
+        # Class indices the graph checks (losses, one_hot) come back as extra outputs, checked on
+        # the device after the step; the kernels only read them (an out-of-range index matches no class).
+        self.checks = [n for n in graph.nodes if n.op is Op.CHECK_INDEX]
+        if self.checks:
+            graph = graph.with_outputs(list(graph.outputs) + [(_check_output(n), n.inputs[0]) for n in self.checks])
         self.generated = generate_module(graph, donate, backend.precision)
         record = {"graph": graph.name, "kernels": [k.name for k in self.generated.kernels],
                   "configs": self.generated.configs}
@@ -119,10 +125,20 @@ class TritonExecutable:
             if not contiguous_run(tensors):
                 relocate(tensors, torch)
         outputs = self.program(bufs, dict(env))
+        for n in self.checks:
+            indices = outputs.pop(_check_output(n))
+            size = index_size(n, env)
+            bad = (indices < 0) | (indices >= size)
+            if bool(bad.any()):
+                raise out_of_range(n, int(indices[bad][0]), size)
         for out, inp in self.copy_back:
             self.persistent[inp].copy_(outputs[out])
             outputs[out] = self.persistent[inp]
         return outputs
+
+
+def _check_output(node: Node) -> str:
+    return f"check:{node.id}"
 
 
 def contiguous_run(tensors) -> bool:
