@@ -198,4 +198,5 @@ CODES: dict[str, str] = {
     "E0703": "weights do not match the model",
     "E0704": "numerical failure during training",
     "E0705": "class index out of range",
+    "E0706": "a value does not fit in memory",
 }

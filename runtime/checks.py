@@ -1,4 +1,5 @@
-"""Run-time checks of values the compiler cannot see: class indices within their range.
+"""Run-time checks of what the compiler cannot see: class indices within their range, and
+values that fit in memory once the inputs have given the symbolic sizes.
 
 A `check_index` node (a loss's class indices, `one_hot`'s input) is the identity on its
 indices; a run fails when one lies outside 0 .. size - 1, as torch raises — a wrong class
@@ -9,12 +10,12 @@ back after the step, on the device, and reports the same error.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 
-from dln.compiler.ir import Node
-from dln.compiler.symbolic import evaluate
+from dln.compiler.ir import Node, Op
+from dln.compiler.symbolic import Sym, evaluate
 from dln.dsl.diagnostics import Diagnostic, DlnError, Note
 
 
@@ -36,3 +37,41 @@ def check_indices(node: Node, indices: np.ndarray, env: dict[str, Any]) -> None:
     bad = (indices < 0) | (indices >= size)
     if bad.any():
         raise out_of_range(node, int(indices[bad].flat[0]), size)
+
+
+# ---- memory ------------------------------------------------------------------------------------------------------
+
+def value_bytes(node: Node, env: dict[str, Any]) -> int:
+    count = 1
+    for d in node.shape:
+        count *= int(evaluate(d, env))
+    return count * node.dtype.itemsize
+
+
+def check_sizes(nodes: Iterable[Node], env: dict[str, Any], available: int | None, where: str) -> None:
+    """Each value a run is about to allocate, sized from the bound symbols before any is: one larger
+    than the memory `where` would fail inside NumPy or torch, without saying which value it was."""
+    if available is None:
+        return
+    for n in nodes:
+        if value_bytes(n, env) > available:
+            raise too_large(n, env, available, where)
+
+
+def too_large(node: Node, env: dict[str, Any], available: int, where: str) -> DlnError:
+    """E0706 at the value's line: which value, its type, and the sizes its dimensions took."""
+    what = f"input '{node.attrs['name']}'" if node.op is Op.INPUT else \
+        f"the result of {node.op.value}" + (f" ('{node.name}')" if node.name else "")
+    sizes = [int(evaluate(d, env)) for d in node.shape]
+    bound = sorted({s for d in node.shape if isinstance(d, Sym) for s in d.symbols})
+    notes = [Note("with " + ", ".join(f"{s} = {env[s]}" for s in bound))] if bound else []
+    return DlnError(Diagnostic("E0706", f"{what} needs {human_bytes(value_bytes(node, env))} for {node.type} = "
+                                        f"{node.dtype}{sizes}, more than {where} ({human_bytes(available)})",
+                               node.loc, tuple(notes)))
+
+
+def human_bytes(n: int) -> str:
+    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} bytes"

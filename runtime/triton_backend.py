@@ -21,7 +21,9 @@ import numpy as np
 
 from dln.compiler.ir import Graph, Node, Op
 from dln.runtime.checkpoint import write_text
-from dln.runtime.checks import index_size, out_of_range
+from dln.dsl.diagnostics import Diagnostic, DlnError
+from dln.runtime.checks import check_sizes, index_size, out_of_range, value_bytes
+from dln.runtime.init import physical_memory
 
 
 def cache_dir() -> Path:
@@ -107,6 +109,9 @@ class TritonExecutable:
                 tensor.data = tensor.data.to(want)
         for names in self.generated.persistent_arenas:
             relocate([persistent[n] for n in names], backend.torch)
+        plan = self.generated.plan
+        self.stored = [plan.graph.node(m) for group in plan.groups for m in group.stores]
+        self.sized: set[tuple] = set()
         # Outputs the plan could not write in place (their kernel still reads the old value
         # elsewhere) are copied over their inputs after the step.
         in_place = self.generated.plan.memory.donated
@@ -124,7 +129,19 @@ class TritonExecutable:
             tensors = [self.persistent[n] for n in names]
             if not contiguous_run(tensors):
                 relocate(tensors, torch)
-        outputs = self.program(bufs, dict(env))
+        key = tuple(sorted(env.items()))
+        if key not in self.sized:
+            self._check_sizes(dict(env))
+            self.sized.add(key)
+        try:
+            outputs = self.program(bufs, dict(env))
+        except (MemoryError, RuntimeError) as e:
+            # The sizes were checked one by one: together they may still not fit.
+            if not isinstance(e, (MemoryError, torch.OutOfMemoryError)) and "can't allocate memory" not in str(e):
+                raise
+            largest = max(self.stored, key=lambda n: value_bytes(n, env))
+            raise DlnError(Diagnostic("E0706", f"the step's values do not fit in memory together ({e}); the "
+                                               f"largest is {largest.type}", largest.loc)) from None
         for n in self.checks:
             indices = outputs.pop(_check_output(n))
             size = index_size(n, env)
@@ -135,6 +152,17 @@ class TritonExecutable:
             self.persistent[inp].copy_(outputs[out])
             outputs[out] = self.persistent[inp]
         return outputs
+
+
+    def _check_sizes(self, env: dict[str, int]) -> None:
+        """Every value the kernels store, sized from the bound symbols before the launcher allocates it."""
+        torch = self.backend.torch
+        if self.backend.device.type == "cuda":
+            available = torch.cuda.get_device_properties(self.backend.device).total_memory
+            where = "the GPU's memory"
+        else:
+            available, where = physical_memory(), "this machine's memory"
+        check_sizes(self.stored, env, available, where)
 
 
 def _check_output(node: Node) -> str:
