@@ -11,9 +11,9 @@ lines — goes through `safe_name` or `comment`.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from contextlib import contextmanager
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Iterator
 

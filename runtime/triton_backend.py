@@ -20,8 +20,8 @@ from typing import Any, Mapping
 import numpy as np
 
 from dln.compiler.ir import Graph, Node, Op
-from dln.runtime.checkpoint import write_text
 from dln.dsl.diagnostics import Diagnostic, DlnError
+from dln.runtime.checkpoint import write_text
 from dln.runtime.checks import check_sizes, index_size, out_of_range, value_bytes
 from dln.runtime.init import physical_memory
 
@@ -152,7 +152,6 @@ class TritonExecutable:
             self.persistent[inp].copy_(outputs[out])
             outputs[out] = self.persistent[inp]
         return outputs
-
 
     def _check_sizes(self, env: dict[str, int]) -> None:
         """Every value the kernels store, sized from the bound symbols before the launcher allocates it."""
