@@ -162,7 +162,9 @@ def class_indices(cx, indices: Tensor, classes: Dim, role: str) -> Tensor:
     out of range, they would match no class and quietly count as nothing."""
     b = cx.b
     node = b.node(indices)
-    name = node.attrs["name"] if node.op is Op.INPUT else node.name
+    # An input by its name, a value bound earlier by its binding; one computed in this very statement
+    # carries the statement's name, which is not its own.
+    name = node.attrs["name"] if node.op is Op.INPUT else node.name if node.name != b.label else ""
     with b.at(loc=cx.span):
         return b.check_index(indices, classes, f"{role} '{name}'" if name else role)
 

@@ -78,6 +78,13 @@ def test_a_computed_target_is_named_by_its_binding(backend):
     assert e.value.diagnostics[0].span.line == 5
 
 
+def test_a_target_computed_in_the_call_has_no_name_of_its_own():
+    source = "model m() {\n    input x: f32[B, 7]\n    input y: i64[B]\n    output loss = nll(x, y + 5)\n}\n"
+    with pytest.raises(dln.DlnError) as e:
+        dln.compile(source, backend="numpy")(x=_x(), y=np.array([0, 1, 2, 1, 0]))
+    assert e.value.diagnostics[0].message == "nll's target holds class index 7, out of range for 7 classes"
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_probability_targets_are_not_class_indices(backend):
     source = "model m() {\n    input x: f32[B, 7]\n    input p: f32[B, 7]\n    output loss = cross_entropy(x, p)\n}\n"
