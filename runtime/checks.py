@@ -14,7 +14,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from dln.compiler.ir import Node, Op
+from dln.compiler.ir import Graph, Node, Op
 from dln.compiler.symbolic import Sym, evaluate
 from dln.dsl.diagnostics import Diagnostic, DlnError, Note
 
@@ -37,6 +37,39 @@ def check_indices(node: Node, indices: np.ndarray, env: dict[str, Any]) -> None:
     bad = (indices < 0) | (indices >= size)
     if bad.any():
         raise out_of_range(node, int(indices[bad].flat[0]), size)
+
+
+# ---- the same checks after a step, for a backend whose kernels only mask bad indices out ---------------------
+
+# Views that show the same set of values as their operand (a slice may not): indices are read back
+# from where they are stored, not from a broadcast that would have to be written out.
+_SAME_VALUES = frozenset({Op.BROADCAST, Op.RESHAPE, Op.PERMUTE, Op.DETACH, Op.CHECK_INDEX})
+
+
+def index_checks(graph: Graph) -> list[tuple[Node, int]]:
+    """(the node an error is about, the node holding its indices) for every class-index check
+    and every gather of the graph."""
+    checks = []
+    for n in graph.nodes:
+        if n.op in (Op.CHECK_INDEX, Op.GATHER):
+            source = graph.node(n.inputs[0] if n.op is Op.CHECK_INDEX else n.inputs[1])
+            while source.op in _SAME_VALUES:
+                source = graph.node(source.inputs[0])
+            checks.append((n, source.id))
+    return checks
+
+
+def index_bound(graph: Graph, node: Node, env: dict[str, Any]) -> int:
+    if node.op is Op.GATHER:
+        return int(evaluate(graph.node(node.inputs[0]).shape[node.attrs["axis"]], env))
+    return index_size(node, env)
+
+
+def index_error(node: Node, value: int, size: int) -> DlnError:
+    if node.op is Op.GATHER:   # as the NumPy interpreter reports it
+        return DlnError(Diagnostic("E0704", f"gather failed at run time: index {value} is out of bounds for axis "
+                                            f"{node.attrs['axis']} with size {size}", node.loc))
+    return out_of_range(node, value, size)
 
 
 # ---- memory ------------------------------------------------------------------------------------------------------

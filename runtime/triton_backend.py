@@ -19,10 +19,10 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from dln.compiler.ir import Graph, Node, Op
+from dln.compiler.ir import Graph, Node
 from dln.dsl.diagnostics import Diagnostic, DlnError
 from dln.runtime.checkpoint import write_text
-from dln.runtime.checks import check_sizes, index_size, out_of_range, value_bytes
+from dln.runtime.checks import check_sizes, index_bound, index_checks, index_error, value_bytes
 from dln.runtime.init import physical_memory
 
 
@@ -88,11 +88,11 @@ class TritonExecutable:
 
         self.backend = backend
         self.graph = graph
-        # Class indices the graph checks (losses, one_hot) come back as extra outputs, checked on
-        # the device after the step; the kernels only read them (an out-of-range index matches no class).
-        self.checks = [n for n in graph.nodes if n.op is Op.CHECK_INDEX]
+        # Class indices (losses, one_hot) and gather indices come back as extra outputs, checked on
+        # the device after the step: the kernels mask a bad index out (it matches no class, reads nothing).
+        self.checks = index_checks(graph)
         if self.checks:
-            graph = graph.with_outputs(list(graph.outputs) + [(_check_output(n), n.inputs[0]) for n in self.checks])
+            graph = graph.with_outputs(list(graph.outputs) + [(_check_output(n), i) for n, i in self.checks])
         self.generated = generate_module(graph, donate, backend.precision)
         record = {"graph": graph.name, "kernels": [k.name for k in self.generated.kernels],
                   "configs": self.generated.configs}
@@ -142,12 +142,12 @@ class TritonExecutable:
             largest = max(self.stored, key=lambda n: value_bytes(n, env))
             raise DlnError(Diagnostic("E0706", f"the step's values do not fit in memory together ({e}); the "
                                                f"largest is {largest.type}", largest.loc)) from None
-        for n in self.checks:
+        for n, _ in self.checks:
             indices = outputs.pop(_check_output(n))
-            size = index_size(n, env)
+            size = index_bound(self.graph, n, env)
             bad = (indices < 0) | (indices >= size)
             if bool(bad.any()):
-                raise out_of_range(n, int(indices[bad][0]), size)
+                raise index_error(n, int(indices[bad][0]), size)
         for out, inp in self.copy_back:
             self.persistent[inp].copy_(outputs[out])
             outputs[out] = self.persistent[inp]

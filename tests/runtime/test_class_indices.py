@@ -146,3 +146,29 @@ def test_dln_train_api_on_labels_counted_from_one_fails(tmp_path):
     np.savez(tmp_path / "data.npz", x=x, y=y - 1)
     history = dln.train(str(tmp_path / "net.dln"), backend="numpy")
     assert np.isfinite(history[-1]["loss"])
+
+
+# ---- gather's indices: the Triton kernels read nothing out of bounds, and the step reports them ------------------
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_gather_index_out_of_range_fails_on_both_backends(backend):
+    model = dln.compile("model m() {\n    input x: f32[B, 3]\n    input i: i64[B, 2]\n"
+                        "    output y = gather(x, 1, i)\n}\n", backend=backend)
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    np.testing.assert_array_equal(model(x=x, i=np.array([[2, 0], [1, 1]]))["y"], [[2, 0], [4, 4]])
+    for bad, value in (([[0, 3], [1, 1]], 3), ([[0, -1], [1, 1]], -1)):
+        with pytest.raises(dln.DlnError) as e:
+            model(x=x, i=np.array(bad))
+        d = e.value.diagnostics[0]
+        assert d.code == "E0704" and d.span.line == 4
+        assert d.message == f"gather failed at run time: index {value} is out of bounds for axis 1 with size 3"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_embedding_token_out_of_range_fails_in_training_on_both_backends(backend):
+    model = dln.compile("model m() {\n    input t: i64[B, T]\n    e = t -> embedding(10, 4)\n"
+                        "    output loss = sum(e * e)\n}\n", backend=backend)
+    with pytest.raises(dln.DlnError) as e:
+        model.value_and_grad("loss", t=np.array([[1, 12, 3]]))
+    assert e.value.code == "E0704" and "index 12 is out of bounds for axis 0 with size 10" in str(e.value)
+    assert e.value.diagnostics[0].span.line == 3
