@@ -24,7 +24,8 @@ VjpRule = Callable[[GraphBuilder, Node, Tensor, list[Tensor], Tensor], Cotangent
 VJP: dict[Op, VjpRule] = {}
 
 # Ops with no inputs, or whose outputs carry no gradient (integers, booleans, randomness).
-NO_GRADIENT = frozenset({Op.INPUT, Op.CONST, Op.IOTA, Op.SYMSIZE, Op.RAND, Op.ARGMAX, Op.SIGN, Op.NOT, Op.DETACH}) \
+NO_GRADIENT = frozenset({Op.INPUT, Op.CONST, Op.IOTA, Op.SYMSIZE, Op.RAND, Op.ARGMAX, Op.SIGN, Op.NOT, Op.DETACH,
+                         Op.CHECK_INDEX}) \
     | GroupOp.Compare | {Op.AND, Op.OR}
 
 

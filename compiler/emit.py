@@ -327,6 +327,10 @@ class GraphBuilder:
     def detach(self, x: Tensor) -> Tensor:
         return self.emit(Op.DETACH, (x,))
 
+    def check_index(self, x: Tensor, size: Dim, what: str) -> Tensor:
+        """x, once a run has checked that every element lies in 0 .. size - 1 (E0705 otherwise)."""
+        return self.emit(Op.CHECK_INDEX, (x,), {"size": size, "what": what})
+
     # ---- reductions ----------------------------------------------------------------------------
     def axes(self, x: Tensor, axis: int | Sequence[int] | None) -> tuple[int, ...]:
         if axis is None:

@@ -89,6 +89,8 @@ class Op(enum.Enum):
     NOT = "not"
     CAST = "cast"            # attrs: dtype (the node's type says it too)
     DETACH = "detach"        # identity; its gradient is zero
+    CHECK_INDEX = "check_index"  # identity on integer indices; attrs: size, what — a run fails (E0705)
+    #                              when an element lies outside 0 .. size - 1 (class indices of a loss)
 
     # -- binary elementwise (operands of equal shape; the builder broadcasts)
     ADD = "add"
@@ -141,7 +143,8 @@ class GroupOp:
 
     Leaf = frozenset({Op.INPUT, Op.CONST, Op.IOTA, Op.SYMSIZE, Op.RAND})
     Unary = frozenset({Op.NEG, Op.EXP, Op.LOG, Op.LOG1P, Op.SQRT, Op.RSQRT, Op.ABS, Op.SIGN, Op.SIN,
-                       Op.COS, Op.TANH, Op.SIGMOID, Op.RELU, Op.ERF, Op.NOT, Op.CAST, Op.DETACH})
+                       Op.COS, Op.TANH, Op.SIGMOID, Op.RELU, Op.ERF, Op.NOT, Op.CAST, Op.DETACH,
+                       Op.CHECK_INDEX})
     Binary = frozenset({Op.ADD, Op.SUB, Op.MUL, Op.DIV, Op.POW, Op.MOD, Op.MAXIMUM, Op.MINIMUM,
                         Op.LT, Op.LE, Op.GT, Op.GE, Op.EQ, Op.NE, Op.AND, Op.OR})
     Compare = frozenset({Op.LT, Op.LE, Op.GT, Op.GE, Op.EQ, Op.NE})

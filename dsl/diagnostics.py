@@ -199,6 +199,8 @@ CODES: dict[str, str] = {
     "E0702": "file not found or unreadable",
     "E0703": "weights do not match the model",
     "E0704": "numerical failure during training",
+    "E0705": "class index out of range",
+    "E0706": "a value does not fit in memory",
     "E0707": "damaged checkpoint",
     "E0708": "an output path cannot be written",
     "E0709": "a whole example cannot be split",

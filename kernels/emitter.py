@@ -11,16 +11,17 @@ lines — goes through `safe_name` or `comment`.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterator
 
 from dln.compiler.fusion import index as ix
-from dln.compiler.ir import DType, Graph, Node, Op
+from dln.compiler.ir import DType, Graph, Node, Op, TensorType
 from dln.compiler.naming import safe_name  # noqa: F401  (re-exported for the templates)
 from dln.compiler.symbolic import Dim, Sym
-from dln.kernels.lowering import LOWER, TL_DTYPES
+from dln.kernels.lowering import HALF_TYPES, LOWER, TL_DTYPES
 
 
 def comment(text: str) -> str:
@@ -321,7 +322,19 @@ class Emitter:
             return self.value(x, tuple(where))
         if n.op in LOWER:
             args = [self.value(i, index) for i in n.inputs]
-            expression = LOWER[n.op](n, args)
+            halves = [g.node(i).dtype in HALF_TYPES for i in n.inputs]
+            if n.op is not Op.DETACH and (any(halves) or n.dtype in HALF_TYPES):
+                # As Triton's tutorials do: half-precision values are computed in fp32 and the result
+                # rounded back once, as torch computes them ("opmath").  Triton's transcendentals take
+                # fp32 only, and its interpreter does no arithmetic on bf16 at all.
+                wide = [f"{a}.to(tl.float32)" if half and not _is_literal(a) else a for a, half in zip(args, halves)]
+                as_fp32 = dataclasses.replace(n, type=TensorType(DType.F32, n.shape)) \
+                    if n.dtype in HALF_TYPES else n
+                expression = LOWER[n.op](as_fp32, wide)
+                if n.dtype in HALF_TYPES:
+                    expression = f"({expression}).to({TL_DTYPES[n.dtype]})"
+            else:
+                expression = LOWER[n.op](n, args)
             name = self.fresh("v")
             self.line(f"{name} = {expression}  # %{n.id} {n.op.value}")
             return name

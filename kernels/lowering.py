@@ -19,6 +19,9 @@ TL_DTYPES = {
     DType.I32: "tl.int32", DType.I64: "tl.int64", DType.BOOL: "tl.int1",
 }
 
+# Values of these types are computed in fp32 and rounded back after each op (the emitter does it).
+HALF_TYPES = frozenset({DType.F16, DType.BF16})
+
 Lowering = Callable[[Node, list[str]], str]
 LOWER: dict[Op, Lowering] = {}
 
@@ -142,7 +145,17 @@ def _detach(n, a):
     return a[0]
 
 
+@lower(Op.CHECK_INDEX)
+def _check_index(n, a):
+    return a[0]  # the Triton backend checks the indices after the step (dln.runtime.triton_backend)
+
+
 HELPERS = '''
+# Triton's interpreter (TRITON_INTERPRET=1) does no arithmetic on bf16: matrix products of half types
+# take fp32 operands there (the products are exact; the GPU's tensor cores accumulate in fp32 too).
+INTERPRETED = tl.constexpr(os.environ.get("TRITON_INTERPRET") == "1")
+
+
 @triton.jit
 def _tanh(x):
     # exp-based away from 0, Taylor near 0 (where 1 - exp(-2|x|) would cancel)

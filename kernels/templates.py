@@ -33,7 +33,7 @@ from dln.kernels.emitter import (
     render_dim,
     safe_name,
 )
-from dln.kernels.lowering import TL_DTYPES
+from dln.kernels.lowering import HALF_TYPES, TL_DTYPES
 from dln.kernels.precision import PRECISIONS
 
 
@@ -424,6 +424,10 @@ def matmul(plan: FusionPlan, group: Group, k: int, precision: str = "ieee") -> K
                 f"mask=(m < {m_text}) & (ka < {k_text}), other=0.0)")
         em.line(f"b = tl.load(tl.broadcast_to({b_off[0]} + {b_off[1]}, [BLOCK_K, BLOCK_N]), "
                 f"mask=(kb < {k_text}) & (n < {n_text}), other=0.0)")
+        if a_node.dtype in HALF_TYPES:
+            with em.block("if INTERPRETED:  # no bf16 arithmetic there: exact fp32 products instead"):
+                em.line("a = a.to(tl.float32)")
+                em.line("b = b.to(tl.float32)")
         prec = "" if mm.dtype is DType.F64 else f", input_precision={precision!r}"
         em.line(f"acc = tl.dot(a, b, acc{prec})")
     em.line(f"mask = (m < {m_text}) & (n < {n_text})")

@@ -16,6 +16,8 @@ from dln.compiler.build import InputInfo
 from dln.compiler.ir import Constraint, DType
 from dln.compiler.symbolic import Sym, evaluate
 from dln.dsl.diagnostics import Diagnostic, DlnError, Note
+from dln.runtime.checks import human_bytes
+from dln.runtime.init import physical_memory
 from dln.runtime.numpy_ops import np_dtype
 
 
@@ -83,7 +85,14 @@ def convert(info: InputInfo, value: Any) -> np.ndarray:
     if arr.ndim != info.type.rank:
         raise DlnError(Diagnostic("E0701", f"input '{info.name}' is declared {info.type} (rank {info.type.rank}), "
                                            f"got shape {tuple(arr.shape)}", info.span))
-    return np.ascontiguousarray(arr, dtype=np_dtype(want))
+    dtype = np_dtype(want)
+    if not (arr.flags.c_contiguous and arr.dtype == dtype):  # a copy: sized before it is made
+        memory = physical_memory()
+        if memory is not None and arr.size * dtype.itemsize > memory:
+            raise DlnError(Diagnostic("E0706", f"input '{info.name}' of shape {tuple(arr.shape)} needs "
+                                               f"{human_bytes(arr.size * dtype.itemsize)} as a {want} array, more "
+                                               f"than this machine's memory ({human_bytes(memory)})", info.span))
+    return np.ascontiguousarray(arr, dtype=dtype)
 
 
 def bind(infos: Iterable[InputInfo], arrays: Mapping[str, np.ndarray],

@@ -86,6 +86,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--checkpoint", help="checkpoint directory (resumes from it)")
     c.add_argument("--save", help="write the final weights to this .safetensors file")
     c.add_argument("--no-progress", action="store_true", help="no progress bar")
+    c.add_argument("--check-numerics", action="store_true",
+                   help="when a step makes a NaN or an infinity, name the op that made it (slower)")
     c = command("eval", "metrics on the validation data", backend=True)
     c.add_argument("--weights", required=True, help="a .safetensors file of weights")
     c = command("graph", "the graph as DOT text (kernels as boxes with --backend triton)", backend=True)
@@ -274,7 +276,7 @@ def cmd_train(args) -> int:
     settings = {k: getattr(args, k) for k in ("epochs", "batch", "seed", "checkpoint") if getattr(args, k) is not None}
     history = train_file(Path(args.file), backend=args.backend, progress=False if args.no_progress else None,
                          debug=args.debug, weights=args.weights, from_text=True, precision=args.precision,
-                         model=args.model, limits=_limits(args),
+                         model=args.model, limits=_limits(args), check_numerics=args.check_numerics,
                          **settings, **args.hparams)
     if args.save and history.model is not None:
         _save_or_rescue(history.model, Path(args.save))

@@ -24,6 +24,8 @@ import numpy as np
 
 from dln.compiler.ir import Graph, GroupOp, Node, Op
 from dln.dsl.diagnostics import Diagnostic, DlnError
+from dln.runtime.checks import check_sizes
+from dln.runtime.init import physical_memory
 from dln.runtime.numpy_ops import IMPLS, REDUCTIONS, UFUNCS, VIEW_OPS, concrete_shape, np_dtype
 
 
@@ -75,6 +77,10 @@ class _Plan:
         outputs = {i for _, i in graph.outputs}
         donated_by_node = {graph.output(o).id: graph.input_named(i).id for o, i in exe.donate.items()
                            if i in exe.persistent}
+        # Sizes are known now: a value larger than the machine is an error at its line, before any
+        # allocation (NumPy would fail on it, or the system would stop the process, nameless).
+        check_sizes([n for n in graph.nodes if n.op not in VIEW_OPS or n.op is Op.INPUT
+                     and n.attrs["name"] not in exe.persistent], env, physical_memory(), "this machine's memory")
 
         last_use: dict[int, int] = {}
         for n in graph.nodes:

@@ -17,6 +17,7 @@ import numpy as np
 from dln.compiler.ir import DType, Node, Op
 from dln.compiler.symbolic import evaluate
 from dln.runtime import philox
+from dln.runtime.checks import check_indices
 
 NUMPY_DTYPES: dict[DType, np.dtype] = {
     DType.F16: np.dtype(np.float16),
@@ -142,6 +143,14 @@ def _cast(node, args, out, env):
 @impl(Op.DETACH)
 def _detach(node, args, out, env):
     return args[0]
+
+
+@impl(Op.CHECK_INDEX)
+def _check_index(node, args, out, env):
+    check_indices(node, args[0], env)
+    out = _alloc(node, out, env)
+    np.copyto(out, args[0])
+    return out
 
 
 @impl(Op.WHERE)

@@ -60,6 +60,7 @@ def torch_table() -> dict[Op, Callable]:
         Op.SIN: unary(torch.sin), Op.COS: unary(torch.cos), Op.TANH: unary(torch.tanh),
         Op.SIGMOID: unary(torch.sigmoid), Op.RELU: unary(torch.relu), Op.ERF: unary(torch.erf),
         Op.NOT: unary(torch.logical_not), Op.DETACH: unary(lambda x: x.detach()),
+        Op.CHECK_INDEX: unary(lambda x: x),
         Op.CAST: lambda n, a, env: a[0].to(dtypes[n.dtype]),
         Op.ADD: binary(torch.add), Op.SUB: binary(torch.sub), Op.MUL: binary(torch.mul), Op.DIV: binary(torch.div),
         Op.POW: binary(torch.pow), Op.MOD: binary(torch.remainder), Op.MAXIMUM: binary(torch.maximum),

@@ -28,7 +28,7 @@ from dln.compiler.recipe import DEFAULT_OPTIMIZER, Objective, Recipe, model_of, 
 from dln.compiler.training import TrainStep
 from dln.dsl import ast
 from dln.dsl.diagnostics import Diagnostic, DlnError, Note
-from dln.runtime import binding, checkpoint, checkpoint_state, data
+from dln.runtime import binding, checkpoint, checkpoint_state, data, numerics
 from dln.runtime.api import Model
 from dln.runtime.schedules import Schedule
 
@@ -93,7 +93,7 @@ def default_objective(model: Model) -> Objective:
 def train_file(source: str | Path, backend: str | None = None, progress: bool | None = None,
                log: Callable[[str], None] | None = None, debug: bool = False, weights: str | None = None,
                from_text: bool = False, precision: str | None = None, model: str | None = None,
-               limits: Limits = DEFAULT_LIMITS, **overrides: Any) -> History:
+               limits: Limits = DEFAULT_LIMITS, check_numerics: bool = False, **overrides: Any) -> History:
     """Train as `source`'s train section for `model` (the first section by default) says."""
     settings = {k: overrides.pop(k) for k in list(overrides) if k in SETTING_OVERRIDES}
     program = pipeline.load(source)
@@ -106,19 +106,20 @@ def train_file(source: str | Path, backend: str | None = None, progress: bool | 
     if weights:
         compiled.load(weights)
     base = Path(program.path).parent if not program.path.startswith("<") else Path.cwd()
-    trainer = Trainer(compiled, recipe, base, log=log, progress=progress, debug=debug)
+    trainer = Trainer(compiled, recipe, base, log=log, progress=progress, debug=debug, check_numerics=check_numerics)
     return trainer.fit()
 
 
 class Trainer:
     def __init__(self, model: Model, recipe: Recipe, base: Path, log: Callable[[str], None] | None = None,
-                 progress: bool | None = None, debug: bool = False) -> None:
+                 progress: bool | None = None, debug: bool = False, check_numerics: bool = False) -> None:
         self.model = model
         self.recipe = recipe
         self.base = base
         self.log = log or (lambda s: print(s, flush=True))
         self.progress = sys.stderr.isatty() if progress is None else progress
         self.debug = debug
+        self.check_numerics = check_numerics   # find the op that makes a NaN or inf (dln.runtime.numerics)
         spec = model.train_spec
         self.steps: list[TrainStep] = [pipeline.train_step(spec, o, recipe.clip_grad, debug)
                                        for o in recipe.objectives]
@@ -131,8 +132,8 @@ class Trainer:
                 self.states[s.name] = be.asarray(arr)
         # The random state: the seed, and the step count every step graph advances in place.
         self.rng = {"rng.seed": be.asarray(np.array(recipe.seed, np.int64)), "rng.step": be.asarray(np.array(0, np.int64))}
-        persistent = {**model._params, **self.states, **self.rng}
-        self.prepared = [be.prepare(step.graph, persistent, step.donate) for step in self.steps]
+        self.persistent = {**model._params, **self.states, **self.rng}
+        self.prepared = [be.prepare(step.graph, self.persistent, step.donate) for step in self.steps]
         self.eval_names = [o.loss for o in recipe.objectives] + list(spec.metrics)
         self.step_counts = [0] * len(self.steps)
         self.history = History(model=model)
@@ -311,7 +312,12 @@ class Trainer:
             self.step_counts[k] += 1
             run_feeds["lr"] = np.array(schedules[k].lr(self.step_counts[k] - 1, epoch), np.float64)
             run_feeds["step"] = np.array(self.step_counts[k], np.float64)
+            kept = numerics.keep(step.graph, run_feeds, self.persistent, model.backend.to_numpy) \
+                if self.check_numerics else None
             results = prepared.run(run_feeds, env)
+            if kept is not None:
+                numerics.check_step(step.graph, results, kept, env, model.backend.to_numpy,
+                                    f"at epoch {epoch + 1}, step {self.step_counts[k]}", step.objective.span)
             loss = float(model.backend.to_numpy(results["loss"]))
             if not math.isfinite(loss):
                 raise DlnError(Diagnostic("E0704", f"the loss {step.objective.loss} became {loss} at epoch "

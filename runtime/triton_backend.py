@@ -20,8 +20,11 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from dln.compiler.ir import Graph
+from dln.compiler.ir import Graph, Node
+from dln.dsl.diagnostics import Diagnostic, DlnError
 from dln.runtime.checkpoint import write_text
+from dln.runtime.checks import check_sizes, index_bound, index_checks, index_error, value_bytes
+from dln.runtime.init import physical_memory
 
 
 def cache_dir() -> Path:
@@ -83,6 +86,8 @@ class TritonBackend:
     def to_numpy(self, value: Any) -> np.ndarray:
         if isinstance(value, np.ndarray):
             return value
+        if value.dtype == self.torch.bfloat16:  # NumPy has no bfloat16: read as float32, as the NumPy backend computes
+            value = value.float()
         return value.detach().cpu().numpy()
 
     @outside_autograd
@@ -96,18 +101,34 @@ class TritonBackend:
 class TritonExecutable:
     def __init__(self, backend: TritonBackend, graph: Graph, persistent: Mapping[str, Any],
                  donate: Mapping[str, str]) -> None:
-        from dln.kernels.module import generate_module
+        from dln.kernels.module import TORCH_DTYPES, generate_module
 
         self.backend = backend
         self.graph = graph
+        # Class indices (losses, one_hot) and gather indices come back as extra outputs, checked on
+        # the device after the step: the kernels mask a bad index out (it matches no class, reads nothing).
+        self.checks = index_checks(graph)
+        if self.checks:
+            graph = graph.with_outputs(list(graph.outputs) + [(_check_output(n), i) for n, i in self.checks])
         self.generated = generate_module(graph, donate, backend.precision)
         record = {"graph": graph.name, "kernels": [k.name for k in self.generated.kernels],
                   "configs": self.generated.configs}
         self.module = load_module(self.generated.source, record)
         self.program = self.module.Program(backend.device)
         self.persistent = persistent
+        # Arrays arrive as NumPy holds them (bf16 as float32): tensors take the graph's types, in place,
+        # so every reference to a parameter stays valid.
+        self.input_dtypes = {n.attrs["name"]: getattr(backend.torch, TORCH_DTYPES[n.dtype].split(".")[1])
+                             for n in graph.inputs}
+        for name, tensor in persistent.items():
+            want = self.input_dtypes.get(name)
+            if want is not None and tensor.dtype != want:
+                tensor.data = tensor.data.to(want)
         for names in self.generated.persistent_arenas:
             relocate([persistent[n] for n in names], backend.torch)
+        plan = self.generated.plan
+        self.stored = [plan.graph.node(m) for group in plan.groups for m in group.stores]
+        self.sized: set[tuple] = set()
         # Outputs the plan could not write in place (their kernel still reads the old value
         # elsewhere) are copied over their inputs after the step.
         in_place = self.generated.plan.memory.donated
@@ -121,16 +142,48 @@ class TritonExecutable:
         for name, value in feeds.items():
             if isinstance(value, np.ndarray):
                 value = torch.from_numpy(np.ascontiguousarray(value))
-            bufs[name] = value.to(self.backend.device)
+            bufs[name] = value.to(self.backend.device, self.input_dtypes.get(name, value.dtype))
         for names in self.generated.persistent_arenas:
             tensors = [self.persistent[n] for n in names]
             if not contiguous_run(tensors):
                 relocate(tensors, torch)
-        outputs = self.program(bufs, dict(env))
+        key = tuple(sorted(env.items()))
+        if key not in self.sized:
+            self._check_sizes(dict(env))
+            self.sized.add(key)
+        try:
+            outputs = self.program(bufs, dict(env))
+        except (MemoryError, RuntimeError) as e:
+            # The sizes were checked one by one: together they may still not fit.
+            if not isinstance(e, (MemoryError, torch.OutOfMemoryError)) and "can't allocate memory" not in str(e):
+                raise
+            largest = max(self.stored, key=lambda n: value_bytes(n, env))
+            raise DlnError(Diagnostic("E0706", f"the step's values do not fit in memory together ({e}); the "
+                                               f"largest is {largest.type}", largest.loc)) from None
+        for n, _ in self.checks:
+            indices = outputs.pop(_check_output(n))
+            size = index_bound(self.graph, n, env)
+            bad = (indices < 0) | (indices >= size)
+            if bool(bad.any()):
+                raise index_error(n, int(indices[bad][0]), size)
         for out, inp in self.copy_back:
             self.persistent[inp].copy_(outputs[out])
             outputs[out] = self.persistent[inp]
         return outputs
+
+    def _check_sizes(self, env: dict[str, int]) -> None:
+        """Every value the kernels store, sized from the bound symbols before the launcher allocates it."""
+        torch = self.backend.torch
+        if self.backend.device.type == "cuda":
+            available = torch.cuda.get_device_properties(self.backend.device).total_memory
+            where = "the GPU's memory"
+        else:
+            available, where = physical_memory(), "this machine's memory"
+        check_sizes(self.stored, env, available, where)
+
+
+def _check_output(node: Node) -> str:
+    return f"check:{node.id}"
 
 
 def _contiguous(array: np.ndarray) -> np.ndarray:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dln.compiler.builtins import BOOL, FLOAT, OPERAND, STR, TENSOR, builtin
 from dln.compiler.builtins.reductions import log_softmax_of
+from dln.compiler.builtins.shape_ops import class_indices
 from dln.compiler.emit import Tensor
 from dln.compiler.ir import Op
 
@@ -42,21 +43,22 @@ def _target(cx, x: Tensor, target) -> Tensor:
     return t
 
 
-def _class_mask(cx, logits: Tensor, target: Tensor) -> Tensor:
-    """bool[..., C]: true at each row's target class."""
+def _class_mask(cx, logits: Tensor, target: Tensor, loss: str) -> Tensor:
+    """bool[..., C]: true at each row's target class (each index checked to be a class)."""
     b = cx.b
     if target.shape != logits.shape[:-1]:
         raise cx.fail("E0201", f"class indices {target.type} must have the shape of the logits without the "
                                f"class axis: {list(logits.shape[:-1])}")
     classes = logits.shape[-1]
+    target = class_indices(cx, target, classes, f"{loss}'s target")
     return b.compare(Op.EQ, b.broadcast_to(b.unsqueeze(target, -1), logits.shape),
                      b.broadcast_to(b.cast(b.iota(classes), target.dtype), logits.shape))
 
 
-def _picked(cx, values: Tensor, target: Tensor) -> Tensor:
+def _picked(cx, values: Tensor, target: Tensor, loss: str) -> Tensor:
     """values[..., target] for class indices, summed out of a mask (fuses into one row pass)."""
     b = cx.b
-    return b.sum(b.where(_class_mask(cx, values, target), values, 0.0), -1)
+    return b.sum(b.where(_class_mask(cx, values, target, loss), values, 0.0), -1)
 
 
 @builtin(category="loss")
@@ -70,7 +72,7 @@ def cross_entropy(cx, logits: TENSOR, target: TENSOR, label_smoothing: FLOAT = 0
         raise cx.fail_at("label_smoothing", "E0208", f"label_smoothing must be in [0, 1], got {label_smoothing:g}")
     logp = log_softmax_of(cx, logits, -1)
     if target.dtype.is_int:
-        loss = b.neg(_picked(cx, logp, target))
+        loss = b.neg(_picked(cx, logp, target, "cross_entropy"))
         if label_smoothing:
             smooth = b.neg(b.mean(logp, -1))
             loss = b.add(b.mul(loss, 1.0 - label_smoothing), b.mul(smooth, label_smoothing))
@@ -92,7 +94,7 @@ def nll(cx, logp: TENSOR, target: TENSOR, reduction: STR = "mean"):
     """negative log-likelihood of class indices, given log-probabilities (classes on the last axis)"""
     if not target.dtype.is_int:
         raise cx.fail("E0206", f"nll needs integer class indices, got {target.type}")
-    return _reduce(cx, cx.b.neg(_picked(cx, cx.b.to_float(logp), target)), reduction)
+    return _reduce(cx, cx.b.neg(_picked(cx, cx.b.to_float(logp), target, "nll")), reduction)
 
 
 @builtin(category="loss")
@@ -162,7 +164,7 @@ def hinge(cx, input: TENSOR, target: TENSOR, margin: FLOAT = 1.0, reduction: STR
     x = cx.b.to_float(input)
     if not target.dtype.is_int:
         raise cx.fail("E0206", f"hinge needs integer class indices, got {target.type}")
-    mask = _class_mask(cx, x, target)
+    mask = _class_mask(cx, x, target, "hinge")
     picked = b.unsqueeze(b.sum(b.where(mask, x, 0.0), -1), -1)
     margins = b.unary(Op.RELU, b.add(b.sub(x, picked), margin))
     per_row = b.sum(b.where(mask, 0.0, margins), -1)

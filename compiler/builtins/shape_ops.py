@@ -157,12 +157,25 @@ def pad(cx, x: TENSOR, pads: SIZES, value: FLOAT = 0.0):
     return cx.b.pad(x, per_axis, value)
 
 
+def class_indices(cx, indices: Tensor, classes: Dim, role: str) -> Tensor:
+    """`indices`, checked by every run to lie in 0 .. classes - 1 (E0705 at this call otherwise):
+    out of range, they would match no class and quietly count as nothing."""
+    b = cx.b
+    node = b.node(indices)
+    # An input by its name, a value bound earlier by its binding; one computed in this very statement
+    # carries the statement's name, which is not its own.
+    name = node.attrs["name"] if node.op is Op.INPUT else node.name if node.name != b.label else ""
+    with b.at(loc=cx.span):
+        return b.check_index(indices, classes, f"{role} '{name}'" if name else role)
+
+
 @builtin()
 def one_hot(cx, x: TENSOR, n: INT):
     """class indices as one-hot vectors of length n (i64, as torch)"""
     if not x.dtype.is_int:
         raise cx.fail("E0206", f"one_hot needs integer class indices, got {x.type}")
     b = cx.b
+    x = class_indices(cx, x, n, "one_hot's input")
     shape = x.shape + (n,)
     hot = b.compare(Op.EQ, b.broadcast_to(b.unsqueeze(x, -1), shape),
                     b.broadcast_to(b.cast(b.iota(n), x.dtype), shape))
