@@ -41,6 +41,7 @@ def _case(name: str, seed: int):
     return GENERATORS[name](np.random.default_rng([seed, *name.encode()]))
 
 
+@pytest.mark.filterwarnings("ignore:reduction. 'mean' divides the total loss")   # torch's kl_div notice
 @pytest.mark.parametrize("name,seed", CASES, ids=IDS)
 def test_numpy_matches_torch_in_float64(name, seed):
     case = _case(name, seed)
