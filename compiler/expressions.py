@@ -192,12 +192,12 @@ class Evaluator:
             if isinstance(v, bool) or not isinstance(v, (int, float)):
                 raise DlnError(Diagnostic("E0307", f"'{e.op}' cannot take {describe(v)}", e.span))
         try:
-            if e.op == "+":
-                return a + b
-            if e.op == "-":
-                return a - b
-            if e.op == "*":
-                return a * b
+            if e.op in ("+", "-", "*"):
+                result = a + b if e.op == "+" else a - b if e.op == "-" else a * b
+                if isinstance(result, int) and abs(result) > _INT_LIMIT:
+                    raise DlnError(Diagnostic("E0208", f"the constant {a} {e.op} {b} is too large "
+                                                       "(beyond 2**63)", e.span))
+                return result
             if e.op == "/":
                 return a / b
             if e.op == "%":
