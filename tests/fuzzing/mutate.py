@@ -210,13 +210,52 @@ def insert(t: Tokens, rng: random.Random) -> str:
     return f"inserted {word!r}"
 
 
+_KEYWORDS = {"model", "block", "train", "import", "input", "param", "output", "repeat", "in", "return", "minimize",
+             "over", "with", "and", "or", "not", "true", "false"}
+_DTYPES = ["f32", "f16", "bf16", "f64", "i32", "i64", "bool"]
+
+
+def _is_name(w: str) -> bool:
+    return bool(_NAME.fullmatch(w)) and w not in _KEYWORDS
+
+
+def rename(t: Tokens, rng: random.Random) -> str:
+    """A name replaced by another name of the program, a built-in, or an element type: the
+    program stays well-formed and goes wrong in name resolution, types or shapes."""
+    from fuzzing.grammar import _vocabulary
+
+    i = t.where(rng, _is_name)
+    if i is None:
+        return "no name"
+    functions, keywords = _vocabulary()
+    pool = rng.choice([[w for w in t.words if _is_name(w)], functions, keywords, _DTYPES])
+    old, t.words[i] = t.words[i], rng.choice(pool)
+    return f"renamed {old!r} -> {t.words[i]!r}"
+
+
+def argument(t: Tokens, rng: random.Random) -> str:
+    """An extra argument to a call, by position or keyword, with an odd value."""
+    from fuzzing.grammar import _vocabulary
+
+    i = t.where(rng, lambda w: w == "(")
+    if i is None or i == 0 or not _is_name(t.words[i - 1]):
+        return "no call"
+    value = rng.choice(NUMBERS + ['"none"', '"sum"', '""', "true", "(1, 2)", "[0]", "(0,)", "()", "B", "x",
+                                  "{ a = 1 }"] + _DTYPES)
+    arg = rng.choice([f"{rng.choice(_vocabulary()[1])} = {value}", value])
+    t.words.insert(i + 1, arg + ",")
+    t.space.insert(i + 1, "")
+    return f"argument {arg!r} to {t.words[i - 1]}"
+
+
 MUTATIONS: dict[str, Callable[[Tokens, random.Random], str]] = {
     "delete": delete, "duplicate": duplicate, "swap": swap, "number": number, "unicode": unicode,
     "truncate": truncate, "nest": nest, "repeat": repeat, "bytes": random_bytes, "insert": insert,
+    "rename": rename, "argument": argument,
 }
 # How often each is drawn: the ones that keep a program well-formed go deepest.
-WEIGHTS = {"delete": 3, "duplicate": 2, "swap": 2, "number": 6, "unicode": 2, "truncate": 1, "nest": 1,
-           "repeat": 1, "bytes": 1, "insert": 2}
+WEIGHTS = {"delete": 2, "duplicate": 1, "swap": 1, "number": 8, "unicode": 2, "truncate": 1, "nest": 1,
+           "repeat": 1, "bytes": 1, "insert": 1, "rename": 6, "argument": 4}
 
 
 def mutate(seed: int, index: int) -> tuple[str, str]:
