@@ -66,13 +66,18 @@ def _names() -> list[str]:
     identifiers = ["".join(made_up.choice("abcdefgxyzXYZ_019") for _ in range(made_up.randint(1, 6)))
                    for _ in range(40)]
     identifiers = [i if not i[0].isdigit() else "v" + i for i in identifiers]
-    return (_VARIABLES * 4 + functions + keywords + (_DIMENSIONS + _SCALAR_TYPES + _DTYPES) * 3
-            + identifiers)
+    from fuzzing.mutate import KEYWORDS
+
+    names = (_VARIABLES * 4 + functions + keywords + (_DIMENSIONS + _SCALAR_TYPES + _DTYPES) * 3
+             + identifiers)
+    return [n for n in names if n not in KEYWORDS]  # a keyword where a name goes is a syntax error
 
 
 # Values of the terminals that are not fixed strings; each must lex as its terminal.
-_INTS = [str(i) for i in range(9)] * 3 + ["16", "64", "128", "1000", "65536", str(10**30), "9" * 40]
-_FLOATS = ["0.5", "1e-3", "0.0", "1.0", "2.5e4", "1e40", "1e-45", "3.0e38", "1e308", "1e400", "0.999", "1E5"]
+# The edge cases (a literal too large, a float that overflows) end a parse: keep them rare.
+_INTS = [str(i) for i in range(9)] * 8 + ["16", "64", "128", "1000", "65536"] * 3 + [str(10**30), "9" * 40]
+_FLOATS = ["0.5", "1e-3", "0.0", "1.0", "2.5e4", "0.999", "1E5"] * 6 + ["1e40", "1e-45", "3.0e38", "1e308",
+                                                                         "1e400"]
 _OPERATORS = {"COMPARE": ["==", "!=", "<=", ">=", "<", ">"], "ADD_OP": ["+", "-"], "MUL_OP": ["*", "/", "%", "@"]}
 
 
@@ -165,13 +170,27 @@ class _BoundedLarkStrategy(LarkStrategy):
             self.depth -= 1
 
 
+def _body_start(decl: str) -> int | None:
+    """Where a model's or block's body opens: after the `{` that follows its parameters' `)`.
+    (No drawn string or comment holds a bracket.)"""
+    depth = 0
+    for i, ch in enumerate(decl):
+        depth += ch == "("
+        if ch == ")":
+            depth -= 1
+            if depth == 0:
+                j = decl.find("{", i)
+                return j + 1 if j >= 0 else None
+    return None
+
+
 def _program(data, rng: random.Random) -> str:
     strategies = _strategies()
     parts = []
     for _ in range(rng.choice([1, 1, 2, 2, 3, 4])):
         decl = data.draw(strategies[rng.choice(_DECLARATIONS)])
-        if decl.startswith(("model", "block")) and "{" in decl:
-            at = decl.index("{") + 1
+        at = _body_start(decl) if decl.startswith(("model", "block")) else None
+        if at is not None:
             extra = [data.draw(strategies[rng.choice(_STATEMENTS)]) for _ in range(rng.randrange(6))]
             decl = decl[:at] + "\n    " + "\n    ".join(extra) + "\n" + decl[at:]
         parts.append(decl)

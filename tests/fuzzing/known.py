@@ -24,7 +24,7 @@ def _nesting(text: str) -> int:
             best = max(best, depth)
         elif ch in ")]}":
             depth = max(0, depth - 1)
-    pipes = max((len(m.group()) // 2 for m in re.finditer(r"(?:->\s*\w+\s*)+", text)), default=0)
+    pipes = max((m.group().count("->") for m in re.finditer(r"(?:->\s*\w+\s*)+", text)), default=0)
     minuses = max((len(m.group()) for m in re.finditer(r"-+", text)), default=0)
     return max(best, pipes, minuses)
 

@@ -1,5 +1,6 @@
-"""Programs made by mutating the project's own programs: every `examples/*.dln`
-and the language draft's programs (tests/programs/language/).
+"""Programs made by mutating the project's own programs: every `examples/*.dln`,
+the language draft's programs (tests/programs/language/) and the bad programs
+(tests/programs/bad/).
 
 A case applies one to three mutations to one seed program.  The mutations work
 on a token list of the text (names, numbers, strings, operators, each with the
@@ -40,6 +41,10 @@ def seed_programs() -> tuple[tuple[str, str], ...]:
         if not re.search(r"^\s*(model|block)\s", text, re.M):
             text = _WRAPPER.format(body="".join("    " + line + "\n" for line in text.splitlines()))
         out.append((f"tests/programs/language/{path.name}", text))
+    # The corpus of bad programs: one mistake each, in every corner of the language; a
+    # mutation often moves the mistake, or removes it, and goes on from there.
+    for path in sorted((ROOT / "tests" / "programs" / "bad").glob("*.dln")):
+        out.append((f"tests/programs/bad/{path.name}", path.read_text()))
     return tuple(out)
 
 
@@ -210,13 +215,13 @@ def insert(t: Tokens, rng: random.Random) -> str:
     return f"inserted {word!r}"
 
 
-_KEYWORDS = {"model", "block", "train", "import", "input", "param", "output", "repeat", "in", "return", "minimize",
+KEYWORDS = {"model", "block", "train", "import", "input", "param", "output", "repeat", "in", "return", "minimize",
              "over", "with", "and", "or", "not", "true", "false"}
 _DTYPES = ["f32", "f16", "bf16", "f64", "i32", "i64", "bool"]
 
 
 def _is_name(w: str) -> bool:
-    return bool(_NAME.fullmatch(w)) and w not in _KEYWORDS
+    return bool(_NAME.fullmatch(w)) and w not in KEYWORDS
 
 
 def rename(t: Tokens, rng: random.Random) -> str:
@@ -261,7 +266,10 @@ WEIGHTS = {"delete": 2, "duplicate": 1, "swap": 1, "number": 8, "unicode": 2, "t
 def mutate(seed: int, index: int) -> tuple[str, str]:
     """Program `index` of `seed`: (text, a description of how it was made)."""
     rng = random.Random(f"mutate:{seed}:{index}")
-    name, text = rng.choice(seed_programs())
+    programs = seed_programs()
+    # Half the cases start from the examples and the draft's programs, which go deepest.
+    good = [p for p in programs if not p[0].startswith("tests/programs/bad/")]
+    name, text = rng.choice(good if rng.random() < 0.5 else programs)
     t = Tokens.of(text)
     done = []
     for _ in range(rng.choice([1, 1, 1, 2, 3])):

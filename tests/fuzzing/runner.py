@@ -61,6 +61,20 @@ class _Worker:
         self.proc.stdin.write(json.dumps({"id": case.index, "text": case.text}) + "\n")
         self.proc.stdin.flush()
 
+    def check(self, text: str, limit: float) -> Outcome | None:
+        """One text, waiting for the answer; None when the worker had to be killed (it is then dead)."""
+        self.proc.stdin.write(json.dumps({"id": 0, "text": text}) + "\n")
+        self.proc.stdin.flush()
+        sel = selectors.DefaultSelector()
+        sel.register(self.proc.stdout, selectors.EVENT_READ)
+        line = self.proc.stdout.readline() if sel.select(limit + GRACE) else ""
+        sel.close()
+        if not line:
+            self.kill()
+            return None
+        reply = json.loads(line)
+        return Outcome(reply["kind"], reply["detail"], reply["signature"], reply["seconds"])
+
     def kill(self) -> None:
         self.proc.kill()
         self.proc.wait()
