@@ -183,9 +183,14 @@ class Evaluator:
         if isinstance(a, DimValue) or isinstance(b, DimValue):
             return self._dim_binary(e, a, b)
         if e.op in _PY_COMPARE:
-            if type(a) in (int, float) and type(b) in (int, float) or type(a) is type(b):
+            numbers = type(a) in (int, float) and type(b) in (int, float)
+            # Any two values of one kind can be equal; only numbers, strings and bools are ordered.
+            same = type(a) is type(b) and (e.op in ("==", "!=") or type(a) in (str, bool))
+            if numbers or same:
                 return _PY_COMPARE[e.op](a, b)
-            raise DlnError(Diagnostic("E0307", f"cannot compare {describe(a)} with {describe(b)}", e.span))
+            notes = (Note(f"'{e.op}' orders numbers, strings and bools; other values compare with == and !="),) \
+                if type(a) is type(b) else ()
+            raise DlnError(Diagnostic("E0307", f"cannot compare {describe(a)} with {describe(b)}", e.span, notes))
         if e.op == "+" and isinstance(a, str) and isinstance(b, str):
             return a + b
         for v in (a, b):
