@@ -1,6 +1,6 @@
 """Fuzz the front end and the compiler: N cases from the two generators of tests/fuzzing/
 (programs drawn from the grammar, mutants of the examples), each checked as
-`dln --debug check` does, with its kernels planned, under a time limit.
+`dln --debug check` does, with its kernels planned and written, under a time limit.
 
     .venv/bin/python benchmarks/fuzz.py [--cases 100000] [--seed S] [--jobs 2] [--limit 5] [--record]
     .venv/bin/python benchmarks/fuzz.py --seed S --show K     # print case K of seed S
@@ -110,7 +110,7 @@ def _record(report: str) -> None:
     text = path.read_text()
     section = (f"## Fuzzing\n\nRecorded {datetime.date.today().isoformat()}; `benchmarks/fuzz.py` "
                f"(tests/fuzzing/: programs from the grammar and mutants of the examples, each checked as "
-               f"`dln --debug check` does, kernels planned).\n\n{report}\n")
+               f"`dln --debug check` does, kernels planned and written).\n\n{report}\n")
     old = fuzzing_section(text)
     text = text.replace(old, section) if old else text.rstrip("\n") + "\n\n" + section
     path.write_text(text)

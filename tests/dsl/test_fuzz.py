@@ -2,7 +2,7 @@
 
 Each case (tests/fuzzing/: programs drawn from dsl/grammar.lark, mutants of
 the examples, the language draft's programs and the bad programs) is checked as
-`dln --debug check` does, its kernels planned, under a time limit.  A case may
+`dln --debug check` does, its kernels planned and written, under a time limit.  A case may
 check or give located diagnostics; it may not give a diagnostic without a
 place, an internal error or a hang, unless the temporary allow-list of
 tests/fuzzing/known.py covers it.

@@ -2,8 +2,9 @@
 
 `check_file` loads the file and runs the CLI's own `check_program` (every
 model's forward graph, every train section's training step, with the IR
-verified between passes), then plans the kernels of every graph it built, since
-internal errors hide there too.  The outcome is one of
+verified between passes), then plans and writes the Triton kernels of every
+graph it built (as text: nothing is compiled), since internal errors hide
+there too.  The outcome is one of
 
 * `ok`          the program checks;
 * `diagnostic`  a `DlnError` whose every diagnostic points into a file;
@@ -81,15 +82,15 @@ def _where(tb) -> str:
 
 def check_file(path: str) -> Outcome:
     from dln.compiler import pipeline
-    from dln.compiler.fusion.planner import plan_graph
     from dln.dsl.diagnostics import DlnError, render
+    from dln.kernels.module import generate_module
     from dln.runtime.cli import check_program
 
     try:
         program = pipeline.load(path)
         _, graphs = check_program(program, debug=True)
         for graph, donate in graphs:
-            plan_graph(graph, donate)
+            generate_module(graph, donate)
         return Outcome("ok")
     except DlnError as e:
         bad = [d for d in e.diagnostics if not _located(d) and not _allowed_unlocated(d)]
@@ -124,7 +125,7 @@ def main() -> None:
         resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
     signal.signal(signal.SIGALRM, _alarm)
     # Imports and the parser's tables before the first case, so they do not count against it.
-    import dln.compiler.fusion.planner  # noqa: F401
+    import dln.kernels.module  # noqa: F401
     import dln.runtime.cli  # noqa: F401
     from dln.dsl.parser import parse
     parse("")
