@@ -42,7 +42,7 @@ _DIMENSIONS = ["B", "T", "N", "C", "D"]
 _SCALAR_TYPES = ["int", "float", "bool", "str"]
 _DTYPES = ["f32", "f16", "bf16", "f64", "i32", "i64", "bool"]
 _STRINGS = ['"digits"', '"iris"', '"mean"', '"sum"', '"none"', '"x"', '"y"', '"label"', '"tanh"', '"fc"', '""',
-            '"data.npz"', '"other.dln"', '"é✓🙂"', '"a\\nb"', '"\\""']
+            '"data.npz"', '"other.dln"', '"case.dln"', '"é✓🙂"', '"a\\nb"', '"\\""']
 
 
 @functools.cache

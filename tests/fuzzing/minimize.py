@@ -20,7 +20,7 @@ def minimize(result: Result, limit: float = 5.0, budget: float = 30.0) -> str:
     """The smallest text found within `budget` seconds that fails like `result`."""
     if result.outcome.kind == "hang":
         return result.case.text
-    target = result.outcome.signature
+    target = (result.outcome.kind, result.outcome.signature)
     t = Tokens.of(result.case.text)
     space, words = list(t.space), list(t.words)
     began = time.monotonic()
@@ -34,7 +34,7 @@ def minimize(result: Result, limit: float = 5.0, budget: float = 30.0) -> str:
                 if outcome is None:
                     worker = _Worker(limit, Path(scratch))
                     return False
-                return outcome.signature == target
+                return (outcome.kind, outcome.signature) == target
 
             if not same(space, words):  # normalizing whitespace changed the failure: keep the text as it is
                 return result.case.text
