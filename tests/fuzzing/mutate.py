@@ -116,6 +116,16 @@ def number(t: Tokens, rng: random.Random) -> str:
     return f"number {old} -> {new}"
 
 
+def resize(t: Tokens, rng: random.Random) -> str:
+    """An integer replaced by another small one: the program usually still checks, with odd sizes
+    (1, primes) that reach autodiff, fusion and kernel writing."""
+    i = t.where(rng, lambda w: w.isdigit())
+    if i is None:
+        return "no integer"
+    old, t.words[i] = t.words[i], rng.choice(["1", "2", "3", "5", "7", "17"])
+    return f"resized {old} -> {t.words[i]}"
+
+
 UNICODE = ["é", "名", "🙂", "\u200f", "\u202e", "\x00", "\u0301", "ｘ", "\ufeff", "\U0001d400", "\u2028", "\x0b",
            "\x85", "ß", "\udcff"]
 
@@ -245,8 +255,8 @@ def argument(t: Tokens, rng: random.Random) -> str:
     i = t.where(rng, lambda w: w == "(")
     if i is None or i == 0 or not _is_name(t.words[i - 1]):
         return "no call"
-    value = rng.choice(NUMBERS + ['"none"', '"sum"', '""', "true", "(1, 2)", "[0]", "(0,)", "()", "B", "x",
-                                  "{ a = 1 }"] + _DTYPES)
+    value = rng.choice(NUMBERS + ['"none"', '"sum"', '"mean"', '""', "true", "false", "(1, 2)", "[0]", "(0,)", "()",
+                                  "B", "x", "{ a = 1 }", "-1", "0.1", "2"] + _DTYPES)
     arg = rng.choice([f"{rng.choice(_vocabulary()[1])} = {value}", value])
     t.words.insert(i + 1, arg + ",")
     t.space.insert(i + 1, "")
@@ -256,11 +266,11 @@ def argument(t: Tokens, rng: random.Random) -> str:
 MUTATIONS: dict[str, Callable[[Tokens, random.Random], str]] = {
     "delete": delete, "duplicate": duplicate, "swap": swap, "number": number, "unicode": unicode,
     "truncate": truncate, "nest": nest, "repeat": repeat, "bytes": random_bytes, "insert": insert,
-    "rename": rename, "argument": argument,
+    "rename": rename, "argument": argument, "resize": resize,
 }
 # How often each is drawn: the ones that keep a program well-formed go deepest.
 WEIGHTS = {"delete": 2, "duplicate": 1, "swap": 1, "number": 8, "unicode": 2, "truncate": 1, "nest": 1,
-           "repeat": 1, "bytes": 1, "insert": 1, "rename": 6, "argument": 4}
+           "repeat": 1, "bytes": 1, "insert": 1, "rename": 6, "argument": 4, "resize": 5}
 
 
 def mutate(seed: int, index: int) -> tuple[str, str]:
