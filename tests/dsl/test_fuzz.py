@@ -69,6 +69,22 @@ def test_case_k_of_seed_s_is_always_the_same_text():
     assert len({make_case(7, k).text for k in range(30)}) > 25
 
 
+def test_grammar_programs_are_mostly_well_formed():
+    """Drawn from the grammar, a program parses unless a drawn literal is out of range or a
+    keyword argument precedes a positional one (rules the grammar leaves to the parser's actions)."""
+    from dln.dsl import DlnError, parse
+    from fuzzing.grammar import generate
+
+    parsed = 0
+    for k in range(60):
+        try:
+            parse(generate(FIXED_SEED, k))
+            parsed += 1
+        except DlnError as e:
+            assert e.code in ("E0101", "E0104"), e
+    assert parsed >= 40, f"only {parsed} of 60 grammar programs parse"
+
+
 def _failing_with(monkeypatch, tmp_path, error: BaseException | None = None, sleep: float = 0.0):
     """The oracle on a good program, with the CLI's check made to fail as given."""
     import time

@@ -1,5 +1,6 @@
 """Programs generated from the project's own grammar (dsl/grammar.lark) with
-`hypothesis.extra.lark.from_lark`.
+`hypothesis.extra.lark` (the strategy `from_lark` makes, with its derivations
+kept small: `_BoundedLarkStrategy`).
 
 Every terminal gets an explicit strategy:
 
@@ -9,8 +10,9 @@ Every terminal gets an explicit strategy:
 * names are drawn mostly from the language's own vocabulary (built-ins and
   their keyword arguments, element types, train settings, a few variable and
   dimension names), so programs get past name resolution into shape checking
-  and the builder, and sometimes from random identifiers or keywords;
-* numbers favour small sizes and the edge cases (0, 10**30, 1e40, 1e-45).
+  and the builder, and sometimes from made-up identifiers; never keywords;
+* numbers favour small sizes; the edge cases (10**30, 1e40, 1e400) are rare,
+  since a literal too large ends the parse.
 
 The text is then syntactically valid (almost always) and semantically random.
 Generation runs outside hypothesis's test engine: case `k` of seed `s` draws
@@ -31,6 +33,8 @@ from hypothesis.errors import StopTest
 from hypothesis.extra.lark import LarkStrategy
 from lark import Lark
 from lark.grammar import NonTerminal
+
+from fuzzing.mutate import KEYWORDS
 
 GRAMMAR = Path(__file__).resolve().parents[2] / "dsl" / "grammar.lark"
 
@@ -66,8 +70,6 @@ def _names() -> list[str]:
     identifiers = ["".join(made_up.choice("abcdefgxyzXYZ_019") for _ in range(made_up.randint(1, 6)))
                    for _ in range(40)]
     identifiers = [i if not i[0].isdigit() else "v" + i for i in identifiers]
-    from fuzzing.mutate import KEYWORDS
-
     names = (_VARIABLES * 4 + functions + keywords + (_DIMENSIONS + _SCALAR_TYPES + _DTYPES) * 3
              + identifiers)
     return [n for n in names if n not in KEYWORDS]  # a keyword where a name goes is a syntax error
