@@ -29,7 +29,7 @@ from fuzzing.minimize import minimize  # noqa: E402
 from fuzzing.runner import Result, run_cases  # noqa: E402
 
 FIXED_SEED = 20261123
-CASES = 1000           # per seed; about 30 s on two busy cores
+CASES = 1500           # per seed; about 30 s on two busy cores
 JOBS = min(2, os.cpu_count() or 1)
 LIMIT = 5.0            # seconds per case
 SHOWN = 3              # failures shown (shrunk) in a report
