@@ -126,6 +126,23 @@ def resize(t: Tokens, rng: random.Random) -> str:
     return f"resized {old} -> {t.words[i]}"
 
 
+TYPES = ["f32[]", "f32[B]", "f32[2, 3]", "i64[B, T]", "f16[B, 1, 8, 8]", "bool[B]", "f64[N, N]", "f32[B, 0]",
+         "i32[1]", "bf16[B, 64]", "f32[B, 64, 1]", "i64[]"]
+
+
+def retype(t: Tokens, rng: random.Random) -> str:
+    """A declared type (of an input or a parameter) replaced: scalars, empty and size-1 axes,
+    other ranks and element types flow into layers written for the original."""
+    text = t.text()
+    found = list(re.finditer(r"\b(?:f32|f16|bf16|f64|i32|i64|bool)\[[^\]]*\]", text))
+    if not found:
+        return "no type"
+    m, new = rng.choice(found), rng.choice(TYPES)
+    retyped = Tokens.of(text[:m.start()] + new + text[m.end():])
+    t.space, t.words, t.tail = retyped.space, retyped.words, retyped.tail
+    return f"retyped {m.group()} -> {new}"
+
+
 UNICODE = ["é", "名", "🙂", "\u200f", "\u202e", "\x00", "\u0301", "ｘ", "\ufeff", "\U0001d400", "\u2028", "\x0b",
            "\x85", "ß", "\udcff"]
 
@@ -266,11 +283,12 @@ def argument(t: Tokens, rng: random.Random) -> str:
 MUTATIONS: dict[str, Callable[[Tokens, random.Random], str]] = {
     "delete": delete, "duplicate": duplicate, "swap": swap, "number": number, "unicode": unicode,
     "truncate": truncate, "nest": nest, "repeat": repeat, "bytes": random_bytes, "insert": insert,
-    "rename": rename, "argument": argument, "resize": resize,
+    "rename": rename, "argument": argument, "resize": resize, "retype": retype,
 }
 # How often each is drawn: the ones that keep a program well-formed go deepest.
 WEIGHTS = {"delete": 2, "duplicate": 1, "swap": 1, "number": 8, "unicode": 2, "truncate": 1, "nest": 1,
-           "repeat": 1, "bytes": 1, "insert": 1, "rename": 6, "argument": 4, "resize": 5}
+           "repeat": 1, "bytes": 1, "insert": 1, "rename": 6, "argument": 4, "resize": 5,
+           "retype": 4}
 
 
 def mutate(seed: int, index: int) -> tuple[str, str]:
