@@ -17,6 +17,7 @@ sys.path.insert(0, str(HERE))
 
 import check_time  # noqa: E402
 import fusion  # noqa: E402
+import fuzz  # noqa: E402
 import numpy_step  # noqa: E402
 
 
@@ -68,7 +69,12 @@ dln's kernels: {', '.join(d['names'])}.
 `dln check examples/mlp_digits.dln` in a fresh process: median **{check['median_ms']} ms** over {check['runs']} runs
 (min {check['min_ms']} ms) (`benchmarks/check_time.py`).
 """
-    (HERE / "RESULTS.md").write_text(text)
+    # The fuzzing campaign is too long to run here (benchmarks/fuzz.py --record): keep its section.
+    results = HERE / "RESULTS.md"
+    fuzzing = fuzz.fuzzing_section(results.read_text()) if results.exists() else ""
+    if fuzzing:
+        text = text.rstrip("\n") + "\n\n" + fuzzing
+    results.write_text(text)
     (HERE / "results.json").write_text(json.dumps({"numpy_step": step, "fusion": counts, "check": check},
                                                   indent=2, default=str) + "\n")
     print(f"wrote {HERE / 'RESULTS.md'}")

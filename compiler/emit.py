@@ -345,6 +345,14 @@ class GraphBuilder:
             raise self.fail("E0202", f"axis {tuple(items)} names an axis twice")
         return tuple(sorted(out))
 
+    def reduced_count(self, x: Tensor, axes: Sequence[int]) -> Dim:
+        """How many values a reduction over `axes` combines.  A scalar's axis 0 (which `axes`
+        accepts, as torch does) holds its one value."""
+        count: Dim = 1
+        for a in axes if x.rank else ():
+            count = count * x.shape[a]
+        return count
+
     def reduce(self, op: Op, x: Tensor, axis: int | Sequence[int] | None = None, keepdim: bool = False) -> Tensor:
         axes = self.axes(x, axis)
         if x.rank == 0:
@@ -360,9 +368,7 @@ class GraphBuilder:
         if not x.dtype.is_float:
             x = self.cast(x, DEFAULT_FLOAT)
         axes = self.axes(x, axis)
-        count: Dim = 1
-        for a in axes:
-            count = count * x.shape[a]
+        count = self.reduced_count(x, axes)
         total = self.sum(x, axes, keepdim)
         if isinstance(count, int) and const_problem(count, x.dtype) is not None:
             # More elements than the type can count (f16 past 65504): divide in f32.

@@ -20,6 +20,7 @@ from dln.compiler.values import (BlockRef, DimValue, DTypeValue, FunctionRef, In
                                  RecordValue, TupleValue, Value, describe)
 from dln.dsl import ast
 from dln.dsl.diagnostics import Diagnostic, DlnError, Note, Span
+from dln.dsl.parser import INT_LIMIT  # integer constants stay within an i64, give or take the sign
 
 if TYPE_CHECKING:
     from dln.compiler.build import Frame, ModelBuilder
@@ -205,21 +206,26 @@ class Evaluator:
         if isinstance(a, DimValue) or isinstance(b, DimValue):
             return self._dim_binary(e, a, b)
         if e.op in _PY_COMPARE:
-            if type(a) in (int, float) and type(b) in (int, float) or type(a) is type(b):
+            numbers = type(a) in (int, float) and type(b) in (int, float)
+            # Any two values of one kind can be equal; only numbers, strings and bools are ordered.
+            same = type(a) is type(b) and (e.op in ("==", "!=") or type(a) in (str, bool))
+            if numbers or same:
                 return _PY_COMPARE[e.op](a, b)
-            raise DlnError(Diagnostic("E0307", f"cannot compare {describe(a)} with {describe(b)}", e.span))
+            notes = (Note(f"'{e.op}' orders numbers, strings and bools; other values compare with == and !="),) \
+                if type(a) is type(b) else ()
+            raise DlnError(Diagnostic("E0307", f"cannot compare {describe(a)} with {describe(b)}", e.span, notes))
         if e.op == "+" and isinstance(a, str) and isinstance(b, str):
             return a + b
         for v in (a, b):
             if isinstance(v, bool) or not isinstance(v, (int, float)):
                 raise DlnError(Diagnostic("E0307", f"'{e.op}' cannot take {describe(v)}", e.span))
         try:
-            if e.op == "+":
-                return a + b
-            if e.op == "-":
-                return a - b
-            if e.op == "*":
-                return a * b
+            if e.op in ("+", "-", "*"):
+                result = a + b if e.op == "+" else a - b if e.op == "-" else a * b
+                if isinstance(result, int) and abs(result) > INT_LIMIT:
+                    raise DlnError(Diagnostic("E0208", f"the constant {a} {e.op} {b} is too large "
+                                                       "(beyond 2**63)", e.span))
+                return result
             if e.op == "/":
                 return a / b
             if e.op == "%":
@@ -472,15 +478,11 @@ class _CallContext:
         return v
 
 
-# Integer constants stay within what an i64 (or any index) can hold, give or take the sign.
-_INT_LIMIT = 2 ** 63
-
-
 def _const_power(e: ast.Binary, a: int | float, b: int | float) -> int | float:
     """a ** b of two numbers, refusing what no element type holds before computing it:
     `9 ** 9 ** 9` has 370 million digits, and Python would take minutes to write them."""
     if isinstance(a, int) and isinstance(b, int) and b > 0 and abs(a) > 1:
-        if (abs(a).bit_length() - 1) * b >= 64 or abs(a ** b) > _INT_LIMIT:
+        if (abs(a).bit_length() - 1) * b >= 64 or abs(a ** b) > INT_LIMIT:
             raise DlnError(Diagnostic("E0208", f"the constant {a} ** {b} is too large (beyond 2**63)", e.span))
     result = a ** b
     if isinstance(result, complex):

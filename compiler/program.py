@@ -18,7 +18,7 @@ from typing import Any, Mapping
 from dln.compiler.values import describe
 from dln.dsl import ast
 from dln.dsl.diagnostics import Diagnostic, DlnError, Note, Span
-from dln.dsl.parser import parse, parse_file
+from dln.dsl.parser import INT_LIMIT, parse, parse_file
 
 Decl = ast.Model | ast.Block
 
@@ -211,10 +211,12 @@ def coerce_hparam(type_name: str, value: Any, from_text: bool) -> Any:
         if parse_text is None:
             return value
         try:
-            return parse_text(text)
+            value = parse_text(text)
         except ValueError:
             raise ValueError(f"expected {_article(type_name)}, got \"{text}\"") from None
     if type_name == "int" and isinstance(value, int) and not isinstance(value, bool):
+        if abs(value) > INT_LIMIT:  # as for literals: sizes and indices are 64-bit
+            raise ValueError(f"{str(value)[:12]}... ({len(str(abs(value)))} digits) is beyond a 64-bit int")
         return value
     if type_name == "float" and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)

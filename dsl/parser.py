@@ -32,6 +32,10 @@ MAX_SYNTAX_ERRORS = 10
 # count: the compiler walks those in a loop, so a sum of thousands of terms compiles.
 MAX_NESTING = 100
 
+# Integers are 64-bit: sizes, indices and i64 constants.  Larger literals would reach
+# float conversions (`1 / sqrt(in_features)`) that overflow.
+INT_LIMIT = 2 ** 63
+
 
 @functools.cache
 def _lark() -> Lark:
@@ -224,6 +228,11 @@ def _syntax_diagnostic(e: UnexpectedInput, source: Source) -> Diagnostic:
     span = Span(source, line, max(col - 1, 1), line, col)
     notes = (Note("expected " + _join_words(_expected_words(expected - {"$END"}))),) if expected - {"$END"} else ()
     return Diagnostic("E0103", "unexpected end of file", span, notes)
+
+
+def _shorten(text: str) -> str:
+    """A long literal as a message shows it: its first and last digits."""
+    return text if len(text) <= 30 else f"{text[:12]}...{text[-6:]} ({len(text)} digits)"
 
 
 def _quote(text: str) -> str:
@@ -423,7 +432,12 @@ class _ToAst(Transformer_NonRecursive):
         return ast.Name(str(items[0]), self._span(meta))
 
     def int(self, meta, items):
-        return ast.Int(int(items[0]), self._span(meta))
+        value = int(items[0])
+        if value > INT_LIMIT:  # 2**63 itself is allowed: `-9223372036854775808` is an i64
+            raise DlnError(Diagnostic("E0104", f"the integer {_shorten(items[0])} is too large", self._span(meta),
+                                      (Note("integers are 64-bit: at most 9223372036854775807; "
+                                            "a float (1e30) can be larger"),)))
+        return ast.Int(value, self._span(meta))
 
     def float(self, meta, items):
         value = float(items[0])

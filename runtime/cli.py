@@ -14,11 +14,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from dln.compiler.limits import DEFAULT_LIMITS, Limits
 from dln.dsl.diagnostics import Diagnostic, DlnError, Note, dedupe, render_all
 from dln.kernels.precision import PRECISIONS
+
+if TYPE_CHECKING:
+    from dln.compiler.ir import Graph
 
 
 def _sets(values: list[str]) -> dict[str, str]:
@@ -153,28 +156,44 @@ def _model(args, backend: str | None = "numpy"):
 def cmd_check(args) -> int:
     """Everything the compiler can find without running: every model of the file and every
     train section.  No parameter is allocated: sizes are counted from the shapes."""
+    began = time.perf_counter()
+    lines, _ = check_program(_load(args), args.model, args.hparams, args.debug, _limits(args))
+    for line in lines:
+        print(line)
+    if args.debug:
+        print(f"checked in {time.perf_counter() - began:.3f}s", file=sys.stderr)
+    return 0
+
+
+def check_program(program, model: str | None = None, hparams: dict[str, str] | None = None,
+                  debug: bool = False, limits: Limits = DEFAULT_LIMITS
+                  ) -> tuple[list[str], list[tuple[Graph, dict[str, str]]]]:
+    """What `dln check` does after loading: the summary lines, and the graphs it built (each
+    forward graph, and each training step with the inputs its outputs replace) for callers
+    that go further (the fuzzer plans their kernels).  Raises `DlnError` with every error."""
     from dln.compiler import pipeline
     from dln.compiler.cost import total_flops
     from dln.compiler.recipe import model_of, recipe_of
     from dln.compiler.symbolic import numel
 
-    began = time.perf_counter()
-    program = _load(args)
-    names = [args.model] if args.model else [m.name.name for m in program.root.models]
+    hparams = hparams or {}
+    names = [model] if model else [m.name.name for m in program.root.models]
     if not names and not program.root.trains:
         raise DlnError(Diagnostic("E0301", f"{program.path} declares no model"))
 
-    def hparams(name: str) -> dict[str, str]:  # --set applies to the model chosen, else to the first
-        return args.hparams if name == (names[0] if names else None) else {}
+    def hparams_of(name: str) -> dict[str, str]:  # --set applies to the model chosen, else to the first
+        return hparams if name == (names[0] if names else None) else {}
 
     diagnostics: list[Diagnostic] = []
     lines = []
+    graphs: list[tuple[Graph, dict[str, str]]] = []
     failed: set[str] = set()
     for name in names:
         try:
-            spec = pipeline.build_model(program, name, hparams(name), training=False, from_text=True,
-                                        limits=_limits(args))
-            graph = pipeline.forward_graph(spec)
+            spec = pipeline.build_model(program, name, hparams_of(name), training=False, from_text=True,
+                                        limits=limits)
+            graph = pipeline.forward_graph(spec, debug=debug)
+            graphs.append((graph, {}))
             flops = total_flops(graph, {s: 1 for s in graph.symbols()})
             count = sum(int(numel(p.type.shape)) for p in spec.params)
             inputs = len(spec.inputs)
@@ -186,22 +205,19 @@ def cmd_check(args) -> int:
     for train in program.root.trains:
         try:
             name = model_of(program, train).name.name
-            if name in failed or (args.model and name != args.model):
+            if name in failed or (model and name != model):
                 continue  # its own errors are reported; or not the model asked about
-            spec = pipeline.build_model(program, name, hparams(name), training=True, from_text=True,
-                                        limits=_limits(args))
+            spec = pipeline.build_model(program, name, hparams_of(name), training=True, from_text=True,
+                                        limits=limits)
             recipe = recipe_of(train, spec)
             for objective in recipe.objectives:
-                pipeline.train_step(spec, objective, recipe.clip_grad, args.debug)
+                step = pipeline.train_step(spec, objective, recipe.clip_grad, debug)
+                graphs.append((step.graph, step.donate))
         except DlnError as e:
             diagnostics.extend(e.diagnostics)
     if diagnostics:
         raise DlnError(dedupe(diagnostics))
-    for line in lines or ["ok"]:
-        print(line)
-    if args.debug:
-        print(f"checked in {time.perf_counter() - began:.3f}s", file=sys.stderr)
-    return 0
+    return lines or ["ok"], graphs
 
 
 def cmd_params(args) -> int:

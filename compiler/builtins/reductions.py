@@ -51,9 +51,7 @@ def var(cx, x: TENSOR, axis: AXIS = None, keepdim: BOOL = False, correction: INT
     b = cx.b
     x = cx.b.to_float(x)
     axes = b.axes(x, axis)
-    count = 1
-    for a in axes:
-        count = count * x.shape[a]
+    count = b.reduced_count(x, axes)
     centered = b.sub(x, b.mean(x, axes, keepdim=True))
     total = b.sum(b.mul(centered, centered), axes, keepdim)
     return b.div(total, b.dim_value(count - correction, x.dtype))
