@@ -6,8 +6,7 @@
     .venv/bin/python benchmarks/fuzz.py --seed S --show K     # print case K of seed S
 
 Prints the count of each outcome (ok, located diagnostic, and the failures:
-unlocated diagnostic, internal error, hang), those the temporary allow-list of
-tests/fuzzing/known.py covers apart, and the first examples of each failure.
+unlocated diagnostic, internal error, hang) and the first examples of each failure.
 With --record, writes them to the "Fuzzing" section of benchmarks/RESULTS.md
 (the rest of the file is kept).  Exit status 1 when a failure is not covered.
 """
@@ -52,26 +51,23 @@ def main(argv: list[str] | None = None) -> int:
 
     began = time.perf_counter()
     counts: collections.Counter[str] = collections.Counter()
-    known: collections.Counter[str] = collections.Counter()
     examples: dict[str, list] = collections.defaultdict(list)   # failure signature -> results
     cases = (make_case(args.seed, k) for k in range(args.start, args.start + args.cases))
     for done, r in enumerate(run_cases(cases, args.jobs, args.limit), 1):
         counts[r.outcome.kind] += 1
-        if r.known:
-            known[r.known] += 1
-        elif r.failed:
+        if r.failed:
             examples[f"{r.outcome.kind}: {r.outcome.signature}"].append(r)
         if done % 1000 == 0:
             print(f"  {done:,} cases, {dict(counts)}", file=sys.stderr, flush=True)
     seconds = time.perf_counter() - began
-    report = _report(args, counts, known, examples, seconds)
+    report = _report(args, counts, examples, seconds)
     print(report)
     if args.record:
         _record(report)
     return 1 if examples else 0
 
 
-def _report(args, counts, known, examples, seconds: float) -> str:
+def _report(args, counts, examples, seconds: float) -> str:
     total = sum(counts.values())
     failures = sum(len(v) for v in examples.values())
     lines = [
@@ -85,10 +81,7 @@ def _report(args, counts, known, examples, seconds: float) -> str:
     ]
     for kind in ("ok", "diagnostic", "unlocated", "internal", "hang"):
         lines.append(f"| {kind} | {counts.get(kind, 0):,} |")
-    lines += ["", f"Failures not covered by the allow-list: **{failures}**."]
-    if known:
-        lines += ["", "Covered by the temporary allow-list (tests/fuzzing/known.py): "
-                  + ", ".join(f"{name} {n}" for name, n in sorted(known.items())) + "."]
+    lines += ["", f"Failures: **{failures}**."]
     for signature, results in sorted(examples.items(), key=lambda kv: -len(kv[1])):
         lines += ["", f"### {signature} ({len(results)} cases)"]
         for r in results[:EXAMPLES_PER_CLASS]:

@@ -236,8 +236,13 @@ class ModelBuilder:
         init = self.eval.eval(frame, stmt.init)
         spec = lib.INIT.convert(init)
         if spec is None:
+            notes = ()
+            if isinstance(init, FunctionRef) and init.name in lib.BUILTINS:
+                needed = lib.required_arguments(lib.BUILTINS[init.name].fn)
+                if needed and lib.BUILTINS[init.name].category == "init":
+                    notes = (Note(f"{init.name} needs {', '.join(needed)}: write {init.name}({', '.join(needed)} = ...)"),)
             raise DlnError(Diagnostic("E0307", f"a parameter's initializer must be an initializer or a number, "
-                                               f"got {describe(init)}", stmt.init.span))
+                                               f"got {describe(init)}", stmt.init.span, notes))
         t = self.make_param(frame, frame.prefix + (stmt.name.name,), type_.shape, spec, type_.dtype, stmt.span,
                             stmt.init.span)
         self.bind(frame, stmt.name, t, "param")

@@ -155,10 +155,19 @@ class _InitKind(Kind):
         if isinstance(v, InitSpec):
             return v
         if isinstance(v, FunctionRef) and v.name in BUILTINS and BUILTINS[v.name].category == "init":
+            if required_arguments(BUILTINS[v.name].fn):  # `= constant` needs its value: not an initializer
+                return None
             return BUILTINS[v.name].fn(None)
         if isinstance(v, (int, float)) and not isinstance(v, bool):
             return InitSpec("constant", (("value", float(v)),))
         return None
+
+
+def required_arguments(fn: Callable) -> list[str]:
+    """The parameters of a built-in without a default, after the call context."""
+    params = list(inspect.signature(fn).parameters.values())[1:]
+    return [p.name for p in params if p.default is inspect.Parameter.empty
+            and p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)]
 
 
 class _DTypeKind(Kind):

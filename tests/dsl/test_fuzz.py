@@ -4,8 +4,7 @@ Each case (tests/fuzzing/: programs drawn from dsl/grammar.lark, mutants of
 the examples, the language draft's programs and the bad programs) is checked as
 `dln --debug check` does, its kernels planned and written, under a time limit.  A case may
 check or give located diagnostics; it may not give a diagnostic without a
-place, an internal error or a hang, unless the temporary allow-list of
-tests/fuzzing/known.py covers it.
+place, an internal error or a hang.
 
 Two runs: a fixed seed, and a seed that changes every day (DLN_FUZZ_SEED
 overrides it).  A failure prints the seed and the case, shrunk where that is
@@ -24,7 +23,6 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fuzzing.cases import make_case  # noqa: E402
-from fuzzing.known import KNOWN  # noqa: E402
 from fuzzing.minimize import minimize  # noqa: E402
 from fuzzing.runner import Result, run_cases  # noqa: E402
 
@@ -139,7 +137,3 @@ def test_a_located_diagnostic_must_point_into_its_file():
     assert not _located(Diagnostic("E0101", "x", Span(source, 9, 1, 9, 2)))
     assert not _located(Diagnostic("E0101", "x", Span(source, 1, 0, 1, 2)))
 
-
-def test_allow_list_entries_say_what_they_cover():
-    for name in KNOWN:
-        assert len(name.split()) >= 2, f"name the failure class: {name!r}"

@@ -5,7 +5,6 @@
     cases.py     case k of seed s, from one or the other: always the same text
     oracle.py    what `dln --debug check` does to a case, classified; the worker
     runner.py    workers, each case under a time limit
-    known.py     TEMPORARY allow-list of failures being fixed on other branches
 
 Used by tests/dsl/test_fuzz.py (a few thousand cases) and benchmarks/fuzz.py
 (a campaign; `--show K` prints a case).  Neither is part of the `dln` package.

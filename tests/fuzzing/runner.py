@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from fuzzing.cases import Case
-from fuzzing.known import known_issue
 from fuzzing.oracle import Outcome
 
 TESTS = Path(__file__).resolve().parents[1]
@@ -34,11 +33,10 @@ MEMORY = 4 << 30             # address space of a worker: a runaway allocation f
 class Result:
     case: Case
     outcome: Outcome
-    known: str | None = None  # the allow-list entry (fuzzing/known.py) that covers this failure
 
     @property
     def failed(self) -> bool:
-        return self.outcome.kind in ("unlocated", "internal", "hang") and self.known is None
+        return self.outcome.kind in ("unlocated", "internal", "hang")
 
 
 class _Worker:
@@ -136,4 +134,4 @@ def _replace(w: _Worker, sel: selectors.BaseSelector, limit: float, scratch: Pat
 
 
 def _result(case: Case, outcome: Outcome) -> Result:
-    return Result(case, outcome, known_issue(case, outcome) if outcome.kind != "ok" else None)
+    return Result(case, outcome)
