@@ -93,8 +93,10 @@ def _cast(cx, types, attrs):
 def same_shape(cx: ShapeContext, a: Shape, b: Shape, what: str) -> Shape:
     if len(a) != len(b):
         raise ShapeError("E0201", f"{what}: shapes {format_shape(a)} and {format_shape(b)} differ in rank")
-    return tuple(cx.unify(x, y, "E0201", f"{what}: shapes {format_shape(a)} and {format_shape(b)} do not match")
-                 for x, y in zip(a, b))
+    if all(x == y for x, y in zip(a, b)):  # the common case; the message is written only when needed
+        return tuple(a)
+    message = f"{what}: shapes {format_shape(a)} and {format_shape(b)} do not match"
+    return tuple(cx.unify(x, y, "E0201", message) for x, y in zip(a, b))
 
 
 @rule(*GroupOp.Binary)

@@ -84,9 +84,10 @@ class Reads:
         self.memory.setdefault(node, set()).add(index)
 
 
-def reads(graph: Graph, root: Node, index: ix.Index, stops: Callable[[int], bool]) -> Reads:
+def reads(graph: Graph, root: Node, index: ix.Index, stops: Callable[[int], bool], most: int | None = None) -> Reads:
     """Walk the inputs of `root` evaluated at `index`, inlining every node for which
-    `stops` is false; nodes where it is true (inputs, realized values) are read."""
+    `stops` is false; nodes where it is true (inputs, realized values) are read.  With `most`,
+    the walk ends once that many nodes are inlined (a caller that only asks "more than this?")."""
     out = Reads()
     seen: set[tuple[int, ix.Index]] = set()
 
@@ -107,6 +108,8 @@ def reads(graph: Graph, root: Node, index: ix.Index, stops: Callable[[int], bool
             out.add(node_id, at)
             continue
         out.inline.add(node_id)
+        if most is not None and len(out.inline) >= most:
+            break
         stack.extend(children(n, at))
     return out
 

@@ -58,6 +58,7 @@ class Planner:
         self.groups: list[Group] = []
         self.group_of: dict[int, int] = {}
         self._edges: dict[int, set[int]] = {}   # group -> groups it reads from
+        self._reads_cache: dict[tuple[int, ix.Index], frozenset[int]] = {}
 
     def is_realized(self, node_id: int) -> bool:
         return node_id in self.realized
@@ -102,7 +103,11 @@ class Planner:
                 continue  # scalars are computed once per program: never worth storing
             if n.op not in POINTWISE:
                 continue
-            found = reads(g, n, ix.domain_vars(n.shape, "i"), self.is_realized)
+            if len(users[n.id]) < 2:
+                continue  # not shared
+            # Past RECOMPUTE_OPS inlined ops a shared value is stored whatever its number of users: the
+            # walk stops there, so a chain of thousands of ops costs a bounded walk per node.
+            found = reads(g, n, ix.domain_vars(n.shape, "i"), self.is_realized, most=cost.RECOMPUTE_OPS + 1)
             if cost.should_store_shared(len(found.inline) + 1, len(users[n.id])):
                 self.realized.add(n.id)
 
@@ -153,15 +158,22 @@ class Planner:
         from dln.compiler.cost import nbytes
 
         env = self.env
-        found = reads(self.graph, n, domain.canonical(n.shape), self.is_realized)
+        found = self._memory_read(n.id, domain.canonical(n.shape))
         members = set(group.members)
         read_by_group: set[int] = set()
         for m in group.members:
-            mn = self.graph.node(m)
-            at = domain.canonical(mn.shape) or domain.vars()
-            read_by_group |= set(reads(self.graph, mn, at, self.is_realized).memory)
-        shared = [m for m in found.memory if m in members or m in read_by_group]
+            read_by_group |= self._memory_read(m, domain.canonical(self.graph.node(m).shape) or domain.vars())
+        shared = [m for m in found if m in members or m in read_by_group]
         return sum(nbytes(self.graph.node(m), env) for m in shared)
+
+    def _memory_read(self, node_id: int, at: ix.Index) -> frozenset[int]:
+        """The stored values node `node_id` reads at `at`; remembered, since grouping asks again for
+        every candidate (what is realized no longer changes once grouping starts)."""
+        key = (node_id, at)
+        if key not in self._reads_cache:
+            found = reads(self.graph, self.graph.node(node_id), at, self.is_realized)
+            self._reads_cache[key] = frozenset(found.memory)
+        return self._reads_cache[key]
 
     def depends_on(self, a: int, b: int) -> bool:
         """Does group `a` read, directly or through other kernels, from group `b`?"""

@@ -78,7 +78,7 @@ class _Worker:
         self.proc.wait()
 
 
-def run_cases(cases: Iterable[Case], jobs: int = 2, limit: float = 5.0) -> Iterator[Result]:
+def run_cases(cases: Iterable[Case], jobs: int = 2, limit: float = 15.0) -> Iterator[Result]:
     """Check every case; results come in the order the cases finish."""
     todo = iter(cases)
     with tempfile.TemporaryDirectory(prefix="dln-fuzz-") as scratch:
