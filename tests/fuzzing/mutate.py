@@ -147,17 +147,22 @@ UNICODE = ["é", "名", "🙂", "\u200f", "\u202e", "\x00", "\u0301", "ｘ", "\u
            "\x85", "ß", "\udcff"]
 
 
+def _insert_between(t: Tokens, rng: random.Random, text: str) -> str:
+    """Put `text` in a random gap between tokens (or after the last)."""
+    i = rng.randrange(len(t.words) + 1) if t.words else 0
+    if i == len(t.words):
+        t.tail += text
+    else:
+        t.space[i] += text
+    return f"inserted {text!r}"
+
+
 def unicode(t: Tokens, rng: random.Random) -> str:
     """Non-ASCII in an identifier or a string (or between tokens)."""
     ch = rng.choice(UNICODE)
     i = t.where(rng, lambda w: bool(_NAME.match(w)) or w.startswith('"'))
     if i is None or rng.random() < 0.2:
-        i = rng.randrange(len(t.words) + 1) if t.words else 0
-        if i == len(t.words):
-            t.tail += ch
-        else:
-            t.space[i] += ch
-        return f"inserted {ch!r}"
+        return _insert_between(t, rng, ch)
     w = t.words[i]
     at = rng.randrange(1, len(w)) if len(w) > 1 else 1
     if w.startswith('"'):
@@ -223,12 +228,7 @@ def random_bytes(t: Tokens, rng: random.Random) -> str:
     else:
         junk = "".join(chr(rng.choice([rng.randrange(32, 127), rng.randrange(0x80, 0x3000), rng.randrange(0, 32)]))
                        for _ in range(n))
-    i = rng.randrange(len(t.words) + 1) if t.words else 0
-    if i == len(t.words):
-        t.tail += junk
-    else:
-        t.space[i] += junk
-    return f"inserted {junk!r}"
+    return _insert_between(t, rng, junk)
 
 
 def insert(t: Tokens, rng: random.Random) -> str:
