@@ -92,10 +92,7 @@ def _named_inputs(model, spec: BuiltModel, args: tuple, kwargs: dict[str, Any]) 
         raise DlnError(Diagnostic("E0701", f"model {model.name} has {len(names)} input(s), got {len(args)} "
                                            "positional arguments", where, (Note(f"inputs: {', '.join(names)}"),)))
     inputs = dict(zip(names, args))
-    for name, value in kwargs.items():
-        if name not in names:
-            raise DlnError(Diagnostic("E0701", f"model {model.name} has no input '{name}'", where,
-                                      (Note(f"inputs: {', '.join(names) or 'none'}"),)))
+    for name, value in kwargs.items():   # unknown names: Model.feeds says so, as for model(...)
         if name in inputs:
             raise DlnError(Diagnostic("E0701", f"input '{name}' is given twice, by position and by name", where))
         inputs[name] = value
@@ -129,7 +126,7 @@ def _vjp_graph(spec: BuiltModel, forward: Graph) -> Graph:
         out = b.tensor(node_id)
         if not out.dtype.is_float:
             continue
-        cot = b.input(f"cot:{name}", out.type, "input")
+        cot = b.input(f"cot:{name}", out.type, "cotangent")  # fed by autograd, not one of the model's inputs
         term = b.sum(b.mul(out, cot))
         total = term if total is None else b.add(total, term)
     graph = b.finish(spec.graph.outputs)
@@ -145,26 +142,14 @@ def _run(model, cache: dict, spec: BuiltModel, graph: Graph, params, inputs, rng
     tensors of their own (on the backend's device), which autograd may keep."""
     import torch
 
-    from dln.runtime import binding
-
     prepared = cache.get(id(graph))
     if prepared is None or prepared[0] is not graph:
         prepared = cache[id(graph)] = (graph, model.backend.prepare(graph, {}, {}))
     needed = {n.attrs["name"] for n in graph.nodes if n.op is Op.INPUT}
-    infos = {i.name: i for i in spec.inputs}
-    for name in sorted(needed & infos.keys() - inputs.keys()):
-        raise DlnError(Diagnostic("E0701", f"missing input '{name}'", infos[name].span))
-    gives_size = {k for k in inputs if any(str(d) in graph.symbols() for d in infos[k].type.shape)}
-    arrays = {k: binding.convert(infos[k], v) for k, v in inputs.items() if k in needed | gives_size}
-    env = binding.bind([infos[k] for k in arrays], arrays, graph.constraints)
-    unknown = graph.symbols() - env.keys()
-    if unknown:
-        givers = [i.name for i in spec.inputs if any(str(d) in unknown for d in i.type.shape)]
-        raise DlnError(Diagnostic("E0701", f"dimension {', '.join(sorted(unknown))} is unknown: pass input "
-                                           f"{' or '.join(repr(g) for g in givers) or '?'}", spec.decl.name.span))
+    feeds, env = model.feeds(spec, graph, inputs)   # the model's inputs, checked as model(...) checks them
     numpy = model.backend.name == "numpy"
-    tensors = {k: v for k, v in {**params, **extra}.items() if k in needed}
-    feeds = {**{k: v for k, v in arrays.items() if k in needed}, **{k: v.detach().numpy() if numpy else v.detach() for k, v in tensors.items()}}
+    feeds.update({k: v.detach().numpy() if numpy else v.detach() for k, v in {**params, **extra}.items()
+                  if k in needed})
     if "rng.seed" in needed:
         feeds["rng.seed"], feeds["rng.step"] = np.array(rng[0]), np.array(rng[1])
     out = prepared[1].run(feeds, env)
