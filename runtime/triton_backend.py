@@ -141,7 +141,7 @@ class TritonExecutable:
         bufs: dict[str, Any] = dict(self.persistent)
         for name, value in feeds.items():
             if isinstance(value, np.ndarray):
-                value = torch.from_numpy(np.ascontiguousarray(value))
+                value = torch.from_numpy(_contiguous(value))
             bufs[name] = value.to(self.backend.device, self.input_dtypes.get(name, value.dtype))
         for names in self.generated.persistent_arenas:
             tensors = [self.persistent[n] for n in names]
