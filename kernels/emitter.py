@@ -252,12 +252,17 @@ class Emitter:
             self.line(f"{name} = tl.load({p.name} + {self.offset(p, index)})  # %{node_id}")
         else:
             m = (mask or self.mask) + bounds
-            address = f"{p.name} + {self.offset(p, index)}"
-            if not _varies(flat, through_loads=True):  # one gathered element: lane-wide, as the mask is
-                address = f"tl.broadcast_to({address}, {self.block_shape})"
             extra = f", other={other}" if other is not None else ""
-            self.line(f"{name} = tl.load({address}, mask={m}{extra})  # %{node_id}")
+            self.line(f"{name} = tl.load({self.address(p, index)}, mask={m}{extra})  # %{node_id}")
         return name
+
+    def address(self, p: Pointer, index: ix.Index) -> str:
+        """Where `index` of `p` lies, for a masked access: lane-wide when every lane reaches the same
+        element (a gathered one), since a lane-wide mask cannot guard a scalar address."""
+        address = f"{p.name} + {self.offset(p, index)}"
+        if not _varies((ix.linear(index, p.shape),), through_loads=True):
+            address = f"tl.broadcast_to({address}, {self.block_shape})"
+        return address
 
     def in_bounds(self, index: ix.Index, shape) -> str:
         """For indices read from a tensor (gather): ` & (i >= 0) & (i < n)`, so a bad index loads

@@ -477,11 +477,7 @@ def scatter(plan: FusionPlan, group: Group, k: int) -> KernelSource:
     target[node.attrs["axis"]] = ix.Load(index_node, at)
     out = pointers[node.id]
     bounds = em.in_bounds(tuple(target), g.node(node.id).shape)
-    address = f"{out.name} + {em.offset(out, tuple(target))}"
-    if all(d == 1 for d in shape):  # one element: a lane-wide address and value for the lane-wide mask
-        address = f"tl.broadcast_to({address}, [BLOCK])"
-        v = f"tl.broadcast_to({v}, [BLOCK])"
-    em.line(f"tl.atomic_add({address}, {v}, mask=mask{bounds})  # %{node.id} "
+    em.line(f"tl.atomic_add({em.address(out, tuple(target))}, {v}, mask=mask{bounds})  # %{node.id} "
             "scatter_add")
     grid = [f"triton.cdiv({render_dim(total)}, meta['BLOCK'])"]
     return _finish(group.name, "scatter", em, pointers, ["BLOCK"], grid, _docstring(plan, group), {"n": total},
