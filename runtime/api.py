@@ -324,7 +324,8 @@ def train(source: str | Path, backend: str | None = None, max_nodes: int = DEFAU
     if overrides.get("log") is not None and not callable(overrides["log"]):
         raise DlnError(Diagnostic("E0710", f"argument log must be a function of one string, got "
                                            f"{_kind(overrides['log'])}"))
-    return train_file(source, backend=backend, **overrides)
+    _check_limits(max_nodes, max_unroll)
+    return train_file(source, backend=backend, limits=Limits(max_nodes, max_unroll), **overrides)
 
 
 # dln.train's own keyword arguments (the rest are train settings, checked by the recipe, and

@@ -39,6 +39,19 @@ def test_max_unroll_is_an_option_of_compile():
     assert dln.compile(LOOP, backend="numpy", max_unroll=30).name == "m"
 
 
+def test_the_limits_are_options_of_train(tmp_path):
+    import numpy as np
+
+    np.savez(tmp_path / "d.npz", x=np.ones((6, 4), np.float32))
+    source = LOOP.replace("output h", "loss = mean(h)\n    output h") + \
+        f'train m {{ data = npz("{tmp_path / "d.npz"}")  epochs = 1  minimize loss }}\n'
+    for limit in ({"max_unroll": 29}, {"max_nodes": 50}):
+        with pytest.raises(dln.DlnError) as info:
+            dln.train(source, backend="numpy", progress=False, **limit)
+        assert info.value.diagnostics[0].code == "E0312", limit
+    assert dln.train(source, backend="numpy", progress=False, max_unroll=30).epochs
+
+
 def test_a_graph_past_max_nodes_stops_at_the_line_that_grew_it():
     err = _error(LOOP, max_nodes=50)
     (d,) = err.diagnostics   # once, not once per remaining iteration
