@@ -12,15 +12,15 @@ from __future__ import annotations
 import datetime
 import os
 
+import numpy as np
 import pytest
 
+import dln
 from dln.compiler.builtins import BUILTINS
 from dln.compiler.ir import Op
 
 from .cases import GENERATORS
-from .harness import check_against_torch, check_backends
-
-import numpy as np
+from .harness import check_against_torch, check_backends, out_shape, source, used_ops
 
 
 def _seeds() -> list[int]:
@@ -70,10 +70,6 @@ def test_generators_only_name_builtins_and_operators():
 def test_every_primitive_is_reached():
     """Every op of the IR appears in the graphs of the cases (a few seeds, so that each generator's
     variants show), as built or as prepared to run forward or backward."""
-    import dln
-
-    from .harness import out_shape, source
-
     seen: set[Op] = set()
     for name in GENERATORS:
         for seed in range(3):
@@ -84,6 +80,5 @@ def test_every_primitive_is_reached():
             with np.errstate(all="ignore"):
                 model.run(["y"], training=case.torch_fn is None, **case.inputs)
                 model.value_and_grad("loss", **case.inputs, cot=np.zeros(shape))
-            graphs = [model.spec.graph, model.train_spec.graph] + [g for g, _ in model._prepared.values()]
-            seen |= {n.op for graph in graphs for n in graph.nodes}
+            seen |= used_ops(model)
     assert sorted(set(Op) - seen, key=str) == []
