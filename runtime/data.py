@@ -4,8 +4,9 @@ Every data set is a dict of named arrays sharing their first axis; arrays
 are matched to model inputs by name (a train section's `inputs = {...}`
 renames).  The first axis holds the examples, which training shuffles and
 batches, unless an input holds the data axis on several axes (a graph's
-`adj: f32[N, N]`): then the whole data set is one example (`whole_example`).  The built-in sets come from scikit-learn's bundled copies, so
-nothing is downloaded.
+`adj: f32[N, N]`): then the whole data set is one example (`whole_example`).
+The built-in sets come from scikit-learn's bundled copies, so nothing is
+downloaded.
 
 | name | arrays |
 | --- | --- |
