@@ -16,7 +16,8 @@ from typing import Callable, Sequence
 
 from dln.compiler.emit import GraphBuilder, Tensor
 from dln.compiler.ir import Graph, GroupOp, Node, Op, Phase
-from dln.compiler.symbolic import Dim
+from dln.compiler.shapes import conv_transpose_size
+from dln.compiler.symbolic import Dim, Shape
 from dln.dsl.diagnostics import Diagnostic, DlnError
 
 Cotangents = Sequence["Tensor | None"]
@@ -295,6 +296,49 @@ def _scatter_add(b, n, g, xs, out):
 def _matmul(b, n, g, xs, out):
     x, y = xs
     return [b.matmul(g, b.transpose(y)), b.matmul(b.transpose(x), g)]
+
+
+# Each convolution op is bilinear and its two adjoints are the other two ops, so the set closes under
+# differentiation (a gradient of a gradient is again a convolution).
+
+def _conv_geometry(n: Node) -> dict:
+    return {k: n.attrs[k] for k in ("stride", "padding", "dilation", "groups")}
+
+
+def _output_padding(n: Node, size: Shape, out: Shape, kernel: Shape) -> tuple[int, ...]:
+    """What conv_transpose must add to turn `out` back into `size`: the rows past the last window."""
+    extra = []
+    for a, (s, o, k) in enumerate(zip(size, out, kernel)):
+        e = s - conv_transpose_size(o, k, n.attrs["stride"][a], n.attrs["padding"][a], n.attrs["dilation"][a], 0)
+        assert isinstance(e, int), f"a symbolic output padding {e}"
+        extra.append(e)
+    return tuple(extra)
+
+
+@vjp(Op.CONV)
+def _conv(b, n, g, xs, out):
+    x, w = xs
+    geometry = _conv_geometry(n)
+    pad = _output_padding(n, x.shape[2:], g.shape[2:], w.shape[2:])
+    return [b.emit(Op.CONV_TRANSPOSE, (g, w), {**geometry, "output_padding": pad}),
+            b.emit(Op.CONV_WEIGHT, (x, g), {**geometry, "kernel": tuple(w.shape[2:])})]
+
+
+@vjp(Op.CONV_TRANSPOSE)
+def _conv_transpose(b, n, g, xs, out):
+    y, w = xs
+    geometry = _conv_geometry(n)
+    return [b.emit(Op.CONV, (g, w), geometry),
+            b.emit(Op.CONV_WEIGHT, (g, y), {**geometry, "kernel": tuple(w.shape[2:])})]
+
+
+@vjp(Op.CONV_WEIGHT)
+def _conv_weight(b, n, g, xs, out):
+    x, dy = xs
+    geometry = _conv_geometry(n)
+    pad = _output_padding(n, x.shape[2:], dy.shape[2:], g.shape[2:])
+    return [b.emit(Op.CONV_TRANSPOSE, (dy, g), {**geometry, "output_padding": pad}),
+            b.emit(Op.CONV, (x, g), geometry)]
 
 
 def missing_rules() -> list[Op]:

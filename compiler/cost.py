@@ -22,6 +22,12 @@ def flops(graph: Graph, n: Node, env: Mapping[str, int]) -> int:
     if n.op is Op.MATMUL:
         a = graph.node(n.inputs[0])
         return 2 * size(n.shape, env) * int(evaluate(a.shape[-1], env))
+    if n.op in GroupOp.Convolution:
+        # every element of the conv's output is a dot product over one group's window: in/groups * prod(K)
+        out, weight = {Op.CONV: (n, n.inputs[1]), Op.CONV_TRANSPOSE: (n.inputs[0], n.inputs[1]),
+                       Op.CONV_WEIGHT: (n.inputs[1], n)}[n.op]
+        out, weight = (graph.node(v) if isinstance(v, int) else v for v in (out, weight))
+        return 2 * size(out.shape, env) * size(weight.shape[1:], env)
     if n.op in GroupOp.Elementwise and n.op not in (Op.CAST, Op.DETACH):
         return size(n.shape, env)
     if n.op in GroupOp.Reduce:

@@ -133,6 +133,14 @@ class Op(enum.Enum):
 
     # -- contraction
     MATMUL = "matmul"        # [..., M, K] @ [..., K, N], equal batch dims
+    # Convolution over the axes after the first two; attrs: stride, dilation (one int per spatial axis),
+    # padding ((lo, hi) zeros per spatial axis), groups.  The three ops close under differentiation.
+    CONV = "conv"            # conv(x [B, Ci, *S], w [Co, Ci/groups, *K]) -> [B, Co, *O]: torch's convolution
+    #                          (a cross-correlation), O = (S + lo + hi - dilation*(K - 1) - 1) // stride + 1
+    CONV_TRANSPOSE = "conv_transpose"  # the adjoint of conv in x: (y [B, Co, *O], w) -> [B, Ci, *S];
+    #                          attrs also output_padding: the rows of S past the last window
+    CONV_WEIGHT = "conv_weight"  # the adjoint of conv in w: (x [B, Ci, *S], dy [B, Co, *O]) -> w's shape;
+    #                          attrs also kernel (K)
 
     def __str__(self) -> str:
         return self.value
@@ -153,7 +161,8 @@ class GroupOp:
     Reduce = frozenset({Op.SUM, Op.MAX, Op.MIN, Op.ARGMAX})
     Movement = frozenset({Op.RESHAPE, Op.BROADCAST, Op.PERMUTE, Op.SLICE, Op.PAD, Op.CONCAT})
     Indexing = frozenset({Op.GATHER, Op.SCATTER_ADD})
-    Contraction = frozenset({Op.MATMUL})
+    Convolution = frozenset({Op.CONV, Op.CONV_TRANSPOSE, Op.CONV_WEIGHT})
+    Contraction = frozenset({Op.MATMUL}) | Convolution
     Random = frozenset({Op.RAND})
     Commutative = frozenset({Op.ADD, Op.MUL, Op.MAXIMUM, Op.MINIMUM, Op.EQ, Op.NE, Op.AND, Op.OR})
 

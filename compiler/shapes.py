@@ -286,5 +286,92 @@ def _matmul(cx, types, attrs):
     return TensorType(a.dtype, batch + (a.shape[-2], b.shape[-1]))
 
 
+# ---- convolution ---------------------------------------------------------------------------------
+
+def conv_output_size(size: Dim, kernel: int, stride: int, pad: tuple[int, int], dilation: int) -> Dim:
+    """torch's output length: (size + lo + hi - dilation * (kernel - 1) - 1) // stride + 1."""
+    span = size + pad[0] + pad[1] - dilation * (kernel - 1)
+    if stride == 1:
+        return span
+    if isinstance(span, int):
+        return (span - 1) // stride + 1
+    raise ShapeError("E0207", f"a convolution with stride {stride} over a symbolic length {size} is not supported")
+
+
+def conv_transpose_size(size: Dim, kernel: int, stride: int, pad: tuple[int, int], dilation: int,
+                        output_padding: int) -> Dim:
+    """The length a transposed convolution makes of `size`: the conv length rule solved for the input."""
+    return (size - 1) * stride - pad[0] - pad[1] + dilation * (kernel - 1) + 1 + output_padding
+
+
+def _conv_attrs(attrs: Attrs, x: TensorType, what: str) -> int:
+    rank = len(attrs["stride"])
+    if x.rank != rank + 2:
+        raise ShapeError("E0202", f"{what} over {rank} axes needs [B, C, {rank} sizes], got {_fmt(x)}")
+    return rank
+
+
+def _conv_channels(cx, x_channels: Dim, w: TensorType, groups: int, what: str) -> None:
+    cx.unify(x_channels, w.shape[1] * groups, "E0201",
+             f"{what}: {x_channels} input channels, but the weight {_fmt(w)} takes {w.shape[1]} per group "
+             f"x {groups} group{'s' if groups != 1 else ''}")
+
+
+def _positive_length(cx, n: Dim, what: str) -> None:
+    cx.at_most(1, n, "E0209", f"{what}: the window is larger than the padded input")
+
+
+@rule(Op.CONV)
+def _conv(cx, types, attrs):
+    x, w = types
+    rank = _conv_attrs(attrs, x, "conv")
+    if w.rank != x.rank or x.dtype is not w.dtype:
+        raise ShapeError("E0206", f"conv needs an input and a weight of one type and rank: {_fmt(x)}, {_fmt(w)}")
+    _conv_channels(cx, x.shape[1], w, attrs["groups"], "conv")
+    out = []
+    for a in range(rank):
+        n = conv_output_size(x.shape[2 + a], w.shape[2 + a], attrs["stride"][a], attrs["padding"][a],
+                             attrs["dilation"][a])
+        _positive_length(cx, n, "conv")
+        out.append(n)
+    return TensorType(x.dtype, (x.shape[0], w.shape[0], *out))
+
+
+@rule(Op.CONV_TRANSPOSE)
+def _conv_transpose(cx, types, attrs):
+    y, w = types
+    rank = _conv_attrs(attrs, y, "conv_transpose")
+    if w.rank != y.rank or y.dtype is not w.dtype:
+        raise ShapeError("E0206", f"conv_transpose needs an input and a weight of one type and rank: "
+                                  f"{_fmt(y)}, {_fmt(w)}")
+    cx.unify(y.shape[1], w.shape[0], "E0201", f"conv_transpose: {y.shape[1]} input channels, but the weight "
+                                              f"{_fmt(w)} takes {w.shape[0]}")
+    out = []
+    for a in range(rank):
+        n = conv_transpose_size(y.shape[2 + a], w.shape[2 + a], attrs["stride"][a], attrs["padding"][a],
+                                attrs["dilation"][a], attrs["output_padding"][a])
+        _positive_length(cx, n, "conv_transpose")
+        out.append(n)
+    return TensorType(y.dtype, (y.shape[0], w.shape[1] * attrs["groups"], *out))
+
+
+@rule(Op.CONV_WEIGHT)
+def _conv_weight(cx, types, attrs):
+    x, dy = types
+    rank = _conv_attrs(attrs, x, "conv_weight")
+    if dy.rank != x.rank or x.dtype is not dy.dtype:
+        raise ShapeError("E0206", f"conv_weight needs operands of one type and rank: {_fmt(x)}, {_fmt(dy)}")
+    groups, kernel = attrs["groups"], attrs["kernel"]
+    cx.unify(x.shape[0], dy.shape[0], "E0201", f"conv_weight: batches differ: {_fmt(x)} and {_fmt(dy)}")
+    for a in range(rank):
+        n = conv_output_size(x.shape[2 + a], kernel[a], attrs["stride"][a], attrs["padding"][a],
+                             attrs["dilation"][a])
+        cx.unify(dy.shape[2 + a], n, "E0201", f"conv_weight: {_fmt(dy)} is not the output of {_fmt(x)}")
+    for what, c in (("input", x.shape[1]), ("output", dy.shape[1])):
+        if isinstance(c, int) and c % groups:
+            raise ShapeError("E0201", f"conv_weight: {c} {what} channels do not split into {groups} groups")
+    return TensorType(x.dtype, (dy.shape[1], x.shape[1] // groups, *kernel))
+
+
 def missing_rules() -> list[Op]:
     return [op for op in Op if op not in SHAPE_RULES]

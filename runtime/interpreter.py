@@ -26,6 +26,7 @@ from dln.compiler.ir import Graph, GroupOp, Node, Op
 from dln.dsl.diagnostics import Diagnostic, DlnError
 from dln.runtime.checks import check_sizes
 from dln.runtime.init import physical_memory
+from dln.runtime.numpy_conv import PREPARED
 from dln.runtime.numpy_ops import IMPLS, REDUCTIONS, UFUNCS, VIEW_OPS, concrete_shape, np_dtype
 
 
@@ -206,4 +207,7 @@ def _bind(n: Node, args: list[np.ndarray], out: np.ndarray, env: dict[str, Any])
     reduce = REDUCTIONS.get(n.op)
     if reduce is not None:
         return functools.partial(reduce, args[0], axis=n.attrs["axes"], keepdims=n.attrs["keepdim"], out=out)
+    prepare = PREPARED.get(n.op)
+    if prepare is not None:
+        return prepare(n, args, out, env)
     return functools.partial(IMPLS[n.op], n, args, out, env)

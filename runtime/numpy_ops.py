@@ -248,3 +248,7 @@ def _scatter_add(node, args, out, env):
     where[axis] = index
     np.add.at(out, tuple(where), src)
     return out
+
+
+# The convolutions: a module of their own (window views, GEMMs, buffers prepared once per plan).
+from dln.runtime import numpy_conv  # noqa: E402,F401

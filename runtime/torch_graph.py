@@ -50,6 +50,34 @@ def torch_table() -> dict[Op, Callable]:
         u = philox.uniform(int(a[0]) & 0xFFFFFFFFFFFFFFFF, n.attrs["stream"], int(a[1]), _shape(n, env))
         return torch.from_numpy(u).to(dtypes[n.dtype])
 
+    def conv_pad(n, x):
+        flat = [int(v) for lo, hi in reversed(n.attrs["padding"]) for v in (lo, hi)]
+        return F.pad(x, flat) if any(flat) else x
+
+    def geometry(n):
+        return {"stride": n.attrs["stride"], "dilation": n.attrs["dilation"], "groups": n.attrs["groups"]}
+
+    convs = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+    transposed = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
+    weights = {1: torch.nn.grad.conv1d_weight, 2: torch.nn.grad.conv2d_weight, 3: torch.nn.grad.conv3d_weight}
+
+    def conv(n, a, env):
+        return convs[len(n.attrs["stride"])](conv_pad(n, a[0]), a[1], **geometry(n))
+
+    def conv_transpose(n, a, env):
+        # torch pads both sides alike: transpose unpadded, then cut the padded frame [lo, lo + size).
+        full = transposed[len(n.attrs["stride"])](a[0], a[1], **geometry(n))
+        size = _shape(n, env)[2:]
+        grow = [v for lo, n_, f in reversed(list(zip((p[0] for p in n.attrs["padding"]), size, full.shape[2:])))
+                for v in (0, max(0, int(lo) + n_ - f))]
+        full = F.pad(full, grow) if any(grow) else full
+        index = (slice(None), slice(None)) + tuple(slice(int(p[0]), int(p[0]) + s)
+                                                   for p, s in zip(n.attrs["padding"], size))
+        return full[index]
+
+    def conv_weight(n, a, env):
+        return weights[len(n.attrs["stride"])](conv_pad(n, a[0]), _shape(n, env), a[1], **geometry(n))
+
     table: dict[Op, Callable] = {
         Op.CONST: lambda n, a, env: torch.full(_shape(n, env), n.attrs["value"], dtype=dtypes[n.dtype]),
         Op.IOTA: lambda n, a, env: torch.arange(_shape(n, env)[0], dtype=dtypes[n.dtype]),
@@ -81,6 +109,7 @@ def torch_table() -> dict[Op, Callable]:
         Op.SCATTER_ADD: lambda n, a, env: torch.zeros(_shape(n, env), dtype=a[1].dtype).scatter_add(
             n.attrs["axis"], a[0], a[1]),
         Op.MATMUL: binary(torch.matmul),
+        Op.CONV: conv, Op.CONV_TRANSPOSE: conv_transpose, Op.CONV_WEIGHT: conv_weight,
     }
     return table
 

@@ -494,6 +494,57 @@ def _gen_gcn_conv(rng):
                 {"x": normal(rng, (n, features))}, {"adj": a * d[:, None] * d[None, :]})
 
 
+def _conv_geometry(rng, rank: int, transposed: bool = False) -> dict:
+    """Kernel, stride, padding, dilation and groups for a random convolution, as torch spells them."""
+    pick = lambda options: tuple(int(rng.choice(options)) for _ in range(rank))  # noqa: E731
+    kernel, stride, dilation = pick((1, 2, 3, 5)), pick((1, 1, 2, 3)), pick((1, 1, 2))
+    padding = tuple(int(rng.integers(0, d * (k - 1) // 2 + 1)) if transposed else int(rng.integers(0, 3))
+                    for k, d in zip(kernel, dilation))
+    return {"kernel": kernel, "stride": stride, "padding": padding, "dilation": dilation,
+            "groups": int(rng.choice((1, 1, 2, 3)))}
+
+
+def _tuple(v: tuple[int, ...]) -> str:
+    return str(v[0]) if len(v) == 1 else f"({', '.join(map(str, v))})"
+
+
+def _gen_conv(rank: int):
+    def gen(rng):
+        geo = _conv_geometry(rng, rank)
+        g = geo["groups"]
+        c_in, out = g * int(rng.choice((1, 2, 3))), g * int(rng.choice((1, 2, 3)))
+        reach = [d * (k - 1) + 1 - 2 * p for k, d, p in zip(geo["kernel"], geo["dilation"], geo["padding"])]
+        sizes = tuple(max(1, r) + int(rng.integers(0, 7)) for r in reach)
+        bias = bool(rng.random() < 0.7)
+        same = rank == 2 and all(s == 1 for s in geo["stride"]) and rng.random() < 0.3
+        padding = '"same"' if same else _tuple(geo["padding"])
+        layer = "conv1d" if rank == 1 else "conv2d"
+        f = F.conv1d if rank == 1 else F.conv2d
+        body = (f"y = x -> {layer}({out}, kernel = {_tuple(geo['kernel'])}, stride = {_tuple(geo['stride'])}, "
+                f"padding = {padding}, dilation = {_tuple(geo['dilation'])}, groups = {g}, "
+                f"bias = {str(bias).lower()})")
+        torch_padding = "same" if same else geo["padding"]
+        return Case(body, lambda t: f(t["x"], t["y.weight"], t["y.bias"] if bias else None, geo["stride"],
+                                      torch_padding, geo["dilation"], g),
+                    {"x": normal(rng, (int(rng.choice((1, 2, 3))), c_in) + sizes)})
+    return gen
+
+
+def _gen_conv_transpose2d(rng):
+    geo = _conv_geometry(rng, 2, transposed=True)
+    g = geo["groups"]
+    c_in, out = g * int(rng.choice((1, 2, 3))), g * int(rng.choice((1, 2)))
+    extra = tuple(int(rng.integers(0, s)) for s in geo["stride"])
+    sizes = tuple(int(rng.choice((1, 2, 3, 5))) for _ in range(2))
+    bias = bool(rng.random() < 0.7)
+    body = (f"y = x -> conv_transpose2d({out}, kernel = {_tuple(geo['kernel'])}, stride = {_tuple(geo['stride'])}, "
+            f"padding = {_tuple(geo['padding'])}, output_padding = {_tuple(extra)}, groups = {g}, "
+            f"dilation = {_tuple(geo['dilation'])}, bias = {str(bias).lower()})")
+    return Case(body, lambda t: F.conv_transpose2d(t["x"], t["y.weight"], t["y.bias"] if bias else None,
+                                                   geo["stride"], geo["padding"], extra, g, geo["dilation"]),
+                {"x": normal(rng, (int(rng.choice((1, 2))), c_in) + sizes)})
+
+
 def _gen_global_avgpool(rng):
     shape = dims(rng, 4)
     return Case("y = global_avgpool(x)", lambda t: t["x"].mean((2, 3)), {"x": normal(rng, shape)})
@@ -615,7 +666,8 @@ GENERATORS: dict[str, Callable[[np.random.Generator], Case]] = {
     "matmul": _gen_matmul("matmul"),
     # layers
     "linear": _gen_linear, "layernorm": _gen_layernorm, "embedding": _gen_embedding, "gcn_conv": _gen_gcn_conv,
-    "global_avgpool": _gen_global_avgpool,
+    "global_avgpool": _gen_global_avgpool, "conv1d": _gen_conv(1), "conv2d": _gen_conv(2),
+    "conv_transpose2d": _gen_conv_transpose2d,
     # losses
     "cross_entropy": _gen_cross_entropy, "nll": _gen_nll, "hinge": _gen_hinge, "kl_div": _gen_kl_div,
     "mse": _gen_pointwise_loss("mse", lambda x, z, r: F.mse_loss(x, z, reduction=r)),
