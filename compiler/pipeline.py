@@ -2,7 +2,8 @@
 
     text ──parse──► AST ──load──► Program (the file and its imports)
          ──build_model──► BuiltModel: typed graph, shapes inferred, parameters named
-         ──forward_graph──► the graph of the requested values, optimized
+         ──forward_graph──► the graph of the requested values, optimized (in evaluation mode,
+                            per-channel affine maps folded into the conv or matmul before them)
          ──train_step──► forward + backward + optimizer update, optimized
          ──(kernels)──► fusion plan and Triton source, in dln.kernels
 
@@ -19,6 +20,7 @@ from dln.compiler.passes.cse import cse
 from dln.compiler.passes.dce import dce
 from dln.compiler.passes.detach import strip_detach
 from dln.compiler.passes.fold import fold
+from dln.compiler.passes.fold_affine import fold_affine
 from dln.compiler.passes.verify import verify
 from dln.compiler.program import load
 from dln.compiler.recipe import Objective
@@ -61,8 +63,11 @@ def forward_graph(model: BuiltModel, outputs: Sequence[str] | None = None, debug
             pairs.append((name, model.values[name]))
         else:
             pairs.append((name, model.metrics[name]))
-    g = model.graph.with_outputs(pairs)
-    return optimize(g, debug)
+    g = optimize(model.graph.with_outputs(pairs), debug)
+    if not model.training:
+        # Evaluation: batch norm (any per-channel scale and shift) moves into the weights before it.
+        g = optimize(fold_affine(g), debug)
+    return g
 
 
 def train_step(model: BuiltModel, objective: Objective, clip_grad: float | None = None,
