@@ -744,7 +744,8 @@ model m() {
 ALL_CASES = ELEMENTWISE + REDUCTIONS + SHAPES + INDEXING + MATMUL + LOSSES + LOSS_EDGES
 # Layers and the random built-ins are tested by the functions above.
 TESTED_BY_FUNCTIONS = {"linear", "layernorm", "embedding", "gcn_conv", "global_avgpool", "dropout", "rand_like",
-                       "randn_like", "bernoulli"}
+                       "randn_like", "bernoulli",
+                       "conv1d", "conv2d", "conv_transpose2d"}   # tests/runtime/test_conv.py
 
 
 def test_every_available_builtin_is_covered():

@@ -424,6 +424,35 @@ def test_matmul(case):
 
 
 # ---- composites: several ops, one input used many times ---------------------------------------------------------
+def _conv_weight_torch(x, dy, kernel, stride, padding):
+    """torch's weight gradient of F.conv2d, differentiable again (conv is linear in the weight)."""
+    w = torch.zeros((dy.shape[1], x.shape[1]) + kernel, dtype=x.dtype, requires_grad=True)
+    y = torch.nn.functional.conv2d(x, w, None, stride, padding)
+    return torch.autograd.grad(y, w, dy, create_graph=True)[0]
+
+
+CONVOLUTION = [
+    Case("conv2d_strided_grouped_asymmetric", {"x": normal((2, 4, 9, 8)), "w": normal((6, 2, 3, 2))},
+         lambda b, x, w: b.emit(Op.CONV, (x, w), {"stride": (2, 1), "padding": ((1, 1), (0, 2)),
+                                                  "dilation": (1, 2), "groups": 2}),
+         lambda x, w: torch.nn.functional.conv2d(torch.nn.functional.pad(x, (0, 2, 1, 1)), w, None, (2, 1), 0,
+                                                 (1, 2), 2)),
+    Case("conv_transpose1d_grouped", {"y": normal((2, 6, 5)), "w": normal((6, 2, 3))},
+         lambda b, y, w: b.emit(Op.CONV_TRANSPOSE, (y, w), {"stride": (2,), "padding": ((1, 1),), "dilation": (1,),
+                                                            "groups": 3, "output_padding": (1,)}),
+         lambda y, w: torch.nn.functional.conv_transpose1d(y, w, None, 2, 1, 1, 3)),
+    Case("conv_weight2d", {"x": normal((2, 3, 7, 6)), "dy": normal((2, 4, 3, 5))},
+         lambda b, x, dy: b.emit(Op.CONV_WEIGHT, (x, dy), {"stride": (2, 1), "padding": ((0, 0), (1, 1)),
+                                                           "dilation": (1, 1), "groups": 1, "kernel": (3, 4)}),
+         lambda x, dy: _conv_weight_torch(x, dy, (3, 4), (2, 1), (0, 1))),
+]
+
+
+@pytest.mark.parametrize("case", CONVOLUTION, ids=ids(CONVOLUTION))
+def test_convolution(case):
+    check(case)
+
+
 COMPOSITES = [
     Case("fan_out", {"x": normal(S3)},
          lambda b, x: b.mul(b.unary(Op.TANH, x), b.add(b.unary(Op.SIN, x), b.sum(x, 1, keepdim=True))),
@@ -515,7 +544,7 @@ def test_unreached_input_has_no_gradient():
 
 # ---- every differentiable primitive is exercised above ----------------------------------------------------------
 GRADIENT_CASES = (UNARY + KINKS + BINARY + BROADCASTING + WHERE + REDUCTIONS + REDUCTION_TIES + MOVEMENT + CONCAT
-                  + INDEXING + MATMUL + COMPOSITES)
+                  + INDEXING + MATMUL + CONVOLUTION + COMPOSITES)
 
 
 def test_every_primitive_with_a_gradient_is_covered():

@@ -1,0 +1,228 @@
+"""LeNet on 1x28x28, batch 64, Adam: the convolution benchmark.
+
+* CPU step time: the NumPy backend's training step (forward, backward,
+  update) against PyTorch eager's, **each in its own process**: two thread
+  pools in one process (OpenBLAS's and PyTorch's OpenMP) spin against each
+  other on a small machine and distort both sides.  The two processes take
+  turns (one round of steps each, the other waiting on a pipe); the result
+  is the median of the per-round means, with the spread and the load.
+* Kernels and memory traffic per step: the Triton backend's fusion plan
+  (kernel count, modeled HBM bytes) against PyTorch eager's operators and
+  bytes, and torch.compile's kernels for forward + backward.
+
+    .venv/bin/python benchmarks/lenet.py [--rounds 15] [--steps 10] [--no-kernels]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+BATCH = 64
+NAMES = ("h.conv2d_0", "h.conv2d_1", "logits.linear_0", "logits.linear_1", "logits.linear_2")
+
+
+def _data():
+    rng = np.random.default_rng(0)
+    return rng.random((BATCH, 1, 28, 28), dtype=np.float32), rng.integers(0, 10, BATCH)
+
+
+def _initial_weights() -> dict[str, np.ndarray]:
+    import dln
+
+    return dln.compile(str(HERE / "lenet.dln"), backend="numpy", seed=0).parameters()
+
+
+def dln_step():
+    import dln
+    from dln.compiler import pipeline
+    from dln.runtime.train import default_objective
+
+    model = dln.compile(str(HERE / "lenet.dln"), backend="numpy", seed=0)
+    step = pipeline.train_step(model.train_spec, default_objective(model))
+    states = {s.name: np.zeros(tuple(int(d) for d in s.type.shape), np.float32) for s in step.states}
+    exe = model.backend.prepare(step.graph, {**model._params, **states, "rng.step": np.array(0, np.int64)},
+                                step.donate)
+    x, y = _data()
+    count = [0]
+
+    def run() -> float:
+        count[0] += 1
+        out = exe.run({"images": x, "y": y, "lr": np.array(1e-3), "step": np.array(float(count[0]))}, {"B": BATCH})
+        return float(out["loss"])
+    return run
+
+
+def torch_net():
+    import torch
+
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 6, 5), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+        torch.nn.Conv2d(6, 16, 5), torch.nn.ReLU(), torch.nn.MaxPool2d(2), torch.nn.Flatten(),
+        torch.nn.Linear(256, 120), torch.nn.ReLU(), torch.nn.Linear(120, 84), torch.nn.ReLU(), torch.nn.Linear(84, 10))
+    weights = _initial_weights()
+    state = {}
+    for k, name in zip((0, 3, 7, 9, 11), NAMES):
+        for leaf in ("weight", "bias"):
+            state[f"{k}.{leaf}"] = torch.from_numpy(weights[f"{name}.{leaf}"])
+    net.load_state_dict(state)
+    return net
+
+
+def torch_step():
+    import torch
+
+    net = torch_net()
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    x, y = (torch.from_numpy(a) for a in _data())
+
+    def run() -> float:
+        opt.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(net(x), y)
+        loss.backward()
+        opt.step()
+        return float(loss.detach())
+    return run
+
+
+def child(side: str) -> None:
+    """Wait for a line, run that many steps, answer with the seconds per step; until stdin closes."""
+    import time
+
+    run = dln_step() if side == "dln" else torch_step()
+    first = run()
+    for _ in range(3):
+        run()
+    print(json.dumps({"first_loss": first}), flush=True)
+    for line in sys.stdin:
+        steps = int(line)
+        began = time.perf_counter()
+        for _ in range(steps):
+            run()
+        print(json.dumps({"seconds": (time.perf_counter() - began) / steps}), flush=True)
+
+
+def step_times(rounds: int, steps: int) -> dict:
+    procs = {side: subprocess.Popen([sys.executable, __file__, "--child", side], stdin=subprocess.PIPE,
+                                    stdout=subprocess.PIPE, text=True) for side in ("dln", "torch")}
+    first = {side: json.loads(p.stdout.readline())["first_loss"] for side, p in procs.items()}
+    times: dict[str, list[float]] = {side: [] for side in procs}
+    load_before = os.getloadavg()[0]
+    for _ in range(rounds):
+        for side, p in procs.items():         # one side at a time: the other waits on its pipe
+            p.stdin.write(f"{steps}\n")
+            p.stdin.flush()
+            times[side].append(json.loads(p.stdout.readline())["seconds"])
+    load_after = os.getloadavg()[0]
+    for p in procs.values():
+        p.stdin.close()
+        p.wait()
+    d, t = statistics.median(times["dln"]), statistics.median(times["torch"])
+    return {"dln_numpy_ms": round(d * 1e3, 3), "torch_eager_ms": round(t * 1e3, 3), "ratio": round(d / t, 3),
+            "dln_spread_ms": [round(min(times["dln"]) * 1e3, 3), round(max(times["dln"]) * 1e3, 3)],
+            "torch_spread_ms": [round(min(times["torch"]) * 1e3, 3), round(max(times["torch"]) * 1e3, 3)],
+            "first_losses": [round(first["dln"], 5), round(first["torch"], 5)], "rounds": rounds,
+            "steps_per_round": steps, "load_avg_1min_before_after": [round(load_before, 2), round(load_after, 2)],
+            "cpus": os.cpu_count()}
+
+
+def kernel_counts() -> dict:
+    """The Triton plan's kernels and modeled bytes; eager's operators and bytes; torch.compile's kernels."""
+    import torch
+    from torch._inductor.utils import run_and_get_code
+
+    import dln
+    from dln.compiler import pipeline
+    from dln.kernels.module import generate_module
+    from dln.kernels.report import kernel_costs
+    from dln.runtime.train import default_objective
+
+    sys.path.insert(0, str(HERE))
+    from fusion import _kernel_calls, _NO_DATA  # noqa: E402
+
+    model = dln.compile(str(HERE / "lenet.dln"), backend="numpy", seed=0)
+    step = pipeline.train_step(model.train_spec, default_objective(model))
+    generated = generate_module(step.graph, step.donate)
+    costs = kernel_costs(generated.plan, {"B": BATCH})
+    ours = {"kernels": len(costs), "bytes": sum(c.bytes for c in costs), "names": [c.name for c in costs]}
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_flatten
+
+    class Count(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops: list[tuple[str, int]] = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if func.overloadpacket.__name__ not in _NO_DATA:
+                tensors = [t for t in tree_flatten((args, kwargs, out))[0] if isinstance(t, torch.Tensor)]
+                self.ops.append((func.overloadpacket.__name__, sum(t.numel() * t.element_size() for t in tensors)))
+            return out
+
+    net = torch_net()
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3, foreach=True)
+    x, y = (torch.from_numpy(a) for a in _data())
+    for _ in range(2):
+        opt.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(net(x), y).backward()
+        opt.step()
+    with Count() as eager:
+        opt.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(net(x), y).backward()
+        opt.step()
+    eager_counts = {"ops": len(eager.ops), "bytes": sum(b for _, b in eager.ops)}
+
+    compiled_net = torch_net()
+
+    def fwd_bwd(x, y):
+        loss = torch.nn.functional.cross_entropy(compiled_net(x), y)
+        loss.backward()
+        return loss
+
+    _, codes = run_and_get_code(torch.compile(fwd_bwd), x, y)
+    compiled = {"forward_backward_kernels": sum(len(_kernel_calls(c)) for c in codes),
+                "per_graph": [len(_kernel_calls(c)) for c in codes]}
+    return {"dln": ours, "eager": eager_counts, "torch_compile": compiled}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--no-kernels", action="store_true")
+    parser.add_argument("--child", choices=("dln", "torch"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        child(args.child)
+        return {}
+    result = {"step": step_times(args.rounds, args.steps)}
+    s = result["step"]
+    print(f"LeNet 1x28x28, batch {BATCH}, Adam; each side in its own process, taking turns; median over "
+          f"{s['rounds']} rounds of {s['steps_per_round']} steps")
+    print(f"  dln (NumPy backend) {s['dln_numpy_ms']:8.3f} ms/step  (spread {s['dln_spread_ms']})")
+    print(f"  PyTorch eager       {s['torch_eager_ms']:8.3f} ms/step  (spread {s['torch_spread_ms']})")
+    print(f"  ratio dln / eager   {s['ratio']:8.3f}   (goal <= 1.5)")
+    print(f"  load average 1 min: {s['load_avg_1min_before_after']} on {s['cpus']} cpus")
+    if not args.no_kernels:
+        k = result["kernels"] = kernel_counts()
+        print(f"  Triton plan: {k['dln']['kernels']} kernels per step (Adam included), "
+              f"{k['dln']['bytes'] / 1e6:.3f} MB modeled")
+        print(f"  PyTorch eager: {k['eager']['ops']} operators, {k['eager']['bytes'] / 1e6:.3f} MB; "
+              f"bytes dln / eager = {k['dln']['bytes'] / k['eager']['bytes']:.3f} (goal <= 0.5)")
+        print(f"  torch.compile: {k['torch_compile']['forward_backward_kernels']} kernels forward + backward "
+              f"{k['torch_compile']['per_graph']} (goal: dln <= it)")
+    return result
+
+
+if __name__ == "__main__":
+    main()
