@@ -356,8 +356,7 @@ def signature(b: Builtin) -> str:
 
 
 # Register the families (import order fixes nothing but the help listing).
-from dln.compiler.builtins import tensor_ops, reductions, shape_ops, nn, losses, inits  # noqa: E402,F401
+from dln.compiler.builtins import tensor_ops, reductions, shape_ops, nn, pooling, losses, inits  # noqa: E402,F401
 
 planned("layer", "conv1d", "conv2d", "conv_transpose2d", "batchnorm", "rnn", "lstm", "gru", "attention",
         owns_params=True)
-planned("function", "maxpool2d", "avgpool2d")
