@@ -174,6 +174,7 @@ CODES: dict[str, str] = {
     "E0206": "element types do not match",
     "E0207": "index or slice out of range",
     "E0208": "invalid argument value",
+    "E0209": "window larger than its padded input",
     "E0301": "unknown name",
     "E0302": "unknown function or layer",
     "E0303": "not available yet",
