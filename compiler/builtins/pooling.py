@@ -74,8 +74,11 @@ def output_size(size: int, kernel: int, stride: int, padding: int, dilation: int
 
 
 def _pair(cx, name: str, arg: str, value: int | tuple[int, ...]) -> tuple[int, int]:
+    """An int or a pair of ints, as torch reads them (a 1-tuple counts as its int)."""
     if isinstance(value, int):
         return value, value
+    if len(value) == 1:
+        return value[0], value[0]
     if len(value) != 2:
         raise cx.fail_at(arg, "E0208", f"{name}'s {arg} must be an int or a pair of ints, got {value}")
     return value

@@ -74,6 +74,7 @@ MAX_CASES = [
     ("stride_pair", (2, 3, 9, 9), "3, stride = (1, 2), padding = (1, 0)",
      dict(kernel_size=3, stride=(1, 2), padding=(1, 0))),
     ("1_s2", (2, 2, 5, 5), "1, stride = 2", dict(kernel_size=1, stride=2)),
+    ("1_tuples", (2, 2, 9, 8), "(3,), stride = (2,), padding = (1,)", dict(kernel_size=(3,), stride=(2,), padding=(1,))),
     ("whole_input", (2, 3, 5, 7), "(5, 7)", dict(kernel_size=(5, 7))),
     ("batch1", (1, 4, 6, 6), "2", dict(kernel_size=2)),
     ("rank3", (3, 7, 6), "3, stride = 2, padding = 1, ceil_mode = true",
@@ -133,26 +134,29 @@ def test_maxpool2d_symbolic_batch():
         np.testing.assert_allclose(grads["s"], st.grad.numpy(), rtol=RTOL, atol=ATOL)
 
 
-def test_maxpool2d_nan_and_infinities_propagate():
-    x = R(3).standard_normal((1, 2, 6, 6))
+@pytest.mark.parametrize("backend", ["numpy", "triton"])
+def test_maxpool2d_nan_and_infinities_propagate(backend):
+    x = R(3).standard_normal((1, 2, 6, 6)).astype(np.float32)
     x[0, 0, 1, 2] = np.nan
     x[0, 1, 3:, 3:] = -np.inf
     x[0, 1, 0, 0] = np.inf
-    model = dln.compile(f"""model m() {{
-    input x: f64[1, 2, 6, 6]
+    model = dln.compile("""model m() {
+    input x: f32[1, 2, 6, 6]
     output y = maxpool2d(x, 3, stride = 2, padding = 1)
-}}""")
+}""", backend=backend)
     y = model.run(["y"], x=x)["y"]
     np.testing.assert_array_equal(y, F.max_pool2d(torch.tensor(x), 3, 2, 1).numpy())   # NaN where torch has NaN
 
 
+@pytest.mark.parametrize("backend", ["numpy", "triton"])
 @pytest.mark.parametrize("dtype", ["i64", "i32"])
-def test_maxpool2d_integers(dtype):
+def test_maxpool2d_integers(dtype, backend):
+    """Integers pad with their type's smallest value (no -infinity to pad with)."""
     x = R(4).integers(-50, 50, (2, 3, 7, 5))
     model = dln.compile(f"""model m() {{
     input x: {dtype}[2, 3, 7, 5]
     output y = maxpool2d(x, 3, stride = 2, padding = 1, ceil_mode = true)
-}}""")
+}}""", backend=backend)
     y = model.run(["y"], x=x.astype(np.int64 if dtype == "i64" else np.int32))["y"]
     ref = F.max_pool2d(torch.tensor(x, dtype=torch.int64 if dtype == "i64" else torch.int32), 3, 2, 1,
                        ceil_mode=True).numpy()
@@ -202,8 +206,9 @@ def test_avgpool2d(case, include_pad, divisor):
           lambda t: F.avg_pool2d(t, **kw, count_include_pad=include_pad, divisor_override=divisor))
 
 
-def test_global_avgpool():
-    check("global_avgpool(x)", _values("normal", (2, 3, 5, 7)), lambda t: t.mean((2, 3)))
+@pytest.mark.parametrize("shape", [(2, 3, 5, 7), (2, 3, 4), (1, 2, 3, 4, 5)])
+def test_global_avgpool(shape):
+    check("global_avgpool(x)", _values("normal", shape), lambda t: F.adaptive_avg_pool1d(t.flatten(2), 1)[..., 0])
 
 
 # ---- the decomposition stays small ---------------------------------------------------------------------------
