@@ -137,9 +137,10 @@ def _windows(b: GraphBuilder, x: Tensor, axes: tuple[_Axis, _Axis], fill: float)
         return b.reshape(x, x.shape[:lead] + (ah.out, aw.out, ah.kernel * aw.kernel))
     taps = []
     for i, j in itertools.product(range(ah.kernel), range(aw.kernel)):
-        top, left = i * ah.dilation, j * aw.dilation
-        tap = b.slice(x, [0] * lead + [top, left],
-                      list(x.shape[:lead]) + [top + (ah.out - 1) * ah.stride + 1, left + (aw.out - 1) * aw.stride + 1],
+        # The window tap (i, j) of every output position: one strided slice.
+        starts = (i * ah.dilation, j * aw.dilation)
+        stops = tuple(start + (a.out - 1) * a.stride + 1 for start, a in zip(starts, axes))
+        tap = b.slice(x, [0] * lead + list(starts), list(x.shape[:lead]) + list(stops),
                       [1] * lead + [ah.stride, aw.stride])
         taps.append(b.unsqueeze(tap, -1))
     return b.concat(taps, -1)
