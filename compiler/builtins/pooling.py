@@ -3,10 +3,14 @@
 A 2-d pooling gathers every window of the (padded) input onto one new last
 axis, `[..., OH, OW, kh * kw]` in row-major window order, and reduces it:
 
+* the padded input is split by the stride, [..., H/sh, sh, W/sw, sw], so that
+  position p of an axis is (p // stride, p % stride);
 * where the windows tile the input (stride = kernel, no dilation, the common
-  `maxpool2d(2)`) by a reshape and a permute, which autodiff undoes for free;
-* otherwise by kh * kw strided slices, one per window offset, stacked with a
-  concat; overlapping windows add up their gradients through the slices' VJPs.
+  `maxpool2d(2)`) a permute then finishes the job, which autodiff undoes for
+  free;
+* otherwise each of the kh * kw window taps is a plain slice of that split
+  (no step: its VJP is a pad), stacked with a concat; overlapping windows add
+  up their gradients through the slices' VJPs.
 
 maxpool2d picks each window's *first* maximum with `argmax` and selects it with
 `where`, so its gradient reaches that one element as in torch (a MAX
@@ -125,25 +129,37 @@ def _text(v: tuple[int, int]) -> str:
 def _windows(b: GraphBuilder, x: Tensor, axes: tuple[_Axis, _Axis], fill: float) -> Tensor:
     """Every window of `x` padded with `fill`: [..., H, W] -> [..., OH, OW, kh * kw], row-major in the window."""
     lead = x.rank - 2
-    pads = [(0, 0)] * lead + [(a.padding, max(0, a.extent - a.size - a.padding)) for a in axes]
-    if any(lo or hi for lo, hi in pads):
-        x = b.pad(x, pads, fill)
     ah, aw = axes
     if all(a.stride == a.kernel and a.dilation == 1 for a in axes):
         # Windows that tile the input: [..., OH, kh, OW, kw] -> [..., OH, OW, kh, kw].
-        x = b.slice(x, [0] * x.rank, x.shape[:lead] + (ah.extent, aw.extent), [1] * x.rank)
-        x = b.reshape(x, x.shape[:lead] + (ah.out, ah.kernel, aw.out, aw.kernel))
+        x = _phases(b, x, axes, fill)
         x = b.permute(x, [*range(lead), lead, lead + 2, lead + 1, lead + 3])
         return b.reshape(x, x.shape[:lead] + (ah.out, aw.out, ah.kernel * aw.kernel))
+    x = _phases(b, x, axes, fill)
     taps = []
     for i, j in itertools.product(range(ah.kernel), range(aw.kernel)):
-        # The window tap (i, j) of every output position: one strided slice.
-        starts = (i * ah.dilation, j * aw.dilation)
-        stops = tuple(start + (a.out - 1) * a.stride + 1 for start, a in zip(starts, axes))
-        tap = b.slice(x, [0] * lead + list(starts), list(x.shape[:lead]) + list(stops),
-                      [1] * lead + [ah.stride, aw.stride])
-        taps.append(b.unsqueeze(tap, -1))
+        # Window tap (i, j) of every output position: block `row` of phase `dy` (and so for columns),
+        # a plain slice whose VJP is one pad.
+        (row, dy), (col, dx) = divmod(i * ah.dilation, ah.stride), divmod(j * aw.dilation, aw.stride)
+        tap = b.slice(x, [0] * lead + [row, dy, col, dx],
+                      list(x.shape[:lead]) + [row + ah.out, dy + 1, col + aw.out, dx + 1], [1] * x.rank)
+        taps.append(b.reshape(tap, x.shape[:lead] + (ah.out, aw.out, 1)))
     return b.concat(taps, -1)
+
+
+def _phases(b: GraphBuilder, x: Tensor, axes: tuple[_Axis, _Axis], fill: float) -> Tensor:
+    """x padded (with `fill`) or cut to whole strides, and each axis split by its stride:
+    [..., H, W] -> [..., blocks_h, stride_h, blocks_w, stride_w].  Position p of a padded axis is
+    (p // stride, p % stride): the taps of a window are then slices with step 1."""
+    lead = x.rank - 2
+    blocks = [a.out + (a.dilation * (a.kernel - 1)) // a.stride for a in axes]
+    lengths = [n * a.stride for n, a in zip(blocks, axes)]
+    pads = [(0, 0)] * lead + [(a.padding, max(0, n - a.size - a.padding)) for n, a in zip(lengths, axes)]
+    if any(lo or hi for lo, hi in pads):
+        x = b.pad(x, pads, fill)
+    x = b.slice(x, [0] * x.rank, x.shape[:lead] + tuple(lengths), [1] * x.rank)
+    (bh, bw), (ah, aw) = blocks, axes
+    return b.reshape(x, x.shape[:lead] + (bh, ah.stride, bw, aw.stride))
 
 
 def _runs(b: GraphBuilder, values: list[int], dtype: DType) -> Tensor:

@@ -233,6 +233,17 @@ def test_maxpool2d_tiled_is_a_reshape_and_an_argmax():
     assert forward <= 11 and step <= 11 + 6, (forward, step)
 
 
+def test_overlapping_windows_are_plain_slices():
+    """Taps slice the stride-split input with step 1, so their gradients are pads, not strided scatters."""
+    model = dln.compile("""model m() {
+    param x: f32[2, 3, 11, 10] = zeros
+    y = maxpool2d(x, 3, stride = 2, padding = 1, dilation = (1, 2))
+    output y
+}""")
+    steps = re.findall(r"steps=\(([^)]*)\)", model.ir)
+    assert len(steps) == 9 and all(set(s.replace(" ", "").split(",")) == {"1"} for s in steps), steps
+
+
 def test_avgpool2d_size_does_not_grow_with_the_input():
     """torch's divisor is a few constant runs (first window, inner windows, last window), whatever
     the number of windows; the graph is the same size for 8×8 and 64×64."""
