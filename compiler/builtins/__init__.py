@@ -356,8 +356,7 @@ def signature(b: Builtin) -> str:
 
 
 # Register the families (import order fixes nothing but the help listing).
-from dln.compiler.builtins import tensor_ops, reductions, shape_ops, nn, conv, losses, inits  # noqa: E402,F401
+from dln.compiler.builtins import tensor_ops, reductions, shape_ops, nn, conv, pooling, losses, inits  # noqa: E402,F401
 
 planned("layer", "batchnorm", "rnn", "lstm", "gru", "attention",
         owns_params=True)
-planned("function", "maxpool2d", "avgpool2d")

@@ -90,10 +90,3 @@ def gcn_conv(cx, x: TENSOR, adj: TENSOR, out: INT, bias: BOOL = True):
         y = b.add(y, cx.param("bias", (out,), InitSpec("zeros"), dtype))
     return y
 
-
-@builtin()
-def global_avgpool(cx, x: TENSOR):
-    """the mean over every axis after the first two: [B, C, ...] -> [B, C]"""
-    if x.rank < 3:
-        raise cx.fail("E0202", f"global_avgpool needs [B, C, ...], got {x.type}")
-    return cx.b.mean(x, tuple(range(2, x.rank)))

@@ -550,6 +550,45 @@ def _gen_global_avgpool(rng):
     return Case("y = global_avgpool(x)", lambda t: t["x"].mean((2, 3)), {"x": normal(rng, shape)})
 
 
+def _pool_case(rng, name: str, dilated: bool) -> tuple[tuple[int, ...], str, dict]:
+    """A random 2-d pooling that torch accepts: an input shape, the call's arguments, torch's keywords.
+    Half the cases tile the input (stride = kernel, no dilation), the others overlap, skip or dilate."""
+    while True:
+        shape = dims(rng, int(rng.integers(1, 3)), sizes=(1, 2, 3)) + dims(rng, 2, sizes=(2, 3, 5, 6, 7, 11))
+        k = dims(rng, 2, sizes=(1, 2, 3))
+        tiled = rng.random() < 0.5
+        s = k if tiled else dims(rng, 2, sizes=(1, 2, 3, 4))
+        p = (0, 0) if tiled and rng.random() < 0.5 else tuple(int(rng.integers(0, kk // 2 + 1)) for kk in k)
+        d = (1, 1) if tiled or not dilated else dims(rng, 2, sizes=(1, 2, 3))
+        ceil = bool(rng.random() < 0.5)
+        kw = dict(kernel_size=k, stride=s, padding=p, ceil_mode=ceil, **({"dilation": d} if dilated else {}))
+        try:
+            # A window larger than the padded input is an error; a dilated one that holds padding
+            # only is -inf in torch, whose gradient then lands in another channel: draw again.
+            if not getattr(F, name)(torch.zeros(shape), **kw).isfinite().all():
+                continue
+        except RuntimeError:
+            continue
+        args = f"{k}, stride = {s}, padding = {p}, ceil_mode = {str(ceil).lower()}"
+        return shape, args + (f", dilation = {d}" if dilated else ""), kw
+
+
+def _gen_maxpool2d(rng):
+    shape, args, kw = _pool_case(rng, "max_pool2d", dilated=True)
+    # distinct values: one maximum per window, whichever way float32 rounds the fused scale
+    return Case(f"y = maxpool2d(x, {args})", lambda t: F.max_pool2d(t["x"], **kw), {"x": distinct(rng, shape)})
+
+
+def _gen_avgpool2d(rng):
+    shape, args, kw = _pool_case(rng, "avg_pool2d", dilated=False)
+    include = bool(rng.random() < 0.5)
+    divisor = int(rng.choice([0, 0, 0, 2, 5]))
+    args += f", count_include_pad = {str(include).lower()}" + (f", divisor_override = {divisor}" if divisor else "")
+    return Case(f"y = avgpool2d(x, {args})",
+                lambda t: F.avg_pool2d(t["x"], **kw, count_include_pad=include, divisor_override=divisor or None),
+                {"x": normal(rng, shape)})
+
+
 # ---- losses ----------------------------------------------------------------------------------------------------------
 def _reduction_arg(rng) -> tuple[str, str]:
     red = str(rng.choice(["mean", "sum", "none"]))
@@ -666,8 +705,8 @@ GENERATORS: dict[str, Callable[[np.random.Generator], Case]] = {
     "matmul": _gen_matmul("matmul"),
     # layers
     "linear": _gen_linear, "layernorm": _gen_layernorm, "embedding": _gen_embedding, "gcn_conv": _gen_gcn_conv,
-    "global_avgpool": _gen_global_avgpool, "conv1d": _gen_conv(1), "conv2d": _gen_conv(2),
-    "conv_transpose2d": _gen_conv_transpose2d,
+    "global_avgpool": _gen_global_avgpool, "maxpool2d": _gen_maxpool2d, "avgpool2d": _gen_avgpool2d,
+    "conv1d": _gen_conv(1), "conv2d": _gen_conv(2), "conv_transpose2d": _gen_conv_transpose2d,
     # losses
     "cross_entropy": _gen_cross_entropy, "nll": _gen_nll, "hinge": _gen_hinge, "kl_div": _gen_kl_div,
     "mse": _gen_pointwise_loss("mse", lambda x, z, r: F.mse_loss(x, z, reduction=r)),

@@ -673,11 +673,6 @@ model m() {
         np.testing.assert_allclose(grads[k], v.grad.numpy(), rtol=RTOL, atol=ATOL, err_msg=k)
 
 
-def test_global_avgpool():
-    check(Case("global_avgpool", "y = global_avgpool(x)", lambda x: F.adaptive_avg_pool2d(x, 1).flatten(1),
-               {"x": normal((2, 3, 5, 7))}))
-
-
 class _TorchMLP(torch.nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -742,10 +737,10 @@ model m() {
 
 # ---- every available built-in is exercised here -----------------------------------------------------------------
 ALL_CASES = ELEMENTWISE + REDUCTIONS + SHAPES + INDEXING + MATMUL + LOSSES + LOSS_EDGES
-# Layers and the random built-ins are tested by the functions above.
-TESTED_BY_FUNCTIONS = {"linear", "layernorm", "embedding", "gcn_conv", "global_avgpool", "dropout", "rand_like",
-                       "randn_like", "bernoulli",
-                       "conv1d", "conv2d", "conv_transpose2d"}   # tests/runtime/test_conv.py
+# Layers and the random built-ins are tested by the functions above, pooling in test_pooling.py,
+# convolutions in test_conv.py.
+TESTED_BY_FUNCTIONS = {"linear", "layernorm", "embedding", "gcn_conv", "dropout", "rand_like", "randn_like",
+                       "bernoulli", "maxpool2d", "avgpool2d", "global_avgpool", "conv1d", "conv2d", "conv_transpose2d"}
 
 
 def test_every_available_builtin_is_covered():
