@@ -1,0 +1,302 @@
+"""The convolutional examples' twins in PyTorch: the same networks, trained the same way.
+
+Each twin has the example's layers and sizes, under the same parameter names (so a dln state
+dict loads into it by name and back), PyTorch's default initialization (which is dln's), the
+same optimizer and hyperparameters, and it is fed exactly what `dln train` feeds: the same
+held-out split (`dln.runtime.data.split`), the same shuffled order each epoch, the same batch
+size (the last batch short), the same noise for the GAN.  CPU, float32.  It prints the metrics
+`dln train` prints for its last epoch: training means over the epoch's batches, validation in
+evaluation mode.
+
+    .venv/bin/python examples/torch_twins.py cnn|dcgan|autoencoder|all          # PyTorch
+    .venv/bin/python examples/torch_twins.py cnn|dcgan|autoencoder|all --dln    # dln, same measures
+
+Each side runs in its own process (two thread pools in one process, OpenBLAS's and PyTorch's,
+slow each other down on a small machine).  For the GAN both sides also report what a
+logistic-regression digits classifier (fit on the 1797 real digits) makes of 1000 generated
+samples: how many of the 10 classes get at least 2% of them, the effective number of classes
+exp(entropy of the class histogram), and the mean confidence of the classifier.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+FILES = {"cnn": "cnn_digits.dln", "dcgan": "dcgan_digits.dln", "autoencoder": "conv_autoencoder_digits.dln"}
+# The train sections' settings (the files are the reference; `settings_of` checks these against them).
+SETTINGS = {
+    "cnn": {"validate": 0.2, "lr": 1e-3, "betas": (0.9, 0.999), "batch": 64, "epochs": 15, "seed": 0},
+    "dcgan": {"validate": None, "lr": 2e-4, "betas": (0.5, 0.999), "batch": 64, "epochs": 20, "seed": 0},
+    "autoencoder": {"validate": 0.1, "lr": 2e-3, "betas": (0.9, 0.999), "batch": 64, "epochs": 20, "seed": 0},
+}
+Z = 16          # the GAN's noise size
+BATCHNORM = False
+SAMPLES = 1000  # generated digits scored for mode coverage
+
+
+# ---- the networks -----------------------------------------------------------------------------------------------
+def make_cnn(batchnorm: bool = BATCHNORM):
+    import torch.nn as nn
+
+    class CNN(nn.Module):
+        """examples/cnn_digits.dln: conv1 -> bn1 -> relu -> pool -> conv2 -> bn2 -> relu -> pool -> fc1 -> logits."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv1 = nn.Conv2d(1, 16, 3, padding=1)
+            self.conv2 = nn.Conv2d(16, 32, 3, padding=1)
+            if batchnorm:
+                self.bn1 = nn.BatchNorm2d(16, momentum=0.1, eps=1e-5)
+                self.bn2 = nn.BatchNorm2d(32, momentum=0.1, eps=1e-5)
+            self.fc1 = nn.Linear(32 * 2 * 2, 64)
+            self.logits = nn.Linear(64, 10)
+
+        def forward(self, images):
+            import torch.nn.functional as F
+
+            h = self.conv1(images)
+            h = F.max_pool2d(F.relu(self.bn1(h) if batchnorm else h), 2)
+            h = self.conv2(h)
+            h = F.max_pool2d(F.relu(self.bn2(h) if batchnorm else h), 2)
+            h = F.relu(self.fc1(h.flatten(1)))
+            return self.logits(h)
+
+    return CNN()
+
+
+def make_dcgan(batchnorm: bool = BATCHNORM):
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+    c = 16
+
+    class Generator(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.seed = nn.Linear(Z, 2 * c * 4)
+            self.up1 = nn.ConvTranspose2d(2 * c, c, 4, stride=2, padding=1)
+            if batchnorm:
+                self.bn1 = nn.BatchNorm2d(c)
+            self.image = nn.ConvTranspose2d(c, 1, 4, stride=2, padding=1)
+
+        def forward(self, noise):
+            h = F.relu(self.seed(noise)).reshape(-1, 2 * c, 2, 2)
+            h = self.up1(h)
+            h = F.relu(self.bn1(h) if batchnorm else h)
+            return torch_sigmoid(self.image(h))
+
+    class Discriminator(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.down1 = nn.Conv2d(1, c, 4, stride=2, padding=1)
+            self.down2 = nn.Conv2d(c, 2 * c, 4, stride=2, padding=1)
+            self.score = nn.Linear(2 * c * 4, 1)
+
+        def forward(self, image):
+            h = F.leaky_relu(self.down1(image), 0.2)
+            h = F.leaky_relu(self.down2(h), 0.2)
+            return self.score(h.flatten(1))
+
+    class GAN(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.G = Generator()
+            self.D = Discriminator()
+
+    return GAN()
+
+
+def make_autoencoder():
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+    c, code = 16, 16
+
+    class ConvAutoencoder(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.enc1 = nn.Conv2d(1, c, 3, stride=2, padding=1)
+            self.enc2 = nn.Conv2d(c, 2 * c, 3, stride=2, padding=1)
+            self.z = nn.Linear(2 * c * 4, code)
+            self.seed = nn.Linear(code, 2 * c * 4)
+            self.dec1 = nn.ConvTranspose2d(2 * c, c, 4, stride=2, padding=1)
+            self.recon = nn.ConvTranspose2d(c, 1, 4, stride=2, padding=1)
+
+        def forward(self, images):
+            h = F.relu(self.enc2(F.relu(self.enc1(images))))
+            z = self.z(h.flatten(1))
+            h = F.relu(self.seed(z)).reshape(-1, 2 * c, 2, 2)
+            return torch_sigmoid(self.recon(F.relu(self.dec1(h))))
+
+    return ConvAutoencoder()
+
+
+def torch_sigmoid(x):
+    import torch
+
+    return torch.sigmoid(x)
+
+
+MAKERS = {"cnn": make_cnn, "dcgan": make_dcgan, "autoencoder": make_autoencoder}
+
+
+# ---- what dln train feeds -------------------------------------------------------------------------------------
+def digits():
+    from dln.runtime import data
+
+    return data.DATASETS["digits"]()
+
+
+def split(arrays, fraction, seed):
+    from dln.runtime import data
+
+    if not fraction:
+        return arrays, None
+    return data.split(arrays, fraction, seed)
+
+
+def epoch_batches(n: int, batch: int, seed: int, epoch: int):
+    """The trainer's order: a permutation seeded by (seed, epoch), cut into batches, the last short."""
+    order = np.random.default_rng(seed * 100003 + epoch).permutation(n)
+    return [order[k * batch:(k + 1) * batch] for k in range(math.ceil(n / batch))]
+
+
+# ---- training the twins ---------------------------------------------------------------------------------------
+def train_torch(name: str, log=print) -> dict:
+    import torch
+    import torch.nn.functional as F
+
+    s = SETTINGS[name]
+    torch.manual_seed(s["seed"])
+    net = MAKERS[name]()
+    train, val = split(digits(), s["validate"], s["seed"])
+    n = len(train["y"])
+    t = {k: torch.from_numpy(v) for k, v in train.items()}
+    began, cpu = time.perf_counter(), time.process_time()
+    if name == "dcgan":
+        opt_d = torch.optim.Adam(net.D.parameters(), lr=s["lr"], betas=s["betas"])
+        opt_g = torch.optim.Adam(net.G.parameters(), lr=s["lr"], betas=s["betas"])
+        fill = np.random.default_rng(s["seed"] + 1)   # the trainer's generator for `noise = randn`
+    else:
+        opt = torch.optim.Adam(net.parameters(), lr=s["lr"], betas=s["betas"])
+    for epoch in range(s["epochs"]):
+        net.train()
+        sums: dict[str, float] = {}
+        for idx in epoch_batches(n, s["batch"], s["seed"], epoch):
+            images = t["images"][idx]
+            if name == "dcgan":
+                noise = torch.from_numpy(fill.standard_normal((len(idx), Z)).astype(np.float32))
+                # the two objectives in turn on the same batch, as the trainer runs them
+                fake = net.G(noise)
+                d_loss = F.binary_cross_entropy_with_logits(net.D(images), torch.ones(len(idx), 1)) + \
+                    F.binary_cross_entropy_with_logits(net.D(fake.detach()), torch.zeros(len(idx), 1))
+                opt_d.zero_grad()
+                d_loss.backward()
+                opt_d.step()
+                fake = net.G(noise)
+                g_loss = F.binary_cross_entropy_with_logits(net.D(fake), torch.ones(len(idx), 1))
+                opt_g.zero_grad()
+                g_loss.backward()
+                opt_g.step()
+                values = {"d_loss": d_loss.item(), "g_loss": g_loss.item()}
+            else:
+                values = _losses(name, net, images, t["y"][idx])
+                opt.zero_grad()
+                values["loss"].backward()
+                opt.step()
+                values = {k: v.item() for k, v in values.items()}
+            for k, v in values.items():
+                sums[k] = sums.get(k, 0.0) + v * len(idx)
+        record = {"epoch": epoch + 1, **{k: v / n for k, v in sums.items()}}
+        if val is not None:
+            net.eval()
+            with torch.no_grad():
+                vals = _losses(name, net, torch.from_numpy(val["images"]), torch.from_numpy(val["y"]))
+            record.update({f"val_{k}": float(v) for k, v in vals.items()})
+        log(json.dumps({k: round(v, 6) for k, v in record.items()}))
+    record["time"], record["cpu"] = time.perf_counter() - began, time.process_time() - cpu
+    if name == "dcgan":
+        net.eval()
+        with torch.no_grad():
+            noise = np.random.default_rng(12345).standard_normal((SAMPLES, Z)).astype(np.float32)
+            record.update(coverage(net.G(torch.from_numpy(noise)).numpy()))
+    return record
+
+
+def _losses(name: str, net, images, y) -> dict:
+    import torch.nn.functional as F
+
+    out = net(images)
+    if name == "cnn":
+        return {"loss": F.cross_entropy(out, y), "accuracy": (out.argmax(1) == y).float().mean()}
+    return {"loss": F.binary_cross_entropy(out, images)}
+
+
+def train_dln(name: str) -> dict:
+    import dln
+
+    began, cpu = time.perf_counter(), time.process_time()
+    history = dln.train(str(HERE / FILES[name]), progress=False, log=lambda s: None)
+    # compile included, as in `dln train`'s wall time
+    record = {**history[-1], "time": time.perf_counter() - began, "cpu": time.process_time() - cpu}
+    if name == "dcgan":
+        noise = np.random.default_rng(12345).standard_normal((SAMPLES, Z)).astype(np.float32)
+        fake = history.model.run("fake", noise=noise)["fake"]
+        record.update(coverage(np.asarray(fake)))
+    return record
+
+
+# ---- the GAN's samples, scored --------------------------------------------------------------------------------
+def coverage(samples: np.ndarray) -> dict:
+    """What a digits classifier makes of generated samples [N, 1, 8, 8]: classes holding at least 2%
+    of them, the effective number of classes exp(H), the classifier's mean confidence."""
+    from sklearn.linear_model import LogisticRegression
+
+    d = digits()
+    clf = LogisticRegression(max_iter=2000).fit(d["x"], d["y"])
+    p = clf.predict_proba(samples.reshape(len(samples), -1))
+    share = np.bincount(p.argmax(1), minlength=10) / len(samples)
+    nz = share[share > 0]
+    return {"classes_2pct": int((share >= 0.02).sum()), "effective_classes": float(np.exp(-(nz * np.log(nz)).sum())),
+            "confidence": float(p.max(1).mean())}
+
+
+def settings_of(name: str) -> dict:
+    """The train section's settings as dln reads them, to keep SETTINGS honest."""
+    import dln
+    from dln.compiler.recipe import read_recipe
+    from dln.runtime.train import find_train
+
+    model = dln.compile(str(HERE / FILES[name]))
+    spec = model.train_spec
+    r = read_recipe(find_train(model.program), model.name, set(spec.values), set(spec.instances))
+    opt = r.objectives[0].optimizer
+    return {"validate": r.validate or None, "lr": opt.lr, "betas": tuple(opt.hyper.get("betas", (0.9, 0.999))),
+            "batch": r.batch, "epochs": r.epochs, "seed": r.seed}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("name", choices=[*FILES, "all"])
+    ap.add_argument("--dln", action="store_true", help="train the .dln file instead, measured the same way")
+    ap.add_argument("--quiet", action="store_true", help="the final record only")
+    args = ap.parse_args()
+    for name in FILES if args.name == "all" else [args.name]:
+        if args.dln:
+            record = train_dln(name)
+        else:
+            assert settings_of(name) == SETTINGS[name], (settings_of(name), SETTINGS[name])
+            record = train_torch(name, log=(lambda s: None) if args.quiet else print)
+        print(json.dumps({"example": name, "side": "dln" if args.dln else "torch",
+                          **{k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()}}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+"""examples/cnn_digits.dln against its PyTorch twin (examples/torch_twins.py), step by step.
+
+dln's initial weights are loaded into the twin by name; both then take the same training batches
+of the real digits (the trainer's own split and the first batches of its first epoch's order)
+through the trainer's step (`Trainer._step`, as `fit` calls it) and through `torch.optim.Adam`.
+The losses must agree to float32 tolerance at every step, and so must the weights and the
+batch-norm running statistics after the last one.  The twin is the one the comparison in
+examples/README.md trains, so this also checks that the table compares like with like.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import dln
+from dln.runtime.schedules import Schedule
+from dln.runtime.train import Trainer, find_train, recipe_for
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "examples" / "cnn_digits.dln"
+STEPS = 5
+# float32: one rounding of a sum of a few hundred products is ~1e-6 relative; the five steps move
+# weights by ~lr = 1e-3 each, so a mismatch in any rule shows far above these bounds.
+LOSS_RTOL = 2e-6
+PARAM_ATOL = 5e-6
+
+
+def load_twins():
+    spec = importlib.util.spec_from_file_location("torch_twins", ROOT / "examples" / "torch_twins.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def twins():
+    return load_twins()
+
+
+def test_twin_reads_the_example_settings(twins):
+    assert twins.settings_of("cnn") == twins.SETTINGS["cnn"]
+
+
+def test_cnn_steps_match_torch(tmp_path: Path, twins):
+    torch.manual_seed(0)
+    model = dln.compile(str(EXAMPLE), seed=0)
+    recipe = recipe_for(model, find_train(model.program))
+    settings = twins.SETTINGS["cnn"]
+
+    net = twins.make_cnn()
+    initial = model.state_dict()
+    assert set(initial) == set(net.state_dict()), "the twin's names differ from the example's"
+    net.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in initial.items()})
+    net.train()
+    opt = torch.optim.Adam(net.parameters(), lr=settings["lr"], betas=settings["betas"])
+
+    trainer = Trainer(model, recipe, tmp_path, log=lambda s: None, progress=False)
+    schedules = [Schedule(recipe.schedule, o.optimizer.lr, STEPS) for o in recipe.objectives]
+    train, _ = twins.split(twins.digits(), settings["validate"], settings["seed"])
+    batches = twins.epoch_batches(len(train["y"]), settings["batch"], settings["seed"], 0)[:STEPS]
+
+    ours, theirs = [], []
+    for idx in batches:
+        images, y = train["images"][idx], train["y"][idx]
+        ours.append(trainer._step({"images": images, "y": y}, schedules, 0)["loss"])
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(net(torch.from_numpy(images)), torch.from_numpy(y))
+        loss.backward()
+        opt.step()
+        theirs.append(loss.item())
+
+    np.testing.assert_allclose(ours, theirs, rtol=LOSS_RTOL, atol=0)
+    # the comparison means something only if training moved: losses differ from step to step
+    assert np.ptp(theirs) > 1000 * LOSS_RTOL * max(theirs)
+
+    after = {k: v.detach().numpy() for k, v in net.state_dict().items()}
+    for name, value in model.state_dict().items():
+        if name.endswith("num_batches_tracked"):
+            assert int(np.asarray(value)) == int(after[name]) == STEPS, name
+            continue
+        np.testing.assert_allclose(np.asarray(value), after[name], rtol=0, atol=PARAM_ATOL, err_msg=name)
+        if name.endswith(("running_mean", "running_var")):   # the running statistics moved off their start
+            assert not np.allclose(after[name], initial[name]), name
