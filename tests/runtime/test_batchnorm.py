@@ -18,15 +18,16 @@ QUIET = {"progress": False, "log": lambda s: None}
 SHAPES = [(4, 3), (5, 5, 6), (3, 7, 4, 5)]
 
 
-def _dims(shape: tuple[int, ...]) -> str:
-    return ", ".join(["B", *map(str, shape[1:])])
+def _dims(shape: tuple[int, ...], batch: str = "B") -> str:
+    return ", ".join([batch, *map(str, shape[1:])])
 
 
-def _source(shape: tuple[int, ...], args: str = "") -> str:
+def _source(shape: tuple[int, ...], args: str = "", batch: str = "B") -> str:
+    """`batch`: the batch dimension as written, a symbol (counts known only at run time) or a number."""
     return f"""
 model m {{
-    input x: f64[{_dims(shape)}]
-    input t: f64[{_dims(shape)}]
+    input x: f64[{_dims(shape, batch)}]
+    input t: f64[{_dims(shape, batch)}]
     h = x -> batchnorm({args})
     loss = mse(h, t)
     output h
@@ -56,11 +57,12 @@ def _load(model: dln.Model, bn: torch.nn.Module, prefix: str = "h") -> None:
 
 
 @pytest.mark.parametrize("shape", SHAPES)
-def test_training_steps_match_torch(shape):
+@pytest.mark.parametrize("fixed", [False, True], ids=["symbolic_batch", "fixed_batch"])
+def test_training_steps_match_torch(shape, fixed):
     """Forward, gradients of the input, weight and bias, and the running statistics after several SGD
     steps; then evaluation with the running statistics."""
     rng = np.random.default_rng(len(shape))
-    model = dln.compile(_source(shape), backend="numpy")
+    model = dln.compile(_source(shape, batch=str(shape[0]) if fixed else "B"), backend="numpy")
     module = model.as_torch()
     bn = _torch_bn(shape)
     _randomize(bn, rng)
@@ -96,8 +98,197 @@ def test_training_steps_match_torch(shape):
         model.load_state_dict({**before, "h.weight": bn.weight.detach().numpy(), "h.bias": bn.bias.detach().numpy()})
     assert int(model.buffers()["h.num_batches_tracked"]) == 4
     bn.eval()
-    x = rng.standard_normal((2,) + shape[1:])
+    x = rng.standard_normal(shape)
     np.testing.assert_allclose(model(x=x)["h"], bn(torch.from_numpy(x)).detach().numpy(), rtol=1e-10, atol=1e-12)
     module.eval()
     np.testing.assert_allclose(module(x=torch.from_numpy(x)).detach().numpy(),
                                bn(torch.from_numpy(x)).detach().numpy(), rtol=1e-10, atol=1e-12)
+
+
+NET = """
+model net {
+    input x: f64[B, 4]
+    input t: f64[B, 3, 2]
+    h = x -> linear(6) -> reshape((-1, 3, 2)) -> batchnorm(momentum = 0.2)
+    loss = mse(h, t)
+    output h
+}
+train net { data = npz("data.npz")  batch = 4  epochs = 3  seed = 3  optimizer = sgd(lr = 0.1, momentum = 0.5) }
+"""
+
+
+def _project(tmp_path: Path) -> Path:
+    rng = np.random.default_rng(11)
+    np.savez(tmp_path / "data.npz", x=rng.standard_normal((10, 4)) * 2, t=rng.standard_normal((10, 3, 2)))
+    (tmp_path / "net.dln").write_text(NET)
+    return tmp_path / "net.dln"
+
+
+def test_dln_train_matches_torch(tmp_path: Path):
+    """`dln train` with SGD: the weights and running statistics after 3 epochs of 3 batches (the last of
+    2 examples) are torch's for the same batches from the same weights."""
+    path = _project(tmp_path)
+    start = dln.compile(path, seed=3).state_dict()
+    history = dln.train(path, **QUIET)
+    linear, bn = torch.nn.Linear(4, 6).double(), torch.nn.BatchNorm1d(3, momentum=0.2).double()
+    linear.load_state_dict({k[len("h.linear_0."):]: torch.from_numpy(v) for k, v in start.items() if "linear_0" in k})
+    _load_prefixed(bn, start, "h.batchnorm_0.")
+    data = np.load(tmp_path / "data.npz")
+    opt = torch.optim.SGD([*linear.parameters(), *bn.parameters()], lr=0.1, momentum=0.5)
+    for epoch in range(3):
+        order = np.random.default_rng(3 * 100003 + epoch).permutation(10)   # the trainer's shuffle
+        for k in range(3):
+            idx = order[k * 4:(k + 1) * 4]
+            x, t = torch.from_numpy(data["x"][idx]), torch.from_numpy(data["t"][idx])
+            opt.zero_grad()
+            torch.nn.functional.mse_loss(bn(linear(x).reshape(-1, 3, 2)), t).backward()
+            opt.step()
+    ours = history.model.state_dict()
+    for name, value in {**_prefixed(linear, "h.linear_0."), **_prefixed(bn, "h.batchnorm_0.")}.items():
+        np.testing.assert_allclose(ours[name], value, rtol=1e-10, atol=1e-12, err_msg=name)
+    assert int(ours["h.batchnorm_0.num_batches_tracked"]) == 9
+
+
+def _prefixed(module: torch.nn.Module, prefix: str) -> dict[str, np.ndarray]:
+    return {prefix + k: v.numpy() for k, v in module.state_dict().items()}
+
+
+def _load_prefixed(module: torch.nn.Module, arrays: dict[str, np.ndarray], prefix: str) -> None:
+    module.load_state_dict({k[len(prefix):]: torch.from_numpy(np.array(v)) for k, v in arrays.items()
+                            if k.startswith(prefix)})
+
+
+def test_torch_batchnorm2d_state_dict_loads_and_evaluates_alike():
+    """A BatchNorm2d trained in torch (non-trivial running statistics) loads by its state_dict and gives
+    torch's evaluation outputs; a dln model trained in dln loads back into torch and agrees too."""
+    rng = np.random.default_rng(5)
+    shape = (3, 5, 4, 3)
+    bn = _torch_bn(shape, momentum=0.3)
+    _randomize(bn, rng)
+    for _ in range(3):
+        bn(torch.from_numpy(rng.standard_normal(shape) * 2 - 1))
+    model = dln.compile(_source(shape, "momentum = 0.3"), backend="numpy")
+    _load(model, bn)
+    bn.eval()
+    x = rng.standard_normal((2,) + shape[1:])
+    np.testing.assert_allclose(model(x=x)["h"], bn(torch.from_numpy(x)).detach().numpy(), rtol=1e-12, atol=1e-12)
+    # dln trains on (updating its statistics), torch takes its state_dict
+    for _ in range(2):
+        model.value_and_grad("loss", x=rng.standard_normal(shape), t=rng.standard_normal(shape))
+    back = _torch_bn(shape, momentum=0.3)
+    _load_prefixed(back, model.state_dict(), "h.")
+    back.eval()
+    assert int(back.num_batches_tracked) == 5
+    np.testing.assert_allclose(model(x=x)["h"], back(torch.from_numpy(x)).detach().numpy(), rtol=1e-12, atol=1e-12)
+
+
+def test_save_and_load_keep_the_running_statistics(tmp_path: Path):
+    model = dln.compile(_source((4, 3)), backend="numpy")
+    rng = np.random.default_rng(0)
+    model.value_and_grad("loss", x=rng.standard_normal((4, 3)) + 2, t=rng.standard_normal((4, 3)))
+    model.save(tmp_path / "w.safetensors")
+    other = dln.compile(_source((4, 3)), backend="numpy")
+    other.load(tmp_path / "w.safetensors")
+    for name, value in model.state_dict().items():
+        np.testing.assert_array_equal(other.state_dict()[name], value, err_msg=name)
+    assert other.buffers()["h.num_batches_tracked"].dtype == np.int64
+    assert not np.allclose(other.buffers()["h.running_mean"], 0)
+
+
+def test_checkpoint_resume_is_exact(tmp_path: Path):
+    """Training 2 epochs, then resuming to 3, ends with the weights and running statistics of 3 straight."""
+    path = _project(tmp_path)
+    ckpt = tmp_path / "run"
+    dln.train(path, epochs=2, checkpoint=str(ckpt), **QUIET)
+    resumed = dln.train(path, epochs=3, checkpoint=str(ckpt), **QUIET)
+    straight = dln.train(path, epochs=3, **QUIET)
+    assert len(resumed) == 3
+    for name, value in straight.model.state_dict().items():
+        np.testing.assert_array_equal(resumed.model.state_dict()[name], value, err_msg=name)
+    assert int(resumed.model.buffers()["h.batchnorm_0.num_batches_tracked"]) == 9
+
+
+def test_evaluation_and_validation_read_the_running_statistics(tmp_path: Path):
+    """Validation in `dln train` runs in evaluation mode: with the running statistics, not the batch's."""
+    path = _project(tmp_path)
+    history = dln.train(path, validate=0.3, epochs=1, **QUIET)
+    model = history.model
+    data = np.load(tmp_path / "data.npz")
+    x = data["x"][:3]
+    w, b = model.parameters()["h.linear_0.weight"], model.parameters()["h.linear_0.bias"]
+    z = (x @ w.T + b).reshape(-1, 3, 2)
+    s = model.state_dict()
+    want = (z - s["h.batchnorm_0.running_mean"][:, None]) / np.sqrt(s["h.batchnorm_0.running_var"][:, None] + 1e-5) \
+        * s["h.batchnorm_0.weight"][:, None] + s["h.batchnorm_0.bias"][:, None]
+    np.testing.assert_allclose(model(x=x)["h"], want, rtol=1e-10)
+    assert "val_loss" in history[-1]
+
+
+# ---- errors at the call --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("type_, args, code, words", [
+    ("f64[B]", "", "E0202", "batchnorm needs [B, C], [B, C, L] or [B, C, H, W]"),
+    ("f64[B, 3, 2, 2, 2]", "", "E0202", "batchnorm needs"),
+    ("f64[B, N]", "", "E0202", "known input size on axis 1"),
+    ("f64[B, 3]", "momentum = 1.5", "E0208", "momentum must lie in [0, 1]"),
+    ("f64[B, 3]", "eps = -1e-5", "E0208", "eps cannot be negative"),
+])
+def test_bad_calls_are_located_errors(type_, args, code, words):
+    src = f"model m {{\n    input x: {type_}\n    h = batchnorm(x, {args})\n    output h\n}}\n"
+    with pytest.raises(DlnError) as e:
+        dln.compile(src)
+    d = e.value.diagnostics[0]
+    assert d.code == code and words in d.message
+    assert d.span.line == 3
+    if args:   # underlined: the value of the argument
+        assert src.splitlines()[2][d.span.col - 1:d.span.end_col - 1] == args.split(" = ")[1]
+
+
+def test_one_value_per_channel_in_training_is_an_error_as_in_torch():
+    """torch: "Expected more than 1 value per channel when training".  A known count fails compiling the
+    training build; a batch of one, when the inputs arrive; evaluation (running statistics) is fine."""
+    fixed = dln.compile(_source((1, 3)).replace("f64[B, 3]", "f64[1, 3]"))
+    fixed(x=np.ones((1, 3)))
+    with pytest.raises(DlnError) as e:
+        fixed.value_and_grad("loss", x=np.ones((1, 3)), t=np.ones((1, 3)))
+    assert e.value.diagnostics[0].code == "E0202" and e.value.diagnostics[0].span.line == 5
+    model = dln.compile(_source((4, 3)))
+    model(x=np.ones((1, 3)))
+    with pytest.raises(DlnError) as e:
+        model.value_and_grad("loss", x=np.ones((1, 3)), t=np.ones((1, 3)))
+    assert "more than one value per channel" in e.value.diagnostics[0].message
+    assert e.value.diagnostics[0].span.line == 5
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        torch.nn.BatchNorm1d(3)(torch.ones(1, 3))
+    model.value_and_grad("loss", x=np.ones((1, 3, 2))[..., 0].repeat(2, 0), t=np.ones((2, 3)))   # two is enough
+
+
+# ---- the Triton backend ----------------------------------------------------------------------------------------------
+
+TRITON_NET = """
+model net {
+    input x: f32[B, 4]
+    input t: f32[B, 3, 2]
+    h = x -> linear(6) -> reshape((-1, 3, 2)) -> batchnorm(momentum = 0.2)
+    loss = mse(h, t)
+    output h
+}
+train net { data = npz("data.npz")  batch = 5  epochs = 1  seed = 3  optimizer = sgd(lr = 0.1) }
+"""
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs triton")
+def test_triton_training_steps_match_numpy(tmp_path: Path):
+    """Two batchnorm training steps through the generated kernels (Triton's interpreter on the CPU):
+    the weights and the updated running statistics are the NumPy interpreter's; so is evaluation."""
+    rng = np.random.default_rng(2)
+    np.savez(tmp_path / "data.npz", x=(rng.standard_normal((10, 4)) * 2).astype(np.float32),
+             t=rng.standard_normal((10, 3, 2)).astype(np.float32))
+    (tmp_path / "net.dln").write_text(TRITON_NET)
+    ours = dln.train(tmp_path / "net.dln", backend="triton", **QUIET).model
+    reference = dln.train(tmp_path / "net.dln", backend="numpy", **QUIET).model
+    for name, value in reference.state_dict().items():
+        np.testing.assert_allclose(ours.state_dict()[name], value, rtol=1e-5, atol=1e-6, err_msg=name)
+    assert int(ours.buffers()["h.batchnorm_0.num_batches_tracked"]) == 2
+    x = rng.standard_normal((3, 4)).astype(np.float32)
+    np.testing.assert_allclose(ours(x=x)["h"], reference(x=x)["h"], rtol=1e-5, atol=1e-5)
