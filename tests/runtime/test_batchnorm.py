@@ -292,3 +292,21 @@ def test_triton_training_steps_match_numpy(tmp_path: Path):
     assert int(ours.buffers()["h.batchnorm_0.num_batches_tracked"]) == 2
     x = rng.standard_normal((3, 4)).astype(np.float32)
     np.testing.assert_allclose(ours(x=x)["h"], reference(x=x)["h"], rtol=1e-5, atol=1e-5)
+
+
+def test_as_torch_buffers_share_the_model_state():
+    """The module's buffers are the model's running statistics: what dln updates, the module shows."""
+    model = dln.compile(_source((4, 3)), backend="numpy")
+    module = model.as_torch()
+    buffers = dict(module.named_buffers())
+    assert set(buffers) == {"h__running_mean", "h__running_var", "h__num_batches_tracked"}
+    rng = np.random.default_rng(1)
+    model.value_and_grad("loss", x=rng.standard_normal((4, 3)) + 3, t=rng.standard_normal((4, 3)))
+    np.testing.assert_array_equal(buffers["h__running_mean"].numpy(), model.buffers()["h.running_mean"])
+    assert int(buffers["h__num_batches_tracked"]) == 1
+    module.train()
+    module(x=torch.from_numpy(rng.standard_normal((4, 3))))
+    assert int(model.buffers()["h.num_batches_tracked"]) == 2
+    module.eval()
+    module(x=torch.from_numpy(rng.standard_normal((4, 3))))
+    assert int(model.buffers()["h.num_batches_tracked"]) == 2
