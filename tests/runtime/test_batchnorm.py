@@ -70,26 +70,24 @@ def test_training_steps_match_torch(shape, fixed):
     assert set(model.state_dict()) == {f"h.{k}" for k in bn.state_dict()}
     for step in range(4):
         x, t = rng.standard_normal(shape) * 3 + 1, rng.standard_normal(shape)
-        xs = torch.tensor(x, requires_grad=True)
-        loss = torch.nn.functional.mse_loss(bn(xs), torch.from_numpy(t))
+        loss = torch.nn.functional.mse_loss(bn(torch.from_numpy(x)), torch.from_numpy(t))
         loss.backward()
         ours, grads = model.value_and_grad("loss", x=x, t=t)
         np.testing.assert_allclose(ours, loss.item(), rtol=1e-12)
         for leaf in ("weight", "bias"):
             np.testing.assert_allclose(grads[f"h.{leaf}"], getattr(bn, leaf).grad.numpy(), rtol=1e-10, atol=1e-12)
         _assert_state(model, bn)
-        # The torch module over the model: its forward updates the statistics too, and gives input gradients.
+        # The torch module over the model gives the input's gradient (its forward updates the statistics
+        # too: undone below, so that each torch step meets one dln step).
         before = model.state_dict()
         module.train()
-        xm = torch.tensor(x, requires_grad=True)
+        xm, xt = torch.tensor(x, requires_grad=True), torch.tensor(x, requires_grad=True)
         out = module(x=xm, t=torch.from_numpy(t))
+        ref = torch.nn.functional.batch_norm(xt, None, None, bn.weight.detach(), bn.bias.detach(), True)
+        np.testing.assert_allclose(out.detach().numpy(), ref.detach().numpy(), rtol=1e-10, atol=1e-12)
         out.backward(torch.from_numpy(t))
-        bn_out = torch.nn.functional.batch_norm(xs.detach().requires_grad_(), None, None, bn.weight, bn.bias, True)
-        np.testing.assert_allclose(out.detach().numpy(), bn_out.detach().numpy(), rtol=1e-10, atol=1e-12)
-        xs2 = torch.tensor(x, requires_grad=True)
-        torch.nn.functional.batch_norm(xs2, None, None, bn.weight.detach(), bn.bias.detach(), True).backward(
-            torch.from_numpy(t))
-        np.testing.assert_allclose(xm.grad.numpy(), xs2.grad.numpy(), rtol=1e-10, atol=1e-12)
+        ref.backward(torch.from_numpy(t))
+        np.testing.assert_allclose(xm.grad.numpy(), xt.grad.numpy(), rtol=1e-10, atol=1e-12)
         assert model.buffers()["h.num_batches_tracked"] == before["h.num_batches_tracked"] + 1
         with torch.no_grad():    # an SGD step on torch's side; dln takes the same weights
             for leaf in ("weight", "bias"):
