@@ -222,6 +222,30 @@ def test_evaluation_and_validation_read_the_running_statistics(tmp_path: Path):
     assert "val_loss" in history[-1]
 
 
+def test_the_command_line_shows_and_saves_the_model_state(tmp_path: Path):
+    """`dln params` lists the state after the parameters; `dln compile` writes it in the manifest and the
+    training step's donated outputs; `dln train --save` writes it with the weights; a bad batch is exit 1."""
+    import json
+
+    from conftest import run_dln
+    from safetensors.numpy import load_file
+
+    path = _project(tmp_path)
+    listed = run_dln("params", str(path))
+    assert listed.returncode == 0
+    assert "model state: h.batchnorm_0.running_mean f64[3], h.batchnorm_0.running_var f64[3], " \
+           "h.batchnorm_0.num_batches_tracked i64[]" in listed.stdout
+    assert run_dln("compile", str(path), "-o", str(tmp_path / "build")).returncode == 0
+    manifest = json.loads((tmp_path / "build" / "manifest.json").read_text())
+    assert [s["name"] for s in manifest["state"]] == [f"h.batchnorm_0.{k}" for k in
+                                                      ("running_mean", "running_var", "num_batches_tracked")]
+    assert "new:h.batchnorm_0.running_var" in manifest["training_step"]["outputs"]
+    trained = run_dln("train", str(path), "--no-progress", "--epochs", "1", "--save", str(tmp_path / "w.safetensors"),
+                      cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr
+    assert int(load_file(str(tmp_path / "w.safetensors"))["h.batchnorm_0.num_batches_tracked"]) == 3
+
+
 # ---- errors at the call --------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("type_, args, code, words", [
@@ -255,10 +279,23 @@ def test_one_value_per_channel_in_training_is_an_error_as_in_torch():
     with pytest.raises(DlnError) as e:
         model.value_and_grad("loss", x=np.ones((1, 3)), t=np.ones((1, 3)))
     assert "more than one value per channel" in e.value.diagnostics[0].message
-    assert e.value.diagnostics[0].span.line == 5
+    assert e.value.diagnostics[0].code == "E0202" and e.value.diagnostics[0].span.line == 5
     with pytest.raises(ValueError, match="more than 1 value per channel"):
         torch.nn.BatchNorm1d(3)(torch.ones(1, 3))
     model.value_and_grad("loss", x=np.ones((1, 3, 2))[..., 0].repeat(2, 0), t=np.ones((2, 3)))   # two is enough
+
+
+def test_a_last_batch_of_one_is_a_located_error_in_dln_train(tmp_path: Path):
+    """9 examples in batches of 4 leave one: `dln train` stops with E0202 at the call, exit status 1."""
+    from conftest import run_dln
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "data.npz", x=rng.standard_normal((9, 4)), t=rng.standard_normal((9, 6)))
+    (tmp_path / "net.dln").write_text(NET.replace(" -> reshape((-1, 3, 2))", "").replace("f64[B, 3, 2]", "f64[B, 6]"))
+    result = run_dln("train", "net.dln", "--no-progress", cwd=tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "error[E0202]: batchnorm needs more than one value per channel" in result.stderr
+    assert "net.dln:5:" in result.stderr
 
 
 # ---- the Triton backend ----------------------------------------------------------------------------------------------
