@@ -13,7 +13,7 @@ fails poisons the names it binds, so one mistake is reported once.
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from dln.compiler import builtins as lib
@@ -51,6 +51,18 @@ class ParamInfo:
     node: int
 
 
+@dataclass(frozen=True)
+class StateInfo:
+    """A piece of model state (a running statistic): read as a graph input, never trained; a build
+    in which a layer assigns it a new value lists that value in `BuiltModel.updates`."""
+
+    name: str
+    type: TensorType
+    init: InitSpec
+    span: Span
+    node: int
+
+
 @dataclass
 class BuiltModel:
     """A model's graph and what the runtime needs to feed and read it."""
@@ -68,6 +80,15 @@ class BuiltModel:
     decl: ast.Model
     loss_targets: tuple[int, ...] = ()  # the tensors losses take as their target (the runtime keeps
                                         # the inputs they come from out of augmentation)
+    state: list[StateInfo] = field(default_factory=list)
+    updates: dict[str, int] = field(default_factory=dict)   # state name -> the node of its new value
+
+    def state_outputs(self) -> list[tuple[str, int]]:
+        """The new value of every assigned state, as the outputs `new:<name>` a run donates to it."""
+        return [(f"new:{name}", node) for name, node in self.updates.items()]
+
+    def state_donations(self) -> dict[str, str]:
+        return {f"new:{name}": name for name in self.updates}
 
     @property
     def outputs(self) -> list[str]:
@@ -85,6 +106,9 @@ class ModelBuilder:
         self.b = GraphBuilder(f"{decl.name.name}.{'train' if training else 'eval'}", max_nodes=limits.max_nodes)
         self.hparam_values = dict(hparams)
         self.params: dict[str, ParamInfo] = {}
+        self.state: dict[str, StateInfo] = {}
+        self.updates: dict[str, int] = {}        # state name -> node of its latest assigned value
+        self.state_of: dict[int, str] = {}       # node read as a state's value -> the state's name
         self.inputs: dict[str, InputInfo] = {}
         self.symbols: dict[str, Span] = {}
         self.metrics: dict[str, int] = {}
@@ -134,6 +158,8 @@ class ModelBuilder:
             training=self.training,
             decl=self.decl,
             loss_targets=tuple(self.loss_targets),
+            state=list(self.state.values()),
+            updates=dict(self.updates),
         )
 
     # ---- statements ------------------------------------------------------------------------------------
@@ -377,6 +403,43 @@ class ModelBuilder:
             t = self.b.input(name, type_, "param", init=spec)
         self.params[name] = ParamInfo(name, type_, spec, span, t.id)
         return t
+
+    def make_state(self, frame: Frame, path: tuple[str, ...], shape: tuple[int, ...], init: InitSpec,
+                   dtype: DType, span: Span) -> Tensor:
+        """The current value of a piece of model state, declared here (or met again, in a re-applied
+        instance: then the value a previous application assigned, as a torch module called twice
+        sees the running statistics its first call updated)."""
+        name = ".".join(path)
+        existing = self.state.get(name)
+        if existing is not None:
+            if not frame.reuse:
+                raise DlnError(Diagnostic("E0306", f"two pieces of model state are named {name}", span,
+                                          (Note("the first is made here", existing.span),
+                                           Note('give one a different name with name = "..."'))))
+            if existing.type.shape != tuple(shape):
+                raise reapplied_mismatch(frame, name, str(existing.type), format_shape(shape), existing.span)
+            t = self.b.tensor(self.updates.get(name, existing.node))
+        else:
+            if name in self.params:
+                raise DlnError(Diagnostic("E0306", f"a parameter and a piece of model state are both named {name}",
+                                          span, (Note("the parameter is made here", self.params[name].span),)))
+            type_ = TensorType(dtype, tuple(shape))
+            spec = resolve_init(init, shape)
+            with self.b.at(loc=span, label=name):
+                t = self.b.input(name, type_, "buffer", init=spec)
+            self.state[name] = StateInfo(name, type_, spec, span, t.id)
+        self.state_of[t.id] = name
+        return t
+
+    def assign(self, state: Tensor, value: Tensor) -> None:
+        """Record `value` as the new value of the state `state` was read from: an output the runtime
+        writes over the state after the run.  Detached: no gradient flows through a running statistic."""
+        name = self.state_of[state.id]
+        info = self.state[name]
+        with self.b.at(label=name):
+            value = self.b.detach(self.b.broadcast_to(self.b.cast(value, info.type.dtype), info.type.shape))
+        self.updates[name] = value.id
+        self.state_of[value.id] = name
 
     def random(self, shape: tuple[Dim, ...], dtype: DType) -> Tensor:
         if self.rng is None:

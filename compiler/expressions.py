@@ -450,6 +450,12 @@ class _CallContext:
         return self.m.make_param(self.frame, self.frame.prefix + (self.name, leaf), shape, init, dtype, self.span,
                                  self._spans.get("init"))
 
+    def state(self, leaf: str, shape, init, dtype: DType = DType.F32) -> Tensor:
+        return self.m.make_state(self.frame, self.frame.prefix + (self.name, leaf), shape, init, dtype, self.span)
+
+    def assign(self, state: Tensor, value: Tensor) -> None:
+        self.m.assign(state, value)
+
     def random(self, shape, dtype: DType = DType.F32) -> Tensor:
         return self.m.random(shape, dtype)
 

@@ -248,6 +248,7 @@ class Constraint:
     message: str
     loc: Span | None = field(default=None, compare=False)
     relation: str = "=="
+    code: str = field(default="", compare=False)   # the error when it fails (else by relation)
 
     def holds(self, lhs: int, rhs: int) -> bool:
         return lhs == rhs if self.relation == "==" else lhs <= rhs

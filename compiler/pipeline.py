@@ -53,7 +53,9 @@ def optimize(graph: Graph, debug: bool = False) -> Graph:
 
 
 def forward_graph(model: BuiltModel, outputs: Sequence[str] | None = None, debug: bool = False) -> Graph:
-    """The graph computing `outputs` (declared outputs by default; any named value or metric may be asked for)."""
+    """The graph computing `outputs` (declared outputs by default; any named value or metric may be asked
+    for), and the new value of every model state the build assigns (`new:<name>`, donated to it by
+    `model.state_donations()`): a run in training mode updates the running statistics."""
     names = list(outputs) if outputs is not None else model.outputs
     pairs = []
     for name in names:
@@ -63,7 +65,7 @@ def forward_graph(model: BuiltModel, outputs: Sequence[str] | None = None, debug
             pairs.append((name, model.values[name]))
         else:
             pairs.append((name, model.metrics[name]))
-    g = optimize(model.graph.with_outputs(pairs), debug)
+    g = optimize(model.graph.with_outputs(pairs + model.state_outputs()), debug)
     if not model.training:
         # Evaluation: batch norm (any per-channel scale and shift) moves into the weights before it.
         g = optimize(fold_affine(g), debug)

@@ -43,7 +43,7 @@ class ShapeContext:
         if known is False:
             raise ShapeError(code, message)
         if known is None:
-            self.constraints.append(Constraint(a, b, message, self.loc, "<="))
+            self.constraints.append(Constraint(a, b, message, self.loc, "<=", code))
 
 
 Rule = Callable[[ShapeContext, list[TensorType], Attrs], TensorType]

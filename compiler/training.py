@@ -1,11 +1,12 @@
 """The training step as one graph: forward, generated backward, optimizer update.
 
-Inputs: the data inputs, the parameters, the optimizer state, the random
-state (`rng.seed`, `rng.step`) and two f64 scalars, `lr` (this step's rate)
-and `step` (the optimizer's step count, from 1).  Outputs: the loss, the
-metrics, and for every parameter and state slot — the random step included —
-its new value, named `new:<input>`; `donate` maps each of those to the input it replaces, so a
-backend may update in place.  Parameters the loss does not reach are not
+Inputs: the data inputs, the parameters, the model state (running
+statistics), the optimizer state, the random state (`rng.seed`, `rng.step`)
+and two f64 scalars, `lr` (this step's rate) and `step` (the optimizer's step
+count, from 1).  Outputs: the loss, the metrics, and for every parameter and
+state slot — the model state a layer assigns and the random step included —
+its new value, named `new:<input>`; `donate` maps each of those to the input it
+replaces, so a backend may update in place.  Parameters the loss does not reach are not
 touched, as torch skips parameters whose grad is None.
 """
 
@@ -79,11 +80,12 @@ def build_step(model: BuiltModel, objective: Objective, clip_grad: float | None 
                 sname = f"{state_prefix(objective)}.{p.name}.{slot}"
                 outputs.append((f"new:{sname}", t.id))
                 donate[f"new:{sname}"] = sname
-        # The random state advances with every step, in the graph like any other state.
+        # The random state advances with every step, in the graph like the model state layers assign.
         rng_step = graph.input_named("rng.step")
         rng = b.tensor(rng_step.id) if rng_step is not None else b.input("rng.step", TensorType(DType.I64, ()), "rng")
-        outputs.append(("new:rng.step", b.add(rng, 1).id))
-        donate["new:rng.step"] = "rng.step"
+        for name, node in [*model.updates.items(), ("rng.step", b.add(rng, 1).id)]:
+            outputs.append((f"new:{name}", node))
+            donate[f"new:{name}"] = name
     step_graph = b.finish(outputs)
     step_graph = Graph(f"{model.name}.step.{objective.loss}", step_graph.nodes, step_graph.outputs,
                        step_graph.constraints)

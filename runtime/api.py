@@ -6,8 +6,10 @@
     model.load_state_dict(torch_module.state_dict())
 
 Arrays may be NumPy arrays or torch tensors; results come back as the kind
-given.  Parameters live in the backend's memory; executables are prepared
-once per request and reused.
+given.  Parameters and model state (running statistics) live in the
+backend's memory; executables are prepared once per request and reused.  A
+run in training mode (`value_and_grad`, `run(training=True)`) updates the
+model state, as a torch module's forward in training mode does.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ class Model:
         seed = int(seed)
         rng = np.random.default_rng(seed)
         self._params: dict[str, Any] = init.draw_all(self.spec.params, rng, self.backend.asarray)
+        self._state: dict[str, Any] = init.draw_all(self.spec.state, rng, self.backend.asarray)
         self._train_spec: BuiltModel | None = None
         self._prepared: dict[tuple, tuple[Graph, Any]] = {}
         self._rng_seed = seed
@@ -102,8 +105,18 @@ class Model:
     def parameters(self) -> dict[str, np.ndarray]:
         return {k: self.backend.to_numpy(v).copy() for k, v in self._params.items()}
 
+    def buffers(self) -> dict[str, np.ndarray]:
+        """The model state (running statistics): {name: array}."""
+        return {k: self.backend.to_numpy(v).copy() for k, v in self._state.items()}
+
     def state_dict(self) -> dict[str, np.ndarray]:
-        return self.parameters()
+        """Parameters and model state, by PyTorch's names."""
+        return {**self.parameters(), **self.buffers()}
+
+    @property
+    def persistent(self) -> dict[str, Any]:
+        """The backend's buffers a run reads (and updates, by donation): parameters and model state."""
+        return {**self._params, **self._state}
 
     def load_state_dict(self, state: Mapping[str, Any], strict: bool = True) -> None:
         """Copy values in by name; a PyTorch state_dict of the same architecture loads.
@@ -129,26 +142,27 @@ class Model:
                 continue
             if not binding.real_dtype(arrays[k]):
                 problems.append(f"{k} is an array of {arrays[k].dtype}, not of numbers")
-        missing = [k for k in self._params if k not in state]
-        unexpected = [k for k in state if isinstance(k, str) and k not in self._params]
+        slots = self.persistent
+        missing = [k for k in slots if k not in state]
+        unexpected = [k for k in state if isinstance(k, str) and k not in slots]
         if strict and missing:
             problems.append(f"missing: {', '.join(missing)}")
         if strict and unexpected:
             problems.append(f"unexpected: {', '.join(unexpected)}")
         for k, v in arrays.items():
-            if k in self._params:
-                want = tuple(self.backend.to_numpy(self._params[k]).shape)
+            if k in slots:
+                want = tuple(self.backend.to_numpy(slots[k]).shape)
                 if tuple(v.shape) != want:
                     problems.append(f"{k} has shape {tuple(v.shape)}, the model's is {want}")
         if problems:
             raise DlnError(Diagnostic("E0703", f"the weights do not match model {self.name}: " + "; ".join(problems),
                                       where))
         for k, v in arrays.items():
-            if k in self._params:
-                self.backend.copy_into(self._params[k], v)
+            if k in slots:
+                self.backend.copy_into(slots[k], v)
 
     def save(self, path: str | Path) -> None:
-        """The parameters as a safetensors file (the model's name in its metadata)."""
+        """The parameters and model state as a safetensors file (the model's name in its metadata)."""
         from dln.runtime.checkpoint import save_arrays
 
         path = _check_path("save", path)
@@ -156,7 +170,7 @@ class Model:
             raise DlnError(Diagnostic("E0702", f"cannot write weights to {path}: it is a directory",
                                       None, (Note("name a file: model.save(\"weights.safetensors\")"),)))
         try:
-            save_arrays(path, self.parameters(), {"model": self.name})
+            save_arrays(path, self.state_dict(), {"model": self.name})
         except OSError as e:  # permissions, a file where a directory should be, a full disk
             raise DlnError(Diagnostic("E0702", f"cannot write weights to {path}: {e.strerror or e}")) from None
 
@@ -204,7 +218,7 @@ class Model:
         key = ("run", training, names)
         if key not in self._prepared:
             graph = pipeline.forward_graph(spec, names, self.debug)
-            self._prepared[key] = (graph, self.backend.prepare(graph, self._params, {}))
+            self._prepared[key] = (graph, self.backend.prepare(graph, self.persistent, spec.state_donations()))
         graph, prepared = self._prepared[key]
         results = self._execute(spec, graph, prepared, inputs)
         return _as_kind(results, inputs)
@@ -222,8 +236,8 @@ class Model:
             full, grads, _ = grad_graph(spec.graph, spec.values[loss], params)
             outs = [("loss", spec.values[loss])] + [(f"grad:{p.name}", grads[p.node]) for p in spec.params
                                                     if grads[p.node] is not None]
-            graph = pipeline.optimize(full.with_outputs(outs), self.debug)
-            self._prepared[key] = (graph, self.backend.prepare(graph, self._params, {}))
+            graph = pipeline.optimize(full.with_outputs(outs + spec.state_outputs()), self.debug)
+            self._prepared[key] = (graph, self.backend.prepare(graph, self.persistent, spec.state_donations()))
         graph, prepared = self._prepared[key]
         results = self._execute(spec, graph, prepared, inputs)
         grads = {}
@@ -240,7 +254,8 @@ class Model:
         if "rng.seed" in feeds:
             self._rng_step += 1
         out = prepared.run(feeds, env)
-        return {k: self.backend.to_numpy(v).copy() for k, v in out.items()}
+        updates = spec.state_donations()   # written over the model state by the run: not results
+        return {k: self.backend.to_numpy(v).copy() for k, v in out.items() if k not in updates}
 
     def feeds(self, spec: BuiltModel, graph: Graph, inputs: Mapping[str, Any]) -> tuple[dict[str, Any], dict]:
         """Check `inputs` against the graph's needs; the arrays to feed and the symbol values."""

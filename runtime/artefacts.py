@@ -41,6 +41,7 @@ def manifest(model, forward: Graph, step_graph: Graph | None, files: list[str]) 
         "inputs": [{"name": i.name, **_type(i.type)} for i in spec.inputs],
         "outputs": [{"name": name, **_type(forward.node(i).type)} for name, i in forward.outputs],
         "parameters": [{"name": p.name, **_type(p.type), "init": str(p.init)} for p in spec.params],
+        "state": [{"name": s.name, **_type(s.type), "init": str(s.init)} for s in spec.state],
         "symbols": sorted(spec.symbols),
         "training_step": None if step_graph is None else {
             "graph": step_graph.name,

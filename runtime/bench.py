@@ -110,7 +110,7 @@ def _numpy_step_time(model, step, env) -> float:
     from dln.runtime.interpreter import Executable
 
     states = {s.name: np.zeros(tuple(int(d) for d in s.type.shape), np.float32) for s in step.states}
-    params = {k: v.copy() for k, v in model.parameters().items()}
+    params = {k: v.copy() for k, v in model.state_dict().items()}
     exe = Executable(step.graph, {**params, **states}, step.donate)
     inputs = {k: v.numpy() for k, v in random_inputs(step.graph, env).items() if k not in params and k not in states}
     return _median_time(lambda: exe.run(inputs, env))

@@ -133,8 +133,8 @@ def bind(infos: Iterable[InputInfo], arrays: Mapping[str, np.ndarray],
             continue
         lhs, rhs = evaluate(c.lhs, env), evaluate(c.rhs, env)
         if not c.holds(lhs, rhs):
-            if c.relation != "==":  # an index bound: the sizes say it all
-                raise DlnError(Diagnostic("E0207", f"{c.message} (with {_describe(env)})", c.loc))
+            if c.relation != "==":  # an index bound, or a least size: the sizes say it all
+                raise DlnError(Diagnostic(c.code or "E0207", f"{c.message} (with {_describe(env)})", c.loc))
             raise DlnError(Diagnostic("E0205", f"{c.message} (with {_describe(env)}: {c.lhs} = {lhs}, "
                                                f"{c.rhs} = {rhs})", c.loc))
     return env

@@ -62,7 +62,8 @@ def check_output(path: str | Path, kind: str, what: str) -> None:
 
 
 def save_arrays(path: str | Path, arrays: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None = None) -> None:
-    tensors = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
+    # np.ascontiguousarray makes a 0-d array 1-d: keep the shape (a counter such as num_batches_tracked).
+    tensors = {k: np.ascontiguousarray(v).reshape(np.shape(v)) for k, v in arrays.items()}
     _atomic(Path(path), lambda tmp: save_file(tensors, tmp, metadata=dict(metadata or {})))
 
 

@@ -235,6 +235,8 @@ def cmd_params(args) -> int:
         print(f"{name:<{widths[0]}}  {shape:<{widths[1]}}  {init:<{widths[2]}}  {count:>10,}")
     count = len(rows)
     print(f"{count} parameter{'s' if count != 1 else ''}, {sum(r[3] for r in rows):,} values")
+    if spec.state:   # running statistics: saved with the weights, never trained
+        print(f"model state: " + ", ".join(f"{s.name} {s.type}" for s in spec.state))
     return 0
 
 
@@ -321,7 +323,7 @@ def _save_or_rescue(model, path: Path) -> None:
     name = f"{model.name}-rescued-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.safetensors"
     for directory in (Path.cwd(), Path(tempfile.gettempdir())):
         try:
-            save_arrays(directory / name, model.parameters(), {"model": model.name})
+            save_arrays(directory / name, model.state_dict(), {"model": model.name})
         except OSError:
             continue
         raise DlnError(Diagnostic("E0708", f"cannot write the weights (--save) {path}: {why}", None,

@@ -70,6 +70,7 @@ class _Plan:
         self.feed_buffers: list[tuple[str, np.ndarray]] = []
         self.steps: list[Callable[[], Any]] = []
         self.step_nodes: list[Node] = []
+        self.shared: dict = {}   # scratch the prepared steps share (numpy_conv's column matrices)
         self.copies: list[tuple[np.ndarray, np.ndarray]] = []
         arrays: dict[int, np.ndarray] = {}
         root: dict[int, int] = {}  # node -> the node owning the memory it views
@@ -128,7 +129,7 @@ class _Plan:
                 out = self._buffer(n, pool, owned)
                 if target is not None:
                     self.copies.append((arrays[target], out))
-            self._step(n, _bind(n, args, out, env))
+            self._step(n, _bind(n, args, out, env, self.shared))
             arrays[n.id] = out
             # Return the buffers whose last reader this was.
             for i in set(n.inputs):
@@ -199,7 +200,7 @@ def _key(a: np.ndarray) -> tuple:
     return (a.shape, a.dtype)
 
 
-def _bind(n: Node, args: list[np.ndarray], out: np.ndarray, env: dict[str, Any]) -> Callable[[], Any]:
+def _bind(n: Node, args: list[np.ndarray], out: np.ndarray, env: dict[str, Any], shared: dict) -> Callable[[], Any]:
     """The node's computation as one prebound call."""
     direct = UFUNCS.get(n.op)
     if direct is not None:
@@ -209,5 +210,5 @@ def _bind(n: Node, args: list[np.ndarray], out: np.ndarray, env: dict[str, Any])
         return functools.partial(reduce, args[0], axis=n.attrs["axes"], keepdims=n.attrs["keepdim"], out=out)
     prepare = PREPARED.get(n.op)
     if prepare is not None:
-        return prepare(n, args, out, env)
+        return prepare(n, args, out, env, shared)
     return functools.partial(IMPLS[n.op], n, args, out, env)

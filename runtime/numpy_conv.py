@@ -8,8 +8,9 @@ and then adds the columns back into place (col2im), one strided add per kernel
 position.  No Python loop runs over pixels, channels or the batch.
 
 Each op is *prepared* once per plan (`PREPARED`): its scratch buffers (the
-padded input, the columns, the product) are allocated then and reused by
-every step; `IMPLS` runs the same preparation once for the plain interpreter.
+padded input, the columns) are allocated then and reused by every step, and a
+convolution's weight gradient reuses the columns its forward step filled;
+`IMPLS` runs the same preparation once for the plain interpreter.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from dln.compiler.ir import Node, Op
 from dln.runtime.numpy_ops import IMPLS, concrete_shape, np_dtype
 
 Step = Callable[[], np.ndarray]
-PREPARED: dict[Op, Callable[[Node, list[np.ndarray], np.ndarray, dict[str, Any]], Step]] = {}
+# prepare(node, args, out, env, shared) -> step; `shared` is one dict per plan (scratch that steps share)
+PREPARED: dict[Op, Callable[[Node, list[np.ndarray], np.ndarray, dict[str, Any], dict], Step]] = {}
 
 
 @dataclass(frozen=True)
@@ -69,28 +71,30 @@ def _windows(xp: np.ndarray, out: tuple[int, ...], kernel: tuple[int, ...], geo:
     return np.lib.stride_tricks.as_strided(xp, xp.shape[:2] + out + kernel, strides, writeable=False)
 
 
-def _columns(x: np.ndarray, out: tuple[int, ...], kernel: tuple[int, ...], geo: _Geometry):
-    """The column matrix of every group, [g, B * prod(O), C/g * prod(K)], and the step that fills it."""
+def _columns(x: np.ndarray, out: tuple[int, ...], kernel: tuple[int, ...], geo: _Geometry, shared: dict):
+    """The column matrices [B, g, C/g * prod(K), prod(O)] and the step that fills them.
+
+    This layout keeps each row's output positions contiguous: the fill copies runs of them, and the
+    product with the weight [g, out/g, C/g * prod(K)] lands in the output's own layout [B, out, *O].
+    A convolution and the weight gradient that follows it share one matrix (`shared`, one per plan):
+    the gradient finds it filled by the forward step and does not fill it again.
+    """
+    key = (id(x), geo, out, kernel)
+    if key in shared:
+        return shared[key], lambda: None
     xp, refresh = _padded(x, geo)
     b, c = x.shape[:2]
     g, r = geo.groups, len(kernel)
-    cg = c // g
-    win = _windows(xp, out, kernel, geo).reshape((b, g, cg) + out + kernel)
-    # [B, g, cg, *O, *K] -> [g, B, *O, cg, *K]
-    order = (1, 0) + tuple(range(3, 3 + r)) + (2,) + tuple(range(3 + r, 3 + 2 * r))
-    source = win.transpose(order)
+    win = _windows(xp, out, kernel, geo).reshape((b, g, c // g) + out + kernel)
+    # [B, g, cg, *O, *K] -> [B, g, cg, *K, *O]
+    source = win.transpose((0, 1, 2) + tuple(range(3 + r, 3 + 2 * r)) + tuple(range(3, 3 + r)))
     cols = np.empty(source.shape, x.dtype)
 
     def fill() -> None:
         refresh()
         np.copyto(cols, source)
-    return cols.reshape(g, b * math.prod(out), cg * math.prod(kernel)), fill
-
-
-def _split(a: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """`a` reshaped, read each step: a view when `a`'s strides allow, else a fresh copy — never a copy
-    made once at plan time and left stale (the arguments may be views of buffers that change)."""
-    return a.reshape(shape)
+    shared[key] = matrix = cols.reshape(b, g, c // g * math.prod(kernel), math.prod(out))
+    return matrix, fill
 
 
 def _into(out: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -99,56 +103,52 @@ def _into(out: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return view
 
 
-def _prepare_conv(node: Node, args: list[np.ndarray], out: np.ndarray, env) -> Step:
+# The arguments may be views of buffers that change between steps, so they are reshaped in each
+# step (a view where their strides allow, else a fresh copy), never once at plan time.
+
+def _prepare_conv(node: Node, args: list[np.ndarray], out: np.ndarray, env, shared: dict) -> Step:
     x, w = args
     geo = _Geometry.of(node)
     b, co = out.shape[:2]
-    sizes, kernel = out.shape[2:], w.shape[2:]
     g = geo.groups
-    cols, fill = _columns(x, sizes, kernel, geo)
-    product = np.empty((g, cols.shape[1], co // g), out.dtype)
-    # [g, B, P, co/g] -> [B, g, co/g, P], the layout of out
-    result = product.reshape(g, b, -1, co // g).transpose(1, 0, 3, 2)
+    cols, fill = _columns(x, out.shape[2:], w.shape[2:], geo, shared)
     target = _into(out, (b, g, co // g, -1))
 
     def step() -> np.ndarray:
         fill()
-        np.matmul(cols, _split(w, (g, co // g, -1)).transpose(0, 2, 1), out=product)
-        np.copyto(target, result)
+        np.matmul(w.reshape(1, g, co // g, -1), cols, out=target)     # [B, g, out/g, P]
         return out
     return step
 
 
-def _prepare_conv_weight(node: Node, args: list[np.ndarray], out: np.ndarray, env) -> Step:
+def _prepare_conv_weight(node: Node, args: list[np.ndarray], out: np.ndarray, env, shared: dict) -> Step:
     x, dy = args
     geo = _Geometry.of(node)
     b, co = dy.shape[:2]
     g = geo.groups
-    cols, fill = _columns(x, dy.shape[2:], tuple(node.attrs["kernel"]), geo)
-    grads = np.empty((g, co // g, b, math.prod(dy.shape[2:])), dy.dtype)
-    flat = grads.reshape(g, co // g, -1)
+    cols, fill = _columns(x, dy.shape[2:], tuple(node.attrs["kernel"]), geo, shared)
+    per_example = np.empty((b, g, co // g, cols.shape[2]), dy.dtype)
     target = _into(out, (g, co // g, -1))
 
     def step() -> np.ndarray:
         fill()
-        np.copyto(grads, _split(dy, (b, g, co // g, -1)).transpose(1, 2, 0, 3))   # [g, co/g, B, P]
-        np.matmul(flat, cols, out=target)
+        # one small product per example, then their sum: [B, g, out/g, P] @ [B, g, P, cg * prod(K)]
+        np.matmul(dy.reshape(b, g, co // g, -1), cols.transpose(0, 1, 3, 2), out=per_example)
+        np.sum(per_example, axis=0, out=target)
         return out
     return step
 
 
-def _prepare_conv_transpose(node: Node, args: list[np.ndarray], out: np.ndarray, env) -> Step:
+def _prepare_conv_transpose(node: Node, args: list[np.ndarray], out: np.ndarray, env, shared: dict) -> Step:
     y, w = args
     geo = _Geometry.of(node)
     b, co = y.shape[:2]
     sizes, kernel = y.shape[2:], w.shape[2:]
     g, r = geo.groups, len(kernel)
     cg = out.shape[1] // g
-    rows = np.empty((g, b, math.prod(sizes), co // g), y.dtype)
-    cols = np.empty((g, b * math.prod(sizes), cg * math.prod(kernel)), y.dtype)
-    # the columns [g, B, *O, cg, *K] -> at each kernel position, [B, g, cg, *O]
-    spread = cols.reshape((g, b) + sizes + (cg,) + kernel)
-    order = (1, 0, 2 + r) + tuple(range(2, 2 + r))
+    cols = np.empty((b, g, cg * math.prod(kernel), math.prod(sizes)), y.dtype)
+    # the columns [B, g, cg, *K, *O]: at each kernel position, a [B, g, cg, *O] slab to add into place
+    spread = cols.reshape((b, g, cg) + kernel + sizes)
     zp = np.zeros(geo.padded_shape(out.shape), out.dtype) if geo.padded else out
     grouped = _into(zp, (b, g, cg) + zp.shape[2:])
     adds = []
@@ -156,12 +156,12 @@ def _prepare_conv_transpose(node: Node, args: list[np.ndarray], out: np.ndarray,
         at = (slice(None),) * 3 + tuple(
             slice(k[a] * geo.dilation[a], k[a] * geo.dilation[a] + (sizes[a] - 1) * geo.stride[a] + 1,
                   geo.stride[a]) for a in range(r))
-        adds.append((grouped[at], spread[(Ellipsis,) + k].transpose(order)))
+        adds.append((grouped[at], spread[(slice(None),) * 3 + k]))
     inner = zp[geo.interior(out.shape)]
 
     def step() -> np.ndarray:
-        np.copyto(rows, _split(y, (b, g, co // g, -1)).transpose(1, 0, 3, 2))   # [g, B, P, co/g]
-        np.matmul(rows.reshape(g, -1, co // g), _split(w, (g, co // g, -1)), out=cols)
+        # [g, cg * prod(K), out/g] @ [B, g, out/g, P]
+        np.matmul(w.reshape(1, g, co // g, -1).transpose(0, 1, 3, 2), y.reshape(b, g, co // g, -1), out=cols)
         zp.fill(0)
         for into, part in adds:
             np.add(into, part, out=into)
@@ -180,7 +180,7 @@ def _run_once(prepare) -> Callable:
     def run(node, args, out, env):
         if out is None:
             out = np.empty(concrete_shape(node, env), np_dtype(node.dtype))
-        return prepare(node, args, out, env)()
+        return prepare(node, args, out, env, {})()
     return run
 
 

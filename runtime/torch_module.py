@@ -8,8 +8,11 @@ Parameters are `nn.Parameter`s (names with `.` spelled `__`) over the model's
 own memory: a torch optimizer stepping the module changes what `model(...)`
 computes, and `model.load_state_dict`, `model.load` or training through dln
 change what the module computes (every runtime path writes parameters in
-place).  `module.to(...)`, `.double()` and the like make new tensors, as they
-do in torch, and so end the sharing.  Training mode follows `module.train()`.
+place).  The model state (running statistics) is the module's buffers, over
+the model's memory in the same way; a forward in training mode updates them,
+as torch's BatchNorm does.  `module.to(...)`, `.double()` and the like make new
+tensors, as they do in torch, and so end the sharing.  Training mode follows
+`module.train()`.
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ def as_torch(model):
             self.dln_model = model
             for name in model._params:
                 self.register_parameter(name.replace(".", "__"), shared_parameter(model, name))
+            for name in model._state:
+                self.register_buffer(name.replace(".", "__"), shared_buffer(model, name))
             self._graphs: dict[bool, tuple] = {}
             self._executables: dict[int, tuple] = {}   # graph id -> (graph, backend executable)
 
@@ -65,17 +70,22 @@ def as_torch(model):
             params = {p.name: t for p, t in zip(spec.params, tensors[len(keys):])}
             rng = (model._rng_seed, model._rng_step)
             model._rng_step += 1
-            out = _run(model, module._executables, spec, forward, params, inputs, rng, {})
-            ctx.saved = (module, graphs, keys, inputs, params, rng)
+            # The state as this forward read it, for its backward (the run may update it).
+            state = {k: torch.from_numpy(v) for k, v in model.buffers().items()}
+            out = _run(model, module._executables, spec, forward, params, inputs, rng, state)
+            for out_name, name in spec.state_donations().items():
+                model.backend.copy_into(model._state[name], out.pop(out_name).cpu().numpy())
+            ctx.saved = (module, graphs, keys, inputs, params, rng, state)
             ctx.n_inputs = len(keys)
-            return tuple(out[name] for name in forward.output_names)
+            return tuple(out[name] for name in forward.output_names if name in out)
 
         @staticmethod
         def backward(ctx, *cotangents):
-            module, graphs, keys, inputs, params, rng = ctx.saved
+            module, graphs, keys, inputs, params, rng, state = ctx.saved
             spec, forward, backward = graphs
-            cot = {f"cot:{name}": c.detach().contiguous() for name, c in zip(forward.output_names, cotangents)}
-            out = _run(model, module._executables, spec, backward, params, inputs, rng, cot)
+            declared = [name for name in forward.output_names if name not in spec.state_donations()]
+            cot = {f"cot:{name}": c.detach().contiguous() for name, c in zip(declared, cotangents)}
+            out = _run(model, module._executables, spec, backward, params, inputs, rng, {**cot, **state})
             input_grads = [out.get(f"grad:{k}") for k in keys]
             param_grads = [out[f"grad:{p.name}"] if f"grad:{p.name}" in out else torch.zeros_like(params[p.name])
                            for p in spec.params]
@@ -118,11 +128,23 @@ def shared_parameter(model, name: str):
     return param
 
 
+def shared_buffer(model, name: str):
+    """A tensor over the memory of the model state `name`, as `shared_parameter` for parameters."""
+    import torch
+
+    value = model._state[name]
+    return torch.from_numpy(value) if isinstance(value, np.ndarray) else value
+
+
 def _vjp_graph(spec: BuiltModel, forward: Graph) -> Graph:
-    """Gradients of sum_k sum(output_k * cot:output_k) for every parameter and float input."""
+    """Gradients of sum_k sum(output_k * cot:output_k) for every parameter and float input (the
+    declared outputs: the new model state is no function autograd differentiates)."""
     b = GraphBuilder(f"{spec.name}.vjp", base=spec.graph)
     total = None
+    updates = spec.state_donations()
     for name, node_id in forward.outputs:
+        if name in updates:
+            continue
         out = b.tensor(node_id)
         if not out.dtype.is_float:
             continue

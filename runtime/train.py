@@ -1,10 +1,11 @@
 """Training as a file's `train` section says.
 
 One compiled step graph per objective (forward + backward + optimizer
-update), run over shuffled mini-batches; parameters and optimizer state are
-persistent buffers the step updates in place.  Each epoch reports loss and
+update), run over shuffled mini-batches; parameters, model state (running
+statistics) and optimizer state are persistent buffers the step updates in
+place.  Each epoch reports loss and
 accuracy on the training batches and on the held-out data, writes a
-checkpoint atomically (weights and optimizer state as safetensors, the rest
+checkpoint atomically (weights with the model state, and optimizer state, as safetensors, the rest
 as JSON) and resumes from it when run again.
 """
 
@@ -132,7 +133,7 @@ class Trainer:
                 self.states[s.name] = be.asarray(arr)
         # The random state: the seed, and the step count every step graph advances in place.
         self.rng = {"rng.seed": be.asarray(np.array(recipe.seed, np.int64)), "rng.step": be.asarray(np.array(0, np.int64))}
-        self.persistent = {**model._params, **self.states, **self.rng}
+        self.persistent = {**model.persistent, **self.states, **self.rng}
         self.prepared = [be.prepare(step.graph, self.persistent, step.donate) for step in self.steps]
         self.eval_names = [o.loss for o in recipe.objectives] + list(spec.metrics)
         self.step_counts = [0] * len(self.steps)
@@ -282,7 +283,7 @@ class Trainer:
                 s.end_epoch(val_loss)
             if r.early_stop is not None and val_loss is not None:
                 if val_loss < self.best_val:
-                    self.best_val, self.best_params, self.bad_epochs = val_loss, self.model.parameters(), 0
+                    self.best_val, self.best_params, self.bad_epochs = val_loss, self.model.state_dict(), 0
                 else:
                     self.bad_epochs += 1
                 self.stopped = self.bad_epochs >= r.early_stop
@@ -357,7 +358,7 @@ class Trainer:
         found unreadable later, leaves a whole checkpoint to resume from."""
         be = self.model.backend
         files = {"weights": f"weights-{epochs_done}.safetensors", "optimizer": f"optimizer-{epochs_done}.safetensors"}
-        checkpoint.save_arrays(ckpt / files["weights"], self.model.parameters(), {"model": self.model.name})
+        checkpoint.save_arrays(ckpt / files["weights"], self.model.state_dict(), {"model": self.model.name})
         checkpoint.save_arrays(ckpt / files["optimizer"], {k: be.to_numpy(v).copy() for k, v in self.states.items()}
                                or {"_empty": np.zeros(0, np.float32)})
         if self.best_params is not None:
@@ -381,7 +382,7 @@ class Trainer:
         self.committed = state
         checkpoint_state.tidy(ckpt, _files_of(state))
         # For people: the latest weights under a stable name (resuming reads the committed files).
-        checkpoint.save_arrays(ckpt / "weights.safetensors", self.model.parameters(), {"model": self.model.name})
+        checkpoint.save_arrays(ckpt / "weights.safetensors", self.model.state_dict(), {"model": self.model.name})
 
     def _resume(self, ckpt: Path, schedules: list[Schedule]) -> int:
         state = checkpoint.load_json(ckpt / "state.json")

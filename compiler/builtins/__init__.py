@@ -8,7 +8,8 @@ pointing at the argument, happens here once for all built-ins.
 
 The function receives a `CallContext` (the graph builder, the call's span,
 its parameter scope) and returns a value.  Layers create parameters through
-`cx.param`; random ops draw through `cx.random`.
+`cx.param` and model state (running statistics) through `cx.state`, whose new
+value `cx.assign` records; random ops draw through `cx.random`.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ class CallContext(Protocol):
     training: bool
 
     def param(self, leaf: str, shape: Shape, init: InitSpec, dtype: DType = DType.F32) -> Tensor: ...
+    def state(self, leaf: str, shape: Shape, init: InitSpec, dtype: DType = DType.F32) -> Tensor: ...
+    def assign(self, state: Tensor, value: Tensor) -> None: ...
     def random(self, shape: Shape, dtype: DType = DType.F32) -> Tensor: ...
     def fail(self, code: str, message: str, *notes: Note) -> DlnError: ...
     def arg_span(self, name: str) -> Span: ...
@@ -358,5 +361,5 @@ def signature(b: Builtin) -> str:
 # Register the families (import order fixes nothing but the help listing).
 from dln.compiler.builtins import tensor_ops, reductions, shape_ops, nn, conv, pooling, losses, inits  # noqa: E402,F401
 
-planned("layer", "batchnorm", "rnn", "lstm", "gru", "attention",
+planned("layer", "rnn", "lstm", "gru", "attention",
         owns_params=True)

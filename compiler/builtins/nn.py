@@ -7,7 +7,7 @@ import math
 
 from dln.compiler.builtins import BOOL, FLOAT, INIT, INT, TENSOR, builtin
 from dln.compiler.emit import Tensor
-from dln.compiler.ir import Op
+from dln.compiler.ir import DType, Op
 from dln.compiler.symbolic import numel
 from dln.compiler.values import InitSpec
 
@@ -90,3 +90,65 @@ def gcn_conv(cx, x: TENSOR, adj: TENSOR, out: INT, bias: BOOL = True):
         y = b.add(y, cx.param("bias", (out,), InitSpec("zeros"), dtype))
     return y
 
+
+@builtin(category="layer", owns_params=True)
+def batchnorm(cx, x: TENSOR, momentum: FLOAT = 0.1, eps: FLOAT = 1e-5, affine: BOOL = True,
+              track_running_stats: BOOL = True):
+    """normalization per channel (axis 1) over the batch and any length or image axes, with running
+    statistics updated in training mode and used in evaluation mode (torch.nn.BatchNorm1d/2d by rank)"""
+    if x.rank not in (2, 3, 4):
+        raise cx.fail("E0202", f"batchnorm needs [B, C], [B, C, L] or [B, C, H, W], got {x.type}")
+    n = _features(cx, x, "batchnorm", axis=1)
+    if not 0.0 <= momentum <= 1.0:
+        raise cx.fail_at("momentum", "E0208", f"batchnorm's momentum must lie in [0, 1], got {momentum:g}")
+    if not eps >= 0.0:
+        raise cx.fail_at("eps", "E0208", f"batchnorm's eps cannot be negative, got {eps:g}")
+    b = cx.b
+    x = b.to_float(x)
+    dtype = x.dtype
+    axes = (0,) + tuple(range(2, x.rank))
+    channels = (1, n) + (1,) * (x.rank - 2)   # a per-channel vector, shaped to broadcast over x
+    if track_running_stats:
+        running_mean = cx.state("running_mean", (n,), InitSpec("zeros"), dtype)
+        running_var = cx.state("running_var", (n,), InitSpec("ones"), dtype)
+        batches = cx.state("num_batches_tracked", (), InitSpec("zeros"), DType.I64)
+    if cx.training or not track_running_stats:
+        mean, var = _batch_statistics(cx, x, axes)
+        if cx.training and track_running_stats:
+            unbiased = b.mul(var, _bessel(b, b.reduced_count(x, axes), dtype))
+            cx.assign(running_mean, _momentum(b, running_mean, b.reshape(mean, (n,)), momentum))
+            cx.assign(running_var, _momentum(b, running_var, b.reshape(unbiased, (n,)), momentum))
+            cx.assign(batches, b.add(batches, 1))
+    else:
+        mean, var = b.reshape(running_mean, channels), b.reshape(running_var, channels)
+    y = b.mul(b.sub(x, mean), b.unary(Op.RSQRT, b.add(var, eps)))
+    if affine:
+        weight = cx.param("weight", (n,), InitSpec("ones"), dtype)
+        bias = cx.param("bias", (n,), InitSpec("zeros"), dtype)
+        y = b.add(b.mul(y, b.reshape(weight, channels)), b.reshape(bias, channels))
+    return y
+
+
+def _batch_statistics(cx, x: Tensor, axes: tuple[int, ...]) -> tuple[Tensor, Tensor]:
+    """The mean and biased variance over `axes`, kept as [1, C, 1, ...]; torch refuses a single value
+    per channel (its variance is undefined), and so does dln: here when the count is known, else when
+    the inputs arrive."""
+    b = cx.b
+    b.at_most(2, b.reduced_count(x, axes), "E0202",
+              f"batchnorm needs more than one value per channel to take batch statistics, for {x.type}")
+    mean = b.mean(x, axes, keepdim=True)
+    centered = b.sub(x, mean)
+    return mean, b.mean(b.mul(centered, centered), axes, keepdim=True)
+
+
+def _bessel(b, count, dtype) -> Tensor | float:
+    """n / (n - 1): the biased variance of n values to the unbiased, which the running variance keeps."""
+    if isinstance(count, int):
+        return count / (count - 1)
+    n = b.dim_value(count, dtype)
+    return b.div(n, b.sub(n, 1))
+
+
+def _momentum(b, running: Tensor, batch: Tensor, momentum: float) -> Tensor:
+    """(1 - momentum) * running + momentum * batch: torch's update of a running statistic."""
+    return b.add(b.mul(running, 1.0 - momentum), b.mul(batch, momentum))

@@ -65,3 +65,11 @@ def test_tables_only_name_ops():
     for table in (shapes.SHAPE_RULES, numpy_ops.IMPLS, autodiff.VJP):
         assert all(isinstance(k, Op) for k in table)
     assert all(isinstance(k, Op) for k in autodiff.NO_GRADIENT)
+
+
+@pytest.mark.parametrize("op", ALL_OPS, ids=str)
+def test_torch_table_entry(op):
+    """`dln bench` runs a step graph op by op with PyTorch: every computed op needs its torch twin."""
+    from dln.runtime.torch_graph import torch_table
+
+    assert op in torch_table() or op in FED_BY_THE_INTERPRETER, f"{op} has no entry in the torch table"

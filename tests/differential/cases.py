@@ -36,6 +36,7 @@ class Case:
     positive: frozenset[str] = frozenset()      # params that must stay > 0 when the harness rescales them
     shapes: dict[str, str] = field(default_factory=dict)   # declared shapes of inputs with symbolic axes
     tol32: float = 1e-4                         # relative tolerance between the backends in f32
+    training: bool = False                      # y is compared in training mode (batchnorm's batch statistics)
 
 
 def dims(rng: np.random.Generator, rank: int, sizes=SIZES) -> tuple[int, ...]:
@@ -477,6 +478,18 @@ def _gen_layernorm(rng):
                 {"x": normal(rng, shape, 2.0) + 0.5})
 
 
+def _gen_batchnorm(rng):
+    """Training mode (batch statistics; the running statistics it updates are compared between the
+    backends); at least two values per channel, as torch requires."""
+    shape = dims(rng, 1, sizes=(2, 3, 5, 7)) + dims(rng, int(rng.integers(1, 4)))
+    momentum, eps = float(rng.choice([0.1, 0.5])), float(rng.choice([1e-5, 1e-3]))
+    affine, track = bool(rng.random() < 0.7), bool(rng.random() < 0.8)
+    return Case(f"y = batchnorm(x, momentum = {momentum}, eps = {eps}, affine = {str(affine).lower()}, "
+                f"track_running_stats = {str(track).lower()})",
+                lambda t: F.batch_norm(t["x"], None, None, t.get("y.weight"), t.get("y.bias"), True, momentum, eps),
+                {"x": normal(rng, shape, 2.0) + 0.5}, training=True)
+
+
 def _gen_embedding(rng):
     vocab, dim = int(rng.choice((3, 7, 11))), int(rng.choice((2, 5, 6)))
     tokens = rng.integers(0, vocab, dims(rng, 2))
@@ -704,9 +717,10 @@ GENERATORS: dict[str, Callable[[np.random.Generator], Case]] = {
     "arange": _gen_arange, "ones_like": _gen_like("ones_like", 1.0), "zeros_like": _gen_like("zeros_like", 0.0),
     "matmul": _gen_matmul("matmul"),
     # layers
-    "linear": _gen_linear, "layernorm": _gen_layernorm, "embedding": _gen_embedding, "gcn_conv": _gen_gcn_conv,
-    "global_avgpool": _gen_global_avgpool, "maxpool2d": _gen_maxpool2d, "avgpool2d": _gen_avgpool2d,
-    "conv1d": _gen_conv(1), "conv2d": _gen_conv(2), "conv_transpose2d": _gen_conv_transpose2d,
+    "linear": _gen_linear, "layernorm": _gen_layernorm, "batchnorm": _gen_batchnorm, "embedding": _gen_embedding,
+    "gcn_conv": _gen_gcn_conv, "global_avgpool": _gen_global_avgpool, "maxpool2d": _gen_maxpool2d,
+    "avgpool2d": _gen_avgpool2d, "conv1d": _gen_conv(1), "conv2d": _gen_conv(2),
+    "conv_transpose2d": _gen_conv_transpose2d,
     # losses
     "cross_entropy": _gen_cross_entropy, "nll": _gen_nll, "hinge": _gen_hinge, "kl_div": _gen_kl_div,
     "mse": _gen_pointwise_loss("mse", lambda x, z, r: F.mse_loss(x, z, reduction=r)),

@@ -97,10 +97,10 @@ def check_against_torch(case: Case, seed: int) -> None:
     cot = rng.standard_normal(shape)
     model = dln.compile(source(case, "f64", shape, fused=False), backend="numpy")
     layer = _layer_params(model, case, rng, fused=False)
-    model.load_state_dict({**case.params, **layer})
+    model.load_state_dict({**model.buffers(), **case.params, **layer})
     ref, ref_loss, ref_grads = _torch_reference(case, layer, cot)
     with np.errstate(all="ignore"):
-        y = model.run(["y"], **case.inputs)["y"]
+        y = model.run(["y"], training=case.training, **case.inputs)["y"]
         loss, grads = model.value_and_grad("loss", **case.inputs, cot=cot)
     np.testing.assert_allclose(y, ref.detach().numpy(), rtol=F64_RTOL, atol=F64_ATOL, err_msg="y")
     np.testing.assert_allclose(loss, ref_loss.item(), rtol=F64_RTOL, atol=F64_ATOL, err_msg="loss")
@@ -127,13 +127,13 @@ def check_backends(case: Case, seed: int) -> None:
     triton = dln.compile(text, backend="triton", seed=seed)
     values = {**_fused_values(case, rng), **_layer_params(reference, case, rng, fused=True)}
     for model in (reference, triton):
-        model.load_state_dict(values)
+        model.load_state_dict({**model.buffers(), **values})
     feeds = {k: v.astype(np.float32) if v.dtype == np.float64 else v for k, v in case.inputs.items()}
     random = case.torch_fn is None
     results = []
     for model in (reference, triton):
         with np.errstate(all="ignore"):
-            y = model.run(["y"], training=random, **feeds)["y"]
+            y = model.run(["y"], training=random or case.training, **feeds)["y"]
             loss, grads = model.value_and_grad("loss", **feeds, cot=cot)
         results.append((y, loss, grads))
     (y1, l1, g1), (y2, l2, g2) = results
@@ -141,6 +141,8 @@ def check_backends(case: Case, seed: int) -> None:
     close(l2, l1, case.tol32, "loss")
     for k in g1:
         close(g2[k], g1[k], case.tol32, f"gradient of {k}")
+    for k, v in reference.buffers().items():   # model state the training-mode runs updated
+        close(triton.buffers()[k], v, case.tol32, k)
 
 
 def close(got, want, tol: float, what: str) -> None:

@@ -593,6 +593,14 @@ def test_layernorm_without_affine():
     check(Case("layernorm_plain", "y = layernorm(x, affine = false)", lambda x: F.layer_norm(x, (7,)), {"x": x}))
 
 
+def test_batchnorm_without_running_statistics():
+    """Batch statistics in both modes, as torch's BatchNorm with track_running_stats=False (the running
+    statistics are tests/runtime/test_batchnorm.py's)."""
+    x = normal((6, 3, 5)) * 2 + 1
+    check(Case("batchnorm_plain", "y = batchnorm(x, affine = false, track_running_stats = false)",
+               lambda x: F.batch_norm(x, None, None, training=True), {"x": x}))
+
+
 def test_embedding():
     # Embedding weights are f32 (torch's default dtype: indices say nothing about it); a f64 factor
     # promotes the output to f64 in both.
@@ -738,9 +746,10 @@ model m() {
 # ---- every available built-in is exercised here -----------------------------------------------------------------
 ALL_CASES = ELEMENTWISE + REDUCTIONS + SHAPES + INDEXING + MATMUL + LOSSES + LOSS_EDGES
 # Layers and the random built-ins are tested by the functions above, pooling in test_pooling.py,
-# convolutions in test_conv.py.
-TESTED_BY_FUNCTIONS = {"linear", "layernorm", "embedding", "gcn_conv", "dropout", "rand_like", "randn_like",
-                       "bernoulli", "maxpool2d", "avgpool2d", "global_avgpool", "conv1d", "conv2d", "conv_transpose2d"}
+# convolutions in test_conv.py, batchnorm in test_batchnorm.py.
+TESTED_BY_FUNCTIONS = {"linear", "layernorm", "batchnorm", "embedding", "gcn_conv", "dropout", "rand_like",
+                       "randn_like", "bernoulli", "maxpool2d", "avgpool2d", "global_avgpool", "conv1d", "conv2d",
+                       "conv_transpose2d"}
 
 
 def test_every_available_builtin_is_covered():

@@ -207,3 +207,30 @@ def test_evaluation_folds_per_channel_affine_into_the_conv():
                         and n.op in (Op.MUL, Op.SUB, Op.DIV)]
     assert over_activations == []
     assert sum(n.op is Op.CONV for n in folded.nodes) == 1
+
+
+def test_torch_table_runs_the_convolution_ops_as_numpy_does():
+    """`dln bench` replays a step graph with torch: its conv, conv_transpose and conv_weight (asymmetric
+    "same" padding, groups, output_padding) compute what the NumPy backend computes."""
+    from dln.runtime.torch_graph import make_runner, random_inputs
+    from dln.runtime.train import default_objective
+
+    model = dln.compile("""
+        model m() {
+            input x: f64[B, 4, 7, 6]
+            input t: f64[B, 2, 12, 18]
+            h = x -> conv2d(6, kernel = (2, 3), padding = "same", groups = 2) -> tanh
+            y = h -> conv_transpose2d(2, kernel = 3, stride = (2, 3), padding = (2, 1), output_padding = (1, 2))
+            loss = mean((y - t) ** 2)
+            output y
+        }
+        train m { optimizer = sgd(lr = 0.1)
+                  minimize loss }""")
+    step = pipeline.train_step(model.train_spec, default_objective(model))
+    env = {"B": 3}
+    feeds = random_inputs(step.graph, env, seed=5)
+    want = evaluate(step.graph, {k: v.numpy() for k, v in feeds.items()}, env)
+    got = make_runner(step.graph, env)(feeds)
+    assert {n.op for n in step.graph.nodes} >= {Op.CONV, Op.CONV_TRANSPOSE, Op.CONV_WEIGHT}
+    for name, value in want.items():
+        np.testing.assert_allclose(np.asarray(got[name]), value, rtol=1e-10, atol=1e-12, err_msg=name)
