@@ -37,7 +37,7 @@ SETTINGS = {
     "autoencoder": {"validate": 0.1, "lr": 2e-3, "betas": (0.9, 0.999), "batch": 64, "epochs": 20, "seed": 0},
 }
 Z = 16          # the GAN's noise size
-BATCHNORM = False
+BATCHNORM = True
 SAMPLES = 1000  # generated digits scored for mode coverage
 
 
@@ -50,8 +50,8 @@ def make_cnn(batchnorm: bool = BATCHNORM):
 
         def __init__(self) -> None:
             super().__init__()
-            self.conv1 = nn.Conv2d(1, 16, 3, padding=1)
-            self.conv2 = nn.Conv2d(16, 32, 3, padding=1)
+            self.conv1 = nn.Conv2d(1, 16, 3, padding=1, bias=not batchnorm)
+            self.conv2 = nn.Conv2d(16, 32, 3, padding=1, bias=not batchnorm)
             if batchnorm:
                 self.bn1 = nn.BatchNorm2d(16, momentum=0.1, eps=1e-5)
                 self.bn2 = nn.BatchNorm2d(32, momentum=0.1, eps=1e-5)
