@@ -27,7 +27,7 @@ STEPS = 5
 # float32.  Measured: losses within 2e-7 relative, weights within 1e-6 (fc1's, where a unit's
 # gradient is near 0 and Adam's m / sqrt(v) magnifies rounding), the rest within 1e-7.  Each step
 # moves a weight by up to lr = 1e-3, so a mismatch in any rule shows far above these bounds (a
-# 5% larger learning rate fails the losses by 10x their bound at step 2).
+# 5% larger learning rate in the twin fails the losses from the second step on).
 LOSS_RTOL = 2e-6
 PARAM_ATOL = 5e-6
 
