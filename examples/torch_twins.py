@@ -81,7 +81,7 @@ def make_dcgan(batchnorm: bool = BATCHNORM):
         def __init__(self) -> None:
             super().__init__()
             self.seed = nn.Linear(Z, 2 * c * 4)
-            self.up1 = nn.ConvTranspose2d(2 * c, c, 4, stride=2, padding=1)
+            self.up1 = nn.ConvTranspose2d(2 * c, c, 4, stride=2, padding=1, bias=not batchnorm)
             if batchnorm:
                 self.bn1 = nn.BatchNorm2d(c)
             self.image = nn.ConvTranspose2d(c, 1, 4, stride=2, padding=1)

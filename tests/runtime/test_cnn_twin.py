@@ -1,11 +1,13 @@
-"""examples/cnn_digits.dln against its PyTorch twin (examples/torch_twins.py), step by step.
+"""The convolutional examples against their PyTorch twins (examples/torch_twins.py).
 
+cnn_digits, step by step:
 dln's initial weights are loaded into the twin by name; both then take the same training batches
 of the real digits (the trainer's own split and the first batches of its first epoch's order)
 through the trainer's step (`Trainer._step`, as `fit` calls it) and through `torch.optim.Adam`.
 The losses must agree to float32 tolerance at every step, and so must the weights and the
-batch-norm running statistics after the last one.  The twin is the one the comparison in
-examples/README.md trains, so this also checks that the table compares like with like.
+batch-norm running statistics after the last one.  dcgan_digits and conv_autoencoder_digits:
+each objective's gradients, once, on a batch of real digits.  The twins are the ones the
+comparison in examples/README.md trains, so this also checks that the table compares like with like.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 import dln
 from dln.runtime.schedules import Schedule
@@ -30,6 +33,7 @@ STEPS = 5
 # 5% larger learning rate in the twin fails the losses from the second step on).
 LOSS_RTOL = 2e-6
 PARAM_ATOL = 5e-6
+GRAD_ATOL = 1e-6    # measured: within 1e-7 of gradients up to 0.5
 
 
 def load_twins():
@@ -88,3 +92,53 @@ def test_cnn_steps_match_torch(tmp_path: Path, twins):
         np.testing.assert_allclose(np.asarray(value), after[name], rtol=0, atol=PARAM_ATOL, err_msg=name)
         if name.endswith(("running_mean", "running_var")):   # the running statistics moved off their start
             assert not np.allclose(after[name], initial[name]), name
+
+
+def _gradients_against_torch(twins, name: str, loss: str, feeds: dict, reference) -> None:
+    model = dln.compile(str(ROOT / "examples" / twins.FILES[name]), seed=0)
+    net = twins.MAKERS[name]()
+    net.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in model.state_dict().items()})
+    net.train()
+    value, grads = model.value_and_grad(loss, **feeds)
+    ref = reference(net, {k: torch.from_numpy(v) for k, v in feeds.items()})
+    ref.backward()
+    assert float(value) == pytest.approx(ref.item(), rel=LOSS_RTOL)
+    checked = [(k, p) for k, p in net.named_parameters() if p.grad is not None]
+    assert checked
+    for k, p in checked:
+        np.testing.assert_allclose(np.asarray(grads[k]), p.grad.numpy(), rtol=0, atol=GRAD_ATOL, err_msg=k)
+
+
+def _digit_batch(twins, n: int = 64) -> np.ndarray:
+    return twins.digits()["images"][:n]
+
+
+def test_autoencoder_gradients_match_torch(twins):
+    _gradients_against_torch(twins, "autoencoder", "loss", {"images": _digit_batch(twins)},
+                             lambda net, t: F.binary_cross_entropy(net(t["images"]), t["images"]))
+
+
+def _d_loss(net, t):
+    ones, zeros = torch.ones(len(t["real"]), 1), torch.zeros(len(t["real"]), 1)
+    return F.binary_cross_entropy_with_logits(net.D(t["real"]), ones) + \
+        F.binary_cross_entropy_with_logits(net.D(net.G(t["noise"]).detach()), zeros)
+
+
+def _g_loss(net, t):
+    return F.binary_cross_entropy_with_logits(net.D(net.G(t["noise"])), torch.ones(len(t["noise"]), 1))
+
+
+# The generator's gradients go through conv_transpose2d -> sigmoid -> the discriminator's strided
+# conv2d.  On the planned NumPy backend the transposed convolution's weight gradient reads column
+# matrices that runtime/numpy_conv.py `_columns` caches by `id(x)` of the input buffer: the buffer
+# that held sigmoid's output in the forward pass (the discriminator's conv input) is reused for the
+# gradient (same shape and geometry), so the cache hit skips the fill and the product reads the
+# stale forward columns.  Strict: this fails (XPASS) once the cache is fixed, to remove the mark.
+STALE_COLUMNS = pytest.mark.xfail(strict=True, reason="numpy_conv._columns keys cached columns by id(buffer): "
+                                  "stale columns after the buffer is reused (conv_transpose2d weight gradient)")
+
+
+@pytest.mark.parametrize("loss,reference", [("d_loss", _d_loss), pytest.param("g_loss", _g_loss, marks=STALE_COLUMNS)])
+def test_dcgan_gradients_match_torch(twins, loss, reference):
+    noise = np.random.default_rng(1).standard_normal((64, twins.Z)).astype(np.float32)
+    _gradients_against_torch(twins, "dcgan", loss, {"real": _digit_batch(twins), "noise": noise}, reference)
