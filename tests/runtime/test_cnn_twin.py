@@ -48,8 +48,9 @@ def twins():
     return load_twins()
 
 
-def test_twin_reads_the_example_settings(twins):
-    assert twins.settings_of("cnn") == twins.SETTINGS["cnn"]
+@pytest.mark.parametrize("name", ["cnn", "dcgan", "autoencoder"])
+def test_twins_train_as_the_examples_say(twins, name):
+    assert twins.settings_of(name) == twins.SETTINGS[name]
 
 
 def test_cnn_steps_match_torch(tmp_path: Path, twins):
