@@ -266,3 +266,29 @@ def test_evaluation_folds_batchnorm_into_conv_and_linear():
     t = F.batch_norm(t, s["y.batchnorm_0.running_mean"], s["y.batchnorm_0.running_var"], s["y.batchnorm_0.weight"],
                      s["y.batchnorm_0.bias"], training=False)
     np.testing.assert_allclose(model(x=x)["y"], t.numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_shared_columns_follow_values_not_buffers():
+    """A DCGAN generator's step: conv_transpose -> sigmoid -> a strided conv of the same geometry, the
+    gradient taken for the transposed conv's weight only.  The planned backend shares a conv's column
+    matrix with the weight gradient reading the same value; the sigmoid's buffer is handed on to the
+    gradient once dead, and a cache keyed by buffer read the forward's stale columns there."""
+    b = GraphBuilder("dcgan")
+    u = b.input("u", TensorType(DType.F64, (3, 2, 4, 4)))
+    v = b.input("v", TensorType(DType.F64, (2, 3, 4, 4)))
+    w = b.input("w", TensorType(DType.F64, (2, 3, 4, 4)))
+    c = b.input("c", TensorType(DType.F64, (3, 2, 4, 4)))
+    geometry = {"stride": (2, 2), "padding": ((1, 1), (1, 1)), "dilation": (1, 1), "groups": 1}
+    a = b.sigmoid(b.emit(Op.CONV_TRANSPOSE, (u, v), {**geometry, "output_padding": (0, 0)}))
+    loss = b.sum(b.mul(b.emit(Op.CONV, (a, w), geometry), c))
+    graph = b.finish([("loss", loss)])
+    full, grads, _ = autodiff.grad(graph, loss.id, [v.id])
+    step = pipeline.optimize(full.with_outputs([("loss", loss.id), ("grad", grads[v.id])]))
+    r = np.random.default_rng(4)
+    feeds = {k: r.standard_normal(t.shape) for k, t in (("u", u), ("v", v), ("w", w), ("c", c))}
+    tv = torch.tensor(feeds["v"], requires_grad=True)
+    a_ = torch.sigmoid(F.conv_transpose2d(torch.tensor(feeds["u"]), tv, stride=2, padding=1))
+    (F.conv2d(a_, torch.tensor(feeds["w"]), stride=2, padding=1) * torch.tensor(feeds["c"])).sum().backward()
+    exe = Executable(step)
+    for _ in range(2):
+        np.testing.assert_allclose(exe.run(feeds, {})["grad"], tv.grad.numpy(), rtol=1e-10, atol=1e-12)
