@@ -63,7 +63,21 @@ def gpu_config(kind: str, sizes: Mapping[str, Dim], epilogue_weight: int = 0) ->
         # A K block wider than K itself only pads the dot (and, measured, makes ptxas spill).
         block_k = max(16, min(32, next_pow2(_size(sizes["K"]))))
         return {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k, "num_warps": warps}
+    if kind == "convolution":
+        return _convolution_config(sizes, epilogue_weight)
     raise ValueError(kind)
+
+
+def _convolution_config(sizes: Mapping[str, Dim], epilogue_weight: int) -> dict[str, int]:
+    """An implicit GEMM's tiles: as a matmul's, but its operand addresses are computed per element
+    of the tile (the im2col split of k into channel and taps, the window's masks), which keeps a
+    [BLOCK_M, BLOCK_K] and a [BLOCK_K, BLOCK_N] tile of integers live beside the accumulator."""
+    m, n, k = _size(sizes["M"]), _size(sizes["N"]), _size(sizes["K"])
+    edge = 64 if epilogue_weight <= 12 else 32
+    block_m = max(16, min(edge, next_pow2(m)))
+    block_n = max(16, min(edge, next_pow2(n)))
+    block_k = max(16, min(32, next_pow2(k)))
+    return {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k, "num_warps": 4}
 
 
 # A random draw keeps Philox's four 32-bit lanes and its key live through ten rounds.
