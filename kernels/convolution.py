@@ -61,9 +61,14 @@ class Window:
 
     @property
     def expression(self) -> str:
-        text = " + ".join(v if k == 1 else f"{v} * {k}" for v, k in self.terms).replace("+ -", "- ") \
-            or str(self.offset)
-        return text if not self.terms or not self.offset else f"{text} {'+' if self.offset > 0 else '-'} {abs(self.offset)}"
+        """`pos0 * 2 - tap0_a + 1`: the terms, then the offset."""
+        text = ""
+        for v, k in self.terms:
+            term = v if abs(k) == 1 else f"{v} * {abs(k)}"
+            text = (f"-{term}" if k < 0 else term) if not text else f"{text} {'-' if k < 0 else '+'} {term}"
+        if not text:
+            return str(self.offset)
+        return f"{text} {'-' if self.offset < 0 else '+'} {abs(self.offset)}" if self.offset else text
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,9 @@ LEAVES = frozenset({Op.CONST, Op.IOTA, Op.SYMSIZE})
 POINTWISE = GroupOp.Elementwise | {Op.RAND, Op.PAD, Op.CONCAT, Op.GATHER}
 REDUCE = GroupOp.Reduce
 
+# The kinds of domain (each has a kernel template: dln.kernels.kinds).
+KINDS = frozenset({"pointwise", "reduction", "matmul", "convolution", "scatter"})
+
 
 def same_shape(a: Shape, b: Shape) -> bool:
     return len(a) == len(b) and all(dims_equal(x, y) is True for x, y in zip(a, b))

@@ -21,7 +21,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from dln.compiler.fusion import index as ix
-from dln.compiler.fusion.domain import POINTWISE, REDUCE, Domain, reads, same_shape
+from dln.compiler.fusion.domain import KINDS, POINTWISE, REDUCE, Domain, reads, same_shape
 from dln.compiler.ir import Graph, Node, Op
 
 if TYPE_CHECKING:
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 # Domains whose kernels compute elementwise nodes at their own elements (a scatter's does not: it
 # iterates over its source, writing elsewhere).
-EPILOGUE_HOSTS = frozenset({"pointwise", "reduction", "matmul", "convolution"})
+EPILOGUE_HOSTS = KINDS - {"scatter"}
 
 
 def joined_domain(graph: Graph, group: "Group", n: Node) -> Domain | None:

@@ -6,8 +6,11 @@ import numpy as np
 import pytest
 
 import dln
+from dln.compiler.fusion.domain import KINDS
 from dln.compiler.fusion.planner import computed_nodes, plan_graph
 from dln.compiler.ir import GroupOp, Op
+from dln.kernels.convolution import GEMMS
+from dln.kernels.kinds import CONTRACTIONS, TEMPLATES
 
 
 def _model(x_shape: tuple[int, ...], body: str, dtype: str = "f32") -> str:
@@ -112,3 +115,9 @@ def test_bias_and_activation_join_the_convolution_kernel():
             for group in forward:
                 ops = {n.op for n in computed_nodes(graph, group, plan.realized)}
                 assert {Op.ADD, Op.RELU} <= ops, ops
+
+
+def test_every_convolution_op_is_an_implicit_gemm_and_every_kind_has_a_template():
+    assert set(GEMMS) == GroupOp.Convolution
+    assert set(TEMPLATES) | set(CONTRACTIONS) == KINDS | {"multi_tensor"}
+    assert not set(TEMPLATES) & set(CONTRACTIONS)
