@@ -121,3 +121,29 @@ def test_every_convolution_op_is_an_implicit_gemm_and_every_kind_has_a_template(
     assert set(GEMMS) == GroupOp.Convolution
     assert set(TEMPLATES) | set(CONTRACTIONS) == KINDS | {"multi_tensor"}
     assert not set(TEMPLATES) & set(CONTRACTIONS)
+
+
+def test_training_step_with_the_gpu_tiles(rng, close):
+    """The small CNN's whole training step (tests/programs/cnn_small.dln, with SGD) run with the GPU's
+    block sizes: several row tiles per convolution, K loops of many iterations, masked tails."""
+    from pathlib import Path
+
+    from dln.compiler import pipeline
+    from dln.compiler.recipe import Objective, OptimizerSpec
+    from dln.compiler.symbolic import evaluate
+
+    from .conftest import graph_inputs, run_both
+
+    path = Path(__file__).resolve().parents[1] / "programs" / "cnn_small.dln"
+    model = dln.compile(str(path), backend="numpy")
+    step = pipeline.train_step(model.train_spec, Objective("loss", None, OptimizerSpec("sgd", {"lr": 0.1}), None))
+    inputs = graph_inputs(step.graph, {"B": 3}, rng)
+    expected, got, generated = run_both(step.graph, inputs, {"B": 3})
+    convolutions = {generated.plan.graph.node(g.members[0]).op for g in generated.plan.groups
+                    if g.kind == "convolution"}
+    assert convolutions == GroupOp.Convolution
+    looping = [k.name for k in generated.kernels if k.kind == "convolution"
+               and evaluate(k.sizes["K"], {"B": 3}) > 2 * generated.configs[k.name]["BLOCK_K"]]
+    assert looping, "no convolution kernel loops over K"
+    for name in expected:
+        close(got[name], expected[name], rtol=1e-4, atol=1e-5)
