@@ -418,6 +418,28 @@ MATMUL = [
 ]
 
 
+# Convolution: groups, stride, padding and dilation differing per axis; each primitive on its own
+# (conv's gradients are the other two; the other two's gradients are convolutions again).
+_CONV = {"stride": (2, 1), "padding": ((1, 1), (0, 0)), "dilation": (1, 2), "groups": 2}
+_TORCH_CONV = {"stride": (2, 1), "padding": (1, 0), "dilation": (1, 2), "groups": 2}
+CONVOLUTION = [
+    Case("conv", {"x": normal((2, 4, 5, 6)), "w": normal((6, 2, 3, 2), 1)},
+         lambda b, x, w: b.emit(Op.CONV, (x, w), _CONV),
+         lambda x, w: torch.nn.functional.conv2d(x, w, **_TORCH_CONV)),
+    Case("conv_transpose", {"y": normal((2, 6, 3, 4)), "w": normal((6, 2, 3, 2), 1)},
+         lambda b, y, w: b.emit(Op.CONV_TRANSPOSE, (y, w), {**_CONV, "output_padding": (1, 0)}),
+         lambda y, w: torch.nn.functional.conv_transpose2d(y, w, output_padding=(1, 0), **_TORCH_CONV)),
+    Case("conv_weight", {"x": normal((2, 4, 5, 6)), "dy": normal((2, 6, 3, 4), 1)},
+         lambda b, x, dy: b.emit(Op.CONV_WEIGHT, (x, dy), {**_CONV, "kernel": (3, 2)}),
+         lambda x, dy: torch.nn.grad.conv2d_weight(x, (6, 2, 3, 2), dy, **_TORCH_CONV)),
+]
+
+
+@pytest.mark.parametrize("case", CONVOLUTION, ids=ids(CONVOLUTION))
+def test_convolution(case):
+    check(case)
+
+
 @pytest.mark.parametrize("case", MATMUL, ids=ids(MATMUL))
 def test_matmul(case):
     check(case)
@@ -515,7 +537,7 @@ def test_unreached_input_has_no_gradient():
 
 # ---- every differentiable primitive is exercised above ----------------------------------------------------------
 GRADIENT_CASES = (UNARY + KINKS + BINARY + BROADCASTING + WHERE + REDUCTIONS + REDUCTION_TIES + MOVEMENT + CONCAT
-                  + INDEXING + MATMUL + COMPOSITES)
+                  + INDEXING + MATMUL + CONVOLUTION + COMPOSITES)
 
 
 def test_every_primitive_with_a_gradient_is_covered():
