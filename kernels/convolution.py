@@ -49,9 +49,9 @@ Axes = tuple[tuple[str, Dim], ...]   # (variable name, extent), flattened row-ma
 
 @dataclass(frozen=True)
 class Window:
-    """A coordinate of an operand computed from the output's and the taps' (`expression`, in the
-    kernel's variables), valid where it is a multiple of `divisor` and its quotient is in
-    [0, extent): outside lies the zero padding (conv) or no contribution (conv_transpose)."""
+    """A coordinate of an operand computed from the kernel's variables (the sum of `terms` and
+    `offset`), valid where it is a multiple of `divisor` whose quotient lies in [0, extent):
+    outside lies the zero padding (conv) or a tap that reaches no output (conv_transpose)."""
 
     name: str
     terms: tuple[tuple[str, int], ...]   # (variable, coefficient)
@@ -110,15 +110,19 @@ def _taps(kernel, side: str) -> tuple[ix.Ix, ...]:
     return tuple(_var(f"tap{a}_{side}", k) for a, k in enumerate(kernel))
 
 
-def _input_windows(out_pos, kernel, spatial, stride, pads, dilation, tap: str) -> tuple[Window, ...]:
-    """Where conv's output position meets its input: o * stride + tap * dilation - lo (`out_pos[a]`:
-    the output position's variable, None when the axis has one position)."""
+def _input_windows(positions, taps, stride, pads, dilation, spatial, side: str) -> tuple[Window, ...]:
+    """Where conv's output position meets its input: o * stride + tap * dilation - lo, per axis
+    (`positions`, `taps`: the variables, None for an axis of extent 1)."""
     out = []
-    for a, (o, (lo, _)) in enumerate(zip(out_pos, pads)):
+    for a, (o, t, (lo, _)) in enumerate(zip(positions, taps, pads)):
         terms = ((o, stride[a]),) if o else ()
-        terms += ((f"tap{a}{tap}", dilation[a]),) if kernel[a] != 1 else ()
-        out.append(Window(f"in{a}{tap or '_b'}", terms, -lo, 1, spatial[a]))
+        terms += ((t, dilation[a]),) if t else ()
+        out.append(Window(f"in{a}{side}", terms, -lo, 1, spatial[a]))
     return tuple(out)
+
+
+def _names(prefix: str, extents, suffix: str = "") -> list[str | None]:
+    return [f"{prefix}{a}{suffix}" if d != 1 else None for a, d in enumerate(extents)]
 
 
 def _conv(g: Graph, n: Node) -> Gemm:
@@ -131,8 +135,7 @@ def _conv(g: Graph, n: Node) -> Gemm:
     rows = (("batch", n.shape[0]),) + tuple((f"pos{a}", out[a]) for a in range(r))
     depth = (("cin", c_in),) + tuple((f"tap{a}", kernel[a]) for a in range(r))
     co = _channel(groups, c_out, _var("chan", c_out))
-    positions = [f"pos{a}" if out[a] != 1 else None for a in range(r)]
-    windows = _input_windows(positions, kernel, spatial, stride, pads, dilation, "_a")
+    windows = _input_windows(_names("pos", out), _names("tap", kernel, "_a"), stride, pads, dilation, spatial, "_a")
     lhs = Operand(x.id, (_var("batch", x.shape[0]), _channel(groups, c_in, _var("cin_a", c_in)))
                   + tuple(ix.Var(wd.name, wd.extent) for wd in windows), windows)
     rhs = Operand(w.id, (co, _var("cin_b", c_in)) + _taps(kernel, "b"))
@@ -174,8 +177,8 @@ def _conv_weight(g: Graph, n: Node) -> Gemm:
     depth = (("batch", x.shape[0]),) + tuple((f"pos{a}", out[a]) for a in range(r))
     co = _channel(groups, c_out, _var("chan", c_out))
     lhs = Operand(dy.id, (_var("batch_a", x.shape[0]), co) + tuple(_var(f"pos{a}_a", out[a]) for a in range(r)))
-    positions = [f"pos{a}_b" if out[a] != 1 else None for a in range(r)]
-    windows = _input_windows(positions, kernel, spatial, stride, pads, dilation, "")   # taps are columns
+    windows = _input_windows(_names("pos", out, "_b"), _names("tap", kernel), stride, pads, dilation, spatial,
+                             "_b")   # the taps are columns here
     rhs = Operand(x.id, (_var("batch_b", x.shape[0]), _channel(groups, c_in, _var("cin", c_in)))
                   + tuple(ix.Var(wd.name, wd.extent) for wd in windows), windows)
     output = (co, _var("cin", c_in)) + tuple(_var(f"tap{a}", kernel[a]) for a in range(r))
