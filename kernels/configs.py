@@ -73,9 +73,11 @@ def _convolution_config(sizes: Mapping[str, Dim], epilogue_weight: int) -> dict[
     of the tile (the im2col split of k into channel and taps, the window's masks), which keeps a
     [BLOCK_M, BLOCK_K] and a [BLOCK_K, BLOCK_N] tile of integers live beside the accumulator."""
     m, n, k = _size(sizes["M"]), _size(sizes["N"]), _size(sizes["K"])
-    edge = 64 if epilogue_weight <= 12 else 32
-    block_m = max(16, min(edge, next_pow2(m)))
-    block_n = max(16, min(edge, next_pow2(n)))
+    # Rows stay 64 wide where there are as many (Hopper's wgmma, HGMMA, takes 64-row tiles); a heavy
+    # epilogue (an optimizer update beside a weight gradient) narrows the columns: measured without
+    # spills at 64 x 32, 4 warps, with Adam's update fused.
+    block_m = max(16, min(64, next_pow2(m)))
+    block_n = max(16, min(64 if epilogue_weight <= 12 else 32, next_pow2(n)))
     # Measured with ptxas: a K loop of a single iteration with BLOCK_K = 32 (K = 27: three channels
     # of 3 x 3 taps) spills hundreds of bytes at any warp count, BLOCK_K = 16 none.
     block_k = 32 if k >= 64 else 16
