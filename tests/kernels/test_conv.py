@@ -72,6 +72,8 @@ CASES = {
     # the transposed layer: stride, output_padding, a non-square kernel, bias and relu fused
     "conv_transpose2d_output_padding": ((2, 4, 3, 4), "conv_transpose2d(3, kernel = (3, 2), stride = (2, 3), "
                                                       "padding = (1, 0), output_padding = (1, 2)) -> relu"),
+    # what else the matmul epilogue fuses: a dropout mask drawn in the kernel, gelu
+    "conv2d_dropout_gelu": ((2, 3, 6, 5), "conv2d(4, kernel = 3, padding = 1) -> dropout(0.3) -> gelu"),
     # transposed, grouped, dilated
     "conv_transpose2d_groups": ((1, 4, 4, 3), "conv_transpose2d(2, kernel = 2, stride = 2, dilation = 2, "
                                               "groups = 2)"),
