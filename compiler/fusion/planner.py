@@ -6,10 +6,9 @@ Over a whole graph — for training, forward + backward + optimizer update:
    products and convolutions (`GroupOp.Contraction`), reductions, scatters,
    the operands contraction kernels load, the tables a gather indexes, and
    values so expensive and widely used that recomputing them costs more than
-   storing them (cost.py).  Everything else
-   (elementwise chains, views, constants, random numbers) is computed inline
-   wherever it is used — a dropout mask is recomputed in the backward pass,
-   never stored.
+   storing them (cost.py).  Everything else (elementwise chains, views,
+   constants, random numbers) is computed inline wherever it is used — a
+   dropout mask is recomputed in the backward pass, never stored.
 2. **Group.**  In program order, each realized value joins the kernel that
    profits most among those it may legally join (legality.py), or starts a
    kernel of its own: epilogues join their matrix product or convolution,
