@@ -10,14 +10,18 @@
   (kernel count, modeled HBM bytes) against PyTorch eager's operators and
   bytes, and torch.compile's kernels for forward + backward.
 
-    .venv/bin/python benchmarks/lenet.py [--rounds 15] [--steps 10] [--no-kernels]
+    .venv/bin/python benchmarks/lenet.py [--rounds 15] [--steps 10] [--no-kernels] [--record]
+
+With --record, writes the figures to the "LeNet" section of benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -195,11 +199,54 @@ def kernel_counts() -> dict:
     return {"dln": ours, "eager": eager_counts, "torch_compile": compiled}
 
 
+TITLE = "## LeNet training step (issue: NumPy <= 1.5x eager; kernels <= torch.compile's 26; bytes <= 0.5x eager)"
+
+
+def lenet_section(results: str) -> str:
+    """The LeNet section of a RESULTS.md text ("" when it has none)."""
+    m = re.search(r"^## LeNet.*?(?=^## |\Z)", results, re.S | re.M)
+    return m.group() if m else ""
+
+
+def _section(result: dict) -> str:
+    s = result["step"]
+    text = (f"{TITLE}\n\nRecorded {datetime.date.today().isoformat()}; `benchmarks/lenet.py` "
+            f"(`benchmarks/lenet.dln`): 1x28x28, batch {BATCH}, Adam. Each side runs in its own process, the two "
+            f"taking turns; median of {s['rounds']} rounds of {s['steps_per_round']} steps, with the fastest "
+            f"and slowest round.\n\n"
+            f"| | ms per step | spread |\n| --- | --- | --- |\n"
+            f"| dln, NumPy backend | {s['dln_numpy_ms']} | {s['dln_spread_ms'][0]} - {s['dln_spread_ms'][1]} |\n"
+            f"| PyTorch eager | {s['torch_eager_ms']} | {s['torch_spread_ms'][0]} - {s['torch_spread_ms'][1]} |\n"
+            f"| **ratio** | **{s['ratio']}** | |\n\n"
+            f"Load average (1 min) before and after: {s['load_avg_1min_before_after']} on {s['cpus']} CPUs.\n")
+    k = result.get("kernels")
+    if k:
+        d, e, c = k["dln"], k["eager"], k["torch_compile"]
+        text += (f"\n| | kernels per step | modeled HBM bytes |\n| --- | --- | --- |\n"
+                 f"| dln, Triton plan (forward + backward + Adam) | **{d['kernels']}** | **{d['bytes']:,}** |\n"
+                 f"| PyTorch eager (operators, Adam foreach) | {e['ops']} | {e['bytes']:,} |\n"
+                 f"| torch.compile, forward + backward only | {c['forward_backward_kernels']} "
+                 f"({' + '.join(map(str, c['per_graph']))}) | - |\n\n"
+                 f"dln / eager bytes: **{d['bytes'] / e['bytes']:.3f}**. dln's kernels: {', '.join(d['names'])}.\n")
+    return text
+
+
+def record(result: dict) -> None:
+    path = HERE / "RESULTS.md"
+    text = path.read_text()
+    section = _section(result)
+    old = lenet_section(text)
+    text = text.replace(old, section + "\n") if old else text.rstrip("\n") + "\n\n" + section
+    path.write_text(text)
+    print(f"wrote the LeNet section of {path}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--no-kernels", action="store_true")
+    parser.add_argument("--record", action="store_true", help="write the figures to benchmarks/RESULTS.md")
     parser.add_argument("--child", choices=("dln", "torch"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -221,6 +268,8 @@ def main(argv: list[str] | None = None) -> dict:
               f"bytes dln / eager = {k['dln']['bytes'] / k['eager']['bytes']:.3f} (goal <= 0.5)")
         print(f"  torch.compile: {k['torch_compile']['forward_backward_kernels']} kernels forward + backward "
               f"{k['torch_compile']['per_graph']} (goal: dln <= it)")
+    if args.record:
+        record(result)
     return result
 
 

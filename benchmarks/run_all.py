@@ -18,6 +18,7 @@ sys.path.insert(0, str(HERE))
 import check_time  # noqa: E402
 import fusion  # noqa: E402
 import fuzz  # noqa: E402
+import lenet  # noqa: E402
 import numpy_step  # noqa: E402
 
 
@@ -69,9 +70,13 @@ dln's kernels: {', '.join(d['names'])}.
 `dln check examples/mlp_digits.dln` in a fresh process: median **{check['median_ms']} ms** over {check['runs']} runs
 (min {check['min_ms']} ms) (`benchmarks/check_time.py`).
 """
-    # The fuzzing campaign is too long to run here (benchmarks/fuzz.py --record): keep its section.
+    # The fuzzing campaign is too long to run here (benchmarks/fuzz.py --record), and LeNet's figures
+    # need a quiet machine (benchmarks/lenet.py --record): keep their sections.
     results = HERE / "RESULTS.md"
-    fuzzing = fuzz.fuzzing_section(results.read_text()) if results.exists() else ""
+    kept = results.read_text() if results.exists() else ""
+    if lenet.lenet_section(kept):
+        text = text.rstrip("\n") + "\n\n" + lenet.lenet_section(kept).rstrip("\n") + "\n"
+    fuzzing = fuzz.fuzzing_section(kept)
     if fuzzing:
         text = text.rstrip("\n") + "\n\n" + fuzzing
     results.write_text(text)

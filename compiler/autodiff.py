@@ -233,6 +233,7 @@ def _permute(b, n, g, xs, out):
 @vjp(Op.SLICE)
 def _slice(b, n, g, xs, out):
     x = xs[0]
+    pads = []
     for axis, (start, stop, step) in enumerate(zip(n.attrs["starts"], n.attrs["stops"], n.attrs["steps"])):
         if step > 1:
             g = _unstride(b, g, axis, step)
@@ -241,11 +242,9 @@ def _slice(b, n, g, xs, out):
         if isinstance(after, int) and after < 0:
             g = b.slice_axis(g, axis, 0, size + after)
             after = 0
-        if start != 0 or after != 0:
-            pads = [(0, 0)] * g.rank
-            pads[axis] = (start, after)
-            g = b.pad(g, pads, 0.0)
-    return [g]
+        pads.append((start, after))
+    # one pad for every axis (a window tap of a pooling is sliced on four axes at once)
+    return [b.pad(g, pads, 0.0) if any(lo != 0 or hi != 0 for lo, hi in pads) else g]
 
 
 def _unstride(b: GraphBuilder, g: Tensor, axis: int, step: int) -> Tensor:

@@ -17,13 +17,14 @@ from dataclasses import dataclass, field
 from typing import Mapping
 
 from dln.compiler.fusion.planner import FusionPlan, plan_graph
-from dln.compiler.ir import DType, Graph, Op
+from dln.compiler.ir import DType, Graph, GroupOp, Op
 from dln.compiler.symbolic import numel
 from dln.kernels.configs import INTERPRETER_CONFIG, autotune_candidates, epilogue_weight, gpu_config
 from dln.kernels.emitter import comment, render_dim
 from dln.kernels.lowering import HELPERS
 from dln.kernels.report import computed_nodes
-from dln.kernels.templates import KernelSource, generate
+from dln.kernels.kinds import generate
+from dln.kernels.templates import KernelSource
 
 TORCH_DTYPES = {
     DType.F16: "torch.float16", DType.BF16: "torch.bfloat16", DType.F32: "torch.float32",
@@ -47,7 +48,7 @@ def generate_module(graph: Graph, donate: Mapping[str, str] | None = None, preci
     configs = {}
     for kernel, group in zip(kernels, plan.groups):
         nodes = computed_nodes(plan, group)
-        weight = epilogue_weight(sum(n.op not in (Op.MATMUL, Op.INPUT) for n in nodes),
+        weight = epilogue_weight(sum(n.op not in GroupOp.Contraction and n.op is not Op.INPUT for n in nodes),
                                  sum(n.op is Op.RAND for n in nodes), len(group.stores))
         configs[kernel.name] = gpu_config(kernel.kind, kernel.sizes, weight)
     source = _module_source(plan, kernels, configs, title or graph.name)

@@ -6,6 +6,8 @@
   full-size results (softmax, cross-entropy with its gradient);
 * matmul — a BLOCK_M x BLOCK_N output tile accumulated over K in fp32 with
   `tl.dot`, then the fused epilogue on the tile;
+* convolution — an implicit matrix product with the matmul epilogue
+  (kernels/convolution.py);
 * scatter — a scatter-add with atomics;
 * multi_tensor — one flat pass over parameters, gradients and state laid out
   back to back (the optimizer step for every parameter at once).
@@ -483,15 +485,3 @@ def scatter(plan: FusionPlan, group: Group, k: int) -> KernelSource:
     return _finish(group.name, "scatter", em, pointers, ["BLOCK"], grid, _docstring(plan, group), {"n": total},
                    zero=[node.id])
 
-
-def generate(plan: FusionPlan, group: Group, k: int, precision: str = "ieee") -> KernelSource:
-    if group.multi:
-        return multi_tensor(plan, group, k)
-    kind = group.domain.kind
-    if kind == "matmul":
-        return matmul(plan, group, k, precision)
-    if kind == "reduction":
-        return reduction(plan, group, k)
-    if kind == "scatter":
-        return scatter(plan, group, k)
-    return pointwise(plan, group, k)

@@ -27,7 +27,7 @@ from dln.dsl.diagnostics import Diagnostic, DlnError
 from dln.runtime.checks import check_sizes
 from dln.runtime.init import physical_memory
 from dln.runtime.numpy_conv import PREPARED
-from dln.runtime.numpy_ops import IMPLS, REDUCTIONS, UFUNCS, VIEW_OPS, concrete_shape, np_dtype
+from dln.runtime.numpy_ops import IMPLS, REDUCTIONS, short_axis_reduction, UFUNCS, VIEW_OPS, concrete_shape, np_dtype
 
 
 
@@ -207,6 +207,9 @@ def _bind(n: Node, args: list[np.ndarray], out: np.ndarray, env: dict[str, Any],
         return functools.partial(direct, *args, out=out)
     reduce = REDUCTIONS.get(n.op)
     if reduce is not None:
+        short = short_axis_reduction(n.op, args[0], n.attrs["axes"], out)
+        if short is not None:
+            return short
         return functools.partial(reduce, args[0], axis=n.attrs["axes"], keepdims=n.attrs["keepdim"], out=out)
     prepare = PREPARED.get(n.op)
     if prepare is not None:

@@ -71,15 +71,18 @@ def _windows(xp: np.ndarray, out: tuple[int, ...], kernel: tuple[int, ...], geo:
     return np.lib.stride_tricks.as_strided(xp, xp.shape[:2] + out + kernel, strides, writeable=False)
 
 
-def _columns(x: np.ndarray, out: tuple[int, ...], kernel: tuple[int, ...], geo: _Geometry, shared: dict):
+def _columns(x: np.ndarray, value: int, out: tuple[int, ...], kernel: tuple[int, ...], geo: _Geometry,
+             shared: dict):
     """The column matrices [B, g, C/g * prod(K), prod(O)] and the step that fills them.
 
     This layout keeps each row's output positions contiguous: the fill copies runs of them, and the
     product with the weight [g, out/g, C/g * prod(K)] lands in the output's own layout [B, out, *O].
     A convolution and the weight gradient that follows it share one matrix (`shared`, one per plan):
-    the gradient finds it filled by the forward step and does not fill it again.
+    the gradient finds it filled by the forward step and does not fill it again.  They share it when
+    they read the same *node* (`value`): the same value within a step.  Not the same buffer: the
+    plan hands a buffer on once its value is dead, and its columns would then be stale.
     """
-    key = (id(x), geo, out, kernel)
+    key = (value, geo, out, kernel)
     if key in shared:
         return shared[key], lambda: None
     xp, refresh = _padded(x, geo)
@@ -111,7 +114,7 @@ def _prepare_conv(node: Node, args: list[np.ndarray], out: np.ndarray, env, shar
     geo = _Geometry.of(node)
     b, co = out.shape[:2]
     g = geo.groups
-    cols, fill = _columns(x, out.shape[2:], w.shape[2:], geo, shared)
+    cols, fill = _columns(x, node.inputs[0], out.shape[2:], w.shape[2:], geo, shared)
     target = _into(out, (b, g, co // g, -1))
 
     def step() -> np.ndarray:
@@ -126,7 +129,7 @@ def _prepare_conv_weight(node: Node, args: list[np.ndarray], out: np.ndarray, en
     geo = _Geometry.of(node)
     b, co = dy.shape[:2]
     g = geo.groups
-    cols, fill = _columns(x, dy.shape[2:], tuple(node.attrs["kernel"]), geo, shared)
+    cols, fill = _columns(x, node.inputs[0], dy.shape[2:], tuple(node.attrs["kernel"]), geo, shared)
     per_example = np.empty((b, g, co // g, cols.shape[2]), dy.dtype)
     target = _into(out, (g, co // g, -1))
 

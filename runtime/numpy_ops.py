@@ -65,6 +65,35 @@ UFUNCS: dict[Op, Callable] = {
 }
 # Reductions that are one NumPy call `f(x, axis=..., keepdims=..., out=buffer)`.
 REDUCTIONS: dict[Op, Callable] = {Op.SUM: np.sum, Op.MAX: np.max, Op.MIN: np.min}
+PAIRWISE: dict[Op, Callable] = {Op.SUM: np.add, Op.MAX: np.maximum, Op.MIN: np.minimum}
+
+# NumPy reduces a short axis element by element (a pooling window's 4 or 9 values: ~15x slower than a
+# pass per element of the axis); up to this length the reduction is that many whole-array passes.
+SHORT_AXIS = 16
+
+
+def short_axis_reduction(op: Op, x: np.ndarray, axes: tuple[int, ...], out: np.ndarray) -> Callable[[], None] | None:
+    """`op` over one short axis of x as a few whole-array ufunc calls into `out`, or None where NumPy's own
+    reduction is the better (or the only) way."""
+    if len(axes) != 1 or not 2 <= x.shape[axes[0]] <= SHORT_AXIS or out.size == 0 or x.dtype != out.dtype \
+            or x.dtype == np.bool_:
+        return None
+    axis = axes[0]
+    # views of x (an integer index would give a 0-d copy, frozen at plan time)
+    rest = x.shape[:axis] + x.shape[axis + 1:]
+    parts = [x[(slice(None),) * axis + (slice(k, k + 1),)].reshape(rest) for k in range(x.shape[axis])]
+    if not all(np.shares_memory(p, x) for p in parts):
+        return None
+    into = out.reshape(parts[0].shape)
+    if not np.shares_memory(into, out):
+        return None
+    ufunc = PAIRWISE[op]
+
+    def run() -> None:
+        ufunc(parts[0], parts[1], out=into)
+        for part in parts[2:]:
+            ufunc(into, part, out=into)
+    return run
 
 
 def _ufunc(ufunc: Callable) -> Impl:

@@ -7,6 +7,9 @@ A kernel iterates over a domain:
   (columns); nodes of shape X live at a (row, column) index, nodes of the
   reduced shape (with or without keepdim) at a row index;
 * matmul — the output tile (batch..., m, n) of a matrix product;
+* convolution — the output of a convolution (any of `GroupOp.Convolution`),
+  computed as an implicit matrix product whose tile rows and columns are
+  split into the output's axes (kernels/convolution.py);
 * scatter — the elements of the source of a scatter-add.
 
 `canonical` gives the index a node of a given shape has in the domain, or
@@ -30,6 +33,9 @@ LEAVES = frozenset({Op.CONST, Op.IOTA, Op.SYMSIZE})
 POINTWISE = GroupOp.Elementwise | {Op.RAND, Op.PAD, Op.CONCAT, Op.GATHER}
 REDUCE = GroupOp.Reduce
 
+# The kinds of domain (each has a kernel template: dln.kernels.kinds).
+KINDS = frozenset({"pointwise", "reduction", "matmul", "convolution", "scatter"})
+
 
 def same_shape(a: Shape, b: Shape) -> bool:
     return len(a) == len(b) and all(dims_equal(x, y) is True for x, y in zip(a, b))
@@ -37,7 +43,7 @@ def same_shape(a: Shape, b: Shape) -> bool:
 
 @dataclass(frozen=True)
 class Domain:
-    kind: str                      # pointwise | reduction | matmul | scatter
+    kind: str                      # pointwise | reduction | matmul | convolution | scatter
     shape: Shape
     axes: tuple[int, ...] = ()     # reduction: the reduced axes of `shape`
     contraction: object = None     # matmul: the size K
@@ -147,6 +153,11 @@ def inputs_at(graph: Graph, n: Node, at: ix.Index, visit: Callable[[int, ix.Inde
         k = ix.Var("k", a.shape[-1])
         visit(a.id, at[:-2] + (at[-2], k))
         visit(b.id, at[:-2] + (k, at[-1]))
+    elif n.op in GroupOp.Convolution:
+        # Every element of an output reads a window of each operand: indices of their own, which no
+        # value of the kernel shares (an operand is never read back where the kernel writes).
+        for position, i in enumerate(n.inputs):
+            visit(i, ix.domain_vars(graph.node(i).shape, f"window{position}_"))
     elif n.op is Op.SCATTER_ADD:
         # Evaluated over its source's elements (`at` indexes the source), written with atomics.
         for i in n.inputs:
@@ -180,6 +191,8 @@ def node_domain(graph: Graph, n: Node) -> Domain:
         return Domain("reduction", src.shape, tuple(n.attrs["axes"]))
     if n.op is Op.MATMUL:
         return Domain("matmul", n.shape, (), graph.node(n.inputs[0]).shape[-1])
+    if n.op in GroupOp.Convolution:
+        return Domain("convolution", n.shape)
     if n.op is Op.SCATTER_ADD:
         return Domain("scatter", graph.node(n.inputs[1]).shape)
     return Domain("pointwise", n.shape)

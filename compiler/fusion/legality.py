@@ -9,8 +9,9 @@ A node may join a group when
    domain — a kernel holds each value at one index, in registers; nothing
    can be read back transposed or shifted without a trip through memory and
    a barrier the grid does not have;
-3. a matmul group's output tile is final only after the whole K loop: epilogue
-   nodes may use it, reductions across its rows may not;
+3. a contraction group's (matmul, convolution) output tile is final only
+   after the whole K loop: epilogue nodes may use it, reductions across its
+   rows may not;
 4. no cycle appears among kernels: the node does not use, through memory, a
    kernel that itself depends on the group.
 """
@@ -20,18 +21,23 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from dln.compiler.fusion import index as ix
-from dln.compiler.fusion.domain import POINTWISE, REDUCE, Domain, reads, same_shape
+from dln.compiler.fusion.domain import KINDS, POINTWISE, REDUCE, Domain, reads, same_shape
 from dln.compiler.ir import Graph, Node, Op
 
 if TYPE_CHECKING:
     from dln.compiler.fusion.planner import Group, Planner
 
 
+# Domains whose kernels compute elementwise nodes at their own elements (a scatter's does not: it
+# iterates over its source, writing elsewhere).
+EPILOGUE_HOSTS = KINDS - {"scatter"}
+
+
 def joined_domain(graph: Graph, group: "Group", n: Node) -> Domain | None:
     """The group's domain once `n` joins, or None when `n` has no place in it."""
     d = group.domain
     if n.op in POINTWISE or n.op in ix.VIEWS:
-        if d.kind in ("pointwise", "reduction", "matmul") and d.canonical(n.shape) is not None:
+        if d.kind in EPILOGUE_HOSTS and d.canonical(n.shape) is not None:
             return d
         return None
     if n.op in REDUCE:

@@ -3,16 +3,17 @@
 Over a whole graph — for training, forward + backward + optimizer update:
 
 1. **Realize.**  Choose the values that live in memory: outputs, matrix
-   products, reductions, scatters, the operands matmul kernels load, the
-   tables a gather indexes, and values so expensive and widely used that
-   recomputing them costs more than storing them (cost.py).  Everything else
-   (elementwise chains, views, constants, random numbers) is computed inline
-   wherever it is used — a dropout mask is recomputed in the backward pass,
-   never stored.
+   products and convolutions (`GroupOp.Contraction`), reductions, scatters,
+   the operands contraction kernels load, the tables a gather indexes, and
+   values so expensive and widely used that recomputing them costs more than
+   storing them (cost.py).  Everything else (elementwise chains, views,
+   constants, random numbers) is computed inline wherever it is used — a
+   dropout mask is recomputed in the backward pass, never stored.
 2. **Group.**  In program order, each realized value joins the kernel that
    profits most among those it may legally join (legality.py), or starts a
-   kernel of its own: epilogues join their matrix product, softmax, its
-   log, cross-entropy and its gradient share one pass over the rows.
+   kernel of its own: epilogues join their matrix product or convolution,
+   softmax, its log, cross-entropy and its gradient share one pass over the
+   rows.
 3. **Batch the optimizer.**  The per-parameter updates are the same
    computation over different tensors: they become one multi-tensor kernel
    over parameters, gradients and state laid out back to back (memory.py).
@@ -30,7 +31,7 @@ from dln.compiler.fusion.domain import LEAVES, POINTWISE, REDUCE, Domain, node_d
 from dln.compiler.fusion.legality import may_join
 from dln.compiler.fusion.memory import Arena, MemoryPlan, plan_memory
 from dln.compiler.naming import safe_name
-from dln.compiler.ir import Graph, Node, Op, Phase
+from dln.compiler.ir import Graph, GroupOp, Node, Op, Phase
 from dln.compiler.symbolic import evaluate, numel
 
 
@@ -69,9 +70,9 @@ class Planner:
         r = self.realized
         r.update(i for _, i in g.outputs)
         for n in g.nodes:
-            if n.op in REDUCE or n.op in (Op.MATMUL, Op.SCATTER_ADD):
+            if n.op in REDUCE or n.op in GroupOp.Contraction or n.op is Op.SCATTER_ADD:
                 r.add(n.id)
-            if n.op is Op.MATMUL:
+            if n.op in GroupOp.Contraction:
                 for operand in n.inputs:
                     r.add(self._strided_base(operand))
             if n.op is Op.GATHER:
@@ -135,7 +136,8 @@ class Planner:
 
     def _add(self, group: Group, n: Node) -> None:
         domain = group.domain
-        at = domain.canonical(n.shape) if n.op is not Op.MATMUL and n.op is not Op.SCATTER_ADD else domain.vars()
+        anchor = n.op in GroupOp.Contraction or n.op is Op.SCATTER_ADD   # starts its kernel, over its domain
+        at = domain.vars() if anchor else domain.canonical(n.shape)
         if at is None:
             at = domain.vars()
         found = reads(self.graph, n, at, self.is_realized)
@@ -433,7 +435,7 @@ def _op_words(graph: Graph, n: Node) -> list[str]:
         return ["bias"]
     if n.op is Op.RAND:
         return ["dropout"]
-    if n.op in (Op.MATMUL, Op.SUM, Op.MAX, Op.MIN, Op.ARGMAX, Op.RELU, Op.EXP, Op.LOG, Op.TANH, Op.SIGMOID,
-                Op.SCATTER_ADD, Op.GATHER, Op.ERF):
+    if n.op in GroupOp.Contraction or n.op in (Op.SUM, Op.MAX, Op.MIN, Op.ARGMAX, Op.RELU, Op.EXP, Op.LOG,
+                                                Op.TANH, Op.SIGMOID, Op.SCATTER_ADD, Op.GATHER, Op.ERF):
         return [n.op.value]
     return []

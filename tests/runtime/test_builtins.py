@@ -681,6 +681,37 @@ model m() {
         np.testing.assert_allclose(grads[k], v.grad.numpy(), rtol=RTOL, atol=ATOL, err_msg=k)
 
 
+def test_conv1d():
+    check_layer("""
+model m() {
+    param x: f64[2, 4, 9] = zeros
+    y = x -> conv1d(6, kernel = 3, stride = 2, padding = 1, dilation = 2, groups = 2)
+    COT
+    output y
+}""", torch.nn.Conv1d(4, 6, 3, stride=2, padding=1, dilation=2, groups=2), "y", normal((2, 4, 9)), lambda m, x: m(x))
+
+
+def test_conv2d():
+    check_layer("""
+model m() {
+    param x: f64[2, 3, 7, 6] = zeros
+    y = x -> conv2d(5, kernel = (3, 2), stride = (2, 1), padding = (1, 0), dilation = (1, 2))
+    COT
+    output y
+}""", torch.nn.Conv2d(3, 5, (3, 2), stride=(2, 1), padding=(1, 0), dilation=(1, 2)), "y", normal((2, 3, 7, 6)),
+                lambda m, x: m(x))
+
+
+def test_conv_transpose2d():
+    check_layer("""
+model m() {
+    param x: f64[2, 4, 3, 4] = zeros
+    y = x -> conv_transpose2d(6, kernel = (3, 2), stride = (2, 3), padding = (1, 0), output_padding = (1, 2), groups = 2)
+    COT
+    output y
+}""", torch.nn.ConvTranspose2d(4, 6, (3, 2), stride=(2, 3), padding=(1, 0), output_padding=(1, 2), groups=2), "y",
+                normal((2, 4, 3, 4)), lambda m, x: m(x))
+
 class _TorchMLP(torch.nn.Module):
     def __init__(self) -> None:
         super().__init__()

@@ -234,3 +234,61 @@ def test_torch_table_runs_the_convolution_ops_as_numpy_does():
     assert {n.op for n in step.graph.nodes} >= {Op.CONV, Op.CONV_TRANSPOSE, Op.CONV_WEIGHT}
     for name, value in want.items():
         np.testing.assert_allclose(np.asarray(got[name]), value, rtol=1e-10, atol=1e-12, err_msg=name)
+
+
+def test_evaluation_folds_batchnorm_into_conv_and_linear():
+    """conv2d -> batchnorm and linear -> batchnorm in evaluation mode: one conv / matmul each reads the
+    activations, with folded weights; the outputs are the unfolded graph's and torch's."""
+    model = dln.compile("""
+        model m() {
+            input x: f64[B, 3, 9, 7]
+            h = x -> conv2d(5, kernel = 3, padding = 1) -> batchnorm -> relu -> flatten
+            y = h -> linear(4) -> batchnorm
+            output y
+        }""", seed=3)
+    r = np.random.default_rng(11)
+    state = {k: (r.uniform(0.5, 2.0, v.shape) if "running_var" in k else r.standard_normal(v.shape))
+             for k, v in model.state_dict().items() if v.dtype == np.float64}
+    model.load_state_dict({**model.state_dict(), **state})
+    x = r.standard_normal((2, 3, 9, 7))
+    unfolded = evaluate(model.spec.graph, {**model.state_dict(), "x": x}, {"B": 2})["y"]
+    np.testing.assert_allclose(model(x=x)["y"], unfolded, rtol=1e-11, atol=1e-12)
+    folded = pipeline.forward_graph(model.spec)
+    batch = model.spec.graph.input_named("x").shape[0]
+    assert [n.op for n in folded.nodes if n.shape[:1] == (batch,) and n.op in (Op.MUL, Op.SUB, Op.DIV)] == []
+
+    s = {k: torch.tensor(v) for k, v in model.state_dict().items()}
+    t = torch.tensor(x)
+    t = F.conv2d(t, s["h.conv2d_0.weight"], s["h.conv2d_0.bias"], padding=1)
+    t = F.batch_norm(t, s["h.batchnorm_0.running_mean"], s["h.batchnorm_0.running_var"], s["h.batchnorm_0.weight"],
+                     s["h.batchnorm_0.bias"], training=False)
+    t = F.linear(torch.relu(t).flatten(1), s["y.linear_0.weight"], s["y.linear_0.bias"])
+    t = F.batch_norm(t, s["y.batchnorm_0.running_mean"], s["y.batchnorm_0.running_var"], s["y.batchnorm_0.weight"],
+                     s["y.batchnorm_0.bias"], training=False)
+    np.testing.assert_allclose(model(x=x)["y"], t.numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_shared_columns_follow_values_not_buffers():
+    """A DCGAN generator's step: conv_transpose -> sigmoid -> a strided conv of the same geometry, the
+    gradient taken for the transposed conv's weight only.  The planned backend shares a conv's column
+    matrix with the weight gradient reading the same value; the sigmoid's buffer is handed on to the
+    gradient once dead, and a cache keyed by buffer read the forward's stale columns there."""
+    b = GraphBuilder("dcgan")
+    u = b.input("u", TensorType(DType.F64, (3, 2, 4, 4)))
+    v = b.input("v", TensorType(DType.F64, (2, 3, 4, 4)))
+    w = b.input("w", TensorType(DType.F64, (2, 3, 4, 4)))
+    c = b.input("c", TensorType(DType.F64, (3, 2, 4, 4)))
+    geometry = {"stride": (2, 2), "padding": ((1, 1), (1, 1)), "dilation": (1, 1), "groups": 1}
+    a = b.sigmoid(b.emit(Op.CONV_TRANSPOSE, (u, v), {**geometry, "output_padding": (0, 0)}))
+    loss = b.sum(b.mul(b.emit(Op.CONV, (a, w), geometry), c))
+    graph = b.finish([("loss", loss)])
+    full, grads, _ = autodiff.grad(graph, loss.id, [v.id])
+    step = pipeline.optimize(full.with_outputs([("loss", loss.id), ("grad", grads[v.id])]))
+    r = np.random.default_rng(4)
+    feeds = {k: r.standard_normal(t.shape) for k, t in (("u", u), ("v", v), ("w", w), ("c", c))}
+    tv = torch.tensor(feeds["v"], requires_grad=True)
+    a_ = torch.sigmoid(F.conv_transpose2d(torch.tensor(feeds["u"]), tv, stride=2, padding=1))
+    (F.conv2d(a_, torch.tensor(feeds["w"]), stride=2, padding=1) * torch.tensor(feeds["c"])).sum().backward()
+    exe = Executable(step)
+    for _ in range(2):
+        np.testing.assert_allclose(exe.run(feeds, {})["grad"], tv.grad.numpy(), rtol=1e-10, atol=1e-12)

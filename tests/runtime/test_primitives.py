@@ -418,20 +418,20 @@ MATMUL = [
 ]
 
 
-@pytest.mark.parametrize("case", MATMUL, ids=ids(MATMUL))
-def test_matmul(case):
-    check(case)
-
-
-# ---- composites: several ops, one input used many times ---------------------------------------------------------
-def _conv_weight_torch(x, dy, kernel, stride, padding):
-    """torch's weight gradient of F.conv2d, differentiable again (conv is linear in the weight)."""
-    w = torch.zeros((dy.shape[1], x.shape[1]) + kernel, dtype=x.dtype, requires_grad=True)
-    y = torch.nn.functional.conv2d(x, w, None, stride, padding)
-    return torch.autograd.grad(y, w, dy, create_graph=True)[0]
-
-
+# Convolution: groups, stride, padding and dilation differing per axis; each primitive on its own
+# (conv's gradients are the other two; the other two's gradients are convolutions again).
+_CONV = {"stride": (2, 1), "padding": ((1, 1), (0, 0)), "dilation": (1, 2), "groups": 2}
+_TORCH_CONV = {"stride": (2, 1), "padding": (1, 0), "dilation": (1, 2), "groups": 2}
 CONVOLUTION = [
+    Case("conv", {"x": normal((2, 4, 5, 6)), "w": normal((6, 2, 3, 2), 1)},
+         lambda b, x, w: b.emit(Op.CONV, (x, w), _CONV),
+         lambda x, w: torch.nn.functional.conv2d(x, w, **_TORCH_CONV)),
+    Case("conv_transpose", {"y": normal((2, 6, 3, 4)), "w": normal((6, 2, 3, 2), 1)},
+         lambda b, y, w: b.emit(Op.CONV_TRANSPOSE, (y, w), {**_CONV, "output_padding": (1, 0)}),
+         lambda y, w: torch.nn.functional.conv_transpose2d(y, w, output_padding=(1, 0), **_TORCH_CONV)),
+    Case("conv_weight", {"x": normal((2, 4, 5, 6)), "dy": normal((2, 6, 3, 4), 1)},
+         lambda b, x, dy: b.emit(Op.CONV_WEIGHT, (x, dy), {**_CONV, "kernel": (3, 2)}),
+         lambda x, dy: torch.nn.grad.conv2d_weight(x, (6, 2, 3, 2), dy, **_TORCH_CONV)),
     Case("conv2d_strided_grouped_asymmetric", {"x": normal((2, 4, 9, 8)), "w": normal((6, 2, 3, 2))},
          lambda b, x, w: b.emit(Op.CONV, (x, w), {"stride": (2, 1), "padding": ((1, 1), (0, 2)),
                                                   "dilation": (1, 2), "groups": 2}),
@@ -444,7 +444,7 @@ CONVOLUTION = [
     Case("conv_weight2d", {"x": normal((2, 3, 7, 6)), "dy": normal((2, 4, 3, 5))},
          lambda b, x, dy: b.emit(Op.CONV_WEIGHT, (x, dy), {"stride": (2, 1), "padding": ((0, 0), (1, 1)),
                                                            "dilation": (1, 1), "groups": 1, "kernel": (3, 4)}),
-         lambda x, dy: _conv_weight_torch(x, dy, (3, 4), (2, 1), (0, 1))),
+         lambda x, dy: torch.nn.grad.conv2d_weight(x, (4, 3, 3, 4), dy, (2, 1), (0, 1))),
 ]
 
 
@@ -453,6 +453,12 @@ def test_convolution(case):
     check(case)
 
 
+@pytest.mark.parametrize("case", MATMUL, ids=ids(MATMUL))
+def test_matmul(case):
+    check(case)
+
+
+# ---- composites: several ops, one input used many times ---------------------------------------------------------
 COMPOSITES = [
     Case("fan_out", {"x": normal(S3)},
          lambda b, x: b.mul(b.unary(Op.TANH, x), b.add(b.unary(Op.SIN, x), b.sum(x, 1, keepdim=True))),

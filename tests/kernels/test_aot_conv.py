@@ -1,0 +1,79 @@
+"""The convolution kernels of a small CNN's training step (conv2d -> relu -> conv2d -> relu -> flatten ->
+linear) compile for sm_80 and sm_90 without a GPU, spill nothing, and run their products on the tensor
+cores: HMMA on sm_80; on sm_90 HGMMA (wgmma) where a tile has 64 rows or more, HMMA (mma.sync) below."""
+
+import dataclasses
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+import dln
+from dln.compiler import pipeline
+from dln.compiler.ir import GroupOp
+from dln.kernels.aot import compile_all, ptxas_path
+from dln.kernels.module import generate_module
+from dln.runtime.train import recipe_for
+
+ROOT = Path(__file__).resolve().parents[2]
+MODEL = ROOT / "tests" / "programs" / "cnn_small.dln"
+OPS = ("conv", "conv_transpose", "conv_weight")
+
+
+def _sass(cubin: Path) -> str:
+    cuobjdump = Path(ptxas_path()).with_name("cuobjdump")
+    run = subprocess.run([str(cuobjdump), "-sass", str(cubin)], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    return run.stdout
+
+
+@pytest.fixture(scope="module", params=["ieee", "tf32"])
+def compiled(request, tmp_path_factory):
+    """(generated module, compiled convolution kernels, cubin directory) at one precision."""
+    model = dln.compile(str(MODEL), backend="numpy")
+    objective = recipe_for(model).objectives[0]
+    step = pipeline.train_step(model.train_spec, objective)
+    generated = generate_module(step.graph, step.donate, precision=request.param)
+    convolutions = [k for k in generated.kernels if k.kind == "convolution"]
+    out = tmp_path_factory.mktemp(f"aot_conv_{request.param}")
+    module = out / "kernels.py"
+    module.write_text(generated.source)
+    results = compile_all(dataclasses.replace(generated, kernels=convolutions), str(module), ["sm_80", "sm_90"],
+                          str(out))
+    return request.param, generated, results, out
+
+
+def test_every_convolution_op_has_its_kernel(compiled):
+    _, generated, results, _ = compiled
+    g = generated.plan.graph
+    ops = {g.node(group.members[0]).op.value for group in generated.plan.groups if group.kind == "convolution"}
+    assert ops == set(OPS)
+    assert all(g.node(group.members[0]).op in GroupOp.Convolution
+               for group in generated.plan.groups if group.kind == "convolution")
+    names = {k.name for k in generated.kernels if k.kind == "convolution"}
+    for target in ("sm_80", "sm_90"):
+        assert {r.name for r in results if r.target == target} == names
+
+
+def test_no_spills(compiled):
+    _, _, results, _ = compiled
+    for r in results:
+        assert r.spills == 0, f"{r.name} spills {r.spills} bytes on {r.target}"
+        assert r.shared_bytes <= r.shared_limit
+        assert 0 < r.registers <= 255
+
+
+def test_tensor_cores_with_tf32(compiled):
+    precision, generated, results, out = compiled
+    if precision != "tf32":
+        pytest.skip("exact fp32 products (ieee) run on the FMA units")
+    for r in results:
+        sass = _sass(out / r.cubin)
+        hmma, hgmma = len(re.findall(r"\bHMMA\b", sass)), len(re.findall(r"\bHGMMA\b", sass))
+        if r.target == "sm_80":
+            assert hmma > 0, f"{r.name}: no HMMA on sm_80"
+        elif generated.configs[r.name]["BLOCK_M"] >= 64:
+            assert hgmma > 0, f"{r.name}: no HGMMA on sm_90"
+        else:
+            assert hmma + hgmma > 0, f"{r.name}: no tensor-core instruction on sm_90"
