@@ -130,16 +130,9 @@ def _g_loss(net, t):
 
 
 # The generator's gradients go through conv_transpose2d -> sigmoid -> the discriminator's strided
-# conv2d.  On the planned NumPy backend the transposed convolution's weight gradient reads column
-# matrices that runtime/numpy_conv.py `_columns` caches by `id(x)` of the input buffer: the buffer
-# that held sigmoid's output in the forward pass (the discriminator's conv input) is reused for the
-# gradient (same shape and geometry), so the cache hit skips the fill and the product reads the
-# stale forward columns.  Strict: this fails (XPASS) once the cache is fixed, to remove the mark.
-STALE_COLUMNS = pytest.mark.xfail(strict=True, reason="numpy_conv._columns keys cached columns by id(buffer): "
-                                  "stale columns after the buffer is reused (conv_transpose2d weight gradient)")
-
-
-@pytest.mark.parametrize("loss,reference", [("d_loss", _d_loss), pytest.param("g_loss", _g_loss, marks=STALE_COLUMNS)])
+# conv2d: on the planned NumPy backend the transposed convolution's weight gradient once read the
+# forward's cached columns, left in a buffer the plan had handed on (fixed in main, 8b30174).
+@pytest.mark.parametrize("loss,reference", [("d_loss", _d_loss), ("g_loss", _g_loss)])
 def test_dcgan_gradients_match_torch(twins, loss, reference):
     noise = np.random.default_rng(1).standard_normal((64, twins.Z)).astype(np.float32)
     _gradients_against_torch(twins, "dcgan", loss, {"real": _digit_batch(twins), "noise": noise}, reference)
