@@ -10,10 +10,11 @@ evaluation mode; `time` is the whole run's wall time (data, set-up, dln's compil
 the epochs' alone (training steps and validation), `cpu` the process's CPU time.
 
     .venv/bin/python examples/torch_twins.py cnn|dcgan|autoencoder|all          # PyTorch
-    .venv/bin/python examples/torch_twins.py cnn|dcgan|autoencoder|all --dln    # dln, same measures
+    .venv/bin/python examples/torch_twins.py cnn|dcgan|autoencoder|all --dln    # dln.train, same measures
 
 Each side runs in its own process (two thread pools in one process, OpenBLAS's and PyTorch's,
-slow each other down on a small machine).  For the GAN both sides also report what a
+slow each other down on a small machine); examples/README.md's numbers were taken with
+OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 on a shared 2-CPU machine.  For the GAN both sides also report what a
 logistic-regression digits classifier (fit on the 1797 real digits) makes of 1000 generated
 samples: how many of the 10 classes get at least 2% of them, the effective number of classes
 exp(entropy of the class histogram), and the mean confidence of the classifier.
