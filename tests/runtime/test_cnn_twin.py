@@ -5,8 +5,9 @@ dln's initial weights are loaded into the twin by name; both then take the same 
 of the real digits (the trainer's own split and the first batches of its first epoch's order)
 through the trainer's step (`Trainer._step`, as `fit` calls it) and through `torch.optim.Adam`.
 The losses must agree to float32 tolerance at every step, and so must the weights and the
-batch-norm running statistics after the last one.  dcgan_digits and conv_autoencoder_digits:
-each objective's gradients, once, on a batch of real digits.  The twins are the ones the
+batch-norm running statistics after the last one; the same for dcgan_digits' two objectives.
+dcgan_digits and conv_autoencoder_digits: each objective's gradients, once, on a batch of real
+digits.  The twins are the ones the
 comparison in examples/README.md trains, so this also checks that the table compares like with like.
 """
 
@@ -136,3 +137,34 @@ def _g_loss(net, t):
 def test_dcgan_gradients_match_torch(twins, loss, reference):
     noise = np.random.default_rng(1).standard_normal((64, twins.Z)).astype(np.float32)
     _gradients_against_torch(twins, "dcgan", loss, {"real": _digit_batch(twins), "noise": noise}, reference)
+
+
+def test_dcgan_steps_match_torch(tmp_path: Path, twins):
+    """Both objectives in turn on each batch, as `fit` runs them: the generator's batch norm runs in
+    training mode in both steps (its running statistics move twice a batch, as the twin's do)."""
+    model = dln.compile(str(ROOT / "examples" / twins.FILES["dcgan"]), seed=0)
+    recipe = recipe_for(model, find_train(model.program))
+    settings = twins.SETTINGS["dcgan"]
+    net = twins.make_dcgan()
+    net.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in model.state_dict().items()})
+    net.train()
+    opt_d = torch.optim.Adam(net.D.parameters(), lr=settings["lr"], betas=settings["betas"])
+    opt_g = torch.optim.Adam(net.G.parameters(), lr=settings["lr"], betas=settings["betas"])
+    trainer = Trainer(model, recipe, tmp_path, log=lambda s: None, progress=False)
+    schedules = [Schedule(recipe.schedule, o.optimizer.lr, STEPS) for o in recipe.objectives]
+    images = twins.digits()["images"]
+    rng = np.random.default_rng(1)
+    for idx in twins.epoch_batches(len(images), settings["batch"], settings["seed"], 0)[:STEPS]:
+        feeds = {"real": images[idx], "noise": rng.standard_normal((len(idx), twins.Z)).astype(np.float32)}
+        ours = trainer._step(feeds, schedules, 0)
+        t = {k: torch.from_numpy(v) for k, v in feeds.items()}
+        for loss_fn, opt, name in ((_d_loss, opt_d, "d_loss"), (_g_loss, opt_g, "g_loss")):
+            loss = loss_fn(net, t)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            assert ours[name] == pytest.approx(loss.item(), rel=LOSS_RTOL), name
+    after = net.state_dict()
+    assert int(after["G.bn1.num_batches_tracked"]) == 2 * STEPS
+    for name, value in model.state_dict().items():
+        np.testing.assert_allclose(np.asarray(value), after[name].numpy(), rtol=0, atol=PARAM_ATOL, err_msg=name)
