@@ -67,7 +67,9 @@ _NO_DATA = {"view", "_unsafe_view", "t", "transpose", "permute", "expand", "deta
             "lift_fresh"}
 
 
-def eager_counts() -> dict:
+def op_counter():
+    """A TorchDispatchMode recording each aten operator that moves data, with the bytes of its tensors
+    (inputs and outputs): `with op_counter() as c: ...` then `c.ops`."""
     import torch
     from torch.utils._python_dispatch import TorchDispatchMode
     from torch.utils._pytree import tree_flatten
@@ -85,6 +87,12 @@ def eager_counts() -> dict:
                 self.ops.append((name, sum(t.numel() * t.element_size() for t in tensors)))
             return out
 
+    return Count()
+
+
+def eager_counts() -> dict:
+    import torch
+
     net = _net()
     opt = torch.optim.Adam(net.parameters(), lr=1e-3, foreach=True)
     x, y = _data()
@@ -93,11 +101,11 @@ def eager_counts() -> dict:
         torch.nn.functional.cross_entropy(net(x), y).backward()
         opt.step()
     phases = {}
-    with Count() as forward:
+    with op_counter() as forward:
         loss = torch.nn.functional.cross_entropy(net(x), y)
-    with Count() as backward:
+    with op_counter() as backward:
         loss.backward()
-    with Count() as update:
+    with op_counter() as update:
         opt.step()
     for name, mode in (("forward", forward), ("backward", backward), ("optimizer", update)):
         phases[name] = {"ops": len(mode.ops), "bytes": sum(b for _, b in mode.ops)}

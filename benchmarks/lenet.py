@@ -150,28 +150,13 @@ def kernel_counts() -> dict:
     from dln.runtime.train import default_objective
 
     sys.path.insert(0, str(HERE))
-    from fusion import _kernel_calls, _NO_DATA  # noqa: E402
+    from fusion import _kernel_calls, op_counter  # noqa: E402
 
     model = dln.compile(str(HERE / "lenet.dln"), backend="numpy", seed=0)
     step = pipeline.train_step(model.train_spec, default_objective(model))
     generated = generate_module(step.graph, step.donate)
     costs = kernel_costs(generated.plan, {"B": BATCH})
     ours = {"kernels": len(costs), "bytes": sum(c.bytes for c in costs), "names": [c.name for c in costs]}
-
-    from torch.utils._python_dispatch import TorchDispatchMode
-    from torch.utils._pytree import tree_flatten
-
-    class Count(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.ops: list[tuple[str, int]] = []
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            out = func(*args, **(kwargs or {}))
-            if func.overloadpacket.__name__ not in _NO_DATA:
-                tensors = [t for t in tree_flatten((args, kwargs, out))[0] if isinstance(t, torch.Tensor)]
-                self.ops.append((func.overloadpacket.__name__, sum(t.numel() * t.element_size() for t in tensors)))
-            return out
 
     net = torch_net()
     opt = torch.optim.Adam(net.parameters(), lr=1e-3, foreach=True)
@@ -180,7 +165,7 @@ def kernel_counts() -> dict:
         opt.zero_grad(set_to_none=True)
         torch.nn.functional.cross_entropy(net(x), y).backward()
         opt.step()
-    with Count() as eager:
+    with op_counter() as eager:
         opt.zero_grad(set_to_none=True)
         torch.nn.functional.cross_entropy(net(x), y).backward()
         opt.step()

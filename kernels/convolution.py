@@ -42,6 +42,7 @@ from dln.kernels.templates import (
     _split,
     _start,
     _store_members,
+    reduction_tiles,
 )
 
 Axes = tuple[tuple[str, Dim], ...]   # (variable name, extent), flattened row-major
@@ -213,15 +214,7 @@ def convolution(plan: FusionPlan, group: Group, k: int, precision: str = "ieee")
     em.line("n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]")
     _axes(em, "m", M, gemm.rows, "")
     _axes(em, "n", N, gemm.cols, "")
-    acc_type = "tl.float64" if node.dtype is DType.F64 else "tl.float32"
-    em.line(f"acc = tl.zeros([BLOCK_M, BLOCK_N], dtype={acc_type})")
-    with em.block(f"for k0 in range(0, {k_text}, BLOCK_K):"):
-        em.line("ka = k0 + tl.arange(0, BLOCK_K)[None, :]")
-        em.line("kb = k0 + tl.arange(0, BLOCK_K)[:, None]")
-        if wide:
-            with em.block("if WIDE:"):
-                em.line("ka = ka.to(tl.int64)")
-                em.line("kb = kb.to(tl.int64)")
+    with reduction_tiles(em, node.dtype, k_text, wide):
         _axes(em, "ka", K, gemm.depth, "_a")
         lhs = _tile(em, g, gemm.lhs, "lhs", f"(m < {m_text}) & (ka < {k_text})", "[BLOCK_M, BLOCK_K]")
         _axes(em, "kb", K, gemm.depth, "_b")

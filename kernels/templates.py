@@ -18,6 +18,7 @@ launcher needs to call it.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 from dln.compiler.fusion import index as ix
@@ -380,6 +381,22 @@ def _levels(plan: FusionPlan, group: Group) -> dict[int, int]:
 
 # ---- matrix products with epilogues --------------------------------------------------------------------------
 
+@contextlib.contextmanager
+def reduction_tiles(em: Emitter, dtype: DType, k_text: str, wide: bool):
+    """A product's accumulator and its loop over BLOCK_K slices of the reduction: inside, `ka` indexes k
+    along the left operand's columns and `kb` along the right operand's rows (64-bit when WIDE)."""
+    acc_type = "tl.float64" if dtype is DType.F64 else "tl.float32"
+    em.line(f"acc = tl.zeros([BLOCK_M, BLOCK_N], dtype={acc_type})")
+    with em.block(f"for k0 in range(0, {k_text}, BLOCK_K):"):
+        em.line("ka = k0 + tl.arange(0, BLOCK_K)[None, :]")
+        em.line("kb = k0 + tl.arange(0, BLOCK_K)[:, None]")
+        if wide:
+            with em.block("if WIDE:"):
+                em.line("ka = ka.to(tl.int64)")
+                em.line("kb = kb.to(tl.int64)")
+        yield
+
+
 def matmul(plan: FusionPlan, group: Group, k: int, precision: str = "ieee") -> KernelSource:
     if precision not in PRECISIONS:
         raise ValueError(f"unknown matmul precision {precision!r}; precisions: {', '.join(PRECISIONS)}")
@@ -412,15 +429,7 @@ def matmul(plan: FusionPlan, group: Group, k: int, precision: str = "ieee") -> K
     at = d_vars = group.domain.vars()
     a_off = _operand_offset(em, g, a_node.id, d_vars[:-2] + (d_vars[-2], ix.Var("k", K)), {"k": "ka"})
     b_off = _operand_offset(em, g, b_node.id, d_vars[:-2] + (ix.Var("k", K), d_vars[-1]), {"k": "kb"})
-    acc_type = "tl.float64" if mm.dtype is DType.F64 else "tl.float32"
-    em.line(f"acc = tl.zeros([BLOCK_M, BLOCK_N], dtype={acc_type})")
-    with em.block(f"for k0 in range(0, {k_text}, BLOCK_K):"):
-        em.line("ka = k0 + tl.arange(0, BLOCK_K)[None, :]")
-        em.line("kb = k0 + tl.arange(0, BLOCK_K)[:, None]")
-        if wide:
-            with em.block("if WIDE:"):
-                em.line("ka = ka.to(tl.int64)")
-                em.line("kb = kb.to(tl.int64)")
+    with reduction_tiles(em, mm.dtype, k_text, wide):
         # Addresses cover the whole tile even where an operand repeats along an axis (a broadcast).
         em.line(f"a = tl.load(tl.broadcast_to({a_off[0]} + {a_off[1]}, [BLOCK_M, BLOCK_K]), "
                 f"mask=(m < {m_text}) & (ka < {k_text}), other=0.0)")

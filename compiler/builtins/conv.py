@@ -101,16 +101,24 @@ def _default_init(fan_in: int) -> InitSpec:
     return _uniform(1.0 / math.sqrt(fan_in)) if fan_in else InitSpec("zeros")
 
 
-def _conv(cx, x: Tensor, rank: int, layer: str, out: int, kernel, stride, padding, dilation, groups: int,
-          bias: bool, init: InitSpec | None) -> Tensor:
-    b = cx.b
-    x, unbatched = _spatial(cx, b.to_float(x), rank, layer)
+def _arguments(cx, x: Tensor, rank: int, layer: str, out: int, kernel, stride, dilation, groups: int):
+    """What every convolution layer checks first: x as [B, C, *S] (and whether it had no batch), its
+    channel count, and kernel, stride and dilation as one int per spatial axis."""
+    x, unbatched = _spatial(cx, cx.b.to_float(x), rank, layer)
     c_in = _features(cx, x, layer, axis=1)
     _positive(cx, layer, out=out)
     _groups(cx, groups, layer, input=c_in, output=out)
     kernel = _per_axis(cx, "kernel", kernel, rank, layer, 1)
     stride = _per_axis(cx, "stride", stride, rank, layer, 1)
     dilation = _per_axis(cx, "dilation", dilation, rank, layer, 1)
+    return x, unbatched, c_in, kernel, stride, dilation
+
+
+def _conv(cx, x: Tensor, rank: int, layer: str, out: int, kernel, stride, padding, dilation, groups: int,
+          bias: bool, init: InitSpec | None) -> Tensor:
+    b = cx.b
+    x, unbatched, c_in, kernel, stride, dilation = _arguments(cx, x, rank, layer, out, kernel, stride, dilation,
+                                                              groups)
     pads = _padding(cx, padding, kernel, stride, dilation, layer)
     _fits(cx, x, kernel, dilation, pads, layer)
     _strided_symbolic(cx, x, stride, layer)
@@ -151,13 +159,8 @@ def conv_transpose2d(cx, x: TENSOR, out: INT, kernel: SIZES, stride: SIZES = 1, 
     (torch.nn.ConvTranspose2d)"""
     layer, rank = "conv_transpose2d", 2
     b = cx.b
-    x, unbatched = _spatial(cx, b.to_float(x), rank, layer)
-    c_in = _features(cx, x, layer, axis=1)
-    _positive(cx, layer, out=out)
-    _groups(cx, groups, layer, input=c_in, output=out)
-    kernel = _per_axis(cx, "kernel", kernel, rank, layer, 1)
-    stride = _per_axis(cx, "stride", stride, rank, layer, 1)
-    dilation = _per_axis(cx, "dilation", dilation, rank, layer, 1)
+    x, unbatched, c_in, kernel, stride, dilation = _arguments(cx, x, rank, layer, out, kernel, stride, dilation,
+                                                              groups)
     pads = tuple((p, p) for p in _per_axis(cx, "padding", padding, rank, layer, 0))
     extra = _per_axis(cx, "output_padding", output_padding, rank, layer, 0)
     if any(e >= s for e, s in zip(extra, stride)):

@@ -124,9 +124,12 @@ def _materialize(b: GraphBuilder, f: _Affine) -> Tensor:
     p = f.product
     if p.op is Op.CONV:
         scaled = b.mul(w, b.reshape(f.a, (w.shape[0],) + (1,) * (w.rank - 1)))
-        out = b.emit(Op.CONV, (x, scaled), p.attrs)
+        with b.at(loc=p.loc, label=p.name, phase=p.phase):     # still the layer's convolution
+            out = b.emit(Op.CONV, (x, scaled), p.attrs)
         if f.c is not None:
             out = b.add(out, b.reshape(f.c, (1, out.shape[1]) + (1,) * (out.rank - 2)))
         return out
-    out = b.emit(Op.MATMUL, (x, b.mul(w, f.a)))
+    scaled = b.mul(w, f.a)
+    with b.at(loc=p.loc, label=p.name, phase=p.phase):
+        out = b.emit(Op.MATMUL, (x, scaled))
     return out if f.c is None else b.add(out, f.c)
