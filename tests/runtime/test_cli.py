@@ -310,3 +310,14 @@ def test_graph_without_dot_writes_dot_and_says_so(project: Path, monkeypatch, ca
     assert not (project / "g.svg").exists()
     assert (project / "g.dot").read_text().startswith("digraph")
     assert "wrote g.dot" in out.out and "dot program" in out.err
+
+
+def test_a_reader_that_goes_away_stops_train_quietly():
+    """`dln train FILE | head -1`: the pipe closes after one line; dln stops without an internal error."""
+    proc = subprocess.Popen([sys.executable, "-m", "dln", "train", str(EXAMPLES / "iris.dln")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().startswith("epoch")
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=120)
+    assert "internal error" not in err and "Traceback" not in err, err
+    assert proc.returncode == 141
