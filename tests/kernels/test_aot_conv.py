@@ -64,14 +64,16 @@ def test_no_spills(compiled):
         assert 0 < r.registers <= 255
 
 
-def test_tensor_cores_with_tf32(compiled):
+def test_tensor_cores_follow_the_precision(compiled):
+    """tf32 products run on tensor cores (HMMA, HGMMA where a tile has 64 rows); exact fp32 products
+    (ieee, the default) on the FMA units, with no tensor-core instruction."""
     precision, generated, results, out = compiled
-    if precision != "tf32":
-        pytest.skip("exact fp32 products (ieee) run on the FMA units")
     for r in results:
         sass = _sass(out / r.cubin)
         hmma, hgmma = len(re.findall(r"\bHMMA\b", sass)), len(re.findall(r"\bHGMMA\b", sass))
-        if r.target == "sm_80":
+        if precision == "ieee":
+            assert hmma + hgmma == 0 and re.search(r"\bFFMA\b", sass), f"{r.name}: ieee off the FMA units"
+        elif r.target == "sm_80":
             assert hmma > 0, f"{r.name}: no HMMA on sm_80"
         elif generated.configs[r.name]["BLOCK_M"] >= 64:
             assert hgmma > 0, f"{r.name}: no HGMMA on sm_90"
