@@ -327,8 +327,14 @@ def _conv(b, n, g, xs, out):
 def _conv_transpose(b, n, g, xs, out):
     y, w = xs
     geometry = _conv_geometry(n)
-    return [b.emit(Op.CONV, (g, w), geometry),
-            b.emit(Op.CONV_WEIGHT, (g, y), {**geometry, "kernel": tuple(w.shape[2:])})]
+    dy = b.emit(Op.CONV, (g, w), geometry)
+    # An output_padding of a stride or more (torch allows it below the dilation) leaves whole windows
+    # past y's last position: their gradient is dropped, and y reads as zeros there.
+    extra = [(0, full - size) for full, size in zip(dy.shape[2:], y.shape[2:])]
+    if any(hi for _, hi in extra):
+        dy = b.slice(dy, [0] * dy.rank, y.shape, [1] * dy.rank)
+        y = b.pad(y, [(0, 0), (0, 0)] + extra, 0.0)
+    return [dy, b.emit(Op.CONV_WEIGHT, (g, y), {**geometry, "kernel": tuple(w.shape[2:])})]
 
 
 @vjp(Op.CONV_WEIGHT)

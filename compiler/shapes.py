@@ -317,8 +317,8 @@ def _conv_channels(cx, x_channels: Dim, w: TensorType, groups: int, what: str) -
              f"x {groups} group{'s' if groups != 1 else ''}")
 
 
-def _positive_length(cx, n: Dim, what: str) -> None:
-    cx.at_most(1, n, "E0209", f"{what}: the window is larger than the padded input")
+def _positive_length(cx, n: Dim, what: str, why: str = "the window is larger than the padded input") -> None:
+    cx.at_most(1, n, "E0209", f"{what}: {why}")
 
 
 @rule(Op.CONV)
@@ -350,7 +350,7 @@ def _conv_transpose(cx, types, attrs):
     for a in range(rank):
         n = conv_transpose_size(y.shape[2 + a], w.shape[2 + a], attrs["stride"][a], attrs["padding"][a],
                                 attrs["dilation"][a], attrs["output_padding"][a])
-        _positive_length(cx, n, "conv_transpose")
+        _positive_length(cx, n, "conv_transpose", "its padding removes every row of the output on an axis")
         out.append(n)
     return TensorType(y.dtype, (y.shape[0], w.shape[1] * attrs["groups"], *out))
 

@@ -129,7 +129,7 @@ class _Plan:
                 out = self._buffer(n, pool, owned)
                 if target is not None:
                     self.copies.append((arrays[target], out))
-            self._step(n, _bind(n, args, out, env, self.shared))
+            self._step(n, _at(n, _bind, n, args, out, env, self.shared))
             arrays[n.id] = out
             # Return the buffers whose last reader this was.
             for i in set(n.inputs):

@@ -23,6 +23,8 @@ from typing import Any, Callable
 import numpy as np
 
 from dln.compiler.ir import Node, Op
+from dln.dsl.diagnostics import Diagnostic, DlnError
+from dln.runtime.checks import human_bytes
 from dln.runtime.numpy_ops import IMPLS, concrete_shape, np_dtype
 
 Step = Callable[[], np.ndarray]
@@ -53,11 +55,25 @@ class _Geometry:
         return (slice(None), slice(None)) + tuple(slice(lo, lo + n) for n, (lo, _) in zip(shape[2:], self.padding))
 
 
-def _padded(x: np.ndarray, geo: _Geometry) -> tuple[np.ndarray, Callable[[], None]]:
+def _scratch(node: Node, what: str, shape: tuple[int, ...], dtype, zeros: bool = False) -> np.ndarray:
+    """A buffer of the op's own (the columns, a padded copy), checked against the machine's memory
+    first, as the interpreter checks every value: a located E0706, not NumPy failing nameless."""
+    from dln.runtime.init import physical_memory  # (init imports the op tables, this module among them)
+
+    need = math.prod(shape) * np.dtype(dtype).itemsize
+    available = physical_memory()
+    if available is not None and need > available:
+        raise DlnError(Diagnostic("E0706", f"{node.op.value} ('{node.name}') needs {human_bytes(need)} for its "
+                                           f"{what} {list(shape)}, more than this machine's memory "
+                                           f"({human_bytes(available)})", node.loc))
+    return np.zeros(shape, dtype) if zeros else np.empty(shape, dtype)
+
+
+def _padded(node: Node, x: np.ndarray, geo: _Geometry) -> tuple[np.ndarray, Callable[[], None]]:
     """A zero-bordered copy of x kept across steps, and the step that refreshes its interior."""
     if not geo.padded:
         return x, lambda: None
-    xp = np.zeros(geo.padded_shape(x.shape), x.dtype)
+    xp = _scratch(node, "padded input", geo.padded_shape(x.shape), x.dtype, zeros=True)
     inner = xp[geo.interior(x.shape)]
     return xp, lambda: np.copyto(inner, x)
 
@@ -71,7 +87,7 @@ def _windows(xp: np.ndarray, out: tuple[int, ...], kernel: tuple[int, ...], geo:
     return np.lib.stride_tricks.as_strided(xp, xp.shape[:2] + out + kernel, strides, writeable=False)
 
 
-def _columns(x: np.ndarray, value: int, out: tuple[int, ...], kernel: tuple[int, ...], geo: _Geometry,
+def _columns(node: Node, x: np.ndarray, value: int, out: tuple[int, ...], kernel: tuple[int, ...], geo: _Geometry,
              shared: dict):
     """The column matrices [B, g, C/g * prod(K), prod(O)] and the step that fills them.
 
@@ -85,13 +101,13 @@ def _columns(x: np.ndarray, value: int, out: tuple[int, ...], kernel: tuple[int,
     key = (value, geo, out, kernel)
     if key in shared:
         return shared[key], lambda: None
-    xp, refresh = _padded(x, geo)
+    xp, refresh = _padded(node, x, geo)
     b, c = x.shape[:2]
     g, r = geo.groups, len(kernel)
     win = _windows(xp, out, kernel, geo).reshape((b, g, c // g) + out + kernel)
     # [B, g, cg, *O, *K] -> [B, g, cg, *K, *O]
     source = win.transpose((0, 1, 2) + tuple(range(3 + r, 3 + 2 * r)) + tuple(range(3, 3 + r)))
-    cols = np.empty(source.shape, x.dtype)
+    cols = _scratch(node, "column matrix", source.shape, x.dtype)
 
     def fill() -> None:
         refresh()
@@ -114,7 +130,7 @@ def _prepare_conv(node: Node, args: list[np.ndarray], out: np.ndarray, env, shar
     geo = _Geometry.of(node)
     b, co = out.shape[:2]
     g = geo.groups
-    cols, fill = _columns(x, node.inputs[0], out.shape[2:], w.shape[2:], geo, shared)
+    cols, fill = _columns(node, x, node.inputs[0], out.shape[2:], w.shape[2:], geo, shared)
     target = _into(out, (b, g, co // g, -1))
 
     def step() -> np.ndarray:
@@ -129,14 +145,16 @@ def _prepare_conv_weight(node: Node, args: list[np.ndarray], out: np.ndarray, en
     geo = _Geometry.of(node)
     b, co = dy.shape[:2]
     g = geo.groups
-    cols, fill = _columns(x, node.inputs[0], dy.shape[2:], tuple(node.attrs["kernel"]), geo, shared)
-    per_example = np.empty((b, g, co // g, cols.shape[2]), dy.dtype)
+    cols, fill = _columns(node, x, node.inputs[0], dy.shape[2:], tuple(node.attrs["kernel"]), geo, shared)
+    # f16 products are summed over the batch in f32, as torch accumulates them
+    wide = np.float32 if dy.dtype == np.float16 else dy.dtype
+    per_example = _scratch(node, "products per example", (b, g, co // g, cols.shape[2]), wide)
     target = _into(out, (g, co // g, -1))
 
     def step() -> np.ndarray:
         fill()
         # one small product per example, then their sum: [B, g, out/g, P] @ [B, g, P, cg * prod(K)]
-        np.matmul(dy.reshape(b, g, co // g, -1), cols.transpose(0, 1, 3, 2), out=per_example)
+        np.matmul(dy.reshape(b, g, co // g, -1), cols.transpose(0, 1, 3, 2), out=per_example, dtype=wide)
         np.sum(per_example, axis=0, out=target)
         return out
     return step
@@ -149,10 +167,10 @@ def _prepare_conv_transpose(node: Node, args: list[np.ndarray], out: np.ndarray,
     sizes, kernel = y.shape[2:], w.shape[2:]
     g, r = geo.groups, len(kernel)
     cg = out.shape[1] // g
-    cols = np.empty((b, g, cg * math.prod(kernel), math.prod(sizes)), y.dtype)
+    cols = _scratch(node, "column matrix", (b, g, cg * math.prod(kernel), math.prod(sizes)), y.dtype)
     # the columns [B, g, cg, *K, *O]: at each kernel position, a [B, g, cg, *O] slab to add into place
     spread = cols.reshape((b, g, cg) + kernel + sizes)
-    zp = np.zeros(geo.padded_shape(out.shape), out.dtype) if geo.padded else out
+    zp = _scratch(node, "padded output", geo.padded_shape(out.shape), out.dtype, zeros=True) if geo.padded else out
     grouped = _into(zp, (b, g, cg) + zp.shape[2:])
     adds = []
     for k in itertools.product(*(range(n) for n in kernel)):
@@ -174,9 +192,18 @@ def _prepare_conv_transpose(node: Node, args: list[np.ndarray], out: np.ndarray,
     return step
 
 
-PREPARED[Op.CONV] = _prepare_conv
-PREPARED[Op.CONV_WEIGHT] = _prepare_conv_weight
-PREPARED[Op.CONV_TRANSPOSE] = _prepare_conv_transpose
+def _unless_empty(prepare):
+    """An empty operand (a batch of 0, no channels) makes every sum empty: the result is zeros."""
+    def prepared(node: Node, args: list[np.ndarray], out: np.ndarray, env, shared: dict) -> Step:
+        if out.size == 0 or any(a.size == 0 for a in args):
+            return lambda: (out.fill(0), out)[1]
+        return prepare(node, args, out, env, shared)
+    return prepared
+
+
+PREPARED[Op.CONV] = _unless_empty(_prepare_conv)
+PREPARED[Op.CONV_WEIGHT] = _unless_empty(_prepare_conv_weight)
+PREPARED[Op.CONV_TRANSPOSE] = _unless_empty(_prepare_conv_transpose)
 
 
 def _run_once(prepare) -> Callable:

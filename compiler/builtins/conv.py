@@ -163,9 +163,10 @@ def conv_transpose2d(cx, x: TENSOR, out: INT, kernel: SIZES, stride: SIZES = 1, 
                                                               groups)
     pads = tuple((p, p) for p in _per_axis(cx, "padding", padding, rank, layer, 0))
     extra = _per_axis(cx, "output_padding", output_padding, rank, layer, 0)
-    if any(e >= s for e, s in zip(extra, stride)):
-        raise cx.fail_at("output_padding", "E0208", f"{layer}'s output_padding must be smaller than its stride, "
-                                                    f"got {output_padding} with stride {stride}")
+    if any(e >= max(s, d) for e, s, d in zip(extra, stride, dilation)):
+        raise cx.fail_at("output_padding", "E0208", f"{layer}'s output_padding must be smaller than its stride "
+                                                    f"or its dilation (as in torch), got {output_padding} with "
+                                                    f"stride {stride} and dilation {dilation}")
     _strided_symbolic(cx, x, stride, layer)
     for a, n in enumerate(x.shape[2:]):
         size = conv_transpose_size(n, kernel[a], stride[a], pads[a], dilation[a], extra[a])

@@ -23,7 +23,9 @@ from dln.compiler.emit import GraphBuilder, Tensor
 from dln.compiler.ir import Graph, Node, Op
 from dln.compiler.passes.rewrite import rewrite
 
-_STEPS = (Op.ADD, Op.SUB, Op.MUL, Op.DIV)
+# Division is not folded: `W * (1 / v)` with a zero in v puts infinities of both signs in one weight
+# column, which the product sums to NaN where the unfolded graph had -inf.  (Batch norm multiplies.)
+_STEPS = (Op.ADD, Op.SUB, Op.MUL)
 
 
 @dataclass(frozen=True)
@@ -60,7 +62,7 @@ def fold_affine(graph: Graph) -> Graph:
                 continue
             axis = 1 if chain.product.op is Op.CONV else len(t.shape) - 1
             vec = _channel_vector(b, v, t.shape, axis, fixed)
-            if vec is None or (n.op is Op.DIV and side == 1):
+            if vec is None:
                 continue
             a, c = _step(b, n.op, side, chain.a, chain.c, vec)
             folded = _Affine(chain.product, chain.x, chain.w, a, c)
@@ -107,7 +109,7 @@ def _channel_vector(b: GraphBuilder, v: Node, shape, axis: int, fixed: set[int])
 
 
 def _step(b: GraphBuilder, op: Op, side: int, a: Tensor | None, c: Tensor | None, v: Tensor):
-    """(a, c) after one more step `z op v` (side 0) or `v op z` (side 1)."""
+    """(a, c) after one more step `z op v` (side 0) or `v op z` (side 1), op one of add, sub, mul."""
     if op is Op.ADD:
         return a, v if c is None else b.add(c, v)
     if op is Op.SUB and side == 0:
@@ -115,8 +117,7 @@ def _step(b: GraphBuilder, op: Op, side: int, a: Tensor | None, c: Tensor | None
     if op is Op.SUB:                    # v - (a z + c) = (-a) z + (v - c)
         minus_one = b.broadcast_to(b.const(-1.0, v.dtype), v.shape)
         return minus_one if a is None else b.neg(a), v if c is None else b.sub(v, c)
-    scale = v if op is Op.MUL else b.div(1.0, v)
-    return (scale if a is None else b.mul(a, scale)), (None if c is None else b.mul(c, scale))
+    return (v if a is None else b.mul(a, v)), (None if c is None else b.mul(c, v))
 
 
 def _materialize(b: GraphBuilder, f: _Affine) -> Tensor:

@@ -547,7 +547,7 @@ def _gen_conv_transpose2d(rng):
     geo = _conv_geometry(rng, 2, transposed=True)
     g = geo["groups"]
     c_in, out = g * int(rng.choice((1, 2, 3))), g * int(rng.choice((1, 2)))
-    extra = tuple(int(rng.integers(0, s)) for s in geo["stride"])
+    extra = tuple(int(rng.integers(0, max(s, d))) for s, d in zip(geo["stride"], geo["dilation"]))
     sizes = tuple(int(rng.choice((1, 2, 3, 5))) for _ in range(2))
     bias = bool(rng.random() < 0.7)
     body = (f"y = x -> conv_transpose2d({out}, kernel = {_tuple(geo['kernel'])}, stride = {_tuple(geo['stride'])}, "

@@ -50,6 +50,11 @@ CONFIGS = [
      lambda x, w, b: F.conv_transpose2d(x, w, b, 2, 1)),
     ("conv_transpose2d(2, kernel = (1, 3), stride = 3)", (2, 3, 2, 5),   # stride > kernel: gaps
      lambda x, w, b: F.conv_transpose2d(x, w, b, 3)),
+    ("conv_transpose2d(4, kernel = 3, dilation = 2, output_padding = 1)", (2, 3, 4, 5),   # past the stride
+     lambda x, w, b: F.conv_transpose2d(x, w, b, 1, 0, 1, 1, 2)),
+    ("conv_transpose2d(3, kernel = (2, 3), stride = (2, 1), padding = 1, output_padding = (2, 1), "
+     "dilation = (3, 2))", (1, 2, 3, 4),
+     lambda x, w, b: F.conv_transpose2d(x, w, b, (2, 1), 1, (2, 1), 1, (3, 2))),
 ]
 
 
@@ -171,7 +176,7 @@ def test_symbolic_length_compiles_once_for_every_length():
     ("x -> conv2d(4, kernel = (3, 10))", "E0209", "spans 3×10, more than the padded input (H 8 + 0 + 0, W 8 + 0 + 0)"),
     ("x -> conv1d(4, kernel = 3)", "E0202", "conv1d needs [B, C, L]"),
     ("x -> conv_transpose2d(4, kernel = 3, stride = 2, output_padding = 2)", "E0208",
-     "output_padding must be smaller than its stride"),
+     "output_padding must be smaller than its stride or its dilation"),
     ("x -> conv_transpose2d(4, kernel = 1, padding = 5)", "E0209", "padding 5 removes more than"),
     ("t -> conv2d(4, kernel = 3, stride = 2)", "E0207", "needs a known size"),
 ])
@@ -292,3 +297,34 @@ def test_shared_columns_follow_values_not_buffers():
     exe = Executable(step)
     for _ in range(2):
         np.testing.assert_allclose(exe.run(feeds, {})["grad"], tv.grad.numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_an_empty_batch_gives_empty_outputs_and_zero_weight_gradients():
+    """A batch of 0 (torch returns empty tensors): every sum over it is empty, so the weight gradient is 0."""
+    model = dln.compile("""
+        model m() {
+            input x: f64[B, 3, 8, 8]
+            h = x -> conv2d(4, kernel = 3, padding = 1) -> relu
+            y = h -> conv_transpose2d(2, kernel = 3, stride = 2)
+            loss = sum(y)
+            output y
+        }""")
+    x = np.zeros((0, 3, 8, 8))
+    assert model(x=x)["y"].shape == (0, 2, 17, 17)
+    _, grads = model.value_and_grad("loss", x=x)
+    assert all(not np.any(g) for k, g in grads.items() if k.endswith("weight"))
+
+
+def test_scratch_larger_than_memory_is_a_located_error():
+    """The columns of a huge kernel over a large image are far larger than the result: E0706 at the conv,
+    before NumPy is asked for them."""
+    model = dln.compile("""
+        model m() {
+            input x: f64[1, 1, 4096, 4096]
+            y = x -> conv2d(1, kernel = 64, padding = 32)
+            output y
+        }""")
+    with pytest.raises(DlnError) as e:
+        model(x=np.zeros((1, 1, 4096, 4096)))
+    d = e.value.diagnostics[0]
+    assert d.code == "E0706" and "column matrix" in d.message and d.span.line == 4
