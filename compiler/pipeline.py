@@ -68,7 +68,9 @@ def forward_graph(model: BuiltModel, outputs: Sequence[str] | None = None, debug
     g = optimize(model.graph.with_outputs(pairs + model.state_outputs()), debug)
     if not model.training:
         # Evaluation: batch norm (any per-channel scale and shift) moves into the weights before it.
-        g = optimize(fold_affine(g), debug)
+        folded = fold_affine(g)
+        if folded is not g:
+            g = optimize(folded, debug)
     return g
 
 

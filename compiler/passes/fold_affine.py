@@ -39,6 +39,8 @@ class _Affine:
 
 
 def fold_affine(graph: Graph) -> Graph:
+    """The graph with every foldable chain folded; `graph` itself when there is none (the caller then
+    need not optimize again)."""
     users = graph.users()
     fixed = _weight_only(graph)
     chains: dict[int, _Affine] = {}     # node id (after rewriting) -> the map it computes
@@ -75,7 +77,8 @@ def fold_affine(graph: Graph) -> Graph:
             return out.id
         return None
 
-    return rewrite(graph, rule)
+    folded = rewrite(graph, rule)
+    return folded if origin else graph
 
 
 def _weight_only(graph: Graph) -> set[int]:
