@@ -175,7 +175,8 @@ class Model:
             raise DlnError(Diagnostic("E0702", f"cannot write weights to {path}: {e.strerror or e}")) from None
 
     def load(self, path: str | Path) -> None:
-        """Parameters from a safetensors file (as `save` writes, or any with the same names and shapes)."""
+        """Parameters and model state from a safetensors file (as `save` writes, or any with the same names
+        and shapes)."""
         from dln.runtime.checkpoint import load_arrays
 
         path = _check_path("load", path)

@@ -242,7 +242,7 @@ def cmd_params(args) -> int:
     count = len(rows)
     print(f"{count} parameter{'s' if count != 1 else ''}, {sum(r[3] for r in rows):,} values")
     if spec.state:   # running statistics: saved with the weights, never trained
-        print(f"model state: " + ", ".join(f"{s.name} {s.type}" for s in spec.state))
+        print("model state: " + ", ".join(f"{s.name} {s.type}" for s in spec.state))
     return 0
 
 
