@@ -12,6 +12,7 @@ is 0, ties of maximum split the gradient).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from dln.compiler.emit import GraphBuilder, Tensor
@@ -346,25 +347,67 @@ def _conv_weight(b, n, g, xs, out):
             b.emit(Op.CONV, (x, g), geometry)]
 
 
+@dataclass(frozen=True)
+class Part:
+    """The cotangent of one result of a node with several results: `backprop` gathers them into a list."""
+    index: int
+    value: Tensor
+
+
+@vjp(Op.RESULT)
+def _result(b, n, g, xs, out):
+    return [Part(n.attrs["index"], g)]
+
+
 def missing_rules() -> list[Op]:
     return [op for op in Op if op not in VJP and op not in NO_GRADIENT]
 
 
 # ---- the transformation ---------------------------------------------------------------------------------------
 
-def active_nodes(graph: Graph, loss: int, wrt: Sequence[int]) -> set[int]:
-    """Nodes on a float path from some `wrt` to `loss` (DETACH cuts paths)."""
+def carries_gradient(n: Node) -> bool:
+    return n.op not in NO_GRADIENT and any(t.dtype.is_float for t in n.types)
+
+
+def active_nodes(graph: Graph, outputs: Sequence[int], wrt: Sequence[int]) -> set[int]:
+    """Nodes on a float path from some `wrt` to some of `outputs` (DETACH cuts paths)."""
     forward = set(wrt)
     for n in graph.nodes:
-        if n.op in NO_GRADIENT or not n.dtype.is_float:
-            continue
-        if any(i in forward for i in n.inputs):
+        if carries_gradient(n) and any(i in forward for i in n.inputs):
             forward.add(n.id)
-    backward = {loss}
+    backward = set(outputs)
     for n in reversed(graph.nodes):
         if n.id in backward and n.op not in NO_GRADIENT:
             backward.update(n.inputs)
     return forward & backward
+
+
+def backprop(b: GraphBuilder, graph: Graph, seeds: dict[int, Tensor], active: set[int]) -> dict[int, Tensor]:
+    """Reverse mode over `graph`'s nodes (already in `b`) from the cotangents `seeds`: every active node's
+    cotangent.  A node with several results gets the list of its results' cotangents (None where a result
+    has none)."""
+    cotangent: dict[int, Tensor] = dict(seeds)
+    parts: dict[int, list[Tensor | None]] = {}
+    for n in reversed(graph.nodes):
+        if n.id not in active or n.op is Op.INPUT:
+            continue
+        g = parts.get(n.id) if n.results else cotangent.get(n.id)
+        if g is None:
+            continue
+        xs = [b.tensor(i) for i in n.inputs]
+        with b.at(loc=n.loc, label=n.name, phase=Phase.BACKWARD):
+            contributions = VJP[n.op](b, n, g, xs, b.tensor(n.id))
+            for i, c in zip(n.inputs, contributions):
+                if c is None or i not in active:
+                    continue
+                if isinstance(c, Part):
+                    got = parts.setdefault(i, [None] * len(graph.node(i).types))
+                    got[c.index] = c.value if got[c.index] is None else b.add(got[c.index], c.value)
+                    continue
+                if c.dtype is not graph.node(i).dtype:
+                    c = b.cast(c, graph.node(i).dtype)
+                cotangent[i] = c if i not in cotangent else b.add(cotangent[i], c)
+    return cotangent
 
 
 def grad(graph: Graph, loss: int, wrt: Sequence[int]) -> tuple[Graph, dict[int, int | None], GraphBuilder]:
@@ -379,23 +422,15 @@ def grad(graph: Graph, loss: int, wrt: Sequence[int]) -> tuple[Graph, dict[int, 
         raise DlnError(Diagnostic("E0602", f"the objective must be a scalar, got {loss_node.type}", loss_node.loc))
     if not loss_node.dtype.is_float:
         raise DlnError(Diagnostic("E0602", f"the objective must be a float, got {loss_node.type}", loss_node.loc))
-    active = active_nodes(graph, loss, wrt)
+    active = active_nodes(graph, [loss], wrt)
+    # A loop saves, as extra results, what its reverse loop will read.
+    graph = save_residuals(graph, active)
     b = GraphBuilder(graph.name, base=graph)
-    cotangent: dict[int, Tensor] = {}
     with b.at(loc=loss_node.loc, label=loss_node.name, phase=Phase.BACKWARD):
-        cotangent[loss] = b.const(1.0, loss_node.dtype)
-    for n in reversed(graph.nodes):
-        if n.id not in active or n.id not in cotangent or n.op is Op.INPUT:
-            continue
-        g = cotangent[n.id]
-        xs = [b.tensor(i) for i in n.inputs]
-        with b.at(loc=n.loc, label=n.name, phase=Phase.BACKWARD):
-            contributions = VJP[n.op](b, n, g, xs, b.tensor(n.id))
-            for i, c in zip(n.inputs, contributions):
-                if c is None or i not in active:
-                    continue
-                if c.dtype is not graph.node(i).dtype:
-                    c = b.cast(c, graph.node(i).dtype)
-                cotangent[i] = c if i not in cotangent else b.add(cotangent[i], c)
+        seed = b.const(1.0, loss_node.dtype)
+    cotangent = backprop(b, graph, {loss: seed}, active)
     grads = {w: (cotangent[w].id if w in cotangent else None) for w in wrt}
     return b.finish(graph.outputs), grads, b
+
+
+from dln.compiler.autodiff_scan import save_residuals  # noqa: E402  (registers the scan's VJP)

@@ -32,6 +32,8 @@ def flops(graph: Graph, n: Node, env: Mapping[str, int]) -> int:
         return size(n.shape, env)
     if n.op in GroupOp.Reduce:
         return size(graph.node(n.inputs[0]).shape, env)
+    if n.op is Op.SCAN:
+        return max(0, int(evaluate(n.attrs["length"], env))) * total_flops(n.attrs["body"], env)
     return 0
 
 
@@ -40,4 +42,4 @@ def total_flops(graph: Graph, env: Mapping[str, int]) -> int:
 
 
 def nbytes(n: Node, env: Mapping[str, int]) -> int:
-    return size(n.shape, env) * n.dtype.itemsize
+    return sum(size(t.shape, env) * t.dtype.itemsize for t in n.types)

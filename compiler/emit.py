@@ -18,7 +18,7 @@ from typing import Any, Iterable, Iterator, Sequence, Union
 
 from dln.compiler.ir import NO_ATTRS, Attrs, Constraint, DType, Graph, GroupOp, Node, Op, Phase, TensorType
 from dln.compiler.limits import exceeded
-from dln.compiler.shapes import SHAPE_RULES, ShapeContext, ShapeError
+from dln.compiler.shapes import SHAPE_RULES, ShapeContext, ShapeError, operand_types
 from dln.compiler.symbolic import Dim, Shape, format_shape, numel
 from dln.dsl.diagnostics import Diagnostic, DlnError, Note, Span
 
@@ -173,16 +173,25 @@ class GraphBuilder:
                            self.loc)
         self.shapes.loc = self.loc
         try:
-            type_ = SHAPE_RULES[op](self.shapes, [t.type for t in inputs], attrs)
+            type_ = SHAPE_RULES[op](self.shapes, operand_types(op, [self.index[t.id] for t in inputs]), attrs)
         except ShapeError as e:
             raise self.fail(e.code, e.message) from None
         if op in GroupOp.Leaf:
             attrs = Attrs({k: v for k, v in attrs.items() if k != "type"})
-        node = Node(self.next_id, op, tuple(t.id for t in inputs), type_, attrs, self.loc, self.label, self.phase)
+        results: tuple[TensorType, ...] = ()
+        if isinstance(type_, tuple):   # several results: `.type` is the first
+            results, type_ = type_, type_[0]
+        node = Node(self.next_id, op, tuple(t.id for t in inputs), type_, attrs, self.loc, self.label, self.phase,
+                    results)
         self.next_id += 1
         self.nodes.append(node)
         self.index[node.id] = node
         return Tensor(node.id, type_)
+
+    def copy(self, node: Node, inputs: Sequence[Tensor]) -> Tensor:
+        """`node` made again in this graph over `inputs` (a leaf keeps its type)."""
+        attrs = node.attrs.replace(type=node.type) if node.op in GroupOp.Leaf else node.attrs
+        return self.emit(node.op, inputs, attrs)
 
     def tensor(self, node_id: int) -> Tensor:
         return Tensor(node_id, self.index[node_id].type)
@@ -478,6 +487,22 @@ class GraphBuilder:
         if squeeze_b:
             out = self.reshape(out, out.shape[:-1])
         return out
+
+    # ---- regions ----------------------------------------------------------------------------------
+    def results(self, t: Tensor) -> list[Tensor]:
+        """Each result of a node with several results, as a `result` node."""
+        return [self.emit(Op.RESULT, (t,), {"index": k}) for k in range(len(self.node(t).types))]
+
+    def scan(self, body: Graph, carries: Sequence[Tensor], xs: Sequence[Tensor], consts: Sequence[Tensor] = (),
+             reverse: bool = False, length: Dim | None = None) -> tuple[list[Tensor], list[Tensor]]:
+        """jax.lax.scan over axis 0 of `xs`: (final carries, stacked ys).  `body`'s inputs are the carries,
+        one step of each xs and the consts, in that order; its outputs the new carries, then the ys."""
+        if length is None:
+            length = xs[0].shape[0]
+        node = self.emit(Op.SCAN, (*carries, *xs, *consts),
+                         {"body": body, "carries": len(carries), "xs": len(xs), "reverse": reverse, "length": length})
+        out = self.results(node)
+        return out[:len(carries)], out[len(carries):]
 
 
 def _dedupe(constraints: list[Constraint]) -> list[Constraint]:

@@ -6,6 +6,13 @@ primitive `Op`, the ids of its inputs, frozen attributes, a `TensorType`
 span it came from, the source name it computes (for printing and kernel
 names) and the phase it belongs to (forward, backward, optimizer).
 
+A node may have several results (`results`, a tuple of types; `.type` stays
+the single-result view and is the first of them) and may carry body graphs in
+its attributes (a `scan`'s loop body).  Other nodes read result k of such a
+node through a `result(index=k)` node, so every input is still one node id.
+`subgraphs` yields a node's bodies and `map_bodies` rebuilds a graph with its
+bodies transformed: the passes, the verifier and the printer use them.
+
 Everything is immutable: passes build new graphs; a node's users are computed
 when needed (`Graph.users`), never stored.
 """
@@ -14,7 +21,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from dln.compiler.symbolic import Dim, Shape, Sym, format_shape
 from dln.dsl.diagnostics import Span
@@ -142,6 +149,14 @@ class Op(enum.Enum):
     CONV_WEIGHT = "conv_weight"  # the adjoint of conv in w: (x [B, Ci, *S], dy [B, Co, *O]) -> w's shape;
     #                          attrs also kernel (K)
 
+    # -- regions: a body graph in the attributes, several results
+    # scan(carries..., xs..., consts...): attrs body (a Graph), carries, xs (how many of each), reverse, length.
+    # The body's inputs are the carries, one step of each xs (axis 0 removed) and the consts, in that order;
+    # its outputs are the new carries, then one step of each ys.  Results: the final carries, then the ys
+    # stacked on a new axis 0 of `length` steps (as jax.lax.scan; `reverse` runs t = length-1 .. 0).
+    SCAN = "scan"
+    RESULT = "result"        # attrs: index — result `index` of a node with several results
+
     def __str__(self) -> str:
         return self.value
 
@@ -164,6 +179,7 @@ class GroupOp:
     Convolution = frozenset({Op.CONV, Op.CONV_TRANSPOSE, Op.CONV_WEIGHT})
     Contraction = frozenset({Op.MATMUL}) | Convolution
     Random = frozenset({Op.RAND})
+    Region = frozenset({Op.SCAN})            # ops that carry body graphs (and have several results)
     Commutative = frozenset({Op.ADD, Op.MUL, Op.MAXIMUM, Op.MINIMUM, Op.EQ, Op.NE, Op.AND, Op.OR})
 
 
@@ -228,6 +244,12 @@ class Node:
     loc: Span | None = field(default=None, compare=False)
     name: str = field(default="", compare=False)
     phase: Phase = field(default=Phase.FORWARD, compare=False)
+    results: tuple[TensorType, ...] = ()    # the types of a node with several results (else empty)
+
+    @property
+    def types(self) -> tuple[TensorType, ...]:
+        """Every result's type: one for most nodes."""
+        return self.results or (self.type,)
 
     @property
     def shape(self) -> Shape:
@@ -312,10 +334,35 @@ class Graph:
                     add(x)
 
         for n in self.nodes:
-            add(n.shape)
+            for t in n.types:
+                add(t.shape)
             for v in n.attrs.values():
                 add(v)
+            for body in subgraphs(n):
+                syms.update(body.symbols())
         return frozenset(syms)
 
     def with_outputs(self, outputs: Iterable[tuple[str, int]]) -> "Graph":
         return Graph(self.name, self.nodes, tuple(outputs), self.constraints)
+
+
+def subgraphs(node: Node) -> Iterator[Graph]:
+    """The body graphs a node carries (a scan's loop body), in attribute order."""
+    for v in node.attrs.values():
+        if isinstance(v, Graph):
+            yield v
+
+
+def map_bodies(graph: Graph, fn: Callable[[Graph], Graph]) -> Graph:
+    """`graph` with every body of every node replaced by `fn(body)` (one level: `fn` recurses if it
+    should).  The same graph when nothing changed."""
+    changed = False
+    nodes = []
+    for n in graph.nodes:
+        if n.op in GroupOp.Region:
+            new = {k: fn(v) for k, v in n.attrs.items() if isinstance(v, Graph)}
+            if any(new[k] is not n.attrs[k] for k in new):
+                n = Node(n.id, n.op, n.inputs, n.type, n.attrs.replace(**new), n.loc, n.name, n.phase, n.results)
+                changed = True
+        nodes.append(n)
+    return Graph(graph.name, tuple(nodes), graph.outputs, graph.constraints) if changed else graph

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from dln.compiler.ir import Attrs, DType, Graph, Node, Phase, TensorType
+from dln.compiler.ir import Attrs, DType, Graph, Node, Phase, TensorType, subgraphs
 from dln.compiler.symbolic import Sym
 
 
@@ -41,9 +41,11 @@ def format_value(v: Any) -> str:
 
 
 def format_node(n: Node) -> str:
+    """One line; a node with a body is followed by the body's lines, indented, in braces."""
     args = [f"%{i}" for i in n.inputs]
-    args += [f"{k}={format_value(v)}" for k, v in n.attrs.items()]
-    text = f"%{n.id}: {n.type} = {n.op.value}({', '.join(args)})"
+    args += [f"{k}={format_value(v)}" for k, v in n.attrs.items() if not isinstance(v, Graph)]
+    type_ = str(n.type) if not n.results else "(" + ", ".join(str(t) for t in n.results) + ")"
+    text = f"%{n.id}: {type_} = {n.op.value}({', '.join(args)})"
     where = []
     if n.name:
         where.append(n.name)
@@ -51,6 +53,9 @@ def format_node(n: Node) -> str:
         where.append(f"{n.loc.path}:{n.loc.line}:{n.loc.col}")
     if where:
         text = f"{text:<64} # {'  '.join(where)}"
+    for body in subgraphs(n):
+        inner = format_graph(body).rstrip("\n").split("\n")
+        text += " {\n" + "\n".join("    " + line for line in inner) + "\n  }"
     return text
 
 

@@ -373,5 +373,53 @@ def _conv_weight(cx, types, attrs):
     return TensorType(x.dtype, (dy.shape[1], x.shape[1] // groups, *kernel))
 
 
+# ---- regions -----------------------------------------------------------------------------------------
+
+def _agree(cx, outer: TensorType, inner: TensorType, what: str) -> None:
+    if outer.dtype is not inner.dtype or outer.rank != inner.rank:
+        raise ShapeError("E0201", f"scan: {what} is {outer} but the body takes {inner}")
+    for a, b in zip(outer.shape, inner.shape):
+        cx.unify(a, b, "E0201", f"scan: {what} is {outer} but the body takes {inner}")
+
+
+@rule(Op.SCAN)
+def _scan(cx, types, attrs):
+    """(final carries..., stacked ys...): see Op.SCAN."""
+    body = attrs["body"]
+    n_carry, n_xs, length = attrs["carries"], attrs["xs"], attrs["length"]
+    params = body.inputs
+    if len(params) != len(types):
+        raise ShapeError("E0201", f"scan: {len(types)} operands for a body of {len(params)} inputs")
+    if len(body.outputs) < n_carry:
+        raise ShapeError("E0201", f"scan: a body of {len(body.outputs)} outputs for {n_carry} carries")
+    for k, (t, p) in enumerate(zip(types, params)):
+        if n_carry <= k < n_carry + n_xs:
+            if t.rank == 0:
+                raise ShapeError("E0201", f"scan: the scanned operand {k} is a scalar")
+            cx.unify(t.shape[0], length, "E0201", f"scan: operand {k} has {t.shape[0]} steps, not {length}")
+            t = TensorType(t.dtype, t.shape[1:])
+        _agree(cx, t, p.type, f"operand {k}")
+    outs = [body.node(i).type for _, i in body.outputs]
+    for k in range(n_carry):
+        _agree(cx, types[k], outs[k], f"carry {k}'s new value")
+    return tuple(types[:n_carry]) + tuple(TensorType(t.dtype, (length,) + t.shape) for t in outs[n_carry:])
+
+
+@rule(Op.RESULT)
+def _result(cx, types, attrs):
+    """`types` are every result of the producer (see operand_types)."""
+    index = attrs["index"]
+    if not 0 <= index < len(types):
+        raise ShapeError("E0201", f"result {index} of a node with {len(types)} results")
+    return types[index]
+
+
+def operand_types(op: Op, inputs) -> list[TensorType]:
+    """What a shape rule sees of its operand nodes: their types; for `result`, every result of its producer."""
+    if op is Op.RESULT:
+        return list(inputs[0].types)
+    return [n.type for n in inputs]
+
+
 def missing_rules() -> list[Op]:
     return [op for op in Op if op not in SHAPE_RULES]

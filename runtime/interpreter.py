@@ -22,10 +22,12 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from dln.compiler.ir import Graph, GroupOp, Node, Op
+from dln.compiler.ir import Graph, GroupOp, Node, Op, TensorType
+from dln.compiler.symbolic import evaluate as evaluate_size
 from dln.dsl.diagnostics import Diagnostic, DlnError
 from dln.runtime.checks import check_sizes
 from dln.runtime.init import physical_memory
+from dln.runtime import numpy_scan
 from dln.runtime.numpy_conv import PREPARED
 from dln.runtime.numpy_ops import IMPLS, REDUCTIONS, short_axis_reduction, UFUNCS, VIEW_OPS, concrete_shape, np_dtype
 
@@ -40,6 +42,23 @@ def evaluate(graph: Graph, inputs: Mapping[str, np.ndarray], env: dict[str, Any]
         else:
             values[n.id] = IMPLS[n.op](n, [values[i] for i in n.inputs], None, env)
     return {name: values[i] for name, i in graph.outputs}
+
+
+def _scan(n: Node, args: list[np.ndarray], out: Any, env: dict[str, Any]) -> tuple[np.ndarray, ...]:
+    return numpy_scan.reference(n, args, env, evaluate)
+
+
+def _result(n: Node, args: list[Any], out: Any, env: dict[str, Any]) -> np.ndarray:
+    return args[0][n.attrs["index"]]
+
+
+IMPLS[Op.SCAN] = _scan
+IMPLS[Op.RESULT] = _result
+
+
+def _body_plan(body: Graph, consts: dict[str, np.ndarray], env: dict[str, Any]) -> "_Plan":
+    """A loop body planned for the interpreter: its consts bound by reference, the rest fed each step."""
+    return _Plan(Executable(body, consts), env)
 
 
 class Executable:
@@ -122,15 +141,24 @@ class _Plan:
                 else:
                     arrays[n.id] = view
                 continue
-            target = donated_by_node.get(n.id)
-            if target is not None and _may_write_into(graph, n, target, root, order):
-                out = arrays[target]
+            if n.op is Op.SCAN:
+                # Several results: a buffer each, owned by the `result` nodes that read them.
+                outs = tuple(self._buffer(n, pool, set(), t) for t in n.results)
+                self._step(n, _at(n, numpy_scan.prepare, n, args, outs, env, _body_plan))
+                arrays[n.id] = outs
+            elif n.op is Op.RESULT:
+                arrays[n.id] = args[0][n.attrs["index"]]
+                owned.add(n.id)
             else:
-                out = self._buffer(n, pool, owned)
-                if target is not None:
-                    self.copies.append((arrays[target], out))
-            self._step(n, _at(n, _bind, n, args, out, env, self.shared))
-            arrays[n.id] = out
+                target = donated_by_node.get(n.id)
+                if target is not None and _may_write_into(graph, n, target, root, order):
+                    out = arrays[target]
+                else:
+                    out = self._buffer(n, pool, owned)
+                    if target is not None:
+                        self.copies.append((arrays[target], out))
+                self._step(n, _at(n, _bind, n, args, out, env, self.shared))
+                arrays[n.id] = out
             # Return the buffers whose last reader this was.
             for i in set(n.inputs):
                 r = root[i]
@@ -142,8 +170,10 @@ class _Plan:
             if i in exe.persistent:
                 self.outputs = [(name, exe.persistent[i] if name == o else a) for name, a in self.outputs]
 
-    def _buffer(self, n: Node, pool: dict, owned: set) -> np.ndarray:
-        shape, dtype = concrete_shape(n, self.env), np_dtype(n.dtype)
+    def _buffer(self, n: Node, pool: dict, owned: set, type_: TensorType | None = None) -> np.ndarray:
+        type_ = type_ or n.type
+        shape = tuple(evaluate_size(d, self.env) for d in type_.shape)
+        dtype = np_dtype(type_.dtype)
         free = pool.get((shape, dtype))
         buf = free.pop() if free else _at(n, np.empty, shape, dtype)
         owned.add(n.id)

@@ -78,6 +78,26 @@ def torch_table() -> dict[Op, Callable]:
     def conv_weight(n, a, env):
         return weights[len(n.attrs["stride"])](conv_pad(n, a[0]), _shape(n, env), a[1], **geometry(n))
 
+    def scan(n, a, env):
+        # The loop in Python over the body's ops (eager PyTorch has no loop primitive).
+        body = n.attrs["body"]
+        n_carry, n_xs = n.attrs["carries"], n.attrs["xs"]
+        run_body = make_runner(body, env)
+        names = [p.attrs["name"] for p in body.inputs]
+        carries, xs, consts = list(a[:n_carry]), a[n_carry:n_carry + n_xs], a[n_carry + n_xs:]
+        length = int(evaluate(n.attrs["length"], env))
+        ys: list[list[Any]] = [[None] * length for _ in body.outputs[n_carry:]]
+        for t in (range(length - 1, -1, -1) if n.attrs["reverse"] else range(length)):
+            out = run_body(dict(zip(names, [*carries, *(x[t] for x in xs), *consts])))
+            values = [out[name] for name, _ in body.outputs]
+            carries = values[:n_carry]
+            for y, v in zip(ys, values[n_carry:]):
+                y[t] = v
+        stacked = [torch.stack(y) if length else
+                   torch.zeros(tuple(int(evaluate(d, env)) for d in t.shape), dtype=dtypes[t.dtype])
+                   for y, t in zip(ys, n.results[n_carry:])]
+        return (*carries, *stacked)
+
     table: dict[Op, Callable] = {
         Op.CONST: lambda n, a, env: torch.full(_shape(n, env), n.attrs["value"], dtype=dtypes[n.dtype]),
         Op.IOTA: lambda n, a, env: torch.arange(_shape(n, env)[0], dtype=dtypes[n.dtype]),
@@ -110,6 +130,7 @@ def torch_table() -> dict[Op, Callable]:
             n.attrs["axis"], a[0], a[1]),
         Op.MATMUL: binary(torch.matmul),
         Op.CONV: conv, Op.CONV_TRANSPOSE: conv_transpose, Op.CONV_WEIGHT: conv_weight,
+        Op.SCAN: scan, Op.RESULT: lambda n, a, env: a[0][n.attrs["index"]],
     }
     return table
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dln.compiler.ir import Graph, Op
+from dln.compiler.ir import Graph, Op, map_bodies
 from dln.compiler.passes.rewrite import rewrite
 
 
 def strip_detach(graph: Graph) -> Graph:
+    graph = map_bodies(graph, strip_detach)   # loop bodies first
     return rewrite(graph, lambda b, n: n.inputs[0] if n.op is Op.DETACH else None)

@@ -16,7 +16,7 @@ import math
 
 import numpy as np
 
-from dln.compiler.ir import DType, Graph, GroupOp, Op
+from dln.compiler.ir import DType, Graph, GroupOp, Op, map_bodies
 from dln.compiler.passes.rewrite import rewrite
 
 _NP = {DType.F16: np.float16, DType.BF16: np.float32, DType.F32: np.float32, DType.F64: np.float64,
@@ -33,6 +33,7 @@ _FOLD = {
 
 
 def fold(graph: Graph) -> Graph:
+    graph = map_bodies(graph, fold)   # loop bodies first
     users = graph.users()
 
     def const_value(b, i):

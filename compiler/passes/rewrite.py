@@ -20,7 +20,7 @@ def rewrite(graph: Graph, rule: Rule) -> Graph:
     alias: dict[int, int] = {}
     for n in graph.nodes:
         inputs = tuple(alias.get(i, i) for i in n.inputs)
-        node = n if inputs == n.inputs else Node(n.id, n.op, inputs, n.type, n.attrs, n.loc, n.name, n.phase)
+        node = n if inputs == n.inputs else Node(n.id, n.op, inputs, n.type, n.attrs, n.loc, n.name, n.phase, n.results)
         with b.at(loc=n.loc, label=n.name, phase=n.phase):
             replacement = rule(b, node)
         if replacement is None or replacement == n.id:

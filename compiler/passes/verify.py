@@ -6,9 +6,9 @@ checks SSA order; on a failure it prints the IR around the bad node.
 
 from __future__ import annotations
 
-from dln.compiler.ir import Graph, GroupOp
+from dln.compiler.ir import Graph, GroupOp, Op, subgraphs
 from dln.compiler.printer import format_node
-from dln.compiler.shapes import SHAPE_RULES, ShapeContext, ShapeError
+from dln.compiler.shapes import SHAPE_RULES, ShapeContext, ShapeError, operand_types
 
 
 class IRError(AssertionError):
@@ -24,13 +24,24 @@ def verify(graph: Graph, after: str = "") -> Graph:
         missing = [i for i in n.inputs if i not in seen]
         if missing:
             problem = f"uses %{missing[0]} before it is defined"
+        elif n.op is Op.RESULT and graph.node(n.inputs[0]).op not in GroupOp.Region:
+            problem = "reads a result of a node with one result"
         elif n.op not in GroupOp.Leaf:
             try:
-                expected = SHAPE_RULES[n.op](ShapeContext(), [graph.node(i).type for i in n.inputs], n.attrs)
-                if expected != n.type:
-                    problem = f"type {n.type} but its inputs give {expected}"
+                expected = SHAPE_RULES[n.op](ShapeContext(), operand_types(n.op, [graph.node(i) for i in n.inputs]),
+                                             n.attrs)
+                expected = expected if isinstance(expected, tuple) else (expected,)
+                if expected != n.types:
+                    shown = expected[0] if len(expected) == 1 else expected
+                    problem = f"type {n.type if len(n.types) == 1 else n.types} but its inputs give {shown}"
             except ShapeError as e:
                 problem = f"ill-typed: {e.message}"
+        if problem is None:
+            for body in subgraphs(n):
+                try:
+                    verify(body, after)
+                except IRError as e:
+                    problem = f"has a bad body: {e}"
         if problem:
             lo, hi = max(0, k - 5), min(len(graph.nodes), k + 3)
             context = "\n".join(("> " if j == k else "  ") + format_node(graph.nodes[j]) for j in range(lo, hi))
