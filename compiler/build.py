@@ -63,6 +63,17 @@ class StateInfo:
     node: int
 
 
+@dataclass(frozen=True)
+class CarryInfo:
+    """A recurrent layer's state carried from one run to the next (a build with `stream=True`): read as
+    the graph input `name`, its value after the run the output `carry:<name>`.  Zeros start a stream."""
+
+    name: str
+    type: TensorType
+    span: Span
+    node: int
+
+
 @dataclass
 class BuiltModel:
     """A model's graph and what the runtime needs to feed and read it."""
@@ -82,6 +93,12 @@ class BuiltModel:
                                         # the inputs they come from out of augmentation)
     state: list[StateInfo] = field(default_factory=list)
     updates: dict[str, int] = field(default_factory=dict)   # state name -> the node of its new value
+    carries: list[CarryInfo] = field(default_factory=list)  # stream=True: recurrent states run to run
+    carried: dict[str, int] = field(default_factory=dict)   # carry name -> the node of its final value
+
+    def carry_outputs(self) -> list[tuple[str, int]]:
+        """The final value of every carried recurrent state, as the outputs `carry:<name>`."""
+        return [(f"carry:{name}", node) for name, node in self.carried.items()]
 
     def state_outputs(self) -> list[tuple[str, int]]:
         """The new value of every assigned state, as the outputs `new:<name>` a run donates to it."""
@@ -97,10 +114,13 @@ class BuiltModel:
 
 class ModelBuilder:
     def __init__(self, program: Program, decl: ast.Model, hparams: Mapping[str, Any], training: bool,
-                 limits: Limits = DEFAULT_LIMITS) -> None:
+                 limits: Limits = DEFAULT_LIMITS, stream: bool = False) -> None:
         self.program = program
         self.decl = decl
         self.training = training
+        self.stream = stream
+        self.carries: dict[str, CarryInfo] = {}
+        self.carried: dict[str, int] = {}
         self.limits = limits
         self.unrolled = 0  # repeat iterations run so far, against limits.max_unroll
         self.b = GraphBuilder(f"{decl.name.name}.{'train' if training else 'eval'}", max_nodes=limits.max_nodes)
@@ -160,6 +180,8 @@ class ModelBuilder:
             loss_targets=tuple(self.loss_targets),
             state=list(self.state.values()),
             updates=dict(self.updates),
+            carries=list(self.carries.values()),
+            carried=dict(self.carried),
         )
 
     # ---- statements ------------------------------------------------------------------------------------
@@ -441,6 +463,27 @@ class ModelBuilder:
         self.updates[name] = value.id
         self.state_of[value.id] = name
 
+    def make_carry(self, path: tuple[str, ...], type_: TensorType, span: Span) -> Tensor | None:
+        """In a stream build, the state a recurrent layer starts from: a graph input fed by the runtime
+        (zeros, then the value the previous run ended with).  None in other builds."""
+        if not self.stream:
+            return None
+        name = ".".join(path)
+        if name in self.carries:
+            raise DlnError(Diagnostic("E0306", f"two recurrent states are named {name}", span,
+                                      (Note("the first is made here", self.carries[name].span),
+                                       Note('give one a different name with name = "..."'))))
+        with self.b.at(loc=span, label=name):
+            t = self.b.input(name, type_, "carry")
+        self.carries[name] = CarryInfo(name, type_, span, t.id)
+        return t
+
+    def carry_out(self, carry: Tensor, value: Tensor) -> None:
+        """`value` is the state the layer reading `carry` ends with: the output `carry:<name>`."""
+        name = self.b.node(carry).attrs["name"]
+        with self.b.at(label=name):
+            self.carried[name] = self.b.detach(self.b.cast(value, carry.dtype)).id
+
     def random(self, shape: tuple[Dim, ...], dtype: DType) -> Tensor:
         if self.rng is None:
             with self.b.at(label="rng"):
@@ -488,12 +531,15 @@ def resolve_hparams(program: Program, decl: ast.Model, overrides: Mapping[str, A
 
 
 def build_model(program: Program, name: str | None = None, overrides: Mapping[str, Any] | None = None,
-                training: bool = False, from_text: bool = False, limits: Limits = DEFAULT_LIMITS) -> BuiltModel:
+                training: bool = False, from_text: bool = False, limits: Limits = DEFAULT_LIMITS,
+                stream: bool = False) -> BuiltModel:
+    """`stream`: each recurrent layer given no initial state reads it from a graph input and returns
+    its final state (`BuiltModel.carries`), so that generation carries it from one run to the next."""
     decl = program.model(name)
     overrides = dict(overrides or {})
     check_overrides(decl, overrides)
     hparams = resolve_hparams(program, decl, overrides, from_text)
-    return ModelBuilder(program, decl, hparams, training, limits).build()
+    return ModelBuilder(program, decl, hparams, training, limits, stream).build()
 
 
 # Names that mean something only inside `train` (LANGUAGE.md §8): its functions and fills, less the

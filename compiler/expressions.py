@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from dln.compiler import builtins as lib
 from dln.compiler import inline
 from dln.compiler.emit import DEFAULT_FLOAT, Tensor, const_problem, result_dtype
-from dln.compiler.ir import DTYPES, DType, Op
+from dln.compiler.ir import DTYPES, DType, Op, TensorType
 from dln.compiler.symbolic import Dim, Sym, dim_at_most
 from dln.compiler.values import (BlockRef, DimValue, DTypeValue, FunctionRef, Instance, ListValue, ModelRef,
                                  RecordValue, TupleValue, Value, describe)
@@ -455,6 +455,12 @@ class _CallContext:
 
     def assign(self, state: Tensor, value: Tensor) -> None:
         self.m.assign(state, value)
+
+    def carry(self, leaf: str, type_: TensorType) -> Tensor | None:
+        return self.m.make_carry(self.frame.prefix + (self.name, leaf), type_, self.span)
+
+    def carry_out(self, carry: Tensor, value: Tensor) -> None:
+        self.m.carry_out(carry, value)
 
     def random(self, shape, dtype: DType = DType.F32) -> Tensor:
         return self.m.random(shape, dtype)

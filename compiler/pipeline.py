@@ -65,7 +65,7 @@ def forward_graph(model: BuiltModel, outputs: Sequence[str] | None = None, debug
             pairs.append((name, model.values[name]))
         else:
             pairs.append((name, model.metrics[name]))
-    g = optimize(model.graph.with_outputs(pairs + model.state_outputs()), debug)
+    g = optimize(model.graph.with_outputs(pairs + model.state_outputs() + model.carry_outputs()), debug)
     if not model.training:
         # Evaluation: batch norm (any per-channel scale and shift) moves into the weights before it.
         folded = fold_affine(g)
