@@ -61,10 +61,21 @@ def _fraction(cx: "TrainContext", name: str, v: float, closed: bool = False) -> 
 
 # ---- data ---------------------------------------------------------------------------------------------
 
+# The options of `dataset("text", ...)`: the corpus cut into token windows (dln.runtime.text).
+TEXT_OPTIONS = ("window", "stride", "chars")
+
+
 @_train_builtin("data")
-def dataset(cx, name: STR):
-    """a built-in data set that works offline"""
-    return _value("dataset", name=name)
+def dataset(cx, name: STR, window: INT = None, stride: INT = None, chars: INT = None):
+    """a built-in data set that works offline; "text" takes window, stride and chars"""
+    given = {"window": window, "stride": stride, "chars": chars}
+    for option, v in given.items():
+        if v is None:
+            continue
+        if name != "text":
+            raise cx.fail_at(option, f'{option} is an option of dataset("text") only, not of dataset("{name}")')
+        _at_least(cx, 2 if option == "chars" else 1, **{option: v})
+    return _value("dataset", name=name, **{k: v for k, v in given.items() if v is not None})
 
 
 @_train_builtin("data")

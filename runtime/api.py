@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 import numpy as np
 
@@ -58,6 +58,10 @@ class Model:
         self._prepared: dict[tuple, tuple[Graph, Any]] = {}
         self._rng_seed = seed
         self._rng_step = 0
+        # A character model's vocabulary (token id -> character): set by training on text, read from
+        # the weights file that recorded it; saved in the weights' metadata (dln.runtime.text).
+        self.vocab: list[str] | None = None
+        self._stream = None   # the stream build that generation runs (dln.runtime.sample)
 
     # ---- what the compiler made ------------------------------------------------------------------------
     @property
@@ -170,13 +174,20 @@ class Model:
             raise DlnError(Diagnostic("E0702", f"cannot write weights to {path}: it is a directory",
                                       None, (Note("name a file: model.save(\"weights.safetensors\")"),)))
         try:
-            save_arrays(path, self.state_dict(), {"model": self.name})
+            save_arrays(path, self.state_dict(), self.metadata())
         except OSError as e:  # permissions, a file where a directory should be, a full disk
             raise DlnError(Diagnostic("E0702", f"cannot write weights to {path}: {e.strerror or e}")) from None
 
+    def metadata(self) -> dict[str, str]:
+        """What a weights file records beside the arrays: the model's name, and a character model's
+        vocabulary (a JSON list of characters)."""
+        from dln.runtime.text import vocab_metadata
+
+        return {"model": self.name, **({"vocab": vocab_metadata(self.vocab)} if self.vocab else {})}
+
     def load(self, path: str | Path) -> None:
         """Parameters and model state from a safetensors file (as `save` writes, or any with the same names
-        and shapes)."""
+        and shapes), and the vocabulary it records, if any."""
         from dln.runtime.checkpoint import load_arrays
 
         path = _check_path("load", path)
@@ -192,6 +203,9 @@ class Model:
             d = e.diagnostics[0]
             raise DlnError(Diagnostic(d.code, d.message, d.span,
                                       d.notes + (Note(f"{path} holds the weights of model {saved_by}"),))) from None
+        vocab = _saved_vocab(path)
+        if vocab is not None:
+            self.vocab = vocab
 
     # ---- running ----------------------------------------------------------------------------------------------
     def __call__(self, *args: Any, **inputs: Any) -> dict[str, Any]:
@@ -288,6 +302,64 @@ class Model:
             feeds["rng.seed"] = np.array(self._rng_seed, np.int64)
             feeds["rng.step"] = np.array(self._rng_step, np.int64)
         return feeds, env
+
+    # ---- generation -------------------------------------------------------------------------------------------
+    def sample(self, prompt: str, tokens: int, temperature: float = 1.0, seed: int = 0, window: int | None = None,
+               vocab: str | Iterable[str] | None = None) -> str:
+        """`tokens` characters generated after `prompt` by a character-level language model (an input of
+        token ids [B, T], an output of logits [B, T, vocab]).  Recurrent layers carry their state from
+        token to token; a model without them re-runs the last `window` characters (all by default)
+        for each.  `temperature` 0 picks the likeliest character; otherwise a draw from
+        softmax(logits / temperature), reproducible for a `seed`.  `vocab`: the characters of ids 0, 1,
+        ... (default: the vocabulary the weights record, else the train section's text data set's)."""
+        return "".join(self._generate(prompt, tokens, temperature, seed, window, vocab))
+
+    def _generate(self, prompt: Any, tokens: Any, temperature: Any = 1.0, seed: Any = 0, window: Any = None,
+                  vocab: Any = None) -> Iterator[str]:
+        """`sample`, a character at a time, with its arguments checked before the first."""
+        from dln.runtime import sample
+
+        _check_arg("prompt", prompt, str, "a string")
+        if not prompt:
+            raise DlnError(Diagnostic("E0710", "argument prompt must hold at least one character: generation "
+                                               "continues a text"))
+        _check_count("tokens", tokens, 0)
+        ok = isinstance(temperature, (int, float, np.integer, np.floating)) and not isinstance(temperature, bool)
+        if not ok or not (0 <= float(temperature) < float("inf")):
+            raise DlnError(Diagnostic("E0710", f"argument temperature must be a number >= 0 (0: the likeliest "
+                                               f"character), got {_kind(temperature)}"))
+        _check_seed(seed)
+        if window is not None:
+            _check_count("window", window, 1)
+        chars = self._vocab(vocab)
+        if self._stream is None:
+            self._stream = sample.stream_of(self)
+        sample.check_vocab(self, self._stream, chars)
+        sample.check_prompt(prompt, chars)
+        return sample.generate(self, self._stream, chars, prompt, int(tokens), float(temperature), int(seed),
+                               window if window is None else int(window))
+
+    def _vocab(self, vocab: Any) -> list[str]:
+        """The vocabulary given, else the one the weights (or training) recorded, else the train section's
+        text data set's."""
+        if vocab is not None:
+            chars = list(vocab) if isinstance(vocab, (str, list, tuple)) else None
+            if not chars or not all(isinstance(c, str) and len(c) == 1 for c in chars) or len(set(chars)) != len(chars):
+                raise DlnError(Diagnostic("E0710", f"argument vocab must be a string or list of distinct characters, "
+                                                   f"got {_kind(vocab)}"))
+            return chars
+        if self.vocab is not None:
+            return self.vocab
+        from dln.runtime.text import vocabulary
+        from dln.runtime.train import recipe_for
+
+        data = recipe_for(self).data if self.program.root.trains else None
+        if data is not None and data.kind == "dataset" and data.arg("name") == "text":
+            return list(vocabulary())
+        raise DlnError(Diagnostic("E0703", f"model {self.name} has no vocabulary to map its token ids to characters",
+                                  self.spec.decl.name.span,
+                                  (Note("load weights trained on dataset(\"text\") (they record it), train on it, "
+                                        "or pass vocab=..."),)))
 
     def as_torch(self):
         """A torch.nn.Module whose forward and backward run the compiled graphs."""
@@ -400,6 +472,11 @@ def _check_path(what: str, path: Any) -> Path:
     return Path(path)
 
 
+def _check_count(name: str, value: Any, low: int) -> None:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < low:
+        raise DlnError(Diagnostic("E0710", f"argument {name} must be an int >= {low}, got {_kind(value)}"))
+
+
 def _names(outputs: Any) -> tuple[str, ...]:
     """`run`'s outputs: one name, or a list or tuple of names."""
     if isinstance(outputs, str):
@@ -419,3 +496,17 @@ def _saved_model(path: Path) -> str | None:
             return (f.metadata() or {}).get("model")
     except Exception:  # unreadable metadata only loses the note
         return None
+
+
+def _saved_vocab(path: Path) -> list[str] | None:
+    """The vocabulary a weights file records (a character model's), if any."""
+    from safetensors import safe_open
+
+    from dln.runtime.text import vocab_from_metadata
+
+    try:
+        with safe_open(str(path), "np") as f:
+            value = (f.metadata() or {}).get("vocab")
+    except Exception:  # the arrays loaded: metadata that cannot be read records nothing
+        return None
+    return vocab_from_metadata(value) if value is not None else None

@@ -45,6 +45,26 @@ def _positive(text: str) -> int:
     return value
 
 
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
+    if not 0 <= value < 2 ** 63:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
+    return value
+
+
+def _temperature(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
+
+
 def _limits(args) -> Limits:
     return Limits(args.max_nodes, args.max_unroll)
 
@@ -94,6 +114,15 @@ def _parser() -> argparse.ArgumentParser:
                    help="when a step makes a NaN or an infinity, name the op that made it (slower)")
     c = command("eval", "metrics on the validation data", backend=True)
     c.add_argument("--weights", required=True, help="a .safetensors file of weights")
+    c = command("sample", "generate text with a character-level language model", backend=True)
+    c.add_argument("--weights", required=True, help="a .safetensors file of weights (it records the vocabulary)")
+    c.add_argument("--prompt", required=True, help="the text to continue")
+    c.add_argument("--tokens", type=_count, default=200, metavar="N", help="how many characters (default 200)")
+    c.add_argument("--temperature", type=_temperature, default=1.0, metavar="T",
+                   help="0: always the likeliest character; higher: more varied (default 1)")
+    c.add_argument("--seed", type=_count, default=0, help="the seed of the draws (default 0)")
+    c.add_argument("--window", type=_positive, metavar="N",
+                   help="a model without recurrent layers re-reads the last N characters (default: all)")
     c = command("graph", "the graph as DOT text (kernels as boxes with --backend triton)", backend=True)
     c.add_argument("-o", "--output", help="write DOT; SVG when the name ends in .svg (with Graphviz's dot program)")
     c = command("bench", "kernels per training step and modeled memory traffic, against PyTorch", backend=True)
@@ -329,7 +358,7 @@ def _save_or_rescue(model, path: Path) -> None:
     name = f"{model.name}-rescued-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.safetensors"
     for directory in (Path.cwd(), Path(tempfile.gettempdir())):
         try:
-            save_arrays(directory / name, model.state_dict(), {"model": model.name})
+            save_arrays(directory / name, model.state_dict(), model.metadata())
         except OSError:
             continue
         raise DlnError(Diagnostic("E0708", f"cannot write the weights (--save) {path}: {why}", None,
@@ -351,6 +380,26 @@ def cmd_eval(args) -> int:
     metrics = trainer.evaluate(val if val is not None else train)
     for k, v in metrics.items():
         print(f"{k}: {100 * v:.2f}%" if "accuracy" in k else f"{k}: {v:.6f}")
+    return 0
+
+
+def cmd_sample(args) -> int:
+    """The prompt, then each generated character as it comes."""
+    if not args.prompt:
+        print("dln sample: --prompt must hold at least one character (generation continues a text)",
+              file=sys.stderr)
+        return 2
+    model = _model(args, args.backend)
+    model.load(args.weights)
+    chars = model._generate(args.prompt, args.tokens, args.temperature, args.seed, args.window)
+    first = next(chars, "")   # errors found on the first run come before any output
+    sys.stdout.write(args.prompt + first)
+    sys.stdout.flush()
+    for c in chars:
+        sys.stdout.write(c)
+        if c == "\n":
+            sys.stdout.flush()
+    sys.stdout.write("\n")
     return 0
 
 
@@ -390,7 +439,7 @@ def cmd_bench(args) -> int:
 
 COMMANDS: dict[str, Callable[[Any], int]] = {
     "check": cmd_check, "params": cmd_params, "compile": cmd_compile, "run": cmd_run, "train": cmd_train,
-    "eval": cmd_eval, "graph": cmd_graph, "bench": cmd_bench,
+    "eval": cmd_eval, "sample": cmd_sample, "graph": cmd_graph, "bench": cmd_bench,
 }
 
 

@@ -5,8 +5,8 @@ are matched to model inputs by name (a train section's `inputs = {...}`
 renames).  The first axis holds the examples, which training shuffles and
 batches, unless an input holds the data axis on several axes (a graph's
 `adj: f32[N, N]`): then the whole data set is one example (`whole_example`).
-The built-in sets come from scikit-learn's bundled copies, so nothing is
-downloaded.
+The built-in sets come from scikit-learn's bundled copies (text: from Python's own help
+texts), so nothing is downloaded.
 
 | name | arrays |
 | --- | --- |
@@ -14,6 +14,7 @@ downloaded.
 | iris | x f32[N, 4] standardized; y i64[N] (3 classes); target f32[N, 1] (y as a float) |
 | wine | x f32[N, 13] standardized; y i64[N] (3 classes); target f32[N, 1] |
 | breast_cancer | x f32[N, 30] standardized; y i64[N] (2 classes); target f32[N, 1] (for binary losses) |
+| text | x i64[N, window] character ids of Python's help texts, y the same shifted by one; also named tokens, targets (dln.runtime.text) |
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import numpy as np
 from dln.compiler.build import InputInfo
 from dln.compiler.values import TrainValue
 from dln.dsl.diagnostics import Diagnostic, DlnError, Note
+from dln.runtime import text
 
 Arrays = dict[str, np.ndarray]
 
@@ -74,9 +76,11 @@ def load(spec: TrainValue, base: Path) -> Arrays:
     """The arrays a `data = ...` setting names; file paths are relative to the .dln file."""
     if spec.kind == "dataset":
         name = spec.arg("name")
+        if name == "text":
+            return text.load(spec)
         if name not in DATASETS:
             raise DlnError(Diagnostic("E0603", f"unknown data set \"{name}\"", spec.span,
-                                      (Note("data sets: " + ", ".join(DATASETS)),)))
+                                      (Note("data sets: " + ", ".join([*DATASETS, "text"])),)))
         return DATASETS[name]()
     path = (base / spec.arg("path")) if not Path(spec.arg("path")).is_absolute() else Path(spec.arg("path"))
     if not path.is_file():
@@ -154,7 +158,10 @@ def whole_example(inputs: list[InputInfo]) -> tuple[InputInfo, str] | None:
 
 
 def split(arrays: Arrays, fraction: float, seed: int) -> tuple[Arrays, Arrays]:
-    """A shuffled split: the last `fraction` of a seeded permutation is held out."""
+    """A shuffled split: the last `fraction` of a seeded permutation is held out; text windows hold
+    out the end of the text instead (dln.runtime.text.split)."""
+    if isinstance(arrays, text.TextData):
+        return text.split(arrays, fraction)
     n = len(next(iter(arrays.values())))
     order = np.random.default_rng(seed).permutation(n)
     held = int(round(n * fraction))

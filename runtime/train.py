@@ -152,6 +152,8 @@ class Trainer:
         if r.data is None:
             raise DlnError(Diagnostic("E0601", "the train section has no data = ...", None))
         arrays = data.load(r.data, self.base)
+        if isinstance(arrays, data.text.TextData):
+            self._take_vocab(arrays.vocab)
         if isinstance(r.validate, float) and r.validate > 0:
             whole = self._whole_example(self._sources(arrays))
             if whole is not None:
@@ -168,6 +170,17 @@ class Trainer:
         if r.validate is not None and not isinstance(r.validate, float):
             return arrays, data.load(r.validate, self.base)
         return arrays, None
+
+    def _take_vocab(self, vocab: list[str]) -> None:
+        """A character model's weights record its data's vocabulary (for `dln sample`); weights that
+        record another were trained on other ids, and training on would scramble them."""
+        model = self.model
+        if model.vocab is not None and model.vocab != vocab:
+            raise DlnError(Diagnostic("E0703", f"the weights of model {model.name} were trained on a vocabulary "
+                                               f"of {len(model.vocab)} characters, the text data set's has "
+                                               f"{len(vocab)} (another Python's help texts?)", self.recipe.spans.get("data"),
+                                      (Note("start from fresh weights, or train on the text they were trained on"),)))
+        model.vocab = vocab
 
     def _sources(self, arrays: data.Arrays) -> dict[str, str]:
         """For each model input: the array feeding it, or a fill (randn, rand, zeros)."""
@@ -358,12 +371,12 @@ class Trainer:
         found unreadable later, leaves a whole checkpoint to resume from."""
         be = self.model.backend
         files = {"weights": f"weights-{epochs_done}.safetensors", "optimizer": f"optimizer-{epochs_done}.safetensors"}
-        checkpoint.save_arrays(ckpt / files["weights"], self.model.state_dict(), {"model": self.model.name})
+        checkpoint.save_arrays(ckpt / files["weights"], self.model.state_dict(), self.model.metadata())
         checkpoint.save_arrays(ckpt / files["optimizer"], {k: be.to_numpy(v).copy() for k, v in self.states.items()}
                                or {"_empty": np.zeros(0, np.float32)})
         if self.best_params is not None:
             files["best"] = f"best-{epochs_done}.safetensors"
-            checkpoint.save_arrays(ckpt / files["best"], self.best_params, {"model": self.model.name})
+            checkpoint.save_arrays(ckpt / files["best"], self.best_params, self.model.metadata())
         state = {
             "model": self.model.name, "fingerprint": self._fingerprint(), "epochs_done": epochs_done,
             "files": files, "step_counts": list(self.step_counts),
@@ -382,7 +395,7 @@ class Trainer:
         self.committed = state
         checkpoint_state.tidy(ckpt, _files_of(state))
         # For people: the latest weights under a stable name (resuming reads the committed files).
-        checkpoint.save_arrays(ckpt / "weights.safetensors", self.model.state_dict(), {"model": self.model.name})
+        checkpoint.save_arrays(ckpt / "weights.safetensors", self.model.state_dict(), self.model.metadata())
 
     def _resume(self, ckpt: Path, schedules: list[Schedule]) -> int:
         state = checkpoint.load_json(ckpt / "state.json")
