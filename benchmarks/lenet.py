@@ -19,17 +19,15 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
-import os
 import re
-import statistics
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import paired  # noqa: E402
 BATCH = 64
 NAMES = ("h.conv2d_0", "h.conv2d_1", "logits.linear_0", "logits.linear_1", "logits.linear_2")
 
@@ -98,44 +96,7 @@ def torch_step():
 
 
 def child(side: str) -> None:
-    """Wait for a line, run that many steps, answer with the seconds per step; until stdin closes."""
-    import time
-
-    run = dln_step() if side == "dln" else torch_step()
-    first = run()
-    for _ in range(3):
-        run()
-    print(json.dumps({"first_loss": first}), flush=True)
-    for line in sys.stdin:
-        steps = int(line)
-        began = time.perf_counter()
-        for _ in range(steps):
-            run()
-        print(json.dumps({"seconds": (time.perf_counter() - began) / steps}), flush=True)
-
-
-def step_times(rounds: int, steps: int) -> dict:
-    procs = {side: subprocess.Popen([sys.executable, __file__, "--child", side], stdin=subprocess.PIPE,
-                                    stdout=subprocess.PIPE, text=True) for side in ("dln", "torch")}
-    first = {side: json.loads(p.stdout.readline())["first_loss"] for side, p in procs.items()}
-    times: dict[str, list[float]] = {side: [] for side in procs}
-    load_before = os.getloadavg()[0]
-    for _ in range(rounds):
-        for side, p in procs.items():         # one side at a time: the other waits on its pipe
-            p.stdin.write(f"{steps}\n")
-            p.stdin.flush()
-            times[side].append(json.loads(p.stdout.readline())["seconds"])
-    load_after = os.getloadavg()[0]
-    for p in procs.values():
-        p.stdin.close()
-        p.wait()
-    d, t = statistics.median(times["dln"]), statistics.median(times["torch"])
-    return {"dln_numpy_ms": round(d * 1e3, 3), "torch_eager_ms": round(t * 1e3, 3), "ratio": round(d / t, 3),
-            "dln_spread_ms": [round(min(times["dln"]) * 1e3, 3), round(max(times["dln"]) * 1e3, 3)],
-            "torch_spread_ms": [round(min(times["torch"]) * 1e3, 3), round(max(times["torch"]) * 1e3, 3)],
-            "first_losses": [round(first["dln"], 5), round(first["torch"], 5)], "rounds": rounds,
-            "steps_per_round": steps, "load_avg_1min_before_after": [round(load_before, 2), round(load_after, 2)],
-            "cpus": os.cpu_count()}
+    paired.child(dln_step() if side == "dln" else torch_step())
 
 
 def kernel_counts() -> dict:
@@ -149,7 +110,6 @@ def kernel_counts() -> dict:
     from dln.kernels.report import kernel_costs
     from dln.runtime.train import default_objective
 
-    sys.path.insert(0, str(HERE))
     from fusion import _kernel_calls, op_counter  # noqa: E402
 
     model = dln.compile(str(HERE / "lenet.dln"), backend="numpy", seed=0)
@@ -221,7 +181,7 @@ def record(result: dict) -> None:
     text = path.read_text()
     section = _section(result)
     old = lenet_section(text)
-    text = text.replace(old, section + "\n") if old else text.rstrip("\n") + "\n\n" + section
+    text = paired.replace_section(text, old, section)
     path.write_text(text)
     print(f"wrote the LeNet section of {path}", file=sys.stderr)
 
@@ -237,7 +197,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.child:
         child(args.child)
         return {}
-    result = {"step": step_times(args.rounds, args.steps)}
+    result = {"step": paired.step_times(__file__, args.rounds, args.steps)}
     s = result["step"]
     print(f"LeNet 1x28x28, batch {BATCH}, Adam; each side in its own process, taking turns; median over "
           f"{s['rounds']} rounds of {s['steps_per_round']} steps")

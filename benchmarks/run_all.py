@@ -19,6 +19,7 @@ import check_time  # noqa: E402
 import fusion  # noqa: E402
 import fuzz  # noqa: E402
 import lenet  # noqa: E402
+import lstm  # noqa: E402
 import numpy_step  # noqa: E402
 
 
@@ -70,12 +71,13 @@ dln's kernels: {', '.join(d['names'])}.
 `dln check examples/mlp_digits.dln` in a fresh process: median **{check['median_ms']} ms** over {check['runs']} runs
 (min {check['min_ms']} ms) (`benchmarks/check_time.py`).
 """
-    # The fuzzing campaign is too long to run here (benchmarks/fuzz.py --record), and LeNet's figures
-    # need a quiet machine (benchmarks/lenet.py --record): keep their sections.
+    # The fuzzing campaign is too long to run here (benchmarks/fuzz.py --record), and LeNet's and the
+    # LSTM's figures need a quiet machine (benchmarks/lenet.py --record, lstm.py --record): keep them.
     results = HERE / "RESULTS.md"
     kept = results.read_text() if results.exists() else ""
-    if lenet.lenet_section(kept):
-        text = text.rstrip("\n") + "\n\n" + lenet.lenet_section(kept).rstrip("\n") + "\n"
+    for section in (lenet.lenet_section(kept), lstm.lstm_section(kept)):
+        if section:
+            text = text.rstrip("\n") + "\n\n" + section.rstrip("\n") + "\n"
     fuzzing = fuzz.fuzzing_section(kept)
     if fuzzing:
         text = text.rstrip("\n") + "\n\n" + fuzzing

@@ -362,7 +362,6 @@ def signature(b: Builtin) -> str:
 
 
 # Register the families (import order fixes nothing but the help listing).
-from dln.compiler.builtins import tensor_ops, reductions, shape_ops, nn, conv, pooling, losses, inits  # noqa: E402,F401
+from dln.compiler.builtins import tensor_ops, reductions, shape_ops, nn, conv, recurrent, pooling, losses, inits  # noqa: E402,F401,E501
 
-planned("layer", "rnn", "lstm", "gru", "attention",
-        owns_params=True)
+planned("layer", "attention", owns_params=True)

@@ -24,9 +24,14 @@ def verify(graph: Graph, after: str = "") -> Graph:
         missing = [i for i in n.inputs if i not in seen]
         if missing:
             problem = f"uses %{missing[0]} before it is defined"
-        elif n.op is Op.RESULT and graph.node(n.inputs[0]).op not in GroupOp.Region:
+        for body in subgraphs(n) if problem is None else ():
+            try:
+                verify(body, after)
+            except IRError as e:
+                problem = f"has a bad body: {e}"
+        if problem is None and n.op is Op.RESULT and graph.node(n.inputs[0]).op not in GroupOp.Region:
             problem = "reads a result of a node with one result"
-        elif n.op not in GroupOp.Leaf:
+        if problem is None and n.op not in GroupOp.Leaf:
             try:
                 expected = SHAPE_RULES[n.op](ShapeContext(), operand_types(n.op, [graph.node(i) for i in n.inputs]),
                                              n.attrs)
@@ -36,12 +41,6 @@ def verify(graph: Graph, after: str = "") -> Graph:
                     problem = f"type {n.type if len(n.types) == 1 else n.types} but its inputs give {shown}"
             except ShapeError as e:
                 problem = f"ill-typed: {e.message}"
-        if problem is None:
-            for body in subgraphs(n):
-                try:
-                    verify(body, after)
-                except IRError as e:
-                    problem = f"has a bad body: {e}"
         if problem:
             lo, hi = max(0, k - 5), min(len(graph.nodes), k + 3)
             context = "\n".join(("> " if j == k else "  ") + format_node(graph.nodes[j]) for j in range(lo, hi))

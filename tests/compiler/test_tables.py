@@ -10,7 +10,7 @@ import pytest
 
 from dln.compiler import autodiff, shapes
 from dln.compiler.ir import Op
-from dln.runtime import numpy_ops
+from dln.runtime import interpreter, numpy_ops  # noqa: F401  (the interpreter adds scan and result to IMPLS)
 
 ALL_OPS = list(Op)
 

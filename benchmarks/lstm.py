@@ -1,0 +1,201 @@
+"""LSTM (input 32, hidden 128, T = 50, batch 32) with a linear head to 10 classes, Adam: the recurrence
+benchmark.
+
+* CPU step time: the NumPy backend's training step (forward, backward,
+  update) against PyTorch eager's with `nn.LSTM`, each side in its own
+  process, taking turns (benchmarks/paired.py).
+* Kernels per training step: the Triton backend's plan (the recurrence is
+  one persistent kernel per direction and pass, whatever T) beside what
+  torch.compile makes of the same module: it does not compile `nn.LSTM`'s
+  loop; the LSTM stays one opaque ATen call (cuDNN on a GPU).
+
+    .venv/bin/python benchmarks/lstm.py [--rounds 15] [--steps 5] [--no-kernels] [--record]
+
+With --record, writes the figures to the "LSTM" section of benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import paired  # noqa: E402
+
+BATCH, STEPS, FEATURES, HIDDEN, CLASSES = 32, 50, 32, 128, 10
+
+
+def _data():
+    rng = np.random.default_rng(0)
+    return rng.standard_normal((BATCH, STEPS, FEATURES), dtype=np.float32), rng.integers(0, CLASSES, BATCH)
+
+
+def _model():
+    import dln
+
+    return dln.compile(str(HERE / "lstm.dln"), backend="numpy", seed=0)
+
+
+def dln_step():
+    from dln.compiler import pipeline
+    from dln.runtime.train import default_objective
+
+    model = _model()
+    step = pipeline.train_step(model.train_spec, default_objective(model))
+    states = {s.name: np.zeros(tuple(int(d) for d in s.type.shape), np.float32) for s in step.states}
+    exe = model.backend.prepare(step.graph, {**model._params, **states, "rng.step": np.array(0, np.int64)},
+                                step.donate)
+    x, y = _data()
+    count = [0]
+
+    def run() -> float:
+        count[0] += 1
+        out = exe.run({"x": x, "y": y, "lr": np.array(1e-3), "step": np.array(float(count[0]))},
+                      {"B": BATCH, "T": STEPS})
+        return float(out["loss"])
+    return run
+
+
+def torch_net():
+    import torch
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.h = torch.nn.LSTM(FEATURES, HIDDEN, batch_first=True)
+            self.logits = torch.nn.Linear(HIDDEN, CLASSES)
+
+        def forward(self, x):
+            return self.logits(self.h(x)[0][:, -1])
+
+    net = Net()
+    weights = _model().parameters()
+    net.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()})
+    return net
+
+
+def torch_step():
+    import torch
+
+    net = torch_net()
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    x, y = (torch.from_numpy(a) for a in _data())
+
+    def run() -> float:
+        opt.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(net(x), y)
+        loss.backward()
+        opt.step()
+        return float(loss.detach())
+    return run
+
+
+def kernel_counts() -> dict:
+    """The Triton plan's kernels per training step; torch.compile's kernels and ATen fallbacks."""
+    import torch
+    from torch._inductor.utils import run_and_get_code
+
+    from dln.compiler import pipeline
+    from dln.kernels.module import generate_module
+    from dln.runtime.train import default_objective
+
+    from fusion import _kernel_calls  # noqa: E402
+
+    model = _model()
+    step = pipeline.train_step(model.train_spec, default_objective(model))
+    generated = generate_module(step.graph, step.donate)
+    names = [g.name for g in generated.plan.groups]
+    ours = {"kernels": len(names), "names": names}
+
+    net = torch_net()
+    x, y = (torch.from_numpy(a) for a in _data())
+
+    def fwd_bwd(x, y):
+        loss = torch.nn.functional.cross_entropy(net(x), y)
+        loss.backward()
+        return loss
+
+    _, codes = run_and_get_code(torch.compile(fwd_bwd), x, y)
+    calls = [c for code in codes for c in _kernel_calls(code)]
+    fallbacks = sorted({m for code in codes for m in re.findall(r"aten\.(\w*lstm\w*)", code)})
+    return {"dln": ours, "torch_compile": {"kernels": len(calls), "lstm_fallbacks": fallbacks}}
+
+
+TITLE = "## LSTM training step (issue: NumPy <= 1.0x eager nn.LSTM; kernels per Triton step beside torch.compile)"
+
+
+def lstm_section(results: str) -> str:
+    """The LSTM section of a RESULTS.md text ("" when it has none)."""
+    m = re.search(r"^## LSTM.*?(?=^## |\Z)", results, re.S | re.M)
+    return m.group() if m else ""
+
+
+def _section(result: dict) -> str:
+    s = result["step"]
+    text = (f"{TITLE}\n\nRecorded {datetime.date.today().isoformat()}; `benchmarks/lstm.py` (`benchmarks/lstm.dln`): "
+            f"input {FEATURES}, hidden {HIDDEN}, T = {STEPS}, batch {BATCH}, the last step into a linear head to "
+            f"{CLASSES} classes, cross-entropy, Adam. Each side runs in its own process, the two taking turns; "
+            f"median of {s['rounds']} rounds of {s['steps_per_round']} steps, with the fastest and slowest round.\n\n"
+            f"| | ms per step | spread |\n| --- | --- | --- |\n"
+            f"| dln, NumPy backend | {s['dln_numpy_ms']} | {s['dln_spread_ms'][0]} - {s['dln_spread_ms'][1]} |\n"
+            f"| PyTorch eager, `nn.LSTM` | {s['torch_eager_ms']} | {s['torch_spread_ms'][0]} - "
+            f"{s['torch_spread_ms'][1]} |\n"
+            f"| **ratio** | **{s['ratio']}** | |\n\n"
+            f"First losses (same initial weights): {s['first_losses']}. Load average (1 min) before and after: "
+            f"{s['load_avg_1min_before_after']} on {s['cpus']} CPUs.\n")
+    k = result.get("kernels")
+    if k:
+        d, c = k["dln"], k["torch_compile"]
+        text += (f"\n| | kernels per training step |\n| --- | --- |\n"
+                 f"| dln, Triton plan (forward + backward + Adam), any T | **{d['kernels']}** |\n"
+                 f"| torch.compile, forward + backward (CPU inductor) | {c['kernels']}, and the LSTM left to ATen: "
+                 f"{', '.join(c['lstm_fallbacks']) or 'none found'} |\n\n"
+                 f"dln's kernels: {', '.join(d['names'])}.\n")
+    return text
+
+
+def record(result: dict) -> None:
+    path = HERE / "RESULTS.md"
+    text = path.read_text()
+    path.write_text(paired.replace_section(text, lstm_section(text), _section(result)))
+    print(f"wrote the LSTM section of {path}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--no-kernels", action="store_true")
+    parser.add_argument("--record", action="store_true", help="write the figures to benchmarks/RESULTS.md")
+    parser.add_argument("--child", choices=("dln", "torch"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        paired.child(dln_step() if args.child == "dln" else torch_step())
+        return {}
+    result = {"step": paired.step_times(__file__, args.rounds, args.steps)}
+    s = result["step"]
+    print(f"LSTM {FEATURES}->{HIDDEN}, T={STEPS}, batch {BATCH}, head to {CLASSES}, Adam; each side in its own "
+          f"process, taking turns; median over {s['rounds']} rounds of {s['steps_per_round']} steps")
+    print(f"  dln (NumPy backend)      {s['dln_numpy_ms']:8.3f} ms/step  (spread {s['dln_spread_ms']})")
+    print(f"  PyTorch eager nn.LSTM    {s['torch_eager_ms']:8.3f} ms/step  (spread {s['torch_spread_ms']})")
+    print(f"  ratio dln / eager        {s['ratio']:8.3f}   (goal <= 1.0)")
+    print(f"  first losses {s['first_losses']}; load average 1 min: {s['load_avg_1min_before_after']} "
+          f"on {s['cpus']} cpus")
+    if not args.no_kernels:
+        k = result["kernels"] = kernel_counts()
+        print(f"  Triton plan: {k['dln']['kernels']} kernels per training step (Adam included)")
+        print(f"  torch.compile: {k['torch_compile']['kernels']} kernels forward + backward; LSTM left to ATen: "
+              f"{k['torch_compile']['lstm_fallbacks']}")
+    if args.record:
+        record(result)
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,62 @@
+"""Step times of dln and PyTorch, **each in its own process**, taking turns.
+
+Two thread pools in one process (OpenBLAS's and PyTorch's OpenMP) spin
+against each other on a small machine and distort both sides.  So each side
+runs in a child process of the benchmark script (`script --child dln|torch`),
+the two take turns (one round of steps each, the other waiting on a pipe),
+and the result is the median of the per-round means, with the spread and the
+load average before and after.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from typing import Callable
+
+
+def child(run: Callable[[], float]) -> None:
+    """Wait for a line, run that many steps, answer with the seconds per step; until stdin closes."""
+    first = run()
+    for _ in range(3):
+        run()
+    print(json.dumps({"first_loss": first}), flush=True)
+    for line in sys.stdin:
+        steps = int(line)
+        began = time.perf_counter()
+        for _ in range(steps):
+            run()
+        print(json.dumps({"seconds": (time.perf_counter() - began) / steps}), flush=True)
+
+
+def step_times(script: str, rounds: int, steps: int) -> dict:
+    procs = {side: subprocess.Popen([sys.executable, script, "--child", side], stdin=subprocess.PIPE,
+                                    stdout=subprocess.PIPE, text=True) for side in ("dln", "torch")}
+    first = {side: json.loads(p.stdout.readline())["first_loss"] for side, p in procs.items()}
+    times: dict[str, list[float]] = {side: [] for side in procs}
+    load_before = os.getloadavg()[0]
+    for _ in range(rounds):
+        for side, p in procs.items():         # one side at a time: the other waits on its pipe
+            p.stdin.write(f"{steps}\n")
+            p.stdin.flush()
+            times[side].append(json.loads(p.stdout.readline())["seconds"])
+    load_after = os.getloadavg()[0]
+    for p in procs.values():
+        p.stdin.close()
+        p.wait()
+    d, t = statistics.median(times["dln"]), statistics.median(times["torch"])
+    return {"dln_numpy_ms": round(d * 1e3, 3), "torch_eager_ms": round(t * 1e3, 3), "ratio": round(d / t, 3),
+            "dln_spread_ms": [round(min(times["dln"]) * 1e3, 3), round(max(times["dln"]) * 1e3, 3)],
+            "torch_spread_ms": [round(min(times["torch"]) * 1e3, 3), round(max(times["torch"]) * 1e3, 3)],
+            "first_losses": [round(first["dln"], 5), round(first["torch"], 5)], "rounds": rounds,
+            "steps_per_round": steps, "load_avg_1min_before_after": [round(load_before, 2), round(load_after, 2)],
+            "cpus": os.cpu_count()}
+
+
+def replace_section(text: str, old: str, section: str) -> str:
+    """RESULTS.md with `old` (a section, or "") replaced by `section`, or `section` appended."""
+    return text.replace(old, section + "\n") if old else text.rstrip("\n") + "\n\n" + section
