@@ -1,16 +1,17 @@
-"""The convolutional examples' twins in PyTorch: the same networks, trained the same way.
+"""The convolutional examples' and the char-LMs' twins in PyTorch: the same networks, trained the same way.
 
 Each twin has the example's layers and sizes, under the same parameter names (so a dln state
 dict loads into it by name and back), PyTorch's default initialization (which is dln's), the
 same optimizer and hyperparameters, and it is fed exactly what `dln train` feeds: the same
-held-out split (`dln.runtime.data.split`), the same shuffled order each epoch, the same batch
-size (the last batch short), the same noise for the GAN.  CPU, float32.  It prints the metrics
+held-out split (`dln.runtime.data.split`: for the char-LMs the end of the text), the same
+shuffled order each epoch, the same batch size (the last batch short), the same noise for the
+GAN, the same gradient clipping.  CPU, float32.  It prints the metrics
 `dln train` prints for its last epoch: training means over the epoch's batches, validation in
 evaluation mode; `time` is the whole run's wall time (data, set-up, dln's compile), `epochs_time`
 the epochs' alone (training steps and validation), `cpu` the process's CPU time.
 
-    .venv/bin/python examples/torch_twins.py cnn|dcgan|autoencoder|all          # PyTorch
-    .venv/bin/python examples/torch_twins.py cnn|dcgan|autoencoder|all --dln    # dln.train, same measures
+    .venv/bin/python examples/torch_twins.py cnn|dcgan|autoencoder|lstm|gru|all          # PyTorch
+    .venv/bin/python examples/torch_twins.py cnn|dcgan|autoencoder|lstm|gru|all --dln    # dln.train, same measures
 
 Each side runs in its own process (two thread pools in one process, OpenBLAS's and PyTorch's,
 slow each other down on a small machine); examples/README.md's numbers were taken with
@@ -31,13 +32,20 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-FILES = {"cnn": "cnn_digits.dln", "dcgan": "dcgan_digits.dln", "autoencoder": "conv_autoencoder_digits.dln"}
+FILES = {"cnn": "cnn_digits.dln", "dcgan": "dcgan_digits.dln", "autoencoder": "conv_autoencoder_digits.dln",
+         "lstm": "lstm_charlm.dln", "gru": "gru_charlm.dln"}
+CHARLMS = ("lstm", "gru")   # character-level language models of dataset("text")
 # The train sections' settings (the files are the reference; `settings_of` checks these against them).
 SETTINGS = {
     "cnn": {"validate": 0.2, "lr": 1e-3, "betas": (0.9, 0.999), "batch": 64, "epochs": 15, "seed": 0},
     "dcgan": {"validate": None, "lr": 1e-3, "betas": (0.5, 0.999), "batch": 64, "epochs": 50, "seed": 0},
     "autoencoder": {"validate": 0.1, "lr": 2e-3, "betas": (0.9, 0.999), "batch": 64, "epochs": 20, "seed": 0},
+    "lstm": {"validate": 0.1, "lr": 3e-3, "betas": (0.9, 0.999), "batch": 32, "epochs": 8, "seed": 0,
+             "clip_grad": 1.0},
+    "gru": {"validate": 0.1, "lr": 3e-3, "betas": (0.9, 0.999), "batch": 32, "epochs": 8, "seed": 0,
+            "clip_grad": 1.0},
 }
+VOCAB, DIM, HIDDEN = 103, 64, 256   # the char-LMs' hyperparameters
 Z = 16          # the GAN's noise size
 BATCHNORM = True
 SAMPLES = 1000  # generated digits scored for mode coverage
@@ -146,7 +154,26 @@ def torch_sigmoid(x):
     return torch.sigmoid(x)
 
 
-MAKERS = {"cnn": make_cnn, "dcgan": make_dcgan, "autoencoder": make_autoencoder}
+def make_charlm(kind: str, vocab: int = VOCAB, dim: int = DIM, hidden: int = HIDDEN):
+    """examples/lstm_charlm.dln, gru_charlm.dln: embed -> lstm (gru) -> logits, batch first."""
+    import torch.nn as nn
+
+    class CharLM(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = nn.Embedding(vocab, dim)
+            setattr(self, kind, (nn.LSTM if kind == "lstm" else nn.GRU)(dim, hidden, batch_first=True))
+            self.logits = nn.Linear(hidden, vocab)
+
+        def forward(self, tokens):
+            h, _ = getattr(self, kind)(self.embed(tokens))
+            return self.logits(h)
+
+    return CharLM()
+
+
+MAKERS = {"cnn": make_cnn, "dcgan": make_dcgan, "autoencoder": make_autoencoder,
+          "lstm": lambda: make_charlm("lstm"), "gru": lambda: make_charlm("gru")}
 
 
 # ---- what dln train feeds -------------------------------------------------------------------------------------
@@ -154,6 +181,13 @@ def digits():
     from dln.runtime import data
 
     return data.DATASETS["digits"]()
+
+
+def text_windows(name: str):
+    """What the char-LM's train section reads: dataset("text", ...) as x (tokens), y (targets)."""
+    from dln.runtime import data
+
+    return data.load(read_settings(name).data, HERE)
 
 
 def split(arrays, fraction, seed):
@@ -179,7 +213,11 @@ def train_torch(name: str, log=print) -> dict:
     s = SETTINGS[name]
     torch.manual_seed(s["seed"])
     net = MAKERS[name]()
-    train, val = split(digits(), s["validate"], s["seed"])
+    if name in CHARLMS:
+        train, val = split(text_windows(name), s["validate"], s["seed"])   # the end of the text held out
+        train, val = {"images": train["x"], "y": train["y"]}, {"images": val["x"], "y": val["y"]}
+    else:
+        train, val = split(digits(), s["validate"], s["seed"])
     n = len(train["y"])
     t = {k: torch.from_numpy(v) for k, v in train.items()}
     epochs_time = 0.0
@@ -214,6 +252,8 @@ def train_torch(name: str, log=print) -> dict:
                 values = _losses(name, net, images, t["y"][idx])
                 opt.zero_grad()
                 values["loss"].backward()
+                if "clip_grad" in s:
+                    torch.nn.utils.clip_grad_norm_(net.parameters(), s["clip_grad"])
                 opt.step()
                 values = {k: v.item() for k, v in values.items()}
             for k, v in values.items():
@@ -241,6 +281,8 @@ def _losses(name: str, net, images, y) -> dict:
     out = net(images)
     if name == "cnn":
         return {"loss": F.cross_entropy(out, y), "accuracy": (out.argmax(1) == y).float().mean()}
+    if name in CHARLMS:   # `images` are the token windows; classes on the last axis, every position counted
+        return {"loss": F.cross_entropy(out.flatten(0, 1), y.flatten()), "accuracy": (out.argmax(-1) == y).float().mean()}
     return {"loss": F.binary_cross_entropy(out, images)}
 
 
@@ -274,18 +316,24 @@ def coverage(samples: np.ndarray) -> dict:
             "confidence": float(p.max(1).mean())}
 
 
-def settings_of(name: str) -> dict:
-    """The train section's settings as dln reads them, to keep SETTINGS honest."""
+def read_settings(name: str):
+    """The example's train section as dln reads it (a Recipe)."""
     import dln
     from dln.compiler.recipe import read_recipe
     from dln.runtime.train import find_train
 
     model = dln.compile(str(HERE / FILES[name]))
     spec = model.train_spec
-    r = read_recipe(find_train(model.program), model.name, set(spec.values), set(spec.instances))
+    return read_recipe(find_train(model.program), model.name, set(spec.values), set(spec.instances))
+
+
+def settings_of(name: str) -> dict:
+    """The train section's settings as dln reads them, to keep SETTINGS honest."""
+    r = read_settings(name)
     opt = r.objectives[0].optimizer
     return {"validate": r.validate or None, "lr": opt.lr, "betas": tuple(opt.hyper.get("betas", (0.9, 0.999))),
-            "batch": r.batch, "epochs": r.epochs, "seed": r.seed}
+            "batch": r.batch, "epochs": r.epochs, "seed": r.seed,
+            **({"clip_grad": r.clip_grad} if r.clip_grad is not None else {})}
 
 
 def main() -> None:
