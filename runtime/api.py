@@ -331,9 +331,9 @@ class Model:
         _check_seed(seed)
         if window is not None:
             _check_count("window", window, 1)
-        chars = self._vocab(vocab)
         if self._stream is None:
             self._stream = sample.stream_of(self)
+        chars = self._vocab(vocab)
         sample.check_vocab(self, self._stream, chars)
         sample.check_prompt(prompt, chars)
         return sample.generate(self, self._stream, chars, prompt, int(tokens), float(temperature), int(seed),
@@ -358,8 +358,8 @@ class Model:
             return list(vocabulary())
         raise DlnError(Diagnostic("E0703", f"model {self.name} has no vocabulary to map its token ids to characters",
                                   self.spec.decl.name.span,
-                                  (Note("load weights trained on dataset(\"text\") (they record it), train on it, "
-                                        "or pass vocab=..."),)))
+                                  (Note("load weights trained on dataset(\"text\"), which record it; from Python, "
+                                        "model.sample(..., vocab=...) names the characters"),)))
 
     def as_torch(self):
         """A torch.nn.Module whose forward and backward run the compiled graphs."""
