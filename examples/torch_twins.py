@@ -282,7 +282,8 @@ def _losses(name: str, net, images, y) -> dict:
     if name == "cnn":
         return {"loss": F.cross_entropy(out, y), "accuracy": (out.argmax(1) == y).float().mean()}
     if name in CHARLMS:   # `images` are the token windows; classes on the last axis, every position counted
-        return {"loss": F.cross_entropy(out.flatten(0, 1), y.flatten()), "accuracy": (out.argmax(-1) == y).float().mean()}
+        return {"loss": F.cross_entropy(out.flatten(0, 1), y.flatten()),
+                "accuracy": (out.argmax(-1) == y).float().mean()}
     return {"loss": F.binary_cross_entropy(out, images)}
 
 

@@ -333,33 +333,17 @@ class Model:
             _check_count("window", window, 1)
         if self._stream is None:
             self._stream = sample.stream_of(self)
-        chars = self._vocab(vocab)
-        sample.check_vocab(self, self._stream, chars)
-        sample.check_prompt(prompt, chars)
-        return sample.generate(self, self._stream, chars, prompt, int(tokens), float(temperature), int(seed),
-                               window if window is None else int(window))
-
-    def _vocab(self, vocab: Any) -> list[str]:
-        """The vocabulary given, else the one the weights (or training) recorded, else the train section's
-        text data set's."""
         if vocab is not None:
             chars = list(vocab) if isinstance(vocab, (str, list, tuple)) else None
             if not chars or not all(isinstance(c, str) and len(c) == 1 for c in chars) or len(set(chars)) != len(chars):
                 raise DlnError(Diagnostic("E0710", f"argument vocab must be a string or list of distinct characters, "
                                                    f"got {_kind(vocab)}"))
-            return chars
-        if self.vocab is not None:
-            return self.vocab
-        from dln.runtime.text import vocabulary
-        from dln.runtime.train import recipe_for
-
-        data = recipe_for(self).data if self.program.root.trains else None
-        if data is not None and data.kind == "dataset" and data.arg("name") == "text":
-            return list(vocabulary())
-        raise DlnError(Diagnostic("E0703", f"model {self.name} has no vocabulary to map its token ids to characters",
-                                  self.spec.decl.name.span,
-                                  (Note("load weights trained on dataset(\"text\"), which record it; from Python, "
-                                        "model.sample(..., vocab=...) names the characters"),)))
+        else:
+            chars = sample.vocab_of(self)
+        sample.check_vocab(self, self._stream, chars)
+        sample.check_prompt(prompt, chars)
+        return sample.generate(self, self._stream, chars, prompt, int(tokens), float(temperature), int(seed),
+                               window if window is None else int(window))
 
     def as_torch(self):
         """A torch.nn.Module whose forward and backward run the compiled graphs."""

@@ -14,7 +14,7 @@ texts), so nothing is downloaded.
 | iris | x f32[N, 4] standardized; y i64[N] (3 classes); target f32[N, 1] (y as a float) |
 | wine | x f32[N, 13] standardized; y i64[N] (3 classes); target f32[N, 1] |
 | breast_cancer | x f32[N, 30] standardized; y i64[N] (2 classes); target f32[N, 1] (for binary losses) |
-| text | x i64[N, window] character ids of Python's help texts, y the same shifted by one; also named tokens, targets (dln.runtime.text) |
+| text | x i64[N, window] character ids of Python's help texts, y shifted by one; also tokens, targets (runtime/text.py) |
 """
 
 from __future__ import annotations

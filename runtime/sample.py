@@ -96,6 +96,21 @@ def _raise(e: DlnError):
     raise e
 
 
+def vocab_of(model: Model) -> list[str]:
+    """The vocabulary the weights (or training) recorded, else the train section's text data set's."""
+    if model.vocab is not None:
+        return model.vocab
+    from dln.runtime.train import recipe_for
+
+    data = recipe_for(model).data if model.program.root.trains else None
+    if data is not None and data.kind == "dataset" and data.arg("name") == "text":
+        return list(text.vocabulary())
+    raise DlnError(Diagnostic("E0703", f"model {model.name} has no vocabulary to map its token ids to characters",
+                              model.spec.decl.name.span,
+                              (Note("load weights trained on dataset(\"text\"), which record it; from Python, "
+                                    "model.sample(..., vocab=...) names the characters"),)))
+
+
 def check_vocab(model: Model, stream: Stream, vocab: Sequence[str]) -> None:
     if len(vocab) > stream.classes:
         spec = stream.spec

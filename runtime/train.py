@@ -176,10 +176,11 @@ class Trainer:
         record another were trained on other ids, and training on would scramble them."""
         model = self.model
         if model.vocab is not None and model.vocab != vocab:
-            raise DlnError(Diagnostic("E0703", f"the weights of model {model.name} were trained on a vocabulary "
-                                               f"of {len(model.vocab)} characters, the text data set's has "
-                                               f"{len(vocab)} (another Python's help texts?)", self.recipe.spans.get("data"),
-                                      (Note("start from fresh weights, or train on the text they were trained on"),)))
+            raise DlnError(Diagnostic(
+                "E0703", f"the weights of model {model.name} were trained on a vocabulary of {len(model.vocab)} "
+                         f"characters, the text data set's has {len(vocab)} (another Python's help texts?)",
+                self.recipe.spans.get("data"),
+                (Note("start from fresh weights, or train on the text they were trained on"),)))
         model.vocab = vocab
 
     def _sources(self, arrays: data.Arrays) -> dict[str, str]:

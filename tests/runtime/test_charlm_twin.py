@@ -27,8 +27,8 @@ ROOT = Path(__file__).resolve().parents[2]
 STEPS = 5
 SMALL = {"dim": 8, "hidden": 16}
 # float32 over 64 time steps.  Measured: losses within 1.1e-7 relative, weights within 4e-7 (the
-# embedding), the rest within 6e-8.  Each Adam step moves a weight by up to lr = 3e-3, so a wrong gate order, a missing bias or a clip
-# not applied shows orders of magnitude above these bounds.
+# embedding), the rest within 6e-8.  Each Adam step moves a weight by up to lr = 3e-3, so a wrong
+# gate order, a missing bias or a clip not applied shows orders of magnitude above these bounds.
 LOSS_RTOL = 2e-6
 PARAM_ATOL = 5e-6
 CLIP = 0.1

@@ -73,7 +73,8 @@ def test_validation_holds_out_the_end_of_the_text_sharing_no_character(window, s
 
 def test_text_option_mistakes_are_located(tmp_path):
     for setting, where, value in (('dataset("digits", window = 8)', "window", "8"),
-                                  ('dataset("text", stride = 0)', "stride", "0"), ('dataset("text", chars = 1)', "chars", "1")):
+                                  ('dataset("text", stride = 0)', "stride", "0"),
+                                  ('dataset("text", chars = 1)', "chars", "1")):
         source = MODEL + f"train lm {{ data = {setting} }}\n"
         with pytest.raises(DlnError) as e:
             dln.train(source, epochs=1, progress=False, log=lambda s: None)
