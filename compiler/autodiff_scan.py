@@ -39,6 +39,8 @@ Source = tuple[str, int]
 # How a const's gradient is put together outside the loop from stacked per-step values (see `assemble`).
 Plan = tuple
 
+_VIEWS = frozenset({Op.SLICE, Op.RESHAPE, Op.PERMUTE, Op.BROADCAST})
+
 
 @dataclass(frozen=True)
 class Linearized:
@@ -91,7 +93,14 @@ def linearize(body: Graph, n_carry: int, n_xs: int) -> Linearized:
     # anyway, or a residual it saves for this), the others recomputed.
     needed = {i for n in jb.nodes if n.id >= first_new and n.id in live for i in n.inputs if i < first_new}
     needed |= {i for i in wanted if i < first_new}
-    recompute = _ancestors(body, {i for i in needed if i not in varying})
+    # A view of a per-step value (a gate's slice) is made again from what it views, not saved apart.
+    views = set()
+    for n in reversed(body.nodes):
+        if n.id in needed and n.id in varying and n.op in _VIEWS and n.op is not Op.INPUT:
+            needed.discard(n.id)
+            views.add(n.id)
+            needed.add(n.inputs[0])
+    recompute = _ancestors(body, {i for i in needed if i not in varying}) | views
     x_ids, k_ids = [p.id for p in x_in], [p.id for p in k_in]
     y_ids = outs[n_carry:]
     float_carries = [k for k in range(n_carry) if k in seed_of]
