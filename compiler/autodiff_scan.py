@@ -105,7 +105,7 @@ def linearize(body: Graph, n_carry: int, n_xs: int, remat: bool = False) -> Line
             needed.add(n.inputs[0])
     recompute = _ancestors(body, {i for i in needed if i not in varying}) | views
     if remat:
-        recompute = _ancestors(body, needed)
+        recompute = _ancestors(body, needed | views)
         needed = {i for i in recompute if body.node(i).op is Op.INPUT and i in varying}
     x_ids, k_ids = [p.id for p in x_in], [p.id for p in k_in]
     y_ids = outs[n_carry:]
@@ -193,7 +193,7 @@ def _zeros(b: GraphBuilder, like: Node | Tensor) -> Tensor:
 
 # Save what the backward reads unless that is more than this many times the carries (per step): then
 # save the carries alone and recompute the step in the backward (a body with a large intermediate).
-REMAT_RATIO = 4
+REMAT_RATIO = 8
 
 
 class _PerRow(dict):

@@ -344,3 +344,13 @@ def test_errors_are_located(call, code, message):
     d = e.value.diagnostics[0]
     assert d.code == code and message in d.message, d
     assert d.span is not None and d.span.line == 4
+
+
+@pytest.mark.parametrize("layer,act", [("lstm", "tanh"), ("gru", "tanh"), ("rnn", "relu")])
+def test_recomputing_the_step_in_the_backward_matches_torch(layer, act, monkeypatch):
+    """With saving disabled (REMAT_RATIO 0) each loop saves only its carries and the backward recomputes
+    the step: the same gradients."""
+    from dln.compiler import autodiff_scan
+
+    monkeypatch.setattr(autodiff_scan, "REMAT_RATIO", 0)
+    test_matches_torch_with_gradients(layer, act, 2, True, True, True, False)
