@@ -406,8 +406,53 @@ def backprop(b: GraphBuilder, graph: Graph, seeds: dict[int, Tensor], active: se
                     continue
                 if c.dtype is not graph.node(i).dtype:
                     c = b.cast(c, graph.node(i).dtype)
-                cotangent[i] = c if i not in cotangent else b.add(cotangent[i], c)
+                cotangent[i] = c if i not in cotangent else accumulate(b, cotangent[i], c)
     return cotangent
+
+
+def accumulate(b: GraphBuilder, x: Tensor, y: Tensor) -> Tensor:
+    """x + y, two cotangents of one value.  The cotangents of slices of disjoint columns (an LSTM's four
+    gates) are zero-padded pieces: they are put side by side (one concat) rather than padded and added."""
+    pieces = _padded_pieces(b, x), _padded_pieces(b, y)
+    if None in pieces or x.type != y.type or pieces[0][0] != pieces[1][0]:
+        return b.add(x, y)
+    axis, size = pieces[0][0], x.shape[pieces[0][0]]
+    spans = sorted(pieces[0][1] + pieces[1][1], key=lambda p: p[0])
+    if any(a[0] + a[1].shape[axis] > z[0] for a, z in zip(spans, spans[1:])):
+        return b.add(x, y)   # overlapping
+    parts, at = [], spans[0][0]
+    for start, t in spans:
+        if start > at:
+            parts.append(b.const(0.0, x.dtype, tuple(start - at if k == axis else d for k, d in enumerate(x.shape))))
+        parts.append(t)
+        at = start + t.shape[axis]
+    joined = b.concat(parts, axis)
+    if spans[0][0] == 0 and at == size:
+        return joined
+    pads = [(0, 0)] * x.rank
+    pads[axis] = (spans[0][0], size - at)
+    return b.pad(joined, pads, 0.0)
+
+
+def _padded_pieces(b: GraphBuilder, t: Tensor) -> tuple[int, list[tuple[int, Tensor]]] | None:
+    """(axis, [(start, piece), ...]) when `t` is pieces of one axis padded with zeros, else None."""
+    n = b.node(t)
+    if n.op is not Op.PAD or n.attrs["value"] != 0.0:
+        return None
+    padded = [k for k, p in enumerate(n.attrs["pads"]) if p != (0, 0)]
+    if len(padded) != 1 or not all(isinstance(v, int) for v in n.attrs["pads"][padded[0]] + (t.shape[padded[0]],)):
+        return None
+    axis, lo = padded[0], n.attrs["pads"][padded[0]][0]
+    inner = b.node(n.inputs[0])
+    if inner.op is Op.CONCAT and inner.attrs["axis"] == axis:
+        pieces, at = [], lo
+        for i in inner.inputs:
+            piece = b.tensor(i)
+            if b.node(piece).op is not Op.CONST:   # the zero gaps of an earlier merge
+                pieces.append((at, piece))
+            at += piece.shape[axis]
+        return axis, pieces
+    return axis, [(lo, b.tensor(n.inputs[0]))]
 
 
 def grad(graph: Graph, loss: int, wrt: Sequence[int]) -> tuple[Graph, dict[int, int | None], GraphBuilder]:

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dln.compiler.autodiff import active_nodes, backprop, vjp
+from dln.compiler.cost import size
 from dln.compiler.emit import GraphBuilder, Tensor
 from dln.compiler.ir import Graph, Node, Op, Phase, TensorType
 from dln.compiler.passes.dce import dce
@@ -38,6 +39,8 @@ from dln.compiler.symbolic import Dim
 Source = tuple[str, int]
 # How a const's gradient is put together outside the loop from stacked per-step values (see `assemble`).
 Plan = tuple
+
+_VIEWS = frozenset({Op.SLICE, Op.RESHAPE, Op.PERMUTE, Op.BROADCAST})
 
 
 @dataclass(frozen=True)
@@ -61,7 +64,9 @@ def original_body(n: Node) -> Graph:
 
 
 @functools.lru_cache(maxsize=64)
-def linearize(body: Graph, n_carry: int, n_xs: int) -> Linearized:
+def linearize(body: Graph, n_carry: int, n_xs: int, remat: bool = False) -> Linearized:
+    """The forward and backward bodies of `body`'s VJP.  `remat`: the forward saves only its carries and
+    the backward recomputes the step from them (less memory, one more forward step's work)."""
     params = body.inputs
     carry_in, x_in, k_in = params[:n_carry], params[n_carry:n_carry + n_xs], params[n_carry + n_xs:]
     outs = [i for _, i in body.outputs]
@@ -91,7 +96,17 @@ def linearize(body: Graph, n_carry: int, n_xs: int) -> Linearized:
     # anyway, or a residual it saves for this), the others recomputed.
     needed = {i for n in jb.nodes if n.id >= first_new and n.id in live for i in n.inputs if i < first_new}
     needed |= {i for i in wanted if i < first_new}
-    recompute = _ancestors(body, {i for i in needed if i not in varying})
+    # A view of a per-step value (a gate's slice) is made again from what it views, not saved apart.
+    views = set()
+    for n in reversed(body.nodes):
+        if n.id in needed and n.id in varying and n.op in _VIEWS and n.op is not Op.INPUT:
+            needed.discard(n.id)
+            views.add(n.id)
+            needed.add(n.inputs[0])
+    recompute = _ancestors(body, {i for i in needed if i not in varying}) | views
+    if remat:
+        recompute = _ancestors(body, needed | views)
+        needed = {i for i in recompute if body.node(i).op is Op.INPUT and i in varying}
     x_ids, k_ids = [p.id for p in x_in], [p.id for p in k_in]
     y_ids = outs[n_carry:]
     float_carries = [k for k in range(n_carry) if k in seed_of]
@@ -176,20 +191,46 @@ def _zeros(b: GraphBuilder, like: Node | Tensor) -> Tensor:
     return b.const(0.0, like.type.dtype, like.type.shape)
 
 
+# Save what the backward reads unless that is more than this many times the carries (per step): then
+# save the carries alone and recompute the step in the backward (a body with a large intermediate).
+REMAT_RATIO = 8
+
+
+class _PerRow(dict):
+    """Every symbolic dimension taken as 1: sizes per batch row."""
+
+    def __missing__(self, key: str) -> int:
+        return 1
+
+
+_PER_ROW = _PerRow()
+
+
 def save_residuals(graph: Graph, active: set[int]) -> Graph:
     """`graph` with each scan that autodiff will cross saving its residuals as extra results."""
     nodes = []
     for n in graph.nodes:
         if n.op is Op.SCAN and n.id in active and "residuals" not in n.attrs:
             lin = linearize(n.attrs["body"], n.attrs["carries"], n.attrs["xs"])
+            remat = _step_bytes(_saved(lin)) > REMAT_RATIO * _step_bytes(n.results[:n.attrs["carries"]])
+            if remat:
+                lin = linearize(n.attrs["body"], n.attrs["carries"], n.attrs["xs"], remat=True)
             if lin.residuals:
-                body = lin.forward
-                saved = tuple(_stacked(body.node(i).type, n.attrs["length"])
-                              for _, i in body.outputs[len(body.outputs) - lin.residuals:])
-                n = Node(n.id, n.op, n.inputs, n.type, n.attrs.replace(body=body, residuals=lin.residuals),
-                         n.loc, n.name, n.phase, n.results + saved)
+                saved = _saved(lin)
+                attrs = n.attrs.replace(body=lin.forward, residuals=lin.residuals, **({"remat": True} if remat else {}))
+                n = Node(n.id, n.op, n.inputs, n.type, attrs, n.loc, n.name, n.phase,
+                         n.results + tuple(_stacked(t, n.attrs["length"]) for t in saved))
         nodes.append(n)
     return Graph(graph.name, tuple(nodes), graph.outputs, graph.constraints)
+
+
+def _saved(lin: Linearized) -> list[TensorType]:
+    body = lin.forward
+    return [body.node(i).type for _, i in body.outputs[len(body.outputs) - lin.residuals:]]
+
+
+def _step_bytes(types) -> int:
+    return sum(size(t.shape, _PER_ROW) * t.dtype.itemsize for t in types)
 
 
 def _stacked(t: TensorType, length: Dim) -> TensorType:
@@ -199,7 +240,7 @@ def _stacked(t: TensorType, length: Dim) -> TensorType:
 @vjp(Op.SCAN)
 def _scan(b: GraphBuilder, n: Node, gs: list[Tensor | None], operands: list[Tensor], out: Tensor) -> list:
     n_carry, n_xs, length = n.attrs["carries"], n.attrs["xs"], n.attrs["length"]
-    lin = linearize(original_body(n), n_carry, n_xs)
+    lin = linearize(original_body(n), n_carry, n_xs, n.attrs.get("remat", False))
     results = b.results(out)
     n_ys = len(n.results) - n_carry - n.attrs.get("residuals", 0)
     forward = {"y": results[n_carry:n_carry + n_ys], "saved": results[n_carry + n_ys:],

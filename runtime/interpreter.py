@@ -56,11 +56,6 @@ IMPLS[Op.SCAN] = _scan
 IMPLS[Op.RESULT] = _result
 
 
-def _body_plan(body: Graph, consts: dict[str, np.ndarray], env: dict[str, Any]) -> "_Plan":
-    """A loop body planned for the interpreter: its consts bound by reference, the rest fed each step."""
-    return _Plan(Executable(body, consts), env)
-
-
 class Executable:
     """A graph prepared for repeated runs (see the module docstring)."""
 
@@ -144,7 +139,7 @@ class _Plan:
             if n.op is Op.SCAN:
                 # Several results: a buffer each, owned by the `result` nodes that read them.
                 outs = tuple(self._buffer(n, pool, set(), t) for t in n.results)
-                self._step(n, _at(n, numpy_scan.prepare, n, args, outs, env, _body_plan))
+                self._step(n, _at(n, numpy_scan.prepare, n, args, outs, env, _bind))
                 arrays[n.id] = outs
             elif n.op is Op.RESULT:
                 arrays[n.id] = args[0][n.attrs["index"]]

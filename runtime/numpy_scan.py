@@ -1,20 +1,20 @@
 """`scan` on the NumPy backend.
 
 `reference` is the definition: evaluate the body once per step.  `prepare`
-is what the planned interpreter runs: the body planned once (its buffers
-allocated once, its consts bound by reference, its views made once), then
-per step one copy of each x into the body's input buffer, the body's
-prebound calls, and one copy of each y into its row of the stacked result.
-For an LSTM that is one matrix product per step, with all four gates in it.
+is what the planned interpreter runs: the loop unrolled into prebound NumPy
+calls when it is planned (one plan per sequence length), reading and writing
+the stacked arrays in place.  For an LSTM that is one matrix product per
+step, with all four gates in it, and no copies but of the saved carries.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import numpy as np
 
-from dln.compiler.ir import Node
+from dln.compiler.ir import Node, Op
 from dln.compiler.symbolic import evaluate as size_of
 
 
@@ -48,40 +48,76 @@ def reference(n: Node, args: list[np.ndarray], env: dict[str, Any], run_graph: C
 
 
 def prepare(n: Node, args: list[np.ndarray], outs: tuple[np.ndarray, ...], env: dict[str, Any],
-            executable: Callable) -> Callable[[], None]:
-    """One prebound step running the whole loop into `outs` (final carries, stacked ys)."""
+            bind: Callable) -> Callable[[], None]:
+    """The whole loop as one prebound step writing into `outs` (final carries, stacked ys).
+
+    The body is bound once per step t (`bind(node, inputs, out, env, shared)`, the interpreter's), so that
+    nothing moves that need not: step t reads its x straight from row t of the stacked xs and writes each
+    y it computes straight into row t of the stacked ys; a carry is written into one of two buffers in
+    turn and read from the other at the next step (or, when it is also a y, read from row t - 1).  Only a
+    carry or y the body does not compute itself (an input passed on, a view) is copied.  Values used
+    within a step have one buffer for every step; those that depend on no input are computed once."""
+    from dln.runtime.numpy_ops import IMPLS, VIEW_OPS, np_dtype
+
     body = n.attrs["body"]
     carries, xs, consts = _parts(n, args)
     n_carry = len(carries)
-    params = [p.attrs["name"] for p in body.inputs]
-    const_names = params[len(carries) + len(xs):]
-    plan = executable(body, dict(zip(const_names, consts)), env)
-    feed = dict(plan.feed_buffers)
-    carry_in = [feed[name] for name in params[:n_carry]]
-    x_in = [feed[name] for name in params[n_carry:n_carry + len(xs)]]
-    produced = [a for _, a in plan.outputs]
+    params = body.inputs
+    produced = [i for _, i in body.outputs]
     carry_out, y_out = produced[:n_carry], produced[n_carry:]
-    # A new carry that is another carry's buffer (a swap) must not be overwritten before it is read.
-    staged = any(np.shares_memory(o, c) for o in carry_out for c in carry_in if o is not c)
-    body_steps = plan.steps
     final, stacked = outs[:n_carry], outs[n_carry:]
-    order = _steps(n, env)
+    computes = {m.id for m in body.nodes if m.op not in VIEW_OPS and m.op is not Op.RESULT}
+    y_row = {}                              # node -> the ys it writes straight into
+    for k, i in enumerate(y_out):
+        if i in computes and i not in y_row and not body.node(i).results:
+            y_row[i] = k
+
+    def buffer(m: Node) -> Any:
+        arrays = tuple(np.empty(tuple(size_of(d, env) for d in t.shape), np_dtype(t.dtype)) for t in m.types)
+        return arrays if m.results else arrays[0]
+
+    static: dict[int, Any] = {}
+    for m in body.nodes:
+        if m.op is not Op.INPUT and m.op is not Op.RAND and all(i in static for i in m.inputs):
+            static[m.id] = IMPLS[m.op](m, [static[i] for i in m.inputs], None, env)
+    scratch = {m.id: buffer(m) for m in body.nodes
+               if m.id in computes and m.id not in static and m.id not in y_row and m.id not in carry_out}
+    turns = {k: (buffer(body.node(i)), buffer(body.node(i))) for k, i in enumerate(carry_out) if i not in y_row}
+    shared: dict = {}
+    calls: list[Callable[[], Any]] = []
+    state = list(carries)
+    for turn, t in enumerate(_steps(n, env)):
+        values: dict[int, Any] = dict(static)
+        values.update(zip((p.id for p in params), [*state, *(x[t] for x in xs), *consts]))
+        for m in body.nodes:
+            if m.id in values:
+                continue
+            inputs = [values[i] for i in m.inputs]
+            if m.id not in computes:
+                values[m.id] = IMPLS[m.op](m, inputs, None, env)       # a view, made once per step
+                continue
+            if m.id in y_row:
+                out = stacked[y_row[m.id]][t]
+            elif m.id in carry_out and not m.results:
+                out = turns[carry_out.index(m.id)][turn % 2]
+            else:
+                out = scratch[m.id]
+            calls.append(prepare(m, inputs, out, env, bind) if m.op is Op.SCAN else bind(m, inputs, out, env, shared))
+            values[m.id] = out
+        for k, i in enumerate(y_out):
+            if y_row.get(i) != k:
+                calls.append(functools.partial(np.copyto, stacked[k][t], values[i]))
+        state = []
+        for k, i in enumerate(carry_out):
+            if i in y_row or i in computes:
+                state.append(values[i])
+            else:
+                calls.append(functools.partial(np.copyto, turns[k][turn % 2], values[i]))
+                state.append(turns[k][turn % 2])
+    calls += [functools.partial(np.copyto, f, v) for f, v in zip(final, state)]
 
     def run() -> None:
-        for buf, c in zip(carry_in, carries):
-            np.copyto(buf, c)
-        for t in order:
-            for buf, x in zip(x_in, xs):
-                np.copyto(buf, x[t])
-            for step in body_steps:
-                step()
-            for y, o in zip(stacked, y_out):
-                np.copyto(y[t], o)
-            new = [o.copy() for o in carry_out] if staged else carry_out
-            for buf, o in zip(carry_in, new):
-                if buf is not o:
-                    np.copyto(buf, o)
-        for f, buf in zip(final, carry_in):
-            np.copyto(f, buf)
+        for call in calls:
+            call()
 
     return run

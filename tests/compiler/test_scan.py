@@ -207,3 +207,40 @@ def test_verifier_catches_a_bad_body_and_a_result_of_a_plain_node():
     g.emit(Op.RESULT, (g.exp(x),), {"index": 0})
     with pytest.raises(IRError, match="one result"):
         verify(g.finish([]))
+
+
+def test_a_wide_body_saves_its_carries_and_recomputes_the_step():
+    """A step whose intermediate is 40 wide for a carry of 3: saving it would cost more than REMAT_RATIO
+    times the carries, so the forward saves h_{t-1} alone and the backward recomputes the step."""
+    width = 40
+    bb = GraphBuilder("wide")
+    h = bb.input("h", TensorType(F, (B, 3)), role="carry")
+    x = bb.input("x", TensorType(F, (B, 3)), role="x")
+    w1 = bb.input("w1", TensorType(F, (3, width)), role="const")
+    w2 = bb.input("w2", TensorType(F, (width, 3)), role="const")
+    u = bb.tanh(bb.matmul(bb.add(h, x), w1))
+    new = bb.tanh(bb.matmul(bb.mul(u, u), w2))
+    g = GraphBuilder("m")
+    t = {"X": g.input("X", TensorType(F, (T, B, 3)), role="param"),
+         "h0": g.input("h0", TensorType(F, (B, 3)), role="param"),
+         "w1": g.input("w1", TensorType(F, (3, width)), role="param"),
+         "w2": g.input("w2", TensorType(F, (width, 3)), role="param")}
+    _, (ys,) = g.scan(bb.finish([("h", new), ("y", new)]), [t["h0"]], [t["X"]], [t["w1"], t["w2"]])
+    loss = g.sum(g.mul(ys, ys))
+    full, grads, _ = grad(g.finish([("loss", loss)]), loss.id, [v.id for v in t.values()])
+    forward_scan = next(n for n in full.nodes if n.op is Op.SCAN)
+    assert forward_scan.attrs["remat"] and forward_scan.attrs["residuals"] == 1
+    full = full.with_outputs([("loss", loss.id)] + [(k, grads[v.id]) for k, v in t.items()])
+    rng = np.random.default_rng(0)
+    feeds = {"X": rng.normal(size=(6, 2, 3)), "h0": rng.normal(size=(2, 3)), "w1": rng.normal(size=(3, width)),
+             "w2": rng.normal(size=(width, 3)) * 0.3}
+    got = Executable(optimize(full, debug=True)).run(feeds, {"B": 2, "T": 6})
+    tt = {k: torch.tensor(v, requires_grad=True) for k, v in feeds.items()}
+    state, outs = tt["h0"], []
+    for step in range(6):
+        hidden = torch.tanh((state + tt["X"][step]) @ tt["w1"])
+        state = torch.tanh((hidden * hidden) @ tt["w2"])
+        outs.append(state)
+    (torch.stack(outs) ** 2).sum().backward()
+    for k in t:
+        np.testing.assert_allclose(got[k], tt[k].grad.numpy(), rtol=1e-10, atol=1e-12, err_msg=k)

@@ -490,6 +490,40 @@ def _gen_batchnorm(rng):
                 {"x": normal(rng, shape, 2.0) + 0.5}, training=True)
 
 
+def _gen_recurrent(layer: str):
+    """rnn, lstm, gru: 1 or 2 layers, either direction, with or without bias and initial states, and the
+    output or the final hidden state as y; torch's module called with the drawn parameters."""
+    modules = {"rnn": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}
+
+    def gen(rng):
+        batch, steps, features, hidden = (int(v) for v in dims(rng, 4, sizes=(1, 2, 3, 5, 6, 7)))
+        layers, bi, bias = int(rng.integers(1, 3)), bool(rng.random() < 0.5), bool(rng.random() < 0.7)
+        act = str(rng.choice(["tanh", "relu"])) if layer == "rnn" else "tanh"
+        given, final = bool(rng.random() < 0.5), bool(rng.random() < 0.3)
+        states = ["h0", "c0"] if layer == "lstm" else ["h0"]
+        state_shape = (layers * (2 if bi else 1), batch, hidden)
+        args = f"{hidden}, layers = {layers}, bidirectional = {str(bi).lower()}, bias = {str(bias).lower()}"
+        args += f', nonlinearity = "{act}"' if layer == "rnn" else ""
+        args += "".join(f", {s} = {s}" for s in states) if given else ""
+        outs = "o, y, c" if final and layer == "lstm" else "o, y" if final else "y"
+        body = f'{outs} = {layer}(x, {args}, name = "r"{", return_state = true" if final else ""})'
+        kw = {"nonlinearity": act} if layer == "rnn" else {}
+        module = modules[layer](features, hidden, layers, bias=bias, batch_first=True, bidirectional=bi,
+                                **kw).double()
+
+        def run(t):
+            weights = {k: t[f"r.{k}"] for k, _ in module.named_parameters()}
+            init = None if not given else (t["h0"], t["c0"]) if layer == "lstm" else t["h0"]
+            y, h = torch.func.functional_call(module, weights, (t["x"], init))
+            return (h[0] if layer == "lstm" else h) if final else y
+
+        params = {"x": normal(rng, (batch, steps, features))}
+        if given:
+            params.update({s: normal(rng, state_shape) for s in states})
+        return Case(body, run, params)
+    return gen
+
+
 def _gen_embedding(rng):
     vocab, dim = int(rng.choice((3, 7, 11))), int(rng.choice((2, 5, 6)))
     tokens = rng.integers(0, vocab, dims(rng, 2))
@@ -720,7 +754,8 @@ GENERATORS: dict[str, Callable[[np.random.Generator], Case]] = {
     "linear": _gen_linear, "layernorm": _gen_layernorm, "batchnorm": _gen_batchnorm, "embedding": _gen_embedding,
     "gcn_conv": _gen_gcn_conv, "global_avgpool": _gen_global_avgpool, "maxpool2d": _gen_maxpool2d,
     "avgpool2d": _gen_avgpool2d, "conv1d": _gen_conv(1), "conv2d": _gen_conv(2),
-    "conv_transpose2d": _gen_conv_transpose2d,
+    "conv_transpose2d": _gen_conv_transpose2d, "rnn": _gen_recurrent("rnn"), "lstm": _gen_recurrent("lstm"),
+    "gru": _gen_recurrent("gru"),
     # losses
     "cross_entropy": _gen_cross_entropy, "nll": _gen_nll, "hinge": _gen_hinge, "kl_div": _gen_kl_div,
     "mse": _gen_pointwise_loss("mse", lambda x, z, r: F.mse_loss(x, z, reduction=r)),

@@ -548,9 +548,42 @@ def test_unreached_input_has_no_gradient():
     assert grads[x.id] is not None and grads[y.id] is None
 
 
+def _rnn_scan(b, x, h0, w, reverse=False):
+    """A tanh RNN as one scan; the result is every step's output and, last, the final state."""
+    body = GraphBuilder("rnn.body")
+    h = body.input("h", h0.type, role="carry")
+    xt = body.input("x", TensorType(x.dtype, x.shape[1:]), role="x")
+    wt = body.input("w", w.type, role="const")
+    new = body.unary(Op.TANH, body.add(xt, body.matmul(h, body.transpose(wt))))
+    (last,), (ys,) = b.scan(body.finish([("h", new), ("y", body.mul(new, 2.0))]), [h0], [x], [w], reverse=reverse)
+    return b.concat([ys, b.unsqueeze(last, 0)], 0)
+
+
+def _torch_rnn_scan(x, h0, w, reverse=False):
+    h, ys = h0, [None] * x.shape[0]
+    for t in (reversed(range(x.shape[0])) if reverse else range(x.shape[0])):
+        h = torch.tanh(x[t] + h @ w.T)
+        ys[t] = h * 2.0
+    return torch.cat([torch.stack(ys), h[None]], 0)
+
+
+SCAN = [
+    Case("scan_rnn", {"x": normal((4, 3, 5)), "h0": normal((3, 5), 1), "w": normal((5, 5), 2)},
+         _rnn_scan, _torch_rnn_scan),
+    Case("scan_rnn_reverse", {"x": normal((5, 2, 5)), "h0": normal((2, 5), 1), "w": normal((5, 5), 2)},
+         lambda b, x, h0, w: _rnn_scan(b, x, h0, w, reverse=True),
+         lambda x, h0, w: _torch_rnn_scan(x, h0, w, reverse=True)),
+]
+
+
+@pytest.mark.parametrize("case", SCAN, ids=ids(SCAN))
+def test_scan(case):
+    check(case)
+
+
 # ---- every differentiable primitive is exercised above ----------------------------------------------------------
 GRADIENT_CASES = (UNARY + KINKS + BINARY + BROADCASTING + WHERE + REDUCTIONS + REDUCTION_TIES + MOVEMENT + CONCAT
-                  + INDEXING + MATMUL + CONVOLUTION + COMPOSITES)
+                  + INDEXING + MATMUL + CONVOLUTION + COMPOSITES + SCAN)
 
 
 def test_every_primitive_with_a_gradient_is_covered():
