@@ -340,7 +340,7 @@ class Model:
                                                    f"got {_kind(vocab)}"))
         else:
             chars = sample.vocab_of(self)
-        sample.check_vocab(self, self._stream, chars)
+        sample.check_vocab(self._stream, chars)
         sample.check_prompt(prompt, chars)
         return sample.generate(self, self._stream, chars, prompt, int(tokens), float(temperature), int(seed),
                                window if window is None else int(window))

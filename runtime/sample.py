@@ -67,8 +67,8 @@ def _logits_output(spec: BuiltModel) -> str:
         return fits[0]
     outputs = ", ".join(f"{n} {spec.graph.output(n).type}" for n in spec.outputs) or "none"
     why = "several outputs could be the logits" if fits else "no output is logits [B, T, vocab]"
-    return _raise(_unfit(spec, why, Note(f"its outputs: {outputs}"),
-                         Note("declare one output of floats [B, T, vocab] (output logits)")))
+    raise _unfit(spec, why, Note(f"its outputs: {outputs}"),
+                 Note("declare one output of floats [B, T, vocab] (output logits)"))
 
 
 def _is_logits(t) -> bool:
@@ -88,12 +88,8 @@ def _token_input(spec: BuiltModel, graph: Graph, logits: str) -> InputInfo:
                          Note("generation runs one sequence: give it a symbolic batch ([B, T])", info.span))
         return info
     listing = ", ".join(f"{n} {infos[n].type}" for n in needed if n in infos) or "none"
-    return _raise(_unfit(spec, f"its {logits} must depend on one input of token ids [B, T] (integers)",
-                         Note(f"the inputs {logits} needs: {listing}")))
-
-
-def _raise(e: DlnError):
-    raise e
+    raise _unfit(spec, f"its {logits} must depend on one input of token ids [B, T] (integers)",
+                 Note(f"the inputs {logits} needs: {listing}"))
 
 
 def vocab_of(model: Model) -> list[str]:
@@ -111,7 +107,7 @@ def vocab_of(model: Model) -> list[str]:
                                     "model.sample(..., vocab=...) names the characters"),)))
 
 
-def check_vocab(model: Model, stream: Stream, vocab: Sequence[str]) -> None:
+def check_vocab(stream: Stream, vocab: Sequence[str]) -> None:
     if len(vocab) > stream.classes:
         spec = stream.spec
         raise DlnError(Diagnostic(
@@ -120,12 +116,12 @@ def check_vocab(model: Model, stream: Stream, vocab: Sequence[str]) -> None:
             (Note(f"train it with vocab = {len(vocab)} (or more)"),)))
 
 
-def check_prompt(prompt: str, vocab: Sequence[str], span=None) -> None:
+def check_prompt(prompt: str, vocab: Sequence[str]) -> None:
     bad = text.unknown_characters(prompt, vocab)
     if bad:
         listing = ", ".join(f"{c!r} (position {k})" for k, c in bad[:5]) + (", ..." if len(bad) > 5 else "")
         raise DlnError(Diagnostic("E0701", f"the prompt has characters the model's vocabulary lacks: {listing}",
-                                  span, (Note(f"the vocabulary ({len(vocab)} characters): "
+                                  None, (Note(f"the vocabulary ({len(vocab)} characters): "
                                               f"{''.join(vocab)!r:.200}"),)))
 
 
@@ -138,10 +134,11 @@ def generate(model: Model, stream: Stream, vocab: Sequence[str], prompt: str, to
     if stream.spec.carries and not isinstance(fixed, int):
         carries = {c.name: np.zeros(_carry_shape(c, 1), np_dtype(c.type.dtype)) for c in stream.spec.carries}
         logits, carries = _run(model, stream, np.array([ids], np.int64), carries)
-        for _ in range(tokens):
+        for k in range(tokens):
             nxt = pick(logits[0, -1, :len(vocab)], temperature, rng)
             yield vocab[nxt]
-            logits, carries = _run(model, stream, np.array([[nxt]], np.int64), carries)
+            if k + 1 < tokens:   # the last character's successor is not asked for
+                logits, carries = _run(model, stream, np.array([[nxt]], np.int64), carries)
         return
     # No state to carry (or a fixed length): run a window of the text so far for every token.
     if isinstance(fixed, int):
@@ -176,9 +173,10 @@ def _run(model: Model, stream: Stream, tokens: np.ndarray, carries: dict[str, np
 
 
 def next_distribution(logits: np.ndarray, temperature: float) -> np.ndarray:
-    """softmax(logits / temperature) in float64."""
-    z = logits.astype(np.float64) / temperature
-    z = np.exp(z - z.max())
+    """softmax(logits / temperature) in float64 (shifted first, so that a tiny temperature gives 0 and
+    1, not inf / inf)."""
+    z = logits.astype(np.float64)
+    z = np.exp((z - z.max()) / temperature)
     return z / z.sum()
 
 

@@ -127,6 +127,8 @@ def test_pick_draws_by_the_distribution():
     # temperature 2 flattens: p ∝ sqrt(p)
     flat = np.sqrt([0.7, 0.2, 0.1]) / np.sqrt([0.7, 0.2, 0.1]).sum()
     np.testing.assert_allclose(sample.next_distribution(logits, 2.0), flat, rtol=1e-12)
+    # a temperature near 0 is the argmax, without overflow
+    np.testing.assert_array_equal(sample.next_distribution(np.array([1.0, 3.0, 2.0]), 1e-300), [0, 1, 0])
 
 
 def test_a_model_without_recurrence_reruns_a_window():
