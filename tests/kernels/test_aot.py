@@ -5,6 +5,7 @@ import pytest
 
 import dln
 from dln.compiler import pipeline
+from dln.compiler.ir import Op
 from dln.kernels.aot import compile_all
 from dln.kernels.module import generate_module
 from dln.runtime.train import recipe_for
@@ -26,18 +27,24 @@ def compiled(tmp_path_factory):
         generated_all, results_all = [], []
         for objective in recipe_for(model).objectives:
             step = pipeline.train_step(model.train_spec, objective)
+            if any(n.op is Op.SCAN for n in step.graph.nodes):
+                results[path] = None   # recurrent layers (the char-LMs): the Triton backend does not run scan yet
+                break
             generated = generate_module(step.graph, step.donate)
             out = tmp_path_factory.mktemp("aot")
             module = out / "kernels.py"
             module.write_text(generated.source)
             generated_all.append(generated)
             results_all += compile_all(generated, str(module), ["sm_80", "sm_90"], str(out))
-        results[path] = (generated_all, results_all)
+        else:
+            results[path] = (generated_all, results_all)
     return results
 
 
 @pytest.mark.parametrize("path", MODELS)
 def test_every_kernel_compiles_for_both_targets(compiled, path):
+    if compiled[path] is None:
+        pytest.skip("the Triton backend does not run scan yet")
     generated, results = compiled[path]
     names = {k.name for g in generated for k in g.kernels}
     for target in ("sm_80", "sm_90"):
@@ -46,6 +53,8 @@ def test_every_kernel_compiles_for_both_targets(compiled, path):
 
 @pytest.mark.parametrize("path", MODELS)
 def test_no_spills_and_shared_memory_fits(compiled, path):
+    if compiled[path] is None:
+        pytest.skip("the Triton backend does not run scan yet")
     _, results = compiled[path]
     for r in results:
         assert r.spills == 0, f"{r.name} spills {r.spills} bytes on {r.target}"
