@@ -65,7 +65,19 @@ def gpu_config(kind: str, sizes: Mapping[str, Dim], epilogue_weight: int = 0) ->
         return {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k, "num_warps": warps}
     if kind == "convolution":
         return _convolution_config(sizes, epilogue_weight)
+    if kind == "scan":
+        return scan_config(sizes)
     raise ValueError(kind)
+
+
+def scan_config(sizes: Mapping[str, Dim]) -> dict[str, int]:
+    """A persistent recurrent kernel: BLOCK_B batch rows per program, the carries and one step's gate
+    blocks [BLOCK_B, H] in registers.  16 rows (`tl.dot`'s minimum) keep the most programs for small
+    batches; each program re-reads the weights every step, so wider batches take 32 or 64 rows."""
+    b, h = _size(sizes["B"]), _size(sizes["H"])
+    block_b = max(16, min(64, next_pow2(b) // 4 if b >= 256 else 16))
+    warps = 8 if block_b * h >= 64 * 128 else 4
+    return {"BLOCK_B": block_b, "num_warps": warps}
 
 
 def _convolution_config(sizes: Mapping[str, Dim], epilogue_weight: int) -> dict[str, int]:
@@ -102,6 +114,8 @@ def autotune_candidates(kind: str) -> list[dict[str, int]]:
     if kind == "reduction":
         return [{"BLOCK_M": m, "BLOCK_N": n, "num_warps": w}
                 for m, n, w in ((1, 1024, 4), (4, 256, 4), (16, 128, 4), (64, 16, 4), (8, 512, 8))]
+    if kind == "scan":
+        return [{"BLOCK_B": b, "num_warps": w} for b, w in ((16, 4), (32, 4), (64, 8), (16, 8))]
     return [{"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k, "num_warps": w}
             for m, n, k, w in ((64, 64, 32, 4), (128, 64, 32, 4), (64, 128, 32, 4), (32, 32, 32, 4),
                                (128, 128, 32, 8))]
@@ -117,6 +131,8 @@ def _interpreter_config(kind, sizes):
     if kind == "reduction":
         block_n = max(2, p2(sizes["cols"], 1 << 12))
         return {"BLOCK_M": max(1, p2(sizes["rows"], max(1, (1 << 14) // block_n))), "BLOCK_N": block_n}
+    if kind == "scan":
+        return {"BLOCK_B": max(16, p2(sizes["B"], 64))}
     return {"BLOCK_M": max(16, p2(sizes["M"], 128)), "BLOCK_N": max(16, p2(sizes["N"], 128)),
             "BLOCK_K": max(16, p2(sizes["K"], 128))}
 '''

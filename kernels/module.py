@@ -177,7 +177,7 @@ def _launcher(plan: FusionPlan, kernels: list[KernelSource]) -> list[str]:
         body.append(f"cfg = self._cfg({json.dumps(kernel.name)}, {sizes})")
         if kernel.wide:
             tensors = ", ".join(f"{_tensor(p.node)}.numel()" for p in kernel.pointers)
-            body.append(f"cfg = dict(cfg, WIDE=max({tensors}) >= 2 ** 31)")
+            body.append(f"cfg = dict(cfg, WIDE=max([{tensors}]) >= 2 ** 31)")  # one tensor or several
         args = [_tensor(p.node) for p in kernel.pointers] + [f"s_{s}" for s in kernel.symbols]
         grid = "lambda meta: (" + ", ".join(kernel.grid) + ",)"
         body.append(f"self.kernels[{json.dumps(kernel.name)}][{grid}](")
