@@ -72,31 +72,15 @@ def gpu_config(kind: str, sizes: Mapping[str, Dim], epilogue_weight: int = 0) ->
 
 def scan_config(sizes: Mapping[str, Dim]) -> dict[str, int]:
     """A persistent recurrent kernel: BLOCK_B batch rows per program, the carries and one step's gate
-    blocks [BLOCK_B, H] in registers.  16 rows (`tl.dot`'s minimum) keep the most programs for small
-    batches; each program re-reads the weights every step, so wider batches take 32 or 64 rows."""
-    b, h = _size(sizes["B"]), _size(sizes["H"])
-    block_b = max(16, min(64, next_pow2(b) // 4 if b >= 256 else 16))
-    warps = 8 if block_b * h >= 64 * 128 else 4
-    return {"BLOCK_B": block_b, "num_warps": warps}
-
-
-def _convolution_config(sizes: Mapping[str, Dim], epilogue_weight: int) -> dict[str, int]:
-    """An implicit GEMM's tiles: as a matmul's, but its operand addresses are computed per element
-    of the tile (the im2col split of k into channel and taps, the window's masks), which keeps a
-    [BLOCK_M, BLOCK_K] and a [BLOCK_K, BLOCK_N] tile of integers live beside the accumulator."""
-    m, n, k = _size(sizes["M"]), _size(sizes["N"]), _size(sizes["K"])
-    # Rows stay 64 wide where there are as many (Hopper's wgmma, HGMMA, takes 64-row tiles); a heavy
-    # epilogue (an optimizer update beside a weight gradient) narrows the columns: measured without
-    # spills at 64 x 32, 4 warps, with Adam's update fused.
-    block_m = max(16, min(64, next_pow2(m)))
-    block_n = max(16, min(64 if epilogue_weight <= 12 else 32, next_pow2(n)))
-    # Measured with ptxas: a K loop of a single iteration with BLOCK_K = 32 (K = 27: three channels
-    # of 3 x 3 taps) spills hundreds of bytes at any warp count, BLOCK_K = 16 none.
-    block_k = 32 if k >= 64 else 16
-    # Measured with ptxas: a 64 x 64 x 32 tile at 4 warps reaches 255 registers on sm_80 and spills
-    # (exact fp32 products, FMA); 8 warps halve each thread's share.
-    warps = 8 if block_m * block_n > 32 * 64 else 4
-    return {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k, "num_warps": warps}
+    blocks [BLOCK_B, H] in registers, products in BLOCK_K-deep chunks.  Measured with ptxas for an LSTM
+    with H = 128 (four [16, 128] gate blocks): 16 rows, 16-deep chunks and 8 warps compile without
+    spills on sm_80 (fp32 FMA and tf32 HMMA alike); 4 warps or 32-deep chunks spill.  16 rows (`tl.dot`'s
+    minimum) also keep the most programs busy for small batches."""
+    h = _size(sizes["H"])
+    warps = 8 if h >= 64 else 4
+    # num_stages 1: the loop carries its state, so pipelining the weight loads across steps only
+    # multiplies their shared-memory buffers (measured: 520 KiB at the default depth for H = 128).
+    return {"BLOCK_B": 16, "BLOCK_K": 16, "num_warps": warps, "num_stages": 1}
 
 
 # A random draw keeps Philox's four 32-bit lanes and its key live through ten rounds.
@@ -115,7 +99,8 @@ def autotune_candidates(kind: str) -> list[dict[str, int]]:
         return [{"BLOCK_M": m, "BLOCK_N": n, "num_warps": w}
                 for m, n, w in ((1, 1024, 4), (4, 256, 4), (16, 128, 4), (64, 16, 4), (8, 512, 8))]
     if kind == "scan":
-        return [{"BLOCK_B": b, "num_warps": w} for b, w in ((16, 4), (32, 4), (64, 8), (16, 8))]
+        return [{"BLOCK_B": b, "BLOCK_K": k, "num_warps": w, "num_stages": 1}
+                for b, k, w in ((16, 16, 8), (16, 16, 4), (32, 16, 8), (16, 32, 8), (64, 16, 8))]
     return [{"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k, "num_warps": w}
             for m, n, k, w in ((64, 64, 32, 4), (128, 64, 32, 4), (64, 128, 32, 4), (32, 32, 32, 4),
                                (128, 128, 32, 8))]
@@ -132,7 +117,7 @@ def _interpreter_config(kind, sizes):
         block_n = max(2, p2(sizes["cols"], 1 << 12))
         return {"BLOCK_M": max(1, p2(sizes["rows"], max(1, (1 << 14) // block_n))), "BLOCK_N": block_n}
     if kind == "scan":
-        return {"BLOCK_B": max(16, p2(sizes["B"], 64))}
+        return {"BLOCK_B": max(16, p2(sizes["B"], 64)), "BLOCK_K": 16}
     return {"BLOCK_M": max(16, p2(sizes["M"], 128)), "BLOCK_N": max(16, p2(sizes["N"], 128)),
             "BLOCK_K": max(16, p2(sizes["K"], 128))}
 '''

@@ -113,8 +113,9 @@ def _launcher(plan: FusionPlan, kernels: list[KernelSource]) -> list[str]:
         "        self.tuned = set()",
         "        if autotune and not self.interpret:",
         "            for name, candidates in AUTOTUNE.items():",
-        "                configs_ = [triton.Config({k: v for k, v in c.items() if k != 'num_warps'},",
-        "                                          num_warps=c.get('num_warps', 4)) for c in candidates]",
+        "                configs_ = [triton.Config({k: v for k, v in c.items() if k not in ('num_warps', 'num_stages')},",
+        "                                          num_warps=c.get('num_warps', 4), num_stages=c.get('num_stages', 3))",
+        "                            for c in candidates]",
         "                self.kernels[name] = triton.autotune(configs=configs_, key=KEYS[name])(globals()[name])",
         "                self.tuned.add(name)",
         "        self._slots = {}",
@@ -123,6 +124,12 @@ def _launcher(plan: FusionPlan, kernels: list[KernelSource]) -> list[str]:
         "        buf = self._slots.get(k)",
         "        if buf is None or buf.numel() < numel or buf.dtype != dtype:",
         "            buf = self._slots[k] = torch.empty(max(int(numel), 1), dtype=dtype, device=self.device)",
+        "        return buf",
+        "",
+        "    def _scratch(self, name, numel, dtype):",
+        "        buf = self._slots.get(name)",
+        "        if buf is None or buf.numel() < numel or buf.dtype != dtype:",
+        "            buf = self._slots[name] = torch.empty(max(int(numel), 1), dtype=dtype, device=self.device)",
         "        return buf",
         "",
         "    def _cfg(self, name, sizes):",
@@ -179,6 +186,10 @@ def _launcher(plan: FusionPlan, kernels: list[KernelSource]) -> list[str]:
             tensors = ", ".join(f"{_tensor(p.node)}.numel()" for p in kernel.pointers)
             body.append(f"cfg = dict(cfg, WIDE=max([{tensors}]) >= 2 ** 31)")  # one tensor or several
         args = [_tensor(p.node) for p in kernel.pointers] + [f"s_{s}" for s in kernel.symbols]
+        if kernel.workspace is not None:  # a kernel's own scratch (a scan's staged product operands)
+            numel_, dtype_ = kernel.workspace
+            args.insert(len(kernel.pointers), f"self._scratch({json.dumps(kernel.name)}, {render_dim(numel_)}, "
+                                              f"{TORCH_DTYPES[dtype_]})")
         grid = "lambda meta: (" + ", ".join(kernel.grid) + ",)"
         body.append(f"self.kernels[{json.dumps(kernel.name)}][{grid}](")
         body.append("    " + ", ".join(args) + ",")

@@ -16,16 +16,21 @@ programs.  Such a scan becomes ONE kernel:
 Column slices of a product (an LSTM's four gates) are never cut out of
 registers: a value is evaluated on a column range, and a slice, a pad or a
 concat moves the range into its operand — a slice of x_t is a load at a
-column offset, a slice of `h @ W^T` is `h @ (a column block of W^T)`.  A
-value made of pads (the backward body's gate gradients) is split at the
-pads' edges: as the left operand of a product it contributes one `tl.dot`
-per block (against the matching rows of the weight), as a y one store per
-block.  Products accumulate in fp32 with the backend's `input_precision`.
+column offset, a slice of `h @ W^T` is `h @ (a column block of W^T)`, so the
+four gates are four products.  A value made of pads (the backward body's
+gate gradients) is split at the pads' edges: each block is computed, stored
+and used on its own, and the zeros outside a pad are folded away.
 
-The weights are read from global memory (L2-resident after the first step)
-every step, except when all the body's weight tiles together hold at most
-RESIDENT_LIMIT elements: then they are loaded once before the loop and stay
-in registers.  Const vectors (biases) are always loaded once.
+Registers cannot be cut along K either, so a product's left operand is
+staged each step through this program's rows of a small global scratch
+([rows, K], L1-resident, between two `tl.debug_barrier()`s) and each block
+of the product is a K loop of BLOCK_K-deep `tl.dot`s, accumulated in fp32
+(f64 for f64 bodies) with the backend's `input_precision` — an exact
+single dot over K = 128 in fp32 makes Triton's FMA lowering hold whole
+weight columns per thread and spill tens of KiB.  The weights are read
+from global memory (L2-resident after the first step) every step, in
+[BLOCK_K, block] tiles; const vectors (biases) are loaded once before the
+loop.
 
 Anything else (a carry read in part, a reduction, a product of two body
 values, half types, whose per-op rounding the persistent path does not
@@ -46,8 +51,6 @@ from dln.kernels.lowering import LOWER, TL_DTYPES
 from dln.kernels.precision import PRECISIONS
 from dln.kernels.templates import KernelSource, _pointers, _wrap
 
-# Weight tiles of at most this many elements in all stay in registers for the whole loop.
-RESIDENT_LIMIT = 4096
 ZERO = "<zero>"   # a block known to be zeros (the outside of a pad): folded away, never computed
 
 
@@ -80,7 +83,8 @@ class Recurrence:
     carry_vars: dict[int, str]         # body input id -> register variable
     x_pointers: dict[int, tuple[str, int]]   # body input id -> (pointer, columns)
     const_pointers: dict[int, str]     # body input id -> pointer
-    resident: bool = False
+    scratch_width: int = 0             # columns of the scratch: the product operands side by side
+    staged: dict[int, int] = field(default_factory=dict)   # product operand -> its column offset in the scratch
     prologue: list[str] = field(default_factory=list)
     loop: list[str] = field(default_factory=list)
     memo: dict[tuple[int, int, int], str] = field(default_factory=dict)
@@ -170,20 +174,6 @@ class Recurrence:
                 return ConstView(src.pointer, src.base, (0, src.strides[0]))
         raise NotRowParallel(f"%{n.id} {n.op.value} is not a view of a const")
 
-    def weight_block(self, b_id: int, k_lo: int, k_hi: int, lo: int, hi: int) -> str:
-        """Rows k_lo..k_hi, columns lo..hi of a const matrix, as a [tile, tile] block (masked to zeros)."""
-        view = self.const_view(b_id)
-        nt, nmask = self.cols(hi - lo)
-        kk = f"tl.arange(0, {tile(k_hi - k_lo)})[:, None]"
-        offset = f"{view.base + k_lo * view.strides[0] + lo * view.strides[1]} + {kk} * {view.strides[0]} + " \
-                 f"{nt} * {view.strides[1]}"
-        name = self.fresh(f"w{b_id}")
-        mask = f"({kk} < {k_hi - k_lo}) & {nmask}"
-        target = self.prologue if self.resident else self.loop
-        target.append(f"{name} = tl.load({view.pointer} + {offset}, mask={mask}, other=0.0)"
-                      f"  # %{b_id} rows {k_lo}:{k_hi}, columns {lo}:{hi}")
-        return name
-
     # ---- values on a column range --------------------------------------------------------------------------
     def value(self, node_id: int, lo: int, hi: int) -> str:
         """An expression (a variable, a literal or ZERO) of value `node_id` on columns lo..hi."""
@@ -259,29 +249,44 @@ class Recurrence:
         raise NotRowParallel(f"%{n.id} broadcasts {src.type} across columns or from a row value")
 
     def _matmul(self, n: Node, lo: int, hi: int) -> str:
+        """Columns lo..hi of (body value) @ (const view): a K loop of BLOCK_K-deep `tl.dot`s."""
         a_id, b_id = n.inputs
-        b = self.graph.node(b_id)
-        if len(b.shape) != 2:
+        if len(self.graph.node(b_id).shape) != 2:
             raise NotRowParallel(f"%{n.id}: a batched product")
-        self.const_view(b_id)   # the right operand must be a const view
-        acc = None
+        view = self.const_view(b_id)   # the right operand must be a const view
+        K = self.width(self.graph.node(a_id))
+        offset = self.stage(a_id)
+        cols, mask = self.cols(hi - lo)
+        acc = self.fresh(f"mm{n.id}")
         prec = "" if self.dtype is DType.F64 else f", input_precision={self.precision!r}"
+        acc_type = TL_DTYPES[self.dtype]
+        self.loop += [
+            f"{acc} = tl.zeros([BLOCK_B, {tile(hi - lo)}], {acc_type})  # %{n.id} columns {lo}:{hi}",
+            f"for kk in tl.range(0, {K}, BLOCK_K, loop_unroll_factor=1):  # rolled: one chunk of weights live",
+            f"    a = tl.load(scratch + rows * {self.scratch_width} + {offset} + kk + kcols, "
+            f"mask=row_ok & (kk + kcols < {K}), other=0.0)",
+            f"    w = tl.load({view.pointer} + ({view.base + lo * view.strides[1]} + kk * {view.strides[0]}) + "
+            f"(krows * {view.strides[0]} + {cols} * {view.strides[1]}), mask=(kk + krows < {K}) & {mask}, other=0.0)",
+            f"    {acc} = tl.dot(a, w, {acc}{prec})",
+        ]
+        return acc
+
+    def stage(self, a_id: int) -> int:
+        """Store a product's left operand to this program's rows of the scratch, once per step; its column
+        offset there.  Registers cannot be cut along K, so the K loop reads the operand back (from L1)."""
+        if a_id in self.staged:
+            return self.staged[a_id]
+        offset = self.staged[a_id] = sum(self.width(self.graph.node(i)) for i in self.staged)
+        stores = []
         for k_lo, k_hi in self.blocks(a_id):
-            a = self.value(a_id, k_lo, k_hi)
-            if a == ZERO:
-                continue
+            v = self.block(a_id, k_lo, k_hi)
             cols, mask = self.cols(k_hi - k_lo)
-            # Padding columns of a block hold whatever the ops made of zeros (sigmoid(0) = 0.5): masked
-            # to zero so they meet the weight's zero rows without NaN (0 * inf).
-            a_tile = f"tl.where({mask}, {a}, 0.0)" if not _is_literal(a) else self.full(a, k_hi - k_lo)
-            w = self.weight_block(b_id, k_lo, k_hi, lo, hi)
-            name = self.fresh(f"mm{n.id}")
-            if acc is None:
-                self.loop.append(f"{name} = tl.dot({a_tile}, {w}{prec})  # %{n.id} columns {lo}:{hi}, k {k_lo}:{k_hi}")
-            else:
-                self.loop.append(f"{name} = tl.dot({a_tile}, {w}, {acc}{prec})  # k {k_lo}:{k_hi}")
-            acc = name
-        return acc if acc is not None else ZERO
+            stores.append(f"tl.store(scratch + rows * {self.scratch_width} + {offset + k_lo} + {cols}, {v}, "
+                          f"mask=row_ok & {mask})  # %{a_id} columns {k_lo}:{k_hi}")
+        self.loop.append(f"tl.debug_barrier()  # every thread has read the scratch's last step")
+        self.loop += stores
+        self.loop.append(f"tl.debug_barrier()  # %{a_id} is in the scratch for every thread")
+        return offset
 
     def _elementwise(self, n: Node, lo: int, hi: int) -> str:
         if n.dtype not in (DType.F32, DType.F64) and n.dtype is not DType.BOOL:
@@ -347,7 +352,7 @@ def persistent(plan: FusionPlan, group: Group, k: int, precision: str) -> Kernel
         rec.width(c)
     for j, p in enumerate(xs):
         rec.x_pointers[p.id] = (pointers[outer[n_carry + j]].name, rec.width(p))
-    rec.resident = _weights_fit(rec, body)
+    rec.scratch_width = sum(rec.width(body.node(a)) for a in {body.node(i).inputs[0] for i in _products(body)})
     outputs = [body.node(i) for _, i in body.outputs]
     new_carries, ys = outputs[:n_carry], outputs[n_carry:]
     stores: dict[int, list[str]] = {}   # result index -> pointers of the result nodes stored
@@ -387,6 +392,9 @@ def persistent(plan: FusionPlan, group: Group, k: int, precision: str) -> Kernel
              "rows = pid * BLOCK_B + tl.arange(0, BLOCK_B)[:, None]",
              f"row_ok = rows < {render_dim(rows)}"]
     lines += [f"cols{t} = tl.arange(0, {t})[None, :]" for t in sorted(rec.columns)]
+    if rec.staged:
+        lines += ["kcols = tl.arange(0, BLOCK_K)[None, :]  # a K chunk of a product's left operand",
+                  "krows = tl.arange(0, BLOCK_K)[:, None]  # the same rows of its weight"]
     lines.append("# the carries: in registers for the whole loop")
     for c, j in zip(carries, range(n_carry)):
         w = rec.width(c)
@@ -395,8 +403,7 @@ def persistent(plan: FusionPlan, group: Group, k: int, precision: str) -> Kernel
         lines.append(f"{rec.carry_vars[c.id]} = tl.load({pointer} + rows * {w} + {cols}, mask=row_ok & {mask}, "
                      f"other=0.0).to({TL_DTYPES[dtype]})")
     if rec.prologue:
-        lines.append("# loop-invariant operands: " + ("biases and the recurrent weights, resident in registers"
-                                                       if rec.resident else "biases (weights are read each step)"))
+        lines.append("# loop-invariant operands (biases), loaded once")
         lines += rec.prologue
     lines.append(f"for i in range(0, {render_dim(length)}):")
     loop = ["t = " + (f"{render_dim(length)} - 1 - i" if scan.attrs["reverse"] else "i")]
@@ -412,27 +419,19 @@ def persistent(plan: FusionPlan, group: Group, k: int, precision: str) -> Kernel
     symbols = sorted(dim_symbols(rows) | dim_symbols(length))
     ordered = [pointers[i] for i in sorted(pointers)]
     head = ["@triton.jit", f"def {group.name}("]
-    head += [f"    {p.name}," for p in ordered] + [f"    s_{s}," for s in symbols]
-    head += ["    BLOCK_B: tl.constexpr,", "):", f'    """{_doc(scan, body, group, rec.resident)}"""']
+    head += [f"    {p.name}," for p in ordered] + ["    scratch,"] * bool(rec.staged) + [f"    s_{s}," for s in symbols]
+    head += ["    BLOCK_B: tl.constexpr,", "    BLOCK_K: tl.constexpr,", "):", f'    """{_doc(scan, body, group)}"""']
     source = "\n".join(head + ["    " + line for line in lines]) + "\n"
     gates = max((rec.width(body.node(i)) for i in _products(body)), default=0)
     sizes = {"B": rows, "T": length, "H": max(rec.width(c) for c in (*carries, *xs)), "N": gates}
     grid = [f"triton.cdiv({render_dim(rows)}, meta['BLOCK_B'])"]
-    return KernelSource(group.name, "scan", source, ordered, symbols, ["BLOCK_B"], grid, sizes)
+    workspace = (rows * rec.scratch_width, dtype) if rec.staged else None
+    return KernelSource(group.name, "scan", source, ordered, symbols, ["BLOCK_B", "BLOCK_K"], grid, sizes,
+                        workspace=workspace)
 
 
 def _products(body: Graph) -> list[int]:
     return [n.id for n in body.nodes if n.op is Op.MATMUL]
-
-
-def _weights_fit(rec: Recurrence, body: Graph) -> bool:
-    """Do all weight tiles of the body fit RESIDENT_LIMIT (counted at their padded tile sizes)?"""
-    total = 0
-    for i in _products(body):
-        n = body.node(i)
-        a = body.node(n.inputs[0])
-        total += tile(rec.width(a)) * tile(rec.width(n)) * max(1, len(rec.cuts(a.id)) + 1)
-    return total <= RESIDENT_LIMIT
 
 
 def _ident(name: str) -> str:
@@ -441,15 +440,15 @@ def _ident(name: str) -> str:
     return safe_name(name, 24) or "value"
 
 
-def _doc(scan: Node, body: Graph, group: Group, resident: bool) -> str:
+def _doc(scan: Node, body: Graph, group: Group) -> str:
     nodes = [n for n in body.nodes if n.op is not Op.INPUT]
     places = sorted({(n.loc.path, n.loc.line) for n in (scan, *nodes) if n.loc is not None})
     where = ", ".join(f"{path.split('/')[-1]}:{line}" for path, line in places)
     text = (f"Runs scan %{scan.id} ({'reverse, ' if scan.attrs['reverse'] else ''}{scan.attrs['carries']} carries, "
             f"{scan.attrs['xs']} xs) as one persistent loop over BLOCK_B batch rows; stores "
             f"{', '.join(f'%{s}' for s in group.stores)}. Body {body.name}: "
-            f"{', '.join(f'%{n.id} {n.op.value}' for n in nodes)}. Weights "
-            f"{'resident in registers' if resident else 'read from global memory (L2) each step'}. "
+            f"{', '.join(f'%{n.id} {n.op.value}' for n in nodes)}. Products read their left operand back from the "
+            f"scratch and their weights from global memory (L2) each step. "
             f"From {where or 'generated code'}.")
     return "\n    ".join(comment(line) for line in _wrap(text, 100))
 

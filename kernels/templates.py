@@ -52,6 +52,7 @@ class KernelSource:
     sizes: dict[str, Dim] = field(default_factory=dict)   # named problem sizes for the cost model
     zero_outputs: list[int] = field(default_factory=list)  # outputs the launcher zeroes first (scatter)
     wide: bool = False                         # takes WIDE: 64-bit offsets when a tensor is that large
+    workspace: tuple[Dim, DType] | None = None  # (elements, type) of a scratch buffer passed after the pointers
 
 
 def _start(em: Emitter, sizes: list[Dim], axis: int = 0, name: str = "pid") -> bool:
