@@ -85,6 +85,7 @@ class Recurrence:
     const_pointers: dict[int, str]     # body input id -> pointer
     scratch_width: int = 0             # columns of the scratch: the product operands side by side
     staged: dict[int, int] = field(default_factory=dict)   # product operand -> its column offset in the scratch
+    pending: dict[tuple[int, int, int], list[str]] = field(default_factory=dict)  # y blocks: their stores
     prologue: list[str] = field(default_factory=list)
     loop: list[str] = field(default_factory=list)
     memo: dict[tuple[int, int, int], str] = field(default_factory=dict)
@@ -180,6 +181,11 @@ class Recurrence:
         key = (node_id, lo, hi)
         if key not in self.memo:
             self.memo[key] = self._value(self.graph.node(node_id), lo, hi)
+            stores = self.pending.pop(key, [])
+            if stores:
+                v = self.memo[key]
+                block = self.full(v, hi - lo) if v == ZERO or _is_literal(v) else v
+                self.loop += [line.format(block) for line in stores]
         return self.memo[key]
 
     def _value(self, n: Node, lo: int, hi: int) -> str:
@@ -359,19 +365,16 @@ def persistent(plan: FusionPlan, group: Group, k: int, precision: str) -> Kernel
     for m in group.members[1:]:
         if m in group.stores:
             stores.setdefault(g.node(m).attrs["index"], []).append(pointers[m].name)
-    # The loop body: every stored y per block, then the new carries (whole: they stay in registers).
-    y_lines: list[str] = []
+    # The loop body: the new carries (whole: they stay in registers) and every stored y per block; a y
+    # is stored as soon as its block is computed, so it need not stay live to the end of the step.
     for j, y in enumerate(ys):
         targets = stores.get(n_carry + j, [])
-        if not targets:
-            continue
         columns = rec.width(y)
-        for lo, hi in rec.blocks(y.id):
-            v = rec.block(y.id, lo, hi)
+        for lo, hi in rec.blocks(y.id) if targets else []:
             cols, mask = rec.cols(hi - lo)
-            for p in targets:
-                y_lines.append(f"tl.store({p} + step_{columns} + rows * {columns} + {lo} + {cols}, {v}, "
-                               f"mask=row_ok & {mask})  # y {body.outputs[n_carry + j][0]}[t]")
+            rec.pending.setdefault((y.id, lo, hi), []).extend(
+                f"tl.store({p} + step_{columns} + rows * {columns} + {lo} + {cols}, {{}}, mask=row_ok & {mask})"
+                f"  # y {body.outputs[n_carry + j][0]}[t]" for p in targets)
     new_vars = []
     for c, new in zip(carries, new_carries):
         if rec.cuts(new.id):
@@ -379,8 +382,9 @@ def persistent(plan: FusionPlan, group: Group, k: int, precision: str) -> Kernel
         if rec.width(new) != rec.width(c):
             raise NotRowParallel("a carry changes shape")
         new_vars.append(rec.block(new.id, 0, rec.width(new)))
+    for key in list(rec.pending):   # ys the carries do not need
+        rec.value(*key)
     # Everything the loop stores is computed before the carries are replaced.
-    rec.loop += y_lines
     temps = [rec.fresh("next") for _ in carries]
     rec.loop += [f"{t} = {v}" for t, v in zip(temps, new_vars)]
     rec.loop += [f"{rec.carry_vars[c.id]} = {t}" for c, t in zip(carries, temps)]
