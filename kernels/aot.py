@@ -123,6 +123,8 @@ def jobs_for(generated, module_path: str, targets: list[str], out_dir: str | Non
     g = generated.plan.graph
     jobs = []
     for kernel in generated.kernels:
+        if kernel.host:
+            continue   # a Python loop (a scan step by step); its inner kernels are compiled with the module
         config = generated.configs[kernel.name]
         signature = {p.name: POINTER_TYPES[g.node(p.node).dtype] for p in kernel.pointers}
         if kernel.workspace is not None:

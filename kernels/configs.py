@@ -67,6 +67,8 @@ def gpu_config(kind: str, sizes: Mapping[str, Dim], epilogue_weight: int = 0) ->
         return _convolution_config(sizes, epilogue_weight)
     if kind == "scan":
         return scan_config(sizes)
+    if kind == "scan_steps":
+        return {}   # a host loop: its inner kernels have their own
     raise ValueError(kind)
 
 

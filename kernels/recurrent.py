@@ -34,7 +34,8 @@ loop.
 
 Anything else (a carry read in part, a reduction, a product of two body
 values, half types, whose per-op rounding the persistent path does not
-reproduce) runs in the step-by-step fallback (kernels/scan_steps.py).
+reproduce) runs in the step-by-step fallback (kernels/scan_steps.py): the
+body's own kernels launched once per step from a host loop.
 """
 
 from __future__ import annotations
@@ -458,12 +459,10 @@ def _doc(scan: Node, body: Graph, group: Group) -> str:
 
 
 def scan(plan: FusionPlan, group: Group, k: int, precision: str = "ieee") -> KernelSource:
-    """The kernel of a scan group: persistent when the body is row-parallel."""
-    from dln.dsl.diagnostics import Diagnostic, DlnError
+    """The kernel of a scan group: persistent when the body is row-parallel, else the host loop."""
+    from dln.kernels.scan_steps import stepwise
 
     try:
         return persistent(plan, group, k, precision)
     except NotRowParallel as why:
-        node = plan.graph.node(group.members[0])
-        raise DlnError(Diagnostic("E0303", f"this scan's body is not row-parallel ({why}); the Triton backend "
-                                           "runs only row-parallel scans", node.loc)) from None
+        return stepwise(plan, group, k, precision, str(why))

@@ -94,3 +94,34 @@ def layer(kind: str, D: int, H: int, reverse: bool = False, train: bool = False)
     names = {n.id: n.attrs["name"] for n in graph.inputs}
     full = full.with_outputs(list(full.outputs) + [(f"g_{names[k]}", v) for k, v in grads.items()])
     return optimize(full)
+
+
+def normed_body(H: int) -> Graph:
+    """h' = tanh(normalize(x_t + h @ W^T)) with the mean and mean square over the row's columns: a
+    reduction across columns, which the persistent kernel does not take (the step-by-step fallback)."""
+    b = GraphBuilder("normed.body")
+    h = b.input("h", TensorType(F, (B, H)), role="carry")
+    x = b.input("x", TensorType(F, (B, H)), role="x")
+    W = b.input("W_hh", TensorType(F, (H, H)), role="const")
+    a = b.add(x, b.matmul(h, b.transpose(W)))
+    centred = b.sub(a, b.mean(a, 1, keepdim=True))
+    new = b.tanh(b.div(centred, b.sqrt(b.add(b.mean(b.mul(centred, centred), 1, keepdim=True), 1e-3))))
+    return b.finish([("h", new), ("y", new)])
+
+
+def normed_layer(H: int, reverse: bool = False, train: bool = False) -> Graph:
+    b = GraphBuilder("normed_layer")
+    X = b.input("X", TensorType(F, (T, B, H)))
+    W_hh = b.input("W_hh", TensorType(F, (H, H)), role="param")
+    h0 = b.input("h0", TensorType(F, (B, H)))
+    (hT,), (ys,) = b.scan(normed_body(H), [h0], [X], [W_hh], reverse=reverse)
+    if not train:
+        return optimize(b.finish([("ys", ys), ("hT", hT)]))
+    cot = b.input("cot", TensorType(F, (T, B, H)))
+    loss = b.add(b.sum(b.mul(ys, cot)), b.sum(b.mul(hT, hT)))
+    graph = b.finish([("loss", loss), ("ys", ys), ("hT", hT)])
+    wrt = [X.id, W_hh.id, h0.id]
+    full, grads, _ = grad(graph, loss.id, wrt)
+    names = {n.id: n.attrs["name"] for n in graph.inputs}
+    full = full.with_outputs(list(full.outputs) + [(f"g_{names[k]}", v) for k, v in grads.items()])
+    return optimize(full)

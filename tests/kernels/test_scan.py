@@ -136,3 +136,17 @@ def test_plan_results_are_buffers():
     for gr in plan.groups:
         if gr.kind != "scan":
             assert not any(g.node(m).op in (Op.SCAN, Op.RESULT) for m in gr.members)
+
+
+@pytest.mark.parametrize("train, reverse", [(False, False), (True, False), (True, True)])
+def test_fallback_for_a_body_that_is_not_row_parallel(train, reverse):
+    """A body normalizing over each row's columns (a reduction across columns) runs step by step: a host
+    loop launching the body's own kernels once per step, forward and backward."""
+    from .scan_graphs import normed_layer
+
+    generated = _compare(normed_layer(H, reverse=reverse, train=train), seed=6)
+    hosts = [k for k in generated.kernels if k.kind == "scan_steps"]
+    assert len(hosts) == (2 if train else 1) and not _scan_kernels(generated)
+    for host in hosts:
+        assert host.host and host.inner and "row-parallel" in host.source
+        assert all(inner.name.startswith(f"{host.name}_body_") for inner in host.inner)
