@@ -85,6 +85,25 @@ def scan_config(sizes: Mapping[str, Dim]) -> dict[str, int]:
     return {"BLOCK_B": 16, "BLOCK_K": 16, "num_warps": warps, "num_stages": 1}
 
 
+def _convolution_config(sizes: Mapping[str, Dim], epilogue_weight: int) -> dict[str, int]:
+    """An implicit GEMM's tiles: as a matmul's, but its operand addresses are computed per element
+    of the tile (the im2col split of k into channel and taps, the window's masks), which keeps a
+    [BLOCK_M, BLOCK_K] and a [BLOCK_K, BLOCK_N] tile of integers live beside the accumulator."""
+    m, n, k = _size(sizes["M"]), _size(sizes["N"]), _size(sizes["K"])
+    # Rows stay 64 wide where there are as many (Hopper's wgmma, HGMMA, takes 64-row tiles); a heavy
+    # epilogue (an optimizer update beside a weight gradient) narrows the columns: measured without
+    # spills at 64 x 32, 4 warps, with Adam's update fused.
+    block_m = max(16, min(64, next_pow2(m)))
+    block_n = max(16, min(64 if epilogue_weight <= 12 else 32, next_pow2(n)))
+    # Measured with ptxas: a K loop of a single iteration with BLOCK_K = 32 (K = 27: three channels
+    # of 3 x 3 taps) spills hundreds of bytes at any warp count, BLOCK_K = 16 none.
+    block_k = 32 if k >= 64 else 16
+    # Measured with ptxas: a 64 x 64 x 32 tile at 4 warps reaches 255 registers on sm_80 and spills
+    # (exact fp32 products, FMA); 8 warps halve each thread's share.
+    warps = 8 if block_m * block_n > 32 * 64 else 4
+    return {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k, "num_warps": warps}
+
+
 # A random draw keeps Philox's four 32-bit lanes and its key live through ten rounds.
 RANDOM_WEIGHT = 12
 

@@ -46,7 +46,7 @@ from dln.compiler.fusion.planner import FusionPlan, Group
 from dln.compiler.ir import DType, Graph, GroupOp, Node, Op
 from dln.compiler.symbolic import Dim, dims_equal
 from dln.kernels.configs import next_pow2
-from dln.kernels.emitter import Pointer, comment, dim_symbols, render_dim
+from dln.kernels.emitter import comment, dim_symbols, render_dim
 from dln.kernels.emitter import _literal as literal
 from dln.kernels.lowering import LOWER, TL_DTYPES
 from dln.kernels.precision import PRECISIONS
@@ -290,7 +290,7 @@ class Recurrence:
             cols, mask = self.cols(k_hi - k_lo)
             stores.append(f"tl.store(scratch + rows * {self.scratch_width} + {offset + k_lo} + {cols}, {v}, "
                           f"mask=row_ok & {mask})  # %{a_id} columns {k_lo}:{k_hi}")
-        self.loop.append(f"tl.debug_barrier()  # every thread has read the scratch's last step")
+        self.loop.append("tl.debug_barrier()  # every thread has read the scratch's last step")
         self.loop += stores
         self.loop.append(f"tl.debug_barrier()  # %{a_id} is in the scratch for every thread")
         return offset

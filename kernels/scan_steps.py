@@ -40,7 +40,8 @@ def stepwise(plan: FusionPlan, group: Group, k: int, precision: str, why: str) -
     lines = lines[lines.index("class Program:"):lines.index("def _check_arena(tensors, offsets):")]
     lines[0] = f"class {class_name}:"
     assert lines[1].lstrip().startswith('"""')
-    lines[1] = f'    """One step of scan %{scan.id}: body {comment(body.name)}, buffers in, buffers out (outputs alias its workspace)."""'
+    lines[1] = (f'    """One step of scan %{scan.id}: body {comment(body.name)}, buffers in, buffers out (outputs '
+                'alias its workspace)."""')
     while lines and not lines[-1]:
         lines.pop()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dln.compiler.autodiff import grad
 from dln.compiler.emit import GraphBuilder, Tensor
-from dln.compiler.ir import DType, Graph, Op, TensorType
+from dln.compiler.ir import DType, Graph, TensorType
 from dln.compiler.pipeline import optimize
 from dln.compiler.symbolic import Sym
 
