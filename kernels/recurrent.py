@@ -423,7 +423,10 @@ def persistent(plan: FusionPlan, group: Group, k: int, precision: str) -> Kernel
             lines.append(f"tl.store({p} + rows * {w} + {cols}, {rec.carry_vars[c.id]}, mask=row_ok & {mask})")
     symbols = sorted(dim_symbols(rows) | dim_symbols(length))
     ordered = [pointers[i] for i in sorted(pointers)]
-    head = ["@triton.jit", f"def {group.name}("]
+    # The length is not specialized on (Triton would compile apart T = 1 and multiples of 16): one
+    # compile serves every length.
+    steps = [f"s_{s}" for s in sorted(dim_symbols(length))]
+    head = [f"@triton.jit(do_not_specialize={steps})" if steps else "@triton.jit", f"def {group.name}("]
     head += [f"    {p.name}," for p in ordered] + ["    scratch,"] * bool(rec.staged) + [f"    s_{s}," for s in symbols]
     head += ["    BLOCK_B: tl.constexpr,", "    BLOCK_K: tl.constexpr,", "):", f'    """{_doc(scan, body, group)}"""']
     source = "\n".join(head + ["    " + line for line in lines]) + "\n"

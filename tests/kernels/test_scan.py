@@ -150,3 +150,8 @@ def test_fallback_for_a_body_that_is_not_row_parallel(train, reverse):
     for host in hosts:
         assert host.host and host.inner and "row-parallel" in host.source
         assert all(inner.name.startswith(f"{host.name}_body_") for inner in host.inner)
+
+
+def test_empty_batch():
+    """B = 0: no program runs; empty ys and final states, zero weight gradients."""
+    _compare(layer("lstm", D, H, train=True), env={"B": 0, "T": 3})
