@@ -356,7 +356,7 @@ def persistent(plan: FusionPlan, group: Group, k: int, precision: str) -> Kernel
                      carry_vars={p.id: f"carry_{_ident(p.attrs['name'])}" for p in carries}, x_pointers={},
                      const_pointers={p.id: pointers[outer[n_carry + n_xs + j]].name for j, p in enumerate(consts)})
     for c in carries:
-        rec.width(c)
+        rec.cols(rec.width(c))   # the initial loads and final stores use its column range
     for j, p in enumerate(xs):
         rec.x_pointers[p.id] = (pointers[outer[n_carry + j]].name, rec.width(p))
     rec.scratch_width = sum(rec.width(body.node(a)) for a in {body.node(i).inputs[0] for i in _products(body)})

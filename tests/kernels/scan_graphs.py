@@ -125,3 +125,21 @@ def normed_layer(H: int, reverse: bool = False, train: bool = False) -> Graph:
     names = {n.id: n.attrs["name"] for n in graph.inputs}
     full = full.with_outputs(list(full.outputs) + [(f"g_{names[k]}", v) for k, v in grads.items()])
     return optimize(full)
+
+
+def passthrough_layer(H: int, K: int) -> Graph:
+    """An RNN with a second carry [B, K] handed on unchanged each step and a y that is a carry: values
+    the loop never computes on."""
+    b = GraphBuilder("passthrough.body")
+    h = b.input("h", TensorType(F, (B, H)), role="carry")
+    keep = b.input("keep", TensorType(F, (B, K)), role="carry")
+    x = b.input("x", TensorType(F, (B, H)), role="x")
+    W = b.input("W_hh", TensorType(F, (H, H)), role="const")
+    new = b.tanh(b.add(x, b.matmul(h, b.transpose(W))))
+    body = b.finish([("h", new), ("keep", keep), ("y", new), ("kept", keep)])
+    outer = GraphBuilder("passthrough_layer")
+    X = outer.input("X", TensorType(F, (T, B, H)))
+    W_hh = outer.input("W_hh", TensorType(F, (H, H)), role="param")
+    h0, k0 = outer.input("h0", TensorType(F, (B, H))), outer.input("k0", TensorType(F, (B, K)))
+    (hT, kT), (ys, kept) = outer.scan(body, [h0, k0], [X], [W_hh])
+    return optimize(outer.finish([("ys", ys), ("hT", hT), ("kT", kT), ("kept", kept)]))

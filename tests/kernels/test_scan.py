@@ -155,3 +155,11 @@ def test_fallback_for_a_body_that_is_not_row_parallel(train, reverse):
 def test_empty_batch():
     """B = 0: no program runs; empty ys and final states, zero weight gradients."""
     _compare(layer("lstm", D, H, train=True), env={"B": 0, "T": 3})
+
+
+def test_carries_the_loop_never_computes_on():
+    """A carry handed on unchanged (20 columns: its own 32-wide block) and a y that is that carry."""
+    from .scan_graphs import passthrough_layer
+
+    generated = _compare(passthrough_layer(H, 20), seed=7)
+    assert _scan_kernels(generated) and "cols32" in _scan_kernels(generated)[0].source
