@@ -466,29 +466,7 @@ COMPOSITES = [
     Case("softmax_like", {"x": normal((6, 7))},
          lambda b, x: b.div(b.unary(Op.EXP, x), b.sum(b.unary(Op.EXP, x), 1, keepdim=True)),
          lambda x: torch.softmax(x, 1)),
-    # scan and its results: a tanh RNN over 4 steps, its ys and final state (the VJP is a reverse scan)
-    Case("scan_rnn", {"x": normal((4, 3, 5)), "h0": normal((3, 5)), "W": normal((5, 5))},
-         lambda b, x, h0, W: _rnn_scan(b, x, h0, W),
-         lambda x, h0, W: _torch_rnn(x, h0, W)),
 ]
-
-
-def _rnn_scan(b: GraphBuilder, x, h0, W):
-    body = GraphBuilder("rnn.body")
-    h = body.input("h", TensorType(DType.F64, (3, 5)), role="carry")
-    xt = body.input("x", TensorType(DType.F64, (3, 5)), role="x")
-    w = body.input("W", TensorType(DType.F64, (5, 5)), role="const")
-    new = body.tanh(body.add(xt, body.matmul(h, body.transpose(w))))
-    (final,), (ys,) = b.scan(body.finish([("h", new), ("y", new)]), [h0], [x], [W])
-    return b.add(ys, b.broadcast_to(b.unary(Op.SIN, final), ys.shape))
-
-
-def _torch_rnn(x, h0, W):
-    h, ys = h0, []
-    for t in range(x.shape[0]):
-        h = torch.tanh(x[t] + h @ W.T)
-        ys.append(h)
-    return torch.stack(ys) + torch.sin(h)
 
 
 @pytest.mark.parametrize("case", COMPOSITES, ids=ids(COMPOSITES))
