@@ -63,6 +63,7 @@ class Job:
     num_warps: int
     target: str
     out_dir: str | None
+    num_stages: int | None = None   # software pipelining depth (None: Triton's default)
 
 
 def ptxas_path() -> str:
@@ -89,7 +90,8 @@ def _compile(job: Job) -> CompiledKernel:
     began = time.perf_counter()
     source = ASTSource(fn=fn, signature=job.signature, constexprs=job.constexprs)
     compiled = triton.compile(source, target=GPUTarget("cuda", TARGETS[job.target], 32),
-                              options={"num_warps": job.num_warps})
+                              options={"num_warps": job.num_warps,
+                                       **({"num_stages": job.num_stages} if job.num_stages else {})})
     seconds = time.perf_counter() - began
     capability = TARGETS[job.target]
     arch = f"sm_{capability}a" if capability >= 90 else f"sm_{capability}"  # Triton targets sm_90a on Hopper
@@ -121,8 +123,12 @@ def jobs_for(generated, module_path: str, targets: list[str], out_dir: str | Non
     g = generated.plan.graph
     jobs = []
     for kernel in generated.kernels:
+        if kernel.host:
+            continue   # a Python loop (a scan step by step); its inner kernels are compiled with the module
         config = generated.configs[kernel.name]
         signature = {p.name: POINTER_TYPES[g.node(p.node).dtype] for p in kernel.pointers}
+        if kernel.workspace is not None:
+            signature["scratch"] = POINTER_TYPES[kernel.workspace[1]]
         signature.update({f"s_{s}": "i32" for s in kernel.symbols})
         signature.update({b: "constexpr" for b in kernel.blocks})
         constexprs = {b: config[b] for b in kernel.blocks if b != "WIDE"}
@@ -130,7 +136,7 @@ def jobs_for(generated, module_path: str, targets: list[str], out_dir: str | Non
             constexprs["WIDE"] = False  # the variant every size below 2**31 elements runs
         for target in targets:
             jobs.append(Job(module_path, kernel.name, signature, constexprs, config.get("num_warps", 4), target,
-                            out_dir))
+                            out_dir, config.get("num_stages")))
     return jobs
 
 

@@ -6,6 +6,7 @@ from typing import Callable
 
 from dln.compiler.fusion.planner import FusionPlan, Group
 from dln.kernels.convolution import convolution
+from dln.kernels.recurrent import scan
 from dln.kernels.templates import KernelSource, matmul, multi_tensor, pointwise, reduction, scatter
 
 Template = Callable[[FusionPlan, Group, int], KernelSource]
@@ -21,6 +22,7 @@ TEMPLATES: dict[str, Template] = {
 CONTRACTIONS: dict[str, Callable[[FusionPlan, Group, int, str], KernelSource]] = {
     "matmul": matmul,
     "convolution": convolution,
+    "scan": scan,   # a persistent recurrent kernel (or the step-by-step fallback)
 }
 
 

@@ -45,15 +45,31 @@ def generate_module(graph: Graph, donate: Mapping[str, str] | None = None, preci
                     title: str = "") -> GeneratedModule:
     plan = plan_graph(graph, donate)
     kernels = [generate(plan, group, k, precision) for k, group in enumerate(plan.groups)]
+    configs = kernel_configs(plan, kernels)
+    source = _module_source(plan, kernels, configs, title or graph.name)
+    arenas = [[plan.graph.node(n).attrs["name"] for n in a.nodes] for a in plan.memory.arenas if a.persistent]
+    return GeneratedModule(source, plan, kernels, configs, arenas)
+
+
+def kernel_configs(plan: FusionPlan, kernels: list[KernelSource]) -> dict[str, dict[str, int]]:
+    """The cost model's launch configuration of every Triton kernel (a host loop's inner kernels too)."""
     configs = {}
     for kernel, group in zip(kernels, plan.groups):
+        if kernel.host:
+            configs.update(kernel.inner_configs)
+            continue
         nodes = computed_nodes(plan, group)
         weight = epilogue_weight(sum(n.op not in GroupOp.Contraction and n.op is not Op.INPUT for n in nodes),
                                  sum(n.op is Op.RAND for n in nodes), len(group.stores))
         configs[kernel.name] = gpu_config(kernel.kind, kernel.sizes, weight)
-    source = _module_source(plan, kernels, configs, title or graph.name)
-    arenas = [[plan.graph.node(n).attrs["name"] for n in a.nodes] for a in plan.memory.arenas if a.persistent]
-    return GeneratedModule(source, plan, kernels, configs, arenas)
+    return configs
+
+
+def _jit_kernels(kernels: list[KernelSource]) -> list[KernelSource]:
+    out = []
+    for k in kernels:
+        out += _jit_kernels(k.inner) if k.host else [k]
+    return out
 
 
 def _module_source(plan: FusionPlan, kernels: list[KernelSource], configs: dict, title: str) -> str:
@@ -73,11 +89,14 @@ def _module_source(plan: FusionPlan, kernels: list[KernelSource], configs: dict,
         "",
     ]
     for kernel in kernels:
+        for inner in kernel.inner:
+            out += ["", inner.source.rstrip("\n"), ""]
         out += ["", kernel.source.rstrip("\n"), ""]
+    jit = _jit_kernels(kernels)
     out += ["", "CONFIGS = " + json.dumps(configs, indent=4, sort_keys=True), ""]
-    out += ["AUTOTUNE = " + json.dumps({k.name: autotune_candidates(k.kind) for k in kernels}, indent=4), ""]
-    out += ["KINDS = " + json.dumps({k.name: k.kind for k in kernels}, indent=4), ""]
-    out += ["KEYS = " + json.dumps({k.name: [f"s_{s}" for s in k.symbols] for k in kernels}, indent=4), ""]
+    out += ["AUTOTUNE = " + json.dumps({k.name: autotune_candidates(k.kind) for k in jit}, indent=4), ""]
+    out += ["KINDS = " + json.dumps({k.name: k.kind for k in [*jit, *(k for k in kernels if k.host)]}, indent=4), ""]
+    out += ["KEYS = " + json.dumps({k.name: [f"s_{s}" for s in k.symbols] for k in jit}, indent=4), ""]
     out += [INTERPRETER_CONFIG.strip("\n"), ""]
     out += _launcher(plan, kernels)
     return "\n".join(out) + "\n"
@@ -113,8 +132,9 @@ def _launcher(plan: FusionPlan, kernels: list[KernelSource]) -> list[str]:
         "        self.tuned = set()",
         "        if autotune and not self.interpret:",
         "            for name, candidates in AUTOTUNE.items():",
-        "                configs_ = [triton.Config({k: v for k, v in c.items() if k != 'num_warps'},",
-        "                                          num_warps=c.get('num_warps', 4)) for c in candidates]",
+        "                configs_ = [triton.Config({k: v for k, v in c.items() if k not in ('num_warps', 'num_stages')},",
+        "                                          num_warps=c.get('num_warps', 4), num_stages=c.get('num_stages', 3))",
+        "                            for c in candidates]",
         "                self.kernels[name] = triton.autotune(configs=configs_, key=KEYS[name])(globals()[name])",
         "                self.tuned.add(name)",
         "        self._slots = {}",
@@ -123,6 +143,12 @@ def _launcher(plan: FusionPlan, kernels: list[KernelSource]) -> list[str]:
         "        buf = self._slots.get(k)",
         "        if buf is None or buf.numel() < numel or buf.dtype != dtype:",
         "            buf = self._slots[k] = torch.empty(max(int(numel), 1), dtype=dtype, device=self.device)",
+        "        return buf",
+        "",
+        "    def _scratch(self, name, numel, dtype):",
+        "        buf = self._slots.get(name)",
+        "        if buf is None or buf.numel() < numel or buf.dtype != dtype:",
+        "            buf = self._slots[name] = torch.empty(max(int(numel), 1), dtype=dtype, device=self.device)",
         "        return buf",
         "",
         "    def _cfg(self, name, sizes):",
@@ -173,12 +199,20 @@ def _launcher(plan: FusionPlan, kernels: list[KernelSource]) -> list[str]:
                             f".view({_shape(n.shape)})")
         for z in kernel.zero_outputs:
             body.append(f"{_tensor(z)}.zero_()")
+        if kernel.host:   # a Python loop over launches of its inner kernels
+            args = [_tensor(p.node) for p in kernel.pointers] + [f"s_{s}" for s in kernel.symbols]
+            body.append(f"self.kernels[{json.dumps(kernel.name)}](self, sizes, {', '.join(args)})")
+            continue
         sizes = "{" + ", ".join(f"{json.dumps(k)}: {render_dim(v)}" for k, v in kernel.sizes.items()) + "}"
         body.append(f"cfg = self._cfg({json.dumps(kernel.name)}, {sizes})")
         if kernel.wide:
             tensors = ", ".join(f"{_tensor(p.node)}.numel()" for p in kernel.pointers)
-            body.append(f"cfg = dict(cfg, WIDE=max({tensors}) >= 2 ** 31)")
+            body.append(f"cfg = dict(cfg, WIDE=max([{tensors}]) >= 2 ** 31)")  # one tensor or several
         args = [_tensor(p.node) for p in kernel.pointers] + [f"s_{s}" for s in kernel.symbols]
+        if kernel.workspace is not None:  # a kernel's own scratch (a scan's staged product operands)
+            numel_, dtype_ = kernel.workspace
+            args.insert(len(kernel.pointers), f"self._scratch({json.dumps(kernel.name)}, {render_dim(numel_)}, "
+                                              f"{TORCH_DTYPES[dtype_]})")
         grid = "lambda meta: (" + ", ".join(kernel.grid) + ",)"
         body.append(f"self.kernels[{json.dumps(kernel.name)}][{grid}](")
         body.append("    " + ", ".join(args) + ",")

@@ -52,6 +52,10 @@ class KernelSource:
     sizes: dict[str, Dim] = field(default_factory=dict)   # named problem sizes for the cost model
     zero_outputs: list[int] = field(default_factory=list)  # outputs the launcher zeroes first (scatter)
     wide: bool = False                         # takes WIDE: 64-bit offsets when a tensor is that large
+    workspace: tuple[Dim, DType] | None = None  # (elements, type) of a scratch buffer passed after the pointers
+    host: bool = False                         # a Python function launching `inner` kernels (a scan step by step)
+    inner: list["KernelSource"] = field(default_factory=list)   # kernels it launches, with their configs
+    inner_configs: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 def _start(em: Emitter, sizes: list[Dim], axis: int = 0, name: str = "pid") -> bool:

@@ -10,7 +10,10 @@ A kernel iterates over a domain:
 * convolution — the output of a convolution (any of `GroupOp.Convolution`),
   computed as an implicit matrix product whose tile rows and columns are
   split into the output's axes (kernels/convolution.py);
-* scatter — the elements of the source of a scatter-add.
+* scatter — the elements of the source of a scatter-add;
+* scan — a `scan` node alone: its loop runs inside one kernel (or a loop of
+  launches), its results are the kernel's stored values, one buffer each,
+  and the `result` nodes that read them are those buffers (no copy).
 
 `canonical` gives the index a node of a given shape has in the domain, or
 None when the node cannot live there.  `reads` walks the part of the graph a
@@ -34,7 +37,7 @@ POINTWISE = GroupOp.Elementwise | {Op.RAND, Op.PAD, Op.CONCAT, Op.GATHER}
 REDUCE = GroupOp.Reduce
 
 # The kinds of domain (each has a kernel template: dln.kernels.kinds).
-KINDS = frozenset({"pointwise", "reduction", "matmul", "convolution", "scatter"})
+KINDS = frozenset({"pointwise", "reduction", "matmul", "convolution", "scatter", "scan"})
 
 
 def same_shape(a: Shape, b: Shape) -> bool:
@@ -43,7 +46,7 @@ def same_shape(a: Shape, b: Shape) -> bool:
 
 @dataclass(frozen=True)
 class Domain:
-    kind: str                      # pointwise | reduction | matmul | convolution | scatter
+    kind: str                      # pointwise | reduction | matmul | convolution | scatter | scan
     shape: Shape
     axes: tuple[int, ...] = ()     # reduction: the reduced axes of `shape`
     contraction: object = None     # matmul: the size K
@@ -158,6 +161,10 @@ def inputs_at(graph: Graph, n: Node, at: ix.Index, visit: Callable[[int, ix.Inde
         # value of the kernel shares (an operand is never read back where the kernel writes).
         for position, i in enumerate(n.inputs):
             visit(i, ix.domain_vars(graph.node(i).shape, f"window{position}_"))
+    elif n.op in GroupOp.Region:
+        # The loop reads every input whole (each step a row of the xs): indices of their own.
+        for position, i in enumerate(n.inputs):
+            visit(i, ix.domain_vars(graph.node(i).shape, f"scan{position}_"))
     elif n.op is Op.SCATTER_ADD:
         # Evaluated over its source's elements (`at` indexes the source), written with atomics.
         for i in n.inputs:
@@ -193,6 +200,8 @@ def node_domain(graph: Graph, n: Node) -> Domain:
         return Domain("matmul", n.shape, (), graph.node(n.inputs[0]).shape[-1])
     if n.op in GroupOp.Convolution:
         return Domain("convolution", n.shape)
+    if n.op in GroupOp.Region:
+        return Domain("scan", n.shape)
     if n.op is Op.SCATTER_ADD:
         return Domain("scatter", graph.node(n.inputs[1]).shape)
     return Domain("pointwise", n.shape)

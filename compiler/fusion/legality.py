@@ -29,8 +29,8 @@ if TYPE_CHECKING:
 
 
 # Domains whose kernels compute elementwise nodes at their own elements (a scatter's does not: it
-# iterates over its source, writing elsewhere).
-EPILOGUE_HOSTS = KINDS - {"scatter"}
+# iterates over its source, writing elsewhere; a scan's loop computes only its body).
+EPILOGUE_HOSTS = KINDS - {"scatter", "scan"}
 
 
 def joined_domain(graph: Graph, group: "Group", n: Node) -> Domain | None:

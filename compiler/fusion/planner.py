@@ -6,7 +6,8 @@ Over a whole graph — for training, forward + backward + optimizer update:
    products and convolutions (`GroupOp.Contraction`), reductions, scatters,
    the operands contraction kernels load, the tables a gather indexes, and
    values so expensive and widely used that recomputing them costs more than
-   storing them (cost.py).  Everything else (elementwise chains, views,
+   storing them (cost.py).  A `scan` is realized with its operands and the
+   `result` nodes that read it: each result is one buffer its kernel writes.  Everything else (elementwise chains, views,
    constants, random numbers) is computed inline wherever it is used — a
    dropout mask is recomputed in the backward pass, never stored.
 2. **Group.**  In program order, each realized value joins the kernel that
@@ -77,6 +78,12 @@ class Planner:
                     r.add(self._strided_base(operand))
             if n.op is Op.GATHER:
                 r.add(self._strided_base(n.inputs[0]))
+            if n.op in GroupOp.Region:
+                # The loop kernel reads its operands whole, contiguous (a view is stored once, outside).
+                r.add(n.id)
+                r.update(n.inputs)
+            if n.op is Op.RESULT:
+                r.add(n.id)
         # Outputs that are leaves or inputs are produced by copying kernels; inputs stay inputs.
         r.difference_update(n.id for n in g.nodes if n.op is Op.INPUT)
         self._realize_shared()
@@ -126,17 +133,20 @@ class Planner:
                     profit = cost.join_profit(self._shared_bytes(group, n, domain), *self._parallelism(domain, n))
                     if profit > best_profit:
                         best, best_domain, best_profit = group, domain, profit
+            if n.op is Op.RESULT:
+                # A result is a buffer of its scan's kernel (several stored values, one kernel).
+                best = self.groups[self.group_of[n.inputs[0]]]
             if best is None:
                 best = Group(len(self.groups), node_domain(self.graph, n), [])
                 self.groups.append(best)
                 self._edges[best.id] = set()
-            else:
+            elif best_domain is not None:
                 best.domain = best_domain
             self._add(best, n)
 
     def _add(self, group: Group, n: Node) -> None:
         domain = group.domain
-        anchor = n.op in GroupOp.Contraction or n.op is Op.SCATTER_ADD   # starts its kernel, over its domain
+        anchor = n.op in GroupOp.Contraction or n.op in GroupOp.Region or n.op is Op.SCATTER_ADD  # starts its kernel
         at = domain.vars() if anchor else domain.canonical(n.shape)
         if at is None:
             at = domain.vars()
@@ -430,6 +440,9 @@ def computed_nodes(graph: Graph, group: Group, realized: set[int]) -> list[Node]
 
 
 def _op_words(graph: Graph, n: Node) -> list[str]:
+    if n.op in GroupOp.Region:   # `lstm.body.vjp` -> lstm_vjp_scan
+        parts = [p for p in n.attrs["body"].name.split(".") if p and p != "body"]
+        return [safe_name(p, 12) for p in parts[:2]] + [n.op.value]
     if n.op is Op.ADD and any(graph.node(i).op is Op.BROADCAST and graph.node(graph.node(i).inputs[0]).op
                               is Op.INPUT for i in n.inputs):
         return ["bias"]
