@@ -5,7 +5,6 @@ import pytest
 
 import dln
 from dln.compiler import pipeline
-from dln.compiler.ir import Op
 from dln.kernels.aot import compile_all
 from dln.kernels.module import generate_module
 from dln.runtime.train import recipe_for
@@ -27,34 +26,33 @@ def compiled(tmp_path_factory):
         generated_all, results_all = [], []
         for objective in recipe_for(model).objectives:
             step = pipeline.train_step(model.train_spec, objective)
-            if any(n.op is Op.SCAN for n in step.graph.nodes):
-                results[path] = None   # recurrent layers (the char-LMs): the Triton backend does not run scan yet
-                break
             generated = generate_module(step.graph, step.donate)
             out = tmp_path_factory.mktemp("aot")
             module = out / "kernels.py"
             module.write_text(generated.source)
             generated_all.append(generated)
             results_all += compile_all(generated, str(module), ["sm_80", "sm_90"], str(out))
-        else:
-            results[path] = (generated_all, results_all)
+        results[path] = (generated_all, results_all)
     return results
 
 
 @pytest.mark.parametrize("path", MODELS)
 def test_every_kernel_compiles_for_both_targets(compiled, path):
-    if compiled[path] is None:
-        pytest.skip("the Triton backend does not run scan yet")
     generated, results = compiled[path]
     names = {k.name for g in generated for k in g.kernels}
     for target in ("sm_80", "sm_90"):
         assert {r.name for r in results if r.target == target} == names
 
 
-@pytest.mark.parametrize("path", MODELS)
+# The char-LMs' recurrent kernels (hidden 256) spill on sm_80: the scan kernel's configuration was
+# measured spill-free for hidden 128 (tests/kernels/test_aot_scan.py).  Strict: a fix shows as XPASS.
+SPILLING = {"examples/lstm_charlm.dln", "examples/gru_charlm.dln"}
+
+
+@pytest.mark.parametrize("path", [pytest.param(m, marks=pytest.mark.xfail(
+    strict=True, reason="the hidden-256 scan kernel spills registers on sm_80")) if m in SPILLING else m
+    for m in MODELS])
 def test_no_spills_and_shared_memory_fits(compiled, path):
-    if compiled[path] is None:
-        pytest.skip("the Triton backend does not run scan yet")
     _, results = compiled[path]
     for r in results:
         assert r.spills == 0, f"{r.name} spills {r.spills} bytes on {r.target}"
