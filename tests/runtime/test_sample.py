@@ -3,6 +3,7 @@ and against PyTorch, greedy and seeded draws, the CLI, and the mistakes a user c
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -223,3 +224,13 @@ def test_a_vocabulary_larger_than_the_logits_and_a_missing_one(tmp_path):
     with pytest.raises(DlnError) as e:
         plain.sample("a", 3)
     assert e.value.diagnostics[0].code == "E0703" and "no vocabulary" in e.value.diagnostics[0].message
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs triton")
+def test_the_triton_backend_generates_the_same_text():
+    """The stream build's scan kernels (Triton's interpreter without a GPU) carry the state as NumPy does."""
+    ours = dln.compile(LSTM, backend="triton", seed=0, **SMALL)
+    _strong(ours)
+    reference = dln.compile(LSTM, backend="numpy", seed=0, **SMALL)
+    _strong(reference)
+    assert ours.sample("The ", 8, temperature=0) == reference.sample("The ", 8, temperature=0)
