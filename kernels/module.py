@@ -19,7 +19,6 @@ from typing import Mapping
 from dln.compiler.fusion.planner import FusionPlan, plan_graph
 from dln.compiler.ir import DType, Graph, GroupOp, Op
 from dln.compiler.symbolic import numel
-from dln.dsl.diagnostics import Diagnostic, DlnError, Note
 from dln.kernels.configs import INTERPRETER_CONFIG, autotune_candidates, epilogue_weight, gpu_config
 from dln.kernels.emitter import comment, render_dim
 from dln.kernels.lowering import HELPERS
@@ -44,7 +43,6 @@ class GeneratedModule:
 
 def generate_module(graph: Graph, donate: Mapping[str, str] | None = None, precision: str = "ieee",
                     title: str = "") -> GeneratedModule:
-    _no_regions(graph)
     plan = plan_graph(graph, donate)
     kernels = [generate(plan, group, k, precision) for k, group in enumerate(plan.groups)]
     configs = kernel_configs(plan, kernels)
@@ -72,14 +70,6 @@ def _jit_kernels(kernels: list[KernelSource]) -> list[KernelSource]:
     for k in kernels:
         out += _jit_kernels(k.inner) if k.host else [k]
     return out
-
-
-def _no_regions(graph: Graph) -> None:
-    """A loop (`scan`: the recurrent layers) has no kernel yet: a located error, not a failed template."""
-    for n in graph.nodes:
-        if n.op in GroupOp.Region:
-            raise DlnError(Diagnostic("E0303", f"recurrent layers ({n.op} loops) are not available on the Triton "
-                                               "backend yet", n.loc, (Note("use --backend numpy"),)))
 
 
 def _module_source(plan: FusionPlan, kernels: list[KernelSource], configs: dict, title: str) -> str:

@@ -17,7 +17,6 @@ import pytest
 
 import dln
 from dln.compiler.builtins import BUILTINS
-from dln.dsl.diagnostics import DlnError
 from dln.compiler.ir import Op
 
 from .cases import GENERATORS
@@ -51,21 +50,8 @@ def test_numpy_matches_torch_in_float64(name, seed):
     check_against_torch(_case(name, seed), seed)
 
 
-# Built-ins lowered to `scan`, which the Triton backend does not run yet: it says so, at the call.
-SCAN_BUILTINS = {"rnn", "lstm", "gru"}
-
-
 @pytest.mark.parametrize("name,seed", CASES, ids=IDS)
 def test_triton_matches_numpy_in_float32(name, seed):
-    if name in SCAN_BUILTINS:
-        case = _case(name, seed)
-        text = source(case, "f32", None, fused=False)
-        model = dln.compile(text, backend="triton")
-        with pytest.raises(DlnError) as e:
-            model.run(["y"], **case.inputs)
-        span = e.value.diagnostics[0].span
-        assert e.value.code == "E0303" and f"{name}(" in text.splitlines()[span.line - 1], e.value
-        return
     check_backends(_case(name, seed), seed)
 
 

@@ -13,10 +13,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 
-# Examples with recurrent layers: their loops (`scan`) have no Triton kernels yet (generate_module says E0303).
-NO_TRITON_YET = {"examples/rnn_digits.dln"}
-MODELS = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "examples").glob("*.dln")
-                if str(p.relative_to(ROOT)) not in NO_TRITON_YET) + ["benchmarks/mlp_784.dln"]
+MODELS = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "examples").glob("*.dln")) + ["benchmarks/mlp_784.dln"]
 
 
 @pytest.fixture(scope="module")
