@@ -60,8 +60,11 @@ def gpu_config(kind: str, sizes: Mapping[str, Dim], epilogue_weight: int = 0) ->
         block_n = max(16, min(edge_n, next_pow2(n)))
         if block_m * block_n <= 32 * 64:
             warps = 4
-        # A K block wider than K itself only pads the dot (and, measured, makes ptxas spill).
-        block_k = max(16, min(32, next_pow2(_size(sizes["K"]))))
+        # A K block wider than K itself only pads the dot (and, measured, makes ptxas spill).  The 64 x 64
+        # tile on 8 warps takes K 16 at a time: ptxas holds it to 80 registers, and at K 32 it spilled 16
+        # bytes on sm_80 (rnn_digits' input projection of the second layer, [8B, 64] @ [64, 64]).
+        block_k = max(16, min(16 if block_m * block_n >= 64 * 64 and warps == 8 else 32,
+                              next_pow2(_size(sizes["K"]))))
         return {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k, "num_warps": warps}
     if kind == "convolution":
         return _convolution_config(sizes, epilogue_weight)

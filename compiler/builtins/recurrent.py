@@ -68,13 +68,13 @@ def _recurrent(cx, layer: str, x: Tensor, hidden: int, layers: int, nonlinearity
     seq = b.permute(x, (1, 0, 2))          # time-major [T, B, D], shared by both directions
     finals: dict[str, list[Tensor]] = {k: [] for k in initial}
     bound = 1.0 / math.sqrt(hidden)
-    for l in range(layers):
-        if l and cx.training and dropout > 0.0:
+    for i in range(layers):
+        if i and cx.training and dropout > 0.0:   # between layers, not after the last (as torch)
             seq = _dropout(cx, seq, dropout)
         outs = []
         for d in range(directions):
-            index = l * directions + d
-            suffix = f"_l{l}" + ("_reverse" if d else "")
+            index = i * directions + d
+            suffix = f"_l{i}" + ("_reverse" if d else "")
             state = {k: (s[index] if s is not None else b.const(0.0, dtype, (batch, hidden)))
                      for k, s in starts.items()}
             ys, last = _direction(cx, kind, seq, hidden, bias, bound, suffix, state, reverse=bool(d))
@@ -103,7 +103,7 @@ def _initial(cx, layer: str, arg: str, given: Tensor | None, want: TensorType, u
     if given.rank != len(want.shape):
         raise cx.fail_at(arg, "E0202", f"{layer}'s {arg} needs {layout} = {format_shape(want.shape)}, "
                                        f"got {given.type}")
-    for a, (have, need) in enumerate(zip(given.shape, want.shape)):
+    for have, need in zip(given.shape, want.shape):
         if isinstance(have, int) and isinstance(need, int):
             if have != need:
                 raise cx.fail_at(arg, "E0201", f"{layer}'s {arg} needs {layout} = {format_shape(want.shape)}, "

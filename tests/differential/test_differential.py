@@ -50,14 +50,8 @@ def test_numpy_matches_torch_in_float64(name, seed):
     check_against_torch(_case(name, seed), seed)
 
 
-# Built-ins lowered to `scan`, which the Triton backend does not run yet.
-SCAN_BUILTINS = {"rnn", "lstm", "gru"}
-
-
 @pytest.mark.parametrize("name,seed", CASES, ids=IDS)
 def test_triton_matches_numpy_in_float32(name, seed):
-    if name in SCAN_BUILTINS:
-        pytest.skip("the Triton backend does not run scan yet")
     check_backends(_case(name, seed), seed)
 
 

@@ -26,7 +26,7 @@ EXPECTED = {
     "vae": 0,
     "gcn": 0,
     "gpt": "attention",
-    "classifier_lstm": "lstm",
+    "classifier_lstm": 0,
     "lenet": 0,           # the statement-only pipe fragment, wrapped in a model
 }
 

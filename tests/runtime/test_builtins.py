@@ -777,10 +777,10 @@ model m() {
 # ---- every available built-in is exercised here -----------------------------------------------------------------
 ALL_CASES = ELEMENTWISE + REDUCTIONS + SHAPES + INDEXING + MATMUL + LOSSES + LOSS_EDGES
 # Layers and the random built-ins are tested by the functions above, pooling in test_pooling.py,
-# convolutions in test_conv.py, batchnorm in test_batchnorm.py.
+# convolutions in test_conv.py, batchnorm in test_batchnorm.py, recurrent layers in test_recurrent.py.
 TESTED_BY_FUNCTIONS = {"linear", "layernorm", "batchnorm", "embedding", "gcn_conv", "dropout", "rand_like",
                        "randn_like", "bernoulli", "maxpool2d", "avgpool2d", "global_avgpool", "conv1d", "conv2d",
-                       "conv_transpose2d"}
+                       "conv_transpose2d", "rnn", "lstm", "gru"}
 
 
 def test_every_available_builtin_is_covered():

@@ -586,10 +586,15 @@ GRADIENT_CASES = (UNARY + KINKS + BINARY + BROADCASTING + WHERE + REDUCTIONS + R
                   + INDEXING + MATMUL + CONVOLUTION + COMPOSITES + SCAN)
 
 
+# Loops and their result projections take a body: their VJP is checked against torch in
+# tests/compiler/test_scan.py (and through the recurrent layers in test_recurrent.py).
+COVERED_ELSEWHERE = {Op.SCAN, Op.RESULT}
+
+
 def test_every_primitive_with_a_gradient_is_covered():
     from dln.compiler.autodiff import VJP
 
-    seen = set()
+    seen = set(COVERED_ELSEWHERE)
     for case in GRADIENT_CASES:
         forward, _, _, _ = _graph(case)
         seen |= {n.op for n in forward.nodes}
