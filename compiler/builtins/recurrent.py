@@ -171,17 +171,18 @@ def _body(outer: GraphBuilder, kind: str, name: str, h_type: TensorType, project
         elif kind == "rnn_relu":
             h_new = b.unary(Op.RELU, b.add(xp, r))
         elif kind == "lstm":
+            # One nonlinearity per gate: each gate is then its own [B, H] value (what the backward saves,
+            # and a column block the Triton kernel computes), never a [B, 2H] pair recomputed whole.
             g = b.add(xp, r)
-            i_f = b.sigmoid(b.slice_axis(g, 1, 0, 2 * H))
+            i, f = b.sigmoid(b.slice_axis(g, 1, 0, H)), b.sigmoid(b.slice_axis(g, 1, H, 2 * H))
             cell = b.tanh(b.slice_axis(g, 1, 2 * H, 3 * H))
             o = b.sigmoid(b.slice_axis(g, 1, 3 * H, 4 * H))
-            i, f = b.slice_axis(i_f, 1, 0, H), b.slice_axis(i_f, 1, H, 2 * H)
             c_new = b.add(b.mul(f, c), b.mul(i, cell))
             h_new = b.mul(o, b.tanh(c_new))
             return b.finish([("h", h_new), ("c", c_new), ("y", h_new)])
         else:   # gru
-            rz = b.sigmoid(b.add(b.slice_axis(xp, 1, 0, 2 * H), b.slice_axis(r, 1, 0, 2 * H)))
-            reset, update = b.slice_axis(rz, 1, 0, H), b.slice_axis(rz, 1, H, 2 * H)
+            reset = b.sigmoid(b.add(b.slice_axis(xp, 1, 0, H), b.slice_axis(r, 1, 0, H)))
+            update = b.sigmoid(b.add(b.slice_axis(xp, 1, H, 2 * H), b.slice_axis(r, 1, H, 2 * H)))
             hn = b.slice_axis(r, 1, 2 * H, 3 * H)
             if b_hn is not None:
                 hn = b.add(hn, b_hn)

@@ -44,14 +44,7 @@ def test_every_kernel_compiles_for_both_targets(compiled, path):
         assert {r.name for r in results if r.target == target} == names
 
 
-# The char-LMs' recurrent kernels (hidden 256) spill on sm_80: the scan kernel's configuration was
-# measured spill-free for hidden 128 (tests/kernels/test_aot_scan.py).  Strict: a fix shows as XPASS.
-SPILLING = {"examples/lstm_charlm.dln", "examples/gru_charlm.dln"}
-
-
-@pytest.mark.parametrize("path", [pytest.param(m, marks=pytest.mark.xfail(
-    strict=True, reason="the hidden-256 scan kernel spills registers on sm_80")) if m in SPILLING else m
-    for m in MODELS])
+@pytest.mark.parametrize("path", MODELS)
 def test_no_spills_and_shared_memory_fits(compiled, path):
     _, results = compiled[path]
     for r in results:
