@@ -244,3 +244,21 @@ def test_a_wide_body_saves_its_carries_and_recomputes_the_step():
     (torch.stack(outs) ** 2).sum().backward()
     for k in t:
         np.testing.assert_allclose(got[k], tt[k].grad.numpy(), rtol=1e-10, atol=1e-12, err_msg=k)
+
+
+def test_a_y_computed_from_constants_is_written_every_step():
+    """A step output that depends on no input is computed once, at plan time: the planned loop must still
+    write it into every row of the stacked ys (it wrote none, leaving the rows uninitialized)."""
+    bb = GraphBuilder("body")
+    h = bb.input("h", TensorType(F, (3,)), role="carry")
+    x = bb.input("x", TensorType(F, (3,)), role="x")
+    body = bb.finish([("h", bb.add(h, x)), ("y", bb.exp(bb.const(2.0, F, (3,)))), ("h_in", h)])
+    g = GraphBuilder("m")
+    h0, xs = g.input("h0", TensorType(F, (3,))), g.input("xs", TensorType(F, (T, 3)))
+    (final,), (ys, seen) = g.scan(body, [h0], [xs])
+    graph = g.finish([("h", final), ("ys", ys), ("seen", seen)])
+    feeds = {"h0": np.zeros(3), "xs": np.ones((4, 3))}
+    got = Executable(graph).run(feeds, {"T": 4})        # unoptimized: fold would have made exp(2) a const
+    np.testing.assert_array_equal(got["ys"], np.full((4, 3), np.exp(2.0)))
+    np.testing.assert_array_equal(got["seen"], np.arange(4.0)[:, None].repeat(3, 1))
+    np.testing.assert_array_equal(got["h"], [4.0, 4, 4])
