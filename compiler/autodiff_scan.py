@@ -51,7 +51,7 @@ class Linearized:
     carries: tuple[int, ...]            # the float carries: the backward's carries, in order
     reads: tuple[Source, ...]           # the backward's xs, in order
     consts_read: tuple[int, ...]        # the forward consts the backward takes
-    dx: tuple[int | None, ...]          # per forward x: its cotangent's index among the backward's ys
+    dx: tuple[Source | None, ...]       # per forward x: where its stacked cotangent comes from
     dconst: tuple[Plan | None, ...]     # per forward const: how its gradient is assembled
 
 
@@ -153,7 +153,7 @@ def linearize(body: Graph, n_carry: int, n_xs: int, remat: bool = False) -> Line
 
         dx = []
         for p in x_in:
-            dx.append(piece(cot[p.id].id)[1] if p.id in cot else None)
+            dx.append(piece(cot[p.id].id) if p.id in cot else None)   # a read when it is one (dx = dy)
 
         def plan(i: int) -> Plan:
             n = joint[i]
@@ -274,8 +274,8 @@ def _scan(b: GraphBuilder, n: Node, gs: list[Tensor | None], operands: list[Tens
     grads: list[Any] = [None] * len(operands)
     for pos, k in enumerate(lin.carries):
         grads[k] = dcarries[pos]
-    for j, slot in enumerate(lin.dx):
-        grads[n_carry + j] = forward["out"][slot] if slot is not None else None
+    for j, source in enumerate(lin.dx):
+        grads[n_carry + j] = forward[source[0]][source[1]] if source is not None else None
     for j, p in enumerate(lin.dconst):
         grads[n_carry + n_xs + j] = assemble(p) if p is not None else None
     return grads

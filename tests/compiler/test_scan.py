@@ -262,3 +262,54 @@ def test_a_y_computed_from_constants_is_written_every_step():
     np.testing.assert_array_equal(got["ys"], np.full((4, 3), np.exp(2.0)))
     np.testing.assert_array_equal(got["seen"], np.arange(4.0)[:, None].repeat(3, 1))
     np.testing.assert_array_equal(got["h"], [4.0, 4, 4])
+
+
+def test_the_gradient_of_an_x_that_is_a_ys_cotangent():
+    """y_t = h * z_t + x_t: the cotangent of x_t is dy_t itself, one of the backward's reads, not one of its
+    ys.  The VJP took its index among the reads for one among the ys: the gradient of x was that of z (or an
+    IndexError when the backward returned no ys)."""
+    bb = GraphBuilder("body")
+    h = bb.input("h", TensorType(F, (3,)), role="carry")
+    x = bb.input("x", TensorType(F, (3,)), role="x")
+    z = bb.input("z", TensorType(F, (3,)), role="x")
+    body = bb.finish([("h", bb.tanh(bb.add(h, z))), ("y", bb.add(bb.mul(h, z), x))])
+    g = GraphBuilder("m")
+    t = {"h0": g.input("h0", TensorType(F, (3,)), role="param"), "X": g.input("X", TensorType(F, (T, 3)), role="param"),
+         "Z": g.input("Z", TensorType(F, (T, 3)), role="param")}
+    (final,), (ys,) = g.scan(body, [t["h0"]], [t["X"], t["Z"]])
+    loss = g.add(g.sum(g.mul(ys, ys)), g.sum(final))
+    full, grads, _ = grad(g.finish([("loss", loss)]), loss.id, [v.id for v in t.values()])
+    full = full.with_outputs([("loss", loss.id)] + [(k, grads[v.id]) for k, v in t.items()])
+    rng = np.random.default_rng(3)
+    feeds = {"h0": rng.normal(size=3), "X": rng.normal(size=(4, 3)), "Z": rng.normal(size=(4, 3))}
+    tt = {k: torch.tensor(v, requires_grad=True) for k, v in feeds.items()}
+    state, outs = tt["h0"], []
+    for step in range(4):
+        outs.append(state * tt["Z"][step] + tt["X"][step])
+        state = torch.tanh(state + tt["Z"][step])
+    ((torch.stack(outs) ** 2).sum() + state.sum()).backward()
+    for got in (evaluate(full, feeds, {"T": 4}), Executable(optimize(full, debug=True)).run(feeds, {"T": 4})):
+        for k in t:
+            np.testing.assert_allclose(got[k], tt[k].grad.numpy(), rtol=1e-10, atol=1e-12, err_msg=k)
+
+
+def test_the_gradient_through_swapped_and_integer_carries():
+    """The swap body's y = a + x passes dy straight on as dx: its VJP raised an IndexError."""
+    g = GraphBuilder("m")
+    a, b = g.input("a", TensorType(F, (3,)), role="param"), g.input("b", TensorType(F, (3,)), role="param")
+    k, x = g.input("k", TensorType(DType.I64, ())), g.input("x", TensorType(F, (T, 3)), role="param")
+    (fa, fb, fk), (ys,) = g.scan(_swap_body(), [a, b, k], [x])
+    loss = g.add(g.add(g.sum(g.mul(ys, ys)), g.sum(g.mul(fa, fb))), g.sum(g.mul(fb, g.cast(fk, F))))
+    full, grads, _ = grad(g.finish([("loss", loss)]), loss.id, [a.id, b.id, x.id])
+    full = full.with_outputs([("loss", loss.id), ("a", grads[a.id]), ("b", grads[b.id]), ("x", grads[x.id])])
+    rng = np.random.default_rng(0)
+    feeds = {"a": rng.normal(size=3), "b": rng.normal(size=3), "k": np.array(0), "x": rng.normal(size=(5, 3))}
+    tt = {n: torch.tensor(feeds[n], requires_grad=True) for n in "abx"}
+    ca, cb, ys_t = tt["a"], tt["b"], []
+    for step in range(5):
+        ys_t.append(ca + tt["x"][step])
+        ca, cb = cb, ca * 2
+    ((torch.stack(ys_t) ** 2).sum() + (ca * cb).sum() + (cb * 5).sum()).backward()
+    for got in (evaluate(full, feeds, {"T": 5}), Executable(optimize(full, debug=True)).run(feeds, {"T": 5})):
+        for n in "abx":
+            np.testing.assert_allclose(got[n], tt[n].grad.numpy(), rtol=1e-10, atol=1e-12, err_msg=n)
