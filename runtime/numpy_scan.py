@@ -82,6 +82,7 @@ def prepare(n: Node, args: list[np.ndarray], outs: tuple[np.ndarray, ...], env: 
     scratch = {m.id: buffer(m) for m in body.nodes
                if m.id in computes and m.id not in static and m.id not in y_row and m.id not in carry_out}
     turns = {k: (buffer(body.node(i)), buffer(body.node(i))) for k, i in enumerate(carry_out) if i not in y_row}
+    copied: dict[int, np.ndarray] = {}      # reshapes that copy: one buffer each, for every step
     shared: dict = {}
     calls: list[Callable[[], Any]] = []
     state = list(carries)
@@ -93,7 +94,14 @@ def prepare(n: Node, args: list[np.ndarray], outs: tuple[np.ndarray, ...], env: 
                 continue
             inputs = [values[i] for i in m.inputs]
             if m.id not in computes:
-                values[m.id] = IMPLS[m.op](m, inputs, None, env)       # a view, made once per step
+                view = IMPLS[m.op](m, inputs, None, env)               # a view, made once per step
+                if m.op is Op.RESHAPE and not np.shares_memory(view, inputs[0]):
+                    # A reshape that must copy (of a transposed value): a copy each step, not once now.
+                    if m.id not in copied:
+                        copied[m.id] = buffer(m)
+                    view = copied[m.id]
+                    calls.append(functools.partial(np.copyto, view.reshape(inputs[0].shape), inputs[0]))
+                values[m.id] = view
                 continue
             if m.id in y_row:
                 out = stacked[y_row[m.id]][t]

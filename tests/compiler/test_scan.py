@@ -313,3 +313,36 @@ def test_the_gradient_through_swapped_and_integer_carries():
     for got in (evaluate(full, feeds, {"T": 5}), Executable(optimize(full, debug=True)).run(feeds, {"T": 5})):
         for n in "abx":
             np.testing.assert_allclose(got[n], tt[n].grad.numpy(), rtol=1e-10, atol=1e-12, err_msg=n)
+
+
+def test_a_reshape_of_a_transposed_value_in_a_body_is_copied_every_step():
+    """reshape(transpose(h)) cannot be a view: the planned loop made it once, at plan time, from the
+    buffer's contents then (garbage), instead of copying it each step as the outer interpreter does.
+    The VJP of a body reshaping a transposed value has such a reshape too."""
+    bb = GraphBuilder("body")
+    h = bb.input("h", TensorType(F, (2, 3)), role="carry")
+    x = bb.input("x", TensorType(F, (2, 3)), role="x")
+    flipped = bb.reshape(bb.transpose(bb.reshape(h, (3, 2))), (2, 3))
+    new = bb.tanh(bb.add(flipped, x))
+    body = bb.finish([("h", new), ("y", bb.reshape(bb.transpose(new), (2, 3)))])
+    g = GraphBuilder("m")
+    t = {"h0": g.input("h0", TensorType(F, (2, 3)), role="param"),
+         "X": g.input("X", TensorType(F, (T, 2, 3)), role="param")}
+    (final,), (ys,) = g.scan(body, [t["h0"]], [t["X"]])
+    loss = g.add(g.sum(g.mul(ys, g.float_unary(Op.SIN, ys))), g.sum(final))
+    full, grads, _ = grad(g.finish([("loss", loss)]), loss.id, [v.id for v in t.values()])
+    full = full.with_outputs([("loss", loss.id), ("ys", ys.id)] + [(k, grads[v.id]) for k, v in t.items()])
+    rng = np.random.default_rng(5)
+    feeds = {"h0": rng.normal(size=(2, 3)), "X": rng.normal(size=(4, 2, 3))}
+    tt = {k: torch.tensor(v, requires_grad=True) for k, v in feeds.items()}
+    state, outs = tt["h0"], []
+    for step in range(4):
+        state = torch.tanh(state.reshape(3, 2).T.reshape(2, 3) + tt["X"][step])
+        outs.append(state.T.reshape(2, 3))
+    stacked = torch.stack(outs)
+    ((stacked * torch.sin(stacked)).sum() + state.sum()).backward()
+    for graph in (full, optimize(full, debug=True)):
+        got = Executable(graph).run(feeds, {"T": 4})
+        np.testing.assert_allclose(got["ys"], stacked.detach().numpy(), rtol=1e-12, atol=1e-13)
+        for k in t:
+            np.testing.assert_allclose(got[k], tt[k].grad.numpy(), rtol=1e-10, atol=1e-12, err_msg=k)
