@@ -71,10 +71,18 @@ class Executable:
     def run(self, feeds: Mapping[str, np.ndarray], env: Mapping[str, int]) -> dict[str, np.ndarray]:
         """Outputs as arrays owned by the executable: valid until the next run."""
         key = tuple(sorted(env.items()))
-        plan = self._plans.get(key)
+        plan = self._plans.pop(key, None)
         if plan is None:
-            plan = self._plans[key] = _Plan(self, dict(env))
+            while len(self._plans) >= MAX_PLANS:   # the least recently run goes, with its buffers
+                del self._plans[next(iter(self._plans))]
+            plan = _Plan(self, dict(env))
+        self._plans[key] = plan                   # most recently run last
         return plan.run(feeds)
+
+
+# Plans kept per executable.  A plan holds every buffer of the graph, and a scan's plan T steps of
+# calls: sequences of many lengths (a recurrent model's batches) would otherwise keep them all.
+MAX_PLANS = 8
 
 
 class _Plan:

@@ -346,3 +346,19 @@ def test_a_reshape_of_a_transposed_value_in_a_body_is_copied_every_step():
         np.testing.assert_allclose(got["ys"], stacked.detach().numpy(), rtol=1e-12, atol=1e-13)
         for k in t:
             np.testing.assert_allclose(got[k], tt[k].grad.numpy(), rtol=1e-10, atol=1e-12, err_msg=k)
+
+
+def test_plans_for_many_lengths_are_bounded():
+    """One plan per sequence length, each holding every buffer and T steps of calls: a recurrent model fed
+    batches of many lengths kept them all (memory quadratic in the longest length).  The least recently run
+    goes; a length run again is planned again and still right."""
+    from dln.runtime.interpreter import MAX_PLANS
+
+    graph, _ = _rnn_model()
+    exe = Executable(optimize(graph))
+    for steps in [*range(1, MAX_PLANS + 5), 1, 3]:
+        feeds = _feeds(steps, 2, seed=steps)
+        got = exe.run(feeds, {"B": 2, "T": steps})
+        np.testing.assert_allclose(got["ys"], evaluate(graph, feeds, {"B": 2, "T": steps})["ys"])
+        assert len(exe._plans) <= MAX_PLANS
+    assert list(exe._plans)[-1] == (("B", 2), ("T", 3))
