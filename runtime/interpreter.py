@@ -107,8 +107,11 @@ class _Plan:
                      and n.attrs["name"] not in exe.persistent], env, physical_memory(), "this machine's memory")
 
         last_use: dict[int, int] = {}
+        first_result: dict[tuple[int, int], int] = {}   # (scan, index) -> the first `result` node reading it
         for n in graph.nodes:
             root[n.id] = root[n.inputs[0]] if n.op in VIEW_OPS and n.inputs else n.id
+            if n.op is Op.RESULT:   # two `result` nodes of one result (before CSE) own its buffer together
+                root[n.id] = first_result.setdefault((n.inputs[0], n.attrs["index"]), n.id)
             for i in n.inputs:
                 last_use[root[i]] = order[n.id]
         for i in outputs:
@@ -151,7 +154,8 @@ class _Plan:
                 arrays[n.id] = outs
             elif n.op is Op.RESULT:
                 arrays[n.id] = args[0][n.attrs["index"]]
-                owned.add(n.id)
+                if root[n.id] == n.id:
+                    owned.add(n.id)
             else:
                 target = donated_by_node.get(n.id)
                 if target is not None and _may_write_into(graph, n, target, root, order):

@@ -362,3 +362,23 @@ def test_plans_for_many_lengths_are_bounded():
         np.testing.assert_allclose(got["ys"], evaluate(graph, feeds, {"B": 2, "T": steps})["ys"])
         assert len(exe._plans) <= MAX_PLANS
     assert list(exe._plans)[-1] == (("B", 2), ("T", 3))
+
+
+def test_two_result_nodes_of_one_result_free_its_buffer_once():
+    """Before CSE a graph may read one result of a scan through two `result` nodes (the scan's VJP makes
+    its own).  Each owned the buffer and gave it back to the pool at its last use: given back twice, it
+    went to two later values at once."""
+    bb = GraphBuilder("body")
+    h = bb.input("h", TensorType(F, (3,)), role="carry")
+    x = bb.input("x", TensorType(F, (3,)), role="x")
+    g = GraphBuilder("m")
+    h0, xs = g.input("h0", TensorType(F, (3,))), g.input("xs", TensorType(F, (4, 3)))
+    (final,), _ = g.scan(bb.finish([("h", bb.add(h, x))]), [h0], [xs])
+    (again,) = g.results(g.tensor(g.node(final).inputs[0]))
+    c = g.add(g.exp(final), g.exp(again))       # each exp is the last reader of one of the two
+    d = g.mul(c, 2.0)
+    graph = g.finish([("c", c), ("d", d), ("e", g.add(g.tanh(d), c))])
+    feeds = {"h0": np.zeros(3), "xs": np.ones((4, 3))}
+    want, got = evaluate(graph, feeds, {}), Executable(graph).run(feeds, {})
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k], err_msg=k)
