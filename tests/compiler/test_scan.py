@@ -382,3 +382,24 @@ def test_two_result_nodes_of_one_result_free_its_buffer_once():
     want, got = evaluate(graph, feeds, {}), Executable(graph).run(feeds, {})
     for k in want:
         np.testing.assert_allclose(got[k], want[k], err_msg=k)
+
+
+@pytest.mark.xfail(strict=True, raises=IndexError, reason="the VJP of a scan nested in a body: the inner scan "
+                   "saves no residuals (save_residuals runs on the outer graph only), and the joint graph's "
+                   "reads of a several-result node are taken for a residual of one type")
+def test_gradient_of_a_nested_scan_with_a_nonlinear_inner_body():
+    inner = GraphBuilder("inner")
+    acc = inner.input("acc", TensorType(F, (2,)), role="carry")
+    v = inner.input("v", TensorType(F, (2,)), role="x")
+    inner_body = inner.finish([("acc", inner.tanh(inner.add(acc, v)))])
+    outer = GraphBuilder("outer")
+    s = outer.input("s", TensorType(F, (2,)), role="carry")
+    row = outer.input("row", TensorType(F, (4, 2)), role="x")
+    (total,), _ = outer.scan(inner_body, [s], [row])
+    outer_body = outer.finish([("s", total)])
+    g = GraphBuilder("m")
+    x = g.input("x", TensorType(F, (T, 4, 2)), role="param")
+    s0 = g.input("s0", TensorType(F, (2,)), role="param")
+    (fs,), _ = g.scan(outer_body, [s0], [x])
+    loss = g.sum(fs)
+    grad(g.finish([("loss", loss)]), loss.id, [x.id, s0.id])
