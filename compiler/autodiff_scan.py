@@ -71,6 +71,7 @@ def linearize(body: Graph, n_carry: int, n_xs: int, remat: bool = False) -> Line
     carry_in, x_in, k_in = params[:n_carry], params[n_carry:n_carry + n_xs], params[n_carry + n_xs:]
     outs = [i for _, i in body.outputs]
     active = active_nodes(body, outs, [p.id for p in params if p.dtype.is_float])
+    body = save_residuals(body, active)   # a loop in the body saves what its own reverse loop reads
 
     jb = GraphBuilder(body.name, base=body)
     first_new = jb.next_id
@@ -87,6 +88,11 @@ def linearize(body: Graph, n_carry: int, n_xs: int, remat: bool = False) -> Line
     joint = {n.id: n for n in jb.nodes}
     wanted = {cot[p.id].id for p in params if p.id in cot}
     live = _ancestors(jb.finish(()), wanted)
+    # The `result` nodes the VJP of a loop in the body made to read the loop's results are forward
+    # values: the forward body computes them too (and saves them when they vary).
+    late = [n for n in jb.nodes if n.id >= first_new and n.op is Op.RESULT and n.inputs[0] < first_new]
+    body = Graph(body.name, body.nodes + tuple(late), body.outputs, body.constraints)
+    forward_ids = {n.id for n in body.nodes}
 
     varying = {p.id for p in carry_in + x_in}
     for n in body.nodes:
@@ -94,8 +100,8 @@ def linearize(body: Graph, n_carry: int, n_xs: int, remat: bool = False) -> Line
             varying.add(n.id)
     # The forward values the backward reads: per-step ones are scanned (an x, a y the forward returns
     # anyway, or a residual it saves for this), the others recomputed.
-    needed = {i for n in jb.nodes if n.id >= first_new and n.id in live for i in n.inputs if i < first_new}
-    needed |= {i for i in wanted if i < first_new}
+    needed = {i for n in jb.nodes if n.id not in forward_ids and n.id in live for i in n.inputs if i in forward_ids}
+    needed |= {i for i in wanted if i in forward_ids}
     # A view of a per-step value (a gate's slice) is made again from what it views, not saved apart.
     views = set()
     for n in reversed(body.nodes):
@@ -134,7 +140,7 @@ def linearize(body: Graph, n_carry: int, n_xs: int, remat: bool = False) -> Line
         for j in consts_read:
             m[k_ids[j]] = bb.input(f"const{j}", k_in[j].type, role="const")
         for n in jb.nodes:
-            if n.id not in m and (n.id in recompute or n.id >= first_new and n.id in live):
+            if n.id not in m and (n.id in recompute or n.id not in forward_ids and n.id in live):
                 with bb.at(loc=n.loc, label=n.name):
                     m[n.id] = bb.copy(n, [m[i] for i in n.inputs])
 

@@ -384,22 +384,40 @@ def test_two_result_nodes_of_one_result_free_its_buffer_once():
         np.testing.assert_allclose(got[k], want[k], err_msg=k)
 
 
-@pytest.mark.xfail(strict=True, raises=IndexError, reason="the VJP of a scan nested in a body: the inner scan "
-                   "saves no residuals (save_residuals runs on the outer graph only), and the joint graph's "
-                   "reads of a several-result node are taken for a residual of one type")
 def test_gradient_of_a_nested_scan_with_a_nonlinear_inner_body():
+    """The inner loop's VJP reads residuals (tanh's output): the inner scan must save them as the outer
+    body runs (save_residuals inside linearize), and the outer forward body computes the `result` nodes
+    reading them.  Before, an IndexError (nothing saved) or E0201 (the inner scan taken for a residual)."""
     inner = GraphBuilder("inner")
     acc = inner.input("acc", TensorType(F, (2,)), role="carry")
     v = inner.input("v", TensorType(F, (2,)), role="x")
-    inner_body = inner.finish([("acc", inner.tanh(inner.add(acc, v)))])
+    new = inner.tanh(inner.add(acc, v))
+    inner_body = inner.finish([("acc", new), ("y", inner.mul(new, v))])
     outer = GraphBuilder("outer")
     s = outer.input("s", TensorType(F, (2,)), role="carry")
     row = outer.input("row", TensorType(F, (4, 2)), role="x")
-    (total,), _ = outer.scan(inner_body, [s], [row])
-    outer_body = outer.finish([("s", total)])
+    (total,), (prods,) = outer.scan(inner_body, [s], [row], reverse=True)
+    outer_body = outer.finish([("s", outer.tanh(total)), ("y", prods)])
     g = GraphBuilder("m")
     x = g.input("x", TensorType(F, (T, 4, 2)), role="param")
     s0 = g.input("s0", TensorType(F, (2,)), role="param")
-    (fs,), _ = g.scan(outer_body, [s0], [x])
-    loss = g.sum(fs)
-    grad(g.finish([("loss", loss)]), loss.id, [x.id, s0.id])
+    (fs,), (ys,) = g.scan(outer_body, [s0], [x])
+    loss = g.add(g.sum(g.mul(fs, fs)), g.sum(g.mul(ys, ys)))
+    full, grads, _ = grad(g.finish([("loss", loss)]), loss.id, [x.id, s0.id])
+    full = full.with_outputs([("loss", loss.id), ("dx", grads[x.id]), ("ds0", grads[s0.id])])
+    feeds = {"x": np.random.default_rng(2).normal(size=(3, 4, 2)), "s0": np.array([0.3, -0.2])}
+    tx, ts = torch.tensor(feeds["x"], requires_grad=True), torch.tensor(feeds["s0"], requires_grad=True)
+    state, ys_t = ts, []
+    for t in range(3):
+        acc_t, rows = state, [None] * 4
+        for i in reversed(range(4)):
+            acc_t = torch.tanh(acc_t + tx[t, i])
+            rows[i] = acc_t * tx[t, i]
+        ys_t.append(torch.stack(rows))
+        state = torch.tanh(acc_t)
+    tl = (state * state).sum() + (torch.stack(ys_t) ** 2).sum()
+    tl.backward()
+    for got in (evaluate(full, feeds, {"T": 3}), Executable(optimize(full, debug=True)).run(feeds, {"T": 3})):
+        np.testing.assert_allclose(got["loss"], tl.item(), rtol=1e-12)
+        np.testing.assert_allclose(got["dx"], tx.grad.numpy(), rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(got["ds0"], ts.grad.numpy(), rtol=1e-10, atol=1e-12)
