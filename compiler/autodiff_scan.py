@@ -51,7 +51,7 @@ class Linearized:
     carries: tuple[int, ...]            # the float carries: the backward's carries, in order
     reads: tuple[Source, ...]           # the backward's xs, in order
     consts_read: tuple[int, ...]        # the forward consts the backward takes
-    dx: tuple[int | None, ...]          # per forward x: its cotangent's index among the backward's ys
+    dx: tuple[Source | None, ...]       # per forward x: where its stacked cotangent comes from
     dconst: tuple[Plan | None, ...]     # per forward const: how its gradient is assembled
 
 
@@ -71,6 +71,7 @@ def linearize(body: Graph, n_carry: int, n_xs: int, remat: bool = False) -> Line
     carry_in, x_in, k_in = params[:n_carry], params[n_carry:n_carry + n_xs], params[n_carry + n_xs:]
     outs = [i for _, i in body.outputs]
     active = active_nodes(body, outs, [p.id for p in params if p.dtype.is_float])
+    body = save_residuals(body, active)   # a loop in the body saves what its own reverse loop reads
 
     jb = GraphBuilder(body.name, base=body)
     first_new = jb.next_id
@@ -87,6 +88,11 @@ def linearize(body: Graph, n_carry: int, n_xs: int, remat: bool = False) -> Line
     joint = {n.id: n for n in jb.nodes}
     wanted = {cot[p.id].id for p in params if p.id in cot}
     live = _ancestors(jb.finish(()), wanted)
+    # The `result` nodes the VJP of a loop in the body made to read the loop's results are forward
+    # values: the forward body computes them too (and saves them when they vary).
+    late = [n for n in jb.nodes if n.id >= first_new and n.op is Op.RESULT and n.inputs[0] < first_new]
+    body = Graph(body.name, body.nodes + tuple(late), body.outputs, body.constraints)
+    forward_ids = {n.id for n in body.nodes}
 
     varying = {p.id for p in carry_in + x_in}
     for n in body.nodes:
@@ -94,8 +100,8 @@ def linearize(body: Graph, n_carry: int, n_xs: int, remat: bool = False) -> Line
             varying.add(n.id)
     # The forward values the backward reads: per-step ones are scanned (an x, a y the forward returns
     # anyway, or a residual it saves for this), the others recomputed.
-    needed = {i for n in jb.nodes if n.id >= first_new and n.id in live for i in n.inputs if i < first_new}
-    needed |= {i for i in wanted if i < first_new}
+    needed = {i for n in jb.nodes if n.id not in forward_ids and n.id in live for i in n.inputs if i in forward_ids}
+    needed |= {i for i in wanted if i in forward_ids}
     # A view of a per-step value (a gate's slice) is made again from what it views, not saved apart.
     views = set()
     for n in reversed(body.nodes):
@@ -134,7 +140,7 @@ def linearize(body: Graph, n_carry: int, n_xs: int, remat: bool = False) -> Line
         for j in consts_read:
             m[k_ids[j]] = bb.input(f"const{j}", k_in[j].type, role="const")
         for n in jb.nodes:
-            if n.id not in m and (n.id in recompute or n.id >= first_new and n.id in live):
+            if n.id not in m and (n.id in recompute or n.id not in forward_ids and n.id in live):
                 with bb.at(loc=n.loc, label=n.name):
                     m[n.id] = bb.copy(n, [m[i] for i in n.inputs])
 
@@ -153,7 +159,7 @@ def linearize(body: Graph, n_carry: int, n_xs: int, remat: bool = False) -> Line
 
         dx = []
         for p in x_in:
-            dx.append(piece(cot[p.id].id)[1] if p.id in cot else None)
+            dx.append(piece(cot[p.id].id) if p.id in cot else None)   # a read when it is one (dx = dy)
 
         def plan(i: int) -> Plan:
             n = joint[i]
@@ -274,8 +280,8 @@ def _scan(b: GraphBuilder, n: Node, gs: list[Tensor | None], operands: list[Tens
     grads: list[Any] = [None] * len(operands)
     for pos, k in enumerate(lin.carries):
         grads[k] = dcarries[pos]
-    for j, slot in enumerate(lin.dx):
-        grads[n_carry + j] = forward["out"][slot] if slot is not None else None
+    for j, source in enumerate(lin.dx):
+        grads[n_carry + j] = forward[source[0]][source[1]] if source is not None else None
     for j, p in enumerate(lin.dconst):
         grads[n_carry + n_xs + j] = assemble(p) if p is not None else None
     return grads

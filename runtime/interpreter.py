@@ -71,10 +71,18 @@ class Executable:
     def run(self, feeds: Mapping[str, np.ndarray], env: Mapping[str, int]) -> dict[str, np.ndarray]:
         """Outputs as arrays owned by the executable: valid until the next run."""
         key = tuple(sorted(env.items()))
-        plan = self._plans.get(key)
+        plan = self._plans.pop(key, None)
         if plan is None:
-            plan = self._plans[key] = _Plan(self, dict(env))
+            while len(self._plans) >= MAX_PLANS:   # the least recently run goes, with its buffers
+                del self._plans[next(iter(self._plans))]
+            plan = _Plan(self, dict(env))
+        self._plans[key] = plan                   # most recently run last
         return plan.run(feeds)
+
+
+# Plans kept per executable.  A plan holds every buffer of the graph, and a scan's plan T steps of
+# calls: sequences of many lengths (a recurrent model's batches) would otherwise keep them all.
+MAX_PLANS = 8
 
 
 class _Plan:
@@ -99,8 +107,11 @@ class _Plan:
                      and n.attrs["name"] not in exe.persistent], env, physical_memory(), "this machine's memory")
 
         last_use: dict[int, int] = {}
+        first_result: dict[tuple[int, int], int] = {}   # (scan, index) -> the first `result` node reading it
         for n in graph.nodes:
             root[n.id] = root[n.inputs[0]] if n.op in VIEW_OPS and n.inputs else n.id
+            if n.op is Op.RESULT:   # two `result` nodes of one result (before CSE) own its buffer together
+                root[n.id] = first_result.setdefault((n.inputs[0], n.attrs["index"]), n.id)
             for i in n.inputs:
                 last_use[root[i]] = order[n.id]
         for i in outputs:
@@ -143,7 +154,8 @@ class _Plan:
                 arrays[n.id] = outs
             elif n.op is Op.RESULT:
                 arrays[n.id] = args[0][n.attrs["index"]]
-                owned.add(n.id)
+                if root[n.id] == n.id:
+                    owned.add(n.id)
             else:
                 target = donated_by_node.get(n.id)
                 if target is not None and _may_write_into(graph, n, target, root, order):

@@ -66,23 +66,23 @@ def prepare(n: Node, args: list[np.ndarray], outs: tuple[np.ndarray, ...], env: 
     produced = [i for _, i in body.outputs]
     carry_out, y_out = produced[:n_carry], produced[n_carry:]
     final, stacked = outs[:n_carry], outs[n_carry:]
+    static: dict[int, Any] = {}
+    for m in body.nodes:
+        if m.op is not Op.INPUT and m.op is not Op.RAND and all(i in static for i in m.inputs):
+            static[m.id] = IMPLS[m.op](m, [static[i] for i in m.inputs], None, env)
     computes = {m.id for m in body.nodes if m.op not in VIEW_OPS and m.op is not Op.RESULT}
-    y_row = {}                              # node -> the ys it writes straight into
+    y_row = {}                              # node -> the ys it writes straight into (none computed once)
     for k, i in enumerate(y_out):
-        if i in computes and i not in y_row and not body.node(i).results:
+        if i in computes and i not in static and i not in y_row and not body.node(i).results:
             y_row[i] = k
 
     def buffer(m: Node) -> Any:
         arrays = tuple(np.empty(tuple(size_of(d, env) for d in t.shape), np_dtype(t.dtype)) for t in m.types)
         return arrays if m.results else arrays[0]
-
-    static: dict[int, Any] = {}
-    for m in body.nodes:
-        if m.op is not Op.INPUT and m.op is not Op.RAND and all(i in static for i in m.inputs):
-            static[m.id] = IMPLS[m.op](m, [static[i] for i in m.inputs], None, env)
     scratch = {m.id: buffer(m) for m in body.nodes
                if m.id in computes and m.id not in static and m.id not in y_row and m.id not in carry_out}
     turns = {k: (buffer(body.node(i)), buffer(body.node(i))) for k, i in enumerate(carry_out) if i not in y_row}
+    copied: dict[int, np.ndarray] = {}      # reshapes that copy: one buffer each, for every step
     shared: dict = {}
     calls: list[Callable[[], Any]] = []
     state = list(carries)
@@ -94,7 +94,14 @@ def prepare(n: Node, args: list[np.ndarray], outs: tuple[np.ndarray, ...], env: 
                 continue
             inputs = [values[i] for i in m.inputs]
             if m.id not in computes:
-                values[m.id] = IMPLS[m.op](m, inputs, None, env)       # a view, made once per step
+                view = IMPLS[m.op](m, inputs, None, env)               # a view, made once per step
+                if m.op is Op.RESHAPE and not np.shares_memory(view, inputs[0]):
+                    # A reshape that must copy (of a transposed value): a copy each step, not once now.
+                    if m.id not in copied:
+                        copied[m.id] = buffer(m)
+                    view = copied[m.id]
+                    calls.append(functools.partial(np.copyto, view.reshape(inputs[0].shape), inputs[0]))
+                values[m.id] = view
                 continue
             if m.id in y_row:
                 out = stacked[y_row[m.id]][t]

@@ -244,3 +244,180 @@ def test_a_wide_body_saves_its_carries_and_recomputes_the_step():
     (torch.stack(outs) ** 2).sum().backward()
     for k in t:
         np.testing.assert_allclose(got[k], tt[k].grad.numpy(), rtol=1e-10, atol=1e-12, err_msg=k)
+
+
+def test_a_y_computed_from_constants_is_written_every_step():
+    """A step output that depends on no input is computed once, at plan time: the planned loop must still
+    write it into every row of the stacked ys (it wrote none, leaving the rows uninitialized)."""
+    bb = GraphBuilder("body")
+    h = bb.input("h", TensorType(F, (3,)), role="carry")
+    x = bb.input("x", TensorType(F, (3,)), role="x")
+    body = bb.finish([("h", bb.add(h, x)), ("y", bb.exp(bb.const(2.0, F, (3,)))), ("h_in", h)])
+    g = GraphBuilder("m")
+    h0, xs = g.input("h0", TensorType(F, (3,))), g.input("xs", TensorType(F, (T, 3)))
+    (final,), (ys, seen) = g.scan(body, [h0], [xs])
+    graph = g.finish([("h", final), ("ys", ys), ("seen", seen)])
+    feeds = {"h0": np.zeros(3), "xs": np.ones((4, 3))}
+    got = Executable(graph).run(feeds, {"T": 4})        # unoptimized: fold would have made exp(2) a const
+    np.testing.assert_array_equal(got["ys"], np.full((4, 3), np.exp(2.0)))
+    np.testing.assert_array_equal(got["seen"], np.arange(4.0)[:, None].repeat(3, 1))
+    np.testing.assert_array_equal(got["h"], [4.0, 4, 4])
+
+
+def test_the_gradient_of_an_x_that_is_a_ys_cotangent():
+    """y_t = h * z_t + x_t: the cotangent of x_t is dy_t itself, one of the backward's reads, not one of its
+    ys.  The VJP took its index among the reads for one among the ys: the gradient of x was that of z (or an
+    IndexError when the backward returned no ys)."""
+    bb = GraphBuilder("body")
+    h = bb.input("h", TensorType(F, (3,)), role="carry")
+    x = bb.input("x", TensorType(F, (3,)), role="x")
+    z = bb.input("z", TensorType(F, (3,)), role="x")
+    body = bb.finish([("h", bb.tanh(bb.add(h, z))), ("y", bb.add(bb.mul(h, z), x))])
+    g = GraphBuilder("m")
+    t = {"h0": g.input("h0", TensorType(F, (3,)), role="param"), "X": g.input("X", TensorType(F, (T, 3)), role="param"),
+         "Z": g.input("Z", TensorType(F, (T, 3)), role="param")}
+    (final,), (ys,) = g.scan(body, [t["h0"]], [t["X"], t["Z"]])
+    loss = g.add(g.sum(g.mul(ys, ys)), g.sum(final))
+    full, grads, _ = grad(g.finish([("loss", loss)]), loss.id, [v.id for v in t.values()])
+    full = full.with_outputs([("loss", loss.id)] + [(k, grads[v.id]) for k, v in t.items()])
+    rng = np.random.default_rng(3)
+    feeds = {"h0": rng.normal(size=3), "X": rng.normal(size=(4, 3)), "Z": rng.normal(size=(4, 3))}
+    tt = {k: torch.tensor(v, requires_grad=True) for k, v in feeds.items()}
+    state, outs = tt["h0"], []
+    for step in range(4):
+        outs.append(state * tt["Z"][step] + tt["X"][step])
+        state = torch.tanh(state + tt["Z"][step])
+    ((torch.stack(outs) ** 2).sum() + state.sum()).backward()
+    for got in (evaluate(full, feeds, {"T": 4}), Executable(optimize(full, debug=True)).run(feeds, {"T": 4})):
+        for k in t:
+            np.testing.assert_allclose(got[k], tt[k].grad.numpy(), rtol=1e-10, atol=1e-12, err_msg=k)
+
+
+def test_the_gradient_through_swapped_and_integer_carries():
+    """The swap body's y = a + x passes dy straight on as dx: its VJP raised an IndexError."""
+    g = GraphBuilder("m")
+    a, b = g.input("a", TensorType(F, (3,)), role="param"), g.input("b", TensorType(F, (3,)), role="param")
+    k, x = g.input("k", TensorType(DType.I64, ())), g.input("x", TensorType(F, (T, 3)), role="param")
+    (fa, fb, fk), (ys,) = g.scan(_swap_body(), [a, b, k], [x])
+    loss = g.add(g.add(g.sum(g.mul(ys, ys)), g.sum(g.mul(fa, fb))), g.sum(g.mul(fb, g.cast(fk, F))))
+    full, grads, _ = grad(g.finish([("loss", loss)]), loss.id, [a.id, b.id, x.id])
+    full = full.with_outputs([("loss", loss.id), ("a", grads[a.id]), ("b", grads[b.id]), ("x", grads[x.id])])
+    rng = np.random.default_rng(0)
+    feeds = {"a": rng.normal(size=3), "b": rng.normal(size=3), "k": np.array(0), "x": rng.normal(size=(5, 3))}
+    tt = {n: torch.tensor(feeds[n], requires_grad=True) for n in "abx"}
+    ca, cb, ys_t = tt["a"], tt["b"], []
+    for step in range(5):
+        ys_t.append(ca + tt["x"][step])
+        ca, cb = cb, ca * 2
+    ((torch.stack(ys_t) ** 2).sum() + (ca * cb).sum() + (cb * 5).sum()).backward()
+    for got in (evaluate(full, feeds, {"T": 5}), Executable(optimize(full, debug=True)).run(feeds, {"T": 5})):
+        for n in "abx":
+            np.testing.assert_allclose(got[n], tt[n].grad.numpy(), rtol=1e-10, atol=1e-12, err_msg=n)
+
+
+def test_a_reshape_of_a_transposed_value_in_a_body_is_copied_every_step():
+    """reshape(transpose(h)) cannot be a view: the planned loop made it once, at plan time, from the
+    buffer's contents then (garbage), instead of copying it each step as the outer interpreter does.
+    The VJP of a body reshaping a transposed value has such a reshape too."""
+    bb = GraphBuilder("body")
+    h = bb.input("h", TensorType(F, (2, 3)), role="carry")
+    x = bb.input("x", TensorType(F, (2, 3)), role="x")
+    flipped = bb.reshape(bb.transpose(bb.reshape(h, (3, 2))), (2, 3))
+    new = bb.tanh(bb.add(flipped, x))
+    body = bb.finish([("h", new), ("y", bb.reshape(bb.transpose(new), (2, 3)))])
+    g = GraphBuilder("m")
+    t = {"h0": g.input("h0", TensorType(F, (2, 3)), role="param"),
+         "X": g.input("X", TensorType(F, (T, 2, 3)), role="param")}
+    (final,), (ys,) = g.scan(body, [t["h0"]], [t["X"]])
+    loss = g.add(g.sum(g.mul(ys, g.float_unary(Op.SIN, ys))), g.sum(final))
+    full, grads, _ = grad(g.finish([("loss", loss)]), loss.id, [v.id for v in t.values()])
+    full = full.with_outputs([("loss", loss.id), ("ys", ys.id)] + [(k, grads[v.id]) for k, v in t.items()])
+    rng = np.random.default_rng(5)
+    feeds = {"h0": rng.normal(size=(2, 3)), "X": rng.normal(size=(4, 2, 3))}
+    tt = {k: torch.tensor(v, requires_grad=True) for k, v in feeds.items()}
+    state, outs = tt["h0"], []
+    for step in range(4):
+        state = torch.tanh(state.reshape(3, 2).T.reshape(2, 3) + tt["X"][step])
+        outs.append(state.T.reshape(2, 3))
+    stacked = torch.stack(outs)
+    ((stacked * torch.sin(stacked)).sum() + state.sum()).backward()
+    for graph in (full, optimize(full, debug=True)):
+        got = Executable(graph).run(feeds, {"T": 4})
+        np.testing.assert_allclose(got["ys"], stacked.detach().numpy(), rtol=1e-12, atol=1e-13)
+        for k in t:
+            np.testing.assert_allclose(got[k], tt[k].grad.numpy(), rtol=1e-10, atol=1e-12, err_msg=k)
+
+
+def test_plans_for_many_lengths_are_bounded():
+    """One plan per sequence length, each holding every buffer and T steps of calls: a recurrent model fed
+    batches of many lengths kept them all (memory quadratic in the longest length).  The least recently run
+    goes; a length run again is planned again and still right."""
+    from dln.runtime.interpreter import MAX_PLANS
+
+    graph, _ = _rnn_model()
+    exe = Executable(optimize(graph))
+    for steps in [*range(1, MAX_PLANS + 5), 1, 3]:
+        feeds = _feeds(steps, 2, seed=steps)
+        got = exe.run(feeds, {"B": 2, "T": steps})
+        np.testing.assert_allclose(got["ys"], evaluate(graph, feeds, {"B": 2, "T": steps})["ys"])
+        assert len(exe._plans) <= MAX_PLANS
+    assert list(exe._plans)[-1] == (("B", 2), ("T", 3))
+
+
+def test_two_result_nodes_of_one_result_free_its_buffer_once():
+    """Before CSE a graph may read one result of a scan through two `result` nodes (the scan's VJP makes
+    its own).  Each owned the buffer and gave it back to the pool at its last use: given back twice, it
+    went to two later values at once."""
+    bb = GraphBuilder("body")
+    h = bb.input("h", TensorType(F, (3,)), role="carry")
+    x = bb.input("x", TensorType(F, (3,)), role="x")
+    g = GraphBuilder("m")
+    h0, xs = g.input("h0", TensorType(F, (3,))), g.input("xs", TensorType(F, (4, 3)))
+    (final,), _ = g.scan(bb.finish([("h", bb.add(h, x))]), [h0], [xs])
+    (again,) = g.results(g.tensor(g.node(final).inputs[0]))
+    c = g.add(g.exp(final), g.exp(again))       # each exp is the last reader of one of the two
+    d = g.mul(c, 2.0)
+    graph = g.finish([("c", c), ("d", d), ("e", g.add(g.tanh(d), c))])
+    feeds = {"h0": np.zeros(3), "xs": np.ones((4, 3))}
+    want, got = evaluate(graph, feeds, {}), Executable(graph).run(feeds, {})
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k], err_msg=k)
+
+
+def test_gradient_of_a_nested_scan_with_a_nonlinear_inner_body():
+    """The inner loop's VJP reads residuals (tanh's output): the inner scan must save them as the outer
+    body runs (save_residuals inside linearize), and the outer forward body computes the `result` nodes
+    reading them.  Before, an IndexError (nothing saved) or E0201 (the inner scan taken for a residual)."""
+    inner = GraphBuilder("inner")
+    acc = inner.input("acc", TensorType(F, (2,)), role="carry")
+    v = inner.input("v", TensorType(F, (2,)), role="x")
+    new = inner.tanh(inner.add(acc, v))
+    inner_body = inner.finish([("acc", new), ("y", inner.mul(new, v))])
+    outer = GraphBuilder("outer")
+    s = outer.input("s", TensorType(F, (2,)), role="carry")
+    row = outer.input("row", TensorType(F, (4, 2)), role="x")
+    (total,), (prods,) = outer.scan(inner_body, [s], [row], reverse=True)
+    outer_body = outer.finish([("s", outer.tanh(total)), ("y", prods)])
+    g = GraphBuilder("m")
+    x = g.input("x", TensorType(F, (T, 4, 2)), role="param")
+    s0 = g.input("s0", TensorType(F, (2,)), role="param")
+    (fs,), (ys,) = g.scan(outer_body, [s0], [x])
+    loss = g.add(g.sum(g.mul(fs, fs)), g.sum(g.mul(ys, ys)))
+    full, grads, _ = grad(g.finish([("loss", loss)]), loss.id, [x.id, s0.id])
+    full = full.with_outputs([("loss", loss.id), ("dx", grads[x.id]), ("ds0", grads[s0.id])])
+    feeds = {"x": np.random.default_rng(2).normal(size=(3, 4, 2)), "s0": np.array([0.3, -0.2])}
+    tx, ts = torch.tensor(feeds["x"], requires_grad=True), torch.tensor(feeds["s0"], requires_grad=True)
+    state, ys_t = ts, []
+    for t in range(3):
+        acc_t, rows = state, [None] * 4
+        for i in reversed(range(4)):
+            acc_t = torch.tanh(acc_t + tx[t, i])
+            rows[i] = acc_t * tx[t, i]
+        ys_t.append(torch.stack(rows))
+        state = torch.tanh(acc_t)
+    tl = (state * state).sum() + (torch.stack(ys_t) ** 2).sum()
+    tl.backward()
+    for got in (evaluate(full, feeds, {"T": 3}), Executable(optimize(full, debug=True)).run(feeds, {"T": 3})):
+        np.testing.assert_allclose(got["loss"], tl.item(), rtol=1e-12)
+        np.testing.assert_allclose(got["dx"], tx.grad.numpy(), rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(got["ds0"], ts.grad.numpy(), rtol=1e-10, atol=1e-12)

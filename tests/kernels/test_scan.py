@@ -163,3 +163,28 @@ def test_carries_the_loop_never_computes_on():
 
     generated = _compare(passthrough_layer(H, 20), seed=7)
     assert _scan_kernels(generated) and "cols32" in _scan_kernels(generated)[0].source
+
+
+def test_a_scan_nested_in_a_body():
+    """The outer body holds a scan, so it runs step by step on the host, and so does the inner one inside
+    it: the module emitted the inner kernels one level deep only and listed only top-level host loops,
+    so the inner loop's kernels were missing (a KeyError building the program)."""
+    from dln.compiler.emit import GraphBuilder
+    from dln.compiler.ir import DType, TensorType
+    from dln.compiler.symbolic import Sym
+
+    F, T = DType.F32, Sym.var("T")
+    inner = GraphBuilder("inner")
+    acc = inner.input("acc", TensorType(F, (3,)), role="carry")
+    v = inner.input("v", TensorType(F, (3,)), role="x")
+    new = inner.tanh(inner.add(inner.mul(acc, 0.5), v))
+    inner_body = inner.finish([("acc", new), ("y", inner.mul(new, v))])
+    outer = GraphBuilder("outer")
+    s = outer.input("s", TensorType(F, (3,)), role="carry")
+    row = outer.input("row", TensorType(F, (2, 3)), role="x")
+    (total,), (prods,) = outer.scan(inner_body, [s], [row])
+    outer_body = outer.finish([("s", outer.tanh(total)), ("y", prods)])
+    g = GraphBuilder("m")
+    x, s0 = g.input("x", TensorType(F, (T, 2, 3))), g.input("s0", TensorType(F, (3,)))
+    (fs,), (ys,) = g.scan(outer_body, [s0], [x])
+    _compare(g.finish([("s", fs), ("ys", ys)]), env={"T": 3}, seed=8)
