@@ -125,10 +125,11 @@ def _sigmoid(node, args, out, env):
         from scipy import special
 
         return special.expit(args[0], out=out)
-    np.negative(args[0], out=out)
-    np.exp(out, out=out)
-    np.add(out, 1, out=out)
-    return np.reciprocal(out, out=out)
+    with np.errstate(over="ignore"):        # exp(-x) = inf for x far below 0: the result is 0, as meant
+        np.negative(args[0], out=out)
+        np.exp(out, out=out)
+        np.add(out, 1, out=out)
+        return np.reciprocal(out, out=out)
 IMPLS[Op.ERF] = _scipy_special("erf")
 
 

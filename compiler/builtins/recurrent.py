@@ -56,10 +56,18 @@ def _recurrent(cx, layer: str, x: Tensor, hidden: int, layers: int, nonlinearity
     initial = {"h": _initial(cx, layer, "h0", h0, state_type, unbatched)}
     if layer == "lstm":
         initial["c"] = _initial(cx, layer, "c0", c0, state_type, unbatched)
+        if (h0 is None) != (c0 is None):   # torch takes the pair (h0, c0) or neither
+            given = "h0" if c0 is None else "c0"
+            raise cx.fail_at(given, "E0208", f"lstm needs both initial states, h0 and c0, or neither; "
+                                             f"only {given} is given")
     carried = {}
     for k, leaf in (("h", "h_n"), ("c", "c_n")):
         if k in initial and initial[k] is None:
             initial[k] = cx.carry(leaf, state_type)
+            if initial[k] is not None and bidirectional:
+                # The reverse direction reads the sequence from its end: a piece cannot continue it.
+                raise cx.fail("E0208", f"a bidirectional {layer} cannot run a sequence in pieces (generation "
+                                       f"carries the state of one piece into the next)")
             if initial[k] is not None:
                 carried[k] = initial[k]
     # Per layer and direction, the initial states as [B, H] (None: zeros).

@@ -332,6 +332,7 @@ def test_lowering_is_one_projection_and_one_scan_per_direction(layer, bi):
     ("gru(sum(x), 4)", "E0202", "gru needs [B, T, D]"),
     ("rnn(x, 4, h0 = h)", "E0201", "rnn's h0 needs [layers * directions, B, H] = [1, B, 4], got f32[2, B, 4]"),
     ("lstm(x, 4, layers = 2, h0 = h, c0 = sum(h, 0))", "E0202", "lstm's c0 needs"),
+    ("lstm(x, 4, layers = 2, h0 = h)", "E0208", "lstm needs both initial states, h0 and c0, or neither"),
 ])
 def test_errors_are_located(call, code, message):
     src = f"""model m() {{
@@ -354,3 +355,18 @@ def test_recomputing_the_step_in_the_backward_matches_torch(layer, act, monkeypa
 
     monkeypatch.setattr(autodiff_scan, "REMAT_RATIO", 0)
     test_matches_torch_with_gradients(layer, act, 2, True, True, True, False)
+
+
+def test_a_bidirectional_layer_cannot_run_in_pieces():
+    """A stream build (generation) carries each piece's final state into the next; the reverse direction
+    reads the sequence from its end, so a bidirectional layer there is a located error."""
+    src = """model m() {
+        input x: f32[B, T, 3]
+        output y = gru(x, 4, bidirectional = true)
+    }"""
+    with pytest.raises(DlnError) as e:
+        pipeline.build_model(pipeline.load(src), stream=True)
+    d = e.value.diagnostics[0]
+    assert d.code == "E0208" and "bidirectional gru cannot run a sequence in pieces" in d.message
+    assert d.span is not None and d.span.line == 3
+    pipeline.build_model(pipeline.load(src))          # an ordinary build is fine
