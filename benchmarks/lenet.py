@@ -45,22 +45,10 @@ def _initial_weights() -> dict[str, np.ndarray]:
 
 def dln_step():
     import dln
-    from dln.compiler import pipeline
-    from dln.runtime.train import default_objective
 
+    images, y = _data()
     model = dln.compile(str(HERE / "lenet.dln"), backend="numpy", seed=0)
-    step = pipeline.train_step(model.train_spec, default_objective(model))
-    states = {s.name: np.zeros(tuple(int(d) for d in s.type.shape), np.float32) for s in step.states}
-    exe = model.backend.prepare(step.graph, {**model._params, **states, "rng.step": np.array(0, np.int64)},
-                                step.donate)
-    x, y = _data()
-    count = [0]
-
-    def run() -> float:
-        count[0] += 1
-        out = exe.run({"images": x, "y": y, "lr": np.array(1e-3), "step": np.array(float(count[0]))}, {"B": BATCH})
-        return float(out["loss"])
-    return run
+    return paired.dln_adam_step(model, {"images": images, "y": y}, {"B": BATCH})
 
 
 def torch_net():
@@ -82,17 +70,7 @@ def torch_net():
 def torch_step():
     import torch
 
-    net = torch_net()
-    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-    x, y = (torch.from_numpy(a) for a in _data())
-
-    def run() -> float:
-        opt.zero_grad(set_to_none=True)
-        loss = torch.nn.functional.cross_entropy(net(x), y)
-        loss.backward()
-        opt.step()
-        return float(loss.detach())
-    return run
+    return paired.torch_adam_step(torch_net(), *(torch.from_numpy(a) for a in _data()))
 
 
 def child(side: str) -> None:

@@ -43,23 +43,8 @@ def _model():
 
 
 def dln_step():
-    from dln.compiler import pipeline
-    from dln.runtime.train import default_objective
-
-    model = _model()
-    step = pipeline.train_step(model.train_spec, default_objective(model))
-    states = {s.name: np.zeros(tuple(int(d) for d in s.type.shape), np.float32) for s in step.states}
-    exe = model.backend.prepare(step.graph, {**model._params, **states, "rng.step": np.array(0, np.int64)},
-                                step.donate)
     x, y = _data()
-    count = [0]
-
-    def run() -> float:
-        count[0] += 1
-        out = exe.run({"x": x, "y": y, "lr": np.array(1e-3), "step": np.array(float(count[0]))},
-                      {"B": BATCH, "T": STEPS})
-        return float(out["loss"])
-    return run
+    return paired.dln_adam_step(_model(), {"x": x, "y": y}, {"B": BATCH, "T": STEPS})
 
 
 def torch_net():
@@ -83,17 +68,7 @@ def torch_net():
 def torch_step():
     import torch
 
-    net = torch_net()
-    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-    x, y = (torch.from_numpy(a) for a in _data())
-
-    def run() -> float:
-        opt.zero_grad(set_to_none=True)
-        loss = torch.nn.functional.cross_entropy(net(x), y)
-        loss.backward()
-        opt.step()
-        return float(loss.detach())
-    return run
+    return paired.torch_adam_step(torch_net(), *(torch.from_numpy(a) for a in _data()))
 
 
 def kernel_counts() -> dict:

@@ -57,6 +57,42 @@ def step_times(script: str, rounds: int, steps: int) -> dict:
             "cpus": os.cpu_count()}
 
 
+def dln_adam_step(model, feeds: dict, env: dict) -> Callable[[], float]:
+    """One training step of `model` (compiled on the NumPy backend, its default objective and optimizer)
+    on fixed `feeds`, as a function returning the loss."""
+    import numpy as np
+
+    from dln.compiler import pipeline
+    from dln.runtime.train import default_objective
+
+    step = pipeline.train_step(model.train_spec, default_objective(model))
+    states = {s.name: np.zeros(tuple(int(d) for d in s.type.shape), np.float32) for s in step.states}
+    exe = model.backend.prepare(step.graph, {**model._params, **states, "rng.step": np.array(0, np.int64)},
+                                step.donate)
+    count = [0]
+
+    def run() -> float:
+        count[0] += 1
+        out = exe.run({**feeds, "lr": np.array(1e-3), "step": np.array(float(count[0]))}, env)
+        return float(out["loss"])
+    return run
+
+
+def torch_adam_step(net, x, y) -> Callable[[], float]:
+    """One cross-entropy training step of the torch module `net` with Adam (lr 1e-3) on fixed (x, y)."""
+    import torch
+
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+
+    def run() -> float:
+        opt.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(net(x), y)
+        loss.backward()
+        opt.step()
+        return float(loss.detach())
+    return run
+
+
 def replace_section(text: str, old: str, section: str) -> str:
     """RESULTS.md with `old` (a section, or "") replaced by `section`, or `section` appended."""
     return text.replace(old, section + "\n") if old else text.rstrip("\n") + "\n\n" + section
