@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import paired  # noqa: E402
 
 
 def dln_step(batch: int):
@@ -58,19 +60,10 @@ def torch_step(model, batch: int):
         state[f"{k}.weight"] = torch.from_numpy(params[f"{name}.weight"])
         state[f"{k}.bias"] = torch.from_numpy(params[f"{name}.bias"])
     net.load_state_dict(state)
-    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     rng = np.random.default_rng(0)
     x = torch.from_numpy(rng.random((batch, 784), dtype=np.float32))
     y = torch.from_numpy(rng.integers(0, 10, batch))
-
-    def run() -> float:
-        opt.zero_grad(set_to_none=True)
-        loss = torch.nn.functional.cross_entropy(net(x), y)
-        loss.backward()
-        opt.step()
-        return float(loss.detach())
-
-    return run
+    return paired.torch_adam_step(net, x, y)
 
 
 def measure(run, steps: int) -> float:
