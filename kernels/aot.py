@@ -72,6 +72,15 @@ def ptxas_path() -> str:
     return str(Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas-blackwell")
 
 
+def disassemble(cubin: str | Path) -> str:
+    """The SASS of a cubin (the bundled `cuobjdump -sass`): `HMMA`/`HGMMA` lines are tensor-core products."""
+    cuobjdump = Path(ptxas_path()).with_name("cuobjdump")
+    run = subprocess.run([str(cuobjdump), "-sass", str(cubin)], capture_output=True, text=True, timeout=120)
+    if run.returncode != 0:
+        raise RuntimeError(f"cuobjdump failed on {cubin}: {run.stderr}")
+    return run.stdout
+
+
 def _compile(job: Job) -> CompiledKernel:
     """Runs in a worker process."""
     import importlib.util

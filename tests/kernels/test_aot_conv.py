@@ -4,7 +4,6 @@ cores: HMMA on sm_80; on sm_90 HGMMA (wgmma) where a tile has 64 rows or more, H
 
 import dataclasses
 import re
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -12,20 +11,13 @@ import pytest
 import dln
 from dln.compiler import pipeline
 from dln.compiler.ir import GroupOp
-from dln.kernels.aot import compile_all, ptxas_path
+from dln.kernels.aot import compile_all, disassemble
 from dln.kernels.module import generate_module
 from dln.runtime.train import recipe_for
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = ROOT / "tests" / "programs" / "cnn_small.dln"
 OPS = ("conv", "conv_transpose", "conv_weight")
-
-
-def _sass(cubin: Path) -> str:
-    cuobjdump = Path(ptxas_path()).with_name("cuobjdump")
-    run = subprocess.run([str(cuobjdump), "-sass", str(cubin)], capture_output=True, text=True, timeout=120)
-    assert run.returncode == 0, run.stderr
-    return run.stdout
 
 
 @pytest.fixture(scope="module", params=["ieee", "tf32"])
@@ -69,7 +61,7 @@ def test_tensor_cores_follow_the_precision(compiled):
     (ieee, the default) on the FMA units, with no tensor-core instruction."""
     precision, generated, results, out = compiled
     for r in results:
-        sass = _sass(out / r.cubin)
+        sass = disassemble(out / r.cubin)
         hmma, hgmma = len(re.findall(r"\bHMMA\b", sass)), len(re.findall(r"\bHGMMA\b", sass))
         if precision == "ieee":
             assert hmma + hgmma == 0 and re.search(r"\bFFMA\b", sass), f"{r.name}: ieee off the FMA units"

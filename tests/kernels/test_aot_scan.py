@@ -7,22 +7,13 @@ do not leave room for — and plain FFMA for exact fp32 ("ieee")."""
 
 import dataclasses
 import re
-import subprocess
-from pathlib import Path
 
 import pytest
 
-from dln.kernels.aot import compile_all, ptxas_path
+from dln.kernels.aot import compile_all, disassemble
 from dln.kernels.module import generate_module
 
 from .scan_graphs import layer
-
-
-def _sass(cubin: Path) -> str:
-    cuobjdump = Path(ptxas_path()).with_name("cuobjdump")
-    run = subprocess.run([str(cuobjdump), "-sass", str(cubin)], capture_output=True, text=True, timeout=120)
-    assert run.returncode == 0, run.stderr
-    return run.stdout
 
 
 @pytest.fixture(scope="module", params=["ieee", "tf32"])
@@ -56,7 +47,7 @@ def test_no_spills(compiled):
 def test_tensor_cores(compiled):
     precision, _, results, out = compiled
     for r in results:
-        sass = _sass(out / r.cubin)
+        sass = disassemble(out / r.cubin)
         mma = re.findall(r"\b(HMMA|HGMMA)\b", sass)
         if precision == "ieee":
             assert not mma and "FFMA" in sass, r.name   # exact fp32 products: no tensor cores
