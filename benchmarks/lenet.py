@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import re
 import sys
 from pathlib import Path
 
@@ -127,8 +126,7 @@ TITLE = "## LeNet training step (issue: NumPy <= 1.5x eager; kernels <= torch.co
 
 def lenet_section(results: str) -> str:
     """The LeNet section of a RESULTS.md text ("" when it has none)."""
-    m = re.search(r"^## LeNet.*?(?=^## |\Z)", results, re.S | re.M)
-    return m.group() if m else ""
+    return paired.find_section(results, "LeNet")
 
 
 def _section(result: dict) -> str:
@@ -137,10 +135,7 @@ def _section(result: dict) -> str:
             f"(`benchmarks/lenet.dln`): 1x28x28, batch {BATCH}, Adam. Each side runs in its own process, the two "
             f"taking turns; median of {s['rounds']} rounds of {s['steps_per_round']} steps, with the fastest "
             f"and slowest round.\n\n"
-            f"| | ms per step | spread |\n| --- | --- | --- |\n"
-            f"| dln, NumPy backend | {s['dln_numpy_ms']} | {s['dln_spread_ms'][0]} - {s['dln_spread_ms'][1]} |\n"
-            f"| PyTorch eager | {s['torch_eager_ms']} | {s['torch_spread_ms'][0]} - {s['torch_spread_ms'][1]} |\n"
-            f"| **ratio** | **{s['ratio']}** | |\n\n"
+            + paired.step_table(s, "PyTorch eager") +
             f"Load average (1 min) before and after: {s['load_avg_1min_before_after']} on {s['cpus']} CPUs.\n")
     k = result.get("kernels")
     if k:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import re
 import sys
 from pathlib import Path
 
@@ -109,8 +108,7 @@ TITLE = "## LSTM training step (issue: NumPy <= 1.0x eager nn.LSTM; kernels per 
 
 def lstm_section(results: str) -> str:
     """The LSTM section of a RESULTS.md text ("" when it has none)."""
-    m = re.search(r"^## LSTM.*?(?=^## |\Z)", results, re.S | re.M)
-    return m.group() if m else ""
+    return paired.find_section(results, "LSTM")
 
 
 def _section(result: dict) -> str:
@@ -119,11 +117,7 @@ def _section(result: dict) -> str:
             f"input {FEATURES}, hidden {HIDDEN}, T = {STEPS}, batch {BATCH}, the last step into a linear head to "
             f"{CLASSES} classes, cross-entropy, Adam. Each side runs in its own process, the two taking turns; "
             f"median of {s['rounds']} rounds of {s['steps_per_round']} steps, with the fastest and slowest round.\n\n"
-            f"| | ms per step | spread |\n| --- | --- | --- |\n"
-            f"| dln, NumPy backend | {s['dln_numpy_ms']} | {s['dln_spread_ms'][0]} - {s['dln_spread_ms'][1]} |\n"
-            f"| PyTorch eager, `nn.LSTM` | {s['torch_eager_ms']} | {s['torch_spread_ms'][0]} - "
-            f"{s['torch_spread_ms'][1]} |\n"
-            f"| **ratio** | **{s['ratio']}** | |\n\n"
+            + paired.step_table(s, "PyTorch eager, `nn.LSTM`") +
             f"First losses (same initial weights): {s['first_losses']}. Load average (1 min) before and after: "
             f"{s['load_avg_1min_before_after']} on {s['cpus']} CPUs.\n")
     k = result.get("kernels")

@@ -11,6 +11,7 @@ load average before and after.
 from __future__ import annotations
 
 import json
+import re
 import os
 import statistics
 import subprocess
@@ -91,6 +92,20 @@ def torch_adam_step(net, x, y) -> Callable[[], float]:
         opt.step()
         return float(loss.detach())
     return run
+
+
+def step_table(s: dict, torch_label: str) -> str:
+    """The markdown table of `step_times`' result: each side's median and spread, and their ratio."""
+    return (f"| | ms per step | spread |\n| --- | --- | --- |\n"
+            f"| dln, NumPy backend | {s['dln_numpy_ms']} | {s['dln_spread_ms'][0]} - {s['dln_spread_ms'][1]} |\n"
+            f"| {torch_label} | {s['torch_eager_ms']} | {s['torch_spread_ms'][0]} - {s['torch_spread_ms'][1]} |\n"
+            f"| **ratio** | **{s['ratio']}** | |\n\n")
+
+
+def find_section(results: str, heading: str) -> str:
+    """The section of a RESULTS.md text whose heading starts with `## <heading>` ("" when it has none)."""
+    m = re.search(rf"^## {re.escape(heading)}.*?(?=^## |\Z)", results, re.S | re.M)
+    return m.group() if m else ""
 
 
 def replace_section(text: str, old: str, section: str) -> str:
