@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 from dln.compiler import builtins as lib
 from dln.compiler import inline
-from dln.compiler.emit import DEFAULT_FLOAT, Tensor, const_problem, result_dtype
+from dln.compiler.emit import DEFAULT_FLOAT, Tensor, result_dtype
+from dln.compiler.numbers import const_problem
 from dln.compiler.ir import DTYPES, DType, Op, TensorType
 from dln.compiler.symbolic import Dim, Sym, dim_at_most
 from dln.compiler.values import (BlockRef, DimValue, DTypeValue, FunctionRef, Instance, ListValue, ModelRef,

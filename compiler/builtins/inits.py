@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 
 from dln.compiler.builtins import FLOAT, builtin
-from dln.compiler.emit import const_problem
+from dln.compiler.numbers import const_problem
 from dln.compiler.ir import DType
 from dln.compiler.symbolic import Shape
 from dln.compiler.values import InitSpec
