@@ -359,6 +359,14 @@ def _result(b, n, g, xs, out):
     return [Part(n.attrs["index"], g)]
 
 
+@vjp(Op.COMPOSITE)
+def _composite(b, n, g, xs, out):
+    """The composite's own VJP: `grad` has decomposed every composite without one."""
+    from dln.compiler.composites import of
+
+    return of(n).vjp(b, n, g, xs, out)
+
+
 def missing_rules() -> list[Op]:
     return [op for op in Op if op not in VJP and op not in NO_GRADIENT]
 
@@ -467,6 +475,11 @@ def grad(graph: Graph, loss: int, wrt: Sequence[int]) -> tuple[Graph, dict[int, 
         raise DlnError(Diagnostic("E0602", f"the objective must be a scalar, got {loss_node.type}", loss_node.loc))
     if not loss_node.dtype.is_float:
         raise DlnError(Diagnostic("E0602", f"the objective must be a float, got {loss_node.type}", loss_node.loc))
+    # Composites without a VJP of their own are differentiated through their decomposition (which may
+    # replace nodes: the loss is found again by name; the caller's outputs are renamed the same way).
+    graph = decompose(graph.with_outputs(graph.outputs + (("\0loss", loss),)), lambda n: of(n).has_vjp(n.attrs))
+    loss = graph.outputs[-1][1]
+    graph = graph.with_outputs(graph.outputs[:-1])
     active = active_nodes(graph, [loss], wrt)
     # A loop saves, as extra results, what its reverse loop will read.
     graph = save_residuals(graph, active)
@@ -479,3 +492,5 @@ def grad(graph: Graph, loss: int, wrt: Sequence[int]) -> tuple[Graph, dict[int, 
 
 
 from dln.compiler.autodiff_scan import save_residuals  # noqa: E402  (registers the scan's VJP)
+from dln.compiler.composites import of  # noqa: E402
+from dln.compiler.passes.decompose import decompose  # noqa: E402

@@ -407,13 +407,17 @@ class ModelBuilder:
             self.carried[name] = self.b.detach(self.b.cast(value, carry.dtype)).id
 
     def random(self, shape: tuple[Dim, ...], dtype: DType) -> Tensor:
+        seed, step, stream = self.random_stream()
+        return self.b.rand(shape, seed, step, stream, dtype)
+
+    def random_stream(self) -> tuple[Tensor, Tensor, int]:
+        """(seed, step, stream): a stream of its own of the counter-based generator (one per random op)."""
         if self.rng is None:
             with self.b.at(label="rng"):
                 self.rng = (self.b.input("rng.seed", TensorType(DType.I64, ()), "rng"),
                             self.b.input("rng.step", TensorType(DType.I64, ()), "rng"))
-        stream = self.streams
         self.streams += 1
-        return self.b.rand(shape, self.rng[0], self.rng[1], stream, dtype)
+        return self.rng[0], self.rng[1], self.streams - 1
 
     def resolve_hparams(self, decl: ast.Model, values: Mapping[str, Any], spans: Mapping[str, Span]) -> dict[str, Any]:
         """The hyperparameters of an instance of `decl` made with keyword `values`."""

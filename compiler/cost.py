@@ -34,6 +34,10 @@ def flops(graph: Graph, n: Node, env: Mapping[str, int]) -> int:
         return size(graph.node(n.inputs[0]).shape, env)
     if n.op is Op.SCAN:
         return max(0, int(evaluate(n.attrs["length"], env))) * total_flops(n.attrs["body"], env)
+    if n.op is Op.COMPOSITE:   # the work of its decomposition (attention's backward recomputes, so does its kernel)
+        from dln.compiler.composites import expanded
+
+        return total_flops(expanded(n, tuple(graph.node(i).type for i in n.inputs)), env)
     return 0
 
 

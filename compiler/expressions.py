@@ -466,6 +466,9 @@ class _CallContext:
     def random(self, shape, dtype: DType = DType.F32) -> Tensor:
         return self.m.random(shape, dtype)
 
+    def random_stream(self):
+        return self.m.random_stream()
+
     def fail(self, code: str, message: str, *notes: Note) -> DlnError:
         return DlnError(Diagnostic(code, message, self.span, notes))
 

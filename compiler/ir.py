@@ -157,6 +157,10 @@ class Op(enum.Enum):
     SCAN = "scan"
     RESULT = "result"        # attrs: index — result `index` of a node with several results
 
+    # -- composites: an op defined by its decomposition into primitives (dln.compiler.composites), kept
+    # whole for a backend with a kernel for it; attrs: composite (its name) and the composite's own
+    COMPOSITE = "composite"
+
     def __str__(self) -> str:
         return self.value
 
@@ -180,6 +184,8 @@ class GroupOp:
     Contraction = frozenset({Op.MATMUL}) | Convolution
     Random = frozenset({Op.RAND})
     Region = frozenset({Op.SCAN})            # ops that carry body graphs (and have several results)
+    Composite = frozenset({Op.COMPOSITE})    # ops defined by a decomposition (attention, cross-entropy)
+    MultiResult = Region | Composite         # ops whose results `result` nodes read
     Commutative = frozenset({Op.ADD, Op.MUL, Op.MAXIMUM, Op.MINIMUM, Op.EQ, Op.NE, Op.AND, Op.OR})
 
 

@@ -5,6 +5,8 @@
          ──forward_graph──► the graph of the requested values, optimized (in evaluation mode,
                             per-channel affine maps folded into the conv or matmul before them)
          ──train_step──► forward + backward + optimizer update, optimized
+         ──lower──► what a backend runs: every composite it has no kernel for decomposed
+                    into primitives (the backends call it in `prepare`)
          ──(kernels)──► fusion plan and Triton source, in dln.kernels
 
 Between passes the IR checker runs when `debug` is on.
@@ -18,6 +20,7 @@ from dln.compiler.build import BuiltModel, build_model
 from dln.compiler.ir import Graph
 from dln.compiler.passes.cse import cse
 from dln.compiler.passes.dce import dce
+from dln.compiler.passes.decompose import Keep, decompose, keep_none
 from dln.compiler.passes.detach import strip_detach
 from dln.compiler.passes.fold import fold
 from dln.compiler.passes.fold_affine import fold_affine
@@ -26,7 +29,7 @@ from dln.compiler.program import load
 from dln.compiler.recipe import Objective
 from dln.compiler.training import TrainStep, build_step
 
-__all__ = ["load", "build_model", "forward_graph", "train_step", "optimize", "PASSES"]
+__all__ = ["load", "build_model", "forward_graph", "train_step", "optimize", "lower", "PASSES"]
 
 # The optimization passes, in order.
 PASSES: list[tuple[str, Callable[[Graph], Graph]]] = [
@@ -80,3 +83,10 @@ def train_step(model: BuiltModel, objective: Objective, clip_grad: float | None 
     step.graph = optimize(step.graph, debug)
     return step
 
+
+
+def lower(graph: Graph, keep: Keep = keep_none, debug: bool = False) -> Graph:
+    """`graph` as a backend runs it: the composites `keep` refuses (those it has no kernel for) replaced by
+    their decompositions, then optimized again (the same graph when there were none)."""
+    lowered = decompose(graph, keep)
+    return graph if lowered is graph else optimize(lowered, debug)

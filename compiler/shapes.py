@@ -414,6 +414,14 @@ def _result(cx, types, attrs):
     return types[index]
 
 
+@rule(Op.COMPOSITE)
+def _composite(cx, types, attrs):
+    """The composite's own rule (dln.compiler.composites)."""
+    from dln.compiler.composites import COMPOSITES
+
+    return COMPOSITES[attrs["composite"]].infer(cx, types, attrs)
+
+
 def operand_types(op: Op, inputs) -> list[TensorType]:
     """What a shape rule sees of its operand nodes: their types; for `result`, every result of its producer."""
     if op is Op.RESULT:

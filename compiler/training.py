@@ -46,17 +46,20 @@ def state_prefix(objective: Objective) -> str:
 
 
 def build_step(model: BuiltModel, objective: Objective, clip_grad: float | None = None) -> TrainStep:
-    graph = model.graph
-    loss_id = model.values[objective.loss]
+    # The values the step returns, as outputs of the graph autodiff extends (which may replace nodes).
+    kept = [("loss", model.values[objective.loss]), *model.metrics.items(),
+            *((f"new:{name}", node) for name, node in model.updates.items())]
+    graph = model.graph.with_outputs(kept)
     chosen = [p for p in model.params if objective.over is None or p.name.startswith(objective.over + ".")]
-    full, grads, b = grad(graph, loss_id, [p.node for p in chosen])
+    full, grads, b = grad(graph, kept[0][1], [p.node for p in chosen])
+    kept_ids = dict(full.outputs)
     updated = [p for p in chosen if grads[p.node] is not None]
     opt = objective.optimizer
     hyper = {**OPTIMIZERS[opt.kind].defaults, **opt.hyper}
-    outputs: list[tuple[str, int]] = [("loss", loss_id)]
+    outputs: list[tuple[str, int]] = [("loss", kept_ids["loss"])]
     metrics = []
-    for name, node in model.metrics.items():
-        outputs.append((name, node))
+    for name in model.metrics:
+        outputs.append((name, kept_ids[name]))
         metrics.append(name)
     donate: dict[str, str] = {}
     states: list[StateSlot] = []
@@ -83,7 +86,8 @@ def build_step(model: BuiltModel, objective: Objective, clip_grad: float | None 
         # The random state advances with every step, in the graph like the model state layers assign.
         rng_step = graph.input_named("rng.step")
         rng = b.tensor(rng_step.id) if rng_step is not None else b.input("rng.step", TensorType(DType.I64, ()), "rng")
-        for name, node in [*model.updates.items(), ("rng.step", b.add(rng, 1).id)]:
+        for name, node in [*((name, kept_ids[f"new:{name}"]) for name in model.updates),
+                           ("rng.step", b.add(rng, 1).id)]:
             outputs.append((f"new:{name}", node))
             donate[f"new:{name}"] = name
     step_graph = b.finish(outputs)

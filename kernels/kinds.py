@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Callable
 
 from dln.compiler.fusion.planner import FusionPlan, Group
+from dln.compiler.ir import Node
 from dln.kernels.convolution import convolution
 from dln.kernels.recurrent import scan
 from dln.kernels.templates import KernelSource, matmul, multi_tensor, pointwise, reduction, scatter
@@ -24,6 +25,16 @@ CONTRACTIONS: dict[str, Callable[[FusionPlan, Group, int, str], KernelSource]] =
     "convolution": convolution,
     "scan": scan,   # a persistent recurrent kernel (or the step-by-step fallback)
 }
+
+
+# Composites with a kernel of their own, and for which of their nodes it serves (dln.compiler.composites);
+# every other composite reaches the planner decomposed (`pipeline.lower`).
+COMPOSITE_KERNELS: dict[str, Callable[[Node], bool]] = {}
+
+
+def has_kernel(n: Node) -> bool:
+    serves = COMPOSITE_KERNELS.get(n.attrs["composite"])
+    return serves is not None and serves(n)
 
 
 def generate(plan: FusionPlan, group: Group, k: int, precision: str = "ieee") -> KernelSource:

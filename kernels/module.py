@@ -18,12 +18,13 @@ from typing import Mapping
 
 from dln.compiler.fusion.planner import FusionPlan, plan_graph
 from dln.compiler.ir import DType, Graph, GroupOp, Op
+from dln.compiler.pipeline import lower
 from dln.compiler.symbolic import numel
 from dln.kernels.configs import INTERPRETER_CONFIG, autotune_candidates, epilogue_weight, gpu_config
 from dln.kernels.emitter import comment, render_dim
 from dln.kernels.lowering import HELPERS
 from dln.kernels.report import computed_nodes
-from dln.kernels.kinds import generate
+from dln.kernels.kinds import generate, has_kernel
 from dln.kernels.templates import KernelSource
 
 TORCH_DTYPES = {
@@ -43,7 +44,7 @@ class GeneratedModule:
 
 def generate_module(graph: Graph, donate: Mapping[str, str] | None = None, precision: str = "ieee",
                     title: str = "") -> GeneratedModule:
-    plan = plan_graph(graph, donate)
+    plan = plan_graph(lower(graph, has_kernel), donate)
     kernels = [generate(plan, group, k, precision) for k, group in enumerate(plan.groups)]
     configs = kernel_configs(plan, kernels)
     source = _module_source(plan, kernels, configs, title or graph.name)

@@ -22,7 +22,9 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from dln.compiler.composites import expanded
 from dln.compiler.ir import Graph, GroupOp, Node, Op, TensorType
+from dln.compiler.pipeline import lower
 from dln.compiler.symbolic import evaluate as evaluate_size
 from dln.dsl.diagnostics import Diagnostic, DlnError
 from dln.runtime.checks import check_sizes
@@ -39,6 +41,10 @@ def evaluate(graph: Graph, inputs: Mapping[str, np.ndarray], env: dict[str, Any]
     for n in graph.nodes:
         if n.op is Op.INPUT:
             values[n.id] = inputs[n.attrs["name"]]
+        elif n.op is Op.COMPOSITE:   # by its definition: its decomposition
+            parts = evaluate(expanded(n, tuple(graph.node(i).type for i in n.inputs)),
+                             {f"x{k}": values[i] for k, i in enumerate(n.inputs)}, env)
+            values[n.id] = tuple(parts.values()) if n.results else parts["y0"]
         else:
             values[n.id] = IMPLS[n.op](n, [values[i] for i in n.inputs], None, env)
     return {name: values[i] for name, i in graph.outputs}
@@ -61,7 +67,7 @@ class Executable:
 
     def __init__(self, graph: Graph, persistent: Mapping[str, np.ndarray] | None = None,
                  donate: Mapping[str, str] | None = None) -> None:
-        self.graph = graph
+        self.graph = graph = lower(graph)   # the NumPy backend runs every composite's decomposition
         self.persistent = dict(persistent or {})
         self.donate = dict(donate or {})
         self.feeds = [n.attrs["name"] for n in graph.nodes

@@ -12,7 +12,8 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from dln.compiler.ir import DType, Graph, Node, Op
+from dln.compiler.composites import expanded
+from dln.compiler.ir import DType, Graph, Node, Op, TensorType
 from dln.compiler.symbolic import evaluate
 from dln.runtime import philox
 
@@ -78,6 +79,14 @@ def torch_table() -> dict[Op, Callable]:
     def conv_weight(n, a, env):
         return weights[len(n.attrs["stride"])](conv_pad(n, a[0]), _shape(n, env), a[1], **geometry(n))
 
+    def composite(n, a, env):
+        # Its decomposition, over its operands as they are (concrete shapes, their dtypes).
+        dtype_of = {v: k for k, v in dtypes.items()}
+        graph = expanded(n, tuple(TensorType(dtype_of[x.dtype], tuple(x.shape)) for x in a))
+        out = make_runner(graph, env)({f"x{k}": x for k, x in enumerate(a)})
+        values = tuple(out[f"y{k}"] for k in range(len(n.types)))
+        return values if n.results else values[0]
+
     def scan(n, a, env):
         # The loop in Python over the body's ops (eager PyTorch has no loop primitive).
         body = n.attrs["body"]
@@ -131,6 +140,7 @@ def torch_table() -> dict[Op, Callable]:
         Op.MATMUL: binary(torch.matmul),
         Op.CONV: conv, Op.CONV_TRANSPOSE: conv_transpose, Op.CONV_WEIGHT: conv_weight,
         Op.SCAN: scan, Op.RESULT: lambda n, a, env: a[0][n.attrs["index"]],
+        Op.COMPOSITE: composite,
     }
     return table
 

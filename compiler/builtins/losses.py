@@ -8,6 +8,7 @@ including at the kinks (see `bce_with_logits`).
 
 from __future__ import annotations
 
+from dln.compiler import composites
 from dln.compiler.builtins import BOOL, FLOAT, OPERAND, STR, TENSOR, builtin
 from dln.compiler.builtins.reductions import log_softmax_of
 from dln.compiler.builtins.shape_ops import class_indices
@@ -70,14 +71,16 @@ def cross_entropy(cx, logits: TENSOR, target: TENSOR, label_smoothing: FLOAT = 0
         raise cx.fail("E0202", f"cross_entropy needs logits with a class axis, got {logits.type}")
     if not 0.0 <= label_smoothing <= 1.0:
         raise cx.fail_at("label_smoothing", "E0208", f"label_smoothing must be in [0, 1], got {label_smoothing:g}")
-    logp = log_softmax_of(cx, logits, -1)
     if target.dtype.is_int:
-        loss = b.neg(_picked(cx, logp, target, "cross_entropy"))
-        if label_smoothing:
-            smooth = b.neg(b.mean(logp, -1))
-            loss = b.add(b.mul(loss, 1.0 - label_smoothing), b.mul(smooth, label_smoothing))
+        # A composite (dln.compiler.composites.cross_entropy): its own VJP, decomposed for the backends.
+        if target.shape != logits.shape[:-1]:
+            raise cx.fail("E0201", f"class indices {target.type} must have the shape of the logits without the "
+                                   f"class axis: {list(logits.shape[:-1])}")
+        checked = class_indices(cx, target, logits.shape[-1], "cross_entropy's target")
+        loss, = composites.emit(b, "cross_entropy", (logits, checked), label_smoothing=float(label_smoothing))
         cx.note_metric("accuracy", logits=logits, target=target)
     else:
+        logp = log_softmax_of(cx, logits, -1)
         if target.shape != logits.shape:
             raise cx.fail("E0201", f"class probabilities {target.type} must have the shape of the logits "
                                    f"{logits.type}")

@@ -25,7 +25,7 @@ EXPECTED = {
     "gan": 0,             # with generator and discriminator
     "vae": 0,
     "gcn": 0,
-    "gpt": "attention",
+    "gpt": 0,
     "classifier_lstm": 0,
     "lenet": 0,           # the statement-only pipe fragment, wrapped in a model
 }
