@@ -24,12 +24,15 @@ CONTRACTIONS: dict[str, Callable[[FusionPlan, Group, int, str], KernelSource]] =
     "matmul": matmul,
     "convolution": convolution,
     "scan": scan,   # a persistent recurrent kernel (or the step-by-step fallback)
+    "composite": lambda plan, group, k, precision: COMPOSITE_TEMPLATES[
+        plan.graph.node(group.members[0]).attrs["composite"]](plan, group, k, precision),
 }
 
 
 # Composites with a kernel of their own, and for which of their nodes it serves (dln.compiler.composites);
-# every other composite reaches the planner decomposed (`pipeline.lower`).
+# every other composite reaches the planner decomposed (`pipeline.lower`).  Each has its template.
 COMPOSITE_KERNELS: dict[str, Callable[[Node], bool]] = {}
+COMPOSITE_TEMPLATES: dict[str, Callable[[FusionPlan, Group, int, str], KernelSource]] = {}
 
 
 def has_kernel(n: Node) -> bool:

@@ -13,7 +13,9 @@ A kernel iterates over a domain:
 * scatter — the elements of the source of a scatter-add;
 * scan — a `scan` node alone: its loop runs inside one kernel (or a loop of
   launches), its results are the kernel's stored values, one buffer each,
-  and the `result` nodes that read them are those buffers (no copy).
+  and the `result` nodes that read them are those buffers (no copy);
+* composite — a composite node a target keeps whole (attention), alone, run
+  by its own kernel (dln.kernels); its results are buffers as a scan's.
 
 `canonical` gives the index a node of a given shape has in the domain, or
 None when the node cannot live there.  `reads` walks the part of the graph a
@@ -37,7 +39,7 @@ POINTWISE = GroupOp.Elementwise | {Op.RAND, Op.PAD, Op.CONCAT, Op.GATHER}
 REDUCE = GroupOp.Reduce
 
 # The kinds of domain (each has a kernel template: dln.kernels.kinds).
-KINDS = frozenset({"pointwise", "reduction", "matmul", "convolution", "scatter", "scan"})
+KINDS = frozenset({"pointwise", "reduction", "matmul", "convolution", "scatter", "scan", "composite"})
 
 
 def same_shape(a: Shape, b: Shape) -> bool:
@@ -46,7 +48,7 @@ def same_shape(a: Shape, b: Shape) -> bool:
 
 @dataclass(frozen=True)
 class Domain:
-    kind: str                      # pointwise | reduction | matmul | convolution | scatter | scan
+    kind: str                      # pointwise | reduction | matmul | convolution | scatter | scan | composite
     shape: Shape
     axes: tuple[int, ...] = ()     # reduction: the reduced axes of `shape`
     contraction: object = None     # matmul: the size K
@@ -161,8 +163,8 @@ def inputs_at(graph: Graph, n: Node, at: ix.Index, visit: Callable[[int, ix.Inde
         # value of the kernel shares (an operand is never read back where the kernel writes).
         for position, i in enumerate(n.inputs):
             visit(i, ix.domain_vars(graph.node(i).shape, f"window{position}_"))
-    elif n.op in GroupOp.Region:
-        # The loop reads every input whole (each step a row of the xs): indices of their own.
+    elif n.op in GroupOp.MultiResult:
+        # The loop (the composite's kernel) reads every input whole: indices of their own.
         for position, i in enumerate(n.inputs):
             visit(i, ix.domain_vars(graph.node(i).shape, f"scan{position}_"))
     elif n.op is Op.SCATTER_ADD:
@@ -202,6 +204,8 @@ def node_domain(graph: Graph, n: Node) -> Domain:
         return Domain("convolution", n.shape)
     if n.op in GroupOp.Region:
         return Domain("scan", n.shape)
+    if n.op in GroupOp.Composite:
+        return Domain("composite", n.shape)
     if n.op is Op.SCATTER_ADD:
         return Domain("scatter", graph.node(n.inputs[1]).shape)
     return Domain("pointwise", n.shape)

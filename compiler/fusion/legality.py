@@ -29,8 +29,9 @@ if TYPE_CHECKING:
 
 
 # Domains whose kernels compute elementwise nodes at their own elements (a scatter's does not: it
-# iterates over its source, writing elsewhere; a scan's loop computes only its body).
-EPILOGUE_HOSTS = KINDS - {"scatter", "scan"}
+# iterates over its source, writing elsewhere; a scan's loop computes only its body, a composite's
+# kernel only itself).
+EPILOGUE_HOSTS = KINDS - {"scatter", "scan", "composite"}
 
 
 def joined_domain(graph: Graph, group: "Group", n: Node) -> Domain | None:

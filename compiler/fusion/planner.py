@@ -78,8 +78,9 @@ class Planner:
                     r.add(self._strided_base(operand))
             if n.op is Op.GATHER:
                 r.add(self._strided_base(n.inputs[0]))
-            if n.op in GroupOp.Region:
-                # The loop kernel reads its operands whole, contiguous (a view is stored once, outside).
+            if n.op in GroupOp.MultiResult:
+                # The loop kernel (a composite's) reads its operands whole, contiguous (a view is stored
+                # once, outside).
                 r.add(n.id)
                 r.update(n.inputs)
             if n.op is Op.RESULT:
@@ -146,7 +147,7 @@ class Planner:
 
     def _add(self, group: Group, n: Node) -> None:
         domain = group.domain
-        anchor = n.op in GroupOp.Contraction or n.op in GroupOp.Region or n.op is Op.SCATTER_ADD  # starts its kernel
+        anchor = n.op in GroupOp.Contraction or n.op in GroupOp.MultiResult or n.op is Op.SCATTER_ADD  # starts a kernel
         at = domain.vars() if anchor else domain.canonical(n.shape)
         if at is None:
             at = domain.vars()
@@ -443,6 +444,8 @@ def _op_words(graph: Graph, n: Node) -> list[str]:
     if n.op in GroupOp.Region:   # `lstm.body.vjp` -> lstm_vjp_scan
         parts = [p for p in n.attrs["body"].name.split(".") if p and p != "body"]
         return [safe_name(p, 12) for p in parts[:2]] + [n.op.value]
+    if n.op in GroupOp.Composite:   # attention_0_sdpa_vjp
+        return [n.attrs["composite"]]
     if n.op is Op.ADD and any(graph.node(i).op is Op.BROADCAST and graph.node(graph.node(i).inputs[0]).op
                               is Op.INPUT for i in n.inputs):
         return ["bias"]
