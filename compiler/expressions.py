@@ -326,9 +326,6 @@ class Evaluator:
         return f"{kind}_{k}"
 
     def _call_builtin(self, frame, e: ast.Call, b: lib.Builtin, args, kwargs, scope_name: str) -> Value:
-        if not b.available:
-            raise DlnError(Diagnostic("E0303", f"{b.name} is not available yet in this version of dln", e.func.span,
-                                      (Note("it is part of the language and comes with the layer library"),)))
         bound, spans = lib.bind(b, args, kwargs, e.span, e.piped)
         m = self.m
         label = ".".join(frame.prefix + (scope_name,)) if b.owns_params else None

@@ -16,6 +16,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from dln.compiler.ir import Graph, Node, Op
+from dln.compiler.pipeline import lower
 from dln.dsl.diagnostics import Diagnostic, DlnError, Note, Span
 from dln.runtime.numpy_ops import IMPLS, concrete_shape, np_dtype
 
@@ -29,6 +30,7 @@ def first_non_finite(graph: Graph, inputs: Mapping[str, np.ndarray], env: dict[s
                      where: Span | None) -> Diagnostic | None:
     """E0704 at the first op whose result is not finite, or None when the NumPy interpreter computes
     every output finitely (a difference of the other backend)."""
+    graph = lower(graph)   # blame a primitive of a composite's decomposition, at the composite's line
     values: dict[int, np.ndarray] = {}
     bad: set[int] = set()
     with np.errstate(all="ignore"):

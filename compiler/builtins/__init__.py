@@ -218,17 +218,13 @@ AXIS, DIMS, INIT, DTYPE, TENSORS, SIZES, ANY = _AxisKind(), _DimsKind(), _InitKi
 @dataclass(frozen=True)
 class Builtin:
     name: str
-    fn: Callable[..., Value] | None
+    fn: Callable[..., Value]
     category: str            # function | layer | loss | init | random
     owns_params: bool = False
     doc: str = ""
 
-    @property
-    def available(self) -> bool:
-        return self.fn is not None
-
     def parameters(self) -> list[inspect.Parameter]:
-        return _parameters(self.fn) if self.fn else []
+        return _parameters(self.fn)
 
 
 BUILTINS: dict[str, Builtin] = {}
@@ -267,11 +263,6 @@ def _keyword_callable(fn: Callable) -> Callable:
         return fn(cx, *head, *kwargs.pop(variadic.name, ()), **kwargs)
     return call
 
-
-def planned(category: str, *names: str, owns_params: bool = False) -> None:
-    """Names of the language that a later version implements: they resolve, and a call says so."""
-    for n in names:
-        BUILTINS.setdefault(n, Builtin(n, None, category, owns_params))
 
 
 # ---- binding a call --------------------------------------------------------------------------------------

@@ -43,7 +43,7 @@ def _vjp(b, n, g, xs, out):
     logits, target = xs
     s = n.attrs["label_smoothing"]
     p = b.exp(_log_softmax(b, logits))
-    picked = b.where(_onehot(b, logits, target), 1.0 - s, 0.0)
+    picked = b.mul(b.cast(_onehot(b, logits, target), logits.dtype), 1.0 - s)   # constants of the logits' type
     if s:
         picked = b.add(picked, b.div(s, b.dim_value(logits.shape[-1], logits.dtype)))
     return [b.mul(b.broadcast_to(b.unsqueeze(g, -1), logits.shape), b.sub(p, picked)), None]

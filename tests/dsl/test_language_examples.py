@@ -1,5 +1,5 @@
 """Every program of the language draft (shared/spec/LANGUAGE.md) parses; those
-whose layers exist compile with `dln check`; the others say E0303.
+compiles with `dln check`.
 
 The spec lives next to the repository (`<repo>/../shared/spec/LANGUAGE.md`); a copy of its
 programs is kept in tests/programs/language/, so the tests run without it, and
@@ -19,16 +19,9 @@ from dln.dsl import DlnError, parse
 
 SPEC = ROOT.parent / "shared" / "spec" / "LANGUAGE.md"
 
-# Outcome of `dln check` by the model a block is about (see _name): 0, or the layer that is not available yet.
-EXPECTED = {
-    "mlp": 0,
-    "gan": 0,             # with generator and discriminator
-    "vae": 0,
-    "gcn": 0,
-    "gpt": 0,
-    "classifier_lstm": 0,
-    "lenet": 0,           # the statement-only pipe fragment, wrapped in a model
-}
+# The model each block is about (see _name).
+EXPECTED = ["mlp", "gan", "vae", "gcn", "gpt", "classifier_lstm",
+            "lenet"]  # the statement-only pipe fragment, wrapped in a model
 
 # A statement-only fragment becomes the body of this model; `images` is the input the
 # fragment reads (LeNet's [B, 1, 28, 28]), `h` the value it binds.
@@ -108,14 +101,5 @@ def checked(tmp_path_factory):
 def test_example_checks(checked, name):
     r = checked[name]
     assert "Traceback" not in r.stderr and "internal error" not in r.stderr, r.stderr
-    want = EXPECTED[name]
-    if want == 0:
-        assert r.returncode == 0, r.stderr
-        assert r.stdout.startswith("ok"), r.stdout
-        assert f"ok  {name}:" in r.stdout
-    else:
-        assert r.returncode == 1, r
-        shown = diagnostics(r.stderr)
-        assert [d.code for d in shown] == ["E0303"], r.stderr
-        assert shown[0].message.startswith(f"{want} "), r.stderr
-        assert shown[0].where is not None, r.stderr
+    assert r.returncode == 0, r.stderr
+    assert f"ok  {name}:" in r.stdout, r.stdout

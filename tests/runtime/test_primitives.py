@@ -474,6 +474,40 @@ def test_composites(case):
     check(case)
 
 
+# ---- composite ops (dln.compiler.composites): their own VJPs, against torch -----------------------------------
+def _sdpa(b, q, k, v, **kw):
+    from dln.compiler.composites.attention import attention
+
+    return attention(b, q, k, v, **kw)
+
+
+def _cross_entropy(b, x, t, s=0.0):
+    from dln.compiler import composites
+
+    return composites.emit(b, "cross_entropy", (x, t), label_smoothing=s)[0]
+
+
+COMPOSITE_OPS = [
+    Case("sdpa", {"q": normal((2, 3, 5, 4)), "k": normal((2, 3, 7, 4), 1), "v": normal((2, 3, 7, 6), 2)},
+         _sdpa, lambda q, k, v: torch.nn.functional.scaled_dot_product_attention(q, k, v)),
+    Case("sdpa_causal_scaled", {"q": normal((3, 6, 5)), "k": normal((3, 4, 5), 1), "v": normal((3, 4, 2), 2)},
+         lambda b, q, k, v: _sdpa(b, q, k, v, causal=True, scale=0.3),
+         lambda q, k, v: torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, scale=0.3)),
+    Case("sdpa_float_mask", {"q": normal((2, 5, 3)), "k": normal((2, 4, 3), 1), "v": normal((2, 4, 3), 2),
+                             "m": normal((1, 5, 4), 3)},
+         lambda b, q, k, v, m: _sdpa(b, q, k, v, bias=m, bias_grad=True),
+         lambda q, k, v, m: torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=m)),
+    Case("cross_entropy_smoothing", {"x": normal((4, 7)), "t": np.array([0, 6, 3, 3])},
+         lambda b, x, t: _cross_entropy(b, x, t, 0.2),
+         lambda x, t: torch.nn.functional.cross_entropy(x, t, label_smoothing=0.2, reduction="none")),
+]
+
+
+@pytest.mark.parametrize("case", COMPOSITE_OPS, ids=ids(COMPOSITE_OPS))
+def test_composite_ops(case):
+    check(case)
+
+
 # ---- ops without gradients: values against torch ----------------------------------------------------------------
 def _forward(build, inputs: dict[str, np.ndarray]) -> np.ndarray:
     b = GraphBuilder("forward")
@@ -583,7 +617,7 @@ def test_scan(case):
 
 # ---- every differentiable primitive is exercised above ----------------------------------------------------------
 GRADIENT_CASES = (UNARY + KINKS + BINARY + BROADCASTING + WHERE + REDUCTIONS + REDUCTION_TIES + MOVEMENT + CONCAT
-                  + INDEXING + MATMUL + CONVOLUTION + COMPOSITES + SCAN)
+                  + INDEXING + MATMUL + CONVOLUTION + COMPOSITES + COMPOSITE_OPS + SCAN)
 
 
 # Loops and their result projections take a body: their VJP is checked against torch in
