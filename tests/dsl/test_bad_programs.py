@@ -78,7 +78,9 @@ def test_corpus_covers_the_compile_time_codes():
     # checkpoints, output paths, whole-example data, Python API arguments.
     run_time = {"E0205", "E0603", "E0701", "E0702", "E0703", "E0704", "E0705", "E0706", "E0707", "E0708",
                 "E0709", "E0710"}
-    missing = set(CODES) - run_time - covered
+    # Said by the Triton backend for what it has no kernel for (test_cli_errors), never by `dln check`.
+    backend = {"E0303"}
+    missing = set(CODES) - run_time - backend - covered
     assert not missing, f"no bad program for {sorted(missing)}"
 
 
