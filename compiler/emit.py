@@ -196,7 +196,8 @@ class GraphBuilder:
         return self.emit(Op.RAND, (seed, step), {"type": TensorType(dtype, tuple(shape)), "stream": stream})
 
     # ---- elementwise with broadcasting and promotion ----------------------------------------------
-    def broadcast_shapes(self, *shapes: Shape) -> Shape:
+    def broadcast_shapes(self, *shapes: Shape, message: str | None = None) -> Shape:
+        """NumPy's broadcast of `shapes`; `message` says what failed to broadcast (else the shapes)."""
         rank = max((len(s) for s in shapes), default=0)
         out: list[Dim] = [1] * rank
         for s in shapes:
@@ -208,7 +209,7 @@ class GraphBuilder:
                     out[i] = d
                 else:
                     listed = " and ".join(format_shape(s) for s in shapes)
-                    out[i] = self.unify(out[i], d, "E0201", f"shapes {listed} do not broadcast")
+                    out[i] = self.unify(out[i], d, "E0201", message or f"shapes {listed} do not broadcast")
         return tuple(out)
 
     def unify(self, a: Dim, b: Dim, code: str, message: str) -> Dim:

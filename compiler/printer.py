@@ -7,6 +7,9 @@
       return logits=%9
     }
 
+A composite prints as a call of its own name, its results read by `result`
+nodes: `%24: (f32[B, 4, T, 8], f32[B, 4, T]) = sdpa(%19, %21, %23, causal=true, ...)`.
+
 `dln compile` writes this form (forward.ir, backward.ir); the docs and the
 golden tests use it.  Strings are written as JSON string literals, so nothing
 a user writes can break the format.
@@ -17,7 +20,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from dln.compiler.ir import Attrs, DType, Graph, Node, Phase, TensorType, subgraphs
+from dln.compiler.ir import Attrs, DType, Graph, Node, Op, Phase, TensorType, subgraphs
 from dln.compiler.symbolic import Sym
 
 
@@ -42,10 +45,13 @@ def format_value(v: Any) -> str:
 
 def format_node(n: Node) -> str:
     """One line; a node with a body is followed by the body's lines, indented, in braces."""
+    # A composite reads as a call of its own name (`sdpa(...)`), which no primitive shares.
+    op = n.attrs["composite"] if n.op is Op.COMPOSITE else n.op.value
     args = [f"%{i}" for i in n.inputs]
-    args += [f"{k}={format_value(v)}" for k, v in n.attrs.items() if not isinstance(v, Graph)]
+    args += [f"{k}={format_value(v)}" for k, v in n.attrs.items()
+             if not isinstance(v, Graph) and not (n.op is Op.COMPOSITE and k == "composite")]
     type_ = str(n.type) if not n.results else "(" + ", ".join(str(t) for t in n.results) + ")"
-    text = f"%{n.id}: {type_} = {n.op.value}({', '.join(args)})"
+    text = f"%{n.id}: {type_} = {op}({', '.join(args)})"
     where = []
     if n.name:
         where.append(n.name)

@@ -20,6 +20,7 @@ from dln.compiler.builtins import BOOL, FLOAT, INT, TENSOR, builtin
 from dln.compiler.composites.attention import attention as sdpa
 from dln.compiler.emit import Tensor
 from dln.compiler.ir import DType, Op
+from dln.compiler.symbolic import format_shape
 from dln.compiler.values import InitSpec
 
 
@@ -44,9 +45,11 @@ def _bias(cx, mask: Tensor, scores: tuple, dtype: DType, take_part: bool) -> tup
     else:
         raise cx.fail_at("mask", "E0206", f"a mask is bool or float, got {mask.type}")
     shape = (1,) * (len(scores) - mask.rank) + tuple(bias.shape)
-    for d, s in zip(shape, scores):
-        if d != 1:
-            b.unify(d, s, "E0201", f"the mask {mask.type} does not broadcast to the scores {list(scores)}")
+    with b.at(loc=cx.arg_span("mask")):
+        for d, s in zip(shape, scores):
+            if d != 1:
+                b.unify(d, s, "E0201", f"the mask {mask.type} does not broadcast to the scores "
+                                       f"{format_shape(scores)}")
     return b.reshape(bias, shape), grad
 
 
@@ -55,6 +58,21 @@ def _heads(cx, t: Tensor, heads: int) -> Tensor:
     b = cx.b
     batch, length, width = t.shape
     return b.permute(b.reshape(t, (batch, length, heads, width // heads)), (0, 2, 1, 3))
+
+
+def _check_key_padding(cx, mask: Tensor, x: Tensor, memory: Tensor) -> None:
+    """A key-padding mask is bool or float, [B, S] for x [B, T, E] (or [S] for unbatched x), S the keys."""
+    want = memory.shape[:-1] if x.rank == 3 else memory.shape[:1]
+    layout = "[B, S]" if x.rank == 3 else "[S] for unbatched x"
+    if mask.dtype is not DType.BOOL and not mask.dtype.is_float:
+        raise cx.fail_at("mask", "E0206", f"a key-padding mask is bool (true: ignore the key) or float (added), "
+                                          f"got {mask.type}")
+    if mask.rank != len(want):
+        raise cx.fail_at("mask", "E0202", f"a key-padding mask is {layout} = {format_shape(want)}, got {mask.type}")
+    with cx.b.at(loc=cx.arg_span("mask")):
+        for have, need in zip(mask.shape, want):
+            cx.b.unify(have, need, "E0201", f"a key-padding mask is {layout} = {format_shape(want)}, "
+                                            f"got {mask.type}")
 
 
 @builtin(category="layer", owns_params=True)
@@ -66,25 +84,29 @@ def attention(cx, x: TENSOR, heads: INT, causal: BOOL = False, context: TENSOR =
     b = cx.b
     x = b.to_float(x)
     if x.rank not in (2, 3):
-        raise cx.fail("E0202", f"attention needs [B, T, E] or unbatched [T, E], got {x.type}")
+        raise cx.fail_at("x", "E0202", f"attention needs x of shape [B, T, E] or unbatched [T, E], got {x.type}")
     unbatched = x.rank == 2
     memory = x if context is None else b.cast(context, x.dtype)
     if memory.rank != x.rank:
         raise cx.fail_at("context", "E0202", f"the context {memory.type} must have the rank of x {x.type}")
+    for name, t in (("x", x), ("context", memory)):
+        if not isinstance(t.shape[-1], int):
+            raise cx.fail_at(name, "E0202", f"attention needs a known feature size for its projections, "
+                                            f"got {name} {t.type}")
+    if mask is not None:
+        _check_key_padding(cx, mask, x, memory)
     if unbatched:
         x, memory = b.unsqueeze(x, 0), b.unsqueeze(memory, 0)
-        if mask is not None and mask.rank == 1:
-            mask = b.unsqueeze(mask, 0)
+        mask = b.unsqueeze(mask, 0) if mask is not None else None
     dim, kdim = x.shape[-1], memory.shape[-1]
-    for name, d in (("x", dim), ("context", kdim)):
-        if not isinstance(d, int):
-            raise cx.fail_at(name if name == "context" else "heads", "E0202",
-                             f"attention needs a known feature size, got {d}")
-    if heads <= 0 or dim % heads:
+    if heads <= 0:
+        raise cx.fail_at("heads", "E0208", f"attention needs at least one head, got heads = {heads}")
+    if dim % heads:
         raise cx.fail_at("heads", "E0208", f"attention's {dim} features do not split into {heads} heads")
     if context is not None:
-        b.unify(memory.shape[0], x.shape[0], "E0201",
-                f"the context {memory.type} and x {x.type} have different batch sizes")
+        with b.at(loc=cx.arg_span("context")):
+            b.unify(memory.shape[0], x.shape[0], "E0201",
+                    f"the context {memory.type} and x {x.type} have different batch sizes")
     p = _dropout(cx, dropout)
     dtype = x.dtype
     # torch's _reset_parameters: xavier_uniform_ projections, zero biases; out_proj keeps Linear's weight init.
@@ -114,10 +136,6 @@ def attention(cx, x: TENSOR, heads: INT, causal: BOOL = False, context: TENSOR =
     q, k, v = (_heads(cx, t, heads) for t in (q, k, v))
     mask_bias, grad = None, False
     if mask is not None:
-        if mask.rank != 2:
-            raise cx.fail_at("mask", "E0201", f"a key-padding mask is [B, S], got {mask.type}")
-        b.unify(mask.shape[1], memory.shape[1], "E0201",
-                f"the key-padding mask {mask.type} does not match {memory.shape[1]} keys")
         padded = b.reshape(mask, (mask.shape[0], 1, 1, mask.shape[1]))
         mask_bias, grad = _bias(cx, padded, q.shape[:-1] + (k.shape[-2],), dtype, take_part=False)
     out = sdpa(b, q, k, v, causal=causal, bias=mask_bias, bias_grad=grad, dropout=p,
@@ -140,15 +158,22 @@ def scaled_dot_product_attention(cx, q: TENSOR, k: TENSOR, v: TENSOR, causal: BO
     b = cx.b
     dtype = b.to_float(q).dtype
     q, k, v = (b.cast(b.to_float(t), dtype) for t in (q, k, v))
-    if q.rank < 2 or k.rank < 2 or v.rank < 2:
-        raise cx.fail("E0202", f"scaled_dot_product_attention needs [..., L, E] tensors, got {q.type}, {k.type}, "
-                               f"{v.type}")
-    batch = b.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
+    for name, t, layout in (("q", q, "[..., L, E]"), ("k", k, "[..., S, E]"), ("v", v, "[..., S, Ev]")):
+        if t.rank < 2:
+            raise cx.fail_at(name, "E0202", f"scaled_dot_product_attention needs {name} of shape {layout}, "
+                                            f"got {t.type}")
+    with b.at(loc=cx.arg_span("k")):
+        b.unify(q.shape[-1], k.shape[-1], "E0203", f"the keys k {k.type} must have the queries' size "
+                                                   f"{q.shape[-1]} (q {q.type})")
+    with b.at(loc=cx.arg_span("v")):
+        b.unify(k.shape[-2], v.shape[-2], "E0203", f"v {v.type} must hold one value per key: {k.shape[-2]} keys "
+                                                   f"in k {k.type}")
+    batch = b.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2],
+                               message=f"the batch axes of q {q.type}, k {k.type} and v {v.type} do not broadcast")
     q, k, v = (b.broadcast_to(t, batch + t.shape[-2:]) for t in (q, k, v))
-    b.unify(q.shape[-1], k.shape[-1], "E0203", f"queries {q.type} and keys {k.type} differ in size")
-    b.unify(k.shape[-2], v.shape[-2], "E0203", f"{k.shape[-2]} keys but {v.shape[-2]} values")
     if scale is not None and not scale > 0:
-        raise cx.fail_at("scale", "E0208", f"the scale must be positive, got {scale:g}")
+        raise cx.fail_at("scale", "E0208", f"scaled_dot_product_attention's scale must be positive, "
+                                           f"got {scale:g}")
     mask_bias, grad = None, False
     if mask is not None:
         mask_bias, grad = _bias(cx, mask, q.shape[:-1] + (k.shape[-2],), dtype, take_part=True)

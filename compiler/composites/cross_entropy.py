@@ -43,7 +43,8 @@ def _vjp(b, n, g, xs, out):
     logits, target = xs
     s = n.attrs["label_smoothing"]
     p = b.exp(_log_softmax(b, logits))
-    picked = b.mul(b.cast(_onehot(b, logits, target), logits.dtype), 1.0 - s)   # constants of the logits' type
+    # 1 - s as a constant of the logits' type (two Python numbers alone would make a float32 `where`).
+    picked = b.where(_onehot(b, logits, target), b.const(1.0 - s, logits.dtype), 0.0)
     if s:
         picked = b.add(picked, b.div(s, b.dim_value(logits.shape[-1], logits.dtype)))
     return [b.mul(b.broadcast_to(b.unsqueeze(g, -1), logits.shape), b.sub(p, picked)), None]

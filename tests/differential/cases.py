@@ -524,6 +524,73 @@ def _gen_recurrent(layer: str):
     return gen
 
 
+def _gen_attention(rng):
+    """Multi-head self- or cross-attention (a context of the same or another feature size), causal or not, a
+    bool key-padding mask (key 0 always kept: torch gives nan for a query with no key), with or without
+    biases, batched or not; torch's MultiheadAttention called with the drawn parameters."""
+    batch, steps, keys = (int(v) for v in dims(rng, 3, sizes=(1, 2, 3, 5)))
+    heads, width = int(rng.choice((1, 2, 3))), int(rng.choice((1, 2, 3)))
+    dim = heads * width
+    causal, bias, unbatched = bool(rng.random() < 0.4), bool(rng.random() < 0.7), bool(rng.random() < 0.2)
+    context = str(rng.choice(["none", "same", "other"]))
+    kdim = int(rng.choice((2, 5))) if context == "other" else dim
+    keys = steps if context == "none" else keys
+    lead = () if unbatched else (batch,)
+    params = {"x": normal(rng, lead + (steps, dim))}
+    args = f"heads = {heads}, causal = {str(causal).lower()}, bias = {str(bias).lower()}"
+    if context != "none":
+        params["mem"] = normal(rng, lead + (keys, kdim))
+        args += ", context = mem"
+    inputs = {}
+    if rng.random() < 0.5:
+        pad = rng.random(lead + (keys,)) < 0.4
+        pad[..., 0] = False
+        inputs["pad"] = pad
+        args += ", mask = pad"
+    module = torch.nn.MultiheadAttention(dim, heads, bias=bias, kdim=kdim, vdim=kdim, batch_first=True).double()
+
+    def run(t):
+        weights = {k: t[f"a.{k}"] for k, _ in module.named_parameters()}
+        memory = t.get("mem", t["x"])
+        causal_mask = torch.ones(steps, keys, dtype=torch.bool).triu(1) if causal else None
+        return torch.func.functional_call(module, weights, (t["x"], memory, memory),
+                                          {"key_padding_mask": t.get("pad"), "attn_mask": causal_mask,
+                                           "need_weights": False})[0]
+    return Case(f'y = attention(x, {args}, name = "a")', run, params, inputs)
+
+
+def _gen_sdpa(rng):
+    """scaled_dot_product_attention on q, k, v of rank 2 to 4 whose batch axes broadcast; causal (L != S
+    too), or a bool mask (true takes part; key 0 always) or a float mask (a parameter) of a shape that
+    broadcasts to the scores; the default or a drawn scale."""
+    queries, keys, width, values = (int(v) for v in dims(rng, 4, sizes=(1, 2, 3, 5, 7)))
+    batch = dims(rng, int(rng.integers(0, 3)), sizes=(1, 2, 3))
+    loose = lambda: tuple(1 if rng.random() < 0.4 else d for d in batch)  # noqa: E731
+    params = {"q": normal(rng, batch + (queries, width)), "k": normal(rng, loose() + (keys, width)),
+              "v": normal(rng, loose() + (keys, values))}
+    inputs, args = {}, ""
+    causal = bool(rng.random() < 0.3)
+    scores = batch + (queries, keys)
+    mask_shape = tuple(1 if rng.random() < 0.4 else d for d in scores)[int(rng.integers(0, len(scores) - 1)):]
+    kind = "none" if causal else str(rng.choice(["none", "bool", "float"]))
+    if causal:
+        args += ", causal = true"
+    elif kind == "bool":
+        m = rng.random(mask_shape) < 0.6
+        m[..., 0] = True
+        inputs["m"] = m
+        args += ", mask = m"
+    elif kind == "float":
+        params["m"] = normal(rng, mask_shape)
+        args += ", mask = m"
+    scale = float(rng.choice([0.3, 1.7])) if rng.random() < 0.4 else None
+    args += f", scale = {scale}" if scale is not None else ""
+    return Case(f"y = scaled_dot_product_attention(q, k, v{args})",
+                lambda t: F.scaled_dot_product_attention(t["q"], t["k"], t["v"], attn_mask=t.get("m"),
+                                                         is_causal=causal, scale=scale),
+                params, inputs)
+
+
 def _gen_embedding(rng):
     vocab, dim = int(rng.choice((3, 7, 11))), int(rng.choice((2, 5, 6)))
     tokens = rng.integers(0, vocab, dims(rng, 2))
@@ -755,7 +822,7 @@ GENERATORS: dict[str, Callable[[np.random.Generator], Case]] = {
     "gcn_conv": _gen_gcn_conv, "global_avgpool": _gen_global_avgpool, "maxpool2d": _gen_maxpool2d,
     "avgpool2d": _gen_avgpool2d, "conv1d": _gen_conv(1), "conv2d": _gen_conv(2),
     "conv_transpose2d": _gen_conv_transpose2d, "rnn": _gen_recurrent("rnn"), "lstm": _gen_recurrent("lstm"),
-    "gru": _gen_recurrent("gru"),
+    "gru": _gen_recurrent("gru"), "attention": _gen_attention, "scaled_dot_product_attention": _gen_sdpa,
     # losses
     "cross_entropy": _gen_cross_entropy, "nll": _gen_nll, "hinge": _gen_hinge, "kl_div": _gen_kl_div,
     "mse": _gen_pointwise_loss("mse", lambda x, z, r: F.mse_loss(x, z, reduction=r)),

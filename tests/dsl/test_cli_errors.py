@@ -16,6 +16,14 @@ GOOD = """model m(d: int = 3) {
 }
 """
 
+# Checks, but the Triton backend has no kernel for it (E0303); the NumPy backend runs it.
+INTEGER_PRODUCT = """model m() {
+    input a: i64[B, 3]
+    input w: i64[3, 5]
+    output y = a @ w
+}
+"""
+
 USAGE = {
     "no command": [],
     "check without a file": ["check"],
@@ -27,13 +35,17 @@ USAGE = {
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
-    good = tmp_path_factory.mktemp("cli") / "good.dln"
+    d = tmp_path_factory.mktemp("cli")
+    good, product = d / "good.dln", d / "integer_product.dln"
     good.write_text(GOOD)
+    product.write_text(INTEGER_PRODUCT)
     runs = {name: [a.replace("{good}", str(good)) for a in args] for name, args in USAGE.items()}
     runs["missing file"] = ["check", "no/such/file.dln"]
     runs["set wrong type"] = ["check", str(good), "--set", "d=abc"]
     runs["set unknown"] = ["check", str(good), "--set", "dd=4"]
     runs["good"] = ["check", str(good)]
+    runs["integer product checks"] = ["check", str(product)]
+    runs["integer product on triton"] = ["compile", str(product), "-o", str(d / "build"), "--backend", "triton"]
     with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
         return dict(zip(runs, pool.map(lambda a: run_cli(*a), runs.values())))
 
@@ -74,3 +86,16 @@ def test_good_file_checks(results):
     assert r.returncode == 0, r
     assert r.stdout.startswith("ok"), r
     assert r.stderr == ""
+
+
+def test_what_the_triton_backend_lacks_is_e0303_at_the_call(results):
+    """E0303 comes from a backend, never from `dln check` (every built-in exists): an integer matrix product
+    checks, and `dln compile --backend triton` (which needs no GPU) points at it."""
+    assert results["integer product checks"].returncode == 0, results["integer product checks"]
+    r = results["integer product on triton"]
+    assert r.returncode == 1, r
+    assert "Traceback" not in r.stderr and "internal error" not in r.stderr
+    shown = diagnostics(r.stderr)
+    assert [d.code for d in shown] == ["E0303"], r.stderr
+    assert shown[0].where.endswith("integer_product.dln:4:16"), r.stderr
+    assert "integer matrix products" in shown[0].message and "Triton backend" in shown[0].message

@@ -107,13 +107,3 @@ def test_user_text_cannot_reach_generated_code(tmp_path, hostile):
     assert "pwned" not in "".join(line for line in generated.source.splitlines() if not line.strip().startswith("#")
                                   and '"""' not in line)
 
-
-def test_integer_products_are_e0303_on_triton_and_run_on_numpy(tmp_path):
-    """What the Triton backend has no kernel for is a located E0303 at the product, not a crash; the
-    NumPy backend runs it."""
-    path = tmp_path / "ints.dln"
-    path.write_text("model m() {\n    input a: i64[3, 5]\n    input b: i64[5, 2]\n    output c = a @ b\n}\n")
-    r = run_dln("compile", str(path), "--backend", "triton", "-o", str(tmp_path / "out"))
-    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
-    assert "error[E0303]: integer matrix products" in r.stderr and "ints.dln:4:" in r.stderr, r.stderr
-    assert run_dln("compile", str(path), "--backend", "numpy", "-o", str(tmp_path / "np")).returncode == 0
