@@ -76,6 +76,7 @@ class Emitter:
         self.uses_rng = False
         self.fixed: dict[int, tuple[ix.Index, str]] = {}  # node -> (index, expression) set by the template
         self.block_shape = "[BLOCK]"
+        self.program_vars: set[str] = set()        # index variables one per program, not per lane (a batch)
         self.members: set[int] = set()              # values this kernel computes (never loaded)
         self.scalar_offset = ""                     # how a block-shaped scalar result is stored
         self.wide = False                           # the kernel has a 64-bit (WIDE) variant
@@ -260,7 +261,7 @@ class Emitter:
         """Where `index` of `p` lies, for a masked access: lane-wide when every lane reaches the same
         element (a gathered one), since a lane-wide mask cannot guard a scalar address."""
         address = f"{p.name} + {self.offset(p, index)}"
-        if not _varies((ix.linear(index, p.shape),), through_loads=True):
+        if not _varies((ix.linear(index, p.shape),), through_loads=True, fixed=self.program_vars):
             address = f"tl.broadcast_to({address}, {self.block_shape})"
         return address
 
@@ -405,14 +406,16 @@ def _mentions(index: ix.Index, names: set[str]) -> bool:
     return False
 
 
-def _varies(index: ix.Index, through_loads: bool = False) -> bool:
+def _varies(index: ix.Index, through_loads: bool = False, fixed: set[str] = frozenset()) -> bool:
     """Does the index depend on any loop variable or loaded value?  With `through_loads`, a loaded
-    value varies only when the index it is loaded at does."""
+    value varies only when the index it is loaded at does; variables in `fixed` do not vary."""
     stack: list = list(index)
     while stack:
         e = stack.pop()
         if isinstance(e, ix.Load) and through_loads:
             stack.extend(e.index)
+        elif isinstance(e, ix.Var) and e.name in fixed:
+            continue
         elif isinstance(e, (ix.Var, ix.Load)):
             return True
         elif isinstance(e, ix.Add):

@@ -428,7 +428,8 @@ def matmul(plan: FusionPlan, group: Group, k: int, precision: str = "ieee") -> K
     em.line("n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]")
     if batch:
         _start(em, [2 ** 31] if wide else [], axis=1, name="pid_b")
-        _split(em, ix.Var("pid_b", numel(batch)), batch, [f"b{a}" for a in range(len(batch))])
+        em.program_vars |= {"pid_b", *_split(em, ix.Var("pid_b", numel(batch)), batch,
+                                             [f"b{a}" for a in range(len(batch))])}
         em.vars["pid_b"] = "pid_b"
     at = d_vars = group.domain.vars()
     a_off = _operand_offset(em, g, a_node.id, d_vars[:-2] + (d_vars[-2], ix.Var("k", K)), {"k": "ka"})

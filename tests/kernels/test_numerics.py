@@ -355,3 +355,15 @@ def test_a_chain_of_thousands_of_ops_is_one_kernel(rng, close):
     x = rng.standard_normal((3, 4)).astype(np.float32)
     numpy_model, triton_model = dln.compile(source, backend="numpy"), dln.compile(source, backend="triton")
     close(numpy_model(x=x)["y"], triton_model(x=x)["y"], rtol=1e-4, atol=1e-6)
+
+
+def test_matmul_epilogue_reading_one_element_per_program(rng, close):
+    """A batched product of a single row whose epilogue reads one element per batch: the load's address is
+    the same for every lane of the tile and must still be tile-wide for the tile's mask (a query of
+    attention with one key position per batch hit this)."""
+    graph = build(lambda b, a, w, c: [b.sub(b.matmul(a, w), b.broadcast_to(c, (4, 1, 5)))],
+                  (F32, (4, 1, 3)), (F32, (4, 3, 5)), (F32, (4, 1, 1)))
+    inputs = graph_inputs(graph, {}, rng)
+    expected, got, _ = run_both(graph, inputs, {})
+    for name in expected:
+        close(expected[name], got[name], rtol=3e-5, atol=3e-6)
