@@ -1,0 +1,33 @@
+"""Layer norm's kernels (forward; backward rows with partial sums; the column sums) compile for sm_80 and
+sm_90 without a GPU and spill nothing at the cost model's configuration, for an odd width (129: a 256-wide
+padded row, 16 rows a program) and a wide one (2304 = 3 x 768: a 4096-wide padded row, one row a program
+on 8 warps)."""
+
+import dataclasses
+
+import pytest
+
+from dln.kernels.aot import compile_all
+from dln.kernels.module import generate_module
+
+from .test_layernorm import _grad_graph
+
+
+def _jit(kernels):
+    out = []
+    for k in kernels:
+        out += _jit(k.inner) if k.host else ([k] if k.kind.startswith("layernorm") else [])
+    return out
+
+
+@pytest.mark.parametrize("n", [129, 2304])
+def test_layernorm_kernels_compile_without_spills(n, tmp_path):
+    generated = generate_module(_grad_graph(n, True))
+    kernels = _jit(generated.kernels)
+    assert sorted(k.kind for k in kernels) == ["layernorm", "layernorm_sum", "layernorm_vjp"]
+    module = tmp_path / "kernels.py"
+    module.write_text(generated.source)
+    results = compile_all(dataclasses.replace(generated, kernels=kernels), str(module), ["sm_80", "sm_90"])
+    assert len(results) == 6
+    for r in results:
+        assert r.spills == 0 and r.fits, r.describe()
