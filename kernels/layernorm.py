@@ -24,9 +24,9 @@ from __future__ import annotations
 import json
 
 from dln.compiler.fusion.planner import FusionPlan, Group
-from dln.compiler.ir import DType, Node, Op
+from dln.compiler.ir import DType, Node
 from dln.compiler.symbolic import Dim, numel
-from dln.kernels.configs import next_pow2
+from dln.kernels.configs import gpu_config, next_pow2
 from dln.kernels.emitter import Pointer, comment, dim_symbols, render_dim
 from dln.kernels.lowering import TL_DTYPES
 from dln.kernels.templates import KernelSource, _int64, _pointers, _wrap
@@ -124,7 +124,7 @@ def forward(plan: FusionPlan, group: Group, k: int, precision: str) -> KernelSou
                         [f"triton.cdiv({r}, meta['BLOCK_M'])"], {"rows": rows, "N": n}, wide=wide)
 
 
-def _rows_vjp(name: str, c: Node, x: Node, pointers: dict[int, Pointer], out: dict[int, list[str]],
+def _rows_vjp(c: Node, x: Node, pointers: dict[int, Pointer], out: dict[int, list[str]],
               stride: bool) -> tuple[list[str], list[str], bool]:
     """(params, body lines, wide) of the kernel computing dx; with `stride` (affine) a grid-stride loop that
     also stores each program's partial weight and bias gradients in `scratch`."""
@@ -192,8 +192,6 @@ def _sum(name: str, c: Node, n: int, out: dict[int, list[str]], dtype: DType) ->
 
 
 def backward(plan: FusionPlan, group: Group, k: int, precision: str) -> KernelSource:
-    from dln.kernels.configs import gpu_config
-
     g = plan.graph
     c = g.node(group.members[0])
     pointers = _pointers(plan, group, k)
@@ -203,7 +201,7 @@ def backward(plan: FusionPlan, group: Group, k: int, precision: str) -> KernelSo
     by_name = {p.name: p for p in pointers.values()}
     sizes: dict[str, Dim] = {"rows": rows, "N": n}
     if not c.attrs["affine"]:
-        params, lines, wide = _rows_vjp(group.name, c, x, pointers, out, stride=False)
+        params, lines, wide = _rows_vjp(c, x, pointers, out, stride=False)
         symbols = sorted(dim_symbols(rows))
         blocks = ["BLOCK_M"] + ["WIDE"] * wide
         doc = _doc(c, f"Layer norm's backward over {n} features: dx, BLOCK_M rows a program")
@@ -211,7 +209,7 @@ def backward(plan: FusionPlan, group: Group, k: int, precision: str) -> KernelSo
         return KernelSource(group.name, "layernorm_vjp", source, [by_name[p] for p in params if p in by_name],
                             symbols, blocks, [f"triton.cdiv({render_dim(rows)}, meta['BLOCK_M'])"], sizes, wide=wide)
     rows_name, sum_name = f"{group.name}_rows", f"{group.name}_sum"
-    params, lines, wide = _rows_vjp(rows_name, c, x, pointers, out, stride=True)
+    params, lines, wide = _rows_vjp(c, x, pointers, out, stride=True)
     symbols = sorted(dim_symbols(rows))
     blocks = ["BLOCK_M"] + ["WIDE"] * wide
     doc = _doc(c, f"Layer norm's backward over {n} features: dx, and each program's partial weight and bias "
@@ -231,9 +229,11 @@ def backward(plan: FusionPlan, group: Group, k: int, precision: str) -> KernelSo
     wide_arg = (", WIDE=max(" + ", ".join(f"{p}.numel()" for p in params[:params.index('scratch')])
                 + ") >= 2 ** 31") if wide else ""
     sum_args = ", ".join(p.name for p in sum_params_pointers)
+    doc = _doc(c, f"Layer norm's backward over {n} features in two stages: dx and per-program partial sums, "
+                  "then their column sums")
     host = [f"def {group.name}(program, sizes, {', '.join(p.name for p in ordered)}"
             + "".join(f", s_{s}" for s in symbols) + "):",
-            f'    """{_doc(c, f"Layer norm backward over {n} features in two stages: dx and per-program partial sums, then the column sums")}"""',
+            f'    """{doc}"""',
             f"    cfg = program._cfg({json.dumps(rows_name)}, {{'rows': {r}, 'N': {n}}})",
             f"    programs = max(1, min(triton.cdiv({r}, cfg.get('BLOCK_M', 1)), {PARTIALS}))",
             f"    scratch = program._scratch({json.dumps(group.name)}, 2 * programs * {n}, torch.float32)",
