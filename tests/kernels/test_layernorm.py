@@ -18,8 +18,8 @@ from .conftest import graph_inputs, run_both
 
 SOURCE = """
 model m() {{
-    param x: f32[5, 29, {n}] = zeros
-    input cot: f32[5, 29, {n}]
+    param x: {t}[5, 29, {n}] = zeros
+    input cot: {t}[5, 29, {n}]
     y = layernorm(x, eps = 1e-3, affine = {affine})
     loss = sum(y * cot)
     output y
@@ -27,8 +27,8 @@ model m() {{
 """
 
 
-def _models(n: int, affine: bool, rng: np.random.Generator):
-    source = SOURCE.format(n=n, affine=str(affine).lower())
+def _models(n: int, affine: bool, rng: np.random.Generator, t: str = "f32"):
+    source = SOURCE.format(n=n, affine=str(affine).lower(), t=t)
     numpy_model = dln.compile(source, backend="numpy")
     triton_model = dln.compile(source, backend="triton")
     params = {k: (rng.standard_normal(v.shape) * 2 + 0.5).astype(np.float32)
@@ -51,9 +51,23 @@ def test_forward_and_gradients_match_numpy(n, affine, rng, close):
         close(g1[name], g2[name], rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("t,tol", [("bf16", 4 * 1.6e-2), ("f16", 4 * 1e-3)])
+def test_half_types_are_normalized_in_fp32(t, tol, rng):
+    """Loaded, normalized in fp32, rounded once when stored: within the type's precision of the NumPy
+    backend (which computes half types in float32 and rounds after each op)."""
+    numpy_model, triton_model = _models(129, True, rng, t)
+    cot = rng.standard_normal((5, 29, 129)).astype(np.float32)
+    l1, g1 = numpy_model.value_and_grad("loss", cot=cot)
+    l2, g2 = triton_model.value_and_grad("loss", cot=cot)
+    for name in ("x", "y.weight", "y.bias"):
+        want = np.asarray(g1[name], np.float64)
+        np.testing.assert_allclose(np.asarray(g2[name], np.float64), want, rtol=tol,
+                                   atol=tol * max(1.0, np.abs(want).max()), err_msg=name)
+
+
 def _grad_graph(n: int, affine: bool):
     """y, and the gradients of sum(y * cot) with respect to x and the layer's parameters."""
-    spec = dln.compile(SOURCE.format(n=n, affine=str(affine).lower()), backend="numpy").train_spec
+    spec = dln.compile(SOURCE.format(n=n, affine=str(affine).lower(), t="f32"), backend="numpy").train_spec
     params = [p.node for p in spec.params]
     full, grads, _ = grad(spec.graph, spec.values["loss"], params)
     outs = [("y", spec.values["y"])] + [(f"grad:{p.name}", grads[p.node]) for p in spec.params]
@@ -74,12 +88,12 @@ def test_gpu_blocks_with_several_programs_match_numpy(n, affine, rng):
 
 
 def test_the_kernels_are_used():
-    """The forward is one kernel storing y and the row statistics; the backward a host function running dx
-    with partial sums, then the column sums."""
+    """In training the forward is one kernel storing y and the row statistics; the backward a host function
+    running dx with partial sums, then the column sums."""
     from dln.compiler import pipeline
     from dln.runtime.train import default_objective
 
-    model = dln.compile(SOURCE.format(n=129, affine="true"), backend="triton")
+    model = dln.compile(SOURCE.format(n=129, affine="true", t="f32"), backend="triton")
     step = pipeline.train_step(model.train_spec, default_objective(model))
     kernels = {k.kind: k for k in generate_module(step.graph).kernels}
     forward, host = kernels["layernorm"], kernels["layernorm_host"]
@@ -87,3 +101,6 @@ def test_the_kernels_are_used():
     assert [k.kind for k in host.inner] == ["layernorm_vjp", "layernorm_sum"]
     assert "for start in range(pid * BLOCK_M" in host.inner[0].source
     assert not any(k.kind == "reduction" and "layernorm" in k.name for k in kernels.values())
+    # Without a backward nothing reads the statistics: y alone is stored.
+    (inference,) = generate_module(pipeline.forward_graph(model.train_spec, ["y"])).kernels
+    assert inference.kind == "layernorm" and inference.source.count("tl.store(") == 1
