@@ -14,6 +14,7 @@ from dln.compiler.fusion import index as ix
 from dln.compiler.fusion.domain import Domain
 from dln.compiler.ir import Op
 from dln.compiler.symbolic import Sym
+from dln.kernels.module import generate_module
 from dln.kernels.report import computed_nodes
 
 from .conftest import graph_inputs, run_both
@@ -74,3 +75,41 @@ def test_split_rows_index():
     assert domain.canonical((t, 5)) is None
     assert Domain("matmul", (2, b * t, 5), (), 4).canonical((2, b, t, 5)) is not None
     assert Domain("matmul", (2, b * t, 5), (), 4).canonical((3, b, t, 5)) is None
+
+
+BLOCK = """
+block mlp_block(x, dim: int) {
+    return x -> linear(4 * dim) -> gelu -> linear(dim)
+}
+model gpt_block(vocab: int = 11, dim: int = 12, heads: int = 2, ctx: int = 8) {
+    input tokens:  i64[B, T]
+    input targets: i64[B, T]
+    h = embedding(tokens, vocab, dim) + embedding(arange(T), ctx, dim, name = "pos")
+    h = h + attention(layernorm(h), heads = heads, causal = true)
+    h = h + mlp_block(layernorm(h), dim)
+    logits = h -> layernorm -> linear(vocab, bias = false)
+    loss   = cross_entropy(logits, targets)
+    output logits
+}
+"""
+
+
+def test_gpt_block_forward_plan_and_gradients(rng):
+    """A GPT block's forward: each linear ends with its bias, GELU and residual add; the layer norms are
+    kernels of their own; the only pointwise kernels left are the embeddings' sum and attention's head
+    merge.  The whole block's gradients match the NumPy backend."""
+    numpy_model = dln.compile(BLOCK, backend="numpy")
+    kernels = generate_module(pipeline.forward_graph(numpy_model.train_spec, ["logits"])).kernels
+    names = [k.name for k in kernels]
+    assert [k.kind for k in kernels].count("layernorm") == 3
+    assert [k.kind for k in kernels].count("pointwise") == 2
+    assert any(name.endswith("out_linear_0_matmul_bias_erf") for name in names), names
+    triton_model = dln.compile(BLOCK, backend="triton")
+    triton_model.load_state_dict(numpy_model.parameters())
+    tokens, targets = rng.integers(0, 11, (3, 7)), rng.integers(0, 11, (3, 7))
+    l1, g1 = numpy_model.value_and_grad("loss", tokens=tokens, targets=targets)
+    l2, g2 = triton_model.value_and_grad("loss", tokens=tokens, targets=targets)
+    np.testing.assert_allclose(l2, l1, rtol=1e-5)
+    for name, want in g1.items():
+        np.testing.assert_allclose(g2[name], want, rtol=1e-4, atol=1e-4 * max(1.0, np.abs(want).max()),
+                                   err_msg=name)
