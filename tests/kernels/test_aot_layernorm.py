@@ -1,7 +1,7 @@
 """Layer norm's kernels (forward; backward rows with partial sums; the column sums) compile for sm_80 and
 sm_90 without a GPU and spill nothing at the cost model's configuration, for an odd width (129: a 256-wide
 padded row, 16 rows a program) and a wide one (2304 = 3 x 768: a 4096-wide padded row, one row a program
-on 8 warps)."""
+on 8 warps), with the affine weight and bias and without (dx alone: no second stage)."""
 
 import dataclasses
 
@@ -20,14 +20,15 @@ def _jit(kernels):
     return out
 
 
-@pytest.mark.parametrize("n", [129, 2304])
-def test_layernorm_kernels_compile_without_spills(n, tmp_path):
-    generated = generate_module(_grad_graph(n, True))
+@pytest.mark.parametrize("n,affine", [(129, True), (2304, True), (129, False)])
+def test_layernorm_kernels_compile_without_spills(n, affine, tmp_path):
+    generated = generate_module(_grad_graph(n, affine))
     kernels = _jit(generated.kernels)
-    assert sorted(k.kind for k in kernels) == ["layernorm", "layernorm_sum", "layernorm_vjp"]
+    second_stage = ["layernorm_sum"] if affine else []
+    assert sorted(k.kind for k in kernels) == ["layernorm", *second_stage, "layernorm_vjp"]
     module = tmp_path / "kernels.py"
     module.write_text(generated.source)
     results = compile_all(dataclasses.replace(generated, kernels=kernels), str(module), ["sm_80", "sm_90"])
-    assert len(results) == 6
+    assert len(results) == 2 * len(kernels)
     for r in results:
         assert r.spills == 0 and r.fits, r.describe()
