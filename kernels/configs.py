@@ -72,7 +72,20 @@ def gpu_config(kind: str, sizes: Mapping[str, Dim], epilogue_weight: int = 0) ->
         return scan_config(sizes)
     if kind == "scan_steps":
         return {}   # a host loop: its inner kernels have their own
+    if kind in ("layernorm", "layernorm_vjp"):
+        return layernorm_config(sizes)
+    if kind == "layernorm_sum":
+        return {"BLOCK_P": 16, "BLOCK_N": max(16, min(128, next_pow2(_size(sizes["N"])))), "num_warps": 4}
     raise ValueError(kind)
+
+
+def layernorm_config(sizes: Mapping[str, Dim]) -> dict[str, int]:
+    """Layer norm's row tiles: whole rows (N padded to a power of two) in registers, BLOCK_M of them, about
+    16 values of each live tile per thread (the backward keeps x, dy, xhat, g and dx), up to 16 warps for
+    the widest rows (8192 features: one row a program)."""
+    width = next_pow2(_size(sizes["N"]))
+    block_m = max(1, min(next_pow2(_size(sizes["rows"])), 4096 // width))
+    return {"BLOCK_M": block_m, "num_warps": min(16, max(4, block_m * width // 512))}
 
 
 def scan_config(sizes: Mapping[str, Dim]) -> dict[str, int]:
@@ -122,6 +135,10 @@ def autotune_candidates(kind: str) -> list[dict[str, int]]:
     if kind == "reduction":
         return [{"BLOCK_M": m, "BLOCK_N": n, "num_warps": w}
                 for m, n, w in ((1, 1024, 4), (4, 256, 4), (16, 128, 4), (64, 16, 4), (8, 512, 8))]
+    if kind in ("layernorm", "layernorm_vjp"):   # the row width is fixed in the kernel
+        return [{"BLOCK_M": m, "num_warps": w} for m, w in ((1, 4), (4, 4), (8, 8), (16, 8), (32, 8))]
+    if kind == "layernorm_sum":
+        return [{"BLOCK_P": p, "BLOCK_N": n, "num_warps": 4} for p, n in ((16, 128), (32, 64), (8, 256))]
     if kind == "scan":
         return [{"BLOCK_B": b, "BLOCK_K": k, "num_warps": w, "num_stages": 1}
                 for b, k, w in ((16, 16, 8), (16, 16, 4), (32, 16, 8), (16, 32, 8), (64, 16, 8))]
@@ -142,6 +159,10 @@ def _interpreter_config(kind, sizes):
         return {"BLOCK_M": max(1, p2(sizes["rows"], max(1, (1 << 14) // block_n))), "BLOCK_N": block_n}
     if kind == "scan":
         return {"BLOCK_B": max(16, p2(sizes["B"], 64)), "BLOCK_K": 16}
+    if kind in ("layernorm", "layernorm_vjp"):
+        return {"BLOCK_M": p2(sizes["rows"], max(1, (1 << 14) // p2(sizes["N"], 1 << 14)))}
+    if kind == "layernorm_sum":
+        return {"BLOCK_P": 16, "BLOCK_N": max(16, p2(sizes["N"], 1 << 12))}
     return {"BLOCK_M": max(16, p2(sizes["M"], 128)), "BLOCK_N": max(16, p2(sizes["N"], 128)),
             "BLOCK_K": max(16, p2(sizes["K"], 128))}
 '''

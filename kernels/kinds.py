@@ -6,6 +6,7 @@ from typing import Callable
 
 from dln.compiler.fusion.planner import FusionPlan, Group
 from dln.compiler.ir import Node
+from dln.kernels import layernorm
 from dln.kernels.convolution import convolution
 from dln.kernels.recurrent import scan
 from dln.kernels.templates import KernelSource, matmul, multi_tensor, pointwise, reduction, scatter
@@ -31,8 +32,9 @@ CONTRACTIONS: dict[str, Callable[[FusionPlan, Group, int, str], KernelSource]] =
 
 # Composites with a kernel of their own, and for which of their nodes it serves (dln.compiler.composites);
 # every other composite reaches the planner decomposed (`pipeline.lower`).  Each has its template.
-COMPOSITE_KERNELS: dict[str, Callable[[Node], bool]] = {}
-COMPOSITE_TEMPLATES: dict[str, Callable[[FusionPlan, Group, int, str], KernelSource]] = {}
+COMPOSITE_KERNELS: dict[str, Callable[[Node], bool]] = {
+    "layernorm": layernorm.serves, "layernorm_vjp": layernorm.serves}
+COMPOSITE_TEMPLATES: dict[str, Callable[[FusionPlan, Group, int, str], KernelSource]] = {**layernorm.TEMPLATES}
 
 
 def has_kernel(n: Node) -> bool:

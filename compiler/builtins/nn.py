@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 from dln.compiler.builtins import BOOL, FLOAT, INIT, INT, TENSOR, builtin
+from dln.compiler.composites.layernorm import layer_norm
 from dln.compiler.emit import Tensor
 from dln.compiler.ir import DType, Op
 from dln.compiler.symbolic import numel
@@ -65,15 +66,10 @@ def layernorm(cx, x: TENSOR, eps: FLOAT = 1e-5, affine: BOOL = True):
     b = cx.b
     n = _features(cx, x, "layernorm")
     x = b.to_float(x)
-    dtype = x.dtype
-    mean = b.mean(x, -1, keepdim=True)
-    centered = b.sub(x, mean)
-    variance = b.mean(b.mul(centered, centered), -1, keepdim=True)
-    y = b.mul(centered, b.unary(Op.RSQRT, b.add(variance, eps)))
-    if affine:
-        y = b.add(b.mul(y, cx.param("weight", (n,), InitSpec("ones"), dtype)),
-                  cx.param("bias", (n,), InitSpec("zeros"), dtype))
-    return y
+    if not affine:
+        return layer_norm(b, x, eps=eps)
+    return layer_norm(b, x, cx.param("weight", (n,), InitSpec("ones"), x.dtype),
+                      cx.param("bias", (n,), InitSpec("zeros"), x.dtype), eps=eps)
 
 
 @builtin(category="layer", owns_params=True)

@@ -87,4 +87,4 @@ def expanded(n: Node, types: tuple[TensorType, ...]) -> Graph:
 
 
 # Register the composites.
-from dln.compiler.composites import attention, cross_entropy  # noqa: E402,F401
+from dln.compiler.composites import attention, cross_entropy, layernorm  # noqa: E402,F401

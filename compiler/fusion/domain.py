@@ -6,7 +6,10 @@ A kernel iterates over a domain:
 * reduction — a shape X split into kept axes (rows) and reduced axes
   (columns); nodes of shape X live at a (row, column) index, nodes of the
   reduced shape (with or without keepdim) at a row index;
-* matmul — the output tile (batch..., m, n) of a matrix product;
+* matmul — the output tile (batch..., m, n) of a matrix product; a node
+  whose leading axes split the rows m (the [B, T, N] view of a [B*T, N]
+  product) lives there too, at m's digits, so a linear layer's bias,
+  activation and residual add on a [B, T, D] input are its epilogue;
 * convolution — the output of a convolution (any of `GroupOp.Convolution`),
   computed as an implicit matrix product whose tile rows and columns are
   split into the output's axes (kernels/convolution.py);
@@ -31,7 +34,7 @@ from typing import Callable
 from dln.compiler.fusion import index as ix
 from dln.compiler.ir import Graph, GroupOp, Node, Op
 from dln.compiler.shapes import reduced_shape
-from dln.compiler.symbolic import Shape, dims_equal
+from dln.compiler.symbolic import Shape, dims_equal, numel
 
 # How each op takes part in fusion.
 LEAVES = frozenset({Op.CONST, Op.IOTA, Op.SYMSIZE})
@@ -77,7 +80,19 @@ class Domain:
                 return tuple(ix.ZERO if k in self.axes else v for k, v in enumerate(full))
             if same_shape(shape, self.row_shape(False)):
                 return tuple(v for k, v in enumerate(full) if k not in self.axes)
+        if self.kind == "matmul" and self.splits_rows(shape):
+            # A view of the product with its rows split ([B*T, N] seen as [B, T, N], as `linear` on a
+            # [B, T, D] input reshapes back): row m is element (m // T, m % T) of the leading axes.
+            batch = len(self.shape) - 2
+            return full[:batch] + ix.delinearize(full[-2], shape[batch:-1]) + full[-1:]
         return None
+
+    def splits_rows(self, shape: Shape) -> bool:
+        """In a matmul domain [*batch, M, N]: is `shape` [*batch, *rows, N] with rows holding M elements?"""
+        batch = len(self.shape) - 2
+        return (len(shape) > len(self.shape) and same_shape(shape[:batch], self.shape[:batch])
+                and dims_equal(shape[-1], self.shape[-1]) is True
+                and dims_equal(numel(shape[batch:-1]), self.shape[-2]) is True)
 
     def is_row(self, shape: Shape) -> bool:
         """In a reduction domain: does a node of `shape` hold one value per row?"""
