@@ -45,6 +45,20 @@ model bigram(vocab: int = 103) {
 train bigram { data = dataset("text") }
 """
 
+# Learned positions: a table of `ctx` rows, trained on windows of ctx characters.
+TINY_GPT = """
+model gpt(vocab: int = 103, dim: int = 16, ctx: int = 8) {
+    input tokens: i64[B, T]
+    input targets: i64[B, T]
+    h      = embedding(tokens, vocab, dim) + embedding(arange(T), ctx, dim, name = "pos")
+    h      = h + attention(layernorm(h), heads = 2, causal = true)
+    logits = h -> layernorm -> linear(vocab, bias = false)
+    loss   = cross_entropy(logits, targets)
+    output logits
+}
+train gpt { data = dataset("text", window = 8) }
+"""
+
 
 def _distribution(model, ids: list[int]) -> np.ndarray:
     """The next character's distribution from running the whole prefix, without carried state."""
@@ -139,6 +153,20 @@ def test_a_model_without_recurrence_reruns_a_window():
     for _ in range(10):
         ids.append(int(np.argmax(_distribution(model, ids[-3:]))))
     assert got == "".join(VOCAB[i] for i in ids[4:])
+
+
+def test_learned_positions_read_the_trained_window():
+    """Past `ctx` characters a transformer re-reads the last 8 (its data set's window): the whole
+    text would index past its position table."""
+    model = dln.compile(TINY_GPT, seed=0)
+    assert sample.trained_window(model) == 8
+    got = model.sample("The ", 12, temperature=0)
+    ids = list(text.encode("The ", VOCAB))
+    for _ in range(12):
+        ids.append(int(np.argmax(_distribution(model, ids[-8:]))))
+    assert got == "".join(VOCAB[i] for i in ids[4:])
+    with pytest.raises(DlnError, match="out of bounds"):
+        model.sample("The ", 12, temperature=0, window=9)
 
 
 # ---- the command line ---------------------------------------------------------------------------------------
