@@ -153,13 +153,15 @@ def _section(result: dict) -> str:
             f"round.\n\n"
             + paired.step_table(s, "PyTorch eager, `nn.MultiheadAttention`") +
             f"First losses (same initial weights): {s['first_losses']}. Load average (1 min) before and after: "
-            f"{s['load_avg_1min_before_after']} on {s['cpus']} CPUs.\n")
+            f"{s['load_avg_1min_before_after']} on {s['cpus']} CPUs; threads: {_threads()}.\n")
     k = result.get("kernels")
     if k:
         d, e = k["dln"], k["eager"]
         p = e["phases"]
         c = TORCH_COMPILE
         kinds = ", ".join(f"{n} {kind}" for kind, n in sorted(d["kinds"].items()))
+        attention = ("attention as kernels of its own (composite)" if d["kinds"].get("composite") else
+                     "attention decomposed into matmul, softmax and mask kernels (no attention kernel in this plan)")
         text += (f"\n| | kernels per training step | modeled HBM bytes |\n| --- | --- | --- |\n"
                  f"| dln, Triton plan (forward + backward + Adam) | **{d['kernels']}** ({kinds}) "
                  f"| **{d['bytes']:,}** |\n"
@@ -173,8 +175,15 @@ def _section(result: dict) -> str:
                  f"data (views excluded), reading all its inputs and writing all its outputs "
                  f"(benchmarks/fusion.py's `op_counter`). Eager's attention core is one fused operator each way "
                  f"({', '.join(e['attention_ops'])}), which never stores the scores.\n\n"
-                 f"dln's kernels: {', '.join(d['names'])}.\n")
+                 f"dln's plan has {attention}. dln's kernels: {', '.join(d['names'])}.\n")
     return text
+
+
+def _threads() -> str:
+    """The thread settings both children inherit (BLAS and OpenMP pools read them at start-up)."""
+    import os
+
+    return ", ".join(f"{k}={os.environ.get(k, 'unset')}" for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"))
 
 
 def record(result: dict) -> None:
