@@ -196,6 +196,23 @@ def test_dln_sample_prints_the_prompt_and_its_continuation(weights, capsys):
     assert capsys.readouterr().out == "The " + model.sample("The ", 40, seed=5) + "\n"
 
 
+def test_dln_sample_continues_past_the_transformer_examples_context(tmp_path, capsys):
+    """examples/transformer_charlm.dln (small): 80 characters after a 4-character prompt, past its
+    64 positions, each from the last 64 characters."""
+    gpt = ROOT / "examples" / "transformer_charlm.dln"
+    small = {"dim": 16, "heads": 2, "layers": 1}
+    model = dln.compile(gpt, seed=1, **small)
+    model.save(tmp_path / "gpt.safetensors")
+    args = ["sample", str(gpt), "--weights", str(tmp_path / "gpt.safetensors"), "--prompt", "The ", "--tokens",
+            "80", "--temperature", "0", *(f"--set={k}={v}" for k, v in small.items())]
+    assert cli.main(args) == 0
+    out = capsys.readouterr().out
+    ids = list(text.encode("The ", VOCAB))
+    for _ in range(80):
+        ids.append(int(np.argmax(_distribution(model, ids[-64:]))))
+    assert out == "".join(VOCAB[i] for i in ids) + "\n"
+
+
 def _cli_error(args: list[str], capsys) -> tuple[int, str]:
     code = cli.main(args)
     captured = capsys.readouterr()
