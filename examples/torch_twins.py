@@ -2,7 +2,8 @@
 
 Each twin has the example's layers and sizes, under the same parameter names (so a dln state
 dict loads into it by name and back), PyTorch's default initialization (which is dln's), the
-same optimizer and hyperparameters, and it is fed exactly what `dln train` feeds: the same
+same optimizer and hyperparameters (and learning rate at every step, where the train section has
+a cosine schedule), and it is fed exactly what `dln train` feeds: the same
 held-out split (`dln.runtime.data.split`: for the char-LMs the end of the text), the same
 shuffled order each epoch, the same batch size (the last batch short), the same noise for the
 GAN, the same gradient clipping.  CPU, float32.  It prints the metrics
