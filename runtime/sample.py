@@ -166,7 +166,13 @@ def generate(model: Model, stream: Stream, vocab: Sequence[str], prompt: str, to
     zeros = {c.name: np.zeros(_carry_shape(c, 1), np_dtype(c.type.dtype)) for c in stream.spec.carries}
     for _ in range(tokens):
         context = ids[-window:] if window else ids
-        logits, _ = _run(model, stream, np.array([context], np.int64), zeros)
+        try:
+            logits, _ = _run(model, stream, np.array([context], np.int64), zeros)
+        except DlnError as e:   # most likely a position table shorter than the window: say what was run
+            first, *rest = e.diagnostics
+            raise DlnError([first.with_note(f"generation ran the last {len(context)} characters of the text "
+                                            f"(a window of {window or 'all'}); --window (window=) sets fewer"),
+                            *rest]) from None
         nxt = pick(logits[0, -1, :len(vocab)], temperature, rng)
         ids.append(nxt)
         yield vocab[nxt]

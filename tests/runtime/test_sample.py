@@ -165,8 +165,9 @@ def test_learned_positions_read_the_trained_window():
     for _ in range(12):
         ids.append(int(np.argmax(_distribution(model, ids[-8:]))))
     assert got == "".join(VOCAB[i] for i in ids[4:])
-    with pytest.raises(DlnError, match="out of bounds"):
+    with pytest.raises(DlnError, match="out of bounds") as e:
         model.sample("The ", 12, temperature=0, window=9)
+    assert "the last 9 characters" in str(e.value) and "--window" in str(e.value)
 
 
 # ---- the command line ---------------------------------------------------------------------------------------
