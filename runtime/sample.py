@@ -170,8 +170,8 @@ def generate(model: Model, stream: Stream, vocab: Sequence[str], prompt: str, to
             logits, _ = _run(model, stream, np.array([context], np.int64), zeros)
         except DlnError as e:   # most likely a position table shorter than the window: say what was run
             first, *rest = e.diagnostics
-            raise DlnError([first.with_note(f"generation ran the last {len(context)} characters of the text "
-                                            f"(a window of {window or 'all'}); --window (window=) sets fewer"),
+            ran = f"the last {len(context)} characters of the text" if window else "all of the text so far"
+            raise DlnError([first.with_note(f"generation ran {ran}; --window (window=) sets fewer"),
                             *rest]) from None
         nxt = pick(logits[0, -1, :len(vocab)], temperature, rng)
         ids.append(nxt)
