@@ -153,7 +153,10 @@ def _section(result: dict) -> str:
             f"round.\n\n"
             + paired.step_table(s, "PyTorch eager, `nn.MultiheadAttention`") +
             f"First losses (same initial weights): {s['first_losses']}. Load average (1 min) before and after: "
-            f"{s['load_avg_1min_before_after']} on {s['cpus']} CPUs; threads: {_threads()}.\n")
+            f"{s['load_avg_1min_before_after']} on {s['cpus']} CPUs; threads: {_threads()}."
+            + (" **Provisional**: other work kept the load above the number of CPUs, which slows both sides "
+               "unevenly; rerun on a quiet machine." if max(s['load_avg_1min_before_after']) > s['cpus'] else "")
+            + "\n")
     k = result.get("kernels")
     if k:
         d, e = k["dln"], k["eager"]
