@@ -18,6 +18,7 @@ sys.path.insert(0, str(HERE))
 import check_time  # noqa: E402
 import fusion  # noqa: E402
 import fuzz  # noqa: E402
+import gpt  # noqa: E402
 import lenet  # noqa: E402
 import lstm  # noqa: E402
 import numpy_step  # noqa: E402
@@ -71,11 +72,12 @@ dln's kernels: {', '.join(d['names'])}.
 `dln check examples/mlp_digits.dln` in a fresh process: median **{check['median_ms']} ms** over {check['runs']} runs
 (min {check['min_ms']} ms) (`benchmarks/check_time.py`).
 """
-    # The fuzzing campaign is too long to run here (benchmarks/fuzz.py --record), and LeNet's and the
-    # LSTM's figures need a quiet machine (benchmarks/lenet.py --record, lstm.py --record): keep them.
+    # The fuzzing campaign is too long to run here (benchmarks/fuzz.py --record), and LeNet's, the
+    # LSTM's and the GPT block's figures need a quiet machine (benchmarks/lenet.py --record, lstm.py
+    # --record, gpt.py --record): keep them.
     results = HERE / "RESULTS.md"
     kept = results.read_text() if results.exists() else ""
-    for section in (lenet.lenet_section(kept), lstm.lstm_section(kept)):
+    for section in (lenet.lenet_section(kept), lstm.lstm_section(kept), gpt.gpt_section(kept)):
         if section:
             text = text.rstrip("\n") + "\n\n" + section.rstrip("\n") + "\n"
     fuzzing = fuzz.fuzzing_section(kept)

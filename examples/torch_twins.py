@@ -2,7 +2,8 @@
 
 Each twin has the example's layers and sizes, under the same parameter names (so a dln state
 dict loads into it by name and back), PyTorch's default initialization (which is dln's), the
-same optimizer and hyperparameters, and it is fed exactly what `dln train` feeds: the same
+same optimizer and hyperparameters (and learning rate at every step, where the train section has
+a cosine schedule), and it is fed exactly what `dln train` feeds: the same
 held-out split (`dln.runtime.data.split`: for the char-LMs the end of the text), the same
 shuffled order each epoch, the same batch size (the last batch short), the same noise for the
 GAN, the same gradient clipping.  CPU, float32.  It prints the metrics
@@ -10,8 +11,8 @@ GAN, the same gradient clipping.  CPU, float32.  It prints the metrics
 evaluation mode; `time` is the whole run's wall time (data, set-up, dln's compile), `epochs_time`
 the epochs' alone (training steps and validation), `cpu` the process's CPU time.
 
-    .venv/bin/python examples/torch_twins.py cnn|dcgan|autoencoder|lstm|gru|all          # PyTorch
-    .venv/bin/python examples/torch_twins.py cnn|dcgan|autoencoder|lstm|gru|all --dln    # dln.train, same measures
+    .venv/bin/python examples/torch_twins.py cnn|dcgan|autoencoder|lstm|gru|gpt|all          # PyTorch
+    .venv/bin/python examples/torch_twins.py cnn|dcgan|autoencoder|lstm|gru|gpt|all --dln    # dln.train, same measures
 
 Each side runs in its own process (two thread pools in one process, OpenBLAS's and PyTorch's,
 slow each other down on a small machine); examples/README.md's numbers were taken with
@@ -24,6 +25,7 @@ exp(entropy of the class histogram), and the mean confidence of the classifier.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import time
@@ -33,8 +35,8 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 FILES = {"cnn": "cnn_digits.dln", "dcgan": "dcgan_digits.dln", "autoencoder": "conv_autoencoder_digits.dln",
-         "lstm": "lstm_charlm.dln", "gru": "gru_charlm.dln"}
-CHARLMS = ("lstm", "gru")   # character-level language models of dataset("text")
+         "lstm": "lstm_charlm.dln", "gru": "gru_charlm.dln", "gpt": "transformer_charlm.dln"}
+CHARLMS = ("lstm", "gru", "gpt")   # character-level language models of dataset("text")
 # The train sections' settings (the files are the reference; `settings_of` checks these against them).
 SETTINGS = {
     "cnn": {"validate": 0.2, "lr": 1e-3, "betas": (0.9, 0.999), "batch": 64, "epochs": 15, "seed": 0},
@@ -44,8 +46,11 @@ SETTINGS = {
              "clip_grad": 1.0},
     "gru": {"validate": 0.1, "lr": 3e-3, "betas": (0.9, 0.999), "batch": 32, "epochs": 8, "seed": 0,
             "clip_grad": 1.0},
+    "gpt": {"validate": 0.1, "lr": 3e-3, "betas": (0.9, 0.999), "batch": 32, "epochs": 4, "seed": 0,
+            "clip_grad": 1.0, "optimizer": "adamw", "weight_decay": 0.01, "warmup": 100},
 }
 VOCAB, DIM, HIDDEN = 103, 64, 256   # the char-LMs' hyperparameters
+GPT = {"vocab": 103, "dim": 128, "layers": 2, "heads": 4, "ctx": 64}   # transformer_charlm's
 Z = 16          # the GAN's noise size
 BATCHNORM = True
 SAMPLES = 1000  # generated digits scored for mode coverage
@@ -172,8 +177,59 @@ def make_charlm(kind: str, vocab: int = VOCAB, dim: int = DIM, hidden: int = HID
     return CharLM()
 
 
+def make_gpt(vocab: int = GPT["vocab"], dim: int = GPT["dim"], layers: int = GPT["layers"], heads: int = GPT["heads"],
+             ctx: int = GPT["ctx"]):
+    """examples/transformer_charlm.dln: embed + pos -> pre-LN decoder layers (causal nn.MultiheadAttention,
+    4x GELU MLP) -> ln_f -> head (no bias).  The layers sit at `layer.<k>.block` as in the .dln file
+    (the repeat's scope, then the block call's name)."""
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+    class MLP(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(dim, 4 * dim)
+            self.proj = nn.Linear(4 * dim, dim)
+
+        def forward(self, x):
+            return self.proj(F.gelu(self.fc(x)))
+
+    class DecoderLayer(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.ln1 = nn.LayerNorm(dim)
+            self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+            self.ln2 = nn.LayerNorm(dim)
+            self.mlp = MLP()
+
+        def forward(self, x, mask):
+            a = self.ln1(x)
+            x = x + self.attn(a, a, a, attn_mask=mask, need_weights=False)[0]
+            return x + self.mlp(self.ln2(x))
+
+    class GPTModel(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = nn.Embedding(vocab, dim)
+            self.pos = nn.Embedding(ctx, dim)
+            self.layer = nn.ModuleList(nn.ModuleDict({"block": DecoderLayer()}) for _ in range(layers))
+            self.ln_f = nn.LayerNorm(dim)
+            self.head = nn.Linear(dim, vocab, bias=False)
+
+        def forward(self, tokens):
+            t = tokens.shape[1]
+            h = self.embed(tokens) + self.pos(torch.arange(t))
+            mask = torch.ones(t, t, dtype=torch.bool).triu(1)   # True: may not attend (a later position)
+            for layer in self.layer:
+                h = layer["block"](h, mask)
+            return self.head(self.ln_f(h))
+
+    return GPTModel()
+
+
 MAKERS = {"cnn": make_cnn, "dcgan": make_dcgan, "autoencoder": make_autoencoder,
-          "lstm": lambda: make_charlm("lstm"), "gru": lambda: make_charlm("gru")}
+          "lstm": lambda: make_charlm("lstm"), "gru": lambda: make_charlm("gru"), "gpt": make_gpt}
 
 
 # ---- what dln train feeds -------------------------------------------------------------------------------------
@@ -226,7 +282,8 @@ def train_torch(name: str, log=print) -> dict:
         opt_g = torch.optim.Adam(net.G.parameters(), lr=s["lr"], betas=s["betas"])
         fill = np.random.default_rng(s["seed"] + 1)   # the trainer's generator for `noise = randn`
     else:
-        opt = torch.optim.Adam(net.parameters(), lr=s["lr"], betas=s["betas"])
+        opt = make_optimizer(net, s)
+    rates = step_rates(s, math.ceil(n / s["batch"]) * s["epochs"])
     for epoch in range(s["epochs"]):
         epoch_began = time.perf_counter()
         net.train()
@@ -250,6 +307,8 @@ def train_torch(name: str, log=print) -> dict:
                 values = {"d_loss": d_loss.item(), "g_loss": g_loss.item()}
             else:
                 values = _losses(name, net, images, t["y"][idx])
+                for group in opt.param_groups:
+                    group["lr"] = next(rates)
                 opt.zero_grad()
                 values["loss"].backward()
                 if "clip_grad" in s:
@@ -273,6 +332,30 @@ def train_torch(name: str, log=print) -> dict:
             noise = np.random.default_rng(12345).standard_normal((SAMPLES, Z)).astype(np.float32)
             record.update(coverage(net.G(torch.from_numpy(noise)).numpy()))
     return record
+
+
+def make_optimizer(net, s: dict):
+    """torch.optim.Adam, or AdamW with the settings' weight decay (on every parameter, as dln's)."""
+    import torch
+
+    if s.get("optimizer") == "adamw":
+        return torch.optim.AdamW(net.parameters(), lr=s["lr"], betas=s["betas"], weight_decay=s["weight_decay"])
+    return torch.optim.Adam(net.parameters(), lr=s["lr"], betas=s["betas"])
+
+
+def step_rates(s: dict, total: int):
+    """The learning rate of each optimizer step: constant, or `cosine(warmup = w)` as the trainer
+    counts it: a linear ramp over the first w steps (lr * (k + 1) / w), then a half cosine from lr
+    down to 0 at the last of the `total` steps."""
+    warmup = s.get("warmup")
+    for k in itertools.count():
+        if warmup is None:
+            yield s["lr"]
+        elif k < warmup:
+            yield s["lr"] * (k + 1) / warmup
+        else:
+            progress = min((k - warmup) / max(1, total - warmup), 1.0)
+            yield s["lr"] * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def _losses(name: str, net, images, y) -> dict:
@@ -332,9 +415,12 @@ def settings_of(name: str) -> dict:
     """The train section's settings as dln reads them, to keep SETTINGS honest."""
     r = read_settings(name)
     opt = r.objectives[0].optimizer
+    adamw = {"optimizer": "adamw", "weight_decay": opt.hyper.get("weight_decay", 0.01)} if opt.kind == "adamw" else {}
+    warmup = {"warmup": r.schedule.arg("warmup", 0)} if r.schedule is not None else {}
+    assert r.schedule is None or r.schedule.kind == "cosine", r.schedule   # the only schedule step_rates knows
     return {"validate": r.validate or None, "lr": opt.lr, "betas": tuple(opt.hyper.get("betas", (0.9, 0.999))),
             "batch": r.batch, "epochs": r.epochs, "seed": r.seed,
-            **({"clip_grad": r.clip_grad} if r.clip_grad is not None else {})}
+            **({"clip_grad": r.clip_grad} if r.clip_grad is not None else {}), **adamw, **warmup}
 
 
 def main() -> None:

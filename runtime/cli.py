@@ -110,7 +110,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="0: always the likeliest character; higher: more varied (default 1)")
     c.add_argument("--seed", type=_count, default=0, help="the seed of the draws (default 0)")
     c.add_argument("--window", type=_positive, metavar="N",
-                   help="a model without recurrent layers re-reads the last N characters (default: all)")
+                   help="a model without recurrent layers re-reads the last N characters (default: the window its "
+                        "dataset(\"text\") trains on, else all)")
     c = command("graph", "the graph as DOT text (kernels as boxes with --backend triton)", backend=True)
     c.add_argument("-o", "--output", help="write DOT; SVG when the name ends in .svg (with Graphviz's dot program)")
     c = command("bench", "kernels per training step and modeled memory traffic, against PyTorch", backend=True)

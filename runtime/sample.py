@@ -8,7 +8,10 @@ from the states the previous run ended with, so the prefix is never run again.  
 so the two lengths share one compiled graph (one plan per length in the interpreter).
 
 A model without recurrent layers (no carries) has no state to carry: each token re-runs the
-last `window` tokens of the text so far (the whole text by default).
+last `window` tokens of the text so far.  By default that is the window length the train section's
+`dataset("text", window = N)` trains on (else the whole text): a transformer's learned position
+table has only as many rows as the length it was built for (`embedding(arange(T), ctx, dim)`), and
+even a model that accepts any length has learnt nothing about positions past those it trained on.
 """
 
 from __future__ import annotations
@@ -96,15 +99,26 @@ def vocab_of(model: Model) -> list[str]:
     """The vocabulary the weights (or training) recorded, else the train section's text data set's."""
     if model.vocab is not None:
         return model.vocab
-    from dln.runtime.train import recipe_for
-
-    data = recipe_for(model).data if model.program.root.trains else None
-    if data is not None and data.kind == "dataset" and data.arg("name") == "text":
+    if _text_data(model) is not None:
         return list(text.vocabulary())
     raise DlnError(Diagnostic("E0703", f"model {model.name} has no vocabulary to map its token ids to characters",
                               model.spec.decl.name.span,
                               (Note("load weights trained on dataset(\"text\"), which record it; from Python, "
                                     "model.sample(..., vocab=...) names the characters"),)))
+
+
+def _text_data(model: Model):
+    """The train section's `dataset("text", ...)` (a DataSpec), or None."""
+    from dln.runtime.train import recipe_for
+
+    data = recipe_for(model).data if model.program.root.trains else None
+    return data if data is not None and data.kind == "dataset" and data.arg("name") == "text" else None
+
+
+def trained_window(model: Model) -> int | None:
+    """The length of the windows the train section's text data set trains on, or None without one."""
+    data = _text_data(model)
+    return None if data is None else int(data.arg("window") or text.DEFAULT_WINDOW)
 
 
 def check_vocab(stream: Stream, vocab: Sequence[str]) -> None:
@@ -147,10 +161,18 @@ def generate(model: Model, stream: Stream, vocab: Sequence[str], prompt: str, to
                                                f"reads exactly {fixed} ({stream.tokens.name} {stream.tokens.type})",
                                       stream.tokens.span))
         window = fixed
+    elif window is None:
+        window = trained_window(model)
     zeros = {c.name: np.zeros(_carry_shape(c, 1), np_dtype(c.type.dtype)) for c in stream.spec.carries}
     for _ in range(tokens):
         context = ids[-window:] if window else ids
-        logits, _ = _run(model, stream, np.array([context], np.int64), zeros)
+        try:
+            logits, _ = _run(model, stream, np.array([context], np.int64), zeros)
+        except DlnError as e:   # most likely a position table shorter than the window: say what was run
+            first, *rest = e.diagnostics
+            ran = f"the last {len(context)} characters of the text" if window else "all of the text so far"
+            raise DlnError([first.with_note(f"generation ran {ran}; --window (window=) sets fewer"),
+                            *rest]) from None
         nxt = pick(logits[0, -1, :len(vocab)], temperature, rng)
         ids.append(nxt)
         yield vocab[nxt]

@@ -45,6 +45,20 @@ model bigram(vocab: int = 103) {
 train bigram { data = dataset("text") }
 """
 
+# Learned positions: a table of `ctx` rows, trained on windows of ctx characters.
+TINY_GPT = """
+model gpt(vocab: int = 103, dim: int = 16, ctx: int = 8) {
+    input tokens: i64[B, T]
+    input targets: i64[B, T]
+    h      = embedding(tokens, vocab, dim) + embedding(arange(T), ctx, dim, name = "pos")
+    h      = h + attention(layernorm(h), heads = 2, causal = true)
+    logits = h -> layernorm -> linear(vocab, bias = false)
+    loss   = cross_entropy(logits, targets)
+    output logits
+}
+train gpt { data = dataset("text", window = 8) }
+"""
+
 
 def _distribution(model, ids: list[int]) -> np.ndarray:
     """The next character's distribution from running the whole prefix, without carried state."""
@@ -141,6 +155,21 @@ def test_a_model_without_recurrence_reruns_a_window():
     assert got == "".join(VOCAB[i] for i in ids[4:])
 
 
+def test_learned_positions_read_the_trained_window():
+    """Past `ctx` characters a transformer re-reads the last 8 (its data set's window): the whole
+    text would index past its position table."""
+    model = dln.compile(TINY_GPT, seed=0)
+    assert sample.trained_window(model) == 8
+    got = model.sample("The ", 12, temperature=0)
+    ids = list(text.encode("The ", VOCAB))
+    for _ in range(12):
+        ids.append(int(np.argmax(_distribution(model, ids[-8:]))))
+    assert got == "".join(VOCAB[i] for i in ids[4:])
+    with pytest.raises(DlnError, match="out of bounds") as e:
+        model.sample("The ", 12, temperature=0, window=9)
+    assert "the last 9 characters" in str(e.value) and "--window" in str(e.value)
+
+
 # ---- the command line ---------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -166,6 +195,23 @@ def test_dln_sample_prints_the_prompt_and_its_continuation(weights, capsys):
     seeded = [a for a in args if a not in ("--temperature", "0")] + ["--seed", "5"]
     assert cli.main(seeded) == 0
     assert capsys.readouterr().out == "The " + model.sample("The ", 40, seed=5) + "\n"
+
+
+def test_dln_sample_continues_past_the_transformer_examples_context(tmp_path, capsys):
+    """examples/transformer_charlm.dln (small): 80 characters after a 4-character prompt, past its
+    64 positions, each from the last 64 characters."""
+    gpt = ROOT / "examples" / "transformer_charlm.dln"
+    small = {"dim": 16, "heads": 2, "layers": 1}
+    model = dln.compile(gpt, seed=1, **small)
+    model.save(tmp_path / "gpt.safetensors")
+    args = ["sample", str(gpt), "--weights", str(tmp_path / "gpt.safetensors"), "--prompt", "The ", "--tokens",
+            "80", "--temperature", "0", *(f"--set={k}={v}" for k, v in small.items())]
+    assert cli.main(args) == 0
+    out = capsys.readouterr().out
+    ids = list(text.encode("The ", VOCAB))
+    for _ in range(80):
+        ids.append(int(np.argmax(_distribution(model, ids[-64:]))))
+    assert out == "".join(VOCAB[i] for i in ids) + "\n"
 
 
 def _cli_error(args: list[str], capsys) -> tuple[int, str]:
