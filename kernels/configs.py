@@ -70,8 +70,10 @@ def gpu_config(kind: str, sizes: Mapping[str, Dim], epilogue_weight: int = 0) ->
         return _convolution_config(sizes, epilogue_weight)
     if kind == "scan":
         return scan_config(sizes)
-    if kind == "scan_steps":
-        return {}   # a host loop: its inner kernels have their own
+    if kind in ("scan_steps", "attention_vjp"):
+        return {}   # a host function: its inner kernels have their own
+    if kind in ("attention", "attention_dq", "attention_dkdv"):
+        return attention_config(kind, sizes)
     raise ValueError(kind)
 
 
@@ -86,6 +88,14 @@ def scan_config(sizes: Mapping[str, Dim]) -> dict[str, int]:
     # num_stages 1: the loop carries its state, so pipelining the weight loads across steps only
     # multiplies their shared-memory buffers (measured: 520 KiB at the default depth for H = 128).
     return {"BLOCK_B": 16, "BLOCK_K": 16, "num_warps": warps, "num_stages": 1}
+
+
+def attention_config(kind: str, sizes: Mapping[str, Dim]) -> dict[str, int]:
+    """Flash attention's tiles: BLOCK_M queries by BLOCK_N keys, the head (E, Ev padded to a power of two)
+    whole in registers."""
+    head = next_pow2(max(_size(sizes["E"]), _size(sizes["Ev"]), 16))
+    block_m, block_n, warps = (64, 64, 4) if head <= 64 else (32, 32, 4)
+    return {"BLOCK_M": block_m, "BLOCK_N": block_n, "num_warps": warps}
 
 
 def _convolution_config(sizes: Mapping[str, Dim], epilogue_weight: int) -> dict[str, int]:
@@ -125,6 +135,9 @@ def autotune_candidates(kind: str) -> list[dict[str, int]]:
     if kind == "scan":
         return [{"BLOCK_B": b, "BLOCK_K": k, "num_warps": w, "num_stages": 1}
                 for b, k, w in ((16, 16, 8), (16, 16, 4), (32, 16, 8), (16, 32, 8), (64, 16, 8))]
+    if kind.startswith("attention"):
+        return [{"BLOCK_M": m, "BLOCK_N": n, "num_warps": w}
+                for m, n, w in ((64, 64, 4), (128, 64, 8), (64, 32, 4), (32, 32, 4), (128, 128, 8))]
     return [{"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k, "num_warps": w}
             for m, n, k, w in ((64, 64, 32, 4), (128, 64, 32, 4), (64, 128, 32, 4), (32, 32, 32, 4),
                                (128, 128, 32, 8))]
@@ -142,6 +155,8 @@ def _interpreter_config(kind, sizes):
         return {"BLOCK_M": max(1, p2(sizes["rows"], max(1, (1 << 14) // block_n))), "BLOCK_N": block_n}
     if kind == "scan":
         return {"BLOCK_B": max(16, p2(sizes["B"], 64)), "BLOCK_K": 16}
+    if kind.startswith("attention"):
+        return {"BLOCK_M": max(16, p2(sizes["Tq"], 64)), "BLOCK_N": max(16, p2(sizes["Tk"], 64))}
     return {"BLOCK_M": max(16, p2(sizes["M"], 128)), "BLOCK_N": max(16, p2(sizes["N"], 128)),
             "BLOCK_K": max(16, p2(sizes["K"], 128))}
 '''
