@@ -92,9 +92,18 @@ def scan_config(sizes: Mapping[str, Dim]) -> dict[str, int]:
 
 def attention_config(kind: str, sizes: Mapping[str, Dim]) -> dict[str, int]:
     """Flash attention's tiles: BLOCK_M queries by BLOCK_N keys, the head (E, Ev padded to a power of two)
-    whole in registers."""
+    whole in registers beside the scores tile and one or two accumulators."""
     head = next_pow2(max(_size(sizes["E"]), _size(sizes["Ev"]), 16))
-    block_m, block_n, warps = (64, 64, 4) if head <= 64 else (32, 32, 4)
+    # Measured with ptxas (exact fp32 products, FMA; tf32 needs fewer registers).  Heads of 32: the
+    # forward's 64 x 64 tile spills 600 B at 4 warps and none at 8; the backward's (two accumulators, P
+    # and dP) still spills at 64 x 64 on 8 warps and at 64 x 32 on 4, and fits at 32 x 32 on 4 (150
+    # registers).  Heads of 64 and 128: 32 x 32 on 4 warps spills up to 3 KiB (dK/dV), on 8 none for the
+    # forward and dQ; dK/dV (its dk and dv [BLOCK_N, head] in registers) still spilled 16 B on 8 warps with
+    # tf32 products, and fits at 32 queries x 16 keys on 4 warps with either precision.
+    if head <= 32:
+        block_m, block_n, warps = (64, 64, 8) if kind == "attention" else (32, 32, 4)
+    else:
+        block_m, block_n, warps = (32, 16, 4) if kind == "attention_dkdv" else (32, 32, 8)
     return {"BLOCK_M": block_m, "BLOCK_N": block_n, "num_warps": warps}
 
 
@@ -137,7 +146,7 @@ def autotune_candidates(kind: str) -> list[dict[str, int]]:
                 for b, k, w in ((16, 16, 8), (16, 16, 4), (32, 16, 8), (16, 32, 8), (64, 16, 8))]
     if kind.startswith("attention"):
         return [{"BLOCK_M": m, "BLOCK_N": n, "num_warps": w}
-                for m, n, w in ((64, 64, 4), (128, 64, 8), (64, 32, 4), (32, 32, 4), (128, 128, 8))]
+                for m, n, w in ((32, 32, 4), (32, 32, 8), (64, 64, 8), (64, 32, 4), (128, 64, 8))]
     return [{"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k, "num_warps": w}
             for m, n, k, w in ((64, 64, 32, 4), (128, 64, 32, 4), (64, 128, 32, 4), (32, 32, 32, 4),
                                (128, 128, 32, 8))]
