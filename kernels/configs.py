@@ -98,12 +98,15 @@ def attention_config(kind: str, sizes: Mapping[str, Dim]) -> dict[str, int]:
     # forward's 64 x 64 tile spills 600 B at 4 warps and none at 8; the backward's (two accumulators, P
     # and dP) still spills at 64 x 64 on 8 warps and at 64 x 32 on 4, and fits at 32 x 32 on 4 (150
     # registers).  Heads of 64 and 128: 32 x 32 on 4 warps spills up to 3 KiB (dK/dV), on 8 none for the
-    # forward and dQ; dK/dV (its dk and dv [BLOCK_N, head] in registers) still spilled 16 B on 8 warps with
-    # tf32 products, and fits at 32 queries x 16 keys on 4 warps with either precision.
+    # forward and dQ.  dK/dV keeps dk and dv [BLOCK_N, head] in registers too: 32 queries x 16 keys spill
+    # 12-16 B on sm_80 at either warp count for some of (head 64, 128) x (fp32, tf32) x (masked or not);
+    # 4 warps with a two-stage pipeline (fewer load buffers in flight) spill in none of them.
     if head <= 32:
         block_m, block_n, warps = (64, 64, 8) if kind == "attention" else (32, 32, 4)
+    elif kind == "attention_dkdv":
+        return {"BLOCK_M": 32, "BLOCK_N": 16, "num_warps": 4, "num_stages": 2}
     else:
-        block_m, block_n, warps = (32, 16, 4) if kind == "attention_dkdv" else (32, 32, 8)
+        block_m, block_n, warps = 32, 32, 8
     return {"BLOCK_M": block_m, "BLOCK_N": block_n, "num_warps": warps}
 
 

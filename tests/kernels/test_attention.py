@@ -160,3 +160,30 @@ def test_training_step_matches_numpy(gpt_step, rng, close):
     expected, got, _ = run_both(gpt_step.graph, inputs, env)
     for name in expected:
         close(got[name], expected[name], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype,tol", [(DType.F16, 2e-3), (DType.BF16, 2e-2)])
+def test_half_operands_accumulate_in_fp32(dtype, tol):
+    """f16/bf16 q, k, v go to `tl.dot` as they are, with fp32 running sums: torch's attention in fp32 on
+    the same (rounded) operands, within the type's precision."""
+    import torch
+
+    from dln.kernels.module import generate_module
+    from dln.runtime.triton_backend import load_module
+
+    b = GraphBuilder("half")
+    shapes = {"q": (2, 19, 24), "k": (2, 23, 24), "v": (2, 23, 20)}
+    q, k, v = (b.input(name, TensorType(dtype, shape)) for name, shape in shapes.items())
+    out, _ = emit(b, "sdpa", [q, k, v], causal=True, scale=0.3, masked=False, bias_grad=False, dropout=0.0)
+    generated = generate_module(b.finish([("out", out)]))
+    assert [k.kind for k in generated.kernels] == ["attention"]
+    module = load_module(generated.source, {"test": "half"})
+    torch_type = {DType.F16: torch.float16, DType.BF16: torch.bfloat16}[dtype]
+    gen = torch.Generator().manual_seed(0)
+    xs = {name: torch.randn(shape, generator=gen).to(torch_type) for name, shape in shapes.items()}
+    program = module.Program(DEVICE, interpret=DEVICE == "cpu", configs={generated.kernels[0].name: TILES})
+    got = program({name: x.to(DEVICE) for name, x in xs.items()}, {})["out"].cpu()
+    assert got.dtype == torch_type
+    want = torch.nn.functional.scaled_dot_product_attention(*(xs[n].float() for n in "qkv"), is_causal=True,
+                                                            scale=0.3)
+    np.testing.assert_allclose(got.float().numpy(), want.numpy(), rtol=tol, atol=tol)
