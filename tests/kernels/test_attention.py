@@ -187,3 +187,10 @@ def test_half_operands_accumulate_in_fp32(dtype, tol):
     want = torch.nn.functional.scaled_dot_product_attention(*(xs[n].float() for n in "qkv"), is_causal=True,
                                                             scale=0.3)
     np.testing.assert_allclose(got.float().numpy(), want.numpy(), rtol=tol, atol=tol)
+
+
+def test_every_kept_composite_has_a_template():
+    from dln.compiler.composites import COMPOSITES
+    from dln.kernels.kinds import COMPOSITE_KERNELS, COMPOSITE_TEMPLATES
+
+    assert set(COMPOSITE_KERNELS) == set(COMPOSITE_TEMPLATES) <= set(COMPOSITES)
