@@ -95,6 +95,13 @@ def _access(em: Emitter, g: Graph, node_id: int, tail: tuple[str, ...] = ("row",
     return Access(p.name, em.render(base), em.dim(strides["row"]), em.dim(strides["col"]))
 
 
+def _offset(base: str, *terms: tuple[str, str]) -> str:
+    """base + index * stride for each (index, stride); a stride of 0 (a broadcast axis, or an axis of 1) is
+    kept: its term gives the tile its shape."""
+    parts = [] if base == "0" else [base]
+    return " + ".join(parts + [index if stride == "1" else f"{index} * {stride}" for index, stride in terms])
+
+
 def _mentions(e: ix.Ix, names: set[str]) -> bool:
     if isinstance(e, ix.Var):
         return e.name in names
@@ -139,11 +146,11 @@ class Attention:
         em.line(f"offs_e = tl.arange(0, {tile(self.E)})  # the head, padded to a power of two")
         em.line(f"offs_ev = tl.arange(0, {tile(self.Ev)})")
 
-    def tile(self, name: str, a: Access, rows: str, cols: str, transposed: bool = False) -> str:
+    def tile_ptrs(self, name: str, a: Access, rows: str, cols: str, transposed: bool = False) -> str:
         """`name_ptrs`: pointers to a tile of `a` (rows x cols; cols x rows when transposed)."""
         r, c = (f"{rows}[:, None]", f"{cols}[None, :]") if not transposed else (f"{rows}[None, :]",
                                                                                 f"{cols}[:, None]")
-        self.em.line(f"{name}_ptrs = {a.pointer} + ({a.base} + {r} * {a.row} + {c} * {a.col})")
+        self.em.line(f"{name}_ptrs = {a.pointer} + ({_offset(a.base, (r, a.row), (c, a.col))})")
         return f"{name}_ptrs"
 
     def load(self, name: str, ptrs: str, mask: str) -> None:
@@ -170,15 +177,15 @@ class Attention:
     def lse(self, rows: str, lse: Access) -> None:
         """`lse` of the rows, 0 where it is -inf (a row with no key: every p is then exp(-inf) = 0)."""
         em = self.em
-        em.line(f"lse = tl.load({lse.pointer} + ({lse.base} + {rows} * {lse.row}), mask={rows} < {self.tq}, "
+        em.line(f"lse = tl.load({lse.pointer} + ({_offset(lse.base, (rows, lse.row))}), mask={rows} < {self.tq}, "
                 "other=0.0).to(tl.float32)")
         em.line("lse = tl.where(lse == float('-inf'), 0.0, lse)")
 
     def store(self, targets: list[Access], value: str, rows: str, cols: str | None, mask: str) -> None:
         for t in targets:
-            at = f"{rows}[:, None] * {t.row} + {cols}[None, :] * {t.col}" if cols else f"{rows} * {t.row}"
+            at = ((f"{rows}[:, None]", t.row), (f"{cols}[None, :]", t.col)) if cols else ((rows, t.row),)
             cast = "" if self.dtype is DType.F32 else f".to({TL_DTYPES[self.dtype]})"
-            self.em.line(f"tl.store({t.pointer} + ({t.base} + {at}), ({value}){cast}, mask={mask})")
+            self.em.line(f"tl.store({t.pointer} + ({_offset(t.base, *at)}), ({value}){cast}, mask={mask})")
 
 
 def _setup(plan: FusionPlan, group: Group, k: int, precision: str):
@@ -245,12 +252,12 @@ def forward(plan: FusionPlan, group: Group, k: int, precision: str = "ieee") -> 
     st.start("BLOCK_M", "queries")
     em.line("rows = start + tl.arange(0, BLOCK_M)")
     em.line("offs_n = tl.arange(0, BLOCK_N)")
-    q_ptrs = st.tile("q", st.q, "rows", "offs_e")
+    q_ptrs = st.tile_ptrs("q", st.q, "rows", "offs_e")
     st.load("q", q_ptrs, f"(rows[:, None] < {st.tq}) & (offs_e[None, :] < {E})")
-    kt = st.tile("kt", st.k, "offs_n", "offs_e", transposed=True)
-    v_ptrs = st.tile("v", st.v, "offs_n", "offs_ev")
+    kt = st.tile_ptrs("kt", st.k, "offs_n", "offs_e", transposed=True)
+    v_ptrs = st.tile_ptrs("v", st.v, "offs_n", "offs_ev")
     if st.bias is not None:
-        st.tile("bias", st.bias, "rows", "offs_n")
+        st.tile_ptrs("bias", st.bias, "rows", "offs_n")
     em.line("m = tl.full([BLOCK_M], float('-inf'), tl.float32)  # running row maximum")
     em.line("l = tl.zeros([BLOCK_M], tl.float32)  # running sum of exp(s - m)")
     em.line(f"acc = tl.zeros([BLOCK_M, {tile(Ev)}], tl.float32)")
@@ -296,17 +303,17 @@ def _dq(plan: FusionPlan, group: Group, k: int, precision: str, name: str) -> Ke
     em.line("rows = start + tl.arange(0, BLOCK_M)")
     em.line(f"row_ok = rows < {st.tq}")
     em.line("offs_n = tl.arange(0, BLOCK_N)")
-    st.load("q", st.tile("q", st.q, "rows", "offs_e"), f"row_ok[:, None] & (offs_e[None, :] < {E})")
+    st.load("q", st.tile_ptrs("q", st.q, "rows", "offs_e"), f"row_ok[:, None] & (offs_e[None, :] < {E})")
     ev_mask = f"row_ok[:, None] & (offs_ev[None, :] < {Ev})"
-    st.load("do", st.tile("do", dout, "rows", "offs_ev"), ev_mask)
-    st.load("o", st.tile("o", out, "rows", "offs_ev"), ev_mask)
+    st.load("do", st.tile_ptrs("do", dout, "rows", "offs_ev"), ev_mask)
+    st.load("o", st.tile_ptrs("o", out, "rows", "offs_ev"), ev_mask)
     em.line("delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), 1)  # rowsum(dout * out)")
     em.line(f"tl.store(scratch + pid_b * {st.tq} + rows, delta, mask=row_ok)  # for the dK/dV kernel")
     st.lse("rows", lse)
-    kt = st.tile("kt", st.k, "offs_n", "offs_e", transposed=True)
-    vt = st.tile("vt", st.v, "offs_n", "offs_ev", transposed=True)
+    kt = st.tile_ptrs("kt", st.k, "offs_n", "offs_e", transposed=True)
+    vt = st.tile_ptrs("vt", st.v, "offs_n", "offs_ev", transposed=True)
     if st.bias is not None:
-        st.tile("bias", st.bias, "rows", "offs_n")
+        st.tile_ptrs("bias", st.bias, "rows", "offs_n")
     em.line(f"dq = tl.zeros([BLOCK_M, {tile(E)}], tl.float32)")
     em.line(f"end = tl.minimum({st.tk}, start + BLOCK_M)  # causal: no key past the diagonal"
             if st.node.attrs["causal"] else f"end = {st.tk}")
@@ -338,17 +345,17 @@ def _dkdv(plan: FusionPlan, group: Group, k: int, precision: str, name: str) -> 
     st.start("BLOCK_N", "keys")
     em.line("keys = start + tl.arange(0, BLOCK_N)")
     em.line(f"key_ok = keys < {st.tk}")
-    st.load("k", st.tile("k", st.k, "keys", "offs_e"), f"key_ok[:, None] & (offs_e[None, :] < {E})")
-    st.load("v", st.tile("v", st.v, "keys", "offs_ev"), f"key_ok[:, None] & (offs_ev[None, :] < {Ev})")
+    st.load("k", st.tile_ptrs("k", st.k, "keys", "offs_e"), f"key_ok[:, None] & (offs_e[None, :] < {E})")
+    st.load("v", st.tile_ptrs("v", st.v, "keys", "offs_ev"), f"key_ok[:, None] & (offs_ev[None, :] < {Ev})")
     if st.node.attrs["causal"]:
         em.line("first = (start // BLOCK_M) * BLOCK_M  # causal: no query before the diagonal")
     else:
         em.line("first = 0")
     em.line("offs_m = first + tl.arange(0, BLOCK_M)")
-    qt = st.tile("qt", st.q, "offs_m", "offs_e", transposed=True)
-    do = st.tile("do", dout, "offs_m", "offs_ev")
+    qt = st.tile_ptrs("qt", st.q, "offs_m", "offs_e", transposed=True)
+    do = st.tile_ptrs("do", dout, "offs_m", "offs_ev")
     if st.bias is not None:
-        st.tile("bias", st.bias, "offs_m", "keys", transposed=True)
+        st.tile_ptrs("bias", st.bias, "offs_m", "keys", transposed=True)
     em.line(f"dk = tl.zeros([BLOCK_N, {tile(E)}], tl.float32)")
     em.line(f"dv = tl.zeros([BLOCK_N, {tile(Ev)}], tl.float32)")
     with em.block(f"for start_m in range(first, {st.tq}, BLOCK_M):"):
