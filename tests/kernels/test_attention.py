@@ -28,14 +28,15 @@ TILES = {"BLOCK_M": 16, "BLOCK_N": 16}
 def attention_graph(tq: int, tk: int, E: int, Ev: int, causal: bool, mask: str | None, train: bool) -> Graph:
     """q [2, 3, tq, E], k [2, 3, tk, E], v [2, 3, tk, Ev] -> out, lse; with `train`, the loss
     sum(out * cot) and its gradients g_q, g_k, g_v.  `mask`: "keys" (a [2, 1, 1, tk] key-padding
-    bias) or "rows" (a [1, 1, tq, tk] bias whose row 2 masks every key)."""
+    bias), "rows" (a [1, 1, tq, tk] bias whose row 2 masks every key) or "full" (a float bias of the
+    scores' shape)."""
     b = GraphBuilder("sdpa")
     q = b.input("q", TensorType(F, (BATCH, HEADS, tq, E)))
     k = b.input("k", TensorType(F, (BATCH, HEADS, tk, E)))
     v = b.input("v", TensorType(F, (BATCH, HEADS, tk, Ev)))
     operands = [q, k, v]
     if mask:
-        shape = (BATCH, 1, 1, tk) if mask == "keys" else (1, 1, tq, tk)
+        shape = {"keys": (BATCH, 1, 1, tk), "rows": (1, 1, tq, tk), "full": (BATCH, HEADS, tq, tk)}[mask]
         operands.append(b.input("bias", TensorType(F, shape)))
     out, lse = emit(b, "sdpa", operands, causal=causal, scale=0.3, masked=mask is not None, bias_grad=False,
                     dropout=0.0)
@@ -86,6 +87,7 @@ CASES = [   # tq, tk, E, Ev, causal, mask
     (21, 45, 24, 24, True, "keys"),     # cross: more keys than queries
     (45, 21, 16, 24, True, None),       # more queries than keys: the last rows see every key
     (37, 19, 24, 24, False, "rows"),
+    (21, 45, 24, 24, True, "full"),
 ]
 
 
