@@ -70,8 +70,10 @@ def gpu_config(kind: str, sizes: Mapping[str, Dim], epilogue_weight: int = 0) ->
         return _convolution_config(sizes, epilogue_weight)
     if kind == "scan":
         return scan_config(sizes)
-    if kind == "scan_steps":
-        return {}   # a host loop: its inner kernels have their own
+    if kind in ("scan_steps", "attention_vjp"):
+        return {}   # a host function: its inner kernels have their own
+    if kind in ("attention", "attention_dq", "attention_dkdv"):
+        return attention_config(kind, sizes)
     if kind in ("layernorm", "layernorm_vjp"):
         return layernorm_config(sizes)
     if kind == "layernorm_sum":
@@ -99,6 +101,26 @@ def scan_config(sizes: Mapping[str, Dim]) -> dict[str, int]:
     # num_stages 1: the loop carries its state, so pipelining the weight loads across steps only
     # multiplies their shared-memory buffers (measured: 520 KiB at the default depth for H = 128).
     return {"BLOCK_B": 16, "BLOCK_K": 16, "num_warps": warps, "num_stages": 1}
+
+
+def attention_config(kind: str, sizes: Mapping[str, Dim]) -> dict[str, int]:
+    """Flash attention's tiles: BLOCK_M queries by BLOCK_N keys, the head (E, Ev padded to a power of two)
+    whole in registers beside the scores tile and one or two accumulators."""
+    head = next_pow2(max(_size(sizes["E"]), _size(sizes["Ev"]), 16))
+    # Measured with ptxas (exact fp32 products, FMA; tf32 needs fewer registers).  Heads of 32: the
+    # forward's 64 x 64 tile spills 600 B at 4 warps and none at 8; the backward's (two accumulators, P
+    # and dP) still spills at 64 x 64 on 8 warps and at 64 x 32 on 4, and fits at 32 x 32 on 4 (150
+    # registers).  Heads of 64 and 128: 32 x 32 on 4 warps spills up to 3 KiB (dK/dV), on 8 none for the
+    # forward and dQ.  dK/dV keeps dk and dv [BLOCK_N, head] in registers too: 32 queries x 16 keys spill
+    # 12-16 B on sm_80 at either warp count for some of (head 64, 128) x (fp32, tf32) x (masked or not);
+    # 4 warps with a two-stage pipeline (fewer load buffers in flight) spill in none of them.
+    if head <= 32:
+        block_m, block_n, warps = (64, 64, 8) if kind == "attention" else (32, 32, 4)
+    elif kind == "attention_dkdv":
+        return {"BLOCK_M": 32, "BLOCK_N": 16, "num_warps": 4, "num_stages": 2}
+    else:
+        block_m, block_n, warps = 32, 32, 8
+    return {"BLOCK_M": block_m, "BLOCK_N": block_n, "num_warps": warps}
 
 
 def _convolution_config(sizes: Mapping[str, Dim], epilogue_weight: int) -> dict[str, int]:
@@ -142,6 +164,9 @@ def autotune_candidates(kind: str) -> list[dict[str, int]]:
     if kind == "scan":
         return [{"BLOCK_B": b, "BLOCK_K": k, "num_warps": w, "num_stages": 1}
                 for b, k, w in ((16, 16, 8), (16, 16, 4), (32, 16, 8), (16, 32, 8), (64, 16, 8))]
+    if kind.startswith("attention"):
+        return [{"BLOCK_M": m, "BLOCK_N": n, "num_warps": w}
+                for m, n, w in ((32, 32, 4), (32, 32, 8), (64, 64, 8), (64, 32, 4), (128, 64, 8))]
     return [{"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k, "num_warps": w}
             for m, n, k, w in ((64, 64, 32, 4), (128, 64, 32, 4), (64, 128, 32, 4), (32, 32, 32, 4),
                                (128, 128, 32, 8))]
@@ -163,6 +188,8 @@ def _interpreter_config(kind, sizes):
         return {"BLOCK_M": p2(sizes["rows"], max(1, (1 << 14) // p2(sizes["N"], 1 << 14)))}
     if kind == "layernorm_sum":
         return {"BLOCK_P": 16, "BLOCK_N": max(16, p2(sizes["N"], 1 << 12))}
+    if kind.startswith("attention"):
+        return {"BLOCK_M": max(16, p2(sizes["Tq"], 64)), "BLOCK_N": max(16, p2(sizes["Tk"], 64))}
     return {"BLOCK_M": max(16, p2(sizes["M"], 128)), "BLOCK_N": max(16, p2(sizes["N"], 128)),
             "BLOCK_K": max(16, p2(sizes["K"], 128))}
 '''

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Callable
 
 from dln.compiler.fusion.planner import FusionPlan, Group
-from dln.compiler.ir import Node
-from dln.kernels import layernorm
+from dln.compiler.ir import Graph, Node, TensorType
+from dln.kernels import attention, layernorm
 from dln.kernels.convolution import convolution
 from dln.kernels.recurrent import scan
 from dln.kernels.templates import KernelSource, matmul, multi_tensor, pointwise, reduction, scatter
@@ -30,16 +30,31 @@ CONTRACTIONS: dict[str, Callable[[FusionPlan, Group, int, str], KernelSource]] =
 }
 
 
-# Composites with a kernel of their own, and for which of their nodes it serves (dln.compiler.composites);
-# every other composite reaches the planner decomposed (`pipeline.lower`).  Each has its template.
-COMPOSITE_KERNELS: dict[str, Callable[[Node], bool]] = {
-    "layernorm": layernorm.serves, "layernorm_vjp": layernorm.serves}
-COMPOSITE_TEMPLATES: dict[str, Callable[[FusionPlan, Group, int, str], KernelSource]] = {**layernorm.TEMPLATES}
+# Composites with a kernel of their own, and for which of their nodes (given its operands' types) it serves
+# (dln.compiler.composites); every other composite reaches the planner decomposed (`pipeline.lower`).  Each
+# has its template.
+COMPOSITE_KERNELS: dict[str, Callable[[Node, list[TensorType]], bool]] = {
+    "sdpa": attention.serves,       # flash attention (kernels/attention.py)
+    "sdpa_vjp": attention.serves,
+    "layernorm": layernorm.serves,  # one pass per row block; the backward's weight sums in a second stage
+    "layernorm_vjp": layernorm.serves,
+}
+COMPOSITE_TEMPLATES: dict[str, Callable[[FusionPlan, Group, int, str], KernelSource]] = {
+    "sdpa": attention.forward,
+    "sdpa_vjp": attention.backward,
+    **layernorm.TEMPLATES,
+}
 
 
-def has_kernel(n: Node) -> bool:
-    serves = COMPOSITE_KERNELS.get(n.attrs["composite"])
-    return serves is not None and serves(n)
+def kept_in(graph: Graph) -> Callable[[Node], bool]:
+    """Which composites of `graph` keep their kernel (`pipeline.lower`'s `keep`).  One inside a loop body
+    (not a node of `graph` itself) is decomposed: a body's kernels are the persistent loop's or its own."""
+    def has_kernel(n: Node) -> bool:
+        serves = COMPOSITE_KERNELS.get(n.attrs["composite"])
+        if serves is None or n.id not in graph or graph.node(n.id) is not n:
+            return False
+        return serves(n, [graph.node(i).type for i in n.inputs])
+    return has_kernel
 
 
 def generate(plan: FusionPlan, group: Group, k: int, precision: str = "ieee") -> KernelSource:

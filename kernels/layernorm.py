@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 
 from dln.compiler.fusion.planner import FusionPlan, Group
-from dln.compiler.ir import DType, Node
+from dln.compiler.ir import DType, Node, TensorType
 from dln.compiler.symbolic import Dim, numel
 from dln.kernels.configs import gpu_config, next_pow2
 from dln.kernels.emitter import Pointer, comment, dim_symbols, render_dim
@@ -41,7 +41,7 @@ TYPES = (DType.F32, DType.F16, DType.BF16)
 PARTIALS = 512
 
 
-def serves(n: Node) -> bool:
+def serves(n: Node, inputs: list[TensorType]) -> bool:
     """A kernel for layer norm over a known number of features that fits in registers."""
     x = n.types[0]
     return x.dtype in TYPES and isinstance(x.shape[-1], int) and 0 < x.shape[-1] <= MAX_N

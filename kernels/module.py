@@ -24,7 +24,7 @@ from dln.kernels.configs import INTERPRETER_CONFIG, autotune_candidates, epilogu
 from dln.kernels.emitter import comment, render_dim
 from dln.kernels.lowering import HELPERS
 from dln.kernels.report import computed_nodes
-from dln.kernels.kinds import generate, has_kernel
+from dln.kernels.kinds import generate, kept_in
 from dln.kernels.templates import KernelSource
 
 TORCH_DTYPES = {
@@ -44,7 +44,7 @@ class GeneratedModule:
 
 def generate_module(graph: Graph, donate: Mapping[str, str] | None = None, precision: str = "ieee",
                     title: str = "") -> GeneratedModule:
-    plan = plan_graph(lower(graph, has_kernel), donate)
+    plan = plan_graph(lower(graph, kept_in(graph)), donate)
     kernels = [generate(plan, group, k, precision) for k, group in enumerate(plan.groups)]
     configs = kernel_configs(plan, kernels)
     source = _module_source(plan, kernels, configs, title or graph.name)

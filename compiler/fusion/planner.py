@@ -4,7 +4,8 @@ Over a whole graph — for training, forward + backward + optimizer update:
 
 1. **Realize.**  Choose the values that live in memory: outputs, matrix
    products and convolutions (`GroupOp.Contraction`), reductions, scatters,
-   the operands contraction kernels load, the tables a gather indexes, and
+   the operands contraction and composite kernels load (through strided
+   views where they compose to one), the tables a gather indexes, and
    values so expensive and widely used that recomputing them costs more than
    storing them (cost.py).  A `scan` is realized with its operands and the
    `result` nodes that read it: each result is one buffer its kernel writes.  Everything else (elementwise chains, views,
@@ -78,11 +79,15 @@ class Planner:
                     r.add(self._strided_base(operand))
             if n.op is Op.GATHER:
                 r.add(self._strided_base(n.inputs[0]))
-            if n.op in GroupOp.MultiResult:
-                # The loop kernel (a composite's) reads its operands whole, contiguous (a view is stored
-                # once, outside).
+            if n.op in GroupOp.Region:
+                # The loop kernel reads its operands whole, contiguous (a view is stored once, outside).
                 r.add(n.id)
                 r.update(n.inputs)
+            if n.op in GroupOp.Composite:
+                # A composite's kernel (flash attention) reads its operands through their views, with
+                # strides, as a matrix product does: the heads of q, k, v are no copies of the projection.
+                r.add(n.id)
+                r.update(self._strided_base(operand) for operand in n.inputs)
             if n.op is Op.RESULT:
                 r.add(n.id)
         # Outputs that are leaves or inputs are produced by copying kernels; inputs stay inputs.

@@ -1,0 +1,70 @@
+"""Flash attention's kernels (forward, dQ, dK/dV) of a GPT block's training step compile for sm_80 and sm_90
+without a GPU and spill nothing at the cost model's tiles: heads of 32 with exact fp32 products (FFMA,
+no tensor cores) and heads of 128 (the largest served) with tf32 products, which run on the tensor cores
+(HMMA, mma.sync) on both targets."""
+
+import dataclasses
+import re
+
+import pytest
+
+import dln
+from dln.compiler import pipeline
+from dln.kernels.aot import compile_all, disassemble
+from dln.kernels.module import generate_module
+from dln.runtime.train import default_objective
+
+BLOCK = """
+model gpt(vocab: int = 65, dim: int = 128, heads: int = {heads}, ctx: int = 64) {{
+    input tokens:  i64[B, T]
+    input targets: i64[B, T]
+    h = embedding(tokens, vocab, dim) + embedding(arange(T), ctx, dim, name = "pos")
+    h = h + attention(layernorm(h), heads = heads, causal = true)
+    logits = h -> layernorm -> linear(vocab, bias = false)
+    output loss = cross_entropy(logits, targets)
+}}
+train gpt {{
+    optimizer = adamw(lr = 1e-3)
+    minimize loss
+}}
+"""
+
+
+@pytest.fixture(scope="module", params=[(4, "ieee"), (1, "tf32")], ids=["head32-ieee", "head128-tf32"])
+def compiled(request, tmp_path_factory):
+    """(precision, the attention kernels, their compiled forms, cubin directory)."""
+    heads, precision = request.param
+    model = dln.compile(BLOCK.format(heads=heads), backend="numpy")
+    step = pipeline.train_step(model.train_spec, default_objective(model))
+    generated = generate_module(step.graph, step.donate, precision=precision)
+    kernels = [k for kernel in generated.kernels if kernel.kind.startswith("attention")
+               for k in (kernel.inner if kernel.host else [kernel])]
+    out = tmp_path_factory.mktemp(f"aot_attention_{precision}")
+    module = out / "kernels.py"
+    module.write_text(generated.source)
+    results = compile_all(dataclasses.replace(generated, kernels=kernels), str(module), ["sm_80", "sm_90"],
+                          str(out))
+    return precision, kernels, results, out
+
+
+def test_forward_dq_and_dkdv_compile(compiled):
+    _, kernels, results, _ = compiled
+    assert sorted(k.kind for k in kernels) == ["attention", "attention_dkdv", "attention_dq"]
+    for target in ("sm_80", "sm_90"):
+        assert sorted(r.name for r in results if r.target == target) == sorted(k.name for k in kernels)
+
+
+def test_no_spills(compiled):
+    for r in compiled[2]:
+        assert r.spills == 0 and r.fits, f"{r.name} on {r.target}: {r.describe()}"
+
+
+def test_products_on_the_tensor_cores_under_tf32(compiled):
+    precision, _, results, out = compiled
+    for r in results:
+        sass = disassemble(out / r.cubin)
+        mma = re.findall(r"\b(HMMA|HGMMA)\b", sass)
+        if precision == "ieee":
+            assert not mma and "FFMA" in sass, r.name
+        else:
+            assert mma, (r.name, r.target)
