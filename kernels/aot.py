@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Callable
 
 from dln.compiler.ir import DType
+from dln.kernels.module import jit_kernels
 
 TARGETS = {"sm_80": 80, "sm_90": 90}
 SHARED_LIMIT = {"sm_80": 163 * 1024, "sm_90": 227 * 1024}   # bytes per block, opt-in maximum
@@ -129,11 +130,11 @@ def _ptxas_report(ptx: str, arch: str) -> tuple[int, int, int]:
 
 
 def jobs_for(generated, module_path: str, targets: list[str], out_dir: str | None) -> list[Job]:
-    g = generated.plan.graph
+    """A job per Triton kernel and target: a host function's (a scan step by step, attention's backward,
+    layer norm's backward) are its inner kernels."""
     jobs = []
-    for kernel in generated.kernels:
-        if kernel.host:
-            continue   # a Python loop (a scan step by step); its inner kernels are compiled with the module
+    for kernel in jit_kernels(generated.kernels):
+        g = kernel.graph or generated.plan.graph
         config = generated.configs[kernel.name]
         signature = {p.name: POINTER_TYPES[g.node(p.node).dtype] for p in kernel.pointers}
         if kernel.workspace is not None:

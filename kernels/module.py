@@ -66,10 +66,11 @@ def kernel_configs(plan: FusionPlan, kernels: list[KernelSource]) -> dict[str, d
     return configs
 
 
-def _jit_kernels(kernels: list[KernelSource]) -> list[KernelSource]:
+def jit_kernels(kernels: list[KernelSource]) -> list[KernelSource]:
+    """The Triton kernels among `kernels`: a host function's are its inner kernels (at any depth)."""
     out = []
     for k in kernels:
-        out += _jit_kernels(k.inner) if k.host else [k]
+        out += jit_kernels(k.inner) if k.host else [k]
     return out
 
 
@@ -108,7 +109,7 @@ def _module_source(plan: FusionPlan, kernels: list[KernelSource], configs: dict,
     ]
     for kernel in kernels:
         out += _sources(kernel)
-    jit = _jit_kernels(kernels)
+    jit = jit_kernels(kernels)
     out += ["", "CONFIGS = " + json.dumps(configs, indent=4, sort_keys=True), ""]
     out += ["AUTOTUNE = " + json.dumps({k.name: autotune_candidates(k.kind) for k in jit}, indent=4), ""]
     out += ["KINDS = " + json.dumps({k.name: k.kind for k in [*jit, *_hosts(kernels)]}, indent=4), ""]

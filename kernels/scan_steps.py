@@ -14,6 +14,7 @@ kernel (kernels/recurrent.py), which every RNN, LSTM and GRU body takes.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 from dln.compiler.fusion.planner import FusionPlan, Group, plan_graph
 from dln.compiler.ir import Graph
@@ -34,7 +35,8 @@ def stepwise(plan: FusionPlan, group: Group, k: int, precision: str, why: str) -
     body_plan = plan_graph(body)
     for j, inner_group in enumerate(body_plan.groups):
         inner_group.name = f"{group.name}_body_{inner_group.name}"
-    inner = [generate(body_plan, inner_group, j, precision) for j, inner_group in enumerate(body_plan.groups)]
+    inner = [replace(generate(body_plan, inner_group, j, precision), graph=body_plan.graph)
+             for j, inner_group in enumerate(body_plan.groups)]
     class_name = f"_{group.name}_Body"
     lines = _launcher(body_plan, inner)
     lines = lines[lines.index("class Program:"):lines.index("def _check_arena(tensors, offsets):")]

@@ -56,6 +56,7 @@ class KernelSource:
     host: bool = False                         # a Python function launching `inner` kernels (a scan step by step)
     inner: list["KernelSource"] = field(default_factory=list)   # kernels it launches, with their configs
     inner_configs: dict[str, dict[str, int]] = field(default_factory=dict)
+    graph: Graph | None = None                 # the graph its pointers index, when not the plan's (a loop body's)
 
 
 def _start(em: Emitter, sizes: list[Dim], axis: int = 0, name: str = "pid") -> bool:

@@ -39,6 +39,7 @@ class Composite:
     decompose: Callable[["GraphBuilder", list["Tensor"], Attrs], list["Tensor"]]
     vjp: Callable | None = None                       # (b, node, g, xs, out) -> cotangents, as autodiff's
     vjp_when: Callable[[Attrs], bool] | None = None   # for which attributes `vjp` applies (else: all)
+    strided: bool = False   # a kernel of it reads its operands through views, with strides (attention's heads)
 
     def has_vjp(self, attrs: Attrs) -> bool:
         return self.vjp is not None and (self.vjp_when is None or self.vjp_when(attrs))
@@ -47,10 +48,10 @@ class Composite:
 COMPOSITES: dict[str, Composite] = {}
 
 
-def composite(name: str, doc: str, infer, vjp=None, vjp_when=None):
+def composite(name: str, doc: str, infer, vjp=None, vjp_when=None, strided: bool = False):
     """Register the decorated function as the decomposition of composite `name`."""
     def register(decompose):
-        COMPOSITES[name] = Composite(name, doc, infer, decompose, vjp, vjp_when)
+        COMPOSITES[name] = Composite(name, doc, infer, decompose, vjp, vjp_when, strided)
         return decompose
     return register
 

@@ -109,7 +109,7 @@ def _vjp(b, n, g, xs, out):
 
 
 @composite("sdpa", "scaled dot-product attention: softmax(q k^T * scale + mask) v, and each row's log-sum-exp",
-           _infer, _vjp, vjp_when=lambda attrs: not attrs["dropout"])
+           _infer, _vjp, vjp_when=lambda attrs: not attrs["dropout"], strided=True)
 def sdpa(b, xs, attrs):
     q, k, v, bias, rest = _split(xs, attrs)
     s = _scores(b, q, k, bias, attrs)
@@ -125,7 +125,8 @@ def sdpa(b, xs, attrs):
     return [b.matmul(p, v), lse]
 
 
-@composite("sdpa_vjp", "attention's backward: dq, dk, dv (and the mask's) from lse, recomputing P", _infer_vjp)
+@composite("sdpa_vjp", "attention's backward: dq, dk, dv (and the mask's) from lse, recomputing P", _infer_vjp,
+           strided=True)
 def sdpa_vjp(b, xs, attrs):
     q, k, v, bias, (o, lse, d_out) = _split(xs, attrs)
     s = _scores(b, q, k, bias, attrs)

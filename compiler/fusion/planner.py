@@ -27,6 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Mapping
 
+from dln.compiler import composites
 from dln.compiler.fusion import cost
 from dln.compiler.fusion import index as ix
 from dln.compiler.fusion.domain import LEAVES, POINTWISE, REDUCE, Domain, node_domain, reads
@@ -79,13 +80,14 @@ class Planner:
                     r.add(self._strided_base(operand))
             if n.op is Op.GATHER:
                 r.add(self._strided_base(n.inputs[0]))
-            if n.op in GroupOp.Region:
-                # The loop kernel reads its operands whole, contiguous (a view is stored once, outside).
+            if n.op in GroupOp.Region or n.op in GroupOp.Composite and not composites.of(n).strided:
+                # The loop kernel (a composite's) reads its operands whole, contiguous (a view is stored once,
+                # outside).
                 r.add(n.id)
                 r.update(n.inputs)
-            if n.op in GroupOp.Composite:
-                # A composite's kernel (flash attention) reads its operands through their views, with
-                # strides, as a matrix product does: the heads of q, k, v are no copies of the projection.
+            elif n.op in GroupOp.Composite:
+                # Flash attention reads its operands through their views, with strides, as a matrix product
+                # does: the heads of q, k, v are no copies of the projection.
                 r.add(n.id)
                 r.update(self._strided_base(operand) for operand in n.inputs)
             if n.op is Op.RESULT:
