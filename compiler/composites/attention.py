@@ -3,7 +3,7 @@
     sdpa(q [*N, Tq, E], k [*N, Tk, E], v [*N, Tk, Ev] [, bias] [, seed, step])
         -> (out [*N, Tq, Ev], lse [*N, Tq])
 
-    S = q @ k^T * scale + bias, causal entries (j > i) at -inf
+    S = (q * sqrt(scale)) @ (k * sqrt(scale))^T + bias, causal entries (j > i) at -inf
     P = softmax(S) (a row entirely at -inf gives zeros, as torch's), dropped out when `dropout` > 0
     out = P @ v;  lse = log(sum(exp(S))) per row, the softmax's normalizer
 
@@ -73,8 +73,10 @@ def _infer_vjp(cx, types, attrs):
 # ---- the decompositions ------------------------------------------------------------------------------------
 
 def _scores(b, q, k, bias, attrs):
-    """S: scaled, masked scores [*N, Tq, Tk]."""
-    s = b.mul(b.matmul(q, b.transpose(k)), attrs["scale"])
+    """S: scaled, masked scores [*N, Tq, Tk].  q and k are scaled by sqrt(scale) each before their product,
+    as torch's math path does: in f16 the plain product of moderate q and k overflows."""
+    root = math.sqrt(attrs["scale"])
+    s = b.matmul(b.mul(q, root), b.transpose(b.mul(k, root)))
     if bias is not None:
         s = b.add(s, b.broadcast_to(bias, s.shape))
     if attrs["causal"]:

@@ -345,3 +345,21 @@ def test_sdpa_dropout_gradient_matches_torch_given_the_mask():
     np.testing.assert_allclose(value, loss.item(), **TOL)
     for name, g in _torch_grads(loss, tv).items():
         np.testing.assert_allclose(grads[name], g, **TOL, err_msg=f"gradient of {name}")
+
+
+def test_sdpa_in_half_precision_scales_before_the_product():
+    """f16 queries and keys whose plain product overflows f16 (40 * 40 * 64 > 65504) while the scaled scores
+    are moderate: torch's math path scales q and k by sqrt(scale) each before the product, so the scores stay
+    finite; so does dln's (against torch in float32 on the same f16 values)."""
+    model = dln.compile("""model m() {
+        input q: f16[1, 4, 64]
+        input k: f16[1, 4, 64]
+        input v: f16[1, 4, 8]
+        output y = scaled_dot_product_attention(q, k, v, scale = 0.0001)
+    }""", backend="numpy")
+    q = (40 + 4 * R.random((1, 4, 64))).astype(np.float16)
+    v = R.random((1, 4, 8)).astype(np.float16)
+    y = model(q=q, k=q, v=v)["y"]
+    want = F.scaled_dot_product_attention(*(torch.tensor(t, dtype=torch.float32) for t in (q, q, v)), scale=1e-4)
+    assert np.isfinite(y).all()
+    np.testing.assert_allclose(y, want.numpy(), rtol=1e-2, atol=1e-3)
