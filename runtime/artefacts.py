@@ -17,7 +17,7 @@ from typing import Callable
 
 from dln.compiler import pipeline
 from dln.compiler.ir import Graph, Op
-from dln.compiler.printer import format_graph
+from dln.compiler.printer import format_graph, op_name
 from dln.dsl.diagnostics import DlnError
 from dln.runtime.checkpoint import save_json
 
@@ -102,7 +102,7 @@ def graph_dot(model, kernels: bool = False) -> str:
         lines += [f"    n{i};" for i in ids]
         lines.append("  }")
     for n in graph.nodes:
-        label = f"%{n.id} {n.op.value}\\n{n.type}"
+        label = f"%{n.id} {op_name(n)}\\n{n.type}"
         if n.op is Op.INPUT:
             label = f"{n.attrs['name']}\\n{n.type}"
         style = ", style=filled, fillcolor=lightgrey" if n.op is Op.INPUT else ""

@@ -327,6 +327,16 @@ def test_graph_with_kernels_draws_the_kernels_the_triton_backend_makes(project: 
     assert re.findall(r'subgraph "cluster_(\w+)"', dot) == kernels
 
 
+def test_graph_labels_a_composite_by_its_name(project: Path):
+    """A composite's box says what it is (`sdpa`), as the IR printer writes it, not `composite`."""
+    from dln.runtime.artefacts import graph_dot
+
+    (project / "att.dln").write_text("model m() {\n    input x: f32[B, T, 8]\n"
+                                     "    output y = scaled_dot_product_attention(x, x, x)\n}\n")
+    dot = graph_dot(dln.compile("att.dln", backend="numpy"))
+    assert re.search(r'label="%\d+ sdpa\\n', dot) and "composite" not in dot
+
+
 def test_a_reader_that_goes_away_stops_train_quietly():
     """`dln train FILE | head -1`: the pipe closes after one line; dln stops without an internal error."""
     proc = subprocess.Popen([sys.executable, "-m", "dln", "train", str(EXAMPLES / "iris.dln")],
