@@ -50,7 +50,9 @@ def _bias(cx, mask: Tensor, scores: tuple, dtype: DType, take_part: bool) -> tup
             if d != 1:
                 b.unify(d, s, "E0201", f"the mask {mask.type} does not broadcast to the scores "
                                        f"{format_shape(scores)}")
-    return b.reshape(bias, shape), grad
+        # Each axis 1 or the scores' own size (a mask [M, N] of sizes equal to [L, S] only at run time
+        # becomes [L, S]): the backward's mask cotangent, of the scores' sizes, then has the mask's type.
+        return b.reshape(bias, tuple(1 if d == 1 else s for d, s in zip(shape, scores))), grad
 
 
 def _heads(cx, t: Tensor, heads: int) -> Tensor:

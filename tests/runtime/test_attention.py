@@ -363,3 +363,28 @@ def test_sdpa_in_half_precision_scales_before_the_product():
     want = F.scaled_dot_product_attention(*(torch.tensor(t, dtype=torch.float32) for t in (q, q, v)), scale=1e-4)
     assert np.isfinite(y).all()
     np.testing.assert_allclose(y, want.numpy(), rtol=1e-2, atol=1e-3)
+
+
+def test_sdpa_float_mask_of_its_own_symbolic_sizes_has_a_gradient_path():
+    """A float mask input [M, N] whose sizes are the scores' [L, S] only once inputs arrive: the composite's
+    mask takes the scores' sizes (its axes are 1 or the scores'), so the backward, whose mask cotangent is
+    the scores' shape, builds; value and gradient as torch's."""
+    model = dln.compile("""model m() {
+        param w: f64[6, 6] = zeros
+        input q: f64[B, L, 6]
+        input k: f64[B, S, 6]
+        input mask: f64[M, N]
+        y = scaled_dot_product_attention(q @ w, k, k, mask = mask)
+        loss = sum(y * y)
+        output y
+    }""", backend="numpy")
+    w = R.standard_normal((6, 6))
+    model.load_state_dict({"w": w})
+    feeds = {"q": R.standard_normal((B, L, 6)), "k": R.standard_normal((B, S, 6)), "mask": R.standard_normal((L, S))}
+    value, grads = model.value_and_grad("loss", **feeds)
+    tw = torch.tensor(w, requires_grad=True)
+    t = {name: torch.tensor(v) for name, v in feeds.items()}
+    y = F.scaled_dot_product_attention(t["q"] @ tw, t["k"], t["k"], attn_mask=t["mask"])
+    loss = (y * y).sum()
+    np.testing.assert_allclose(value, loss.item(), **TOL)
+    np.testing.assert_allclose(grads["w"], _torch_grads(loss, {"w": tw})["w"], **TOL)
