@@ -142,7 +142,13 @@ def sdpa_vjp(b, xs, attrs):
     if attrs["bias_grad"]:
         axes = [a for a, d in enumerate(bias.shape) if d == 1 and ds.shape[a] != 1]
         out.append(b.sum(ds, axes, keepdim=True) if axes else ds)
-    return out
+    return [_like(b, d, x) for d, x in zip(out, (q, k, v, bias))]
+
+
+def _like(b, t, x):
+    """`t` with the shape of `x` where the two name sizes differently that the shape rule unified (v's keys
+    S2 where dv, made from the scores, has k's S): each gradient has its operand's type."""
+    return t if t.shape == x.shape else b.reshape(t, x.shape)
 
 
 def attention(b, q, k, v, *, causal: bool = False, scale: float | None = None, bias=None, bias_grad: bool = False,
