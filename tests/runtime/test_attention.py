@@ -413,3 +413,23 @@ def test_sdpa_gradient_with_keys_and_values_of_differently_named_sizes():
     loss = (y * y).sum()
     np.testing.assert_allclose(value, loss.item(), **TOL)
     np.testing.assert_allclose(grads["w"], _torch_grads(loss, {"w": tw})["w"], **TOL)
+
+
+def test_sdpa_default_scale_of_a_feature_size_known_at_run_time():
+    """q and k of a symbolic feature size E: the default scale 1 / sqrt(E) needs E as a number, so a model
+    that leaves it open is a located E0202 naming `scale` (not a TypeError); a known size on either side
+    serves."""
+    with pytest.raises(dln.DlnError) as e:
+        dln.compile("""model m() {
+            input q: f64[B, L, E]
+            output y = scaled_dot_product_attention(q, q, q)
+        }""", backend="numpy")
+    assert e.value.diagnostics[0].code == "E0202" and "scale" in e.value.diagnostics[0].message
+    model = dln.compile("""model m() {
+        input q: f64[B, L, E]
+        input k: f64[B, S, 6]
+        output y = scaled_dot_product_attention(q, k, k)
+    }""", backend="numpy")
+    q, k = R.standard_normal((B, L, 6)), R.standard_normal((B, S, 6))
+    want = F.scaled_dot_product_attention(torch.tensor(q), torch.tensor(k), torch.tensor(k))
+    np.testing.assert_allclose(model(q=q, k=k)["y"], want.numpy(), **TOL)
