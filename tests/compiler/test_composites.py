@@ -311,3 +311,14 @@ def test_torch_table_runs_composites_of_a_symbolic_graph():
 
     got = make_runner(graph, env)({k: torch.from_numpy(v) for k, v in feeds.items()})["loss"]
     np.testing.assert_allclose(got.numpy(), evaluate(graph, feeds, env)["loss"], rtol=1e-12)
+
+
+def test_verify_rejects_a_result_of_a_composite_with_one_result():
+    """cross_entropy has one result: a `result` node reading it is malformed, composite or not."""
+    b = GraphBuilder("bad")
+    logits = b.input("logits", TensorType(DType.F64, (3, 4)))
+    target = b.input("target", TensorType(DType.I64, (3,)))
+    loss, = composites.emit(b, "cross_entropy", (logits, target), label_smoothing=0.0)
+    part = b.emit(Op.RESULT, (loss,), {"index": 0})
+    with pytest.raises(IRError, match="reads a result of a node with one result"):
+        verify(b.finish([("part", part)]))
