@@ -43,15 +43,19 @@ def format_value(v: Any) -> str:
     return str(v)
 
 
+def op_name(n: Node) -> str:
+    """What `n` is called wherever the IR is shown: its op, or a composite's own name (`sdpa`), which no
+    primitive shares."""
+    return n.attrs["composite"] if n.op is Op.COMPOSITE else n.op.value
+
+
 def format_node(n: Node) -> str:
     """One line; a node with a body is followed by the body's lines, indented, in braces."""
-    # A composite reads as a call of its own name (`sdpa(...)`), which no primitive shares.
-    op = n.attrs["composite"] if n.op is Op.COMPOSITE else n.op.value
     args = [f"%{i}" for i in n.inputs]
     args += [f"{k}={format_value(v)}" for k, v in n.attrs.items()
              if not isinstance(v, Graph) and not (n.op is Op.COMPOSITE and k == "composite")]
     type_ = str(n.type) if not n.results else "(" + ", ".join(str(t) for t in n.results) + ")"
-    text = f"%{n.id}: {type_} = {op}({', '.join(args)})"
+    text = f"%{n.id}: {type_} = {op_name(n)}({', '.join(args)})"
     where = []
     if n.name:
         where.append(n.name)

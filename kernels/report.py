@@ -14,6 +14,7 @@ from dln.compiler.cost import flops, nbytes
 from dln.compiler.fusion.planner import FusionPlan, Group
 from dln.compiler.fusion.planner import computed_nodes as planner_computed_nodes
 from dln.compiler.ir import Graph, Node
+from dln.compiler.printer import op_name
 from dln.compiler.symbolic import evaluate
 
 
@@ -105,6 +106,6 @@ def format_memory(plan: FusionPlan, env: Mapping[str, int]) -> list[str]:
 
 
 def _node_list(g: Graph, nodes: list[Node]) -> str:
-    shown = [f"%{n.id} {n.op.value}" for n in nodes[:16]]
+    shown = [f"%{n.id} {op_name(n)}" for n in nodes[:16]]
     more = f" ... ({len(nodes)} nodes)" if len(nodes) > 16 else ""
     return ", ".join(shown) + more

@@ -17,7 +17,7 @@ from typing import Callable
 
 from dln.compiler import pipeline
 from dln.compiler.ir import Graph, Op
-from dln.compiler.printer import format_graph
+from dln.compiler.printer import format_graph, op_name
 from dln.dsl.diagnostics import DlnError
 from dln.runtime.checkpoint import save_json
 
@@ -86,11 +86,14 @@ def graph_dot(model, kernels: bool = False) -> str:
     groups: list[tuple[str, list[int]]] = []
     if kernels:
         from dln.compiler.fusion.planner import plan_graph
+        from dln.kernels.kinds import has_kernel
         from dln.kernels.report import computed_nodes
         from dln.runtime.train import default_objective
 
-        graph = pipeline.train_step(model.train_spec, default_objective(model)).graph
-        plan = plan_graph(graph)
+        step = pipeline.train_step(model.train_spec, default_objective(model))
+        # The graph the Triton backend plans: composites it has no kernel for decomposed (generate_module).
+        graph = pipeline.lower(step.graph, has_kernel)
+        plan = plan_graph(graph, step.donate)
         groups = [(k.name, [n.id for n in computed_nodes(plan, k)]) for k in plan.kernels]
     lines = [f"digraph {json.dumps(graph.name)} {{", "  rankdir=TB;", "  node [shape=box, fontsize=10];"]
     grouped = {i for _, ids in groups for i in ids}
@@ -99,7 +102,7 @@ def graph_dot(model, kernels: bool = False) -> str:
         lines += [f"    n{i};" for i in ids]
         lines.append("  }")
     for n in graph.nodes:
-        label = f"%{n.id} {n.op.value}\\n{n.type}"
+        label = f"%{n.id} {op_name(n)}\\n{n.type}"
         if n.op is Op.INPUT:
             label = f"{n.attrs['name']}\\n{n.type}"
         style = ", style=filled, fillcolor=lightgrey" if n.op is Op.INPUT else ""

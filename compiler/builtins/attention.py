@@ -50,7 +50,9 @@ def _bias(cx, mask: Tensor, scores: tuple, dtype: DType, take_part: bool) -> tup
             if d != 1:
                 b.unify(d, s, "E0201", f"the mask {mask.type} does not broadcast to the scores "
                                        f"{format_shape(scores)}")
-    return b.reshape(bias, shape), grad
+        # Each axis 1 or the scores' own size (a mask [M, N] of sizes equal to [L, S] only at run time
+        # becomes [L, S]): the backward's mask cotangent, of the scores' sizes, then has the mask's type.
+        return b.reshape(bias, tuple(1 if d == 1 else s for d, s in zip(shape, scores))), grad
 
 
 def _heads(cx, t: Tensor, heads: int) -> Tensor:
@@ -174,6 +176,12 @@ def scaled_dot_product_attention(cx, q: TENSOR, k: TENSOR, v: TENSOR, causal: BO
     if scale is not None and not scale > 0:
         raise cx.fail_at("scale", "E0208", f"scaled_dot_product_attention's scale must be positive, "
                                            f"got {scale:g}")
+    if scale is None:   # 1 / sqrt(E), E from whichever of q and k gives it as a number
+        size = next((d for d in (q.shape[-1], k.shape[-1]) if isinstance(d, int)), None)
+        if size is None:
+            raise cx.fail_at("q", "E0202", f"the default scale 1/sqrt({q.shape[-1]}) needs the feature size of q "
+                                           f"{q.type} as a number: give q or k a known last axis, or pass `scale`")
+        scale = 1.0 / math.sqrt(size)
     mask_bias, grad = None, False
     if mask is not None:
         mask_bias, grad = _bias(cx, mask, q.shape[:-1] + (k.shape[-2],), dtype, take_part=True)

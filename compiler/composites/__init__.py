@@ -26,6 +26,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from dln.compiler.ir import Attrs, Graph, Node, Op, TensorType
+from dln.compiler.shapes import ShapeContext
 
 if TYPE_CHECKING:
     from dln.compiler.emit import GraphBuilder, Tensor
@@ -67,9 +68,12 @@ def emit(b: "GraphBuilder", name: str, inputs: Sequence["Tensor"], **attrs: Any)
 
 
 def expand(b: "GraphBuilder", n: Node, inputs: Sequence["Tensor"]) -> list["Tensor"]:
-    """`n`'s decomposition over `inputs` (already in `b`), one tensor per result, each of its result's type."""
+    """`n`'s decomposition over `inputs` (already in `b`), one tensor per result, each of the type `n`'s shape
+    rule gives for the inputs' types (`n`'s own when they are its operands' types; concrete ones for the
+    torch table's concrete operands)."""
+    types = of(n).infer(ShapeContext(), [t.type for t in inputs], n.attrs)   # (its constraints are the graph's)
     outs = of(n).decompose(b, list(inputs), n.attrs)
-    for t, want in zip(outs, n.types):
+    for t, want in zip(outs, types if isinstance(types, tuple) else (types,)):
         if t.type != want:
             raise AssertionError(f"composite {n.attrs['composite']}: decomposition gives {t.type}, not {want}")
     return outs

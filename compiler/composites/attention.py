@@ -3,7 +3,7 @@
     sdpa(q [*N, Tq, E], k [*N, Tk, E], v [*N, Tk, Ev] [, bias] [, seed, step])
         -> (out [*N, Tq, Ev], lse [*N, Tq])
 
-    S = q @ k^T * scale + bias, causal entries (j > i) at -inf
+    S = (q * sqrt(scale)) @ (k * sqrt(scale))^T + bias, causal entries (j > i) at -inf
     P = softmax(S) (a row entirely at -inf gives zeros, as torch's), dropped out when `dropout` > 0
     out = P @ v;  lse = log(sum(exp(S))) per row, the softmax's normalizer
 
@@ -73,8 +73,10 @@ def _infer_vjp(cx, types, attrs):
 # ---- the decompositions ------------------------------------------------------------------------------------
 
 def _scores(b, q, k, bias, attrs):
-    """S: scaled, masked scores [*N, Tq, Tk]."""
-    s = b.mul(b.matmul(q, b.transpose(k)), attrs["scale"])
+    """S: scaled, masked scores [*N, Tq, Tk].  q and k are scaled by sqrt(scale) each before their product,
+    as torch's math path does: in f16 the plain product of moderate q and k overflows."""
+    root = math.sqrt(attrs["scale"])
+    s = b.matmul(b.mul(q, root), b.transpose(b.mul(k, root)))
     if bias is not None:
         s = b.add(s, b.broadcast_to(bias, s.shape))
     if attrs["causal"]:
@@ -141,7 +143,13 @@ def sdpa_vjp(b, xs, attrs):
     if attrs["bias_grad"]:
         axes = [a for a, d in enumerate(bias.shape) if d == 1 and ds.shape[a] != 1]
         out.append(b.sum(ds, axes, keepdim=True) if axes else ds)
-    return out
+    return [_like(b, d, x) for d, x in zip(out, (q, k, v, bias))]
+
+
+def _like(b, t, x):
+    """`t` with the shape of `x` where the two name sizes differently that the shape rule unified (v's keys
+    S2 where dv, made from the scores, has k's S): each gradient has its operand's type."""
+    return t if t.shape == x.shape else b.reshape(t, x.shape)
 
 
 def attention(b, q, k, v, *, causal: bool = False, scale: float | None = None, bias=None, bias_grad: bool = False,

@@ -12,9 +12,8 @@ the row's maximum and log-sum-exp with the forward once both are decomposed.
 from __future__ import annotations
 
 from dln.compiler.composites import composite
-from dln.compiler.ir import Op
+from dln.compiler.ir import Op, TensorType
 from dln.compiler.shapes import ShapeError
-from dln.compiler.ir import TensorType
 
 
 def _infer(cx, types, attrs):

@@ -29,7 +29,7 @@ def verify(graph: Graph, after: str = "") -> Graph:
                 verify(body, after)
             except IRError as e:
                 problem = f"has a bad body: {e}"
-        if problem is None and n.op is Op.RESULT and graph.node(n.inputs[0]).op not in GroupOp.MultiResult:
+        if problem is None and n.op is Op.RESULT and not graph.node(n.inputs[0]).results:
             problem = "reads a result of a node with one result"
         if problem is None and n.op not in GroupOp.Leaf:
             try:

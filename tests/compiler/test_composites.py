@@ -288,3 +288,37 @@ def test_verify_rejects_a_result_of_a_node_with_one_result():
     part = b.emit(Op.RESULT, (y,), {"index": 0})
     with pytest.raises(IRError, match="reads a result of a node with one result"):
         verify(b.finish([("part", part)]))
+
+
+def test_torch_table_runs_composites_of_a_symbolic_graph():
+    """`dln bench` runs the step graph on torch's table with concrete sizes: each composite is decomposed over
+    its operands' actual shapes (not held to the node's symbolic result types), as the interpreter finds."""
+    from dln.runtime.torch_graph import make_runner
+
+    model = dln.compile("""model m() {
+        input x: f64[B, T, 6]
+        input target: i64[B, T]
+        h = scaled_dot_product_attention(x, x, x, causal = true)
+        loss = cross_entropy(h, target)
+        output loss
+    }""", backend="numpy")
+    graph = pipeline.forward_graph(model.spec, ["loss"])
+    assert {n.attrs["composite"] for n in graph.nodes if n.op is Op.COMPOSITE} == {"sdpa", "cross_entropy"}
+    rng = np.random.default_rng(0)
+    feeds = {"x": rng.standard_normal((2, 3, 6)), "target": rng.integers(0, 6, (2, 3))}
+    env = {"B": 2, "T": 3}
+    import torch
+
+    got = make_runner(graph, env)({k: torch.from_numpy(v) for k, v in feeds.items()})["loss"]
+    np.testing.assert_allclose(got.numpy(), evaluate(graph, feeds, env)["loss"], rtol=1e-12)
+
+
+def test_verify_rejects_a_result_of_a_composite_with_one_result():
+    """cross_entropy has one result: a `result` node reading it is malformed, composite or not."""
+    b = GraphBuilder("bad")
+    logits = b.input("logits", TensorType(DType.F64, (3, 4)))
+    target = b.input("target", TensorType(DType.I64, (3,)))
+    loss, = composites.emit(b, "cross_entropy", (logits, target), label_smoothing=0.0)
+    part = b.emit(Op.RESULT, (loss,), {"index": 0})
+    with pytest.raises(IRError, match="reads a result of a node with one result"):
+        verify(b.finish([("part", part)]))

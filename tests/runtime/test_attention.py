@@ -345,3 +345,91 @@ def test_sdpa_dropout_gradient_matches_torch_given_the_mask():
     np.testing.assert_allclose(value, loss.item(), **TOL)
     for name, g in _torch_grads(loss, tv).items():
         np.testing.assert_allclose(grads[name], g, **TOL, err_msg=f"gradient of {name}")
+
+
+def test_sdpa_in_half_precision_scales_before_the_product():
+    """f16 queries and keys whose plain product overflows f16 (40 * 40 * 64 > 65504) while the scaled scores
+    are moderate: torch's math path scales q and k by sqrt(scale) each before the product, so the scores stay
+    finite; so does dln's (against torch in float32 on the same f16 values)."""
+    model = dln.compile("""model m() {
+        input q: f16[1, 4, 64]
+        input k: f16[1, 4, 64]
+        input v: f16[1, 4, 8]
+        output y = scaled_dot_product_attention(q, k, v, scale = 0.0001)
+    }""", backend="numpy")
+    q = (40 + 4 * R.random((1, 4, 64))).astype(np.float16)
+    v = R.random((1, 4, 8)).astype(np.float16)
+    y = model(q=q, k=q, v=v)["y"]
+    want = F.scaled_dot_product_attention(*(torch.tensor(t, dtype=torch.float32) for t in (q, q, v)), scale=1e-4)
+    assert np.isfinite(y).all()
+    np.testing.assert_allclose(y, want.numpy(), rtol=1e-2, atol=1e-3)
+
+
+def test_sdpa_float_mask_of_its_own_symbolic_sizes_has_a_gradient_path():
+    """A float mask input [M, N] whose sizes are the scores' [L, S] only once inputs arrive: the composite's
+    mask takes the scores' sizes (its axes are 1 or the scores'), so the backward, whose mask cotangent is
+    the scores' shape, builds; value and gradient as torch's."""
+    model = dln.compile("""model m() {
+        param w: f64[6, 6] = zeros
+        input q: f64[B, L, 6]
+        input k: f64[B, S, 6]
+        input mask: f64[M, N]
+        y = scaled_dot_product_attention(q @ w, k, k, mask = mask)
+        loss = sum(y * y)
+        output y
+    }""", backend="numpy")
+    w = R.standard_normal((6, 6))
+    model.load_state_dict({"w": w})
+    feeds = {"q": R.standard_normal((B, L, 6)), "k": R.standard_normal((B, S, 6)), "mask": R.standard_normal((L, S))}
+    value, grads = model.value_and_grad("loss", **feeds)
+    tw = torch.tensor(w, requires_grad=True)
+    t = {name: torch.tensor(v) for name, v in feeds.items()}
+    y = F.scaled_dot_product_attention(t["q"] @ tw, t["k"], t["k"], attn_mask=t["mask"])
+    loss = (y * y).sum()
+    np.testing.assert_allclose(value, loss.item(), **TOL)
+    np.testing.assert_allclose(grads["w"], _torch_grads(loss, {"w": tw})["w"], **TOL)
+
+
+def test_sdpa_gradient_with_keys_and_values_of_differently_named_sizes():
+    """k [C, S, 6] and v [D, S2, 3], their sizes equal only at run time: dk and dv take the operands' own
+    types (the backward built dv of k's key axis S, not v's S2: an internal error); value and gradient as
+    torch's."""
+    model = dln.compile("""model m() {
+        param w: f64[6, 6] = zeros
+        input q: f64[B, L, 6]
+        input k: f64[C, S, 6]
+        input v: f64[D, S2, 3]
+        y = scaled_dot_product_attention(q, k @ w, v @ w[0:3, 0:3])
+        loss = sum(y * y)
+        output y
+    }""", backend="numpy")
+    w = R.standard_normal((6, 6))
+    model.load_state_dict({"w": w})
+    feeds = {"q": R.standard_normal((B, L, 6)), "k": R.standard_normal((B, S, 6)), "v": R.standard_normal((B, S, 3))}
+    value, grads = model.value_and_grad("loss", **feeds)
+    tw = torch.tensor(w, requires_grad=True)
+    t = {name: torch.tensor(v) for name, v in feeds.items()}
+    y = F.scaled_dot_product_attention(t["q"], t["k"] @ tw, t["v"] @ tw[0:3, 0:3])
+    loss = (y * y).sum()
+    np.testing.assert_allclose(value, loss.item(), **TOL)
+    np.testing.assert_allclose(grads["w"], _torch_grads(loss, {"w": tw})["w"], **TOL)
+
+
+def test_sdpa_default_scale_of_a_feature_size_known_at_run_time():
+    """q and k of a symbolic feature size E: the default scale 1 / sqrt(E) needs E as a number, so a model
+    that leaves it open is a located E0202 naming `scale` (not a TypeError); a known size on either side
+    serves."""
+    with pytest.raises(dln.DlnError) as e:
+        dln.compile("""model m() {
+            input q: f64[B, L, E]
+            output y = scaled_dot_product_attention(q, q, q)
+        }""", backend="numpy")
+    assert e.value.diagnostics[0].code == "E0202" and "scale" in e.value.diagnostics[0].message
+    model = dln.compile("""model m() {
+        input q: f64[B, L, E]
+        input k: f64[B, S, 6]
+        output y = scaled_dot_product_attention(q, k, k)
+    }""", backend="numpy")
+    q, k = R.standard_normal((B, L, 6)), R.standard_normal((B, S, 6))
+    want = F.scaled_dot_product_attention(torch.tensor(q), torch.tensor(k), torch.tensor(k))
+    np.testing.assert_allclose(model(q=q, k=k)["y"], want.numpy(), **TOL)

@@ -20,6 +20,7 @@ import torch
 from safetensors.numpy import load_file, save_file
 
 import dln
+from dln.compiler import pipeline
 from conftest import EXAMPLES, run_dln
 
 EXAMPLE = (EXAMPLES / "mlp_digits.dln").read_text()
@@ -310,6 +311,30 @@ def test_graph_without_dot_writes_dot_and_says_so(project: Path, monkeypatch, ca
     assert not (project / "g.svg").exists()
     assert (project / "g.dot").read_text().startswith("digraph")
     assert "wrote g.dot" in out.out and "dot program" in out.err
+
+
+def test_graph_with_kernels_draws_the_kernels_the_triton_backend_makes(project: Path):
+    """`dln graph --backend triton`: one box per kernel of the training step as the Triton backend generates
+    it, composites it has no kernel for (the digits model's cross_entropy) decomposed first."""
+    from dln.kernels.module import generate_module
+    from dln.runtime.artefacts import graph_dot
+    from dln.runtime.train import default_objective
+
+    model = dln.compile("mlp.dln", backend="numpy")
+    dot = graph_dot(model, kernels=True)
+    step = pipeline.train_step(model.train_spec, default_objective(model))
+    kernels = [k.name for k in generate_module(step.graph, step.donate).kernels]
+    assert re.findall(r'subgraph "cluster_(\w+)"', dot) == kernels
+
+
+def test_graph_labels_a_composite_by_its_name(project: Path):
+    """A composite's box says what it is (`sdpa`), as the IR printer writes it, not `composite`."""
+    from dln.runtime.artefacts import graph_dot
+
+    (project / "att.dln").write_text("model m() {\n    input x: f32[B, T, 8]\n"
+                                     "    output y = scaled_dot_product_attention(x, x, x)\n}\n")
+    dot = graph_dot(dln.compile("att.dln", backend="numpy"))
+    assert re.search(r'label="%\d+ sdpa\\n', dot) and "composite" not in dot
 
 
 def test_a_reader_that_goes_away_stops_train_quietly():
