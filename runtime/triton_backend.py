@@ -132,8 +132,9 @@ class TritonExecutable:
         # Outputs the plan could not write in place (their kernel still reads the old value
         # elsewhere) are copied over their inputs after the step.
         in_place = self.generated.plan.memory.donated
-        self.copy_back = [(out, inp) for out, inp in donate.items()
-                          if inp in persistent and out in graph.output_names and graph.output(out).id not in in_place]
+        planned = plan.graph   # lowered: its node ids, not the step graph's, are the plan's
+        self.copy_back = [(out, inp) for out, inp in donate.items() if inp in persistent
+                          and out in planned.output_names and planned.output(out).id not in in_place]
 
     @outside_autograd
     def run(self, feeds: Mapping[str, Any], env: Mapping[str, int]) -> dict[str, Any]:
