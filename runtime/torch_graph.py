@@ -16,6 +16,7 @@ from dln.compiler.composites import expanded
 from dln.compiler.ir import DType, Graph, Node, Op, TensorType
 from dln.compiler.symbolic import evaluate
 from dln.runtime import philox
+from dln.runtime.torch_composites import NATIVE
 
 
 def _shape(n: Node, env) -> tuple[int, ...]:
@@ -80,7 +81,11 @@ def torch_table() -> dict[Op, Callable]:
         return weights[len(n.attrs["stride"])](conv_pad(n, a[0]), _shape(n, env), a[1], **geometry(n))
 
     def composite(n, a, env):
-        # Its decomposition, over its operands as they are (concrete shapes, their dtypes).
+        # PyTorch's own operator where it has one (runtime/torch_composites.py), else the decomposition over
+        # the operands as they are (concrete shapes, their dtypes).
+        applies, native = NATIVE.get(n.attrs["composite"], (None, None))
+        if applies is not None and applies(n):
+            return native(n, a)
         dtype_of = {v: k for k, v in dtypes.items()}
         graph = expanded(n, tuple(TensorType(dtype_of[x.dtype], tuple(x.shape)) for x in a))
         out = make_runner(graph, env)({f"x{k}": x for k, x in enumerate(a)})
