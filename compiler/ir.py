@@ -164,6 +164,9 @@ class Op(enum.Enum):
     def __str__(self) -> str:
         return self.value
 
+    # Every pass looks ops up in sets and tables: hash by identity, in C, rather than Enum's by name in Python.
+    __hash__ = object.__hash__
+
 
 class GroupOp:
     """Ops grouped by kind, as the fusion planner and the tables see them."""

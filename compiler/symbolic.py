@@ -29,6 +29,13 @@ class Sym:
             sorted(((m, c) for m, c in terms.items() if c != 0), key=lambda mc: (-len(mc[0]), mc[0])))
 
     @staticmethod
+    def _ordered(terms: tuple[tuple[Monomial, int], ...]) -> "Sym":
+        """A Sym of terms already in canonical order, none zero (a shift or scaling of a Sym's)."""
+        out = object.__new__(Sym)
+        out.terms = terms
+        return out
+
+    @staticmethod
     def var(name: str) -> "Sym":
         return Sym({(name,): 1})
 
@@ -46,6 +53,14 @@ class Sym:
 
     # -- arithmetic
     def __add__(self, other: "Dim") -> "Dim":
+        if isinstance(other, int):   # a constant: the last term (monomial ()) changes, the order does not
+            if other == 0:
+                return self._simplify()
+            terms = self.terms
+            if terms and terms[-1][0] == ():
+                c = terms[-1][1] + other
+                return Sym._ordered(terms[:-1] + ((((), c),) if c else ()))._simplify()
+            return Sym._ordered(terms + (((), other),))._simplify()
         out = dict(self.terms)
         for m, c in Sym._lift(other).terms:
             out[m] = out.get(m, 0) + c
@@ -63,6 +78,8 @@ class Sym:
         return Sym._lift(other) + (-self)
 
     def __mul__(self, other: "Dim") -> "Dim":
+        if isinstance(other, int):   # a scaling keeps the order
+            return Sym._ordered(tuple((m, c * other) for m, c in self.terms))._simplify() if other else 0
         out: dict[Monomial, int] = {}
         for m1, c1 in self.terms:
             for m2, c2 in Sym._lift(other).terms:
