@@ -3,9 +3,9 @@
     .venv/bin/python benchmarks/compile_latency.py [--rounds 15] [--no-record]
 
 Each round runs `python -m dln compile benchmarks/gpt4.dln --backend triton -o DIR` in a fresh process
-with empty caches: XDG_CACHE_HOME and DLN_CACHE_DIR name new, empty directories, so the parser's LALR
-tables (dsl/tables.py) are built again and no kernel is found in the kernel cache (writing source does
-not use it, nor Triton's).  Python's own bytecode is as installed.
+with empty caches: XDG_CACHE_HOME and DLN_CACHE_DIR name new, empty directories, so no parse tables
+come from the user's cache (those the package ships do: dsl/tables.py) and nothing from the kernel
+cache (writing source does not use it, nor Triton's).
 
 Each round also runs the same command once more in a child that times the compiler's stages from
 outside (`--child`): it wraps the functions that begin each stage and charges every moment to the
