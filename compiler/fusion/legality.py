@@ -73,6 +73,6 @@ def may_join(planner: "Planner", group: "Group", n: Node) -> Domain | None:
                 return None
     # No cycles: the kernels `n` reads from must not depend on this group.
     sources = {planner.group_of[m] for m in found.memory if m in planner.group_of} - {group.id}
-    if any(planner.depends_on(s, group.id) for s in sources):
+    if planner.depends_on(sources, group.id):
         return None
     return domain

@@ -24,7 +24,7 @@ Over a whole graph — for training, forward + backward + optimizer update:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
+from typing import Callable, Iterable, Mapping
 
 from dln.compiler.fusion import cost
 from dln.compiler.fusion import index as ix
@@ -61,6 +61,7 @@ class Planner:
         self.group_of: dict[int, int] = {}
         self._edges: dict[int, set[int]] = {}   # group -> groups it reads from
         self._reads_cache: dict[tuple[int, ix.Index], Reads] = {}
+        self._ancestors: dict[int, set[int]] = {}   # group -> every group it reads from; reset by a new edge
 
     def is_realized(self, node_id: int) -> bool:
         return node_id in self.realized
@@ -156,8 +157,9 @@ class Planner:
         self.group_of[n.id] = group.id
         for m in found.memory:
             source = self.group_of.get(m)
-            if source is not None and source != group.id:
+            if source is not None and source != group.id and source not in self._edges[group.id]:
                 self._edges[group.id].add(source)
+                self._ancestors.clear()
 
     def _parallelism(self, domain: Domain, n: Node) -> tuple[int | None, int]:
         """(rows of a reduction domain, elements of full-domain work `n` adds), at representative sizes."""
@@ -188,18 +190,23 @@ class Planner:
             self._reads_cache[key] = reads(self.graph, self.graph.node(node_id), at, self.is_realized)
         return self._reads_cache[key]
 
-    def depends_on(self, a: int, b: int) -> bool:
-        """Does group `a` read, directly or through other kernels, from group `b`?"""
-        stack, seen = [a], set()
-        while stack:
-            g = stack.pop()
-            if g == b:
-                return True
-            if g in seen:
-                continue
-            seen.add(g)
-            stack.extend(self._edges.get(g, ()))
-        return False
+    def depends_on(self, groups: Iterable[int], b: int) -> bool:
+        """Is group `b` one of `groups`, or read by one of them, directly or through other kernels?"""
+        return any(g == b or b in self.ancestors(g) for g in groups)
+
+    def ancestors(self, group: int) -> set[int]:
+        """The groups `group` reads from, directly or through others.  Remembered until an edge is added:
+        grouping asks about the same few kernels for every candidate a node might join."""
+        if group not in self._ancestors:
+            found: set[int] = set()
+            stack = list(self._edges.get(group, ()))
+            while stack:
+                g = stack.pop()
+                if g not in found:
+                    found.add(g)
+                    stack.extend(self._edges.get(g, ()))
+            self._ancestors[group] = found
+        return self._ancestors[group]
 
     # ---- 3. the optimizer as one multi-tensor kernel ------------------------------------------------------
     def batch_updates(self, donate: Mapping[str, str]) -> None:
@@ -230,6 +237,7 @@ class Planner:
                     edges -= dropped
                     edges.add(first.id)
             self._edges[first.id].discard(first.id)
+        self._ancestors.clear()   # merging rewired the edges
 
     def _update_signature(self, group: Group) -> tuple | None:
         """The structure of an optimizer update kernel with its tensors abstracted, or None."""
@@ -369,7 +377,7 @@ def _donations(planner: Planner, donate: Mapping[str, str], group_reads) -> dict
         if i in group_reads[writer] and group_reads[writer][i] != {own}:
             continue
         readers = [k for k, r in group_reads.items() if i in r and k != writer]
-        if any(planner.depends_on(k, writer) for k in readers):
+        if planner.depends_on(readers, writer):
             continue  # a reader needs the writer's results first: keep a separate buffer
         out[o] = i
     return out
