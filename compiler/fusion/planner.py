@@ -60,7 +60,7 @@ class Planner:
         self.groups: list[Group] = []
         self.group_of: dict[int, int] = {}
         self._edges: dict[int, set[int]] = {}   # group -> groups it reads from
-        self._reads_cache: dict[tuple[int, ix.Index], Reads] = {}
+        self.walks: dict[tuple[int, ix.Index], Reads] = {}   # `reads_at`'s, handed on to the plan
         self._ancestors: dict[int, set[int]] = {}   # group -> every group it reads from; reset by a new edge
 
     def is_realized(self, node_id: int) -> bool:
@@ -186,9 +186,9 @@ class Planner:
         since grouping asks again for every candidate kernel, and planning after it for every member
         (what is realized no longer changes once grouping starts).  Callers must not change it."""
         key = (node_id, at)
-        if key not in self._reads_cache:
-            self._reads_cache[key] = reads(self.graph, self.graph.node(node_id), at, self.is_realized)
-        return self._reads_cache[key]
+        if key not in self.walks:
+            self.walks[key] = reads(self.graph, self.graph.node(node_id), at, self.is_realized)
+        return self.walks[key]
 
     def depends_on(self, groups: Iterable[int], b: int) -> bool:
         """Is group `b` one of `groups`, or read by one of them, directly or through other kernels?"""
@@ -305,10 +305,19 @@ class FusionPlan:
     memory: MemoryPlan
     reads: list[dict[int, set[ix.Index]]]   # per kernel: values read from memory, at which indices
     computed: dict[int, list[Node]]         # group id -> the nodes its kernel computes (`computed_nodes`)
+    walks: dict[tuple[int, ix.Index], Reads] = field(default_factory=dict, repr=False)   # `reads_at`'s
 
     @property
     def kernels(self) -> list[Group]:
         return self.groups
+
+    def reads_at(self, node_id: int, at: ix.Index) -> Reads:
+        """What node `node_id` reads from memory and computes inline at `at` (`domain.reads`), remembered:
+        the walks planning made, and those code generation makes again.  Callers must not change it."""
+        key = (node_id, at)
+        if key not in self.walks:
+            self.walks[key] = reads(self.graph, self.graph.node(node_id), at, self.realized.__contains__)
+        return self.walks[key]
 
     def stored(self) -> set[int]:
         return {m for g in self.groups for m in g.stores}
@@ -344,7 +353,7 @@ def plan_graph(graph: Graph, donate: Mapping[str, str] | None = None) -> FusionP
     computed = {g.id: _computed_nodes(graph, g, planner.reads_at) for g in planner.groups}
     for k, group in enumerate(planner.groups):
         group.name = kernel_name(graph, group, k, computed[group.id])
-    return FusionPlan(graph, planner.groups, planner.realized, memory, reads, computed)
+    return FusionPlan(graph, planner.groups, planner.realized, memory, reads, computed, planner.walks)
 
 
 def _group_reads(planner: Planner, group: Group) -> dict[int, set[ix.Index]]:
