@@ -50,26 +50,32 @@ def load(grammar: str, callbacks) -> Lark | None:
     return None
 
 
-def save(grammar: str, parser: Lark, path: Path | None = None) -> None:
-    """Write `parser`'s tables to `path` (default: the user's cache)."""
+def save(grammar: str, parser: Lark) -> None:
+    """Keep `parser`'s tables in the user's cache."""
+    try:
+        _write(path_for(grammar), _text(grammar, parser))
+    except OSError:
+        pass  # an unwritable cache only costs time
+
+
+def _text(grammar: str, parser: Lark) -> str:
     from lark.grammar import Rule
     from lark.lexer import TerminalDef
 
-    path = path or path_for(grammar)
     data, memo = parser.memo_serialize([TerminalDef, Rule])
     data["options"] = {k: v for k, v in data["options"].items() if k != "lexer_callbacks"}  # given at load
-    text = json.dumps({"key": key(grammar), "grammar": grammar_digest(grammar), "data": _encode(data),
+    return json.dumps({"key": key(grammar), "grammar": grammar_digest(grammar), "data": _encode(data),
                        "memo": _encode(memo)}, separators=(",", ":"))
-    # Written beside its final name and renamed over it, as runtime/checkpoint.py writes (dsl does not
-    # import the runtime): a reader never sees half a cache.
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except OSError:
-        pass  # an unwritable cache only costs time
+
+
+def _write(path: Path, text: str) -> None:
+    """Written beside its final name and renamed over it, as runtime/checkpoint.py writes (dsl does not
+    import the runtime): a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
 
 
 def _encode(x):
@@ -106,4 +112,5 @@ def ship() -> None:
     from dln.dsl.parser import GRAMMAR_PATH, lark_options
 
     grammar = GRAMMAR_PATH.read_text()
-    save(grammar, Lark(grammar, **lark_options()), SHIPPED)
+    _write(SHIPPED, _text(grammar, Lark(grammar, **lark_options())))
+    SHIPPED.chmod(0o644)   # mkstemp's files are private; this one ships
