@@ -22,18 +22,28 @@ class NotDivisible(ArithmeticError):
 class Sym:
     """An integer polynomial in dimension names, in canonical form."""
 
-    __slots__ = ("terms",)
+    # The hash is kept: shapes holding symbols are dictionary keys all through planning and code generation.
+    __slots__ = ("terms", "_hash")
 
     def __init__(self, terms: Mapping[Monomial, int]) -> None:
         self.terms: tuple[tuple[Monomial, int], ...] = tuple(
             sorted(((m, c) for m, c in terms.items() if c != 0), key=lambda mc: (-len(mc[0]), mc[0])))
+        self._hash = hash(self.terms)
 
     @staticmethod
     def _ordered(terms: tuple[tuple[Monomial, int], ...]) -> "Sym":
         """A Sym of terms already in canonical order, none zero (a shift or scaling of a Sym's)."""
         out = object.__new__(Sym)
         out.terms = terms
+        out._hash = hash(terms)
         return out
+
+    def __getstate__(self) -> tuple[tuple[Monomial, int], ...]:
+        return self.terms   # not the hash: another process hashes strings differently
+
+    def __setstate__(self, terms: tuple[tuple[Monomial, int], ...]) -> None:
+        self.terms = terms
+        self._hash = hash(terms)
 
     @staticmethod
     def var(name: str) -> "Sym":
@@ -136,7 +146,7 @@ class Sym:
         return False
 
     def __hash__(self) -> int:
-        return hash(self.terms)
+        return self._hash
 
     def __str__(self) -> str:
         parts: list[str] = []
