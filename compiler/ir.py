@@ -51,6 +51,8 @@ class DType(enum.Enum):
     def __str__(self) -> str:
         return self.value
 
+    __hash__ = object.__hash__   # as Op's: types are dictionary keys (CSE) in every pass
+
 
 DTYPES = {d.value: d for d in DType}
 
