@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
 GPT = HERE / "gpt4.dln"
 
 # The functions that begin a stage, by module and name.  A stage's function called inside another
