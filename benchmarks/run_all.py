@@ -16,6 +16,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import check_time  # noqa: E402
+import compile_latency  # noqa: E402
 import fusion  # noqa: E402
 import fuzz  # noqa: E402
 import gpt  # noqa: E402
@@ -31,6 +32,7 @@ def main() -> None:
     step = numpy_step.main([])
     counts = fusion.main()
     check = check_time.main([])
+    latency = compile_latency.measure(15)
     machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Python "
                f"{platform.python_version()}, NumPy {numpy.__version__}, torch {torch.__version__}")
     d, e, c = counts["dln"], counts["eager"], counts["torch_compile"]
@@ -71,7 +73,8 @@ dln's kernels: {', '.join(d['names'])}.
 
 `dln check examples/mlp_digits.dln` in a fresh process: median **{check['median_ms']} ms** over {check['runs']} runs
 (min {check['min_ms']} ms) (`benchmarks/check_time.py`).
-"""
+
+""" + compile_latency.section(latency)
     # The fuzzing campaign is too long to run here (benchmarks/fuzz.py --record), and LeNet's, the
     # LSTM's and the GPT block's figures need a quiet machine (benchmarks/lenet.py --record, lstm.py
     # --record, gpt.py --record): keep them.
@@ -84,7 +87,8 @@ dln's kernels: {', '.join(d['names'])}.
     if fuzzing:
         text = text.rstrip("\n") + "\n\n" + fuzzing
     results.write_text(text)
-    (HERE / "results.json").write_text(json.dumps({"numpy_step": step, "fusion": counts, "check": check},
+    (HERE / "results.json").write_text(json.dumps({"numpy_step": step, "fusion": counts, "check": check,
+                                                   "compile_latency": latency},
                                                   indent=2, default=str) + "\n")
     print(f"wrote {HERE / 'RESULTS.md'}")
 

@@ -203,7 +203,7 @@ class GraphBuilder:
         for s in shapes:
             padded = (1,) * (rank - len(s)) + tuple(s)
             for i, d in enumerate(padded):
-                if d == 1:
+                if d == 1 or d == out[i]:   # nothing to unify (and no message to build: thousands of calls)
                     continue
                 if out[i] == 1:
                     out[i] = d

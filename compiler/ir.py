@@ -51,6 +51,8 @@ class DType(enum.Enum):
     def __str__(self) -> str:
         return self.value
 
+    __hash__ = object.__hash__   # as Op's: types are dictionary keys (CSE) in every pass
+
 
 DTYPES = {d.value: d for d in DType}
 
@@ -163,6 +165,9 @@ class Op(enum.Enum):
 
     def __str__(self) -> str:
         return self.value
+
+    # Every pass looks ops up in sets and tables: hash by identity, in C, rather than Enum's by name in Python.
+    __hash__ = object.__hash__
 
 
 class GroupOp:

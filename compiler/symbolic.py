@@ -22,11 +22,28 @@ class NotDivisible(ArithmeticError):
 class Sym:
     """An integer polynomial in dimension names, in canonical form."""
 
-    __slots__ = ("terms",)
+    # The hash is kept: shapes holding symbols are dictionary keys all through planning and code generation.
+    __slots__ = ("terms", "_hash")
 
     def __init__(self, terms: Mapping[Monomial, int]) -> None:
         self.terms: tuple[tuple[Monomial, int], ...] = tuple(
             sorted(((m, c) for m, c in terms.items() if c != 0), key=lambda mc: (-len(mc[0]), mc[0])))
+        self._hash = hash(self.terms)
+
+    @staticmethod
+    def _ordered(terms: tuple[tuple[Monomial, int], ...]) -> "Sym":
+        """A Sym of terms already in canonical order, none zero (a shift or scaling of a Sym's)."""
+        out = object.__new__(Sym)
+        out.terms = terms
+        out._hash = hash(terms)
+        return out
+
+    def __getstate__(self) -> tuple[tuple[Monomial, int], ...]:
+        return self.terms   # not the hash: another process hashes strings differently
+
+    def __setstate__(self, terms: tuple[tuple[Monomial, int], ...]) -> None:
+        self.terms = terms
+        self._hash = hash(terms)
 
     @staticmethod
     def var(name: str) -> "Sym":
@@ -46,6 +63,14 @@ class Sym:
 
     # -- arithmetic
     def __add__(self, other: "Dim") -> "Dim":
+        if isinstance(other, int):   # a constant: the last term (monomial ()) changes, the order does not
+            if other == 0:
+                return self._simplify()
+            terms = self.terms
+            if terms and terms[-1][0] == ():
+                c = terms[-1][1] + other
+                return Sym._ordered(terms[:-1] + ((((), c),) if c else ()))._simplify()
+            return Sym._ordered(terms + (((), other),))._simplify()
         out = dict(self.terms)
         for m, c in Sym._lift(other).terms:
             out[m] = out.get(m, 0) + c
@@ -63,6 +88,8 @@ class Sym:
         return Sym._lift(other) + (-self)
 
     def __mul__(self, other: "Dim") -> "Dim":
+        if isinstance(other, int):   # a scaling keeps the order
+            return Sym._ordered(tuple((m, c * other) for m, c in self.terms))._simplify() if other else 0
         out: dict[Monomial, int] = {}
         for m1, c1 in self.terms:
             for m2, c2 in Sym._lift(other).terms:
@@ -119,7 +146,7 @@ class Sym:
         return False
 
     def __hash__(self) -> int:
-        return hash(self.terms)
+        return self._hash
 
     def __str__(self) -> str:
         parts: list[str] = []
@@ -151,6 +178,11 @@ def dims_equal(a: Dim, b: Dim) -> bool | None:
     all the terms of `a - b` have one sign, the difference cannot be 0
     (`12*B` and `5*B`, `B + 1` and `B`), and the two are provably different.
     """
+    # The common cases first, without building `a - b`: the planner compares shapes by the thousand.
+    if isinstance(a, int) and isinstance(b, int):
+        return a == b
+    if a == b:
+        return True
     diff = a - b
     if isinstance(diff, int):
         return diff == 0

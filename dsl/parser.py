@@ -37,14 +37,19 @@ MAX_NESTING = 100
 INT_LIMIT = 2 ** 63
 
 
+def lark_options() -> dict:
+    """How the grammar is built (the shipped tables are built so too: dsl/tables.py)."""
+    return {"parser": "lalr", "propagate_positions": True, "maybe_placeholders": True,
+            "lexer_callbacks": {"NAME": _reserve_keyword}}
+
+
 @functools.cache
 def _lark() -> Lark:
     grammar = GRAMMAR_PATH.read_text()
-    callbacks = {"NAME": _reserve_keyword}
-    parser = tables.load(grammar, callbacks)
+    options = lark_options()
+    parser = tables.load(grammar, options["lexer_callbacks"])
     if parser is None:
-        parser = Lark(grammar, parser="lalr", propagate_positions=True, maybe_placeholders=True,
-                      lexer_callbacks=callbacks)
+        parser = Lark(grammar, **options)
         tables.save(grammar, parser)
     KEYWORDS.update({t.pattern.value: t.name for t in parser.terminals
                      if t.pattern.type == "str" and re.fullmatch(r"[A-Za-z_]\w*", t.pattern.value)})

@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Callable
 
 from dln.compiler.ir import Graph
-from dln.kernels.aot import compile_all
 from dln.kernels.module import generate_module
 from dln.kernels.report import format_plan
 
@@ -20,6 +19,8 @@ def write_kernel_artefacts(graph: Graph, out: Path, donate: dict[str, str] | Non
     files = ["kernels.py"]
     compiled = {}
     if target is not None:
+        from dln.kernels.aot import compile_all   # with its process pool: only for --target
+
         cubins = out / "cubin"
         cubins.mkdir(exist_ok=True)
         log(f"compiling {len(generated.kernels)} kernels for {target}")

@@ -24,9 +24,12 @@ from dln.compiler.symbolic import Dim, Sym
 from dln.kernels.lowering import HALF_TYPES, LOWER, TL_DTYPES
 
 
+_UNPRINTABLE = re.compile(r"[^\x20-\x7e]")
+
+
 def comment(text: str) -> str:
     """User text for a comment or docstring: printable ASCII only, no quotes that end a docstring."""
-    cleaned = "".join(ch if 32 <= ord(ch) < 127 else "?" for ch in text)
+    cleaned = _UNPRINTABLE.sub("?", text)
     return cleaned.replace('"""', "'''").replace("\\", "/")
 
 

@@ -12,7 +12,6 @@ from typing import Mapping
 
 from dln.compiler.cost import flops, nbytes
 from dln.compiler.fusion.planner import FusionPlan, Group
-from dln.compiler.fusion.planner import computed_nodes as planner_computed_nodes
 from dln.compiler.ir import Graph, Node
 from dln.compiler.printer import op_name
 from dln.compiler.symbolic import evaluate
@@ -37,7 +36,7 @@ class KernelCost:
 
 
 def computed_nodes(plan: FusionPlan, group: Group) -> list[Node]:
-    return planner_computed_nodes(plan.graph, group, plan.realized)
+    return plan.computed[group.id]
 
 
 def kernel_costs(plan: FusionPlan, env: Mapping[str, int]) -> list[KernelCost]:

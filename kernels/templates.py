@@ -22,7 +22,7 @@ import contextlib
 from dataclasses import dataclass, field
 
 from dln.compiler.fusion import index as ix
-from dln.compiler.fusion.domain import REDUCE, reads
+from dln.compiler.fusion.domain import REDUCE
 from dln.compiler.fusion.planner import FusionPlan, Group, update_operands
 from dln.compiler.ir import DType, Graph, Op
 from dln.compiler.symbolic import Dim, numel
@@ -376,8 +376,7 @@ def _levels(plan: FusionPlan, group: Group) -> dict[int, int]:
     level: dict[int, int] = {}
     for m in group.members:
         n = g.node(m)
-        at = group.domain.canonical(n.shape) or group.domain.vars()
-        found = reads(g, n, at, lambda i: i in plan.realized)
+        found = plan.reads_at(m, group.domain.canonical(n.shape) or group.domain.vars())
         deps = [level[x] for x in found.memory if x in members and x in level]
         base = max(deps, default=0)
         level[m] = base + 1 if n.op in REDUCE else base

@@ -10,8 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -402,6 +400,9 @@ def cmd_graph(args) -> int:
         return 0
     out = Path(args.output)
     if out.suffix.lower() == ".svg":
+        import shutil
+        import subprocess   # here, not above: every other command starts without it
+
         dot = shutil.which("dot")
         if dot is not None:
             run = subprocess.run([dot, "-Tsvg", "-o", str(out)], input=text, text=True, capture_output=True)

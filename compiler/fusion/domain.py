@@ -55,6 +55,8 @@ class Domain:
     shape: Shape
     axes: tuple[int, ...] = ()     # reduction: the reduced axes of `shape`
     contraction: object = None     # matmul: the size K
+    # canonical's answers by shape: grouping asks every kernel's domain about every node it might take.
+    _places: dict[Shape, ix.Index | None] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def vars(self) -> ix.Index:
         if self.kind == "reduction":
@@ -72,18 +74,23 @@ class Domain:
 
     def canonical(self, shape: Shape) -> ix.Index | None:
         """The index of a node of `shape` in this domain, or None if it has no place here."""
-        full = self.vars()
+        if shape not in self._places:
+            self._places[shape] = self._place(shape)
+        return self._places[shape]
+
+    def _place(self, shape: Shape) -> ix.Index | None:
         if same_shape(shape, self.shape):
-            return full
+            return self.vars()
         if self.kind == "reduction":
             if same_shape(shape, self.row_shape(True)):
-                return tuple(ix.ZERO if k in self.axes else v for k, v in enumerate(full))
+                return tuple(ix.ZERO if k in self.axes else v for k, v in enumerate(self.vars()))
             if same_shape(shape, self.row_shape(False)):
-                return tuple(v for k, v in enumerate(full) if k not in self.axes)
+                return tuple(v for k, v in enumerate(self.vars()) if k not in self.axes)
         if self.kind == "matmul" and self.splits_rows(shape):
             # A view of the product with its rows split ([B*T, N] seen as [B, T, N], as `linear` on a
             # [B, T, D] input reshapes back): row m is element (m // T, m % T) of the leading axes.
             batch = len(self.shape) - 2
+            full = self.vars()
             return full[:batch] + ix.delinearize(full[-2], shape[batch:-1]) + full[-1:]
         return None
 

@@ -14,7 +14,9 @@ each variable's known extent (`i % n` is `i` when i < n).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
+
 from dln.compiler.ir import Node, Op
 from dln.compiler.symbolic import Dim, NotDivisible, Shape, dims_equal
 
@@ -275,6 +277,9 @@ def view_index(node: Node, index: Index, input_shape: Shape) -> Index:
     raise ValueError(node.op)
 
 
+# Remembered: planning and code generation map the same few indices through the same reshapes again and
+# again (a 4-layer GPT: about a thousand calls, seventy different), and expressions are immutable.
+@functools.lru_cache(maxsize=4096)
 def reshape_index(index: Index, out_shape: Shape, in_shape: Shape) -> Index:
     """Map an index through a reshape, group by group of axes with equal size."""
     result: list[Ix] = []

@@ -21,7 +21,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from dln.compiler.fusion import index as ix
-from dln.compiler.fusion.domain import KINDS, POINTWISE, REDUCE, Domain, reads, same_shape
+from dln.compiler.fusion.domain import KINDS, POINTWISE, REDUCE, Domain, same_shape
 from dln.compiler.ir import Graph, Node, Op
 
 if TYPE_CHECKING:
@@ -65,7 +65,7 @@ def may_join(planner: "Planner", group: "Group", n: Node) -> Domain | None:
     at = domain.canonical(n.shape)
     if at is None:
         return None
-    found = reads(graph, n, at, planner.is_realized)
+    found = planner.reads_at(n.id, at)
     for node_id, indices in found.memory.items():
         if node_id in group.members:
             own = domain.canonical(graph.node(node_id).shape)
@@ -73,6 +73,6 @@ def may_join(planner: "Planner", group: "Group", n: Node) -> Domain | None:
                 return None
     # No cycles: the kernels `n` reads from must not depend on this group.
     sources = {planner.group_of[m] for m in found.memory if m in planner.group_of} - {group.id}
-    if any(planner.depends_on(s, group.id) for s in sources):
+    if planner.depends_on(sources, group.id):
         return None
     return domain

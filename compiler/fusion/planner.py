@@ -25,12 +25,12 @@ Over a whole graph — for training, forward + backward + optimizer update:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Callable, Iterable, Mapping
 
 from dln.compiler import composites
 from dln.compiler.fusion import cost
 from dln.compiler.fusion import index as ix
-from dln.compiler.fusion.domain import LEAVES, POINTWISE, REDUCE, Domain, node_domain, reads
+from dln.compiler.fusion.domain import LEAVES, POINTWISE, REDUCE, Domain, Reads, node_domain, reads
 from dln.compiler.fusion.legality import may_join
 from dln.compiler.fusion.memory import Arena, MemoryPlan, plan_memory
 from dln.compiler.naming import safe_name
@@ -62,7 +62,8 @@ class Planner:
         self.groups: list[Group] = []
         self.group_of: dict[int, int] = {}
         self._edges: dict[int, set[int]] = {}   # group -> groups it reads from
-        self._reads_cache: dict[tuple[int, ix.Index], frozenset[int]] = {}
+        self.walks: dict[tuple[int, ix.Index], Reads] = {}   # `reads_at`'s, handed on to the plan
+        self._ancestors: dict[int, set[int]] = {}   # group -> every group it reads from; reset by a new edge
 
     def is_realized(self, node_id: int) -> bool:
         return node_id in self.realized
@@ -158,13 +159,14 @@ class Planner:
         at = domain.vars() if anchor else domain.canonical(n.shape)
         if at is None:
             at = domain.vars()
-        found = reads(self.graph, n, at, self.is_realized)
+        found = self.reads_at(n.id, at)
         group.members.append(n.id)
         self.group_of[n.id] = group.id
         for m in found.memory:
             source = self.group_of.get(m)
-            if source is not None and source != group.id:
+            if source is not None and source != group.id and source not in self._edges[group.id]:
                 self._edges[group.id].add(source)
+                self._ancestors.clear()
 
     def _parallelism(self, domain: Domain, n: Node) -> tuple[int | None, int]:
         """(rows of a reduction domain, elements of full-domain work `n` adds), at representative sizes."""
@@ -178,35 +180,40 @@ class Planner:
         from dln.compiler.cost import nbytes
 
         env = self.env
-        found = self._memory_read(n.id, domain.canonical(n.shape))
+        found = self.reads_at(n.id, domain.canonical(n.shape)).memory
         members = set(group.members)
         read_by_group: set[int] = set()
         for m in group.members:
-            read_by_group |= self._memory_read(m, domain.canonical(self.graph.node(m).shape) or domain.vars())
+            read_by_group.update(self.reads_at(m, domain.canonical(self.graph.node(m).shape) or domain.vars()).memory)
         shared = [m for m in found if m in members or m in read_by_group]
         return sum(nbytes(self.graph.node(m), env) for m in shared)
 
-    def _memory_read(self, node_id: int, at: ix.Index) -> frozenset[int]:
-        """The stored values node `node_id` reads at `at`; remembered, since grouping asks again for
-        every candidate (what is realized no longer changes once grouping starts)."""
+    def reads_at(self, node_id: int, at: ix.Index) -> Reads:
+        """What node `node_id` reads from memory and computes inline at `at` (`domain.reads`); remembered,
+        since grouping asks again for every candidate kernel, and planning after it for every member
+        (what is realized no longer changes once grouping starts).  Callers must not change it."""
         key = (node_id, at)
-        if key not in self._reads_cache:
-            found = reads(self.graph, self.graph.node(node_id), at, self.is_realized)
-            self._reads_cache[key] = frozenset(found.memory)
-        return self._reads_cache[key]
+        if key not in self.walks:
+            self.walks[key] = reads(self.graph, self.graph.node(node_id), at, self.is_realized)
+        return self.walks[key]
 
-    def depends_on(self, a: int, b: int) -> bool:
-        """Does group `a` read, directly or through other kernels, from group `b`?"""
-        stack, seen = [a], set()
-        while stack:
-            g = stack.pop()
-            if g == b:
-                return True
-            if g in seen:
-                continue
-            seen.add(g)
-            stack.extend(self._edges.get(g, ()))
-        return False
+    def depends_on(self, groups: Iterable[int], b: int) -> bool:
+        """Is group `b` one of `groups`, or read by one of them, directly or through other kernels?"""
+        return any(g == b or b in self.ancestors(g) for g in groups)
+
+    def ancestors(self, group: int) -> set[int]:
+        """The groups `group` reads from, directly or through others.  Remembered until an edge is added:
+        grouping asks about the same few kernels for every candidate a node might join."""
+        if group not in self._ancestors:
+            found: set[int] = set()
+            stack = list(self._edges.get(group, ()))
+            while stack:
+                g = stack.pop()
+                if g not in found:
+                    found.add(g)
+                    stack.extend(self._edges.get(g, ()))
+            self._ancestors[group] = found
+        return self._ancestors[group]
 
     # ---- 3. the optimizer as one multi-tensor kernel ------------------------------------------------------
     def batch_updates(self, donate: Mapping[str, str]) -> None:
@@ -237,6 +244,7 @@ class Planner:
                     edges -= dropped
                     edges.add(first.id)
             self._edges[first.id].discard(first.id)
+        self._ancestors.clear()   # merging rewired the edges
 
     def _update_signature(self, group: Group) -> tuple | None:
         """The structure of an optimizer update kernel with its tensors abstracted, or None."""
@@ -249,7 +257,7 @@ class Planner:
         shape = group.domain.shape
         at = group.domain.vars()
         for n in nodes:  # tensors must be read where they are written: element i of each
-            for m, indices in reads(g, n, at, self.is_realized).memory.items():
+            for m, indices in self.reads_at(n.id, at).memory.items():
                 if g.node(m).shape != () and (g.node(m).shape != shape or indices != {at}):
                     return None
         numbering: dict[int, int] = {}
@@ -303,10 +311,20 @@ class FusionPlan:
     realized: set[int]
     memory: MemoryPlan
     reads: list[dict[int, set[ix.Index]]]   # per kernel: values read from memory, at which indices
+    computed: dict[int, list[Node]]         # group id -> the nodes its kernel computes (`computed_nodes`)
+    walks: dict[tuple[int, ix.Index], Reads] = field(default_factory=dict, repr=False)   # `reads_at`'s
 
     @property
     def kernels(self) -> list[Group]:
         return self.groups
+
+    def reads_at(self, node_id: int, at: ix.Index) -> Reads:
+        """What node `node_id` reads from memory and computes inline at `at` (`domain.reads`), remembered:
+        the walks planning made, and those code generation makes again.  Callers must not change it."""
+        key = (node_id, at)
+        if key not in self.walks:
+            self.walks[key] = reads(self.graph, self.graph.node(node_id), at, self.realized.__contains__)
+        return self.walks[key]
 
     def stored(self) -> set[int]:
         return {m for g in self.groups for m in g.stores}
@@ -338,9 +356,11 @@ def plan_graph(graph: Graph, donate: Mapping[str, str] | None = None) -> FusionP
     for group in planner.groups:
         if group.multi and any(m not in memory.donated for m in group.members):
             raise AssertionError(f"multi-tensor kernel outputs must be donated: {group.members}")
+    # Once for every kernel, from the walks grouping remembered: naming, code generation and the report ask.
+    computed = {g.id: _computed_nodes(graph, g, planner.reads_at) for g in planner.groups}
     for k, group in enumerate(planner.groups):
-        group.name = kernel_name(graph, group, k, planner.realized)
-    return FusionPlan(graph, planner.groups, planner.realized, memory, reads)
+        group.name = kernel_name(graph, group, k, computed[group.id])
+    return FusionPlan(graph, planner.groups, planner.realized, memory, reads, computed, planner.walks)
 
 
 def _group_reads(planner: Planner, group: Group) -> dict[int, set[ix.Index]]:
@@ -373,7 +393,7 @@ def _donations(planner: Planner, donate: Mapping[str, str], group_reads) -> dict
         if i in group_reads[writer] and group_reads[writer][i] != {own}:
             continue
         readers = [k for k, r in group_reads.items() if i in r and k != writer]
-        if any(planner.depends_on(k, writer) for k in readers):
+        if planner.depends_on(readers, writer):
             continue  # a reader needs the writer's results first: keep a separate buffer
         out[o] = i
     return out
@@ -390,7 +410,7 @@ def _reads_of(planner: Planner, node: Node, at: ix.Index) -> dict[int, set[ix.In
     """What evaluating `node` at `at` reads from memory.  A matmul reads its operands at
     (row, k) and (k, column) for every k: indices no other member shares, so nothing read
     as an operand is ever written over in the same kernel."""
-    return reads(planner.graph, node, at, planner.is_realized).memory
+    return planner.reads_at(node.id, at).memory
 
 
 def update_operands(graph: Graph, group: Group, realized) -> list[list[int]]:
@@ -421,13 +441,13 @@ def _arenas(planner: Planner) -> list[Arena]:
     return arenas
 
 
-def kernel_name(graph: Graph, group: Group, k: int, realized: set[int]) -> str:
-    """`k3_fc1_matmul_bias_relu`: position, the .dln name it computes, what it does."""
+def kernel_name(graph: Graph, group: Group, k: int, nodes: list[Node]) -> str:
+    """`k3_fc1_matmul_bias_relu`: position, the .dln name it computes (`nodes`), what it does."""
     anchor = graph.node(group.members[0])
     label = "optimizer" if group.multi else (anchor.name or "")
     label = safe_name(label, 32)
     words: list[str] = []
-    for node in computed_nodes(graph, group, realized):
+    for node in nodes:
         for w in _op_words(graph, node):
             if w not in words:
                 words.append(w)
@@ -440,10 +460,13 @@ def kernel_name(graph: Graph, group: Group, k: int, realized: set[int]) -> str:
 
 def computed_nodes(graph: Graph, group: Group, realized: set[int]) -> list[Node]:
     """The nodes a kernel computes (members and what they inline), in program order."""
+    return _computed_nodes(graph, group, lambda m, at: reads(graph, graph.node(m), at, realized.__contains__))
+
+
+def _computed_nodes(graph: Graph, group: Group, walk: Callable[[int, ix.Index], Reads]) -> list[Node]:
     ids: set[int] = set(group.members)
     for m in group.members:
-        n = graph.node(m)
-        ids |= reads(graph, n, member_index(group, n), lambda i: i in realized).inline
+        ids |= walk(m, member_index(group, graph.node(m))).inline
     return [n for n in graph.nodes if n.id in ids]
 
 

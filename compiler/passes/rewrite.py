@@ -27,8 +27,10 @@ def rewrite(graph: Graph, rule: Rule) -> Graph:
             continue
         inputs = tuple(alias.get(i, i) for i in n.inputs)
         node = n if inputs == n.inputs else Node(n.id, n.op, inputs, n.type, n.attrs, n.loc, n.name, n.phase, n.results)
-        with b.at(loc=n.loc, label=n.name, phase=n.phase):
-            replacement = rule(b, node)
+        # What the rule emits takes the node's place, name and phase (set, not `b.at`: no context
+        # manager for each of thousands of nodes).
+        b.loc, b.label, b.phase = n.loc, n.name, n.phase
+        replacement = rule(b, node)
         if isinstance(replacement, list):
             results[n.id] = replacement
         elif replacement is None or replacement == n.id:
