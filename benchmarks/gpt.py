@@ -29,7 +29,6 @@ With --record, writes the figures to the "GPT" section of benchmarks/RESULTS.md.
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import sys
 from pathlib import Path
@@ -190,30 +189,18 @@ def _threads() -> str:
 
 
 def record(result: dict) -> None:
-    path = HERE / "RESULTS.md"
-    text = path.read_text()
-    path.write_text(paired.replace_section(text, gpt_section(text), _section(result)))
-    print(f"wrote the GPT section of {path}", file=sys.stderr)
+    paired.record("GPT", _section(result))
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=15)
-    parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--no-kernels", action="store_true")
-    parser.add_argument("--record", action="store_true", help="write the figures to benchmarks/RESULTS.md")
-    parser.add_argument("--child", choices=("dln", "torch"), help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.child:
-        paired.child(dln_step() if args.child == "dln" else torch_step())
+    args = paired.arguments(__doc__, argv)
+    s = paired.measure(__file__, args, dln_step, torch_step)
+    if s is None:   # this process was one side of the pair
         return {}
-    result = {"step": paired.step_times(__file__, args.rounds, args.steps)}
-    s = result["step"]
+    result = {"step": s}
     print(f"GPT block: vocab {VOCAB}, D = {DIM}, {HEADS} heads, 1 layer, B = {BATCH}, T = {T}, Adam; each side in "
           f"its own process, taking turns; median over {s['rounds']} rounds of {s['steps_per_round']} steps")
-    print(f"  dln (NumPy backend)         {s['dln_numpy_ms']:8.3f} ms/step  (spread {s['dln_spread_ms']})")
-    print(f"  PyTorch eager (nn.MHA)      {s['torch_eager_ms']:8.3f} ms/step  (spread {s['torch_spread_ms']})")
-    print(f"  ratio dln / eager           {s['ratio']:8.3f}   (goal <= 1.5)")
+    paired.print_steps(s, "PyTorch eager (nn.MHA)", 1.5, 28)
     print(f"  first losses {s['first_losses']}; load average 1 min: {s['load_avg_1min_before_after']} "
           f"on {s['cpus']} cpus")
     if not args.no_kernels:

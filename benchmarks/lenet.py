@@ -17,7 +17,6 @@ With --record, writes the figures to the "LeNet" section of benchmarks/RESULTS.m
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import sys
 from pathlib import Path
@@ -70,10 +69,6 @@ def torch_step():
     import torch
 
     return paired.torch_adam_step(torch_net(), *(torch.from_numpy(a) for a in _data()))
-
-
-def child(side: str) -> None:
-    paired.child(dln_step() if side == "dln" else torch_step())
 
 
 def kernel_counts() -> dict:
@@ -150,33 +145,18 @@ def _section(result: dict) -> str:
 
 
 def record(result: dict) -> None:
-    path = HERE / "RESULTS.md"
-    text = path.read_text()
-    section = _section(result)
-    old = lenet_section(text)
-    text = paired.replace_section(text, old, section)
-    path.write_text(text)
-    print(f"wrote the LeNet section of {path}", file=sys.stderr)
+    paired.record("LeNet", _section(result))
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=15)
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--no-kernels", action="store_true")
-    parser.add_argument("--record", action="store_true", help="write the figures to benchmarks/RESULTS.md")
-    parser.add_argument("--child", choices=("dln", "torch"), help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.child:
-        child(args.child)
+    args = paired.arguments(__doc__, argv, steps=10)
+    s = paired.measure(__file__, args, dln_step, torch_step)
+    if s is None:   # this process was one side of the pair
         return {}
-    result = {"step": paired.step_times(__file__, args.rounds, args.steps)}
-    s = result["step"]
+    result = {"step": s}
     print(f"LeNet 1x28x28, batch {BATCH}, Adam; each side in its own process, taking turns; median over "
           f"{s['rounds']} rounds of {s['steps_per_round']} steps")
-    print(f"  dln (NumPy backend) {s['dln_numpy_ms']:8.3f} ms/step  (spread {s['dln_spread_ms']})")
-    print(f"  PyTorch eager       {s['torch_eager_ms']:8.3f} ms/step  (spread {s['torch_spread_ms']})")
-    print(f"  ratio dln / eager   {s['ratio']:8.3f}   (goal <= 1.5)")
+    paired.print_steps(s, "PyTorch eager", 1.5, 20)
     print(f"  load average 1 min: {s['load_avg_1min_before_after']} on {s['cpus']} cpus")
     if not args.no_kernels:
         k = result["kernels"] = kernel_counts()

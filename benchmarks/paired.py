@@ -10,6 +10,7 @@ load average before and after.
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import os
@@ -17,7 +18,10 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Callable
+
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 
 
 def child(run: Callable[[], float]) -> None:
@@ -56,6 +60,35 @@ def step_times(script: str, rounds: int, steps: int) -> dict:
             "first_losses": [round(first["dln"], 5), round(first["torch"], 5)], "rounds": rounds,
             "steps_per_round": steps, "load_avg_1min_before_after": [round(load_before, 2), round(load_after, 2)],
             "cpus": os.cpu_count()}
+
+
+def arguments(doc: str, argv: list[str] | None, steps: int = 5) -> argparse.Namespace:
+    """The command line of a paired benchmark (`doc` its module docstring); `--child` is how
+    `step_times` starts each side."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--steps", type=int, default=steps)
+    parser.add_argument("--no-kernels", action="store_true")
+    parser.add_argument("--record", action="store_true", help="write the figures to benchmarks/RESULTS.md")
+    parser.add_argument("--child", choices=("dln", "torch"), help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def measure(script: str, args: argparse.Namespace, dln_step: Callable[[], Callable[[], float]],
+            torch_step: Callable[[], Callable[[], float]]) -> dict | None:
+    """Both sides' step times (`step_times` of `script`); or, in a child (`--child dln|torch`), that
+    side's steps for the parent until it is done (`child`), and None."""
+    if args.child:
+        child(dln_step() if args.child == "dln" else torch_step())
+        return None
+    return step_times(script, args.rounds, args.steps)
+
+
+def print_steps(s: dict, torch_label: str, goal: float, width: int) -> None:
+    """`step_times`' result on stdout: each side's median and spread, and their ratio beside the goal."""
+    print(f"  {'dln (NumPy backend)':<{width}}{s['dln_numpy_ms']:8.3f} ms/step  (spread {s['dln_spread_ms']})")
+    print(f"  {torch_label:<{width}}{s['torch_eager_ms']:8.3f} ms/step  (spread {s['torch_spread_ms']})")
+    print(f"  {'ratio dln / eager':<{width}}{s['ratio']:8.3f}   (goal <= {goal})")
 
 
 def dln_adam_step(model, feeds: dict, env: dict) -> Callable[[], float]:
@@ -111,3 +144,10 @@ def find_section(results: str, heading: str) -> str:
 def replace_section(text: str, old: str, section: str) -> str:
     """RESULTS.md with `old` (a section, or "") replaced by `section`, or `section` appended."""
     return text.replace(old, section + "\n") if old else text.rstrip("\n") + "\n\n" + section
+
+
+def record(heading: str, section: str) -> None:
+    """Write `section` in place of benchmarks/RESULTS.md's section `## <heading>...`, or append it."""
+    text = RESULTS.read_text()
+    RESULTS.write_text(replace_section(text, find_section(text, heading), section))
+    print(f"wrote the {heading} section of {RESULTS}", file=sys.stderr)
