@@ -92,14 +92,12 @@ def torch_step():
 
 def kernel_counts() -> dict:
     """The Triton plan's kernels and modeled bytes per training step; eager's operators and bytes."""
-    import torch
-
     from dln.compiler import pipeline
     from dln.kernels.module import generate_module
     from dln.kernels.report import kernel_costs
     from dln.runtime.train import default_objective
 
-    from fusion import op_counter  # noqa: E402
+    from fusion import op_totals, step_ops, warm_adam  # noqa: E402
 
     model = _model()
     step = pipeline.train_step(model.train_spec, default_objective(model))
@@ -112,24 +110,12 @@ def kernel_counts() -> dict:
             "names": [c.name for c in costs]}
 
     net = torch_net()
-    opt = torch.optim.Adam(net.parameters(), lr=1e-3, foreach=True)
     x, y = _torch_data()
-    for _ in range(2):   # the first step creates the optimizer's state
-        opt.zero_grad(set_to_none=True)
-        torch.nn.functional.cross_entropy(net(x), y).backward()
-        opt.step()
-    phases = {}
-    opt.zero_grad(set_to_none=True)
-    with op_counter() as forward:
-        loss = torch.nn.functional.cross_entropy(net(x), y)
-    with op_counter() as backward:
-        loss.backward()
-    with op_counter() as update:
-        opt.step()
-    for name, mode in (("forward", forward), ("backward", backward), ("optimizer", update)):
-        phases[name] = {"ops": len(mode.ops), "bytes": sum(b for _, b in mode.ops)}
-    eager = {"ops": sum(p["ops"] for p in phases.values()), "bytes": sum(p["bytes"] for p in phases.values()),
-             "phases": phases, "attention_ops": sorted({n for n, _ in forward.ops + backward.ops if "attention" in n})}
+    opt = warm_adam(net, x, y)
+    opt.zero_grad(set_to_none=True)   # backward stores fresh gradients rather than adding into old ones
+    ops = step_ops(net, opt, x, y)
+    eager = {**op_totals(ops),
+             "attention_ops": sorted({n for n, _ in ops["forward"] + ops["backward"] if "attention" in n})}
     return {"dln": ours, "eager": eager}
 
 
