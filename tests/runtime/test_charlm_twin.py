@@ -11,19 +11,16 @@ step, and the weights after the last.
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 import dln
 from dln.runtime.schedules import Schedule
 from dln.runtime.train import Trainer, find_train, recipe_for
-
-ROOT = Path(__file__).resolve().parents[2]
+from _twins import ROOT, assert_losses_agree, first_batches, load_initial, load_twins, step_both
 STEPS = 5
 SMALL = {"dim": 8, "hidden": 16}
 # float32 over 64 time steps.  Measured: losses within 1.1e-7 relative, weights within 4e-7 (the
@@ -36,10 +33,7 @@ CLIP = 0.1
 
 @pytest.fixture(scope="module")
 def twins():
-    spec = importlib.util.spec_from_file_location("torch_twins", ROOT / "examples" / "torch_twins.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_twins()
 
 
 @pytest.mark.parametrize("name", ["lstm", "gru"])
@@ -59,33 +53,15 @@ def test_charlm_steps_match_torch(tmp_path: Path, twins, name):
     settings["clip_grad"] = CLIP
 
     net = twins.make_charlm(name, dim=SMALL["dim"], hidden=SMALL["hidden"])
-    initial = model.state_dict()
-    assert set(initial) == set(net.state_dict()), "the twin's names differ from the example's"
-    net.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in initial.items()})
+    initial = load_initial(net, model)
     opt = torch.optim.Adam(net.parameters(), lr=settings["lr"], betas=settings["betas"])
 
     trainer = Trainer(model, recipe, tmp_path, log=lambda s: None, progress=False)
     schedules = [Schedule(recipe.schedule, o.optimizer.lr, STEPS) for o in recipe.objectives]
-    train, val = twins.split(twins.text_windows(name), settings["validate"], settings["seed"])
-    assert len(val["x"]) > 0 and train["x"].shape[1] == 64
-    batches = twins.epoch_batches(len(train["x"]), settings["batch"], settings["seed"], 0)[:STEPS]
+    train, batches = first_batches(twins, name, settings, STEPS)
 
-    ours, theirs, clipped = [], [], 0
-    for idx in batches:
-        tokens, targets = train["x"][idx], train["y"][idx]
-        ours.append(trainer._step({"tokens": tokens, "targets": targets}, schedules, 0)["loss"])
-        opt.zero_grad()
-        logits = net(torch.from_numpy(tokens))
-        loss = F.cross_entropy(logits.flatten(0, 1), torch.from_numpy(targets).flatten())
-        loss.backward()
-        norm = torch.nn.utils.clip_grad_norm_(net.parameters(), settings["clip_grad"])
-        clipped += int(norm > settings["clip_grad"])
-        opt.step()
-        theirs.append(loss.item())
-
-    np.testing.assert_allclose(ours, theirs, rtol=LOSS_RTOL, atol=0)
-    assert np.ptp(theirs) > 1000 * LOSS_RTOL * max(theirs), "training did not move"
-    assert clipped >= 2, f"{clipped} steps clipped their gradients: the clip is hardly tested"
+    ours, theirs, clipped = step_both(trainer, schedules, net, opt, train, batches, settings["clip_grad"])
+    assert_losses_agree(ours, theirs, clipped, LOSS_RTOL)
     after = {k: v.detach().numpy() for k, v in net.state_dict().items()}
     for k, value in model.state_dict().items():
         np.testing.assert_allclose(np.asarray(value), after[k], rtol=0, atol=PARAM_ATOL, err_msg=k)

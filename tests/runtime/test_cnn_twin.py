@@ -13,7 +13,6 @@ comparison in examples/README.md trains, so this also checks that the table comp
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +23,7 @@ import torch.nn.functional as F
 import dln
 from dln.runtime.schedules import Schedule
 from dln.runtime.train import Trainer, find_train, recipe_for
-
-ROOT = Path(__file__).resolve().parents[2]
+from _twins import ROOT, load_twins
 EXAMPLE = ROOT / "examples" / "cnn_digits.dln"
 STEPS = 5
 # float32.  Measured: losses within 2e-7 relative, weights within 1e-6 (fc1's, where a unit's
@@ -35,13 +33,6 @@ STEPS = 5
 LOSS_RTOL = 2e-6
 PARAM_ATOL = 5e-6
 GRAD_ATOL = 1e-6    # measured: within 1e-7 of gradients up to 0.5
-
-
-def load_twins():
-    spec = importlib.util.spec_from_file_location("torch_twins", ROOT / "examples" / "torch_twins.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")

@@ -12,20 +12,17 @@ weights after the last.
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 import dln
 from dln.compiler.values import TrainValue
 from dln.runtime.schedules import Schedule
 from dln.runtime.train import Trainer, find_train, recipe_for
-
-ROOT = Path(__file__).resolve().parents[2]
+from _twins import ROOT, assert_losses_agree, first_batches, load_initial, load_twins, step_both
 STEPS = 5
 WARMUP = 2
 SMALL = {"dim": 16, "heads": 2, "layers": 2}
@@ -41,10 +38,7 @@ CLIP = 0.2
 
 @pytest.fixture(scope="module")
 def twins():
-    spec = importlib.util.spec_from_file_location("torch_twins", ROOT / "examples" / "torch_twins.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_twins()
 
 
 def test_twin_trains_as_the_example_says(twins):
@@ -71,36 +65,16 @@ def test_transformer_steps_match_torch(tmp_path: Path, twins):
     settings.update(clip_grad=CLIP, warmup=WARMUP)
 
     net = twins.make_gpt(**SMALL)
-    initial = model.state_dict()
-    assert set(initial) == set(net.state_dict()), "the twin's names differ from the example's"
-    net.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in initial.items()})
+    initial = load_initial(net, model)
     opt = twins.make_optimizer(net, settings)
     rates = twins.step_rates(settings, STEPS)
 
     trainer = Trainer(model, recipe, tmp_path, log=lambda s: None, progress=False)
     schedules = [Schedule(TrainValue("cosine", (("warmup", WARMUP),)), settings["lr"], STEPS)]
-    train, val = twins.split(twins.text_windows("gpt"), settings["validate"], settings["seed"])
-    assert len(val["x"]) > 0 and train["x"].shape[1] == 64
-    batches = twins.epoch_batches(len(train["x"]), settings["batch"], settings["seed"], 0)[:STEPS]
+    train, batches = first_batches(twins, "gpt", settings, STEPS)
 
-    ours, theirs, clipped = [], [], 0
-    for idx in batches:
-        tokens, targets = train["x"][idx], train["y"][idx]
-        ours.append(trainer._step({"tokens": tokens, "targets": targets}, schedules, 0)["loss"])
-        for group in opt.param_groups:
-            group["lr"] = next(rates)
-        opt.zero_grad()
-        logits = net(torch.from_numpy(tokens))
-        loss = F.cross_entropy(logits.flatten(0, 1), torch.from_numpy(targets).flatten())
-        loss.backward()
-        norm = torch.nn.utils.clip_grad_norm_(net.parameters(), settings["clip_grad"])
-        clipped += int(norm > settings["clip_grad"])
-        opt.step()
-        theirs.append(loss.item())
-
-    np.testing.assert_allclose(ours, theirs, rtol=LOSS_RTOL, atol=0)
-    assert np.ptp(theirs) > 1000 * LOSS_RTOL * max(theirs), "training did not move"
-    assert clipped >= 2, f"{clipped} steps clipped their gradients: the clip is hardly tested"
+    ours, theirs, clipped = step_both(trainer, schedules, net, opt, train, batches, settings["clip_grad"], rates)
+    assert_losses_agree(ours, theirs, clipped, LOSS_RTOL)
     after = {k: v.detach().numpy() for k, v in net.state_dict().items()}
     for k, value in model.state_dict().items():
         ours_k, theirs_k, first = np.asarray(value), after[k], initial[k]
