@@ -5,6 +5,7 @@ no tensor cores) and heads of 128 (the largest served) with tf32 products, which
 
 import dataclasses
 import re
+from pathlib import Path
 
 import pytest
 
@@ -14,27 +15,14 @@ from dln.kernels.aot import compile_all, disassemble
 from dln.kernels.module import generate_module
 from dln.runtime.train import default_objective
 
-BLOCK = """
-model gpt(vocab: int = 65, dim: int = 128, heads: int = {heads}, ctx: int = 64) {{
-    input tokens:  i64[B, T]
-    input targets: i64[B, T]
-    h = embedding(tokens, vocab, dim) + embedding(arange(T), ctx, dim, name = "pos")
-    h = h + attention(layernorm(h), heads = heads, causal = true)
-    logits = h -> layernorm -> linear(vocab, bias = false)
-    output loss = cross_entropy(logits, targets)
-}}
-train gpt {{
-    optimizer = adamw(lr = 1e-3)
-    minimize loss
-}}
-"""
+GPT_BLOCK = Path(__file__).resolve().parents[1] / "programs" / "gpt_block.dln"
 
 
 @pytest.fixture(scope="module", params=[(4, "ieee"), (1, "tf32")], ids=["head32-ieee", "head128-tf32"])
 def compiled(request, tmp_path_factory):
     """(precision, the attention kernels, their compiled forms, cubin directory)."""
     heads, precision = request.param
-    model = dln.compile(BLOCK.format(heads=heads), backend="numpy")
+    model = dln.compile(str(GPT_BLOCK), backend="numpy", vocab=65, dim=128, heads=heads, ctx=64)
     step = pipeline.train_step(model.train_spec, default_objective(model))
     generated = generate_module(step.graph, step.donate, precision=precision)
     kernels = [k for kernel in generated.kernels if kernel.kind.startswith("attention")

@@ -5,6 +5,8 @@ runs several blocks and ends on a ragged one (T = 37 is no multiple of 16), T = 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -23,6 +25,7 @@ from .conftest import DEVICE, graph_inputs, run_both
 F = DType.F32
 BATCH, HEADS = 2, 3
 TILES = {"BLOCK_M": 16, "BLOCK_N": 16}
+GPT_BLOCK = Path(__file__).resolve().parents[1] / "programs" / "gpt_block.dln"
 
 
 def attention_graph(tq: int, tk: int, E: int, Ev: int, causal: bool, mask: str | None, train: bool) -> Graph:
@@ -114,25 +117,11 @@ def test_lse_and_a_row_without_keys(rng, close, tq, tk, E, Ev, causal, mask):
         assert np.isneginf(got["lse"][:, :, 2]).all() and (got["out"][:, :, 2] == 0).all()
 
 
-GPT = """
-model gpt(vocab: int = 11, dim: int = 24, heads: int = 2, ctx: int = 16) {
-    input tokens:  i64[B, T]
-    input targets: i64[B, T]
-    h = embedding(tokens, vocab, dim) + embedding(arange(T), ctx, dim, name = "pos")
-    h = h + attention(layernorm(h), heads = heads, causal = true)
-    logits = h -> layernorm -> linear(vocab, bias = false)
-    output loss = cross_entropy(logits, targets)
-}
-train gpt {
-    optimizer = adamw(lr = 1e-3)
-    minimize loss
-}
-"""
 
 
 @pytest.fixture(scope="module")
 def gpt_step():
-    model = dln.compile(GPT, backend="numpy")
+    model = dln.compile(str(GPT_BLOCK), backend="numpy")
     return pipeline.train_step(model.train_spec, default_objective(model))
 
 
