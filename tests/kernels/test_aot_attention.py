@@ -3,17 +3,16 @@ without a GPU and spill nothing at the cost model's tiles: heads of 32 with exac
 no tensor cores) and heads of 128 (the largest served) with tf32 products, which run on the tensor cores
 (HMMA, mma.sync) on both targets."""
 
-import dataclasses
-import re
 from pathlib import Path
 
 import pytest
 
 import dln
 from dln.compiler import pipeline
-from dln.kernels.aot import compile_all, disassemble
 from dln.kernels.module import generate_module
 from dln.runtime.train import default_objective
+
+from .aot_build import TARGETS, check_products, compile_kernels
 
 GPT_BLOCK = Path(__file__).resolve().parents[1] / "programs" / "gpt_block.dln"
 
@@ -28,17 +27,14 @@ def compiled(request, tmp_path_factory):
     kernels = [k for kernel in generated.kernels if kernel.kind.startswith("attention")
                for k in (kernel.inner if kernel.host else [kernel])]
     out = tmp_path_factory.mktemp(f"aot_attention_{precision}")
-    module = out / "kernels.py"
-    module.write_text(generated.source)
-    results = compile_all(dataclasses.replace(generated, kernels=kernels), str(module), ["sm_80", "sm_90"],
-                          str(out))
+    results = compile_kernels(generated, kernels, out)
     return precision, kernels, results, out
 
 
 def test_forward_dq_and_dkdv_compile(compiled):
     _, kernels, results, _ = compiled
     assert sorted(k.kind for k in kernels) == ["attention", "attention_dkdv", "attention_dq"]
-    for target in ("sm_80", "sm_90"):
+    for target in TARGETS:
         assert sorted(r.name for r in results if r.target == target) == sorted(k.name for k in kernels)
 
 
@@ -49,10 +45,4 @@ def test_no_spills(compiled):
 
 def test_products_on_the_tensor_cores_under_tf32(compiled):
     precision, _, results, out = compiled
-    for r in results:
-        sass = disassemble(out / r.cubin)
-        mma = re.findall(r"\b(HMMA|HGMMA)\b", sass)
-        if precision == "ieee":
-            assert not mma and "FFMA" in sass, r.name
-        else:
-            assert mma, (r.name, r.target)
+    check_products(results, out, precision)

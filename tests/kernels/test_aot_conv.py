@@ -2,7 +2,6 @@
 linear) compile for sm_80 and sm_90 without a GPU, spill nothing, and run their products on the tensor
 cores: HMMA on sm_80; on sm_90 HGMMA (wgmma) where a tile has 64 rows or more, HMMA (mma.sync) below."""
 
-import dataclasses
 import re
 from pathlib import Path
 
@@ -11,9 +10,11 @@ import pytest
 import dln
 from dln.compiler import pipeline
 from dln.compiler.ir import GroupOp
-from dln.kernels.aot import compile_all, disassemble
+from dln.kernels.aot import disassemble
 from dln.kernels.module import generate_module
 from dln.runtime.train import recipe_for
+
+from .aot_build import TARGETS, compile_kernels
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = ROOT / "tests" / "programs" / "cnn_small.dln"
@@ -29,10 +30,7 @@ def compiled(request, tmp_path_factory):
     generated = generate_module(step.graph, step.donate, precision=request.param)
     convolutions = [k for k in generated.kernels if k.kind == "convolution"]
     out = tmp_path_factory.mktemp(f"aot_conv_{request.param}")
-    module = out / "kernels.py"
-    module.write_text(generated.source)
-    results = compile_all(dataclasses.replace(generated, kernels=convolutions), str(module), ["sm_80", "sm_90"],
-                          str(out))
+    results = compile_kernels(generated, convolutions, out)
     return request.param, generated, results, out
 
 
@@ -44,7 +42,7 @@ def test_every_convolution_op_has_its_kernel(compiled):
     assert all(g.node(group.members[0]).op in GroupOp.Convolution
                for group in generated.plan.groups if group.kind == "convolution")
     names = {k.name for k in generated.kernels if k.kind == "convolution"}
-    for target in ("sm_80", "sm_90"):
+    for target in TARGETS:
         assert {r.name for r in results if r.target == target} == names
 
 

@@ -2,15 +2,14 @@
 the matmul kernels that carry the bias, the GELU (its derivative, in the backward) and the residual add as
 their epilogue compile for sm_80 and sm_90 without a GPU and spill nothing."""
 
-import dataclasses
-
 import dln
 from dln.compiler import pipeline
 from dln.compiler.autodiff import grad
 from dln.compiler.ir import GroupOp, Op
-from dln.kernels.aot import compile_all
 from dln.kernels.module import generate_module
 from dln.kernels.report import computed_nodes
+
+from .aot_build import compile_kernels
 
 SOURCE = """
 model m() {
@@ -35,9 +34,7 @@ def test_epilogue_kernels_compile_without_spills(tmp_path):
     fused = [k for k, ops in products if ops & GroupOp.Elementwise]
     # The GELU, its derivative (exp) kept for the backward, the bias and the residual add.
     assert set().union(*(ops for k, ops in products if k in fused)) >= {Op.ERF, Op.EXP, Op.ADD}
-    module = tmp_path / "kernels.py"
-    module.write_text(generated.source)
-    results = compile_all(dataclasses.replace(generated, kernels=fused), str(module), ["sm_80", "sm_90"])
+    results = compile_kernels(generated, fused, tmp_path)
     assert len(results) == 2 * len(fused)
     for r in results:
         assert r.spills == 0 and r.fits, r.describe()

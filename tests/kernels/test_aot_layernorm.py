@@ -3,13 +3,11 @@ sm_90 without a GPU and spill nothing at the cost model's configuration, for an 
 padded row, 16 rows a program) and a wide one (2304 = 3 x 768: a 4096-wide padded row, one row a program
 on 8 warps), with the affine weight and bias and without (dx alone: no second stage)."""
 
-import dataclasses
-
 import pytest
 
-from dln.kernels.aot import compile_all
 from dln.kernels.module import generate_module
 
+from .aot_build import compile_kernels
 from .test_layernorm import _grad_graph
 
 
@@ -26,9 +24,7 @@ def test_layernorm_kernels_compile_without_spills(n, affine, tmp_path):
     kernels = _jit(generated.kernels)
     second_stage = ["layernorm_sum"] if affine else []
     assert sorted(k.kind for k in kernels) == ["layernorm", *second_stage, "layernorm_vjp"]
-    module = tmp_path / "kernels.py"
-    module.write_text(generated.source)
-    results = compile_all(dataclasses.replace(generated, kernels=kernels), str(module), ["sm_80", "sm_90"])
+    results = compile_kernels(generated, kernels, tmp_path)
     assert len(results) == 2 * len(kernels)
     for r in results:
         assert r.spills == 0 and r.fits, r.describe()

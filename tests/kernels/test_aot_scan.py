@@ -5,14 +5,11 @@ the tensor cores when the precision allows: HMMA (mma.sync) for tf32 on both tar
 tiles; Hopper's wgmma (HGMMA) takes 64-row tiles, which the four [BLOCK_B, H] gate blocks in registers
 do not leave room for — and plain FFMA for exact fp32 ("ieee")."""
 
-import dataclasses
-import re
-
 import pytest
 
-from dln.kernels.aot import compile_all, disassemble
 from dln.kernels.module import generate_module
 
+from .aot_build import TARGETS, check_products, compile_kernels
 from .scan_graphs import layer
 
 
@@ -22,9 +19,7 @@ def compiled(request, tmp_path_factory):
     generated = generate_module(layer("lstm", 64, 128, train=True), precision=request.param)
     scans = [k for k in generated.kernels if k.kind == "scan"]
     out = tmp_path_factory.mktemp(f"aot_scan_{request.param}")
-    module = out / "kernels.py"
-    module.write_text(generated.source)
-    results = compile_all(dataclasses.replace(generated, kernels=scans), str(module), ["sm_80", "sm_90"], str(out))
+    results = compile_kernels(generated, scans, out)
     return request.param, generated, results, out
 
 
@@ -32,7 +27,7 @@ def test_forward_and_backward_scans_compile(compiled):
     _, generated, results, _ = compiled
     names = [k.name for k in generated.kernels if k.kind == "scan"]
     assert len(names) == 2 and "vjp" in names[1]
-    for target in ("sm_80", "sm_90"):
+    for target in TARGETS:
         assert sorted(r.name for r in results if r.target == target) == sorted(names)
 
 
@@ -46,10 +41,4 @@ def test_no_spills(compiled):
 
 def test_tensor_cores(compiled):
     precision, _, results, out = compiled
-    for r in results:
-        sass = disassemble(out / r.cubin)
-        mma = re.findall(r"\b(HMMA|HGMMA)\b", sass)
-        if precision == "ieee":
-            assert not mma and "FFMA" in sass, r.name   # exact fp32 products: no tensor cores
-        else:
-            assert "HMMA" in mma, (r.name, r.target)
+    check_products(results, out, precision, tensor_cores=("HMMA",))
