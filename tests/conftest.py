@@ -7,6 +7,7 @@ set explicitly so numerics do not depend on Triton's changing default.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -27,6 +28,15 @@ def run_dln(*args: str, cwd: Path | None = None, timeout: float = 300) -> subpro
     """The `dln` command, as a user runs it."""
     return subprocess.run([sys.executable, "-m", "dln", *args], capture_output=True, text=True,
                           cwd=cwd or ROOT, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def twins():
+    """examples/torch_twins.py as a module: the PyTorch twins of the example models."""
+    spec = importlib.util.spec_from_file_location("torch_twins", EXAMPLES / "torch_twins.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture

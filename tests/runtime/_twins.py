@@ -1,10 +1,9 @@
-"""The half that the char-LM twin tests share: examples/torch_twins.py as a module, dln's initial
-weights put into a twin, both sides stepped on the same batches of text windows, and the checks
-that the losses agree and that training moved."""
+"""The half that the char-LM twin tests share: dln's initial weights put into a twin, both sides
+stepped on the same batches of text windows, and the checks that the losses agree and that training
+moved.  The twins themselves (examples/torch_twins.py) are tests/conftest.py's `twins` fixture."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from types import ModuleType
 from typing import Iterator
@@ -14,13 +13,6 @@ import torch
 import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def load_twins() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("torch_twins", ROOT / "examples" / "torch_twins.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def load_initial(net: torch.nn.Module, model) -> dict:

@@ -20,7 +20,8 @@ import torch
 import dln
 from dln.runtime.schedules import Schedule
 from dln.runtime.train import Trainer, find_train, recipe_for
-from _twins import ROOT, assert_losses_agree, first_batches, load_initial, load_twins, step_both
+from _twins import ROOT, assert_losses_agree, first_batches, load_initial, step_both
+
 STEPS = 5
 SMALL = {"dim": 8, "hidden": 16}
 # float32 over 64 time steps.  Measured: losses within 1.1e-7 relative, weights within 4e-7 (the
@@ -29,11 +30,6 @@ SMALL = {"dim": 8, "hidden": 16}
 LOSS_RTOL = 2e-6
 PARAM_ATOL = 5e-6
 CLIP = 0.1
-
-
-@pytest.fixture(scope="module")
-def twins():
-    return load_twins()
 
 
 @pytest.mark.parametrize("name", ["lstm", "gru"])

@@ -23,7 +23,8 @@ import torch.nn.functional as F
 import dln
 from dln.runtime.schedules import Schedule
 from dln.runtime.train import Trainer, find_train, recipe_for
-from _twins import ROOT, load_twins
+
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "cnn_digits.dln"
 STEPS = 5
 # float32.  Measured: losses within 2e-7 relative, weights within 1e-6 (fc1's, where a unit's
@@ -33,11 +34,6 @@ STEPS = 5
 LOSS_RTOL = 2e-6
 PARAM_ATOL = 5e-6
 GRAD_ATOL = 1e-6    # measured: within 1e-7 of gradients up to 0.5
-
-
-@pytest.fixture(scope="module")
-def twins():
-    return load_twins()
 
 
 @pytest.mark.parametrize("name", ["cnn", "dcgan", "autoencoder"])

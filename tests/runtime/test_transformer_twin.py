@@ -15,14 +15,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 
 import dln
 from dln.compiler.values import TrainValue
 from dln.runtime.schedules import Schedule
 from dln.runtime.train import Trainer, find_train, recipe_for
-from _twins import ROOT, assert_losses_agree, first_batches, load_initial, load_twins, step_both
+from _twins import ROOT, assert_losses_agree, first_batches, load_initial, step_both
+
 STEPS = 5
 WARMUP = 2
 SMALL = {"dim": 16, "heads": 2, "layers": 2}
@@ -34,11 +34,6 @@ SMALL = {"dim": 16, "heads": 2, "layers": 2}
 LOSS_RTOL = 2e-6
 PARAM_ATOL = 5e-6
 CLIP = 0.2
-
-
-@pytest.fixture(scope="module")
-def twins():
-    return load_twins()
 
 
 def test_twin_trains_as_the_example_says(twins):
