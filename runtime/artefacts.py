@@ -86,13 +86,13 @@ def graph_dot(model, kernels: bool = False) -> str:
     groups: list[tuple[str, list[int]]] = []
     if kernels:
         from dln.compiler.fusion.planner import plan_graph
-        from dln.kernels.kinds import has_kernel
+        from dln.kernels.kinds import kept_in
         from dln.kernels.report import computed_nodes
         from dln.runtime.train import default_objective
 
         step = pipeline.train_step(model.train_spec, default_objective(model))
         # The graph the Triton backend plans: composites it has no kernel for decomposed (generate_module).
-        graph = pipeline.lower(step.graph, has_kernel)
+        graph = pipeline.lower(step.graph, kept_in(step.graph))
         plan = plan_graph(graph, step.donate)
         groups = [(k.name, [n.id for n in computed_nodes(plan, k)]) for k in plan.kernels]
     lines = [f"digraph {json.dumps(graph.name)} {{", "  rankdir=TB;", "  node [shape=box, fontsize=10];"]

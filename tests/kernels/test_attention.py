@@ -132,13 +132,14 @@ def test_the_plan_keeps_attention_whole_and_stores_no_scores(gpt_step):
     graph = pipeline.lower(gpt_step.graph, kept_in(gpt_step.graph))
     plan = plan_graph(graph, gpt_step.donate)
     composites = [graph.node(g.members[0]).attrs["composite"] for g in plan.groups if g.kind == "composite"]
-    assert sorted(composites) == ["sdpa", "sdpa_vjp"]
+    assert sorted(c for c in composites if c.startswith("sdpa")) == ["sdpa", "sdpa_vjp"]   # beside layer norms
     env = {"B": 3, "T": 13}
     for node_id in plan.stored():   # nothing T x T: no scores, no probabilities
         shape = [evaluate(d, env) if not isinstance(d, int) else d for d in graph.node(node_id).shape]
         assert shape[-2:] != [13, 13], graph.node(node_id)
     # q, k and v are read through their views of the projection, not copied out of it
-    sdpa = next(g for g in plan.groups if g.kind == "composite")
+    sdpa = next(g for g in plan.groups if g.kind == "composite"
+                and graph.node(g.members[0]).attrs["composite"] == "sdpa")
     assert {graph.node(i).op for i in graph.node(sdpa.members[0]).inputs} == {Op.PERMUTE}
     assert all(i not in plan.realized for i in graph.node(sdpa.members[0]).inputs)
 

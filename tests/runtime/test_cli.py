@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -296,7 +297,7 @@ def test_graph_writes_svg_through_dot(project: Path, monkeypatch, capsys):
                         "assert sys.argv[1] == '-Tsvg' and source.startswith('digraph')\n"
                         "open(sys.argv[3], 'w').write('<svg/>')\n")
     fake_dot.chmod(0o755)
-    monkeypatch.setattr(cli.shutil, "which", lambda name: str(fake_dot) if name == "dot" else None)
+    monkeypatch.setattr(shutil, "which", lambda name: str(fake_dot) if name == "dot" else None)
     assert cli.main(["graph", "mlp.dln", "-o", "g.svg"]) == 0
     assert (project / "g.svg").read_text() == "<svg/>"
     assert "wrote g.svg" in capsys.readouterr().out
@@ -305,7 +306,7 @@ def test_graph_writes_svg_through_dot(project: Path, monkeypatch, capsys):
 def test_graph_without_dot_writes_dot_and_says_so(project: Path, monkeypatch, capsys):
     from dln.runtime import cli
 
-    monkeypatch.setattr(cli.shutil, "which", lambda name: None)
+    monkeypatch.setattr(shutil, "which", lambda name: None)
     assert cli.main(["graph", "mlp.dln", "-o", "g.svg"]) == 0
     out = capsys.readouterr()
     assert not (project / "g.svg").exists()
