@@ -1,4 +1,4 @@
-"""The convolutional examples' and the char-LMs' twins in PyTorch: the same networks, trained the same way.
+"""The convolutional examples', the char-LMs' and the vision transformer's twins in PyTorch: the same networks, trained the same way.
 
 Each twin has the example's layers and sizes, under the same parameter names (so a dln state
 dict loads into it by name and back), PyTorch's default initialization (which is dln's), the
@@ -11,8 +11,8 @@ GAN, the same gradient clipping.  CPU, float32.  It prints the metrics
 evaluation mode; `time` is the whole run's wall time (data, set-up, dln's compile), `epochs_time`
 the epochs' alone (training steps and validation), `cpu` the process's CPU time.
 
-    .venv/bin/python examples/torch_twins.py cnn|dcgan|autoencoder|lstm|gru|gpt|all          # PyTorch
-    .venv/bin/python examples/torch_twins.py cnn|dcgan|autoencoder|lstm|gru|gpt|all --dln    # dln.train, same measures
+    .venv/bin/python examples/torch_twins.py cnn|dcgan|autoencoder|lstm|gru|gpt|vit|all        # PyTorch
+    .venv/bin/python examples/torch_twins.py cnn|dcgan|autoencoder|lstm|gru|gpt|vit|all --dln  # dln.train, same measures
 
 Each side runs in its own process (two thread pools in one process, OpenBLAS's and PyTorch's,
 slow each other down on a small machine); examples/README.md's numbers were taken with
@@ -35,7 +35,8 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 FILES = {"cnn": "cnn_digits.dln", "dcgan": "dcgan_digits.dln", "autoencoder": "conv_autoencoder_digits.dln",
-         "lstm": "lstm_charlm.dln", "gru": "gru_charlm.dln", "gpt": "transformer_charlm.dln"}
+         "lstm": "lstm_charlm.dln", "gru": "gru_charlm.dln", "gpt": "transformer_charlm.dln",
+         "vit": "vit_digits.dln"}
 CHARLMS = ("lstm", "gru", "gpt")   # character-level language models of dataset("text")
 # The train sections' settings (the files are the reference; `settings_of` checks these against them).
 SETTINGS = {
@@ -48,6 +49,8 @@ SETTINGS = {
             "clip_grad": 1.0},
     "gpt": {"validate": 0.1, "lr": 3e-3, "betas": (0.9, 0.999), "batch": 32, "epochs": 4, "seed": 0,
             "clip_grad": 1.0, "optimizer": "adamw", "weight_decay": 0.01, "warmup": 100},
+    "vit": {"validate": 0.2, "lr": 3e-3, "betas": (0.9, 0.999), "batch": 64, "epochs": 30, "seed": 0,
+            "optimizer": "adamw", "weight_decay": 0.01, "warmup": 50},
 }
 VOCAB, DIM, HIDDEN = 103, 64, 256   # the char-LMs' hyperparameters
 GPT = {"vocab": 103, "dim": 128, "layers": 2, "heads": 4, "ctx": 64}   # transformer_charlm's
@@ -228,8 +231,48 @@ def make_gpt(vocab: int = GPT["vocab"], dim: int = GPT["dim"], layers: int = GPT
     return GPTModel()
 
 
+def make_vit(dim: int = 64, heads: int = 4, layers: int = 2, classes: int = 10):
+    """examples/vit_digits.dln: 16 patches of 2x2 pixels -> embed + pos -> pre-LN encoder layers
+    (nn.MultiheadAttention, not causal; a 2x GELU MLP) -> ln_f -> mean over patches -> head."""
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+    class EncoderLayer(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.ln1 = nn.LayerNorm(dim)
+            self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+            self.ln2 = nn.LayerNorm(dim)
+            self.fc = nn.Linear(dim, 2 * dim)
+            self.proj = nn.Linear(2 * dim, dim)
+
+        def forward(self, x):
+            a = self.ln1(x)
+            x = x + self.attn(a, a, a, need_weights=False)[0]
+            return x + self.proj(F.gelu(self.fc(self.ln2(x))))
+
+    class ViT(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = nn.Linear(4, dim)
+            self.pos = nn.Embedding(16, dim)
+            self.layer = nn.ModuleList(nn.ModuleDict({"block": EncoderLayer()}) for _ in range(layers))
+            self.ln_f = nn.LayerNorm(dim)
+            self.head = nn.Linear(dim, classes)
+
+        def forward(self, images):
+            patches = images.reshape(-1, 4, 2, 4, 2).permute(0, 1, 3, 2, 4).reshape(-1, 16, 4)
+            h = self.embed(patches) + self.pos(torch.arange(16))
+            for layer in self.layer:
+                h = layer["block"](h)
+            return self.head(self.ln_f(h).mean(1))
+
+    return ViT()
+
+
 MAKERS = {"cnn": make_cnn, "dcgan": make_dcgan, "autoencoder": make_autoencoder,
-          "lstm": lambda: make_charlm("lstm"), "gru": lambda: make_charlm("gru"), "gpt": make_gpt}
+          "lstm": lambda: make_charlm("lstm"), "gru": lambda: make_charlm("gru"), "gpt": make_gpt, "vit": make_vit}
 
 
 # ---- what dln train feeds -------------------------------------------------------------------------------------
@@ -362,7 +405,7 @@ def _losses(name: str, net, images, y) -> dict:
     import torch.nn.functional as F
 
     out = net(images)
-    if name == "cnn":
+    if name in ("cnn", "vit"):
         return {"loss": F.cross_entropy(out, y), "accuracy": (out.argmax(1) == y).float().mean()}
     if name in CHARLMS:   # `images` are the token windows; classes on the last axis, every position counted
         return {"loss": F.cross_entropy(out.flatten(0, 1), y.flatten()),
