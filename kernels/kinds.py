@@ -48,12 +48,16 @@ COMPOSITE_TEMPLATES: dict[str, Callable[[FusionPlan, Group, int, str], KernelSou
 
 def kept_in(graph: Graph) -> Callable[[Node], bool]:
     """Which composites of `graph` keep their kernel (`pipeline.lower`'s `keep`).  One inside a loop body
-    (not a node of `graph` itself) is decomposed: a body's kernels are the persistent loop's or its own."""
+    (not a node of `graph` itself) is decomposed: a body's kernels are the persistent loop's or its own.
+    The pass hands over a node whose inputs it may have renamed (an operand decomposed before it): the
+    node of `graph` it stands for is the one with its id and its very attributes, and has its operands'
+    types."""
     def has_kernel(n: Node) -> bool:
         serves = COMPOSITE_KERNELS.get(n.attrs["composite"])
-        if serves is None or n.id not in graph or graph.node(n.id) is not n:
+        own = graph.node(n.id) if n.id in graph else None
+        if serves is None or own is None or own.attrs is not n.attrs:
             return False
-        return serves(n, [graph.node(i).type for i in n.inputs])
+        return serves(own, [graph.node(i).type for i in own.inputs])
     return has_kernel
 
 

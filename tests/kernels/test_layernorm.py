@@ -104,3 +104,20 @@ def test_the_kernels_are_used():
     # Without a backward nothing reads the statistics: y alone is stored.
     (inference,) = generate_module(pipeline.forward_graph(model.train_spec, ["y"])).kernels
     assert inference.kind == "layernorm" and inference.source.count("tl.store(") == 1
+
+
+def test_kept_even_when_its_operand_was_a_composite_decomposed_before_it():
+    """The decompose pass renames the inputs of a node whose operand it replaced (here a cross-entropy,
+    which the Triton target decomposes): the layer norm after it keeps its kernel all the same."""
+    from dln.compiler.ir import Op
+    from dln.kernels.kinds import kept_in
+
+    model = dln.compile("""
+        model m() {
+            input x: f32[B, 5, 7]
+            input y: i64[B, 5]
+            output z = layernorm(cross_entropy(x, y, reduction = "none"))
+        }""", backend="numpy")
+    graph = pipeline.forward_graph(model.spec)
+    lowered = pipeline.lower(graph, kept_in(graph))
+    assert [n.attrs["composite"] for n in lowered.nodes if n.op is Op.COMPOSITE] == ["layernorm"]
