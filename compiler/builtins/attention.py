@@ -119,22 +119,19 @@ def attention(cx, x: TENSOR, heads: INT, causal: BOOL = False, context: TENSOR =
         wq = cx.param("q_proj_weight", (dim, dim), InitSpec("xavier_uniform", (("gain", 1.0),)), dtype)
         wk = cx.param("k_proj_weight", (dim, kdim), InitSpec("xavier_uniform", (("gain", 1.0),)), dtype)
         wv = cx.param("v_proj_weight", (dim, kdim), InitSpec("xavier_uniform", (("gain", 1.0),)), dtype)
-    if bias:
-        bi = cx.param("in_proj_bias", (3 * dim,), InitSpec("zeros"), dtype)
-        bq, bk, bv = (b.slice_axis(bi, 0, k * dim, (k + 1) * dim) for k in range(3))
+    bi = cx.param("in_proj_bias", (3 * dim,), InitSpec("zeros"), dtype) if bias else None
+    bq, bk, bv = (b.slice_axis(bi, 0, k * dim, (k + 1) * dim) for k in range(3)) if bias else (None,) * 3
 
     def project(t, weight, offset):
         y = b.matmul(t, b.transpose(weight))
-        return b.add(y, offset) if bias else y
+        return y if offset is None else b.add(y, offset)
 
     if context is None:
         # Self-attention: one product for q, k and v together, as torch's in_projection_packed.
-        qkv = b.matmul(x, b.transpose(w))
-        qkv = b.add(qkv, bi) if bias else qkv
+        qkv = project(x, w, bi)
         q, k, v = (b.slice_axis(qkv, -1, j * dim, (j + 1) * dim) for j in range(3))
     else:
-        q, k, v = project(x, wq, bq if bias else None), project(memory, wk, bk if bias else None), \
-            project(memory, wv, bv if bias else None)
+        q, k, v = project(x, wq, bq), project(memory, wk, bk), project(memory, wv, bv)
     q, k, v = (_heads(cx, t, heads) for t in (q, k, v))
     mask_bias, grad = None, False
     if mask is not None:
