@@ -84,7 +84,6 @@ def train_step(model: BuiltModel, objective: Objective, clip_grad: float | None 
     return step
 
 
-
 def lower(graph: Graph, keep: Keep = keep_none, debug: bool = False) -> Graph:
     """`graph` as a backend runs it: the composites `keep` refuses (those it has no kernel for) replaced by
     their decompositions, then optimized again (the same graph when there were none)."""

@@ -1,4 +1,5 @@
-"""The convolutional examples', the char-LMs' and the vision transformer's twins in PyTorch: the same networks, trained the same way.
+"""The convolutional examples', the char-LMs' and the vision transformer's twins in PyTorch: the same
+networks, trained the same way.
 
 Each twin has the example's layers and sizes, under the same parameter names (so a dln state
 dict loads into it by name and back), PyTorch's default initialization (which is dln's), the
@@ -12,7 +13,7 @@ evaluation mode; `time` is the whole run's wall time (data, set-up, dln's compil
 the epochs' alone (training steps and validation), `cpu` the process's CPU time.
 
     .venv/bin/python examples/torch_twins.py cnn|dcgan|autoencoder|lstm|gru|gpt|vit|all        # PyTorch
-    .venv/bin/python examples/torch_twins.py cnn|dcgan|autoencoder|lstm|gru|gpt|vit|all --dln  # dln.train, same measures
+    .venv/bin/python examples/torch_twins.py cnn|dcgan|autoencoder|lstm|gru|gpt|vit|all --dln  # dln.train
 
 Each side runs in its own process (two thread pools in one process, OpenBLAS's and PyTorch's,
 slow each other down on a small machine); examples/README.md's numbers were taken with

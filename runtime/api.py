@@ -309,8 +309,9 @@ class Model:
         """`tokens` characters generated after `prompt` by a character-level language model (an input of
         token ids [B, T], an output of logits [B, T, vocab]).  Recurrent layers carry their state from
         token to token; a model without them re-runs the last `window` characters for each (by default
-        the window its train section's `dataset("text")` trains on, else all).  `temperature` 0 picks the likeliest character; otherwise a draw from
-        softmax(logits / temperature), reproducible for a `seed`.  `vocab`: the characters of ids 0, 1,
+        the window its train section's `dataset("text")` trains on, else all).  `temperature` 0 picks
+        the likeliest character; otherwise a draw from softmax(logits / temperature), reproducible for a
+        `seed`.  `vocab`: the characters of ids 0, 1,
         ... (default: the vocabulary the weights record, else the train section's text data set's)."""
         return "".join(self._generate(prompt, tokens, temperature, seed, window, vocab))
 

@@ -355,6 +355,7 @@ def signature(b: Builtin) -> str:
 
 
 # Register the families (import order fixes nothing but the help listing).
-from dln.compiler.builtins import tensor_ops, reductions, shape_ops, nn, conv, recurrent, pooling, losses, inits, attention  # noqa: E402,F401,E501
+from dln.compiler.builtins import (tensor_ops, reductions, shape_ops, nn, conv, recurrent, pooling,  # noqa: E402,F401
+                                   losses, inits, attention)
 
 
