@@ -30,8 +30,9 @@ def _scores_mask(torch, n: Node, q, k, bias):
 
 
 def _sdpa(torch, F, n: Node, q, k, v, bias):
+    """(F.sdpa's output, the mask it took)."""
     mask = _scores_mask(torch, n, q, k, bias)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=n.attrs["scale"])
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=n.attrs["scale"]), mask
 
 
 def sdpa(n: Node, a: list[Any]):
@@ -39,10 +40,8 @@ def sdpa(n: Node, a: list[Any]):
     import torch.nn.functional as F
 
     q, k, v = a[:3]
-    bias = a[3] if n.attrs["masked"] else None
-    out = _sdpa(torch, F, n, q, k, v, bias)
+    out, mask = _sdpa(torch, F, n, q, k, v, a[3] if n.attrs["masked"] else None)
     scores = q @ k.transpose(-2, -1) * n.attrs["scale"]
-    mask = _scores_mask(torch, n, q, k, bias)
     lse = torch.logsumexp(scores if mask is None else scores + mask, -1)
     return out, lse
 
@@ -57,7 +56,7 @@ def sdpa_vjp(n: Node, a: list[Any]):
     with torch.enable_grad():
         leaves = [t.detach().requires_grad_() for t in (q, k, v)]
         mask = bias.detach().requires_grad_() if n.attrs["bias_grad"] else bias
-        out = _sdpa(torch, F, n, *leaves, mask)
+        out, _ = _sdpa(torch, F, n, *leaves, mask)
         wrt = leaves + ([mask] if n.attrs["bias_grad"] else [])
         grads = torch.autograd.grad(out, wrt, dout)   # a mask's: summed over the axes it broadcasts along
     return tuple(g.detach() for g in grads)
