@@ -93,7 +93,6 @@ def torch_step():
 def kernel_counts() -> dict:
     """The Triton plan's kernels and modeled bytes per training step; eager's operators and bytes."""
     from dln.compiler import pipeline
-    from dln.compiler.autodiff import grad
     from dln.kernels.module import generate_module, jit_kernels
     from dln.kernels.report import kernel_costs
     from dln.runtime.train import default_objective
@@ -108,10 +107,7 @@ def kernel_counts() -> dict:
     for c in costs:
         kinds[c.kind] = kinds.get(c.kind, 0) + 1
     # The gradient alone (forward + backward, no optimizer), as torch.compile's 37 was counted.
-    spec = model.train_spec
-    full, grads, _ = grad(spec.graph, spec.values["loss"], [p.node for p in spec.params])
-    outputs = [("loss", spec.values["loss"])] + [(f"grad:{p.name}", grads[p.node]) for p in spec.params]
-    gradient = generate_module(pipeline.optimize(full.with_outputs(outputs)))
+    gradient = generate_module(pipeline.gradient_graph(model.train_spec, "loss"))
     ours = {"kernels": len(costs), "bytes": sum(c.bytes for c in costs), "kinds": kinds,
             "names": [c.name for c in costs],
             # a host function (attention's and layer norm's backward) launches two Triton kernels

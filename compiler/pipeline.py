@@ -5,6 +5,7 @@
          ──forward_graph──► the graph of the requested values, optimized (in evaluation mode,
                             per-channel affine maps folded into the conv or matmul before them)
          ──train_step──► forward + backward + optimizer update, optimized
+         ──gradient_graph──► forward + backward alone: a loss and its gradients
          ──lower──► what a backend runs: every composite it has no kernel for decomposed
                     into primitives (the backends call it in `prepare`)
          ──(kernels)──► fusion plan and Triton source, in dln.kernels
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
+from dln.compiler.autodiff import grad
 from dln.compiler.build import BuiltModel, build_model
 from dln.compiler.ir import Graph
 from dln.compiler.passes.cse import cse
@@ -29,7 +31,7 @@ from dln.compiler.program import load
 from dln.compiler.recipe import Objective
 from dln.compiler.training import TrainStep, build_step
 
-__all__ = ["load", "build_model", "forward_graph", "train_step", "optimize", "lower", "PASSES"]
+__all__ = ["load", "build_model", "forward_graph", "train_step", "gradient_graph", "optimize", "lower", "PASSES"]
 
 # The optimization passes, in order.
 PASSES: list[tuple[str, Callable[[Graph], Graph]]] = [
@@ -82,6 +84,18 @@ def train_step(model: BuiltModel, objective: Objective, clip_grad: float | None 
     step = build_step(model, objective, clip_grad)
     step.graph = optimize(step.graph, debug)
     return step
+
+
+def gradient_graph(model: BuiltModel, loss: str, debug: bool = False) -> Graph:
+    """The value of scalar `loss` (`loss`), its gradient for every parameter it reaches (`grad:<name>`) and
+    the new model state: forward and backward without an optimizer (`Model.value_and_grad`)."""
+    loss_id = model.values[loss]
+    # Outputs named before autodiff, which may replace nodes (a composite's decomposition), read after.
+    full, grads, _ = grad(model.graph.with_outputs([("loss", loss_id)] + model.state_outputs()), loss_id,
+                          [p.node for p in model.params])
+    outputs = list(full.outputs) + [(f"grad:{p.name}", grads[p.node]) for p in model.params
+                                    if grads[p.node] is not None]
+    return optimize(full.with_outputs(outputs), debug)
 
 
 def lower(graph: Graph, keep: Keep = keep_none, debug: bool = False) -> Graph:

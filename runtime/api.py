@@ -21,7 +21,6 @@ from typing import Any, Iterable, Iterator, Mapping
 import numpy as np
 
 from dln.compiler import pipeline
-from dln.compiler.autodiff import grad as grad_graph
 from dln.compiler.build import BuiltModel, InputInfo
 from dln.compiler.ir import Graph, Op
 from dln.compiler.limits import DEFAULT_LIMITS, Limits
@@ -247,11 +246,7 @@ class Model:
             raise DlnError(Diagnostic("E0602", f"model {self.name} has no value '{loss}'", spec.decl.name.span))
         key = ("grad", loss)
         if key not in self._prepared:
-            params = [p.node for p in spec.params]
-            full, grads, _ = grad_graph(spec.graph, spec.values[loss], params)
-            outs = [("loss", spec.values[loss])] + [(f"grad:{p.name}", grads[p.node]) for p in spec.params
-                                                    if grads[p.node] is not None]
-            graph = pipeline.optimize(full.with_outputs(outs + spec.state_outputs()), self.debug)
+            graph = pipeline.gradient_graph(spec, loss, self.debug)
             self._prepared[key] = (graph, self.backend.prepare(graph, self.persistent, spec.state_donations()))
         graph, prepared = self._prepared[key]
         results = self._execute(spec, graph, prepared, inputs)
