@@ -430,7 +430,6 @@ def matmul(plan: FusionPlan, group: Group, k: int, precision: str = "ieee") -> K
         _start(em, [2 ** 31] if wide else [], axis=1, name="pid_b")
         em.program_vars |= {"pid_b", *_split(em, ix.Var("pid_b", numel(batch)), batch,
                                              [f"b{a}" for a in range(len(batch))])}
-        em.vars["pid_b"] = "pid_b"
     at = d_vars = group.domain.vars()
     a_off = _operand_offset(em, g, a_node.id, d_vars[:-2] + (d_vars[-2], ix.Var("k", K)), {"k": "ka"})
     b_off = _operand_offset(em, g, b_node.id, d_vars[:-2] + (ix.Var("k", K), d_vars[-1]), {"k": "kb"})
