@@ -201,11 +201,9 @@ def _setup(plan: FusionPlan, group: Group, k: int, precision: str):
     state = Attention(node, em, _access(em, g, q.id), _access(em, g, kk.id), _access(em, g, v.id), bias,
                       q.shape[:-2], em.dim(q.shape[-2]), em.dim(kk.shape[-2]), q.shape[-1], v.shape[-1], q.dtype,
                       precision)
-    results: dict[int, list[Access]] = {}
-    for m in group.members[1:]:
-        if m in group.stores:
-            tail = ("row", "col") if len(g.node(m).shape) == len(q.shape) else ("row",)   # lse: no column
-            results.setdefault(g.node(m).attrs["index"], []).append(_access(em, g, m, tail))
+    results = {j: [_access(em, g, m, ("row", "col") if len(g.node(m).shape) == len(q.shape) else ("row",))
+                   for m in ms]   # lse: no column
+               for j, ms in group.stored_results(g).items()}
     return state, pointers, results
 
 

@@ -53,11 +53,7 @@ def _outputs(plan: FusionPlan, group: Group, pointers: dict[int, Pointer]) -> di
     c = g.node(group.members[0])
     if len(c.types) == 1:
         return {0: [pointers[c.id].name]}
-    out: dict[int, list[str]] = {}
-    for m in group.members[1:]:
-        if m in group.stores:
-            out.setdefault(g.node(m).attrs["index"], []).append(pointers[m].name)
-    return out
+    return {j: [pointers[m].name for m in ms] for j, ms in group.stored_results(g).items()}
 
 
 def _head(name: str, params: list[str], blocks: list[str], doc: str) -> list[str]:

@@ -362,10 +362,8 @@ def persistent(plan: FusionPlan, group: Group, k: int, precision: str) -> Kernel
     rec.scratch_width = sum(rec.width(body.node(a)) for a in {body.node(i).inputs[0] for i in _products(body)})
     outputs = [body.node(i) for _, i in body.outputs]
     new_carries, ys = outputs[:n_carry], outputs[n_carry:]
-    stores: dict[int, list[str]] = {}   # result index -> pointers of the result nodes stored
-    for m in group.members[1:]:
-        if m in group.stores:
-            stores.setdefault(g.node(m).attrs["index"], []).append(pointers[m].name)
+    # result index -> pointers of the result nodes stored
+    stores = {j: [pointers[m].name for m in ms] for j, ms in group.stored_results(g).items()}
     # The loop body: the new carries (whole: they stay in registers) and every stored y per block; a y
     # is stored as soon as its block is computed, so it need not stay live to the end of the step.
     for j, y in enumerate(ys):

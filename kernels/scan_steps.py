@@ -50,10 +50,7 @@ def stepwise(plan: FusionPlan, group: Group, k: int, precision: str, why: str) -
     pointers = _pointers(plan, group, k)
     ordered = [pointers[i] for i in sorted(pointers)]
     outer = list(scan.inputs)
-    stores: dict[int, list[str]] = {}
-    for m in group.members[1:]:
-        if m in group.stores:
-            stores.setdefault(g.node(m).attrs["index"], []).append(pointers[m].name)
+    stores = {j: [pointers[m].name for m in ms] for j, ms in group.stored_results(g).items()}
     length = scan.attrs["length"]
     rows_symbols = sorted(dim_symbols(length))
     params = ["program", "sizes", *(p.name for p in ordered), *(f"s_{s}" for s in rows_symbols)]

@@ -53,6 +53,15 @@ class Group:
     def kind(self) -> str:
         return "multi_tensor" if self.multi else self.domain.kind
 
+    def stored_results(self, graph: Graph) -> dict[int, list[int]]:
+        """A group of a node with several results (a scan's, a composite's): result index -> the `result`
+        nodes of it the kernel stores (several where CSE left two of one result; none for a result unread)."""
+        out: dict[int, list[int]] = {}
+        for m in self.members[1:]:
+            if m in self.stores:
+                out.setdefault(graph.node(m).attrs["index"], []).append(m)
+        return out
+
 
 class Planner:
     def __init__(self, graph: Graph) -> None:
