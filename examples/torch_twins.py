@@ -1,5 +1,4 @@
-"""The convolutional examples', the char-LMs' and the vision transformer's twins in PyTorch: the same
-networks, trained the same way.
+"""The examples' twins in PyTorch: the same networks, trained the same way.
 
 Each twin has the example's layers and sizes, under the same parameter names (so a dln state
 dict loads into it by name and back), PyTorch's default initialization (which is dln's), the
@@ -12,8 +11,8 @@ GAN, the same gradient clipping.  CPU, float32.  It prints the metrics
 evaluation mode; `time` is the whole run's wall time (data, set-up, dln's compile), `epochs_time`
 the epochs' alone (training steps and validation), `cpu` the process's CPU time.
 
-    .venv/bin/python examples/torch_twins.py cnn|dcgan|autoencoder|lstm|gru|gpt|vit|all        # PyTorch
-    .venv/bin/python examples/torch_twins.py cnn|dcgan|autoencoder|lstm|gru|gpt|vit|all --dln  # dln.train
+    .venv/bin/python examples/torch_twins.py NAME|all        # PyTorch (NAME: a key of FILES)
+    .venv/bin/python examples/torch_twins.py NAME|all --dln  # dln.train
 
 Each side runs in its own process (two thread pools in one process, OpenBLAS's and PyTorch's,
 slow each other down on a small machine); examples/README.md's numbers were taken with
@@ -37,8 +36,11 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 FILES = {"cnn": "cnn_digits.dln", "dcgan": "dcgan_digits.dln", "autoencoder": "conv_autoencoder_digits.dln",
          "lstm": "lstm_charlm.dln", "gru": "gru_charlm.dln", "gpt": "transformer_charlm.dln",
-         "vit": "vit_digits.dln"}
+         "vit": "vit_digits.dln", "mlp": "mlp_digits.dln", "rnn": "rnn_digits.dln", "gan": "gan_digits.dln",
+         "vae": "vae_digits.dln", "iris": "iris.dln"}
 CHARLMS = ("lstm", "gru", "gpt")   # character-level language models of dataset("text")
+FLAT = ("mlp", "rnn", "gan", "vae")   # fed the flattened digits x [N, 64]
+GANS = ("dcgan", "gan")               # two objectives, D's then G's, on each batch
 # The train sections' settings (the files are the reference; `settings_of` checks these against them).
 SETTINGS = {
     "cnn": {"validate": 0.2, "lr": 1e-3, "betas": (0.9, 0.999), "batch": 64, "epochs": 15, "seed": 0},
@@ -52,6 +54,12 @@ SETTINGS = {
             "clip_grad": 1.0, "optimizer": "adamw", "weight_decay": 0.01, "warmup": 100},
     "vit": {"validate": 0.2, "lr": 3e-3, "betas": (0.9, 0.999), "batch": 64, "epochs": 30, "seed": 0,
             "optimizer": "adamw", "weight_decay": 0.01, "warmup": 50},
+    "mlp": {"validate": 0.2, "lr": 1e-3, "betas": (0.9, 0.999), "batch": 64, "epochs": 30, "seed": 0},
+    "rnn": {"validate": 0.2, "lr": 3e-3, "betas": (0.9, 0.999), "batch": 64, "epochs": 30, "seed": 0},
+    "gan": {"validate": None, "lr": 2e-4, "betas": (0.5, 0.999), "batch": 64, "epochs": 20, "seed": 0},
+    "vae": {"validate": 0.1, "lr": 1e-3, "betas": (0.9, 0.999), "batch": 64, "epochs": 30, "seed": 0},
+    "iris": {"validate": 0.2, "lr": 1e-2, "betas": (0.9, 0.999), "batch": 16, "epochs": 60, "seed": 1,
+             "optimizer": "adamw", "weight_decay": 1e-3, "warmup": 10},
 }
 VOCAB, DIM, HIDDEN = 103, 64, 256   # the char-LMs' hyperparameters
 GPT = {"vocab": 103, "dim": 128, "layers": 2, "heads": 4, "ctx": 64}   # transformer_charlm's
@@ -272,8 +280,136 @@ def make_vit(dim: int = 64, heads: int = 4, layers: int = 2, classes: int = 10):
     return ViT()
 
 
+def make_mlp(hidden: int = 128, classes: int = 10, p: float = 0.1):
+    """examples/mlp_digits.dln: h (linear, relu, dropout) -> logits."""
+    import torch.nn as nn
+
+    class MLP(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.h = nn.Linear(64, hidden)
+            self.drop = nn.Dropout(p)
+            self.logits = nn.Linear(hidden, classes)
+
+        def forward(self, x):
+            return self.logits(self.drop(self.h(x).relu()))
+
+    return MLP()
+
+
+def make_rnn(hidden: int = 64, classes: int = 10):
+    """examples/rnn_digits.dln: each digit read row by row by a two-layer tanh RNN, the last state classified."""
+    import torch.nn as nn
+
+    class RNNDigits(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.h = nn.RNN(8, hidden, num_layers=2, batch_first=True)
+            self.logits = nn.Linear(hidden, classes)
+
+        def forward(self, x):
+            h, _ = self.h(x.reshape(-1, 8, 8))
+            return self.logits(h[:, -1])
+
+    return RNNDigits()
+
+
+def _stack(*sizes: int, between):
+    """Linear layers named linear_0, linear_1, ... (as a pipe of unnamed `linear`s is), `between` after
+    each but the last."""
+    import torch.nn as nn
+
+    class Stack(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            for k, (a, b) in enumerate(zip(sizes, sizes[1:])):
+                setattr(self, f"linear_{k}", nn.Linear(a, b))
+
+        def forward(self, x):
+            for k in range(len(sizes) - 1):
+                x = getattr(self, f"linear_{k}")(x)
+                x = between(x) if k < len(sizes) - 2 else x
+            return x
+
+    return Stack()
+
+
+def make_gan(d: int = 64):
+    """examples/gan_digits.dln: G.image (noise -> 128 -> 64, sigmoid) and D.score (64 -> 128 -> 1)."""
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+    def leaky(x):
+        return F.leaky_relu(x, 0.2)
+
+    class Generator(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.image = _stack(Z, 128, d, between=leaky)
+
+        def forward(self, noise):
+            return torch_sigmoid(self.image(noise))
+
+    class Discriminator(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.score = _stack(d, 128, 1, between=leaky)
+
+        def forward(self, image):
+            return self.score(image)
+
+    class GAN(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.G = Generator()
+            self.D = Discriminator()
+
+    return GAN()
+
+
+def make_vae(d: int = 64, z: int = 8):
+    """examples/vae_digits.dln: h -> mu, logvar; code = mu + exp(logvar / 2) * noise; recon (code -> 128 ->
+    64, sigmoid).  The forward returns recon, mu, logvar; `noise` replaces the draw (tests)."""
+    import torch
+    import torch.nn as nn
+
+    class VAE(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.h = nn.Linear(d, 128)
+            self.mu = nn.Linear(128, z)
+            self.logvar = nn.Linear(128, z)
+            self.recon = _stack(z, 128, d, between=torch.relu)
+
+        def forward(self, x, noise=None):
+            h = self.h(x).relu()
+            mu, logvar = self.mu(h), self.logvar(h)
+            noise = torch.randn_like(mu) if noise is None else noise   # drawn in evaluation mode too, as dln's
+            code = mu + torch.exp(0.5 * logvar) * noise
+            return torch_sigmoid(self.recon(code)), mu, logvar
+
+    return VAE()
+
+
+def make_iris(hidden: int = 16):
+    """examples/iris.dln: logits (4 -> hidden, tanh -> 3)."""
+    import torch
+    import torch.nn as nn
+
+    class Iris(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.logits = _stack(4, hidden, 3, between=torch.tanh)
+
+        def forward(self, x):
+            return self.logits(x)
+
+    return Iris()
+
+
 MAKERS = {"cnn": make_cnn, "dcgan": make_dcgan, "autoencoder": make_autoencoder,
-          "lstm": lambda: make_charlm("lstm"), "gru": lambda: make_charlm("gru"), "gpt": make_gpt, "vit": make_vit}
+          "lstm": lambda: make_charlm("lstm"), "gru": lambda: make_charlm("gru"), "gpt": make_gpt, "vit": make_vit,
+          "mlp": make_mlp, "rnn": make_rnn, "gan": make_gan, "vae": make_vae, "iris": make_iris}
 
 
 # ---- what dln train feeds -------------------------------------------------------------------------------------
@@ -281,6 +417,12 @@ def digits():
     from dln.runtime import data
 
     return data.DATASETS["digits"]()
+
+
+def iris():
+    from dln.runtime import data
+
+    return data.DATASETS["iris"]()
 
 
 def text_windows(name: str):
@@ -313,15 +455,16 @@ def train_torch(name: str, log=print) -> dict:
     s = SETTINGS[name]
     torch.manual_seed(s["seed"])
     net = MAKERS[name]()
-    if name in CHARLMS:
-        train, val = split(text_windows(name), s["validate"], s["seed"])   # the end of the text held out
-        train, val = {"images": train["x"], "y": train["y"]}, {"images": val["x"], "y": val["y"]}
+    if name in CHARLMS or name in FLAT or name == "iris":   # fed `x`; for the char-LMs the end of the text held out
+        arrays = text_windows(name) if name in CHARLMS else iris() if name == "iris" else digits()
+        train, val = split(arrays, s["validate"], s["seed"])
+        train, val = ({"images": a["x"], "y": a["y"]} if a is not None else None for a in (train, val))
     else:
         train, val = split(digits(), s["validate"], s["seed"])
     n = len(train["y"])
     t = {k: torch.from_numpy(v) for k, v in train.items()}
     epochs_time = 0.0
-    if name == "dcgan":
+    if name in GANS:
         opt_d = torch.optim.Adam(net.D.parameters(), lr=s["lr"], betas=s["betas"])
         opt_g = torch.optim.Adam(net.G.parameters(), lr=s["lr"], betas=s["betas"])
         fill = np.random.default_rng(s["seed"] + 1)   # the trainer's generator for `noise = randn`
@@ -334,7 +477,7 @@ def train_torch(name: str, log=print) -> dict:
         sums: dict[str, float] = {}
         for idx in epoch_batches(n, s["batch"], s["seed"], epoch):
             images = t["images"][idx]
-            if name == "dcgan":
+            if name in GANS:
                 noise = torch.from_numpy(fill.standard_normal((len(idx), Z)).astype(np.float32))
                 # the two objectives in turn on the same batch, as the trainer runs them
                 fake = net.G(noise)
@@ -370,7 +513,7 @@ def train_torch(name: str, log=print) -> dict:
         epochs_time += time.perf_counter() - epoch_began
         log(json.dumps({k: round(v, 6) for k, v in record.items()}))
     record.update(time=time.perf_counter() - began, cpu=time.process_time() - cpu, epochs_time=epochs_time)
-    if name == "dcgan":
+    if name in GANS:
         net.eval()
         with torch.no_grad():
             noise = np.random.default_rng(12345).standard_normal((SAMPLES, Z)).astype(np.float32)
@@ -406,12 +549,24 @@ def _losses(name: str, net, images, y) -> dict:
     import torch.nn.functional as F
 
     out = net(images)
-    if name in ("cnn", "vit"):
-        return {"loss": F.cross_entropy(out, y), "accuracy": (out.argmax(1) == y).float().mean()}
+    if name in ("cnn", "vit", "mlp", "rnn", "iris"):
+        smoothing = 0.05 if name == "iris" else 0.0
+        return {"loss": F.cross_entropy(out, y, label_smoothing=smoothing),
+                "accuracy": (out.argmax(1) == y).float().mean()}
+    if name == "vae":
+        return {"loss": vae_loss(images, *out)}
     if name in CHARLMS:   # `images` are the token windows; classes on the last axis, every position counted
         return {"loss": F.cross_entropy(out.flatten(0, 1), y.flatten()),
                 "accuracy": (out.argmax(-1) == y).float().mean()}
     return {"loss": F.binary_cross_entropy(out, images)}
+
+
+def vae_loss(x, recon, mu, logvar):
+    """examples/vae_digits.dln's loss: the summed BCE per digit plus the mean KL divergence."""
+    import torch.nn.functional as F
+
+    kl = -0.5 * (1 + logvar - mu ** 2 - logvar.exp()).sum(1)
+    return F.binary_cross_entropy(recon, x, reduction="sum") / len(x) + kl.mean()
 
 
 def train_dln(name: str) -> dict:
@@ -422,7 +577,7 @@ def train_dln(name: str) -> dict:
     # data and compile included, as in `dln train`'s wall time; epochs_time: the epochs alone
     record = {**history[-1], "time": time.perf_counter() - began, "cpu": time.process_time() - cpu,
               "epochs_time": sum(e["time"] for e in history.epochs)}
-    if name == "dcgan":
+    if name in GANS:
         noise = np.random.default_rng(12345).standard_normal((SAMPLES, Z)).astype(np.float32)
         fake = history.model.run("fake", noise=noise)["fake"]
         record.update(coverage(np.asarray(fake)))
