@@ -73,9 +73,9 @@ def _karate() -> Arrays:
     """Zachary's karate club as Kipf & Welling's semi-supervised node classification: one graph, its
     nodes featureless (x is the identity), the adjacency normalized with self-loops (unweighted: an edge
     is a friendship, whatever the count of contexts networkx's weights record), a few labelled nodes.
-    The labelled nodes are the LABELLED_PER_CLASS best connected of each club — by degree, the lower
-    node on ties —, so the two leaders (nodes 0 and 33) and their closest allies: 0, 1, 2, 3 and 23,
-    31, 32, 33.  Every other node (26) is held out in val_mask."""
+    The labelled nodes are the LABELLED_PER_CLASS best connected of each club (by degree; on ties, the
+    lower node): the two leaders, nodes 0 and 33, and their best connected allies, so 0, 1, 2, 3 and
+    23, 31, 32, 33.  Every other node (26) is held out in val_mask."""
     import networkx as nx
 
     graph = nx.karate_club_graph()
