@@ -21,7 +21,7 @@ from dln.compiler.emit import GraphBuilder, Tensor
 from dln.compiler.expressions import Evaluator
 from dln.compiler.frames import POISON, Binding, Frame, Poisoned
 from dln.compiler.inline import expanding, hparam_span, reapplied_mismatch
-from dln.compiler.ir import DTYPES, DType, TensorType
+from dln.compiler.ir import DTYPES, DType, Graph, TensorType
 from dln.compiler.limits import DEFAULT_LIMITS, LimitExceeded, Limits, exceeded, too_deep
 from dln.compiler.model import BuiltModel, CarryInfo, InputInfo, ParamInfo, StateInfo  # noqa: F401  (re-exported)
 from dln.compiler.naming import ScopeNames
@@ -87,14 +87,15 @@ class ModelBuilder:
         if self.diagnostics:
             raise DlnError(dedupe(self.diagnostics))
         values = {k: v.value.id for k, v in frame.env.items() if isinstance(v.value, Tensor)}
+        graph = self.b.finish(outputs)
         return BuiltModel(
             name=self.decl.name.name,
-            graph=self.b.finish(outputs),
+            graph=graph,
             values=values,
             inputs=list(self.inputs.values()),
             params=list(self.params.values()),
             symbols=self.symbols,
-            metrics=self.metrics,
+            metrics=_metrics(self.metrics, values, graph),
             instances=self.instances,
             hparams=self.hparam_values,
             training=self.training,
@@ -422,6 +423,21 @@ class ModelBuilder:
     def resolve_hparams(self, decl: ast.Model, values: Mapping[str, Any], spans: Mapping[str, Span]) -> dict[str, Any]:
         """The hyperparameters of an instance of `decl` made with keyword `values`."""
         return resolve_hparams(self.program, decl, values, from_text=False, spans=spans)
+
+
+def _metrics(noted: Mapping[str, int], values: Mapping[str, int], graph: Graph) -> dict[str, int]:
+    """The metrics training reports: `accuracy`, which the first cross_entropy with class indices notes,
+    counts every row; a value the model itself binds as `accuracy` at its top level takes its place when
+    it is a scalar (the fraction of a graph's masked nodes classified right), and otherwise keeps the
+    name for itself, leaving no accuracy to report."""
+    metrics = dict(noted)
+    if "accuracy" in values:
+        node = graph.node(values["accuracy"])
+        if node.type.rank == 0:
+            metrics["accuracy"] = node.id
+        else:
+            metrics.pop("accuracy", None)
+    return metrics
 
 
 # ---- hyperparameters ------------------------------------------------------------------------------------------

@@ -51,7 +51,8 @@ class Recipe:
     model: str
     objectives: list[Objective]
     data: TrainValue | None = None
-    validate: float | TrainValue | None = None
+    # A fraction held out, other data, or the training data with inputs renamed (`{ mask = "val_mask" }`).
+    validate: float | TrainValue | RecordValue | None = None
     inputs: dict[str, str] = field(default_factory=dict)   # input -> array name or a fill (randn, rand, zeros)
     batch: int = 32
     epochs: int = 10
@@ -62,6 +63,13 @@ class Recipe:
     augment: list[TrainValue] = field(default_factory=list)
     checkpoint: str | None = None
     spans: dict[str, Span] = field(default_factory=dict)
+
+    @property
+    def validate_renames(self) -> dict[str, str]:
+        """validate = { input = "array" }: the inputs validation feeds from other arrays of the training
+        data (a graph's held-out nodes: the same graph, another mask)."""
+        return {name: array for name, array, _ in self.validate.fields} \
+            if isinstance(self.validate, RecordValue) else {}
 
     def with_overrides(self, **changes: Any) -> "Recipe":
         """The recipe with settings given outside the file (`--epochs 5`, `dln.train(..., batch=32)`),
@@ -122,8 +130,8 @@ def read_recipe(train: ast.Train, model_name: str, values: Collection[str], inst
                 default_optimizer = _optimizer(value, s.value.span)
             else:
                 _apply(recipe, key, value, s.value.span)
-                if key == "inputs" and inputs is not None:
-                    _check_inputs(value, inputs, model_name)
+                if key in ("inputs", "validate") and isinstance(value, RecordValue) and inputs is not None:
+                    _check_inputs(value, inputs, model_name, "to fill" if key == "inputs" else "to rename")
         except DlnError as e:
             diagnostics.extend(e.diagnostics)
     for obj in train.objectives:
@@ -171,14 +179,14 @@ def _check_scalar(name: str, types: Mapping[str, TensorType] | None, span: Span,
                                   (Note("reduce it first, e.g. mean(...) or sum(...)"),)))
 
 
-def _check_inputs(value: Value, inputs: Collection[str], model_name: str) -> None:
-    """Every field of `inputs = { ... }` names an input of the model."""
+def _check_inputs(value: RecordValue, inputs: Collection[str], model_name: str, what: str) -> None:
+    """Every field of `inputs = { ... }` (`validate = { ... }`) names an input of the model."""
     for name, _, span in value.fields:
         if name not in inputs:
             close = difflib.get_close_matches(name, sorted(inputs), n=1)
             hint = f"did you mean '{close[0]}'?" if close else \
                 f"its inputs: {', '.join(inputs)}" if inputs else "it has no inputs"
-            raise DlnError(Diagnostic("E0601", f"model {model_name} has no input '{name}' to fill", span,
+            raise DlnError(Diagnostic("E0601", f"model {model_name} has no input '{name}' {what}", span,
                                       (Note(hint),)))
 
 
@@ -203,11 +211,19 @@ def _apply(recipe: Recipe, key: str, value: Value, span: Span | None) -> None:
         recipe.data = value
     elif key == "validate":
         if isinstance(value, TrainValue):
-            need(value.kind in ("dataset", "npz", "csv"), "a fraction or data")
+            need(value.kind in ("dataset", "npz", "csv"), "a fraction, data or a record of renamed inputs")
+            recipe.validate = value
+        elif isinstance(value, RecordValue):
+            for name, v, fspan in value.fields:
+                if not isinstance(v, str):
+                    raise DlnError(Diagnostic("E0601", f"validate: input '{name}' must be renamed to an array "
+                                                       f"name, got {describe(v)}", fspan,
+                                              (Note(f'validate = {{ {name} = "val_{name}" }} feeds it from the '
+                                                    f'array val_{name} of the training data'),)))
             recipe.validate = value
         else:
             need(isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1,
-                 "a fraction in [0, 1) or data")
+                 "a fraction in [0, 1), data or a record of renamed inputs")
             recipe.validate = float(value)
     elif key == "inputs":
         need(isinstance(value, RecordValue), "a record { input = \"array\" | randn | rand | zeros }")

@@ -6,7 +6,8 @@ same optimizer and hyperparameters (and learning rate at every step, where the t
 a cosine schedule), and it is fed exactly what `dln train` feeds: the same
 held-out split (`dln.runtime.data.split`: for the char-LMs the end of the text), the same
 shuffled order each epoch, the same batch size (the last batch short), the same noise for the
-GAN, the same gradient clipping.  CPU, float32.  It prints the metrics
+GAN, the same gradient clipping; for the GCN, the whole karate graph each step, validated on its
+held-out nodes (`validate = { mask = "val_mask" }`).  CPU, float32.  It prints the metrics
 `dln train` prints for its last epoch: training means over the epoch's batches, validation in
 evaluation mode; `time` is the whole run's wall time (data, set-up, dln's compile), `epochs_time`
 the epochs' alone (training steps and validation), `cpu` the process's CPU time.
@@ -37,7 +38,7 @@ HERE = Path(__file__).resolve().parent
 FILES = {"cnn": "cnn_digits.dln", "dcgan": "dcgan_digits.dln", "autoencoder": "conv_autoencoder_digits.dln",
          "lstm": "lstm_charlm.dln", "gru": "gru_charlm.dln", "gpt": "transformer_charlm.dln",
          "vit": "vit_digits.dln", "mlp": "mlp_digits.dln", "rnn": "rnn_digits.dln", "gan": "gan_digits.dln",
-         "vae": "vae_digits.dln", "iris": "iris.dln"}
+         "vae": "vae_digits.dln", "iris": "iris.dln", "gcn": "gcn_karate.dln"}
 CHARLMS = ("lstm", "gru", "gpt")   # character-level language models of dataset("text")
 FLAT = ("mlp", "rnn", "gan", "vae")   # fed the flattened digits x [N, 64]
 GANS = ("dcgan", "gan")               # two objectives, D's then G's, on each batch
@@ -60,6 +61,9 @@ SETTINGS = {
     "vae": {"validate": 0.1, "lr": 1e-3, "betas": (0.9, 0.999), "batch": 64, "epochs": 30, "seed": 0},
     "iris": {"validate": 0.2, "lr": 1e-2, "betas": (0.9, 0.999), "batch": 16, "epochs": 60, "seed": 1,
              "optimizer": "adamw", "weight_decay": 1e-3, "warmup": 10},
+    # batch is not used: the graph is one whole example, every step takes all of it
+    "gcn": {"validate": {"mask": "val_mask"}, "lr": 0.01, "betas": (0.9, 0.999), "batch": 32, "epochs": 200,
+            "seed": 0, "weight_decay": 5e-4},
 }
 VOCAB, DIM, HIDDEN = 103, 64, 256   # the char-LMs' hyperparameters
 GPT = {"vocab": 103, "dim": 128, "layers": 2, "heads": 4, "ctx": 64}   # transformer_charlm's
@@ -407,9 +411,38 @@ def make_iris(hidden: int = 16):
     return Iris()
 
 
+def make_gcn(features: int = 34, hidden: int = 16, classes: int = 2):
+    """examples/gcn_karate.dln: gcn_conv -> relu -> gcn_conv, where gcn_conv(adj, out) is
+    adj @ (x @ weight.T) + bias (weight [out, in] Xavier-uniform, bias zeros: dln's initialization)."""
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+    class GCNConv(nn.Module):
+        def __init__(self, n_in: int, n_out: int) -> None:
+            super().__init__()
+            self.weight = nn.Parameter(nn.init.xavier_uniform_(torch.empty(n_out, n_in)))
+            self.bias = nn.Parameter(torch.zeros(n_out))
+
+        def forward(self, x, adj):
+            return adj @ (x @ self.weight.T) + self.bias
+
+    class GCN(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.h = GCNConv(features, hidden)
+            self.logits = GCNConv(hidden, classes)
+
+        def forward(self, x, adj):
+            return self.logits(F.relu(self.h(x, adj)), adj)
+
+    return GCN()
+
+
 MAKERS = {"cnn": make_cnn, "dcgan": make_dcgan, "autoencoder": make_autoencoder,
           "lstm": lambda: make_charlm("lstm"), "gru": lambda: make_charlm("gru"), "gpt": make_gpt, "vit": make_vit,
-          "mlp": make_mlp, "rnn": make_rnn, "gan": make_gan, "vae": make_vae, "iris": make_iris}
+          "mlp": make_mlp, "rnn": make_rnn, "gan": make_gan, "vae": make_vae, "iris": make_iris,
+          "gcn": make_gcn}
 
 
 # ---- what dln train feeds -------------------------------------------------------------------------------------
@@ -423,6 +456,13 @@ def iris():
     from dln.runtime import data
 
     return data.DATASETS["iris"]()
+
+
+def karate():
+    """dataset("karate"): x, adj, y, mask (the labelled nodes), val_mask (the held-out ones)."""
+    from dln.runtime import data
+
+    return data.DATASETS["karate"]()
 
 
 def text_windows(name: str):
@@ -451,6 +491,8 @@ def train_torch(name: str, log=print) -> dict:
     import torch
     import torch.nn.functional as F
 
+    if name == "gcn":
+        return train_gcn(log)
     began, cpu = time.perf_counter(), time.process_time()   # data and set-up included, as on dln's side
     s = SETTINGS[name]
     torch.manual_seed(s["seed"])
@@ -521,13 +563,61 @@ def train_torch(name: str, log=print) -> dict:
     return record
 
 
+def train_gcn(log=print) -> dict:
+    """The GCN twin from PyTorch's initialization, trained as the train section says."""
+    import torch
+
+    began, cpu = time.perf_counter(), time.process_time()
+    s = SETTINGS["gcn"]
+    torch.manual_seed(s["seed"])
+    net = make_gcn()
+    graph = {k: torch.from_numpy(v) for k, v in karate().items()}
+    epochs_began = time.perf_counter()
+    for record in gcn_epochs(net, graph, s["epochs"]):
+        log(json.dumps({k: round(v, 6) for k, v in record.items()}))
+    return {**record, "time": time.perf_counter() - began, "cpu": time.process_time() - cpu,
+            "epochs_time": time.perf_counter() - epochs_began}
+
+
+def gcn_epochs(net, g: dict, epochs: int):
+    """Each epoch's record of training `net` on the karate graph `g` (tensors): one step on the whole
+    graph, the loss and the accuracy over the labelled nodes (`mask`), then both over the held-out
+    nodes (`val_mask`) in evaluation mode."""
+    import torch
+
+    s = SETTINGS["gcn"]
+    opt = make_optimizer(net, s)
+    for epoch in range(epochs):
+        net.train()
+        values = gcn_losses(net, g, g["mask"])
+        opt.zero_grad()
+        values["loss"].backward()
+        opt.step()
+        record = {"epoch": epoch + 1, **{k: v.item() for k, v in values.items()}}
+        net.eval()
+        with torch.no_grad():
+            record.update({f"val_{k}": v.item() for k, v in gcn_losses(net, g, g[s["validate"]["mask"]]).items()})
+        yield record
+
+
+def gcn_losses(net, g: dict, mask) -> dict:
+    """The masked cross-entropy and the masked accuracy (the .dln file's `loss` and `accuracy`)."""
+    import torch.nn.functional as F
+
+    logits = net(g["x"], g["adj"])
+    hits = (logits.argmax(1) == g["y"]).float()
+    return {"loss": (F.cross_entropy(logits, g["y"], reduction="none") * mask).sum() / mask.sum(),
+            "accuracy": (hits * mask).sum() / mask.sum()}
+
+
 def make_optimizer(net, s: dict):
-    """torch.optim.Adam, or AdamW with the settings' weight decay (on every parameter, as dln's)."""
+    """torch.optim.Adam (with the settings' weight decay, if any), or AdamW with theirs (on every
+    parameter, as dln's)."""
     import torch
 
     if s.get("optimizer") == "adamw":
         return torch.optim.AdamW(net.parameters(), lr=s["lr"], betas=s["betas"], weight_decay=s["weight_decay"])
-    return torch.optim.Adam(net.parameters(), lr=s["lr"], betas=s["betas"])
+    return torch.optim.Adam(net.parameters(), lr=s["lr"], betas=s["betas"], weight_decay=s.get("weight_decay", 0.0))
 
 
 def step_rates(s: dict, total: int):
@@ -614,10 +704,11 @@ def settings_of(name: str) -> dict:
     """The train section's settings as dln reads them, to keep SETTINGS honest."""
     r = read_settings(name)
     opt = r.objectives[0].optimizer
-    adamw = {"optimizer": "adamw", "weight_decay": opt.hyper.get("weight_decay", 0.01)} if opt.kind == "adamw" else {}
+    adamw = {"optimizer": "adamw", "weight_decay": opt.hyper.get("weight_decay", 0.01)} if opt.kind == "adamw" else \
+        {"weight_decay": opt.hyper["weight_decay"]} if opt.hyper.get("weight_decay") else {}
     warmup = {"warmup": r.schedule.arg("warmup", 0)} if r.schedule is not None else {}
     assert r.schedule is None or r.schedule.kind == "cosine", r.schedule   # the only schedule step_rates knows
-    return {"validate": r.validate or None, "lr": opt.lr, "betas": tuple(opt.hyper.get("betas", (0.9, 0.999))),
+    return {"validate": r.validate_renames or r.validate or None, "lr": opt.lr, "betas": tuple(opt.hyper.get("betas", (0.9, 0.999))),
             "batch": r.batch, "epochs": r.epochs, "seed": r.seed,
             **({"clip_grad": r.clip_grad} if r.clip_grad is not None else {}), **adamw, **warmup}
 

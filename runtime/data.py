@@ -6,7 +6,7 @@ renames).  The first axis holds the examples, which training shuffles and
 batches, unless an input holds the data axis on several axes (a graph's
 `adj: f32[N, N]`): then the whole data set is one example (`whole_example`).
 The built-in sets come from scikit-learn's bundled copies (text: from Python's own help
-texts), so nothing is downloaded.
+texts; karate: from networkx, the optional extra `dln[graph]`), so nothing is downloaded.
 
 | name | arrays |
 | --- | --- |
@@ -15,11 +15,13 @@ texts), so nothing is downloaded.
 | wine | x f32[N, 13] standardized; y i64[N] (3 classes); target f32[N, 1] |
 | breast_cancer | x f32[N, 30] standardized; y i64[N] (2 classes); target f32[N, 1] (for binary losses) |
 | text | x i64[N, window] character ids of Python's help texts, y shifted by one; also tokens, targets (runtime/text.py) |
+| karate | Zachary's karate club, one graph of N = 34 nodes: x f32[N, N] the identity (featureless nodes); adj f32[N, N] D^-1/2 (A + I) D^-1/2; y i64[N] the club (0 Mr. Hi, 1 Officer); mask f32[N] the labelled nodes, val_mask f32[N] the others (`_karate`) |
 """
 
 from __future__ import annotations
 
 import csv as csv_module
+import importlib.util
 import zipfile
 import zlib
 from pathlib import Path
@@ -64,12 +66,42 @@ def _sk(name: str) -> Callable:
     return loader
 
 
+LABELLED_PER_CLASS = 4   # karate's training nodes per club
+
+
+def _karate() -> Arrays:
+    """Zachary's karate club as Kipf & Welling's semi-supervised node classification: one graph, its
+    nodes featureless (x is the identity), the adjacency normalized with self-loops (unweighted: an edge
+    is a friendship, whatever the count of contexts networkx's weights record), a few labelled nodes.
+    The labelled nodes are the LABELLED_PER_CLASS best connected of each club (by degree; on ties, the
+    lower node): the two leaders, nodes 0 and 33, and their best connected allies, so 0, 1, 2, 3 and
+    23, 31, 32, 33.  Every other node (26) is held out in val_mask."""
+    import networkx as nx
+
+    graph = nx.karate_club_graph()
+    nodes = sorted(graph.nodes)
+    a = nx.to_numpy_array(graph, nodelist=nodes, weight=None)
+    degree = a.sum(axis=1)
+    d = degree + 1                                   # the degree in A + I
+    adj = (a + np.eye(len(nodes))) / np.sqrt(d)[:, None] / np.sqrt(d)[None, :]
+    y = np.array([0 if graph.nodes[i]["club"] == "Mr. Hi" else 1 for i in nodes], np.int64)
+    mask = np.zeros(len(nodes), np.float32)
+    for club in (0, 1):
+        members = [i for i in nodes if y[i] == club]
+        mask[sorted(members, key=lambda i: (-degree[i], i))[:LABELLED_PER_CLASS]] = 1.0
+    return {"x": np.eye(len(nodes), dtype=np.float32), "adj": adj.astype(np.float32), "y": y,
+            "mask": mask, "val_mask": 1.0 - mask}
+
+
 DATASETS: dict[str, Callable[[], Arrays]] = {
     "digits": _digits,
     "iris": _tabular(_sk("iris")),
     "wine": _tabular(_sk("wine")),
     "breast_cancer": _tabular(_sk("breast_cancer")),
+    "karate": _karate,
 }
+# Data sets that need an optional package: its module and the extra that installs it.
+NEEDS = {"karate": ("networkx", "graph")}
 
 
 def load(spec: TrainValue, base: Path) -> Arrays:
@@ -81,6 +113,10 @@ def load(spec: TrainValue, base: Path) -> Arrays:
         if name not in DATASETS:
             raise DlnError(Diagnostic("E0603", f"unknown data set \"{name}\"", spec.span,
                                       (Note("data sets: " + ", ".join([*DATASETS, "text"])),)))
+        if name in NEEDS and importlib.util.find_spec(NEEDS[name][0]) is None:
+            module, extra = NEEDS[name]
+            raise DlnError(Diagnostic("E0603", f"data set \"{name}\" needs the package {module}, which is not "
+                                               "installed", spec.span, (Note(f"pip install dln[{extra}]"),)))
         return DATASETS[name]()
     path = (base / spec.arg("path")) if not Path(spec.arg("path")).is_absolute() else Path(spec.arg("path"))
     if not path.is_file():

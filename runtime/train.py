@@ -27,6 +27,7 @@ from dln.compiler.ir import Op
 from dln.compiler.limits import DEFAULT_LIMITS, Limits
 from dln.compiler.recipe import DEFAULT_OPTIMIZER, Objective, Recipe, model_of, recipe_of
 from dln.compiler.training import TrainStep
+from dln.compiler.values import RecordValue
 from dln.dsl import ast
 from dln.dsl.diagnostics import Diagnostic, DlnError, Note
 from dln.runtime import binding, checkpoint, checkpoint_state, data, numerics
@@ -167,6 +168,13 @@ class Trainer:
                           "reduction = \"none\") * mask) / sum(mask)"),
                      Note("or validate on another whole example: validate = npz(\"val.npz\")"))))
             return data.split(arrays, r.validate, r.seed)
+        if isinstance(r.validate, RecordValue):
+            for name, array, span in r.validate.fields:
+                if array not in arrays:
+                    raise DlnError(Diagnostic("E0603", f"validate renames input '{name}' to \"{array}\", an array "
+                                                       "the data does not have", span,
+                                              (Note("the data has " + ", ".join(sorted(arrays))),)))
+            return arrays, arrays    # the same data, fed through validate_renames (`evaluate`)
         if r.validate is not None and not isinstance(r.validate, float):
             return arrays, data.load(r.validate, self.base)
         return arrays, None
@@ -183,15 +191,16 @@ class Trainer:
                 (Note("start from fresh weights, or train on the text they were trained on"),)))
         model.vocab = vocab
 
-    def _sources(self, arrays: data.Arrays) -> dict[str, str]:
-        """For each model input: the array feeding it, or a fill (randn, rand, zeros)."""
+    def _sources(self, arrays: data.Arrays, renames: Mapping[str, str] | None = None) -> dict[str, str]:
+        """For each model input: the array feeding it, or a fill (randn, rand, zeros); `renames`
+        (validation's) take precedence over the train section's `inputs`."""
         spec = self.model.train_spec
         used = set()
         for step in self.steps:
             used |= {n.attrs["name"] for n in step.graph.nodes if n.op is Op.INPUT and n.attrs["role"] == "input"}
         out = {}
         for info in spec.inputs:
-            src = self.recipe.inputs.get(info.name, info.name)
+            src = (renames or {}).get(info.name) or self.recipe.inputs.get(info.name, info.name)
             if src in ("randn", "rand", "zeros"):
                 out[info.name] = src
             elif src in arrays:
@@ -241,6 +250,7 @@ class Trainer:
         r = self.recipe
         train, val = self._data()
         sources = self._sources(train)
+        val_sources = self._sources(val, r.validate_renames) if val is not None else None
         n = len(next(iter(train.values())))
         if n == 0:
             raise DlnError(Diagnostic("E0603", "the training data is empty", None))
@@ -288,7 +298,7 @@ class Trainer:
             record = {"epoch": epoch + 1, **{k: v / seen for k, v in sums.items()},
                       "lr": schedules[0].lr(self.step_counts[0] - 1, epoch)}  # the rate of the epoch's last step
             if val is not None:
-                record.update({f"val_{k}": v for k, v in self.evaluate(val, sources).items()})
+                record.update({f"val_{k}": v for k, v in self.evaluate(val, val_sources).items()})
             record["time"] = time.perf_counter() - began
             self.history.epochs.append(record)
             self.log(_format_epoch(record, r.epochs))
@@ -345,8 +355,8 @@ class Trainer:
         return out
 
     def evaluate(self, arrays: data.Arrays, sources: dict[str, str] | None = None) -> dict[str, float]:
-        """Mean objective losses and metrics over `arrays`, in evaluation mode."""
-        sources = sources or self._sources(arrays)
+        """Mean objective losses and metrics over `arrays` (validation data), in evaluation mode."""
+        sources = sources or self._sources(arrays, self.recipe.validate_renames)
         spec = self.model.spec
         names = [n for n in self.eval_names if n in spec.values or n in spec.metrics]
         n = len(next(iter(arrays.values())))
