@@ -1,5 +1,5 @@
-"""The convolutional examples', the char-LMs' and the vision transformer's twins in PyTorch: the same
-networks, trained the same way.
+"""The convolutional examples', the denoising autoencoder's, the char-LMs' and the vision transformer's
+twins in PyTorch: the same networks, trained the same way.
 
 Each twin has the example's layers and sizes, under the same parameter names (so a dln state
 dict loads into it by name and back), PyTorch's default initialization (which is dln's), the
@@ -7,13 +7,15 @@ same optimizer and hyperparameters (and learning rate at every step, where the t
 a cosine schedule), and it is fed exactly what `dln train` feeds: the same
 held-out split (`dln.runtime.data.split`: for the char-LMs the end of the text), the same
 shuffled order each epoch, the same batch size (the last batch short), the same noise for the
-GAN, the same gradient clipping.  CPU, float32.  It prints the metrics
+GAN, the same gradient clipping.  (The denoising autoencoder's noise is drawn inside the model, by
+torch's generator on one side and dln's Philox counter on the other: the same distribution, not the
+same numbers.)  CPU, float32.  It prints the metrics
 `dln train` prints for its last epoch: training means over the epoch's batches, validation in
 evaluation mode; `time` is the whole run's wall time (data, set-up, dln's compile), `epochs_time`
 the epochs' alone (training steps and validation), `cpu` the process's CPU time.
 
-    .venv/bin/python examples/torch_twins.py cnn|dcgan|autoencoder|lstm|gru|gpt|vit|all        # PyTorch
-    .venv/bin/python examples/torch_twins.py cnn|dcgan|autoencoder|lstm|gru|gpt|vit|all --dln  # dln.train
+    .venv/bin/python examples/torch_twins.py cnn|dcgan|autoencoder|dae|lstm|gru|gpt|vit|all        # PyTorch
+    .venv/bin/python examples/torch_twins.py cnn|dcgan|autoencoder|dae|lstm|gru|gpt|vit|all --dln  # dln.train
 
 Each side runs in its own process (two thread pools in one process, OpenBLAS's and PyTorch's,
 slow each other down on a small machine); examples/README.md's numbers were taken with
@@ -36,14 +38,16 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 FILES = {"cnn": "cnn_digits.dln", "dcgan": "dcgan_digits.dln", "autoencoder": "conv_autoencoder_digits.dln",
-         "lstm": "lstm_charlm.dln", "gru": "gru_charlm.dln", "gpt": "transformer_charlm.dln",
+         "dae": "autoencoder_digits.dln", "lstm": "lstm_charlm.dln", "gru": "gru_charlm.dln", "gpt": "transformer_charlm.dln",
          "vit": "vit_digits.dln"}
 CHARLMS = ("lstm", "gru", "gpt")   # character-level language models of dataset("text")
+FLAT = ("dae",)                    # fed the digits as x [N, 64], not as images [N, 1, 8, 8]
 # The train sections' settings (the files are the reference; `settings_of` checks these against them).
 SETTINGS = {
     "cnn": {"validate": 0.2, "lr": 1e-3, "betas": (0.9, 0.999), "batch": 64, "epochs": 15, "seed": 0},
     "dcgan": {"validate": None, "lr": 1e-3, "betas": (0.5, 0.999), "batch": 64, "epochs": 50, "seed": 0},
     "autoencoder": {"validate": 0.1, "lr": 2e-3, "betas": (0.9, 0.999), "batch": 64, "epochs": 20, "seed": 0},
+    "dae": {"validate": 0.1, "lr": 2e-3, "betas": (0.9, 0.999), "batch": 64, "epochs": 30, "seed": 0},
     "lstm": {"validate": 0.1, "lr": 3e-3, "betas": (0.9, 0.999), "batch": 32, "epochs": 8, "seed": 0,
              "clip_grad": 1.0},
     "gru": {"validate": 0.1, "lr": 3e-3, "betas": (0.9, 0.999), "batch": 32, "epochs": 8, "seed": 0,
@@ -155,6 +159,26 @@ def make_autoencoder():
             return torch_sigmoid(self.recon(F.relu(self.dec1(h))))
 
     return ConvAutoencoder()
+
+
+def make_dense_autoencoder(d: int = 64, hidden: int = 32, code: int = 16, noise: float = 0.2):
+    """examples/autoencoder_digits.dln: noise added in the model (training and evaluation alike, as
+    randn_like draws in both modes), 64 -> 32 -> 16 -> 32 -> 64, sigmoid."""
+    import torch
+    import torch.nn as nn
+
+    class DenseAutoencoder(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.z = nn.ModuleDict({"linear_0": nn.Linear(d, hidden), "linear_1": nn.Linear(hidden, code)})
+            self.recon = nn.ModuleDict({"linear_0": nn.Linear(code, hidden), "linear_1": nn.Linear(hidden, d)})
+
+        def forward(self, x):
+            noisy = x + noise * torch.randn_like(x)
+            z = torch.relu(self.z.linear_1(torch.relu(self.z.linear_0(noisy))))
+            return torch_sigmoid(self.recon.linear_1(torch.relu(self.recon.linear_0(z))))
+
+    return DenseAutoencoder()
 
 
 def torch_sigmoid(x):
@@ -272,7 +296,7 @@ def make_vit(dim: int = 64, heads: int = 4, layers: int = 2, classes: int = 10):
     return ViT()
 
 
-MAKERS = {"cnn": make_cnn, "dcgan": make_dcgan, "autoencoder": make_autoencoder,
+MAKERS = {"cnn": make_cnn, "dcgan": make_dcgan, "autoencoder": make_autoencoder, "dae": make_dense_autoencoder,
           "lstm": lambda: make_charlm("lstm"), "gru": lambda: make_charlm("gru"), "gpt": make_gpt, "vit": make_vit}
 
 
@@ -318,6 +342,8 @@ def train_torch(name: str, log=print) -> dict:
         train, val = {"images": train["x"], "y": train["y"]}, {"images": val["x"], "y": val["y"]}
     else:
         train, val = split(digits(), s["validate"], s["seed"])
+        if name in FLAT:
+            train, val = {"images": train["x"], "y": train["y"]}, {"images": val["x"], "y": val["y"]}
     n = len(train["y"])
     t = {k: torch.from_numpy(v) for k, v in train.items()}
     epochs_time = 0.0
