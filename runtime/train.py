@@ -296,9 +296,8 @@ class Trainer:
                 for name, value in results.items():
                     sums[name] = sums.get(name, 0.0) + value * len(idx)
                 seen += len(idx)
-                if bar is not None:   # the step and steps/s are tqdm's own
-                    loss = self.steps[0].objective.loss
-                    bar.set_postfix({loss: f"{sums[loss] / seen:.4f}",
+                if bar is not None:   # the step and steps/s are tqdm's own; each objective's mean loss so far
+                    bar.set_postfix({**{s.objective.loss: f"{sums[s.objective.loss] / seen:.4f}" for s in self.steps},
                                      "examples/s": f"{seen / (time.perf_counter() - began):.0f}"}, refresh=False)
             if bar is not None:
                 bar.close()
