@@ -38,8 +38,8 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 FILES = {"cnn": "cnn_digits.dln", "dcgan": "dcgan_digits.dln", "autoencoder": "conv_autoencoder_digits.dln",
-         "dae": "autoencoder_digits.dln", "lstm": "lstm_charlm.dln", "gru": "gru_charlm.dln", "gpt": "transformer_charlm.dln",
-         "vit": "vit_digits.dln"}
+         "dae": "autoencoder_digits.dln", "lstm": "lstm_charlm.dln", "gru": "gru_charlm.dln",
+         "gpt": "transformer_charlm.dln", "vit": "vit_digits.dln"}
 CHARLMS = ("lstm", "gru", "gpt")   # character-level language models of dataset("text")
 FLAT = ("dae",)                    # fed the digits as x [N, 64], not as images [N, 1, 8, 8]
 # The train sections' settings (the files are the reference; `settings_of` checks these against them).

@@ -59,19 +59,21 @@ class Run:
         self.path = path
         self.logged = logged      # epochs already in the event files (a resumed run's)
         self.log = log
-        self.events: Any = None
         self.missing: list[str] = []   # optional packages that are not installed: what was not written
+        self.writer: Any = None        # tensorboard's Writer, when installed
+        self.events: Any = None        # its event file, opened by the first epoch's end (a run failing sooner has none)
         try:
             from tensorboard.summary import Writer
+            self.writer = Writer
         except ImportError:
             self.missing.append("TensorBoard events (pip install 'dln[tensorboard]')")
-        else:
-            path.mkdir(parents=True, exist_ok=True)
-            self.events = Writer(str(path))
 
     def epoch(self, history: Sequence[Mapping[str, float]]) -> None:
         """After each epoch's checkpoint: the event files get the epochs they lack, then metrics.csv
         the whole history (so it never runs ahead of the checkpoint it belongs to)."""
+        if self.events is None and self.writer is not None:
+            self.path.mkdir(parents=True, exist_ok=True)
+            self.events = self.writer(str(self.path))
         if self.events is not None:
             for record in history[self.logged:]:
                 for key, value in record.items():

@@ -95,8 +95,8 @@ def default_objective(model: Model) -> Objective:
 def train_file(source: str | Path, backend: str | None = None, progress: bool | None = None,
                log: Callable[[str], None] | None = None, debug: bool = False, weights: str | None = None,
                from_text: bool = False, precision: str | None = None, model: str | None = None,
-               limits: Limits = DEFAULT_LIMITS, check_numerics: bool = False, logdir: str | os.PathLike | bool | None = None,
-               **overrides: Any) -> History:
+               limits: Limits = DEFAULT_LIMITS, check_numerics: bool = False,
+               logdir: str | os.PathLike | bool | None = None, **overrides: Any) -> History:
     """Train as `source`'s train section for `model` (the first section by default) says.  `logdir`: the
     run directory of metrics and pictures (dln.runtime.monitor) — a path; None, the checkpoint directory
     if there is one, else none; True, the same but runs/<file stem> (in the current directory) when there
