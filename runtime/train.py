@@ -222,7 +222,7 @@ class Trainer:
                augment: bool = False, fills: np.random.Generator | None = None) -> dict[str, Any]:
         """The feeds of the examples `idx`; filled inputs drawn from `fills` (the run's fill generator
         by default)."""
-        fills = fills or self.fill_rng
+        fills = self.fill_rng if fills is None else fills
         spec = self.model.train_spec
         picked = {info.name: arrays[src][idx] for info in spec.inputs
                   if (src := sources.get(info.name)) is not None and src not in ("randn", "rand", "zeros")}
