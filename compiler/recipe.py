@@ -10,6 +10,7 @@ scalar each), the instances it trains over, the inputs it fills or renames;
 from __future__ import annotations
 
 import difflib
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Collection, Mapping
 
@@ -62,6 +63,7 @@ class Recipe:
     early_stop: int | None = None
     augment: list[TrainValue] = field(default_factory=list)
     checkpoint: str | None = None
+    images: list[str] = field(default_factory=list)   # values drawn as a grid at the end (images.png)
     spans: dict[str, Span] = field(default_factory=dict)
 
     @property
@@ -86,7 +88,7 @@ class Recipe:
 DEFAULT_OPTIMIZER = OptimizerSpec("adam", dict(OPTIMIZERS["adam"].defaults))
 
 _SETTINGS = {"data", "validate", "inputs", "optimizer", "batch", "epochs", "seed", "clip_grad", "schedule",
-             "early_stop", "augment", "checkpoint"}
+             "early_stop", "augment", "checkpoint", "images"}
 
 
 def model_of(program: Program, train: ast.Train) -> ast.Model:
@@ -125,6 +127,9 @@ def read_recipe(train: ast.Train, model_name: str, values: Collection[str], inst
                                           (Note("first set here", seen[key]),)))
             seen[key] = s.name.span
             recipe.spans[key] = s.value.span
+            if key == "images":   # names of the model's values, not train-section constants
+                recipe.images = _images(s.value, values, types, model_name)
+                continue
             value = _eval(s.value)
             if key == "optimizer":
                 default_optimizer = _optimizer(value, s.value.span)
@@ -188,6 +193,57 @@ def _check_inputs(value: RecordValue, inputs: Collection[str], model_name: str, 
                 f"its inputs: {', '.join(inputs)}" if inputs else "it has no inputs"
             raise DlnError(Diagnostic("E0601", f"model {model_name} has no input '{name}' {what}", span,
                                       (Note(hint),)))
+
+
+def _images(e: ast.Expr, values: Collection[str], types: Mapping[str, TensorType] | None,
+            model_name: str) -> list[str]:
+    """`images = [noisy, recon, x]`: values of the model (inputs included), each example of which can be
+    drawn as one square picture (`image_size`)."""
+    if not isinstance(e, ast.ListExpr) or not e.items or not all(isinstance(i, ast.Name) for i in e.items):
+        raise DlnError(Diagnostic("E0601", "images must be a list of the model's values, e.g. images = [x, recon]",
+                                  e.span))
+    names: dict[str, Span] = {}
+    for item in e.items:
+        if item.id not in values:
+            close = difflib.get_close_matches(item.id, sorted(values), n=1)
+            raise DlnError(Diagnostic("E0601", f"model {model_name} has no value '{item.id}' to draw", item.span,
+                                      (Note(f"did you mean '{close[0]}'?"),) if close else ()))
+        if item.id in names:
+            raise DlnError(Diagnostic("E0306", f"'{item.id}' is drawn twice", item.span,
+                                      (Note("first listed here", names[item.id]),)))
+        names[item.id] = item.span
+        t = types.get(item.id) if types is not None else None
+        if t is not None:
+            _check_image(item, t)
+    return list(names)
+
+
+def _check_image(item: ast.Name, t: TensorType) -> None:
+    """A drawable value: floats, the batch first, each example a known number of values that
+    `image_size` can lay out as a picture."""
+    def refuse(why: str, note: str) -> DlnError:
+        return DlnError(Diagnostic("E0601", f"images: '{item.id}' {t} cannot be drawn: {why}", item.span,
+                                   (Note(note),)))
+
+    if not t.dtype.is_float:
+        raise refuse("its elements are not floats", "draw a float value (pixels), e.g. the reconstruction")
+    if t.rank < 2 or isinstance(t.shape[0], int):
+        raise refuse("it needs the batch first, then each example's values",
+                     "draw a value of shape [B, 64] or [B, 1, 8, 8]")
+    if not all(isinstance(d, int) for d in t.shape[1:]):
+        raise refuse("the size of each example is not a constant", "give its dimensions as numbers or hyperparameters")
+    if image_size(tuple(t.shape[1:])) is None:
+        raise refuse(f"{math.prod(t.shape[1:])} values an example are not a square, nor [1, H, W]",
+                     "draw values that hold one gray picture an example: [B, 64] (8 x 8), [B, 1, 8, 8], [B, 8, 8]")
+
+
+def image_size(example: tuple[int, ...]) -> tuple[int, int] | None:
+    """The height and width of one example drawn as a gray picture: the last two axes when the axes
+    before them hold one value ([1, 8, 8], [8, 8]); else a square of all its values (64 -> 8 x 8)."""
+    if len(example) >= 2 and math.prod(example[:-2]) == 1:
+        return example[-2], example[-1]
+    side = math.isqrt(math.prod(example))
+    return (side, side) if side * side == math.prod(example) and side > 0 else None
 
 
 def _optimizer(value: Value, span: Span) -> OptimizerSpec:

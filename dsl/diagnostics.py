@@ -206,4 +206,5 @@ CODES: dict[str, str] = {
     "E0708": "an output path cannot be written",
     "E0709": "a whole example cannot be split",
     "E0710": "invalid argument to a Python API function",
+    "E0714": "an optional package is not installed",
 }

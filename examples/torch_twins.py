@@ -7,7 +7,9 @@ a cosine schedule), and it is fed exactly what `dln train` feeds: the same
 held-out split (`dln.runtime.data.split`: for the char-LMs the end of the text), the same
 shuffled order each epoch, the same batch size (the last batch short), the same noise for the
 GAN, the same gradient clipping; for the GCN, the whole karate graph each step, validated on its
-held-out nodes (`validate = { mask = "val_mask" }`).  CPU, float32.  It prints the metrics
+held-out nodes (`validate = { mask = "val_mask" }`).  (The denoising autoencoder's noise is drawn inside
+the model, by torch's generator on one side and dln's Philox counter on the other: the same
+distribution, not the same numbers.)  CPU, float32.  It prints the metrics
 `dln train` prints for its last epoch: training means over the epoch's batches, validation in
 evaluation mode; `time` is the whole run's wall time (data, set-up, dln's compile), `epochs_time`
 the epochs' alone (training steps and validation), `cpu` the process's CPU time.
@@ -36,17 +38,18 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 FILES = {"cnn": "cnn_digits.dln", "dcgan": "dcgan_digits.dln", "autoencoder": "conv_autoencoder_digits.dln",
-         "lstm": "lstm_charlm.dln", "gru": "gru_charlm.dln", "gpt": "transformer_charlm.dln",
-         "vit": "vit_digits.dln", "mlp": "mlp_digits.dln", "rnn": "rnn_digits.dln", "gan": "gan_digits.dln",
+         "dae": "autoencoder_digits.dln", "lstm": "lstm_charlm.dln", "gru": "gru_charlm.dln",
+         "gpt": "transformer_charlm.dln", "vit": "vit_digits.dln", "mlp": "mlp_digits.dln", "rnn": "rnn_digits.dln", "gan": "gan_digits.dln",
          "vae": "vae_digits.dln", "iris": "iris.dln", "gcn": "gcn_karate.dln"}
 CHARLMS = ("lstm", "gru", "gpt")   # character-level language models of dataset("text")
-FLAT = ("mlp", "rnn", "gan", "vae")   # fed the flattened digits x [N, 64]
+FLAT = ("mlp", "rnn", "gan", "vae", "dae")   # fed the flattened digits x [N, 64]
 GANS = ("dcgan", "gan")               # two objectives, D's then G's, on each batch
 # The train sections' settings (the files are the reference; `settings_of` checks these against them).
 SETTINGS = {
     "cnn": {"validate": 0.2, "lr": 1e-3, "betas": (0.9, 0.999), "batch": 64, "epochs": 15, "seed": 0},
     "dcgan": {"validate": None, "lr": 1e-3, "betas": (0.5, 0.999), "batch": 64, "epochs": 50, "seed": 0},
     "autoencoder": {"validate": 0.1, "lr": 2e-3, "betas": (0.9, 0.999), "batch": 64, "epochs": 20, "seed": 0},
+    "dae": {"validate": 0.1, "lr": 2e-3, "betas": (0.9, 0.999), "batch": 64, "epochs": 30, "seed": 0},
     "lstm": {"validate": 0.1, "lr": 3e-3, "betas": (0.9, 0.999), "batch": 32, "epochs": 8, "seed": 0,
              "clip_grad": 1.0},
     "gru": {"validate": 0.1, "lr": 3e-3, "betas": (0.9, 0.999), "batch": 32, "epochs": 8, "seed": 0,
@@ -167,6 +170,26 @@ def make_autoencoder():
             return torch_sigmoid(self.recon(F.relu(self.dec1(h))))
 
     return ConvAutoencoder()
+
+
+def make_dense_autoencoder(d: int = 64, hidden: int = 32, code: int = 16, noise: float = 0.2):
+    """examples/autoencoder_digits.dln: noise added in the model (training and evaluation alike, as
+    randn_like draws in both modes), 64 -> 32 -> 16 -> 32 -> 64, sigmoid."""
+    import torch
+    import torch.nn as nn
+
+    class DenseAutoencoder(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.z = nn.ModuleDict({"linear_0": nn.Linear(d, hidden), "linear_1": nn.Linear(hidden, code)})
+            self.recon = nn.ModuleDict({"linear_0": nn.Linear(code, hidden), "linear_1": nn.Linear(hidden, d)})
+
+        def forward(self, x):
+            noisy = x + noise * torch.randn_like(x)
+            z = torch.relu(self.z.linear_1(torch.relu(self.z.linear_0(noisy))))
+            return torch_sigmoid(self.recon.linear_1(torch.relu(self.recon.linear_0(z))))
+
+    return DenseAutoencoder()
 
 
 def torch_sigmoid(x):
@@ -441,8 +464,8 @@ def make_gcn(features: int = 34, hidden: int = 16, classes: int = 2):
 
 MAKERS = {"cnn": make_cnn, "dcgan": make_dcgan, "autoencoder": make_autoencoder,
           "lstm": lambda: make_charlm("lstm"), "gru": lambda: make_charlm("gru"), "gpt": make_gpt, "vit": make_vit,
-          "mlp": make_mlp, "rnn": make_rnn, "gan": make_gan, "vae": make_vae, "iris": make_iris,
-          "gcn": make_gcn}
+          "dae": make_dense_autoencoder, "mlp": make_mlp, "rnn": make_rnn, "gan": make_gan, "vae": make_vae,
+          "iris": make_iris, "gcn": make_gcn}
 
 
 # ---- what dln train feeds -------------------------------------------------------------------------------------
@@ -708,7 +731,8 @@ def settings_of(name: str) -> dict:
         {"weight_decay": opt.hyper["weight_decay"]} if opt.hyper.get("weight_decay") else {}
     warmup = {"warmup": r.schedule.arg("warmup", 0)} if r.schedule is not None else {}
     assert r.schedule is None or r.schedule.kind == "cosine", r.schedule   # the only schedule step_rates knows
-    return {"validate": r.validate_renames or r.validate or None, "lr": opt.lr, "betas": tuple(opt.hyper.get("betas", (0.9, 0.999))),
+    return {"validate": r.validate_renames or r.validate or None, "lr": opt.lr,
+            "betas": tuple(opt.hyper.get("betas", (0.9, 0.999))),
             "batch": r.batch, "epochs": r.epochs, "seed": r.seed,
             **({"clip_grad": r.clip_grad} if r.clip_grad is not None else {}), **adamw, **warmup}
 

@@ -380,7 +380,8 @@ def train(source: str | Path, backend: str | None = None, max_nodes: int = DEFAU
           max_unroll: int = DEFAULT_LIMITS.max_unroll, **overrides: Any):
     """Train as the file's train section says; keyword arguments override settings
     (epochs, batch, seed, checkpoint, ...) and hyperparameters (anything else).  `max_nodes`,
-    `max_unroll`: as for `compile`."""
+    `max_unroll`: as for `compile`.  Metrics and pictures go to `logdir=` (a directory), else to the
+    checkpoint directory; `logdir=True` adds `dln train`'s default, runs/<file stem>."""
     from dln.runtime.train import train_file
 
     _check_source(source)
@@ -400,7 +401,8 @@ def train(source: str | Path, backend: str | None = None, max_nodes: int = DEFAU
 # hyperparameters, checked by the compiler).
 _TRAIN_ARGS = (("model", str, "a model's name"), ("weights", (str, os.PathLike), "a weights file's path"),
                ("precision", str, 'a precision name such as "ieee"'), ("progress", bool, "True or False"),
-               ("debug", bool, "True or False"), ("from_text", bool, "True or False"))
+               ("debug", bool, "True or False"), ("from_text", bool, "True or False"),
+               ("logdir", (str, os.PathLike, bool), "a directory's path, True or False"))
 
 
 # ---- checking what the caller passed --------------------------------------------------------------------------------

@@ -81,6 +81,11 @@ def write_text(path: str | Path, text: str) -> None:
     _atomic(Path(path), lambda tmp: Path(tmp).write_text(text))
 
 
+def write_bytes(path: str | Path, data: bytes) -> None:
+    """A file (a picture) replaced atomically."""
+    _atomic(Path(path), lambda tmp: Path(tmp).write_bytes(data))
+
+
 def save_json(path: str | Path, data: Any) -> None:
     write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 

@@ -94,6 +94,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--batch", type=int)
     c.add_argument("--seed", type=int)
     c.add_argument("--checkpoint", help="checkpoint directory (resumes from it)")
+    c.add_argument("--logdir", metavar="DIR",
+                   help="where metrics (metrics.csv, TensorBoard events) and pictures go (default: the checkpoint "
+                        "directory, else runs/<file name>; 'none': nowhere)")
     c.add_argument("--save", help="write the final weights to this .safetensors file")
     c.add_argument("--no-progress", action="store_true", help="no progress bar")
     c.add_argument("--check-numerics", action="store_true",
@@ -114,6 +117,11 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("-o", "--output", help="write DOT; SVG when the name ends in .svg (with Graphviz's dot program)")
     c = command("bench", "kernels per training step and modeled memory traffic, against PyTorch", backend=True)
     c.add_argument("--batch", type=int, default=128)
+    c = sub.add_parser("plot", help="loss and accuracy curves of a run directory as a PNG",
+                       description="loss and accuracy curves of a run directory (its metrics.csv) as a PNG")
+    c.add_argument("run_dir", metavar="RUN_DIR", help="a run directory of dln train")
+    c.add_argument("-o", "--output", help="the PNG to write (default: RUN_DIR/curves.png)")
+    c.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return p
 
 
@@ -314,10 +322,12 @@ def cmd_train(args) -> int:
     if args.save:  # found out before training, not after
         check_output(args.save, "file", "the weights (--save)")
     settings = {k: getattr(args, k) for k in ("epochs", "batch", "seed", "checkpoint") if getattr(args, k) is not None}
+    # --logdir none: no run directory at all; no --logdir: the checkpoint directory, else runs/<file stem>
+    logdir = True if args.logdir is None else False if args.logdir == "none" else args.logdir
     history = train_file(Path(args.file), backend=args.backend, progress=False if args.no_progress else None,
                          debug=args.debug, weights=args.weights, from_text=True, precision=args.precision,
                          model=args.model, limits=_limits(args), check_numerics=args.check_numerics,
-                         **settings, **args.hparams)
+                         logdir=logdir, **settings, **args.hparams)
     if args.save and history.model is not None:
         _save_or_rescue(history.model, Path(args.save))
         print(f"saved weights to {args.save}")
@@ -427,9 +437,16 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_plot(args) -> int:
+    from dln.runtime.monitor import plot
+
+    print(f"wrote {plot(Path(args.run_dir), Path(args.output) if args.output else None)}")
+    return 0
+
+
 COMMANDS: dict[str, Callable[[Any], int]] = {
     "check": cmd_check, "params": cmd_params, "compile": cmd_compile, "run": cmd_run, "train": cmd_train,
-    "eval": cmd_eval, "sample": cmd_sample, "graph": cmd_graph, "bench": cmd_bench,
+    "eval": cmd_eval, "sample": cmd_sample, "graph": cmd_graph, "bench": cmd_bench, "plot": cmd_plot,
 }
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ from dln.compiler.training import TrainStep
 from dln.compiler.values import RecordValue
 from dln.dsl import ast
 from dln.dsl.diagnostics import Diagnostic, DlnError, Note
-from dln.runtime import binding, checkpoint, checkpoint_state, data, numerics
+from dln.runtime import binding, checkpoint, checkpoint_state, data, monitor, numerics
 from dln.runtime.api import Model
 from dln.runtime.schedules import Schedule
 
@@ -95,8 +96,12 @@ def default_objective(model: Model) -> Objective:
 def train_file(source: str | Path, backend: str | None = None, progress: bool | None = None,
                log: Callable[[str], None] | None = None, debug: bool = False, weights: str | None = None,
                from_text: bool = False, precision: str | None = None, model: str | None = None,
-               limits: Limits = DEFAULT_LIMITS, check_numerics: bool = False, **overrides: Any) -> History:
-    """Train as `source`'s train section for `model` (the first section by default) says."""
+               limits: Limits = DEFAULT_LIMITS, check_numerics: bool = False,
+               logdir: str | os.PathLike | bool | None = None, **overrides: Any) -> History:
+    """Train as `source`'s train section for `model` (the first section by default) says.  `logdir`: the
+    run directory of metrics and pictures (dln.runtime.monitor) — a path; None, the checkpoint directory
+    if there is one, else none; True, the same but runs/<file stem> (in the current directory) when there
+    is no checkpoint, as `dln train` does; False, none."""
     settings = {k: overrides.pop(k) for k in list(overrides) if k in SETTING_OVERRIDES}
     program = pipeline.load(source)
     train = find_train(program, model)
@@ -109,7 +114,12 @@ def train_file(source: str | Path, backend: str | None = None, progress: bool | 
         compiled.load(weights)
     base = Path(program.path).parent if not program.path.startswith("<") else Path.cwd()
     trainer = Trainer(compiled, recipe, base, log=log, progress=progress, debug=debug, check_numerics=check_numerics)
-    return trainer.fit()
+    if logdir is True:
+        stem = Path(program.path).stem if not program.path.startswith("<") else compiled.name
+        logdir = recipe.checkpoint or monitor.default_dir(stem, Path("."))
+    elif logdir is None:
+        logdir = recipe.checkpoint
+    return trainer.fit(Path(logdir) if logdir else None)
 
 
 class Trainer:
@@ -218,7 +228,10 @@ class Trainer:
         return data.whole_example(fed)
 
     def _batch(self, arrays: data.Arrays, sources: dict[str, str], idx: np.ndarray,
-               augment: bool = False) -> dict[str, Any]:
+               augment: bool = False, fills: np.random.Generator | None = None) -> dict[str, Any]:
+        """The feeds of the examples `idx`; filled inputs drawn from `fills` (the run's fill generator
+        by default)."""
+        fills = self.fill_rng if fills is None else fills
         spec = self.model.train_spec
         picked = {info.name: arrays[src][idx] for info in spec.inputs
                   if (src := sources.get(info.name)) is not None and src not in ("randn", "rand", "zeros")}
@@ -237,16 +250,17 @@ class Trainer:
             if src in ("randn", "rand", "zeros"):
                 shape = _fill_shape(info, env, len(idx))
                 if src == "randn":
-                    fill = self.fill_rng.standard_normal(shape)
+                    fill = fills.standard_normal(shape)
                 elif src == "rand":
-                    fill = self.fill_rng.random(shape)
+                    fill = fills.random(shape)
                 else:
                     fill = np.zeros(shape)
                 feeds[info.name] = fill.astype(np.float32)
         return feeds
 
     # ---- the loop -------------------------------------------------------------------------------------------
-    def fit(self) -> History:
+    def fit(self, logdir: Path | None = None) -> History:
+        """Train; with `logdir`, write the run's metrics and pictures there (dln.runtime.monitor)."""
         r = self.recipe
         train, val = self._data()
         sources = self._sources(train)
@@ -270,6 +284,7 @@ class Trainer:
             return self.history
         if start >= r.epochs:
             self.log(f"already trained for {start} epochs (checkpoint {ckpt})")
+        run = monitor.open_run(logdir, self.history.epochs, self.log) if logdir else None
         for epoch in range(start, r.epochs):
             began = time.perf_counter()
             order = np.arange(n) if whole is not None else \
@@ -291,8 +306,9 @@ class Trainer:
                 for name, value in results.items():
                     sums[name] = sums.get(name, 0.0) + value * len(idx)
                 seen += len(idx)
-                if bar is not None:
-                    bar.set_postfix(loss=f"{results[self.steps[0].objective.loss]:.4f}", refresh=False)
+                if bar is not None:   # the step and steps/s are tqdm's own; each objective's mean loss so far
+                    bar.set_postfix({**{s.objective.loss: f"{sums[s.objective.loss] / seen:.4f}" for s in self.steps},
+                                     "examples/s": f"{seen / (time.perf_counter() - began):.0f}"}, refresh=False)
             if bar is not None:
                 bar.close()
             record = {"epoch": epoch + 1, **{k: v / seen for k, v in sums.items()},
@@ -322,9 +338,30 @@ class Trainer:
                                                        f"{epoch + 1}: {e}", None,
                                               (Note("the checkpoint before is whole: run again to resume from "
                                                     "it"),))) from None
+            if run is not None:
+                run.epoch(self.history.epochs)
             if self.stopped:
                 break
+        if run is not None:
+            run.finish(self.history.epochs, self._images(val if val is not None else train, sources))
         return self.history
+
+    def _images(self, arrays: data.Arrays, sources: dict[str, str]) -> dict[str, np.ndarray] | None:
+        """The `images` setting's values for the first examples of `arrays`, in evaluation mode; fills
+        and the model's own draws from a fixed seed, so the grid depends on the weights alone, and the
+        model's draw counter as it was (resuming stays exact)."""
+        if not self.recipe.images:
+            return None
+        n = len(next(iter(arrays.values())))
+        idx = np.arange(n if self._whole_example(sources) is not None else min(n, monitor.IMAGE_EXAMPLES))
+        feeds = self._batch(arrays, sources, idx, fills=np.random.default_rng(monitor.IMAGE_SEED))
+        computed = [k for k in self.recipe.images if k not in feeds]
+        counter, self.model._rng_step = self.model._rng_step, monitor.IMAGE_SEED
+        try:
+            values = self.model.run(computed, **feeds) if computed else {}
+        finally:
+            self.model._rng_step = counter
+        return {k: np.asarray(feeds[k] if k in feeds else values[k]) for k in self.recipe.images}
 
     def _step(self, feeds: dict[str, Any], schedules: list[Schedule], epoch: int) -> dict[str, float]:
         model, spec = self.model, self.model.train_spec

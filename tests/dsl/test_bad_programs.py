@@ -75,9 +75,9 @@ def test_corpus_covers_the_compile_time_codes():
     covered = {expectations(f)[0][0].code for f in bad_programs()}
     # Checked only when data arrives (or by the CLI tests): symbolic sizes bound at run time,
     # data sets, input data, unreadable files, weights, numerical failures, class indices, memory,
-    # checkpoints, output paths, whole-example data, Python API arguments.
+    # checkpoints, output paths, whole-example data, Python API arguments, optional packages.
     run_time = {"E0205", "E0603", "E0701", "E0702", "E0703", "E0704", "E0705", "E0706", "E0707", "E0708",
-                "E0709", "E0710"}
+                "E0709", "E0710", "E0714"}
     # Said by the Triton backend for what it has no kernel for (test_cli_errors), never by `dln check`.
     backend = {"E0303"}
     missing = set(CODES) - run_time - backend - covered

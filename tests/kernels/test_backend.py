@@ -33,8 +33,10 @@ def _epochs(text: str) -> list[tuple[float, ...]]:
 def test_training_on_the_interpreter_follows_the_numpy_loss_curve(example, epochs):
     """Dropout, two objectives over shared instances, sampled codes: the same curve on both backends."""
     path = ROOT / "examples" / f"{example}.dln"
-    numpy_run = run_dln("train", str(path), "--epochs", str(epochs), "--backend", "numpy", "--no-progress")
-    triton_run = run_dln("train", str(path), "--epochs", str(epochs), "--backend", "triton", "--no-progress")
+    numpy_run = run_dln("train", str(path), "--epochs", str(epochs), "--backend", "numpy", "--no-progress",
+                        "--logdir", "none")
+    triton_run = run_dln("train", str(path), "--epochs", str(epochs), "--backend", "triton", "--no-progress",
+                         "--logdir", "none")
     assert numpy_run.returncode == 0, numpy_run.stderr
     assert triton_run.returncode == 0, triton_run.stderr
     a, b = _epochs(numpy_run.stdout), _epochs(triton_run.stdout)

@@ -338,10 +338,10 @@ def test_graph_labels_a_composite_by_its_name(project: Path):
     assert re.search(r'label="%\d+ sdpa\\n', dot) and "composite" not in dot
 
 
-def test_a_reader_that_goes_away_stops_train_quietly():
+def test_a_reader_that_goes_away_stops_train_quietly(tmp_path: Path):
     """`dln train FILE | head -1`: the pipe closes after one line; dln stops without an internal error."""
     proc = subprocess.Popen([sys.executable, "-m", "dln", "train", str(EXAMPLES / "iris.dln")],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
     assert proc.stdout.readline().startswith("epoch")
     proc.stdout.close()
     _, err = proc.communicate(timeout=120)

@@ -438,14 +438,21 @@ def test_minimize_over_an_instance_trains_only_its_parameters(tmp_path: Path):
 
 
 # ---- checkpoints -------------------------------------------------------------------------------------------------
+def checkpoint_files(ckpt: Path) -> list[str]:
+    """The files of a checkpoint directory but the run's metrics and pictures (dln.runtime.monitor)."""
+    from dln.runtime import monitor
+
+    return sorted(p.name for p in ckpt.iterdir()
+                  if p.name not in (monitor.METRICS, monitor.CURVES) and not monitor.EVENTS.fullmatch(p.name))
+
+
 def test_checkpoint_files_are_safetensors_and_json(tmp_path: Path):
     ckpt = tmp_path / "run"
     history = dln.train(CLASSIFIER, epochs=2, checkpoint=str(ckpt), **QUIET)
     # state.json commits a checkpoint by naming its files; weights.safetensors is the latest for people.
     # The previous checkpoint (epoch 1) is kept until the next one is committed: a fallback.
-    assert sorted(p.name for p in ckpt.iterdir()) == ["optimizer-1.safetensors", "optimizer-2.safetensors",
-                                                      "state.json", "weights-1.safetensors",
-                                                      "weights-2.safetensors", "weights.safetensors"]
+    assert checkpoint_files(ckpt) == ["optimizer-1.safetensors", "optimizer-2.safetensors", "state.json",
+                                      "weights-1.safetensors", "weights-2.safetensors", "weights.safetensors"]
     for p in ckpt.iterdir():
         assert not p.read_bytes().startswith(b"\x80"), f"{p.name} looks like a pickle"
     weights = load_file(str(ckpt / "weights.safetensors"))
@@ -596,8 +603,8 @@ def test_resuming_from_a_damaged_checkpoint_is_a_diagnostic(tmp_path: Path, chan
         dln.train(CLASSIFIER, epochs=2, checkpoint=str(ckpt), **QUIET)
     assert info.value.code == "E0707" and "damaged checkpoint" in str(info.value), str(info.value)
     assert victim.read_bytes() == b"not ours"
-    assert sorted(p.name for p in ckpt.iterdir()) == ["optimizer-1.safetensors", "state.json", "weights-1.safetensors",
-                                                      "weights.safetensors"]
+    assert checkpoint_files(ckpt) == ["optimizer-1.safetensors", "state.json", "weights-1.safetensors",
+                                      "weights.safetensors"]
 
 
 def test_a_state_json_changed_during_training_deletes_nothing_outside_the_directory(tmp_path: Path):
