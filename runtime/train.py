@@ -94,8 +94,10 @@ def default_objective(model: Model) -> Objective:
 def train_file(source: str | Path, backend: str | None = None, progress: bool | None = None,
                log: Callable[[str], None] | None = None, debug: bool = False, weights: str | None = None,
                from_text: bool = False, precision: str | None = None, model: str | None = None,
-               limits: Limits = DEFAULT_LIMITS, check_numerics: bool = False, **overrides: Any) -> History:
-    """Train as `source`'s train section for `model` (the first section by default) says."""
+               limits: Limits = DEFAULT_LIMITS, check_numerics: bool = False, strict: bool = True,
+               map: Mapping[str, str] | None = None, **overrides: Any) -> History:
+    """Train as `source`'s train section for `model` (the first section by default) says, from
+    `weights` when given (`strict` and `map` as for `Model.load`: transfer learning)."""
     settings = {k: overrides.pop(k) for k in list(overrides) if k in SETTING_OVERRIDES}
     program = pipeline.load(source)
     train = find_train(program, model)
@@ -104,8 +106,11 @@ def train_file(source: str | Path, backend: str | None = None, progress: bool | 
     recipe = recipe_of(train, probe).with_overrides(**settings)
     compiled = Model(program, probe.name, overrides, backend, seed=recipe.seed, from_text=from_text, debug=debug,
                      precision=precision, limits=limits)
+    log = log or (lambda s: print(s, flush=True))
     if weights:
-        compiled.load(weights)
+        loaded = compiled.load(weights, strict, map)
+        if not strict or map:   # what loaded, so that a misspelled map shows before training
+            log(loaded.summary(str(weights)))
     base = Path(program.path).parent if not program.path.startswith("<") else Path.cwd()
     trainer = Trainer(compiled, recipe, base, log=log, progress=progress, debug=debug, check_numerics=check_numerics)
     return trainer.fit()
