@@ -15,6 +15,10 @@ texts), so nothing is downloaded.
 | wine | x f32[N, 13] standardized; y i64[N] (3 classes); target f32[N, 1] |
 | breast_cancer | x f32[N, 30] standardized; y i64[N] (2 classes); target f32[N, 1] (for binary losses) |
 | text | x i64[N, window] character ids of Python's help texts, y shifted by one; also tokens, targets (runtime/text.py) |
+
+`dataset("digits", classes = (5, 6, 7, 8, 9))` keeps the examples of those labels (in the data
+set's order) and renumbers them 0..k-1 in the order given, as a task of k classes needs (transfer
+learning: pretrain on some digits, fine-tune on the others).
 """
 
 from __future__ import annotations
@@ -81,13 +85,34 @@ def load(spec: TrainValue, base: Path) -> Arrays:
         if name not in DATASETS:
             raise DlnError(Diagnostic("E0603", f"unknown data set \"{name}\"", spec.span,
                                       (Note("data sets: " + ", ".join([*DATASETS, "text"])),)))
-        return DATASETS[name]()
+        arrays = DATASETS[name]()
+        return arrays if spec.arg("classes") is None else _classes(arrays, spec.arg("classes"), spec)
     path = (base / spec.arg("path")) if not Path(spec.arg("path")).is_absolute() else Path(spec.arg("path"))
     if not path.is_file():
         raise DlnError(Diagnostic("E0603", f"no such data file: {path}", spec.span))
     if spec.kind == "npz":
         return _npz(path, spec)
     return _csv(path, spec.arg("target"), spec)
+
+
+def _classes(arrays: Arrays, classes: tuple[int, ...], spec: TrainValue) -> Arrays:
+    """The examples whose label `y` is one of `classes`, labels renumbered to their place in `classes`
+    (`target`, the labels as floats, follows)."""
+    y = arrays["y"]
+    have = np.unique(y)
+    absent = [c for c in classes if c not in have]
+    if absent:
+        raise DlnError(Diagnostic("E0603", f"dataset(\"{spec.arg('name')}\") has no class "
+                                           f"{', '.join(map(str, absent))}", spec.span,
+                                  (Note(f"its classes: {', '.join(map(str, have))}"),)))
+    rows = np.isin(y, classes)
+    relabel = np.zeros(int(have.max()) + 1, np.int64)
+    relabel[list(classes)] = np.arange(len(classes))
+    out = {k: v[rows] for k, v in arrays.items()}
+    out["y"] = relabel[y[rows]]
+    if "target" in out:
+        out["target"] = out["y"].astype(np.float32)[:, None]
+    return out
 
 
 def _npz(path: Path, spec: TrainValue) -> Arrays:
