@@ -63,16 +63,11 @@ def rename(names: list[str], prefixes: Mapping[str, str], where: Span | None) ->
     the same are errors: both would load something else than meant, silently."""
     ordered = sorted(prefixes, key=len, reverse=True)
     out: dict[str, str] = {}
-    used: set[str] = set()
     for name in names:
         old = next((p for p in ordered if name.startswith(p)), None)
-        if old is None:
-            out[name] = name
-            continue
-        used.add(old)
-        out[name] = prefixes[old] + name[len(old):]
+        out[name] = name if old is None else prefixes[old] + name[len(old):]
     for old in prefixes:
-        if old not in used:
+        if not any(name.startswith(old) for name in names):
             raise DlnError(Diagnostic("E0703", f"the map's prefix '{old}' matches no name in the weights", where,
                                       (Note(f"the weights' names: {_listing(names)}"),)))
     seen: dict[str, str] = {}
