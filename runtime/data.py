@@ -95,9 +95,17 @@ def load(spec: TrainValue, base: Path) -> Arrays:
     return _csv(path, spec.arg("target"), spec)
 
 
+# The data sets whose rows are labelled examples `y`, which `classes = (...)` may pick from.
+LABELLED = ("digits", "iris", "wine", "breast_cancer")
+
+
 def _classes(arrays: Arrays, classes: tuple[int, ...], spec: TrainValue) -> Arrays:
     """The examples whose label `y` is one of `classes`, labels renumbered to their place in `classes`
     (`target`, the labels as floats, follows)."""
+    if spec.arg("name") not in LABELLED:
+        raise DlnError(Diagnostic("E0603", f"dataset(\"{spec.arg('name')}\") takes no classes: its rows are not "
+                                           "labelled examples to pick from", spec.span,
+                                  (Note("data sets with classes: " + ", ".join(LABELLED)),)))
     y = arrays["y"]
     have = np.unique(y)
     absent = [c for c in classes if c not in have]

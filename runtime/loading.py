@@ -69,7 +69,7 @@ def rename(names: list[str], prefixes: Mapping[str, str], where: Span | None) ->
     for old in prefixes:
         if not any(name.startswith(old) for name in names):
             raise DlnError(Diagnostic("E0703", f"the map's prefix '{old}' matches no name in the weights", where,
-                                      (Note(f"the weights' names: {_listing(names)}"),)))
+                                      (Note(f"the weights' names: {_listing(sorted(names))}"),)))
     seen: dict[str, str] = {}
     for name, new in out.items():
         if new in seen:
