@@ -169,6 +169,22 @@ def _objective(obj: ast.Minimize, default: OptimizerSpec, values: Collection[str
     return Objective(obj.loss.name, patterns or None, optimizer, obj.span)
 
 
+def with_over(recipe: Recipe, over: Any, spec: "BuiltModel") -> Recipe:
+    """The recipe with every objective trained over `over` as given outside the file
+    (`dln.train(..., over="head.*")`, `dln train --over`): a parameter-name pattern or an instance's
+    name, or a list of them, checked as the file's `over` is."""
+    import dataclasses
+
+    items = [over] if isinstance(over, str) else over
+    if not isinstance(items, (list, tuple)) or not items or not all(isinstance(i, str) for i in items):
+        raise DlnError(Diagnostic("E0710", f"argument over must be a parameter-name pattern, an instance's name, "
+                                           f"or a list of them, got {over!r:.40}"))
+    params = [p.name for p in spec.params]
+    patterns = tuple(_over_pattern(ast.Ident(i, None) if i in spec.instances else ast.Str(i, None), spec.instances,
+                                   params) for i in items)
+    return dataclasses.replace(recipe, objectives=[dataclasses.replace(o, over=patterns) for o in recipe.objectives])
+
+
 def _over_pattern(item: ast.Ident | ast.Str, instances: Collection[str], params: Collection[str] | None) -> str:
     """An `over` item as a parameter-name pattern: instance `D` is `"D.*"`; a quoted pattern is
     fnmatch-style (`*`, `?`, `[...]`) over the full names `dln params` lists, and must match one."""

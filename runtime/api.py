@@ -391,7 +391,8 @@ def train(source: str | Path, backend: str | None = None, max_nodes: int = DEFAU
           max_unroll: int = DEFAULT_LIMITS.max_unroll, **overrides: Any):
     """Train as the file's train section says; keyword arguments override settings
     (epochs, batch, seed, checkpoint, ...) and hyperparameters (anything else).  `weights` starts
-    from a weights file, loaded with `strict` and `map` as `Model.load` does.  `max_nodes`,
+    from a weights file, loaded with `strict` and `map` as `Model.load` does; `over` (a parameter-name
+    pattern or a list of them) replaces every objective's `over`.  `max_nodes`,
     `max_unroll`: as for `compile`."""
     from dln.runtime.train import train_file
 

@@ -92,6 +92,9 @@ def _parser() -> argparse.ArgumentParser:
     c = command("train", "train as the file's train section says", backend=True)
     c.add_argument("--weights", help="start from these weights (.safetensors)")
     _loading_options(c)
+    c.add_argument("--over", action="append", metavar="PATTERN",
+                   help="train only the parameters this name pattern matches (\"head.*\"; repeatable), as "
+                        "minimize ... over does")
     c.add_argument("--epochs", type=int)
     c.add_argument("--batch", type=int)
     c.add_argument("--seed", type=int)
@@ -338,6 +341,7 @@ def cmd_train(args) -> int:
     settings = {k: getattr(args, k) for k in ("epochs", "batch", "seed", "checkpoint") if getattr(args, k) is not None}
     history = train_file(Path(args.file), backend=args.backend, progress=False if args.no_progress else None,
                          debug=args.debug, weights=args.weights, strict=not args.non_strict, map=args.prefix_map,
+                         over=args.over,
                          from_text=True, precision=args.precision,
                          model=args.model, limits=_limits(args), check_numerics=args.check_numerics,
                          **settings, **args.hparams)

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors.numpy import load_file
+from safetensors.numpy import save_file as save_np
 from safetensors.torch import save_file
 
 import dln
@@ -289,8 +291,6 @@ def test_a_class_the_data_lacks_is_e0603_at_the_data_set():
 def test_cli_pretrain_then_fine_tune_with_a_map(tmp_path):
     """The example, an epoch each: the fine-tuning loads the backbone (renamed by --map from a
     PyTorch-style name), says what it left, and leaves the frozen layers as loaded."""
-    from safetensors.numpy import load_file, save_file as save_np
-
     example = str(EXAMPLES / "transfer_digits.dln")
     r = run_dln("train", example, "--model", "pretrain", "--epochs", "1", "--no-progress", "--save",
                 str(tmp_path / "pre.safetensors"), cwd=tmp_path)
@@ -316,3 +316,25 @@ def test_cli_pretrain_then_fine_tune_with_a_map(tmp_path):
     r = run_dln("train", example, "--model", "finetune", "--weights", "torch.safetensors", "--map", "backbone.",
                 cwd=tmp_path)
     assert r.returncode == 2 and "--map expects OLD=NEW" in r.stderr
+
+
+def test_over_given_outside_the_file_replaces_the_sections(net_file, tmp_path):
+    """dln.train(..., over=...) and dln train --over: "*" trains everything, a pattern its parameters."""
+    start = dln.compile(net_file).state_dict()
+    after = dln.train(net_file, over="fc1.*", epochs=1, progress=False, log=lambda s: None).model.state_dict()
+    changed = {k for k in start if not np.array_equal(start[k], after[k])}
+    assert changed == {"fc1.weight", "fc1.bias", "bn.running_mean", "bn.running_var", "bn.num_batches_tracked"}
+    after = dln.train(net_file, over=["*"], epochs=1, progress=False, log=lambda s: None).model.state_dict()
+    assert all(not np.array_equal(start[k], after[k]) for k in start)
+    with pytest.raises(DlnError) as e:
+        dln.train(net_file, over="fc9.*", epochs=1, progress=False, log=lambda s: None)
+    assert e.value.diagnostics[0].code == "E0602" and 'no parameter matches "fc9.*"' in str(e.value)
+    with pytest.raises(DlnError) as e:
+        dln.train(net_file, over=3, progress=False)
+    assert e.value.diagnostics[0].code == "E0710"
+    r = run_dln("train", str(net_file), "--over", "head.*", "--over", "fc1.bias", "--epochs", "1", "--no-progress",
+                "--save", str(tmp_path / "w.safetensors"))
+    assert r.returncode == 0, r.stderr
+    saved = load_file(str(tmp_path / "w.safetensors"))
+    assert np.array_equal(saved["fc1.weight"], start["fc1.weight"])
+    assert not np.array_equal(saved["fc1.bias"], start["fc1.bias"])
