@@ -149,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
         args.prefix_map = parse_map(getattr(args, "map", []))
     except (argparse.ArgumentTypeError, ValueError) as e:
         parser.error(str(e))
+    if (args.prefix_map or getattr(args, "non_strict", False)) and not getattr(args, "weights", None):
+        parser.error("--non-strict and --map say how to load --weights, which is not given")
     try:
         return COMMANDS[args.command](args)
     except DlnError as e:

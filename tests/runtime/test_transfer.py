@@ -316,6 +316,8 @@ def test_cli_pretrain_then_fine_tune_with_a_map(tmp_path):
     r = run_dln("train", example, "--model", "finetune", "--weights", "torch.safetensors", "--map", "backbone.",
                 cwd=tmp_path)
     assert r.returncode == 2 and "--map expects OLD=NEW" in r.stderr
+    r = run_dln("train", example, "--model", "finetune", "--non-strict", cwd=tmp_path)
+    assert r.returncode == 2 and "which is not given" in r.stderr
 
 
 def test_over_given_outside_the_file_replaces_the_sections(net_file, tmp_path):
