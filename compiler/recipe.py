@@ -3,8 +3,8 @@
 Settings are constants and calls of the train-only functions
 (dln.compiler.train_functions: `dataset`, `adam`, `cosine`, ...).
 `read_recipe` checks a section against its model: the names it minimizes (a
-scalar each), the instances it trains over, the inputs it fills or renames;
-`model_of` finds the model a section trains.
+scalar each), the instances and parameter-name patterns it trains over, the
+inputs it fills or renames; `model_of` finds the model a section trains.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import math
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING, Any, Collection, Mapping
 
 from dln.compiler.builtins import Arg
@@ -41,10 +42,15 @@ class OptimizerSpec:
 
 @dataclass(frozen=True)
 class Objective:
+    """One `minimize`: `over` holds the fnmatch-style patterns of the parameters it updates (an
+    instance `D` is `"D.*"`), None for every parameter the loss reaches."""
     loss: str
-    over: str | None
+    over: tuple[str, ...] | None
     optimizer: OptimizerSpec
     span: Span
+
+    def updates(self, param: str) -> bool:
+        return self.over is None or any(fnmatchcase(param, p) for p in self.over)
 
 
 @dataclass
@@ -104,13 +110,15 @@ def recipe_of(train: ast.Train, spec: "BuiltModel") -> Recipe:
     for name in spec.graph.output_names:
         types.setdefault(name, spec.graph.output(name).type)
     return read_recipe(train, spec.name, set(types), set(spec.instances), types=types,
-                       inputs=[i.name for i in spec.inputs])
+                       inputs=[i.name for i in spec.inputs], params=[p.name for p in spec.params])
 
 
 def read_recipe(train: ast.Train, model_name: str, values: Collection[str], instances: Collection[str],
-                types: Mapping[str, TensorType] | None = None, inputs: Collection[str] | None = None) -> Recipe:
+                types: Mapping[str, TensorType] | None = None, inputs: Collection[str] | None = None,
+                params: Collection[str] | None = None) -> Recipe:
     """Check a train section against its model: the names it may minimize (with their types,
-    when given: objectives are scalars) and train over, and its inputs (when given)."""
+    when given: objectives are scalars) and train over, its inputs (when given), and that each
+    `over` pattern names some parameter (when `params`, the parameter names in model order, are given)."""
     diagnostics: list[Diagnostic] = []
     recipe = Recipe(model_name, [])
     default_optimizer = DEFAULT_OPTIMIZER
@@ -141,7 +149,7 @@ def read_recipe(train: ast.Train, model_name: str, values: Collection[str], inst
             diagnostics.extend(e.diagnostics)
     for obj in train.objectives:
         try:
-            recipe.objectives.append(_objective(obj, default_optimizer, values, instances, types))
+            recipe.objectives.append(_objective(obj, default_optimizer, values, instances, types, params))
         except DlnError as e:
             diagnostics.extend(e.diagnostics)
     if not train.objectives:
@@ -160,21 +168,54 @@ def read_recipe(train: ast.Train, model_name: str, values: Collection[str], inst
 
 
 def _objective(obj: ast.Minimize, default: OptimizerSpec, values: Collection[str], instances: Collection[str],
-               types: Mapping[str, TensorType] | None) -> Objective:
+               types: Mapping[str, TensorType] | None, params: Collection[str] | None) -> Objective:
     if obj.loss.name not in values:
         close = difflib.get_close_matches(obj.loss.name, sorted(values), n=1)
         notes = (Note(f"did you mean '{close[0]}'?"),) if close else ()
         raise DlnError(Diagnostic("E0602", f"the model has no value '{obj.loss.name}' to minimize", obj.loss.span,
                                   notes))
     _check_scalar(obj.loss.name, types, obj.loss.span, "an objective")
-    if obj.over is not None and obj.over.name not in instances:
-        known = ", ".join(sorted(instances)) or "none"
-        raise DlnError(Diagnostic("E0602", f"'{obj.over.name}' is not a model instance of this model",
-                                  obj.over.span, (Note(f"instances: {known}"),)))
+    patterns = tuple(_over_pattern(item, instances, params) for item in obj.over)
     optimizer = default
     if obj.optimizer is not None:
         optimizer = _optimizer(_eval(obj.optimizer), obj.optimizer.span)
-    return Objective(obj.loss.name, obj.over.name if obj.over else None, optimizer, obj.span)
+    return Objective(obj.loss.name, patterns or None, optimizer, obj.span)
+
+
+def with_over(recipe: Recipe, over: Any, spec: "BuiltModel") -> Recipe:
+    """The recipe with every objective trained over `over` as given outside the file
+    (`dln.train(..., over="head.*")`, `dln train --over`): a parameter-name pattern or an instance's
+    name, or a list of them, checked as the file's `over` is."""
+    import dataclasses
+
+    items = [over] if isinstance(over, str) else over
+    if not isinstance(items, (list, tuple)) or not items or not all(isinstance(i, str) for i in items):
+        raise DlnError(Diagnostic("E0710", f"argument over must be a parameter-name pattern, an instance's name, "
+                                           f"or a list of them, got {over!r:.40}"))
+    params = [p.name for p in spec.params]
+    patterns = tuple(_over_pattern(ast.Ident(i, None) if i in spec.instances else ast.Str(i, None), spec.instances,
+                                   params) for i in items)
+    return dataclasses.replace(recipe, objectives=[dataclasses.replace(o, over=patterns) for o in recipe.objectives])
+
+
+def _over_pattern(item: ast.Ident | ast.Str, instances: Collection[str], params: Collection[str] | None) -> str:
+    """An `over` item as a parameter-name pattern: instance `D` is `"D.*"`; a quoted pattern is
+    fnmatch-style (`*`, `?`, `[...]`) over the full names `dln params` lists, and must match one."""
+    if isinstance(item, ast.Ident):
+        if item.name not in instances:
+            known = ", ".join(sorted(instances)) or "none"
+            raise DlnError(Diagnostic("E0602", f"'{item.name}' is not a model instance of this model", item.span,
+                                      (Note(f"instances: {known}"),
+                                       Note(f'to train parameters by name, quote a pattern: over "{item.name}.*"'))))
+        return f"{item.name}.*"
+    if params is not None and not any(fnmatchcase(p, item.value) for p in params):
+        names = list(params)
+        shown = ", ".join(names[:8]) + (f", ... ({len(names)} in all)" if len(names) > 8 else "")
+        close = difflib.get_close_matches(item.value, names, n=1)
+        notes = ((Note(f"did you mean '{close[0]}'?"),) if close else ()) + \
+            (Note(f"parameters: {shown or 'none'}"), Note('a pattern matches whole names: "fc1.*", "layer.?.attn.*"'))
+        raise DlnError(Diagnostic("E0602", f'no parameter matches "{item.value}"', item.span, notes))
+    return item.value
 
 
 def _check_scalar(name: str, types: Mapping[str, TensorType] | None, span: Span, what: str) -> None:

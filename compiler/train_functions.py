@@ -16,7 +16,7 @@ from typing import Any, Mapping
 
 from dln.compiler import builtins as lib
 from dln.compiler.builtins import BOOL, FLOAT, INT, STR, Arg, Builtin
-from dln.compiler.values import TrainValue, TupleValue
+from dln.compiler.values import ListValue, TrainValue, TupleValue
 from dln.dsl.diagnostics import Diagnostic, DlnError, Span
 
 TRAIN_BUILTINS: dict[str, Builtin] = {}
@@ -43,6 +43,19 @@ class _Pair(lib.Kind):
 PAIR = _Pair()
 
 
+class _Classes(lib.Kind):
+    text = "a tuple of class labels, like (0, 1, 2)"
+
+    def convert(self, v):
+        if isinstance(v, (TupleValue, ListValue)) and all(isinstance(i, int) and not isinstance(i, bool)
+                                                          for i in v.items):
+            return tuple(v.items)
+        return None
+
+
+CLASSES = _Classes()
+
+
 def _value(kind: str, **args: Any) -> TrainValue:
     return TrainValue(kind, tuple(args.items()))
 
@@ -66,8 +79,9 @@ TEXT_OPTIONS = ("window", "stride", "chars")
 
 
 @_train_builtin("data")
-def dataset(cx, name: STR, window: INT = None, stride: INT = None, chars: INT = None):
-    """a built-in data set that works offline; "text" takes window, stride and chars"""
+def dataset(cx, name: STR, window: INT = None, stride: INT = None, chars: INT = None, classes: CLASSES = None):
+    """a built-in data set that works offline; "text" takes window, stride and chars; a labelled one
+    `classes`: only the examples of those labels, renumbered 0, 1, ... in the order given"""
     given = {"window": window, "stride": stride, "chars": chars}
     for option, v in given.items():
         if v is None:
@@ -75,6 +89,17 @@ def dataset(cx, name: STR, window: INT = None, stride: INT = None, chars: INT = 
         if name != "text":
             raise cx.fail_at(option, f'{option} is an option of dataset("text") only, not of dataset("{name}")')
         _at_least(cx, 2 if option == "chars" else 1, **{option: v})
+    if classes is not None:
+        if name == "text":
+            raise cx.fail_at("classes", 'classes is an option of the labelled data sets, not of dataset("text")')
+        if not classes:
+            raise cx.fail_at("classes", "classes must name at least one class")
+        if min(classes) < 0:
+            raise cx.fail_at("classes", f"class labels are >= 0, got {min(classes)}")
+        twice = sorted({c for c in classes if classes.count(c) > 1})
+        if twice:
+            raise cx.fail_at("classes", f"classes names {', '.join(map(str, twice))} more than once")
+        given["classes"] = classes
     return _value("dataset", name=name, **{k: v for k, v in given.items() if v is not None})
 
 

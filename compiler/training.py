@@ -50,7 +50,9 @@ def build_step(model: BuiltModel, objective: Objective, clip_grad: float | None 
     kept = [("loss", model.values[objective.loss]), *model.metrics.items(),
             *((f"new:{name}", node) for name, node in model.updates.items())]
     graph = model.graph.with_outputs(kept)
-    chosen = [p for p in model.params if objective.over is None or p.name.startswith(objective.over + ".")]
+    # Frozen parameters (outside `over`) are no sources of the backward pass: autodiff computes no gradient
+    # for them (nor for what only they need), and they get no optimizer state.
+    chosen = [p for p in model.params if objective.updates(p.name)]
     full, grads, b = grad(graph, kept[0][1], [p.node for p in chosen])
     kept_ids = dict(full.outputs)
     updated = [p for p in chosen if grads[p.node] is not None]

@@ -250,8 +250,10 @@ class Setting:
 
 @dataclass(frozen=True, slots=True)
 class Minimize:
+    """`minimize loss [over ...] [with ...]`; `over` holds instance names (`D`) and parameter-name
+    patterns (`"head.*"`), in source order, or is empty: every parameter the loss reaches."""
     loss: Ident
-    over: Ident | None
+    over: tuple[Ident | Str, ...]
     optimizer: Expr | None
     span: Span
 

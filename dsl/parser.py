@@ -334,8 +334,11 @@ class _ToAst(Transformer_NonRecursive):
 
     def minimize(self, meta, items):
         loss, over, optimizer = items
-        return ast.Minimize(self._ident(loss), self._ident(over) if over is not None else None,
-                            optimizer, self._span(meta))
+        return ast.Minimize(self._ident(loss), over or (), optimizer, self._span(meta))
+
+    def over(self, meta, items):
+        return tuple(self._ident(t) if t.type == "NAME" else ast.Str(self._string(t), self._tok_span(t))
+                     for t in items)
 
     # -- statements
     def body(self, meta, items):

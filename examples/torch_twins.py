@@ -39,8 +39,9 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 FILES = {"cnn": "cnn_digits.dln", "dcgan": "dcgan_digits.dln", "autoencoder": "conv_autoencoder_digits.dln",
          "dae": "autoencoder_digits.dln", "lstm": "lstm_charlm.dln", "gru": "gru_charlm.dln",
-         "gpt": "transformer_charlm.dln", "vit": "vit_digits.dln", "mlp": "mlp_digits.dln", "rnn": "rnn_digits.dln", "gan": "gan_digits.dln",
-         "vae": "vae_digits.dln", "iris": "iris.dln", "gcn": "gcn_karate.dln"}
+         "gpt": "transformer_charlm.dln", "vit": "vit_digits.dln", "mlp": "mlp_digits.dln", "rnn": "rnn_digits.dln",
+         "gan": "gan_digits.dln", "vae": "vae_digits.dln", "iris": "iris.dln", "gcn": "gcn_karate.dln",
+         "transfer": "transfer_digits.dln"}
 CHARLMS = ("lstm", "gru", "gpt")   # character-level language models of dataset("text")
 FLAT = ("mlp", "rnn", "gan", "vae", "dae")   # fed the flattened digits x [N, 64]
 GANS = ("dcgan", "gan")               # two objectives, D's then G's, on each batch
@@ -697,6 +698,120 @@ def train_dln(name: str) -> dict:
     return record
 
 
+# ---- transfer learning: pretrain on digits 0-4, fine-tune on 5-9 from it and from scratch -------------------
+TRANSFER_FROZEN = ("conv1", "bn1", "conv2", "bn2")   # the backbone's layers outside the finetune's `over`
+
+
+def make_transfer_cnn(head: str):
+    """examples/transfer_digits.dln's models: the backbone block at `features`, a 5-class head named `head`."""
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+    class Backbone(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv1 = nn.Conv2d(1, 16, 3, padding=1, bias=False)
+            self.bn1 = nn.BatchNorm2d(16)
+            self.conv2 = nn.Conv2d(16, 32, 3, padding=1, bias=False)
+            self.bn2 = nn.BatchNorm2d(32)
+            self.fc1 = nn.Linear(32 * 2 * 2, 64)
+
+        def forward(self, images):
+            h = F.max_pool2d(F.relu(self.bn1(self.conv1(images))), 2)
+            h = F.max_pool2d(F.relu(self.bn2(self.conv2(h))), 2)
+            return F.relu(self.fc1(h.flatten(1)))
+
+    class TransferCNN(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.features = Backbone()
+            setattr(self, head, nn.Linear(64, 5))
+            self.head_name = head
+
+        def forward(self, images):
+            return getattr(self, self.head_name)(self.features(images))
+
+    return TransferCNN()
+
+
+def transfer_recipe(model: str):
+    """The train section of one model of examples/transfer_digits.dln, as dln reads it."""
+    import dln
+    from dln.compiler.recipe import recipe_of
+    from dln.runtime.train import find_train
+
+    compiled = dln.compile(str(HERE / FILES["transfer"]), model=model)
+    return recipe_of(find_train(compiled.program, model), compiled.train_spec)
+
+
+def train_transfer_torch(log=print) -> dict:
+    """The three runs of the transfer example in PyTorch: pretrain (all parameters), fine-tune from its
+    backbone with the layers outside `over` frozen (requires_grad=False, so Adam neither keeps state
+    for them nor steps them; batch norm still updates its running statistics in train mode), and the
+    same fine-tuning from a random backbone."""
+    import torch
+
+    from dln.runtime import data
+
+    began, cpu = time.perf_counter(), time.process_time()
+    record: dict = {}
+    pretrained = None
+    for run in ("pretrain", "finetune", "scratch"):
+        r = transfer_recipe("pretrain" if run == "pretrain" else "finetune")
+        torch.manual_seed(r.seed)
+        net = make_transfer_cnn("head04" if run == "pretrain" else "head")
+        if run == "finetune":
+            net.features.load_state_dict(pretrained)
+        if run != "pretrain":
+            for name in TRANSFER_FROZEN:
+                getattr(net.features, name).requires_grad_(False)
+            assert all(o.over is not None and not o.updates(f"features.{name}.weight") for o in r.objectives
+                       for name in TRANSFER_FROZEN)
+        train, val = split(data.load(r.data, HERE), r.validate, r.seed)
+        opt = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=r.objectives[0].optimizer.lr)
+        t = {k: torch.from_numpy(v) for k, v in train.items()}
+        n = len(train["y"])
+        for epoch in range(r.epochs):
+            net.train()
+            sums: dict[str, float] = {}
+            for idx in epoch_batches(n, r.batch, r.seed, epoch):
+                values = _losses("cnn", net, t["images"][idx], t["y"][idx])
+                opt.zero_grad()
+                values["loss"].backward()
+                opt.step()
+                for k, v in values.items():
+                    sums[k] = sums.get(k, 0.0) + v.item() * len(idx)
+            net.eval()
+            with torch.no_grad():
+                vals = _losses("cnn", net, torch.from_numpy(val["images"]), torch.from_numpy(val["y"]))
+            last = {"epoch": epoch + 1, **{k: v / n for k, v in sums.items()},
+                    **{f"val_{k}": float(v) for k, v in vals.items()}}
+            log(json.dumps({"run": run, **{k: round(v, 6) for k, v in last.items()}}))
+        record[run] = {k: round(v, 4) for k, v in last.items() if k.startswith("val_")}
+        if run == "pretrain":
+            pretrained = net.features.state_dict()
+    return {**record, "time": time.perf_counter() - began, "cpu": time.process_time() - cpu}
+
+
+def train_transfer_dln() -> dict:
+    """The same three runs through dln.train: the fine-tuning loads the pretrained weights non-strictly."""
+    import tempfile
+
+    import dln
+
+    began, cpu = time.perf_counter(), time.process_time()
+    path, record = str(HERE / FILES["transfer"]), {}
+    with tempfile.TemporaryDirectory() as tmp:
+        pre = Path(tmp) / "pre.safetensors"
+        for run, weights in (("pretrain", None), ("finetune", pre), ("scratch", None)):
+            history = dln.train(path, model="pretrain" if run == "pretrain" else "finetune", weights=weights,
+                                strict=weights is None, progress=False, log=lambda s: None)
+            if run == "pretrain":
+                history.model.save(pre)
+            record[run] = {k: round(v, 4) for k, v in history[-1].items() if k.startswith("val_")}
+    return {**record, "time": time.perf_counter() - began, "cpu": time.process_time() - cpu}
+
+
 # ---- the GAN's samples, scored --------------------------------------------------------------------------------
 def coverage(samples: np.ndarray) -> dict:
     """What a digits classifier makes of generated samples [N, 1, 8, 8]: classes holding at least 2%
@@ -744,7 +859,10 @@ def main() -> None:
     ap.add_argument("--quiet", action="store_true", help="the final record only")
     args = ap.parse_args()
     for name in FILES if args.name == "all" else [args.name]:
-        if args.dln:
+        if name == "transfer":
+            record = train_transfer_dln() if args.dln else \
+                train_transfer_torch(log=(lambda s: None) if args.quiet else print)
+        elif args.dln:
             record = train_dln(name)
         else:
             assert settings_of(name) == SETTINGS[name], (settings_of(name), SETTINGS[name])

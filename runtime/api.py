@@ -27,8 +27,9 @@ from dln.compiler.limits import DEFAULT_LIMITS, Limits
 from dln.compiler.printer import format_graph
 from dln.compiler.program import Program
 from dln.dsl.diagnostics import Diagnostic, DlnError, Note
-from dln.runtime import binding, init
+from dln.runtime import binding, init, loading
 from dln.runtime.backends import Backend, get_backend
+from dln.runtime.loading import Loaded
 
 
 class Model:
@@ -121,33 +122,38 @@ class Model:
         """The backend's buffers a run reads (and updates, by donation): parameters and model state."""
         return {**self._params, **self._state}
 
-    def load_state_dict(self, state: Mapping[str, Any], strict: bool = True) -> None:
+    def load_state_dict(self, state: Mapping[str, Any], strict: bool = True,
+                        map: Mapping[str, str] | None = None) -> Loaded:
         """Copy values in by name; a PyTorch state_dict of the same architecture loads.
 
         As torch's `load_state_dict` does, values are cast to each parameter's element type (bfloat16
         and float16 weights load into float32 parameters); complex, string and object arrays are
-        refused, and so is any mismatch, before anything is written."""
+        refused, and so is any mismatch, before anything is written.  `strict=False` loads what the
+        model has and reports the rest (the model's names the state lacks keep their values); a
+        shape that differs under the same name is still an error, as in torch.  `map` renames the
+        state's names first, by prefix, old to new (`{"backbone.": "features."}`; dln.runtime.loading).
+        Returns what was loaded, missing and unexpected."""
         _check_flag("strict", strict)
         where = self.spec.decl.name.span
+        prefixes = loading.check_map(map, where)
         if not isinstance(state, Mapping):
             raise DlnError(Diagnostic("E0703", f"load_state_dict of model {self.name} takes a mapping from parameter "
                                                f"names to arrays, got {_kind(state)}", where))
+        named = {k: v for k, v in state.items() if isinstance(k, str)}
+        problems = [f"the name {k!r} is not a string" for k in state if not isinstance(k, str)]
+        names = loading.rename(list(named), prefixes, where) if prefixes else {k: k for k in named}
         arrays = {}
-        problems = []
-        for k, v in state.items():
-            if not isinstance(k, str):
-                problems.append(f"the name {k!r} is not a string")
-                continue
+        for k, v in named.items():
             try:
-                arrays[k] = binding.to_numpy(v)
+                arrays[names[k]] = binding.to_numpy(v)
             except binding.NotAnArray as e:
                 problems.append(f"{k} {e}")
                 continue
-            if not binding.real_dtype(arrays[k]):
-                problems.append(f"{k} is an array of {arrays[k].dtype}, not of numbers")
+            if not binding.real_dtype(arrays[names[k]]):
+                problems.append(f"{k} is an array of {arrays[names[k]].dtype}, not of numbers")
         slots = self.persistent
-        missing = [k for k in slots if k not in state]
-        unexpected = [k for k in state if isinstance(k, str) and k not in slots]
+        missing = [k for k in slots if k not in names.values()]
+        unexpected = [k for k in names.values() if k not in slots]
         if strict and missing:
             problems.append(f"missing: {', '.join(missing)}")
         if strict and unexpected:
@@ -158,11 +164,14 @@ class Model:
                 if tuple(v.shape) != want:
                     problems.append(f"{k} has shape {tuple(v.shape)}, the model's is {want}")
         if problems:
+            hint = (Note("load what matches with --non-strict (Python: strict=False); rename the weights' names "
+                         "with --map OLD=NEW (map={...})"),) if strict and (missing or unexpected) else ()
             raise DlnError(Diagnostic("E0703", f"the weights do not match model {self.name}: " + "; ".join(problems),
-                                      where))
-        for k, v in arrays.items():
-            if k in slots:
-                self.backend.copy_into(slots[k], v)
+                                      where, hint))
+        loaded = [k for k in slots if k in arrays]
+        for k in loaded:
+            self.backend.copy_into(slots[k], arrays[k])
+        return Loaded(loaded, missing, unexpected)
 
     def save(self, path: str | Path) -> None:
         """The parameters and model state as a safetensors file (the model's name in its metadata)."""
@@ -184,9 +193,10 @@ class Model:
 
         return {"model": self.name, **({"vocab": vocab_metadata(self.vocab)} if self.vocab else {})}
 
-    def load(self, path: str | Path) -> None:
-        """Parameters and model state from a safetensors file (as `save` writes, or any with the same names
-        and shapes), and the vocabulary it records, if any."""
+    def load(self, path: str | Path, strict: bool = True, map: Mapping[str, str] | None = None) -> Loaded:
+        """Parameters and model state from a safetensors file (as `save` writes, or a PyTorch state dict
+        saved with safetensors), and the vocabulary it records, if any; `strict` and `map` as for
+        `load_state_dict`.  Returns what was loaded, missing and unexpected."""
         from dln.runtime.checkpoint import load_arrays
 
         path = _check_path("load", path)
@@ -194,7 +204,7 @@ class Model:
             raise DlnError(Diagnostic("E0702", f"cannot read weights from {path}: it is a directory"))
         arrays = load_arrays(path)
         try:
-            self.load_state_dict(arrays)
+            loaded = self.load_state_dict(arrays, strict, map)
         except DlnError as e:
             saved_by = _saved_model(path)
             if saved_by is None or saved_by == self.name:
@@ -205,6 +215,7 @@ class Model:
         vocab = _saved_vocab(path)
         if vocab is not None:
             self.vocab = vocab
+        return loaded
 
     # ---- running ----------------------------------------------------------------------------------------------
     def __call__(self, *args: Any, **inputs: Any) -> dict[str, Any]:
@@ -379,9 +390,11 @@ def compile(source: str | Path, backend: str | None = None, model: str | None = 
 def train(source: str | Path, backend: str | None = None, max_nodes: int = DEFAULT_LIMITS.max_nodes,
           max_unroll: int = DEFAULT_LIMITS.max_unroll, **overrides: Any):
     """Train as the file's train section says; keyword arguments override settings
-    (epochs, batch, seed, checkpoint, ...) and hyperparameters (anything else).  `max_nodes`,
-    `max_unroll`: as for `compile`.  Metrics and pictures go to `logdir=` (a directory), else to the
-    checkpoint directory; `logdir=True` adds `dln train`'s default, runs/<file stem>."""
+    (epochs, batch, seed, checkpoint, ...) and hyperparameters (anything else).  `weights` starts
+    from a weights file, loaded with `strict` and `map` as `Model.load` does; `over` (a parameter-name
+    pattern or a list of them) replaces every objective's `over`.  `max_nodes`, `max_unroll`: as for
+    `compile`.  Metrics and pictures go to `logdir=` (a directory), else to the checkpoint directory;
+    `logdir=True` adds `dln train`'s default, runs/<file stem>."""
     from dln.runtime.train import train_file
 
     _check_source(source)
@@ -402,7 +415,8 @@ def train(source: str | Path, backend: str | None = None, max_nodes: int = DEFAU
 _TRAIN_ARGS = (("model", str, "a model's name"), ("weights", (str, os.PathLike), "a weights file's path"),
                ("precision", str, 'a precision name such as "ieee"'), ("progress", bool, "True or False"),
                ("debug", bool, "True or False"), ("from_text", bool, "True or False"),
-               ("logdir", (str, os.PathLike, bool), "a directory's path, True or False"))
+               ("logdir", (str, os.PathLike, bool), "a directory's path, True or False"),
+               ("strict", (bool, np.bool_), "True or False"))
 
 
 # ---- checking what the caller passed --------------------------------------------------------------------------------

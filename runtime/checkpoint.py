@@ -73,7 +73,10 @@ def load_arrays(path: str | Path) -> dict[str, np.ndarray]:
     except FileNotFoundError:
         raise DlnError(Diagnostic("E0702", f"no such weights file: {path}")) from None
     except Exception as e:  # safetensors reports a corrupt header in several ways
-        raise DlnError(Diagnostic("E0702", f"cannot read weights from {path}: {e}")) from None
+        raise DlnError(Diagnostic("E0702", f"cannot read weights from {path}: {e}", None,
+                                  (Note("weights are safetensors files, never pickles (torch.save's .pt): in "
+                                        "PyTorch, safetensors.torch.save_file(module.state_dict(), "
+                                        "\"weights.safetensors\")"),))) from None
 
 
 def write_text(path: str | Path, text: str) -> None:

@@ -87,9 +87,14 @@ def _parser() -> argparse.ArgumentParser:
     c = command("run", "one forward pass", backend=True)
     c.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy", help="an input array")
     c.add_argument("--weights", help="a .safetensors file of weights")
+    _loading_options(c)
     c.add_argument("-o", "--output", help="write the outputs to this file (NumPy .npz, under exactly this name)")
     c = command("train", "train as the file's train section says", backend=True)
     c.add_argument("--weights", help="start from these weights (.safetensors)")
+    _loading_options(c)
+    c.add_argument("--over", action="append", metavar="PATTERN",
+                   help="train only the parameters this name pattern matches (\"head.*\"; repeatable), as "
+                        "minimize ... over does")
     c.add_argument("--epochs", type=int)
     c.add_argument("--batch", type=int)
     c.add_argument("--seed", type=int)
@@ -103,8 +108,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="when a step makes a NaN or an infinity, name the op that made it (slower)")
     c = command("eval", "metrics on the validation data", backend=True)
     c.add_argument("--weights", required=True, help="a .safetensors file of weights")
+    _loading_options(c)
     c = command("sample", "generate text with a character-level language model", backend=True)
     c.add_argument("--weights", required=True, help="a .safetensors file of weights (it records the vocabulary)")
+    _loading_options(c)
     c.add_argument("--prompt", required=True, help="the text to continue")
     c.add_argument("--tokens", type=_count, default=200, metavar="N", help="how many characters (default 200)")
     c.add_argument("--temperature", type=_temperature, default=1.0, metavar="T",
@@ -125,13 +132,33 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _loading_options(c: argparse.ArgumentParser) -> None:
+    """How --weights loads into a model whose names or head differ (transfer learning)."""
+    c.add_argument("--non-strict", action="store_true",
+                   help="load the weights' arrays the model has; report the missing and unexpected names")
+    c.add_argument("--map", action="append", default=[], metavar="OLD=NEW",
+                   help="rename the weights' names by prefix before loading (backbone.=features.); repeatable")
+
+
+def _load_weights(model, args) -> None:
+    """--weights into `model`; with --non-strict or --map, say what loaded, so a typo shows."""
+    loaded = model.load(args.weights, strict=not args.non_strict, map=args.prefix_map)
+    if args.non_strict or args.prefix_map:
+        print(loaded.summary(args.weights), file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
+    from dln.runtime.loading import parse_map
+
     parser = _parser()
     args = parser.parse_args(argv)
     try:
         args.hparams = _sets(getattr(args, "set", []))
-    except argparse.ArgumentTypeError as e:
+        args.prefix_map = parse_map(getattr(args, "map", []))
+    except (argparse.ArgumentTypeError, ValueError) as e:
         parser.error(str(e))
+    if (args.prefix_map or getattr(args, "non_strict", False)) and not getattr(args, "weights", None):
+        parser.error("--non-strict and --map say how to load --weights, which is not given")
     try:
         return COMMANDS[args.command](args)
     except DlnError as e:
@@ -286,7 +313,7 @@ def cmd_run(args) -> int:
 
     model = _model(args, args.backend)
     if args.weights:
-        model.load(args.weights)
+        _load_weights(model, args)
     inputs: dict[str, Any] = {}
     for item in args.input:
         name, sep, path = item.partition("=")
@@ -325,7 +352,9 @@ def cmd_train(args) -> int:
     # --logdir none: no run directory at all; no --logdir: the checkpoint directory, else runs/<file stem>
     logdir = True if args.logdir is None else False if args.logdir == "none" else args.logdir
     history = train_file(Path(args.file), backend=args.backend, progress=False if args.no_progress else None,
-                         debug=args.debug, weights=args.weights, from_text=True, precision=args.precision,
+                         debug=args.debug, weights=args.weights, strict=not args.non_strict, map=args.prefix_map,
+                         over=args.over,
+                         from_text=True, precision=args.precision,
                          model=args.model, limits=_limits(args), check_numerics=args.check_numerics,
                          logdir=logdir, **settings, **args.hparams)
     if args.save and history.model is not None:
@@ -369,7 +398,7 @@ def cmd_eval(args) -> int:
     from dln.runtime.train import Trainer, recipe_for
 
     model = _model(args, args.backend)
-    model.load(args.weights)
+    _load_weights(model, args)
     recipe = recipe_for(model)
     base = Path(model.program.path).parent
     trainer = Trainer(model, recipe, base, progress=False)
@@ -387,7 +416,7 @@ def cmd_sample(args) -> int:
               file=sys.stderr)
         return 2
     model = _model(args, args.backend)
-    model.load(args.weights)
+    _load_weights(model, args)
     chars = model._generate(args.prompt, args.tokens, args.temperature, args.seed, args.window)
     first = next(chars, "")   # errors found on the first run come before any output
     sys.stdout.write(args.prompt + first)

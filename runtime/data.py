@@ -16,6 +16,10 @@ texts; karate: from networkx, the optional extra `dln[graph]`), so nothing is do
 | breast_cancer | x f32[N, 30] standardized; y i64[N] (2 classes); target f32[N, 1] (for binary losses) |
 | text | x i64[N, window] character ids of Python's help texts, y shifted by one; also tokens, targets (runtime/text.py) |
 | karate | Zachary's karate club, one graph of N = 34 nodes: x f32[N, N] the identity (featureless nodes); adj f32[N, N] D^-1/2 (A + I) D^-1/2; y i64[N] the club (0 Mr. Hi, 1 Officer); mask f32[N] the labelled nodes, val_mask f32[N] the others (`_karate`) |
+
+`dataset("digits", classes = (5, 6, 7, 8, 9))` keeps the examples of those labels (in the data
+set's order) and renumbers them 0..k-1 in the order given, as a task of k classes needs (transfer
+learning: pretrain on some digits, fine-tune on the others).
 """
 
 from __future__ import annotations
@@ -117,13 +121,42 @@ def load(spec: TrainValue, base: Path) -> Arrays:
             module, extra = NEEDS[name]
             raise DlnError(Diagnostic("E0603", f"data set \"{name}\" needs the package {module}, which is not "
                                                "installed", spec.span, (Note(f"pip install dln[{extra}]"),)))
-        return DATASETS[name]()
+        arrays = DATASETS[name]()
+        return arrays if spec.arg("classes") is None else _classes(arrays, spec.arg("classes"), spec)
     path = (base / spec.arg("path")) if not Path(spec.arg("path")).is_absolute() else Path(spec.arg("path"))
     if not path.is_file():
         raise DlnError(Diagnostic("E0603", f"no such data file: {path}", spec.span))
     if spec.kind == "npz":
         return _npz(path, spec)
     return _csv(path, spec.arg("target"), spec)
+
+
+# The data sets whose rows are labelled examples `y`, which `classes = (...)` may pick from.
+LABELLED = ("digits", "iris", "wine", "breast_cancer")
+
+
+def _classes(arrays: Arrays, classes: tuple[int, ...], spec: TrainValue) -> Arrays:
+    """The examples whose label `y` is one of `classes`, labels renumbered to their place in `classes`
+    (`target`, the labels as floats, follows)."""
+    if spec.arg("name") not in LABELLED:
+        raise DlnError(Diagnostic("E0603", f"dataset(\"{spec.arg('name')}\") takes no classes: its rows are not "
+                                           "labelled examples to pick from", spec.span,
+                                  (Note("data sets with classes: " + ", ".join(LABELLED)),)))
+    y = arrays["y"]
+    have = np.unique(y)
+    absent = [c for c in classes if c not in have]
+    if absent:
+        raise DlnError(Diagnostic("E0603", f"dataset(\"{spec.arg('name')}\") has no class "
+                                           f"{', '.join(map(str, absent))}", spec.span,
+                                  (Note(f"its classes: {', '.join(map(str, have))}"),)))
+    rows = np.isin(y, classes)
+    relabel = np.zeros(int(have.max()) + 1, np.int64)
+    relabel[list(classes)] = np.arange(len(classes))
+    out = {k: v[rows] for k, v in arrays.items()}
+    out["y"] = relabel[y[rows]]
+    if "target" in out:
+        out["target"] = out["y"].astype(np.float32)[:, None]
+    return out
 
 
 def _npz(path: Path, spec: TrainValue) -> Arrays:

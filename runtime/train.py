@@ -26,7 +26,7 @@ from dln.compiler import pipeline
 from dln.compiler.build import BuiltModel, InputInfo
 from dln.compiler.ir import Op
 from dln.compiler.limits import DEFAULT_LIMITS, Limits
-from dln.compiler.recipe import DEFAULT_OPTIMIZER, Objective, Recipe, model_of, recipe_of
+from dln.compiler.recipe import DEFAULT_OPTIMIZER, Objective, Recipe, model_of, recipe_of, with_over
 from dln.compiler.training import TrainStep
 from dln.compiler.values import RecordValue
 from dln.dsl import ast
@@ -96,22 +96,30 @@ def default_objective(model: Model) -> Objective:
 def train_file(source: str | Path, backend: str | None = None, progress: bool | None = None,
                log: Callable[[str], None] | None = None, debug: bool = False, weights: str | None = None,
                from_text: bool = False, precision: str | None = None, model: str | None = None,
-               limits: Limits = DEFAULT_LIMITS, check_numerics: bool = False,
+               limits: Limits = DEFAULT_LIMITS, check_numerics: bool = False, strict: bool = True,
+               map: Mapping[str, str] | None = None, over: str | list[str] | None = None,
                logdir: str | os.PathLike | bool | None = None, **overrides: Any) -> History:
-    """Train as `source`'s train section for `model` (the first section by default) says.  `logdir`: the
-    run directory of metrics and pictures (dln.runtime.monitor) — a path; None, the checkpoint directory
-    if there is one, else none; True, the same but runs/<file stem> (in the current directory) when there
-    is no checkpoint, as `dln train` does; False, none."""
+    """Train as `source`'s train section for `model` (the first section by default) says, from
+    `weights` when given (`strict` and `map` as for `Model.load`: transfer learning), every objective
+    over the parameters `over` names when given.  `logdir`: the run directory of metrics and pictures
+    (dln.runtime.monitor) — a path; None, the checkpoint directory if there is one, else none; True, the
+    same but runs/<file stem> (in the current directory) when there is no checkpoint, as `dln train`
+    does; False, none."""
     settings = {k: overrides.pop(k) for k in list(overrides) if k in SETTING_OVERRIDES}
     program = pipeline.load(source)
     train = find_train(program, model)
     probe = pipeline.build_model(program, model_of(program, train).name.name, overrides, training=True,
                                  from_text=from_text, limits=limits)
     recipe = recipe_of(train, probe).with_overrides(**settings)
+    if over is not None:
+        recipe = with_over(recipe, over, probe)
     compiled = Model(program, probe.name, overrides, backend, seed=recipe.seed, from_text=from_text, debug=debug,
                      precision=precision, limits=limits)
+    log = log or (lambda s: print(s, flush=True))
     if weights:
-        compiled.load(weights)
+        loaded = compiled.load(weights, strict, map)
+        if not strict or map:   # what loaded, so that a misspelled map shows before training
+            log(loaded.summary(str(weights)))
     base = Path(program.path).parent if not program.path.startswith("<") else Path.cwd()
     trainer = Trainer(compiled, recipe, base, log=log, progress=progress, debug=debug, check_numerics=check_numerics)
     if logdir is True:
