@@ -60,7 +60,7 @@ class Optimizer:
         self.schedule = schedule or Schedule(None, objective.optimizer.lr, 1)
         self.count = 0          # optimizer steps taken (torch's `state["step"]`)
         self.epoch = 0          # for the epoch-based schedules (step, exponential, plateau)
-        self.check_numerics = check_numerics
+        self.check_numerics = check_numerics   # find the op that makes a NaN or inf (dln.runtime.numerics)
         self.metrics: dict[str, float] = {}
 
     @property
@@ -231,10 +231,7 @@ def _train_call(name: str, options: Mapping[str, Any]):
         v = v.item() if isinstance(v, np.generic) else v
         return TupleValue(tuple(value(i) for i in v)) if isinstance(v, (tuple, list)) else v
 
-    kwargs = {}
-    for k, v in options.items():
-        _check_arg(f"{name}'s option", k, str, "a name")
-        kwargs[k] = (Arg(value(v), None), None)
+    kwargs = {k: (Arg(value(v), None), None) for k, v in options.items()}
     try:
         return call(TRAIN_BUILTINS[name], [], kwargs, None)
     except DlnError as e:
