@@ -212,23 +212,26 @@ def run(side: str, s: Settings, log=print) -> Result:
 
 # ---- timing and the picture -----------------------------------------------------------------------------------
 
-def bench(steps: int = 2000, batch: int = Settings.batch) -> dict[str, float]:
+def bench(rounds: int = 9, steps: int = 300, batch: int = Settings.batch) -> dict[str, float]:
     """Microseconds per training step on one batch: dln's `opt.step` against torch's
-    `loss.backward(); opt.step()` (with zero_grad and clipping) for the same network."""
+    `loss.backward(); opt.step()` (with zero_grad and clipping) for the same network.  Rounds of the
+    two alternate, so that a machine's load drifting meanwhile weighs on both; the median round counts."""
     s = Settings(batch=batch)
     rng = np.random.default_rng(0)
     states = rng.standard_normal((batch, 4)).astype(np.float32)
     actions = rng.integers(0, 2, batch)
     targets = rng.standard_normal(batch).astype(np.float32)
-    out = {}
-    for side, agent in (("dln", DlnAgent(s)), ("torch", TorchAgent(s))):
-        for _ in range(100):
-            agent.learn(states, actions, targets)
-        began = time.perf_counter()
-        for _ in range(steps):
-            agent.learn(states, actions, targets)
-        out[side] = (time.perf_counter() - began) / steps * 1e6
-    return out
+    agents = {"dln": DlnAgent(s), "torch": TorchAgent(s)}
+    times: dict[str, list[float]] = {side: [] for side in agents}
+    for _ in range(rounds):
+        for side, agent in agents.items():
+            for _ in range(20):
+                agent.learn(states, actions, targets)
+            began = time.perf_counter()
+            for _ in range(steps):
+                agent.learn(states, actions, targets)
+            times[side].append((time.perf_counter() - began) / steps * 1e6)
+    return {side: float(np.median(t)) for side, t in times.items()}
 
 
 def plot(paths: list[Path], out: Path) -> None:
