@@ -188,14 +188,20 @@ def with_over(recipe: Recipe, over: Any, spec: "BuiltModel") -> Recipe:
     name, or a list of them, checked as the file's `over` is."""
     import dataclasses
 
+    patterns = over_patterns(over, spec)
+    return dataclasses.replace(recipe, objectives=[dataclasses.replace(o, over=patterns) for o in recipe.objectives])
+
+
+def over_patterns(over: Any, spec: "BuiltModel") -> tuple[str, ...]:
+    """`over` given in Python (`dln.train(over=...)`, `dln.optimizer(model, over=...)`): a parameter-name
+    pattern or an instance's name, or a list of them, as the patterns an Objective holds."""
     items = [over] if isinstance(over, str) else over
     if not isinstance(items, (list, tuple)) or not items or not all(isinstance(i, str) for i in items):
         raise DlnError(Diagnostic("E0710", f"argument over must be a parameter-name pattern, an instance's name, "
                                            f"or a list of them, got {over!r:.40}"))
     params = [p.name for p in spec.params]
-    patterns = tuple(_over_pattern(ast.Ident(i, None) if i in spec.instances else ast.Str(i, None), spec.instances,
-                                   params) for i in items)
-    return dataclasses.replace(recipe, objectives=[dataclasses.replace(o, over=patterns) for o in recipe.objectives])
+    return tuple(_over_pattern(ast.Ident(i, None) if i in spec.instances else ast.Str(i, None), spec.instances,
+                               params) for i in items)
 
 
 def _over_pattern(item: ast.Ident | ast.Str, instances: Collection[str], params: Collection[str] | None) -> str:

@@ -58,6 +58,7 @@ class Model:
         self._prepared: dict[tuple, tuple[Graph, Any]] = {}
         self._rng_seed = seed
         self._rng_step = 0
+        self._step_rng: dict[str, Any] | None = None   # the random state of training steps (step_rng)
         # A character model's vocabulary (token id -> character): set by training on text, read from
         # the weights file that recorded it; saved in the weights' metadata (dln.runtime.text).
         self.vocab: list[str] | None = None
@@ -172,6 +173,39 @@ class Model:
         for k in loaded:
             self.backend.copy_into(slots[k], arrays[k])
         return Loaded(loaded, missing, unexpected)
+
+    def copy_from(self, other: "Model", tau: float | None = None) -> None:
+        """The weights of `other`, a model of the same program (a DQN's target network from its online
+        one), copied buffer to buffer in the backend's memory.  With `tau`, Polyak averaging: each
+        parameter becomes `tau * other + (1 - tau) * self`; the model state (running statistics) is copied."""
+        _check_arg("other", other, Model, "a model made by dln.compile")
+        if tau is not None:
+            ok = isinstance(tau, (int, float, np.integer, np.floating)) and not isinstance(tau, (bool, np.bool_))
+            if not ok or not 0 <= tau <= 1:
+                raise DlnError(Diagnostic("E0710", f"argument tau must be a number in [0, 1], got {_kind(tau)}"))
+        if other.backend.name != self.backend.name:
+            raise DlnError(Diagnostic("E0710", f"copy_from needs two models on one backend: this one runs on "
+                                               f"{self.backend.name}, the other on {other.backend.name}"))
+        mine, theirs = self.persistent, other.persistent
+        problems = [f"missing: {k}" for k in theirs if k not in mine] + \
+                   [f"unexpected: {k}" for k in mine if k not in theirs]
+        for k in mine.keys() & theirs.keys():
+            a, b = tuple(mine[k].shape), tuple(theirs[k].shape)
+            if a != b or mine[k].dtype != theirs[k].dtype:
+                problems.append(f"{k} is {theirs[k].dtype}{list(b)} there, {mine[k].dtype}{list(a)} here")
+        if problems:
+            raise DlnError(Diagnostic("E0703", f"the weights of model {other.name} do not match model {self.name}: "
+                                               + "; ".join(sorted(problems)), self.spec.decl.name.span))
+        for k, v in mine.items():
+            self.backend.assign(v, theirs[k], tau if k in self._params else None)
+
+    def step_rng(self) -> dict[str, Any]:
+        """The random state the training steps of this model's optimizers read and advance in place
+        (`rng.seed`, `rng.step`): one for all of them, so that two objectives draw different numbers."""
+        if self._step_rng is None:
+            self._step_rng = {"rng.seed": self.backend.asarray(np.array(self._rng_seed, np.int64)),
+                              "rng.step": self.backend.asarray(np.array(0, np.int64))}
+        return self._step_rng
 
     def save(self, path: str | Path) -> None:
         """The parameters and model state as a safetensors file (the model's name in its metadata)."""

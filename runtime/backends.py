@@ -29,6 +29,7 @@ class Backend(Protocol):
     def asarray(self, array: np.ndarray) -> Any: ...
     def to_numpy(self, value: Any) -> np.ndarray: ...
     def copy_into(self, dst: Any, src: np.ndarray) -> None: ...
+    def assign(self, dst: Any, src: Any, tau: float | None = None) -> None: ...
     def prepare(self, graph: Graph, persistent: Mapping[str, Any], donate: Mapping[str, str]) -> Prepared: ...
 
 
@@ -45,6 +46,10 @@ class NumpyBackend:
 
     def copy_into(self, dst: np.ndarray, src: np.ndarray) -> None:
         np.copyto(dst, src, casting="unsafe")
+
+    def assign(self, dst: np.ndarray, src: np.ndarray, tau: float | None = None) -> None:
+        """One buffer into another (`Model.copy_from`): `src`, or `tau * src + (1 - tau) * dst`."""
+        np.copyto(dst, src if tau is None else tau * src + (1.0 - tau) * dst)
 
     def prepare(self, graph: Graph, persistent: Mapping[str, Any], donate: Mapping[str, str]) -> Executable:
         return Executable(graph, persistent, donate)

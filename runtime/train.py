@@ -33,6 +33,7 @@ from dln.dsl import ast
 from dln.dsl.diagnostics import Diagnostic, DlnError, Note
 from dln.runtime import binding, checkpoint, checkpoint_state, data, monitor, numerics
 from dln.runtime.api import Model
+from dln.runtime.optim import Optimizer
 from dln.runtime.schedules import Schedule
 
 SETTING_OVERRIDES = ("epochs", "batch", "seed", "checkpoint", "clip_grad", "validate")
@@ -139,23 +140,14 @@ class Trainer:
         self.log = log or (lambda s: print(s, flush=True))
         self.progress = sys.stderr.isatty() if progress is None else progress
         self.debug = debug
-        self.check_numerics = check_numerics   # find the op that makes a NaN or inf (dln.runtime.numerics)
         spec = model.train_spec
-        self.steps: list[TrainStep] = [pipeline.train_step(spec, o, recipe.clip_grad, debug)
-                                       for o in recipe.objectives]
-        be = model.backend
-        self.states: dict[str, Any] = {}
-        for step in self.steps:
-            for s in step.states:
-                arr = np.full(tuple(int(d) for d in s.type.shape), s.init,
-                              dtype=np.asarray(model.parameters()[s.param]).dtype)
-                self.states[s.name] = be.asarray(arr)
         # The random state: the seed, and the step count every step graph advances in place.
+        be = model.backend
         self.rng = {"rng.seed": be.asarray(np.array(recipe.seed, np.int64)), "rng.step": be.asarray(np.array(0, np.int64))}
-        self.persistent = {**model.persistent, **self.states, **self.rng}
-        self.prepared = [be.prepare(step.graph, self.persistent, step.donate) for step in self.steps]
+        self.optimizers = [Optimizer(model, o, recipe.clip_grad, rng=self.rng, debug=debug,
+                                     check_numerics=check_numerics) for o in recipe.objectives]
+        self.steps: list[TrainStep] = [opt.train for opt in self.optimizers]
         self.eval_names = [o.loss for o in recipe.objectives] + list(spec.metrics)
-        self.step_counts = [0] * len(self.steps)
         self.history = History(model=model)
         self.fill_rng = np.random.default_rng(recipe.seed + 1)
         # Augmentation changes what the model sees, never what a loss compares it with.
@@ -283,6 +275,8 @@ class Trainer:
         batch = n if whole is not None else r.batch
         steps_per_epoch = math.ceil(n / batch)
         schedules = [Schedule(r.schedule, o.optimizer.lr, steps_per_epoch * r.epochs) for o in r.objectives]
+        for opt, schedule in zip(self.optimizers, schedules):
+            opt.schedule = schedule
         ckpt = Path(r.checkpoint) if r.checkpoint else None
         if ckpt:  # found out before training, not after the first epoch
             checkpoint.check_output(ckpt, "directory", "the checkpoint directory")
@@ -320,7 +314,7 @@ class Trainer:
             if bar is not None:
                 bar.close()
             record = {"epoch": epoch + 1, **{k: v / seen for k, v in sums.items()},
-                      "lr": schedules[0].lr(self.step_counts[0] - 1, epoch)}  # the rate of the epoch's last step
+                      "lr": schedules[0].lr(self.optimizers[0].count - 1, epoch)}  # the rate of the epoch's last step
             if val is not None:
                 record.update({f"val_{k}": v for k, v in self.evaluate(val, val_sources).items()})
             record["time"] = time.perf_counter() - began
@@ -372,31 +366,14 @@ class Trainer:
         return {k: np.asarray(feeds[k] if k in feeds else values[k]) for k in self.recipe.images}
 
     def _step(self, feeds: dict[str, Any], schedules: list[Schedule], epoch: int) -> dict[str, float]:
-        model, spec = self.model, self.model.train_spec
+        spec = self.model.train_spec
         # What the compiler could not prove about sizes is checked here, on the real batch.
         env = binding.bind(spec.inputs, feeds, [c for step in self.steps for c in step.graph.constraints])
         out: dict[str, float] = {}
-        for k, (step, prepared) in enumerate(zip(self.steps, self.prepared)):
-            graph_inputs = {n.attrs["name"] for n in step.graph.nodes if n.op is Op.INPUT}
-            run_feeds = {name: v for name, v in feeds.items() if name in graph_inputs}
-            self.step_counts[k] += 1
-            run_feeds["lr"] = np.array(schedules[k].lr(self.step_counts[k] - 1, epoch), np.float64)
-            run_feeds["step"] = np.array(self.step_counts[k], np.float64)
-            kept = numerics.keep(step.graph, run_feeds, self.persistent, model.backend.to_numpy) \
-                if self.check_numerics else None
-            results = prepared.run(run_feeds, env)
-            if kept is not None:
-                numerics.check_step(step.graph, results, kept, env, model.backend.to_numpy,
-                                    f"at epoch {epoch + 1}, step {self.step_counts[k]}", step.objective.span)
-            loss = float(model.backend.to_numpy(results["loss"]))
-            if not math.isfinite(loss):
-                raise DlnError(Diagnostic("E0704", f"the loss {step.objective.loss} became {loss} at epoch "
-                                                   f"{epoch + 1}, step {self.step_counts[k]}", step.objective.span,
-                                          (Note("try a smaller learning rate or clip_grad = 1.0"),)))
-            out[step.objective.loss] = loss
-            for m in step.metrics:
-                if m not in out:
-                    out[m] = float(model.backend.to_numpy(results[m]))
+        for opt, schedule in zip(self.optimizers, schedules):
+            when = f"at epoch {epoch + 1}, step {opt.count + 1}"
+            for name, value in opt.run(feeds, env, schedule.lr(opt.count, epoch), when).items():
+                out.setdefault(name, value)
         return out
 
     def evaluate(self, arrays: data.Arrays, sources: dict[str, str] | None = None) -> dict[str, float]:
@@ -428,14 +405,14 @@ class Trainer:
         be = self.model.backend
         files = {"weights": f"weights-{epochs_done}.safetensors", "optimizer": f"optimizer-{epochs_done}.safetensors"}
         checkpoint.save_arrays(ckpt / files["weights"], self.model.state_dict(), self.model.metadata())
-        checkpoint.save_arrays(ckpt / files["optimizer"], {k: be.to_numpy(v).copy() for k, v in self.states.items()}
-                               or {"_empty": np.zeros(0, np.float32)})
+        checkpoint.save_arrays(ckpt / files["optimizer"], {k: v for opt in self.optimizers
+                                                           for k, v in opt.state_dict().items()})
         if self.best_params is not None:
             files["best"] = f"best-{epochs_done}.safetensors"
             checkpoint.save_arrays(ckpt / files["best"], self.best_params, self.model.metadata())
         state = {
             "model": self.model.name, "fingerprint": self._fingerprint(), "epochs_done": epochs_done,
-            "files": files, "step_counts": list(self.step_counts),
+            "files": files, "step_counts": [opt.count for opt in self.optimizers],
             "rng_step": int(be.to_numpy(self.rng["rng.step"])),
             # Evaluation draws too (randn_like in evaluation mode), from the model's own counter.
             "eval_rng_step": self.model._rng_step,
@@ -486,12 +463,12 @@ class Trainer:
                 from None
         checkpoint_state.tidy(ckpt, _files_of(chosen))
         self.model.load_state_dict(arrays["weights"])
-        for name, v in self.states.items():
-            saved = arrays["optimizer"].get(name)
-            if saved is None or saved.shape != self.model.backend.to_numpy(v).shape:
-                raise DlnError(Diagnostic("E0703", f"the optimizer state in {ckpt} does not match this recipe "
-                                                   f"({name})", None))
-            self.model.backend.copy_into(v, saved)
+        for opt, count in zip(self.optimizers, chosen["step_counts"]):
+            try:   # the count state.json records, which checkpoints made before the arrays held it record alone
+                opt.load_state_dict({**arrays["optimizer"], opt.count_key: np.array(count, np.int64)})
+            except DlnError as e:
+                d = e.diagnostics[0]
+                raise DlnError(Diagnostic(d.code, d.message, None, (Note(f"in the checkpoint {ckpt}"),))) from None
         self.fill_rng = fill_rng
         for s, st in zip(schedules, chosen["schedules"]):
             s.restore(st)
@@ -499,7 +476,7 @@ class Trainer:
         self.best_val = stop["best_val"] if stop["best_val"] is not None else math.inf
         self.bad_epochs, self.stopped = stop["bad_epochs"], stop["stopped"]
         self.best_params = arrays.get("best")
-        self.step_counts, self.history.epochs = list(chosen["step_counts"]), [dict(e) for e in chosen["history"]]
+        self.history.epochs = [dict(e) for e in chosen["history"]]
         self.model.backend.copy_into(self.rng["rng.step"], np.array(chosen["rng_step"], np.int64))
         self.model._rng_step = chosen.get("eval_rng_step", 0)
         self.committed = chosen

@@ -94,6 +94,11 @@ class TritonBackend:
     def copy_into(self, dst, src: np.ndarray) -> None:
         dst.copy_(self.torch.from_numpy(_contiguous(src)).to(dst.dtype))
 
+    @outside_autograd
+    def assign(self, dst, src, tau: float | None = None) -> None:
+        """One buffer into another on the device (`Model.copy_from`): `src`, or `tau * src + (1 - tau) * dst`."""
+        dst.copy_(src if tau is None else tau * src + (1.0 - tau) * dst)
+
     def prepare(self, graph: Graph, persistent: Mapping[str, Any], donate: Mapping[str, str]) -> "TritonExecutable":
         return TritonExecutable(self, graph, persistent, donate)
 
