@@ -157,6 +157,8 @@ def read_metrics(path: Path) -> list[dict[str, float]]:
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise DlnError(Diagnostic("E0702", f"cannot read {path}: {e}")) from None
     try:
+        if any(None in row for row in rows):   # csv files a row's cells beyond the header under None
+            raise ValueError("a row longer than the header")
         return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in rows]
     except (ValueError, AttributeError):
         raise DlnError(Diagnostic("E0702", f"cannot read {path}: not a table of numbers with one header row")) \

@@ -159,6 +159,8 @@ def test_plot_errors(project: Path, capsys, monkeypatch):
     _assert_plot_refused(capsys, ["empty"], "E0702", "empty holds no metrics.csv")
     (project / "empty" / "metrics.csv").write_text("epoch,loss\n1,low\n")
     _assert_plot_refused(capsys, ["empty"], "E0702", "not a table of numbers")
+    (project / "empty" / "metrics.csv").write_text("epoch,loss\n1,0.5,7\n")   # a row longer than the header
+    _assert_plot_refused(capsys, ["empty"], "E0702", "not a table of numbers")
     (project / "empty" / "metrics.csv").write_text("epoch,loss\n1,0.5\n")
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a))
