@@ -351,7 +351,7 @@ class Trainer:
             if self.stopped:
                 break
         if run is not None:
-            run.finish(self.history.epochs, self._images(val if val is not None else train, sources))
+            run.finish(self.history.epochs, self._images(*((val, val_sources) if val is not None else (train, sources))))
         return self.history
 
     def _images(self, arrays: data.Arrays, sources: dict[str, str]) -> dict[str, np.ndarray] | None:

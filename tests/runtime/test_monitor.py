@@ -193,3 +193,17 @@ def test_grid_layout():
         [(8, 8), (8, 8), (8, 8), (3, 4), None]
     png = monitor.grid_png({"a": np.linspace(0, 1, 5 * 16).reshape(5, 16), "b": 100 * np.ones((5, 4, 4))})
     assert png.startswith(b"\x89PNG")
+
+
+def test_the_grid_draws_the_validation_data_through_validates_renames(project: Path, monkeypatch):
+    """validate = { x = "x_val" }: the grid shows what validation feeds x, not the training array."""
+    rng = np.random.default_rng(0)
+    np.savez(project / "two.npz", x=rng.random((40, 64), np.float32), x_val=rng.random((40, 64), np.float32),
+             y=rng.integers(0, 10, 40))
+    (project / "two.dln").write_text(NET.replace('dataset("digits")', 'npz("two.npz")')
+                                     .replace("validate = 0.2", 'validate = { x = "x_val" }'))
+    drawn = {}
+    real = monitor.grid_png
+    monkeypatch.setattr(monitor, "grid_png", lambda rows: drawn.update(rows) or real(rows))
+    dln.train("two.dln", epochs=1, logdir="run", **QUIET)
+    np.testing.assert_array_equal(drawn["x"], np.load(project / "two.npz")["x_val"][:monitor.IMAGE_EXAMPLES])
