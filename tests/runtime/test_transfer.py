@@ -335,7 +335,7 @@ def test_over_given_outside_the_file_replaces_the_sections(net_file, tmp_path):
         dln.train(net_file, over=3, progress=False)
     assert e.value.diagnostics[0].code == "E0710"
     r = run_dln("train", str(net_file), "--over", "head.*", "--over", "fc1.bias", "--epochs", "1", "--no-progress",
-                "--save", str(tmp_path / "w.safetensors"))
+                "--save", str(tmp_path / "w.safetensors"), cwd=tmp_path)   # runs/net there, not in the repository
     assert r.returncode == 0, r.stderr
     saved = load_file(str(tmp_path / "w.safetensors"))
     assert np.array_equal(saved["fc1.weight"], start["fc1.weight"])
