@@ -320,6 +320,13 @@ def test_cli_pretrain_then_fine_tune_with_a_map(tmp_path):
     assert r.returncode == 2 and "which is not given" in r.stderr
 
 
+def test_strict_or_map_without_weights_is_e0710_from_python_as_from_the_cli(net_file):
+    for given in ({"strict": False}, {"map": {"backbone.": "fc1."}}):
+        with pytest.raises(DlnError) as e:
+            dln.train(net_file, epochs=1, progress=False, log=lambda s: None, **given)
+        assert e.value.diagnostics[0].code == "E0710" and "which are not given" in str(e.value)
+
+
 def test_over_given_outside_the_file_replaces_the_sections(net_file, tmp_path):
     """dln.train(..., over=...) and dln train --over: "*" trains everything, a pattern its parameters."""
     start = dln.compile(net_file).state_dict()
