@@ -255,6 +255,6 @@ def plot(run_dir: Path, output: Path | None = None) -> Path:
         raise DlnError(Diagnostic("E0714", "dln plot draws with matplotlib, which is not installed", None,
                                   (Note("pip install 'dln[plot]'"),)))
     output = output or run_dir / CURVES
-    checkpoint.check_output(output, "file", "the picture")
+    checkpoint.check_output(output, "file", "the picture", ".png", "nothing was drawn")
     checkpoint.write_bytes(output, curves_png(history))
     return output

@@ -162,6 +162,8 @@ def test_plot_errors(project: Path, capsys, monkeypatch):
     (project / "empty" / "metrics.csv").write_text("epoch,loss\n1,0.5,7\n")   # a row longer than the header
     _assert_plot_refused(capsys, ["empty"], "E0702", "not a table of numbers")
     (project / "empty" / "metrics.csv").write_text("epoch,loss\n1,0.5\n")
+    _assert_plot_refused(capsys, ["empty", "-o", "empty"], "E0708", "it is a directory (name a .png file)")
+    assert "nothing was drawn" in str(pytest.raises(dln.DlnError, monitor.plot, project / "empty", project).value)
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a))
     _assert_plot_refused(capsys, ["empty"], "E0714", "pip install 'dln[plot]'")
