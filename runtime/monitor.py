@@ -71,33 +71,45 @@ class Run:
     def epoch(self, history: Sequence[Mapping[str, float]]) -> None:
         """After each epoch's checkpoint: the event files get the epochs they lack, then metrics.csv
         the whole history (so it never runs ahead of the checkpoint it belongs to)."""
-        if self.events is None and self.writer is not None:
-            self.path.mkdir(parents=True, exist_ok=True)
-            self.events = self.writer(str(self.path))
-        if self.events is not None:
-            for record in history[self.logged:]:
-                for key, value in record.items():
-                    if key != "epoch":
-                        self.events.add_scalar(scalar_tag(key), value, int(record["epoch"]))
-            self.events.flush()
-        self.logged = len(history)
-        write_metrics(self.path / METRICS, history)
+        try:
+            if self.events is None and self.writer is not None:
+                self.path.mkdir(parents=True, exist_ok=True)
+                self.events = self.writer(str(self.path))
+            if self.events is not None:
+                for record in history[self.logged:]:
+                    for key, value in record.items():
+                        if key != "epoch":
+                            self.events.add_scalar(scalar_tag(key), value, int(record["epoch"]))
+                self.events.flush()
+            self.logged = len(history)
+            write_metrics(self.path / METRICS, history)
+        except OSError as e:   # a full disk, a directory made read-only meanwhile
+            raise DlnError(Diagnostic("E0708", f"cannot write the metrics in {self.path} after epoch "
+                                               f"{len(history)}: {e}", None,
+                                      (Note("the checkpoint, if any, is whole: run again to resume from it"),))) \
+                from None
 
     def finish(self, history: Sequence[Mapping[str, float]], images: Mapping[str, np.ndarray] | None) -> None:
         """At the end of training: the pictures, and one line saying what is where."""
         if self.events is not None:
             self.events.close()
         written = [METRICS] + (["TensorBoard events"] if self.events is not None else [])
+        failed = ""
         if importlib.util.find_spec("matplotlib") is None:
             self.missing.append("pictures (pip install 'dln[plot]')")
         else:
-            checkpoint.write_bytes(self.path / CURVES, curves_png(history))
-            written.append(CURVES)
-            if images:
-                checkpoint.write_bytes(self.path / IMAGES, grid_png(images))
-                written.append(IMAGES)
+            # Training is over: a picture that cannot be written must not lose the trained model
+            # (`dln train --save` writes it after this), so it is reported, not raised.
+            try:
+                checkpoint.write_bytes(self.path / CURVES, curves_png(history))
+                written.append(CURVES)
+                if images:
+                    checkpoint.write_bytes(self.path / IMAGES, grid_png(images))
+                    written.append(IMAGES)
+            except OSError as e:
+                failed = f"; cannot write the pictures: {e}"
         missing = f"; not written, for want of a package: {', '.join(self.missing)}" if self.missing else ""
-        self.log(f"run directory {self.path}: {', '.join(written)}{missing}")
+        self.log(f"run directory {self.path}: {', '.join(written)}{missing}{failed}")
 
 
 def open_run(path: Path, history: Sequence[Mapping[str, float]], log: Callable[[str], None]) -> Run:

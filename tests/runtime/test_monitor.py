@@ -209,3 +209,25 @@ def test_the_grid_draws_the_validation_data_through_validates_renames(project: P
     monkeypatch.setattr(monitor, "grid_png", lambda rows: drawn.update(rows) or real(rows))
     dln.train("two.dln", epochs=1, logdir="run", **QUIET)
     np.testing.assert_array_equal(drawn["x"], np.load(project / "two.npz")["x_val"][:monitor.IMAGE_EXAMPLES])
+
+
+def test_a_failing_write_of_the_run_directory_is_e0708_and_loses_no_trained_model(project: Path, monkeypatch,
+                                                                                    capsys):
+    """Metrics that cannot be written stop training with E0708 (no traceback); pictures that cannot be
+    written at the end are reported, and `--save` still writes the trained weights."""
+    from dln.runtime import checkpoint
+
+    def full(path, data):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpoint, "write_bytes", full)
+    assert cli.main(["train", "net.dln", "--no-progress", "--epochs", "1", "--logdir", "a",
+                     "--save", "w.safetensors"]) == 0
+    out = capsys.readouterr().out
+    assert "cannot write the pictures: [Errno 28] No space left on device" in out, out
+    assert (project / "w.safetensors").is_file() and (project / "a" / "metrics.csv").is_file()
+
+    monkeypatch.setattr(checkpoint, "write_text", full)
+    assert cli.main(["train", "net.dln", "--no-progress", "--epochs", "1", "--logdir", "b"]) == 1
+    err = capsys.readouterr().err
+    assert "error[E0708]: cannot write the metrics in b after epoch 1" in err and "internal error" not in err, err
