@@ -131,9 +131,13 @@ def _continues(rows: list[dict[str, float]], history: Sequence[Mapping[str, floa
     and the history has some: a fresh run continues nothing."""
     if not history:
         return False
-    return all(row.keys() <= record.keys() and all(math.isclose(row[k], float(record[k]), rel_tol=1e-12)
-                                                   for k in row)
+    return all(row.keys() <= record.keys() and all(_same(row[k], float(record[k])) for k in row)
                for row, record in zip(rows, history))
+
+
+def _same(a: float, b: float) -> bool:
+    """One number, written and read back; a NaN (a validation loss over an empty mask) is itself."""
+    return math.isclose(a, b, rel_tol=1e-12) or math.isnan(a) and math.isnan(b)
 
 
 def scalar_tag(key: str) -> str:

@@ -241,3 +241,26 @@ def test_a_failing_write_of_the_run_directory_is_e0708_and_loses_no_trained_mode
     assert cli.main(["train", "net.dln", "--no-progress", "--epochs", "1", "--logdir", "b"]) == 1
     err = capsys.readouterr().err
     assert "error[E0708]: cannot write the metrics in b after epoch 1" in err and "internal error" not in err, err
+
+
+def test_a_run_with_a_nan_metric_resumes_into_its_own_directory(project: Path):
+    """A validation loss over an empty mask is NaN; the run's own metrics.csv still continues it."""
+    (project / "masked.dln").write_text("""\
+model m {
+    input x: f32[B, 4]
+    input y: i64[B]
+    input mask: f32[B]
+    loss = sum(cross_entropy(x -> linear(3), y, reduction = "none") * mask) / sum(mask)
+    output loss
+}
+train m {
+    data     = npz("d.npz")
+    validate = { mask = "empty" }
+}
+""")
+    rng = np.random.default_rng(0)
+    np.savez(project / "d.npz", x=rng.standard_normal((20, 4)).astype(np.float32), y=rng.integers(0, 3, 20),
+             mask=np.ones(20, np.float32), empty=np.zeros(20, np.float32))
+    dln.train("masked.dln", epochs=1, checkpoint="ckpt", **QUIET)
+    history = dln.train("masked.dln", epochs=2, checkpoint="ckpt", **QUIET)
+    assert np.isnan(history[0]["val_loss"]) and len(monitor.read_metrics(project / "ckpt" / "metrics.csv")) == 2
