@@ -91,6 +91,8 @@ class Run:
 
     def finish(self, history: Sequence[Mapping[str, float]], images: Mapping[str, np.ndarray] | None) -> None:
         """At the end of training: the pictures, and one line saying what is where."""
+        if self.logged < len(history):   # no epoch ran here (a checkpoint already trained): what it trained
+            self.epoch(history)
         if self.events is not None:
             self.events.close()
         written = [METRICS] + (["TensorBoard events"] if self.events is not None else [])

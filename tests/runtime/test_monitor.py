@@ -126,6 +126,10 @@ def test_resuming_appends_to_the_metrics_of_the_checkpoint(project: Path):
     assert len(history) == 3
     assert monitor.read_metrics(ckpt / "metrics.csv") == history.epochs
     assert [s for s, _ in events(ckpt)["loss/train"]] == [1, 2, 3]     # each epoch once, over two event files
+    # nothing left to train, another run directory: it still gets the metrics the checkpoint trained
+    history = dln.train("net.dln", epochs=3, checkpoint=str(ckpt), logdir="fresh", **QUIET)
+    assert monitor.read_metrics(project / "fresh" / "metrics.csv") == history.epochs
+    assert [s for s, _ in events(project / "fresh")["loss/train"]] == [1, 2, 3]
 
 
 def test_another_runs_metrics_are_never_written_over(project: Path):
