@@ -317,6 +317,8 @@ def _apply(recipe: Recipe, key: str, value: Value, span: Span | None) -> None:
             need(value.kind in ("dataset", "npz", "csv"), "a fraction, data or a record of renamed inputs")
             recipe.validate = value
         elif isinstance(value, RecordValue):
+            # `{}` renames nothing: validation would be the training data itself, reported as held out
+            need(bool(value.fields), "a fraction, data or a record of renamed inputs (at least one)")
             for name, v, fspan in value.fields:
                 if not isinstance(v, str):
                     raise DlnError(Diagnostic("E0601", f"validate: input '{name}' must be renamed to an array "

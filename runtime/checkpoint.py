@@ -36,18 +36,20 @@ def _atomic(path: Path, write) -> None:
         raise
 
 
-def check_output(path: str | Path, kind: str, what: str) -> None:
+def check_output(path: str | Path, kind: str, what: str, suffix: str = ".safetensors",
+                 before: str = "nothing was trained") -> None:
     """Before any work is done: can `path` be written as a `kind` ("file" or "directory")?  It must not
     be the other kind, and it or its nearest existing ancestor must be a writable directory (missing
-    directories are created on writing).  `what` says what the path is for (`--save`, `checkpoint`)."""
+    directories are created on writing).  `what` says what the path is for (`--save`, `checkpoint`),
+    `suffix` what a file's name ends with, `before` what was not done."""
     path = Path(path)
 
     def refuse(why: str) -> DlnError:
         return DlnError(Diagnostic("E0708", f"cannot write {what} {path}: {why}", None,
-                                   (Note("nothing was trained; choose another path"),)))
+                                   (Note(f"{before}; choose another path"),)))
 
     if kind == "file" and path.is_dir():
-        raise refuse("it is a directory (name a .safetensors file)")
+        raise refuse(f"it is a directory (name a {suffix} file)")
     if kind == "directory" and path.exists() and not path.is_dir():
         raise refuse("it is a file, not a directory")
     if path.exists() and not os.access(path, os.W_OK):

@@ -19,7 +19,9 @@ from dln.dsl.diagnostics import Diagnostic, DlnError, Note
 # The files a state.json may name: ours, in the checkpoint directory itself.
 CHECKPOINT_FILE = re.compile(r"(weights|optimizer|best)-\d+\.safetensors")
 # What the atomic writer leaves when killed mid-write: `<one of our names>.<random>.tmp`.
-ORPHAN = re.compile(r"((weights|optimizer|best)-\d+\.safetensors|weights\.safetensors|state\.json)\.[^.]+\.tmp")
+# The checkpoint directory is also the run directory (dln.runtime.monitor): its files are written the same way.
+ORPHAN = re.compile(r"((weights|optimizer|best)-\d+\.safetensors|weights\.safetensors|state\.json|metrics\.csv|"
+                    r"curves\.png|images\.png)\.[^.]+\.tmp")
 
 
 class Damaged(Exception):

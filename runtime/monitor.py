@@ -71,33 +71,47 @@ class Run:
     def epoch(self, history: Sequence[Mapping[str, float]]) -> None:
         """After each epoch's checkpoint: the event files get the epochs they lack, then metrics.csv
         the whole history (so it never runs ahead of the checkpoint it belongs to)."""
-        if self.events is None and self.writer is not None:
-            self.path.mkdir(parents=True, exist_ok=True)
-            self.events = self.writer(str(self.path))
-        if self.events is not None:
-            for record in history[self.logged:]:
-                for key, value in record.items():
-                    if key != "epoch":
-                        self.events.add_scalar(scalar_tag(key), value, int(record["epoch"]))
-            self.events.flush()
-        self.logged = len(history)
-        write_metrics(self.path / METRICS, history)
+        try:
+            if self.events is None and self.writer is not None:
+                self.path.mkdir(parents=True, exist_ok=True)
+                self.events = self.writer(str(self.path))
+            if self.events is not None:
+                for record in history[self.logged:]:
+                    for key, value in record.items():
+                        if key != "epoch":
+                            self.events.add_scalar(scalar_tag(key), value, int(record["epoch"]))
+                self.events.flush()
+            self.logged = len(history)
+            write_metrics(self.path / METRICS, history)
+        except OSError as e:   # a full disk, a directory made read-only meanwhile
+            raise DlnError(Diagnostic("E0708", f"cannot write the metrics in {self.path} after epoch "
+                                               f"{len(history)}: {e}", None,
+                                      (Note("the checkpoint, if any, is whole: run again to resume from it"),))) \
+                from None
 
     def finish(self, history: Sequence[Mapping[str, float]], images: Mapping[str, np.ndarray] | None) -> None:
         """At the end of training: the pictures, and one line saying what is where."""
+        if self.logged < len(history):   # no epoch ran here (a checkpoint already trained): what it trained
+            self.epoch(history)
         if self.events is not None:
             self.events.close()
         written = [METRICS] + (["TensorBoard events"] if self.events is not None else [])
+        failed = ""
         if importlib.util.find_spec("matplotlib") is None:
             self.missing.append("pictures (pip install 'dln[plot]')")
         else:
-            checkpoint.write_bytes(self.path / CURVES, curves_png(history))
-            written.append(CURVES)
-            if images:
-                checkpoint.write_bytes(self.path / IMAGES, grid_png(images))
-                written.append(IMAGES)
+            # Training is over: a picture that cannot be written must not lose the trained model
+            # (`dln train --save` writes it after this), so it is reported, not raised.
+            try:
+                checkpoint.write_bytes(self.path / CURVES, curves_png(history))
+                written.append(CURVES)
+                if images:
+                    checkpoint.write_bytes(self.path / IMAGES, grid_png(images))
+                    written.append(IMAGES)
+            except OSError as e:
+                failed = f"; cannot write the pictures: {e}"
         missing = f"; not written, for want of a package: {', '.join(self.missing)}" if self.missing else ""
-        self.log(f"run directory {self.path}: {', '.join(written)}{missing}")
+        self.log(f"run directory {self.path}: {', '.join(written)}{missing}{failed}")
 
 
 def open_run(path: Path, history: Sequence[Mapping[str, float]], log: Callable[[str], None]) -> Run:
@@ -119,9 +133,13 @@ def _continues(rows: list[dict[str, float]], history: Sequence[Mapping[str, floa
     and the history has some: a fresh run continues nothing."""
     if not history:
         return False
-    return all(row.keys() <= record.keys() and all(math.isclose(row[k], float(record[k]), rel_tol=1e-12)
-                                                   for k in row)
+    return all(row.keys() <= record.keys() and all(_same(row[k], float(record[k])) for k in row)
                for row, record in zip(rows, history))
+
+
+def _same(a: float, b: float) -> bool:
+    """One number, written and read back; a NaN (a validation loss over an empty mask) is itself."""
+    return math.isclose(a, b, rel_tol=1e-12) or math.isnan(a) and math.isnan(b)
 
 
 def scalar_tag(key: str) -> str:
@@ -157,6 +175,8 @@ def read_metrics(path: Path) -> list[dict[str, float]]:
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise DlnError(Diagnostic("E0702", f"cannot read {path}: {e}")) from None
     try:
+        if any(None in row for row in rows):   # csv files a row's cells beyond the header under None
+            raise ValueError("a row longer than the header")
         return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in rows]
     except (ValueError, AttributeError):
         raise DlnError(Diagnostic("E0702", f"cannot read {path}: not a table of numbers with one header row")) \
@@ -253,6 +273,6 @@ def plot(run_dir: Path, output: Path | None = None) -> Path:
         raise DlnError(Diagnostic("E0714", "dln plot draws with matplotlib, which is not installed", None,
                                   (Note("pip install 'dln[plot]'"),)))
     output = output or run_dir / CURVES
-    checkpoint.check_output(output, "file", "the picture")
+    checkpoint.check_output(output, "file", "the picture", ".png", "nothing was drawn")
     checkpoint.write_bytes(output, curves_png(history))
     return output

@@ -117,6 +117,10 @@ def train_file(source: str | Path, backend: str | None = None, progress: bool | 
     compiled = Model(program, probe.name, overrides, backend, seed=recipe.seed, from_text=from_text, debug=debug,
                      precision=precision, limits=limits)
     log = log or (lambda s: print(s, flush=True))
+    if not weights and (map or not strict):   # as `dln train --map` without --weights: a usage error
+        raise DlnError(Diagnostic("E0710", "arguments strict and map say how to load weights, which are not given",
+                                  None, (Note('dln.train(..., weights="pre.safetensors", strict=False, '
+                                              'map={"backbone.": "features."})'),)))
     if weights:
         loaded = compiled.load(weights, strict, map)
         if not strict or map:   # what loaded, so that a misspelled map shows before training
@@ -345,7 +349,7 @@ class Trainer:
             if self.stopped:
                 break
         if run is not None:
-            run.finish(self.history.epochs, self._images(val if val is not None else train, sources))
+            run.finish(self.history.epochs, self._images(*((val, val_sources) if val is not None else (train, sources))))
         return self.history
 
     def _images(self, arrays: data.Arrays, sources: dict[str, str]) -> dict[str, np.ndarray] | None:

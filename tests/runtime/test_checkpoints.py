@@ -68,7 +68,7 @@ def test_a_killed_runs_leftovers_are_removed_and_nothing_else(tmp_path: Path):
     dln.train(CLASSIFIER, epochs=2, checkpoint=str(ckpt), **QUIET)
     # what a kill leaves: the atomic writer's temporary files; arrays of an epoch never committed
     leftovers = ["weights-3.safetensors.k2j4x_a1.tmp", "state.json.0q9w8e7r.tmp", "weights.safetensors.zz.tmp",
-                 "optimizer-3.safetensors", "weights-3.safetensors"]
+                 "optimizer-3.safetensors", "weights-3.safetensors", "metrics.csv.a1b2.tmp", "curves.png.c3d4.tmp"]
     for name in leftovers:
         (ckpt / name).write_bytes(b"half")
     others = ["notes.txt", "mine.tmp", "weights-3.safetensors.bak"]    # not ours: kept

@@ -126,6 +126,10 @@ def test_resuming_appends_to_the_metrics_of_the_checkpoint(project: Path):
     assert len(history) == 3
     assert monitor.read_metrics(ckpt / "metrics.csv") == history.epochs
     assert [s for s, _ in events(ckpt)["loss/train"]] == [1, 2, 3]     # each epoch once, over two event files
+    # nothing left to train, another run directory: it still gets the metrics the checkpoint trained
+    history = dln.train("net.dln", epochs=3, checkpoint=str(ckpt), logdir="fresh", **QUIET)
+    assert monitor.read_metrics(project / "fresh" / "metrics.csv") == history.epochs
+    assert [s for s, _ in events(project / "fresh")["loss/train"]] == [1, 2, 3]
 
 
 def test_another_runs_metrics_are_never_written_over(project: Path):
@@ -159,7 +163,11 @@ def test_plot_errors(project: Path, capsys, monkeypatch):
     _assert_plot_refused(capsys, ["empty"], "E0702", "empty holds no metrics.csv")
     (project / "empty" / "metrics.csv").write_text("epoch,loss\n1,low\n")
     _assert_plot_refused(capsys, ["empty"], "E0702", "not a table of numbers")
+    (project / "empty" / "metrics.csv").write_text("epoch,loss\n1,0.5,7\n")   # a row longer than the header
+    _assert_plot_refused(capsys, ["empty"], "E0702", "not a table of numbers")
     (project / "empty" / "metrics.csv").write_text("epoch,loss\n1,0.5\n")
+    _assert_plot_refused(capsys, ["empty", "-o", "empty"], "E0708", "it is a directory (name a .png file)")
+    assert "nothing was drawn" in str(pytest.raises(dln.DlnError, monitor.plot, project / "empty", project).value)
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a))
     _assert_plot_refused(capsys, ["empty"], "E0714", "pip install 'dln[plot]'")
@@ -180,10 +188,20 @@ def test_the_grid_is_drawn_in_evaluation_mode_from_a_fixed_seed(project: Path):
                                      .replace("images   = [x]", "images   = [noisy, x]"))
     trained = dln.train("dae.dln", epochs=1, logdir="a", **QUIET)
     counter = trained.model._rng_step
-    dln.train("dae.dln", epochs=1, logdir="b", **QUIET)
-    assert (project / "a" / "images.png").read_bytes() == (project / "b" / "images.png").read_bytes()
     plain = dln.train("dae.dln", epochs=1, logdir=False, **QUIET).model
     assert plain._rng_step == counter
+    # the grid's noise is the same whatever the model's counter stands at (were it drawn from the
+    # counter, a resumed run's grid would differ from an uninterrupted one's)
+    from dln.runtime.train import Trainer, recipe_for
+
+    model = trained.model
+    trainer = Trainer(model, recipe_for(model), project, progress=False, log=lambda s: None)
+    _, val = trainer._data()
+    first = trainer._images(val, trainer._sources(val))
+    model._rng_step = counter + 1000
+    second = trainer._images(val, trainer._sources(val))
+    assert model._rng_step == counter + 1000
+    np.testing.assert_array_equal(first["noisy"], second["noisy"])
 
 
 def test_grid_layout():
@@ -191,3 +209,62 @@ def test_grid_layout():
         [(8, 8), (8, 8), (8, 8), (3, 4), None]
     png = monitor.grid_png({"a": np.linspace(0, 1, 5 * 16).reshape(5, 16), "b": 100 * np.ones((5, 4, 4))})
     assert png.startswith(b"\x89PNG")
+
+
+def test_the_grid_draws_the_validation_data_through_validates_renames(project: Path, monkeypatch):
+    """validate = { x = "x_val" }: the grid shows what validation feeds x, not the training array."""
+    rng = np.random.default_rng(0)
+    np.savez(project / "two.npz", x=rng.random((40, 64), np.float32), x_val=rng.random((40, 64), np.float32),
+             y=rng.integers(0, 10, 40))
+    (project / "two.dln").write_text(NET.replace('dataset("digits")', 'npz("two.npz")')
+                                     .replace("validate = 0.2", 'validate = { x = "x_val" }'))
+    drawn = {}
+    real = monitor.grid_png
+    monkeypatch.setattr(monitor, "grid_png", lambda rows: drawn.update(rows) or real(rows))
+    dln.train("two.dln", epochs=1, logdir="run", **QUIET)
+    np.testing.assert_array_equal(drawn["x"], np.load(project / "two.npz")["x_val"][:monitor.IMAGE_EXAMPLES])
+
+
+def test_a_failing_write_of_the_run_directory_is_e0708_and_loses_no_trained_model(project: Path, monkeypatch,
+                                                                                    capsys):
+    """Metrics that cannot be written stop training with E0708 (no traceback); pictures that cannot be
+    written at the end are reported, and `--save` still writes the trained weights."""
+    from dln.runtime import checkpoint
+
+    def full(path, data):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpoint, "write_bytes", full)
+    assert cli.main(["train", "net.dln", "--no-progress", "--epochs", "1", "--logdir", "a",
+                     "--save", "w.safetensors"]) == 0
+    out = capsys.readouterr().out
+    assert "cannot write the pictures: [Errno 28] No space left on device" in out, out
+    assert (project / "w.safetensors").is_file() and (project / "a" / "metrics.csv").is_file()
+
+    monkeypatch.setattr(checkpoint, "write_text", full)
+    assert cli.main(["train", "net.dln", "--no-progress", "--epochs", "1", "--logdir", "b"]) == 1
+    err = capsys.readouterr().err
+    assert "error[E0708]: cannot write the metrics in b after epoch 1" in err and "internal error" not in err, err
+
+
+def test_a_run_with_a_nan_metric_resumes_into_its_own_directory(project: Path):
+    """A validation loss over an empty mask is NaN; the run's own metrics.csv still continues it."""
+    (project / "masked.dln").write_text("""\
+model m {
+    input x: f32[B, 4]
+    input y: i64[B]
+    input mask: f32[B]
+    loss = sum(cross_entropy(x -> linear(3), y, reduction = "none") * mask) / sum(mask)
+    output loss
+}
+train m {
+    data     = npz("d.npz")
+    validate = { mask = "empty" }
+}
+""")
+    rng = np.random.default_rng(0)
+    np.savez(project / "d.npz", x=rng.standard_normal((20, 4)).astype(np.float32), y=rng.integers(0, 3, 20),
+             mask=np.ones(20, np.float32), empty=np.zeros(20, np.float32))
+    dln.train("masked.dln", epochs=1, checkpoint="ckpt", **QUIET)
+    history = dln.train("masked.dln", epochs=2, checkpoint="ckpt", **QUIET)
+    assert np.isnan(history[0]["val_loss"]) and len(monitor.read_metrics(project / "ckpt" / "metrics.csv")) == 2
