@@ -129,10 +129,23 @@ def train_file(source: str | Path, backend: str | None = None, progress: bool | 
     trainer = Trainer(compiled, recipe, base, log=log, progress=progress, debug=debug, check_numerics=check_numerics)
     if logdir is True:
         stem = Path(program.path).stem if not program.path.startswith("<") else compiled.name
-        logdir = recipe.checkpoint or monitor.default_dir(stem, Path("."))
+        logdir = recipe.checkpoint or _default_logdir(stem, log)
     elif logdir is None:
         logdir = recipe.checkpoint
     return trainer.fit(Path(logdir) if logdir else None)
+
+
+def _default_logdir(stem: str, log: Callable[[str], None]) -> Path | None:
+    """runs/<stem> in the current directory, unless it cannot be written there (a read-only directory):
+    then no run directory, said in a note, rather than no training — nobody asked for this one."""
+    path = monitor.default_dir(stem, Path("."))
+    try:
+        checkpoint.check_output(path, "directory", "the run directory")
+    except DlnError as e:
+        log(f"note: {e.diagnostics[0].message}; training without metrics files and pictures (--logdir DIR "
+            "names another directory)")
+        return None
+    return path
 
 
 class Trainer:
@@ -465,6 +478,7 @@ class Trainer:
         except (TypeError, ValueError) as e:
             raise checkpoint_state.damaged(ckpt, f"state.json field 'fill_rng' is not a generator state ({e})") \
                 from None
+        self._check_optimizer_names(arrays["optimizer"], ckpt)
         checkpoint_state.tidy(ckpt, _files_of(chosen))
         self.model.load_state_dict(arrays["weights"])
         for opt, count in zip(self.optimizers, chosen["step_counts"]):
@@ -486,6 +500,27 @@ class Trainer:
         self.committed = chosen
         self.log(f"resuming from {ckpt} after epoch {chosen['epochs_done']}")
         return chosen["epochs_done"]
+
+
+    def _check_optimizer_names(self, saved: Mapping[str, Any], ckpt: Path) -> None:
+        """The checkpoint's optimizer state must be this run's, slot for slot: a run resumed over other
+        parameters (`--over`, a section's `over` edited) would drop the state of those it no longer
+        trains, or start those it now trains from none.  (The step counts, `optim.<loss>[.<over>].step`,
+        are no slots: no optimizer has a slot named step.)"""
+        want = {name for opt in self.optimizers for name in opt.states}
+        have = {name for name in saved if not name.endswith(".step") and name != "_empty"}   # slots, not counts
+        if have != want:
+            def params(slots):   # optim.<loss>.<parameter>.<slot> -> <parameter>
+                return {name.split(".", 2)[-1].rsplit(".", 1)[0] for name in slots}
+
+            gone, new = sorted(params(have) - params(want)), sorted(params(want) - params(have))
+            listed = "; ".join(f"{what}: {', '.join(names[:4])}{', ...' if len(names) > 4 else ''}"
+                               for what, names in (("trained there, frozen here", gone),
+                                                   ("trained here, frozen there", new)) if names)
+            raise DlnError(Diagnostic(
+                "E0703", f"the checkpoint in {ckpt} trained other parameters than this run does ({listed})", None,
+                (Note("it was trained over other parameters (minimize ... over, --over): resume with the same, or "
+                      "train into another checkpoint directory"),)))
 
 
 def _files_of(state: Mapping[str, Any]) -> set[str]:

@@ -109,6 +109,18 @@ def test_dln_train_writes_runs_of_the_file_name_and_plot_draws_them(project: Pat
     picture(project / "net.png")
 
 
+def test_a_default_run_directory_that_cannot_be_made_is_a_note_not_a_failure(project: Path, capsys):
+    """Nobody asked for runs/<stem>: where it cannot be written (here `runs` is a file; a read-only
+    directory alike), `dln train` trains without it, as it did before run directories existed."""
+    (project / "runs").write_text("not a directory")
+    assert cli.main(["train", "net.dln", "--no-progress", "--epochs", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "note: cannot write the run directory runs/net: runs is a file, not a directory; training without " \
+           "metrics files and pictures (--logdir DIR names another directory)" in out
+    assert sorted(p.name for p in project.iterdir()) == ["net.dln", "runs"]
+    assert cli.main(["train", "net.dln", "--no-progress", "--epochs", "1", "--logdir", "runs/x"]) == 1   # asked for
+
+
 def test_logdir_none_writes_nothing(project: Path):
     assert cli.main(["train", "net.dln", "--no-progress", "--epochs", "1", "--logdir", "none"]) == 0
     assert [p.name for p in project.iterdir()] == ["net.dln"]

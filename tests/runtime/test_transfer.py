@@ -349,3 +349,25 @@ def test_over_given_outside_the_file_replaces_the_sections(net_file, tmp_path):
     saved = load_file(str(tmp_path / "w.safetensors"))
     assert np.array_equal(saved["fc1.weight"], start["fc1.weight"])
     assert not np.array_equal(saved["fc1.bias"], start["fc1.bias"])
+
+
+@pytest.mark.parametrize("then", ["fc1.*", "*"])
+def test_resuming_over_other_parameters_is_refused_before_anything_is_restored(net_file, tmp_path, then):
+    """A checkpoint trained over "head.*" holds Adam's moments of the head alone: resumed over fewer
+    parameters it would drop some silently, over more start them from nothing."""
+    ckpt = tmp_path / "ckpt"
+    quiet = {"progress": False, "log": lambda s: None}
+    dln.train(net_file, over="head.*", epochs=1, checkpoint=str(ckpt), **quiet)
+    same = dln.train(net_file, over="head.*", epochs=2, checkpoint=str(ckpt), **quiet)
+    assert len(same) == 2
+    state = (ckpt / "state.json").read_text()
+    with pytest.raises(DlnError) as e:
+        dln.train(net_file, over=then, epochs=3, checkpoint=str(ckpt), **quiet)
+    d = e.value.diagnostics[0]
+    assert d.code == "E0703" and "trained other parameters than this run does" in d.message
+    if then == "fc1.*":
+        assert "trained there, frozen here: head.bias, head.weight; trained here, frozen there: fc1.bias, " \
+               "fc1.weight" in d.message
+    else:
+        assert "trained here, frozen there: bn.bias, bn.weight, fc1.bias, fc1.weight" in d.message
+    assert (ckpt / "state.json").read_text() == state   # the checkpoint as it was
