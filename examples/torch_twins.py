@@ -139,13 +139,16 @@ def make_dcgan(batchnorm: bool = BATCHNORM):
             h = F.leaky_relu(self.down2(h), 0.2)
             return self.score(h.flatten(1))
 
-    class GAN(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.G = Generator()
-            self.D = Discriminator()
+    return _gan(Generator(), Discriminator())
 
-    return GAN()
+
+def _gan(generator, discriminator):
+    """The GAN examples' two instances, G and D, under one module (parameters G.*, D.*)."""
+    import torch.nn as nn
+
+    gan = nn.Module()
+    gan.G, gan.D = generator, discriminator
+    return gan
 
 
 def make_autoencoder():
@@ -386,13 +389,7 @@ def make_gan(d: int = 64):
         def forward(self, image):
             return self.score(image)
 
-    class GAN(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.G = Generator()
-            self.D = Discriminator()
-
-    return GAN()
+    return _gan(Generator(), Discriminator())
 
 
 def make_vae(d: int = 64, z: int = 8):
