@@ -95,6 +95,8 @@ def attention(cx, x: TENSOR, heads: INT, causal: BOOL = False, context: TENSOR =
         if not isinstance(t.shape[-1], int):
             raise cx.fail_at(name, "E0202", f"attention needs a known feature size for its projections, "
                                             f"got {name} {t.type}")
+        if t.shape[-1] == 0:   # heads of no features: a score 0 / sqrt(0)
+            raise cx.fail_at(name, "E0202", f"attention needs at least one feature, got {name} {t.type}")
     if mask is not None:
         _check_key_padding(cx, mask, x, memory)
     if unbatched:
@@ -178,6 +180,9 @@ def scaled_dot_product_attention(cx, q: TENSOR, k: TENSOR, v: TENSOR, causal: BO
         if size is None:
             raise cx.fail_at("q", "E0202", f"the default scale 1/sqrt({q.shape[-1]}) needs the feature size of q "
                                            f"{q.type} as a number: give q or k a known last axis, or pass `scale`")
+        if size == 0:
+            raise cx.fail_at("q", "E0202", f"the default scale 1/sqrt(E) needs queries of at least one feature, "
+                                           f"got q {q.type}: pass `scale`")
         scale = 1.0 / math.sqrt(size)
     mask_bias, grad = None, False
     if mask is not None:
