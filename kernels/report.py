@@ -69,6 +69,8 @@ def format_plan(plan: FusionPlan, env: Mapping[str, int], compiled: Mapping[str,
         lines.append(f"{cost.name}  [{cost.kind}]")
         lines.append(f"  fuses    {_node_list(g, cost.nodes)}")
         lines.append(f"  stores   {', '.join(f'%{s}' for s in group.stores) or '-'}")
+        if group.updates:
+            lines.append(f"  updates  {', '.join(group.updates)}")
         lines.append(f"  source   {source_lines(cost.nodes) or '-'}")
         lines.append(f"  cost     {cost.flops:,} FLOPs, {cost.bytes:,} bytes (read {cost.read_bytes:,}, write "
                      f"{cost.write_bytes:,}), {cost.intensity:.2f} FLOPs/byte")
