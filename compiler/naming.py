@@ -114,7 +114,7 @@ def identifier(name: str, limit: int = 28) -> str:
     if len(body) > limit:
         body = body[-limit:]
         body = body[body.index("_") + 1:] if "_" in body else body
-    return f"{safe_name(prefix)}_{body}" if prefix and body else body
+    return "_".join(part for part in (safe_name(prefix), body) if part)
 
 
 def value_name(graph: Graph, node_id: int, output_names: dict[int, str] | None = None) -> str:
