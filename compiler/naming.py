@@ -8,7 +8,7 @@ are named `NAME.<kind>_<k>`.  A name bound a second time in the same scope
 uses `NAME_1`, `NAME_2`, ... (only bindings that name layers count).  Calls
 with `name = "..."` keep that name and are not counted.
 
-Names in generated code (docs/generation.md, "Names"): a value is named by the
+Names in generated code (docs/architecture.md, "Names"): a value is named by the
 binding that computes it, its gradient `grad:<name>`, a kernel of the
 optimizer by the parameters it updates; user text reaches code only through
 `safe_name`.

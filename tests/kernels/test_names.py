@@ -1,5 +1,5 @@
 """Names in what `dln compile --backend triton` writes (generation only, nothing runs): kernels, buffers
-and plan entries say which value, gradient or parameter they are (docs/generation.md, "Names")."""
+and plan entries say which value, gradient or parameter they are (docs/architecture.md, "Names")."""
 
 from __future__ import annotations
 
