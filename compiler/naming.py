@@ -178,6 +178,11 @@ def kernel_name(graph: Graph, k: int, members: Sequence[int], nodes: Sequence[No
         for w in _op_words(graph, node):
             if w not in words:
                 words.append(w)
+    computed = [n for n in nodes if n.op is not Op.INPUT]
+    if all(n.op is Op.CONST for n in computed):
+        words = ["fill"]
+    elif all(n.op in GroupOp.Movement or n.op is Op.CONST for n in computed):
+        words = ["copy"]    # lays a view out in memory (heads merged, a transpose made contiguous)
     parts = [f"k{k}", identifier(anchor.name, 32), "_".join(words[:4]), update_label(others) if others else ""]
     return "_".join(part for part in parts if part)
 

@@ -154,3 +154,9 @@ def test_odd_names_give_unique_stable_identifiers(tmp_path):
         assert len({a.arg for a in f.args.args}) == len(f.args.args), f.name
     assert len(set(plan)) == len(plan)
     assert [k for k, e in plan.items() if e.get("updates") == "enc.0.weight" and k.endswith("_update_enc_0_weight")]
+
+
+def test_a_kernel_that_only_lays_out_a_view_says_it_copies(tmp_path):
+    plan, _, _ = compile_triton(EXAMPLES / "lstm_charlm.dln", tmp_path)
+    assert {"fill", "copy"} <= {k.rsplit("_", 1)[1] for k in plan}
+    assert [k for k in plan if re.fullmatch(r"k\d+_logits_copy", k)]
