@@ -96,6 +96,7 @@ class GraphBuilder:
         self.max_nodes = max_nodes  # dln.compiler.limits: the model builder's bound on the graph's size
         self.nodes: list[Node] = list(base.nodes) if base else []
         self.index: dict[int, Node] = {n.id: n for n in self.nodes}
+        self._positions: dict[int, int] = {}   # node id -> its place in `nodes` (append-only), for `rename`
         self.next_id = max(self.index, default=-1) + 1
         self.shapes = ShapeContext()
         if base:
@@ -160,8 +161,9 @@ class GraphBuilder:
         the VJP has built it."""
         node = dataclasses.replace(self.index[t.id], name=name)
         self.index[t.id] = node
-        at = next(k for k in range(len(self.nodes) - 1, -1, -1) if self.nodes[k].id == t.id)
-        self.nodes[at] = node
+        for k in range(len(self._positions), len(self.nodes)):
+            self._positions[self.nodes[k].id] = k
+        self.nodes[self._positions[t.id]] = node
 
     def tensor(self, node_id: int) -> Tensor:
         return Tensor(node_id, self.index[node_id].type)

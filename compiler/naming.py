@@ -126,6 +126,12 @@ def value_name(graph: Graph, node_id: int, output_names: dict[int, str] | None =
     return (output_names or {}).get(node_id) or n.name or n.op.value
 
 
+def buffer_name(graph: Graph, node_id: int, output_names: dict[int, str]) -> str:
+    """A kernel's pointer to the value of node `node_id`: `p66_grad_logits` (the id keeps it unique)."""
+    label = identifier(value_name(graph, node_id, output_names))
+    return f"p{node_id}_{label}" if label else f"p{node_id}"
+
+
 def shared_scope(a: str, b: str) -> str:
     """The name of one value two bindings compute alike: the scope they share (`optimizer` of
     `optimizer.h.weight` and `optimizer.h.bias`), else the first's."""

@@ -25,7 +25,7 @@ from dln.compiler.fusion import index as ix
 from dln.compiler.fusion.domain import REDUCE
 from dln.compiler.fusion.planner import FusionPlan, Group, update_operands
 from dln.compiler.ir import DType, Graph, Op
-from dln.compiler.naming import arena_name, identifier, value_name
+from dln.compiler.naming import arena_name, buffer_name
 from dln.compiler.symbolic import Dim, numel
 from dln.dsl.diagnostics import Diagnostic, DlnError, Note
 from dln.kernels.emitter import (
@@ -86,8 +86,7 @@ def _pointers(plan: FusionPlan, group: Group, k: int) -> dict[int, Pointer]:
     out: dict[int, Pointer] = {}
     output_names = {i: name for name, i in g.outputs}
     for node_id in sorted(set(plan.reads[k]) | set(group.stores)):
-        label = identifier(value_name(g, node_id, output_names))
-        out[node_id] = Pointer(f"p{node_id}_{label}" if label else f"p{node_id}", node_id, g.node(node_id).shape)
+        out[node_id] = Pointer(buffer_name(g, node_id, output_names), node_id, g.node(node_id).shape)
     return out
 
 
@@ -185,7 +184,7 @@ def multi_tensor(plan: FusionPlan, group: Group, k: int) -> KernelSource:
         pointers[node_id] = Pointer(f"arena{j}_{name}" if name else f"arena{j}", node_id, (total,))
     for node_id in plan.reads[k]:
         if g.node(node_id).shape == ():
-            pointers[node_id] = Pointer(f"p{node_id}_{identifier(value_name(g, node_id))}", node_id, ())
+            pointers[node_id] = Pointer(buffer_name(g, node_id, output_names), node_id, ())
     em = Emitter(g, pointers, {"offs": "offs"})
     em.members = set(first_members)
     em.line("pid = tl.program_id(0)")
