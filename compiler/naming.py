@@ -140,10 +140,14 @@ def shared_scope(a: str, b: str) -> str:
     return ".".join(pa[:k]) or a
 
 
-def arena_name(graph: Graph, nodes: Sequence[int], output_names: dict[int, str]) -> str:
-    """An identifier for values laid out back to back, one per parameter (a multi-tensor kernel's operand):
-    `params`, `grads`, else the end their names share (`exp_avg` of `optim.loss.h.weight.exp_avg`, ...,
-    `new_exp_avg` of their new values)."""
+def arena_name(graph: Graph, j: int, nodes: Sequence[int], output_names: dict[int, str]) -> str:
+    """A multi-tensor kernel's pointer to its operand `j`, values laid out back to back, one per parameter:
+    `arena3_params`, `arena1_grads`, else by the end their names share (`arena0_exp_avg` of
+    `optim.loss.h.weight.exp_avg`, ..., `arena4_new_exp_avg` of their new values)."""
+    return f"arena{j}_{_shared_end(graph, nodes, output_names)}".rstrip("_")
+
+
+def _shared_end(graph: Graph, nodes: Sequence[int], output_names: dict[int, str]) -> str:
     if all(graph.node(i).op is Op.INPUT and graph.node(i).attrs["role"] == "param" for i in nodes):
         return "params"
     names = [value_name(graph, i, output_names) for i in nodes]

@@ -25,7 +25,7 @@ from dln.compiler.fusion import index as ix
 from dln.compiler.fusion.domain import REDUCE
 from dln.compiler.fusion.planner import FusionPlan, Group, update_operands
 from dln.compiler.ir import DType, Graph, Op
-from dln.compiler.naming import arena_name, buffer_name
+from dln.compiler.naming import buffer_name
 from dln.compiler.symbolic import Dim, numel
 from dln.dsl.diagnostics import Diagnostic, DlnError, Note
 from dln.kernels.emitter import (
@@ -172,16 +172,16 @@ def pointwise(plan: FusionPlan, group: Group, k: int) -> KernelSource:
 def multi_tensor(plan: FusionPlan, group: Group, k: int) -> KernelSource:
     g = plan.graph
     per_param = update_operands(g, group, lambda i: i in plan.realized)
-    arenas = {a.name: a for a in plan.memory.arenas}
+    arenas = {tuple(a.nodes): a for a in plan.memory.arenas}
     total = sum(int(numel(g.node(p[0]).shape)) for p in per_param)
     first_members = group.multi[0]
     pointers: dict[int, Pointer] = {}
     output_names = {i: name for name, i in g.outputs}
-    # Operand position j of parameter 0 reads arena j; scalars are read as themselves.
+    # Operand position j of parameter 0 reads arena j (`k13.arena1_grads` reads as `arena1_grads`); scalars
+    # are read as themselves.
     for j, node_id in enumerate(per_param[0]):
-        assert f"k{group.id}.{j}" in arenas, "the memory plan lays out every operand position"
-        name = arena_name(g, [p[j] for p in per_param], output_names)
-        pointers[node_id] = Pointer(f"arena{j}_{name}" if name else f"arena{j}", node_id, (total,))
+        arena = arenas[tuple(p[j] for p in per_param)]   # the memory plan lays out every operand position
+        pointers[node_id] = Pointer(arena.name.split(".", 1)[1], node_id, (total,))
     for node_id in plan.reads[k]:
         if g.node(node_id).shape == ():
             pointers[node_id] = Pointer(buffer_name(g, node_id, output_names), node_id, ())

@@ -33,7 +33,7 @@ from dln.compiler.fusion import index as ix
 from dln.compiler.fusion.domain import LEAVES, POINTWISE, REDUCE, Domain, Reads, node_domain, reads
 from dln.compiler.fusion.legality import may_join
 from dln.compiler.fusion.memory import Arena, MemoryPlan, plan_memory
-from dln.compiler.naming import kernel_name
+from dln.compiler.naming import arena_name, kernel_name
 from dln.compiler.ir import Graph, GroupOp, Node, Op, Phase
 from dln.compiler.symbolic import evaluate, numel
 
@@ -449,9 +449,12 @@ def update_operands(graph: Graph, group: Group, realized) -> list[list[int]]:
 
 
 def _arenas(planner: Planner) -> list[Arena]:
+    """The operands of each multi-tensor kernel, `k13.arena1_grads`: its position in launch order, then the
+    name its kernel's pointer has."""
     g = planner.graph
+    output_names = {i: name for name, i in g.outputs}
     arenas: list[Arena] = []
-    for group in planner.groups:
+    for k, group in enumerate(planner.groups):
         if not group.multi:
             continue
         per_param = update_operands(g, group, planner.is_realized)
@@ -460,8 +463,8 @@ def _arenas(planner: Planner) -> list[Arena]:
         for position in range(len(per_param[0])):
             nodes = [p[position] for p in per_param]
             persistent = all(g.node(n).op is Op.INPUT for n in nodes)
-            arenas.append(Arena(f"k{group.id}.{position}", g.node(nodes[0]).dtype, nodes, offsets, sum(sizes),
-                                persistent))
+            arenas.append(Arena(f"k{k}.{arena_name(g, position, nodes, output_names)}", g.node(nodes[0]).dtype,
+                                nodes, offsets, sum(sizes), persistent))
     return arenas
 
 
