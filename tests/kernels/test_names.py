@@ -112,6 +112,7 @@ def test_gradient_buffers_are_named_as_gradients(tmp_path):
     assert re.search(r"\bp\d+_grad_logits,", source) and re.search(r"\bp\d+_grad_h,", source)
     assert re.search(r"# grad:h\.weight ", backward) and re.search(r"# grad:logits ", backward)
     assert [k for k in plan if re.fullmatch(r"k\d+_grad_h_matmul\w*", k)]
+    assert re.search(r"slot \d+: .* holds .*%\d+ grad:logits\b", (tmp_path / "plan.txt").read_text())
 
 
 def test_every_buffer_of_the_backward_pass_is_a_gradient():
