@@ -134,7 +134,7 @@ def buffer_name(graph: Graph, node_id: int, output_names: dict[int, str]) -> str
 
 def shared_scope(a: str, b: str) -> str:
     """The name of one value two bindings compute alike: the scope they share (`optimizer` of
-    `optimizer.h.weight` and `optimizer.h.bias`), else the first's."""
+    `optimizer.h.weight` and `optimizer.logits.bias`), else the first's."""
     pa, pb = a.split("."), b.split(".")
     k = next((k for k, (x, y) in enumerate(zip(pa, pb)) if x != y), min(len(pa), len(pb)))
     return ".".join(pa[:k]) or a
