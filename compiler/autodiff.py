@@ -17,6 +17,7 @@ from typing import Callable, Sequence
 
 from dln.compiler.emit import GraphBuilder, Tensor
 from dln.compiler.ir import Graph, GroupOp, Node, Op, Phase
+from dln.compiler.naming import gradient_name
 from dln.compiler.shapes import conv_transpose_size
 from dln.compiler.symbolic import Dim, Shape
 from dln.dsl.diagnostics import Diagnostic, DlnError
@@ -403,7 +404,8 @@ def backprop(b: GraphBuilder, graph: Graph, seeds: dict[int, Tensor], active: se
         if g is None:
             continue
         xs = [b.tensor(i) for i in n.inputs]
-        with b.at(loc=n.loc, label=n.name, phase=Phase.BACKWARD):
+        first = b.next_id
+        with b.at(loc=n.loc, label=gradient_name(n.name), phase=Phase.BACKWARD):
             contributions = VJP[n.op](b, n, g, xs, b.tensor(n.id))
             for i, c in zip(n.inputs, contributions):
                 if c is None or i not in active:
@@ -415,7 +417,21 @@ def backprop(b: GraphBuilder, graph: Graph, seeds: dict[int, Tensor], active: se
                 if c.dtype is not graph.node(i).dtype:
                     c = b.cast(c, graph.node(i).dtype)
                 cotangent[i] = c if i not in cotangent else accumulate(b, cotangent[i], c)
+                _name_gradient(b, graph, i, cotangent[i], first)
     return cotangent
+
+
+def _name_gradient(b: GraphBuilder, graph: Graph, x: int, cotangent: Tensor, first: int) -> None:
+    """Name a cotangent this VJP made after the value it is the gradient of (`grad:logits`, where the
+    loss's VJP made it); nodes it passes on unchanged (an add's) keep their name.  A transposed or
+    reshaped value holds its source's elements: its gradient is named after the source (`grad:h.weight`
+    for the matrix product with `h.weight` transposed)."""
+    node = graph.node(x)
+    while node.op in (Op.PERMUTE, Op.RESHAPE):
+        node = graph.node(node.inputs[0])
+    name = node.attrs["name"] if node.op is Op.INPUT else node.name
+    if cotangent.id >= first and name:
+        b.rename(cotangent, gradient_name(name))
 
 
 def accumulate(b: GraphBuilder, x: Tensor, y: Tensor) -> Tensor:
@@ -484,7 +500,7 @@ def grad(graph: Graph, loss: int, wrt: Sequence[int]) -> tuple[Graph, dict[int, 
     # A loop saves, as extra results, what its reverse loop will read.
     graph = save_residuals(graph, active)
     b = GraphBuilder(graph.name, base=graph)
-    with b.at(loc=loss_node.loc, label=loss_node.name, phase=Phase.BACKWARD):
+    with b.at(loc=loss_node.loc, label=gradient_name(loss_node.name), phase=Phase.BACKWARD):
         seed = b.const(1.0, loss_node.dtype)
     cotangent = backprop(b, graph, {loss: seed}, active)
     grads = {w: (cotangent[w].id if w in cotangent else None) for w in wrt}

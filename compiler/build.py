@@ -407,9 +407,9 @@ class ModelBuilder:
         with self.b.at(label=name):
             self.carried[name] = self.b.detach(self.b.cast(value, carry.dtype)).id
 
-    def random(self, shape: tuple[Dim, ...], dtype: DType) -> Tensor:
+    def random(self, shape: tuple[Dim, ...], dtype: DType, kind: str) -> Tensor:
         seed, step, stream = self.random_stream()
-        return self.b.rand(shape, seed, step, stream, dtype)
+        return self.b.rand(shape, seed, step, stream, dtype, kind)
 
     def random_stream(self) -> tuple[Tensor, Tensor, int]:
         """(seed, step, stream): a stream of its own of the counter-based generator (one per random op)."""

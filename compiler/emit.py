@@ -11,6 +11,7 @@ element types); the conveniences insert the `broadcast` and `cast` nodes.
 
 from __future__ import annotations
 
+import dataclasses
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Sequence, Union
@@ -95,6 +96,7 @@ class GraphBuilder:
         self.max_nodes = max_nodes  # dln.compiler.limits: the model builder's bound on the graph's size
         self.nodes: list[Node] = list(base.nodes) if base else []
         self.index: dict[int, Node] = {n.id: n for n in self.nodes}
+        self._positions: dict[int, int] = {}   # node id -> its place in `nodes` (append-only), for `rename`
         self.next_id = max(self.index, default=-1) + 1
         self.shapes = ShapeContext()
         if base:
@@ -154,6 +156,15 @@ class GraphBuilder:
         attrs = node.attrs.replace(type=node.type) if node.op in GroupOp.Leaf else node.attrs
         return self.emit(node.op, inputs, attrs)
 
+    def rename(self, t: Tensor, name: str) -> None:
+        """Give node `t` another name: autodiff knows which value a cotangent is the gradient of only once
+        the VJP has built it."""
+        node = dataclasses.replace(self.index[t.id], name=name)
+        self.index[t.id] = node
+        for k in range(len(self._positions), len(self.nodes)):
+            self._positions[self.nodes[k].id] = k
+        self.nodes[self._positions[t.id]] = node
+
     def tensor(self, node_id: int) -> Tensor:
         return Tensor(node_id, self.index[node_id].type)
 
@@ -192,8 +203,10 @@ class GraphBuilder:
             return self.const(dim, dtype)
         return self.cast(self.symsize(dim), dtype)
 
-    def rand(self, shape: Shape, seed: Tensor, step: Tensor, stream: int, dtype: DType = DType.F32) -> Tensor:
-        return self.emit(Op.RAND, (seed, step), {"type": TensorType(dtype, tuple(shape)), "stream": stream})
+    def rand(self, shape: Shape, seed: Tensor, step: Tensor, stream: int, dtype: DType, kind: str) -> Tensor:
+        """U[0, 1) from stream `stream`; `kind` is what draws it (`dropout`, `randn_like`), for names."""
+        return self.emit(Op.RAND, (seed, step), {"type": TensorType(dtype, tuple(shape)), "stream": stream,
+                                                 "kind": kind})
 
     # ---- elementwise with broadcasting and promotion ----------------------------------------------
     def broadcast_shapes(self, *shapes: Shape, message: str | None = None) -> Shape:

@@ -460,8 +460,8 @@ class _CallContext:
     def carry_out(self, carry: Tensor, value: Tensor) -> None:
         self.m.carry_out(carry, value)
 
-    def random(self, shape, dtype: DType = DType.F32) -> Tensor:
-        return self.m.random(shape, dtype)
+    def random(self, shape, dtype: DType, kind: str) -> Tensor:
+        return self.m.random(shape, dtype, kind)
 
     def random_stream(self):
         return self.m.random_stream()

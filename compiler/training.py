@@ -70,7 +70,8 @@ def build_step(model: BuiltModel, objective: Objective, clip_grad: float | None 
         step = b.input("step", TensorType(DType.F64, ()), "hyper")
         g = {p.name: b.tensor(grads[p.node]) for p in updated}
         if clip_grad is not None and updated:
-            g = _clip(b, g, clip_grad)
+            with b.at(label="clip_grad"):
+                g = _clip(b, g, clip_grad)
         for p in updated:
             slots = {}
             for slot, init in OPTIMIZERS[opt.kind].slots(hyper):

@@ -6,7 +6,7 @@ views rewrite the index, elementwise ops lower through `LOWER`, values in
 memory are loaded with the kernel's mask.  Each (node, index) is computed
 once per scope (a loop body opens a scope), so shared subexpressions stay
 shared.  Everything the user wrote that reaches the source — names, file
-lines — goes through `safe_name` or `comment`.
+lines — goes through `dln.compiler.naming` or `comment`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Iterator
 
 from dln.compiler.fusion import index as ix
 from dln.compiler.ir import DType, Graph, Node, Op, TensorType
-from dln.compiler.naming import safe_name  # noqa: F401  (re-exported for the templates)
+from dln.compiler.naming import random_kind
 from dln.compiler.symbolic import Dim, Sym
 from dln.kernels.lowering import HALF_TYPES, LOWER, TL_DTYPES
 
@@ -316,7 +316,8 @@ class Emitter:
             seed, step = (self.value(i, ()) for i in n.inputs)
             flat = self.render(ix.linear(index, n.shape))
             name = self.fresh("u")
-            self.line(f"{name} = _uniform({seed}, {flat}, {n.attrs['stream']}, {step})  # %{n.id} dropout draw")
+            draw = comment(f"%{n.id} {random_kind(n)} draw" + (f" ({n.name})" if n.name else ""))
+            self.line(f"{name} = _uniform({seed}, {flat}, {n.attrs['stream']}, {step})  # {draw}")
             if n.dtype is not DType.F32:
                 self.line(f"{name} = {name}.to({TL_DTYPES[n.dtype]})")
             return name

@@ -13,6 +13,7 @@ from typing import Mapping
 from dln.compiler.cost import flops, nbytes
 from dln.compiler.fusion.planner import FusionPlan, Group
 from dln.compiler.ir import Graph, Node
+from dln.compiler.naming import value_name
 from dln.compiler.printer import op_name
 from dln.compiler.symbolic import evaluate
 
@@ -69,6 +70,8 @@ def format_plan(plan: FusionPlan, env: Mapping[str, int], compiled: Mapping[str,
         lines.append(f"{cost.name}  [{cost.kind}]")
         lines.append(f"  fuses    {_node_list(g, cost.nodes)}")
         lines.append(f"  stores   {', '.join(f'%{s}' for s in group.stores) or '-'}")
+        if group.updates:
+            lines.append(f"  updates  {', '.join(group.updates)}")
         lines.append(f"  source   {source_lines(cost.nodes) or '-'}")
         lines.append(f"  cost     {cost.flops:,} FLOPs, {cost.bytes:,} bytes (read {cost.read_bytes:,}, write "
                      f"{cost.write_bytes:,}), {cost.intensity:.2f} FLOPs/byte")
@@ -87,10 +90,11 @@ def format_plan(plan: FusionPlan, env: Mapping[str, int], compiled: Mapping[str,
 def format_memory(plan: FusionPlan, env: Mapping[str, int]) -> list[str]:
     mem = plan.memory
     g = plan.graph
+    output_names = {i: name for name, i in g.outputs}
     lines = ["memory plan"]
     for slot in mem.slots:
         size = int(evaluate(slot.numel, env)) * slot.dtype.itemsize
-        values = ", ".join(f"%{v}" for v in slot.values)
+        values = ", ".join(f"%{v} {value_name(g, v, output_names)}" for v in slot.values)
         lines.append(f"  slot {slot.id}: {slot.dtype}[{slot.numel}] = {size:,} bytes, holds {values}")
     for arena in mem.arenas:
         kind = "persistent" if arena.persistent else "workspace"

@@ -25,6 +25,7 @@ from dln.compiler.fusion import index as ix
 from dln.compiler.fusion.domain import REDUCE
 from dln.compiler.fusion.planner import FusionPlan, Group, update_operands
 from dln.compiler.ir import DType, Graph, Op
+from dln.compiler.naming import buffer_name
 from dln.compiler.symbolic import Dim, numel
 from dln.dsl.diagnostics import Diagnostic, DlnError, Note
 from dln.kernels.emitter import (
@@ -34,7 +35,6 @@ from dln.kernels.emitter import (
     comment,
     identity_of,
     render_dim,
-    safe_name,
 )
 from dln.kernels.lowering import HALF_TYPES, TL_DTYPES
 from dln.kernels.precision import PRECISIONS
@@ -86,21 +86,8 @@ def _pointers(plan: FusionPlan, group: Group, k: int) -> dict[int, Pointer]:
     out: dict[int, Pointer] = {}
     output_names = {i: name for name, i in g.outputs}
     for node_id in sorted(set(plan.reads[k]) | set(group.stores)):
-        n = g.node(node_id)
-        label = n.attrs["name"] if n.op is Op.INPUT else output_names.get(node_id) or n.name or n.op.value
-        new = label.startswith("new:")
-        label = _tail(safe_name(label.removeprefix("new:"), 200), 28)
-        label = f"new_{label}" if new else label
-        out[node_id] = Pointer(f"p{node_id}_{label}" if label else f"p{node_id}", node_id, n.shape)
+        out[node_id] = Pointer(buffer_name(g, node_id, output_names), node_id, g.node(node_id).shape)
     return out
-
-
-def _tail(name: str, limit: int) -> str:
-    """The end of a long name (it tells the most: `..._h_weight_exp_avg_sq`), cut at a word."""
-    if len(name) <= limit:
-        return name
-    tail = name[-limit:]
-    return tail[tail.index("_") + 1:] if "_" in tail else tail
 
 
 def _docstring(plan: FusionPlan, group: Group) -> str:
@@ -185,17 +172,19 @@ def pointwise(plan: FusionPlan, group: Group, k: int) -> KernelSource:
 def multi_tensor(plan: FusionPlan, group: Group, k: int) -> KernelSource:
     g = plan.graph
     per_param = update_operands(g, group, lambda i: i in plan.realized)
-    arenas = {a.name: a for a in plan.memory.arenas}
+    arenas = {tuple(a.nodes): a for a in plan.memory.arenas}
     total = sum(int(numel(g.node(p[0]).shape)) for p in per_param)
     first_members = group.multi[0]
     pointers: dict[int, Pointer] = {}
-    # Operand position j of parameter 0 reads arena j; scalars are read as themselves.
+    output_names = {i: name for name, i in g.outputs}
+    # Operand position j of parameter 0 reads arena j (`k13.arena1_grads` reads as `arena1_grads`); scalars
+    # are read as themselves.
     for j, node_id in enumerate(per_param[0]):
-        assert f"k{group.id}.{j}" in arenas, "the memory plan lays out every operand position"
-        pointers[node_id] = Pointer(f"arena{j}_{safe_name(_label(g, node_id), 24)}", node_id, (total,))
+        arena = arenas[tuple(p[j] for p in per_param)]   # the memory plan lays out every operand position
+        pointers[node_id] = Pointer(arena.name.split(".", 1)[1], node_id, (total,))
     for node_id in plan.reads[k]:
         if g.node(node_id).shape == ():
-            pointers[node_id] = Pointer(f"p{node_id}_{safe_name(_label(g, node_id), 24)}", node_id, ())
+            pointers[node_id] = Pointer(buffer_name(g, node_id, output_names), node_id, ())
     em = Emitter(g, pointers, {"offs": "offs"})
     em.members = set(first_members)
     em.line("pid = tl.program_id(0)")
@@ -209,15 +198,12 @@ def multi_tensor(plan: FusionPlan, group: Group, k: int) -> KernelSource:
     values = [(m, em.value(m, at)) for m in first_members]
     for (m, v), (_, p) in zip(values, outputs):
         em.line(f"tl.store({p.name} + offs, {v}, mask=mask)  # %{m} -> {p.name}")
-    doc = comment(f"One step of the optimizer for {len(per_param)} parameters ({total} values), laid out back "
-                  f"to back. Per parameter: {', '.join(f'%{m} {g.node(m).op.value}' for m in first_members)}.")
+    doc = "\n    ".join(comment(line) for line in _wrap(
+        f"One step of the optimizer for {len(per_param)} parameters ({total} values), laid out back to back: "
+        f"{', '.join(group.updates)}. Per parameter: "
+        f"{', '.join(f'%{m} {g.node(m).op.value}' for m in first_members)}.", 100))
     grid = [f"triton.cdiv({total}, meta['BLOCK'])"]
     return _finish(group.name, "multi_tensor", em, pointers, ["BLOCK"], grid, doc, {"n": total})
-
-
-def _label(g: Graph, node_id: int) -> str:
-    n = g.node(node_id)
-    return n.attrs["name"] if n.op is Op.INPUT else (n.name or n.op.value)
 
 
 # ---- reductions over rows ----------------------------------------------------------------------------------------

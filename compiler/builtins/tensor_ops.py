@@ -186,7 +186,7 @@ def dropout(cx, x: TENSOR, p: FLOAT = 0.5):
     x = cx.b.to_float(x)
     if p == 1.0:
         return b.mul(x, 0.0)
-    keep = b.compare(Op.GE, cx.random(x.shape, x.dtype), p)
+    keep = b.compare(Op.GE, cx.random(x.shape, x.dtype, "dropout"), p)
     return b.where(keep, b.mul(x, 1.0 / (1.0 - p)), 0.0)
 
 
@@ -194,7 +194,7 @@ def dropout(cx, x: TENSOR, p: FLOAT = 0.5):
 def rand_like(cx, x: TENSOR):
     """uniform numbers in [0, 1) of x's shape"""
     dtype = x.dtype if x.dtype.is_float else DEFAULT_FLOAT
-    return cx.random(x.shape, dtype)
+    return cx.random(x.shape, dtype, "rand_like")
 
 
 @builtin(category="random")
@@ -202,8 +202,8 @@ def randn_like(cx, x: TENSOR):
     """standard normal numbers of x's shape (Box-Muller over two uniform streams)"""
     b = cx.b
     dtype = x.dtype if x.dtype.is_float else DEFAULT_FLOAT
-    u1 = b.maximum(cx.random(x.shape, dtype), 1e-7)
-    u2 = cx.random(x.shape, dtype)
+    u1 = b.maximum(cx.random(x.shape, dtype, "randn_like"), 1e-7)
+    u2 = cx.random(x.shape, dtype, "randn_like")
     radius = b.sqrt(b.mul(b.log(u1), -2.0))
     return b.mul(radius, b.unary(Op.COS, b.mul(u2, 2.0 * math.pi)))
 
@@ -213,7 +213,7 @@ def bernoulli(cx, p: TENSOR):
     """1.0 with probability p, else 0.0"""
     b = cx.b
     p = cx.b.to_float(p)
-    return b.cast(b.compare(Op.LT, cx.random(p.shape, p.dtype), p), p.dtype)
+    return b.cast(b.compare(Op.LT, cx.random(p.shape, p.dtype, "bernoulli"), p), p.dtype)
 
 
 @builtin()

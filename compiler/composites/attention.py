@@ -122,7 +122,7 @@ def sdpa(b, xs, attrs):
     lse = b.reshape(b.add(m, b.log(total)), s.shape[:-1])
     if attrs["dropout"]:
         seed, step = rest
-        keep = b.compare(Op.GE, b.rand(s.shape, seed, step, attrs["stream"], s.dtype), attrs["dropout"])
+        keep = b.compare(Op.GE, b.rand(s.shape, seed, step, attrs["stream"], s.dtype, "dropout"), attrs["dropout"])
         p = b.where(keep, b.mul(p, 1.0 / (1.0 - attrs["dropout"])), 0.0)
     return [b.matmul(p, v), lse]
 

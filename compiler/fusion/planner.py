@@ -33,7 +33,7 @@ from dln.compiler.fusion import index as ix
 from dln.compiler.fusion.domain import LEAVES, POINTWISE, REDUCE, Domain, Reads, node_domain, reads
 from dln.compiler.fusion.legality import may_join
 from dln.compiler.fusion.memory import Arena, MemoryPlan, plan_memory
-from dln.compiler.naming import safe_name
+from dln.compiler.naming import arena_name, kernel_name
 from dln.compiler.ir import Graph, GroupOp, Node, Op, Phase
 from dln.compiler.symbolic import evaluate, numel
 
@@ -48,6 +48,7 @@ class Group:
     stores: list[int] = field(default_factory=list)       # members written to memory
     multi: list[list[int]] | None = None                   # multi-tensor: members per parameter
     name: str = ""
+    updates: list[str] = field(default_factory=list)       # the inputs it writes new values of (the optimizer's)
 
     @property
     def kind(self) -> str:
@@ -367,9 +368,23 @@ def plan_graph(graph: Graph, donate: Mapping[str, str] | None = None) -> FusionP
             raise AssertionError(f"multi-tensor kernel outputs must be donated: {group.members}")
     # Once for every kernel, from the walks grouping remembered: naming, code generation and the report ask.
     computed = {g.id: _computed_nodes(graph, g, planner.reads_at) for g in planner.groups}
+    updated, params = _updated(graph, donate)
     for k, group in enumerate(planner.groups):
-        group.name = kernel_name(graph, group, k, computed[group.id])
+        members = set(group.members)
+        targets = [name for i, name in updated if i in members]
+        own_params = [name for name in targets if name in params]
+        group.updates = own_params or targets
+        group.name = kernel_name(graph, k, group.members, computed[group.id], own_params, targets)
     return FusionPlan(graph, planner.groups, planner.realized, memory, reads, computed, planner.walks)
+
+
+def _updated(graph: Graph, donate: Mapping[str, str]) -> tuple[list[tuple[int, str]], set[str]]:
+    """The optimizer's results that are new values of inputs (node, the input's name), in the step's
+    order, and the names of those inputs that are parameters."""
+    roles = {n.attrs["name"]: n.attrs["role"] for n in graph.nodes if n.op is Op.INPUT}
+    updated = [(i, donate[name]) for name, i in graph.outputs
+               if name in donate and graph.node(i).phase is Phase.OPTIMIZER]
+    return updated, {name for _, name in updated if roles.get(name) == "param"}
 
 
 def _group_reads(planner: Planner, group: Group) -> dict[int, set[ix.Index]]:
@@ -434,9 +449,12 @@ def update_operands(graph: Graph, group: Group, realized) -> list[list[int]]:
 
 
 def _arenas(planner: Planner) -> list[Arena]:
+    """The operands of each multi-tensor kernel, `k13.arena1_grads`: its position in launch order, then the
+    name its kernel's pointer has."""
     g = planner.graph
+    output_names = {i: name for name, i in g.outputs}
     arenas: list[Arena] = []
-    for group in planner.groups:
+    for k, group in enumerate(planner.groups):
         if not group.multi:
             continue
         per_param = update_operands(g, group, planner.is_realized)
@@ -445,26 +463,9 @@ def _arenas(planner: Planner) -> list[Arena]:
         for position in range(len(per_param[0])):
             nodes = [p[position] for p in per_param]
             persistent = all(g.node(n).op is Op.INPUT for n in nodes)
-            arenas.append(Arena(f"k{group.id}.{position}", g.node(nodes[0]).dtype, nodes, offsets, sum(sizes),
-                                persistent))
+            arenas.append(Arena(f"k{k}.{arena_name(g, position, nodes, output_names)}", g.node(nodes[0]).dtype,
+                                nodes, offsets, sum(sizes), persistent))
     return arenas
-
-
-def kernel_name(graph: Graph, group: Group, k: int, nodes: list[Node]) -> str:
-    """`k3_fc1_matmul_bias_relu`: position, the .dln name it computes (`nodes`), what it does."""
-    anchor = graph.node(group.members[0])
-    label = "optimizer" if group.multi else (anchor.name or "")
-    label = safe_name(label, 32)
-    words: list[str] = []
-    for node in nodes:
-        for w in _op_words(graph, node):
-            if w not in words:
-                words.append(w)
-    if any(graph.node(m).phase is Phase.OPTIMIZER for m in group.members):
-        words = [w for w in words if w in ("matmul", "sum", "max")] + ["update"]
-    if group.multi:
-        words = ["multi_tensor_update"]
-    return "_".join(part for part in (f"k{k}", label, "_".join(words[:4])) if part)
 
 
 def computed_nodes(graph: Graph, group: Group, realized: set[int]) -> list[Node]:
@@ -477,20 +478,3 @@ def _computed_nodes(graph: Graph, group: Group, walk: Callable[[int, ix.Index], 
     for m in group.members:
         ids |= walk(m, member_index(group, graph.node(m))).inline
     return [n for n in graph.nodes if n.id in ids]
-
-
-def _op_words(graph: Graph, n: Node) -> list[str]:
-    if n.op in GroupOp.Region:   # `lstm.body.vjp` -> lstm_vjp_scan
-        parts = [p for p in n.attrs["body"].name.split(".") if p and p != "body"]
-        return [safe_name(p, 12) for p in parts[:2]] + [n.op.value]
-    if n.op in GroupOp.Composite:   # attention_0_sdpa_vjp
-        return [n.attrs["composite"]]
-    if n.op is Op.ADD and any(graph.node(i).op is Op.BROADCAST and graph.node(graph.node(i).inputs[0]).op
-                              is Op.INPUT for i in n.inputs):
-        return ["bias"]
-    if n.op is Op.RAND:
-        return ["dropout"]
-    if n.op in GroupOp.Contraction or n.op in (Op.SUM, Op.MAX, Op.MIN, Op.ARGMAX, Op.RELU, Op.EXP, Op.LOG,
-                                                Op.TANH, Op.SIGMOID, Op.SCATTER_ADD, Op.GATHER, Op.ERF):
-        return [n.op.value]
-    return []

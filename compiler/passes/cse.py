@@ -1,8 +1,12 @@
-"""Common-subexpression elimination: equal op, inputs, attributes and type -> one node."""
+"""Common-subexpression elimination: equal op, inputs, attributes and type -> one node.
+
+The node kept is named by the scope the equal nodes share (`optimizer`, for the bias corrections every
+parameter's update computes alike), so no kernel says it computes another parameter's update."""
 
 from __future__ import annotations
 
 from dln.compiler.ir import Graph, Op, map_bodies
+from dln.compiler.naming import shared_scope
 from dln.compiler.passes.rewrite import rewrite
 
 
@@ -16,6 +20,9 @@ def cse(graph: Graph) -> Graph:
         key = (n.op, n.inputs, n.attrs, n.type, n.results)
         first = seen.get(key)
         if first is not None:
+            kept = b.node(first).name
+            if kept != n.name:
+                b.rename(b.tensor(first), shared_scope(kept, n.name))
             return first
         seen[key] = n.id
         return None
