@@ -21,7 +21,8 @@ def compiled(tmp_path_factory):
     """Every training step of every example (each objective of a GAN), compiled for both targets."""
     results = {}
     for path in MODELS:
-        trained = pipeline.load(str(ROOT / path)).root.trains[0].model
+        trains = pipeline.load(str(ROOT / path)).root.trains   # none: a model trained from Python (dqn.dln)
+        trained = trains[0].model if trains else None
         model = dln.compile(str(ROOT / path), model=trained.name if trained else None)
         generated_all, results_all = [], []
         for objective in recipe_for(model).objectives:
