@@ -43,7 +43,8 @@ class TunedKernel:
         self.fn, self.key, self.cache, self.device_name = fn, key, cache, device_name
         self.tuner = autotune(configs=configs, key=key, restore_value=hooks["restore_value"],
                               reset_to_zero=hooks["reset_to_zero"])(fn)
-        self.chosen = self._read().get(device_name, {})
+        self.devices = self._read()
+        self.chosen = self.devices.setdefault(device_name, {})
 
     def __getitem__(self, grid) -> Callable[..., None]:
         def launch(*args, **kwargs) -> None:
@@ -79,15 +80,13 @@ class TunedKernel:
             return {}
 
     def _write(self) -> None:
-        """The choices merged into the file (other devices' kept), replaced whole so a reader never sees half."""
+        """The file replaced whole (other devices' choices kept), so that a reader never sees half of it."""
         if self.cache is None:
             return
-        data = self._read()
-        data[self.device_name] = self.chosen
         os.makedirs(os.path.dirname(self.cache), exist_ok=True)
         partial = f"{self.cache}.{os.getpid()}.tmp"
         with open(partial, "w") as f:
-            json.dump(data, f, indent=1, sort_keys=True)
+            json.dump(self.devices, f, indent=1, sort_keys=True)
         os.replace(partial, self.cache)
 
 
