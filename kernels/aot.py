@@ -171,9 +171,10 @@ def _compile(job: Job) -> CompiledKernel:
     arch = f"sm_{capability}a" if capability >= 90 else f"sm_{capability}"  # Triton targets sm_90a on Hopper
     registers, stores, loads = _ptxas_report(compiled.asm["ptx"], arch)
     cubin_name = ""
-    if job.out_dir:
+    if job.out_dir:   # the cubin, and the TTGIR that shows the specialization it was built with
         cubin_name = f"{job.kernel}.{job.target}.cubin"
         Path(job.out_dir, cubin_name).write_bytes(compiled.asm["cubin"])
+        Path(job.out_dir, cubin_name).with_suffix(".ttgir").write_text(compiled.asm["ttgir"])
     return CompiledKernel(job.kernel, job.target, registers, stores, loads, int(compiled.metadata.shared),
                           SHARED_LIMIT[job.target], job.num_warps, seconds, cubin_name,
                           job.specialization.describe())
