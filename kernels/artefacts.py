@@ -18,16 +18,16 @@ def write_kernel_artefacts(graph: Graph, out: Path, donate: dict[str, str] | Non
     module_path.write_text(generated.source)
     files = ["kernels.py"]
     compiled = {}
+    env = {s: batch for s in graph.symbols()}
     if target is not None:
         from dln.kernels.aot import compile_all   # with its process pool: only for --target
 
         cubins = out / "cubin"
         cubins.mkdir(exist_ok=True)
-        log(f"compiling {len(generated.kernels)} kernels for {target}")
-        for result in compile_all(generated, str(module_path.resolve()), [target], str(cubins), log=log):
+        log(f"compiling {len(generated.kernels)} kernels for {target}, specialized as for batch {batch}")
+        for result in compile_all(generated, str(module_path.resolve()), [target], str(cubins), log=log, sizes=env):
             compiled.setdefault(result.name, []).append(result)
         files += [f"cubin/{r.cubin}" for rs in compiled.values() for r in rs]
-    env = {s: batch for s in graph.symbols()}
     (out / "plan.txt").write_text(format_plan(generated.plan, env, compiled))
     files.insert(1, "plan.txt")
     return files

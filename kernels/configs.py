@@ -42,8 +42,12 @@ def gpu_config(kind: str, sizes: Mapping[str, Dim], epilogue_weight: int = 0) ->
         rows, cols = _size(sizes["rows"]), _size(sizes["cols"])
         symbolic_cols = not isinstance(sizes["cols"], int)
         block_n = 128 if symbolic_cols else min(1024, max(16, next_pow2(cols)))
-        block_m = max(1, min(next_pow2(rows), 4096 // block_n, 64))
-        warps = 8 if block_m * block_n >= 4096 else 4
+        # Measured with ptxas, compiled as the JIT compiles it (16-byte aligned operands, vector loads):
+        # bias gradients with Adam's update over 16·B columns spill 16-24 B as 32 x 128 tiles on 8 warps
+        # (sm_80) and as 16 x 128 on 4 (sm_90), an f16 loss over 64 x 16 rows 12 B on 4 warps (sm_80);
+        # each none on 8 warps at up to 2048 elements.
+        block_m = max(1, min(next_pow2(rows), 2048 // block_n, 64))
+        warps = 8 if block_m * block_n >= 1024 else 4
         return {"BLOCK_M": block_m, "BLOCK_N": block_n, "num_warps": warps}
     if kind == "matmul":
         m, n = _size(sizes["M"]), _size(sizes["N"])
@@ -133,12 +137,14 @@ def _convolution_config(sizes: Mapping[str, Dim], epilogue_weight: int) -> dict[
     # spills at 64 x 32, 4 warps, with Adam's update fused.
     block_m = max(16, min(64, next_pow2(m)))
     block_n = max(16, min(64 if epilogue_weight <= 12 else 32, next_pow2(n)))
-    # Measured with ptxas: a K loop of a single iteration with BLOCK_K = 32 (K = 27: three channels
-    # of 3 x 3 taps) spills hundreds of bytes at any warp count, BLOCK_K = 16 none.
-    block_k = 32 if k >= 64 else 16
     # Measured with ptxas: a 64 x 64 x 32 tile at 4 warps reaches 255 registers on sm_80 and spills
     # (exact fp32 products, FMA); 8 warps halve each thread's share.
     warps = 8 if block_m * block_n > 32 * 64 else 4
+    # Measured with ptxas: a K loop of a single iteration with BLOCK_K = 32 (K = 27: three channels
+    # of 3 x 3 taps) spills hundreds of bytes at any warp count, BLOCK_K = 16 none.  Compiled as the JIT
+    # compiles it (16-byte aligned operands, vector loads), a 64 x 32 x 32 tile on 4 warps spills 8 B on
+    # sm_80 (the decoders' convolutions, K = 256), 64 x 32 x 16 none: only 8 warps take K 32 deep.
+    block_k = 32 if k >= 64 and warps == 8 else 16
     return {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k, "num_warps": warps}
 
 

@@ -6,7 +6,8 @@ symbolic dimensions, lays out the intermediate buffers of the memory plan
 (slots reused across kernels and steps), launches every kernel in order and
 returns the outputs by name.  On a GPU each kernel runs with the cost
 model's configuration (`CONFIGS`; `AUTOTUNE` lists candidates for
-`triton.autotune`); under Triton's interpreter blocks are sized to the data
+`triton.autotune`, `TUNING` the arguments tuning must restore, see
+kernels/tuning.py); under Triton's interpreter blocks are sized to the data
 at launch time.
 """
 
@@ -26,6 +27,7 @@ from dln.kernels.lowering import HELPERS
 from dln.kernels.report import computed_nodes
 from dln.kernels.kinds import generate, kept_in
 from dln.kernels.templates import KernelSource
+from dln.kernels.tuning import cache_name, tuned_source
 
 TORCH_DTYPES = {
     DType.F16: "torch.float16", DType.BF16: "torch.bfloat16", DType.F32: "torch.float32",
@@ -74,6 +76,22 @@ def jit_kernels(kernels: list[KernelSource]) -> list[KernelSource]:
     return out
 
 
+def tuning_hooks(plan: FusionPlan, kernels: list[KernelSource]) -> dict[str, dict[str, list[str]]]:
+    """Per Triton kernel, the arguments `triton.autotune` must put back around each timed run: outputs the
+    kernel writes over a buffer it reads (donated to an input: parameters, optimizer moments, the random
+    counter) are restored (`restore_value`); accumulators it adds into with atomics after the launcher
+    zeroed them are zeroed again (`reset_to_zero`).  A host loop's body is planned without donations, so
+    its kernels only ever reset."""
+    hooks = {}
+    for kernel, group in zip(kernels, plan.groups):
+        for k in jit_kernels([kernel]):
+            in_place = {m for m in group.stores if m in plan.memory.donated} if k is kernel else set()
+            hooks[k.name] = {"restore_value": [p.name for p in k.pointers if p.node in in_place
+                                               and p.node not in k.zero_outputs],
+                             "reset_to_zero": [p.name for p in k.pointers if p.node in k.zero_outputs]}
+    return hooks
+
+
 def _hosts(kernels: list[KernelSource]) -> list[KernelSource]:
     """The host loops among `kernels` and, at any depth, among their inner kernels."""
     out = []
@@ -98,7 +116,10 @@ def _module_source(plan: FusionPlan, kernels: list[KernelSource], configs: dict,
         f"{len(kernels)} kernels; `Program(device)(buffers, sizes)` runs them in order.",
         '"""',
         "",
+        "import json",
         "import os",
+        "import warnings",
+        "from typing import Any, Callable",
         "",
         "import torch",
         "import triton",
@@ -114,6 +135,11 @@ def _module_source(plan: FusionPlan, kernels: list[KernelSource], configs: dict,
     out += ["AUTOTUNE = " + json.dumps({k.name: autotune_candidates(k.kind) for k in jit}, indent=4), ""]
     out += ["KINDS = " + json.dumps({k.name: k.kind for k in [*jit, *_hosts(kernels)]}, indent=4), ""]
     out += ["KEYS = " + json.dumps({k.name: [f"s_{s}" for s in k.symbols] for k in jit}, indent=4), ""]
+    hooks = tuning_hooks(plan, kernels)
+    for k in jit:
+        hooks[k.name]["cache"] = cache_name(k.name, k.source, autotune_candidates(k.kind))
+    out += ["TUNING = " + json.dumps(hooks, indent=4), ""]
+    out += ["", tuned_source().rstrip("\n"), ""]
     out += [INTERPRETER_CONFIG.strip("\n"), ""]
     out += _launcher(plan, kernels)
     return "\n".join(out) + "\n"
@@ -138,21 +164,24 @@ def _launcher(plan: FusionPlan, kernels: list[KernelSource]) -> list[str]:
         "class Program:",
         '    """The whole graph: buffers in, buffers out (outputs alias the workspace until the next call)."""',
         "",
-        "    def __init__(self, device, interpret=None, configs=None, autotune=False):",
+        "    def __init__(self, device, interpret=None, configs=None, autotune=False,",
+        "                 tune_cache='~/.cache/dln/autotune'):",
         '        """`configs`: per-kernel launch configurations overriding the defaults (e.g. CONFIGS under the',
-        "        interpreter); `autotune`: on a GPU, let triton.autotune pick among AUTOTUNE's candidates.\"\"\"",
+        "        interpreter); `autotune`: on a GPU, let triton.autotune pick among AUTOTUNE's candidates (a",
+        "        function with triton.autotune's signature tunes through it, under the interpreter too: tests);",
+        "        `tune_cache`: the directory keeping the choices (None: keep none).\"\"\"",
         "        self.device = torch.device(device)",
-        "        import os",
         "        self.interpret = (os.environ.get('TRITON_INTERPRET') == '1') if interpret is None else interpret",
         "        self.configs = configs",
         "        self.kernels = {name: globals()[name] for name in KINDS}",
         "        self.tuned = set()",
-        "        if autotune and not self.interpret:",
+        "        if callable(autotune) or (autotune and not self.interpret):",
+        "            cuda = self.device.type == 'cuda'",
+        "            device_name = torch.cuda.get_device_name(self.device) if cuda else self.device.type",
         "            for name, candidates in AUTOTUNE.items():",
-        "                configs_ = [triton.Config({k: v for k, v in c.items() if k not in ('num_warps', 'num_stages')},",
-        "                                          num_warps=c.get('num_warps', 4), num_stages=c.get('num_stages', 3))",
-        "                            for c in candidates]",
-        "                self.kernels[name] = triton.autotune(configs=configs_, key=KEYS[name])(globals()[name])",
+        "                cache = os.path.join(os.path.expanduser(tune_cache), TUNING[name]['cache']) if tune_cache else None",
+        "                self.kernels[name] = TunedKernel(globals()[name], candidates, KEYS[name], TUNING[name], cache,",
+        "                                                 device_name, autotune if callable(autotune) else triton.autotune)",
         "                self.tuned.add(name)",
         "        self._slots = {}",
         "",
