@@ -22,7 +22,7 @@ from dln.compiler.program import Program
 from dln.compiler.train_functions import FILLS, TRAIN_BUILTINS, call
 from dln.compiler.values import ListValue, RecordValue, TrainValue, TupleValue, Value, describe
 from dln.dsl import ast
-from dln.dsl.diagnostics import Diagnostic, DlnError, Note, Span
+from dln.dsl.diagnostics import Diagnostic, DlnError, Note, Span, listing
 
 if TYPE_CHECKING:
     from dln.compiler.build import BuiltModel
@@ -216,7 +216,7 @@ def _over_pattern(item: ast.Ident | ast.Str, instances: Collection[str], params:
         return f"{item.name}.*"
     if params is not None and not any(fnmatchcase(p, item.value) for p in params):
         names = list(params)
-        shown = ", ".join(names[:8]) + (f", ... ({len(names)} in all)" if len(names) > 8 else "")
+        shown = listing(names)
         close = difflib.get_close_matches(item.value, names, n=1)
         notes = ((Note(f"did you mean '{close[0]}'?"),) if close else ()) + \
             (Note(f"parameters: {shown or 'none'}"), Note('a pattern matches whole names: "fc1.*", "layer.?.attn.*"'))

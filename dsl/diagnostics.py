@@ -119,6 +119,11 @@ def dedupe(diagnostics: Iterable[Diagnostic]) -> list[Diagnostic]:
     return out
 
 
+def listing(names: list[str], shown: int = 8) -> str:
+    """Names for a note, the first `shown` of them: `a, b, ... (40 in all)`."""
+    return ", ".join(names[:shown]) + (f", ... ({len(names)} in all)" if len(names) > shown else "")
+
+
 def error(code: str, message: str, span: Span | None = None, *notes: Note) -> DlnError:
     """Shorthand for raising a single diagnostic: `raise error("E0301", "...", span)`."""
     return DlnError(Diagnostic(code, message, span, tuple(notes)))

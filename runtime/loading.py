@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping, NamedTuple
 
-from dln.dsl.diagnostics import Diagnostic, DlnError, Note, Span
+from dln.dsl.diagnostics import Diagnostic, DlnError, Note, Span, listing
 
 
 class Loaded(NamedTuple):
@@ -26,9 +26,9 @@ class Loaded(NamedTuple):
         """One line: `loaded 6 arrays from pre.safetensors; missing (kept): logits.weight, ...`."""
         parts = [f"loaded {len(self.loaded)} array{'s' if len(self.loaded) != 1 else ''} from {source}"]
         if self.missing:
-            parts.append(f"missing (kept as they were): {_listing(self.missing)}")
+            parts.append(f"missing (kept as they were): {listing(self.missing)}")
         if self.unexpected:
-            parts.append(f"unexpected (ignored): {_listing(self.unexpected)}")
+            parts.append(f"unexpected (ignored): {listing(self.unexpected)}")
         return "; ".join(parts)
 
 
@@ -69,7 +69,7 @@ def rename(names: list[str], prefixes: Mapping[str, str], where: Span | None) ->
     for old in prefixes:
         if not any(name.startswith(old) for name in names):
             raise DlnError(Diagnostic("E0703", f"the map's prefix '{old}' matches no name in the weights", where,
-                                      (Note(f"the weights' names: {_listing(sorted(names))}"),)))
+                                      (Note(f"the weights' names: {listing(sorted(names))}"),)))
     seen: dict[str, str] = {}
     for name, new in out.items():
         if new in seen:
@@ -78,5 +78,3 @@ def rename(names: list[str], prefixes: Mapping[str, str], where: Span | None) ->
     return out
 
 
-def _listing(names: list[str], shown: int = 8) -> str:
-    return ", ".join(names[:shown]) + (f", ... ({len(names)} in all)" if len(names) > shown else "")
