@@ -213,7 +213,7 @@ def _schedule_call(schedule: Any) -> tuple[str, dict[str, Any]]:
     if isinstance(schedule, str):
         schedule = (schedule, {})
     ok = isinstance(schedule, tuple) and len(schedule) == 2 and isinstance(schedule[0], str) \
-        and isinstance(schedule[1], Mapping)
+        and isinstance(schedule[1], Mapping) and all(isinstance(k, str) for k in schedule[1])
     if not ok or schedule[0] not in SCHEDULES:
         raise DlnError(Diagnostic("E0710", f"argument schedule must be a schedule's name or (name, {{options}}), "
                                            f"got {_kind(schedule)}", None,
