@@ -12,6 +12,7 @@ dln.compiler.recipe reads the section.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Mapping
 
 from dln.compiler import builtins as lib
@@ -62,7 +63,7 @@ def _value(kind: str, **args: Any) -> TrainValue:
 
 def _at_least(cx: "TrainContext", low: float, **values: float) -> None:
     for name, v in values.items():
-        if v < low:
+        if not low <= v < math.inf:   # NaN and infinity too: from Python (dln.optimizer) they reach here
             raise cx.fail_at(name, f"{cx.name}'s {name} must be >= {low:g}, got {v:g}")
 
 

@@ -271,6 +271,8 @@ def test_copy_from_a_different_program_is_refused():
     (lambda m: dln.optimizer(m, "adam", schedule=("step", {"every": 0})), "E0710", "every"),
     (lambda m: dln.optimizer(m, "adam", total_steps=0), "E0710", "total_steps"),
     (lambda m: dln.optimizer(m, "adam", schedule=("step", {1: 3})), "E0710", "argument schedule"),
+    (lambda m: dln.optimizer(m, "adam", weight_decay=float("nan")), "E0710", "weight_decay must be >= 0"),
+    (lambda m: dln.optimizer(m, "sgd", momentum=float("inf")), "E0710", "momentum must be >= 0"),
     (lambda m: dln.optimizer(m).step(*batch()), "E0701", "by name"),
     (lambda m: dln.optimizer(m).step(x=batch()[0]), "E0701", "missing input 'y'"),
     (lambda m: setattr(dln.optimizer(m), "lr", -0.1), "E0710", "argument lr"),
