@@ -146,9 +146,14 @@ class Optimizer:
             except binding.NotAnArray as e:
                 problems.append(f"{name} {e}")
                 continue
+            a = arrays[name]
             want = be.to_numpy(self.states[name]).shape if name in self.states else ()
-            if arrays[name].shape != want:
-                problems.append(f"{name} has shape {arrays[name].shape}, this optimizer's is {want}")
+            if not binding.real_dtype(a):
+                problems.append(f"{name} is an array of {a.dtype}, not of numbers")
+            elif a.shape != want:
+                problems.append(f"{name} has shape {a.shape}, this optimizer's is {want}")
+            elif name == self.count_key and not (np.isfinite(a) and a >= 0 and a == np.floor(a)):
+                problems.append(f"{name} must be a count of steps (an integer >= 0), got {a}")
         if problems:
             raise DlnError(Diagnostic("E0703", f"the optimizer state does not match this optimizer of model "
                                                f"{self.model.name}: " + "; ".join(problems), where))

@@ -285,6 +285,25 @@ def test_mistakes_are_diagnostics(call, code, words):
     assert words in str(e.value)
 
 
+@pytest.mark.parametrize("bad", [
+    lambda sd, k, count: {**sd, k: np.full(sd[k].shape, "a")},             # strings: not numbers
+    lambda sd, k, count: {**sd, k: sd[k].astype(np.complex64)},            # complex: not real
+    lambda sd, k, count: {**sd, count: np.array(np.nan)},
+    lambda sd, k, count: {**sd, count: np.array(-3)},
+    lambda sd, k, count: {**sd, count: np.array(2.5)},
+])
+def test_a_bad_optimizer_state_is_refused_whole(bad):
+    model = compiled()
+    opt = dln.optimizer(model, "adam")
+    opt.step(**dict(zip("xy", batch())))
+    sd = opt.state_dict()
+    slot = next(k for k in sd if k != opt.count_key)
+    with pytest.raises(dln.DlnError) as e:
+        opt.load_state_dict(bad(sd, slot, opt.count_key))
+    assert e.value.code == "E0703"
+    assert opt.count == 1 and np.array_equal(opt.state_dict()[slot], sd[slot])
+
+
 def test_a_loss_that_becomes_nan_is_located():
     model = compiled()
     opt = dln.optimizer(model, "sgd", lr=1e38)
