@@ -118,6 +118,11 @@ class Optimizer:
     def end_epoch(self, val_loss: float | None = None) -> None:
         """Advance the epoch-based schedules (step, exponential; plateau, by `val_loss`), as torch's
         `scheduler.step()` at the end of an epoch."""
+        if val_loss is not None:
+            val_loss = _scalar("val_loss", val_loss)
+        elif self.schedule.kind == "plateau":
+            raise DlnError(Diagnostic("E0710", "the plateau schedule needs the validation loss: "
+                                               "opt.end_epoch(val_loss=...)", self.objective.span))
         self.schedule.end_epoch(val_loss)
         self.epoch += 1
 
@@ -211,6 +216,17 @@ def _rate(name: str, value: Any) -> float:
     if not ok or not (0 <= float(value) < math.inf):
         raise DlnError(Diagnostic("E0710", f"argument {name} must be a number >= 0, got {_kind(value)}"))
     return float(value)
+
+
+def _scalar(name: str, value: Any) -> float:
+    """A number given as a Python number, or as a NumPy array or torch tensor of one element."""
+    try:
+        a = binding.to_numpy(value)
+    except binding.NotAnArray:
+        a = None
+    if a is None or a.size != 1 or a.dtype.kind not in "iuf" or isinstance(value, (bool, np.bool_)):
+        raise DlnError(Diagnostic("E0710", f"argument {name} must be a number, got {_kind(value)}"))
+    return float(a.reshape(()))
 
 
 def _schedule_call(schedule: Any) -> tuple[str, dict[str, Any]]:

@@ -304,6 +304,18 @@ def test_a_bad_optimizer_state_is_refused_whole(bad):
     assert opt.count == 1 and np.array_equal(opt.state_dict()[slot], sd[slot])
 
 
+@pytest.mark.parametrize("val_loss,words", [("low", "argument val_loss"), ([1.0, 2.0], "argument val_loss"),
+                                             (None, "needs the validation loss")])
+def test_end_epoch_checks_the_validation_loss(val_loss, words):
+    opt = dln.optimizer(compiled(), "sgd", lr=0.1, schedule=("plateau", {"patience": 0}))
+    with pytest.raises(dln.DlnError) as e:
+        opt.end_epoch(val_loss)
+    assert e.value.code == "E0710" and words in str(e.value)
+    opt.end_epoch(torch.tensor(1.0))
+    opt.end_epoch(np.float32(2.0))     # no better: the rate drops
+    assert opt.lr == pytest.approx(0.01)
+
+
 def test_a_loss_that_becomes_nan_is_located():
     model = compiled()
     opt = dln.optimizer(model, "sgd", lr=1e38)
