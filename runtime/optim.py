@@ -174,8 +174,8 @@ def optimizer(model: Any, name: str = "adam", lr: float | None = None, loss: str
     """An optimizer for `model`'s scalar value `loss`, as a train section's `minimize loss over X with
     name(lr = ..., ...)` says.
 
-    `name`: sgd, adam, adamw, rmsprop, adagrad or adadelta, with torch.optim's hyperparameters and
-    defaults (`momentum=0.9, nesterov=True`, `betas=(0.9, 0.99)`, ...).  `over`: the parameters updated, as
+    `name`: sgd, adam, adamw, rmsprop, adagrad or adadelta, with torch.optim's hyperparameter names and
+    defaults, set by keyword (`momentum=0.9, nesterov=True`, `betas=(0.5, 0.999)`, ...).  `over`: the parameters updated, as
     a train section's `over` names them: an instance of the model, a parameter-name pattern (`"head.*"`),
     or a list of them; the others stay frozen.  `clip_grad`: the largest gradient norm (clip_grad_norm_).
     `schedule`: a schedule's name ("constant", "step", "exponential", "linear", "cosine", "plateau") or
