@@ -88,11 +88,13 @@ class Optimizer:
         error, which step made the loss NaN or infinite."""
         backend, train = self.model.backend, self.train
         feeds = {name: v for name, v in feeds.items() if name in self.inputs}
-        self.count += 1
         feeds["lr"] = np.array(lr, np.float64)
-        feeds["step"] = np.array(self.count, np.float64)
+        feeds["step"] = np.array(self.count + 1, np.float64)
         kept = numerics.keep(train.graph, feeds, self.persistent, backend.to_numpy) if self.check_numerics else None
         results = self.prepared.run(feeds, env)
+        # Counted once it ran: a step that failed on its batch (an index out of range) updated nothing,
+        # and the next one takes its place (Adam's bias correction, the schedule's position).
+        self.count += 1
         if kept is not None:
             numerics.check_step(train.graph, results, kept, env, backend.to_numpy, when, self.objective.span)
         loss = float(backend.to_numpy(results["loss"]))

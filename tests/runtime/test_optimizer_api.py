@@ -316,6 +316,31 @@ def test_end_epoch_checks_the_validation_loss(val_loss, words):
     assert opt.lr == pytest.approx(0.01)
 
 
+def test_a_step_that_fails_on_its_batch_is_not_counted():
+    """An index out of range stops the step before the update: the count stays, and the next step is
+    the first (Adam's bias correction), as torch's would be after a forward that raised."""
+    src = """
+model net {
+    input x: f32[B, 4]
+    input a: i64[B]
+    input t: f32[B]
+    q = x -> linear(2)
+    loss = mse(squeeze(gather(q, 1, unsqueeze(a, 1)), 1), t)
+    output q
+}
+"""
+    x, t = np.ones((3, 4), np.float32), np.zeros(3, np.float32)
+    models = [dln.compile(src, backend="numpy", seed=4) for _ in range(2)]
+    opts = [dln.optimizer(m, "adam", lr=0.1) for m in models]
+    with pytest.raises(dln.DlnError) as e:
+        opts[0].step(x=x, a=np.array([0, 1, 7]), t=t)
+    assert e.value.code == "E0704" and opts[0].count == 0
+    for opt in opts:
+        opt.step(x=x, a=np.array([0, 1, 1]), t=t)
+    for name, value in models[1].parameters().items():
+        np.testing.assert_array_equal(models[0].parameters()[name], value)
+
+
 def test_a_loss_that_becomes_nan_is_located():
     model = compiled()
     opt = dln.optimizer(model, "sgd", lr=1e38)
