@@ -364,3 +364,25 @@ def test_the_dqn_example_runs_a_few_episodes():
         assert len(r.returns) == 3 and r.steps == sum(r.returns) and r.steps > settings.warmup
     # the same seeds: the same first episode, played before learning begins
     assert results[0].returns[0] == results[1].returns[0]
+
+
+def test_the_dqn_agents_learn_alike():
+    """The DQN example's two sides, on the same batches: dln's AdamW (amsgrad), clipping, Huber loss and
+    Polyak-averaged target network take torch's steps (no environment needed)."""
+    spec = importlib.util.spec_from_file_location("dqn_cartpole", EXAMPLES / "dqn_cartpole.py")
+    dqn = importlib.util.module_from_spec(spec)
+    sys.modules["dqn_cartpole"] = dqn
+    spec.loader.exec_module(dqn)
+    settings = dqn.Settings(lr=1e-2, clip_grad=0.5, tau=0.3)     # large enough that a difference shows
+    ours, theirs = dqn.DlnAgent(settings), dqn.TorchAgent(settings)
+    rng = np.random.default_rng(0)
+    for k in range(5):
+        s = rng.standard_normal((16, 4)).astype(np.float32)
+        s2 = rng.standard_normal((16, 4)).astype(np.float32)
+        a = rng.integers(0, 2, 16)
+        y = (1.0 + 0.99 * ours.q_target(s2).max(axis=1)).astype(np.float32)
+        np.testing.assert_allclose(y, 1.0 + 0.99 * theirs.q_target(s2).max(axis=1), rtol=1e-4, atol=1e-5)
+        assert ours.learn(s, a, y) == pytest.approx(theirs.learn(s, a, y), rel=1e-4, abs=1e-6)
+        ours.sync()
+        theirs.sync()
+        np.testing.assert_allclose(ours.q(s), theirs.q(s), rtol=1e-4, atol=1e-5, err_msg=f"after step {k + 1}")
