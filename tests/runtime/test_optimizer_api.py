@@ -386,3 +386,27 @@ def test_the_dqn_agents_learn_alike():
         ours.sync()
         theirs.sync()
         np.testing.assert_allclose(ours.q(s), theirs.q(s), rtol=1e-4, atol=1e-5, err_msg=f"after step {k + 1}")
+
+
+def test_two_optimizers_draw_different_dropout_masks():
+    """One random state for the optimizers of a model: the second objective's step draws after the
+    first's, not the first's masks again; each step draws anew."""
+    src = """
+model net {
+    input x: f32[B, 4]
+    h = x -> linear(32) -> dropout(0.5)
+    a = mean(h * h)
+    b = mean(h * h)
+    output h
+}
+"""
+    x = np.ones((8, 4), np.float32)
+
+    def losses(first: bool) -> list[float]:
+        model = dln.compile(src, backend="numpy", seed=2)
+        opt_a, opt_b = dln.optimizer(model, "sgd", lr=0.0, loss="a"), dln.optimizer(model, "sgd", lr=0.0, loss="b")
+        return ([opt_a.step(x=x)] if first else []) + [opt_b.step(x=x), opt_b.step(x=x)]
+
+    alone, after = losses(False), losses(True)
+    assert alone[0] != alone[1]                 # a new mask each step
+    assert after[1] != alone[0] and after[1] == alone[1]   # b's step after a's draws as a second step would
