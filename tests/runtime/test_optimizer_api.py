@@ -410,3 +410,32 @@ model net {
     alone, after = losses(False), losses(True)
     assert alone[0] != alone[1]                 # a new mask each step
     assert after[1] != alone[0] and after[1] == alone[1]   # b's step after a's draws as a second step would
+
+
+def test_copy_from_with_tau_copies_the_running_statistics():
+    """Polyak averaging is for parameters: the running statistics and the integer batch count are
+    copied as they are (a target network's batch norm normalizes as the online one's does)."""
+    src = """
+model net {
+    input x: f32[B, 4]
+    input y: f32[B, 3]
+    out = x -> linear(8) -> batchnorm -> linear(3)
+    loss = mse(out, y)
+    output out
+}
+"""
+    online, target = (dln.compile(src, backend="numpy", seed=s) for s in (1, 2))
+    opt = dln.optimizer(online, "sgd", lr=0.1)
+    x = np.random.default_rng(0).standard_normal((6, 4)).astype(np.float32)
+    for _ in range(3):
+        opt.step(x=x, y=np.zeros((6, 3), np.float32))
+    before = target.parameters()
+    target.copy_from(online, tau=0.5)
+    for name, value in online.buffers().items():
+        assert target.buffers()[name].dtype == value.dtype
+        np.testing.assert_array_equal(target.buffers()[name], value)
+    np.testing.assert_array_equal(target.parameters()["out.linear_0.weight"],
+                                  0.5 * online.parameters()["out.linear_0.weight"] + 0.5 * before["out.linear_0.weight"])
+    target.copy_from(target, tau=0.5)          # itself: nothing changes
+    np.testing.assert_array_equal(target.parameters()["out.linear_0.weight"],
+                                  0.5 * online.parameters()["out.linear_0.weight"] + 0.5 * before["out.linear_0.weight"])
