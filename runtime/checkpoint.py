@@ -27,6 +27,7 @@ def _atomic(path: Path, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, _mode(path))   # mkstemp's 0600 would hide the file from a TensorBoard run by another user
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -34,6 +35,17 @@ def _atomic(path: Path, write) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _mode(path: Path) -> int:
+    """The permissions `path` gets: those it has when it is being replaced, else what `open` would give a
+    new file (0666 less the umask)."""
+    try:
+        return path.stat().st_mode & 0o777
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 def check_output(path: str | Path, kind: str, what: str, suffix: str = ".safetensors",

@@ -116,3 +116,24 @@ def test_a_checkpoint_without_a_previous_one_still_resumes(tmp_path: Path):
     resumed = dln.train(CLASSIFIER, epochs=2, checkpoint=str(ckpt), **QUIET)
     assert [e["epoch"] for e in resumed.epochs] == [1, 2]
     assert np.isfinite(resumed[-1]["loss"])
+
+
+def test_files_written_atomically_get_the_permissions_open_would_give(tmp_path: Path):
+    """Not mkstemp's 0600: a run directory's metrics.csv and weights must be readable by a TensorBoard
+    (or a colleague) running as another user, as any file the user writes is; a replaced file keeps
+    the permissions it had."""
+    import os
+
+    from dln.runtime import checkpoint
+
+    umask = os.umask(0o022)
+    try:
+        checkpoint.save_json(tmp_path / "state.json", {"a": 1})
+        checkpoint.save_arrays(tmp_path / "w.safetensors", {"w": np.zeros(3, np.float32)})
+        assert (tmp_path / "state.json").stat().st_mode & 0o777 == 0o644
+        assert (tmp_path / "w.safetensors").stat().st_mode & 0o777 == 0o644
+        os.chmod(tmp_path / "state.json", 0o600)
+        checkpoint.save_json(tmp_path / "state.json", {"a": 2})
+        assert (tmp_path / "state.json").stat().st_mode & 0o777 == 0o600
+    finally:
+        os.umask(umask)
