@@ -81,14 +81,18 @@ def _tile(rows: str, n: int) -> list[str]:
             f"mask = row_ok & (cols < {n})"]
 
 
-def forward(plan: FusionPlan, group: Group, k: int, precision: str) -> KernelSource:
-    g = plan.graph
-    c = g.node(group.members[0])
+def _operands(plan: FusionPlan, group: Group, k: int):
+    """The composite node, its input x, x's features n and rows, the group's pointers and those of the
+    composite's results (`_outputs`)."""
+    c = plan.graph.node(group.members[0])
+    x = plan.graph.node(c.inputs[0])
     pointers = _pointers(plan, group, k)
-    x = g.node(c.inputs[0])
-    n, rows = x.shape[-1], numel(x.shape[:-1])
+    return c, x, x.shape[-1], numel(x.shape[:-1]), pointers, _outputs(plan, group, pointers)
+
+
+def forward(plan: FusionPlan, group: Group, k: int, precision: str) -> KernelSource:
+    c, x, n, rows, pointers, out = _operands(plan, group, k)
     width = next_pow2(n)
-    out = _outputs(plan, group, pointers)
     symbols = sorted(dim_symbols(rows))
     wide = _int64(numel(x.shape))
     r = render_dim(rows)
@@ -189,12 +193,7 @@ def _sum(name: str, c: Node, n: int, out: dict[int, list[str]], dtype: DType) ->
 
 
 def backward(plan: FusionPlan, group: Group, k: int, precision: str) -> KernelSource:
-    g = plan.graph
-    c = g.node(group.members[0])
-    pointers = _pointers(plan, group, k)
-    x = g.node(c.inputs[0])
-    n, rows = x.shape[-1], numel(x.shape[:-1])
-    out = _outputs(plan, group, pointers)
+    c, x, n, rows, pointers, out = _operands(plan, group, k)
     by_name = {p.name: p for p in pointers.values()}
     sizes: dict[str, Dim] = {"rows": rows, "N": n}
     if not c.attrs["affine"]:
