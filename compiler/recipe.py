@@ -216,10 +216,9 @@ def _over_pattern(item: ast.Ident | ast.Str, instances: Collection[str], params:
         return f"{item.name}.*"
     if params is not None and not any(fnmatchcase(p, item.value) for p in params):
         names = list(params)
-        shown = listing(names)
         close = difflib.get_close_matches(item.value, names, n=1)
         notes = ((Note(f"did you mean '{close[0]}'?"),) if close else ()) + \
-            (Note(f"parameters: {shown or 'none'}"), Note('a pattern matches whole names: "fc1.*", "layer.?.attn.*"'))
+            (Note(f"parameters: {listing(names) or 'none'}"), Note('a pattern matches whole names: "fc1.*", "layer.?.attn.*"'))
         raise DlnError(Diagnostic("E0602", f'no parameter matches "{item.value}"', item.span, notes))
     return item.value
 

@@ -353,8 +353,7 @@ def cmd_train(args) -> int:
     logdir = True if args.logdir is None else False if args.logdir == "none" else args.logdir
     history = train_file(Path(args.file), backend=args.backend, progress=False if args.no_progress else None,
                          debug=args.debug, weights=args.weights, strict=not args.non_strict, map=args.prefix_map,
-                         over=args.over,
-                         from_text=True, precision=args.precision,
+                         over=args.over, from_text=True, precision=args.precision,
                          model=args.model, limits=_limits(args), check_numerics=args.check_numerics,
                          logdir=logdir, **settings, **args.hparams)
     if args.save and history.model is not None:

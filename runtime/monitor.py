@@ -187,11 +187,9 @@ def read_metrics(path: Path) -> list[dict[str, float]]:
 def curves_png(history: Sequence[Mapping[str, float]]) -> bytes:
     """One panel a metric (`loss`, `accuracy`, a GAN's `d_loss` and `g_loss`): training and validation
     against the epoch; a panel for the learning rate when a schedule changes it."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
     from matplotlib.ticker import MaxNLocator
+
+    plt = _pyplot()
 
     metrics = [k for k in columns(history) if k not in ("epoch", "lr", "time") and not k.startswith("val_")]
     metrics += [k[4:] for k in columns(history) if k.startswith("val_") and k[4:] not in metrics]
@@ -218,11 +216,7 @@ def grid_png(rows: Mapping[str, np.ndarray]) -> bytes:
     """A row of pictures for each value (examples first), each example laid out by `image_size`, in gray:
     0 black, 1 white, values outside clipped (a noisy input's); a row whose values spread well past
     [0, 1] (its 5th or 95th percentile beyond [-0.5, 1.5]) is drawn from its own minimum to its maximum."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
+    plt = _pyplot()
     count = max(min(len(v), IMAGE_EXAMPLES) for v in rows.values())
     fig, axes = plt.subplots(len(rows), count, figsize=(0.8 * count + 0.9, 0.85 * len(rows) + 0.1),
                              squeeze=False)
@@ -245,12 +239,20 @@ def grid_png(rows: Mapping[str, np.ndarray]) -> bytes:
     return _png(fig)
 
 
-def _png(fig) -> bytes:
-    from matplotlib import pyplot as plt
+def _pyplot():
+    """matplotlib's pyplot, drawing off screen (no display on a training machine)."""
+    import matplotlib
 
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    return pyplot
+
+
+def _png(fig) -> bytes:
     out = io.BytesIO()
     fig.savefig(out, format="png", dpi=100)
-    plt.close(fig)
+    _pyplot().close(fig)
     return out.getvalue()
 
 

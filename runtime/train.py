@@ -30,8 +30,8 @@ from dln.compiler.recipe import DEFAULT_OPTIMIZER, Objective, Recipe, model_of, 
 from dln.compiler.training import TrainStep
 from dln.compiler.values import RecordValue
 from dln.dsl import ast
-from dln.dsl.diagnostics import Diagnostic, DlnError, Note
-from dln.runtime import binding, checkpoint, checkpoint_state, data, monitor, numerics
+from dln.dsl.diagnostics import Diagnostic, DlnError, Note, listing
+from dln.runtime import binding, checkpoint, checkpoint_state, data, monitor
 from dln.runtime.api import Model
 from dln.runtime.optim import Optimizer
 from dln.runtime.schedules import Schedule
@@ -501,7 +501,6 @@ class Trainer:
         self.log(f"resuming from {ckpt} after epoch {chosen['epochs_done']}")
         return chosen["epochs_done"]
 
-
     def _check_optimizer_names(self, saved: Mapping[str, Any], ckpt: Path) -> None:
         """The checkpoint's optimizer state must be this run's, slot for slot: a run resumed over other
         parameters (`--over`, a section's `over` edited) would drop the state of those it no longer
@@ -514,8 +513,7 @@ class Trainer:
                 return {name.split(".", 2)[-1].rsplit(".", 1)[0] for name in slots}
 
             gone, new = sorted(params(have) - params(want)), sorted(params(want) - params(have))
-            listed = "; ".join(f"{what}: {', '.join(names[:4])}{', ...' if len(names) > 4 else ''}"
-                               for what, names in (("trained there, frozen here", gone),
+            listed = "; ".join(f"{what}: {listing(names, 4)}" for what, names in (("trained there, frozen here", gone),
                                                    ("trained here, frozen there", new)) if names)
             raise DlnError(Diagnostic(
                 "E0703", f"the checkpoint in {ckpt} trained other parameters than this run does ({listed})", None,
