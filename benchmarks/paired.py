@@ -38,9 +38,23 @@ def child(run: Callable[[], float]) -> None:
         print(json.dumps({"seconds": (time.perf_counter() - began) / steps}), flush=True)
 
 
-def step_times(script: str, rounds: int, steps: int) -> dict:
-    procs = {side: subprocess.Popen([sys.executable, script, "--child", side], stdin=subprocess.PIPE,
-                                    stdout=subprocess.PIPE, text=True) for side in ("dln", "torch")}
+def thread_env(threads: int | None) -> dict[str, str]:
+    """The environment of a child limited to `threads` threads in every pool it may start (OpenBLAS,
+    OpenMP for PyTorch, MKL); the inherited environment when `threads` is None."""
+    env = dict(os.environ)
+    if threads is not None:
+        for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+            env[var] = str(threads)
+    return env
+
+
+def step_times(script: str, rounds: int, steps: int, threads: int | None = None,
+               child_args: tuple[str, ...] = ()) -> dict:
+    """Each side's seconds per step: `script --child dln|torch [child_args]` in two processes with
+    `threads` threads each, taking turns for `rounds` rounds of `steps` steps."""
+    procs = {side: subprocess.Popen([sys.executable, script, "--child", side, *child_args], stdin=subprocess.PIPE,
+                                    stdout=subprocess.PIPE, text=True, env=thread_env(threads))
+             for side in ("dln", "torch")}
     first = {side: json.loads(p.stdout.readline())["first_loss"] for side, p in procs.items()}
     times: dict[str, list[float]] = {side: [] for side in procs}
     load_before = os.getloadavg()[0]
@@ -59,7 +73,7 @@ def step_times(script: str, rounds: int, steps: int) -> dict:
             "torch_spread_ms": [round(min(times["torch"]) * 1e3, 3), round(max(times["torch"]) * 1e3, 3)],
             "first_losses": [round(first["dln"], 5), round(first["torch"], 5)], "rounds": rounds,
             "steps_per_round": steps, "load_avg_1min_before_after": [round(load_before, 2), round(load_after, 2)],
-            "cpus": os.cpu_count()}
+            "cpus": os.cpu_count(), "threads": threads}
 
 
 def arguments(doc: str, argv: list[str] | None, steps: int = 5) -> argparse.Namespace:

@@ -99,7 +99,8 @@ def _sigmoid(b, n, g, xs, out):
 
 @vjp(Op.RELU)
 def _relu(b, n, g, xs, out):
-    return [b.where(b.compare(Op.GT, out, 0.0), g, 0.0)]
+    # torch's threshold_backward: 0 where the output is <= 0, else the gradient (a NaN output passes it)
+    return [b.where(b.compare(Op.LE, out, 0.0), 0.0, g)]
 
 
 @vjp(Op.ERF)

@@ -257,4 +257,43 @@ def _bind(n: Node, args: list[np.ndarray], out: np.ndarray, env: dict[str, Any],
     prepare = PREPARED.get(n.op)
     if prepare is not None:
         return prepare(n, args, out, env, shared)
+    if n.op is Op.WHERE:
+        return _bind_where(n, args, out, env)
     return functools.partial(IMPLS[n.op], n, args, out, env)
+
+
+_BITS = {2: np.uint16, 4: np.uint32, 8: np.uint64}
+
+
+def _bind_where(n: Node, args: list[np.ndarray], out: np.ndarray, env: dict[str, Any]) -> Callable[[], Any]:
+    """`where(cond, a, b)` with one of a, b a scalar broadcast (a relu's or a mask's gradient: the other is
+    0) as bit operations: the condition spread to all-ones or all-zeros words in `out`, and-ed with the
+    full operand's bits, or-ed with the scalar's where it is not 0.  Exact for every value (NaN, infinities
+    and -0.0 included: bits are selected, never computed), and a fifth of NumPy's masked copy
+    (`copyto(..., where=)`: measured 100 µs against 18 µs for [128, 256] float32).  Any other `where` runs
+    as its definition."""
+    cond, a, b = args
+    bits = _BITS.get(out.dtype.itemsize)
+    scalar_a = not any(a.strides)
+    full = a if not scalar_a else b
+    scalar = b if not scalar_a else a
+    if (bits is None or out.dtype.kind != "f" or a.dtype != out.dtype or b.dtype != out.dtype
+            or cond.dtype != np.bool_ or any(scalar.strides) or out.size == 0 or not out.flags.c_contiguous
+            or not full.flags.c_contiguous or full.shape != out.shape):
+        return functools.partial(IMPLS[n.op], n, args, out, env)
+    words, full_words = out.view(bits), full.view(bits)
+    scalar_word = scalar.reshape(-1)[:1].view(bits)     # read at run time: it may be a computed scalar
+    # where(c, full, s): ones where c;  where(c, s, full): ones where not c
+    spread = ((lambda o: np.subtract(0, cond, out=o, casting="unsafe")) if not scalar_a else
+              (lambda o: np.subtract(cond, 1, out=o, casting="unsafe")))
+
+    def run() -> None:
+        spread(words)
+        if scalar_word[0]:
+            rest = np.invert(words)
+            np.bitwise_and(rest, scalar_word[0], out=rest)
+            np.bitwise_and(words, full_words, out=words)
+            np.bitwise_or(words, rest, out=words)
+        else:
+            np.bitwise_and(words, full_words, out=words)
+    return run
