@@ -29,7 +29,7 @@ def main() -> None:
     import numpy
     import torch
 
-    step = numpy_step.main([])
+    step = numpy_step.measure_all(15, 20)
     counts = fusion.main()
     check = check_time.main([])
     latency = compile_latency.measure(15)
@@ -41,20 +41,7 @@ def main() -> None:
 Recorded {datetime.date.today().isoformat()} on {machine}.
 Regenerate with `.venv/bin/python benchmarks/run_all.py`.
 
-## Training step on the NumPy backend (issue: <= 1.0x PyTorch eager)
-
-MLP 784-256-128-10, batch 128, Adam; forward + backward + update; both in one process, interleaved,
-median over {step['rounds']} rounds of {step['steps_per_round']} steps
-(`benchmarks/numpy_step.py`).
-
-| | ms per step |
-| --- | --- |
-| dln, NumPy backend | {step['dln_numpy_ms']} |
-| PyTorch eager ({step['torch_threads']} threads) | {step['torch_eager_ms']} |
-| **ratio** | **{step['ratio']}** |
-
-Load average (1 min) before and after: {step['load_avg_1min_before_after']} on {step['cpus']} CPUs.
-
+{numpy_step.section(step)}
 ## Kernels per training step and modeled memory traffic (issue: <= torch.compile's count, <= 0.5x eager's bytes)
 
 Same model and batch (`benchmarks/fusion.py`).
