@@ -138,14 +138,14 @@ def _section(result: dict) -> str:
     text = (f"{TITLE}\n\nRecorded {datetime.date.today().isoformat()}; `benchmarks/gpt.py` (`benchmarks/gpt.dln`): "
             f"token embedding (vocab {VOCAB}) + learned positions, one pre-LN decoder layer (D = {DIM}, {HEADS} "
             f"heads, causal, MLP 4x GELU), final layer norm, LM head without bias; cross-entropy at every "
-            f"position; Adam; B = {BATCH}, T = {T}. Each side runs in its own process, the two taking turns; "
+            f"position; Adam; B = {BATCH}, T = {T}. Each side runs in its own process with the given number of threads in every pool (OpenBLAS, OpenMP, MKL), the two taking turns; "
             f"median of {s['rounds']} rounds of {s['steps_per_round']} steps, with the fastest and slowest "
             f"round.\n\n"
             + paired.step_table(s, "PyTorch eager, `nn.MultiheadAttention`") +
-            f"First losses (same initial weights): {s['first_losses']}. Load average (1 min) before and after: "
-            f"{s['load_avg_1min_before_after']} on {s['cpus']} CPUs; threads: {_threads()}."
+            f"First losses (same initial weights): {s['first_losses']}. On {s['cpus']} CPUs."
             + (" **Provisional**: other work kept the load above the number of CPUs, which slows both sides "
-               "unevenly; rerun on a quiet machine." if max(s['load_avg_1min_before_after']) > s['cpus'] else "")
+               "unevenly; rerun on a quiet machine." if max(max(o['load_avg_1min_before_after'])
+                                                          for o in s['by_threads'].values()) > s['cpus'] else "")
             + "\n")
     k = result.get("kernels")
     if k:
@@ -174,13 +174,6 @@ def _section(result: dict) -> str:
                  f"function launching two kernels (dQ then dK/dV; rows then the weight sums). dln's kernels: "
                  f"{', '.join(d['names'])}.\n")
     return text
-
-
-def _threads() -> str:
-    """The thread settings both children inherit (BLAS and OpenMP pools read them at start-up)."""
-    import os
-
-    return ", ".join(f"{k}={os.environ.get(k, 'unset')}" for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"))
 
 
 def record(result: dict) -> None:

@@ -131,7 +131,7 @@ def _section(result: dict) -> str:
             f"taking turns; median of {s['rounds']} rounds of {s['steps_per_round']} steps, with the fastest "
             f"and slowest round.\n\n"
             + paired.step_table(s, "PyTorch eager") +
-            f"Load average (1 min) before and after: {s['load_avg_1min_before_after']} on {s['cpus']} CPUs.\n")
+            f"On {s['cpus']} CPUs.\n")
     k = result.get("kernels")
     if k:
         d, e, c = k["dln"], k["eager"], k["torch_compile"]

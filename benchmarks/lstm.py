@@ -114,11 +114,10 @@ def _section(result: dict) -> str:
     s = result["step"]
     text = (f"{TITLE}\n\nRecorded {datetime.date.today().isoformat()}; `benchmarks/lstm.py` (`benchmarks/lstm.dln`): "
             f"input {FEATURES}, hidden {HIDDEN}, T = {STEPS}, batch {BATCH}, the last step into a linear head to "
-            f"{CLASSES} classes, cross-entropy, Adam. Each side runs in its own process, the two taking turns; "
+            f"{CLASSES} classes, cross-entropy, Adam. Each side runs in its own process with the given number of threads in every pool (OpenBLAS, OpenMP, MKL), the two taking turns; "
             f"median of {s['rounds']} rounds of {s['steps_per_round']} steps, with the fastest and slowest round.\n\n"
             + paired.step_table(s, "PyTorch eager, `nn.LSTM`") +
-            f"First losses (same initial weights): {s['first_losses']}. Load average (1 min) before and after: "
-            f"{s['load_avg_1min_before_after']} on {s['cpus']} CPUs.\n")
+            f"First losses (same initial weights): {s['first_losses']}. On {s['cpus']} CPUs.\n")
     k = result.get("kernels")
     if k:
         d, c = k["dln"], k["torch_compile"]

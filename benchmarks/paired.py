@@ -82,6 +82,8 @@ def arguments(doc: str, argv: list[str] | None, steps: int = 5) -> argparse.Name
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--steps", type=int, default=steps)
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2],
+                        help="threads a side (every pool of each process), one measurement per count")
     parser.add_argument("--no-kernels", action="store_true")
     parser.add_argument("--record", action="store_true", help="write the figures to benchmarks/RESULTS.md")
     parser.add_argument("--child", choices=("dln", "torch"), help=argparse.SUPPRESS)
@@ -95,11 +97,20 @@ def measure(script: str, args: argparse.Namespace, dln_step: Callable[[], Callab
     if args.child:
         child(dln_step() if args.child == "dln" else torch_step())
         return None
-    return step_times(script, args.rounds, args.steps)
+    by_threads = {t: step_times(script, args.rounds, args.steps, t) for t in args.threads}
+    return {**by_threads[args.threads[0]], "by_threads": by_threads}
 
 
 def print_steps(s: dict, torch_label: str, goal: float, width: int) -> None:
-    """`step_times`' result on stdout: each side's median and spread, and their ratio beside the goal."""
+    """`step_times`' result on stdout: each side's median and spread, and their ratio beside the goal
+    (for each thread count `measure` ran)."""
+    for threads, one in s.get("by_threads", {None: s}).items():
+        if threads is not None:
+            print(f"  {threads} thread(s) a side; load average 1 min {one['load_avg_1min_before_after']}")
+        _print_one(one, torch_label, goal, width)
+
+
+def _print_one(s: dict, torch_label: str, goal: float, width: int) -> None:
     print(f"  {'dln (NumPy backend)':<{width}}{s['dln_numpy_ms']:8.3f} ms/step  (spread {s['dln_spread_ms']})")
     print(f"  {torch_label:<{width}}{s['torch_eager_ms']:8.3f} ms/step  (spread {s['torch_spread_ms']})")
     print(f"  {'ratio dln / eager':<{width}}{s['ratio']:8.3f}   (goal <= {goal})")
@@ -142,11 +153,15 @@ def torch_adam_step(net, x, y) -> Callable[[], float]:
 
 
 def step_table(s: dict, torch_label: str) -> str:
-    """The markdown table of `step_times`' result: each side's median and spread, and their ratio."""
-    return (f"| | ms per step | spread |\n| --- | --- | --- |\n"
-            f"| dln, NumPy backend | {s['dln_numpy_ms']} | {s['dln_spread_ms'][0]} - {s['dln_spread_ms'][1]} |\n"
-            f"| {torch_label} | {s['torch_eager_ms']} | {s['torch_spread_ms'][0]} - {s['torch_spread_ms'][1]} |\n"
-            f"| **ratio** | **{s['ratio']}** | |\n\n")
+    """The markdown table of `measure`'s result: for each thread count, each side's median and spread,
+    their ratio and the load average before and after."""
+    rows = [f"| threads a side | dln, NumPy backend, ms (spread) | {torch_label}, ms (spread) | ratio "
+            f"| load avg. (1 min) before, after |", "| --- | --- | --- | --- | --- |"]
+    for threads, one in s.get("by_threads", {s.get("threads"): s}).items():
+        rows.append(f"| {threads or 'unset'} | {one['dln_numpy_ms']} ({one['dln_spread_ms'][0]} - "
+                    f"{one['dln_spread_ms'][1]}) | {one['torch_eager_ms']} ({one['torch_spread_ms'][0]} - "
+                    f"{one['torch_spread_ms'][1]}) | **{one['ratio']}** | {one['load_avg_1min_before_after']} |")
+    return "\n".join(rows) + "\n\n"
 
 
 def find_section(results: str, heading: str) -> str:

@@ -53,3 +53,22 @@ model m() {
     t = torch.tensor(w, requires_grad=True)
     (torch.relu(t) * torch.tensor(x)).sum().backward()
     np.testing.assert_array_equal(grads["w"], t.grad.numpy())
+
+
+@pytest.mark.parametrize("length", [2, 4, 9])
+def test_short_argmax_equals_np_argmax(length):
+    """interpreter._bind_short_argmax: first maximum, NaN taken as the maximum, ties to the first."""
+    from dln.runtime.interpreter import _bind_short_argmax
+
+    rng = np.random.default_rng(length)
+    x = rng.integers(-2, 3, (5, 3, 7, length)).astype(np.float32)   # many ties
+    x[0, 0, 0, :] = -np.inf
+    node = type("n", (), {"attrs": {"axes": (-1,), "keepdim": True}})()
+    out = np.empty((5, 3, 7, 1), np.int64)
+    run = _bind_short_argmax(node, [x], out)
+    run()
+    np.testing.assert_array_equal(out, np.argmax(x, -1, keepdims=True))
+    x[1, 1, 1, length - 1] = np.nan
+    x[2, 2, 2, :] = np.nan
+    run()
+    np.testing.assert_array_equal(out, np.argmax(x, -1, keepdims=True))
