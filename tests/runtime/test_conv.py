@@ -46,6 +46,9 @@ CONFIGS = [
     ("conv_transpose2d(4, kernel = (3, 2), stride = (2, 3), padding = (1, 0), output_padding = (1, 2), "
      "groups = 2, dilation = (2, 1))", (2, 6, 5, 4),
      lambda x, w, b: F.conv_transpose2d(x, w, b, (2, 3), (1, 0), (1, 2), 2, (2, 1))),
+    # stride 1: col2im over widened rows (numpy_conv._prepare_conv_transpose_rows)
+    ("conv_transpose2d(4, kernel = (3, 4), padding = (1, 2), output_padding = 0, groups = 2, dilation = (2, 1))",
+     (2, 6, 5, 7), lambda x, w, b: F.conv_transpose2d(x, w, b, 1, (1, 2), 0, 2, (2, 1))),
     ("conv_transpose2d(3, kernel = 4, stride = 2, padding = 1)", (1, 5, 3, 3),
      lambda x, w, b: F.conv_transpose2d(x, w, b, 2, 1)),
     ("conv_transpose2d(2, kernel = (1, 3), stride = 3)", (2, 3, 2, 5),   # stride > kernel: gaps
