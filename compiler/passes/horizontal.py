@@ -15,8 +15,8 @@ follows them: a batch norm after `D(real)` and `D(fake)` still takes its statist
 slice, so nothing is merged "across" a layer that mixes rows.
 
 Legality: the products must be independent — no member may depend on another, and merging several groups at
-once must not close a cycle through them (`_independent` checks each group against those accepted before
-it).  Only products the graph's outputs need are merged: a graph that holds both a GAN's `d_loss` and
+once must not close a cycle through them (`_independent_subset` keeps the members that depend on no other,
+with the groups accepted before merged).  Only products the graph's outputs need are merged: a graph that holds both a GAN's `d_loss` and
 `g_loss` must not drag the dead `D(fake)` of the other objective into a live product.
 
 Profit (`_pays`): merging saves, per extra product, one read of the shared operand and one kernel launch; it
@@ -71,9 +71,10 @@ def horizontal(graph: Graph) -> Graph:
     weights = _weights(graph)
     for group in _candidates(graph, live):
         members = tuple(m for m in group.members if m not in taken)
-        group = group._replace(members=members)
-        if len(members) < 2 or not _pays(graph, group, weights) or not _independent(graph, group, groups, merged_into):
+        group = group._replace(members=_independent_subset(graph, members, groups, merged_into))
+        if len(group.members) < 2 or not _pays(graph, group, weights):
             continue
+        members = group.members
         for m in members:
             merged_into[m] = len(groups)
         taken.update(members)
@@ -175,25 +176,33 @@ def _weights(graph: Graph) -> set[int]:
     return out
 
 
-def _independent(graph: Graph, group: Group, accepted: list[Group], merged_into: dict[int, int]) -> bool:
-    """No member depends on another, with the groups accepted so far already merged (a merged group is one
-    node: what any member reads, all of them do)."""
-    members = set(group.members)
-    for start in group.members:
-        seen: set[int] = set()
-        stack = list(graph.node(start).inputs)
-        while stack:
-            i = stack.pop()
-            if i in seen:
-                continue
-            seen.add(i)
-            if i in members:
-                return False
-            k = merged_into.get(i)
-            together = accepted[k].members if k is not None else (i,)
-            for j in together:
-                stack.extend(graph.node(j).inputs)
-    return True
+def _independent_subset(graph: Graph, members: tuple[int, ...], accepted: list[Group],
+                       merged_into: dict[int, int]) -> tuple[int, ...]:
+    """The members, in order, that depend on no member kept before them and that none of those depends on,
+    with the groups accepted so far already merged (one node: what any of its members reads, all do).  A
+    layer applied to its own output (`L(L(x))`) keeps one of the two; `L(z)` beside them still joins."""
+    kept: list[int] = []
+    ancestors: dict[int, set[int]] = {}
+    for m in members:
+        ancestors[m] = _ancestors(graph, m, accepted, merged_into)
+        if all(m not in ancestors[k] and k not in ancestors[m] for k in kept):
+            kept.append(m)
+    return tuple(kept)
+
+
+def _ancestors(graph: Graph, start: int, accepted: list[Group], merged_into: dict[int, int]) -> set[int]:
+    seen: set[int] = set()
+    stack = list(graph.node(start).inputs)
+    while stack:
+        i = stack.pop()
+        if i in seen:
+            continue
+        seen.add(i)
+        k = merged_into.get(i)
+        for j in (accepted[k].members if k is not None else (i,)):
+            seen.add(j)
+            stack.extend(graph.node(j).inputs)
+    return seen
 
 
 # ---- rewriting ---------------------------------------------------------------------------------------------
@@ -234,7 +243,7 @@ def _apply(graph: Graph, groups: list[Group], merged_into: dict[int, int]) -> Gr
             waiting[r] -= 1
             if waiting[r] == 0:
                 heapq.heappush(ready, (rank[r], r))
-    assert emitted == len(rank), "horizontal: a cycle through merged products (`_independent` let it by)"
+    assert emitted == len(rank), "horizontal: a cycle through merged products (`_independent_subset` let one by)"
     return b.finish(graph.outputs)
 
 
