@@ -2,41 +2,45 @@
 
 Two patterns, for `matmul` and `conv` alike:
 
-- **shared input** — `x @ W1`, `x @ W2` (Q/K/V, a VAE's `mu` and `logvar`) become `x @ concat(W1, W2)` along
-  the output columns (a convolution's output channels), then one slice per product;
+- **shared input** — `x @ W1`, `x @ W2` (a VAE's `mu` and `logvar`; a bidirectional RNN's two input
+  projections; Q/K/V written as three layers — `attention` packs its own into one in-projection already)
+  become `x @ concat(W1, W2)` along the output columns (a convolution's output channels), then one slice
+  per product;
 - **shared weight** — `a @ W`, `b @ W` (one model instance applied to two batches: a GAN's `D(real)` and
-  `D(fake)`) become `concat(a, b) @ W` along the rows (a convolution's batch axis), then one slice per
-  product.
+  `D(detach(fake))`) become `concat(a, b) @ W` along the rows (a convolution's batch axis), then one slice
+  per product.
 
-Each merge is exact for every product on its own: a row (column) of a product depends only on its own row
-of the left (column of the right) operand, so the slices are the original products bit for bit wherever the
-backend computes each output element by the same reduction.  Only the contractions merge, never what
-follows them: a batch norm after `D(real)` and `D(fake)` still takes its statistics over each batch's own
-slice, so nothing is merged "across" a layer that mixes rows.
+Each merge is exact product by product: a row (column) of a product depends only on its row of the left
+(column of the right) operand, so each slice is the product it replaces, up to the order in which a library
+sums the new shape.  Only the contractions merge, never what follows them: a batch norm after `D(real)` and
+`D(fake)` still takes its statistics over each batch's own slice — nothing merges across a layer that mixes
+rows.
 
-Legality: the products must be independent — no member may depend on another, and merging several groups at
-once must not close a cycle through them (`_independent_subset` keeps the members that depend on no other,
-with the groups accepted before merged).  Only products the graph's outputs need are merged: a graph that holds both a GAN's `d_loss` and
-`g_loss` must not drag the dead `D(fake)` of the other objective into a live product.
+Legality: the products must be independent — none may depend on another, and merging several groups must
+not close a cycle through them (`_independent_subset` keeps the members that depend on no member kept
+before them, with the groups accepted earlier already merged).  Only products the graph's outputs need are
+merged: a graph holding both of a GAN's objectives must not drag the `D(fake)` only `g_loss` reads into
+the `d_loss` step's product.
 
-Profit (`_pays`): merging saves, per extra product, one read of the shared operand and one kernel launch; it
-costs a copy of the concatenated operands.  The rule: merge when the shared operand is at least as large as
-the largest of the others, measured per example (symbolic sizes set to 1), or when the concatenated
-operands are weights, computed from parameters alone (a weight is copied once a step whatever the batch,
-and its concatenation's gradient is one product).  So Q/K/V and `mu`/`logvar` merge (the weights are parameters), `D(real)` and
-`D(fake)` merge (the shared operand is the weight), and a product with a tiny shared operand against large
-activations does not.
+Profit (`_pays`): merging saves, per extra product, a read of the shared operand and a kernel launch; it
+costs a copy of the operands concatenated.  The rule: merge when those are weights (computed from
+parameters alone: copied once a step whatever the batch), or when the shared operand is at least as large
+as the largest of them per example (symbolic sizes set to 1).  So `mu`/`logvar` merge (weights), and so do
+`D(real)` and `D(fake)` for the GAN's layers (each weight is larger than an example), while a convolution
+whose images are larger than its weight is not applied to a copy of both batches.
 
-Where it runs: on the model's forward graph before autodiff (`pipeline.train_step`, `gradient_graph`,
-`forward_graph`).  Autodiff of `concat` and `slice` then gives the backward its merged form for free: the
-cotangents of the slices come back as one `concat(da, db)` (autodiff merges adjacent padded pieces), so the
-weight gradient of a shared weight is one product `concat(a, b)^T @ concat(da, db)`, and the input gradient
-of a shared input one product `concat(dy1, dy2) @ concat(W1, W2)^T` — merging after autodiff would find
-neither (their operands differ on both sides).
+Where it runs: on the model's graph before autodiff (`pipeline.train_step`, `gradient_graph`, and
+`forward_graph` after its folding, each with `merge=True`).  Autodiff of `concat` and `slice` then gives
+the backward its merged form: the weight gradient of a shared weight is one product `concat(a, b)^T @ g`
+and the input gradient of a shared input one product `g @ concat(W1, W2)^T`, `g` the slices' cotangents
+put back together (one `concat` where the sizes are static; two zero-padded pieces summed where they are
+symbolic, the batch).  After autodiff neither could be found: their operands differ on both sides.  Which
+backends merge is the runtime's choice (`dln.runtime.backends.MERGES_PRODUCTS`): the Triton backend's
+kernels, where a launch saved outweighs a copy; not NumPy's, where fewer calls gain nothing.
 
-Every slice keeps the id, name and span of the product it replaces, so whatever referred to a product (a
-model's named values, the outputs) still does; the merged product is named after all its members
-(`mu+logvar`), and so are the kernels and gradients made from it.
+Every slice keeps the id, name and span of the product it replaces, so whatever referred to the product (a
+model's named values, the outputs) still does; the merged product is named after its members
+(`mu+logvar`: kernel `k2_mu_logvar_matmul`, gradient `grad:mu+logvar`).
 """
 
 from __future__ import annotations
@@ -74,10 +78,9 @@ def horizontal(graph: Graph) -> Graph:
         group = group._replace(members=_independent_subset(graph, members, groups, merged_into))
         if len(group.members) < 2 or not _pays(graph, group, weights):
             continue
-        members = group.members
-        for m in members:
+        for m in group.members:
             merged_into[m] = len(groups)
-        taken.update(members)
+        taken.update(group.members)
         groups.append(group)
     return _apply(graph, groups, merged_into) if groups else graph
 
