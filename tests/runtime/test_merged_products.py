@@ -143,3 +143,22 @@ def test_triton_merged_kernels_match_numpy():
     for k in want_grads:
         np.testing.assert_allclose(np.asarray(grads[k]), np.asarray(want_grads[k]), rtol=1e-4, atol=1e-6,
                                    err_msg=k)
+
+
+def test_merged_kernels_are_named_after_both_products():
+    """The VAE's step as the Triton backend plans it: the merged product's kernel and its weight gradient say
+    `mu_logvar`, the update kernel names both parameters; unmerged, no kernel does."""
+    from dln.compiler import pipeline
+    from dln.kernels.module import generate_module
+    from dln.kernels.report import kernel_costs
+    from dln.runtime.train import default_objective
+
+    model = dln.compile(str(ROOT / "examples" / "vae_digits.dln"), seed=0)
+    names = {}
+    for merge in (False, True):
+        step = pipeline.train_step(model.train_spec, default_objective(model), merge=merge)
+        names[merge] = [c.name for c in kernel_costs(generate_module(step.graph, step.donate).plan, {"B": 32})]
+    assert not any("mu_logvar" in n for n in names[False])
+    assert any(n.endswith("_mu_logvar_matmul") and "grad" not in n for n in names[True]), names[True]
+    assert any(n.endswith("_grad_mu_logvar_matmul") for n in names[True]), names[True]
+    assert any(n.endswith("_update_mu_weight_and_logvar_weight") for n in names[True]), names[True]
