@@ -2,6 +2,9 @@
 
     text ──parse──► AST ──load──► Program (the file and its imports)
          ──build_model──► BuiltModel: typed graph, shapes inferred, parameters named
+         ──horizontal──► with `merge` (the backends that gain from it): products sharing an operand
+                         merged (mu/logvar, D(real) and D(fake)), before autodiff so that the backward's
+                         weight gradients merge too
          ──forward_graph──► the graph of the requested values, optimized (in evaluation mode,
                             per-channel affine maps folded into the conv or matmul before them)
          ──train_step──► forward + backward + optimizer update, optimized
@@ -15,6 +18,7 @@ Between passes the IR checker runs when `debug` is on.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable, Sequence
 
 from dln.compiler.autodiff import grad
@@ -26,6 +30,7 @@ from dln.compiler.passes.decompose import Keep, decompose, keep_none
 from dln.compiler.passes.detach import strip_detach
 from dln.compiler.passes.fold import fold
 from dln.compiler.passes.fold_affine import fold_affine
+from dln.compiler.passes.horizontal import horizontal
 from dln.compiler.passes.verify import verify
 from dln.compiler.program import load
 from dln.compiler.recipe import Objective
@@ -57,10 +62,13 @@ def optimize(graph: Graph, debug: bool = False) -> Graph:
     return graph
 
 
-def forward_graph(model: BuiltModel, outputs: Sequence[str] | None = None, debug: bool = False) -> Graph:
+def forward_graph(model: BuiltModel, outputs: Sequence[str] | None = None, debug: bool = False,
+                  merge: bool = False) -> Graph:
     """The graph computing `outputs` (declared outputs by default; any named value or metric may be asked
     for), and the new value of every model state the build assigns (`new:<name>`, donated to it by
-    `model.state_donations()`): a run in training mode updates the running statistics."""
+    `model.state_donations()`): a run in training mode updates the running statistics.  `merge`: products
+    sharing an operand become one (`horizontal`; after folding, so that a batch norm still folds into the
+    weight before it)."""
     names = list(outputs) if outputs is not None else model.outputs
     pairs = []
     for name in names:
@@ -76,20 +84,42 @@ def forward_graph(model: BuiltModel, outputs: Sequence[str] | None = None, debug
         folded = fold_affine(g)
         if folded is not g:
             g = optimize(folded, debug)
-    return g
+    return _merged(g, debug) if merge else g
+
+
+def _merged(graph: Graph, debug: bool) -> Graph:
+    merged = horizontal(graph)
+    if debug:
+        verify(merged, "horizontal")
+    return graph if merged is graph else optimize(merged, debug)
+
+
+def _merged_model(model: BuiltModel, roots: Sequence[int], debug: bool) -> BuiltModel:
+    """`model` with the products that `roots` need merged (`horizontal`: ids kept, nodes only added), for
+    autodiff to differentiate: a GAN's `d_loss` step merges `D(real)` with `D(fake)`, not with the
+    `D(fake)` only `g_loss` reads."""
+    merged = horizontal(model.graph.with_outputs([(f"\0{k}", i) for k, i in enumerate(roots)]))
+    if debug:
+        verify(merged, "horizontal")
+    return dataclasses.replace(model, graph=merged.with_outputs(model.graph.outputs))
 
 
 def train_step(model: BuiltModel, objective: Objective, clip_grad: float | None = None,
-               debug: bool = False) -> TrainStep:
+               debug: bool = False, merge: bool = False) -> TrainStep:
+    if merge:
+        roots = [model.values[objective.loss], *model.metrics.values(), *model.updates.values()]
+        model = _merged_model(model, roots, debug)
     step = build_step(model, objective, clip_grad)
     step.graph = optimize(step.graph, debug)
     return step
 
 
-def gradient_graph(model: BuiltModel, loss: str, debug: bool = False) -> Graph:
+def gradient_graph(model: BuiltModel, loss: str, debug: bool = False, merge: bool = False) -> Graph:
     """The value of scalar `loss` (`loss`), its gradient for every parameter it reaches (`grad:<name>`) and
     the new model state: forward and backward without an optimizer (`Model.value_and_grad`)."""
     loss_id = model.values[loss]
+    if merge:
+        model = _merged_model(model, [loss_id, *model.updates.values()], debug)
     # Outputs named before autodiff, which may replace nodes (a composite's decomposition), read after.
     full, grads, _ = grad(model.graph.with_outputs([("loss", loss_id)] + model.state_outputs()), loss_id,
                           [p.node for p in model.params])

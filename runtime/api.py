@@ -28,7 +28,7 @@ from dln.compiler.printer import format_graph
 from dln.compiler.program import Program
 from dln.dsl.diagnostics import Diagnostic, DlnError, Note
 from dln.runtime import binding, init, loading
-from dln.runtime.backends import Backend, get_backend
+from dln.runtime.backends import MERGES_PRODUCTS, Backend, get_backend
 from dln.runtime.loading import Loaded
 
 
@@ -276,7 +276,7 @@ class Model:
                 raise DlnError(Diagnostic("E0602", f"model {self.name} has no value '{n}'", spec.decl.name.span))
         key = ("run", training, names)
         if key not in self._prepared:
-            graph = pipeline.forward_graph(spec, names, self.debug)
+            graph = pipeline.forward_graph(spec, names, self.debug, merge=MERGES_PRODUCTS[self.backend.name])
             self._prepared[key] = (graph, self.backend.prepare(graph, self.persistent, spec.state_donations()))
         graph, prepared = self._prepared[key]
         results = self._execute(spec, graph, prepared, inputs)
@@ -291,7 +291,7 @@ class Model:
             raise DlnError(Diagnostic("E0602", f"model {self.name} has no value '{loss}'", spec.decl.name.span))
         key = ("grad", loss)
         if key not in self._prepared:
-            graph = pipeline.gradient_graph(spec, loss, self.debug)
+            graph = pipeline.gradient_graph(spec, loss, self.debug, merge=MERGES_PRODUCTS[self.backend.name])
             self._prepared[key] = (graph, self.backend.prepare(graph, self.persistent, spec.state_donations()))
         graph, prepared = self._prepared[key]
         results = self._execute(spec, graph, prepared, inputs)

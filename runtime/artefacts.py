@@ -19,6 +19,7 @@ from dln.compiler import pipeline
 from dln.compiler.ir import Graph, Op
 from dln.compiler.printer import format_graph, op_name
 from dln.dsl.diagnostics import DlnError
+from dln.runtime.backends import MERGES_PRODUCTS
 from dln.runtime.checkpoint import save_json
 
 
@@ -57,7 +58,8 @@ def write_artefacts(model, out: Path, backend: str = "numpy", target: str | None
     from dln.runtime.train import default_objective
 
     out.mkdir(parents=True, exist_ok=True)
-    forward = pipeline.forward_graph(model.spec)
+    merge = MERGES_PRODUCTS[backend]   # the graphs that backend runs
+    forward = pipeline.forward_graph(model.spec, merge=merge)
     (out / "forward.ir").write_text(format_graph(forward))
     files = ["forward.ir"]
     step_graph = None
@@ -66,7 +68,7 @@ def write_artefacts(model, out: Path, backend: str = "numpy", target: str | None
     except DlnError:
         objective = None
     if objective is not None:
-        step = pipeline.train_step(model.train_spec, objective)
+        step = pipeline.train_step(model.train_spec, objective, merge=merge)
         step_graph = step.graph
         (out / "backward.ir").write_text(format_graph(step_graph))
         files.append("backward.ir")
@@ -90,7 +92,7 @@ def graph_dot(model, kernels: bool = False) -> str:
         from dln.kernels.report import computed_nodes
         from dln.runtime.train import default_objective
 
-        step = pipeline.train_step(model.train_spec, default_objective(model))
+        step = pipeline.train_step(model.train_spec, default_objective(model), merge=MERGES_PRODUCTS["triton"])
         # The graph the Triton backend plans: composites it has no kernel for decomposed (generate_module).
         graph = pipeline.lower(step.graph, kept_in(step.graph))
         plan = plan_graph(graph, step.donate)

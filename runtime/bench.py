@@ -21,6 +21,7 @@ import numpy as np
 from dln.compiler import pipeline
 from dln.kernels.module import generate_module
 from dln.kernels.report import kernel_costs
+from dln.runtime.backends import MERGES_PRODUCTS
 from dln.runtime.torch_graph import make_runner, random_inputs
 
 
@@ -78,7 +79,7 @@ def bench_report(model, batch: int = 128, compile_torch: bool = True) -> str:
     from dln.runtime.train import default_objective
 
     objective = default_objective(model)
-    step = pipeline.train_step(model.train_spec, objective)
+    step = pipeline.train_step(model.train_spec, objective, merge=MERGES_PRODUCTS["triton"])   # as the kernels run
     graph = step.graph
     env = {s: batch for s in graph.symbols()}
     generated = generate_module(graph, step.donate)

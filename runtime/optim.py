@@ -31,6 +31,7 @@ from dln.compiler.values import TupleValue
 from dln.dsl.diagnostics import Diagnostic, DlnError, Note
 from dln.runtime import binding, numerics
 from dln.runtime.api import Model, _check_arg, _check_count, _kind
+from dln.runtime.backends import MERGES_PRODUCTS
 from dln.runtime.schedules import Schedule
 
 SCHEDULES = tuple(name for name, b in TRAIN_BUILTINS.items() if b.category == "schedule")
@@ -45,7 +46,8 @@ class Optimizer:
                  check_numerics: bool = False) -> None:
         self.model = model
         self.objective = objective
-        self.train = pipeline.train_step(model.train_spec, objective, clip_grad, debug)
+        self.train = pipeline.train_step(model.train_spec, objective, clip_grad, debug,
+                                          merge=MERGES_PRODUCTS[model.backend.name])
         be = model.backend
         dtypes = {k: np.asarray(v).dtype for k, v in model.parameters().items()}
         self.states: dict[str, Any] = {
