@@ -24,6 +24,7 @@ from dln.compiler import pipeline
 from dln.compiler.build import BuiltModel, InputInfo
 from dln.compiler.ir import Graph, Op
 from dln.compiler.limits import DEFAULT_LIMITS, Limits
+from dln.compiler.passes.autocast import MIXED
 from dln.compiler.printer import format_graph
 from dln.compiler.program import Program
 from dln.dsl.diagnostics import Diagnostic, DlnError, Note
@@ -49,6 +50,10 @@ class Model:
         self.spec: BuiltModel = pipeline.build_model(program, name, self.hparams_given, training=False,
                                                      from_text=from_text, limits=limits)
         self.name = self.spec.name
+        # A mixed mode changes the graphs (dln.compiler.passes.autocast), on every backend; the others say
+        # how the Triton backend's products use tensor cores.
+        self.precision = precision
+        self.mixed = MIXED.get(precision) if precision is not None else None
         self.backend: Backend = get_backend(backend, precision)
         seed = int(seed)
         rng = np.random.default_rng(seed)
@@ -87,14 +92,14 @@ class Model:
     @property
     def ir(self) -> str:
         """The forward graph of the declared outputs, as text."""
-        return format_graph(pipeline.forward_graph(self.spec))
+        return format_graph(pipeline.forward_graph(self.spec, mixed=self.mixed))
 
     @property
     def backward_ir(self) -> str:
         """The training step (forward, backward, optimizer update) of the file's train section, as text."""
         from dln.runtime.train import default_objective
 
-        step = pipeline.train_step(self.train_spec, default_objective(self))
+        step = pipeline.train_step(self.train_spec, default_objective(self), mixed=self.mixed)
         return format_graph(step.graph)
 
     @property
@@ -103,7 +108,7 @@ class Model:
         from dln.kernels.module import generate_module
         from dln.runtime.train import default_objective
 
-        step = pipeline.train_step(self.train_spec, default_objective(self))
+        step = pipeline.train_step(self.train_spec, default_objective(self), mixed=self.mixed)
         return generate_module(step.graph).source
 
     # ---- parameters -------------------------------------------------------------------------------------
@@ -276,7 +281,7 @@ class Model:
                 raise DlnError(Diagnostic("E0602", f"model {self.name} has no value '{n}'", spec.decl.name.span))
         key = ("run", training, names)
         if key not in self._prepared:
-            graph = pipeline.forward_graph(spec, names, self.debug)
+            graph = pipeline.forward_graph(spec, names, self.debug, self.mixed)
             self._prepared[key] = (graph, self.backend.prepare(graph, self.persistent, spec.state_donations()))
         graph, prepared = self._prepared[key]
         results = self._execute(spec, graph, prepared, inputs)
@@ -291,7 +296,7 @@ class Model:
             raise DlnError(Diagnostic("E0602", f"model {self.name} has no value '{loss}'", spec.decl.name.span))
         key = ("grad", loss)
         if key not in self._prepared:
-            graph = pipeline.gradient_graph(spec, loss, self.debug)
+            graph = pipeline.gradient_graph(spec, loss, self.debug, self.mixed)
             self._prepared[key] = (graph, self.backend.prepare(graph, self.persistent, spec.state_donations()))
         graph, prepared = self._prepared[key]
         results = self._execute(spec, graph, prepared, inputs)
@@ -408,8 +413,10 @@ def compile(source: str | Path, backend: str | None = None, model: str | None = 
     """Compile a `.dln` file (a path) or source text; keyword arguments override hyperparameters
     (NumPy scalars such as `np.int64(8)` count as the Python numbers they hold).
 
-    `backend`: "numpy" or "triton" (default: triton with a CUDA GPU, else numpy).  `precision` (Triton):
-    "ieee" exact fp32 matrix products (default), or "tf32", "tf32x3", "bf16x3" tensor-core modes.
+    `backend`: "numpy" or "triton" (default: triton with a CUDA GPU, else numpy).  `precision`:
+    "bf16-mixed" or "16-mixed", mixed precision on every backend (torch.autocast: products in bf16 or
+    f16 from float32 master weights; "16-mixed" training scales the loss as torch.amp.GradScaler); or,
+    for Triton's float32 products, "ieee" (exact, the default), "tf32", "tf32x3", "bf16x3".
     `max_nodes`, `max_unroll`: bounds on the model's forward graph and its `repeat` iterations
     (dln.compiler.limits); a program past them is an error E0312 rather than a compile without end."""
     _check_source(source)

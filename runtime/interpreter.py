@@ -23,7 +23,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from dln.compiler.composites import expanded
-from dln.compiler.ir import Graph, GroupOp, Node, Op, TensorType
+from dln.compiler.ir import DType, Graph, GroupOp, Node, Op, TensorType
 from dln.compiler.pipeline import lower
 from dln.compiler.symbolic import evaluate as evaluate_size
 from dln.dsl.diagnostics import Diagnostic, DlnError
@@ -31,7 +31,8 @@ from dln.runtime.checks import check_sizes
 from dln.runtime.init import physical_memory
 from dln.runtime import numpy_scan
 from dln.runtime.numpy_conv import PREPARED
-from dln.runtime.numpy_ops import IMPLS, REDUCTIONS, short_axis_reduction, UFUNCS, VIEW_OPS, concrete_shape, np_dtype
+from dln.runtime.numpy_ops import (IMPLS, REDUCTIONS, UFUNCS, VIEW_OPS, bf16_rounded, concrete_shape, np_dtype,
+                                   round_bf16, short_axis_reduction)
 
 
 
@@ -47,6 +48,8 @@ def evaluate(graph: Graph, inputs: Mapping[str, np.ndarray], env: dict[str, Any]
             values[n.id] = tuple(parts.values()) if n.results else parts["y0"]
         else:
             values[n.id] = IMPLS[n.op](n, [values[i] for i in n.inputs], None, env)
+            if n.dtype is DType.BF16 and n.op not in VIEW_OPS and not n.results:
+                round_bf16(values[n.id])   # bf16 is float32 in NumPy: a computed value is rounded to it
     return {name: values[i] for name, i in graph.outputs}
 
 
@@ -139,6 +142,8 @@ class _Plan:
             if n.op in (Op.CONST, Op.IOTA, Op.SYMSIZE) or (n.op is not Op.RAND and n.inputs
                                                             and all(i in static for i in n.inputs)):
                 arrays[n.id] = _at(n, IMPLS[n.op], n, args, None, env)
+                if n.dtype is DType.BF16 and n.op not in VIEW_OPS and not n.results:
+                    round_bf16(arrays[n.id])
                 static.add(n.id)
                 root[n.id] = n.id
                 continue
@@ -244,7 +249,13 @@ def _key(a: np.ndarray) -> tuple:
 
 
 def _bind(n: Node, args: list[np.ndarray], out: np.ndarray, env: dict[str, Any], shared: dict) -> Callable[[], Any]:
-    """The node's computation as one prebound call."""
+    """The node's computation as one prebound call (a bf16 result rounded to bf16 after it)."""
+    return bf16_rounded(n, _call(n, args, out, env, shared), out)
+
+
+def _call(n: Node, args: list[np.ndarray], out: np.ndarray, env: dict[str, Any], shared: dict) -> Callable[[], Any]:
+    if n.op is Op.MATMUL and out.dtype == np.float16:   # f16 products in float32 (numpy_ops._matmul)
+        return functools.partial(np.matmul, *args, out=out, dtype=np.float32)
     direct = UFUNCS.get(n.op)
     if direct is not None:
         return functools.partial(direct, *args, out=out)

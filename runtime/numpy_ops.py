@@ -21,7 +21,7 @@ from dln.runtime.checks import check_indices
 
 NUMPY_DTYPES: dict[DType, np.dtype] = {
     DType.F16: np.dtype(np.float16),
-    DType.BF16: np.dtype(np.float32),  # NumPy has no bfloat16: computed in float32
+    DType.BF16: np.dtype(np.float32),  # NumPy has no bfloat16: float32 arrays holding bf16 values (round_bf16)
     DType.F32: np.dtype(np.float32),
     DType.F64: np.dtype(np.float64),
     DType.I32: np.dtype(np.int32),
@@ -32,6 +32,33 @@ NUMPY_DTYPES: dict[DType, np.dtype] = {
 Impl = Callable[[Node, list[np.ndarray], "np.ndarray | None", dict[str, Any]], np.ndarray]
 IMPLS: dict[Op, Impl] = {}
 VIEW_OPS = frozenset({Op.RESHAPE, Op.BROADCAST, Op.PERMUTE, Op.SLICE, Op.DETACH, Op.CONST, Op.INPUT})
+
+
+def round_bf16(a: np.ndarray) -> np.ndarray:
+    """Round the float32 array `a` to bf16 values in place, as torch's float -> bfloat16 conversion does:
+    to nearest, ties to even, on the top 16 bits (add 0x7FFF plus the lowest kept bit, drop the low
+    half); infinities stay, NaN stays NaN (its carry could reach the sign bit: put back after)."""
+    bits = a.view(np.uint32)
+    nan = np.isnan(a)
+    lsb = np.right_shift(bits, 16)
+    np.bitwise_and(lsb, 1, out=lsb)
+    lsb += 0x7FFF
+    bits += lsb
+    bits &= np.uint32(0xFFFF0000)
+    if nan.any():
+        a[nan] = np.nan
+    return a
+
+
+def bf16_rounded(node: Node, fn: Callable[[], Any], out: np.ndarray) -> Callable[[], Any]:
+    """A planned step of a bf16 node, its result rounded to bf16 after it (a no-op wrapper otherwise)."""
+    if node.dtype is not DType.BF16 or node.results:
+        return fn
+
+    def step() -> Any:
+        fn()
+        return round_bf16(out)
+    return step
 
 
 def concrete_shape(node: Node, env: dict[str, Any]) -> tuple[int, ...]:
@@ -106,6 +133,13 @@ for _op, _f in UFUNCS.items():
     IMPLS[_op] = _ufunc(_f)
 
 
+@impl(Op.MATMUL)
+def _matmul(node, args, out, env):
+    """f16 products in float32, rounded once (NumPy's own f16 product has no BLAS and sums in f16)."""
+    out = _alloc(node, out, env)
+    return np.matmul(*args, out=out, dtype=np.float32 if out.dtype == np.float16 else None)
+
+
 def _scipy_special(name: str) -> Callable:
     """scipy.special's ufuncs, imported on first use (scipy is slow to import)."""
     def run(node, args, out, env):
@@ -138,6 +172,8 @@ IMPLS[Op.ERF] = _scipy_special("erf")
 @impl(Op.CONST)
 def _const(node, args, out, env):
     value = np.array(node.attrs["value"], dtype=np_dtype(node.dtype))
+    if node.dtype is DType.BF16:
+        value = round_bf16(value.reshape(1)).reshape(())
     return np.broadcast_to(value, concrete_shape(node, env))
 
 
