@@ -22,7 +22,7 @@ import numpy as np
 
 from dln.compiler import pipeline
 from dln.compiler.build import BuiltModel, InputInfo
-from dln.compiler.ir import Graph, Op
+from dln.compiler.ir import DType, Graph, Op
 from dln.compiler.limits import DEFAULT_LIMITS, Limits
 from dln.compiler.passes.autocast import MIXED
 from dln.compiler.printer import format_graph
@@ -31,6 +31,7 @@ from dln.dsl.diagnostics import Diagnostic, DlnError, Note
 from dln.runtime import binding, init, loading
 from dln.runtime.backends import Backend, get_backend
 from dln.runtime.loading import Loaded
+from dln.runtime.numpy_ops import round_bf16
 
 
 class Model:
@@ -59,6 +60,7 @@ class Model:
         rng = np.random.default_rng(seed)
         self._params: dict[str, Any] = init.draw_all(self.spec.params, rng, self.backend.asarray)
         self._state: dict[str, Any] = init.draw_all(self.spec.state, rng, self.backend.asarray)
+        self._round_bf16(self._params)
         self._train_spec: BuiltModel | None = None
         self._prepared: dict[tuple, tuple[Graph, Any]] = {}
         self._rng_seed = seed
@@ -177,7 +179,16 @@ class Model:
         loaded = [k for k in slots if k in arrays]
         for k in loaded:
             self.backend.copy_into(slots[k], arrays[k])
+        self._round_bf16({k: slots[k] for k in loaded})
         return Loaded(loaded, missing, unexpected)
+
+    def _round_bf16(self, buffers: Mapping[str, Any]) -> None:
+        """bf16 parameters and state hold bf16 values: NumPy keeps them in float32 arrays (numpy_ops),
+        which a draw or a load fills with float32 values; rounded here, as torch's `.bfloat16()` rounds."""
+        bf16 = {i.name for i in [*self.spec.params, *self.spec.state] if i.type.dtype is DType.BF16}
+        for name, buf in buffers.items():
+            if name in bf16 and isinstance(buf, np.ndarray):
+                round_bf16(buf)
 
     def copy_from(self, other: "Model", tau: float | None = None) -> None:
         """The weights of `other`, a model of the same program (a DQN's target network from its online

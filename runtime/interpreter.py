@@ -23,7 +23,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from dln.compiler.composites import expanded
-from dln.compiler.ir import Graph, GroupOp, Node, Op, TensorType
+from dln.compiler.ir import DType, Graph, GroupOp, Node, Op, TensorType
 from dln.compiler.pipeline import lower
 from dln.compiler.symbolic import evaluate as evaluate_size
 from dln.dsl.diagnostics import Diagnostic, DlnError
@@ -43,6 +43,8 @@ def evaluate(graph: Graph, inputs: Mapping[str, np.ndarray], env: dict[str, Any]
     for n in graph.nodes:
         if n.op is Op.INPUT:
             values[n.id] = inputs[n.attrs["name"]]
+            if n.dtype is DType.BF16:   # fed as float32: its bf16 value
+                values[n.id] = round_bf16(np.array(values[n.id], np.float32))
         elif n.op is Op.COMPOSITE:   # by its definition: its decomposition
             parts = evaluate(expanded(n, tuple(graph.node(i).type for i in n.inputs)),
                              {f"x{k}": values[i] for k, i in enumerate(n.inputs)}, env)
@@ -101,6 +103,7 @@ class _Plan:
         graph = exe.graph
         self.env = env
         self.feed_buffers: list[tuple[str, np.ndarray]] = []
+        self.bf16_feeds: list[np.ndarray] = []
         self.steps: list[Callable[[], Any]] = []
         self.step_nodes: list[Node] = []
         self.shared: dict = {}   # scratch the prepared steps share (numpy_conv's column matrices)
@@ -140,6 +143,8 @@ class _Plan:
                 else:
                     buf = _at(n, np.empty, concrete_shape(n, env), np_dtype(n.dtype))
                     self.feed_buffers.append((name, buf))
+                    if n.dtype is DType.BF16:
+                        self.bf16_feeds.append(buf)
                     arrays[n.id] = buf
                 continue
             if n.op in (Op.CONST, Op.IOTA, Op.SYMSIZE) or (n.op is not Op.RAND and n.inputs
@@ -209,6 +214,8 @@ class _Plan:
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         for name, buf in self.feed_buffers:
             np.copyto(buf, feeds[name], casting="unsafe")
+        for buf in self.bf16_feeds:   # fed as float32: their bf16 values
+            round_bf16(buf)
         k = 0
         try:
             with np.errstate(all="ignore"):
