@@ -82,11 +82,17 @@ def autocast(graph: Graph, dtype: DType) -> Graph:
 
 
 def _cast(b: GraphBuilder, x: Tensor, dtype: DType) -> Tensor:
-    """x as `dtype`; a broadcast value cast before its broadcast (a bias: its row, not its batch)."""
-    node = b.index[x.id]
-    if node.op is Op.BROADCAST and x.dtype is not dtype:
-        return b.broadcast_to(b.cast(b.tensor(node.inputs[0]), dtype), x.shape)
-    return b.cast(x, dtype)
+    """x as `dtype`, the cast moved under its reshapes and broadcasts (a bias: its row is cast, not its
+    batch; and the parameter's gradient comes out of one cast of the gradient, not a cast between
+    reshapes of it)."""
+    node, views = b.index[x.id], []
+    while node.op in (Op.BROADCAST, Op.RESHAPE) and x.dtype is not dtype:
+        views.append(node)
+        node = b.index[node.inputs[0]]
+    t = b.cast(b.tensor(node.id), dtype)
+    for v in reversed(views):
+        t = b.emit(v.op, (t,), v.attrs)
+    return t
 
 
 def _targets(b: GraphBuilder, n: Node, ins: list[Tensor], original: dict[int, Node],
