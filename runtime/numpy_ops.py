@@ -41,7 +41,7 @@ def round_bf16(a: np.ndarray) -> np.ndarray:
     """Round the float32 array `a` to bf16 values in place, as torch's float -> bfloat16 conversion does:
     to nearest, ties to even, on the top 16 bits (add 0x7FFF plus the lowest kept bit, drop the low
     half); infinities stay, NaN stays NaN (its carry could reach the sign bit: put back after)."""
-    bits = a.view(np.uint32)
+    bits = np.atleast_1d(a).view(np.uint32)   # (a 0-d array as a 1-d view: ufuncs return arrays)
     nan = np.isnan(a)
     lsb = np.right_shift(bits, 16)
     np.bitwise_and(lsb, 1, out=lsb)
