@@ -399,8 +399,11 @@ def cmd_eval(args) -> int:
     from dln.runtime.train import Trainer, recipe_for
 
     model = _model(args, args.backend)
-    _load_weights(model, args)
     recipe = recipe_for(model)
+    if args.precision is None and recipe.precision is not None:   # evaluated as it trained
+        args.precision = recipe.precision
+        model = _model(args, args.backend)
+    _load_weights(model, args)
     base = Path(model.program.path).parent
     trainer = Trainer(model, recipe, base, progress=False)
     train, val = trainer._data()
