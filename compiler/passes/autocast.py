@@ -47,7 +47,7 @@ LOWER = GroupOp.Contraction
 LOWER_COMPOSITES = frozenset({"sdpa"})
 FP32 = frozenset({Op.EXP, Op.LOG, Op.LOG1P, Op.RSQRT, Op.POW, Op.SUM})
 FP32_COMPOSITES = frozenset({"cross_entropy", "layernorm"})
-# Ops whose operands need not agree in type (an index, a condition): only their float operands promote.
+# The types autocast casts (float64 never, as in torch); leaves (inputs, constants) keep their types.
 _LEAVES = GroupOp.Leaf
 _AUTOCASTABLE = frozenset({DType.F16, DType.BF16, DType.F32})
 
