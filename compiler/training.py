@@ -12,7 +12,7 @@ touched, as torch skips parameters whose grad is None.
 Under mixed precision (`mixed`, dln.compiler.passes.autocast) the forward
 graph is autocast before autodiff; the parameters and optimizer state stay
 float32.  Under f16 (`16-mixed`) the step also scales its loss as
-`torch.amp.GradScaler` does (`_scaled`): two more state slots, the scale and
+`torch.amp.GradScaler` does (`_scale_loss`, `_unscale`, `_update_scale`): two more state slots, the scale and
 the count of steps since it last changed, and one more output, `found_inf`,
 1 when a gradient overflowed and the step left parameters and optimizer
 state as they were (the host then does not count it: Adam's step count).
