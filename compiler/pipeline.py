@@ -23,7 +23,8 @@ from typing import Callable, Sequence
 
 from dln.compiler.autodiff import grad
 from dln.compiler.build import BuiltModel, build_model
-from dln.compiler.ir import Graph
+from dln.compiler.ir import DType, Graph
+from dln.compiler.passes.autocast import autocast
 from dln.compiler.passes.cse import cse
 from dln.compiler.passes.dce import dce
 from dln.compiler.passes.decompose import Keep, decompose, keep_none
@@ -63,12 +64,13 @@ def optimize(graph: Graph, debug: bool = False) -> Graph:
 
 
 def forward_graph(model: BuiltModel, outputs: Sequence[str] | None = None, debug: bool = False,
-                  merge: bool = False) -> Graph:
+                  mixed: DType | None = None, merge: bool = False) -> Graph:
     """The graph computing `outputs` (declared outputs by default; any named value or metric may be asked
     for), and the new value of every model state the build assigns (`new:<name>`, donated to it by
-    `model.state_donations()`): a run in training mode updates the running statistics.  `merge`: products
-    sharing an operand become one (`horizontal`; after folding, so that a batch norm still folds into the
-    weight before it)."""
+    `model.state_donations()`): a run in training mode updates the running statistics.  `mixed`: the
+    type of the products under mixed precision (dln.compiler.passes.autocast), None for float32.
+    `merge`: products sharing an operand become one (`horizontal`; after folding, so that a batch norm
+    still folds into the weight before it)."""
     names = list(outputs) if outputs is not None else model.outputs
     pairs = []
     for name in names:
@@ -78,7 +80,8 @@ def forward_graph(model: BuiltModel, outputs: Sequence[str] | None = None, debug
             pairs.append((name, model.values[name]))
         else:
             pairs.append((name, model.metrics[name]))
-    g = optimize(model.graph.with_outputs(pairs + model.state_outputs() + model.carry_outputs()), debug)
+    g = model.graph.with_outputs(pairs + model.state_outputs() + model.carry_outputs())
+    g = optimize(autocast(g, mixed) if mixed is not None else g, debug)
     if not model.training:
         # Evaluation: batch norm (any per-channel scale and shift) moves into the weights before it.
         folded = fold_affine(g)
@@ -105,24 +108,29 @@ def _merged_model(model: BuiltModel, roots: Sequence[int], debug: bool) -> Built
 
 
 def train_step(model: BuiltModel, objective: Objective, clip_grad: float | None = None,
-               debug: bool = False, merge: bool = False) -> TrainStep:
+               debug: bool = False, mixed: DType | None = None, merge: bool = False) -> TrainStep:
+    """`mixed`: as for `forward_graph`; under f16 the step scales its loss (`build_step`).  `merge`: the
+    products the step needs that share an operand become one before autodiff (`horizontal`)."""
     if merge:
         roots = [model.values[objective.loss], *model.metrics.values(), *model.updates.values()]
         model = _merged_model(model, roots, debug)
-    step = build_step(model, objective, clip_grad)
+    step = build_step(model, objective, clip_grad, mixed)
     step.graph = optimize(step.graph, debug)
     return step
 
 
-def gradient_graph(model: BuiltModel, loss: str, debug: bool = False, merge: bool = False) -> Graph:
+def gradient_graph(model: BuiltModel, loss: str, debug: bool = False, mixed: DType | None = None,
+                   merge: bool = False) -> Graph:
     """The value of scalar `loss` (`loss`), its gradient for every parameter it reaches (`grad:<name>`) and
-    the new model state: forward and backward without an optimizer (`Model.value_and_grad`)."""
-    loss_id = model.values[loss]
+    the new model state: forward and backward without an optimizer (`Model.value_and_grad`); `mixed` and
+    `merge` as for `train_step` (no loss scaling: the gradients are the float32 parameters' own)."""
     if merge:
-        model = _merged_model(model, [loss_id, *model.updates.values()], debug)
+        model = _merged_model(model, [model.values[loss], *model.updates.values()], debug)
     # Outputs named before autodiff, which may replace nodes (a composite's decomposition), read after.
-    full, grads, _ = grad(model.graph.with_outputs([("loss", loss_id)] + model.state_outputs()), loss_id,
-                          [p.node for p in model.params])
+    forward = model.graph.with_outputs([("loss", model.values[loss])] + model.state_outputs())
+    if mixed is not None:
+        forward = autocast(forward, mixed)
+    full, grads, _ = grad(forward, forward.output("loss").id, [p.node for p in model.params])
     outputs = list(full.outputs) + [(f"grad:{p.name}", grads[p.node]) for p in model.params
                                     if grads[p.node] is not None]
     return optimize(full.with_outputs(outputs), debug)

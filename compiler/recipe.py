@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Collection, Mapping
 from dln.compiler.builtins import Arg
 from dln.compiler.ir import TensorType
 from dln.compiler.optimizers import OPTIMIZERS
+from dln.compiler.passes.autocast import MIXED
 from dln.compiler.program import Program
 from dln.compiler.train_functions import FILLS, TRAIN_BUILTINS, call
 from dln.compiler.values import ListValue, RecordValue, TrainValue, TupleValue, Value, describe
@@ -70,6 +71,7 @@ class Recipe:
     augment: list[TrainValue] = field(default_factory=list)
     checkpoint: str | None = None
     images: list[str] = field(default_factory=list)   # values drawn as a grid at the end (images.png)
+    precision: str | None = None   # a mixed mode (dln.compiler.passes.autocast.MIXED); None: float32
     spans: dict[str, Span] = field(default_factory=dict)
 
     @property
@@ -94,7 +96,7 @@ class Recipe:
 DEFAULT_OPTIMIZER = OptimizerSpec("adam", dict(OPTIMIZERS["adam"].defaults))
 
 _SETTINGS = {"data", "validate", "inputs", "optimizer", "batch", "epochs", "seed", "clip_grad", "schedule",
-             "early_stop", "augment", "checkpoint", "images"}
+             "early_stop", "augment", "checkpoint", "images", "precision"}
 
 
 def model_of(program: Program, train: ast.Train) -> ast.Model:
@@ -363,6 +365,9 @@ def _apply(recipe: Recipe, key: str, value: Value, span: Span | None) -> None:
     elif key == "checkpoint":
         need(isinstance(value, str) and value != "", "a directory path")
         recipe.checkpoint = value
+    elif key == "precision":
+        need(isinstance(value, str) and value in MIXED, " or ".join(f'"{m}"' for m in MIXED))
+        recipe.precision = value
 
 
 def _eval(e: ast.Expr) -> Value:

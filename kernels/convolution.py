@@ -42,6 +42,7 @@ from dln.kernels.templates import (
     _split,
     _start,
     _store_members,
+    product_value,
     reduction_tiles,
 )
 
@@ -235,8 +236,7 @@ def convolution(plan: FusionPlan, group: Group, k: int, precision: str = "ieee")
                 text = f"tl.broadcast_to({text}, [BLOCK_M, BLOCK_N])"
             em.line(f"{var.name} = {text}")
             em.vars[var.name] = var.name
-    value = "acc" if node.dtype in (DType.F32, DType.F64) else f"acc.to({TL_DTYPES[node.dtype]})"
-    em.fix(node.id, at, value)
+    em.fix(node.id, at, product_value(g, group, node))
     _store_members(em, plan, group, lambda m: group.domain.canonical(g.node(m).shape))
     grid = [f"triton.cdiv({render_dim(M)}, meta['BLOCK_M']) * triton.cdiv({render_dim(N)}, meta['BLOCK_N'])",
             str(gemm.groups)]

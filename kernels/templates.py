@@ -138,6 +138,23 @@ def _finish(name: str, kind: str, em: Emitter, pointers: dict[int, Pointer], blo
                         zero or [], em.wide)
 
 
+def product_value(g: Graph, group: Group, node) -> str:
+    """The epilogue's value of a matmul or convolution: the fp32 accumulator, rounded to the product's
+    type, except where its one reader is an add of that type (a bias; the product is not stored, so the
+    add is in this kernel's epilogue): torch's linear
+    and convolutions add the bias to the fp32 accumulator and round once (dln.runtime.numpy_ops.
+    bias_products), and so does this epilogue.  (Where the plan stores the product and adds the bias in
+    another kernel, it is rounded twice: a unit in the last place from the NumPy backend's value.)"""
+    if node.dtype in (DType.F32, DType.F64):
+        return "acc"
+    readers = g.users()[node.id]
+    if node.id not in group.stores and len(readers) == 1 \
+            and g.node(readers[0]).op is Op.ADD and g.node(readers[0]).dtype is node.dtype \
+            and node.id not in {i for _, i in g.outputs}:
+        return "acc"
+    return f"acc.to({TL_DTYPES[node.dtype]})"
+
+
 def _store_members(em: Emitter, plan: FusionPlan, group: Group, at_of) -> None:
     for m in group.members:
         if m in group.stores:
@@ -432,8 +449,7 @@ def matmul(plan: FusionPlan, group: Group, k: int, precision: str = "ieee") -> K
         prec = "" if mm.dtype is DType.F64 else f", input_precision={precision!r}"
         em.line(f"acc = tl.dot(a, b, acc{prec})")
     em.line(f"mask = (m < {m_text}) & (n < {n_text})")
-    value = "acc" if mm.dtype in (DType.F32, DType.F64) else f"acc.to({TL_DTYPES[mm.dtype]})"
-    em.fix(mm.id, at, value)
+    em.fix(mm.id, at, product_value(g, group, mm))
     _store_members(em, plan, group, lambda m: group.domain.canonical(g.node(m).shape))
     grid = [f"triton.cdiv({render_dim(M)}, meta['BLOCK_M']) * triton.cdiv({render_dim(N)}, meta['BLOCK_N'])"]
     if batch:

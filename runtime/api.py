@@ -22,14 +22,16 @@ import numpy as np
 
 from dln.compiler import pipeline
 from dln.compiler.build import BuiltModel, InputInfo
-from dln.compiler.ir import Graph, Op
+from dln.compiler.ir import DType, Graph, Op
 from dln.compiler.limits import DEFAULT_LIMITS, Limits
+from dln.compiler.passes.autocast import MIXED
 from dln.compiler.printer import format_graph
 from dln.compiler.program import Program
 from dln.dsl.diagnostics import Diagnostic, DlnError, Note
 from dln.runtime import binding, init, loading
 from dln.runtime.backends import MERGES_PRODUCTS, Backend, get_backend
 from dln.runtime.loading import Loaded
+from dln.runtime.numpy_ops import round_bf16
 
 
 class Model:
@@ -49,11 +51,16 @@ class Model:
         self.spec: BuiltModel = pipeline.build_model(program, name, self.hparams_given, training=False,
                                                      from_text=from_text, limits=limits)
         self.name = self.spec.name
+        # A mixed mode changes the graphs (dln.compiler.passes.autocast), on every backend; the others say
+        # how the Triton backend's products use tensor cores.
+        self.precision = precision
+        self.mixed = MIXED.get(precision) if precision is not None else None
         self.backend: Backend = get_backend(backend, precision)
         seed = int(seed)
         rng = np.random.default_rng(seed)
         self._params: dict[str, Any] = init.draw_all(self.spec.params, rng, self.backend.asarray)
         self._state: dict[str, Any] = init.draw_all(self.spec.state, rng, self.backend.asarray)
+        self._round_bf16(self._params)
         self._train_spec: BuiltModel | None = None
         self._prepared: dict[tuple, tuple[Graph, Any]] = {}
         self._rng_seed = seed
@@ -87,14 +94,14 @@ class Model:
     @property
     def ir(self) -> str:
         """The forward graph of the declared outputs, as text."""
-        return format_graph(pipeline.forward_graph(self.spec))
+        return format_graph(pipeline.forward_graph(self.spec, mixed=self.mixed))
 
     @property
     def backward_ir(self) -> str:
         """The training step (forward, backward, optimizer update) of the file's train section, as text."""
         from dln.runtime.train import default_objective
 
-        step = pipeline.train_step(self.train_spec, default_objective(self))
+        step = pipeline.train_step(self.train_spec, default_objective(self), mixed=self.mixed)
         return format_graph(step.graph)
 
     @property
@@ -103,7 +110,7 @@ class Model:
         from dln.kernels.module import generate_module
         from dln.runtime.train import default_objective
 
-        step = pipeline.train_step(self.train_spec, default_objective(self))
+        step = pipeline.train_step(self.train_spec, default_objective(self), mixed=self.mixed)
         return generate_module(step.graph).source
 
     # ---- parameters -------------------------------------------------------------------------------------
@@ -172,7 +179,16 @@ class Model:
         loaded = [k for k in slots if k in arrays]
         for k in loaded:
             self.backend.copy_into(slots[k], arrays[k])
+        self._round_bf16({k: slots[k] for k in loaded})
         return Loaded(loaded, missing, unexpected)
+
+    def _round_bf16(self, buffers: Mapping[str, Any]) -> None:
+        """bf16 parameters and state hold bf16 values: NumPy keeps them in float32 arrays (numpy_ops),
+        which a draw or a load fills with float32 values; rounded here, as torch's `.bfloat16()` rounds."""
+        bf16 = {i.name for i in [*self.spec.params, *self.spec.state] if i.type.dtype is DType.BF16}
+        for name, buf in buffers.items():
+            if name in bf16 and isinstance(buf, np.ndarray):
+                round_bf16(buf)
 
     def copy_from(self, other: "Model", tau: float | None = None) -> None:
         """The weights of `other`, a model of the same program (a DQN's target network from its online
@@ -276,7 +292,8 @@ class Model:
                 raise DlnError(Diagnostic("E0602", f"model {self.name} has no value '{n}'", spec.decl.name.span))
         key = ("run", training, names)
         if key not in self._prepared:
-            graph = pipeline.forward_graph(spec, names, self.debug, merge=MERGES_PRODUCTS[self.backend.name])
+            graph = pipeline.forward_graph(spec, names, self.debug, self.mixed,
+                                           merge=MERGES_PRODUCTS[self.backend.name])
             self._prepared[key] = (graph, self.backend.prepare(graph, self.persistent, spec.state_donations()))
         graph, prepared = self._prepared[key]
         results = self._execute(spec, graph, prepared, inputs)
@@ -291,7 +308,8 @@ class Model:
             raise DlnError(Diagnostic("E0602", f"model {self.name} has no value '{loss}'", spec.decl.name.span))
         key = ("grad", loss)
         if key not in self._prepared:
-            graph = pipeline.gradient_graph(spec, loss, self.debug, merge=MERGES_PRODUCTS[self.backend.name])
+            graph = pipeline.gradient_graph(spec, loss, self.debug, self.mixed,
+                                            merge=MERGES_PRODUCTS[self.backend.name])
             self._prepared[key] = (graph, self.backend.prepare(graph, self.persistent, spec.state_donations()))
         graph, prepared = self._prepared[key]
         results = self._execute(spec, graph, prepared, inputs)
@@ -408,8 +426,10 @@ def compile(source: str | Path, backend: str | None = None, model: str | None = 
     """Compile a `.dln` file (a path) or source text; keyword arguments override hyperparameters
     (NumPy scalars such as `np.int64(8)` count as the Python numbers they hold).
 
-    `backend`: "numpy" or "triton" (default: triton with a CUDA GPU, else numpy).  `precision` (Triton):
-    "ieee" exact fp32 matrix products (default), or "tf32", "tf32x3", "bf16x3" tensor-core modes.
+    `backend`: "numpy" or "triton" (default: triton with a CUDA GPU, else numpy).  `precision`:
+    "bf16-mixed" or "16-mixed", mixed precision on every backend (torch.autocast: products in bf16 or
+    f16 from float32 master weights; "16-mixed" training scales the loss as torch.amp.GradScaler); or,
+    for Triton's float32 products, "ieee" (exact, the default), "tf32", "tf32x3", "bf16x3".
     `max_nodes`, `max_unroll`: bounds on the model's forward graph and its `repeat` iterations
     (dln.compiler.limits); a program past them is an error E0312 rather than a compile without end."""
     _check_source(source)

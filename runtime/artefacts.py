@@ -20,6 +20,7 @@ from dln.compiler.ir import Graph, Op
 from dln.compiler.printer import format_graph, op_name
 from dln.dsl.diagnostics import DlnError
 from dln.runtime.backends import MERGES_PRODUCTS
+from dln.kernels.precision import dot_precision
 from dln.runtime.checkpoint import save_json
 
 
@@ -59,7 +60,7 @@ def write_artefacts(model, out: Path, backend: str = "numpy", target: str | None
 
     out.mkdir(parents=True, exist_ok=True)
     merge = MERGES_PRODUCTS[backend]   # the graphs that backend runs
-    forward = pipeline.forward_graph(model.spec, merge=merge)
+    forward = pipeline.forward_graph(model.spec, mixed=model.mixed, merge=merge)
     (out / "forward.ir").write_text(format_graph(forward))
     files = ["forward.ir"]
     step_graph = None
@@ -68,7 +69,7 @@ def write_artefacts(model, out: Path, backend: str = "numpy", target: str | None
     except DlnError:
         objective = None
     if objective is not None:
-        step = pipeline.train_step(model.train_spec, objective, merge=merge)
+        step = pipeline.train_step(model.train_spec, objective, mixed=model.mixed, merge=merge)
         step_graph = step.graph
         (out / "backward.ir").write_text(format_graph(step_graph))
         files.append("backward.ir")
@@ -76,7 +77,8 @@ def write_artefacts(model, out: Path, backend: str = "numpy", target: str | None
         from dln.kernels.artefacts import write_kernel_artefacts
 
         graph, donate = (step.graph, step.donate) if step_graph is not None else (forward, {})
-        files += write_kernel_artefacts(graph, out, donate, target=target, log=log, precision=precision)
+        files += write_kernel_artefacts(graph, out, donate, target=target, log=log,
+                                        precision=dot_precision(precision))
     files.append("manifest.json")
     save_json(out / "manifest.json", manifest(model, forward, step_graph, files))
     return files

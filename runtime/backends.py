@@ -75,11 +75,13 @@ def cuda_visible() -> bool:
 
 def get_backend(name: str | None, precision: str | None = None) -> Backend:
     """`precision`: how the Triton backend's matrix products use tensor cores — "ieee" (exact fp32,
-    the default), "tf32", "tf32x3" or "bf16x3" (Triton's `tl.dot` input precisions)."""
-    from dln.kernels.precision import PRECISIONS
+    the default), "tf32", "tf32x3" or "bf16x3" (Triton's `tl.dot` input precisions); or a mixed mode
+    ("bf16-mixed", "16-mixed"), which the model applies to its graphs on every backend (their float32
+    products, if any, stay "ieee")."""
+    from dln.kernels.precision import MODES, dot_precision
 
-    if precision is not None and precision not in PRECISIONS:
-        raise DlnError(Diagnostic("E0601", f"unknown precision '{precision}'; precisions: {', '.join(PRECISIONS)}"))
+    if precision is not None and precision not in MODES:
+        raise DlnError(Diagnostic("E0601", f"unknown precision '{precision}'; precisions: {', '.join(MODES)}"))
     if name is None:
         name = "triton" if cuda_visible() and importlib.util.find_spec("triton") else "numpy"
     if name == "numpy":
@@ -90,5 +92,10 @@ def get_backend(name: str | None, precision: str | None = None) -> Backend:
                                       None))
         from dln.runtime.triton_backend import TritonBackend
 
-        return TritonBackend(precision or "ieee")
+        backend = TritonBackend(dot_precision(precision))
+        if os.environ.get("TRITON_INTERPRET") == "1":   # bf16 rounded as on a GPU (dln.runtime.triton_interpreter)
+            from dln.runtime.triton_interpreter import faithful_bf16
+
+            faithful_bf16()
+        return backend
     raise DlnError(Diagnostic("E0601", f"unknown backend '{name}'; backends: {', '.join(BACKENDS)}"))

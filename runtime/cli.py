@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from dln.compiler.limits import DEFAULT_LIMITS, Limits
 from dln.dsl.diagnostics import Diagnostic, DlnError, Note, dedupe, render_all
-from dln.kernels.precision import PRECISIONS
+from dln.kernels.precision import MODES
 
 if TYPE_CHECKING:
     from dln.compiler.ir import Graph
@@ -75,8 +75,10 @@ def _parser() -> argparse.ArgumentParser:
                                 f"{DEFAULT_LIMITS.max_unroll:,})")
         if backend:
             c.add_argument("--backend", choices=["numpy", "triton"], help="default: triton with a GPU, else numpy")
-            c.add_argument("--precision", choices=PRECISIONS,
-                           help="Triton matrix products: exact fp32 (ieee, default) or tensor-core modes")
+            c.add_argument("--precision", choices=MODES,
+                           help="bf16-mixed or 16-mixed: mixed precision on any backend (as torch.autocast, "
+                                "16-mixed training with loss scaling), overriding the train section's; or "
+                                "Triton's float32 products: exact (ieee, default) or tensor-core modes")
         return c
 
     command("check", "parse, resolve and infer shapes; print errors or a summary")
@@ -397,8 +399,11 @@ def cmd_eval(args) -> int:
     from dln.runtime.train import Trainer, recipe_for
 
     model = _model(args, args.backend)
-    _load_weights(model, args)
     recipe = recipe_for(model)
+    if args.precision is None and recipe.precision is not None:   # evaluated as it trained
+        args.precision = recipe.precision
+        model = _model(args, args.backend)
+    _load_weights(model, args)
     base = Path(model.program.path).parent
     trainer = Trainer(model, recipe, base, progress=False)
     train, val = trainer._data()

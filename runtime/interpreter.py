@@ -23,7 +23,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from dln.compiler.composites import expanded
-from dln.compiler.ir import Graph, GroupOp, Node, Op, TensorType
+from dln.compiler.ir import DType, Graph, GroupOp, Node, Op, TensorType
 from dln.compiler.pipeline import lower
 from dln.compiler.symbolic import evaluate as evaluate_size
 from dln.dsl.diagnostics import Diagnostic, DlnError
@@ -31,23 +31,30 @@ from dln.runtime.checks import check_sizes
 from dln.runtime.init import physical_memory
 from dln.runtime import numpy_scan
 from dln.runtime.numpy_conv import PREPARED
-from dln.runtime.numpy_ops import (IMPLS, REDUCTIONS, SHORT_AXIS, short_axis_reduction, UFUNCS, VIEW_OPS,
-                                   concrete_shape, np_dtype)
+from dln.runtime.numpy_ops import (IMPLS, REDUCTIONS, SHORT_AXIS, UFUNCS, VIEW_OPS, accumulate, bf16_rounded,
+                                   bias_products, concrete_shape, np_dtype, round_bf16, rounds_bf16,
+                                   short_axis_reduction)
 
 
 
 def evaluate(graph: Graph, inputs: Mapping[str, np.ndarray], env: dict[str, Any]) -> dict[str, np.ndarray]:
     """Run `graph` once, op by op, allocating as it goes: the definition of its meaning."""
     values: dict[int, np.ndarray] = {}
+    unrounded = bias_products(graph)
     for n in graph.nodes:
         if n.op is Op.INPUT:
             values[n.id] = inputs[n.attrs["name"]]
+            if n.dtype is DType.BF16:   # fed as float32: its bf16 value
+                values[n.id] = round_bf16(np.array(values[n.id], np.float32))
         elif n.op is Op.COMPOSITE:   # by its definition: its decomposition
             parts = evaluate(expanded(n, tuple(graph.node(i).type for i in n.inputs)),
                              {f"x{k}": values[i] for k, i in enumerate(n.inputs)}, env)
             values[n.id] = tuple(parts.values()) if n.results else parts["y0"]
         else:
-            values[n.id] = IMPLS[n.op](n, [values[i] for i in n.inputs], None, env)
+            out = np.empty(concrete_shape(n, env), np.float32) if n.id in unrounded else None
+            values[n.id] = IMPLS[n.op](n, [values[i] for i in n.inputs], out, env)
+            if rounds_bf16(n, unrounded):
+                round_bf16(values[n.id])   # bf16 is float32 in NumPy: a computed value is rounded to it
     return {name: values[i] for name, i in graph.outputs}
 
 
@@ -97,10 +104,12 @@ class _Plan:
         graph = exe.graph
         self.env = env
         self.feed_buffers: list[tuple[str, np.ndarray]] = []
+        self.bf16_feeds: list[np.ndarray] = []
         self.steps: list[Callable[[], Any]] = []
         self.step_nodes: list[Node] = []
         self.shared: dict = {}   # scratch the prepared steps share (numpy_conv's column matrices)
         self.copies: list[tuple[np.ndarray, np.ndarray]] = []
+        unrounded = bias_products(graph)
         arrays: dict[int, np.ndarray] = {}
         root: dict[int, int] = {}  # node -> the node owning the memory it views
         static: set[int] = set()
@@ -135,11 +144,15 @@ class _Plan:
                 else:
                     buf = _at(n, np.empty, concrete_shape(n, env), np_dtype(n.dtype))
                     self.feed_buffers.append((name, buf))
+                    if n.dtype is DType.BF16:
+                        self.bf16_feeds.append(buf)
                     arrays[n.id] = buf
                 continue
             if n.op in (Op.CONST, Op.IOTA, Op.SYMSIZE) or (n.op is not Op.RAND and n.inputs
                                                             and all(i in static for i in n.inputs)):
                 arrays[n.id] = _at(n, IMPLS[n.op], n, args, None, env)
+                if rounds_bf16(n, unrounded):
+                    round_bf16(arrays[n.id])
                 static.add(n.id)
                 root[n.id] = n.id
                 continue
@@ -168,10 +181,10 @@ class _Plan:
                 if target is not None and _may_write_into(graph, n, target, root, order):
                     out = arrays[target]
                 else:
-                    out = self._buffer(n, pool, owned)
+                    out = self._buffer(n, pool, owned, wide=n.id in unrounded)
                     if target is not None:
                         self.copies.append((arrays[target], out))
-                self._step(n, _at(n, _bind, n, args, out, env, self.shared))
+                self._step(n, _at(n, _bind, n, args, out, env, self.shared, unrounded))
                 arrays[n.id] = out
             # Return the buffers whose last reader this was.
             for i in set(n.inputs):
@@ -184,10 +197,12 @@ class _Plan:
             if i in exe.persistent:
                 self.outputs = [(name, exe.persistent[i] if name == o else a) for name, a in self.outputs]
 
-    def _buffer(self, n: Node, pool: dict, owned: set, type_: TensorType | None = None) -> np.ndarray:
+    def _buffer(self, n: Node, pool: dict, owned: set, type_: TensorType | None = None,
+                wide: bool = False) -> np.ndarray:
+        """A buffer for the node's result (`wide`: float32, a half product its bias add rounds)."""
         type_ = type_ or n.type
         shape = tuple(evaluate_size(d, self.env) for d in type_.shape)
-        dtype = np_dtype(type_.dtype)
+        dtype = np.dtype(np.float32) if wide else np_dtype(type_.dtype)
         free = pool.get((shape, dtype))
         buf = free.pop() if free else _at(n, np.empty, shape, dtype)
         owned.add(n.id)
@@ -200,6 +215,8 @@ class _Plan:
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         for name, buf in self.feed_buffers:
             np.copyto(buf, feeds[name], casting="unsafe")
+        for buf in self.bf16_feeds:   # fed as float32: their bf16 values
+            round_bf16(buf)
         k = 0
         try:
             with np.errstate(all="ignore"):
@@ -244,8 +261,16 @@ def _key(a: np.ndarray) -> tuple:
     return (a.shape, a.dtype)
 
 
-def _bind(n: Node, args: list[np.ndarray], out: np.ndarray, env: dict[str, Any], shared: dict) -> Callable[[], Any]:
-    """The node's computation as one prebound call."""
+def _bind(n: Node, args: list[np.ndarray], out: np.ndarray, env: dict[str, Any], shared: dict,
+          unrounded: frozenset[int] = frozenset()) -> Callable[[], Any]:
+    """The node's computation as one prebound call (a bf16 result rounded to bf16 after it, unless it
+    is one of the products in `unrounded` that their bias add rounds: numpy_ops.bias_products)."""
+    return bf16_rounded(n, _call(n, args, out, env, shared), out, unrounded)
+
+
+def _call(n: Node, args: list[np.ndarray], out: np.ndarray, env: dict[str, Any], shared: dict) -> Callable[[], Any]:
+    if n.op is Op.MATMUL and args[0].dtype == np.float16:   # f16 products in float32 (numpy_ops._matmul)
+        return functools.partial(np.matmul, *args, out=out, dtype=np.float32)
     direct = UFUNCS.get(n.op)
     if direct is not None:
         return functools.partial(direct, *args, out=out)
@@ -254,7 +279,8 @@ def _bind(n: Node, args: list[np.ndarray], out: np.ndarray, env: dict[str, Any],
         short = short_axis_reduction(n.op, args[0], n.attrs["axes"], out)
         if short is not None:
             return short
-        return functools.partial(reduce, args[0], axis=n.attrs["axes"], keepdims=n.attrs["keepdim"], out=out)
+        return functools.partial(reduce, args[0], axis=n.attrs["axes"], keepdims=n.attrs["keepdim"], out=out,
+                                 **accumulate(n.op, args[0]))
     prepare = PREPARED.get(n.op)
     if prepare is not None:
         return prepare(n, args, out, env, shared)

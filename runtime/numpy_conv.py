@@ -132,10 +132,11 @@ def _prepare_conv(node: Node, args: list[np.ndarray], out: np.ndarray, env, shar
     g = geo.groups
     cols, fill = _columns(node, x, node.inputs[0], out.shape[2:], w.shape[2:], geo, shared)
     target = _into(out, (b, g, co // g, -1))
+    wide = np.float32 if w.dtype == np.float16 else None   # f16 products summed in f32, as torch's
 
     def step() -> np.ndarray:
         fill()
-        np.matmul(w.reshape(1, g, co // g, -1), cols, out=target)     # [B, g, out/g, P]
+        np.matmul(w.reshape(1, g, co // g, -1), cols, out=target, dtype=wide)     # [B, g, out/g, P]
         return out
     return step
 
@@ -184,7 +185,8 @@ def _prepare_conv_transpose(node: Node, args: list[np.ndarray], out: np.ndarray,
 
     def step() -> np.ndarray:
         # [g, cg * prod(K), out/g] @ [B, g, out/g, P]
-        np.matmul(w.reshape(1, g, co // g, -1).transpose(0, 1, 3, 2), y.reshape(b, g, co // g, -1), out=cols)
+        np.matmul(w.reshape(1, g, co // g, -1).transpose(0, 1, 3, 2), y.reshape(b, g, co // g, -1), out=cols,
+                  dtype=np.float32 if w.dtype == np.float16 else None)
         zp.fill(0)
         for into, part in adds:
             np.add(into, part, out=into)

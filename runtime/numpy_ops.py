@@ -14,14 +14,14 @@ from typing import Any, Callable
 
 import numpy as np
 
-from dln.compiler.ir import DType, Node, Op
+from dln.compiler.ir import DType, GroupOp, Node, Op
 from dln.compiler.symbolic import evaluate
 from dln.runtime import philox
 from dln.runtime.checks import check_indices
 
 NUMPY_DTYPES: dict[DType, np.dtype] = {
     DType.F16: np.dtype(np.float16),
-    DType.BF16: np.dtype(np.float32),  # NumPy has no bfloat16: computed in float32
+    DType.BF16: np.dtype(np.float32),  # NumPy has no bfloat16: float32 arrays holding bf16 values (round_bf16)
     DType.F32: np.dtype(np.float32),
     DType.F64: np.dtype(np.float64),
     DType.I32: np.dtype(np.int32),
@@ -32,6 +32,54 @@ NUMPY_DTYPES: dict[DType, np.dtype] = {
 Impl = Callable[[Node, list[np.ndarray], "np.ndarray | None", dict[str, Any]], np.ndarray]
 IMPLS: dict[Op, Impl] = {}
 VIEW_OPS = frozenset({Op.RESHAPE, Op.BROADCAST, Op.PERMUTE, Op.SLICE, Op.DETACH, Op.CONST, Op.INPUT})
+
+
+HALF = frozenset({DType.BF16, DType.F16})
+
+
+def round_bf16(a: np.ndarray) -> np.ndarray:
+    """Round the float32 array `a` to bf16 values in place, as torch's float -> bfloat16 conversion does:
+    to nearest, ties to even, on the top 16 bits (add 0x7FFF plus the lowest kept bit, drop the low
+    half); infinities stay, NaN stays NaN (its carry could reach the sign bit: put back after)."""
+    bits = np.atleast_1d(a).view(np.uint32)   # (a 0-d array as a 1-d view: ufuncs return arrays)
+    nan = np.isnan(a)
+    lsb = np.right_shift(bits, 16)
+    np.bitwise_and(lsb, 1, out=lsb)
+    lsb += 0x7FFF
+    bits += lsb
+    bits &= np.uint32(0xFFFF0000)
+    if nan.any():
+        a[nan] = np.nan
+    return a
+
+
+def bias_products(graph) -> frozenset[int]:
+    """The half-precision products (matmul, convolution; bf16 or f16) whose one reader is an add of their
+    type: torch's linear and convolutions add their bias to the float32 accumulator and round once (as a
+    GPU kernel's epilogue does), so such a product is kept in float32, unrounded, and the add rounds."""
+    users = graph.users()
+    outputs = {i for _, i in graph.outputs}
+    return frozenset(n.id for n in graph.nodes if n.op in GroupOp.Contraction and n.dtype in HALF
+                     and n.id not in outputs and len(users[n.id]) == 1
+                     and graph.node(users[n.id][0]).op is Op.ADD and graph.node(users[n.id][0]).dtype is n.dtype)
+
+
+def rounds_bf16(node: Node, unrounded: frozenset[int] = frozenset()) -> bool:
+    """Is the node's computed result rounded to bf16 (a bf16 node that is no view, no region, not a
+    product its bias add rounds)?"""
+    return node.dtype is DType.BF16 and node.op not in VIEW_OPS and not node.results and node.id not in unrounded
+
+
+def bf16_rounded(node: Node, fn: Callable[[], Any], out: np.ndarray,
+                 unrounded: frozenset[int] = frozenset()) -> Callable[[], Any]:
+    """A planned step of a node, its result rounded to bf16 after it where `rounds_bf16` says."""
+    if not rounds_bf16(node, unrounded):
+        return fn
+
+    def step() -> Any:
+        fn()
+        return round_bf16(out)
+    return step
 
 
 def concrete_shape(node: Node, env: dict[str, Any]) -> tuple[int, ...]:
@@ -76,7 +124,7 @@ def short_axis_reduction(op: Op, x: np.ndarray, axes: tuple[int, ...], out: np.n
     """`op` over one short axis of x as a few whole-array ufunc calls into `out`, or None where NumPy's own
     reduction is the better (or the only) way."""
     if len(axes) != 1 or not 2 <= x.shape[axes[0]] <= SHORT_AXIS or out.size == 0 or x.dtype != out.dtype \
-            or x.dtype == np.bool_:
+            or x.dtype == np.bool_ or accumulate(op, x):
         return None
     axis = axes[0]
     # views of x (an integer index would give a 0-d copy, frozen at plan time)
@@ -104,6 +152,13 @@ def _ufunc(ufunc: Callable) -> Impl:
 
 for _op, _f in UFUNCS.items():
     IMPLS[_op] = _ufunc(_f)
+
+
+@impl(Op.MATMUL)
+def _matmul(node, args, out, env):
+    """f16 products in float32, rounded once (NumPy's own f16 product has no BLAS and sums in f16)."""
+    out = _alloc(node, out, env)
+    return np.matmul(*args, out=out, dtype=np.float32 if args[0].dtype == np.float16 else None)
 
 
 def _scipy_special(name: str) -> Callable:
@@ -138,6 +193,8 @@ IMPLS[Op.ERF] = _scipy_special("erf")
 @impl(Op.CONST)
 def _const(node, args, out, env):
     value = np.array(node.attrs["value"], dtype=np_dtype(node.dtype))
+    if node.dtype is DType.BF16:
+        value = round_bf16(value.reshape(1)).reshape(())
     return np.broadcast_to(value, concrete_shape(node, env))
 
 
@@ -209,8 +266,15 @@ def _where(node, args, out, env):
 
 def _reduction(fn: Callable) -> Impl:
     def run(node, args, out, env):
-        return fn(args[0], axis=node.attrs["axes"], keepdims=node.attrs["keepdim"], out=_alloc(node, out, env))
+        return fn(args[0], axis=node.attrs["axes"], keepdims=node.attrs["keepdim"], out=_alloc(node, out, env),
+                  **accumulate(node.op, args[0]))
     return run
+
+
+def accumulate(op: Op, x: np.ndarray) -> dict[str, Any]:
+    """A sum of f16 values accumulates in float32 and rounds once, as torch's (and a GPU kernel's) do;
+    NumPy's own f16 sum rounds every partial sum."""
+    return {"dtype": np.float32} if op is Op.SUM and x.dtype == np.float16 else {}
 
 
 for _op, _f in REDUCTIONS.items():

@@ -32,6 +32,7 @@ from dln.dsl.diagnostics import Diagnostic, DlnError, Note
 from dln.runtime import binding, numerics
 from dln.runtime.api import Model, _check_arg, _check_count, _kind
 from dln.runtime.backends import MERGES_PRODUCTS
+from dln.runtime.numpy_ops import np_dtype
 from dln.runtime.schedules import Schedule
 
 SCHEDULES = tuple(name for name, b in TRAIN_BUILTINS.items() if b.category == "schedule")
@@ -46,12 +47,14 @@ class Optimizer:
                  check_numerics: bool = False) -> None:
         self.model = model
         self.objective = objective
-        self.train = pipeline.train_step(model.train_spec, objective, clip_grad, debug,
+        self.train = pipeline.train_step(model.train_spec, objective, clip_grad, debug, model.mixed,
                                           merge=MERGES_PRODUCTS[model.backend.name])
         be = model.backend
         dtypes = {k: np.asarray(v).dtype for k, v in model.parameters().items()}
+        # A parameter's slots take its type; the loss scaler's (16-mixed) their own, float32.
         self.states: dict[str, Any] = {
-            s.name: be.asarray(np.full(tuple(int(d) for d in s.type.shape), s.init, dtype=dtypes[s.param]))
+            s.name: be.asarray(np.full(tuple(int(d) for d in s.type.shape), s.init,
+                                       dtype=dtypes[s.param] if s.param in dtypes else np_dtype(s.type.dtype)))
             for s in self.train.states}
         # The random state (the seed, and the step count every step graph advances in place): shared by
         # the optimizers of one model, so that two objectives draw different numbers.
@@ -61,6 +64,7 @@ class Optimizer:
         self.inputs = {n.attrs["name"] for n in self.train.graph.nodes if n.op is Op.INPUT}
         self.schedule = schedule or Schedule(None, objective.optimizer.lr, 1)
         self.count = 0          # optimizer steps taken (torch's `state["step"]`)
+        self.skipped = 0        # steps a gradient overflow skipped (16-mixed), not counted in `count`
         self.epoch = 0          # for the epoch-based schedules (step, exponential, plateau)
         self.check_numerics = check_numerics   # find the op that makes a NaN or inf (dln.runtime.numerics)
         self.metrics: dict[str, float] = {}
@@ -95,17 +99,22 @@ class Optimizer:
         kept = numerics.keep(train.graph, feeds, self.persistent, backend.to_numpy) if self.check_numerics else None
         results = self.prepared.run(feeds, env)
         # Counted once it ran: a step that failed on its batch (an index out of range) updated nothing,
-        # and the next one takes its place (Adam's bias correction, the schedule's position).
-        self.count += 1
+        # and the next one takes its place (Adam's bias correction, the schedule's position).  So does a
+        # step whose gradients overflowed under loss scaling: GradScaler skips `optimizer.step()`.
+        skipped = "found_inf" in results and float(backend.to_numpy(results["found_inf"])) > 0
+        self.count += not skipped
+        self.skipped += skipped
         if kept is not None:
             numerics.check_step(train.graph, results, kept, env, backend.to_numpy, when, self.objective.span)
         loss = float(backend.to_numpy(results["loss"]))
-        if not math.isfinite(loss):
+        if not math.isfinite(loss) and not skipped:   # a skipped step's loss may overflow: the scale backs off
             raise DlnError(Diagnostic("E0704", f"the loss {self.objective.loss} became {loss} {when}",
                                       self.objective.span, (Note("try a smaller learning rate or clip_grad = 1.0"),)))
         out = {self.objective.loss: loss}
         for m in train.metrics:
             out.setdefault(m, float(backend.to_numpy(results[m])))
+        if "found_inf" in results:   # 1 for a skipped step: an epoch's mean is the fraction skipped
+            out["amp_skipped"] = float(skipped)
         return out
 
     # ---- the learning rate -----------------------------------------------------------------------------------

@@ -114,8 +114,9 @@ def train_file(source: str | Path, backend: str | None = None, progress: bool | 
     recipe = recipe_of(train, probe).with_overrides(**settings)
     if over is not None:
         recipe = with_over(recipe, over, probe)
+    # --precision (precision=) overrides the train section's.
     compiled = Model(program, probe.name, overrides, backend, seed=recipe.seed, from_text=from_text, debug=debug,
-                     precision=precision, limits=limits)
+                     precision=precision or recipe.precision, limits=limits)
     log = log or (lambda s: print(s, flush=True))
     if not weights and (map or not strict):   # as `dln train --map` without --weights: a usage error
         raise DlnError(Diagnostic("E0710", "arguments strict and map say how to load weights, which are not given",
