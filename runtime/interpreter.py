@@ -316,10 +316,12 @@ def _bind_where(n: Node, args: list[np.ndarray], out: np.ndarray, env: dict[str,
     spread = ((lambda o: np.subtract(0, cond, out=o, casting="unsafe")) if not scalar_a else
               (lambda o: np.subtract(cond, 1, out=o, casting="unsafe")))
 
+    rest = np.empty_like(words)
+
     def run() -> None:
         spread(words)
         if scalar_word[0]:
-            rest = np.invert(words)
+            np.invert(words, out=rest)
             np.bitwise_and(rest, scalar_word[0], out=rest)
             np.bitwise_and(words, full_words, out=words)
             np.bitwise_or(words, rest, out=words)

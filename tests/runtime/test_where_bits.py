@@ -17,12 +17,14 @@ class _Where:
 
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
 @pytest.mark.parametrize("scalar", [0.0, -0.0, -2.5, np.inf, np.nan])
-def test_bits_equal_np_where(dtype, scalar):
+@pytest.mark.parametrize("shape", [(13, 7), ()])
+def test_bits_equal_np_where(dtype, scalar, shape):
     rng = np.random.default_rng(7)
-    a = rng.standard_normal((13, 7)).astype(dtype)
-    a[0, 0], a[1, 1], a[2, 2], a[3, 3] = np.nan, np.inf, -0.0, -np.inf
-    cond = rng.random((13, 7)) > 0.4
-    cond[0, 0], cond[1, 1], cond[2, 2] = False, True, True
+    a = rng.standard_normal(shape).astype(dtype)
+    cond = rng.random(shape) > 0.4
+    if shape:
+        a[0, 0], a[1, 1], a[2, 2], a[3, 3] = np.nan, np.inf, -0.0, -np.inf
+        cond[0, 0], cond[1, 1], cond[2, 2] = False, True, True
     box = np.array(scalar, dtype)
     out = np.empty_like(a)
     for scalar_first in (False, True):
@@ -30,10 +32,10 @@ def test_bits_equal_np_where(dtype, scalar):
         operands = [np.broadcast_to(box, a.shape), a] if scalar_first else [a, np.broadcast_to(box, a.shape)]
         run = _bind_where(_Where(), [cond, *operands], out, {})
         run()
-        assert np.array_equal(out.view(np.uint8), np.where(cond, *operands).view(np.uint8))
+        assert np.array_equal(np.atleast_1d(out).view(np.uint8), np.atleast_1d(np.where(cond, *operands)).view(np.uint8))
         box[...] = 3.0          # the scalar is read when the step runs, not when it was bound
         run()
-        assert np.array_equal(out.view(np.uint8), np.where(cond, *operands).view(np.uint8))
+        assert np.array_equal(np.atleast_1d(out).view(np.uint8), np.atleast_1d(np.where(cond, *operands)).view(np.uint8))
 
 
 def test_relu_gradient_through_nan_and_inf_matches_torch():
