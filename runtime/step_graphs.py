@@ -70,11 +70,10 @@ class StepGraphs:
         None: run the step without a graph.  `key` names the sizes and every buffer's address."""
         if self.reason is not None:
             return None
-        if self.program.generation != self.generation:
+        if self.program.generation != self.generation:   # (a binding's first step allocates: no graph yet)
             if self.graphs:
                 log.debug("the workspace was reallocated: %d CUDA graphs dropped", len(self.graphs))
             self.graphs.clear()
-            self.seen.clear()
             self.generation = self.program.generation
         entry = self.graphs.get(key)
         if entry is None:
