@@ -13,10 +13,14 @@ and lenet.dln, with the kernels not run:
   whose compiled kernel launches nothing: dln's cost plus Triton's, which is
   what a GPU step pays before the driver's own launch.
 * `step`: `dispatch` through `TritonExecutable.run`, the runtime's entry
-  (feeds moved to the device, the persistent buffers checked).
+  (feeds copied into the binding's device buffers, the persistent buffers
+  checked, the loss's class indices checked).
 
 Each is timed with the lean path off (`Program.prebound = False`, the
 readable launcher every step) and on (launches prebound per size binding).
+A last line, `step` with `graph`, gives the host cost of a step replayed as
+a CUDA graph (runtime/step_graphs.py) less the graph launch itself: a
+stand-in graph whose replay does nothing.
 Medians over rounds; run with OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1.
 
     .venv/bin/python benchmarks/launch_overhead.py [--rounds 15] [--steps 200]
@@ -25,6 +29,7 @@ Medians over rounds; run with OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import time
@@ -44,6 +49,13 @@ class _NoKernel:
 
     def __getitem__(self, grid) -> Callable[..., None]:
         return lambda *args, **kwargs: None
+
+
+class _NoGraph:
+    """A CUDA graph whose replay launches nothing."""
+
+    def replay(self) -> None:
+        pass
 
 
 class _FakeCompiled:
@@ -129,6 +141,7 @@ def measure(name: str, rounds: int, steps: int) -> list[tuple[str, str, tuple[fl
     import triton
     from triton.runtime.jit import JITFunction
 
+    from dln.runtime.step_graphs import StepGraphs
     from dln.runtime.triton_backend import TritonBackend
 
     step, persistent, feeds, env = training_step(name)
@@ -155,6 +168,8 @@ def measure(name: str, rounds: int, steps: int) -> list[tuple[str, str, tuple[fl
             program.forget()
             run = (lambda: exe.run(feeds, env)) if mode == "step" else (lambda: program(bufs, env))
             rows.append((mode, "prebound" if prebound else "readable", per_step(run, rounds, steps)))
+    exe.graphs = StepGraphs(program, None, _NoGraph, lambda graph: contextlib.nullcontext())
+    rows.append(("step", "graph", per_step(lambda: exe.run(feeds, env), rounds, steps)))
     return rows
 
 
