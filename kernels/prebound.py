@@ -34,7 +34,7 @@ class Tape:
     """What one run of the launcher did, in order: calls to repeat, the outputs they leave in the workspace."""
 
     def __init__(self) -> None:
-        self.calls: list[Callable[[Any], None]] = []   # each takes the stream (None: the current one)
+        self.calls: list[Callable[[Any], None]] = []   # each takes the stream (None: launch through Triton)
         self.direct = False                             # some call launches through the driver itself
         self.depth = 0                                  # > 0: inside a host loop, whose launches it repeats
         self.outputs: dict[str, Any] = {}
@@ -46,9 +46,7 @@ class Tape:
         if self.direct:
             knobs = triton.knobs.runtime
             hooks = (knobs.launch_enter_hook, knobs.launch_exit_hook)   # Triton 3.9: chains, empty when unused
-            if any(h is not None and getattr(h, "calls", True) for h in hooks):
-                stream = "hooked"   # a profiler is listening: every launch through Triton's dispatch
-            else:
+            if not any(h is not None and getattr(h, "calls", True) for h in hooks):   # else a profiler listens
                 driver = triton.runtime.driver.active
                 stream = driver.get_current_stream(driver.get_current_device())
         for call in self.calls:
@@ -105,7 +103,7 @@ class DirectLaunch(Dispatch):
         self.bound = [a.data_ptr() if hasattr(a, "data_ptr") else a for a in bound]
 
     def __call__(self, stream: Any) -> None:
-        if stream == "hooked":
+        if stream is None:   # a profiler's hooks are set: they see the launch only through Triton's dispatch
             super().__call__(stream)
             return
         self.run(*self.dims, stream, self.function, self.metadata, None, None, None, *self.bound)
