@@ -189,7 +189,7 @@ def measure(ref: Reference, rounds: int, steps: int) -> list[dict]:
 def results_markdown(rows: list[dict], machine: dict[str, str], rounds: int, steps: int) -> str:
     """RESULTS-gpu.md: the method, the machine and one table per model (each side's time against eager's)."""
     method = __doc__.split("Method: ", 1)[1].split("\n\n", 1)[0]
-    out = [f"# GPU benchmark results\n",
+    out = ["# GPU benchmark results\n",
            f"Recorded {machine['date']} by `benchmarks/gpu.sh` (`benchmarks/gpu_step.py`) on "
            f"**{machine['device']}**; {machine['versions']}.\n",
            "Method: " + " ".join(method.split()) + f" Here {rounds} rounds of {steps} steps.\n"]
