@@ -8,7 +8,9 @@ returns the outputs by name.  On a GPU each kernel runs with the cost
 model's configuration (`CONFIGS`; `AUTOTUNE` lists candidates for
 `triton.autotune`, `TUNING` the arguments tuning must restore, see
 kernels/tuning.py); under Triton's interpreter blocks are sized to the data
-at launch time.
+at launch time.  `Program.launch` is the launcher as it reads; a call records
+what it launches once per size binding and input buffers and replays that
+afterwards (kernels/prebound.py), the lean path a small batch on a GPU needs.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from dln.compiler.symbolic import numel
 from dln.kernels.configs import INTERPRETER_CONFIG, autotune_candidates, epilogue_weight, gpu_config
 from dln.kernels.emitter import comment, render_dim
 from dln.kernels.lowering import HELPERS
+from dln.kernels.prebound import prebound_source
 from dln.kernels.report import computed_nodes
 from dln.kernels.kinds import generate, kept_in
 from dln.kernels.templates import KernelSource
@@ -116,6 +119,7 @@ def _module_source(plan: FusionPlan, kernels: list[KernelSource], configs: dict,
         f"{len(kernels)} kernels; `Program(device)(buffers, sizes)` runs them in order.",
         '"""',
         "",
+        "import inspect",
         "import json",
         "import os",
         "import warnings",
@@ -140,6 +144,7 @@ def _module_source(plan: FusionPlan, kernels: list[KernelSource], configs: dict,
         hooks[k.name]["cache"] = cache_name(k.name, k.source, autotune_candidates(k.kind))
     out += ["TUNING = " + json.dumps(hooks, indent=4), ""]
     out += ["", tuned_source().rstrip("\n"), ""]
+    out += ["", prebound_source().rstrip("\n"), ""]
     out += [INTERPRETER_CONFIG.strip("\n"), ""]
     out += _launcher(plan, kernels)
     return "\n".join(out) + "\n"
@@ -164,6 +169,10 @@ def _launcher(plan: FusionPlan, kernels: list[KernelSource]) -> list[str]:
         "class Program:",
         '    """The whole graph: buffers in, buffers out (outputs alias the workspace until the next call)."""',
         "",
+        f"    inputs = {json.dumps([n.attrs['name'] for n in inputs])}",
+        f"    symbols = {json.dumps(symbols)}",
+        "    prebound = True   # replay each binding's recorded launches (`Tape`); False: `launch` every call",
+        "",
         "    def __init__(self, device, interpret=None, configs=None, autotune=False,",
         "                 tune_cache='~/.cache/dln/autotune'):",
         '        """`configs`: per-kernel launch configurations overriding the defaults (e.g. CONFIGS under the',
@@ -184,18 +193,33 @@ def _launcher(plan: FusionPlan, kernels: list[KernelSource]) -> list[str]:
         "                                                 device_name, autotune if callable(autotune) else triton.autotune)",
         "                self.tuned.add(name)",
         "        self._slots = {}",
+        "        self.generation = 0   # buffers allocated so far: what recorded their addresses is stale when it moves",
+        "        self.forget()",
+        "",
+        "    def forget(self):",
+        '        """Drop the recorded tapes: the next call of every binding runs `launch` again."""',
+        "        self._tapes, self._tape, self._moved = {}, None, 0",
         "",
         "    def _slot(self, k, numel, dtype):",
         "        buf = self._slots.get(k)",
         "        if buf is None or buf.numel() < numel or buf.dtype != dtype:",
         "            buf = self._slots[k] = torch.empty(max(int(numel), 1), dtype=dtype, device=self.device)",
+        "            self._tapes.clear()   # they launch on the buffer this one replaces",
+        "            self.generation += 1",
         "        return buf",
         "",
         "    def _scratch(self, name, numel, dtype):",
         "        buf = self._slots.get(name)",
         "        if buf is None or buf.numel() < numel or buf.dtype != dtype:",
         "            buf = self._slots[name] = torch.empty(max(int(numel), 1), dtype=dtype, device=self.device)",
+        "            self._tapes.clear()",
+        "            self.generation += 1",
         "        return buf",
+        "",
+        "    def _zero(self, t):",
+        "        t.zero_()",
+        "        if self._tape is not None:",
+        "            self._tape.calls.append(lambda stream: t.zero_())",
         "",
         "    def _cfg(self, name, sizes):",
         "        if name in self.tuned:",
@@ -207,6 +231,35 @@ def _launcher(plan: FusionPlan, kernels: list[KernelSource]) -> list[str]:
         "        return CONFIGS[name]",
         "",
         "    def __call__(self, bufs, sizes):",
+        '        """Runs the graph: the launches recorded for these sizes and input buffers (kernels/prebound.py),',
+        '        else `launch`, recording them."""',
+        "        if not self.prebound:",
+        "            return self.launch(bufs, sizes)",
+        "        binding = tuple(int(sizes[s]) for s in self.symbols)",
+        "        key = (binding, tuple(bufs[name].data_ptr() for name in self.inputs))",
+        "        tape = self._tapes.get(key)",
+        "        if tape is not None:",
+        "            return tape.replay()",
+        "        stale = [k for k in self._tapes if k[0] == binding]   # these sizes, buffers since moved",
+        "        for k in stale:",
+        "            del self._tapes[k]",
+        "        self._moved += bool(stale)",
+        "        if self._moved > 8:   # new buffers every call (a scan body's carries): recording does not pay",
+        "            self.prebound = False",
+        "        tape, kernels = Tape(), self.kernels",
+        "        self.kernels = {name: Recorder(kernel, tape) for name, kernel in kernels.items()}",
+        "        self._tape = tape",
+        "        try:",
+        "            tape.outputs = self.launch(bufs, sizes)",
+        "        finally:",
+        "            self.kernels, self._tape = kernels, None",
+        "        if len(self._tapes) >= 16:",
+        "            self._tapes.clear()",
+        "        self._tapes[key] = tape",
+        "        return dict(tape.outputs)",
+        "",
+        "    def launch(self, bufs, sizes):",
+        '        """The launcher: the memory plan\'s views, each kernel\'s configuration, grid and launch, in order."""',
     ]
     body: list[str] = []
     for s in symbols:
@@ -244,7 +297,7 @@ def _launcher(plan: FusionPlan, kernels: list[KernelSource]) -> list[str]:
                 body.append(f"{_tensor(m)} = self._slot({slot.id}, {size}, {TORCH_DTYPES[n.dtype]})[:{size}]"
                             f".view({_shape(n.shape)})")
         for z in kernel.zero_outputs:
-            body.append(f"{_tensor(z)}.zero_()")
+            body.append(f"self._zero({_tensor(z)})")
         if kernel.host:   # a Python loop over launches of its inner kernels
             args = [_tensor(p.node) for p in kernel.pointers] + [f"s_{s}" for s in kernel.symbols]
             body.append(f"self.kernels[{json.dumps(kernel.name)}](self, sizes, {', '.join(args)})")

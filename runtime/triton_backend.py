@@ -5,7 +5,10 @@ stores it in a content-hashed cache — Python source plus a JSON record,
 written atomically, so concurrent processes share it safely — imports it,
 and returns an executable.  Tensors are torch tensors on the GPU when one is
 visible, else on the CPU, where the same kernels run under
-`TRITON_INTERPRET=1` (slow, exact: for testing).
+`TRITON_INTERPRET=1` (slow, exact: for testing).  Feeds are copied into
+fixed buffers per size binding, so a step's launches can be recorded once and
+replayed (kernels/prebound.py) and, on a GPU, captured as a CUDA graph
+(runtime/step_graphs.py).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from dln.dsl.diagnostics import Diagnostic, DlnError
 from dln.runtime.checkpoint import write_text
 from dln.runtime.checks import check_sizes, index_bound, index_checks, index_error, value_bytes
 from dln.runtime.init import physical_memory
+from dln.runtime.step_graphs import StepGraphs, why_no_graphs
 
 
 def cache_dir() -> Path:
@@ -65,7 +69,7 @@ def outside_autograd(method):
 class TritonBackend:
     name = "triton"
 
-    def __init__(self, precision: str = "ieee") -> None:
+    def __init__(self, precision: str = "ieee", cuda_graphs: bool = True) -> None:
         import torch
 
         from dln.kernels.precision import PRECISIONS
@@ -78,6 +82,7 @@ class TritonBackend:
         self.torch = torch
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.precision = precision
+        self.cuda_graphs = cuda_graphs   # on a GPU, replay whole steps as CUDA graphs (runtime/step_graphs.py)
 
     def asarray(self, array: np.ndarray):
         # np.ascontiguousarray makes a 0-d array 1-d: keep the shape (a scalar such as rng.step stays one).
@@ -120,6 +125,8 @@ class TritonExecutable:
                   "configs": self.generated.configs}
         self.module = load_module(self.generated.source, record)
         self.program = self.module.Program(backend.device)
+        self.graphs = StepGraphs(self.program, why_no_graphs(backend.device, self.program, backend.cuda_graphs))
+        self.fed: dict[tuple, dict[str, Any]] = {}   # per size binding, the feeds' buffers on the device
         self.persistent = persistent
         # Arrays arrive as NumPy holds them (bf16 as float32): tensors take the graph's types, in place,
         # so every reference to a parameter stays valid.
@@ -144,21 +151,22 @@ class TritonExecutable:
     @outside_autograd
     def run(self, feeds: Mapping[str, Any], env: Mapping[str, int]) -> dict[str, Any]:
         torch = self.backend.torch
-        bufs: dict[str, Any] = dict(self.persistent)
-        for name, value in feeds.items():
-            if isinstance(value, np.ndarray):
-                value = torch.from_numpy(_contiguous(value))
-            bufs[name] = value.to(self.backend.device, self.input_dtypes.get(name, value.dtype))
-        for names in self.generated.persistent_arenas:
-            tensors = [self.persistent[n] for n in names]
-            if not contiguous_run(tensors):
-                relocate(tensors, torch)
         key = tuple(sorted(env.items()))
         if key not in self.sized:
             self._check_sizes(dict(env))
             self.sized.add(key)
+        bufs: dict[str, Any] = dict(self.persistent)
+        bufs.update(self._feed(key, feeds))
+        for names in self.generated.persistent_arenas:
+            tensors = [self.persistent[n] for n in names]
+            if not contiguous_run(tensors):
+                relocate(tensors, torch)
         try:
-            outputs = self.program(bufs, dict(env))
+            outputs = None
+            if self.graphs.reason is None:
+                outputs = self.graphs.run((key, tuple(t.data_ptr() for t in bufs.values())), bufs, dict(env))
+            if outputs is None:
+                outputs = self.program(bufs, dict(env))
         except (MemoryError, RuntimeError) as e:
             # The sizes were checked one by one: together they may still not fit.
             if not isinstance(e, (MemoryError, torch.OutOfMemoryError)) and "can't allocate memory" not in str(e):
@@ -169,13 +177,38 @@ class TritonExecutable:
         for n, _ in self.checks:
             indices = outputs.pop(_check_output(n))
             size = index_bound(self.graph, n, env)
-            bad = (indices < 0) | (indices >= size)
-            if bool(bad.any()):
+            # One reduction and one read back per step (a launch each, on a GPU); the culprit only on failure.
+            low, high = torch.stack(torch.aminmax(indices)).tolist() if indices.numel() else (0, 0)
+            if low < 0 or high >= size:
+                bad = (indices < 0) | (indices >= size)
                 raise index_error(n, int(indices[bad][0]), size)
         for out, inp in self.copy_back:
             self.persistent[inp].copy_(outputs[out])
             outputs[out] = self.persistent[inp]
         return outputs
+
+    def _feed(self, key: tuple, feeds: Mapping[str, Any]) -> dict[str, Any]:
+        """The feeds copied into the binding's buffers on the device, which stay put from step to step: the
+        program's recorded launches (and a CUDA graph) read them there.  A scalar (the learning rate, the
+        step count) is written by a fill, which needs no copy from the host's memory."""
+        torch = self.backend.torch
+        if key not in self.fed and len(self.fed) >= 16:   # the shapes keep changing: keep the latest only
+            self.fed.clear()
+        fixed = self.fed.setdefault(key, {})
+        out = {}
+        for name, value in feeds.items():
+            if isinstance(value, np.ndarray):
+                value = torch.from_numpy(_contiguous(value))
+            dtype = self.input_dtypes.get(name, value.dtype)
+            buf = fixed.get(name)
+            if buf is None or buf.shape != value.shape or buf.dtype != dtype:
+                buf = fixed[name] = torch.empty(value.shape, dtype=dtype, device=self.backend.device)
+            if value.dim() == 0 and value.device.type == "cpu":
+                buf.fill_(value.item())
+            else:
+                buf.copy_(value)
+            out[name] = buf
+        return out
 
     def _check_sizes(self, env: dict[str, int]) -> None:
         """Every value the kernels store, sized from the bound symbols before the launcher allocates it."""
