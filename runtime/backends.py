@@ -92,10 +92,5 @@ def get_backend(name: str | None, precision: str | None = None) -> Backend:
                                       None))
         from dln.runtime.triton_backend import TritonBackend
 
-        backend = TritonBackend(dot_precision(precision))
-        if os.environ.get("TRITON_INTERPRET") == "1":   # bf16 rounded as on a GPU (dln.runtime.triton_interpreter)
-            from dln.runtime.triton_interpreter import faithful_bf16
-
-            faithful_bf16()
-        return backend
+        return TritonBackend(dot_precision(precision))
     raise DlnError(Diagnostic("E0601", f"unknown backend '{name}'; backends: {', '.join(BACKENDS)}"))

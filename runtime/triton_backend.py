@@ -39,7 +39,13 @@ def cache_dir() -> Path:
 
 
 def load_module(source: str, record: Mapping[str, Any]):
-    """Import generated source through the cache (the key is the source's hash)."""
+    """Import generated source through the cache (the key is the source's hash).  Under Triton's
+    interpreter, its float32 -> bf16 conversion first made to round as a GPU's does
+    (dln.runtime.triton_interpreter): every kernel that runs here is loaded through this."""
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        from dln.runtime.triton_interpreter import faithful_bf16
+
+        faithful_bf16()
     key = hashlib.sha256(source.encode()).hexdigest()[:24]
     directory = cache_dir()
     path = directory / f"dln_{key}.py"
