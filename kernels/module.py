@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Mapping
 
 from dln.compiler.fusion.planner import FusionPlan, plan_graph
+from dln.compiler.fusion.target import Machine
 from dln.compiler.ir import DType, Graph, GroupOp, Op
 from dln.compiler.pipeline import lower
 from dln.compiler.symbolic import numel
@@ -45,8 +46,15 @@ class GeneratedModule:
 
 
 def generate_module(graph: Graph, donate: Mapping[str, str] | None = None, precision: str = "ieee",
-                    title: str = "") -> GeneratedModule:
-    plan = plan_graph(lower(graph, kept_in(graph)), donate)
+                    title: str = "", machine: Machine | None = None,
+                    sizes: Mapping[str, int] | None = None) -> GeneratedModule:
+    """With a `machine`, kernels are planned to fill it at `sizes` (the batch; dln.kernels.gpu_model)."""
+    target = None
+    if machine is not None:
+        from dln.kernels.gpu_model import target_for
+
+        target = target_for(machine, graph, sizes, precision)
+    plan = plan_graph(lower(graph, kept_in(graph)), donate, target)
     kernels = [generate(plan, group, k, precision) for k, group in enumerate(plan.groups)]
     configs = kernel_configs(plan, kernels)
     source = _module_source(plan, kernels, configs, title or graph.name)

@@ -1,0 +1,107 @@
+"""Split-K products and two-stage reductions (kernels/splitk.py, kernels/split_reduction.py), planned for a
+small GPU so that a short batch already splits, run under Triton's interpreter against the NumPy backend."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+import dln
+from dln.compiler import pipeline
+from dln.compiler.fusion.target import A100
+from dln.compiler.ir import Op
+from dln.kernels.module import generate_module
+from dln.runtime.interpreter import evaluate
+from dln.runtime.train import default_objective
+from tests.kernels.conftest import DEVICE, graph_inputs
+
+SOURCE = """
+model net() {
+    input x: f32[B, 37]
+    input y: i64[B]
+    logits = x -> linear(24) -> relu -> linear(5)
+    loss = cross_entropy(logits, y)
+    output logits
+}
+
+train net {
+    optimizer = adam(lr = 1e-2)
+    batch = 300
+    minimize loss
+}
+"""
+# A GPU of 16 SMs whose launches cost nothing: a [37, 24] weight gradient (one tile) and a bias gradient over 300 rows cannot fill it.
+SMALL = dataclasses.replace(A100, name="test GPU", sms=16, launch_latency=0.0)   # launches free: splits pay
+ENV = {"B": 300}
+
+
+def _step():
+    model = dln.compile(SOURCE, backend="numpy")
+    return pipeline.train_step(model.train_spec, default_objective(model))
+
+
+def _run(generated, inputs, donate):
+    """One step of the generated module, its operands laid out as the runtime lays them out (the multi-tensor
+    kernel's parameters and state back to back); a donated output is read where it was written, over its
+    input, as the runtime reads it."""
+    import torch
+
+    from dln.runtime.triton_backend import load_module
+
+    module = load_module(generated.source, {"test": "split"})
+    program = module.Program(DEVICE, interpret=DEVICE == "cpu", configs=dict(module.CONFIGS))
+    g = generated.plan.graph
+    bufs = {}
+    for arena in generated.plan.memory.arenas:
+        if arena.persistent:
+            base = torch.empty(arena.numel, dtype=torch.float32, device=DEVICE)
+            for node, offset in zip(arena.nodes, arena.offsets):
+                name = g.node(node).attrs["name"]
+                value = torch.from_numpy(np.ascontiguousarray(inputs[name])).reshape(-1)
+                view = base[offset:offset + value.numel()]
+                view.copy_(value)
+                bufs[name] = view.view(inputs[name].shape)
+    for name, value in inputs.items():
+        bufs.setdefault(name, torch.from_numpy(np.ascontiguousarray(value)).to(DEVICE))
+    out = program(bufs, ENV)
+    return {k: (bufs[donate[k]] if k in donate else v).cpu().numpy().copy() for k, v in out.items()}
+
+
+def test_split_step_matches_numpy_and_is_deterministic(rng):
+    step = _step()
+    generated = generate_module(step.graph, step.donate, machine=SMALL, sizes=ENV)
+    kinds = {g.kind for g in generated.plan.groups}
+    assert {"splitk", "split_reduction", "multi_tensor"} <= kinds
+    # The weight gradients' Adam updates left their products for the one multi-tensor kernel.
+    (multi,) = [g for g in generated.plan.groups if g.multi]
+    assert len(multi.multi) >= 2
+    inputs = graph_inputs(step.graph, ENV, rng)
+    for n in step.graph.nodes:   # Adam's second moments and the step counter start where they can
+        if n.op is Op.INPUT and n.attrs.get("role") in ("state", "hyper") and n.dtype.is_float:
+            inputs[n.attrs["name"]] = np.abs(inputs[n.attrs["name"]])
+        if n.op is Op.INPUT and n.attrs["name"] == "y":
+            inputs["y"] = rng.integers(0, 5, ENV["B"]).astype(np.int64)
+    expected = evaluate(step.graph, inputs, ENV)
+    got = _run(generated, {k: v.copy() for k, v in inputs.items()}, step.donate)
+    for name, want in expected.items():
+        np.testing.assert_allclose(got[name], want, rtol=2e-4, atol=2e-5, err_msg=name)
+    again = _run(generated, {k: v.copy() for k, v in inputs.items()}, step.donate)
+    for name in got:   # the partial results are combined in a fixed order: bit for bit the same
+        np.testing.assert_array_equal(again[name], got[name], err_msg=name)
+
+
+@pytest.mark.parametrize("sms", [16, 1])
+def test_splits_come_from_the_machine(sms):
+    """Only a GPU the grids cannot fill splits: on one SM every grid fills it, nothing splits and every
+    update stays in its gradient's kernel."""
+    step = _step()
+    plan = generate_module(step.graph, step.donate, machine=dataclasses.replace(SMALL, sms=sms), sizes=ENV).plan
+    split = [g for g in plan.groups if g.splits > 1]
+    assert bool(split) == (sms == 16)
+    if sms == 16:
+        assert all(g.kind in ("splitk", "split_reduction") for g in split)
+    else:
+        assert not any(g.multi for g in plan.groups if any(plan.graph.node(m).shape == (24, 37)
+                                                           for m in g.members))
