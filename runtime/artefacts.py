@@ -53,7 +53,7 @@ def manifest(model, forward: Graph, step_graph: Graph | None, files: list[str]) 
 
 
 def write_artefacts(model, out: Path, backend: str = "numpy", target: str | None = None,
-                    log: Callable[[str], None] = print, precision: str = "ieee") -> list[str]:
+                    log: Callable[[str], None] = print, precision: str = "ieee", batch: int = 128) -> list[str]:
     from dln.runtime.train import default_objective
 
     out.mkdir(parents=True, exist_ok=True)
@@ -74,7 +74,7 @@ def write_artefacts(model, out: Path, backend: str = "numpy", target: str | None
         from dln.kernels.artefacts import write_kernel_artefacts
 
         graph, donate = (step.graph, step.donate) if step_graph is not None else (forward, {})
-        files += write_kernel_artefacts(graph, out, donate, target=target, log=log, precision=precision)
+        files += write_kernel_artefacts(graph, out, donate, target=target, log=log, precision=precision, batch=batch)
     files.append("manifest.json")
     save_json(out / "manifest.json", manifest(model, forward, step_graph, files))
     return files
