@@ -47,6 +47,10 @@ from dln.compiler.ir import Graph, GroupOp, Node, Op, Phase
 from dln.compiler.symbolic import evaluate, numel
 
 
+# The kind of a kernel split in two stages (fill.py), by its domain's kind.
+SPLIT_KINDS = {"matmul": "splitk", "reduction": "split_reduction"}
+
+
 @dataclass
 class Group:
     """One kernel: the realized nodes it computes, over one domain."""
@@ -65,7 +69,7 @@ class Group:
         if self.multi:
             return "multi_tensor"
         if self.splits > 1:
-            return {"matmul": "splitk", "reduction": "split_reduction"}[self.domain.kind]
+            return SPLIT_KINDS[self.domain.kind]
         return self.domain.kind
 
     def stored_results(self, graph: Graph) -> dict[int, list[int]]:

@@ -1,0 +1,26 @@
+"""The split-K and two-stage reduction kernels of the MLP step planned for an H100 at batch 4096 compile for
+sm_80 and sm_90 without a GPU, specialized as the JIT would launch them, and spill nothing."""
+
+from pathlib import Path
+
+import dln
+from dln.compiler import pipeline
+from dln.compiler.fusion.target import H100
+from dln.kernels.module import generate_module
+from dln.runtime.train import default_objective
+
+from .aot_build import compile_kernels
+
+MLP = Path(__file__).parents[2] / "benchmarks" / "mlp_784.dln"
+
+
+def test_split_kernels_compile_without_spills(tmp_path):
+    model = dln.compile(str(MLP), backend="numpy")
+    step = pipeline.train_step(model.train_spec, default_objective(model))
+    generated = generate_module(step.graph, step.donate, machine=H100, sizes={"B": 4096})
+    split = [k for k in generated.kernels if k.kind in ("splitk", "split_reduction")]
+    assert {k.kind for k in split} == {"splitk", "split_reduction"}
+    results = compile_kernels(generated, split, tmp_path)
+    assert len(results) == 2 * sum(len(k.inner) for k in split)   # both stages, both targets
+    for r in results:
+        assert r.spills == 0 and r.fits, (r.name, r.target, r.describe())
