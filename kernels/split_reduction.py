@@ -62,6 +62,13 @@ def split_reduction(plan: FusionPlan, group: Group, k: int) -> KernelSource:
     ordered = [pointers[i] for i in sorted(pointers)]
     params = [p.name for p in ordered]
     reductions = [g.node(m) for m in group.members if g.node(m).op in REDUCE]
+    # Each stage takes the pointers it uses: the first what the reductions read, the second what the row
+    # values read and what the kernel stores.
+    first_nodes = set().union(*(plan.reads_at(n.id, d.vars()).memory for n in reductions))
+    second_nodes = set(group.stores).union(*(plan.reads_at(m, d.canonical(g.node(m).shape)).memory
+                                             for m in group.members if g.node(m).op not in REDUCE))
+    first = [p for p in ordered if p.node in first_nodes]
+    second = [p for p in ordered if p.node in second_nodes - (set(group.members) - set(group.stores))]
     n_red = len(reductions)
     acc_types = {n.id: accumulator_dtype(g.node(n.inputs[0]).dtype) for n in reductions}
     scratch = DType.F64 if DType.F64 in acc_types.values() else DType.F32
@@ -100,11 +107,11 @@ def split_reduction(plan: FusionPlan, group: Group, k: int) -> KernelSource:
     symbols = sorted(em.symbols)
     doc = comment(f"Partial results of {', '.join(f'%{n.id} {n.op.value}' for n in reductions)} over one chunk of "
                   f"{render_dim(n_cols)} columns per program on axis 1, {render_dim(n_rows)} rows in blocks")
-    source, blocks = kernel_text(partial_name, params + ["partials", "col_chunk"], symbols, ["BLOCK_M", "BLOCK_N"],
-                                 em, doc)
+    source, blocks = kernel_text(partial_name, [p.name for p in first] + ["partials", "col_chunk"], symbols,
+                                 ["BLOCK_M", "BLOCK_N"], em, doc)
     sizes: dict[str, Dim] = {"rows": n_rows, "cols": n_cols}
     grid = f"triton.cdiv({render_dim(n_rows)}, meta['BLOCK_M'])"
-    partial = KernelSource(partial_name, "reduction", source, ordered, symbols, blocks, [grid, "splits"], sizes)
+    partial = KernelSource(partial_name, "reduction", source, first, symbols, blocks, [grid, "splits"], sizes)
     wide = em.wide
 
     # Stage 2: the partial results combined in order, then the row values.
@@ -134,9 +141,9 @@ def split_reduction(plan: FusionPlan, group: Group, k: int) -> KernelSource:
     sum_symbols = sorted(em.symbols)
     doc = comment("The partial results combined over the splits in order, then the row values. ") + \
         _docstring(plan, group)
-    source, sum_blocks = kernel_text(sum_name, params + ["partials", "splits"], sum_symbols, ["BLOCK_M", "BLOCK_N"],
-                                     em, doc)
-    total = KernelSource(sum_name, "reduction", source, ordered, sum_symbols, sum_blocks, [grid],
+    source, sum_blocks = kernel_text(sum_name, [p.name for p in second] + ["partials", "splits"], sum_symbols,
+                                     ["BLOCK_M", "BLOCK_N"], em, doc)
+    total = KernelSource(sum_name, "reduction", source, second, sum_symbols, sum_blocks, [grid],
                          {"rows": n_rows, "cols": group.splits})
     wide = wide or em.wide
 
@@ -154,10 +161,10 @@ def split_reduction(plan: FusionPlan, group: Group, k: int) -> KernelSource:
         f"    splits = max(1, triton.cdiv({c}, col_chunk))",
         f"    partials = program._scratch({json.dumps(group.name)}, splits * {n_red} * {r}, {TORCH_SCRATCH[scratch]})",
         f"    program.kernels[{json.dumps(partial_name)}][lambda meta: ({grid}, splits)]("
-        f"{', '.join(params)}, partials, col_chunk" + "".join(f", s_{s}" for s in symbols) + f"{wide_arg}, **cfg)",
+        f"{', '.join(p.name for p in first)}, partials, col_chunk" + "".join(f", s_{s}" for s in symbols) + f"{wide_arg}, **cfg)",
         f"    cfg = program._cfg({json.dumps(sum_name)}, {{'rows': {r}, 'cols': splits}})",
         f"    program.kernels[{json.dumps(sum_name)}][lambda meta: ({grid},)]("
-        f"{', '.join(params)}, partials, splits" + "".join(f", s_{s}" for s in sum_symbols) + f"{wide_arg}, **cfg)",
+        f"{', '.join(p.name for p in second)}, partials, splits" + "".join(f", s_{s}" for s in sum_symbols) + f"{wide_arg}, **cfg)",
     ]
     inner = [partial, total]
     return KernelSource(group.name, "split_reduction", "\n".join(host) + "\n", ordered, all_symbols, [], [],

@@ -132,11 +132,15 @@ def splitk(plan: FusionPlan, group: Group, k: int, precision: str = "ieee") -> K
     sum_symbols = sorted(em.symbols)
     doc = comment(f"The sum of %{mm.id}'s partial products over its K chunks, then its epilogue. ") + \
         _docstring(plan, group)
-    sum_params = [p.name for p in ordered]
+    # It takes what the epilogue reads (the product itself is in registers) and what it stores.
+    read = set(group.stores).union(*(plan.reads_at(m, group.domain.canonical(g.node(m).shape)).memory
+                                     for m in group.members[1:]))
+    second = [p for p in ordered if p.node in read - (set(group.members) - set(group.stores))]
+    sum_params = [p.name for p in second]
     source, sum_blocks = kernel_text(sum_name, sum_params + ["partials", "splits"], sum_symbols,
                                      ["BLOCK_M", "BLOCK_N"], em, doc)
     sum_sizes: dict[str, Dim] = {"rows": M, "cols": N}
-    total = KernelSource(sum_name, "reduction", source, ordered, sum_symbols, sum_blocks,
+    total = KernelSource(sum_name, "reduction", source, second, sum_symbols, sum_blocks,
                          [f"triton.cdiv({render_dim(M)}, meta['BLOCK_M']) * "
                           f"triton.cdiv({render_dim(N)}, meta['BLOCK_N'])"], sum_sizes)
     wide = wide or em.wide

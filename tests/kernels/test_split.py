@@ -134,3 +134,29 @@ def test_tuning_a_split_step_leaves_the_state_as_one_step(rng, tmp_path):
     assert len(runs) > len(generated.configs)
     for name, want in expected.items():   # candidates differ in block sizes, so in the order of sums
         np.testing.assert_allclose(got[name], want, rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+def test_a_split_product_runs_its_epilogue_in_the_second_stage(rng):
+    """A forward product over a long K with its bias and ReLU: the sum of the parts, then the epilogue."""
+    import torch
+
+    from dln.runtime.triton_backend import load_module
+
+    model = dln.compile("""
+    model wide() {
+        input x: f32[B, 333]
+        y = x -> linear(24) -> relu
+        output y
+    }
+    """, backend="numpy")
+    graph = pipeline.forward_graph(model.spec)
+    env = {"B": 7}
+    generated = generate_module(graph, machine=SMALL, sizes=env)
+    (product,) = [g for g in generated.plan.groups if g.kind == "splitk"]
+    assert {n.op for n in generated.plan.computed[product.id]} >= {Op.MATMUL, Op.ADD, Op.RELU}
+    inputs = graph_inputs(graph, env, rng)
+    expected = evaluate(graph, inputs, env)
+    module = load_module(generated.source, {"test": "split epilogue"})
+    program = module.Program(DEVICE, interpret=DEVICE == "cpu", configs=dict(module.CONFIGS))
+    got = program({k: torch.from_numpy(v).to(DEVICE) for k, v in inputs.items()}, env)
+    np.testing.assert_allclose(got["y"].cpu().numpy(), expected["y"], rtol=1e-5, atol=1e-5)
