@@ -160,3 +160,32 @@ def test_a_split_product_runs_its_epilogue_in_the_second_stage(rng):
     program = module.Program(DEVICE, interpret=DEVICE == "cpu", configs=dict(module.CONFIGS))
     got = program({k: torch.from_numpy(v).to(DEVICE) for k, v in inputs.items()}, env)
     np.testing.assert_allclose(got["y"].cpu().numpy(), expected["y"], rtol=1e-5, atol=1e-5)
+
+
+def test_split_columns_combine_maxima_minima_and_sums(rng):
+    """Column reductions over a long batch split their rows of partial results: maxima combine by max, minima
+    by min, sums by sum; the row values (a mean, a range) are computed after the combination."""
+    import torch
+
+    from dln.runtime.triton_backend import load_module
+
+    model = dln.compile("""
+    model stats() {
+        input x: f32[B, 6]
+        spread = max(x, axis = 0) - min(x, axis = 0)
+        avg = sum(x * x, axis = 0) / B
+        output spread, avg
+    }
+    """, backend="numpy")
+    graph = pipeline.forward_graph(model.spec)
+    env = {"B": 1111}
+    generated = generate_module(graph, machine=SMALL, sizes=env)
+    split = [g for g in generated.plan.groups if g.kind == "split_reduction"]
+    assert split and {n.op for g in split for n in generated.plan.computed[g.id]} >= {Op.MAX, Op.MIN, Op.SUM}
+    inputs = graph_inputs(graph, env, rng)
+    expected = evaluate(graph, inputs, env)
+    module = load_module(generated.source, {"test": "split columns"})
+    program = module.Program(DEVICE, interpret=DEVICE == "cpu", configs=dict(module.CONFIGS))
+    got = program({k: torch.from_numpy(v).to(DEVICE) for k, v in inputs.items()}, env)
+    for name, want in expected.items():
+        np.testing.assert_allclose(got[name].cpu().numpy(), want, rtol=1e-5, atol=1e-5, err_msg=name)
