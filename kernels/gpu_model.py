@@ -82,7 +82,7 @@ def _grid(expressions: list[str], cfg: Mapping[str, int], env: Mapping[str, int]
 
 def _smem(kind: str, cfg: Mapping[str, int], dtype: DType) -> int:
     """Shared memory of a product's pipelined operand tiles; none for the other kernels."""
-    if "BLOCK_K" not in cfg:
+    if not {"BLOCK_M", "BLOCK_N", "BLOCK_K"} <= set(cfg):
         return 0
     return (cfg["BLOCK_M"] + cfg["BLOCK_N"]) * cfg["BLOCK_K"] * dtype.itemsize * cfg.get("num_stages", DEFAULT_STAGES)
 
@@ -101,7 +101,7 @@ def model_module(generated, machine: Machine, env: Mapping[str, int], precision:
         if dtype in (DType.F16, DType.BF16) and group.domain.kind in ("matmul", "convolution"):
             unit = {DType.F16: "fp16", DType.BF16: "bf16"}[dtype]
         if kernel.kind in ("splitk", "split_reduction"):
-            out += _split_stages(generated, kernel, group, plan, machine, env, reads, written, work, unit)
+            out += _split_stages(generated, kernel, group, plan, machine, env, work, unit)
             continue
         if kernel.host:   # a host loop (a scan, a layer norm's two stages): its grids are set at launch
             for inner in kernel.inner:
@@ -118,24 +118,20 @@ def model_module(generated, machine: Machine, env: Mapping[str, int], precision:
     return out
 
 
-def _split_stages(generated, kernel, group, plan, machine, env, reads, written, work, unit) -> list[ModeledKernel]:
-    """A split kernel's two stages, with the splits its host function takes at these sizes."""
+def _split_stages(generated, kernel, group, plan, machine, env, work, unit) -> list[ModeledKernel]:
+    """A split kernel's two stages, with the splits its host function takes at these sizes: each moves the
+    buffers it takes (a stage's pointers are those it reads or writes) and the scratch of partial results."""
     g = plan.graph
     partial, total = kernel.inner
     cfg1, cfg2 = generated.configs[partial.name], generated.configs[total.name]
     d = group.domain
     if kernel.kind == "splitk":
-        length, block = (int(_eval_dim(kernel.sizes["K"], env)), cfg1["BLOCK_K"])
-        first = set(plan.reads_at(group.members[0], d.vars()).memory)   # the product's operands
-        reduced = [group.members[0]]
+        length, block = int(_eval_dim(kernel.sizes["K"], env)), cfg1["BLOCK_K"]
         partial_values = int(_eval_dim(kernel.sizes["M"], env) * _eval_dim(kernel.sizes["N"], env))
         first_work = flops(g, g.node(group.members[0]), env)
     else:
-        length, block = (int(_eval_dim(kernel.sizes["cols"], env)), cfg1["BLOCK_N"])
+        length, block = int(_eval_dim(kernel.sizes["cols"], env)), cfg1["BLOCK_N"]
         reduced = [m for m in group.members if g.node(m).op in GroupOp.Reduce]
-        first = set()
-        for m in reduced:
-            first |= set(plan.reads_at(m, d.vars()).memory)
         partial_values = int(_eval_dim(kernel.sizes["rows"], env)) * len(reduced)
         # the second stage computes the row values; everything over the full domain is the first's
         first_work = work - sum(flops(g, n, env) for n in plan.computed[group.id]
@@ -143,14 +139,13 @@ def _split_stages(generated, kernel, group, plan, machine, env, reads, written, 
     chunk = _cdiv(_cdiv(length, kernel.sizes["splits"]), block) * block
     splits = max(1, _cdiv(length, chunk))
     scratch = splits * partial_values * 4
-    first_bytes = sum(b for r, b in reads.items() if r in first) + scratch
-    rest_bytes = sum(b for r, b in reads.items() if r not in first) + written + scratch
+    moved = [sum(nbytes(g.node(p.node), env) for p in stage.pointers) + scratch for stage in (partial, total)]
     p1 = _grid(partial.grid, cfg1, env, {"splits": splits})
     p2 = _grid(total.grid, cfg2, env, {"splits": splits})
     dtype = g.node(group.members[0]).dtype
-    t1 = kernel_time(machine, p1, first_work, first_bytes, unit, cfg1.get("num_warps", 4),
+    t1 = kernel_time(machine, p1, first_work, moved[0], unit, cfg1.get("num_warps", 4),
                      _smem(partial.kind, cfg1, dtype))
-    t2 = kernel_time(machine, p2, work - first_work + splits * partial_values, rest_bytes, "fp32",
+    t2 = kernel_time(machine, p2, work - first_work + splits * partial_values, moved[1], "fp32",
                      cfg2.get("num_warps", 4))
     return [ModeledKernel(f"{partial.name} (S={splits})", kernel.kind, p1, t1),
             ModeledKernel(total.name, kernel.kind, p2, t2)]

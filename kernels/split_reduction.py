@@ -7,7 +7,9 @@ A host function launches two kernels:
 * `<name>_partial` — grid (row blocks, S): program (block, s) reduces its
   rows over the s-th chunk of columns, as the reduction template does over
   all of them, and stores one partial result per row and reduction in a
-  scratch `partials[S, reductions, rows]`;
+  scratch `partials[S, reductions, rows]` (and the full-size values other
+  kernels read, such as the gradient a bias gradient sums, element by
+  element of its chunk);
 * `<name>_sum` — one program per row block combines the S partial results
   (sum, max or min, over the splits in a fixed order) and computes and
   stores the kernel's row values (Adam's update of a bias, a mean's
@@ -64,11 +66,15 @@ def split_reduction(plan: FusionPlan, group: Group, k: int) -> KernelSource:
     reductions = [g.node(m) for m in group.members if g.node(m).op in REDUCE]
     # Each stage takes the pointers it uses: the first what the reductions read, the second what the row
     # values read and what the kernel stores.
-    first_nodes = set().union(*(plan.reads_at(n.id, d.vars()).memory for n in reductions))
-    second_nodes = set(group.stores).union(*(plan.reads_at(m, d.canonical(g.node(m).shape)).memory
-                                             for m in group.members if g.node(m).op not in REDUCE))
-    first = [p for p in ordered if p.node in first_nodes]
-    second = [p for p in ordered if p.node in second_nodes - (set(group.members) - set(group.stores))]
+    full_members = [m for m in group.members if g.node(m).op not in REDUCE and not d.is_row(g.node(m).shape)]
+    row_members = [m for m in group.members if m not in full_members]
+    first_nodes = set(full_members).union(*(plan.reads_at(m, d.vars()).memory
+                                            for m in full_members + [n.id for n in reductions]))
+    second_nodes = set(row_members).union(*(plan.reads_at(m, d.canonical(g.node(m).shape)).memory
+                                            for m in row_members if g.node(m).op not in REDUCE))
+    in_registers = set(group.members) - set(group.stores)
+    first = [p for p in ordered if p.node in first_nodes - in_registers]
+    second = [p for p in ordered if p.node in second_nodes - in_registers]
     n_red = len(reductions)
     acc_types = {n.id: accumulator_dtype(g.node(n.inputs[0]).dtype) for n in reductions}
     scratch = DType.F64 if DType.F64 in acc_types.values() else DType.F32
@@ -99,6 +105,9 @@ def split_reduction(plan: FusionPlan, group: Group, k: int) -> KernelSource:
                 x = f"{x}.to({TL_DTYPES[acc_types[n.id]]})"
             masked = f"tl.where(mask, {x}, {identity_of(n.op, acc_types[n.id])})"
             em.line(_ACCUMULATE[n.op].format(acc=f"acc{n.id}", x=masked))
+        for m in full_members:   # each element lies in one chunk: stored once, by its chunk's program
+            if m in group.stores:
+                em.store(m, full, em.value(m, full))
         em.mask, em.block_shape = saved
     em.line(f"out = partials + split.to(tl.int64) * ({n_red} * {rows_text}) + rows")
     for j, n in enumerate(reductions):
@@ -134,7 +143,7 @@ def split_reduction(plan: FusionPlan, group: Group, k: int) -> KernelSource:
         if n.dtype is not acc_types[n.id]:
             em.line(f"{name} = {name}.to({TL_DTYPES[n.dtype]})")
         em.fix(n.id, d.canonical(n.shape), name)
-    for m in group.members:
+    for m in row_members:
         if m in group.stores:
             at = d.canonical(g.node(m).shape)
             em.store(m, at, em.value(m, at), "row_mask")

@@ -46,7 +46,7 @@ def should_store_shared(inline_ops: int, uses: int) -> bool:
 # A split of a product's K, or of a reduction's columns, takes at least this many of them: below, the
 # partial sums cost more traffic than the programs they add are worth.
 MIN_SPLIT = 64
-MAX_SPLITS = 64
+MAX_SPLITS = 512   # as layer norm's backward (kernels/layernorm.py PARTIALS): four partial results per SM of an H100
 
 
 def fuse_update(programs_fused: int, machine) -> bool:

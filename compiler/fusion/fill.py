@@ -128,19 +128,23 @@ def _eject(planner: "Planner", group: "Group", update: list[int]) -> None:
 
 def splittable(planner: "Planner", group: "Group") -> bool:
     """Can a reduction kernel run as partial results over column chunks, then their combination?  Its
-    reductions must combine (sum, max, min of floats: partial results kept in floating point), read nothing the kernel itself computes (one level), and its
-    other members must be row values (the second stage computes them; no full-size result is stored)."""
+    reductions must combine (sum, max, min of floats: partial results kept in floating point) and read no
+    reduction or row value of the kernel (one level); its full-size members (a gradient the reduction sums
+    and other kernels read) must read no reduction either (the first stage computes and stores them chunk
+    by chunk); its row values are the second stage's."""
     g, d = planner.graph, group.domain
-    members = set(group.members)
     full = d.vars()
+    after = {m for m in group.members if g.node(m).op in REDUCE or d.is_row(g.node(m).shape)}
     for m in group.members:
         n = g.node(m)
         if n.op in REDUCE:
             if n.op not in SPLIT_OPS or not d.is_row(n.shape) or not g.node(n.inputs[0]).dtype.is_float:
                 return False
-            if set(planner.reads_at(m, full).memory) & members:
-                return False
-        elif not d.is_row(n.shape):
+        elif d.is_row(n.shape):
+            continue
+        elif d.canonical(n.shape) != full:
+            return False
+        if set(planner.reads_at(m, full).memory) & after:
             return False
     return any(g.node(m).op in REDUCE for m in group.members)
 

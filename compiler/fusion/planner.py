@@ -37,8 +37,8 @@ from typing import Callable, Iterable, Mapping
 from dln.compiler import composites
 from dln.compiler.fusion import cost
 from dln.compiler.fusion import index as ix
-from dln.compiler.fusion.fill import fill_gpu
 from dln.compiler.fusion.domain import LEAVES, POINTWISE, REDUCE, Domain, Reads, node_domain, reads
+from dln.compiler.fusion.fill import fill_gpu
 from dln.compiler.fusion.legality import may_join
 from dln.compiler.fusion.memory import Arena, MemoryPlan, plan_memory
 from dln.compiler.fusion.target import Target

@@ -42,7 +42,7 @@ def _step():
     return pipeline.train_step(model.train_spec, default_objective(model))
 
 
-def _run(generated, inputs, donate, **options):
+def _run(generated, inputs, donate, env=ENV, **options):
     """One step of the generated module, its operands laid out as the runtime lays them out (the multi-tensor
     kernel's parameters and state back to back); a donated output is read where it was written, over its
     input, as the runtime reads it."""
@@ -65,7 +65,7 @@ def _run(generated, inputs, donate, **options):
                 bufs[name] = view.view(inputs[name].shape)
     for name, value in inputs.items():
         bufs.setdefault(name, torch.from_numpy(np.ascontiguousarray(value)).to(DEVICE))
-    out = program(bufs, ENV)
+    out = program(bufs, env)
     return {k: (bufs[donate[k]] if k in donate else v).cpu().numpy().copy() for k, v in out.items()}
 
 
@@ -189,3 +189,37 @@ def test_split_columns_combine_maxima_minima_and_sums(rng):
     got = program({k: torch.from_numpy(v).to(DEVICE) for k, v in inputs.items()}, env)
     for name, want in expected.items():
         np.testing.assert_allclose(got[name].cpu().numpy(), want, rtol=1e-5, atol=1e-5, err_msg=name)
+
+
+def test_a_split_reduction_stores_the_full_size_values_it_sums(rng):
+    """A convolution's bias gradient sums the ReLU's gradient, which the weight gradient reads too: the first
+    stage stores it, each element once by the program whose chunk holds it."""
+    model = dln.compile("""
+    model conv() {
+        input x: f32[B, 2, 11, 11]
+        input y: i64[B]
+        logits = x -> conv2d(3, kernel = 3) -> relu -> maxpool2d(3) -> flatten -> linear(4)
+        loss = cross_entropy(logits, y)
+        output logits
+    }
+
+    train conv {
+        optimizer = adam(lr = 1e-2)
+        batch = 13
+        minimize loss
+    }
+    """, backend="numpy")
+    step = pipeline.train_step(model.train_spec, default_objective(model))
+    env = {"B": 13}
+    generated = generate_module(step.graph, step.donate, machine=SMALL, sizes=env)
+    planned = generated.plan.graph
+    split = [g for g in generated.plan.groups if g.kind == "split_reduction"]
+    assert any(planned.node(m).shape == g.domain.shape for g in split for m in g.stores), \
+        [(g.name, g.kind, g.domain.shape, [planned.node(m).shape for m in g.stores]) for g in generated.plan.groups]
+    inputs = graph_inputs(step.graph, env, rng)
+    inputs = {k: np.abs(v) if v.dtype == np.float32 else v for k, v in inputs.items()}
+    inputs["y"] = rng.integers(0, 4, env["B"]).astype(np.int64)
+    expected = evaluate(step.graph, inputs, env)
+    got = _run(generated, {k: v.copy() for k, v in inputs.items()}, step.donate, env=env)
+    for name, want in expected.items():
+        np.testing.assert_allclose(got[name], want, rtol=2e-4, atol=2e-5, err_msg=name)
