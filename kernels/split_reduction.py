@@ -170,10 +170,12 @@ def split_reduction(plan: FusionPlan, group: Group, k: int) -> KernelSource:
         f"    splits = max(1, triton.cdiv({c}, col_chunk))",
         f"    partials = program._scratch({json.dumps(group.name)}, splits * {n_red} * {r}, {TORCH_SCRATCH[scratch]})",
         f"    program.kernels[{json.dumps(partial_name)}][lambda meta: ({grid}, splits)]("
-        f"{', '.join(p.name for p in first)}, partials, col_chunk" + "".join(f", s_{s}" for s in symbols) + f"{wide_arg}, **cfg)",
+        f"{', '.join(p.name for p in first)}, partials, col_chunk" + "".join(f", s_{s}" for s in symbols)
+        + f"{wide_arg}, **cfg)",
         f"    cfg = program._cfg({json.dumps(sum_name)}, {{'rows': {r}, 'cols': splits}})",
         f"    program.kernels[{json.dumps(sum_name)}][lambda meta: ({grid},)]("
-        f"{', '.join(p.name for p in second)}, partials, splits" + "".join(f", s_{s}" for s in sum_symbols) + f"{wide_arg}, **cfg)",
+        f"{', '.join(p.name for p in second)}, partials, splits" + "".join(f", s_{s}" for s in sum_symbols)
+        + f"{wide_arg}, **cfg)",
     ]
     inner = [partial, total]
     return KernelSource(group.name, "split_reduction", "\n".join(host) + "\n", ordered, all_symbols, [], [],

@@ -22,11 +22,12 @@ from __future__ import annotations
 import json
 from typing import Mapping
 
+from dln.compiler.fusion import index as ix
 from dln.compiler.fusion.planner import FusionPlan, Group
 from dln.compiler.ir import DType
 from dln.compiler.symbolic import Dim
 from dln.kernels.configs import _size, gpu_config, next_pow2
-from dln.kernels.emitter import Emitter, Pointer, comment, render_dim
+from dln.kernels.emitter import Emitter, comment, render_dim
 from dln.kernels.lowering import HALF_TYPES, TL_DTYPES
 from dln.kernels.precision import PRECISIONS
 from dln.kernels.templates import KernelSource, _docstring, _operand_offset, _pointers, _sizes, _start, _store_members
@@ -84,8 +85,8 @@ def splitk(plan: FusionPlan, group: Group, k: int, precision: str = "ieee") -> K
     em.line("k_begin = split * k_chunk")
     em.line(f"k_end = tl.minimum(k_begin + k_chunk, {k_text})")
     at = group.domain.vars()
-    a_ptr, a_off = _operand_offset(em, g, a_node.id, (at[0], _k_var(K)), {"k": "ka"})
-    b_ptr, b_off = _operand_offset(em, g, b_node.id, (_k_var(K), at[1]), {"k": "kb"})
+    a_ptr, a_off = _operand_offset(em, g, a_node.id, (at[0], ix.Var("k", K)), {"k": "ka"})
+    b_ptr, b_off = _operand_offset(em, g, b_node.id, (ix.Var("k", K), at[1]), {"k": "kb"})
     em.line("acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)")
     with em.block("for k0 in range(k_begin, k_end, BLOCK_K):"):
         em.line("ka = k0 + tl.arange(0, BLOCK_K)[None, :]")
@@ -150,12 +151,13 @@ def splitk(plan: FusionPlan, group: Group, k: int, precision: str = "ieee") -> K
     sizes_text = "{" + ", ".join(f"{json.dumps(key)}: {render_dim(v)}" for key, v in matmul_sizes.items()) + "}"
     wide_arg = (", WIDE=max(" + ", ".join(f"{p.name}.numel()" for p in ordered) + ") >= 2 ** 31") if wide else ""
     m_r, n_r, k_r = render_dim(M), render_dim(N), render_dim(K)
+    host_doc = f"%{mm.id} matmul with K split {group.splits} ways (planned), then the ordered sum of the parts and the epilogue"
     host = [
         f"def {group.name}(program, sizes, {', '.join(p.name for p in ordered)}"
         + "".join(f", s_{s}" for s in all_symbols) + "):",
-        f'    """{comment(f"%{mm.id} matmul with K split {group.splits} ways (planned), then the ordered sum of the parts and the epilogue")}"""',
+        f'    """{comment(host_doc)}"""',
         f"    cfg = program._cfg({json.dumps(partial_name)}, {sizes_text})",
-        f"    block_k = cfg.get('BLOCK_K', 16)",
+        "    block_k = cfg.get('BLOCK_K', 16)",
         f"    k_chunk = triton.cdiv(triton.cdiv({k_r}, {group.splits}), block_k) * block_k",
         f"    splits = max(1, triton.cdiv({k_r}, k_chunk))",
         f"    partials = program._scratch({json.dumps(group.name)}, splits * {m_r} * {n_r}, torch.float32)",
@@ -171,8 +173,3 @@ def splitk(plan: FusionPlan, group: Group, k: int, precision: str = "ieee") -> K
                         inner_configs={partial.name: gpu_config("matmul", partial.sizes),
                                        total.name: sum_config(total.sizes)})
 
-
-def _k_var(K: Dim):
-    from dln.compiler.fusion import index as ix
-
-    return ix.Var("k", K)

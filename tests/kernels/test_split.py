@@ -32,7 +32,8 @@ train net {
     minimize loss
 }
 """
-# A GPU of 16 SMs whose launches cost nothing: a [37, 24] weight gradient (one tile) and a bias gradient over 300 rows cannot fill it.
+# A GPU of 16 SMs whose launches cost nothing: a [37, 24] weight gradient (one tile) and a bias gradient over
+# 300 rows cannot fill it.
 SMALL = dataclasses.replace(A100, name="test GPU", sms=16, launch_latency=0.0)   # launches free: splits pay
 ENV = {"B": 300}
 
