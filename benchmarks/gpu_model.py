@@ -1,7 +1,8 @@
 """Write benchmarks/RESULTS-model.md: the MLP training step's kernels planned for and modeled on an H100 and an
-A100 (dln.kernels.gpu_model), against PyTorch eager's modeled kernels — a model, no GPU involved.
+A100 (dln.kernels.gpu_model), and LeNet's on the H100, against PyTorch eager's modeled kernels — a model, no
+GPU involved.
 
-    .venv/bin/python benchmarks/gpu_model.py [--batch 4096]
+    .venv/bin/python benchmarks/gpu_model.py [--batch 4096] [--lenet-batch 512]
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ HERE = Path(__file__).parent
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=4096)
+    parser.add_argument("--lenet-batch", type=int, default=512)
     args = parser.parse_args()
     model = dln.compile(str(HERE / "mlp_784.dln"), backend="numpy")
     lines = ["# The MLP step on a GPU, modeled", "",
@@ -33,6 +35,11 @@ def main() -> None:
         lines += [f"## {MACHINES[gpu].name}, batch {args.batch}", "", "```"]
         lines += gpu_model_report(model, gpu, batch=args.batch).splitlines()
         lines += ["```", ""]
+    # A convolutional step too: its weight gradients split K (batch x positions), its bias gradients the batch.
+    lenet = dln.compile(str(HERE / "lenet.dln"), backend="numpy")
+    lines += [f"## LeNet on the {MACHINES['h100'].name}, batch {args.lenet_batch}", "", "```"]
+    lines += gpu_model_report(lenet, "h100", batch=args.lenet_batch).splitlines()
+    lines += ["```", ""]
     (HERE / "RESULTS-model.md").write_text("\n".join(lines))
     print(f"wrote {HERE / 'RESULTS-model.md'}")
 

@@ -100,7 +100,7 @@ def model_module(generated, machine: Machine, env: Mapping[str, int], precision:
         unit = PRECISION_UNITS.get(precision, "fp32") if group.domain.kind in ("matmul", "convolution") else "fp32"
         if dtype in (DType.F16, DType.BF16) and group.domain.kind in ("matmul", "convolution"):
             unit = {DType.F16: "fp16", DType.BF16: "bf16"}[dtype]
-        if kernel.kind in ("splitk", "split_reduction"):
+        if kernel.kind in ("splitk", "splitk_convolution", "split_reduction"):
             out += _split_stages(generated, kernel, group, plan, machine, env, work, unit)
             continue
         if kernel.host:   # a host loop (a scan, a layer norm's two stages): its grids are set at launch
@@ -125,9 +125,10 @@ def _split_stages(generated, kernel, group, plan, machine, env, work, unit) -> l
     partial, total = kernel.inner
     cfg1, cfg2 = generated.configs[partial.name], generated.configs[total.name]
     d = group.domain
-    if kernel.kind == "splitk":
+    if kernel.kind in ("splitk", "splitk_convolution"):
         length, block = int(_eval_dim(kernel.sizes["K"], env)), cfg1["BLOCK_K"]
-        partial_values = int(_eval_dim(kernel.sizes["M"], env) * _eval_dim(kernel.sizes["N"], env))
+        partial_values = int(_eval_dim(kernel.sizes["M"], env) * _eval_dim(kernel.sizes["N"], env)) \
+            * int(partial.sizes.get("groups", 1))
         first_work = flops(g, g.node(group.members[0]), env)
     else:
         length, block = int(_eval_dim(kernel.sizes["cols"], env)), cfg1["BLOCK_N"]

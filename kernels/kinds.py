@@ -11,6 +11,7 @@ from dln.kernels.convolution import convolution
 from dln.kernels.recurrent import scan
 from dln.kernels.split_reduction import split_reduction
 from dln.kernels.splitk import splitk
+from dln.kernels.splitk_conv import splitk_convolution
 from dln.kernels.templates import KernelSource, matmul, multi_tensor, pointwise, reduction, scatter
 
 Template = Callable[[FusionPlan, Group, int], KernelSource]
@@ -28,6 +29,7 @@ CONTRACTIONS: dict[str, Callable[[FusionPlan, Group, int, str], KernelSource]] =
     "matmul": matmul,
     "splitk": splitk,   # K in chunks on many programs, then the ordered sum and the epilogue
     "convolution": convolution,
+    "splitk_convolution": splitk_convolution,   # a weight gradient's K in chunks, then the ordered sum
     "scan": scan,   # a persistent recurrent kernel (or the step-by-step fallback)
     "composite": lambda plan, group, k, precision: COMPOSITE_TEMPLATES[
         plan.graph.node(group.members[0]).attrs["composite"]](plan, group, k, precision),

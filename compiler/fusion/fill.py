@@ -10,6 +10,7 @@ Per kernel, from the time model (target.py) and the backend's tile choice:
   parts (a weight gradient dW = X^T @ dY over a large batch), S chosen by
   the model (cost.best_split): partial products to a scratch [S, M, N],
   then a second kernel sums them in a fixed order and runs the epilogue;
+  so does a convolution's weight gradient (K: batch x output positions);
 * a reduction over few rows and many columns (a bias gradient, a norm, a
   loss mean) splits its columns likewise: partial results per chunk, then
   their combination with the row epilogue.
@@ -43,6 +44,8 @@ def fill_gpu(planner: "Planner", target: Target) -> None:
     for group in list(planner.groups):
         if group.domain.kind == "matmul":
             _shape_product(planner, group, target)
+        elif group.domain.kind == "convolution" and planner.graph.node(group.members[0]).op is Op.CONV_WEIGHT:
+            _shape_conv_weight(planner, group, target)
         elif group.domain.kind == "reduction" and splittable(planner, group):
             _shape_reduction(planner, group, target)
 
@@ -99,6 +102,52 @@ def _shape_product(planner: "Planner", group: "Group", target: Target) -> None:
     operands = (M * K + K * N) * size
     sum_cfg = target.tiles("splitk_sum", {"rows": dims["M"], "cols": dims["N"]}, 0, 0, 0)
     sum_programs = cdiv(M, sum_cfg["BLOCK_M"]) * cdiv(N, sum_cfg["BLOCK_N"])
+
+    def stage1(s: int):
+        written = s * M * N * PARTIAL_BYTES if s > 1 else M * N * size
+        return tiles * s, 2 * M * N * K, operands + written, unit, cfg["num_warps"]
+
+    def stage2(s: int):
+        return sum_programs, M * N * s, s * M * N * PARTIAL_BYTES + M * N * size, "fp32", sum_cfg["num_warps"]
+
+    group.splits = cost.best_split(machine, tiles, K, stage1, stage2)
+
+
+def conv_weight_sizes(planner: "Planner", n: Node) -> tuple[dict[str, Dim], dict[str, int], int]:
+    """A convolution weight gradient as the implicit product its kernel computes per group of channels:
+    [c_out, (c_in, taps)] = [c_out, (batch, positions)] @ [(batch, positions), (c_in, taps)]."""
+    dy = planner.graph.node(n.inputs[1])
+    groups = n.attrs.get("groups", 1)
+    dims = {"M": n.shape[0] // groups, "N": numel(n.shape[1:]), "K": numel((dy.shape[0],) + tuple(dy.shape[2:]))}
+    return dims, {k: int(evaluate(v, planner.env)) for k, v in dims.items()}, groups
+
+
+def _shape_conv_weight(planner: "Planner", group: "Group", target: Target) -> None:
+    """A convolution's weight gradient: as a product's (`_shape_product`), its K the batch and positions."""
+    g, machine = planner.graph, target.machine
+    node = g.node(group.members[0])
+    dims, sizes, groups = conv_weight_sizes(planner, node)
+
+    def programs(weight) -> tuple[int, Mapping[str, int]]:
+        cfg = target.tiles("convolution", dims, *weight)
+        return cdiv(sizes["M"], cfg["BLOCK_M"]) * cdiv(sizes["N"], cfg["BLOCK_N"]) * groups, cfg
+
+    update = [m for m in group.members if g.node(m).phase is Phase.OPTIMIZER]
+    if update:
+        if cost.fuse_update(programs(epilogue(planner, group))[0], machine):
+            return
+        _eject(planner, group, update)
+    if node.dtype not in (DType.F32, DType.F16, DType.BF16):
+        return
+    tiles, cfg = programs(epilogue(planner, group))
+    M, N, K = sizes["M"] * groups, sizes["N"], sizes["K"]
+    size = node.dtype.itemsize
+    dy, x = (g.node(i) for i in (node.inputs[1], node.inputs[0]))
+    operands = nbytes(dy, planner.env) + nbytes(x, planner.env)
+    unit = PRECISION_UNITS.get(target.precision, "fp32") if node.dtype is DType.F32 else \
+        PRECISION_UNITS[{DType.F16: "f16", DType.BF16: "bf16"}[node.dtype]]
+    sum_cfg = target.tiles("splitk_sum", {"rows": dims["M"], "cols": dims["N"]}, 0, 0, 0)
+    sum_programs = cdiv(sizes["M"], sum_cfg["BLOCK_M"]) * cdiv(N, sum_cfg["BLOCK_N"]) * groups
 
     def stage1(s: int):
         written = s * M * N * PARTIAL_BYTES if s > 1 else M * N * size

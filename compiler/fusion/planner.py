@@ -48,7 +48,7 @@ from dln.compiler.symbolic import evaluate, numel
 
 
 # The kind of a kernel split in two stages (fill.py), by its domain's kind.
-SPLIT_KINDS = {"matmul": "splitk", "reduction": "split_reduction"}
+SPLIT_KINDS = {"matmul": "splitk", "convolution": "splitk_convolution", "reduction": "split_reduction"}
 
 
 @dataclass

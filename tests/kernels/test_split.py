@@ -194,7 +194,8 @@ def test_split_columns_combine_maxima_minima_and_sums(rng):
 
 def test_a_split_reduction_stores_the_full_size_values_it_sums(rng):
     """A convolution's bias gradient sums the ReLU's gradient, which the weight gradient reads too: the first
-    stage stores it, each element once by the program whose chunk holds it."""
+    stage stores it, each element once by the program whose chunk holds it.  The weight gradient (K: the
+    batch times the output positions) splits its K (kernels/splitk_conv.py)."""
     model = dln.compile("""
     model conv() {
         input x: f32[B, 2, 11, 11]
@@ -214,6 +215,7 @@ def test_a_split_reduction_stores_the_full_size_values_it_sums(rng):
     env = {"B": 13}
     generated = generate_module(step.graph, step.donate, machine=SMALL, sizes=env)
     planned = generated.plan.graph
+    assert "splitk_convolution" in {g.kind for g in generated.plan.groups}
     split = [g for g in generated.plan.groups if g.kind == "split_reduction"]
     assert any(planned.node(m).shape == g.domain.shape for g in split for m in g.stores), \
         [(g.name, g.kind, g.domain.shape, [planned.node(m).shape for m in g.stores]) for g in generated.plan.groups]
