@@ -209,16 +209,18 @@ def _shape_reduction(planner: "Planner", group: "Group", target: Target) -> None
     for m in reductions:
         read |= set(planner.reads_at(m, d.vars()).memory)
     read_bytes = sum(nbytes(g.node(r), env) for r in read)
-    out_bytes = sum(nbytes(g.node(m), env) for m in group.members)
+    # Full-size members are written by the first stage (chunk by chunk), row values by the second.
+    full_out = sum(nbytes(g.node(m), env) for m in group.members if not d.is_row(g.node(m).shape))
+    row_out = sum(nbytes(g.node(m), env) for m in group.members if d.is_row(g.node(m).shape))
     partials = rows * len(reductions) * PARTIAL_BYTES
     sum_cfg = target.tiles("reduction", {"rows": dims["rows"], "cols": 1}, 0, 0, 0)
 
     def stage1(s: int):
-        return programs * s, rows * cols * len(reductions), read_bytes + (s * partials if s > 1 else out_bytes), \
-            "fp32", cfg["num_warps"]
+        written = full_out + (s * partials if s > 1 else row_out)
+        return programs * s, rows * cols * len(reductions), read_bytes + written, "fp32", cfg["num_warps"]
 
     def stage2(s: int):
-        return cdiv(rows, sum_cfg["BLOCK_M"]), s * rows * len(reductions), s * partials + out_bytes, "fp32", \
+        return cdiv(rows, sum_cfg["BLOCK_M"]), s * rows * len(reductions), s * partials + row_out, "fp32", \
             sum_cfg["num_warps"]
 
     group.splits = cost.best_split(target.machine, programs, cols, stage1, stage2)
