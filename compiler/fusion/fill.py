@@ -74,43 +74,21 @@ def product_sizes(planner: "Planner", product: Node) -> tuple[dict[str, Dim], di
     return dims, {k: int(evaluate(v, planner.env)) for k, v in dims.items()}
 
 
-def product_programs(target: Target, dims: dict[str, Dim], sizes: dict[str, int],
-                     weight: tuple[int, int, int]) -> tuple[int, Mapping[str, int]]:
-    cfg = target.tiles("matmul", dims, *weight)
-    return cdiv(sizes["M"], cfg["BLOCK_M"]) * cdiv(sizes["N"], cfg["BLOCK_N"]) * sizes["batch"], cfg
-
-
 def _shape_product(planner: "Planner", group: "Group", target: Target) -> None:
-    g, machine = planner.graph, target.machine
+    g = planner.graph
     product = g.node(group.members[0])
     if product.op is not Op.MATMUL:
         return
     dims, sizes = product_sizes(planner, product)
-    update = [m for m in group.members if g.node(m).phase is Phase.OPTIMIZER]
-    if update:
-        fused, _ = product_programs(target, dims, sizes, epilogue(planner, group))
-        if cost.fuse_update(fused, machine):
-            return
-        _eject(planner, group, update)
-    if len(product.shape) != 2 or product.dtype not in (DType.F32, DType.F16, DType.BF16):
+
+    def programs(weight) -> tuple[int, Mapping[str, int]]:
+        cfg = target.tiles("matmul", dims, *weight)
+        return cdiv(sizes["M"], cfg["BLOCK_M"]) * cdiv(sizes["N"], cfg["BLOCK_N"]) * sizes["batch"], cfg
+
+    if _keeps_update(planner, group, target, programs) or len(product.shape) != 2:
         return
-    tiles, cfg = product_programs(target, dims, sizes, epilogue(planner, group))
-    M, N, K = sizes["M"], sizes["N"], sizes["K"]
-    size = product.dtype.itemsize
-    unit = PRECISION_UNITS.get(target.precision, "fp32") if product.dtype is DType.F32 else \
-        PRECISION_UNITS[{DType.F16: "f16", DType.BF16: "bf16"}[product.dtype]]
-    operands = (M * K + K * N) * size
-    sum_cfg = target.tiles("splitk_sum", {"rows": dims["M"], "cols": dims["N"]}, 0, 0, 0)
-    sum_programs = cdiv(M, sum_cfg["BLOCK_M"]) * cdiv(N, sum_cfg["BLOCK_N"])
-
-    def stage1(s: int):
-        written = s * M * N * PARTIAL_BYTES if s > 1 else M * N * size
-        return tiles * s, 2 * M * N * K, operands + written, unit, cfg["num_warps"]
-
-    def stage2(s: int):
-        return sum_programs, M * N * s, s * M * N * PARTIAL_BYTES + M * N * size, "fp32", sum_cfg["num_warps"]
-
-    group.splits = cost.best_split(machine, tiles, K, stage1, stage2)
+    operands = (sizes["M"] + sizes["N"]) * sizes["K"] * product.dtype.itemsize
+    _split_k(planner, group, target, programs, dims, sizes, 1, operands)
 
 
 def conv_weight_sizes(planner: "Planner", n: Node) -> tuple[dict[str, Dim], dict[str, int], int]:
@@ -124,7 +102,7 @@ def conv_weight_sizes(planner: "Planner", n: Node) -> tuple[dict[str, Dim], dict
 
 def _shape_conv_weight(planner: "Planner", group: "Group", target: Target) -> None:
     """A convolution's weight gradient: as a product's (`_shape_product`), its K the batch and positions."""
-    g, machine = planner.graph, target.machine
+    g = planner.graph
     node = g.node(group.members[0])
     dims, sizes, groups = conv_weight_sizes(planner, node)
 
@@ -132,18 +110,34 @@ def _shape_conv_weight(planner: "Planner", group: "Group", target: Target) -> No
         cfg = target.tiles("convolution", dims, *weight)
         return cdiv(sizes["M"], cfg["BLOCK_M"]) * cdiv(sizes["N"], cfg["BLOCK_N"]) * groups, cfg
 
+    if _keeps_update(planner, group, target, programs):
+        return
+    operands = sum(nbytes(g.node(i), planner.env) for i in node.inputs)
+    _split_k(planner, group, target, programs, dims, sizes, groups, operands)
+
+
+def _keeps_update(planner: "Planner", group: "Group", target: Target, programs) -> bool:
+    """Does a product keep the optimizer update in its epilogue?  If not, the update leaves it."""
+    g = planner.graph
     update = [m for m in group.members if g.node(m).phase is Phase.OPTIMIZER]
-    if update:
-        if cost.fuse_update(programs(epilogue(planner, group))[0], machine):
-            return
-        _eject(planner, group, update)
+    if not update:
+        return False
+    if cost.fuse_update(programs(epilogue(planner, group))[0], target.machine):
+        return True
+    _eject(planner, group, update)
+    return False
+
+
+def _split_k(planner: "Planner", group: "Group", target: Target, programs, dims: dict[str, Dim],
+             sizes: dict[str, int], groups: int, operands: int) -> None:
+    """Choose a product's split of K (`group.splits`): the partial products of [M, N] tiles per group of
+    channels over S chunks of K, written to a scratch, then summed in order with the epilogue."""
+    node = planner.graph.node(group.members[0])
     if node.dtype not in (DType.F32, DType.F16, DType.BF16):
         return
     tiles, cfg = programs(epilogue(planner, group))
     M, N, K = sizes["M"] * groups, sizes["N"], sizes["K"]
     size = node.dtype.itemsize
-    dy, x = (g.node(i) for i in (node.inputs[1], node.inputs[0]))
-    operands = nbytes(dy, planner.env) + nbytes(x, planner.env)
     unit = PRECISION_UNITS.get(target.precision, "fp32") if node.dtype is DType.F32 else \
         PRECISION_UNITS[{DType.F16: "f16", DType.BF16: "bf16"}[node.dtype]]
     sum_cfg = target.tiles("splitk_sum", {"rows": dims["M"], "cols": dims["N"]}, 0, 0, 0)
@@ -156,7 +150,7 @@ def _shape_conv_weight(planner: "Planner", group: "Group", target: Target) -> No
     def stage2(s: int):
         return sum_programs, M * N * s, s * M * N * PARTIAL_BYTES + M * N * size, "fp32", sum_cfg["num_warps"]
 
-    group.splits = cost.best_split(machine, tiles, K, stage1, stage2)
+    group.splits = cost.best_split(target.machine, tiles, K, stage1, stage2)
 
 
 def _eject(planner: "Planner", group: "Group", update: list[int]) -> None:
