@@ -9,6 +9,9 @@ from dln.compiler.ir import Graph, Node, TensorType
 from dln.kernels import attention, layernorm
 from dln.kernels.convolution import convolution
 from dln.kernels.recurrent import scan
+from dln.kernels.split_reduction import split_reduction
+from dln.kernels.splitk import splitk
+from dln.kernels.splitk_conv import splitk_convolution
 from dln.kernels.templates import KernelSource, matmul, multi_tensor, pointwise, reduction, scatter
 
 Template = Callable[[FusionPlan, Group, int], KernelSource]
@@ -18,12 +21,15 @@ TEMPLATES: dict[str, Template] = {
     "reduction": reduction,
     "scatter": scatter,
     "multi_tensor": multi_tensor,
+    "split_reduction": split_reduction,   # partial results over column chunks, then their combination
 }
 
 # Contractions take the precision of their products (`input_precision` of `tl.dot`).
 CONTRACTIONS: dict[str, Callable[[FusionPlan, Group, int, str], KernelSource]] = {
     "matmul": matmul,
+    "splitk": splitk,   # K in chunks on many programs, then the ordered sum and the epilogue
     "convolution": convolution,
+    "splitk_convolution": splitk_convolution,   # a weight gradient's K in chunks, then the ordered sum
     "scan": scan,   # a persistent recurrent kernel (or the step-by-step fallback)
     "composite": lambda plan, group, k, precision: COMPOSITE_TEMPLATES[
         plan.graph.node(group.members[0]).attrs["composite"]](plan, group, k, precision),

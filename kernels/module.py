@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Mapping
 
 from dln.compiler.fusion.planner import FusionPlan, plan_graph
+from dln.compiler.fusion.target import Machine
 from dln.compiler.ir import DType, Graph, GroupOp, Op
 from dln.compiler.pipeline import lower
 from dln.compiler.symbolic import numel
@@ -48,8 +49,15 @@ class GeneratedModule:
 
 
 def generate_module(graph: Graph, donate: Mapping[str, str] | None = None, precision: str = "ieee",
-                    title: str = "") -> GeneratedModule:
-    plan = plan_graph(lower(graph, kept_in(graph)), donate)
+                    title: str = "", machine: Machine | None = None,
+                    sizes: Mapping[str, int] | None = None) -> GeneratedModule:
+    """With a `machine`, kernels are planned to fill it at `sizes` (the batch; dln.kernels.gpu_model)."""
+    target = None
+    if machine is not None:
+        from dln.kernels.gpu_model import target_for
+
+        target = target_for(machine, graph, sizes, precision)
+    plan = plan_graph(lower(graph, kept_in(graph)), donate, target)
     kernels = [generate(plan, group, k, precision) for k, group in enumerate(plan.groups)]
     configs = kernel_configs(plan, kernels)
     source = _module_source(plan, kernels, configs, title or graph.name)
@@ -84,11 +92,15 @@ def tuning_hooks(plan: FusionPlan, kernels: list[KernelSource]) -> dict[str, dic
     kernel writes over a buffer it reads (donated to an input: parameters, optimizer moments, the random
     counter) are restored (`restore_value`); accumulators it adds into with atomics after the launcher
     zeroed them are zeroed again (`reset_to_zero`).  A host loop's body is planned without donations, so
-    its kernels only ever reset."""
+    its kernels only ever reset; a two-stage kernel's (kernels/splitk.py) second stage writes the update in
+    place and restores like any other."""
     hooks = {}
     for kernel, group in zip(kernels, plan.groups):
         for k in jit_kernels([kernel]):
-            in_place = {m for m in group.stores if m in plan.memory.donated} if k is kernel else set()
+            # A kernel over the plan's graph (a split kernel's stages too, not a loop body's) may write in place.
+            in_place = {m for m in group.stores if m in plan.memory.donated} if k.graph is None else set()
+            if k.kind == "multi_tensor":   # it writes through its inputs' pointers (arenas), not its outputs'
+                in_place = {plan.memory.donated[m] for m in in_place}
             hooks[k.name] = {"restore_value": [p.name for p in k.pointers if p.node in in_place
                                                and p.node not in k.zero_outputs],
                              "reset_to_zero": [p.name for p in k.pointers if p.node in k.zero_outputs]}
@@ -308,6 +320,11 @@ def _launcher(plan: FusionPlan, kernels: list[KernelSource]) -> list[str]:
             tensors = ", ".join(f"{_tensor(p.node)}.numel()" for p in kernel.pointers)
             body.append(f"cfg = dict(cfg, WIDE=max([{tensors}]) >= 2 ** 31)")  # one tensor or several
         args = [_tensor(p.node) for p in kernel.pointers] + [f"s_{s}" for s in kernel.symbols]
+        if kernel.kind == "multi_tensor":
+            # Each operand is its arena whole (the first tensor's view extended): what tuning saves and
+            # restores around a timed run is then every parameter's, not the first one's alone.
+            args = [f"{_tensor(p.node)}.as_strided(({p.shape[0]},), (1,))" if p.shape else _tensor(p.node)
+                    for p in kernel.pointers] + args[len(kernel.pointers):]
         if kernel.workspace is not None:  # a kernel's own scratch (a scan's staged product operands)
             numel_, dtype_ = kernel.workspace
             args.insert(len(kernel.pointers), f"self._scratch({json.dumps(kernel.name)}, {render_dim(numel_)}, "

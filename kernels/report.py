@@ -72,12 +72,19 @@ def format_plan(plan: FusionPlan, env: Mapping[str, int], compiled: Mapping[str,
         lines.append(f"  stores   {', '.join(f'%{s}' for s in group.stores) or '-'}")
         if group.updates:
             lines.append(f"  updates  {', '.join(group.updates)}")
+        if group.splits > 1:
+            what = "K" if group.domain.kind == "matmul" else "the reduced columns"
+            lines.append(f"  splits   {what} {group.splits} ways (planned for the target at this batch), then an "
+                         "ordered second stage")
         lines.append(f"  source   {source_lines(cost.nodes) or '-'}")
         lines.append(f"  cost     {cost.flops:,} FLOPs, {cost.bytes:,} bytes (read {cost.read_bytes:,}, write "
                      f"{cost.write_bytes:,}), {cost.intensity:.2f} FLOPs/byte")
-        for result in (compiled or {}).get(cost.name, []):
+        results = [r for name, rs in (compiled or {}).items() if name == cost.name or name.startswith(cost.name + "_")
+                   for r in rs]   # a two-stage kernel's stages are compiled apart (`k7_..._partial`, `k7_..._sum`)
+        for result in results:
             flag = "" if result.fits else "  <-- does not fit"
-            lines.append(f"  {result.target:<8} {result.describe()}{flag}")
+            stage = result.name[len(cost.name) + 1:]
+            lines.append(f"  {result.target:<8} {stage + ': ' if stage else ''}{result.describe()}{flag}")
         lines.append("")
     total_bytes = sum(c.bytes for c in costs)
     total_flops = sum(c.flops for c in costs)

@@ -55,7 +55,7 @@ def manifest(model, forward: Graph, step_graph: Graph | None, files: list[str]) 
 
 
 def write_artefacts(model, out: Path, backend: str = "numpy", target: str | None = None,
-                    log: Callable[[str], None] = print, precision: str = "ieee") -> list[str]:
+                    log: Callable[[str], None] = print, precision: str = "ieee", batch: int = 128) -> list[str]:
     from dln.runtime.train import default_objective
 
     out.mkdir(parents=True, exist_ok=True)
@@ -78,7 +78,7 @@ def write_artefacts(model, out: Path, backend: str = "numpy", target: str | None
 
         graph, donate = (step.graph, step.donate) if step_graph is not None else (forward, {})
         files += write_kernel_artefacts(graph, out, donate, target=target, log=log,
-                                        precision=dot_precision(precision))
+                                        precision=dot_precision(precision), batch=batch)
     files.append("manifest.json")
     save_json(out / "manifest.json", manifest(model, forward, step_graph, files))
     return files

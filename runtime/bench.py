@@ -115,3 +115,20 @@ def _numpy_step_time(model, step, env) -> float:
     exe = Executable(step.graph, {**params, **states}, step.donate)
     inputs = {k: v.numpy() for k, v in random_inputs(step.graph, env).items() if k not in params and k not in states}
     return _median_time(lambda: exe.run(inputs, env))
+
+
+def gpu_model_report(model, gpu: str, batch: int = 128, precision: str = "ieee") -> str:
+    """`dln bench --gpu h100`: the training step's kernels planned for that GPU and modeled on it, against
+    PyTorch eager's modeled kernels (dln.kernels.gpu_model) — no GPU needed, and no measurement."""
+    from dln.compiler.fusion.target import MACHINES
+    from dln.kernels.gpu_model import eager_model, format_model, model_module
+    from dln.runtime.train import default_objective
+
+    machine = MACHINES[gpu]
+    step = pipeline.train_step(model.train_spec, default_objective(model))
+    env = {s: batch for s in step.graph.symbols()}
+    generated = generate_module(step.graph, step.donate, precision, machine=machine, sizes=env)
+    ours = model_module(generated, machine, env, precision)
+    eager = eager_model(step.graph, machine, env, precision)
+    return "\n".join([f"{model.name}: one training step (forward + backward + optimizer)", ""]
+                     + format_model(ours, eager, machine, env))

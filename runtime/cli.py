@@ -86,6 +86,8 @@ def _parser() -> argparse.ArgumentParser:
     c = command("compile", "write the compiled artefacts (IR, plan, kernels, manifest) to a directory", backend=True)
     c.add_argument("-o", "--output", required=True, help="output directory")
     c.add_argument("--target", choices=["sm_80", "sm_90"], help="also compile every kernel for this GPU")
+    c.add_argument("--batch", type=_positive, default=128,
+                   help="the batch the kernels are planned and modeled for with --target (default 128)")
     c = command("run", "one forward pass", backend=True)
     c.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy", help="an input array")
     c.add_argument("--weights", help="a .safetensors file of weights")
@@ -126,6 +128,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("-o", "--output", help="write DOT; SVG when the name ends in .svg (with Graphviz's dot program)")
     c = command("bench", "kernels per training step and modeled memory traffic, against PyTorch", backend=True)
     c.add_argument("--batch", type=int, default=128)
+    c.add_argument("--gpu", choices=["a100", "h100"],
+                   help="print the modeled step on this GPU (dln's kernels against PyTorch eager's); needs no GPU")
     c = sub.add_parser("plot", help="loss and accuracy curves of a run directory as a PNG",
                        description="loss and accuracy curves of a run directory (its metrics.csv) as a PNG")
     c.add_argument("run_dir", metavar="RUN_DIR", help="a run directory of dln train")
@@ -305,7 +309,7 @@ def cmd_compile(args) -> int:
     model = _model(args, backend="numpy")
     out = Path(args.output)
     written = write_artefacts(model, out, backend=args.backend or "triton", target=args.target, log=print,
-                              precision=args.precision or "ieee")
+                              precision=args.precision or "ieee", batch=args.batch)
     print(f"wrote {', '.join(written)} to {out}")
     return 0
 
@@ -466,6 +470,11 @@ def cmd_bench(args) -> int:
     from dln.runtime.bench import bench_report
 
     model = _model(args)
+    if args.gpu is not None:
+        from dln.runtime.bench import gpu_model_report
+
+        print(gpu_model_report(model, args.gpu, batch=args.batch, precision=args.precision or "ieee"))
+        return 0
     print(bench_report(model, batch=args.batch))
     return 0
 

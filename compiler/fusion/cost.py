@@ -39,3 +39,41 @@ def join_profit(shared_bytes: int, rows: int | None = None, full_elements: int =
 def should_store_shared(inline_ops: int, uses: int) -> bool:
     """Store a value used by several kernels rather than recomputing it in each?"""
     return uses > 1 and inline_ops * (uses - 1) > RECOMPUTE_OPS
+
+
+# ---- filling the GPU (a target's machine: target.py) ----------------------------------------------------------
+
+# A split of a product's K, or of a reduction's columns, takes at least this many of them: below, the
+# partial sums cost more traffic than the programs they add are worth.
+MIN_SPLIT = 64
+MAX_SPLITS = 512   # as layer norm's backward (kernels/layernorm.py PARTIALS): four partial results per SM of an H100
+
+
+def fuse_update(programs_fused: int, machine) -> bool:
+    """Fuse an optimizer update into a weight gradient's epilogue?  Only where the product's grid, tiled
+    for the heavier epilogue, still gives every SM a program; otherwise the gradient is stored and the
+    update joins the multi-tensor kernel, and the product may split its K."""
+    return programs_fused >= machine.sms
+
+
+def best_split(machine, programs: int, length: int, stage1, stage2) -> int:
+    """The number of splits S (1: none) of a `length`-long sum over a grid of `programs` programs:
+    `stage1(S)` and `stage2(S)` give (programs, FLOPs, bytes, unit, warps) of the split kernel and of the
+    kernel combining its S partial results (`target.kernel_time`).  No split when the grid already fills
+    the GPU.  Otherwise the S of least modeled time (both stages, launches included), except that a
+    grid that gives every SM a program is preferred while it costs at most FILL_SLACK more: the model
+    does not see the latency an idle SM's share of the work adds."""
+    from dln.compiler.fusion.target import kernel_time
+
+    if programs >= machine.sms:
+        return 1
+    times = {}
+    for s in range(1, max(1, min(MAX_SPLITS, length // MIN_SPLIT)) + 1):
+        times[s] = kernel_time(machine, *stage1(s)).time_s + (kernel_time(machine, *stage2(s)).time_s if s > 1 else 0)
+    best = min(times, key=lambda s: (times[s], s))
+    filling = [s for s in times if stage1(s)[0] >= machine.sms and times[s] <= FILL_SLACK * times[best]]
+    return min(filling, key=lambda s: (times[s], s)) if filling and stage1(best)[0] < machine.sms else best
+
+
+# How much more modeled time a split may cost to give every SM a program.
+FILL_SLACK = 1.25

@@ -16,10 +16,17 @@ Over a whole graph — for training, forward + backward + optimizer update:
    kernel of its own: epilogues join their matrix product or convolution,
    softmax, its log, cross-entropy and its gradient share one pass over the
    rows.
-3. **Batch the optimizer.**  The per-parameter updates are the same
+3. **Fill the GPU** (when planning for a target: a machine and a batch,
+   target.py; fill.py).  A weight gradient's product keeps the optimizer
+   update in its epilogue only if its grid still gives every SM a program;
+   otherwise the update leaves it (for step 4) and a product whose output
+   tiles cannot fill the SMs splits its K; a reduction over few rows splits
+   its columns.  Split kernels run in two stages, partial sums then their
+   deterministic combination with the epilogue (cost.best_split picks S).
+4. **Batch the optimizer.**  The per-parameter updates are the same
    computation over different tensors: they become one multi-tensor kernel
    over parameters, gradients and state laid out back to back (memory.py).
-4. **Order** the kernels topologically and plan memory (memory.py).
+5. **Order** the kernels topologically and plan memory (memory.py).
 """
 
 from __future__ import annotations
@@ -31,11 +38,17 @@ from dln.compiler import composites
 from dln.compiler.fusion import cost
 from dln.compiler.fusion import index as ix
 from dln.compiler.fusion.domain import LEAVES, POINTWISE, REDUCE, Domain, Reads, node_domain, reads
+from dln.compiler.fusion.fill import fill_gpu
 from dln.compiler.fusion.legality import may_join
 from dln.compiler.fusion.memory import Arena, MemoryPlan, plan_memory
+from dln.compiler.fusion.target import Target
 from dln.compiler.naming import arena_name, kernel_name
 from dln.compiler.ir import Graph, GroupOp, Node, Op, Phase
 from dln.compiler.symbolic import evaluate, numel
+
+
+# The kind of a kernel split in two stages (fill.py), by its domain's kind.
+SPLIT_KINDS = {"matmul": "splitk", "convolution": "splitk_convolution", "reduction": "split_reduction"}
 
 
 @dataclass
@@ -49,10 +62,15 @@ class Group:
     multi: list[list[int]] | None = None                   # multi-tensor: members per parameter
     name: str = ""
     updates: list[str] = field(default_factory=list)       # the inputs it writes new values of (the optimizer's)
+    splits: int = 1                                        # > 1: K (a product's) or columns split this many ways
 
     @property
     def kind(self) -> str:
-        return "multi_tensor" if self.multi else self.domain.kind
+        if self.multi:
+            return "multi_tensor"
+        if self.splits > 1:
+            return SPLIT_KINDS[self.domain.kind]
+        return self.domain.kind
 
     def stored_results(self, graph: Graph) -> dict[int, list[int]]:
         """A group of a node with several results (a scan's, a composite's): result index -> the `result`
@@ -65,9 +83,9 @@ class Group:
 
 
 class Planner:
-    def __init__(self, graph: Graph) -> None:
+    def __init__(self, graph: Graph, sizes: Mapping[str, int] | None = None) -> None:
         self.graph = graph
-        self.env = {s: cost.REPRESENTATIVE for s in graph.symbols()}  # sizes the cost model prices
+        self.env = {s: (sizes or {}).get(s, cost.REPRESENTATIVE) for s in graph.symbols()}  # sizes the cost model prices
         self.realized: set[int] = set()
         self.groups: list[Group] = []
         self.group_of: dict[int, int] = {}
@@ -225,7 +243,21 @@ class Planner:
             self._ancestors[group] = found
         return self._ancestors[group]
 
-    # ---- 3. the optimizer as one multi-tensor kernel ------------------------------------------------------
+    def new_group(self, domain: Domain, nodes: list[Node]) -> Group:
+        """A kernel of its own for `nodes` (realized, in program order), over `domain`."""
+        group = Group(max((g.id for g in self.groups), default=-1) + 1, domain, [])
+        self.groups.append(group)
+        self._edges[group.id] = set()
+        for n in nodes:
+            self._add(group, n)
+        return group
+
+    def add_edge(self, reader: int, source: int) -> None:
+        """Group `reader` reads what group `source` stores."""
+        self._edges[reader].add(source)
+        self._ancestors.clear()
+
+    # ---- 4. the optimizer as one multi-tensor kernel ------------------------------------------------------
     def batch_updates(self, donate: Mapping[str, str]) -> None:
         """Merge the per-parameter update kernels that compute the same thing (when each
         writes its results over its inputs: a multi-tensor kernel works in place)."""
@@ -274,7 +306,7 @@ class Planner:
         parts = tuple(_structure(g, n, numbering, self.is_realized) for n in nodes)
         return (str(nodes[0].dtype), parts)
 
-    # ---- 4. order -----------------------------------------------------------------------------------------------
+    # ---- 5. order -----------------------------------------------------------------------------------------------
     def order(self, after: dict[int, set[int]] | None = None) -> None:
         """Kernels in dependency order; `after[g]`: more groups that must run before g
         (the readers of a buffer g overwrites)."""
@@ -340,12 +372,15 @@ class FusionPlan:
         return {m for g in self.groups for m in g.stores}
 
 
-def plan_graph(graph: Graph, donate: Mapping[str, str] | None = None) -> FusionPlan:
-    """Fuse `graph` into kernels and plan their memory (see the module docstring)."""
+def plan_graph(graph: Graph, donate: Mapping[str, str] | None = None, target: Target | None = None) -> FusionPlan:
+    """Fuse `graph` into kernels and plan their memory (see the module docstring); with a `target`, shape
+    the kernels to fill its GPU at its sizes."""
     donate = dict(donate or {})
-    planner = Planner(graph)
+    planner = Planner(graph, target.sizes if target is not None else None)
     planner.realize()
     planner.group_all()
+    if target is not None:
+        fill_gpu(planner, target)
     planner.batch_updates(donate)
     group_reads = {g.id: _group_reads(planner, g) for g in planner.groups}
     donations = _donations(planner, donate, group_reads)

@@ -10,6 +10,7 @@ from dln.compiler.fusion.domain import KINDS
 from dln.compiler.fusion.planner import computed_nodes, plan_graph
 from dln.compiler.ir import GroupOp, Op
 from dln.kernels.convolution import GEMMS
+from dln.compiler.fusion.planner import SPLIT_KINDS
 from dln.kernels.kinds import CONTRACTIONS, TEMPLATES
 
 
@@ -121,7 +122,7 @@ def test_bias_and_activation_join_the_convolution_kernel():
 
 def test_every_convolution_op_is_an_implicit_gemm_and_every_kind_has_a_template():
     assert set(GEMMS) == GroupOp.Convolution
-    assert set(TEMPLATES) | set(CONTRACTIONS) == KINDS | {"multi_tensor"}
+    assert set(TEMPLATES) | set(CONTRACTIONS) == KINDS | {"multi_tensor"} | set(SPLIT_KINDS.values())
     assert not set(TEMPLATES) & set(CONTRACTIONS)
 
 
