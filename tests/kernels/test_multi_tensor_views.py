@@ -18,6 +18,7 @@ import dln
 from dln.compiler import pipeline
 from dln.compiler.recipe import Objective, OptimizerSpec
 from dln.kernels.module import generate_module
+from dln.runtime.backends import MERGES_PRODUCTS
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs triton")
 
@@ -63,7 +64,21 @@ model m() {{
 }}
 """
 
-MODELS = {"biases": BIASES, "layers": LAYERS}
+# The update reads arange inline (the gradient of `b * arange(5)`): a value of the element's position in
+# its own parameter, which one flat pass over every parameter cannot give (it gave `offs`).
+POSITIONS = """\
+model m() {{
+    input x: f32[B, 3]
+    param b: f32[5] = normal(0.0, 0.5)
+    param c: f32[7] = normal(0.0, 0.5)
+    param d: f32[6] = normal(0.0, 0.5)
+    s = mean(tanh(x))
+    loss = (sum(b * cast(arange(5), f32)) + sum(c * cast(arange(7), f32)) + sum(d * cast(arange(6), f32))) * s
+    output loss
+}}
+"""
+
+MODELS = {"biases": BIASES, "layers": LAYERS, "positions": POSITIONS}
 # Clipping makes every update wait for the gradient norm, so they are kernels of their own that the
 # planner batches; momentum gives them state of their own (one more arena).
 STEP = {"name": "sgd", "lr": 0.5, "momentum": 0.9, "clip_grad": 1.0}
@@ -73,19 +88,23 @@ def _inputs(rng, case):
     if case == "biases":
         return {"x": rng.standard_normal((4, 3, 5)), "z": rng.standard_normal((4, 3, 7)),
                 "u": rng.standard_normal((4, 3, 6))}
+    if case == "positions":
+        return {"x": rng.standard_normal((5, 3)) + 1.0}
     return {"x": rng.standard_normal((5, 4))}
 
 
 def _multi_tensor_kernels(model):
     objective = Objective("loss", None, OptimizerSpec("sgd", {"lr": STEP["lr"], "momentum": STEP["momentum"]}),
                           None)
-    step = pipeline.train_step(model.train_spec, objective, STEP["clip_grad"], mixed=model.mixed)
+    # As the Triton backend plans the step (products that share an operand merged).
+    step = pipeline.train_step(model.train_spec, objective, STEP["clip_grad"], mixed=model.mixed,
+                               merge=MERGES_PRODUCTS["triton"])
     generated = generate_module(step.graph, step.donate)
     return generated, [k for k in generated.kernels if k.kind == "multi_tensor"]
 
 
-@pytest.mark.parametrize("dt", ["f16", "bf16", "f64"])
-@pytest.mark.parametrize("case", ["biases", "layers"])
+@pytest.mark.parametrize("case, dt", [(case, dt) for case in ("biases", "layers") for dt in ("f16", "bf16", "f64")]
+                         + [("positions", "f32")])
 def test_updates_through_views_follow_numpy(rng, case, dt):
     source = MODELS[case].format(dt=dt)
     numpy_model = dln.compile(source, backend="numpy")
@@ -119,3 +138,11 @@ def test_the_kernel_reads_each_arena_at_the_flat_offset(case):
         assert {name for name, _ in accesses} <= set(arenas)
         assert any(re.fullmatch(r"arena\d+_grads", name) for name, _ in accesses), accesses
         assert all(offset == "offs" for _, offset in accesses), accesses
+
+
+def test_an_update_that_depends_on_the_position_keeps_a_kernel_of_its_own():
+    model = dln.compile(POSITIONS.format(), backend="numpy")
+    generated, kernels = _multi_tensor_kernels(model)
+    assert not kernels
+    updates = [k for k in generated.kernels if "update" in k.name]
+    assert len(updates) >= 2 and all(k.kind != "multi_tensor" for k in updates)
