@@ -202,12 +202,23 @@ def multi_tensor(plan: FusionPlan, group: Group, k: int) -> KernelSource:
     for node_id in plan.reads[k]:
         if g.node(node_id).shape == ():
             pointers[node_id] = Pointer(buffer_name(g, node_id, output_names), node_id, ())
-    em = Emitter(g, pointers, {"offs": "offs"})
+    # The body is parameter 0's update, evaluated at its own index: views inline (a gradient reshaped, cast,
+    # reshaped back) compose there as planning composed them, back to that index (`_update_signature` lets
+    # in no other).  Element `at` of each operand is element `offs` of its arena, loaded once up front: the
+    # flat offset serves every parameter, whatever its size.  The emitter knows no arena pointer and no
+    # index variable, so a read anywhere else fails here instead of reading another parameter's values.
+    at = ix.domain_vars(g.node(first_members[0]).shape, "i")
+    scalars = {i: p for i, p in pointers.items() if g.node(i).shape == ()}
+    em = Emitter(g, scalars, {})
     em.members = set(first_members)
     em.line("pid = tl.program_id(0)")
     em.line("offs = pid * BLOCK + tl.arange(0, BLOCK)")
     em.line(f"mask = offs < {total}")
-    at = (ix.Var("offs", total),)
+    for node_id in per_param[0]:
+        if node_id not in em.members:
+            name = em.fresh("x")
+            em.line(f"{name} = tl.load({pointers[node_id].name} + offs, mask=mask)  # %{node_id}")
+            em.fix(node_id, at, name)
     outputs: list[tuple[int, Pointer]] = []
     for m in first_members:
         target = plan.memory.donated[m]

@@ -40,6 +40,8 @@ from dln.compiler.symbolic import Shape, dims_equal, numel
 LEAVES = frozenset({Op.CONST, Op.IOTA, Op.SYMSIZE})
 POINTWISE = GroupOp.Elementwise | {Op.RAND, Op.PAD, Op.CONCAT, Op.GATHER}
 REDUCE = GroupOp.Reduce
+# Ops whose value depends on where an element lies, beyond the values they read.
+POSITIONAL = frozenset({Op.IOTA, Op.RAND, Op.PAD, Op.CONCAT, Op.GATHER})
 
 # The kinds of domain (each has a kernel template: dln.kernels.kinds).
 KINDS = frozenset({"pointwise", "reduction", "matmul", "convolution", "scatter", "scan", "composite"})

@@ -37,7 +37,7 @@ from typing import Callable, Iterable, Mapping
 from dln.compiler import composites
 from dln.compiler.fusion import cost
 from dln.compiler.fusion import index as ix
-from dln.compiler.fusion.domain import LEAVES, POINTWISE, REDUCE, Domain, Reads, node_domain, reads
+from dln.compiler.fusion.domain import LEAVES, POINTWISE, POSITIONAL, REDUCE, Domain, Reads, node_domain, reads
 from dln.compiler.fusion.fill import fill_gpu
 from dln.compiler.fusion.legality import may_join
 from dln.compiler.fusion.memory import Arena, MemoryPlan, plan_memory
@@ -299,9 +299,14 @@ class Planner:
         shape = group.domain.shape
         at = group.domain.vars()
         for n in nodes:  # tensors must be read where they are written: element i of each
-            for m, indices in self.reads_at(n.id, at).memory.items():
+            walk = self.reads_at(n.id, at)
+            for m, indices in walk.memory.items():
                 if g.node(m).shape != () and (g.node(m).shape != shape or indices != {at}):
                     return None
+            # One kernel body serves every parameter only if nothing in it depends on where an element
+            # lies but those reads (a flat offset into each parameter's part of the arenas).
+            if any(g.node(i).op in POSITIONAL for i in walk.inline | {n.id}):
+                return None
         numbering: dict[int, int] = {}
         parts = tuple(_structure(g, n, numbering, self.is_realized) for n in nodes)
         return (str(nodes[0].dtype), parts)
