@@ -58,6 +58,19 @@ def load_module(source: str, record: Mapping[str, Any]):
     return module
 
 
+def machine_of(device) -> "Machine | None":
+    """The cost model's description of `device` (dln.compiler.fusion.target: A100, H100 by compute
+    capability), None off a GPU or for a GPU it does not describe (planned as for no machine)."""
+    if device.type != "cuda":
+        return None
+    import torch
+
+    from dln.compiler.fusion.target import BY_ARCH
+
+    major, minor = torch.cuda.get_device_capability(device)
+    return BY_ARCH.get(f"sm_{major}{minor}")
+
+
 def outside_autograd(method):
     """Run `method` under torch.no_grad(): persistent buffers may be the nn.Parameters of
     `model.as_torch()`'s module (shared with the model), and kernels, copies and loads write them
@@ -126,7 +139,9 @@ class TritonExecutable:
         self.checks = index_checks(graph)
         if self.checks:
             graph = graph.with_outputs(list(graph.outputs) + [(_check_output(n), i) for n, i in self.checks])
-        self.generated = generate_module(graph, donate, backend.precision)
+        # On a GPU the kernels are planned to fill it (split-K, split reductions: dln.kernels.gpu_model), for
+        # the representative batch; any batch runs correctly.
+        self.generated = generate_module(graph, donate, backend.precision, machine=machine_of(backend.device))
         record = {"graph": graph.name, "kernels": [k.name for k in self.generated.kernels],
                   "configs": self.generated.configs}
         self.module = load_module(self.generated.source, record)

@@ -69,3 +69,17 @@ def test_compile_writes_the_model_into_the_plan(tmp_path, monkeypatch):
     assert cli.main(["compile", str(MLP), "-o", str(tmp_path), "--target", "sm_90", "--batch", "4096"]) == 0
     plan = (tmp_path / "plan.txt").read_text()
     assert "H100" in plan and "B = 4096" in plan and "splits   K" in plan and "PyTorch eager" in plan
+
+
+def test_a_gpu_backend_plans_for_the_machine_it_runs_on(monkeypatch):
+    """The Triton runtime plans for the GPU it finds (A100: sm_80, H100: sm_90) and for none on the CPU or
+    on a GPU the model does not describe."""
+    import torch
+
+    from dln.compiler.fusion.target import A100, H100
+    from dln.runtime.triton_backend import machine_of
+
+    assert machine_of(torch.device("cpu")) is None
+    for capability, machine in [((8, 0), A100), ((9, 0), H100), ((8, 9), None)]:
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None, c=capability: c)
+        assert machine_of(torch.device("cuda")) is machine
