@@ -42,6 +42,7 @@ from dln.kernels.templates import (
     _split,
     _start,
     _store_members,
+    grouped_tile_order,
     reduction_tiles,
 )
 
@@ -207,9 +208,7 @@ def convolution(plan: FusionPlan, group: Group, k: int, precision: str = "ieee")
     wide = _start(em, _sizes(plan, pointers))
     em.line("grp = tl.program_id(1)  # the group of channels")
     em.vars["grp"] = "grp"
-    em.line(f"num_n = tl.cdiv({n_text}, BLOCK_N)")
-    em.line("pid_m = pid // num_n")
-    em.line("pid_n = pid % num_n")
+    grouped_tile_order(em, m_text, n_text)
     em.line("m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)[:, None]")
     em.line("n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]")
     _axes(em, "m", M, gemm.rows, "")

@@ -30,3 +30,25 @@ def check_products(results: list, out: Path, precision: str, tensor_cores: tuple
             assert not mma and "FFMA" in sass, r.name
         else:
             assert set(mma) & set(tensor_cores), (r.name, r.target)
+
+
+# ---- many modules at once: each distinct kernel built once ----------------------------------------------------
+
+def canonical_source(kernel) -> str:
+    """A kernel's source as the compiler sees it: its name, docstring, comments and pointer names (which
+    name the model's buffers) replaced, so that the same product in two models or two objectives (a GAN's
+    discriminator in both of its steps) is one build."""
+    text = kernel.source.replace(f"def {kernel.name}(", "def kernel(", 1)
+    text = re.sub(r'"""(.|\n)*?"""', '""', text, count=1)
+    text = re.sub(r"\s*#[^\n]*", "", text)
+    for i, p in enumerate(kernel.pointers):
+        text = re.sub(rf"\b{re.escape(p.name)}\b", f"ptr{i}", text)
+    return text
+
+
+def build_key(kernel, job) -> tuple:
+    """What a build depends on: the canonical source, the JIT's specialization (by position), the launch
+    options and the target."""
+    spec = job.specialization
+    return (canonical_source(kernel), tuple(spec.signature.values()), tuple(sorted(spec.constexprs.items())),
+            tuple(sorted((k, repr(v)) for k, v in spec.attrs.items())), job.num_warps, job.num_stages, job.target)
