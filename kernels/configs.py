@@ -56,7 +56,14 @@ def gpu_config(kind: str, sizes: Mapping[str, Dim], epilogue_weight: int = 0, *,
         # A reduction over the batch (a weight gradient) takes full K slices at any batch: one range fewer
         # to build, and at a small batch such a product is launch-bound, not slice-bound.
         k = sizes["K"] if isinstance(sizes["K"], int) else None
-        return _tensor_core_tiles(_size(sizes["M"], batch), _size(sizes["N"], batch), k, random_draws, dtype)
+        tiles = _tensor_core_tiles(_size(sizes["M"], batch), _size(sizes["N"], batch), k, epilogue_weight,
+                                   random_draws, dtype)
+        if kind == "convolution":
+            # Measured with ptxas: a transposed convolution's 128 x 16 x 32 tile (its addresses and window
+            # masks computed per element, live across the pipeline) spills 16 B on sm_80 at 4 stages, none
+            # at 3 or 2.
+            tiles["num_stages"] = min(3, tiles["num_stages"])
+        return tiles
     if kind in ("pointwise", "multi_tensor", "scatter"):
         n = _size(sizes["n"])
         block = min(1024, max(128, next_pow2(n)))
@@ -176,19 +183,29 @@ def _convolution_config(sizes: Mapping[str, Dim], epilogue_weight: int, batch: i
 PIPELINE_SHARED = 128 * 1024
 
 
-def _tensor_core_tiles(m: int, n: int, k: int | None, random_draws: int, dtype: DType) -> dict[str, int]:
+def _tensor_core_tiles(m: int, n: int, k: int | None, epilogue_weight: int, random_draws: int,
+                       dtype: DType) -> dict[str, int]:
     """Tiles for `tl.dot` on the tensor cores.  BLOCK_M is 64 or 128 rows: Hopper's wgmma (HGMMA) is issued
     by a warp group of 4 warps over 64-row slices, so one warp group per 64 rows; below 64 rows Triton
     falls back to mma.sync (HMMA).  The K loop is pipelined as deep as PIPELINE_SHARED allows (3-4
     stages).  `k`: None when the reduction's length is symbolic (a weight gradient's batch)."""
     # Measured with ptxas, compiled as the JIT compiles it, for every product and convolution of the
-    # examples (tests/kernels/test_aot_tensor_cores.py): 128 x 128 on 8 warps fits every epilogue but
-    # random draws, Adam's update beside a weight gradient included (250 registers on sm_80, no spills);
-    # 128 x 256 on 8 warps spills on sm_90 even with no epilogue (16 B; 4.8 KiB with Adam's update), so
-    # tiles stop at 128 x 128.  Dropout in the epilogue (Philox's lanes live beside the accumulator)
-    # spills 512 B on sm_80 and 784 B on sm_90 at 128 x 128, none at 128 x 64 (160 registers).
+    # examples (tests/kernels/test_aot_tensor_cores.py, 916 builds): 128 x 128 on 8 warps fits epilogues up
+    # to a weight of 24 and most of Adam's updates beside a weight gradient (weights 37-45, up to 250
+    # registers), but not all: 80-252 B spilled for some on sm_80 (bf16) or sm_90 (fp32), 176 B for a GELU
+    # gradient (weight 25), 2.2 KiB for the tied embedding's update (65).  Heavier epilogues therefore take
+    # 64 columns (32 for the heaviest), halving the accumulator's registers.  128 x 256 on 8 warps spills on
+    # sm_90 even with no epilogue (16 B; 4.8 KiB with Adam's update), so tiles stop at 128 x 128.  Dropout
+    # in the epilogue (Philox's lanes live beside the accumulator) spills 512 B on sm_80 and 784 B on sm_90
+    # at 128 x 128, none at 128 x 64 (160 registers).
     block_m = 128 if m > 64 else 64
-    block_n = max(16, min(64 if random_draws else 128, next_pow2(n)))
+    widest = 32 if epilogue_weight > 48 else 64 if random_draws or epilogue_weight > 24 else 128
+    if dtype in (DType.BF16, DType.F16):
+        # Measured with ptxas: with bf16 operands (64-deep K slices) a plain 128 x 128 product of the
+        # transformer's attention gradient settles at 128 registers on sm_80 and spills 16 B at 2, 3 or 4
+        # stages (8 B with 32-deep slices); 128 x 64 takes 108 registers and spills none.
+        widest = min(widest, 64)
+    block_n = max(16, min(widest, next_pow2(n)))
     if m <= 64:
         # A small batch: the product streams the weights and is memory-bound; narrower column tiles
         # spread it over twice the programs.  64 x 128 on 4 warps also spills Adam's update (44 B on sm_80).
