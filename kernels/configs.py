@@ -59,10 +59,11 @@ def gpu_config(kind: str, sizes: Mapping[str, Dim], epilogue_weight: int = 0, *,
         tiles = _tensor_core_tiles(_size(sizes["M"], batch), _size(sizes["N"], batch), k, epilogue_weight,
                                    random_draws, dtype)
         if kind == "convolution":
-            # Measured with ptxas: a transposed convolution's 128 x 16 x 32 tile (its addresses and window
-            # masks computed per element, live across the pipeline) spills 16 B on sm_80 at 4 stages, none
-            # at 3 or 2.
+            # Measured with ptxas: a transposed convolution's 128 x 16 tile (its addresses and window masks
+            # computed per element, live across the pipeline) spills 16 B on sm_80 at 4 stages of 32-deep
+            # fp32 slices, none at 3; with bf16 operands 16 B at 3 stages of 64-deep slices, none at 32.
             tiles["num_stages"] = min(3, tiles["num_stages"])
+            tiles["BLOCK_K"] = min(32, tiles["BLOCK_K"])
         return tiles
     if kind in ("pointwise", "multi_tensor", "scatter"):
         n = _size(sizes["n"])
