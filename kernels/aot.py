@@ -251,7 +251,8 @@ def _record(module_path: str, shapes: dict, arenas: list, sizes: dict[str, int])
     for name, (shape, tensor_dtype) in shapes.items():
         if name not in bufs:
             bufs[name] = torch.empty(shape, dtype=dtype(tensor_dtype))
-    module.Program("cpu", interpret=True, configs=dict(module.CONFIGS))(bufs, sizes)
+    # Not interpreted: each kernel gets the GPU's configuration for these sizes (`_sized_config`).
+    module.Program("cpu", interpret=False)(bufs, sizes)
     return launches
 
 

@@ -10,30 +10,61 @@ Under Triton's interpreter every program instance costs about a millisecond
 of Python, so there the blocks are as large as the data (capped), chosen at
 launch time from the actual sizes (`interpreter_config`, copied into the
 generated module).
+
+Matrix products and convolutions run on the tensor cores when their operands
+are bf16/f16 or the precision lets fp32 operands round (tf32, tf32x3,
+bf16x3): their tiles are then tensor-core sized and software pipelined
+(`_tensor_core_tiles`).  Their tiles follow the batch: `size_ranges` lists the
+configuration per range of sizes, and the generated launcher picks the row
+that holds at launch (`SIZED_CONFIG`).
 """
 
 from __future__ import annotations
 
 from typing import Mapping
 
-from dln.compiler.symbolic import Dim, evaluate
-
 from dln.compiler.fusion.cost import REPRESENTATIVE
+from dln.compiler.ir import DType
+from dln.compiler.symbolic import Dim, evaluate
 
 
 def next_pow2(n: int) -> int:
     return 1 << max(0, (int(n) - 1).bit_length())
 
 
-def _size(d: Dim) -> int:
+def _size(d: Dim, batch: int = REPRESENTATIVE) -> int:
+    """A size with every symbol (the batch, a sequence length) at `batch`."""
     if isinstance(d, int):
         return d
-    return int(evaluate(d, {s: REPRESENTATIVE for s in d.symbols}))
+    return int(evaluate(d, {s: batch for s in d.symbols}))
 
 
-def gpu_config(kind: str, sizes: Mapping[str, Dim], epilogue_weight: int = 0) -> dict[str, int]:
+def tensor_cores(precision: str, dtype: DType) -> bool:
+    """Whether `tl.dot` on operands of `dtype` runs on the tensor cores: half operands always; fp32
+    ones unless the products must be exact ("ieee"); f64 never (no Triton dot uses DMMA)."""
+    return dtype in (DType.BF16, DType.F16) or (dtype is DType.F32 and precision != "ieee")
+
+
+def gpu_config(kind: str, sizes: Mapping[str, Dim], epilogue_weight: int = 0, *, precision: str = "ieee",
+               dtype: DType = DType.F32, random_draws: int = 0, batch: int = REPRESENTATIVE) -> dict[str, int]:
     """`epilogue_weight`: how many values per output element a matmul's epilogue keeps live
-    (see `epilogue_weight`); heavier epilogues get smaller tiles."""
+    (see `epilogue_weight`); heavier epilogues get smaller tiles.  `precision` and `dtype` (a contraction's
+    operand type) say whether products run on the tensor cores; `random_draws`: random numbers its
+    epilogue draws (counted in the weight too); `batch`: the value of every symbolic size (`size_ranges`
+    asks for several)."""
+    if kind in ("matmul", "convolution") and tensor_cores(precision, dtype):
+        # A reduction over the batch (a weight gradient) takes full K slices at any batch: one range fewer
+        # to build, and at a small batch such a product is launch-bound, not slice-bound.
+        k = sizes["K"] if isinstance(sizes["K"], int) else None
+        tiles = _tensor_core_tiles(_size(sizes["M"], batch), _size(sizes["N"], batch), k, epilogue_weight,
+                                   random_draws, dtype)
+        if kind == "convolution":
+            # Measured with ptxas: a transposed convolution's 128 x 16 tile (its addresses and window masks
+            # computed per element, live across the pipeline) spills 16 B on sm_80 at 4 stages of 32-deep
+            # fp32 slices, none at 3; with bf16 operands 16 B at 3 stages of 64-deep slices, none at 32.
+            tiles["num_stages"] = min(3, tiles["num_stages"])
+            tiles["BLOCK_K"] = min(32, tiles["BLOCK_K"])
+        return tiles
     if kind in ("pointwise", "multi_tensor", "scatter"):
         n = _size(sizes["n"])
         block = min(1024, max(128, next_pow2(n)))
@@ -50,7 +81,7 @@ def gpu_config(kind: str, sizes: Mapping[str, Dim], epilogue_weight: int = 0) ->
         warps = 8 if block_m * block_n >= 1024 else 4
         return {"BLOCK_M": block_m, "BLOCK_N": block_n, "num_warps": warps}
     if kind == "matmul":
-        m, n = _size(sizes["M"]), _size(sizes["N"])
+        m, n = _size(sizes["M"], batch), _size(sizes["N"], batch)
         # fp32 tiles: the accumulator plus the epilogue's live values sit in registers.  Measured
         # with ptxas: 64 x 64 x 32 needs 8 warps to stay under 255 registers on sm_80 (4 spill);
         # heavier epilogues get smaller tiles.
@@ -68,10 +99,10 @@ def gpu_config(kind: str, sizes: Mapping[str, Dim], epilogue_weight: int = 0) ->
         # tile on 8 warps takes K 16 at a time: ptxas holds it to 80 registers, and at K 32 it spilled 16
         # bytes on sm_80 (rnn_digits' input projection of the second layer, [8B, 64] @ [64, 64]).
         block_k = max(16, min(16 if block_m * block_n >= 64 * 64 and warps == 8 else 32,
-                              next_pow2(_size(sizes["K"]))))
+                              next_pow2(_size(sizes["K"], batch))))
         return {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k, "num_warps": warps}
     if kind == "convolution":
-        return _convolution_config(sizes, epilogue_weight)
+        return _convolution_config(sizes, epilogue_weight, batch)
     if kind == "scan":
         return scan_config(sizes)
     if kind in ("scan_steps", "attention_vjp"):
@@ -127,11 +158,11 @@ def attention_config(kind: str, sizes: Mapping[str, Dim]) -> dict[str, int]:
     return {"BLOCK_M": block_m, "BLOCK_N": block_n, "num_warps": warps}
 
 
-def _convolution_config(sizes: Mapping[str, Dim], epilogue_weight: int) -> dict[str, int]:
+def _convolution_config(sizes: Mapping[str, Dim], epilogue_weight: int, batch: int) -> dict[str, int]:
     """An implicit GEMM's tiles: as a matmul's, but its operand addresses are computed per element
     of the tile (the im2col split of k into channel and taps, the window's masks), which keeps a
     [BLOCK_M, BLOCK_K] and a [BLOCK_K, BLOCK_N] tile of integers live beside the accumulator."""
-    m, n, k = _size(sizes["M"]), _size(sizes["N"]), _size(sizes["K"])
+    m, n, k = (_size(sizes[d], batch) for d in ("M", "N", "K"))
     # Rows stay 64 wide where there are as many (Hopper's wgmma, HGMMA, takes 64-row tiles); a heavy
     # epilogue (an optimizer update beside a weight gradient) narrows the columns: measured without
     # spills at 64 x 32, 4 warps, with Adam's update fused.
@@ -146,6 +177,75 @@ def _convolution_config(sizes: Mapping[str, Dim], epilogue_weight: int) -> dict[
     # sm_80 (the decoders' convolutions, K = 256), 64 x 32 x 16 none: only 8 warps take K 32 deep.
     block_k = 32 if k >= 64 and warps == 8 else 16
     return {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k, "num_warps": warps}
+
+
+# Shared memory a pipelined contraction may take per block: sm_80's opt-in maximum (163 KiB; sm_90 has
+# 227 KiB), less room for the epilogue's layout conversions.
+PIPELINE_SHARED = 128 * 1024
+
+
+def _tensor_core_tiles(m: int, n: int, k: int | None, epilogue_weight: int, random_draws: int,
+                       dtype: DType) -> dict[str, int]:
+    """Tiles for `tl.dot` on the tensor cores.  BLOCK_M is 64 or 128 rows: Hopper's wgmma (HGMMA) is issued
+    by a warp group of 4 warps over 64-row slices, so one warp group per 64 rows; below 64 rows Triton
+    falls back to mma.sync (HMMA).  The K loop is pipelined as deep as PIPELINE_SHARED allows (3-4
+    stages).  `k`: None when the reduction's length is symbolic (a weight gradient's batch)."""
+    # Measured with ptxas, compiled as the JIT compiles it, for every product and convolution of the
+    # examples (tests/kernels/test_aot_tensor_cores.py, 916 builds): 128 x 128 on 8 warps fits epilogues up
+    # to a weight of 24 and most of Adam's updates beside a weight gradient (weights 37-45, up to 250
+    # registers), but not all: 80-252 B spilled for some on sm_80 (bf16) or sm_90 (fp32), 176 B for a GELU
+    # gradient (weight 25), 2.2 KiB for the tied embedding's update (65).  Heavier epilogues therefore take
+    # 64 columns (32 for the heaviest), halving the accumulator's registers.  128 x 256 on 8 warps spills on
+    # sm_90 even with no epilogue (16 B; 4.8 KiB with Adam's update), so tiles stop at 128 x 128.  Dropout
+    # in the epilogue (Philox's lanes live beside the accumulator) spills 512 B on sm_80 and 784 B on sm_90
+    # at 128 x 128, none at 128 x 64 (160 registers).
+    block_m = 128 if m > 64 else 64
+    widest = 32 if epilogue_weight > 48 else 64 if random_draws or epilogue_weight > 24 else 128
+    if dtype in (DType.BF16, DType.F16):
+        # Measured with ptxas: with bf16 operands (64-deep K slices) a plain 128 x 128 product of the
+        # transformer's attention gradient settles at 128 registers on sm_80 and spills 16 B at 2, 3 or 4
+        # stages (8 B with 32-deep slices); 128 x 64 takes 108 registers and spills none.
+        widest = min(widest, 64)
+    block_n = max(16, min(widest, next_pow2(n)))
+    if m <= 64:
+        # A small batch: the product streams the weights and is memory-bound; narrower column tiles
+        # spread it over twice the programs.  64 x 128 on 4 warps also spills Adam's update (44 B on sm_80).
+        block_n = min(block_n, 64)
+    warps = 8 if block_m == 128 else 4
+    element = 2 if dtype in (DType.BF16, DType.F16) else 4
+    # K slices of 128 bytes a row (64 bf16 or 32 fp32 values: one 128-byte swizzled shared-memory row).
+    full_k = 64 if element == 2 else 32
+    block_k = full_k if k is None else max(16, min(full_k, next_pow2(k)))
+    stage = (block_m + block_n) * block_k * element
+    stages = max(2, min(4, PIPELINE_SHARED // stage))
+    return {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k, "num_warps": warps, "num_stages": stages}
+
+
+# The batches at which `size_ranges` evaluates a contraction's configuration (every symbol at the value).
+BATCH_LADDER = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+
+
+def size_ranges(kind: str, sizes: Mapping[str, Dim], epilogue_weight: int = 0, *, precision: str = "ieee",
+                dtype: DType = DType.F32, random_draws: int = 0) -> list[tuple[dict[str, int], dict[str, int]]]:
+    """A contraction's configuration per range of its symbolic sizes: rows `(limits, config)` in order,
+    `limits` the largest value of each symbolic size of M, N, K the row serves (the last row: none, any
+    size).  Empty when the configuration is the same at every batch (or the sizes are all known)."""
+    if kind not in ("matmul", "convolution"):
+        return []
+    symbolic = [d for d in ("M", "N", "K") if not isinstance(sizes[d], int)]
+    rows: list[tuple[dict[str, int], dict[str, int]]] = []
+    for batch in BATCH_LADDER:
+        config = gpu_config(kind, sizes, epilogue_weight, precision=precision, dtype=dtype,
+                            random_draws=random_draws, batch=batch)
+        limits = {d: _size(sizes[d], batch) for d in symbolic}
+        if rows and rows[-1][1] == config:
+            rows[-1] = (limits, config)   # the range grows
+        else:
+            rows.append((limits, config))
+    if len(rows) <= 1:
+        return []
+    rows[-1] = ({}, rows[-1][1])
+    return rows
 
 
 # A random draw keeps Philox's four 32-bit lanes and its key live through ten rounds.
@@ -198,4 +298,14 @@ def _interpreter_config(kind, sizes):
         return {"BLOCK_M": max(16, p2(sizes["Tq"], 64)), "BLOCK_N": max(16, p2(sizes["Tk"], 64))}
     return {"BLOCK_M": max(16, p2(sizes["M"], 128)), "BLOCK_N": max(16, p2(sizes["N"], 128)),
             "BLOCK_K": max(16, p2(sizes["K"], 128))}
+'''
+
+SIZED_CONFIG = '''
+def _sized_config(name, sizes):
+    """The cost model's configuration for the sizes of this launch: the first row of SIZE_RANGES whose
+    limits all hold, else CONFIGS (a kernel whose tiles are the same at any batch)."""
+    for limits, config in SIZE_RANGES.get(name, ()):
+        if all(sizes[d] <= limit for d, limit in limits.items()):
+            return config
+    return CONFIGS[name]
 '''

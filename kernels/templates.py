@@ -399,6 +399,23 @@ def _levels(plan: FusionPlan, group: Group) -> dict[int, int]:
 
 # ---- matrix products with epilogues --------------------------------------------------------------------------
 
+# Output tiles per group of rows in the launch order (Triton's matmul tutorial uses 8).
+GROUP_M = 8
+
+
+def grouped_tile_order(em: Emitter, m_text: str, n_text: str) -> None:
+    """`pid_m`, `pid_n` of program `pid` in grouped order (Triton's matmul tutorial): programs launched
+    together take GROUP_M row tiles and sweep the columns, so the rows' and columns' operand tiles they
+    share stay in L2, instead of one row of tiles streaming every column of the right operand."""
+    em.line(f"num_m = tl.cdiv({m_text}, BLOCK_M)")
+    em.line(f"num_n = tl.cdiv({n_text}, BLOCK_N)")
+    em.line(f"in_group = {GROUP_M} * num_n  # programs in a group of {GROUP_M} row tiles")
+    em.line(f"first_m = pid // in_group * {GROUP_M}")
+    em.line(f"group_m = tl.minimum(num_m - first_m, {GROUP_M})  # the last group may have fewer rows")
+    em.line("pid_m = first_m + (pid % in_group) % group_m")
+    em.line("pid_n = (pid % in_group) // group_m")
+
+
 @contextlib.contextmanager
 def reduction_tiles(em: Emitter, dtype: DType, k_text: str, wide: bool):
     """A product's accumulator and its loop over BLOCK_K slices of the reduction: inside, `ka` indexes k
@@ -435,9 +452,7 @@ def matmul(plan: FusionPlan, group: Group, k: int, precision: str = "ieee") -> K
     em.block_shape = "[BLOCK_M, BLOCK_N]"
     m_text, n_text, k_text = em.dim(M), em.dim(N), em.dim(K)
     wide = _start(em, _sizes(plan, pointers))
-    em.line(f"num_n = tl.cdiv({n_text}, BLOCK_N)")
-    em.line("pid_m = pid // num_n")
-    em.line("pid_n = pid % num_n")
+    grouped_tile_order(em, m_text, n_text)
     em.line("m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)[:, None]")
     em.line("n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]")
     if batch:
