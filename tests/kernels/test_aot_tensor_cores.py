@@ -19,7 +19,7 @@ import pytest
 
 import dln
 from dln.compiler import pipeline
-from dln.compiler.ir import DType, Graph, GroupOp, Op
+from dln.compiler.ir import DType, Op
 from dln.kernels import aot
 from dln.kernels.configs import BATCH_LADDER, gpu_config
 from dln.kernels.module import config_inputs, generate_module, jit_kernels
