@@ -38,6 +38,12 @@ def child(run: Callable[[], float]) -> None:
         print(json.dumps({"seconds": (time.perf_counter() - began) / steps}), flush=True)
 
 
+# A pause before each side's turn: thread pools keep spinning for a while after their last call
+# (OpenBLAS's workers, OpenMP's wait policy), and at 2 threads on 2 cores the side that just finished
+# would otherwise still hold the cores the other side starts on.
+SETTLE_S = 0.3
+
+
 def thread_env(threads: int | None) -> dict[str, str]:
     """The environment of a child limited to `threads` threads in every pool it may start (OpenBLAS,
     OpenMP for PyTorch, MKL); the inherited environment when `threads` is None."""
@@ -60,6 +66,7 @@ def step_times(script: str, rounds: int, steps: int, threads: int | None = None,
     load_before = os.getloadavg()[0]
     for _ in range(rounds):
         for side, p in procs.items():         # one side at a time: the other waits on its pipe
+            time.sleep(SETTLE_S)
             p.stdin.write(f"{steps}\n")
             p.stdin.flush()
             times[side].append(json.loads(p.stdout.readline())["seconds"])
