@@ -9,6 +9,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import sys
 from pathlib import Path
 
@@ -18,10 +19,6 @@ sys.path.insert(0, str(HERE))
 import check_time  # noqa: E402
 import compile_latency  # noqa: E402
 import fusion  # noqa: E402
-import fuzz  # noqa: E402
-import gpt  # noqa: E402
-import lenet  # noqa: E402
-import lstm  # noqa: E402
 import numpy_step  # noqa: E402
 
 
@@ -62,17 +59,15 @@ dln's kernels: {', '.join(d['names'])}.
 (min {check['min_ms']} ms) (`benchmarks/check_time.py`).
 
 """ + compile_latency.section(latency)
-    # The fuzzing campaign is too long to run here (benchmarks/fuzz.py --record), and LeNet's, the
-    # LSTM's and the GPT block's figures need a quiet machine (benchmarks/lenet.py --record, lstm.py
-    # --record, gpt.py --record): keep them.
+    # Sections this script does not measure are kept as they were, in their order: the fuzzing campaign
+    # and the differential harness are too long to run here (benchmarks/fuzz.py --record, differential.py),
+    # LeNet's, the LSTM's and the GPT block's figures need a quiet machine (lenet.py --record, ...).
     results = HERE / "RESULTS.md"
     kept = results.read_text() if results.exists() else ""
-    for section in (lenet.lenet_section(kept), lstm.lstm_section(kept), gpt.gpt_section(kept)):
-        if section:
+    written = {m.group(1) for m in re.finditer(r"^## (.*)$", text, re.M)}
+    for section in re.findall(r"^## .*?(?=^## |\Z)", kept, re.S | re.M):
+        if section.splitlines()[0][3:] not in written:
             text = text.rstrip("\n") + "\n\n" + section.rstrip("\n") + "\n"
-    fuzzing = fuzz.fuzzing_section(kept)
-    if fuzzing:
-        text = text.rstrip("\n") + "\n\n" + fuzzing
     results.write_text(text)
     (HERE / "results.json").write_text(json.dumps({"numpy_step": step, "fusion": counts, "check": check,
                                                    "compile_latency": latency},
