@@ -224,14 +224,7 @@ def convolution(plan: FusionPlan, group: Group, k: int, precision: str = "ieee")
     _axes(em, "m", M, gemm.rows, "")
     _axes(em, "n", N, gemm.cols, "")
     with reduction_tiles(em, node.dtype, k_text, wide):
-        _axes(em, "ka", K, gemm.depth, "_a")
-        lhs = _tile(em, g, gemm.lhs, "lhs", f"(m < {m_text}) & (ka < {k_text})", "[BLOCK_M, BLOCK_K]")
-        _axes(em, "kb", K, gemm.depth, "_b")
-        rhs = _tile(em, g, gemm.rhs, "rhs", f"(kb < {k_text}) & (n < {n_text})", "[BLOCK_K, BLOCK_N]")
-        if g.node(gemm.lhs.node).dtype in HALF_TYPES:
-            with em.block("if INTERPRETED:  # no bf16 arithmetic there: exact fp32 products instead"):
-                em.line(f"{lhs} = {lhs}.to(tl.float32)")
-                em.line(f"{rhs} = {rhs}.to(tl.float32)")
+        lhs, rhs = operand_tiles(em, g, gemm, K, k_text, m_text, n_text)
         prec = "" if node.dtype is DType.F64 else f", input_precision={precision!r}"
         em.line(f"acc = tl.dot({lhs}, {rhs}, acc{prec})  # %{node.id} {node.op.value}")
     em.line(f"mask = (m < {m_text}) & (n < {n_text})")
@@ -250,6 +243,21 @@ def convolution(plan: FusionPlan, group: Group, k: int, precision: str = "ieee")
             str(gemm.groups)]
     return _finish(group.name, "convolution", em, pointers, ["BLOCK_M", "BLOCK_N", "BLOCK_K"], grid,
                    _docstring(plan, group), {"M": M, "N": N, "K": K, "groups": gemm.groups})
+
+
+def operand_tiles(em: Emitter, g: Graph, gemm: Gemm, K: Dim, k_end: str, m_text: str,
+                  n_text: str) -> tuple[str, str]:
+    """The two operand tiles of one step of the reduction loop over K (`ka`, `kb` from the loop's `k0`,
+    masked at `k_end`), widened to fp32 under Triton's interpreter for half inputs: their names."""
+    _axes(em, "ka", K, gemm.depth, "_a")
+    lhs = _tile(em, g, gemm.lhs, "lhs", f"(m < {m_text}) & (ka < {k_end})", "[BLOCK_M, BLOCK_K]")
+    _axes(em, "kb", K, gemm.depth, "_b")
+    rhs = _tile(em, g, gemm.rhs, "rhs", f"(kb < {k_end}) & (n < {n_text})", "[BLOCK_K, BLOCK_N]")
+    if g.node(gemm.lhs.node).dtype in HALF_TYPES:
+        with em.block("if INTERPRETED:  # no bf16 arithmetic there: exact fp32 products instead"):
+            em.line(f"{lhs} = {lhs}.to(tl.float32)")
+            em.line(f"{rhs} = {rhs}.to(tl.float32)")
+    return lhs, rhs
 
 
 def _axes(em: Emitter, flat: str, total: Dim, axes: Axes, suffix: str) -> None:

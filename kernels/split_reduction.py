@@ -22,7 +22,6 @@ columns are few.
 
 from __future__ import annotations
 
-import json
 
 from dln.compiler.fusion import index as ix
 from dln.compiler.fusion.domain import REDUCE
@@ -32,7 +31,7 @@ from dln.compiler.symbolic import Dim, numel
 from dln.kernels.configs import gpu_config
 from dln.kernels.emitter import Emitter, accumulator_dtype, comment, identity_of, render_dim
 from dln.kernels.lowering import TL_DTYPES
-from dln.kernels.splitk import kernel_text
+from dln.kernels.splitk import kernel_text, two_stage_host
 from dln.kernels.templates import _ACCUMULATE, _FINISH, KernelSource, _docstring, _pointers, _sizes, _split, _start
 
 TORCH_SCRATCH = {DType.F32: "torch.float32", DType.F64: "torch.float64"}
@@ -161,22 +160,11 @@ def split_reduction(plan: FusionPlan, group: Group, k: int) -> KernelSource:
     wide_arg = (", WIDE=max(" + ", ".join(f"{p}.numel()" for p in params) + ") >= 2 ** 31") if wide else ""
     text = (f"{', '.join(f'%{n.id} {n.op.value}' for n in reductions)} with the columns split {group.splits} "
             "ways (planned), then the ordered combination of the parts and the row values")
-    host = [
-        f"def {group.name}(program, sizes, {', '.join(params)}" + "".join(f", s_{s}" for s in all_symbols) + "):",
-        f'    """{comment(text)}"""',
-        f"    cfg = program._cfg({json.dumps(partial_name)}, {{'rows': {r}, 'cols': {c}}})",
-        "    block_n = cfg.get('BLOCK_N', 128)",
-        f"    col_chunk = triton.cdiv(triton.cdiv({c}, {group.splits}), block_n) * block_n",
-        f"    splits = max(1, triton.cdiv({c}, col_chunk))",
-        f"    partials = program._scratch({json.dumps(group.name)}, splits * {n_red} * {r}, {TORCH_SCRATCH[scratch]})",
-        f"    program.kernels[{json.dumps(partial_name)}][lambda meta: ({grid}, splits)]("
-        f"{', '.join(p.name for p in first)}, partials, col_chunk" + "".join(f", s_{s}" for s in symbols)
-        + f"{wide_arg}, **cfg)",
-        f"    cfg = program._cfg({json.dumps(sum_name)}, {{'rows': {r}, 'cols': splits}})",
-        f"    program.kernels[{json.dumps(sum_name)}][lambda meta: ({grid},)]("
-        f"{', '.join(p.name for p in second)}, partials, splits" + "".join(f", s_{s}" for s in sum_symbols)
-        + f"{wide_arg}, **cfg)",
-    ]
+    host = two_stage_host(
+        group.name, text, params, all_symbols, c, group.splits, ("BLOCK_N", 128),
+        (f"{n_red} * {r}", TORCH_SCRATCH[scratch]),
+        (partial_name, f"{{'rows': {r}, 'cols': {c}}}", grid, [p.name for p in first], symbols),
+        (sum_name, f"{{'rows': {r}, 'cols': splits}}", grid, [p.name for p in second], sum_symbols), wide_arg)
     inner = [partial, total]
     return KernelSource(group.name, "split_reduction", "\n".join(host) + "\n", ordered, all_symbols, [], [],
                         {"rows": n_rows, "cols": n_cols, "splits": group.splits}, host=True, inner=inner,

@@ -47,6 +47,32 @@ def kernel_text(name: str, params: list[str], symbols: list[str], blocks: list[s
     return "\n".join(head + body) + "\n", blocks
 
 
+def two_stage_host(name: str, doc: str, params: list[str], symbols: list[str], chunked: str, splits: int,
+                   block: tuple[str, int], scratch: str, partial: tuple, total: tuple, wide_arg: str) -> list[str]:
+    """The host function of a two-stage kernel: the chunk of the `chunked` extent (S planned chunks,
+    rounded up to the first stage's `block` = (name, default)) and the number of chunks, fixed at
+    launch; a scratch of `scratch` values per chunk (text: size, torch dtype); then both stages.
+    `partial` and `total` are (kernel name, sizes text for `program._cfg`, grid text, pointer names,
+    symbols): the first stage takes the scratch and the chunk after its pointers, the second the
+    scratch and the number of chunks."""
+    size, dtype = scratch
+    (p_name, p_sizes, p_grid, p_args, p_symbols), (t_name, t_sizes, t_grid, t_args, t_symbols) = partial, total
+    return [
+        f"def {name}(program, sizes, {', '.join(params)}" + "".join(f", s_{s}" for s in symbols) + "):",
+        f'    """{comment(doc)}"""',
+        f"    cfg = program._cfg({json.dumps(p_name)}, {p_sizes})",
+        f"    block = cfg.get({block[0]!r}, {block[1]})",
+        f"    chunk = triton.cdiv(triton.cdiv({chunked}, {splits}), block) * block",
+        f"    splits = max(1, triton.cdiv({chunked}, chunk))",
+        f"    partials = program._scratch({json.dumps(name)}, splits * {size}, {dtype})",
+        f"    program.kernels[{json.dumps(p_name)}][lambda meta: ({p_grid}, splits)]("
+        f"{', '.join(p_args)}, partials, chunk" + "".join(f", s_{s}" for s in p_symbols) + f"{wide_arg}, **cfg)",
+        f"    cfg = program._cfg({json.dumps(t_name)}, {t_sizes})",
+        f"    program.kernels[{json.dumps(t_name)}][lambda meta: ({t_grid},)]("
+        f"{', '.join(t_args)}, partials, splits" + "".join(f", s_{s}" for s in t_symbols) + f"{wide_arg}, **cfg)",
+    ]
+
+
 def sum_config(sizes: Mapping[str, Dim]) -> dict[str, int]:
     """The second stage's tiles: an elementwise pass over [M, N] reading S slices, so small tiles (256
     values, two a thread) that spread even a small weight's gradient over several SMs."""
@@ -152,21 +178,11 @@ def splitk(plan: FusionPlan, group: Group, k: int, precision: str = "ieee") -> K
     wide_arg = (", WIDE=max(" + ", ".join(f"{p.name}.numel()" for p in ordered) + ") >= 2 ** 31") if wide else ""
     m_r, n_r, k_r = render_dim(M), render_dim(N), render_dim(K)
     host_doc = f"%{mm.id} matmul with K split {group.splits} ways (planned), then the ordered sum of the parts and the epilogue"
-    host = [
-        f"def {group.name}(program, sizes, {', '.join(p.name for p in ordered)}"
-        + "".join(f", s_{s}" for s in all_symbols) + "):",
-        f'    """{comment(host_doc)}"""',
-        f"    cfg = program._cfg({json.dumps(partial_name)}, {sizes_text})",
-        "    block_k = cfg.get('BLOCK_K', 16)",
-        f"    k_chunk = triton.cdiv(triton.cdiv({k_r}, {group.splits}), block_k) * block_k",
-        f"    splits = max(1, triton.cdiv({k_r}, k_chunk))",
-        f"    partials = program._scratch({json.dumps(group.name)}, splits * {m_r} * {n_r}, torch.float32)",
-        f"    program.kernels[{json.dumps(partial_name)}][lambda meta: ({partial.grid[0]}, splits)]("
-        f"{', '.join(operands)}, partials, k_chunk" + "".join(f", s_{s}" for s in symbols) + f"{wide_arg}, **cfg)",
-        f"    cfg = program._cfg({json.dumps(sum_name)}, {{'rows': {m_r}, 'cols': {n_r}}})",
-        f"    program.kernels[{json.dumps(sum_name)}][lambda meta: ({total.grid[0]},)]("
-        f"{', '.join(sum_params)}, partials, splits" + "".join(f", s_{s}" for s in sum_symbols) + f"{wide_arg}, **cfg)",
-    ]
+    host = two_stage_host(
+        group.name, host_doc, [p.name for p in ordered], all_symbols, k_r, group.splits, ("BLOCK_K", 16),
+        (f"{m_r} * {n_r}", "torch.float32"),
+        (partial_name, sizes_text, partial.grid[0], operands, symbols),
+        (sum_name, f"{{'rows': {m_r}, 'cols': {n_r}}}", total.grid[0], sum_params, sum_symbols), wide_arg)
     inner = [partial, total]
     return KernelSource(group.name, "splitk", "\n".join(host) + "\n", ordered, all_symbols, [], [],
                         {"M": M, "N": N, "K": K, "splits": group.splits}, host=True, inner=inner,

@@ -22,11 +22,11 @@ from dln.compiler.fusion.planner import FusionPlan, Group
 from dln.compiler.ir import DType
 from dln.compiler.symbolic import Dim, numel
 from dln.kernels.configs import gpu_config
-from dln.kernels.convolution import GEMMS, _axes, _tile
+from dln.kernels.convolution import GEMMS, _axes, operand_tiles
 from dln.kernels.emitter import Emitter, _mentions, comment, render_dim
-from dln.kernels.lowering import HALF_TYPES, TL_DTYPES
+from dln.kernels.lowering import TL_DTYPES
 from dln.kernels.precision import PRECISIONS
-from dln.kernels.splitk import kernel_text, sum_config
+from dln.kernels.splitk import kernel_text, sum_config, two_stage_host
 from dln.kernels.templates import KernelSource, _docstring, _pointers, _sizes, _start, _store_members
 
 
@@ -72,14 +72,7 @@ def splitk_convolution(plan: FusionPlan, group: Group, k: int, precision: str = 
     with em.block("for k0 in range(k_begin, k_end, BLOCK_K):"):
         em.line("ka = k0 + tl.arange(0, BLOCK_K)[None, :]")
         em.line("kb = k0 + tl.arange(0, BLOCK_K)[:, None]")
-        _axes(em, "ka", K, gemm.depth, "_a")
-        lhs = _tile(em, g, gemm.lhs, "lhs", f"(m < {m_text}) & (ka < k_end)", "[BLOCK_M, BLOCK_K]")
-        _axes(em, "kb", K, gemm.depth, "_b")
-        rhs = _tile(em, g, gemm.rhs, "rhs", f"(kb < k_end) & (n < {n_text})", "[BLOCK_K, BLOCK_N]")
-        if g.node(gemm.lhs.node).dtype in HALF_TYPES:
-            with em.block("if INTERPRETED:  # no bf16 arithmetic there: exact fp32 products instead"):
-                em.line(f"{lhs} = {lhs}.to(tl.float32)")
-                em.line(f"{rhs} = {rhs}.to(tl.float32)")
+        lhs, rhs = operand_tiles(em, g, gemm, K, "k_end", m_text, n_text)
         em.line(f"acc = tl.dot({lhs}, {rhs}, acc, input_precision={precision!r})  # %{node.id} {node.op.value}")
     em.line(f"part = split.to(tl.int64) * ({slice_}) + grp * ({render_dim(M)} * {n_text})")
     em.line(f"tl.store(partials + part + m * {n_text} + n, acc, mask=mask)")
@@ -137,23 +130,12 @@ def splitk_convolution(plan: FusionPlan, group: Group, k: int, precision: str = 
     k_r = render_dim(K)
     host_doc = (f"%{node.id} {node.op.value} with K split {group.splits} ways (planned), then the ordered sum of "
                 "the parts and the epilogue")
-    host = [
-        f"def {group.name}(program, sizes, {', '.join(p.name for p in ordered)}"
-        + "".join(f", s_{s}" for s in all_symbols) + "):",
-        f'    """{comment(host_doc)}"""',
-        f"    cfg = program._cfg({json.dumps(partial_name)}, {sizes_text})",
-        "    block_k = cfg.get('BLOCK_K', 16)",
-        f"    k_chunk = triton.cdiv(triton.cdiv({k_r}, {group.splits}), block_k) * block_k",
-        f"    splits = max(1, triton.cdiv({k_r}, k_chunk))",
-        f"    partials = program._scratch({json.dumps(group.name)}, splits * {slice_}, torch.float32)",
-        f"    program.kernels[{json.dumps(partial_name)}][lambda meta: ({tiles}, {gemm.groups}, splits)]("
-        f"{', '.join(p.name for p in first)}, partials, k_chunk" + "".join(f", s_{s}" for s in symbols)
-        + f"{wide_arg}, **cfg)",
-        f"    cfg = program._cfg({json.dumps(sum_name)}, {{'rows': {render_dim(M)}, 'cols': {render_dim(N)}}})",
-        f"    program.kernels[{json.dumps(sum_name)}][lambda meta: ({tiles}, {gemm.groups})]("
-        f"{', '.join(p.name for p in second)}, partials, splits" + "".join(f", s_{s}" for s in sum_symbols)
-        + f"{wide_arg}, **cfg)",
-    ]
+    host = two_stage_host(
+        group.name, host_doc, [p.name for p in ordered], all_symbols, k_r, group.splits, ("BLOCK_K", 16),
+        (slice_, "torch.float32"),
+        (partial_name, sizes_text, f"{tiles}, {gemm.groups}", [p.name for p in first], symbols),
+        (sum_name, f"{{'rows': {render_dim(M)}, 'cols': {render_dim(N)}}}", f"{tiles}, {gemm.groups}",
+         [p.name for p in second], sum_symbols), wide_arg)
     return KernelSource(group.name, "splitk_convolution", "\n".join(host) + "\n", ordered, all_symbols, [], [],
                         {"M": M, "N": N, "K": K, "splits": group.splits}, host=True, inner=[partial, total],
                         inner_configs={partial.name: gpu_config("convolution", partial.sizes),

@@ -57,3 +57,42 @@ def assert_losses_agree(ours: list, theirs: list, clipped: int, rtol: float) -> 
     np.testing.assert_allclose(ours, theirs, rtol=rtol, atol=0)
     assert np.ptp(theirs) > 1000 * rtol * max(theirs), "training did not move"
     assert clipped >= 2, f"{clipped} steps clipped their gradients: the clip is hardly tested"
+
+
+def gan_steps_both(trainer, schedules: list, twins: ModuleType, net: torch.nn.Module, steps: int,
+                   seed: int, rows: int | None = None) -> tuple[list, list]:
+    """The GAN's first `steps` batches (their first `rows` rows where given) through the trainer's
+    step (D's objective, then G's) and through the twin under torch.optim.Adam: both sides' losses,
+    `[d_loss, g_loss]` per step.  The noise is drawn once from `seed` and fed to both."""
+    s = twins.SETTINGS["gan"]
+    opt_d = torch.optim.Adam(net.D.parameters(), lr=s["lr"], betas=s["betas"])
+    opt_g = torch.optim.Adam(net.G.parameters(), lr=s["lr"], betas=s["betas"])
+    real_all = twins.digits()["x"]
+    rng = np.random.default_rng(seed)
+    ours, theirs = [], []
+    for idx in twins.epoch_batches(len(real_all), s["batch"], s["seed"], 0)[:steps]:
+        idx = idx[:rows]
+        real = real_all[idx]
+        noise = rng.standard_normal((len(idx), twins.Z)).astype(np.float32)
+        got = trainer._step({"real": real, "noise": noise}, schedules, 0)
+        ours.append([got["d_loss"], got["g_loss"]])
+        t_real, t_noise = torch.from_numpy(real), torch.from_numpy(noise)
+        ones, zeros = torch.ones(len(idx), 1), torch.zeros(len(idx), 1)
+        d_loss = F.binary_cross_entropy_with_logits(net.D(t_real), ones) + \
+            F.binary_cross_entropy_with_logits(net.D(net.G(t_noise).detach()), zeros)
+        opt_d.zero_grad()
+        d_loss.backward()
+        opt_d.step()
+        g_loss = F.binary_cross_entropy_with_logits(net.D(net.G(t_noise)), ones)
+        opt_g.zero_grad()
+        g_loss.backward()
+        opt_g.step()
+        theirs.append([d_loss.item(), g_loss.item()])
+    return ours, theirs
+
+
+def assert_weights_match(model, net: torch.nn.Module, atol: float) -> None:
+    """dln's weights against the twin's, by name."""
+    after = {k: v.detach().numpy() for k, v in net.state_dict().items()}
+    for k, value in model.state_dict().items():
+        np.testing.assert_allclose(np.asarray(value), after[k], rtol=0, atol=atol, err_msg=k)

@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 import dln
 from dln.runtime.schedules import Schedule
 from dln.runtime.train import Trainer, find_train, recipe_for
+from _twins import assert_weights_match, gan_steps_both
 
 ROOT = Path(__file__).resolve().parents[2]
 STEPS = 6
@@ -82,37 +82,13 @@ def test_gan_steps_match_torch(tmp_path: Path, twins):
     """D's objective then G's on each batch, with the noise the trainer draws for `noise = randn`."""
     model = dln.compile(str(ROOT / "examples" / twins.FILES["gan"]), seed=0)
     recipe = recipe_for(model, find_train(model.program))
-    s = twins.SETTINGS["gan"]
     net = twins.make_gan()
     net.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in model.state_dict().items()})
-    opt_d = torch.optim.Adam(net.D.parameters(), lr=s["lr"], betas=s["betas"])
-    opt_g = torch.optim.Adam(net.G.parameters(), lr=s["lr"], betas=s["betas"])
     trainer = Trainer(model, recipe, tmp_path, log=lambda line: None, progress=False)
     schedules = [Schedule(recipe.schedule, o.optimizer.lr, STEPS) for o in recipe.objectives]
-    real_all = twins.digits()["x"]
-    rng = np.random.default_rng(3)
-    ours, theirs = [], []
-    for idx in twins.epoch_batches(len(real_all), s["batch"], s["seed"], 0)[:STEPS]:
-        real = real_all[idx]
-        noise = rng.standard_normal((len(idx), twins.Z)).astype(np.float32)
-        got = trainer._step({"real": real, "noise": noise}, schedules, 0)
-        ours.append([got["d_loss"], got["g_loss"]])
-        t_real, t_noise = torch.from_numpy(real), torch.from_numpy(noise)
-        ones, zeros = torch.ones(len(idx), 1), torch.zeros(len(idx), 1)
-        d_loss = F.binary_cross_entropy_with_logits(net.D(t_real), ones) + \
-            F.binary_cross_entropy_with_logits(net.D(net.G(t_noise).detach()), zeros)
-        opt_d.zero_grad()
-        d_loss.backward()
-        opt_d.step()
-        g_loss = F.binary_cross_entropy_with_logits(net.D(net.G(t_noise)), ones)
-        opt_g.zero_grad()
-        g_loss.backward()
-        opt_g.step()
-        theirs.append([d_loss.item(), g_loss.item()])
+    ours, theirs = gan_steps_both(trainer, schedules, twins, net, STEPS, seed=3)
     np.testing.assert_allclose(ours, theirs, rtol=LOSS_RTOL, atol=0)
-    after = {k: v.detach().numpy() for k, v in net.state_dict().items()}
-    for k, value in model.state_dict().items():
-        np.testing.assert_allclose(np.asarray(value), after[k], rtol=0, atol=PARAM_ATOL, err_msg=k)
+    assert_weights_match(model, net, PARAM_ATOL)
 
 
 def test_vae_gradients_match_torch(twins):

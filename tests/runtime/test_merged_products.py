@@ -11,13 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 import dln
 from dln.compiler.ir import Op
 from dln.runtime import api, optim
 from dln.runtime.schedules import Schedule
 from dln.runtime.train import Trainer, find_train, recipe_for
+from _twins import assert_weights_match, gan_steps_both
 
 ROOT = Path(__file__).resolve().parents[2]
 STEPS = 4
@@ -48,38 +48,14 @@ def test_merged_gan_steps_match_torch(tmp_path: Path, twins, numpy_merges):
     # (the first layer's input is data): 7 instead of 12.  g_loss reads D once: nothing to merge.
     assert (_contractions(d_step.graph), _contractions(g_step.graph)) == (7, 9)
     assert any(n.op is Op.CONCAT and n.name.startswith("D.") for n in d_step.graph.nodes)
-    s = twins.SETTINGS["gan"]
     net = twins.make_gan()
     initial = {k: np.array(v) for k, v in model.state_dict().items()}
     net.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in initial.items()})
-    opt_d = torch.optim.Adam(net.D.parameters(), lr=s["lr"], betas=s["betas"])
-    opt_g = torch.optim.Adam(net.G.parameters(), lr=s["lr"], betas=s["betas"])
     schedules = [Schedule(recipe.schedule, o.optimizer.lr, STEPS) for o in recipe.objectives]
-    real_all = twins.digits()["x"]
-    rng = np.random.default_rng(7)
-    ours, theirs = [], []
-    for idx in twins.epoch_batches(len(real_all), s["batch"], s["seed"], 0)[:STEPS]:
-        idx = idx[:53]   # not the example's 64 rows
-        real = real_all[idx]
-        noise = rng.standard_normal((len(idx), twins.Z)).astype(np.float32)
-        got = trainer._step({"real": real, "noise": noise}, schedules, 0)
-        ours.append([got["d_loss"], got["g_loss"]])
-        t_real, t_noise = torch.from_numpy(real), torch.from_numpy(noise)
-        ones, zeros = torch.ones(len(idx), 1), torch.zeros(len(idx), 1)
-        d_loss = F.binary_cross_entropy_with_logits(net.D(t_real), ones) + \
-            F.binary_cross_entropy_with_logits(net.D(net.G(t_noise).detach()), zeros)
-        opt_d.zero_grad()
-        d_loss.backward()
-        opt_d.step()
-        g_loss = F.binary_cross_entropy_with_logits(net.D(net.G(t_noise)), ones)
-        opt_g.zero_grad()
-        g_loss.backward()
-        opt_g.step()
-        theirs.append([d_loss.item(), g_loss.item()])
+    ours, theirs = gan_steps_both(trainer, schedules, twins, net, STEPS, seed=7, rows=53)  # not 64 rows
     np.testing.assert_allclose(ours, theirs, rtol=LOSS_RTOL, atol=0)
-    after = {k: v.detach().numpy() for k, v in net.state_dict().items()}
+    assert_weights_match(model, net, PARAM_ATOL)
     for k, value in model.state_dict().items():
-        np.testing.assert_allclose(np.asarray(value), after[k], rtol=0, atol=PARAM_ATOL, err_msg=k)
         assert not np.array_equal(np.asarray(value), initial[k]), f"{k} did not move"
 
 
