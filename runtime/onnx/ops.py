@@ -1,0 +1,3 @@
+"""Every ONNX converter module: importing this registers them all in `convert.ONNX_OPS`."""
+
+from dln.runtime.onnx import ops_basic  # noqa: F401
