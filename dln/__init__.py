@@ -10,7 +10,7 @@ The public names load on first use, so `dln check` starts without the runtime.
 from dln.dsl.diagnostics import DlnError
 
 __version__ = "0.1.0"
-__all__ = ["DlnError", "Model", "compile", "optimizer", "train", "__version__"]
+__all__ = ["DlnError", "Model", "compile", "import_onnx", "optimizer", "train", "__version__"]
 
 
 def __getattr__(name: str):
@@ -18,6 +18,10 @@ def __getattr__(name: str):
         from dln.runtime import api
 
         return getattr(api, name)
+    if name == "import_onnx":
+        from dln.runtime.onnx.importer import import_onnx
+
+        return import_onnx
     if name == "optimizer":
         from dln.runtime.optim import optimizer
 

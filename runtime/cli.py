@@ -130,6 +130,12 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--batch", type=int, default=128)
     c.add_argument("--gpu", choices=["a100", "h100"],
                    help="print the modeled step on this GPU (dln's kernels against PyTorch eager's); needs no GPU")
+    c = sub.add_parser("import", help="an ONNX model as .dln source text, its weights as safetensors beside it",
+                       description="an ONNX model as .dln source text (-o), its weights as safetensors beside it "
+                                   "(model.dln -> model.safetensors)")
+    c.add_argument("file", metavar="MODEL.onnx", help="the ONNX model")
+    c.add_argument("-o", "--output", required=True, metavar="MODEL.dln", help="the .dln file to write")
+    c.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     c = sub.add_parser("plot", help="loss and accuracy curves of a run directory as a PNG",
                        description="loss and accuracy curves of a run directory (its metrics.csv) as a PNG")
     c.add_argument("run_dir", metavar="RUN_DIR", help="a run directory of dln train")
@@ -486,9 +492,18 @@ def cmd_plot(args) -> int:
     return 0
 
 
+def cmd_import(args) -> int:
+    from dln.runtime.onnx.importer import import_onnx, weights_path
+
+    import_onnx(args.file, args.output)
+    print(f"wrote {args.output} and {weights_path(args.output)}")
+    return 0
+
+
 COMMANDS: dict[str, Callable[[Any], int]] = {
     "check": cmd_check, "params": cmd_params, "compile": cmd_compile, "run": cmd_run, "train": cmd_train,
     "eval": cmd_eval, "sample": cmd_sample, "graph": cmd_graph, "bench": cmd_bench, "plot": cmd_plot,
+    "import": cmd_import,
 }
 
 

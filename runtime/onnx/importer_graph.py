@@ -1,0 +1,236 @@
+"""The ONNX graph as the importer reads it: plain nodes, the values known before any run, and the
+layer patterns exporters spell with several nodes, rewritten into one node each.
+
+`read_nodes` turns the protobuf nodes into `INode`s.  `known_constants` finds the values that
+need no input (initializers, `Constant`s and `Identity`s of those — torch's exporter stores two
+equal weights once and names the second with an `Identity`).  `rewrite` is a list of pure passes
+`list[INode] -> list[INode]`, each replacing one pattern by a node whose op type starts with
+`dln.` (a `.dln` layer the handlers in importer_ops.py know): `MatMul` + `Add` of a weight and a
+bias is a linear layer, the erf formula of GELU is `gelu`, a recurrent layer between two
+`Transpose`s is batch-first, `GlobalAveragePool` + `Flatten` is `global_avgpool`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+
+@dataclass(frozen=True)
+class INode:
+    """One node: its op type, name, input and output value names ('' for an absent optional one),
+    attributes as Python values, and the protobuf node it came from (None for a rewritten one)."""
+
+    op: str
+    name: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    attrs: dict[str, Any] = field(default_factory=dict)
+    proto: onnx.NodeProto | None = None
+
+    def attr(self, key: str, default: Any = None) -> Any:
+        return self.attrs.get(key, default)
+
+    def input(self, i: int) -> str:
+        """The name of input `i`, '' when it is absent."""
+        return self.inputs[i] if i < len(self.inputs) else ""
+
+
+def _attribute(a: onnx.AttributeProto) -> Any:
+    value = helper.get_attribute_value(a)
+    if isinstance(value, onnx.TensorProto):
+        return numpy_helper.to_array(value)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, list) and value and isinstance(value[0], bytes):
+        return [v.decode("utf-8", "replace") for v in value]
+    return value
+
+
+def read_nodes(graph: onnx.GraphProto) -> list[INode]:
+    nodes = []
+    for k, n in enumerate(graph.node):
+        name = n.name or (n.output[0] if n.output else f"{n.op_type}_{k}")
+        nodes.append(INode(n.op_type, name, tuple(n.input), tuple(n.output),
+                           {a.name: _attribute(a) for a in n.attribute}, n))
+    return nodes
+
+
+def known_constants(graph: onnx.GraphProto, nodes: list[INode]) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """The values known before any run, by value name: initializers, `Constant`s, and what nodes of
+    those alone compute (torch's exporter without constant folding writes `Transpose(fc.weight)`).
+    Also the initializer each one comes from through one-input nodes, which names its parameter."""
+    from dln.runtime.onnx.importer_fold import CannotFold, fold
+
+    consts = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    origin = {name: name for name in consts}
+    for n in nodes:
+        if n.op == "Constant" and n.outputs:
+            for key in ("value", "value_float", "value_floats", "value_int", "value_ints"):
+                if key in n.attrs:
+                    value = n.attrs[key]
+                    dtype = np.float32 if key.startswith("value_float") else np.int64 if key != "value" else None
+                    consts[n.outputs[0]] = np.asarray(value, dtype=dtype)
+        elif n.inputs and all(i in consts for i in n.inputs if i) and n.op not in ("Shape", "ConstantOfShape"):
+            try:
+                outs = fold(n, [consts[i] if i else None for i in n.inputs])
+            except CannotFold:
+                continue
+            for o, v in zip(n.outputs, outs):
+                if o and isinstance(v, np.ndarray) and v.dtype != object:
+                    consts[o] = v
+                    if len([i for i in n.inputs if i]) == 1 and n.op != "Identity":   # an Identity names
+                        origin[o] = origin.get(n.inputs[0], o)   # a second use of an equal weight: its own
+    return consts, origin
+
+
+def consumers(nodes: list[INode], outputs: list[str]) -> dict[str, list[INode | None]]:
+    """Each value's readers, in order; a graph output counts as a reader (None)."""
+    out: dict[str, list[INode | None]] = {}
+    for n in nodes:
+        for i in n.inputs:
+            if i:
+                out.setdefault(i, []).append(n)
+    for o in outputs:
+        out.setdefault(o, []).append(None)
+    return out
+
+
+# ---- patterns ---------------------------------------------------------------------------------------------
+
+class _Rewrite:
+    """A pass's working state: the nodes, who reads each value, and the constants."""
+
+    def __init__(self, nodes: list[INode], outputs: list[str], consts: dict[str, np.ndarray]) -> None:
+        self.nodes = nodes
+        self.readers = consumers(nodes, outputs)
+        self.consts = consts
+        self.producer = {o: n for n in nodes for o in n.outputs if o}
+
+    def only_reader(self, value: str) -> INode | None:
+        """The single node reading `value` (None when there are several, or a graph output reads it)."""
+        readers = self.readers.get(value, [])
+        return readers[0] if len(readers) == 1 else None
+
+    def scalar(self, value: str) -> float | None:
+        c = self.consts.get(value)
+        return float(c.reshape(-1)[0]) if c is not None and c.size == 1 and c.dtype.kind in "fiu" else None
+
+    def other(self, n: INode, value: str) -> str | None:
+        """The input of a two-input node that is not `value`."""
+        if len(n.inputs) != 2 or value not in n.inputs:
+            return None
+        return n.inputs[1] if n.inputs[0] == value else n.inputs[0]
+
+    def replace(self, removed: list[INode], new: INode) -> list[INode]:
+        """The nodes with `removed` taken out and `new` where the last of them was."""
+        gone = {id(n) for n in removed}
+        last = max(k for k, n in enumerate(self.nodes) if id(n) in gone)
+        return [new if k == last else n for k, n in enumerate(self.nodes) if id(n) not in gone or k == last]
+
+
+def _linear(r: _Rewrite) -> list[INode] | None:
+    """MatMul(x, W) [+ b] with W a constant matrix: `dln.Linear(x, W, b)`, W as [in, out]."""
+    for n in r.nodes:
+        if n.op != "MatMul" or n.inputs[0] in r.consts or n.inputs[1] not in r.consts:
+            continue
+        w = r.consts[n.inputs[1]]
+        if w.ndim != 2 or w.dtype.kind != "f":
+            continue
+        add = r.only_reader(n.outputs[0])
+        bias = r.other(add, n.outputs[0]) if add is not None and add.op == "Add" else None
+        if bias is not None and bias in r.consts and r.consts[bias].shape in ((w.shape[1],), (1, w.shape[1])):
+            return r.replace([n, add], INode("dln.Linear", n.name, (n.inputs[0], n.inputs[1], bias), add.outputs,
+                                             {"bias_name": bias}))
+        return r.replace([n], INode("dln.Linear", n.name, (n.inputs[0], n.inputs[1], ""), n.outputs))
+    return None
+
+
+def _gelu(r: _Rewrite) -> list[INode] | None:
+    """x * 0.5 * (1 + erf(x / sqrt(2))), as torch exports gelu: `dln.Gelu(x)`."""
+    for erf in r.nodes:
+        if erf.op != "Erf":
+            continue
+        scale = r.producer.get(erf.inputs[0])
+        if scale is None or scale.op not in ("Div", "Mul") or r.only_reader(scale.outputs[0]) is not erf:
+            continue
+        x, c = scale.inputs[0], r.scalar(scale.inputs[1])
+        want = np.sqrt(2.0) if scale.op == "Div" else 1 / np.sqrt(2.0)
+        if c is None or abs(c - want) > 1e-5:
+            continue
+        add = r.only_reader(erf.outputs[0])
+        if add is None or add.op != "Add" or r.scalar(r.other(add, erf.outputs[0]) or "") != 1.0:
+            continue
+        mul = r.only_reader(add.outputs[0])
+        y = r.other(mul, add.outputs[0]) if mul is not None and mul.op == "Mul" else None
+        if y is None:
+            continue
+        if y == x:   # (x * (1 + erf)) * 0.5
+            half = r.only_reader(mul.outputs[0])
+            if half is None or half.op != "Mul" or r.scalar(r.other(half, mul.outputs[0]) or "") != 0.5:
+                continue
+            return r.replace([scale, erf, add, mul, half], INode("dln.Gelu", erf.name, (x,), half.outputs))
+        half = r.producer.get(y)   # (x * 0.5) * (1 + erf)
+        if half is not None and half.op == "Mul" and r.only_reader(y) is mul and x in half.inputs \
+                and r.scalar(r.other(half, x) or "") == 0.5:
+            return r.replace([half, scale, erf, add, mul], INode("dln.Gelu", erf.name, (x,), mul.outputs))
+    return None
+
+
+def _perm(r: _Rewrite, n: INode | None, perm: list[int]) -> bool:
+    return n is not None and n.op == "Transpose" and list(n.attr("perm", [])) == perm
+
+
+def _batch_first(r: _Rewrite) -> list[INode] | None:
+    """Transpose(1, 0, 2) -> LSTM/GRU/RNN -> Squeeze(axis 1) -> Transpose(1, 0, 2), as torch exports a
+    batch-first layer: one node whose input and output are batch-first (attributes batch_first_in/out)."""
+    for n in r.nodes:
+        if n.op not in ("LSTM", "GRU", "RNN") or n.attr("layout", 0) != 0 or n.attr("checked"):
+            continue
+        removed, inputs, outputs, attrs = [n], list(n.inputs), list(n.outputs), dict(n.attrs, checked=True)
+        before = r.producer.get(n.inputs[0])
+        if _perm(r, before, [1, 0, 2]) and r.only_reader(before.outputs[0]) is n:
+            removed.append(before)
+            inputs[0] = before.inputs[0]
+            attrs["batch_first_in"] = True
+        squeeze = r.only_reader(n.outputs[0]) if n.outputs and n.outputs[0] else None
+        axes = None
+        if squeeze is not None and squeeze.op == "Squeeze":
+            axes = squeeze.attr("axes") or (r.consts.get(squeeze.input(1)) if squeeze.input(1) else None)
+        if axes is not None and [int(a) for a in np.reshape(axes, -1)] == [1]:
+            after = r.only_reader(squeeze.outputs[0])
+            if _perm(r, after, [1, 0, 2]):
+                removed += [squeeze, after]
+                outputs[0] = after.outputs[0]
+                attrs["batch_first_out"] = True
+        return r.replace(removed, replace(n, inputs=tuple(inputs), outputs=tuple(outputs), attrs=attrs))
+    return None
+
+
+def _global_pool(r: _Rewrite) -> list[INode] | None:
+    """GlobalAveragePool -> Flatten(axis 1): `dln.GlobalAvgPool`, [B, C, ...] -> [B, C]."""
+    for n in r.nodes:
+        if n.op != "GlobalAveragePool":
+            continue
+        flat = r.only_reader(n.outputs[0])
+        if flat is not None and flat.op == "Flatten" and flat.attr("axis", 1) == 1:
+            return r.replace([n, flat], INode("dln.GlobalAvgPool", n.name, n.inputs, flat.outputs))
+    return None
+
+
+PASSES: list[Callable[[_Rewrite], list[INode] | None]] = [_linear, _gelu, _batch_first, _global_pool]
+
+
+def rewrite(nodes: list[INode], outputs: list[str], consts: dict[str, np.ndarray]) -> list[INode]:
+    """Every pattern of PASSES replaced, one match at a time, until none is left."""
+    for rule in PASSES:
+        while True:
+            new = rule(_Rewrite(nodes, outputs, consts))
+            if new is None:
+                break
+            nodes = new
+    return nodes

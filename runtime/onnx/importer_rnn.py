@@ -1,0 +1,107 @@
+"""ONNX's LSTM, GRU and RNN as `.dln`'s `lstm`, `gru` and `rnn` (torch.nn's layers, batch first).
+
+ONNX stacks the gates in another order than PyTorch: LSTM i, o, f, c (torch i, f, g, o), GRU z, r,
+h (torch r, z, n); the weights are reordered here.  ONNX's GRU with `linear_before_reset = 1` is
+torch's; the other variant has no `.dln` form.  ONNX's layout 0 is sequence-first: a layer between
+two transposes (importer_graph's `_batch_first`) reads and writes `[B, T, ...]` as `.dln` does, any
+other gets the transposes written out.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from dln.runtime.onnx.importer import Tensor, args_text, unsupported
+from dln.runtime.onnx.importer_core import Importer
+from dln.runtime.onnx.importer_fold import Fill
+from dln.runtime.onnx.importer_graph import INode
+from dln.runtime.onnx.importer_ops import handles, hint
+
+# op -> (.dln layer, gates, torch's order of ONNX's gate blocks, ONNX's default activations)
+KINDS = {"LSTM": ("lstm", 4, [0, 2, 3, 1], ["Sigmoid", "Tanh", "Tanh"]),
+         "GRU": ("gru", 3, [1, 0, 2], ["Sigmoid", "Tanh"]),
+         "RNN": ("rnn", 1, [0], ["Tanh"])}
+
+
+def _zero(value) -> bool:
+    if isinstance(value, Fill):
+        return value.value == 0
+    return isinstance(value, np.ndarray) and value.dtype != object and not value.any()
+
+
+@handles("LSTM", "GRU", "RNN")
+def _recurrent(imp: Importer, n: INode) -> None:
+    call, gates, order, default = KINDS[n.op]
+    if n.attr("direction", "forward") != "forward":
+        raise unsupported(n, f"direction {n.attr('direction')!s:.20} (only forward layers are imported)")
+    layout = n.attr("layout", 0)
+    acts = list(n.attr("activations", default))
+    nonlinearity = None
+    if n.op == "RNN" and acts in (["Relu"], ["Tanh"]):
+        nonlinearity = "relu" if acts == ["Relu"] else None
+    elif acts != default:
+        raise unsupported(n, "activations other than the default ones")
+    if n.attr("clip") is not None or n.attr("input_forget", 0):
+        raise unsupported(n, "clip and input_forget")
+    if n.op == "GRU" and n.attr("linear_before_reset", 0) != 1:
+        raise unsupported(n, "linear_before_reset = 0 (PyTorch's GRU, and .dln's, apply the reset gate after the "
+                             "recurrent product: linear_before_reset = 1)")
+    if n.input(4) or n.input(7):
+        raise unsupported(n, "sequence lengths and peepholes")
+    w = imp.known(n.inputs[1])
+    r = imp.known(n.inputs[2])
+    if not isinstance(w, np.ndarray) or not isinstance(r, np.ndarray):
+        raise unsupported(n, "its weights must be constants (initializers)")
+    hidden = r.shape[-1]
+
+    def torch_order(m: np.ndarray) -> np.ndarray:
+        blocks = np.split(m, gates, axis=0)
+        return np.ascontiguousarray(np.concatenate([blocks[k] for k in order], axis=0))
+
+    weights = {"weight_ih_l0": torch_order(w[0]), "weight_hh_l0": torch_order(r[0])}
+    b = imp.known(n.input(3)) if n.input(3) else None
+    if n.input(3):
+        if not isinstance(b, np.ndarray):
+            raise unsupported(n, "its bias must be a constant (an initializer)")
+        weights["bias_ih_l0"] = torch_order(b[0][:gates * hidden])
+        weights["bias_hh_l0"] = torch_order(b[0][gates * hidden:])
+    kw = {"bias": "true" if n.input(3) else "false", "nonlinearity": f'"{nonlinearity}"' if nonlinearity else None}
+    states = {}
+    for k, key in ((5, "h0"), (6, "c0")):
+        value = n.input(k)
+        if value and not _zero(imp.known(value)):
+            if layout != 0:
+                raise unsupported(n, "initial states in layout 1")
+            states[key] = imp.operand(value)
+    outputs = list(n.outputs) + [""] * (3 - len(n.outputs))
+    wanted = [o for o in outputs[1:] if o and imp.uses.get(o)]
+    if wanted and layout != 0:
+        raise unsupported(n, "final states in layout 1")
+    args = args_text([str(hidden)], {**kw, **states, "return_state": "true" if wanted else "false"},
+                     {"bias": "true", "nonlinearity": None, "return_state": "false"})
+    layer = imp.layer(n, call, args, weights, [n.inputs[1], n.inputs[2]])
+
+    source = n.inputs[0]
+    if not (n.attr("batch_first_in") or layout == 1):
+        source = _through(imp, f"{n.outputs[0]}#in", source, "transpose(0, 1)", n)
+    y = outputs[0] if n.attr("batch_first_out") else f"{n.outputs[0]}#y"
+    imp.uses[y] = imp.uses.get(y, 0) if n.attr("batch_first_out") else 1
+    if wanted:
+        t = Tensor(imp.operand(source), [layer])
+        count = 3 if n.op == "LSTM" else 2
+        imp.bind_many([y, outputs[1], outputs[2]][:count], t, [hint(n), f"{hint(n)}_h", f"{hint(n)}_c"][:count])
+    else:
+        imp.stage(y, source, layer, hint(n))
+    if outputs[0] and not n.attr("batch_first_out") and imp.uses.get(outputs[0]):
+        # ONNX's Y: [T, 1, B, H] in layout 0, [B, T, 1, H] in layout 1
+        if layout == 0:
+            y = _through(imp, f"{n.outputs[0]}#t", y, "transpose(0, 1)", n)
+            imp.stage(outputs[0], y, "unsqueeze(1)", hint(n))
+        else:
+            imp.stage(outputs[0], y, "unsqueeze(2)", hint(n))
+
+
+def _through(imp: Importer, tmp: str, source: str, stage: str, n: INode) -> str:
+    imp.uses[tmp] = 1
+    imp.stage(tmp, source, stage, hint(n))
+    return tmp

@@ -1,0 +1,358 @@
+"""`dln import`: ONNX models become `.dln` text and safetensors weights that compile, load and give
+onnxruntime's outputs; unsupported ops are located errors; an imported model trains.
+
+The models are built here: PyTorch modules exported with torch.onnx.export (the TorchScript
+exporter, which works offline), and graphs written with onnx.helper for what torch does not emit
+(sequence-first recurrent layers with their states, an older opset, uneven padding)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+torch = pytest.importorskip("torch")
+
+import dln  # noqa: E402
+from dln.dsl.diagnostics import DlnError  # noqa: E402
+from dln.runtime.cli import main  # noqa: E402
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+nn = torch.nn
+RNG = np.random.default_rng(0)
+
+
+@pytest.fixture(autouse=True)
+def _seeded():
+    """Each test draws the same numbers however the tests are selected."""
+    global RNG
+    RNG = np.random.default_rng(0)
+
+
+def export(module: nn.Module, args: tuple, path: Path, inputs: list[str], dynamic: dict, fold: bool = False) -> Path:
+    """The TorchScript exporter; without constant folding, which would fuse a batch norm into the
+    convolution before it (and writes the transposed weights of a MatMul out as Transpose nodes)."""
+    module.eval()
+    torch.onnx.export(module, args, str(path), dynamo=False, opset_version=17, input_names=inputs,
+                      output_names=["y"], dynamic_axes=dynamic, do_constant_folding=fold,
+                      training=torch.onnx.TrainingMode.PRESERVE)
+    return path
+
+
+def imported(path: Path, tmp: Path) -> tuple[str, dln.Model]:
+    out = tmp / (path.stem + ".dln")
+    text = dln.import_onnx(path, out=out)
+    model = dln.compile(out, backend="numpy")
+    model.load(out.with_suffix(".safetensors"))   # strict: every parameter, nothing else
+    return text, model
+
+
+def max_difference(path: Path, model: dln.Model, feeds: dict[str, np.ndarray]) -> float:
+    """dln's outputs against onnxruntime's on the same inputs; their largest difference."""
+    want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feeds)
+    got = model(**feeds)
+    names = [o.name for o in onnx.load(str(path)).graph.output]
+    worst = 0.0
+    for name, w in zip(names, want):
+        g = np.asarray(got[name])
+        assert g.shape == w.shape, name
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
+        worst = max(worst, float(np.abs(g - w).max()))
+    return worst
+
+
+def randn(*shape: int, scale: float = 1.0) -> np.ndarray:
+    return (RNG.standard_normal(shape) * scale).astype(np.float32)
+
+
+# ---- models exported from PyTorch --------------------------------------------------------------------------
+
+class MLP(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2, self.out = nn.Linear(10, 24), nn.Linear(24, 12), nn.Linear(12, 3)
+
+    def forward(self, x):
+        h = torch.tanh(self.fc2(torch.relu(self.fc1(x))))
+        return torch.log_softmax(self.out(h), dim=-1)
+
+
+def test_mlp(tmp_path):
+    path = export(MLP(), (torch.randn(4, 10),), tmp_path / "mlp.onnx", ["x"], {"x": {0: "batch"}})
+    text, model = imported(path, tmp_path)
+    assert "input x: f32[B, 10]" in text and "linear(24" in text and "log_softmax" in text
+    assert max_difference(path, model, {"x": randn(7, 10)}) < 1e-5
+    assert max_difference(path, model, {"x": randn(3, 10)}) < 1e-5   # one compile, any batch
+
+
+class LeNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(1, 6, 5, padding=2, bias=False), nn.BatchNorm2d(6)
+        self.conv2, self.bn2 = nn.Conv2d(6, 10, 3), nn.BatchNorm2d(10)
+        self.fc1, self.fc2 = nn.Linear(10 * 2 * 2, 20), nn.Linear(20, 5)
+
+    def forward(self, x):
+        h = nn.functional.max_pool2d(torch.relu(self.bn1(self.conv1(x))), 2)
+        h = nn.functional.avg_pool2d(torch.relu(self.bn2(self.conv2(h))), 2, ceil_mode=True)
+        return self.fc2(torch.relu(self.fc1(torch.flatten(h, 1))))
+
+
+def _perturb_batchnorms(module: nn.Module) -> nn.Module:
+    """Running statistics other than 0 and 1, so that importing them matters."""
+    g = torch.Generator().manual_seed(1)
+    for m in module.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+    return module
+
+
+def test_lenet_with_batchnorm_and_pooling(tmp_path):
+    module = _perturb_batchnorms(LeNet())
+    path = export(module, (torch.randn(2, 1, 11, 11),), tmp_path / "lenet.onnx", ["images"],
+                  {"images": {0: "batch"}})
+    text, model = imported(path, tmp_path)
+    for piece in ("conv2d(6, 5, padding = 2, bias = false)", "batchnorm", "maxpool2d(2)",
+                  "avgpool2d(2, ceil_mode = true)", "flatten"):
+        assert piece in text, piece
+    assert max_difference(path, model, {"images": randn(5, 1, 11, 11)}) < 1e-5
+    # the names the text gives are PyTorch's: its state_dict loads as it is
+    model.load_state_dict({k: v.numpy() for k, v in module.state_dict().items()})
+
+
+class LSTMClassifier(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed, self.lstm, self.head = nn.Embedding(30, 8), nn.LSTM(8, 12, batch_first=True), nn.Linear(12, 4)
+
+    def forward(self, tokens):
+        states, _ = self.lstm(self.embed(tokens))
+        return self.head(states[:, -1])
+
+
+def test_lstm_classifier(tmp_path):
+    module = LSTMClassifier()
+    path = export(module, (torch.randint(0, 30, (2, 6)),), tmp_path / "lstm.onnx", ["tokens"],
+                  {"tokens": {0: "batch", 1: "seq"}})
+    text, model = imported(path, tmp_path)
+    assert "input tokens: i64[B, T]" in text and "embedding(30, 8)" in text and "lstm(12" in text
+    assert "transpose" not in text   # the sequence-first transposes around the layer are gone
+    tokens = RNG.integers(0, 30, (5, 9)).astype(np.int64)
+    assert max_difference(path, model, {"tokens": tokens}) < 1e-5
+    # the gates reordered from ONNX's i, o, f, c are torch's i, f, g, o: its state_dict is the same
+    state = model.state_dict()
+    for k, v in module.state_dict().items():
+        np.testing.assert_array_equal(state[k], v.numpy(), err_msg=k)
+
+
+class ResidualBlock(nn.Module):
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)
+        self.conv2, self.bn2 = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)
+
+    def forward(self, x):
+        h = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(x + self.bn2(self.conv2(h)))
+
+
+class ResNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.layer1 = nn.Sequential(ResidualBlock(8), ResidualBlock(8))
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, x):
+        h = self.layer1(torch.relu(self.stem(x)))
+        return self.head(torch.flatten(nn.functional.adaptive_avg_pool2d(h, 1), 1))
+
+
+def test_resnet_block(tmp_path):
+    module = _perturb_batchnorms(ResNet())
+    path = export(module, (torch.randn(2, 3, 7, 7),), tmp_path / "resnet.onnx", ["x"], {"x": {0: "batch"}})
+    text, model = imported(path, tmp_path)
+    assert 'name = "layer1.1.conv2"' in text and "global_avgpool" in text
+    assert max_difference(path, model, {"x": randn(3, 3, 7, 7)}) < 1e-5
+    model.load_state_dict({k: v.numpy() for k, v in module.state_dict().items()})
+
+
+class GPTBlock(nn.Module):
+    def __init__(self, dim: int = 16, heads: int = 2) -> None:
+        super().__init__()
+        self.heads = heads
+        self.ln1, self.ln2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.fc, self.out = nn.Linear(dim, 4 * dim), nn.Linear(4 * dim, dim)
+
+    def forward(self, x):
+        B, T, C = x.shape
+        q, k, v = self.qkv(self.ln1(x)).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.heads, C // self.heads).transpose(1, 2) for t in (q, k, v))
+        att = torch.softmax(q @ k.transpose(-2, -1) / (C // self.heads) ** 0.5, dim=-1)
+        x = x + self.proj((att @ v).transpose(1, 2).reshape(B, T, C))
+        return x + self.out(nn.functional.gelu(self.fc(self.ln2(x))))
+
+
+@pytest.mark.parametrize("fold", [False, True])
+def test_gpt_block(tmp_path, fold):
+    module = GPTBlock()
+    path = export(module, (torch.randn(2, 5, 16),), tmp_path / "gpt.onnx", ["x"], {"x": {0: "batch", 1: "seq"}},
+                  fold)
+    text, model = imported(path, tmp_path)
+    for piece in ("reshape((B, T, 2, 8))", "linear(48)", "gelu", "layernorm"):
+        assert piece in text, piece
+    assert "param" not in text   # every weight belongs to a layer, named as in PyTorch
+    assert max_difference(path, model, {"x": randn(3, 7, 16)}) < 1e-5
+    model.load_state_dict({k: v.numpy() for k, v in module.state_dict().items()})
+
+
+# ---- graphs written with onnx.helper ----------------------------------------------------------------------
+
+def save(tmp: Path, name: str, nodes: list, inputs: list, outputs: list, weights: dict[str, np.ndarray],
+         opset: int = 17) -> Path:
+    graph = helper.make_graph(nodes, name, inputs, outputs,
+                              [numpy_helper.from_array(v, k) for k, v in weights.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    path = tmp / f"{name}.onnx"
+    onnx.save(model, str(path))
+    return path
+
+
+def value(name: str, shape: list, elem=TensorProto.FLOAT):
+    return helper.make_tensor_value_info(name, elem, shape)
+
+
+def test_sequence_first_gru_and_rnn_with_states(tmp_path):
+    """GRU (gates z, r, h reordered to r, z, n) and RNN in ONNX's own layout, with a given initial
+    state and the final state as an output."""
+    H, D = 6, 5
+    w = {"W": randn(1, 3 * H, D), "R": randn(1, 3 * H, H), "Bg": randn(1, 6 * H),
+         "Wr": randn(1, H, H, scale=0.4), "Rr": randn(1, H, H, scale=0.4), "Br": randn(1, 2 * H)}
+    nodes = [helper.make_node("GRU", ["x", "W", "R", "Bg", "", "h0"], ["y", "h_gru"], hidden_size=H,
+                              linear_before_reset=1, name="gru"),
+             helper.make_node("Squeeze", ["y", "axis1"], ["ys"], name="squeeze"),
+             helper.make_node("RNN", ["ys", "Wr", "Rr", "Br"], ["y2", "h_rnn"], hidden_size=H,
+                              activations=["Relu"], name="rnn")]
+    w["axis1"] = np.array([1], np.int64)
+    path = save(tmp_path, "recurrent", nodes, [value("x", ["seq", "batch", D]), value("h0", [1, "batch", H])],
+                [value("y2", ["seq", 1, "batch", H]), value("h_gru", [1, "batch", H]),
+                 value("h_rnn", [1, "batch", H])], w)
+    text, model = imported(path, tmp_path)
+    assert "return_state = true" in text and 'nonlinearity = "relu"' in text
+    assert max_difference(path, model, {"x": randn(7, 3, D), "h0": randn(1, 3, H)}) < 1e-5
+
+
+def test_assorted_ops(tmp_path):
+    """Gemm without transB and with alpha/beta; a 1-d convolution with uneven padding; a transposed
+    convolution; average pooling with padding; a constant that is no layer's weight (a param);
+    slicing, concatenation, reductions, clipping."""
+    w = {"G": randn(8, 6), "Gc": randn(6), "K": randn(4, 2, 3), "Kb": randn(4), "T": randn(4, 3, 3, 3),
+         "S": randn(1, 6), "starts": np.array([1], np.int64),
+         "ends": np.array([5], np.int64), "axes": np.array([2], np.int64)}
+    nodes = [helper.make_node("Gemm", ["x", "G", "Gc"], ["g"], alpha=0.5, beta=2.0, name="fc"),
+             helper.make_node("Mul", ["g", "S"], ["gs"], name="scale"),
+             helper.make_node("LeakyRelu", ["gs"], ["a"], alpha=0.2, name="act"),
+             helper.make_node("Conv", ["sig", "K", "Kb"], ["c"], pads=[2, 0], name="conv"),
+             helper.make_node("Slice", ["c", "starts", "ends", "axes"], ["cs"], name="crop"),
+             helper.make_node("ReduceMean", ["cs"], ["m"], axes=[2], keepdims=0, name="pool"),
+             helper.make_node("Concat", ["a", "m"], ["am"], axis=1, name="join"),
+             helper.make_node("Clip", ["am", "lo", "hi"], ["y"], name="clip"),
+             helper.make_node("ConvTranspose", ["img", "T"], ["up"], strides=[2, 2], pads=[1, 1, 1, 1],
+                              output_padding=[1, 1], name="up"),
+             helper.make_node("AveragePool", ["up"], ["p"], kernel_shape=[3, 3], strides=[2, 2],
+                              pads=[1, 1, 1, 1], name="avg"),
+             helper.make_node("Sigmoid", ["p"], ["z"], name="gate")]
+    w["lo"], w["hi"] = np.array(-1.5, np.float32), np.array(2.0, np.float32)
+    path = save(tmp_path, "assorted", nodes,
+                [value("x", ["batch", 8]), value("sig", ["batch", 2, 9]), value("img", ["batch", 4, 5, 5])],
+                [value("y", ["batch", 10]), value("z", ["batch", 3, 5, 5])], w)
+    text, model = imported(path, tmp_path)
+    assert "param S: f32[1, 6]" in text and "pad((2, 0))" in text and "conv_transpose2d(3, 3" in text
+    feeds = {"x": randn(5, 8), "sig": randn(5, 2, 9), "img": randn(5, 4, 5, 5)}
+    assert max_difference(path, model, feeds) < 1e-5
+
+
+def test_an_older_opset_is_converted(tmp_path):
+    """Opset 9: BatchNormalization without training_mode, Softmax over a flattened 2-d input."""
+    c = 3
+    w = {"W": randn(4, c), "b": randn(4), "s": randn(c) + 2, "bb": randn(c), "mu": randn(c),
+         "var": np.abs(randn(c)) + 0.5}
+    nodes = [helper.make_node("BatchNormalization", ["x", "s", "bb", "mu", "var"], ["n"], epsilon=1e-3,
+                              name="norm"),
+             helper.make_node("Gemm", ["n", "W", "b"], ["g"], transB=1, name="fc"),
+             helper.make_node("Softmax", ["g"], ["y"], axis=1, name="probs")]
+    path = save(tmp_path, "old", nodes, [value("x", ["N", c])], [value("y", ["N", 4])], w, opset=9)
+    text, model = imported(path, tmp_path)
+    assert "batchnorm(eps = 0.001" in text and "softmax" in text
+    assert max_difference(path, model, {"x": randn(6, c)}) < 1e-5
+
+
+# ---- errors and the command line ---------------------------------------------------------------------------
+
+def _unsupported(tmp: Path) -> Path:
+    nodes = [helper.make_node("Relu", ["x"], ["r"], name="act"),
+             helper.make_node("Hardmax", ["r"], ["y"], name="pick\nme")]   # a name that is no identifier
+    return save(tmp, "unsupported", nodes, [value("x", ["batch", 4])], [value("y", ["batch", 4])], {})
+
+
+def test_an_unsupported_op_is_a_located_error(tmp_path):
+    with pytest.raises(DlnError) as e:
+        dln.import_onnx(_unsupported(tmp_path), out=tmp_path / "u.dln")
+    d = e.value.diagnostics[0]
+    assert d.code == "E0715" and "'pick_me'" in d.message and "(Hardmax)" in d.message
+    assert not (tmp_path / "u.dln").exists() and not (tmp_path / "u.safetensors").exists()
+
+
+def test_cli(tmp_path, capsys):
+    path = export(MLP(), (torch.randn(4, 10),), tmp_path / "mlp.onnx", ["x"], {"x": {0: "batch"}})
+    out = tmp_path / "model.dln"
+    assert main(["import", str(path), "-o", str(out)]) == 0
+    assert out.exists() and (tmp_path / "model.safetensors").exists()
+    assert main(["check", str(out)]) == 0
+    assert main(["import", str(_unsupported(tmp_path)), "-o", str(tmp_path / "u.dln")]) == 1
+    err = capsys.readouterr().err
+    assert "error[E0715]" in err and "Hardmax" in err and "Traceback" not in err
+    assert main(["import", str(tmp_path / "missing.onnx"), "-o", str(out)]) == 1
+    assert "error[E0702]" in capsys.readouterr().err
+
+
+def test_an_imported_model_trains(tmp_path):
+    """The imported MLP inside a model with a loss and a train section: `dln train`'s loss falls."""
+    path = export(MLP(), (torch.randn(4, 10),), tmp_path / "mlp.onnx", ["x"], {"x": {0: "batch"}})
+    dln.import_onnx(path, out=tmp_path / "mlp.dln")
+    x = randn(96, 10)
+    y = (x[:, :3].argmax(axis=1)).astype(np.int64)
+    np.savez(tmp_path / "data.npz", x=x, y=y)
+    (tmp_path / "train.dln").write_text('''import "mlp.dln"
+
+model classifier {
+    input x: f32[B, 10]
+    input y: i64[B]
+    net = mlp()
+    logp = net(x)
+    loss = nll(logp, y)
+    output logp
+}
+
+train classifier {
+    data      = npz("data.npz")
+    optimizer = adam(lr = 1e-2)
+    batch     = 16
+    epochs    = 4
+    seed      = 0
+    minimize loss
+}
+''')
+    history = dln.train(tmp_path / "train.dln", backend="numpy", weights=str(tmp_path / "mlp.safetensors"),
+                        map={"": "net."}, progress=False, logdir=False)
+    losses = [e["loss"] for e in history.epochs]
+    assert len(losses) == 4 and losses[-1] < 0.8 * losses[0], losses
