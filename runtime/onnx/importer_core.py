@@ -8,6 +8,7 @@ import numpy as np
 import onnx
 
 from dln.compiler.symbolic import Sym
+from dln.dsl.diagnostics import DlnError
 from dln.runtime.onnx import importer_fold
 from dln.runtime.onnx.importer import (DIM_ALIASES, Imported, Known, Layer, Names, Tensor, dim_text, fail,
                                        identifier, number, quoted, unsupported)
@@ -59,7 +60,8 @@ class Importer:
         param = d.dim_param if d.HasField("dim_param") else ""
         if param and param in self.dims:
             return Sym.var(self.dims[param])
-        hint = DIM_ALIASES.get(param.lower(), param) if param else ("B" if axis == 0 else f"{owner}_{axis}")
+        hint = DIM_ALIASES.get(identifier(param).lower(), param) if param else \
+            ("B" if axis == 0 else f"{owner}_{axis}")
         name = self.names.fresh(hint[:1].upper() + hint[1:] if hint else "N", "N")
         self.dims[param or f"{owner}:{axis}"] = name
         return Sym.var(name)
@@ -257,7 +259,13 @@ class Importer:
         if handler is None:
             raise unsupported(n, "this op type has no .dln form" + ("" if n.proto is None or not n.proto.domain
                                                                     else f" (domain {identifier(n.proto.domain)})"))
-        handler(self, n)
+        try:
+            handler(self, n)
+        except DlnError as e:   # a value the node reads has no .dln form: say which node reads it
+            d = e.diagnostics[0]
+            if d.message.startswith("ONNX node"):
+                raise
+            raise unsupported(n, d.message) from None
         for o in n.outputs:
             v = self.values.get(o)
             if isinstance(v, Tensor) and o and (self.uses.get(o, 0) > 1 or o in self.outputs):

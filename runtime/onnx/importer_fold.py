@@ -126,8 +126,8 @@ def fold(n: INode, ins: list[np.ndarray | None]) -> list[np.ndarray | Fill]:
     if n.op in RULES:
         try:
             return [_plain(RULES[n.op](n, ins))]
-        except CannotFold:
-            pass
+        except (CannotFold, TypeError, ValueError, IndexError, ArithmeticError):
+            pass   # e.g. a slice of numbers bounded by a symbol: not known while importing
     if any(i is not None and i.dtype == object for i in ins) or n.proto is None:
         raise CannotFold
     return _evaluate(n, ins)

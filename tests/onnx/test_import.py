@@ -33,12 +33,12 @@ def _seeded():
 
 
 def export(module: nn.Module, args: tuple, path: Path, inputs: list[str], dynamic: dict, fold: bool = False) -> Path:
-    """The TorchScript exporter; without constant folding, which would fuse a batch norm into the
-    convolution before it (and writes the transposed weights of a MatMul out as Transpose nodes)."""
+    """The TorchScript exporter.  By default torch fuses a batch norm into the convolution before it;
+    `fold = False` keeps the model as written (and writes a MatMul's transposed weight as a Transpose)."""
     module.eval()
+    mode = torch.onnx.TrainingMode.EVAL if fold else torch.onnx.TrainingMode.PRESERVE
     torch.onnx.export(module, args, str(path), dynamo=False, opset_version=17, input_names=inputs,
-                      output_names=["y"], dynamic_axes=dynamic, do_constant_folding=fold,
-                      training=torch.onnx.TrainingMode.PRESERVE)
+                      output_names=["y"], dynamic_axes=dynamic, do_constant_folding=fold, training=mode)
     return path
 
 
@@ -50,14 +50,17 @@ def imported(path: Path, tmp: Path) -> tuple[str, dln.Model]:
     return text, model
 
 
-def max_difference(path: Path, model: dln.Model, feeds: dict[str, np.ndarray]) -> float:
-    """dln's outputs against onnxruntime's on the same inputs; their largest difference."""
+def max_difference(path: Path, model: dln.Model, feeds: dict[str, np.ndarray],
+                   names: dict[str, str] | None = None) -> float:
+    """dln's outputs against onnxruntime's on the same inputs; their largest difference.  `names`:
+    the .dln names of ONNX inputs and outputs that are not identifiers."""
+    names = names or {}
     want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feeds)
-    got = model(**feeds)
-    names = [o.name for o in onnx.load(str(path)).graph.output]
+    got = model(**{names.get(k, k): v for k, v in feeds.items()})
+    outputs = [o.name for o in onnx.load(str(path)).graph.output]
     worst = 0.0
-    for name, w in zip(names, want):
-        g = np.asarray(got[name])
+    for name, w in zip(outputs, want):
+        g = np.asarray(got[names.get(name, name)])
         assert g.shape == w.shape, name
         np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
         worst = max(worst, float(np.abs(g - w).max()))
@@ -111,6 +114,16 @@ def _perturb_batchnorms(module: nn.Module) -> nn.Module:
             m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
             m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
     return module
+
+
+def test_lenet_exported_with_constant_folding(tmp_path):
+    """torch's default export folds each batch norm into the convolution before it, whose weights
+    get generated names: the layers are named after the nodes (`/conv1/Conv` -> conv1)."""
+    path = export(_perturb_batchnorms(LeNet()), (torch.randn(2, 1, 11, 11),), tmp_path / "fused.onnx", ["images"],
+                  {"images": {0: "batch"}}, fold=True)
+    text, model = imported(path, tmp_path)
+    assert "batchnorm" not in text and "conv1 = images -> conv2d(6, 5, padding = 2)" in text
+    assert max_difference(path, model, {"images": randn(3, 1, 11, 11)}) < 1e-5
 
 
 def test_lenet_with_batchnorm_and_pooling(tmp_path):
@@ -296,6 +309,29 @@ def test_an_older_opset_is_converted(tmp_path):
     assert max_difference(path, model, {"x": randn(6, c)}) < 1e-5
 
 
+def test_names_are_sanitized(tmp_path):
+    """Names that are no identifiers, or that try to break out of a string, reach the text only as
+    identifiers: the model compiles and computes what onnxruntime does."""
+    w = {'w"); output z = x #': randn(4, 3), "b\nx": randn(3), "weird name": randn(3)}
+    nodes = [helper.make_node("MatMul", ["input.1", 'w"); output z = x #'], ["m"], name='/evil "x"/MatMul'),
+             helper.make_node("Add", ["m", "b\nx"], ["a"], name="add\n"),
+             helper.make_node("Mul", ["a", "weird name"], ["out:0"], name="model")]
+    path = save(tmp_path, "names", nodes, [value("input.1", ["batch size", 4])], [value("out:0", ["batch size", 3])], w)
+    text, model = imported(path, tmp_path)
+    assert "input input_1: f32[B, 4]" in text and "output out_0 = " in text
+    assert all(line.count('"') in (0, 2) for line in text.splitlines()), text
+    assert max_difference(path, model, {"input.1": randn(5, 4)}, {"input.1": "input_1", "out:0": "out_0"}) < 1e-5
+
+
+def test_infinite_constants_are_an_error_naming_the_node(tmp_path):
+    w = {"inf": np.array(-np.inf, np.float32)}
+    nodes = [helper.make_node("Max", ["x", "inf"], ["y"], name="floor")]
+    path = save(tmp_path, "inf", nodes, [value("x", ["batch", 4])], [value("y", ["batch", 4])], w)
+    with pytest.raises(DlnError) as e:
+        dln.import_onnx(path)
+    assert "'floor' (Max)" in e.value.diagnostics[0].message and "-inf" in e.value.diagnostics[0].message
+
+
 # ---- errors and the command line ---------------------------------------------------------------------------
 
 def _unsupported(tmp: Path) -> Path:
@@ -326,14 +362,15 @@ def test_cli(tmp_path, capsys):
 
 
 def test_an_imported_model_trains(tmp_path):
-    """The imported MLP inside a model with a loss and a train section: `dln train`'s loss falls."""
+    """A loss and a train section appended to the imported text (a model around the imported one, so
+    the imported statements stay as they are): `dln.train` from the imported weights lowers the loss."""
     path = export(MLP(), (torch.randn(4, 10),), tmp_path / "mlp.onnx", ["x"], {"x": {0: "batch"}})
-    dln.import_onnx(path, out=tmp_path / "mlp.dln")
+    out = tmp_path / "mlp.dln"
+    dln.import_onnx(path, out=out)
     x = randn(96, 10)
     y = (x[:, :3].argmax(axis=1)).astype(np.int64)
     np.savez(tmp_path / "data.npz", x=x, y=y)
-    (tmp_path / "train.dln").write_text('''import "mlp.dln"
-
+    out.write_text(out.read_text() + '''
 model classifier {
     input x: f32[B, 10]
     input y: i64[B]
@@ -352,7 +389,7 @@ train classifier {
     minimize loss
 }
 ''')
-    history = dln.train(tmp_path / "train.dln", backend="numpy", weights=str(tmp_path / "mlp.safetensors"),
-                        map={"": "net."}, progress=False, logdir=False)
+    history = dln.train(out, backend="numpy", weights=str(out.with_suffix(".safetensors")), map={"": "net."},
+                        progress=False, logdir=False)
     losses = [e["loss"] for e in history.epochs]
     assert len(losses) == 4 and losses[-1] < 0.8 * losses[0], losses
