@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import numpy as np
 import onnx
@@ -10,14 +11,38 @@ import onnx
 from dln.compiler.symbolic import Sym
 from dln.dsl.diagnostics import DlnError
 from dln.runtime.onnx import importer_fold
-from dln.runtime.onnx.importer import (DIM_ALIASES, Imported, Known, Layer, Names, Tensor, dim_text, fail,
-                                       identifier, number, quoted, unsupported)
 from dln.runtime.onnx.importer_graph import INode, known_constants, read_nodes, rewrite
+from dln.runtime.onnx.importer_text import (DIM_ALIASES, Known, Layer, Names, Tensor, dim_text, fail, identifier,
+                                            layer_path, number, quoted, unsupported)
 
 ELEM_TYPES = {onnx.TensorProto.FLOAT: "f32", onnx.TensorProto.DOUBLE: "f64", onnx.TensorProto.FLOAT16: "f16",
               onnx.TensorProto.BFLOAT16: "bf16", onnx.TensorProto.INT32: "i32", onnx.TensorProto.INT64: "i64",
               onnx.TensorProto.BOOL: "bool"}
 WIDTH = 100   # a pipe longer than this breaks before each stage
+
+# op type -> handler(importer, node), registered by importer_ops, importer_layers, importer_rnn
+HANDLERS: dict[str, Callable[["Importer", INode], None]] = {}
+
+
+def handles(*ops: str):
+    def register(fn):
+        for op in ops:
+            HANDLERS[op] = fn
+        return fn
+    return register
+
+
+@dataclass
+class Imported:
+    """What an import makes: the `.dln` text, the weights by parameter name, the model's name, and
+    the names the model gives the ONNX graph's inputs and outputs (sanitized identifiers)."""
+
+    text: str
+    weights: dict[str, np.ndarray]
+    name: str
+    inputs: dict[str, str]
+    outputs: dict[str, str]
+
 
 
 class Importer:
@@ -144,8 +169,6 @@ class Importer:
     def layer(self, n: INode, call: str, args: list[str], weights: dict[str, np.ndarray], names: list[str]) -> Layer:
         """A layer call whose parameters are `weights` (leaf -> array), named after the ONNX weights
         `names` or the node."""
-        from dln.runtime.onnx.importer import layer_path
-
         base = layer_path([self.origin.get(v, v) for v in names if v], n.name) or call
         path, k = base, 1
         while path in self.paths:
@@ -205,8 +228,6 @@ class Importer:
 
     # ---- the walk ----------------------------------------------------------------------------------------------
     def run(self) -> Imported:
-        from dln.runtime.onnx.importer_ops import HANDLERS
-
         header = []
         initializers = {t.name for t in self.graph.initializer}
         for v in self.graph.input:
@@ -296,6 +317,3 @@ def _undoes(stage: str, before: str | Layer) -> bool:
         return False
     return (stage.startswith("squeeze(") and before == "un" + stage) or \
         (stage.startswith("transpose(") and before == stage)
-
-
-__all__ = ["Importer", "Known", "Tensor", "number", "dim_text", "Sym"]

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from dln.runtime.onnx.importer import args_text, number, unsupported
-from dln.runtime.onnx.importer_core import Importer
+from dln.runtime.onnx.importer_core import Importer, handles
 from dln.runtime.onnx.importer_graph import INode
-from dln.runtime.onnx.importer_ops import handles, hint, one
+from dln.runtime.onnx.importer_ops import hint, one
+from dln.runtime.onnx.importer_text import args_text, number, unsupported
 
 
 def _weight(imp: Importer, n: INode, value: str, what: str) -> np.ndarray:
@@ -210,7 +210,3 @@ def _global_pool(imp: Importer, n: INode) -> None:
     call = "mean" if n.op == "GlobalAveragePool" else "max"
     imp.stage(n.outputs[0], n.inputs[0], f"{call}(axis = {axes if len(axes) > 1 else axes[0]}, keepdim = true)",
               hint(n))
-
-
-from dln.runtime.onnx import importer_rnn  # noqa: E402,F401  (registers LSTM, GRU, RNN)
-

@@ -4,29 +4,16 @@ A handler reads its node's inputs from the importer (`imp.known` for values know
 importing, `imp.operand` / `imp.stage` for tensors) and sets its outputs: a pipe stage (`relu`,
 `maxpool2d(2)`), a layer (`imp.layer`: a stage that owns parameters, with its weights in PyTorch's
 layouts), or an operator expression.  What has no `.dln` form is `unsupported(node, why)`.
-Recurrent layers are in importer_rnn.py.
+Layers are in importer_layers.py, recurrent layers in importer_rnn.py.
 """
 
 from __future__ import annotations
 
-from typing import Callable
-
 import numpy as np
 
-from dln.runtime.onnx.importer import args_text, dim_text, number, unsupported
-from dln.runtime.onnx.importer_core import ELEM_TYPES, Importer
+from dln.runtime.onnx.importer_core import ELEM_TYPES, Importer, handles
 from dln.runtime.onnx.importer_graph import INode
-
-HANDLERS: dict[str, Callable[[Importer, INode], None]] = {}
-
-
-def handles(*ops: str):
-    def register(fn):
-        for op in ops:
-            HANDLERS[op] = fn
-        return fn
-    return register
-
+from dln.runtime.onnx.importer_text import Tensor, args_text, dim_text, number, unsupported
 
 def hint(n: INode) -> str:
     """A binding name from the node's name: its last path component without the op type."""
@@ -289,8 +276,6 @@ def _split(imp: Importer, n: INode) -> None:
             raise unsupported(n, "splits a symbolic axis into equal parts (.dln needs the sizes)")
         sizes = [-(-total // k)] * (k - 1) + [total - -(-total // k) * (k - 1)]
     text = f"split({imp.operand(n.inputs[0])}, {args_text([tuple(sizes)], {})[0]}, axis = {axis})"
-    from dln.runtime.onnx.importer import Tensor
-
     imp.bind_many(list(n.outputs), Tensor(text), [f"{hint(n)}_{k}" for k in range(len(n.outputs))])
 
 
@@ -383,6 +368,3 @@ def _gather(imp: Importer, n: INode) -> None:
 @handles("Shape")
 def _shape(imp: Importer, n: INode) -> None:
     raise unsupported(n, "needs the shape of its input, which shape inference could not find")
-
-
-from dln.runtime.onnx import importer_layers  # noqa: E402,F401  (registers the layers' handlers)

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from dln.runtime.onnx.importer import Tensor, args_text, unsupported
-from dln.runtime.onnx.importer_core import Importer
+from dln.runtime.onnx.importer_core import Importer, handles
 from dln.runtime.onnx.importer_fold import Fill
 from dln.runtime.onnx.importer_graph import INode
-from dln.runtime.onnx.importer_ops import handles, hint
+from dln.runtime.onnx.importer_ops import hint
+from dln.runtime.onnx.importer_text import Tensor, args_text, unsupported
 
 # op -> (.dln layer, gates, torch's order of ONNX's gate blocks, ONNX's default activations)
 KINDS = {"LSTM": ("lstm", 4, [0, 2, 3, 1], ["Sigmoid", "Tanh", "Tanh"]),
