@@ -19,6 +19,10 @@ ELEM_TYPES = {onnx.TensorProto.FLOAT: "f32", onnx.TensorProto.DOUBLE: "f64", onn
               onnx.TensorProto.BFLOAT16: "bf16", onnx.TensorProto.INT32: "i32", onnx.TensorProto.INT64: "i64",
               onnx.TensorProto.BOOL: "bool"}
 WIDTH = 100   # a pipe longer than this breaks before each stage
+# Ops whose output has their first input's shape (for Importer._refine).
+SAME_SHAPE = {"Relu", "Tanh", "Sigmoid", "Exp", "Log", "Sqrt", "Abs", "Sin", "Cos", "Softplus", "Softsign", "Sign",
+              "Neg", "Reciprocal", "Elu", "Selu", "LeakyRelu", "Gelu", "dln.Gelu", "Softmax", "LogSoftmax", "Cast",
+              "Clip", "Dropout", "Identity", "LayerNormalization", "BatchNormalization", "Trilu", "Not"}
 
 # op type -> handler(importer, node), registered by importer_ops, importer_layers, importer_rnn
 HANDLERS: dict[str, Callable[["Importer", INode], None]] = {}
@@ -287,6 +291,7 @@ class Importer:
             if d.message.startswith("ONNX node"):
                 raise
             raise unsupported(n, d.message) from None
+        self._refine(n)
         for o in n.outputs:
             v = self.values.get(o)
             if isinstance(v, Tensor) and o and (self.uses.get(o, 0) > 1 or o in self.outputs):
@@ -303,6 +308,34 @@ class Importer:
         out = np.empty(len(dims), dtype=object)
         out[:] = dims
         return out
+
+    def set_shape(self, value: str, shape: tuple) -> None:
+        """What the importer knows of a value's shape, where onnx's inference left a dimension open
+        (it loses track of `C // heads` computed from a shape, which the folding here keeps)."""
+        dtype, old = self.types.get(value, (None, None))
+        if old is not None and len(old) == len(shape):
+            shape = tuple(o if o is not None else d for o, d in zip(old, shape))
+        self.types[value] = (dtype, tuple(shape))
+
+    def _refine(self, n: INode) -> None:
+        """Fill in an output's open dimensions from its inputs' for the ops whose shape rule is simple."""
+        out = self.shape(n.outputs[0]) if n.outputs and n.outputs[0] else ()
+        if out is not None and None not in out:
+            return
+        ins = [self.shape(i) if i else None for i in n.inputs]
+        if ins and ins[0] is not None and n.op in SAME_SHAPE:
+            self.set_shape(n.outputs[0], ins[0])
+        elif n.op == "Transpose" and ins[0] is not None:
+            perm = n.attr("perm") or list(range(len(ins[0])))[::-1]
+            self.set_shape(n.outputs[0], tuple(ins[0][p] for p in perm))
+        elif n.op in ("Add", "Sub", "Mul", "Div", "Pow", "Where") and all(s is not None for s in ins):
+            rank = max(len(s) for s in ins)
+            padded = [(1,) * (rank - len(s)) + tuple(s) for s in ins]
+            self.set_shape(n.outputs[0], tuple(next((d for d in column if not (isinstance(d, int) and d == 1)), 1)
+                                               for column in zip(*padded)))
+        elif n.op == "MatMul" and all(s is not None and len(s) >= 2 for s in ins):
+            a, b = ins
+            self.set_shape(n.outputs[0], tuple(a[:-1]) + (b[-1],))
 
     def need_shape(self, n: INode, value: str) -> tuple:
         shape = self.shape(value)

@@ -22,10 +22,12 @@ from dln.runtime.onnx.importer_graph import INode
 
 @dataclass(frozen=True)
 class Fill:
-    """`ConstantOfShape` of a shape holding a symbol: `value` everywhere, the array never made."""
+    """`ConstantOfShape` (or `Expand` of one number) to a shape holding a symbol: `value` everywhere,
+    the array never made.  `Trilu` of one is a causal mask (importer_ops)."""
 
     shape: tuple
     value: float
+    dtype: np.dtype
 
 
 class CannotFold(Exception):
@@ -122,7 +124,9 @@ def fold(n: INode, ins: list[np.ndarray | None]) -> list[np.ndarray | Fill]:
         shape = tuple(_ints(ins[0]))
         if all(isinstance(d, int) for d in shape):
             return [np.full(shape, value.reshape(-1)[0], dtype=value.dtype)]
-        return [Fill(shape, float(value.reshape(-1)[0]))]
+        return [Fill(shape, float(value.reshape(-1)[0]), value.dtype)]
+    if n.op == "Expand" and ins[1].dtype == object and ins[0].size == 1 and ins[0].dtype != object:
+        return [Fill(tuple(_ints(ins[1])), float(ins[0].reshape(-1)[0]), ins[0].dtype)]
     if n.op in RULES:
         try:
             return [_plain(RULES[n.op](n, ins))]

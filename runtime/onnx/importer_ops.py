@@ -10,8 +10,10 @@ Layers are in importer_layers.py, recurrent layers in importer_rnn.py.
 from __future__ import annotations
 
 import numpy as np
+import onnx
 
 from dln.runtime.onnx.importer_core import ELEM_TYPES, Importer, handles
+from dln.runtime.onnx.importer_fold import Fill
 from dln.runtime.onnx.importer_graph import INode
 from dln.runtime.onnx.importer_text import Tensor, args_text, dim_text, number, unsupported
 
@@ -199,6 +201,8 @@ def _reshape(imp: Importer, n: INode) -> None:
             dims = [shape[k] if isinstance(d, int) and d == 0 else d for k, d in enumerate(dims)]
     text = ", ".join(dim_text(d) for d in dims) + ("," if len(dims) == 1 else "")
     imp.stage(n.outputs[0], n.inputs[0], f"reshape(({text}))", hint(n))
+    if -1 not in dims:
+        imp.set_shape(n.outputs[0], tuple(dims))
 
 
 @handles("Transpose")
@@ -363,6 +367,33 @@ def _gather(imp: Importer, n: INode) -> None:
         raise unsupported(n, "gathers at constant indices that are not evenly spaced")
     index_text = ", ".join([":"] * axis + [pick])
     imp.expression(n.outputs[0], f"{imp.operand(data)}[{index_text}]", hint(n))
+
+
+@handles("Trilu")
+def _trilu(imp: Importer, n: INode) -> None:
+    """The lower (upper) triangle of the last two axes, written with `arange`: of a constant of a
+    symbolic shape (a causal mask, as torch exports `is_causal`), `cast(j <= i, f32)`; of a tensor,
+    `where(j <= i, x, 0)`."""
+    k = imp.known(n.input(1)) if n.input(1) else np.zeros(())
+    if k is None:
+        raise unsupported(n, "its diagonal offset k must be a constant")
+    k = int(np.reshape(k, -1)[0])
+    x = imp.known(n.inputs[0])
+    shape = x.shape if isinstance(x, (Fill, np.ndarray)) else imp.need_shape(n, n.inputs[0])
+    if len(shape) < 2:
+        raise unsupported(n, "an input of fewer than two axes")
+    rows, cols = shape[-2], shape[-1]
+    i = f"unsqueeze(arange({dim_text(rows)}), 1)" + (f" + {k}" if k > 0 else f" - {-k}" if k < 0 else "")
+    cond = f"arange({dim_text(cols)}) {'>=' if n.attr('upper', 1) else '<='} {i}"
+    if isinstance(x, Fill):
+        if any(d != 1 for d in x.shape[:-2]):
+            raise unsupported(n, "a constant with leading axes other than 1")
+        dtype = ELEM_TYPES.get(onnx.helper.np_dtype_to_tensor_dtype(x.dtype), "f32")
+        text = f"cast({cond}, {dtype})" + ("" if x.value == 1 else f" * {number(x.value)}")
+    else:
+        zero = "0.0" if imp.dtype(n.inputs[0]) in ("f32", "f64", "f16", "bf16") else "0"
+        text = f"where({cond}, {imp.operand(n.inputs[0])}, {zero})"
+    imp.expression(n.outputs[0], text, hint(n))
 
 
 @handles("Shape")

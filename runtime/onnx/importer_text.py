@@ -133,8 +133,10 @@ def number(v: Any) -> str:
         return "true" if v else "false"
     if isinstance(v, (int, np.integer)):
         return str(int(v))
-    if not np.isfinite(v):
-        raise fail(f"the constant {v} has no .dln literal")
+    if np.isnan(v):
+        raise fail("the constant nan has no .dln literal")
+    if np.isinf(v):   # as a mask, the largest float32 does what infinity does: exp of it is 0
+        return ("-" if v < 0 else "") + repr(float(np.finfo(np.float32).max)).replace("e+", "e")
     text = str(np.float32(v)) if np.float32(v) == v or isinstance(v, np.float32) else repr(float(v))
     text = text.replace("e+", "e")
     if "e" in text and "." not in text.split("e")[0]:

@@ -197,9 +197,11 @@ def test_resnet_block(tmp_path):
 
 
 class GPTBlock(nn.Module):
-    def __init__(self, dim: int = 16, heads: int = 2) -> None:
+    """Pre-LN: attention written out (or F.scaled_dot_product_attention, causal), then a GELU MLP."""
+
+    def __init__(self, dim: int = 16, heads: int = 2, causal: bool = False) -> None:
         super().__init__()
-        self.heads = heads
+        self.heads, self.causal = heads, causal
         self.ln1, self.ln2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
         self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
         self.fc, self.out = nn.Linear(dim, 4 * dim), nn.Linear(4 * dim, dim)
@@ -208,18 +210,22 @@ class GPTBlock(nn.Module):
         B, T, C = x.shape
         q, k, v = self.qkv(self.ln1(x)).split(C, dim=2)
         q, k, v = (t.view(B, T, self.heads, C // self.heads).transpose(1, 2) for t in (q, k, v))
-        att = torch.softmax(q @ k.transpose(-2, -1) / (C // self.heads) ** 0.5, dim=-1)
-        x = x + self.proj((att @ v).transpose(1, 2).reshape(B, T, C))
+        if self.causal:
+            y = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            y = torch.softmax(q @ k.transpose(-2, -1) / (C // self.heads) ** 0.5, dim=-1) @ v
+        x = x + self.proj(y.transpose(1, 2).reshape(B, T, C))
         return x + self.out(nn.functional.gelu(self.fc(self.ln2(x))))
 
 
-@pytest.mark.parametrize("fold", [False, True])
-def test_gpt_block(tmp_path, fold):
-    module = GPTBlock()
+@pytest.mark.parametrize("fold, causal", [(False, False), (True, False), (True, True)])
+def test_gpt_block(tmp_path, fold, causal):
+    module = GPTBlock(causal=causal)
     path = export(module, (torch.randn(2, 5, 16),), tmp_path / "gpt.onnx", ["x"], {"x": {0: "batch", 1: "seq"}},
                   fold)
     text, model = imported(path, tmp_path)
-    for piece in ("reshape((B, T, 2, 8))", "linear(48)", "gelu", "layernorm"):
+    for piece in ("reshape((B, T, 2, 8))", "linear(48)", "gelu", "layernorm") + \
+            (("arange(T) <= unsqueeze(arange(T), 1)",) if causal else ()):
         assert piece in text, piece
     assert "param" not in text   # every weight belongs to a layer, named as in PyTorch
     assert max_difference(path, model, {"x": randn(3, 7, 16)}) < 1e-5
@@ -323,13 +329,27 @@ def test_names_are_sanitized(tmp_path):
     assert max_difference(path, model, {"input.1": randn(5, 4)}, {"input.1": "input_1", "out:0": "out_0"}) < 1e-5
 
 
-def test_infinite_constants_are_an_error_naming_the_node(tmp_path):
-    w = {"inf": np.array(-np.inf, np.float32)}
-    nodes = [helper.make_node("Max", ["x", "inf"], ["y"], name="floor")]
-    path = save(tmp_path, "inf", nodes, [value("x", ["batch", 4])], [value("y", ["batch", 4])], w)
+def test_infinite_constants_mask(tmp_path):
+    """-inf, which has no .dln literal, is written as the lowest float32: a mask all the same."""
+    w = {"inf": np.array(-np.inf, np.float32), "zero": np.array(0.0, np.float32)}
+    nodes = [helper.make_node("Greater", ["x", "zero"], ["keep"], name="keep"),
+             helper.make_node("Where", ["keep", "x", "inf"], ["masked"], name="mask"),
+             helper.make_node("Softmax", ["masked"], ["y"], name="probs")]
+    path = save(tmp_path, "inf", nodes, [value("x", ["batch", 6])], [value("y", ["batch", 6])], w)
+    text, model = imported(path, tmp_path)
+    assert "-3.4028234663852886e38" in text
+    x = randn(5, 6)
+    x[:, 0] = np.abs(x[:, 0]) + 0.1   # every row keeps a value
+    assert max_difference(path, model, {"x": x}) < 1e-6
+
+
+def test_an_error_in_a_value_names_the_node_reading_it(tmp_path):
+    nodes = [helper.make_node("Add", ["x", "nan"], ["y"], name="shift")]
+    path = save(tmp_path, "nan", nodes, [value("x", ["batch", 4])], [value("y", ["batch", 4])],
+                {"nan": np.array(np.nan, np.float32)})
     with pytest.raises(DlnError) as e:
         dln.import_onnx(path)
-    assert "'floor' (Max)" in e.value.diagnostics[0].message and "-inf" in e.value.diagnostics[0].message
+    assert "'shift' (Add)" in e.value.diagnostics[0].message and "nan" in e.value.diagnostics[0].message
 
 
 # ---- errors and the command line ---------------------------------------------------------------------------
