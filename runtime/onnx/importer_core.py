@@ -267,11 +267,13 @@ class Importer:
     def visit(self, n: INode, handlers: dict) -> None:
         if n.outputs and all(o in self.consts for o in n.outputs if o):
             return   # folded before the walk (importer_graph.known_constants)
+        if not any(self.uses.get(o) for o in n.outputs if o):
+            return   # nothing reads it (a zero state of a layer merged with the one before)
         ins = [self.known(i) if i else None for i in n.inputs]
         if n.op == "Shape" and n.inputs[0] not in self.consts:
             ins[0] = self._shape_value(n)
         if all(a is not None or not i for a, i in zip(ins, n.inputs)) and \
-                not any(isinstance(a, importer_fold.Fill) for a in ins):
+                not any(isinstance(a, importer_fold.Fill) for a in ins[1:]):
             try:
                 outs = importer_fold.fold(n, ins) if n.op != "Shape" or n.inputs[0] in self.consts else [ins[0]]
             except importer_fold.CannotFold:

@@ -115,10 +115,33 @@ NEVER = {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike
          "Dropout"}
 
 
+def _fill_through(n: INode, ins: list) -> Fill:
+    """A Fill through an op that only moves values (torch slices one zero state per layer out of one);
+    its shape where it is simple to follow, else None."""
+    fill = ins[0]
+    shape = list(fill.shape) if fill.shape is not None and n.op in ("Identity", "Cast", "Slice") else None
+    if shape is not None and n.op == "Slice":
+        starts, ends = _ints(ins[1]), _ints(ins[2])
+        axes = _ints(ins[3]) if len(ins) > 3 and ins[3] is not None else list(range(len(starts)))
+        steps = _ints(ins[4]) if len(ins) > 4 and ins[4] is not None else [1] * len(starts)
+        for start, end, axis, step in zip(starts, ends, axes, steps):
+            d = shape[axis % len(shape)]
+            if isinstance(d, int) and all(isinstance(v, int) for v in (start, end, step)):
+                shape[axis % len(shape)] = len(range(*slice(start, end, step).indices(d)))
+            elif not (step == 1 and start == 0 and isinstance(end, int) and end >= 2 ** 31):   # not the whole axis
+                shape = None
+                break
+    return Fill(tuple(shape) if shape is not None else None, fill.value, fill.dtype)
+
+
 def fold(n: INode, ins: list[np.ndarray | None]) -> list[np.ndarray | Fill]:
     """The outputs of node `n` from its known inputs.  Raises CannotFold."""
     if n.op in NEVER:
         raise CannotFold
+    if ins and isinstance(ins[0], Fill):
+        if n.op not in ("Slice", "Squeeze", "Unsqueeze", "Identity", "Cast"):
+            raise CannotFold
+        return [_fill_through(n, ins)]
     if n.op == "ConstantOfShape":
         value = n.attr("value", np.zeros(1, np.float32))
         shape = tuple(_ints(ins[0]))

@@ -6,8 +6,9 @@ need no input (initializers, `Constant`s and `Identity`s of those — torch's ex
 equal weights once and names the second with an `Identity`).  `rewrite` is a list of pure passes
 `list[INode] -> list[INode]`, each replacing one pattern by a node whose op type starts with
 `dln.` (a `.dln` layer the handlers in importer_ops.py know): `MatMul` + `Add` of a weight and a
-bias is a linear layer, the erf formula of GELU is `gelu`, a recurrent layer between two
-`Transpose`s is batch-first, `GlobalAveragePool` + `Flatten` is `global_avgpool`.
+bias is a linear layer, the erf formula of GELU is `gelu`, recurrent layers one after the other
+are one layer of several, a recurrent layer between two `Transpose`s is batch-first,
+`GlobalAveragePool` + `Flatten` is `global_avgpool`.
 """
 
 from __future__ import annotations
@@ -181,6 +182,46 @@ def _gelu(r: _Rewrite) -> list[INode] | None:
     return None
 
 
+def _zero_state(r: _Rewrite, value: str) -> bool:
+    """Is an initial state absent, or zeros (torch writes `Slice(ConstantOfShape(0))` per layer)?"""
+    while value:
+        if value in r.consts:
+            return not r.consts[value].any()
+        n = r.producer.get(value)
+        if n is None:
+            return False
+        if n.op == "ConstantOfShape":
+            return not np.any(n.attr("value", np.zeros(1)))
+        if n.op not in ("Slice", "Squeeze", "Unsqueeze", "Identity", "Cast"):
+            return False
+        value = n.inputs[0]
+    return True
+
+
+def _stacked(r: _Rewrite) -> list[INode] | None:
+    """LSTM -> Squeeze(axis 1) -> LSTM (or GRU, RNN) of the same kind, as torch exports `num_layers`:
+    one node whose attribute `stack` holds the weights (W, R, B) of the layers after the first."""
+    for a in r.nodes:
+        if a.op not in ("LSTM", "GRU", "RNN") or a.attr("direction", "forward") != "forward" or \
+                a.attr("layout", 0) != 0 or any(o and r.readers.get(o) for o in a.outputs[1:]):
+            continue
+        squeeze = r.only_reader(a.outputs[0])
+        axes = None
+        if squeeze is not None and squeeze.op == "Squeeze":
+            axes = squeeze.attr("axes") or (r.consts.get(squeeze.input(1)) if squeeze.input(1) else None)
+        b = r.only_reader(squeeze.outputs[0]) if axes is not None and list(np.reshape(axes, -1)) == [1] else None
+        if b is None or b.op != a.op or b.inputs[0] != squeeze.outputs[0] or \
+                {k: v for k, v in b.attrs.items() if k != "stack"} != \
+                {k: v for k, v in a.attrs.items() if k != "stack"} or bool(b.input(3)) != bool(a.input(3)) or \
+                not all(_zero_state(r, v) for v in (a.input(5), a.input(6), b.input(5), b.input(6))) or \
+                a.input(4) or b.input(4):
+            continue
+        stack = list(a.attr("stack", [])) + [(b.inputs[1], b.inputs[2], b.input(3))] + list(b.attr("stack", []))
+        merged = INode(a.op, a.name, a.inputs[:5], b.outputs, dict(a.attrs, stack=stack))
+        return r.replace([a, squeeze, b], merged)
+    return None
+
+
 def _perm(r: _Rewrite, n: INode | None, perm: list[int]) -> bool:
     return n is not None and n.op == "Transpose" and list(n.attr("perm", [])) == perm
 
@@ -222,7 +263,7 @@ def _global_pool(r: _Rewrite) -> list[INode] | None:
     return None
 
 
-PASSES: list[Callable[[_Rewrite], list[INode] | None]] = [_linear, _gelu, _batch_first, _global_pool]
+PASSES: list[Callable[[_Rewrite], list[INode] | None]] = [_linear, _gelu, _stacked, _batch_first, _global_pool]
 
 
 def rewrite(nodes: list[INode], outputs: list[str], consts: dict[str, np.ndarray]) -> list[INode]:

@@ -380,7 +380,7 @@ def _trilu(imp: Importer, n: INode) -> None:
     k = int(np.reshape(k, -1)[0])
     x = imp.known(n.inputs[0])
     shape = x.shape if isinstance(x, (Fill, np.ndarray)) else imp.need_shape(n, n.inputs[0])
-    if len(shape) < 2:
+    if shape is None or len(shape) < 2:
         raise unsupported(n, "an input of fewer than two axes")
     rows, cols = shape[-2], shape[-1]
     i = f"unsqueeze(arange({dim_text(rows)}), 1)" + (f" + {k}" if k > 0 else f" - {-k}" if k < 0 else "")

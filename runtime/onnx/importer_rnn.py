@@ -48,24 +48,21 @@ def _recurrent(imp: Importer, n: INode) -> None:
                              "recurrent product: linear_before_reset = 1)")
     if n.input(4) or n.input(7):
         raise unsupported(n, "sequence lengths and peepholes")
-    w = imp.known(n.inputs[1])
-    r = imp.known(n.inputs[2])
-    if not isinstance(w, np.ndarray) or not isinstance(r, np.ndarray):
-        raise unsupported(n, "its weights must be constants (initializers)")
-    hidden = r.shape[-1]
-
-    def torch_order(m: np.ndarray) -> np.ndarray:
-        blocks = np.split(m, gates, axis=0)
-        return np.ascontiguousarray(np.concatenate([blocks[k] for k in order], axis=0))
-
-    weights = {"weight_ih_l0": torch_order(w[0]), "weight_hh_l0": torch_order(r[0])}
-    b = imp.known(n.input(3)) if n.input(3) else None
-    if n.input(3):
-        if not isinstance(b, np.ndarray):
-            raise unsupported(n, "its bias must be a constant (an initializer)")
-        weights["bias_ih_l0"] = torch_order(b[0][:gates * hidden])
-        weights["bias_hh_l0"] = torch_order(b[0][gates * hidden:])
-    kw = {"bias": "true" if n.input(3) else "false", "nonlinearity": f'"{nonlinearity}"' if nonlinearity else None}
+    stack = [(n.inputs[1], n.inputs[2], n.input(3))] + list(n.attr("stack", []))
+    weights = {}
+    for k, (w_name, r_name, b_name) in enumerate(stack):
+        w, r = imp.known(w_name), imp.known(r_name)
+        b = imp.known(b_name) if b_name else None
+        if not isinstance(w, np.ndarray) or not isinstance(r, np.ndarray) or (b_name and not isinstance(b, np.ndarray)):
+            raise unsupported(n, "its weights must be constants (initializers)")
+        hidden = r.shape[-1]
+        weights[f"weight_ih_l{k}"] = _torch_order(w[0], gates, order)
+        weights[f"weight_hh_l{k}"] = _torch_order(r[0], gates, order)
+        if b is not None:
+            weights[f"bias_ih_l{k}"] = _torch_order(b[0][:gates * hidden], gates, order)
+            weights[f"bias_hh_l{k}"] = _torch_order(b[0][gates * hidden:], gates, order)
+    kw = {"layers": len(stack), "bias": "true" if n.input(3) else "false",
+          "nonlinearity": f'"{nonlinearity}"' if nonlinearity else None}
     states = {}
     for k, key in ((5, "h0"), (6, "c0")):
         value = n.input(k)
@@ -78,7 +75,7 @@ def _recurrent(imp: Importer, n: INode) -> None:
     if wanted and layout != 0:
         raise unsupported(n, "final states in layout 1")
     args = args_text([str(hidden)], {**kw, **states, "return_state": "true" if wanted else "false"},
-                     {"bias": "true", "nonlinearity": None, "return_state": "false"})
+                     {"layers": 1, "bias": "true", "nonlinearity": None, "return_state": "false"})
     layer = imp.layer(n, call, args, weights, [n.inputs[1], n.inputs[2]])
 
     source = n.inputs[0]
@@ -99,6 +96,12 @@ def _recurrent(imp: Importer, n: INode) -> None:
             imp.stage(outputs[0], y, "unsqueeze(1)", hint(n))
         else:
             imp.stage(outputs[0], y, "unsqueeze(2)", hint(n))
+
+
+def _torch_order(m: np.ndarray, gates: int, order: list[int]) -> np.ndarray:
+    """ONNX's stacked gate blocks in torch's order."""
+    blocks = np.split(m, gates, axis=0)
+    return np.ascontiguousarray(np.concatenate([blocks[k] for k in order], axis=0))
 
 
 def _through(imp: Importer, tmp: str, source: str, stage: str, n: INode) -> str:

@@ -140,25 +140,28 @@ def test_lenet_with_batchnorm_and_pooling(tmp_path):
 
 
 class LSTMClassifier(nn.Module):
-    def __init__(self) -> None:
+    def __init__(self, kind: type = nn.LSTM, layers: int = 1) -> None:
         super().__init__()
-        self.embed, self.lstm, self.head = nn.Embedding(30, 8), nn.LSTM(8, 12, batch_first=True), nn.Linear(12, 4)
+        self.embed, self.head = nn.Embedding(30, 8), nn.Linear(12, 4)
+        self.lstm = kind(8, 12, num_layers=layers, batch_first=True)
 
     def forward(self, tokens):
         states, _ = self.lstm(self.embed(tokens))
         return self.head(states[:, -1])
 
 
-def test_lstm_classifier(tmp_path):
-    module = LSTMClassifier()
+@pytest.mark.parametrize("kind, layers", [("LSTM", 1), ("LSTM", 2), ("GRU", 3)])
+def test_lstm_classifier(tmp_path, kind, layers):
+    module = LSTMClassifier(getattr(nn, kind), layers)
     path = export(module, (torch.randint(0, 30, (2, 6)),), tmp_path / "lstm.onnx", ["tokens"],
                   {"tokens": {0: "batch", 1: "seq"}})
     text, model = imported(path, tmp_path)
-    assert "input tokens: i64[B, T]" in text and "embedding(30, 8)" in text and "lstm(12" in text
+    layer = f"{kind.lower()}(12" + (f", layers = {layers}" if layers > 1 else "")
+    assert "input tokens: i64[B, T]" in text and "embedding(30, 8)" in text and layer in text, text
     assert "transpose" not in text   # the sequence-first transposes around the layer are gone
     tokens = RNG.integers(0, 30, (5, 9)).astype(np.int64)
     assert max_difference(path, model, {"tokens": tokens}) < 1e-5
-    # the gates reordered from ONNX's i, o, f, c are torch's i, f, g, o: its state_dict is the same
+    # the gates reordered from ONNX's (LSTM i, o, f, c; GRU z, r, h) are torch's (i, f, g, o; r, z, n)
     state = model.state_dict()
     for k, v in module.state_dict().items():
         np.testing.assert_array_equal(state[k], v.numpy(), err_msg=k)
