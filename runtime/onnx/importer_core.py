@@ -12,6 +12,7 @@ from dln.compiler.symbolic import Sym
 from dln.dsl.diagnostics import DlnError
 from dln.runtime.onnx import importer_fold
 from dln.runtime.onnx.importer_graph import INode, known_constants, read_nodes, rewrite
+from dln.runtime.onnx.importer_shapes import symbolic_shapes
 from dln.runtime.onnx.importer_text import (DIM_ALIASES, Known, Layer, Names, Tensor, dim_text, fail, identifier,
                                             layer_path, number, quoted, unsupported)
 
@@ -51,6 +52,7 @@ class Imported:
 
 class Importer:
     def __init__(self, model: onnx.ModelProto, name: str) -> None:
+        self.model = model
         self.graph = model.graph
         self.names = Names()
         base = identifier(name) or "imported"   # a model named like a built-in would hide it
@@ -70,6 +72,7 @@ class Importer:
         self.weights: dict[str, np.ndarray] = {}
         self.paths: set[str] = set()
         self.dims: dict[str, str] = {}           # dim_param -> the .dln dimension name
+        self.where: dict[str, list[tuple[str, int]]] = {}   # dimension name -> the (input, axis) giving it
         self.types: dict[str, tuple[str | None, tuple | None]] = {}
         self.bound_outputs: dict[str, str] = {}  # ONNX output -> its .dln name
         self.inputs: dict[str, str] = {}
@@ -82,24 +85,33 @@ class Importer:
             return Sym.var(self.dims[d.dim_param])
         return None
 
-    def _input_dim(self, d: Any, owner: str, axis: int) -> Any:
+    def _input_dim(self, d: Any, owner: str, axis: int, owner_value: str) -> Any:
         """An input's dimension: a number, or a symbol named after its dim_param (fresh when it has none)."""
         if d.HasField("dim_value") and d.dim_value > 0:
             return int(d.dim_value)
         param = d.dim_param if d.HasField("dim_param") else ""
         if param and param in self.dims:
+            self.where[self.dims[param]].append((owner_value, axis))
             return Sym.var(self.dims[param])
         hint = DIM_ALIASES.get(identifier(param).lower(), param) if param else \
             ("B" if axis == 0 else f"{owner}_{axis}")
         name = self.names.fresh(hint[:1].upper() + hint[1:] if hint else "N", "N")
         self.dims[param or f"{owner}:{axis}"] = name
+        self.where[name] = [(owner_value, axis)]
         return Sym.var(name)
 
     def _read_types(self) -> None:
+        """Each value's element type and shape: onnx's inference, its open dimensions filled in by
+        the probes of importer_shapes."""
+        fitted = symbolic_shapes(self.model, self.where)
         for v in list(self.graph.value_info) + list(self.graph.output):
             t = v.type.tensor_type
             shape = tuple(self._dim(d, v.name, k) for k, d in enumerate(t.shape.dim)) if t.HasField("shape") else None
             self.types[v.name] = (ELEM_TYPES.get(t.elem_type), shape)
+            if v.name in fitted:
+                self.set_shape(v.name, fitted[v.name])
+        for value, shape in fitted.items():
+            self.types.setdefault(value, (None, shape))
 
     def shape(self, value: str) -> tuple | None:
         """The value's shape (ints, Syms, None where unknown), or None when even its rank is unknown."""
@@ -131,14 +143,21 @@ class Importer:
         if value:
             self.values[value] = t
 
-    def operand(self, value: str) -> str:
-        """The value as an operand of an expression: a name, a number, or a param declared for it."""
+    def operand(self, value: str, beside: tuple[str, ...] = ()) -> str:
+        """The value as an operand of an expression: a name, a number, or a param declared for it.
+        `beside`: the other operands of an elementwise op, which a constant of a symbolic shape (a
+        Fill) may be written as one number beside when it does not widen their broadcast shape."""
         v = self.values[value]
         if isinstance(v, Tensor):
             return self.materialize(value).text
         a = v.value
         if isinstance(a, importer_fold.Fill):
-            raise fail(f"the value {identifier(value)} (a constant of a symbolic shape) has no .dln form")
+            shapes = [self.shape(o) for o in beside]
+            if a.shape is None or not shapes or broadcast(shapes) is None or \
+                    broadcast(shapes + [a.shape]) != broadcast(shapes):
+                raise fail(f"the value {identifier(value)} (a constant of a symbolic shape) has no .dln form")
+            text = number(a.value)
+            return f"({text})" if text.startswith("-") else text
         if a.size == 1 and a.ndim <= 1:
             x = a.reshape(-1)[0]
             text = dim_text(x) if a.dtype == object else number(x.item() if hasattr(x, "item") else x)
@@ -243,7 +262,7 @@ class Importer:
                 raise fail(f"input {identifier(v.name)}: .dln inputs are tensors of a known rank and one of "
                            f"the types {', '.join(sorted(set(ELEM_TYPES.values())))}")
             name = self.names.fresh(v.name, "x")
-            shape = [self._input_dim(d, name, k) for k, d in enumerate(t.shape.dim)]
+            shape = [self._input_dim(d, name, k, v.name) for k, d in enumerate(t.shape.dim)]
             header.append(f"input {name}: {dtype}[{', '.join(dim_text(d) for d in shape)}]")
             self.values[v.name] = Tensor(name)
             self.types[v.name] = (dtype, tuple(shape))
@@ -330,11 +349,12 @@ class Importer:
         elif n.op == "Transpose" and ins[0] is not None:
             perm = n.attr("perm") or list(range(len(ins[0])))[::-1]
             self.set_shape(n.outputs[0], tuple(ins[0][p] for p in perm))
-        elif n.op in ("Add", "Sub", "Mul", "Div", "Pow", "Where") and all(s is not None for s in ins):
-            rank = max(len(s) for s in ins)
-            padded = [(1,) * (rank - len(s)) + tuple(s) for s in ins]
-            self.set_shape(n.outputs[0], tuple(next((d for d in column if not (isinstance(d, int) and d == 1)), 1)
-                                               for column in zip(*padded)))
+        elif n.op in ("Add", "Sub", "Mul", "Div", "Pow", "Where") and broadcast(ins) is not None:
+            self.set_shape(n.outputs[0], broadcast(ins))
+        elif n.op in ("dln.Linear", "Gemm") and ins[0] is not None and isinstance(self.known(n.inputs[1]), np.ndarray):
+            w = self.known(n.inputs[1])
+            out_features = w.shape[0] if n.op == "Gemm" and n.attr("transB", 0) else w.shape[1]
+            self.set_shape(n.outputs[0], tuple(ins[0][:-1]) + (out_features,))
         elif n.op == "MatMul" and all(s is not None and len(s) >= 2 for s in ins):
             a, b = ins
             self.set_shape(n.outputs[0], tuple(a[:-1]) + (b[-1],))
@@ -344,6 +364,20 @@ class Importer:
         if shape is None or any(d is None for d in shape):
             raise unsupported(n, "needs the shape of its input, which shape inference could not find")
         return shape
+
+
+def broadcast(shapes: list) -> tuple | None:
+    """NumPy's broadcast of shapes (None when one is unknown, or two sizes differ and neither is 1)."""
+    if any(s is None or any(d is None for d in s) for s in shapes):
+        return None
+    rank = max(len(s) for s in shapes)
+    out = []
+    for column in zip(*[(1,) * (rank - len(s)) + tuple(s) for s in shapes]):
+        sizes = {d for d in column if not (isinstance(d, int) and d == 1)}
+        if len(sizes) > 1:
+            return None
+        out.append(sizes.pop() if sizes else 1)
+    return tuple(out)
 
 
 def _undoes(stage: str, before: str | Layer) -> bool:

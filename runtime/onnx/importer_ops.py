@@ -116,7 +116,7 @@ def _binary(imp: Importer, n: INode) -> None:
     a, b = n.inputs[0], n.inputs[1]
     if n.op == "Div" and all(imp.dtype(v) in ("i32", "i64") for v in (a, b)):
         raise unsupported(n, "integer division of tensors (ONNX truncates; .dln's / is true division)")
-    imp.expression(n.outputs[0], f"{imp.operand(a)} {BINARY[n.op]} {imp.operand(b)}", hint(n))
+    imp.expression(n.outputs[0], f"{imp.operand(a, (b,))} {BINARY[n.op]} {imp.operand(b, (a,))}", hint(n))
 
 
 @handles("Max", "Min")
@@ -135,7 +135,7 @@ def _prefix(imp: Importer, n: INode) -> None:
 
 @handles("Where")
 def _where(imp: Importer, n: INode) -> None:
-    c, a, b = (imp.operand(v) for v in n.inputs)
+    c, a, b = (imp.operand(v, tuple(o for o in n.inputs if o != v)) for v in n.inputs)
     imp.expression(n.outputs[0], f"where({c}, {a}, {b})", hint(n))
 
 
@@ -201,8 +201,27 @@ def _reshape(imp: Importer, n: INode) -> None:
             dims = [shape[k] if isinstance(d, int) and d == 0 else d for k, d in enumerate(dims)]
     text = ", ".join(dim_text(d) for d in dims) + ("," if len(dims) == 1 else "")
     imp.stage(n.outputs[0], n.inputs[0], f"reshape(({text}))", hint(n))
-    if -1 not in dims:
-        imp.set_shape(n.outputs[0], tuple(dims))
+    imp.set_shape(n.outputs[0], _resolved(dims, imp.shape(n.inputs[0])))
+
+
+def _resolved(dims: list, shape: tuple | None) -> tuple:
+    """A reshape's result shape, its -1 worked out from the input's size where that is known
+    (`(-1, 8, 8)` of `[B, 1, 8, 8]` is `[B, 8, 8]`); None where it is not."""
+    if not any(isinstance(d, int) and d == -1 for d in dims):
+        return tuple(dims)
+    if shape is None or any(d is None for d in shape):
+        return tuple(None if isinstance(d, int) and d == -1 else d for d in dims)
+    total, known = 1, 1
+    for d in shape:
+        total = total * d
+    for d in dims:
+        if not (isinstance(d, int) and d == -1):
+            known = known * d
+    try:
+        rest = total // known
+    except (ArithmeticError, TypeError):
+        rest = None
+    return tuple(rest if isinstance(d, int) and d == -1 else d for d in dims)
 
 
 @handles("Transpose")
@@ -350,10 +369,13 @@ def _gather(imp: Importer, n: INode) -> None:
         return
     at = imp.known(index)
     rank = imp.rank(data)
-    if at is None or rank is None:
+    if at is None or not isinstance(at, np.ndarray):
         raise unsupported(n, "gathers by indices computed at run time from a tensor (only embedding tables, and "
                              "constant indices, have a .dln form)")
-    axis %= rank
+    if axis < 0:
+        if rank is None:
+            raise unsupported(n, "a negative axis of an input of unknown rank")
+        axis %= rank
     picks = ints(at)
     if np.ndim(at) == 0:
         pick = str(picks[0])
@@ -393,6 +415,36 @@ def _trilu(imp: Importer, n: INode) -> None:
     else:
         zero = "0.0" if imp.dtype(n.inputs[0]) in ("f32", "f64", "f16", "bf16") else "0"
         text = f"where({cond}, {imp.operand(n.inputs[0])}, {zero})"
+    imp.expression(n.outputs[0], text, hint(n))
+
+
+@handles("Range")
+def _range(imp: Importer, n: INode) -> None:
+    start, limit, delta = (imp.known(v) for v in n.inputs)
+    if start is None or limit is None or delta is None:
+        raise unsupported(n, "its start, limit and delta must be known while importing (numbers or sizes)")
+    start, limit, delta = (np.reshape(v, -1)[0] for v in (start, limit, delta))
+    if isinstance(start, (float, np.floating)) or isinstance(delta, (float, np.floating)):
+        raise unsupported(n, "a range of floats")
+    args = [dim_text(limit)] if start == 0 and delta == 1 else \
+        [dim_text(start), dim_text(limit)] + ([dim_text(delta)] if delta != 1 else [])
+    imp.expression(n.outputs[0], f"arange({', '.join(args)})", hint(n))
+
+
+@handles("RandomNormalLike", "RandomUniformLike")
+def _random_like(imp: Importer, n: INode) -> None:
+    """Noise of the input's shape (a VAE's): `randn_like`, `rand_like`, drawn by dln's generator."""
+    if n.attr("dtype") is not None and n.attr("dtype") != onnx.TensorProto.FLOAT:
+        raise unsupported(n, "noise of another element type than float32")
+    x = imp.operand(n.inputs[0])
+    if n.op == "RandomNormalLike":
+        mean, scale = n.attr("mean", 0.0), n.attr("scale", 1.0)
+        text = f"randn_like({x})" + (f" * {number(scale)}" if scale != 1.0 else "") + \
+            (f" + {number(mean)}" if mean != 0.0 else "")
+    else:
+        low, high = n.attr("low", 0.0), n.attr("high", 1.0)
+        text = f"rand_like({x})" + (f" * {number(high - low)}" if high - low != 1.0 else "") + \
+            (f" + {number(low)}" if low != 0.0 else "")
     imp.expression(n.outputs[0], text, hint(n))
 
 

@@ -235,6 +235,30 @@ def test_gpt_block(tmp_path, fold, causal):
     model.load_state_dict({k: v.numpy() for k, v in module.state_dict().items()})
 
 
+# The PyTorch twins of the examples (examples/torch_twins.py): the example's input, the size of a
+# batch to export with and one to run, and whether the twin's state_dict names are the .dln's.
+TWINS = {"cnn": ("images", (1, 8, 8), True), "rnn": ("images", (1, 8, 8), True),
+         "charlm": ("tokens", (9,), True), "vit": ("images", (1, 8, 8), False), "gpt": ("tokens", (9,), False)}
+
+
+@pytest.mark.parametrize("name", list(TWINS))
+def test_example_twins(tmp_path, twins, name):
+    """nn.MultiheadAttention (the ViT's; the GPT's, causal) decomposed by torch's exporter, a
+    two-layer RNN read row by row, the char-LM's LSTM: imported, they compute what onnxruntime does.
+    (torch's export of nn.MultiheadAttention fixes the sequence length: T = 9 both times.)"""
+    torch.manual_seed(0)
+    module = twins.make_charlm("lstm") if name == "charlm" else getattr(twins, f"make_{name}")()
+    input_name, shape, same_names = TWINS[name]
+    example = torch.randint(0, 50, (3, *shape)) if input_name == "tokens" else torch.rand(3, *shape)
+    path = export(module, (example,), tmp_path / f"{name}.onnx", [input_name],
+                  {input_name: {0: "batch", **({1: "seq"} if input_name == "tokens" else {})}})
+    text, model = imported(path, tmp_path)
+    feed = RNG.integers(0, 50, (5, *shape)) if input_name == "tokens" else RNG.random((5, *shape), np.float32)
+    assert max_difference(path, model, {input_name: feed}) < 1e-5
+    if same_names:
+        model.load_state_dict({k: v.numpy() for k, v in module.state_dict().items()})
+
+
 # ---- graphs written with onnx.helper ----------------------------------------------------------------------
 
 def save(tmp: Path, name: str, nodes: list, inputs: list, outputs: list, weights: dict[str, np.ndarray],
