@@ -49,8 +49,10 @@ class Imported:
     outputs: dict[str, str]
 
 
-
 class Importer:
+    """One import: the graph's nodes (rewritten, constants found), and as the walk goes on each
+    value's `.dln` form (`values`), the statements written (`lines`) and the weights named."""
+
     def __init__(self, model: onnx.ModelProto, name: str) -> None:
         self.model = model
         self.graph = model.graph
@@ -78,7 +80,8 @@ class Importer:
         self.inputs: dict[str, str] = {}
 
     # ---- shapes and types ----------------------------------------------------------------------------------
-    def _dim(self, d: Any, owner: str, axis: int) -> Any:
+    def _dim(self, d: Any) -> Any:
+        """A dimension of an inferred shape: a number, an input's symbol, or None (unknown)."""
         if d.HasField("dim_value") and d.dim_value > 0:
             return int(d.dim_value)
         if d.HasField("dim_param") and d.dim_param in self.dims:
@@ -106,7 +109,7 @@ class Importer:
         fitted = symbolic_shapes(self.model, self.where)
         for v in list(self.graph.value_info) + list(self.graph.output):
             t = v.type.tensor_type
-            shape = tuple(self._dim(d, v.name, k) for k, d in enumerate(t.shape.dim)) if t.HasField("shape") else None
+            shape = tuple(self._dim(d) for d in t.shape.dim) if t.HasField("shape") else None
             self.types[v.name] = (ELEM_TYPES.get(t.elem_type), shape)
             if v.name in fitted:
                 self.set_shape(v.name, fitted[v.name])
@@ -132,12 +135,6 @@ class Importer:
         """The value's array when it is known while importing, else None."""
         v = self.values.get(value) if value else None
         return v.value if isinstance(v, Known) else None
-
-    def tensor(self, value: str) -> Tensor:
-        v = self.values[value]
-        if isinstance(v, Tensor):
-            return v
-        return Tensor(self.operand(value))
 
     def set(self, value: str, t: Tensor | Known) -> None:
         if value:
@@ -270,7 +267,7 @@ class Importer:
         self.output_names = {o: self.names.fresh(o, "y") for o in dict.fromkeys(self.outputs)}
         self._read_types()
         for n in self.nodes:
-            self.visit(n, HANDLERS)
+            self.visit(n)
         for o in self.outputs:
             if o not in self.values:
                 raise fail(f"the graph output {identifier(o)} is computed by no node")
@@ -283,7 +280,8 @@ class Importer:
                 f"model {self.name} {{\n" + "\n".join(f"    {line}" if line else "" for line in body) + "\n}\n")
         return Imported(text, self.weights, self.name, self.inputs, dict(self.bound_outputs))
 
-    def visit(self, n: INode, handlers: dict) -> None:
+    def visit(self, n: INode) -> None:
+        """Fold the node, or write it with its handler; bind what it makes that is read more than once."""
         if n.outputs and all(o in self.consts for o in n.outputs if o):
             return   # folded before the walk (importer_graph.known_constants)
         if not any(self.uses.get(o) for o in n.outputs if o):
@@ -301,7 +299,7 @@ class Importer:
                 for o, a in zip(n.outputs, outs):
                     self.set(o, Known(a))
                 return
-        handler = handlers.get(n.op)
+        handler = HANDLERS.get(n.op)
         if handler is None:
             raise unsupported(n, "this op type has no .dln form" + ("" if n.proto is None or not n.proto.domain
                                                                     else f" (domain {identifier(n.proto.domain)})"))
@@ -381,8 +379,10 @@ def broadcast(shapes: list) -> tuple | None:
 
 
 def _undoes(stage: str, before: str | Layer) -> bool:
-    """Does `stage` undo the stage before it (`unsqueeze(1) -> squeeze(1)`, a transpose twice)?"""
+    """Does `stage` undo the stage before it (`unsqueeze(1) -> squeeze(1)`, a transpose twice)?  An
+    ONNX Squeeze removes axes of size 1 only, so `squeeze(k) -> unsqueeze(k)` is one too."""
     if not isinstance(before, str):
         return False
     return (stage.startswith("squeeze(") and before == "un" + stage) or \
+        (stage.startswith("unsqueeze(") and "un" + before == stage) or \
         (stage.startswith("transpose(") and before == stage)

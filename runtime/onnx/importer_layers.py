@@ -176,16 +176,20 @@ def _layernorm(imp: Importer, n: INode) -> None:
 
 @handles("MaxPool", "AveragePool")
 def _pool(imp: Importer, n: INode) -> None:
+    """2-d pooling as maxpool2d / avgpool2d; 1-d pooling as the 2-d one over a window one row high."""
     kernel = list(n.attr("kernel_shape"))
-    if len(kernel) != 2:
+    if len(kernel) not in (1, 2):
         raise unsupported(n, f"{len(kernel)}-d pooling (.dln has maxpool2d and avgpool2d)")
     if len(n.outputs) > 1 and n.outputs[1] and imp.uses.get(n.outputs[1]):
         raise unsupported(n, "its indices output has no .dln form")
-    strides = list(n.attr("strides", [1, 1]))
-    dilations = list(n.attr("dilations", [1, 1]))
-    begin, end = _padding(imp, n, 2, kernel, strides, dilations)
+    spatial = len(kernel)
+    strides = list(n.attr("strides", [1] * spatial))
+    dilations = list(n.attr("dilations", [1] * spatial))
+    begin, end = _padding(imp, n, spatial, kernel, strides, dilations)
     if begin != end:
         raise unsupported(n, "uneven padding of a pooling window")
+    if spatial == 1:
+        kernel, strides, dilations, begin = [1] + kernel, [1] + strides, [1] + dilations, [0] + begin
     kw = {"stride": one(strides), "padding": one(begin)}
     defaults = {"stride": one(kernel), "padding": 0, "dilation": 1, "ceil_mode": "false",
                 "count_include_pad": "true"}
@@ -195,7 +199,17 @@ def _pool(imp: Importer, n: INode) -> None:
         kw["count_include_pad"] = "true" if n.attr("count_include_pad", 0) else "false"
     kw["ceil_mode"] = "true" if n.attr("ceil_mode", 0) else "false"
     call = "maxpool2d" if n.op == "MaxPool" else "avgpool2d"
-    imp.stage(n.outputs[0], n.inputs[0], f"{call}({', '.join(args_text([one(kernel)], kw, defaults))})", hint(n))
+    stage = f"{call}({', '.join(args_text([one(kernel)], kw, defaults))})"
+    if spatial == 2:
+        imp.stage(n.outputs[0], n.inputs[0], stage, hint(n))
+        return
+    source = n.inputs[0]
+    for k, step in enumerate(("unsqueeze(2)", stage)):
+        tmp = f"{n.outputs[0]}#{k}"
+        imp.uses[tmp] = 1
+        imp.stage(tmp, source, step, hint(n))
+        source = tmp
+    imp.stage(n.outputs[0], source, "squeeze(2)", hint(n))
 
 
 @handles("dln.GlobalAvgPool")

@@ -167,6 +167,30 @@ def test_lstm_classifier(tmp_path, kind, layers):
         np.testing.assert_array_equal(state[k], v.numpy(), err_msg=k)
 
 
+class TextCNN(nn.Module):
+    """Embedding, 1-d convolutions and pooling over the sequence, the largest value of each channel."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed, self.conv, self.head = nn.Embedding(40, 8), nn.Conv1d(8, 12, 3, padding=1), nn.Linear(12, 3)
+
+    def forward(self, tokens):
+        h = torch.relu(self.conv(self.embed(tokens).transpose(1, 2)))
+        h = nn.functional.avg_pool1d(nn.functional.max_pool1d(h, 2), 3, stride=1, padding=1)
+        return self.head(h.amax(dim=2))
+
+
+def test_text_cnn_with_1d_pooling(tmp_path):
+    module = TextCNN()
+    path = export(module, (torch.randint(0, 40, (2, 12)),), tmp_path / "textcnn.onnx", ["tokens"],
+                  {"tokens": {0: "batch"}})
+    text, model = imported(path, tmp_path)
+    assert "conv1d(12, 3, padding = 1)" in text and "maxpool2d((1, 2))" in text and "max(axis = 2)" in text
+    assert text.count("unsqueeze(2)") == 1   # squeezed after one pooling, unsqueezed before the next: neither
+    assert max_difference(path, model, {"tokens": RNG.integers(0, 40, (5, 12))}) < 1e-5
+    model.load_state_dict({k: v.numpy() for k, v in module.state_dict().items()})
+
+
 class ResidualBlock(nn.Module):
     def __init__(self, c: int) -> None:
         super().__init__()
