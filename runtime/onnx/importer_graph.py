@@ -198,19 +198,41 @@ def _zero_state(r: _Rewrite, value: str) -> bool:
     return True
 
 
+def _squeeze_axes(r: _Rewrite, n: INode) -> list[int] | None:
+    axes = n.attr("axes") if "axes" in n.attrs else (r.consts.get(n.input(1)) if n.input(1) else None)
+    return None if axes is None else [int(a) for a in np.reshape(axes, -1)]
+
+
+def _time_major(r: _Rewrite, n: INode) -> tuple[list[INode], str] | None:
+    """The nodes by which torch turns a recurrent layer's Y `[T, directions, B, H]` into
+    `[T, B, directions * H]` (Squeeze(1); for two directions Transpose(0, 2, 1, 3) and
+    Reshape(0, 0, -1)), and the value they make."""
+    first = r.only_reader(n.outputs[0]) if n.outputs and n.outputs[0] else None
+    if first is None:
+        return None
+    if n.attr("direction", "forward") == "forward":
+        if first.op == "Squeeze" and _squeeze_axes(r, first) == [1]:
+            return [first], first.outputs[0]
+        return None
+    if _perm(r, first, [0, 2, 1, 3]):
+        reshape = r.only_reader(first.outputs[0])
+        if reshape is not None and reshape.op == "Reshape" and reshape.inputs[1] in r.consts and \
+                [int(d) for d in np.reshape(r.consts[reshape.inputs[1]], -1)] == [0, 0, -1]:
+            return [first, reshape], reshape.outputs[0]
+    return None
+
+
 def _stacked(r: _Rewrite) -> list[INode] | None:
-    """LSTM -> Squeeze(axis 1) -> LSTM (or GRU, RNN) of the same kind, as torch exports `num_layers`:
-    one node whose attribute `stack` holds the weights (W, R, B) of the layers after the first."""
+    """LSTM -> (back to [T, B, directions * H]) -> LSTM (or GRU, RNN) of the same kind, as torch
+    exports `num_layers`: one node whose attribute `stack` holds the weights (W, R, B) of the layers
+    after the first."""
     for a in r.nodes:
-        if a.op not in ("LSTM", "GRU", "RNN") or a.attr("direction", "forward") != "forward" or \
-                a.attr("layout", 0) != 0 or any(o and r.readers.get(o) for o in a.outputs[1:]):
+        if a.op not in ("LSTM", "GRU", "RNN") or a.attr("layout", 0) != 0 or \
+                any(o and r.readers.get(o) for o in a.outputs[1:]):
             continue
-        squeeze = r.only_reader(a.outputs[0])
-        axes = None
-        if squeeze is not None and squeeze.op == "Squeeze":
-            axes = squeeze.attr("axes") or (r.consts.get(squeeze.input(1)) if squeeze.input(1) else None)
-        b = r.only_reader(squeeze.outputs[0]) if axes is not None and list(np.reshape(axes, -1)) == [1] else None
-        if b is None or b.op != a.op or b.inputs[0] != squeeze.outputs[0] or \
+        joined = _time_major(r, a)
+        b = r.only_reader(joined[1]) if joined is not None else None
+        if b is None or b.op != a.op or b.inputs[0] != joined[1] or \
                 {k: v for k, v in b.attrs.items() if k != "stack"} != \
                 {k: v for k, v in a.attrs.items() if k != "stack"} or bool(b.input(3)) != bool(a.input(3)) or \
                 not all(_zero_state(r, v) for v in (a.input(5), a.input(6), b.input(5), b.input(6))) or \
@@ -218,7 +240,7 @@ def _stacked(r: _Rewrite) -> list[INode] | None:
             continue
         stack = list(a.attr("stack", [])) + [(b.inputs[1], b.inputs[2], b.input(3))] + list(b.attr("stack", []))
         merged = INode(a.op, a.name, a.inputs[:5], b.outputs, dict(a.attrs, stack=stack))
-        return r.replace([a, squeeze, b], merged)
+        return r.replace([a, *joined[0], b], merged)
     return None
 
 
@@ -227,8 +249,9 @@ def _perm(r: _Rewrite, n: INode | None, perm: list[int]) -> bool:
 
 
 def _batch_first(r: _Rewrite) -> list[INode] | None:
-    """Transpose(1, 0, 2) -> LSTM/GRU/RNN -> Squeeze(axis 1) -> Transpose(1, 0, 2), as torch exports a
-    batch-first layer: one node whose input and output are batch-first (attributes batch_first_in/out)."""
+    """Transpose(1, 0, 2) -> LSTM/GRU/RNN -> (back to [T, B, directions * H]) -> Transpose(1, 0, 2), as
+    torch exports a batch-first layer: one node reading and writing `[B, T, ...]` as `.dln`'s do
+    (attributes batch_first_in, batch_first_out; time_major_out when only the last transpose is missing)."""
     for n in r.nodes:
         if n.op not in ("LSTM", "GRU", "RNN") or n.attr("layout", 0) != 0 or n.attr("checked"):
             continue
@@ -238,16 +261,17 @@ def _batch_first(r: _Rewrite) -> list[INode] | None:
             removed.append(before)
             inputs[0] = before.inputs[0]
             attrs["batch_first_in"] = True
-        squeeze = r.only_reader(n.outputs[0]) if n.outputs and n.outputs[0] else None
-        axes = None
-        if squeeze is not None and squeeze.op == "Squeeze":
-            axes = squeeze.attr("axes") or (r.consts.get(squeeze.input(1)) if squeeze.input(1) else None)
-        if axes is not None and [int(a) for a in np.reshape(axes, -1)] == [1]:
-            after = r.only_reader(squeeze.outputs[0])
+        joined = _time_major(r, n)
+        if joined is not None:
+            removed += joined[0]
+            outputs[0] = joined[1]
+            after = r.only_reader(joined[1])
             if _perm(r, after, [1, 0, 2]):
-                removed += [squeeze, after]
+                removed.append(after)
                 outputs[0] = after.outputs[0]
                 attrs["batch_first_out"] = True
+            else:
+                attrs["time_major_out"] = True
         return r.replace(removed, replace(n, inputs=tuple(inputs), outputs=tuple(outputs), attrs=attrs))
     return None
 

@@ -140,23 +140,25 @@ def test_lenet_with_batchnorm_and_pooling(tmp_path):
 
 
 class LSTMClassifier(nn.Module):
-    def __init__(self, kind: type = nn.LSTM, layers: int = 1) -> None:
+    def __init__(self, kind: type = nn.LSTM, layers: int = 1, bidirectional: bool = False) -> None:
         super().__init__()
-        self.embed, self.head = nn.Embedding(30, 8), nn.Linear(12, 4)
-        self.lstm = kind(8, 12, num_layers=layers, batch_first=True)
+        self.embed, self.head = nn.Embedding(30, 8), nn.Linear(24 if bidirectional else 12, 4)
+        self.lstm = kind(8, 12, num_layers=layers, batch_first=True, bidirectional=bidirectional)
 
     def forward(self, tokens):
         states, _ = self.lstm(self.embed(tokens))
         return self.head(states[:, -1])
 
 
-@pytest.mark.parametrize("kind, layers", [("LSTM", 1), ("LSTM", 2), ("GRU", 3)])
-def test_lstm_classifier(tmp_path, kind, layers):
-    module = LSTMClassifier(getattr(nn, kind), layers)
+@pytest.mark.parametrize("kind, layers, bidirectional", [("LSTM", 1, False), ("LSTM", 2, False), ("GRU", 3, False),
+                                                         ("LSTM", 1, True), ("GRU", 2, True)])
+def test_lstm_classifier(tmp_path, kind, layers, bidirectional):
+    module = LSTMClassifier(getattr(nn, kind), layers, bidirectional)
     path = export(module, (torch.randint(0, 30, (2, 6)),), tmp_path / "lstm.onnx", ["tokens"],
                   {"tokens": {0: "batch", 1: "seq"}})
     text, model = imported(path, tmp_path)
-    layer = f"{kind.lower()}(12" + (f", layers = {layers}" if layers > 1 else "")
+    layer = f"{kind.lower()}(12" + (f", layers = {layers}" if layers > 1 else "") + \
+        (", bidirectional = true" if bidirectional else "")
     assert "input tokens: i64[B, T]" in text and "embedding(30, 8)" in text and layer in text, text
     assert "transpose" not in text   # the sequence-first transposes around the layer are gone
     tokens = RNG.integers(0, 30, (5, 9)).astype(np.int64)
@@ -303,7 +305,7 @@ def value(name: str, shape: list, elem=TensorProto.FLOAT):
 
 def test_sequence_first_gru_and_rnn_with_states(tmp_path):
     """GRU (gates z, r, h reordered to r, z, n) and RNN in ONNX's own layout, with a given initial
-    state and the final state as an output."""
+    state and the final state as an output; a bidirectional LSTM whose output is ONNX's [T, 2, B, H]."""
     H, D = 6, 5
     w = {"W": randn(1, 3 * H, D), "R": randn(1, 3 * H, H), "Bg": randn(1, 6 * H),
          "Wr": randn(1, H, H, scale=0.4), "Rr": randn(1, H, H, scale=0.4), "Br": randn(1, 2 * H)}
@@ -311,11 +313,14 @@ def test_sequence_first_gru_and_rnn_with_states(tmp_path):
                               linear_before_reset=1, name="gru"),
              helper.make_node("Squeeze", ["y", "axis1"], ["ys"], name="squeeze"),
              helper.make_node("RNN", ["ys", "Wr", "Rr", "Br"], ["y2", "h_rnn"], hidden_size=H,
-                              activations=["Relu"], name="rnn")]
+                              activations=["Relu"], name="rnn"),
+             helper.make_node("LSTM", ["x", "Wl", "Rl"], ["y3"], hidden_size=H, direction="bidirectional",
+                              name="both_ways")]
+    w["Wl"], w["Rl"] = randn(2, 4 * H, D, scale=0.5), randn(2, 4 * H, H, scale=0.5)
     w["axis1"] = np.array([1], np.int64)
     path = save(tmp_path, "recurrent", nodes, [value("x", ["seq", "batch", D]), value("h0", [1, "batch", H])],
                 [value("y2", ["seq", 1, "batch", H]), value("h_gru", [1, "batch", H]),
-                 value("h_rnn", [1, "batch", H])], w)
+                 value("h_rnn", [1, "batch", H]), value("y3", ["seq", 2, "batch", H])], w)
     text, model = imported(path, tmp_path)
     assert "return_state = true" in text and 'nonlinearity = "relu"' in text
     assert max_difference(path, model, {"x": randn(7, 3, D), "h0": randn(1, 3, H)}) < 1e-5
