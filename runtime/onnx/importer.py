@@ -25,6 +25,7 @@ and nothing else, so no text of the file reaches the program unescaped.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from dln.dsl.diagnostics import Diagnostic, DlnError, Note
@@ -42,6 +43,10 @@ def import_onnx(path: str | Path, out: str | Path | None = None) -> str:
     beside it (`model.dln` -> `model.safetensors`), loadable with `Model.load` or `--weights`."""
     from dln.runtime.checkpoint import check_output, save_arrays, write_text
 
+    for name, value in (("path", path), ("out", out)):
+        if not isinstance(value, (str, os.PathLike)) and not (name == "out" and value is None):
+            raise DlnError(Diagnostic("E0710", f"argument {name} of import_onnx must be a file path, got "
+                                               f"{type(value).__name__}"))
     path = Path(path)
     imported = import_model(load(path), path.stem)
     if out is not None:

@@ -435,6 +435,12 @@ def test_cli(tmp_path, capsys):
     assert "error[E0715]" in err and "Hardmax" in err and "Traceback" not in err
     assert main(["import", str(tmp_path / "missing.onnx"), "-o", str(out)]) == 1
     assert "error[E0702]" in capsys.readouterr().err
+    (tmp_path / "garbage.onnx").write_bytes(b"\x08\xff not a model")
+    assert main(["import", str(tmp_path / "garbage.onnx"), "-o", str(out)]) == 1
+    assert "error[E0702]" in capsys.readouterr().err
+    with pytest.raises(DlnError) as e:
+        dln.import_onnx(b"mlp.onnx")
+    assert e.value.diagnostics[0].code == "E0710"
 
 
 def test_an_imported_model_trains(tmp_path):
