@@ -12,10 +12,12 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
+from dln.compiler.symbolic import Sym
 from dln.runtime.onnx.importer_core import ELEM_TYPES, Importer, handles
 from dln.runtime.onnx.importer_fold import Fill
 from dln.runtime.onnx.importer_graph import INode
 from dln.runtime.onnx.importer_text import Tensor, args_text, dim_text, number, unsupported
+
 
 def hint(n: INode) -> str:
     """A binding name from the node's name: its last path component without the op type."""
@@ -28,7 +30,8 @@ def hint(n: INode) -> str:
 
 
 def ints(a) -> list:
-    return [int(x) if not hasattr(x, "terms") else x for x in np.reshape(a, -1).tolist()]
+    """A known array of sizes as a list of ints (and Syms, for sizes that are symbolic)."""
+    return [x if isinstance(x, Sym) else int(x) for x in np.reshape(a, -1).tolist()]
 
 
 def one(values: list) -> object:
@@ -124,7 +127,8 @@ def _max(imp: Importer, n: INode) -> None:
     if len(n.inputs) != 2:
         raise unsupported(n, "takes two inputs in .dln (maximum, minimum)")
     call = "maximum" if n.op == "Max" else "minimum"
-    imp.expression(n.outputs[0], f"{call}({imp.operand(n.inputs[0])}, {imp.operand(n.inputs[1])})", hint(n))
+    a, b = n.inputs
+    imp.expression(n.outputs[0], f"{call}({imp.operand(a, (b,))}, {imp.operand(b, (a,))})", hint(n))
 
 
 @handles("Neg", "Reciprocal", "Not")
