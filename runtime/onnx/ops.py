@@ -1,3 +1,5 @@
 """Every ONNX converter module: importing this registers them all in `convert.ONNX_OPS`."""
 
 from dln.runtime.onnx import ops_basic  # noqa: F401
+from dln.runtime.onnx import ops_nn  # noqa: F401
+from dln.runtime.onnx import ops_conv  # noqa: F401
