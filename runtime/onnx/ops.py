@@ -3,3 +3,4 @@
 from dln.runtime.onnx import ops_basic  # noqa: F401
 from dln.runtime.onnx import ops_nn  # noqa: F401
 from dln.runtime.onnx import ops_conv  # noqa: F401
+from dln.runtime.onnx import ops_norm  # noqa: F401
