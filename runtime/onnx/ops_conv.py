@@ -156,9 +156,9 @@ class _Pooling:
     def __init__(self, node: OnnxNode, x: Tensor) -> None:
         sizes = _sizes(node, x)
         rank = len(sizes)
-        self.kernel = _per_axis(node, "kernel_shape", rank, 1)
         if node.attr("kernel_shape") is None:
             raise UnsupportedOnnx(node, "a pooling without kernel_shape")
+        self.kernel = _per_axis(node, "kernel_shape", rank, 1)
         self.strides = _per_axis(node, "strides", rank, 1)
         self.dilations = _per_axis(node, "dilations", rank, 1)
         self.sizes = sizes

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from dln.compiler.emit import Tensor
 from dln.compiler.ir import DType, Op
 from dln.runtime.onnx.convert import DTYPE_TO_NP, Context, OnnxNode, UnsupportedOnnx, converter
 
@@ -42,7 +43,7 @@ def gemm(ctx: Context, node: OnnxNode) -> list:
         c = b.cast(ctx.tensor(node, 2), y.dtype)
         if beta != 1.0:
             c = b.mul(c, b.const(beta, y.dtype))
-        y = b.add(y, b.broadcast_to(c, b.broadcast_shapes(y.shape, c.shape)) if c.rank else c)
+        y = b.add(y, c)
     return [y]
 
 
@@ -59,7 +60,7 @@ def dropout(ctx: Context, node: OnnxNode) -> list:
         if ratio is None:
             ratio = ctx.tensor(node, 1) if ctx.has(node, 1) else 0.5
     wants_mask = len(node.outputs) > 1 and node.outputs[1] != ""
-    if not training or (not hasattr(ratio, "id") and float(np.asarray(ratio)) == 0.0):
+    if not training or (not isinstance(ratio, Tensor) and float(np.asarray(ratio)) == 0.0):
         if not wants_mask:
             return [x]
         mask = b.const(True, DType.BOOL, x.shape)
@@ -68,7 +69,7 @@ def dropout(ctx: Context, node: OnnxNode) -> list:
         raise UnsupportedOnnx(node, f"Dropout in training mode needs a known shape, got {x.type}")
     seed = node.attr("seed")
     draws = np.random.RandomState(seed).uniform(0.0, 1.0, x.shape)
-    if hasattr(ratio, "id"):
+    if isinstance(ratio, Tensor):
         keep = b.compare(Op.GE, ctx.as_tensor(draws), b.cast(ratio, DType.F64))
         scale = b.div(b.const(1.0, x.dtype), b.sub(b.const(1.0, x.dtype), b.cast(ratio, x.dtype)))
     else:

@@ -26,7 +26,10 @@ def _axis(node: OnnxNode, x: Tensor, default: int) -> int:
 
 
 def _stash(ctx: Context, node: OnnxNode, x: Tensor) -> Tensor:
-    """x in the type the statistics are computed in."""
+    """x in the type the statistics are computed in: `stash_type` (float32 by default) where the op
+    has it, x's own type where it does not (GroupNormalization before opset 21)."""
+    if node.op_type == "GroupNormalization" and ctx.opset < 21:
+        return x
     return ctx.builder.cast(x, onnx_dtype(int(node.attr("stash_type", 1)), node))
 
 
@@ -104,29 +107,33 @@ def rms_normalization(ctx: Context, node: OnnxNode) -> list:
 
 @converter("BatchNormalization")
 def batch_normalization(ctx: Context, node: OnnxNode) -> list:
-    """Inference: the running statistics given.  With training_mode 1 (opset 14+): the batch's mean
-    and biased variance, and the running statistics updated by `momentum` as the outputs."""
+    """Inference: the running statistics given.  In training (opset 14's training_mode 1; before opset
+    14, asking for the running statistics as outputs): the batch's mean and biased variance, and the
+    running statistics updated by `momentum` (then, before 14, the batch's statistics) as outputs."""
     b = ctx.builder
     x, scale, bias, mean, var = (ctx.tensor(node, i) for i in range(5))
     eps = b.const(float(node.attr("epsilon", 1e-5)), x.dtype)
-    axes = (0,) + tuple(range(2, x.rank))
-    training = ctx.opset >= 14 and bool(node.attr("training_mode", 0))
-    if training:
-        batch_mean = b.mean(x, axes, keepdim=True)
-        centered = b.sub(x, batch_mean)
-        batch_var = b.mean(b.mul(centered, centered), axes, keepdim=True)
-        y = b.mul(centered, b.unary(Op.RSQRT, b.add(batch_var, eps)))
+    if ctx.opset >= 14:
+        training = bool(node.attr("training_mode", 0))
     else:
-        y = b.mul(b.sub(x, _channels(b, mean, x)), b.unary(Op.RSQRT, b.add(_channels(b, var, x), eps)))
-    y = b.add(b.mul(y, _channels(b, scale, x)), _channels(b, bias, x))
+        training = any(node.outputs[1:])
     if not training:
-        return [y]
+        y = b.mul(b.sub(x, _channels(b, mean, x)), b.unary(Op.RSQRT, b.add(_channels(b, var, x), eps)))
+        return [b.add(b.mul(y, _channels(b, scale, x)), _channels(b, bias, x))]
+    axes = (0,) + tuple(range(2, x.rank))
+    batch_mean = b.mean(x, axes, keepdim=True)
+    centered = b.sub(x, batch_mean)
+    batch_var = b.mean(b.mul(centered, centered), axes, keepdim=True)
+    y = b.mul(centered, b.unary(Op.RSQRT, b.add(batch_var, eps)))
+    y = b.add(b.mul(y, _channels(b, scale, x)), _channels(b, bias, x))
     momentum = float(node.attr("momentum", 0.9))
     channels = (x.shape[1],)
+    batch_mean, batch_var = b.reshape(batch_mean, channels), b.reshape(batch_var, channels)
 
     def running(old: Tensor, batch: Tensor) -> Tensor:
-        return b.add(b.mul(b.cast(old, x.dtype), momentum), b.mul(b.reshape(batch, channels), 1.0 - momentum))
-    return [y, running(mean, batch_mean), running(var, batch_var)]
+        return b.add(b.mul(b.cast(old, x.dtype), momentum), b.mul(batch, 1.0 - momentum))
+    outs = [y, running(mean, batch_mean), running(var, batch_var)]
+    return outs if ctx.opset >= 14 else outs + [batch_mean, batch_var]
 
 
 @converter("LpNormalization")
