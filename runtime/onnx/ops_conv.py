@@ -2,9 +2,8 @@
 GlobalAveragePool, GlobalMaxPool, over any number of spatial axes.
 
 Conv and ConvTranspose are dln's `conv` and `conv_transpose` primitives, which take (lo, hi) padding
-per axis, so ONNX's asymmetric pads and `auto_pad` need no separate pad.  A ConvTranspose whose pads
-come out negative (an `output_shape` larger than the stride makes) pads its result with zeros
-instead, at the end as onnx's reference does.
+per axis, so ONNX's asymmetric pads and `auto_pad` need no separate pad.  A ConvTranspose longer than
+its full result (output_padding, an `output_shape` beyond it) has zeros padded on instead.
 
 A pooling gathers every window of the padded input onto one new last axis, one strided slice per
 kernel tap (`[N, C, *O, prod(kernel)]`), and reduces it, as dln's pooling built-ins do in 2-d.
@@ -105,9 +104,10 @@ def _bias(ctx: Context, node: OnnxNode, y: Tensor) -> Tensor:
 
 @converter("ConvTranspose")
 def conv_transpose(ctx: Context, node: OnnxNode) -> list:
-    """As onnx's reference: with SAME and no pads, the pads that make `output_shape` (by default
-    size * stride) split as SAME says; otherwise the pads given (or none), the result then cut or
-    filled with zeros at the end to `output_shape` when one is given."""
+    """Rows lo .. lo + length of the full transposed convolution (zeros past either end), as onnx's
+    reference: the length is `output_shape` when given, else the full length with output_padding less
+    the pads; lo is the start pad given, or with SAME and no pads, the one that splits the total
+    padding as SAME says (the length then size * stride when no output_shape is given)."""
     b = ctx.builder
     x, w = ctx.tensor(node, 0), ctx.tensor(node, 1)
     rank = w.rank - 2
@@ -116,35 +116,29 @@ def conv_transpose(ctx: Context, node: OnnxNode) -> list:
     dilations = _per_axis(node, "dilations", rank, 1)
     extra = _per_axis(node, "output_padding", rank, 0)
     shape = node.attr("output_shape")
-    if shape is not None:
-        shape = tuple(int(v) for v in shape)[-rank:]
-    full = [s * (n - 1) + e + d * (k - 1) + 1 for n, k, s, d, e in zip(sizes, kernel, strides, dilations, extra)]
+    shape = tuple(int(v) for v in shape)[-rank:] if shape is not None else None
+    full = [s * (n - 1) + d * (k - 1) + 1 for n, k, s, d in zip(sizes, kernel, strides, dilations)]
     auto = node.attr("auto_pad", "NOTSET")
-    if auto in ("SAME_UPPER", "SAME_LOWER") and node.attr("pads") is None:
-        target = shape or tuple(n * s for n, s in zip(sizes, strides))
-        pads = []
-        for f, t in zip(full, target):
-            total = f - t
-            small, large = total // 2, total - total // 2
-            pads.append((small, large) if auto == "SAME_UPPER" else (large, small))
-    elif auto in ("NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER"):
-        given = _per_axis(node, "pads", 2 * rank, 0) if auto != "VALID" else (0,) * (2 * rank)
-        pads = list(zip(given[:rank], given[rank:]))
-    else:
+    if auto not in ("NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER"):
         raise UnsupportedOnnx(node, f"auto_pad {auto!r}")
+    if auto in ("SAME_UPPER", "SAME_LOWER") and node.attr("pads") is None:
+        length = shape or tuple(n * s for n, s in zip(sizes, strides))
+        starts = []
+        for f, e, t in zip(full, extra, length):
+            total = f + e - t
+            starts.append(total // 2 if auto == "SAME_UPPER" else total - total // 2)
+    else:
+        given = _per_axis(node, "pads", 2 * rank, 0) if auto != "VALID" else (0,) * (2 * rank)
+        starts = list(given[:rank])
+        length = shape or tuple(f + e - lo - hi for f, e, lo, hi in zip(full, extra, given[:rank], given[rank:]))
+    pads = [(lo, f - lo - t) for f, lo, t in zip(full, starts, length)]
     cut = tuple((max(lo, 0), max(hi, 0)) for lo, hi in pads)
     y = b.emit(Op.CONV_TRANSPOSE, (x, b.cast(w, x.dtype)),
                {"stride": strides, "padding": cut, "dilation": dilations, "groups": int(node.attr("group", 1)),
-                "output_padding": extra})
+                "output_padding": (0,) * rank})
     fill = [(max(-lo, 0), max(-hi, 0)) for lo, hi in pads]
-    if shape is not None:
-        # To output_shape at the end: more zeros, or fewer rows.
-        grown = [n + lo + hi for n, (lo, hi) in zip(y.shape[2:], fill)]
-        fill = [(lo, hi + max(t - g, 0)) for (lo, hi), t, g in zip(fill, shape, grown)]
     if any(lo or hi for lo, hi in fill):
         y = b.pad(y, [(0, 0), (0, 0), *fill], 0.0)
-    if shape is not None and tuple(y.shape[2:]) != shape:
-        y = b.slice(y, [0] * y.rank, y.shape[:2] + shape, [1] * y.rank)
     return [_bias(ctx, node, y)]
 
 
