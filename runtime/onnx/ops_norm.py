@@ -33,10 +33,10 @@ def _stash(ctx: Context, node: OnnxNode, x: Tensor) -> Tensor:
     return ctx.builder.cast(x, onnx_dtype(int(node.attr("stash_type", 1)), node))
 
 
-def _standardize_rows(b: GraphBuilder, x: Tensor, rows, eps: float) -> tuple[Tensor, Tensor, Tensor]:
-    """x standardized over runs of numel(x) / rows elements: (normalized x in x's shape, mean [rows],
-    1/std [rows])."""
-    flat = b.reshape(x, (rows, numel(x.shape) // rows))
+def _standardize_rows(b: GraphBuilder, x: Tensor, rows, cols, eps: float) -> tuple[Tensor, Tensor, Tensor]:
+    """x standardized over runs of `cols` elements: (normalized x in x's shape, mean [rows], 1/std
+    [rows])."""
+    flat = b.reshape(x, (rows, cols))
     y, mean, rstd = emit_composite(b, "layernorm", (flat,), eps=float(eps), affine=False)
     return b.reshape(y, x.shape), mean, rstd
 
@@ -51,8 +51,8 @@ def layer_normalization(ctx: Context, node: OnnxNode) -> list:
     b = ctx.builder
     x = ctx.tensor(node, 0)
     axis = _axis(node, x, -1)
-    rows = numel(x.shape[:axis])
-    y, mean, rstd = _standardize_rows(b, _stash(ctx, node, x), rows, node.attr("epsilon", 1e-5))
+    y, mean, rstd = _standardize_rows(b, _stash(ctx, node, x), numel(x.shape[:axis]), numel(x.shape[axis:]),
+                                      node.attr("epsilon", 1e-5))
     y = b.mul(b.cast(y, x.dtype), b.cast(ctx.tensor(node, 1), x.dtype))
     if ctx.has(node, 2):
         y = b.add(y, b.cast(ctx.tensor(node, 2), x.dtype))
@@ -64,7 +64,8 @@ def layer_normalization(ctx: Context, node: OnnxNode) -> list:
 def instance_normalization(ctx: Context, node: OnnxNode) -> list:
     b = ctx.builder
     x = ctx.tensor(node, 0)
-    y, _, _ = _standardize_rows(b, b.to_float(x), x.shape[0] * x.shape[1], node.attr("epsilon", 1e-5))
+    y, _, _ = _standardize_rows(b, b.to_float(x), x.shape[0] * x.shape[1], numel(x.shape[2:]),
+                                node.attr("epsilon", 1e-5))
     y = b.cast(y, x.dtype)
     return [b.add(b.mul(y, _channels(b, ctx.tensor(node, 1), x)), _channels(b, ctx.tensor(node, 2), x))]
 
@@ -79,7 +80,8 @@ def group_normalization(ctx: Context, node: OnnxNode) -> list:
     channels = x.shape[1]
     if not isinstance(channels, int) or channels % groups:
         raise UnsupportedOnnx(node, f"{channels} channels in {groups} groups")
-    y, _, _ = _standardize_rows(b, _stash(ctx, node, x), x.shape[0] * groups, node.attr("epsilon", 1e-5))
+    y, _, _ = _standardize_rows(b, _stash(ctx, node, x), x.shape[0] * groups,
+                                channels // groups * numel(x.shape[2:]), node.attr("epsilon", 1e-5))
     y = b.cast(y, x.dtype)
     scale, bias = ctx.tensor(node, 1), ctx.tensor(node, 2)
     if scale.shape != (channels,):
