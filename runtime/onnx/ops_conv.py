@@ -6,7 +6,8 @@ per axis, so ONNX's asymmetric pads and `auto_pad` need no separate pad.  A Conv
 its full result (output_padding, an `output_shape` beyond it) has zeros padded on instead.
 
 A pooling gathers every window of the padded input onto one new last axis, one strided slice per
-kernel tap (`[N, C, *O, prod(kernel)]`), and reduces it, as dln's pooling built-ins do in 2-d.
+kernel tap (`[N, C, *O, prod(kernel)]`), and reduces it (dln's 2-d pooling built-ins gather theirs
+alike, over a stride split instead of strided slices).
 Windows follow ONNX's rules: `auto_pad`, explicit pads, `ceil_mode` (the last window must start
 inside the input or its left padding; what it reads past the right padding does not count).  The
 average's divisor is a constant known at conversion: the taps of each window inside the input
@@ -166,9 +167,6 @@ class _Pooling:
         if min(self.out) < 1:
             raise UnsupportedOnnx(node, f"the window {self.kernel} is larger than the padded input {sizes}")
 
-    def taps(self) -> list[tuple[int, ...]]:
-        return list(itertools.product(*(range(k) for k in self.kernel)))
-
     def windows(self, b: GraphBuilder, x: Tensor, fill: float) -> Tensor:
         """Every window of x padded with `fill`: [N, C, *S] -> [N, C, *O, prod(kernel)]."""
         lead = x.rank - len(self.sizes)
@@ -178,7 +176,7 @@ class _Pooling:
         if any(lo or hi for lo, hi in pads):
             x = b.pad(x, [(0, 0)] * lead + pads, fill)
         taps = []
-        for tap in self.taps():
+        for tap in itertools.product(*(range(k) for k in self.kernel)):
             starts = [k * d for k, d in zip(tap, self.dilations)]
             stops = [a + (o - 1) * s + 1 for a, o, s in zip(starts, self.out, self.strides)]
             window = b.slice(x, [0] * lead + starts, list(x.shape[:lead]) + stops, [1] * lead + list(self.strides))
