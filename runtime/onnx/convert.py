@@ -21,6 +21,7 @@ the way out, with numpy's wrap-around; the single-op semantics ONNX specifies ag
 from __future__ import annotations
 
 import itertools
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -189,6 +190,12 @@ def _fold(ctx: Context, node: OnnxNode, convert: Callable) -> list[Any]:
     return [np.array(got[f"out{i}"]) if isinstance(o, Tensor) else o for i, o in enumerate(outs)]
 
 
+def label_of(name: str) -> str:
+    """An ONNX node's name as a dln name (kernel and buffer names are made from it): an identifier."""
+    text = re.sub(r"\W+", "_", name).strip("_") or "node"
+    return text if text[0].isalpha() else "n_" + text
+
+
 def convert_node(ctx: Context, node: OnnxNode) -> None:
     """Bind the node's outputs in ctx.values."""
     convert = ONNX_OPS.get(node.op_type)
@@ -200,7 +207,8 @@ def convert_node(ctx: Context, node: OnnxNode) -> None:
     if known and node.op_type not in RANDOM and node.inputs:
         outs = _fold(ctx, node, convert)
     else:
-        outs = convert(ctx, node)
+        with ctx.builder.at(label=label_of(node.name)):   # the kernels' names say which ONNX node
+            outs = convert(ctx, node)
     for name, value in zip(node.outputs, outs):
         if name:
             ctx.values[name] = value
