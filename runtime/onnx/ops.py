@@ -2,3 +2,4 @@
 
 from dln.runtime.onnx import ops_basic  # noqa: F401
 from dln.runtime.onnx import ops_recurrent  # noqa: F401
+from dln.runtime.onnx import ops_attention  # noqa: F401
