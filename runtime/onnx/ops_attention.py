@@ -100,11 +100,13 @@ def attention(ctx: Context, node: OnnxNode) -> list:
     window = (node.attr("left_window_size", -1), node.attr("right_window_size", -1))
     mask = _mask(ctx, node, q.dtype, k.shape[2])
     is_causal = bool(node.attr("is_causal", 0))
+    composite = softcap <= 0.0 and not want_qk and softmax_dtype is q.dtype
     # Top-left causal and nothing else: the composite's own causal mask, which leaves no row without keys.
-    kernel_causal = is_causal and isinstance(offset, int) and offset == 0 and mask is None and window == (-1, -1)
+    kernel_causal = (composite and is_causal and isinstance(offset, int) and offset == 0 and mask is None
+                     and window == (-1, -1))
     bias = _bias(b, q, k, mask, is_causal and not kernel_causal, offset, window, nonpad)
 
-    if softcap <= 0.0 and not want_qk and softmax_dtype is q.dtype:
+    if composite:
         y = sdpa(b, q, k, v, causal=kernel_causal, scale=scale,
                  bias=None if bias is None else _full_rank(b, bias, q, k))
         if bias is not None:
