@@ -33,9 +33,10 @@ from dln.runtime.onnx.convert import Context, OnnxNode, UnsupportedOnnx, convert
 NEG_INF = float("-inf")
 HALF = (DType.F16, DType.BF16)
 
-# What `qk_matmul_output_mode` exposes: the scaled product (and softcap), the scores after the bias,
+# What `qk_matmul_output_mode` exposes beyond modes 0 and 1 (the scaled product, softcapped where there is a
+# softcap: the reference's reading of mode 1, which the suite's data follow): the scores after the bias, and
 # the probabilities.
-QK_SCORES, QK_BIASED, QK_SOFTMAX = 1, 2, 3
+QK_BIASED, QK_SOFTMAX = 2, 3
 
 
 def _heads(b: GraphBuilder, t: Tensor, heads: int) -> Tensor:
@@ -65,6 +66,9 @@ def attention(ctx: Context, node: OnnxNode) -> list:
         q_heads, kv_heads = node.attr("q_num_heads"), node.attr("kv_num_heads")
         if q_heads is None or kv_heads is None:
             raise UnsupportedOnnx(node, "3-D Q, K, V need q_num_heads and kv_num_heads")
+        for name, t, heads in (("Q", q, q_heads), ("K", k, kv_heads), ("V", v, kv_heads)):
+            if not isinstance(t.shape[2], int) or heads <= 0 or t.shape[2] % heads:
+                raise UnsupportedOnnx(node, f"{name} {t.type} does not split into {heads} heads")
         q, k, v = _heads(b, q, q_heads), _heads(b, k, kv_heads), _heads(b, v, kv_heads)
     past = ctx.has(node, 4) and ctx.has(node, 5)
     if ctx.has(node, 4) != ctx.has(node, 5):

@@ -28,6 +28,7 @@ import numpy as np
 
 from dln.compiler.emit import GraphBuilder, Tensor
 from dln.compiler.ir import DType, Graph, Op, TensorType
+from dln.compiler.symbolic import Dim
 from dln.runtime.onnx.convert import Context, OnnxNode, UnsupportedOnnx, converter
 
 # Gates per cell and the activations a direction takes (f for the gates, g for the candidate, h for an
@@ -120,7 +121,7 @@ def recurrent(ctx: Context, node: OnnxNode) -> list:
     dtype = x.dtype
     clip = node.attr("clip")
     activations = _activations(node, directions)
-    mask = _step_mask(ctx, node, length, batch)
+    mask = _step_mask(ctx, node, length)
 
     def state(i: int, d: int) -> Tensor:
         """Initial state i (initial_h, initial_c) of direction d as [B, H]: zeros when left out."""
@@ -147,7 +148,7 @@ def recurrent(ctx: Context, node: OnnxNode) -> list:
     return [y, *states]
 
 
-def _step_mask(ctx: Context, node: OnnxNode, length, batch) -> Tensor | None:
+def _step_mask(ctx: Context, node: OnnxNode, length: Dim) -> Tensor | None:
     """[T, B, 1]: whether step t is within batch entry b's sequence_lens (None: every step is)."""
     if not ctx.has(node, 4):
         return None
@@ -172,7 +173,8 @@ def _direction(b: GraphBuilder, node: OnnxNode, seq: Tensor, weights: list[Tenso
     consts: list[tuple[str, Tensor]] = []
     if kind == "GRU" and not linear_before_reset:
         # The candidate's recurrent product takes r * h: the z and r columns are one product, h's another.
-        consts += [("r_zr", b.transpose(b.slice_axis(r, 0, 0, 2 * H))), ("r_h", b.transpose(b.slice_axis(r, 0, 2 * H, width)))]
+        consts += [("r_zr", b.transpose(b.slice_axis(r, 0, 0, 2 * H))),
+                   ("r_h", b.transpose(b.slice_axis(r, 0, 2 * H, width)))]
     else:
         consts.append(("r", b.transpose(r)))
     if bias is not None:

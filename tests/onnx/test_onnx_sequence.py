@@ -66,7 +66,7 @@ def _onnx_weights(layer: torch.nn.Module, op: str, directions: int) -> dict[str,
     suffixes = ["_l0", "_l0_reverse"][:directions]
     return {"W": np.stack([blocks(getattr(layer, "weight_ih" + s)) for s in suffixes]),
             "R": np.stack([blocks(getattr(layer, "weight_hh" + s)) for s in suffixes]),
-            "B": np.stack([np.concatenate([blocks(getattr(layer, "bias_ih" + s)), blocks(getattr(layer, "bias_hh" + s))])
+            "B": np.stack([np.concatenate([blocks(getattr(layer, name + s)) for name in ("bias_ih", "bias_hh")])
                            for s in suffixes])}
 
 
@@ -190,8 +190,8 @@ ATTENTION_CASES = [
      dict(Q=(2, 5, 6 * 7), K=(2, 3, 2 * 7), V=(2, 3, 2 * 5), attn_mask=(5, 7), past_key=(2, 2, 4, 7),
           past_value=(2, 2, 4, 5)),
      dict(q_num_heads=6, kv_num_heads=2, is_causal=1), [("Y", 3), ("present_key", 4), ("present_value", 4)]),
-    ("4d bool mask padded to the keys", dict(Q=(2, 3, 5, 7), K=(2, 3, 9, 7), V=(2, 3, 9, 11), attn_mask=(3, 5, 6, bool)),
-     dict(scale=0.3), [("Y", 4)]),
+    ("4d bool mask padded to the keys",
+     dict(Q=(2, 3, 5, 7), K=(2, 3, 9, 7), V=(2, 3, 9, 11), attn_mask=(3, 5, 6, bool)), dict(scale=0.3), [("Y", 4)]),
     ("softcap and the biased scores", dict(Q=(2, 3, 5, 7), K=(2, 3, 6, 7), V=(2, 3, 6, 7), attn_mask=(1, 5, 6)),
      dict(softcap=1.5, qk_matmul_output_mode=2), [("Y", 4), ("", 0), ("", 0), ("qk_matmul_output", 4)]),
     ("probabilities in double", dict(Q=(2, 3, 5, 7), K=(2, 1, 6, 7), V=(2, 1, 6, 7)),
