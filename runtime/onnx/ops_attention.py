@@ -130,6 +130,8 @@ def _mask(ctx: Context, node: OnnxNode, dtype: DType, keys) -> Tensor | None:
         return None
     b = ctx.builder
     m = ctx.tensor(node, 3)
+    if m.rank == 0 or not isinstance(m.shape[-1], int) or not isinstance(keys, int) or m.shape[-1] > keys:
+        raise UnsupportedOnnx(node, f"attn_mask {m.type} for {keys} keys")
     m = b.where(m, 0.0, NEG_INF) if m.dtype is DType.BOOL else m
     m = b.cast(m, dtype)
     if m.shape[-1] != keys:
