@@ -18,7 +18,9 @@ f16 (and bf16) inputs are attended in float32 and the result rounded once, as a 
 kernel accumulates.  The reference rounds every step in f16, the scores' sums
 included; the exact result rounded once is within the suite's tolerance of its
 expected values, while dln's f16 steps (whose sums accumulate in float32) miss one
-element of `test_attention_4d_gqa_with_past_and_present_fp16` by two ulps.
+element of `test_attention_4d_gqa_with_past_and_present_fp16` by two ulps.  Its
+`_expanded` twin, the function body in f16 primitives (MatMul, Softmax), misses the
+same element, short of summing in f16 as NumPy does.
 """
 
 from __future__ import annotations
