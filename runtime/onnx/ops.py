@@ -6,3 +6,4 @@ from dln.runtime.onnx import ops_conv  # noqa: F401
 from dln.runtime.onnx import ops_nn  # noqa: F401
 from dln.runtime.onnx import ops_norm  # noqa: F401
 from dln.runtime.onnx import ops_recurrent  # noqa: F401
+from dln.runtime.onnx import ops_shape  # noqa: F401
