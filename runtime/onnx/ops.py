@@ -8,3 +8,4 @@ from dln.runtime.onnx import ops_norm  # noqa: F401
 from dln.runtime.onnx import ops_recurrent  # noqa: F401
 from dln.runtime.onnx import ops_shape  # noqa: F401
 from dln.runtime.onnx import ops_reduce  # noqa: F401
+from dln.runtime.onnx import ops_einsum  # noqa: F401
