@@ -195,6 +195,8 @@ def tile(ctx: Context, node: OnnxNode) -> list:
 @converter("Concat")
 def concat(ctx: Context, node: OnnxNode) -> list:
     xs = [ctx.tensor(node, i) for i in range(len(node.inputs)) if ctx.has(node, i)]
+    if node.attr("axis") is None:
+        raise UnsupportedOnnx(node, "Concat needs an axis")
     axis = axis_of(node, node.attr("axis"), xs[0].rank)
     xs = [x for x in xs if x.shape[axis] != 0] or xs[:1]
     return [ctx.builder.concat(xs, axis)]
@@ -206,13 +208,16 @@ def split(ctx: Context, node: OnnxNode) -> list:
     axis = axis_of(node, node.attr("axis", 0), x.rank)
     n = x.shape[axis]
     sizes = attr_or_input(ctx, node, "split", 1, 13)
-    parts = len(node.outputs)
-    if sizes is None:
+    parts = node.attr("num_outputs")
+    if sizes is None and parts:
         # num_outputs (opset 18): chunks of ceil(n / parts), the last one shorter.
-        chunk = -(-n // node.attr("num_outputs", parts)) if node.attr("num_outputs") else n // parts
-        if not node.attr("num_outputs") and chunk * parts != n:
-            raise UnsupportedOnnx(node, f"axis of size {n} does not split into {parts} equal parts")
-        sizes = [min(chunk, max(n - k * chunk, 0)) for k in range(parts)]
+        chunk = -(-n // parts)
+        sizes = [max(min(chunk, n - k * chunk), 0) for k in range(parts)]
+    elif sizes is None:
+        parts = len(node.outputs)
+        if n % parts:
+            raise UnsupportedOnnx(node, f"an axis of size {n} does not split into {parts} equal parts")
+        sizes = [n // parts] * parts
     if sum(sizes) != n:
         raise UnsupportedOnnx(node, f"split sizes {sizes} do not add up to the axis's {n}")
     outs, start = [], 0
