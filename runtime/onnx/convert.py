@@ -68,18 +68,19 @@ NP_TO_DTYPE = {np.dtype(np.float16): DType.F16, np.dtype(np.float32): DType.F32,
                np.dtype(np.int32): DType.I32, np.dtype(np.int64): DType.I64, np.dtype(np.bool_): DType.BOOL}
 WIDENED = {np.dtype(t) for t in (np.int8, np.uint8, np.int16, np.uint16, np.uint32, np.uint64)}
 DTYPE_TO_NP = {d: n for n, d in NP_TO_DTYPE.items()}
+BFLOAT16 = np.dtype(helper.tensor_dtype_to_np_dtype(onnx.TensorProto.BFLOAT16))   # ml_dtypes
 
 
 def np_dtype(elem_type: int) -> np.dtype:
-    """The numpy type of an ONNX element type (bfloat16 as float32: numpy has none)."""
-    if elem_type == onnx.TensorProto.BFLOAT16:
-        raise UnsupportedOnnx(None, "element type bfloat16 in an ONNX graph")
+    """The numpy type of an ONNX element type (bfloat16: ml_dtypes', which onnx uses)."""
     return np.dtype(helper.tensor_dtype_to_np_dtype(elem_type))
 
 
 def dln_dtype(dtype: np.dtype, node: "OnnxNode | None" = None) -> DType:
     """dln's element type for a numpy one: the narrow integer types widen to int64."""
     dtype = np.dtype(dtype)
+    if dtype == BFLOAT16:
+        return DType.BF16
     if dtype in NP_TO_DTYPE:
         return NP_TO_DTYPE[dtype]
     if dtype in WIDENED:
@@ -94,6 +95,8 @@ def onnx_dtype(elem_type: int, node: "OnnxNode | None" = None) -> DType:
 def as_computed(a: np.ndarray) -> np.ndarray:
     """An array as dln computes it: narrow integers widened to int64."""
     a = np.asarray(a)
+    if a.dtype == BFLOAT16:
+        return a.astype(np.float32)   # dln holds bf16 values in float32 arrays
     return a.astype(np.int64) if a.dtype in WIDENED else a
 
 
