@@ -130,26 +130,17 @@ def _reduce(b: GraphBuilder, kind: str, x: Tensor, axes: tuple[int, ...], keepdi
 def _product(b: GraphBuilder, x: Tensor, axes: tuple[int, ...], keepdim: bool) -> Tensor:
     """The product over `axes` as a tree: the reduced values moved to one last axis, its halves
     multiplied until one value is left (an odd length padded with a 1)."""
+    shape = x.shape
     kept = [i for i in range(x.rank) if i not in axes]
-    rest = tuple(x.shape[i] for i in kept)
-    x = b.reshape(b.permute(x, kept + list(axes)), rest + (numel(tuple(x.shape[a] for a in axes)),))
+    x = b.reshape(b.permute(x, kept + list(axes)),
+                  tuple(shape[i] for i in kept) + (numel(tuple(shape[a] for a in axes)),))
     while x.shape[-1] > 1:
         n = x.shape[-1]
         if n % 2:
             x = b.pad(x, [(0, 0)] * (x.rank - 1) + [(0, 1)], 1.0 if x.dtype.is_float else 1)
             n += 1
         x = b.mul(b.slice_axis(x, x.rank - 1, 0, n // 2), b.slice_axis(x, x.rank - 1, n // 2, n))
-    return b.reshape(x, _restore(rest, axes, keepdim))
-
-
-def _restore(rest: tuple, axes: tuple[int, ...], keepdim: bool) -> tuple:
-    """The reduced shape from the kept sizes: 1s put back where the axes were, with keepdim."""
-    if not keepdim:
-        return rest
-    out, kept = [], iter(rest)
-    for i in range(len(rest) + len(axes)):
-        out.append(1 if i in axes else next(kept))
-    return tuple(out)
+    return b.reshape(x, _reduced(shape, axes, keepdim))
 
 
 # ---- ArgMax / ArgMin -----------------------------------------------------------------------------------
@@ -165,13 +156,17 @@ def arg_extreme(ctx: Context, node: OnnxNode) -> list:
     last = bool(node.attr("select_last_index", 0))
     if node.op_type == "ArgMax" and not last:
         return [b.argmax(x, axis, keepdim)]
-    n = x.shape[axis]
     extreme = (b.max if node.op_type == "ArgMax" else b.min)(x, axis, keepdim=True)
     hit = b.compare(Op.EQ, x, b.broadcast_to(extreme, x.shape))
-    position = b.broadcast_to(b.reshape(b.iota(n), tuple(n if i == axis else 1 for i in range(x.rank))), x.shape)
     if last:
-        return [b.max(b.where(hit, position, -1), axis, keepdim)]
-    return [b.min(b.where(hit, position, b.dim_value(n, DType.I64)), axis, keepdim)]
+        return [b.max(b.where(hit, positions(b, x, axis), -1), axis, keepdim)]
+    return [b.min(b.where(hit, positions(b, x, axis), b.dim_value(x.shape[axis], DType.I64)), axis, keepdim)]
+
+
+def positions(b: GraphBuilder, x: Tensor, axis: int) -> Tensor:
+    """Each element's position along `axis` (i64, x's shape)."""
+    n = x.shape[axis]
+    return b.broadcast_to(b.reshape(b.iota(n), tuple(n if i == axis else 1 for i in range(x.rank))), x.shape)
 
 
 # ---- the softmax family ---------------------------------------------------------------------------------
@@ -204,11 +199,8 @@ def hardmax(ctx: Context, node: OnnxNode) -> list:
     b = ctx.builder
 
     def one_hot(x: Tensor, axis: int) -> Tensor:
-        n = x.shape[axis]
-        where = b.broadcast_to(b.argmax(x, axis, keepdim=True), x.shape)
-        position = b.broadcast_to(b.reshape(b.iota(n), tuple(n if i == axis else 1 for i in range(x.rank))),
-                                  x.shape)
-        return b.cast(b.compare(Op.EQ, where, position), x.dtype)
+        first = b.broadcast_to(b.argmax(x, axis, keepdim=True), x.shape)
+        return b.cast(b.compare(Op.EQ, first, positions(b, x, axis)), x.dtype)
     return _along_axis(ctx, node, one_hot)
 
 
@@ -232,11 +224,12 @@ def nll_loss(ctx: Context, node: OnnxNode, logp: Tensor, target: Tensor, weight:
     picked = b.gather(logp, 1, b.unsqueeze(target, 1))
     loss = b.neg(b.reshape(picked, target.shape))
     scale = gather_along(b, b.cast(weight, logp.dtype), 0, target) if weight is not None else None
-    if counted is not None:
-        mask = b.cast(counted, logp.dtype)
-        scale = mask if scale is None else b.mul(scale, mask)
     if scale is not None:
         loss = b.mul(loss, scale)
+    if counted is not None:   # where, not a product: class 0's log-probability may be -inf
+        zero = b.const(0, logp.dtype, ())
+        loss = b.where(counted, loss, zero)
+        scale = b.cast(counted, logp.dtype) if scale is None else b.where(counted, scale, zero)
     if reduction == "none":
         return loss
     if reduction == "sum":

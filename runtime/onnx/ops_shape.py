@@ -24,7 +24,7 @@ from onnx import numpy_helper
 from dln.compiler.emit import GraphBuilder, Tensor
 from dln.compiler.ir import DType, Op
 from dln.compiler.symbolic import Dim, numel
-from dln.runtime.onnx.convert import DTYPE_TO_NP, Context, OnnxNode, UnsupportedOnnx, converter
+from dln.runtime.onnx.convert import Context, OnnxNode, UnsupportedOnnx, converter
 
 
 # ---- shared helpers (ops_reduce and ops_einsum use them too) -------------------------------------------
@@ -67,17 +67,14 @@ def take(ctx: Context, x: Tensor, axis: int, positions: Sequence[int] | np.ndarr
     otherwise (an iota for any even step, the positions themselves where irregular)."""
     b = ctx.builder
     positions = np.asarray(positions, dtype=np.int64).reshape(-1)
-    steps = np.diff(positions)
-    even = len(positions) < 2 or (steps == steps[0]).all()
-    if even and (len(positions) < 2 or steps[0] > 0):
-        start = int(positions[0]) if len(positions) else 0
-        step = int(steps[0]) if len(positions) > 1 else 1
-        return b.slice_axis(x, axis, start, start + step * (len(positions) - 1) + 1 if len(positions) else 0, step)
-    if even:
-        index = b.add(b.mul(b.iota(len(positions)), int(steps[0])), int(positions[0]))
-    else:
-        index = ctx.as_tensor(positions)
-    return gather_along(b, x, axis, index)
+    count, steps = len(positions), np.diff(positions)
+    step = int(steps[0]) if count > 1 else 1
+    if count > 1 and not (steps == step).all():
+        return gather_along(b, x, axis, ctx.as_tensor(positions))
+    first = int(positions[0]) if count else 0
+    if step > 0:
+        return b.slice_axis(x, axis, first, first + step * (count - 1) + 1 if count else first, step)
+    return gather_along(b, x, axis, b.add(b.mul(b.iota(count), step), first))
 
 
 def gather_along(b: GraphBuilder, x: Tensor, axis: int, index: Tensor) -> Tensor:
@@ -247,8 +244,8 @@ def slice_(ctx: Context, node: OnnxNode) -> list:
             raise UnsupportedOnnx(node, "a slice step of 0")
         positions = range(*slice(start, end, step).indices(x.shape[axis]))
         if step > 0:
-            starts_at[axis], stops_at[axis], steps_at[axis] = positions.start, max(positions.stop,
-                                                                                   positions.start), step
+            starts_at[axis], steps_at[axis] = positions.start, step
+            stops_at[axis] = max(positions.stop, positions.start)
         else:
             backward.append((axis, positions))
     out = ctx.builder.slice(x, starts_at, stops_at, steps_at)
@@ -298,7 +295,7 @@ def _pad_constant(ctx: Context, x: Tensor, widths: list[tuple[int, int]], value)
     b = ctx.builder
     if isinstance(value, Tensor):
         # A value computed in the graph: pad with zeros, then put it where the padding is.
-        inside = b.pad(b.const(True, DType.BOOL, x.shape), widths, 0)
+        inside = b.pad(b.const(True, DType.BOOL, x.shape), widths, False)
         return b.where(inside, b.pad(x, widths, 0), b.cast(b.reshape(value, ()), x.dtype))
     value = np.asarray(value).reshape(-1)
     fill = value[0].item() if value.size else 0
@@ -376,5 +373,6 @@ def cumsum(ctx: Context, node: OnnxNode) -> list:
         src, dst = dst, src
     ones = (src < dst) if node.attr("exclusive", 0) else (src <= dst)
     perm = [i for i in range(x.rank) if i != axis] + [axis]
-    summed = b.matmul(b.permute(x, perm), ctx.as_tensor(ones.astype(DTYPE_TO_NP[x.dtype])))
+    ones = ctx.as_tensor(ones.astype(np.float32 if x.dtype.is_float else np.int64))
+    summed = b.cast(b.matmul(b.permute(x, perm), ones), x.dtype)
     return [b.permute(summed, [int(i) for i in np.argsort(perm)])]

@@ -282,3 +282,16 @@ def test_losses(shape, reduction, ignore):
     for inputs in ([fed("x", x), fed("t", target)], [fed("x", x), fed("t", target), fed("w", weight)]):
         check("NegativeLogLikelihoodLoss", inputs, attrs, opset=13)
         check("SoftmaxCrossEntropyLoss", inputs, attrs, opset=13, outputs=2)
+
+
+def test_ignored_rows_count_nothing_even_at_minus_infinity():
+    """An ignored target is read as class 0; where that class's log-probability is -inf the row must
+    still add 0 (not -inf * 0 = nan)."""
+    x = f32(4, 5, 3)
+    x[:, 0, :] = -np.inf
+    target = RNG.integers(1, 5, (4, 3)).astype(np.int64)
+    target[1, 2] = target[3, 0] = -1
+    weight = (RNG.random(5) + 0.2).astype(np.float32)
+    for reduction in ("none", "sum", "mean"):
+        check("SoftmaxCrossEntropyLoss", [fed("x", x), fed("t", target), fed("w", weight)],
+              {"reduction": reduction, "ignore_index": -1}, opset=13, outputs=2)
