@@ -202,15 +202,23 @@ def test_dropout_inference_is_identity_with_a_true_mask():
     assert mask.all() and (y == x).all()
 
 
-@pytest.mark.parametrize("seed", [0, 11])
-def test_dropout_training_draws_the_seeded_stream(seed):
-    """The mask numpy's RandomState(seed) draws, as the reference's: bit for bit, ratio known or not."""
-    x = _randn(3, 5, 7)
-    inputs = {"x": x, "r": np.array(0.3, np.float32), "t": np.array(True)}
-    y, mask = _check("Dropout", inputs, ["y", "mask"], seed=seed)
-    assert 0 < mask.sum() < mask.size
-    model = _model("Dropout", inputs, {"y": y, "mask": mask}, 21, seed=seed)
-    model.graph.initializer.append(onnx.numpy_helper.from_array(inputs["r"], "r"))   # the ratio known
-    y2, mask2 = run(model, {"x": x, "t": inputs["t"]})
-    assert (mask2 == mask).all()
-    np.testing.assert_allclose(y2, y, rtol=1e-6)
+@pytest.mark.parametrize("ratio_known", [True, False])
+def test_dropout_training_draws_dln_stream(ratio_known):
+    """Training mode: about `ratio` of the values dropped, the rest scaled by 1 / (1 - ratio); the mask
+    is dln's Philox draw keyed by the seed: the same seed the same mask, another seed another."""
+    x = _randn(9, 11, 13)
+    ratio = np.array(0.3, np.float32)
+    inputs = {"x": x, "r": ratio, "t": np.array(True)}
+
+    def masks(seed: int):
+        model = _model("Dropout", inputs, {"y": x, "mask": x > 0}, 21, seed=seed)
+        if ratio_known:
+            model.graph.initializer.append(onnx.numpy_helper.from_array(ratio, "r"))
+        feeds = {"x": x, "t": inputs["t"]} if ratio_known else inputs
+        return run(model, feeds)
+
+    y, mask = masks(5)
+    assert abs(1 - mask.mean() - 0.3) < 0.05, mask.mean()
+    np.testing.assert_allclose(y, np.where(mask, x / (1 - 0.3), 0), rtol=1e-6)
+    assert (masks(5)[1] == mask).all()
+    assert (masks(6)[1] != mask).any()
