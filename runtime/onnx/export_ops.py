@@ -52,7 +52,7 @@ def _input(ex: Exporter, n: Node, args: list[str]) -> str:
     name, role = n.attrs["name"], n.attrs["role"]
     if role in ("param", "buffer", "state"):
         if n.dtype is DType.BF16:
-            raise ExportError(n, f"a bf16 weight ({name}): export the model in float32")
+            raise ExportError(n, f"weight {name} is bf16; the exporter writes f16, f32 and f64 weights")
         array = np.asarray(ex.weights[name], dtype=NUMPY_OF[n.dtype])
         ex.initializers.append(numpy_helper.from_array(array, name))
     elif role in ("input", "rng"):
