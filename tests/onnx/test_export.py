@@ -1,0 +1,214 @@
+"""ONNX export (dln.runtime.onnx.export): every example model, exported and run in onnxruntime, gives
+dln's NumPy forward in evaluation mode, at batch (and sequence) sizes that are not powers of two and
+differ between runs of one exported file (the axes are dynamic); the file passes ONNX's checker and
+strict shape inference; the initializers are the weights under their state_dict names."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+import dln  # noqa: E402
+from dln.compiler import pipeline  # noqa: E402
+from dln.compiler.ir import Op  # noqa: E402
+from dln.runtime import cli  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = sorted((ROOT / "examples").glob("*.dln"))
+SIZES = ({"B": 5, "T": 6, "N": 7}, {"B": 7, "T": 9, "N": 11})   # two runs of one session
+
+COVER = """
+# Ops the examples leave out: overlapping and padded pooling, a reversed scan, ...
+model cover() {
+    input x: f32[B, 3, 7, 7]
+    input s: f32[B, T, 5]
+    windows = maxpool2d(x, 3, stride = 2, padding = 1)
+    tiles   = avgpool2d(x, 2)
+    pooled  = global_avgpool(x)
+    seq     = s -> gru(4, bidirectional = true)
+    normed  = layernorm(s, affine = false)
+    probs   = softmax(s, axis = -1)
+    logp    = log_softmax(s, axis = -1)
+    bits    = where(s > 0.5, log1p(abs(s)), clamp(s, -0.25, 0.25))
+    joined  = concat([s, probs], axis = 2)
+    padded  = pad(s, (1, 2))
+    total   = sum(s, axis = 2) * mean(s, axis = 2) -> leaky_relu
+    output windows, tiles, pooled, seq, normed, probs, logp, bits, joined, padded, total
+}
+"""
+
+
+def selected(path: Path) -> dln.Model:
+    """The model `dln export FILE` exports (cli's selection), with every weight and running statistic
+    drawn anew, so that no batch norm is the identity."""
+    program = pipeline.load(path)
+    model = dln.Model(program, cli._model_name(argparse.Namespace(model=None), program), backend="numpy",
+                      from_text=True)
+    randomize(model)
+    return model
+
+
+def randomize(model: dln.Model) -> None:
+    rng = np.random.default_rng(1)
+    state = {}
+    for name, value in model.state_dict().items():
+        if not np.issubdtype(value.dtype, np.floating):
+            state[name] = value
+        elif name.endswith("running_var"):
+            state[name] = rng.uniform(0.5, 2.0, value.shape).astype(value.dtype)
+        else:
+            state[name] = (value + rng.normal(0, 0.1, value.shape)).astype(value.dtype)
+    model.load_state_dict(state)
+
+
+def feeds_for(model: dln.Model, proto, sizes: dict[str, int], seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for i in proto.graph.input:
+        if i.name not in model.inputs:
+            continue
+        info = model.inputs[i.name]
+        shape = [d if isinstance(d, int) else sizes[str(d)] for d in info.type.shape]
+        if info.type.dtype.is_float:
+            feeds[i.name] = rng.normal(0, 1, shape).astype(np.float32)
+        else:
+            feeds[i.name] = rng.integers(0, 10, shape).astype(np.int64)   # token ids: every vocabulary has 10
+    return feeds
+
+
+def compare(model: dln.Model, proto) -> float:
+    """The largest difference between onnxruntime and dln over both sizes, relative to each output's
+    largest magnitude; asserts each output's shape and values."""
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    names = [i.name for i in proto.graph.input]
+    worst = 0.0
+    for k, sizes in enumerate(SIZES):
+        feeds = feeds_for(model, proto, sizes, k)
+        step = model._rng_step            # the draw this run makes: dln's seed and step
+        want = model(**feeds)
+        if "rng.seed" in names:
+            feeds["rng.seed"] = np.array(model._rng_seed, np.int64)
+            feeds["rng.step"] = np.array(step, np.int64)
+        got = dict(zip([o.name for o in proto.graph.output], session.run(None, feeds)))
+        assert sorted(got) == sorted(want)
+        for name, ref in want.items():
+            assert got[name].shape == ref.shape, name
+            scale = max(1.0, float(np.max(np.abs(ref)))) if ref.size else 1.0
+            np.testing.assert_allclose(got[name], ref, rtol=1e-5, atol=1e-5 * scale, err_msg=name)
+            if ref.size:
+                worst = max(worst, float(np.max(np.abs(got[name] - ref))) / scale)
+    return worst
+
+
+def check_proto(model: dln.Model, proto) -> None:
+    onnx.checker.check_model(proto, full_check=True)
+    onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
+    # The weights the forward graph reads (as the compiler's own forward graph reads them), by name.
+    forward = pipeline.forward_graph(model.spec)
+    read = {n.attrs["name"] for n in forward.inputs if n.attrs["role"] in ("param", "buffer")}
+    state = model.state_dict()
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in proto.graph.initializer}
+    assert set(inits) == read and read <= set(state)
+    for name, array in inits.items():
+        np.testing.assert_array_equal(array, state[name])
+    # Every symbolic input axis is a dim_param of the symbol's name.
+    for i in proto.graph.input:
+        if i.name in model.inputs:
+            dims = [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim]
+            assert dims == [d if isinstance(d, int) else str(d) for d in model.inputs[i.name].type.shape]
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+def test_example_matches_onnxruntime(path):
+    model = selected(path)
+    proto = model.export_onnx(None)
+    check_proto(model, proto)
+    compare(model, proto)
+
+
+def test_layers_become_their_onnx_ops():
+    def ops(name: str) -> set[str]:
+        return {n.op_type for n in selected(ROOT / "examples" / name).export_onnx(None).graph.node}
+
+    cnn = ops("cnn_digits.dln")
+    assert {"Conv", "BatchNormalization", "MaxPool", "Gemm"} <= cnn and "ArgMax" not in cnn
+    assert {"ConvTranspose", "BatchNormalization"} <= ops("dcgan_digits.dln")
+    assert {"Scan", "Gather"} <= ops("lstm_charlm.dln")
+    gpt = ops("transformer_charlm.dln")
+    assert {"LayerNormalization", "Softmax", "MatMul", "Gemm"} <= gpt and "ReduceMax" not in gpt
+
+
+def test_ops_the_examples_leave_out(tmp_path):
+    path = tmp_path / "cover.dln"
+    path.write_text(COVER)
+    model = dln.compile(path, backend="numpy")
+    randomize(model)
+    proto = model.export_onnx(tmp_path / "cover.onnx")
+    assert onnx.load(str(tmp_path / "cover.onnx")) == proto
+    check_proto(model, proto)
+    compare(model, proto)
+    # A reversed scan (the backward direction) is there.
+    scans = [n for n in proto.graph.node if n.op_type == "Scan"]
+    assert any(a.name == "scan_input_directions" and list(a.ints) == [1] for n in scans for a in n.attribute)
+
+
+def test_opset(tmp_path):
+    model = dln.compile(ROOT / "examples" / "transformer_charlm.dln", backend="numpy")
+    proto = model.export_onnx(tmp_path / "gpt.onnx", opset=21)
+    assert [o.version for o in proto.opset_import] == [21]
+    with pytest.raises(dln.DlnError) as e:
+        model.export_onnx(tmp_path / "old.onnx", opset=12)
+    assert e.value.diagnostics[0].code == "E0710"
+
+
+def test_cli_writes_the_file(tmp_path, capsys):
+    out = tmp_path / "cnn.onnx"
+    assert cli.main(["export", str(ROOT / "examples" / "cnn_digits.dln"), "-o", str(out)]) == 0
+    proto = onnx.load(str(out))
+    onnx.checker.check_model(proto, full_check=True)
+    assert [i.name for i in proto.graph.input] == ["images"] and [o.name for o in proto.graph.output] == ["logits"]
+    assert f"wrote {out}" in capsys.readouterr().out
+
+
+def test_cli_exports_trained_weights(tmp_path):
+    model = selected(ROOT / "examples" / "mlp_digits.dln")
+    weights, out = tmp_path / "w.safetensors", tmp_path / "mlp.onnx"
+    model.save(weights)
+    assert cli.main(["export", str(ROOT / "examples" / "mlp_digits.dln"), "-o", str(out), "--weights",
+                     str(weights)]) == 0
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in onnx.load(str(out)).graph.initializer}
+    for name, value in model.parameters().items():
+        np.testing.assert_array_equal(inits[name], value)
+
+
+@pytest.mark.parametrize("argv, code, where", [
+    (["--model", "nope"], "E0301", None),
+    ([], "E0715", "bf16.dln:4:9"),
+])
+def test_cli_errors(tmp_path, capsys, argv, code, where):
+    path = tmp_path / "bf16.dln"
+    path.write_text("# A bf16 weight: the exporter writes f16, f32 and f64 ones\nmodel tiny() {\n"
+                    "    input x: bf16[B, 4]\n    y = linear(x, 3)\n    output y\n}\n")
+    assert cli.main(["export", str(path), "-o", str(tmp_path / "m.onnx"), *argv]) == 1
+    err = capsys.readouterr().err
+    assert f"error[{code}]" in err and "Traceback" not in err
+    if where:
+        assert where in err
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_every_forward_op_has_an_export_rule():
+    """The exporter's table covers every primitive a forward graph may hold (the backward's
+    conv_weight aside), and the composites it keeps whole."""
+    from dln.runtime.onnx import export, export_scan  # noqa: F401
+    from dln.runtime.onnx.export_ops import PRIMITIVES
+
+    backward_only = {Op.CONV_WEIGHT}
+    assert set(Op) - backward_only <= set(PRIMITIVES)
+    assert export.NATIVE_COMPOSITES == {"layernorm", "sdpa"}
