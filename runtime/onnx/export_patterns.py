@@ -12,6 +12,7 @@ exactly what the layer's built-in emits, returns a `Lowering` that reads the pat
 | `(x - mean) * rsqrt(var + eps) * weight + bias` per channel (`batchnorm`) | `BatchNormalization` |
 | the windows of a tiled `maxpool2d`, first maximum picked | `MaxPool`       |
 | `gather(W, broadcast(index))` along 0 (`embedding`)      | `Gather`        |
+| `exp(x - max) / sum(exp(x - max))`, and its log (`softmax`, `log_softmax`) | `Softmax`, `LogSoftmax` |
 
 Anything else (and any of these when the shapes say otherwise) is exported node by node.
 """
@@ -255,3 +256,56 @@ def embedding(graph: Graph, users: dict[int, list[int]], n: Node) -> Lowering | 
         return None
     return Lowering((table.id, rows.id), lambda ex, node: ex.op(
         "Gather", [ex.value(table.id), ex.op("Squeeze", [ex.value(rows.id), ex.ints([1])])], hint=node.name, axis=0))
+
+
+# ---- Softmax, LogSoftmax -----------------------------------------------------------------------------------
+
+def _unbroadcast(graph: Graph, n: Node) -> Node:
+    return graph.node(n.inputs[0]) if n.op is Op.BROADCAST else n
+
+
+def _reduced(graph: Graph, n: Node, op: Op) -> tuple[Node, int] | None:
+    """(operand, axis) of `n` when it is (a broadcast of) a one-axis keepdim reduction `op`."""
+    n = _unbroadcast(graph, n)
+    if n.op is op and len(n.attrs["axes"]) == 1 and n.attrs["keepdim"]:
+        return graph.node(n.inputs[0]), n.attrs["axes"][0]
+    return None
+
+
+def _shifted(graph: Graph, n: Node) -> tuple[Node, int] | None:
+    """(x, axis) of `x - max(x, axis)`, the softmax built-ins' shift."""
+    if n.op is not Op.SUB:
+        return None
+    x, top = (graph.node(i) for i in n.inputs)
+    found = _reduced(graph, top, Op.MAX)
+    return (x, found[1]) if found is not None and found[0].id == x.id else None
+
+
+@recognizer(Op.DIV)
+def softmax(graph: Graph, users: dict[int, list[int]], n: Node) -> Lowering | None:
+    """exp(x - max(x)) / sum(exp(x - max(x))) along one axis (`softmax`): Softmax."""
+    e, total = (graph.node(i) for i in n.inputs)
+    summed = _reduced(graph, total, Op.SUM)
+    if e.op is not Op.EXP or summed is None or summed[0].id != e.id:
+        return None
+    shifted = _shifted(graph, graph.node(e.inputs[0]))
+    if shifted is None or shifted[1] != summed[1]:
+        return None
+    x, axis = shifted
+    return Lowering((x.id,), lambda ex, node: ex.op("Softmax", [ex.value(x.id)], hint=node.name, axis=axis))
+
+
+@recognizer(Op.SUB)
+def log_softmax(graph: Graph, users: dict[int, list[int]], n: Node) -> Lowering | None:
+    """(x - max(x)) - log(sum(exp(x - max(x)))) along one axis (`log_softmax`): LogSoftmax."""
+    shifted_node, norm = (graph.node(i) for i in n.inputs)
+    shifted = _shifted(graph, shifted_node)
+    norm = _unbroadcast(graph, norm)
+    if shifted is None or norm.op is not Op.LOG:
+        return None
+    summed = _reduced(graph, graph.node(norm.inputs[0]), Op.SUM)
+    if summed is None or summed[0].op is not Op.EXP or summed[0].inputs[0] != shifted_node.id or \
+            summed[1] != shifted[1]:
+        return None
+    x, axis = shifted
+    return Lowering((x.id,), lambda ex, node: ex.op("LogSoftmax", [ex.value(x.id)], hint=node.name, axis=axis))

@@ -39,7 +39,8 @@ model cover() {
     joined  = concat([s, probs], axis = 2)
     padded  = pad(s, (1, 2))
     total   = sum(s, axis = 2) * mean(s, axis = 2) -> leaky_relu
-    output windows, tiles, pooled, seq, normed, probs, logp, bits, joined, padded, total
+    line    = conv1d(reshape(x, (B, 3, 49)), 4, 5, stride = 2) -> gelu
+    output windows, tiles, pooled, seq, normed, probs, logp, bits, joined, padded, total, line
 }
 """
 
@@ -153,6 +154,7 @@ def test_ops_the_examples_leave_out(tmp_path):
     assert onnx.load(str(tmp_path / "cover.onnx")) == proto
     check_proto(model, proto)
     compare(model, proto)
+    assert {"Softmax", "LogSoftmax", "Conv", "LayerNormalization"} <= {n.op_type for n in proto.graph.node}
     # A reversed scan (the backward direction) is there.
     scans = [n for n in proto.graph.node if n.op_type == "Scan"]
     assert any(a.name == "scan_input_directions" and list(a.ints) == [1] for n in scans for a in n.attribute)
