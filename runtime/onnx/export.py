@@ -203,7 +203,7 @@ def value_info(name: str, dtype: DType, shape: Shape) -> Any:
 
 def plan(graph: Graph) -> dict[int, Lowering]:
     """A lowering for every node: the first recognizer that claims it, else its op's emitter."""
-    from dln.runtime.onnx import export_scan  # noqa: F401  (registers scan and rand)
+    from dln.runtime.onnx import export_recurrent, export_scan  # noqa: F401  (register their rules)
     from dln.runtime.onnx.export_ops import PRIMITIVES
     from dln.runtime.onnx.export_patterns import RECOGNIZERS
 

@@ -140,7 +140,8 @@ def test_layers_become_their_onnx_ops():
     cnn = ops("cnn_digits.dln")
     assert {"Conv", "BatchNormalization", "MaxPool", "Gemm"} <= cnn and "ArgMax" not in cnn
     assert {"ConvTranspose", "BatchNormalization"} <= ops("dcgan_digits.dln")
-    assert {"Scan", "Gather"} <= ops("lstm_charlm.dln")
+    assert {"LSTM", "Gather"} <= ops("lstm_charlm.dln") and "Scan" not in ops("lstm_charlm.dln")
+    assert "GRU" in ops("gru_charlm.dln") and "RNN" in ops("rnn_digits.dln")
     gpt = ops("transformer_charlm.dln")
     assert {"LayerNormalization", "Softmax", "MatMul", "Gemm"} <= gpt and "ReduceMax" not in gpt
 
@@ -155,9 +156,29 @@ def test_ops_the_examples_leave_out(tmp_path):
     check_proto(model, proto)
     compare(model, proto)
     assert {"Softmax", "LogSoftmax", "Conv", "LayerNormalization"} <= {n.op_type for n in proto.graph.node}
-    # A reversed scan (the backward direction) is there.
-    scans = [n for n in proto.graph.node if n.op_type == "Scan"]
-    assert any(a.name == "scan_input_directions" and list(a.ints) == [1] for n in scans for a in n.attribute)
+    # The bidirectional GRU is two, one of them reversed.
+    grus = [n for n in proto.graph.node if n.op_type == "GRU"]
+    assert sorted(a.s for n in grus for a in n.attribute if a.name == "direction") == [b"forward", b"reverse"]
+
+
+@pytest.mark.parametrize("name", ["lstm_charlm.dln", "gru_charlm.dln", "rnn_digits.dln", None])
+def test_scans_not_recognized_as_layers_are_onnx_scans(tmp_path, monkeypatch, name):
+    """Without the recurrent layers' recognizer every scan is an ONNX Scan (its body written by the same
+    tables), reversed ones included: the path any other scan takes."""
+    from dln.runtime.onnx import export_patterns, export_recurrent  # noqa: F401
+
+    monkeypatch.setitem(export_patterns.RECOGNIZERS, Op.SCAN, [])
+    if name is None:
+        (tmp_path / "cover.dln").write_text(COVER)
+    model = selected(ROOT / "examples" / name if name else tmp_path / "cover.dln")
+    proto = model.export_onnx(None)
+    kinds = {n.op_type for n in proto.graph.node}
+    assert "Scan" in kinds and not kinds & {"LSTM", "GRU", "RNN"}
+    if name is None:
+        scans = [n for n in proto.graph.node if n.op_type == "Scan"]
+        assert any(a.name == "scan_input_directions" and list(a.ints) == [1] for n in scans for a in n.attribute)
+    check_proto(model, proto)
+    compare(model, proto)
 
 
 def test_opset(tmp_path):
