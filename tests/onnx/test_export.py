@@ -210,19 +210,22 @@ def test_cli_exports_trained_weights(tmp_path):
         np.testing.assert_array_equal(inits[name], value)
 
 
-@pytest.mark.parametrize("argv, code, where", [
-    (["--model", "nope"], "E0301", None),
-    ([], "E0715", "bf16.dln:4:9"),
+@pytest.mark.parametrize("file, out, argv, code, where", [
+    ("bf16.dln", "m.onnx", ["--model", "nope"], "E0301", "unknown model 'nope'"),
+    ("bf16.dln", "m.onnx", [], "E0715", "bf16.dln:4:9"),
+    ("missing.dln", "m.onnx", [], "E0702", "missing.dln"),
+    ("bf16.dln", "no/such/dir/m.onnx", [], "E0715", "bf16.dln:4:9"),   # found before writing
+    ("iris", "no/such/dir/m.onnx", [], "E0708", "no/such/dir/m.onnx"),
+    ("iris", ".", [], "E0708", "it is a directory"),
 ])
-def test_cli_errors(tmp_path, capsys, argv, code, where):
-    path = tmp_path / "bf16.dln"
-    path.write_text("# A bf16 weight: the exporter writes f16, f32 and f64 ones\nmodel tiny() {\n"
-                    "    input x: bf16[B, 4]\n    y = linear(x, 3)\n    output y\n}\n")
-    assert cli.main(["export", str(path), "-o", str(tmp_path / "m.onnx"), *argv]) == 1
+def test_cli_errors(tmp_path, monkeypatch, capsys, file, out, argv, code, where):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "bf16.dln").write_text("# A bf16 weight: the exporter writes f16, f32 and f64 ones\nmodel tiny() {\n"
+                                       "    input x: bf16[B, 4]\n    y = linear(x, 3)\n    output y\n}\n")
+    path = str(ROOT / "examples" / "iris.dln") if file == "iris" else file
+    assert cli.main(["export", path, "-o", out, *argv]) == 1
     err = capsys.readouterr().err
-    assert f"error[{code}]" in err and "Traceback" not in err
-    if where:
-        assert where in err
+    assert err.startswith(f"error[{code}]") and where in err and "Traceback" not in err, err
     assert not (tmp_path / "m.onnx").exists()
 
 
