@@ -104,6 +104,7 @@ class Exporter:
         self.symbols: dict[str, tuple[str, int]] = {}   # symbol -> (graph input, axis): the root's
         self._counter = itertools.count() if parent is None else parent._counter
         self._dims: dict[Dim, str] = {}
+        self._constants: dict[tuple, str] = {}
 
     def child(self) -> "Exporter":
         return Exporter(self.opset, self)
@@ -126,7 +127,10 @@ class Exporter:
         from onnx import numpy_helper
 
         array = np.asarray(value, dtype=NUMPY[dtype] if dtype is not None else None)
-        return self.op("Constant", [], hint=hint, value=numpy_helper.from_array(array))
+        key = (array.dtype.str, array.shape, array.tobytes())
+        if key not in self._constants:   # one Constant per value and graph
+            self._constants[key] = self.op("Constant", [], hint=hint, value=numpy_helper.from_array(array))
+        return self._constants[key]
 
     def ints(self, values: Sequence[int]) -> str:
         return self.const(np.asarray(values, np.int64), hint="ints")

@@ -23,6 +23,7 @@ from dln.compiler import pipeline
 from dln.compiler.emit import GraphBuilder
 from dln.compiler.ir import Graph, Node, Op, TensorType
 from dln.runtime.onnx.export import Exporter, Lowering
+from dln.runtime.onnx.export_ops import results_read
 from dln.runtime.onnx.export_patterns import recognizer
 
 # ONNX's gate order as blocks of torch's.
@@ -103,16 +104,19 @@ def recurrent_layer(graph: Graph, users: dict[int, list[int]], n: Node) -> Lower
     x, w_ih, bias = found
     w_hh_t = graph.node(n.inputs[carries + 1])
     b_hn = n.inputs[carries + 2] if len(n.inputs) > carries + 2 else None
-    states = n.inputs[:carries]
-    reads = (x, w_ih, w_hh_t.id, *states) + ((bias,) if bias is not None else ()) + \
-        ((b_hn,) if b_hn is not None else ())
+    # W_hh itself, where the body's const is its transpose (as the built-in writes it)
+    w_hh = w_hh_t.inputs[0] if w_hh_t.op is Op.PERMUTE else None
+    # Zero initial states are ONNX's default: left out
+    states = [None if _zero_fill(graph.node(i)) else i for i in n.inputs[:carries]]
+    reads = (x, w_ih, w_hh if w_hh is not None else w_hh_t.id, *(i for i in states if i is not None)) + \
+        ((bias,) if bias is not None else ()) + ((b_hn,) if b_hn is not None else ())
 
     def write(ex: Exporter, node: Node) -> list[str]:
         hidden = node.types[0].shape[-1]
         order = ORDER[kind]
         w = _blocks(ex, ex.value(w_ih), order, hidden)
-        r = ex.op("Transpose", [ex.value(w_hh_t.id)], perm=[1, 0]) if w_hh_t.op is not Op.PERMUTE else None
-        r = _blocks(ex, r or ex.value(w_hh_t.inputs[0]), order, hidden)
+        r = ex.value(w_hh) if w_hh is not None else ex.op("Transpose", [ex.value(w_hh_t.id)], perm=[1, 0])
+        r = _blocks(ex, r, order, hidden)
         inputs = [ex.value(x), w, r]
         if bias is not None or b_hn is not None:
             width = len(order) * hidden
@@ -127,7 +131,10 @@ def recurrent_layer(graph: Graph, users: dict[int, list[int]], n: Node) -> Lower
         else:
             inputs.append("")
         inputs.append("")   # sequence_lens: every sequence runs T steps
-        inputs += [ex.op("Unsqueeze", [ex.value(s), ex.ints([0])], hint="initial") for s in states]
+        inputs += [ex.op("Unsqueeze", [ex.value(s), ex.ints([0])], hint="initial") if s is not None else ""
+                   for s in states]
+        while inputs[-1] == "":
+            inputs.pop()
         attrs = {"hidden_size": int(hidden), "direction": "reverse" if node.attrs["reverse"] else "forward"}
         if kind == "rnn_relu":
             attrs["activations"] = ["Relu"]
@@ -135,9 +142,14 @@ def recurrent_layer(graph: Graph, users: dict[int, list[int]], n: Node) -> Lower
             attrs["linear_before_reset"] = 1
         outs = ex.op(ONNX_OP[kind], inputs, outputs=2 + (kind == "lstm"), hint=node.name or kind, **attrs)
         y, finals = outs[0], outs[1:]
-        zero, one = ex.ints([0]), ex.ints([1])
-        return [ex.op("Squeeze", [f, zero], hint="final") for f in finals] + [ex.op("Squeeze", [y, one], hint="ys")]
+        read = results_read(ex, node)
+        finals = [ex.op("Squeeze", [f, ex.ints([0])], hint="final") if k in read else f for k, f in enumerate(finals)]
+        return finals + [ex.op("Squeeze", [y, ex.ints([1])], hint="ys")]
     return Lowering(reads, write)
+
+
+def _zero_fill(n: Node) -> bool:
+    return n.op is Op.CONST and n.attrs["value"] == 0
 
 
 def _zero(n: Node) -> Any:
@@ -153,7 +165,6 @@ def _blocks(ex: Exporter, w: str, order: tuple[int, ...], hidden: int, vector: b
     """`w` ([G*H, ...] or a [G*H] bias) with its gate blocks in ONNX's order, and a leading axis of one
     direction: [1, G*H, ...] ([1, G*H] for a bias)."""
     if order != tuple(range(len(order))):
-        parts = [ex.op("Slice", [w, ex.ints([k * hidden]), ex.ints([(k + 1) * hidden]), ex.ints([0])])
-                 for k in order]
-        w = ex.op("Concat", parts, axis=0)
+        parts = ex.op("Split", [w, ex.ints([hidden] * len(order))], outputs=len(order), hint="gates", axis=0)
+        w = ex.op("Concat", [parts[k] for k in order], axis=0)
     return ex.op("Unsqueeze", [w, ex.ints([0])], hint="weights" if not vector else "bias")

@@ -28,6 +28,8 @@ COVER = """
 model cover() {
     input x: f32[B, 3, 7, 7]
     input s: f32[B, T, 5]
+    input h0: f32[4, B, 3]
+    input c0: f32[4, B, 3]
     windows = maxpool2d(x, 3, stride = 2, padding = 1)
     tiles   = avgpool2d(x, 2)
     pooled  = global_avgpool(x)
@@ -40,7 +42,10 @@ model cover() {
     padded  = pad(s, (1, 2))
     total   = sum(s, axis = 2) * mean(s, axis = 2) -> leaky_relu
     line    = conv1d(reshape(x, (B, 3, 49)), 4, 5, stride = 2) -> gelu
-    output windows, tiles, pooled, seq, normed, probs, logp, bits, joined, padded, total, line
+    ys, h_n, c_n = lstm(s, 3, layers = 2, h0 = h0, c0 = c0, bidirectional = true, return_state = true)
+    relu_ys = rnn(s, 2, nonlinearity = "relu", bias = false)
+    output windows, tiles, pooled, seq, normed, probs, logp, bits, joined, padded, total, line, ys, h_n, c_n
+    output relu_ys
 }
 """
 
