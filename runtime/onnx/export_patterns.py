@@ -13,6 +13,8 @@ exactly what the layer's built-in emits, returns a `Lowering` that reads the pat
 | the windows of a tiled `maxpool2d`, first maximum picked | `MaxPool`       |
 | `gather(W, broadcast(index))` along 0 (`embedding`)      | `Gather`        |
 | `exp(x - max) / sum(exp(x - max))`, and its log (`softmax`, `log_softmax`) | `Softmax`, `LogSoftmax` |
+| the window sums of a tiled `avgpool2d` over the window's size | `AveragePool`   |
+| `sum(x, axes) / count` (`mean`, `global_avgpool`)        | `ReduceMean`    |
 
 Anything else (and any of these when the shapes say otherwise) is exported node by node.
 """
@@ -20,6 +22,8 @@ Anything else (and any of these when the shapes say otherwise) is exported node 
 from __future__ import annotations
 
 from typing import Callable
+
+import numpy as np
 
 from dln.compiler.ir import Graph, Node, Op
 from dln.runtime.onnx.export import Exporter, Lowering
@@ -309,3 +313,27 @@ def log_softmax(graph: Graph, users: dict[int, list[int]], n: Node) -> Lowering 
         return None
     x, axis = shifted
     return Lowering((x.id,), lambda ex, node: ex.op("LogSoftmax", [ex.value(x.id)], hint=node.name, axis=axis))
+
+
+# ---- AveragePool, ReduceMean -------------------------------------------------------------------------------
+
+@recognizer(Op.DIV)
+def mean(graph: Graph, users: dict[int, list[int]], n: Node) -> Lowering | None:
+    """sum(x, axes) / (the count of the values summed): AveragePool over the windows of a tiled
+    `avgpool2d`, else ReduceMean (`mean`, `global_avgpool`)."""
+    total, count = (graph.node(i) for i in n.inputs)
+    if total.op is not Op.SUM or count.op is not Op.CONST or not n.dtype.is_float:
+        return None
+    x = graph.node(total.inputs[0])
+    axes = tuple(total.attrs["axes"])
+    sizes = [x.shape[a] for a in axes]
+    if not axes or not all(isinstance(s, int) for s in sizes) or float(count.attrs["value"]) != float(np.prod(sizes)):
+        return None
+    if x.type.rank == 5 and axes == (4,) and not total.attrs["keepdim"]:
+        tiled = _tiles(graph, x)
+        if tiled is not None:
+            source, kh, kw = tiled
+            return Lowering((source,), lambda ex, node: ex.op("AveragePool", [ex.value(source)], hint=node.name,
+                                                              kernel_shape=[kh, kw], strides=[kh, kw]))
+    return Lowering((x.id,), lambda ex, node: ex.op("ReduceMean", [ex.value(x.id), ex.ints(list(axes))],
+                                                    hint=node.name, keepdims=int(total.attrs["keepdim"])))
