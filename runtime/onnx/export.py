@@ -102,6 +102,7 @@ class Exporter:
         self.initializers: list[Any] = []    # TensorProtos
         self.weights: dict[str, np.ndarray] = {}
         self.symbols: dict[str, tuple[str, int]] = {}   # symbol -> (graph input, axis): the root's
+        self.reserved: set[str] = set()     # the root's: names the model gives
         self._counter = itertools.count() if parent is None else parent._counter
         self._dims: dict[Dim, str] = {}
         self._constants: dict[tuple, str] = {}
@@ -110,7 +111,10 @@ class Exporter:
         return Exporter(self.opset, self)
 
     def fresh(self, hint: str) -> str:
-        return f"{hint or 'v'}_{next(self._counter)}"
+        while True:   # never a name the model's inputs, weights or outputs have
+            name = f"{hint or 'v'}_{next(self._counter)}"
+            if name not in self.root.reserved:
+                return name
 
     def op(self, op_type: str, inputs: Sequence[str], outputs: int = 1, hint: str = "", **attrs: Any
            ) -> "str | list[str]":
@@ -172,13 +176,13 @@ class Exporter:
             self._dims[key] = self.op("Shape", [source], hint=name, start=axis, end=axis + 1)
         return self._dims[key]
 
-    def shape(self, dims: Shape, like: Shape | None = None) -> str:
-        """An int64 shape tensor for `dims`.  With `like` (a reshape's operand), one symbolic dimension
-        is written -1, to be inferred: it needs no value read at run time."""
+    def shape(self, dims: Shape, reshape: bool = False) -> str:
+        """An int64 shape tensor for `dims`.  For a `reshape`, a single symbolic dimension is written
+        -1, for Reshape to infer: no value is read at run time."""
         symbolic = [i for i, d in enumerate(dims) if not isinstance(d, int)]
         if not symbolic:
             return self.ints(dims)
-        if like is not None and len(symbolic) == 1 and 0 not in dims:
+        if reshape and len(symbolic) == 1 and 0 not in dims:
             return self.ints([-1 if i == symbolic[0] else d for i, d in enumerate(dims)])
         parts, run = [], []
         for d in dims:
@@ -220,15 +224,15 @@ def plan(graph: Graph) -> dict[int, Lowering]:
             if lowering is not None:
                 break
         if lowering is None:
-            if n.op not in PRIMITIVES:
-                raise ExportError(n, f"ONNX export has no rule for the op `{_op_name(n)}`")
-            lowering = PRIMITIVES[n.op](graph, n)
+            lowering = PRIMITIVES[n.op](graph, n) if n.op in PRIMITIVES else Lowering(n.inputs, _no_rule)
         out[n.id] = lowering
     return out
 
 
-def _op_name(n: Node) -> str:
-    return n.attrs["composite"] if n.op is Op.COMPOSITE else n.op.value
+def _no_rule(ex: "Exporter", n: Node) -> str:
+    """An op without an ONNX rule (the backward's `conv_weight`): an error where it is needed."""
+    name = n.attrs["composite"] if n.op is Op.COMPOSITE else n.op.value
+    raise ExportError(n, f"ONNX export has no rule for the op `{name}`")
 
 
 def emit_graph(ex: Exporter, graph: Graph, roots: Sequence[int]) -> None:
@@ -297,9 +301,13 @@ def export_model(model: "Model", opset: int = DEFAULT_OPSET) -> "onnx.ModelProto
     ex = Exporter(int(opset))
     ex.weights = model.state_dict()
     ex.symbols = _symbol_sources(model, graph)
+    ex.reserved = {n.attrs["name"] for n in graph.inputs} | set(graph.output_names)
     where = model.spec.decl.name.span
+    # The outputs, and the inputs whose axes give the symbols' values (as dln, the ONNX model needs them)
+    sources = {source for source, _ in ex.symbols.values()}
+    roots = [i for _, i in graph.outputs] + [n.id for n in graph.inputs if n.attrs["name"] in sources]
     try:
-        emit_graph(ex, graph, [i for _, i in graph.outputs])
+        emit_graph(ex, graph, roots)
     except ExportError as e:
         span = e.node.loc if e.node is not None and e.node.loc is not None else where
         raise DlnError(Diagnostic("E0715", f"model {model.name} cannot be exported to ONNX: {e.message}", span,

@@ -216,17 +216,11 @@ def _argmax(ex: Exporter, n: Node, args: list[str]) -> str:
 
 # ---- movement -------------------------------------------------------------------------------------------------------
 
-def _reshape_lowering(graph: Graph, n: Node) -> Lowering:
-    source = graph.node(n.inputs[0])
-
-    def write(ex: Exporter, node: Node) -> str:
-        shape = ex.shape(node.attrs["shape"], like=source.shape)
-        zero = any(d == 0 for d in node.attrs["shape"])
-        return ex.op("Reshape", [ex.value(node.inputs[0]), shape], hint=node.name, allowzero=1 if zero else None)
-    return Lowering(n.inputs, write)
-
-
-PRIMITIVES[Op.RESHAPE] = _reshape_lowering
+@primitive(Op.RESHAPE)
+def _reshape(ex: Exporter, n: Node, args: list[str]) -> str:
+    zero = any(d == 0 for d in n.attrs["shape"])   # a size 0, not Reshape's "copy this axis"
+    return ex.op("Reshape", [args[0], ex.shape(n.attrs["shape"], reshape=True)], hint=n.name,
+                 allowzero=1 if zero else None)
 
 
 def _broadcast_lowering(graph: Graph, n: Node) -> Lowering:
