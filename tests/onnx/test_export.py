@@ -191,9 +191,11 @@ def test_opset(tmp_path):
     model = dln.compile(ROOT / "examples" / "transformer_charlm.dln", backend="numpy")
     proto = model.export_onnx(tmp_path / "gpt.onnx", opset=21)
     assert [o.version for o in proto.opset_import] == [21]
-    with pytest.raises(dln.DlnError) as e:
-        model.export_onnx(tmp_path / "old.onnx", opset=12)
-    assert e.value.diagnostics[0].code == "E0710"
+    for path, opset in ((tmp_path / "old.onnx", 12), (tmp_path / "text.onnx", "18"), (42, 18)):
+        with pytest.raises(dln.DlnError) as e:
+            model.export_onnx(path, opset=opset)
+        assert e.value.diagnostics[0].code == "E0710"
+    assert not (tmp_path / "old.onnx").exists()
 
 
 def test_cli_writes_the_file(tmp_path, capsys):
