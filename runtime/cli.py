@@ -502,9 +502,9 @@ def cmd_plot(args) -> int:
 
 COMMANDS: dict[str, Callable[[Any], int]] = {
     "check": cmd_check, "params": cmd_params, "compile": cmd_compile, "run": cmd_run, "train": cmd_train,
-    "eval": cmd_eval, "sample": cmd_sample, "graph": cmd_graph, "bench": cmd_bench, "export": cmd_export,
-    "plot": cmd_plot,
+    "eval": cmd_eval, "sample": cmd_sample, "graph": cmd_graph, "bench": cmd_bench, "plot": cmd_plot,
 }
+COMMANDS["export"] = cmd_export   # ONNX out (dln.runtime.onnx.export)
 
 
 def _si(n: float) -> str:
