@@ -386,6 +386,10 @@ def _sdpa(ex: Exporter, n: Node, args: list[str]) -> list[str]:
         scores = ex.op("Where", [ex.op("LessOrEqual", [cols, rows]), scores, ex.const(-np.inf, q_type)],
                        hint="scores")
     p = ex.op("Softmax", [scores], hint="attention", axis=-1)
+    if n.attrs["masked"]:   # a row the mask hides whole: zeros, as dln's (and torch's), not Softmax's NaN
+        top = ex.op("ReduceMax", [scores, ex.ints([-1])], keepdims=1)
+        hidden = ex.op("Equal", [top, ex.const(-np.inf, q_type)])
+        p = ex.op("Where", [hidden, ex.const(0, q_type), p], hint="attention")
     out = ex.op("MatMul", [p, v], hint=n.name)
     lse = ex.op("ReduceLogSumExp", [scores, ex.ints([-1])], keepdims=0) if 1 in results_read(ex, n) else ""
     return [out, lse]

@@ -16,7 +16,7 @@ ort = pytest.importorskip("onnxruntime")
 
 import dln  # noqa: E402
 from dln.compiler import pipeline  # noqa: E402
-from dln.compiler.ir import Op  # noqa: E402
+from dln.compiler.ir import DType, Op  # noqa: E402
 from dln.runtime import cli  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,6 +30,7 @@ model cover() {
     input s: f32[B, T, 5]
     input h0: f32[4, B, 3]
     input c0: f32[4, B, 3]
+    input keep: bool[B, T, T]
     windows = maxpool2d(x, 3, stride = 2, padding = 1)
     tiles   = avgpool2d(x, 2)
     pooled  = global_avgpool(x)
@@ -44,8 +45,10 @@ model cover() {
     line    = conv1d(reshape(x, (B, 3, 49)), 4, 5, stride = 2) -> gelu
     ys, h_n, c_n = lstm(s, 3, layers = 2, h0 = h0, c0 = c0, bidirectional = true, return_state = true)
     relu_ys = rnn(s, 2, nonlinearity = "relu", bias = false)
+    heads   = attention(s, 1, causal = true, dropout = 0.1)
+    masked  = scaled_dot_product_attention(s, s, s, mask = keep)
     output windows, tiles, pooled, seq, normed, probs, logp, bits, joined, padded, total, line, ys, h_n, c_n
-    output relu_ys
+    output relu_ys, heads, masked
 }
 """
 
@@ -83,6 +86,9 @@ def feeds_for(model: dln.Model, proto, sizes: dict[str, int], seed: int) -> dict
         shape = [d if isinstance(d, int) else sizes[str(d)] for d in info.type.shape]
         if info.type.dtype.is_float:
             feeds[i.name] = rng.normal(0, 1, shape).astype(np.float32)
+        elif info.type.dtype is DType.BOOL:   # an attention mask; query 0 sees no key at all
+            feeds[i.name] = rng.random(shape) < 0.6
+            feeds[i.name][:, 0] = False
         else:
             feeds[i.name] = rng.integers(0, 10, shape).astype(np.int64)   # token ids: every vocabulary has 10
     return feeds
