@@ -17,7 +17,7 @@ import numpy as np
 
 from dln.compiler.ir import DType, Graph, Node, Op
 from dln.compiler.symbolic import Shape
-from dln.runtime.onnx.export import ExportError, Exporter, Lowering, value_info
+from dln.runtime.onnx.export import NUMPY, ExportError, Exporter, Lowering, onnx_type, value_info
 
 Emit = Callable[[Exporter, Node, list[str]], Any]
 
@@ -32,11 +32,11 @@ def simple(emit: Emit) -> Callable[[Graph, Node], Lowering]:
 PRIMITIVES: dict[Op, Callable[[Graph, Node], Lowering]] = {}
 
 
-def primitive(*ops: Op, reads_inputs: bool = True):
-    """Register an emitter (`reads_inputs`: of the node and its input names) or a lowering."""
-    def register(fn):
+def primitive(*ops: Op):
+    """Register an emitter of the node and its inputs' names for `ops`."""
+    def register(fn: Emit) -> Emit:
         for op in ops:
-            PRIMITIVES[op] = simple(fn) if reads_inputs else fn
+            PRIMITIVES[op] = simple(fn)
         return fn
     return register
 
@@ -53,7 +53,7 @@ def _input(ex: Exporter, n: Node, args: list[str]) -> str:
     if role in ("param", "buffer", "state"):
         if n.dtype is DType.BF16:
             raise ExportError(n, f"weight {name} is bf16; the exporter writes f16, f32 and f64 weights")
-        array = np.asarray(ex.weights[name], dtype=NUMPY_OF[n.dtype])
+        array = np.asarray(ex.weights[name], dtype=NUMPY[n.dtype])
         ex.initializers.append(numpy_helper.from_array(array, name))
     elif role in ("input", "rng"):
         ex.inputs.append(value_info(name, n.dtype, n.shape))
@@ -62,15 +62,12 @@ def _input(ex: Exporter, n: Node, args: list[str]) -> str:
     return name
 
 
-NUMPY_OF = {DType.F16: np.float16, DType.F32: np.float32, DType.F64: np.float64, DType.I32: np.int32,
-            DType.I64: np.int64, DType.BOOL: np.bool_}
-
 
 @primitive(Op.CONST)
 def _const(ex: Exporter, n: Node, args: list[str]) -> str:
     from onnx import numpy_helper
 
-    scalar = np.asarray(n.attrs["value"], NUMPY_OF[n.dtype])
+    scalar = np.asarray(n.attrs["value"], NUMPY[n.dtype])
     if n.type.rank == 0:
         return ex.const(scalar, hint="const")
     return ex.op("ConstantOfShape", [ex.shape(n.shape)], hint="const", value=numpy_helper.from_array(scalar[None]))
@@ -79,19 +76,13 @@ def _const(ex: Exporter, n: Node, args: list[str]) -> str:
 @primitive(Op.IOTA)
 def _iota(ex: Exporter, n: Node, args: list[str]) -> str:
     r = ex.op("Range", [ex.const(np.int64(0)), ex.scalar_dim(n.shape[0]), ex.const(np.int64(1))], hint="iota")
-    return r if n.dtype is DType.I64 else ex.op("Cast", [r], to=_onnx(n.dtype))
+    return r if n.dtype is DType.I64 else ex.op("Cast", [r], to=onnx_type(n.dtype))
 
 
 @primitive(Op.SYMSIZE)
 def _symsize(ex: Exporter, n: Node, args: list[str]) -> str:
     value = ex.op("Reshape", [ex.dim(n.attrs["dim"]), ex.ints([])], hint="size")
-    return value if n.dtype is DType.I64 else ex.op("Cast", [value], to=_onnx(n.dtype))
-
-
-def _onnx(dtype: DType) -> int:
-    from dln.runtime.onnx.export import onnx_type
-
-    return onnx_type(dtype)
+    return value if n.dtype is DType.I64 else ex.op("Cast", [value], to=onnx_type(n.dtype))
 
 
 # ---- elementwise -----------------------------------------------------------------------------------------------
@@ -121,7 +112,7 @@ def _log1p(ex: Exporter, n: Node, args: list[str]) -> str:
 
 @primitive(Op.CAST)
 def _cast(ex: Exporter, n: Node, args: list[str]) -> str:
-    return ex.op("Cast", args, hint=n.name, to=_onnx(n.dtype))
+    return ex.op("Cast", args, hint=n.name, to=onnx_type(n.dtype))
 
 
 def broadcast_shape(shapes: list[Shape]) -> Shape | None:
@@ -211,7 +202,7 @@ def _reduce(ex: Exporter, n: Node, args: list[str]) -> str:
 def _argmax(ex: Exporter, n: Node, args: list[str]) -> str:
     (axis,) = n.attrs["axes"]
     out = ex.op("ArgMax", args, hint=n.name, axis=axis, keepdims=int(n.attrs["keepdim"]))
-    return out if n.dtype is DType.I64 else ex.op("Cast", [out], to=_onnx(n.dtype))
+    return out if n.dtype is DType.I64 else ex.op("Cast", [out], to=onnx_type(n.dtype))
 
 
 # ---- movement -------------------------------------------------------------------------------------------------------
@@ -292,7 +283,7 @@ def _scatter_add(ex: Exporter, n: Node, args: list[str]) -> str:
     from onnx import numpy_helper
 
     index, src = args
-    zeros = ex.op("ConstantOfShape", [ex.shape(n.shape)], value=numpy_helper.from_array(np.zeros(1, NUMPY_OF[n.dtype])))
+    zeros = ex.op("ConstantOfShape", [ex.shape(n.shape)], value=numpy_helper.from_array(np.zeros(1, NUMPY[n.dtype])))
     return ex.op("ScatterElements", [zeros, index, src], hint=n.name, axis=n.attrs["axis"], reduction="add")
 
 
@@ -350,7 +341,7 @@ def _layernorm(ex: Exporter, n: Node, args: list[str]) -> list[str]:
     else:
         from onnx import numpy_helper
 
-        one = numpy_helper.from_array(np.ones(1, NUMPY_OF[n.dtype]))
+        one = numpy_helper.from_array(np.ones(1, NUMPY[n.dtype]))
         scale = ex.op("ConstantOfShape", [ex.shape((n_features,))], value=one)
         bias = ex.op("Mul", [scale, ex.const(0, n.dtype)])
     read = results_read(ex, n)

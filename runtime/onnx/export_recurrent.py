@@ -19,10 +19,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from dln.compiler import pipeline
 from dln.compiler.emit import GraphBuilder
 from dln.compiler.ir import Graph, Node, Op, TensorType
-from dln.runtime.onnx.export import Exporter, Lowering
+from dln.runtime.onnx.export import NUMPY, Exporter, Lowering
 from dln.runtime.onnx.export_ops import results_read
 from dln.runtime.onnx.export_patterns import recognizer
 
@@ -153,12 +155,9 @@ def _zero_fill(n: Node) -> bool:
 
 
 def _zero(n: Node) -> Any:
-    import numpy as np
     from onnx import numpy_helper
 
-    from dln.runtime.onnx.export_ops import NUMPY_OF
-
-    return numpy_helper.from_array(np.zeros(1, NUMPY_OF[n.dtype]))
+    return numpy_helper.from_array(np.zeros(1, NUMPY[n.dtype]))
 
 
 def _blocks(ex: Exporter, w: str, order: tuple[int, ...], hidden: int, vector: bool = False) -> str:
