@@ -40,6 +40,8 @@ model cover() {
     logp    = log_softmax(s, axis = -1)
     bits    = where(s > 0.5, log1p(abs(s)), clamp(s, -0.25, 0.25))
     rem     = where(s != 0.25, s % 0.7, s ** 2)
+    picked  = gather(s, 2, argmax(s, axis = 2, keepdim = true))
+    hot     = one_hot(argmax(s, axis = 2), 5)
     joined  = concat([s, probs], axis = 2)
     padded  = pad(s, (1, 2))
     total   = sum(s, axis = 2) * mean(s, axis = 2) -> leaky_relu
@@ -49,7 +51,7 @@ model cover() {
     heads   = attention(s, 1, causal = true, dropout = 0.1)
     masked  = scaled_dot_product_attention(s, s, s, mask = keep)
     output windows, tiles, pooled, seq, normed, probs, logp, bits, joined, padded, total, line, ys, h_n, c_n
-    output relu_ys, heads, masked, rem
+    output relu_ys, heads, masked, rem, picked, hot
 }
 """
 
