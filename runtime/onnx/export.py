@@ -36,7 +36,7 @@ import numpy as np
 from dln.compiler import pipeline
 from dln.compiler.ir import DType, Graph, Node, Op
 from dln.compiler.symbolic import Dim, Shape, Sym
-from dln.dsl.diagnostics import Diagnostic, DlnError, Note
+from dln.dsl.diagnostics import Diagnostic, DlnError, Note, Span
 
 if TYPE_CHECKING:
     import onnx
@@ -286,23 +286,34 @@ def export_graph(model: "Model") -> Graph:
 
 def export_model(model: "Model", opset: int = DEFAULT_OPSET) -> "onnx.ModelProto":
     """`model` as a checked ONNX ModelProto.  Raises DlnError (E0715) when it cannot be expressed."""
+    opset = _checked_opset(opset)
+    return graph_to_onnx(export_graph(model), model.name, model.state_dict(), opset, model.spec.decl.name.span)
+
+
+def _checked_opset(opset: Any) -> int:
     try:
         import onnx
     except ImportError:
         raise DlnError(Diagnostic("E0714", "ONNX export needs the onnx package, which is not installed", None,
                                   (Note("pip install 'dln[onnx]'"),))) from None
-    from onnx import helper
-
     latest = onnx.defs.onnx_opset_version()
     if isinstance(opset, bool) or not isinstance(opset, (int, np.integer)) or not MIN_OPSET <= opset <= latest:
         raise DlnError(Diagnostic("E0710", f"argument opset must be an int from {MIN_OPSET} to {latest} (the onnx "
                                            f"package's newest), got {opset!r}"))
-    graph = export_graph(model)
-    ex = Exporter(int(opset))
-    ex.weights = model.state_dict()
-    ex.symbols = _symbol_sources(model, graph)
+    return int(opset)
+
+
+def graph_to_onnx(graph: Graph, name: str, weights: dict[str, np.ndarray], opset: int = DEFAULT_OPSET,
+                  where: Span | None = None) -> "onnx.ModelProto":
+    """A dln graph as a checked ONNX model named `name`: its `input` (and `rng`) INPUT nodes are the
+    graph's inputs, its `param` and `buffer` ones initializers holding `weights[name]`, its outputs
+    the graph's.  `where`: the span an error without a node of its own points at."""
+    from onnx import helper
+
+    ex = Exporter(opset)
+    ex.weights = weights
+    ex.symbols = _symbol_sources(graph, name, where)
     ex.reserved = {n.attrs["name"] for n in graph.inputs} | set(graph.output_names)
-    where = model.spec.decl.name.span
     # The outputs, and the inputs whose axes give the symbols' values (as dln, the ONNX model needs them)
     sources = {source for source, _ in ex.symbols.values()}
     roots = [i for _, i in graph.outputs] + [n.id for n in graph.inputs if n.attrs["name"] in sources]
@@ -310,32 +321,32 @@ def export_model(model: "Model", opset: int = DEFAULT_OPSET) -> "onnx.ModelProto
         emit_graph(ex, graph, roots)
     except ExportError as e:
         span = e.node.loc if e.node is not None and e.node.loc is not None else where
-        raise DlnError(Diagnostic("E0715", f"model {model.name} cannot be exported to ONNX: {e.message}", span,
+        raise DlnError(Diagnostic("E0715", f"model {name} cannot be exported to ONNX: {e.message}", span,
                                   (Note("ONNX export writes the forward graph in evaluation mode; see "
                                         "docs/onnx_export.md for what it covers"),))) from None
     outputs = []
     claimed: set[str] = set()
     produced = {o for node in ex.nodes for o in node.output}
-    for name, node_id in graph.outputs:
+    for out_name, node_id in graph.outputs:
         value = ex.value(node_id)
         if value in produced and value not in claimed:
-            _rename(ex.nodes, value, name)
-            ex.values = {k: (name if v == value else v) for k, v in ex.values.items()}
-            claimed.add(name)
+            _rename(ex.nodes, value, out_name)
+            ex.values = {k: (out_name if v == value else v) for k, v in ex.values.items()}
+            claimed.add(out_name)
         else:   # an input returned as it is, or one value under two names
-            ex.nodes.append(helper.make_node("Identity", [value], [name], name=ex.fresh("Identity")))
+            ex.nodes.append(helper.make_node("Identity", [value], [out_name], name=ex.fresh("Identity")))
         node = graph.node(node_id)
-        outputs.append(value_info(name, node.dtype, node.shape))
-    proto_graph = helper.make_graph(ex.nodes, model.name, ex.inputs, outputs, ex.initializers,
-                                    doc_string=f"dln model {model.name}, forward in evaluation mode")
-    opsets = [helper.make_opsetid("", int(opset))]
+        outputs.append(value_info(out_name, node.dtype, node.shape))
+    proto_graph = helper.make_graph(ex.nodes, name, ex.inputs, outputs, ex.initializers,
+                                    doc_string=f"dln model {name}, forward in evaluation mode")
+    opsets = [helper.make_opsetid("", opset)]
     proto = helper.make_model(proto_graph, opset_imports=opsets, producer_name="dln",
                               ir_version=helper.find_min_ir_version_for(opsets))
-    check(proto, model)
+    check(proto, name, where)
     return proto
 
 
-def check(proto: "onnx.ModelProto", model: "Model") -> None:
+def check(proto: "onnx.ModelProto", name: str, where: Span | None = None) -> None:
     """The ONNX checker (full) and strict shape inference: a failure is a bug of the exporter, reported
     as such rather than written as a file ONNX tools would refuse."""
     import onnx
@@ -345,12 +356,11 @@ def check(proto: "onnx.ModelProto", model: "Model") -> None:
         onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True, data_prop=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise DlnError(Diagnostic("E0715", f"model {model.name}: the exported ONNX graph fails ONNX's checks: {first}",
-                                  model.spec.decl.name.span,
-                                  (Note("this is a bug of dln's exporter: please report it"),))) from None
+        raise DlnError(Diagnostic("E0715", f"model {name}: the exported ONNX graph fails ONNX's checks: {first}",
+                                  where, (Note("this is a bug of dln's exporter: please report it"),))) from None
 
 
-def _symbol_sources(model: "Model", graph: Graph) -> dict[str, tuple[str, int]]:
+def _symbol_sources(graph: Graph, name: str, where: Span | None) -> dict[str, tuple[str, int]]:
     """Where each dimension symbol's value is read: the first input axis of exactly that size."""
     sources: dict[str, tuple[str, int]] = {}
     for n in graph.inputs:
@@ -361,9 +371,9 @@ def _symbol_sources(model: "Model", graph: Graph) -> dict[str, tuple[str, int]]:
                 sources.setdefault(d.terms[0][0][0], (n.attrs["name"], axis))
     missing = sorted(graph.symbols() - sources.keys())
     if missing:
-        raise DlnError(Diagnostic("E0715", f"model {model.name} cannot be exported to ONNX: dimension "
+        raise DlnError(Diagnostic("E0715", f"model {name} cannot be exported to ONNX: dimension "
                                            f"{', '.join(missing)} is the size of no input axis the forward "
-                                           "graph reads", model.spec.decl.name.span))
+                                           "graph reads", where))
     return sources
 
 

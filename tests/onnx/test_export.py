@@ -255,3 +255,46 @@ def test_every_forward_op_has_an_export_rule():
     backward_only = {Op.CONV_WEIGHT}
     assert set(Op) - backward_only <= set(PRIMITIVES)
     assert export.NATIVE_COMPOSITES == {"layernorm", "sdpa"}
+
+
+def test_primitives_match_the_interpreter():
+    """Primitives no built-in puts in a forward graph in these forms (scatter_add, stepped and reversed
+    slices, a strided grouped conv_transpose with output padding, symbol sizes, ...), one graph
+    exported by `graph_to_onnx` and run against dln's interpreter, at two batch sizes."""
+    from dln.compiler.emit import GraphBuilder
+    from dln.compiler.ir import TensorType
+    from dln.compiler.symbolic import Sym
+    from dln.runtime.interpreter import evaluate
+    from dln.runtime.onnx.export import graph_to_onnx
+
+    B = Sym.var("B")
+    b = GraphBuilder("prims")
+    x = b.input("x", TensorType(DType.F32, (B, 4, 6)))
+    index = b.input("index", TensorType(DType.I64, (B, 4, 3)))
+    counts = b.input("counts", TensorType(DType.I64, (B, 4)))
+    w = b.input("w", TensorType(DType.F32, (4, 3, 3)), role="param")
+    outs = {
+        "scattered": b.scatter_add((B, 4, 6), 2, index, b.slice_axis(x, 2, 0, 3)),
+        "stepped": b.slice(x, [0, 3, 5], [B, 0, 0], [1, -1, -2]),
+        "padded": b.pad(x, [(0, 0), (2, 1), (0, 3)], -1.5),
+        "iota": b.add(b.cast(b.iota(6, DType.I32), DType.F32), b.dim_value(B, DType.F32)),
+        "wrapped": b.compare(Op.NE, b.mod(counts, 3), 1),
+        "waves": b.pow(b.add(b.unary(Op.SIN, x), b.unary(Op.COS, b.unary(Op.SIGN, x))), 2.0),
+        "extremes": b.add(b.max(x, 1, keepdim=True), b.min(x, 1, keepdim=True)),
+        "clipped": b.maximum(b.minimum(x, 0.5), b.neg(b.cast(b.cast(x, DType.F64), DType.F32))),
+        "transposed": b.emit(Op.CONV_TRANSPOSE, (x, w), {"stride": (2,), "dilation": (1,), "padding": ((1, 0),),
+                                                         "groups": 2, "output_padding": (1,)}),
+    }
+    graph = b.finish(list(outs.items()))
+    weights = {"w": np.random.default_rng(2).normal(size=(4, 3, 3)).astype(np.float32)}
+    proto = graph_to_onnx(graph, "prims", weights)
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    for batch in (5, 7):
+        rng = np.random.default_rng(batch)
+        feeds = {"x": rng.normal(size=(batch, 4, 6)).astype(np.float32),
+                 "index": rng.integers(0, 6, (batch, 4, 3)), "counts": rng.integers(-9, 9, (batch, 4))}
+        want = evaluate(graph, {**feeds, **weights}, {"B": batch})
+        got = dict(zip([o.name for o in proto.graph.output], session.run(None, feeds)))
+        for name, ref in want.items():
+            assert got[name].shape == ref.shape, name
+            np.testing.assert_allclose(got[name], ref, rtol=1e-5, atol=1e-6, err_msg=name)
