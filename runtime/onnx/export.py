@@ -98,6 +98,7 @@ class Exporter:
         self.values: dict[int, Any] = {}
         self.live: set[int] = set()
         self.graph: Graph | None = None      # the dln graph being written
+        self.current: Node | None = None     # and the node
         self.inputs: list[Any] = []          # ValueInfoProtos
         self.initializers: list[Any] = []    # TensorProtos
         self.weights: dict[str, np.ndarray] = {}
@@ -122,8 +123,11 @@ class Exporter:
         from onnx import helper
 
         names = [self.fresh(hint or op_type.lower()) for _ in range(outputs)]
-        self.nodes.append(helper.make_node(op_type, list(inputs), names, name=self.fresh(op_type),
-                                           **{k: v for k, v in attrs.items() if v is not None}))
+        node = helper.make_node(op_type, list(inputs), names, name=self.fresh(op_type),
+                                **{k: v for k, v in attrs.items() if v is not None})
+        if self.current is not None and self.current.loc is not None:   # the .dln line it came from
+            node.doc_string = f"{self.current.name} {self.current.loc}".strip()
+        self.nodes.append(node)
         return names[0] if outputs == 1 else names
 
     def const(self, value: Any, dtype: DType | None = None, hint: str = "const") -> str:
@@ -249,6 +253,7 @@ def emit_graph(ex: Exporter, graph: Graph, roots: Sequence[int]) -> None:
     ex.live, ex.graph = live, graph
     for n in graph.nodes:
         if n.id in live and n.id not in ex.values:
+            ex.current = n
             try:
                 ex.values[n.id] = lowerings[n.id].emit(ex, n)
             except ExportError as e:

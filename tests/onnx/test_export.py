@@ -151,6 +151,8 @@ def test_layers_become_their_onnx_ops():
     def ops(name: str) -> set[str]:
         return {n.op_type for n in selected(ROOT / "examples" / name).export_onnx(None).graph.node}
 
+    conv = selected(ROOT / "examples" / "cnn_digits.dln").export_onnx(None).graph.node[0]
+    assert conv.op_type == "Conv" and conv.doc_string.endswith("cnn_digits.dln:7:14")   # its .dln line
     cnn = ops("cnn_digits.dln")
     assert {"Conv", "BatchNormalization", "MaxPool", "Gemm"} <= cnn and "ArgMax" not in cnn
     assert {"ConvTranspose", "BatchNormalization"} <= ops("dcgan_digits.dln")
