@@ -287,6 +287,22 @@ def test_primitives_match_the_interpreter():
         "transposed": b.emit(Op.CONV_TRANSPOSE, (x, w), {"stride": (2,), "dilation": (1,), "padding": ((1, 0),),
                                                          "groups": 2, "output_padding": (1,)}),
     }
+    # A scan with no sequence (a fixed number of steps), its carry passed through as its output, reading
+    # an outer value; and a reversed one over x whose step ignores its carry.
+    body = GraphBuilder("halving")
+    h = body.input("h", TensorType(DType.F32, (B, 6)), role="carry")
+    c = body.input("c", TensorType(DType.F32, (B, 6)), role="const")
+    halving = body.finish([("h", body.add(body.mul(h, 0.5), c)), ("y", h)])
+    finals, ys = b.scan(halving, [b.reshape(b.slice_axis(x, 1, 0, 1), (B, 6))], [],
+                        [b.reshape(b.slice_axis(x, 1, 1, 2), (B, 6))], length=3)
+    outs["halved"], outs["steps"] = finals[0], ys[0]
+    body = GraphBuilder("rows")
+    h = body.input("h", TensorType(DType.F32, (B, 6)), role="carry")
+    row = body.input("row", TensorType(DType.F32, (B, 6)), role="x")
+    rows = body.finish([("h", body.add(row, 1.0)), ("y", body.mul(row, row))])
+    finals, ys = b.scan(rows, [b.reshape(b.slice_axis(x, 1, 0, 1), (B, 6))], [b.permute(x, (1, 0, 2))],
+                        reverse=True)
+    outs["first_row"], outs["squares"] = finals[0], ys[0]
     graph = b.finish(list(outs.items()))
     weights = {"w": np.random.default_rng(2).normal(size=(4, 3, 3)).astype(np.float32)}
     proto = graph_to_onnx(graph, "prims", weights)
