@@ -9,7 +9,7 @@ exactly what the layer's built-in emits, returns a `Lowering` that reads the pat
 | ------------------------------------------------------- | --------------- |
 | `x @ permute(W) + broadcast(b)`, 2-d (`linear`)          | `Gemm`          |
 | `conv(x, w) + broadcast(reshape(b))` (`conv2d`, ...)     | `Conv` with B   |
-| `(x - mean) * rsqrt(var + eps) * weight + bias` per channel (`batchnorm`) | `BatchNormalization` |
+| `(x - mean) * rsqrt(var + eps) [* weight + bias]` per channel (`batchnorm`) | `BatchNormalization` |
 | the windows of a tiled `maxpool2d`, first maximum picked | `MaxPool`       |
 | `gather(W, broadcast(index))` along 0 (`embedding`)      | `Gather`        |
 | `exp(x - max) / sum(exp(x - max))`, and its log (`softmax`, `log_softmax`) | `Softmax`, `LogSoftmax` |
@@ -26,7 +26,7 @@ from typing import Callable
 import numpy as np
 
 from dln.compiler.ir import Graph, Node, Op
-from dln.runtime.onnx.export import Exporter, Lowering
+from dln.runtime.onnx.export import NUMPY, Exporter, Lowering
 from dln.runtime.onnx.export_ops import conv_attrs
 
 Recognizer = Callable[[Graph, dict[int, list[int]], Node], "Lowering | None"]
@@ -162,6 +162,28 @@ def batchnorm(graph: Graph, users: dict[int, list[int]], n: Node) -> Lowering | 
     return Lowering((x, weight.id, bias.id, mean.id, var.id), lambda ex, node: ex.op(
         "BatchNormalization", [ex.value(x), ex.value(weight.id), ex.value(bias.id), ex.value(mean.id),
                                ex.value(var.id)], hint=node.name, epsilon=eps))
+
+
+@recognizer(Op.MUL)
+def batchnorm_plain(graph: Graph, users: dict[int, list[int]], n: Node) -> Lowering | None:
+    """`batchnorm(affine = false)`: the normalization alone, BatchNormalization with scale 1 and bias 0."""
+    if n.type.rank < 2 or not n.dtype.is_float or not isinstance(n.shape[1], int):
+        return None
+    stats = _normalized(graph, n, lambda node: _vector(graph, node, n.shape[1], 1, n.type.rank))
+    if stats is None:
+        return None
+    x, mean, var, eps = stats
+
+    def write(ex: Exporter, node: Node) -> str:
+        from onnx import numpy_helper
+
+        one = ex.op("ConstantOfShape", [ex.ints([node.shape[1]])],
+                    value=numpy_helper.from_array(np.ones(1, NUMPY[node.dtype])))
+        zero = ex.op("ConstantOfShape", [ex.ints([node.shape[1]])],
+                     value=numpy_helper.from_array(np.zeros(1, NUMPY[node.dtype])))
+        return ex.op("BatchNormalization", [ex.value(x), one, zero, ex.value(mean.id), ex.value(var.id)],
+                     hint=node.name, epsilon=eps)
+    return Lowering((x, mean.id, var.id), write)
 
 
 def _normalized(graph: Graph, normed: Node, vec) -> tuple[int, Node, Node, float] | None:

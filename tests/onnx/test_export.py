@@ -34,6 +34,7 @@ model cover() {
     windows = maxpool2d(x, 3, stride = 2, padding = 1)
     tiles   = avgpool2d(x, 2)
     pooled  = global_avgpool(x)
+    plain   = batchnorm(x, affine = false)
     seq     = s -> gru(4, bidirectional = true)
     normed  = layernorm(s, affine = false)
     probs   = softmax(s, axis = -1)
@@ -51,7 +52,7 @@ model cover() {
     heads   = attention(s, 1, causal = true, dropout = 0.1)
     masked  = scaled_dot_product_attention(s, s, s, mask = keep)
     output windows, tiles, pooled, seq, normed, probs, logp, bits, joined, padded, total, line, ys, h_n, c_n
-    output relu_ys, heads, masked, rem, picked, hot
+    output relu_ys, heads, masked, rem, picked, hot, plain
 }
 """
 
@@ -171,8 +172,8 @@ def test_ops_the_examples_leave_out(tmp_path):
     assert onnx.load(str(tmp_path / "cover.onnx")) == proto
     check_proto(model, proto)
     compare(model, proto)
-    assert {"Softmax", "LogSoftmax", "Conv", "LayerNormalization", "AveragePool", "ReduceMean", "LSTM", "RNN"} \
-        <= {n.op_type for n in proto.graph.node}
+    assert {"Softmax", "LogSoftmax", "Conv", "LayerNormalization", "AveragePool", "ReduceMean", "LSTM", "RNN",
+            "BatchNormalization"} <= {n.op_type for n in proto.graph.node}
     # The bidirectional GRU is two, one of them reversed.
     grus = [n for n in proto.graph.node if n.op_type == "GRU"]
     assert sorted(a.s for n in grus for a in n.attribute if a.name == "direction") == [b"forward", b"reverse"]
