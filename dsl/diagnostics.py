@@ -212,4 +212,5 @@ CODES: dict[str, str] = {
     "E0709": "a whole example cannot be split",
     "E0710": "invalid argument to a Python API function",
     "E0714": "an optional package is not installed",
+    "E0715": "the model cannot be exported to ONNX",
 }

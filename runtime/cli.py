@@ -130,6 +130,11 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--batch", type=int, default=128)
     c.add_argument("--gpu", choices=["a100", "h100"],
                    help="print the modeled step on this GPU (dln's kernels against PyTorch eager's); needs no GPU")
+    c = command("export", "write the forward graph (evaluation mode) as an ONNX model")
+    c.add_argument("-o", "--output", required=True, help="the .onnx file to write")
+    c.add_argument("--opset", type=_positive, default=18, metavar="N", help="the ONNX opset (default 18)")
+    c.add_argument("--weights", help="export these weights (.safetensors) rather than freshly drawn ones")
+    _loading_options(c)
     c = sub.add_parser("plot", help="loss and accuracy curves of a run directory as a PNG",
                        description="loss and accuracy curves of a run directory (its metrics.csv) as a PNG")
     c.add_argument("run_dir", metavar="RUN_DIR", help="a run directory of dln train")
@@ -479,6 +484,15 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    model = _model(args, backend="numpy")
+    if args.weights:
+        _load_weights(model, args)
+    proto = model.export_onnx(args.output, opset=args.opset)
+    print(f"wrote {args.output}: {len(proto.graph.node)} ONNX nodes, opset {args.opset}")
+    return 0
+
+
 def cmd_plot(args) -> int:
     from dln.runtime.monitor import plot
 
@@ -490,6 +504,7 @@ COMMANDS: dict[str, Callable[[Any], int]] = {
     "check": cmd_check, "params": cmd_params, "compile": cmd_compile, "run": cmd_run, "train": cmd_train,
     "eval": cmd_eval, "sample": cmd_sample, "graph": cmd_graph, "bench": cmd_bench, "plot": cmd_plot,
 }
+COMMANDS["export"] = cmd_export   # ONNX out (dln.runtime.onnx.export)
 
 
 def _si(n: float) -> str:
