@@ -212,5 +212,6 @@ CODES: dict[str, str] = {
     "E0709": "a whole example cannot be split",
     "E0710": "invalid argument to a Python API function",
     "E0714": "an optional package is not installed",
-    "E0715": "an ONNX model has no .dln form",
+    "E0715": "the model cannot be exported to ONNX",
+    "E0716": "an ONNX model has no .dln form",
 }

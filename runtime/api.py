@@ -404,6 +404,16 @@ class Model:
         return sample.generate(self, self._stream, chars, prompt, int(tokens), float(temperature), int(seed),
                                window if window is None else int(window))
 
+    def export_onnx(self, path: str | Path | None, opset: int = 18):
+        """The forward graph in evaluation mode as an ONNX model (onnx.ModelProto), written to `path`
+        unless it is None: dynamic batch (and sequence) axes, the weights as initializers under their
+        state_dict names, checked by onnx.checker and strict shape inference (docs/onnx_export.md)."""
+        from dln.runtime.onnx.export import export_onnx
+
+        if path is not None:
+            path = _check_path("export_onnx", path)
+        return export_onnx(self, path, opset)
+
     def as_torch(self):
         """A torch.nn.Module whose forward and backward run the compiled graphs."""
         from dln.runtime.torch_module import as_torch

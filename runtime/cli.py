@@ -130,6 +130,11 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--batch", type=int, default=128)
     c.add_argument("--gpu", choices=["a100", "h100"],
                    help="print the modeled step on this GPU (dln's kernels against PyTorch eager's); needs no GPU")
+    c = command("export", "write the forward graph (evaluation mode) as an ONNX model")
+    c.add_argument("-o", "--output", required=True, help="the .onnx file to write")
+    c.add_argument("--opset", type=_positive, default=18, metavar="N", help="the ONNX opset (default 18)")
+    c.add_argument("--weights", help="export these weights (.safetensors) rather than freshly drawn ones")
+    _loading_options(c)
     c = sub.add_parser("import", help="an ONNX model as .dln source text, its weights as safetensors beside it",
                        description="an ONNX model as .dln source text (-o), its weights as safetensors beside it "
                                    "(model.dln -> model.safetensors)")
@@ -485,6 +490,15 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    model = _model(args, backend="numpy")
+    if args.weights:
+        _load_weights(model, args)
+    proto = model.export_onnx(args.output, opset=args.opset)
+    print(f"wrote {args.output}: {len(proto.graph.node)} ONNX nodes, opset {args.opset}")
+    return 0
+
+
 def cmd_plot(args) -> int:
     from dln.runtime.monitor import plot
 
@@ -503,8 +517,9 @@ def cmd_import(args) -> int:
 COMMANDS: dict[str, Callable[[Any], int]] = {
     "check": cmd_check, "params": cmd_params, "compile": cmd_compile, "run": cmd_run, "train": cmd_train,
     "eval": cmd_eval, "sample": cmd_sample, "graph": cmd_graph, "bench": cmd_bench, "plot": cmd_plot,
-    "import": cmd_import,
 }
+COMMANDS["export"] = cmd_export   # ONNX out (dln.runtime.onnx.export)
+COMMANDS["import"] = cmd_import   # ONNX in (dln.runtime.onnx.importer)
 
 
 def _si(n: float) -> str:

@@ -40,6 +40,15 @@ SUBSET = frozenset("""
 
 KINDS = ("node", "pytorch-converted", "pytorch-operator")
 
+# The cases of SUBSET dln does not pass, and why (tests/onnx/test_conformance.py holds the list to the
+# truth both ways: a case not listed must pass, a listed case must still fail).
+EXPECTED_FAILURES: dict[str, str] = {
+    "test_identity_sequence": "a sequence of tensors: dln's values are tensors",
+    "test_identity_opt": "an optional value: dln's values are tensors",
+    **{f"test_training_dropout{suffix}": "a seeded mask: dln draws from its own Philox stream, the expected "
+       "masks are numpy's RandomState(seed)" for suffix in ("", "_mask", "_default", "_default_mask")},
+}
+
 
 @dataclass
 class Case:

@@ -21,6 +21,7 @@ the way out, with numpy's wrap-around; the single-op semantics ONNX specifies ag
 from __future__ import annotations
 
 import itertools
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -67,18 +68,19 @@ NP_TO_DTYPE = {np.dtype(np.float16): DType.F16, np.dtype(np.float32): DType.F32,
                np.dtype(np.int32): DType.I32, np.dtype(np.int64): DType.I64, np.dtype(np.bool_): DType.BOOL}
 WIDENED = {np.dtype(t) for t in (np.int8, np.uint8, np.int16, np.uint16, np.uint32, np.uint64)}
 DTYPE_TO_NP = {d: n for n, d in NP_TO_DTYPE.items()}
+BFLOAT16 = np.dtype(helper.tensor_dtype_to_np_dtype(onnx.TensorProto.BFLOAT16))   # ml_dtypes
 
 
 def np_dtype(elem_type: int) -> np.dtype:
-    """The numpy type of an ONNX element type (bfloat16 as float32: numpy has none)."""
-    if elem_type == onnx.TensorProto.BFLOAT16:
-        raise UnsupportedOnnx(None, "element type bfloat16 in an ONNX graph")
+    """The numpy type of an ONNX element type (bfloat16: ml_dtypes', which onnx uses)."""
     return np.dtype(helper.tensor_dtype_to_np_dtype(elem_type))
 
 
 def dln_dtype(dtype: np.dtype, node: "OnnxNode | None" = None) -> DType:
     """dln's element type for a numpy one: the narrow integer types widen to int64."""
     dtype = np.dtype(dtype)
+    if dtype == BFLOAT16:
+        return DType.BF16
     if dtype in NP_TO_DTYPE:
         return NP_TO_DTYPE[dtype]
     if dtype in WIDENED:
@@ -93,6 +95,8 @@ def onnx_dtype(elem_type: int, node: "OnnxNode | None" = None) -> DType:
 def as_computed(a: np.ndarray) -> np.ndarray:
     """An array as dln computes it: narrow integers widened to int64."""
     a = np.asarray(a)
+    if a.dtype == BFLOAT16:
+        return a.astype(np.float32)   # dln holds bf16 values in float32 arrays
     return a.astype(np.int64) if a.dtype in WIDENED else a
 
 
@@ -189,6 +193,12 @@ def _fold(ctx: Context, node: OnnxNode, convert: Callable) -> list[Any]:
     return [np.array(got[f"out{i}"]) if isinstance(o, Tensor) else o for i, o in enumerate(outs)]
 
 
+def label_of(name: str) -> str:
+    """An ONNX node's name as a dln name (kernel and buffer names are made from it): an identifier."""
+    text = re.sub(r"\W+", "_", name).strip("_") or "node"
+    return text if text[0].isalpha() else "n_" + text
+
+
 def convert_node(ctx: Context, node: OnnxNode) -> None:
     """Bind the node's outputs in ctx.values."""
     convert = ONNX_OPS.get(node.op_type)
@@ -200,7 +210,8 @@ def convert_node(ctx: Context, node: OnnxNode) -> None:
     if known and node.op_type not in RANDOM and node.inputs:
         outs = _fold(ctx, node, convert)
     else:
-        outs = convert(ctx, node)
+        with ctx.builder.at(label=label_of(node.name)):   # the kernels' names say which ONNX node
+            outs = convert(ctx, node)
     for name, value in zip(node.outputs, outs):
         if name:
             ctx.values[name] = value
