@@ -59,11 +59,19 @@ class Importer:
         self.names = Names()
         base = identifier(name) or "imported"   # a model named like a built-in would hide it
         self.name = self.names.fresh(base + "_model" if base in self.names.taken else base)
+        self.dims: dict[str, str] = {}           # dim_param -> the .dln dimension name
+        self.where: dict[str, list[tuple[str, int]]] = {}   # dimension name -> the (input, axis) giving it
+        self.types: dict[str, tuple[str | None, tuple | None]] = {}
+        self.inputs: dict[str, str] = {}          # ONNX input -> its .dln name
+        self.header = self._read_inputs()
+        self.outputs = [o.name for o in self.graph.output]
+        self.output_names = {o: self.names.fresh(o, "y") for o in dict.fromkeys(self.outputs)}
+        self._read_types()
         self.nodes = read_nodes(self.graph)
         self.consts, self.origin = known_constants(self.graph, self.nodes)
-        self.outputs = [o.name for o in self.graph.output]
-        self.nodes = rewrite(self.nodes, self.outputs, self.consts)
+        self.nodes = rewrite(self.nodes, self.outputs, self.consts, self.shape)
         self.values: dict[str, Known | Tensor] = {k: Known(v, self.origin.get(k, k)) for k, v in self.consts.items()}
+        self.values.update({onnx_name: Tensor(name) for onnx_name, name in self.inputs.items()})
         self.uses: dict[str, int] = {}
         for n in self.nodes:
             for i in n.inputs:
@@ -73,11 +81,26 @@ class Importer:
         self.lines: list[str] = []
         self.weights: dict[str, np.ndarray] = {}
         self.paths: set[str] = set()
-        self.dims: dict[str, str] = {}           # dim_param -> the .dln dimension name
-        self.where: dict[str, list[tuple[str, int]]] = {}   # dimension name -> the (input, axis) giving it
-        self.types: dict[str, tuple[str | None, tuple | None]] = {}
         self.bound_outputs: dict[str, str] = {}  # ONNX output -> its .dln name
-        self.inputs: dict[str, str] = {}
+
+    def _read_inputs(self) -> list[str]:
+        """The graph inputs' declarations; their names and symbolic dimensions."""
+        header = []
+        initializers = {t.name for t in self.graph.initializer}
+        for v in self.graph.input:
+            if v.name in initializers:
+                continue   # older exporters list the initializers among the inputs too
+            t = v.type.tensor_type
+            dtype = ELEM_TYPES.get(t.elem_type)
+            if dtype is None or not t.HasField("shape"):
+                raise fail(f"input {identifier(v.name)}: .dln inputs are tensors of a known rank and one of "
+                           f"the types {', '.join(sorted(set(ELEM_TYPES.values())))}")
+            name = self.names.fresh(v.name, "x")
+            shape = [self._input_dim(d, name, k, v.name) for k, d in enumerate(t.shape.dim)]
+            header.append(f"input {name}: {dtype}[{', '.join(dim_text(d) for d in shape)}]")
+            self.types[v.name] = (dtype, tuple(shape))
+            self.inputs[v.name] = name
+        return header
 
     # ---- shapes and types ----------------------------------------------------------------------------------
     def _dim(self, d: Any) -> Any:
@@ -248,24 +271,6 @@ class Importer:
 
     # ---- the walk ----------------------------------------------------------------------------------------------
     def run(self) -> Imported:
-        header = []
-        initializers = {t.name for t in self.graph.initializer}
-        for v in self.graph.input:
-            if v.name in initializers:
-                continue   # older exporters list the initializers among the inputs too
-            t = v.type.tensor_type
-            dtype = ELEM_TYPES.get(t.elem_type)
-            if dtype is None or not t.HasField("shape"):
-                raise fail(f"input {identifier(v.name)}: .dln inputs are tensors of a known rank and one of "
-                           f"the types {', '.join(sorted(set(ELEM_TYPES.values())))}")
-            name = self.names.fresh(v.name, "x")
-            shape = [self._input_dim(d, name, k, v.name) for k, d in enumerate(t.shape.dim)]
-            header.append(f"input {name}: {dtype}[{', '.join(dim_text(d) for d in shape)}]")
-            self.values[v.name] = Tensor(name)
-            self.types[v.name] = (dtype, tuple(shape))
-            self.inputs[v.name] = name
-        self.output_names = {o: self.names.fresh(o, "y") for o in dict.fromkeys(self.outputs)}
-        self._read_types()
         for n in self.nodes:
             self.visit(n)
         for o in self.outputs:
@@ -275,7 +280,7 @@ class Importer:
                 self.values[o] = Tensor(self.operand(o))
             if o not in self.bound_outputs:
                 self.materialize(o)
-        body = header + [""] + self.lines
+        body = self.header + [""] + self.lines
         text = (f"# Imported from ONNX by dln import; the weights are in the .safetensors file beside this one.\n"
                 f"model {self.name} {{\n" + "\n".join(f"    {line}" if line else "" for line in body) + "\n}\n")
         return Imported(text, self.weights, self.name, self.inputs, dict(self.bound_outputs))
@@ -351,7 +356,7 @@ class Importer:
             self.set_shape(n.outputs[0], broadcast(ins))
         elif n.op in ("dln.Linear", "Gemm") and ins[0] is not None and isinstance(self.known(n.inputs[1]), np.ndarray):
             w = self.known(n.inputs[1])
-            out_features = w.shape[0] if n.op == "Gemm" and n.attr("transB", 0) else w.shape[1]
+            out_features = w.shape[0] if n.attr("transB", 0) or n.attr("out_in") else w.shape[1]
             self.set_shape(n.outputs[0], tuple(ins[0][:-1]) + (out_features,))
         elif n.op == "MatMul" and all(s is not None and len(s) >= 2 for s in ins):
             a, b = ins

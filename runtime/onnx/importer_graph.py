@@ -6,7 +6,8 @@ need no input (initializers, `Constant`s and `Identity`s of those — torch's ex
 equal weights once and names the second with an `Identity`).  `rewrite` is a list of pure passes
 `list[INode] -> list[INode]`, each replacing one pattern by a node whose op type starts with
 `dln.` (a `.dln` layer the handlers in importer_ops.py know): `MatMul` + `Add` of a weight and a
-bias is a linear layer, the erf formula of GELU is `gelu`, recurrent layers one after the other
+bias is a linear layer (also between the reshapes that flatten its input to a matrix and back), the
+erf formula of GELU is `gelu`, recurrent layers one after the other
 are one layer of several, a recurrent layer between two `Transpose`s is batch-first,
 `GlobalAveragePool` + `Flatten` is `global_avgpool`.
 """
@@ -76,16 +77,20 @@ def known_constants(graph: onnx.GraphProto, nodes: list[INode]) -> tuple[dict[st
                     value = n.attrs[key]
                     dtype = np.float32 if key.startswith("value_float") else np.int64 if key != "value" else None
                     consts[n.outputs[0]] = np.asarray(value, dtype=dtype)
-        elif n.inputs and all(i in consts for i in n.inputs if i) and n.op not in ("Shape", "ConstantOfShape"):
+        elif n.inputs and all(i in consts for i in n.inputs if i):
             try:
                 outs = fold(n, [consts[i] if i else None for i in n.inputs])
             except CannotFold:
                 continue
+            # A value made from one weight (a Transpose of it, a Concat of its slices) is named after
+            # it; an Identity names a second use of an equal weight, so its own name stands.
+            sources = {origin.get(i, i) for i in n.inputs if i and consts[i].dtype.kind == "f"}
+            source = sources.pop() if len(sources) == 1 and n.op != "Identity" else None
             for o, v in zip(n.outputs, outs):
                 if o and isinstance(v, np.ndarray) and v.dtype != object:
                     consts[o] = v
-                    if len([i for i in n.inputs if i]) == 1 and n.op != "Identity":   # an Identity names
-                        origin[o] = origin.get(n.inputs[0], o)   # a second use of an equal weight: its own
+                    if source is not None:
+                        origin[o] = source
     return consts, origin
 
 
@@ -106,10 +111,12 @@ def consumers(nodes: list[INode], outputs: list[str]) -> dict[str, list[INode | 
 class _Rewrite:
     """A pass's working state: the nodes, who reads each value, and the constants."""
 
-    def __init__(self, nodes: list[INode], outputs: list[str], consts: dict[str, np.ndarray]) -> None:
+    def __init__(self, nodes: list[INode], outputs: list[str], consts: dict[str, np.ndarray],
+                 shape: Callable[[str], tuple | None]) -> None:
         self.nodes = nodes
         self.readers = consumers(nodes, outputs)
         self.consts = consts
+        self.shape = shape
         self.producer = {o: n for n in nodes for o in n.outputs if o}
 
     def only_reader(self, value: str) -> INode | None:
@@ -151,8 +158,38 @@ def _linear(r: _Rewrite) -> list[INode] | None:
     return None
 
 
+def _flat_linear(r: _Rewrite) -> list[INode] | None:
+    """Reshape(x, (-1, in)) -> Gemm(W) -> Reshape back to x's leading axes [-> Add(b)], as exporters
+    write a linear layer on `[B, T, in]`: `dln.Linear(x, W, b)` on x itself."""
+    for flat in r.nodes:
+        target = r.consts.get(flat.input(1)) if flat.op == "Reshape" else None
+        gemm = r.only_reader(flat.outputs[0]) if target is not None else None
+        if gemm is None or gemm.op != "Gemm" or gemm.inputs[0] != flat.outputs[0] or gemm.input(2) or \
+                gemm.attr("transA", 0) or gemm.attr("alpha", 1.0) != 1.0 or gemm.inputs[1] not in r.consts:
+            continue
+        w = r.consts[gemm.inputs[1]]
+        out_in = bool(gemm.attr("transB", 0))
+        if w.ndim != 2 or w.dtype.kind != "f":
+            continue
+        features, out = (w.shape[1], w.shape[0]) if out_in else w.shape
+        back = r.only_reader(gemm.outputs[0])
+        x_shape = r.shape(flat.inputs[0])
+        if back is None or back.op != "Reshape" or x_shape is None or None in x_shape or \
+                [int(d) for d in np.reshape(target, -1)] != [-1, features] or \
+                r.shape(back.outputs[0]) != tuple(x_shape[:-1]) + (out,):
+            continue
+        removed, outputs, bias = [flat, gemm, back], back.outputs, ""
+        add = r.only_reader(back.outputs[0])
+        other = r.other(add, back.outputs[0]) if add is not None and add.op == "Add" else None
+        if other is not None and other in r.consts and r.consts[other].shape == (out,):
+            removed, outputs, bias = removed + [add], add.outputs, other
+        return r.replace(removed, INode("dln.Linear", gemm.name, (flat.inputs[0], gemm.inputs[1], bias), outputs,
+                                        {"out_in": out_in}))
+    return None
+
+
 def _gelu(r: _Rewrite) -> list[INode] | None:
-    """x * 0.5 * (1 + erf(x / sqrt(2))), as torch exports gelu: `dln.Gelu(x)`."""
+    """x * 0.5 * (1 + erf(x / sqrt(2))), in the orders exporters write it (torch's, dln's): `dln.Gelu(x)`."""
     for erf in r.nodes:
         if erf.op != "Erf":
             continue
@@ -166,19 +203,23 @@ def _gelu(r: _Rewrite) -> list[INode] | None:
         add = r.only_reader(erf.outputs[0])
         if add is None or add.op != "Add" or r.scalar(r.other(add, erf.outputs[0]) or "") != 1.0:
             continue
-        mul = r.only_reader(add.outputs[0])
-        y = r.other(mul, add.outputs[0]) if mul is not None and mul.op == "Mul" else None
-        if y is None:
+        first = r.only_reader(add.outputs[0])
+        other = r.other(first, add.outputs[0]) if first is not None and first.op == "Mul" else None
+        if other is None:
             continue
-        if y == x:   # (x * (1 + erf)) * 0.5
-            half = r.only_reader(mul.outputs[0])
-            if half is None or half.op != "Mul" or r.scalar(r.other(half, mul.outputs[0]) or "") != 0.5:
-                continue
-            return r.replace([scale, erf, add, mul, half], INode("dln.Gelu", erf.name, (x,), half.outputs))
-        half = r.producer.get(y)   # (x * 0.5) * (1 + erf)
-        if half is not None and half.op == "Mul" and r.only_reader(y) is mul and x in half.inputs \
-                and r.scalar(r.other(half, x) or "") == 0.5:
-            return r.replace([half, scale, erf, add, mul], INode("dln.Gelu", erf.name, (x,), mul.outputs))
+        second = r.only_reader(first.outputs[0])
+        then = r.other(second, first.outputs[0]) if second is not None and second.op == "Mul" else None
+        half = r.producer.get(other)
+        if other == x and then is not None and r.scalar(then) == 0.5:           # (x * (1 + erf)) * 0.5
+            removed, out = [scale, erf, add, first, second], second.outputs
+        elif r.scalar(other) == 0.5 and then == x:                               # x * ((1 + erf) * 0.5)
+            removed, out = [scale, erf, add, first, second], second.outputs
+        elif half is not None and half.op == "Mul" and r.only_reader(other) is first and x in half.inputs \
+                and r.scalar(r.other(half, x) or "") == 0.5:                     # (x * 0.5) * (1 + erf)
+            removed, out = [half, scale, erf, add, first], first.outputs
+        else:
+            continue
+        return r.replace(removed, INode("dln.Gelu", erf.name, (x,), out))
     return None
 
 
@@ -287,14 +328,17 @@ def _global_pool(r: _Rewrite) -> list[INode] | None:
     return None
 
 
-PASSES: list[Callable[[_Rewrite], list[INode] | None]] = [_linear, _gelu, _stacked, _batch_first, _global_pool]
+PASSES: list[Callable[[_Rewrite], list[INode] | None]] = [_linear, _flat_linear, _gelu, _stacked, _batch_first,
+                                                          _global_pool]
 
 
-def rewrite(nodes: list[INode], outputs: list[str], consts: dict[str, np.ndarray]) -> list[INode]:
-    """Every pattern of PASSES replaced, one match at a time, until none is left."""
+def rewrite(nodes: list[INode], outputs: list[str], consts: dict[str, np.ndarray],
+            shape: Callable[[str], tuple | None]) -> list[INode]:
+    """Every pattern of PASSES replaced, one match at a time, until none is left.  `shape` gives a
+    value's shape (dimensions as ints, Syms or None), for patterns that hold for some shapes only."""
     for rule in PASSES:
         while True:
-            new = rule(_Rewrite(nodes, outputs, consts))
+            new = rule(_Rewrite(nodes, outputs, consts, shape))
             if new is None:
                 break
             nodes = new

@@ -22,12 +22,14 @@ def _weight(imp: Importer, n: INode, value: str, what: str) -> np.ndarray:
 
 @handles("dln.Linear")
 def _linear(imp: Importer, n: INode) -> None:
-    """MatMul(x, W) [+ b] (importer_graph's pattern): W is [in, out], torch's weight its transpose."""
+    """MatMul(x, W) [+ b] (importer_graph's patterns): W is [in, out], torch's weight its transpose
+    (or [out, in] already, from a Gemm with transB: attribute out_in)."""
     w = imp.known(n.inputs[1])
-    weights = {"weight": np.ascontiguousarray(w.T)}
+    weight = w if n.attr("out_in") else w.T
+    weights = {"weight": np.ascontiguousarray(weight)}
     if n.input(2):
         weights["bias"] = np.reshape(imp.known(n.inputs[2]), -1).astype(w.dtype)
-    args = [str(w.shape[1])] + ([] if n.input(2) else ["bias = false"])
+    args = [str(weight.shape[0])] + ([] if n.input(2) else ["bias = false"])
     imp.stage(n.outputs[0], n.inputs[0], imp.layer(n, "linear", args, weights, [n.input(2), n.inputs[1]]), hint(n))
 
 

@@ -27,7 +27,7 @@ DIM_ALIASES = {"batch": "B", "batch_size": "B", "batchsize": "B", "bs": "B", "n"
 
 
 def fail(message: str, *notes: str) -> DlnError:
-    return DlnError(Diagnostic("E0715", message, None, tuple(Note(n) for n in notes)))
+    return DlnError(Diagnostic("E0716", message, None, tuple(Note(n) for n in notes)))
 
 
 def unsupported(node: Any, why: str) -> DlnError:
