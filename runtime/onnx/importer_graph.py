@@ -6,8 +6,8 @@ need no input (initializers, `Constant`s and `Identity`s of those — torch's ex
 equal weights once and names the second with an `Identity`).  `rewrite` is a list of pure passes
 `list[INode] -> list[INode]`, each replacing one pattern by a node whose op type starts with
 `dln.` (a `.dln` layer the handlers in importer_ops.py know): `MatMul` + `Add` of a weight and a
-bias is a linear layer (also between the reshapes that flatten its input to a matrix and back), the
-erf formula of GELU is `gelu`, recurrent layers one after the other
+bias is a linear layer (also between the reshapes that flatten its input to a matrix and back), so is
+an embedding's Gather between such reshapes, the erf formula of GELU is `gelu`, recurrent layers one after the other
 are one layer of several, a recurrent layer between two `Transpose`s is batch-first,
 `GlobalAveragePool` + `Flatten` is `global_avgpool`.
 """
@@ -173,18 +173,52 @@ def _flat_linear(r: _Rewrite) -> list[INode] | None:
             continue
         features, out = (w.shape[1], w.shape[0]) if out_in else w.shape
         back = r.only_reader(gemm.outputs[0])
-        x_shape = r.shape(flat.inputs[0])
-        if back is None or back.op != "Reshape" or x_shape is None or None in x_shape or \
-                [int(d) for d in np.reshape(target, -1)] != [-1, features] or \
-                r.shape(back.outputs[0]) != tuple(x_shape[:-1]) + (out,):
+        x_shape, y_shape = r.shape(flat.inputs[0]), r.shape(back.outputs[0]) if back is not None else None
+        if back is None or back.op != "Reshape" or x_shape is None or None in x_shape or y_shape is None or \
+                [int(d) for d in np.reshape(target, -1)] != [-1, features] or y_shape[-1:] != (out,):
+            continue
+        # The leading axes come back: x's own, or x's with its last few merged into the features.
+        lead = y_shape[:-1]
+        if tuple(x_shape[:len(lead)]) != tuple(lead) or int(np.prod(x_shape[len(lead):])) != features:
             continue
         removed, outputs, bias = [flat, gemm, back], back.outputs, ""
         add = r.only_reader(back.outputs[0])
         other = r.other(add, back.outputs[0]) if add is not None and add.op == "Add" else None
         if other is not None and other in r.consts and r.consts[other].shape == (out,):
             removed, outputs, bias = removed + [add], add.outputs, other
+        attrs = {"out_in": out_in, **({"merge": tuple(lead) + (features,)} if len(lead) != len(x_shape) - 1 else {})}
         return r.replace(removed, INode("dln.Linear", gemm.name, (flat.inputs[0], gemm.inputs[1], bias), outputs,
-                                        {"out_in": out_in}))
+                                        attrs))
+    return None
+
+
+def _flat_embedding(r: _Rewrite) -> list[INode] | None:
+    """Gather(table, indices flattened) -> Reshape back to the indices' shape + [dim], as dln's exporter
+    writes `embedding` on `[B, T]` indices: one Gather from the indices themselves."""
+    for gather in r.nodes:
+        table = r.consts.get(gather.inputs[0]) if gather.op == "Gather" and gather.attr("axis", 0) == 0 else None
+        if table is None or table.ndim != 2 or gather.inputs[1] in r.consts:
+            continue
+        flat, removed = gather.inputs[1], []
+        squeeze = r.producer.get(flat)
+        if squeeze is not None and squeeze.op == "Squeeze" and r.only_reader(flat) is gather:
+            removed, flat = [squeeze], squeeze.inputs[0]
+        reshape = r.producer.get(flat)
+        back = r.only_reader(gather.outputs[0])
+        if reshape is None or reshape.op != "Reshape" or r.only_reader(flat) not in (gather, *removed):
+            continue
+        if back is not None and back.op != "Reshape":
+            back = None
+        indices = r.shape(reshape.inputs[0])
+        if indices is None or None in indices:
+            continue
+        if len(indices) == 1:   # flattening a vector: nothing to undo
+            back = None
+        elif r.shape(back.outputs[0]) != tuple(indices) + (table.shape[1],):
+            continue
+        return r.replace([reshape, *removed, gather] + ([back] if back else []),
+                         INode("Gather", gather.name, (gather.inputs[0], reshape.inputs[0]),
+                               (back or gather).outputs, {"axis": 0}))
     return None
 
 
@@ -328,8 +362,8 @@ def _global_pool(r: _Rewrite) -> list[INode] | None:
     return None
 
 
-PASSES: list[Callable[[_Rewrite], list[INode] | None]] = [_linear, _flat_linear, _gelu, _stacked, _batch_first,
-                                                          _global_pool]
+PASSES: list[Callable[[_Rewrite], list[INode] | None]] = [_linear, _flat_linear, _flat_embedding, _gelu, _stacked,
+                                                          _batch_first, _global_pool]
 
 
 def rewrite(nodes: list[INode], outputs: list[str], consts: dict[str, np.ndarray],

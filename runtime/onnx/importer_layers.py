@@ -8,7 +8,7 @@ import numpy as np
 from dln.runtime.onnx.importer_core import Importer, handles
 from dln.runtime.onnx.importer_graph import INode
 from dln.runtime.onnx.importer_ops import hint, one
-from dln.runtime.onnx.importer_text import args_text, number, unsupported
+from dln.runtime.onnx.importer_text import args_text, dim_text, number, unsupported
 
 
 def _weight(imp: Importer, n: INode, value: str, what: str) -> np.ndarray:
@@ -30,7 +30,12 @@ def _linear(imp: Importer, n: INode) -> None:
     if n.input(2):
         weights["bias"] = np.reshape(imp.known(n.inputs[2]), -1).astype(w.dtype)
     args = [str(weight.shape[0])] + ([] if n.input(2) else ["bias = false"])
-    imp.stage(n.outputs[0], n.inputs[0], imp.layer(n, "linear", args, weights, [n.input(2), n.inputs[1]]), hint(n))
+    source = n.inputs[0]
+    if n.attr("merge"):   # the last axes of x merged into the features first
+        source = f"{n.outputs[0]}#merged"
+        imp.uses[source] = 1
+        imp.stage(source, n.inputs[0], f"reshape(({', '.join(dim_text(d) for d in n.attr('merge'))}))", hint(n))
+    imp.stage(n.outputs[0], source, imp.layer(n, "linear", args, weights, [n.input(2), n.inputs[1]]), hint(n))
 
 
 @handles("Gemm")
