@@ -1,9 +1,11 @@
 """`dln import`: ONNX models become `.dln` text and safetensors weights that compile, load and give
 onnxruntime's outputs; unsupported ops are located errors; an imported model trains.
 
-The models are built here: PyTorch modules exported with torch.onnx.export (the TorchScript
-exporter, which works offline), and graphs written with onnx.helper for what torch does not emit
-(sequence-first recurrent layers with their states, an older opset, uneven padding)."""
+The models: PyTorch modules built here and the examples' PyTorch twins, exported with
+torch.onnx.export (the TorchScript exporter, which works offline); graphs written with onnx.helper
+for what torch does not emit (sequence-first recurrent layers with their states, an older opset,
+uneven padding, names that are no identifiers); and every example exported by dln itself, which
+comes back computing what it did.  Batches of 3 to 7, never a power of two."""
 
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ def _seeded():
     """Each test draws the same numbers however the tests are selected."""
     global RNG
     RNG = np.random.default_rng(0)
+    torch.manual_seed(0)
 
 
 def export(module: nn.Module, args: tuple, path: Path, inputs: list[str], dynamic: dict, fold: bool = False) -> Path:
