@@ -39,6 +39,7 @@ def test_pointwise_math_and_broadcasting(rng, close):
             b.exp(x), b.log(b.add(ax, 0.5)), b.sqrt(ax), b.unary(Op.RSQRT, b.add(ax, 1.0)), b.unary(Op.SIGN, x),
             b.unary(Op.SIN, x), b.unary(Op.COS, x), b.tanh(x), b.tanh(b.mul(x, 1e-3)), b.sigmoid(x),
             b.unary(Op.RELU, x), b.unary(Op.ERF, x), b.unary(Op.LOG1P, b.mul(ax, 1e-6)), b.unary(Op.LOG1P, ax),
+            b.unary(Op.FLOOR, b.mul(x, 3.0)), b.unary(Op.ATAN, b.mul(x, 4.0)), b.unary(Op.ATAN, b.mul(x, 1e-3)),
             b.add(x, y), b.sub(x, v), b.mul(x, y), b.div(x, b.add(b.unary(Op.ABS, y), 0.25)),
             b.pow(b.add(ax, 0.1), 1.7), b.pow(x, 3.0), b.pow(b.add(ax, 0.5), y), b.pow(x, 2.0),
             b.mod(x, 0.7), b.mod(b.mul(x, -3.0), 0.7), b.maximum(x, y), b.minimum(x, v),
