@@ -328,7 +328,15 @@ def activation(ctx: Context, node: OnnxNode) -> list:
 
 @converter("PRelu")
 def prelu(ctx: Context, node: OnnxNode) -> list:
+    """x where x >= 0, slope * x below.  The slope broadcasts to x; a 1-d slope that does not (PyTorch's
+    exports at opset 6: one slope per channel, [C] against [N, C, ...]) lines up with the one axis of x
+    of its size, as onnx's reference and onnxruntime do."""
     b, x, slope = ctx.builder, ctx.tensor(node, 0), ctx.tensor(node, 1)
+    if slope.rank == 1 and x.rank > 1 and slope.shape[0] not in (1, x.shape[-1]):
+        axes = [i for i, d in enumerate(x.shape) if d == slope.shape[0]]
+        if len(axes) != 1:
+            raise UnsupportedOnnx(node, f"a slope of shape {list(slope.shape)} for x of shape {list(x.shape)}")
+        slope = b.reshape(slope, [slope.shape[0] if i == axes[0] else 1 for i in range(x.rank)])
     return [b.where(b.compare(Op.LT, x, b.const(0, x.dtype)), b.mul(x, slope), x)]
 
 

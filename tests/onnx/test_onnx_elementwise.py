@@ -32,7 +32,10 @@ def model(op: str, inputs: list[np.ndarray], out_type: int | None = None, opset:
     values = [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(a.dtype), a.shape)
               for n, a in zip(fed, inputs)]
     out_type = out_type or helper.np_dtype_to_tensor_dtype(inputs[0].dtype)
-    shape = np.broadcast_shapes(*(a.shape for a in inputs))
+    try:
+        shape = np.broadcast_shapes(*(a.shape for a in inputs))
+    except ValueError:   # PRelu's per-channel slope at opset 6
+        shape = inputs[0].shape
     graph = helper.make_graph([helper.make_node(op, names, ["y"], **attrs)], "g", values,
                               [helper.make_tensor_value_info("y", out_type, shape)])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)]), dict(zip(fed, inputs))
@@ -79,6 +82,7 @@ CASES = [
     ("where_int_broadcast", "Where", [normal() > 0, ints(-9, 9), np.array([7], np.int64)], TensorProto.INT64, 16,
      None, {}),
     ("prelu_channel_slope", "PRelu", [normal(), normal((7, 1))], None, 16, None, {}),
+    ("prelu_channel_slope_opset6", "PRelu", [normal(), normal((7,))], None, 6, None, {}),
     ("pow_int_base_float_exponent", "Pow", [ints(0, 6, dtype=np.int32), R.uniform(0, 3, SHAPE).astype(np.float32)],
      None, 15, None, {}),
     ("pow_float_base_int_exponent", "Pow", [np.abs(normal()), ints(-3, 4)], None, 15, None, {}),
