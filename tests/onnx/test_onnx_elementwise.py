@@ -121,7 +121,8 @@ def _wide(dtype) -> np.ndarray:
     big = 1e30 if dtype != np.float16 else 6e4
     tiny = 1e-30 if dtype != np.float16 else 1e-4
     mags = np.geomspace(tiny, big, 301)
-    return np.concatenate([R.standard_normal(397) * 10, mags, -mags, [0.0, -0.0, np.inf, -np.inf, np.nan]]).astype(dtype)
+    edges = [0.0, -0.0, np.inf, -np.inf, np.nan]
+    return np.concatenate([R.standard_normal(397) * 10, mags, -mags, edges]).astype(dtype)
 
 
 _UNIT_EDGES = np.concatenate([R.uniform(-1, 1, 397), [1, -1, 0, 1e-7, -1e-7, 0.9999999, -0.9999999, 1.5, np.nan]])
