@@ -4,7 +4,7 @@
 the expressions of its inputs.  Where Triton's interpreter lacks a function
 (libdevice is compiled code), the generated module carries a small
 `@triton.jit` helper built from core ops (`HELPERS`), numerically matched to
-NumPy's result: tanh, log1p, atan, pow, the remainder with Python's sign, and the
+NumPy's result: tanh, log1p, atan, pow (and integer pow), the remainder with Python's sign, and the
 Philox uniform draw that reproduces dln.runtime.philox bit for bit.
 """
 
@@ -111,6 +111,8 @@ def _pow(n, a):
         return f"{a[0]} * {a[0]} * {a[0]}"
     if value == 1.0:
         return a[0]
+    if n.dtype.is_int:   # exact, wrapping as NumPy's integer power does
+        return f"_ipow({_tensor(a[0], n)}, {_tensor(a[1], n)}, {8 * n.dtype.itemsize})"
     if value == 0.5:
         return f"tl.sqrt_rn({a[0]})"  # correctly rounded, as NumPy's power(x, 0.5)
     return f"_pow({_tensor(a[0], n)}, {_tensor(a[1], n)})"
@@ -202,6 +204,19 @@ def _pow(x, y):
     r = tl.where((x < 0) & (y != tl.floor(y)), float("nan"), r)
     r = tl.where(x == 0, tl.where(y > 0, 0.0, tl.where(y == 0, 1.0, float("inf"))), r)
     return tl.where(y == 0, 1.0, r)
+
+
+@triton.jit
+def _ipow(x, y, BITS: tl.constexpr):
+    # integer x ** y (y >= 0) by squaring, one step per bit of the exponent (a loop, not unrolled: the
+    # unrolled steps of int64 spill on sm_90)
+    x, y = tl.broadcast(x, y)
+    r = x * 0 + 1
+    for _ in range(BITS - 1):
+        r = tl.where((y & 1) != 0, r * x, r)
+        x = x * x
+        y = y >> 1
+    return r
 
 
 @triton.jit

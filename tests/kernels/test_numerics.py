@@ -64,6 +64,19 @@ def test_pointwise_with_symbolic_batch_serves_every_size(rng, close):
         close(expected["out0"], got["out0"])
 
 
+@pytest.mark.parametrize("dtype", [DType.I32, DType.I64])
+def test_integer_pow_is_exact(rng, dtype):
+    # ONNX's Pow of integers: by squaring on the GPU, as NumPy's (wrapping past the type's range)
+    graph = build(lambda b, x, y: [b.pow(x, y), b.pow(x, 3), b.pow(x, 2)], (dtype, (7, 13)), (dtype, (13,)))
+    x = rng.integers(-9, 10, (7, 13))
+    y = rng.integers(0, 40 if dtype is DType.I64 else 12, 13)
+    inputs = {"x0": x.astype(np.int64 if dtype is DType.I64 else np.int32),
+              "x1": y.astype(np.int64 if dtype is DType.I64 else np.int32)}
+    expected, got, _ = run_both(graph, inputs, {})
+    for name in expected:
+        np.testing.assert_array_equal(got[name], expected[name])
+
+
 @pytest.mark.parametrize("axis,keepdim", [((1,), False), ((0,), True), ((0, 1), False), ((1,), True)])
 def test_reductions_sum_max_min(rng, close, axis, keepdim):
     def f(b, x):
