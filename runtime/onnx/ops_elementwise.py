@@ -320,6 +320,9 @@ def activation(ctx: Context, node: OnnxNode) -> list:
     if op == "Gelu":
         fn = lambda x: _gelu(b, x, node)    # noqa: E731
     elif op == "Shrink":
+        x = ctx.tensor(node, 0)
+        if not x.dtype.is_float:   # Shrink alone takes integers too: computed in float64, truncated back
+            return [b.cast(_shrink(b, b.cast(x, DType.F64), node), x.dtype)]
         fn = lambda x: _shrink(b, x, node)  # noqa: E731
     else:
         fn = lambda x: _ACTIVATIONS[op](b, x, node.attr)  # noqa: E731

@@ -93,6 +93,7 @@ CASES = [
     ("isinf_neither", "IsInf", [np.array([np.inf, -np.inf, 1.0, np.nan, -3.0], np.float32)], BOOL, 20,
      None, {"detect_positive": 0, "detect_negative": 0}),
     ("shrink", "Shrink", [normal()], None, 13, None, {"bias": 0.3, "lambd": 1.2}),
+    ("shrink_int8", "Shrink", [ints(-9, 9, dtype=np.int8)], None, 13, None, {"bias": 2.0, "lambd": 1.5}),
     ("celu_alpha", "Celu", [normal()], None, 12, None, {"alpha": 2.5}),
     ("xor", "Xor", [normal() > 0, normal((5,)) > 0], BOOL, 7, None, {}),
     ("equal_bool", "Equal", [normal() > 0, normal((5,)) > 0], BOOL, 19, None, {}),
