@@ -27,8 +27,8 @@ VjpRule = Callable[[GraphBuilder, Node, Tensor, list[Tensor], Tensor], Cotangent
 VJP: dict[Op, VjpRule] = {}
 
 # Ops with no inputs, or whose outputs carry no gradient (integers, booleans, randomness).
-NO_GRADIENT = frozenset({Op.INPUT, Op.CONST, Op.IOTA, Op.SYMSIZE, Op.RAND, Op.ARGMAX, Op.SIGN, Op.NOT, Op.DETACH,
-                         Op.CHECK_INDEX}) \
+NO_GRADIENT = frozenset({Op.INPUT, Op.CONST, Op.IOTA, Op.SYMSIZE, Op.RAND, Op.ARGMAX, Op.SIGN, Op.FLOOR, Op.NOT,
+                         Op.DETACH, Op.CHECK_INDEX}) \
     | GroupOp.Compare | {Op.AND, Op.OR}
 
 
@@ -107,6 +107,12 @@ def _relu(b, n, g, xs, out):
 def _erf(b, n, g, xs, out):
     x = xs[0]
     return [b.mul(g, b.mul(b.exp(b.neg(b.mul(x, x))), 2.0 / math.sqrt(math.pi)))]
+
+
+@vjp(Op.ATAN)
+def _atan(b, n, g, xs, out):
+    x = xs[0]
+    return [b.div(g, b.add(b.mul(x, x), 1.0))]
 
 
 @vjp(Op.CAST)

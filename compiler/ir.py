@@ -95,6 +95,8 @@ class Op(enum.Enum):
     SIGMOID = "sigmoid"
     RELU = "relu"
     ERF = "erf"
+    ATAN = "atan"
+    FLOOR = "floor"          # the largest integer <= x (ceil and round-half-to-even are built from it)
     NOT = "not"
     CAST = "cast"            # attrs: dtype (the node's type says it too)
     DETACH = "detach"        # identity; its gradient is zero
@@ -175,8 +177,8 @@ class GroupOp:
 
     Leaf = frozenset({Op.INPUT, Op.CONST, Op.IOTA, Op.SYMSIZE, Op.RAND})
     Unary = frozenset({Op.NEG, Op.EXP, Op.LOG, Op.LOG1P, Op.SQRT, Op.RSQRT, Op.ABS, Op.SIGN, Op.SIN,
-                       Op.COS, Op.TANH, Op.SIGMOID, Op.RELU, Op.ERF, Op.NOT, Op.CAST, Op.DETACH,
-                       Op.CHECK_INDEX})
+                       Op.COS, Op.TANH, Op.SIGMOID, Op.RELU, Op.ERF, Op.ATAN, Op.FLOOR, Op.NOT, Op.CAST,
+                       Op.DETACH, Op.CHECK_INDEX})
     Binary = frozenset({Op.ADD, Op.SUB, Op.MUL, Op.DIV, Op.POW, Op.MOD, Op.MAXIMUM, Op.MINIMUM,
                         Op.LT, Op.LE, Op.GT, Op.GE, Op.EQ, Op.NE, Op.AND, Op.OR})
     Compare = frozenset({Op.LT, Op.LE, Op.GT, Op.GE, Op.EQ, Op.NE})

@@ -4,7 +4,7 @@
 the expressions of its inputs.  Where Triton's interpreter lacks a function
 (libdevice is compiled code), the generated module carries a small
 `@triton.jit` helper built from core ops (`HELPERS`), numerically matched to
-NumPy's result: tanh, log1p, pow, the remainder with Python's sign, and the
+NumPy's result: tanh, log1p, atan, pow (and integer pow), the remainder with Python's sign, and the
 Philox uniform draw that reproduces dln.runtime.philox bit for bit.
 """
 
@@ -58,7 +58,8 @@ LOWER[Op.OR] = _logical("|")
 
 for _op, _fn in [(Op.EXP, "tl.exp"), (Op.LOG, "tl.log"), (Op.SQRT, "tl.sqrt"), (Op.RSQRT, "tl.rsqrt"),
                  (Op.ABS, "tl.abs"), (Op.SIN, "tl.sin"), (Op.COS, "tl.cos"), (Op.SIGMOID, "tl.sigmoid"),
-                 (Op.ERF, "tl.erf"), (Op.TANH, "_tanh"), (Op.LOG1P, "_log1p")]:
+                 (Op.ERF, "tl.erf"), (Op.TANH, "_tanh"), (Op.LOG1P, "_log1p"), (Op.FLOOR, "tl.floor"),
+                 (Op.ATAN, "_atan")]:
     LOWER[_op] = _call(_fn)
 
 
@@ -110,6 +111,8 @@ def _pow(n, a):
         return f"{a[0]} * {a[0]} * {a[0]}"
     if value == 1.0:
         return a[0]
+    if n.dtype.is_int:   # exact, wrapping as NumPy's integer power does
+        return f"_ipow({_tensor(a[0], n)}, {_tensor(a[1], n)}, {8 * n.dtype.itemsize})"
     if value == 0.5:
         return f"tl.sqrt_rn({a[0]})"  # correctly rounded, as NumPy's power(x, 0.5)
     return f"_pow({_tensor(a[0], n)}, {_tensor(a[1], n)})"
@@ -177,6 +180,21 @@ def _log1p(x):
 
 
 @triton.jit
+def _atan(x):
+    # Cephes' atanf: the argument reduced to |z| <= tan(pi/8) around 0, pi/4 or pi/2, then an odd
+    # polynomial (float32-accurate; an f64 kernel gets float32's ~1e-7 relative accuracy here)
+    ax = tl.abs(x)
+    big = ax > 2.414213562373095
+    mid = ax > 0.41421356237309503
+    base = tl.where(big, 1.5707963267948966, tl.where(mid, 0.7853981633974483, 0.0))
+    z = tl.where(big, -1.0 / ax, tl.where(mid, (ax - 1.0) / (ax + 1.0), ax))
+    z2 = z * z
+    p = (((0.0805374449538 * z2 - 0.138776856032) * z2 + 0.199777106478) * z2 - 0.333329491539) * z2 * z + z
+    r = base + p
+    return tl.where(x < 0, -r, r)
+
+
+@triton.jit
 def _pow(x, y):
     # x ** y as NumPy computes it, with the sign of odd integer powers of negative x
     x, y = tl.broadcast(x, y)
@@ -186,6 +204,19 @@ def _pow(x, y):
     r = tl.where((x < 0) & (y != tl.floor(y)), float("nan"), r)
     r = tl.where(x == 0, tl.where(y > 0, 0.0, tl.where(y == 0, 1.0, float("inf"))), r)
     return tl.where(y == 0, 1.0, r)
+
+
+@triton.jit
+def _ipow(x, y, BITS: tl.constexpr):
+    # integer x ** y (y >= 0) by squaring, one step per bit of the exponent (a loop, not unrolled: the
+    # unrolled steps of int64 spill on sm_90)
+    x, y = tl.broadcast(x, y)
+    r = x * 0 + 1
+    for _ in range(BITS - 1):
+        r = tl.where((y & 1) != 0, r * x, r)
+        x = x * x
+        y = y >> 1
+    return r
 
 
 @triton.jit

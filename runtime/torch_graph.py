@@ -121,6 +121,7 @@ def torch_table() -> dict[Op, Callable]:
         Op.SQRT: unary(torch.sqrt), Op.RSQRT: unary(torch.rsqrt), Op.ABS: unary(torch.abs), Op.SIGN: unary(torch.sign),
         Op.SIN: unary(torch.sin), Op.COS: unary(torch.cos), Op.TANH: unary(torch.tanh),
         Op.SIGMOID: unary(torch.sigmoid), Op.RELU: unary(torch.relu), Op.ERF: unary(torch.erf),
+        Op.ATAN: unary(torch.atan), Op.FLOOR: unary(torch.floor),
         Op.NOT: unary(torch.logical_not), Op.DETACH: unary(lambda x: x.detach()),
         Op.CHECK_INDEX: unary(lambda x: x),
         Op.CAST: lambda n, a, env: a[0].to(dtypes[n.dtype]),

@@ -29,6 +29,7 @@ for _op, _name, _doc in [
     (Op.SIN, "sin", "sine"),
     (Op.COS, "cos", "cosine"),
     (Op.TANH, "tanh", "hyperbolic tangent"),
+    (Op.ATAN, "atan", "arctangent, in (-pi/2, pi/2)"),
     (Op.SIGMOID, "sigmoid", "1 / (1 + exp(-x))"),
 ]:
     _unary(_op, _name, _doc)
@@ -38,6 +39,12 @@ for _op, _name, _doc in [
 def abs(cx, x: TENSOR):
     """|x|"""
     return cx.b.unary(Op.ABS, x)
+
+
+@builtin()
+def floor(cx, x: TENSOR):
+    """the largest integer <= x (integers unchanged); no gradient flows through it (torch's is 0)"""
+    return cx.b.unary(Op.FLOOR, x) if x.dtype.is_float else x
 
 
 @builtin()

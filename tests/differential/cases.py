@@ -792,6 +792,7 @@ GENERATORS: dict[str, Callable[[np.random.Generator], Case]] = {
     "abs": _unary("abs", torch.abs), "sign": _unary("sign", torch.sign), "relu": _unary("relu", torch.relu),
     "exp": _unary("exp", torch.exp), "sin": _unary("sin", torch.sin), "cos": _unary("cos", torch.cos),
     "tanh": _unary("tanh", torch.tanh), "sigmoid": _unary("sigmoid", torch.sigmoid),
+    "atan": _unary("atan", torch.atan), "floor": _unary("floor", torch.floor),
     "log": _unary("log", torch.log, positive, positive_domain=True),
     "sqrt": _unary("sqrt", torch.sqrt, positive, positive_domain=True),
     "rsqrt": _unary("rsqrt", torch.rsqrt, positive, positive_domain=True),

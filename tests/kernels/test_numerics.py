@@ -39,6 +39,7 @@ def test_pointwise_math_and_broadcasting(rng, close):
             b.exp(x), b.log(b.add(ax, 0.5)), b.sqrt(ax), b.unary(Op.RSQRT, b.add(ax, 1.0)), b.unary(Op.SIGN, x),
             b.unary(Op.SIN, x), b.unary(Op.COS, x), b.tanh(x), b.tanh(b.mul(x, 1e-3)), b.sigmoid(x),
             b.unary(Op.RELU, x), b.unary(Op.ERF, x), b.unary(Op.LOG1P, b.mul(ax, 1e-6)), b.unary(Op.LOG1P, ax),
+            b.unary(Op.FLOOR, b.mul(x, 3.0)), b.unary(Op.ATAN, b.mul(x, 4.0)), b.unary(Op.ATAN, b.mul(x, 1e-3)),
             b.add(x, y), b.sub(x, v), b.mul(x, y), b.div(x, b.add(b.unary(Op.ABS, y), 0.25)),
             b.pow(b.add(ax, 0.1), 1.7), b.pow(x, 3.0), b.pow(b.add(ax, 0.5), y), b.pow(x, 2.0),
             b.mod(x, 0.7), b.mod(b.mul(x, -3.0), 0.7), b.maximum(x, y), b.minimum(x, v),
@@ -61,6 +62,19 @@ def test_pointwise_with_symbolic_batch_serves_every_size(rng, close):
         inputs = graph_inputs(graph, {"B": size}, rng)
         expected, got, _ = run_both(graph, inputs, {"B": size})
         close(expected["out0"], got["out0"])
+
+
+@pytest.mark.parametrize("dtype", [DType.I32, DType.I64])
+def test_integer_pow_is_exact(rng, dtype):
+    # ONNX's Pow of integers: by squaring on the GPU, as NumPy's (wrapping past the type's range)
+    graph = build(lambda b, x, y: [b.pow(x, y), b.pow(x, 3), b.pow(x, 2)], (dtype, (7, 13)), (dtype, (13,)))
+    x = rng.integers(-9, 10, (7, 13))
+    y = rng.integers(0, 40 if dtype is DType.I64 else 12, 13)
+    inputs = {"x0": x.astype(np.int64 if dtype is DType.I64 else np.int32),
+              "x1": y.astype(np.int64 if dtype is DType.I64 else np.int32)}
+    expected, got, _ = run_both(graph, inputs, {})
+    for name in expected:
+        np.testing.assert_array_equal(got[name], expected[name])
 
 
 @pytest.mark.parametrize("axis,keepdim", [((1,), False), ((0,), True), ((0, 1), False), ((1,), True)])

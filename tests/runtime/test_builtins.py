@@ -141,6 +141,8 @@ ELEMENTWISE = [
     Case("abs", "y = abs(x)", torch.abs, {"x": KINKY}),
     Case("sin", "y = sin(x)", torch.sin, {"x": normal(S3) * 3}),
     Case("cos", "y = cos(x)", torch.cos, {"x": normal(S3) * 3}),
+    Case("atan", "y = atan(x)", torch.atan, {"x": normal(S3) * 3}),
+    Case("floor", "y = floor(x) * 0.5 + x", lambda x: torch.floor(x) * 0.5 + x, {"x": normal(S3) * 3}),
     Case("sign", "y = sign(x) * x", lambda x: torch.sign(x) * x, {"x": KINKY}),
     Case("maximum", "y = maximum(x, z)", lambda x, z: torch.maximum(x, z),
          {"x": KINKY, "z": np.where(R(1).random(S) < 0.4, KINKY, normal(S, 2))}),

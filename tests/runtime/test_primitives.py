@@ -142,6 +142,7 @@ UNARY = [
     Case("sigmoid", {"x": normal(S) * 2}, lambda b, x: b.unary(Op.SIGMOID, x), torch.sigmoid),
     Case("relu", {"x": normal(S, lo_abs=0.05)}, lambda b, x: b.unary(Op.RELU, x), torch.relu),
     Case("erf", {"x": normal(S)}, lambda b, x: b.unary(Op.ERF, x), torch.erf),
+    Case("atan", {"x": normal(S) * 3}, lambda b, x: b.unary(Op.ATAN, x), torch.atan),
     Case("rank3_tanh", {"x": normal(S3)}, lambda b, x: b.unary(Op.TANH, x), torch.tanh),
     Case("scalar_exp", {"x": np.array(0.7)}, lambda b, x: b.unary(Op.EXP, x), torch.exp),
     # cast to f32 and back: the gradient is cast back too (values rounded to f32 on the way)
@@ -156,6 +157,9 @@ KINKS = [
          lambda b, x: b.unary(Op.RELU, x), torch.relu, smooth=False),
     Case("abs_at_zero", {"x": np.array([[-1.5, 0.0, 0.0, 2.0, -0.0], [0.0, 1.0, -1.0, 0.0, 3.0], [0.0] * 5])},
          lambda b, x: b.unary(Op.ABS, x), torch.abs, smooth=False),
+    # floor carries no gradient (torch's is zero): only the `+ x` term reaches x
+    Case("floor_plus_x", {"x": normal(S3) * 3}, lambda b, x: b.add(b.unary(Op.FLOOR, x), x),
+         lambda x: torch.floor(x) + x, smooth=False),
     Case("sqrt_at_zero_is_inf", {"x": np.array([[0.0, 1.0, 4.0]])}, lambda b, x: b.unary(Op.SQRT, x),
          torch.sqrt, smooth=False),
 ]
@@ -525,6 +529,9 @@ _P, _Q = R(31).random(S) < 0.5, R(32).random(S) < 0.5
 NO_GRAD = [
     ("sign", lambda b, x: b.unary(Op.SIGN, x), torch.sign,
      {"x": np.array([[-2.0, 0.0, 3.0, -0.0, 1e-300]])}),
+    ("floor", lambda b, x: b.unary(Op.FLOOR, x), torch.floor,
+     {"x": np.array([[-2.5, -0.0, 0.5, 1.0, 2.9999999, -1e-300, np.inf, -np.inf, np.nan, -7.0, 4503599627370495.5]])}),
+    ("floor_normal", lambda b, x: b.unary(Op.FLOOR, x), torch.floor, {"x": normal(S3) * 5}),
     ("lt", lambda b, x, y: b.compare(Op.LT, x, y), torch.lt, {"x": _A, "y": _B}),
     ("le", lambda b, x, y: b.compare(Op.LE, x, y), torch.le, {"x": _A, "y": _B}),
     ("gt", lambda b, x, y: b.compare(Op.GT, x, y), torch.gt, {"x": _A, "y": _B}),
