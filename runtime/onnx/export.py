@@ -104,6 +104,7 @@ class Exporter:
         self.weights: dict[str, np.ndarray] = {}
         self.symbols: dict[str, tuple[str, int]] = {}   # symbol -> (graph input, axis): the root's
         self.reserved: set[str] = set()     # the root's: names the model gives
+        self.functions: dict[str, Any] = {}  # the root's: model-local FunctionProtos by name (export_random)
         self._counter = itertools.count() if parent is None else parent._counter
         self._dims: dict[Dim, str] = {}
         self._constants: dict[tuple, str] = {}
@@ -215,7 +216,7 @@ def value_info(name: str, dtype: DType, shape: Shape) -> Any:
 
 def plan(graph: Graph) -> dict[int, Lowering]:
     """A lowering for every node: the first recognizer that claims it, else its op's emitter."""
-    from dln.runtime.onnx import export_recurrent, export_scan  # noqa: F401  (register their rules)
+    from dln.runtime.onnx import export_random, export_recurrent, export_scan  # noqa: F401  (register their rules)
     from dln.runtime.onnx.export_ops import PRIMITIVES
     from dln.runtime.onnx.export_patterns import RECOGNIZERS
 
@@ -345,8 +346,13 @@ def graph_to_onnx(graph: Graph, name: str, weights: dict[str, np.ndarray], opset
     proto_graph = helper.make_graph(ex.nodes, name, ex.inputs, outputs, ex.initializers,
                                     doc_string=f"dln model {name}, forward in evaluation mode")
     opsets = [helper.make_opsetid("", opset)]
+    if ex.functions:   # the random draws' functions (export_random)
+        from dln.runtime.onnx.export_random import DOMAIN, DOMAIN_VERSION
+
+        opsets.append(helper.make_opsetid(DOMAIN, DOMAIN_VERSION))
     proto = helper.make_model(proto_graph, opset_imports=opsets, producer_name="dln",
-                              ir_version=helper.find_min_ir_version_for(opsets))
+                              ir_version=helper.find_min_ir_version_for(opsets[:1]),
+                              functions=list(ex.functions.values()))
     check(proto, name, where)
     return proto
 

@@ -5,7 +5,7 @@ function writing its ONNX nodes).  Most read their inputs as they are; the eleme
 through a `broadcast` or a filled `const` operand when ONNX's own numpy-style broadcasting gives
 the same shape, so `x + b` over a bias is `Add(x, b)`, not `Add(x, Expand(b, ...))`.
 
-Scans and random draws are in export_scan; patterns spanning several nodes in export_patterns.
+Scans are in export_scan, random draws in export_random; patterns spanning several nodes in export_patterns.
 """
 
 from __future__ import annotations

@@ -63,6 +63,8 @@ class Importer:
         self.where: dict[str, list[tuple[str, int]]] = {}   # dimension name -> the (input, axis) giving it
         self.types: dict[str, tuple[str | None, tuple | None]] = {}
         self.inputs: dict[str, str] = {}          # ONNX input -> its .dln name
+        self.rng = generator_inputs(self.graph)   # dln's rng.seed, rng.step: implicit in .dln
+        self.streams = 0                          # the random streams dln gives the draws written so far
         self.header = self._read_inputs()
         self.outputs = [o.name for o in self.graph.output]
         self.output_names = {o: self.names.fresh(o, "y") for o in dict.fromkeys(self.outputs)}
@@ -88,7 +90,7 @@ class Importer:
         header = []
         initializers = {t.name for t in self.graph.initializer}
         for v in self.graph.input:
-            if v.name in initializers:
+            if v.name in initializers or v.name in self.rng:
                 continue   # older exporters list the initializers among the inputs too
             t = v.type.tensor_type
             dtype = ELEM_TYPES.get(t.elem_type)
@@ -304,7 +306,7 @@ class Importer:
                 for o, a in zip(n.outputs, outs):
                     self.set(o, Known(a))
                 return
-        handler = HANDLERS.get(n.op)
+        handler = HANDLERS.get(op_key(n))
         if handler is None:
             raise unsupported(n, "this op type has no .dln form" + ("" if n.proto is None or not n.proto.domain
                                                                     else f" (domain {identifier(n.proto.domain)})"))
@@ -362,11 +364,41 @@ class Importer:
             a, b = ins
             self.set_shape(n.outputs[0], tuple(a[:-1]) + (b[-1],))
 
+    def tensor_like(self, shape: tuple, dtype: str | None) -> str | None:
+        """A tensor written so far of exactly `shape` and element type `dtype` (an input first, then
+        the values in the order they were made), as an operand: what `randn_like(...)` reads the
+        shape of.  None when there is none."""
+        candidates = list(self.inputs) + [v for v in self.values if v not in self.inputs]
+        for value in candidates:
+            if isinstance(self.values.get(value), Tensor) and self.dtype(value) == dtype:
+                have = self.shape(value)
+                if have is not None and len(have) == len(shape) and all(
+                        h is not None and h == d for h, d in zip(have, shape)):
+                    return self.operand(value)
+        return None
+
     def need_shape(self, n: INode, value: str) -> tuple:
         shape = self.shape(value)
         if shape is None or any(d is None for d in shape):
             raise unsupported(n, "needs the shape of its input, which shape inference could not find")
         return shape
+
+
+def op_key(n: INode) -> str:
+    """The key of n's handler: its op type, prefixed with its domain when that is not ONNX's own
+    (`ai.dln.Normal`, a random draw dln's exporter wrote)."""
+    domain = n.proto.domain if n.proto is not None else ""
+    return n.op if domain in ("", "ai.onnx") else f"{domain}.{n.op}"
+
+
+def generator_inputs(graph: onnx.GraphProto) -> set[str]:
+    """The graph inputs that only dln's random draws (calls in the domain `ai.dln`) read, as their seed
+    and step: dln's own `rng.seed` and `rng.step`, which a .dln model has without declaring them."""
+    readers: dict[str, set[str]] = {}
+    for node in graph.node:
+        for k, value in enumerate(node.input):
+            readers.setdefault(value, set()).add(node.domain if k < 2 else "")
+    return {v.name for v in graph.input if readers.get(v.name) == {"ai.dln"}}
 
 
 def broadcast(shapes: list) -> tuple | None:

@@ -452,6 +452,30 @@ def _random_like(imp: Importer, n: INode) -> None:
     imp.expression(n.outputs[0], text, hint(n))
 
 
+@handles("ai.dln.Normal", "ai.dln.Uniform")
+def _dln_draw(imp: Importer, n: INode) -> None:
+    """A draw dln's exporter wrote (export_random): `randn_like`, `rand_like` again, bound to a name at
+    once so that the draws come in the text in the graph's order.  dln numbers a model's random
+    streams in the order its draws are built, so where the graph's draws are streams 0, 1, 2, ... in
+    that order the imported model draws the very same numbers; where not, a comment says so."""
+    normal = n.op == "Normal"
+    shape, dtype = imp.known(n.input(2)), ELEM_TYPES.get(n.attr("dtype", onnx.TensorProto.FLOAT))
+    if shape is None or n.attr("stream") is None or dtype not in ("f16", "bf16", "f32", "f64"):
+        raise unsupported(n, "a draw needs a known shape, a stream and a float type")
+    shape = tuple(ints(shape))
+    like = imp.tensor_like(shape, dtype)
+    if like is None:
+        raise unsupported(n, f"randn_like and rand_like read the shape of a tensor, and no {dtype} tensor "
+                             f"of the shape [{', '.join(dim_text(d) for d in shape)}] comes before the draw")
+    stream = int(n.attr("stream"))
+    if stream != imp.streams:
+        imp.lines.append(f"# the ONNX model drew this from stream {stream}, dln draws it from stream "
+                         f"{imp.streams}: other numbers")
+    imp.streams += 2 if normal else 1
+    imp.expression(n.outputs[0], f"{'randn_like' if normal else 'rand_like'}({like})", "noise")
+    imp.materialize(n.outputs[0])
+
+
 @handles("Shape")
 def _shape(imp: Importer, n: INode) -> None:
     raise unsupported(n, "needs the shape of its input, which shape inference could not find")

@@ -2,6 +2,7 @@
 
 from dln.runtime.onnx import ops_attention  # noqa: F401
 from dln.runtime.onnx import ops_basic  # noqa: F401
+from dln.runtime.onnx import ops_bitwise  # noqa: F401
 from dln.runtime.onnx import ops_conv  # noqa: F401
 from dln.runtime.onnx import ops_einsum  # noqa: F401
 from dln.runtime.onnx import ops_elementwise  # noqa: F401
