@@ -43,7 +43,7 @@ def one(values: list) -> object:
 
 UNARY = {"Relu": "relu", "Tanh": "tanh", "Sigmoid": "sigmoid", "Exp": "exp", "Log": "log", "Sqrt": "sqrt",
          "Abs": "abs", "Sin": "sin", "Cos": "cos", "Softplus": "softplus", "Softsign": "softsign", "Sign": "sign",
-         "dln.Gelu": "gelu"}
+         "Floor": "floor", "Atan": "atan", "dln.Gelu": "gelu"}
 
 
 @handles(*UNARY)

@@ -148,6 +148,75 @@ def test_example_matches_onnxruntime(path):
     compare(model, proto)
 
 
+DRAWS = """
+# Every kind of draw a model makes in evaluation mode: rand_like, bernoulli, randn_like in f64 and f32,
+# two in one expression.
+model draws {
+    input x: f32[B, 5]
+    input p: f32[B, 3]
+    input w: f64[B, 2]
+    output u = rand_like(x)
+    output coin = bernoulli(sigmoid(p))
+    output d = w + randn_like(w)
+    output e = x * randn_like(x) - randn_like(x)
+}
+"""
+
+
+def draws_model(tmp_path: Path, seed: int = 11) -> dln.Model:
+    path = tmp_path / "draws.dln"
+    path.write_text(DRAWS)
+    return dln.compile(path, backend="numpy", seed=seed)
+
+
+def draw_feeds(seed: int, batch: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {"x": rng.normal(size=(batch, 5)).astype(np.float32), "p": rng.normal(size=(batch, 3)).astype(np.float32),
+            "w": rng.normal(size=(batch, 2))}
+
+
+def test_random_draws_are_calls_of_dlns_generator(tmp_path):
+    """Each draw is one call of a model-local function in the domain ai.dln (randn_like's Box-Muller
+    whole), on dln's stream for it; the functions' body is dln's Philox, so onnxruntime (which inlines
+    them) and dln's own ONNX backend draw dln's numbers: the uniform ones bit for bit."""
+    from dln.runtime.onnx.backend import run
+
+    model = draws_model(tmp_path)
+    proto = model.export_onnx(None)
+    check_proto(model, proto)
+    calls = [(n.op_type, {a.name: a.i for a in n.attribute}) for n in proto.graph.node if n.domain == "ai.dln"]
+    f32, f64 = onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE
+    assert calls == [("Uniform", {"stream": 0, "dtype": f32}), ("Uniform", {"stream": 1, "dtype": f32}),
+                     ("Normal", {"stream": 2, "dtype": f64}), ("Normal", {"stream": 4, "dtype": f32}),
+                     ("Normal", {"stream": 6, "dtype": f32})]
+    assert {(f.domain, f.name) for f in proto.functions} == {("ai.dln", "Philox"), ("ai.dln", "Uniform"),
+                                                             ("ai.dln", "Normal")}
+    assert not {n.op_type for n in proto.graph.node} & {"BitwiseXor", "BitShift", "Cos", "Log"}
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    names = [o.name for o in proto.graph.output]
+    for batch in (4, 7):
+        feeds = draw_feeds(batch, batch)
+        step = model._rng_step
+        want = model(**feeds)
+        rng = {"rng.seed": np.array(11, np.int64), "rng.step": np.array(step, np.int64)}
+        for got in (dict(zip(names, session.run(None, {**feeds, **rng}))), dict(zip(names, run(proto, {**feeds, **rng})))):
+            np.testing.assert_array_equal(got["u"], want["u"])
+            np.testing.assert_array_equal(got["coin"], want["coin"])
+            for name in ("d", "e"):
+                np.testing.assert_allclose(got[name], want[name], rtol=1e-6, atol=1e-6, err_msg=name)
+        other = session.run(["u"], {**feeds, **rng, "rng.seed": np.array(12, np.int64)})[0]
+        assert not np.array_equal(other, want["u"])   # the seed is read
+
+
+def test_noisy_examples_export_as_few_nodes():
+    """The denoising autoencoder's and the VAE's noise is one `Normal` call each, not the generator
+    written out in the graph (360 nodes before)."""
+    for name in ("autoencoder_digits.dln", "vae_digits.dln"):
+        proto = selected(ROOT / "examples" / name).export_onnx(None)
+        kinds = [n.op_type for n in proto.graph.node]
+        assert kinds.count("Normal") == 1 and len(kinds) < 20, kinds
+
+
 def test_layers_become_their_onnx_ops():
     def ops(name: str) -> set[str]:
         return {n.op_type for n in selected(ROOT / "examples" / name).export_onnx(None).graph.node}
@@ -252,7 +321,7 @@ def test_cli_errors(tmp_path, monkeypatch, capsys, file, out, argv, code, where)
 def test_every_forward_op_has_an_export_rule():
     """The exporter's table covers every primitive a forward graph may hold (the backward's
     conv_weight aside), and the composites it keeps whole."""
-    from dln.runtime.onnx import export, export_scan  # noqa: F401
+    from dln.runtime.onnx import export, export_random, export_scan  # noqa: F401
     from dln.runtime.onnx.export_ops import PRIMITIVES
 
     backward_only = {Op.CONV_WEIGHT}
@@ -283,6 +352,7 @@ def test_primitives_match_the_interpreter():
         "iota": b.add(b.cast(b.iota(6, DType.I32), DType.F32), b.dim_value(B, DType.F32)),
         "wrapped": b.compare(Op.NE, b.mod(counts, 3), 1),
         "waves": b.pow(b.add(b.unary(Op.SIN, x), b.unary(Op.COS, b.unary(Op.SIGN, x))), 2.0),
+        "floored": b.add(b.unary(Op.FLOOR, b.mul(x, 3.0)), b.unary(Op.ATAN, x)),
         "extremes": b.add(b.max(x, 1, keepdim=True), b.min(x, 1, keepdim=True)),
         "clipped": b.maximum(b.minimum(x, 0.5), b.neg(b.cast(b.cast(x, DType.F64), DType.F32))),
         "transposed": b.emit(Op.CONV_TRANSPOSE, (x, w), {"stride": (2,), "dilation": (1,), "padding": ((1, 0),),

@@ -292,8 +292,8 @@ def test_example_twins(tmp_path, twins, name):
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "examples").glob("*.dln"))
-# Examples whose noise (randn_like, dropout in training) dln's exporter writes as Philox's integer
-# arithmetic, which has no .dln form but the draw it came from.
+# Examples that draw noise in evaluation mode (randn_like): dln's exporter writes each draw as a call of
+# its generator (ai.dln.Normal), which comes back as the draw on the same stream: the same numbers.
 NOISY = {"autoencoder_digits", "vae_digits"}
 # Examples whose parameter names come back otherwise: only the generator is exported (the GANs'
 # outputs), a bias added after the adjacency product is a param (gcn), attention's projections come
@@ -303,9 +303,11 @@ RENAMED = {"dcgan_digits", "gan_digits", "gcn_karate", "transformer_charlm", "vi
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
 def test_example_round_trip(tmp_path, path):
-    """Each example exported by dln (Model.export_onnx) and imported again computes what it did; where
-    the layers come back as the same layers, under the same names, so the original weights load."""
-    original = dln.compile(path, backend="numpy", seed=3, model="finetune" if path.stem == "transfer_digits" else None)
+    """Each example exported by dln (Model.export_onnx) and imported again computes what it did, its
+    random draws the very same numbers run after run; where the layers come back as the same layers,
+    under the same names, the original weights load."""
+    model = "finetune" if path.stem == "transfer_digits" else None
+    original = dln.compile(path, backend="numpy", seed=3, model=model)
     state = original.state_dict()   # running statistics other than 0 and 1 too
     for name, value in state.items():
         if name.endswith("running_var"):
@@ -315,24 +317,101 @@ def test_example_round_trip(tmp_path, path):
     original.load_state_dict(state)
     onnx_path = tmp_path / f"{path.stem}.onnx"
     original.export_onnx(onnx_path)
-    if path.stem in NOISY:
-        with pytest.raises(DlnError) as e:
-            dln.import_onnx(onnx_path, out=tmp_path / "back.dln")
-        assert e.value.diagnostics[0].code == "E0716" and "Cast" in e.value.diagnostics[0].message
-        return
-    dln.import_onnx(onnx_path, out=tmp_path / "back.dln")
-    back = dln.compile(tmp_path / "back.dln", backend="numpy")
+    text = dln.import_onnx(onnx_path, out=tmp_path / "back.dln")
+    assert "rng" not in text and ("randn_like(" in text) == (path.stem in NOISY)
+    back = dln.compile(tmp_path / "back.dln", backend="numpy", seed=3)
     back.load(tmp_path / "back.safetensors")
     feeds = {}
     for i in onnx.load(str(onnx_path)).graph.input:
+        if i.name in ("rng.seed", "rng.step"):
+            continue
         info = original.inputs[i.name]
         shape = [d if isinstance(d, int) else {"B": 5, "T": 6, "N": 7}[str(d)] for d in info.type.shape]
         feeds[i.name] = RNG.integers(0, 10, shape) if not info.type.dtype.is_float else randn(*shape)
-    want, got = original(**feeds), back(**feeds)
-    for name, ref in want.items():
-        np.testing.assert_allclose(got[name], ref, rtol=1e-5, atol=1e-6, err_msg=name)
+    for _ in range(2 if path.stem in NOISY else 1):   # the second run draws at the next step
+        want, got = original(**feeds), back(**feeds)
+        for name, ref in want.items():
+            if path.stem in NOISY:
+                np.testing.assert_array_equal(got[name], ref, err_msg=name)
+            else:
+                np.testing.assert_allclose(got[name], ref, rtol=1e-5, atol=1e-6, err_msg=name)
+    if path.stem in NOISY:   # the noise counts: another seed gives other outputs
+        other = dln.compile(tmp_path / "back.dln", backend="numpy", seed=4)
+        other.load(tmp_path / "back.safetensors")
+        assert not np.array_equal(other(**feeds)["recon"], want["recon"])
     if path.stem not in RENAMED:
         back.load_state_dict(original.state_dict())
+
+
+DRAWS = """
+model draws {
+    input x: f32[B, 5]
+    input w: f64[B, 2]
+    output coin = bernoulli(sigmoid(x))
+    output d = w + randn_like(w)
+    output e = x * randn_like(x) - rand_like(x)
+}
+"""
+
+
+def exported_draws(tmp_path: Path) -> tuple[dln.Model, Path]:
+    (tmp_path / "draws.dln").write_text(DRAWS)
+    model = dln.compile(tmp_path / "draws.dln", backend="numpy", seed=7)
+    model.export_onnx(tmp_path / "draws.onnx")
+    return model, tmp_path / "draws.onnx"
+
+
+def test_draws_come_back_on_their_streams(tmp_path):
+    """rand_like, bernoulli (a uniform draw compared) and randn_like of f32 and f64 tensors come back as
+    the built-ins, each bound as it comes, so dln gives them the streams they had: the same numbers."""
+    original, path = exported_draws(tmp_path)
+    text = dln.import_onnx(path, out=tmp_path / "back.dln")
+    assert "rand_like(x)" in text and "randn_like(w)" in text and "randn_like(x)" in text and "rng" not in text
+    assert "stream" not in text   # no comment: every draw is on its stream
+    back = dln.compile(tmp_path / "back.dln", backend="numpy", seed=7)
+    back.load(tmp_path / "back.safetensors")
+    feeds = {"x": randn(5, 5), "w": RNG.standard_normal((5, 2))}
+    for _ in range(2):
+        want, got = original(**feeds), back(**feeds)
+        for name, ref in want.items():
+            np.testing.assert_array_equal(got[name], ref, err_msg=name)
+
+
+def test_draws_off_their_streams_are_said(tmp_path):
+    """A graph whose draws are not dln's streams in order (here the first two swapped: bernoulli's
+    uniform draw, stream 0, and a randn_like's, streams 1 and 2) imports, with a comment at each draw
+    that gives other numbers."""
+    _, path = exported_draws(tmp_path)
+    proto = onnx.load(str(path))
+    calls = [n for n in proto.graph.node if n.domain == "ai.dln"]
+    assert [n.op_type for n in calls] == ["Uniform", "Normal", "Normal", "Uniform"]
+    streams = [next(a for a in n.attribute if a.name == "stream") for n in calls]
+    assert [a.i for a in streams] == [0, 1, 3, 5]
+    streams[0].i, streams[1].i = 1, 0
+    onnx.save(proto, str(path))
+    text = dln.import_onnx(path, out=tmp_path / "back.dln")
+    assert text.count("# the ONNX model drew this") == 2
+    assert "# the ONNX model drew this from stream 1, dln draws it from stream 0: other numbers" in text
+    assert "# the ONNX model drew this from stream 0, dln draws it from stream 1: other numbers" in text
+    dln.compile(tmp_path / "back.dln", backend="numpy")
+
+
+def test_a_draw_needs_a_tensor_of_its_shape(tmp_path):
+    _, path = exported_draws(tmp_path)
+    functions = list(onnx.load(str(path)).functions)
+    shape = helper.make_node("Constant", [], ["shape"], value=numpy_helper.from_array(np.array([3], np.int64)))
+    draw = helper.make_node("Uniform", ["rng.seed", "rng.step", "shape"], ["u"], "draw", domain="ai.dln", stream=0,
+                            dtype=TensorProto.FLOAT)
+    scalar = [value("rng.seed", [], TensorProto.INT64), value("rng.step", [], TensorProto.INT64)]
+    graph = helper.make_graph([shape, draw, helper.make_node("Relu", ["x"], ["y"])], "lonely",
+                              [value("x", ["batch", 4])] + scalar, [value("y", ["batch", 4]), value("u", [3])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("ai.dln", 1)],
+                              functions=functions)
+    onnx.save(model, str(tmp_path / "lonely.onnx"))
+    with pytest.raises(DlnError) as e:
+        dln.import_onnx(tmp_path / "lonely.onnx")
+    d = e.value.diagnostics[0]
+    assert d.code == "E0716" and "'draw'" in d.message and "no f32 tensor of the shape [3]" in d.message
 
 
 # ---- graphs written with onnx.helper ----------------------------------------------------------------------
