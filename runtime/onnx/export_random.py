@@ -45,10 +45,11 @@ def _uniform_lowering(graph: Graph, n: Node) -> Lowering:
 PRIMITIVES[Op.RAND] = _uniform_lowering
 
 
-def draw(ex: Exporter, n: Node, function: str, seed_step: tuple[int, int] | None = None) -> str:
-    """A call of `ai.dln.<function>` drawing n's shape and type from n's stream (the first of them)."""
+def draw(ex: Exporter, n: Node, function: str) -> str:
+    """A call of `ai.dln.<function>` drawing `rand` node n's shape and type from n's stream (the first
+    of them, for `Normal`)."""
     define(ex.root, function)
-    seed, step = seed_step if seed_step is not None else n.inputs
+    seed, step = n.inputs
     return ex.op(function, [ex.value(seed), ex.value(step), ex.shape(n.shape)], hint=n.name or function.lower(),
                  domain=DOMAIN, stream=int(n.attrs["stream"]), dtype=onnx_type(n.dtype))
 

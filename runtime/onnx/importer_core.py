@@ -21,9 +21,10 @@ ELEM_TYPES = {onnx.TensorProto.FLOAT: "f32", onnx.TensorProto.DOUBLE: "f64", onn
               onnx.TensorProto.BOOL: "bool"}
 WIDTH = 100   # a pipe longer than this breaks before each stage
 # Ops whose output has their first input's shape (for Importer._refine).
-SAME_SHAPE = {"Relu", "Tanh", "Sigmoid", "Exp", "Log", "Sqrt", "Abs", "Sin", "Cos", "Softplus", "Softsign", "Sign",
-              "Neg", "Reciprocal", "Elu", "Selu", "LeakyRelu", "Gelu", "dln.Gelu", "Softmax", "LogSoftmax", "Cast",
-              "Clip", "Dropout", "Identity", "LayerNormalization", "BatchNormalization", "Trilu", "Not", "Floor", "Atan"}
+SAME_SHAPE = {"Relu", "Tanh", "Sigmoid", "Exp", "Log", "Sqrt", "Abs", "Sin", "Cos", "Atan", "Floor", "Softplus",
+              "Softsign", "Sign", "Neg", "Reciprocal", "Elu", "Selu", "LeakyRelu", "Gelu", "dln.Gelu", "Softmax",
+              "LogSoftmax", "Cast", "Clip", "Dropout", "Identity", "LayerNormalization", "BatchNormalization", "Trilu",
+              "Not"}
 
 # op type -> handler(importer, node), registered by importer_ops, importer_layers, importer_rnn
 HANDLERS: dict[str, Callable[["Importer", INode], None]] = {}

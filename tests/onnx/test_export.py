@@ -199,7 +199,8 @@ def test_random_draws_are_calls_of_dlns_generator(tmp_path):
         step = model._rng_step
         want = model(**feeds)
         rng = {"rng.seed": np.array(11, np.int64), "rng.step": np.array(step, np.int64)}
-        for got in (dict(zip(names, session.run(None, {**feeds, **rng}))), dict(zip(names, run(proto, {**feeds, **rng})))):
+        runs = (session.run(None, {**feeds, **rng}), run(proto, {**feeds, **rng}))   # onnxruntime, dln's backend
+        for got in (dict(zip(names, outputs)) for outputs in runs):
             np.testing.assert_array_equal(got["u"], want["u"])
             np.testing.assert_array_equal(got["coin"], want["coin"])
             for name in ("d", "e"):
