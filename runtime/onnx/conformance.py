@@ -45,6 +45,11 @@ KINDS = ("node", "pytorch-converted", "pytorch-operator")
 EXPECTED_FAILURES: dict[str, str] = {
     "test_identity_sequence": "a sequence of tensors: dln's values are tensors",
     "test_identity_opt": "an optional value: dln's values are tensors",
+    "test_equal_string": "string tensors: dln's element types are numbers and bool",
+    "test_equal_string_broadcast": "string tensors: dln's element types are numbers and bool",
+    "test_attention_4d_gqa_with_past_and_present_fp16_expanded": "2 fp16 ulps on 6 of 576 values: the expected "
+    "values come from numpy summing the fp16 products in fp16; dln's fp16 MatMul and Softmax accumulate in fp32 "
+    "(the non-expanded case, computed in fp32 and rounded once, passes)",
     **{f"test_training_dropout{suffix}": "a seeded mask: dln draws from its own Philox stream, the expected "
        "masks are numpy's RandomState(seed)" for suffix in ("", "_mask", "_default", "_default_mask")},
 }

@@ -89,7 +89,7 @@ def _symsize(ex: Exporter, n: Node, args: list[str]) -> str:
 
 UNARY = {Op.NEG: "Neg", Op.EXP: "Exp", Op.LOG: "Log", Op.SQRT: "Sqrt", Op.ABS: "Abs", Op.SIGN: "Sign",
          Op.SIN: "Sin", Op.COS: "Cos", Op.TANH: "Tanh", Op.SIGMOID: "Sigmoid", Op.RELU: "Relu", Op.ERF: "Erf",
-         Op.NOT: "Not", Op.FLOOR: "Floor", Op.ATAN: "Atan", Op.DETACH: "Identity", Op.CHECK_INDEX: "Identity"}
+         Op.FLOOR: "Floor", Op.ATAN: "Atan", Op.NOT: "Not", Op.DETACH: "Identity", Op.CHECK_INDEX: "Identity"}
 BINARY = {Op.ADD: "Add", Op.SUB: "Sub", Op.MUL: "Mul", Op.DIV: "Div", Op.POW: "Pow", Op.MAXIMUM: "Max",
           Op.MINIMUM: "Min", Op.LT: "Less", Op.LE: "LessOrEqual", Op.GT: "Greater", Op.GE: "GreaterOrEqual",
           Op.EQ: "Equal", Op.AND: "And", Op.OR: "Or"}
