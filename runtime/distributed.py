@@ -1,0 +1,304 @@
+"""Data-parallel training on `torch.distributed`: the process group, the sampler, the gradient exchange.
+
+Every rank holds the whole model and runs the same training step on its own
+rows of each batch.  The step is compiled in two graphs
+(`pipeline.split_step`): the forward and backward give the rank's loss,
+metrics and gradients; the host averages the gradients across ranks with
+`all_reduce`; the update graph — gradient clipping, loss unscaling, the
+optimizer — then makes the same update on every rank from the same averaged
+gradients, so the parameters never drift apart.
+
+The contract with one process (`dln train` at batch N·b):
+
+- `batch` is the per-rank batch b, as PyTorch's DDP takes it.  The epoch's
+  order is the one a single process draws (same seed); the global batch k is
+  rows [k·N·b, (k+1)·N·b) of it, and rank r takes rows [r·b, (r+1)·b) of that
+  (`shard`).  A short last batch leaves some ranks fewer rows, or none.
+- A rank's loss is a mean over its rows, so its gradient is weighted by its
+  share of the global batch (rows / total) before the sum: the sum is the
+  gradient of the mean over the whole batch, what one process computes, even
+  for the short last batch.  The loss and metrics are reduced the same way,
+  so every rank reports the global figures; so is the validation (`reduce`).
+- Gradients travel in flat buckets (~25 MB, as DDP's), in reverse model
+  order (the order a backward produces them: where overlap would start),
+  exchanged as torch tensors over the NumPy arrays (`torch.from_numpy`, no
+  copies); the update graph reads its gradient inputs straight from the
+  buckets' views.  On the Triton backend the buffers are torch tensors on
+  the GPU already, and the group's backend is `nccl`.
+- Collectives time out (`DEFAULT_TIMEOUT`, `DLN_DIST_TIMEOUT` seconds): a
+  rank that died or hangs ends the others with a dln error (E0720), never a
+  silent hang.
+
+The environment is the standard one (`torchrun`'s): RANK, WORLD_SIZE,
+LOCAL_RANK, MASTER_ADDR, MASTER_PORT.  `dln train --nproc N` sets it for N
+local workers (dln.runtime.launch).
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from dln.dsl.diagnostics import Diagnostic, DlnError, Note
+from dln.runtime.numpy_ops import np_dtype
+
+if TYPE_CHECKING:
+    from dln.compiler.training import SplitStep
+    from dln.runtime.backends import Backend
+
+# How long a collective waits for the other ranks before it gives up (seconds): long enough for a slow
+# rank's first step (compiling its kernels), short enough that a dead rank does not hold the others for long.
+DEFAULT_TIMEOUT = 300.0
+# DDP's default bucket size: big enough that each all_reduce moves many bytes per call.
+BUCKET_BYTES = 25 * 2 ** 20
+ENVIRONMENT = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+@dataclass(frozen=True)
+class Group:
+    """This process's place among the ranks, and the torch.distributed backend joining them."""
+
+    rank: int
+    size: int
+    local_rank: int
+    backend: str          # gloo (CPU buffers) or nccl (CUDA buffers)
+    timeout: float
+
+    @property
+    def leader(self) -> bool:
+        """Rank 0: the one that writes logs, the run directory, checkpoints and the progress bar."""
+        return self.rank == 0
+
+
+def environment_size(environ: Mapping[str, str] | None = None) -> int | None:
+    """WORLD_SIZE as a launcher set it, or None outside a launcher."""
+    environ = os.environ if environ is None else environ
+    if "WORLD_SIZE" not in environ:
+        return None
+    return _env_int(environ, "WORLD_SIZE", 1)
+
+
+def from_environment(device: str = "cpu", environ: Mapping[str, str] | None = None) -> Group | None:
+    """Join the process group a launcher (torchrun, `dln train --nproc`) described in the environment;
+    None when there is no launcher or a single rank.  `device`: "cpu" (gloo) or "cuda" (nccl)."""
+    environ = os.environ if environ is None else environ
+    size = environment_size(environ)
+    if size is None or size == 1:
+        return None
+    missing = [k for k in ENVIRONMENT if k not in environ and k != "LOCAL_RANK"]
+    if missing:
+        raise DlnError(Diagnostic("E0720", f"WORLD_SIZE={size} is set but {', '.join(missing)} "
+                                           f"{'is' if len(missing) == 1 else 'are'} not", None,
+                                  (Note("launch with torchrun --nproc-per-node N -m dln train FILE, or "
+                                        "dln train FILE --nproc N"),)))
+    rank = _env_int(environ, "RANK", 0, size - 1)
+    local = _env_int(environ, "LOCAL_RANK", 0) if "LOCAL_RANK" in environ else rank
+    timeout = float(environ.get("DLN_DIST_TIMEOUT", DEFAULT_TIMEOUT))
+    import torch.distributed as dist
+
+    backend = "nccl" if device == "cuda" else "gloo"
+    if device == "cuda":
+        import torch
+
+        torch.cuda.set_device(local)
+    try:
+        dist.init_process_group(backend, init_method="env://", rank=rank, world_size=size,
+                                timeout=datetime.timedelta(seconds=timeout))
+    except (RuntimeError, ValueError) as e:
+        raise DlnError(Diagnostic(
+            "E0720", f"rank {rank} of {size} could not join the process group at "
+                     f"{environ['MASTER_ADDR']}:{environ['MASTER_PORT']}: {_first_line(e)}", None,
+            (Note("every rank must reach MASTER_ADDR:MASTER_PORT within the timeout (DLN_DIST_TIMEOUT, "
+                  f"{timeout:g} s)"),))) from None
+    return Group(rank, size, local, backend, timeout)
+
+
+def leave(group: Group | None) -> None:
+    """Leave the process group (at the end of training, or on the way out of an error)."""
+    if group is None:
+        return
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _env_int(environ: Mapping[str, str], key: str, low: int, high: int | None = None) -> int:
+    text = environ[key]
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or value < low or (high is not None and value > high):
+        bound = f"from {low} to {high}" if high is not None else f">= {low}"
+        raise DlnError(Diagnostic("E0720", f"the environment variable {key}={text!r} must be an integer {bound}"))
+    return value
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+# ---- collectives ---------------------------------------------------------------------------------------------
+def _torch_view(buffer: Any):
+    """A torch tensor sharing `buffer`'s memory: a NumPy array through torch.from_numpy, a tensor itself."""
+    if isinstance(buffer, np.ndarray):
+        import torch
+
+        return torch.from_numpy(buffer)
+    return buffer
+
+
+def _collective(group: Group, what: str, run: Callable[[], Any]) -> None:
+    """Run a collective; a rank that died or hangs (gloo's closed connection, the timeout) becomes a dln
+    error naming what was being exchanged, so the rank exits rather than waits forever."""
+    try:
+        run()
+    except (RuntimeError, ValueError) as e:   # torch.distributed.DistError derives from RuntimeError
+        raise DlnError(Diagnostic(
+            "E0720", f"rank {group.rank} of {group.size}: {what} failed: {_first_line(e)}", None,
+            (Note(f"another rank has stopped, or hung for more than {group.timeout:g} s (DLN_DIST_TIMEOUT); "
+                  "its own output says why"),
+             Note("the last checkpoint written stays good: run again to resume from it")))) from None
+
+
+def all_reduce(group: Group, buffers: Sequence[Any], what: str) -> None:
+    """Sum each buffer across ranks, in place."""
+    import torch.distributed as dist
+
+    def run() -> None:
+        for b in buffers:
+            dist.all_reduce(_torch_view(b), op=dist.ReduceOp.SUM)
+
+    _collective(group, what, run)
+
+
+def broadcast(group: Group, buffers: Sequence[Any], what: str) -> None:
+    """Rank 0's buffers to every rank, in place."""
+    import torch.distributed as dist
+
+    def run() -> None:
+        for b in buffers:
+            dist.broadcast(_torch_view(b), src=0)
+
+    _collective(group, what, run)
+
+
+def reduce_means(group: Group, means: Mapping[str, float], rows: int, total: int, what: str) -> dict[str, float]:
+    """Means over each rank's `rows`, as means over all `total` rows: weighted by rows, summed."""
+    names = list(means)
+    sums = np.array([means[k] * rows for k in names], np.float64)
+    all_reduce(group, [sums], what)
+    return {k: float(v) / max(total, 1) for k, v in zip(names, sums)}
+
+
+# ---- the sampler -------------------------------------------------------------------------------------------------
+def shard(batch: np.ndarray, rank: int, per_rank: int) -> np.ndarray:
+    """Rank `rank`'s rows of one global batch: [rank·b, (rank+1)·b), fewer or none at a short last batch."""
+    return batch[rank * per_rank:(rank + 1) * per_rank]
+
+
+def split_evenly(n: int, group: Group) -> np.ndarray:
+    """Rank `group.rank`'s contiguous share of `n` examples (validation): sizes differ by one at most."""
+    return np.array_split(np.arange(n), group.size)[group.rank]
+
+
+# ---- the gradient exchange ---------------------------------------------------------------------------------------
+@dataclass
+class Bucket:
+    flat: Any                          # one flat buffer of the backend's (a NumPy array, a torch tensor)
+    views: dict[str, Any]              # parameter name -> its gradient's view into `flat`
+
+
+def buckets(step: SplitStep, backend: Backend, cap: int = BUCKET_BYTES) -> list[Bucket]:
+    """Flat buffers for the gradients `step.update` reads, one element type each, filled in reverse model
+    order up to `cap` bytes (a larger gradient gets a bucket of its own)."""
+    types = {n.attrs["name"].removeprefix("grad:"): n.type for n in step.update.nodes
+             if n.op.name == "INPUT" and n.attrs["role"] == "grad"}
+    plan: list[tuple[np.dtype, list[tuple[str, tuple[int, ...]]]]] = []
+    open_: dict[np.dtype, tuple[list, int]] = {}
+    for name in reversed(step.params):
+        if name not in types:
+            continue
+        dtype = np_dtype(types[name].dtype)
+        shape = tuple(int(d) for d in types[name].shape)
+        size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        entries, used = open_.get(dtype, (None, 0))
+        if entries is None or used + size > cap:
+            entries, used = [], 0
+            plan.append((dtype, entries))
+        entries.append((name, shape))
+        open_[dtype] = (entries, used + size)
+    out = []
+    for dtype, entries in plan:
+        total = sum(int(np.prod(s, dtype=np.int64)) for _, s in entries)
+        flat = backend.asarray(np.zeros(total, dtype))
+        views, offset = {}, 0
+        for name, shape in entries:
+            count = int(np.prod(shape, dtype=np.int64))
+            views[name] = flat[offset:offset + count].reshape(shape)
+            offset += count
+        out.append(Bucket(flat, views))
+    return out
+
+
+class GradientSync:
+    """One optimizer's step across ranks: the gradient graph on this rank's rows, the buckets summed, the
+    update graph on the averaged gradients (see the module docstring)."""
+
+    def __init__(self, group: Group, step: SplitStep, backend: Backend, persistent: Mapping[str, Any],
+                 rng: Mapping[str, Any]) -> None:
+        self.group = group
+        self.step = step
+        self.backend = backend
+        self.rng = rng
+        self.buckets = buckets(step, backend)
+        self.views = {name: view for b in self.buckets for name, view in b.views.items()}
+        self.gradients = backend.prepare(step.graph, persistent, step.donate)
+        # The update reads the averaged gradients where the all_reduce left them: persistent inputs.
+        grads = {f"grad:{name}": view for name, view in self.views.items()}
+        self.update = backend.prepare(step.update, {**persistent, **grads}, step.update_donate or {})
+
+    def run(self, feeds: Mapping[str, Any] | None, env: Mapping[str, int], hyper: Mapping[str, Any],
+            rows: int, total: int) -> dict[str, Any]:
+        """One step: `rows` of this rank's (`feeds`: None when it has none at a short last batch) among the
+        global batch's `total`.  Returns the gradient graph's outputs, the loss and metrics as means over
+        all ranks' rows (floats), and the update's outputs (`found_inf`)."""
+        names = ["loss", *self.step.metrics]
+        be = self.backend
+        if rows:
+            results = dict(self.gradients.run(feeds, env))
+            weight = rows / total
+            for name, view in self.views.items():
+                _scaled_copy(view, results[f"grad:{name}"], weight)
+            means = {k: float(be.to_numpy(results[k])) for k in names}
+        else:
+            # No rows: nothing to add but the random step, which every rank advances alike.
+            results = {}
+            for b in self.buckets:
+                b.flat[...] = 0
+            be.copy_into(self.rng["rng.step"], be.to_numpy(self.rng["rng.step"]) + 1)
+            means = dict.fromkeys(names, 0.0)
+        all_reduce(self.group, [b.flat for b in self.buckets], "the all_reduce of the gradients")
+        results.update(reduce_means(self.group, means, rows, total, "the all_reduce of the loss and metrics"))
+        results.update(self.update.run(hyper, {}))
+        return results
+
+
+def _scaled_copy(dst: Any, src: Any, weight: float) -> None:
+    """dst = src * weight, in dst's memory (one pass: the copy into the bucket is the scaling)."""
+    if isinstance(dst, np.ndarray):
+        np.multiply(src, dst.dtype.type(weight), out=dst)
+    else:
+        dst.copy_(src).mul_(weight)
+
+
+def broadcast_state(group: Group, persistent: Mapping[str, Any]) -> None:
+    """Rank 0's parameters and model state to every rank, before the first step (DDP does the same): the
+    ranks start equal whatever drew or loaded their weights."""
+    broadcast(group, [persistent[k] for k in sorted(persistent)], "the broadcast of the initial weights")
