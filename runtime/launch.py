@@ -8,9 +8,9 @@ waits.  Rank 0's output is the run's; the others' standard output is
 dropped and their error output kept aside, shown only when that rank was
 the first to fail (the cause; the others then report losing it).  The exit
 status is the first failure's, else 0.  When one worker fails, the others
-stop on their own (their next collective fails, or times out:
+stop on their own (their collective fails, or times out:
 dln.runtime.distributed); those still running after that timeout and a
-grace period are ended.
+grace period (a stopped process) are ended.
 """
 
 from __future__ import annotations
@@ -25,7 +25,9 @@ from typing import IO, Sequence
 
 from dln.runtime.distributed import DEFAULT_TIMEOUT
 
-GRACE = 30.0      # seconds beyond the collectives' timeout before the survivors of a failure are ended
+# Seconds beyond the collectives' timeout before the survivors of a failure are ended: they were waiting in a
+# collective already, which gives up within the timeout of its own.
+GRACE = 5.0
 POLL = 0.1
 
 

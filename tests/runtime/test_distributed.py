@@ -132,7 +132,8 @@ def test_three_ranks_follow_one_process_with_an_empty_rank_at_the_end(tmp_path: 
 
 def test_nproc_from_the_command_line_trains_with_one_set_of_logs(tmp_path: Path, sgd_mlp: Path, capsys):
     """`dln train --nproc 2`: exit 0, rank 0's output alone (one line an epoch, one `final`), one run
-    directory and checkpoint, and the weights one process at twice the batch trains."""
+    directory and checkpoint, and the weights one process at twice the batch trains; torchrun's launch
+    (`python -m torch.distributed.run`, the `torchrun` command) trains the same."""
     out = subprocess.run([sys.executable, "-m", "dln", "train", str(sgd_mlp), "--nproc", "2", "--no-progress",
                           "--checkpoint", str(tmp_path / "ckpt"), "--save", str(tmp_path / "two.safetensors")],
                          capture_output=True, text=True, cwd=tmp_path, timeout=120)
@@ -154,6 +155,16 @@ def test_nproc_from_the_command_line_trains_with_one_set_of_logs(tmp_path: Path,
     one.load(tmp_path / "one.safetensors")
     for name, w in one.state_dict().items():
         np.testing.assert_allclose(two.state_dict()[name], w, rtol=0, atol=5e-6, err_msg=name)
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "dln",
+                          "train", str(sgd_mlp), "--no-progress", "--logdir", "none",
+                          "--save", str(tmp_path / "torchrun.safetensors")],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert sum(line.startswith("final ") for line in run.stdout.splitlines()) == 1   # rank 0's alone
+    by_torchrun = dln.compile(str(sgd_mlp), backend="numpy")
+    by_torchrun.load(tmp_path / "torchrun.safetensors")
+    for name, w in two.state_dict().items():
+        np.testing.assert_array_equal(by_torchrun.state_dict()[name], w, err_msg=name)
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "1.5", "two"])
@@ -244,3 +255,60 @@ def test_buckets_hold_every_gradient_once_in_reverse_order(sgd_mlp: Path):
         for name, v in b.views.items():
             assert v.shape == model.parameters()[name].shape and np.shares_memory(v, b.flat)
     assert len(distributed.buckets(step, NumpyBackend())) == 1   # 25 MB holds this model whole
+
+
+def start_ranks(file: Path, nproc: int, args: list[str], cwd: Path, timeout: float) -> list[subprocess.Popen]:
+    """`dln train` as `nproc` ranks, each started here (as a launcher would), collectives timing out after
+    `timeout` seconds."""
+    port = free_port()
+    return [subprocess.Popen([sys.executable, "-m", "dln", "train", str(file), *args],
+                             env={**worker_environment(rank, nproc, port), "DLN_DIST_TIMEOUT": str(timeout)},
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd)
+            for rank in range(nproc)]
+
+
+def wait_for_epoch(proc: subprocess.Popen, deadline: float = 60) -> None:
+    """Until `proc` (rank 0) has logged its first epoch: training is under way, a checkpoint written."""
+    import select
+    import time
+
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        ready, _, _ = select.select([proc.stdout], [], [], 0.5)
+        if ready and proc.stdout.readline().startswith("epoch "):
+            return
+        assert proc.poll() is None, proc.stderr.read()
+    raise AssertionError("rank 0 logged no epoch")
+
+
+@pytest.mark.parametrize("how", ["killed", "stopped"])
+def test_a_rank_that_dies_or_hangs_ends_the_others_with_a_dln_error(tmp_path: Path, sgd_mlp: Path, how: str):
+    """Rank 1 killed (its connections close) or stopped (it hangs): rank 0 stops within the timeout with
+    E0720, not a hang; the checkpoint it wrote before is whole, and resumes on one process."""
+    import signal
+    import time
+
+    ckpt = tmp_path / "ckpt"
+    ranks = start_ranks(sgd_mlp, 2, ["--epochs", "1000", "--no-progress", "--checkpoint", str(ckpt)], tmp_path,
+                        timeout=3)
+    try:
+        wait_for_epoch(ranks[0])
+        ranks[1].send_signal(signal.SIGKILL if how == "killed" else signal.SIGSTOP)
+        began = time.monotonic()
+        _, err = ranks[0].communicate(timeout=30)
+        took = time.monotonic() - began
+    finally:
+        for p in ranks:
+            p.kill()
+            p.communicate()
+    assert ranks[0].returncode == 1
+    assert "error[E0720]: rank 0 of 2: the all_reduce" in err and "Traceback" not in err
+    assert took < 3 + 10
+    state = json.loads((ckpt / "state.json").read_text())
+    done = state["epochs_done"]
+    assert done >= 1 and all((ckpt / name).is_file() for name in state["files"].values())
+    resumed = subprocess.run([sys.executable, "-m", "dln", "train", str(sgd_mlp), "--epochs", str(done + 1),
+                              "--no-progress", "--checkpoint", str(ckpt)],
+                             capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming from {ckpt} after epoch {done}" in resumed.stdout
