@@ -335,7 +335,14 @@ class Trainer:
             for k in batches:
                 idx = order[k * batch:(k + 1) * batch]
                 rows = self._rows(idx, whole is not None)
-                feeds = self._batch(train, sources, rows[0], augment=True) if len(rows[0]) else None
+                if self.group is not None and whole is None and self._draws(sources):
+                    # Augmentation and filled inputs draw for the global batch, as one process does, and
+                    # every rank keeps its rows: the same numbers, and the same generator state after.
+                    feeds = self._batch(train, sources, idx, augment=True)
+                    lo = min(self.group.rank * r.batch, len(idx))
+                    feeds = {k: v[lo:lo + len(rows[0])] for k, v in feeds.items()} if len(rows[0]) else None
+                else:
+                    feeds = self._batch(train, sources, rows[0], augment=True) if len(rows[0]) else None
                 results = self._step(feeds, schedules, epoch, (len(rows[0]), rows[1]))
                 for name, value in results.items():   # among ranks, means over the global batch already
                     sums[name] = sums.get(name, 0.0) + value * len(idx)
@@ -396,6 +403,10 @@ class Trainer:
         finally:
             self.model._rng_step = counter
         return {k: np.asarray(feeds[k] if k in feeds else values[k]) for k in self.recipe.images}
+
+    def _draws(self, sources: dict[str, str]) -> bool:
+        """Whether making a training batch draws random numbers: augmentation, filled inputs."""
+        return bool(self.recipe.augment) or any(s in ("randn", "rand") for s in sources.values())
 
     def _rows(self, idx: np.ndarray, whole: bool) -> tuple[np.ndarray, int]:
         """This rank's examples of the global batch `idx`, and the rows of all ranks together: the batch

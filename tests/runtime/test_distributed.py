@@ -36,7 +36,8 @@ from _ddp_worker import record_steps  # noqa: E402
 TRAIN = 1438   # digits' training rows after validate = 0.2
 
 # A small variant of examples/mlp_digits.dln: SGD with momentum, so that gradient clipping (which must see
-# the averaged gradients) changes the trajectory, and no dropout (its masks are drawn per rank for now).
+# the averaged gradients) changes the trajectory; noise added to the inputs (drawn for the global batch, each
+# rank keeping its rows); no dropout (its masks are drawn per rank for now).
 SGD_MLP = """
 model mlp(hidden: int = 24) {
     input x: f32[B, 64]
@@ -52,6 +53,7 @@ train mlp {
     validate  = 0.2
     optimizer = sgd(lr = 0.2, momentum = 0.9)
     clip_grad = 0.5
+    augment   = [gaussian_noise(0.05)]
     batch     = 24
     epochs    = 2
     seed      = 3
