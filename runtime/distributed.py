@@ -167,26 +167,31 @@ def _collective(group: Group, what: str, run: Callable[[], Any]) -> None:
              Note("the last checkpoint written stays good: run again to resume from it")))) from None
 
 
+def _each(group: Group, buffers: Sequence[Any], op: Callable[[Any], Any]) -> None:
+    """`op` on a torch view of each buffer; under nccl, host buffers (the loss and metrics' sums) go
+    through the GPU and back, as nccl reduces device memory only."""
+    for b in buffers:
+        t = _torch_view(b)
+        if group.backend == "nccl" and t.device.type == "cpu":
+            on_device = t.cuda()
+            op(on_device)
+            t.copy_(on_device.cpu())
+        else:
+            op(t)
+
+
 def all_reduce(group: Group, buffers: Sequence[Any], what: str) -> None:
     """Sum each buffer across ranks, in place."""
     import torch.distributed as dist
 
-    def run() -> None:
-        for b in buffers:
-            dist.all_reduce(_torch_view(b), op=dist.ReduceOp.SUM)
-
-    _collective(group, what, run)
+    _collective(group, what, lambda: _each(group, buffers, lambda t: dist.all_reduce(t, op=dist.ReduceOp.SUM)))
 
 
 def broadcast(group: Group, buffers: Sequence[Any], what: str) -> None:
     """Rank 0's buffers to every rank, in place."""
     import torch.distributed as dist
 
-    def run() -> None:
-        for b in buffers:
-            dist.broadcast(_torch_view(b), src=0)
-
-    _collective(group, what, run)
+    _collective(group, what, lambda: _each(group, buffers, lambda t: dist.broadcast(t, src=0)))
 
 
 def reduce_means(group: Group, means: Mapping[str, float], rows: int, total: int, what: str) -> dict[str, float]:
@@ -298,7 +303,9 @@ def _scaled_copy(dst: Any, src: Any, weight: float) -> None:
         dst.copy_(src).mul_(weight)
 
 
-def broadcast_state(group: Group, persistent: Mapping[str, Any]) -> None:
-    """Rank 0's parameters and model state to every rank, before the first step (DDP does the same): the
-    ranks start equal whatever drew or loaded their weights."""
-    broadcast(group, [persistent[k] for k in sorted(persistent)], "the broadcast of the initial weights")
+def broadcast_state(group: Group, persistent: Mapping[str, Any], what: str = "the initial weights") -> None:
+    """Rank 0's parameters or model state to every rank, in place.  Before the first step (DDP does the same):
+    the ranks start equal whatever drew or loaded their weights.  The model state (batch norm's running
+    statistics, which each rank updates from its own rows) before each evaluation and at the end: the
+    ranks evaluate, and return, the weights rank 0 saves."""
+    broadcast(group, [persistent[k] for k in sorted(persistent)], f"the broadcast of {what}")

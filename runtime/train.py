@@ -383,6 +383,8 @@ class Trainer:
                 run.epoch(self.history.epochs)
             if self.stopped:
                 break
+        if self.group is not None:
+            distributed.broadcast_state(self.group, self.model._state, "the model state")
         if run is not None:
             run.finish(self.history.epochs, self._images(*((val, val_sources) if val is not None else (train, sources))))
         return self.history
@@ -437,6 +439,8 @@ class Trainer:
     def evaluate(self, arrays: data.Arrays, sources: dict[str, str] | None = None) -> dict[str, float]:
         """Mean objective losses and metrics over `arrays` (validation data), in evaluation mode."""
         sources = sources or self._sources(arrays, self.recipe.validate_renames)
+        if self.group is not None:   # per-rank running statistics: rank 0's, the ones it saves
+            distributed.broadcast_state(self.group, self.model._state, "the model state")
         spec = self.model.spec
         names = [n for n in self.eval_names if n in spec.values or n in spec.metrics]
         n = len(next(iter(arrays.values())))

@@ -314,3 +314,18 @@ def test_a_rank_that_dies_or_hangs_ends_the_others_with_a_dln_error(tmp_path: Pa
                              capture_output=True, text=True, cwd=tmp_path, timeout=60)
     assert resumed.returncode == 0, resumed.stderr
     assert f"resuming from {ckpt} after epoch {done}" in resumed.stdout
+
+
+def test_batch_norm_per_rank_leaves_every_rank_with_rank_0s_statistics(tmp_path: Path, sgd_mlp: Path):
+    """Batch norm normalizes each rank's rows with their own statistics (PyTorch's default); the running
+    statistics, which each rank updates from its own rows, are rank 0's on every rank after training, as
+    are the parameters: the ranks evaluate and return what rank 0 saves."""
+    bn = tmp_path / "mlp_bn.dln"
+    bn.write_text(SGD_MLP.replace("linear(hidden) -> tanh", "linear(hidden) -> batchnorm -> tanh"))
+    ranks = run_ranks(tmp_path, bn, 2, {"batch": 24, "epochs": 1})
+    stats = [k for k in ranks[0] if k.startswith("w:") and "running" in k]
+    assert stats, sorted(ranks[0])
+    for key in [k for k in ranks[0] if k.startswith(("w:", "h:"))]:
+        np.testing.assert_array_equal(ranks[1][key], ranks[0][key], err_msg=key)
+    np.testing.assert_array_equal(ranks[1]["losses"], ranks[0]["losses"])
+    assert np.isfinite(ranks[0]["losses"]).all() and ranks[0]["losses"][-5:].mean() < ranks[0]["losses"][:5].mean()
