@@ -39,7 +39,8 @@ from dln.compiler.program import load
 from dln.compiler.recipe import Objective
 from dln.compiler.training import SplitStep, TrainStep, build_split_step, build_step
 
-__all__ = ["load", "build_model", "forward_graph", "train_step", "split_step", "gradient_graph", "optimize", "lower", "PASSES"]
+__all__ = ["load", "build_model", "forward_graph", "train_step", "split_step", "gradient_graph", "optimize", "lower",
+           "PASSES"]
 
 # The optimization passes, in order.
 PASSES: list[tuple[str, Callable[[Graph], Graph]]] = [
