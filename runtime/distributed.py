@@ -202,6 +202,17 @@ def reduce_means(group: Group, means: Mapping[str, float], rows: int, total: int
     return {k: float(v) / max(total, 1) for k, v in zip(names, sums)}
 
 
+def model_seed(seed: int, group: Group | None) -> int:
+    """The seed of the model's own draws (dropout masks, randn_like) on this rank: the run's on rank 0 (and in
+    one process), another on each other rank, so that the ranks do not draw one mask for their k-th rows
+    alike.  (The draws are indexed by position in the rank's batch; indexed by global example, they would
+    be one process's, and this would go.)"""
+    if group is None or group.rank == 0:
+        return seed
+    mixed = (seed + group.rank * 0x9E3779B97F4A7C15) % 2 ** 64   # the golden ratio's odd 64-bit constant
+    return mixed - 2 ** 64 if mixed >= 2 ** 63 else mixed         # as an int64
+
+
 # ---- the sampler -------------------------------------------------------------------------------------------------
 def shard(batch: np.ndarray, rank: int, per_rank: int) -> np.ndarray:
     """Rank `rank`'s rows of one global batch: [rank·b, (rank+1)·b), fewer or none at a short last batch."""

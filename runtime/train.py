@@ -170,7 +170,8 @@ class Trainer:
         spec = model.train_spec
         # The random state: the seed, and the step count every step graph advances in place.
         be = model.backend
-        self.rng = {"rng.seed": be.asarray(np.array(recipe.seed, np.int64)), "rng.step": be.asarray(np.array(0, np.int64))}
+        seed = distributed.model_seed(recipe.seed, group)   # among ranks, each its own draws
+        self.rng = {"rng.seed": be.asarray(np.array(seed, np.int64)), "rng.step": be.asarray(np.array(0, np.int64))}
         self.optimizers = [Optimizer(model, o, recipe.clip_grad, rng=self.rng, debug=debug,
                                      check_numerics=check_numerics, group=group) for o in recipe.objectives]
         self.steps: list[TrainStep] = [opt.train for opt in self.optimizers]

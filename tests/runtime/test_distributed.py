@@ -194,6 +194,12 @@ def test_a_broken_environment_is_a_dln_error(environ: dict, message: str):
     assert e.value.code == "E0720" and message in e.value.diagnostics[0].message
 
 
+def test_each_rank_draws_with_its_own_seed():
+    seeds = [distributed.model_seed(7, distributed.Group(r, 4, r, "gloo", 1.0)) for r in range(4)]
+    assert seeds[0] == 7 == distributed.model_seed(7, None)
+    assert len(set(seeds)) == 4 and all(-2 ** 63 <= s < 2 ** 63 for s in seeds)
+
+
 def test_no_launcher_or_one_rank_is_one_process():
     assert distributed.from_environment("cpu", {}) is None
     assert distributed.from_environment("cpu", {"WORLD_SIZE": "1", "RANK": "0"}) is None
@@ -319,9 +325,10 @@ def test_a_rank_that_dies_or_hangs_ends_the_others_with_a_dln_error(tmp_path: Pa
 def test_batch_norm_per_rank_leaves_every_rank_with_rank_0s_statistics(tmp_path: Path, sgd_mlp: Path):
     """Batch norm normalizes each rank's rows with their own statistics (PyTorch's default); the running
     statistics, which each rank updates from its own rows, are rank 0's on every rank after training, as
-    are the parameters: the ranks evaluate and return what rank 0 saves."""
+    are the parameters: the ranks evaluate and return what rank 0 saves.  With dropout: each rank draws
+    its own masks (`model_seed`), and the update stays common."""
     bn = tmp_path / "mlp_bn.dln"
-    bn.write_text(SGD_MLP.replace("linear(hidden) -> tanh", "linear(hidden) -> batchnorm -> tanh"))
+    bn.write_text(SGD_MLP.replace("linear(hidden) -> tanh", "linear(hidden) -> batchnorm -> tanh -> dropout(0.2)"))
     ranks = run_ranks(tmp_path, bn, 2, {"batch": 24, "epochs": 1})
     stats = [k for k in ranks[0] if k.startswith("w:") and "running" in k]
     assert stats, sorted(ranks[0])
