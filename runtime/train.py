@@ -341,7 +341,7 @@ class Trainer:
                     # every rank keeps its rows: the same numbers, and the same generator state after.
                     feeds = self._batch(train, sources, idx, augment=True)
                     lo = min(self.group.rank * r.batch, len(idx))
-                    feeds = {k: v[lo:lo + len(rows[0])] for k, v in feeds.items()} if len(rows[0]) else None
+                    feeds = {name: v[lo:lo + len(rows[0])] for name, v in feeds.items()} if len(rows[0]) else None
                 else:
                     feeds = self._batch(train, sources, rows[0], augment=True) if len(rows[0]) else None
                 results = self._step(feeds, schedules, epoch, (len(rows[0]), rows[1]))
