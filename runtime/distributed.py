@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import datetime
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -229,6 +229,8 @@ def split_evenly(n: int, group: Group) -> np.ndarray:
 class Bucket:
     flat: Any                          # one flat buffer of the backend's (a NumPy array, a torch tensor)
     views: dict[str, Any]              # parameter name -> its gradient's view into `flat`
+    # (view, the update's input) where the update reads a copy: a backend that moved its inputs elsewhere.
+    copies: list[tuple[Any, Any]] = field(default_factory=list)
 
 
 def buckets(step: SplitStep, backend: Backend, cap: int = BUCKET_BYTES) -> list[Bucket]:
@@ -274,17 +276,22 @@ class GradientSync:
         self.backend = backend
         self.rng = rng
         self.buckets = buckets(step, backend)
-        self.views = {name: view for b in self.buckets for name, view in b.views.items()}
         self.gradients = backend.prepare(step.graph, persistent, step.donate)
-        # The update reads the averaged gradients where the all_reduce left them: persistent inputs.
-        grads = {f"grad:{name}": view for name, view in self.views.items()}
-        self.update = backend.prepare(step.update, {**persistent, **grads}, step.update_donate or {})
+        # The update reads the averaged gradients where the all_reduce left them: persistent inputs (tensors
+        # of their own over the same memory: a backend may move them, as the Triton backend lays the inputs of
+        # a multi-tensor kernel out back to back; `_bind` then follows them).
+        grads = {name: _view(b.flat, view) for b in self.buckets for name, view in b.views.items()}
+        self.update = backend.prepare(step.update, {**persistent, **{f"grad:{k}": v for k, v in grads.items()}},
+                                      step.update_donate or {})
+        for b in self.buckets:
+            _bind(b, grads)
+        self.views = {name: view for b in self.buckets for name, view in b.views.items()}
 
     def run(self, feeds: Mapping[str, Any] | None, env: Mapping[str, int], hyper: Mapping[str, Any],
-            rows: int, total: int) -> dict[str, Any]:
+            rows: int, total: int) -> tuple[dict[str, Any], dict[str, float]]:
         """One step: `rows` of this rank's (`feeds`: None when it has none at a short last batch) among the
-        global batch's `total`.  Returns the gradient graph's outputs, the loss and metrics as means over
-        all ranks' rows (floats), and the update's outputs (`found_inf`)."""
+        global batch's `total`.  Returns the outputs of this rank's graphs (the gradient graph's, none
+        without rows; the update's: `found_inf`), and the loss and metrics as means over all ranks' rows."""
         names = ["loss", *self.step.metrics]
         be = self.backend
         if rows:
@@ -301,9 +308,54 @@ class GradientSync:
             be.copy_into(self.rng["rng.step"], be.to_numpy(self.rng["rng.step"]) + 1)
             means = dict.fromkeys(names, 0.0)
         all_reduce(self.group, [b.flat for b in self.buckets], "the all_reduce of the gradients")
-        results.update(reduce_means(self.group, means, rows, total, "the all_reduce of the loss and metrics"))
+        for b in self.buckets:
+            for view, moved in b.copies:
+                _scaled_copy(moved, view, 1.0)
+        means = reduce_means(self.group, means, rows, total, "the all_reduce of the loss and metrics")
         results.update(self.update.run(hyper, {}))
-        return results
+        return results, means
+
+
+def _view(flat: Any, like: Any) -> Any:
+    """Another array or tensor over the memory of `like`, a view into `flat`."""
+    if isinstance(flat, np.ndarray):
+        return like.view()
+    return like.view(like.shape)
+
+
+def _address(t: Any) -> int:
+    return t.__array_interface__["data"][0] if isinstance(t, np.ndarray) else t.data_ptr()
+
+
+def _bind(bucket: Bucket, inputs: Mapping[str, Any]) -> None:
+    """Make the bucket feed the update's gradient inputs (`inputs`, as the backend left them after
+    preparing): where they still view the bucket, nothing to do; where the backend laid them out back to
+    back elsewhere, that run becomes the bucket (the all_reduce works in place there); else each is
+    copied from the bucket after the all_reduce."""
+    if all(_address(inputs[n]) == _address(v) for n, v in bucket.views.items()):
+        return
+    moved = [inputs[n] for n in bucket.views]
+    flat = _span(moved)
+    if flat is not None:
+        bucket.flat, bucket.views = flat, {n: inputs[n] for n in bucket.views}
+    else:
+        bucket.copies = [(v, inputs[n]) for n, v in bucket.views.items()]
+
+
+def _span(tensors: list[Any]) -> Any:
+    """One flat torch tensor over `tensors` when they lie back to back in one storage (in any order), else
+    None."""
+    if isinstance(tensors[0], np.ndarray):
+        return None
+    storage = tensors[0].untyped_storage()
+    if any(t.untyped_storage().data_ptr() != storage.data_ptr() or not t.is_contiguous() for t in tensors):
+        return None
+    runs = sorted((t.storage_offset(), t.numel()) for t in tensors)
+    if any(start != prev + size for (prev, size), (start, _) in zip(runs, runs[1:])):
+        return None
+    flat = tensors[0].new_empty(0)
+    flat.set_(storage, runs[0][0], (sum(size for _, size in runs),))
+    return flat
 
 
 def _scaled_copy(dst: Any, src: Any, weight: float) -> None:

@@ -108,9 +108,10 @@ class Optimizer:
         kept = numerics.keep(train.graph, feeds, self.persistent, backend.to_numpy) if check else None
         if self.sync is None:
             results = self.prepared.run(feeds, env)
-        else:
+            means = {k: float(backend.to_numpy(results[k])) for k in ("loss", *train.metrics)}
+        else:   # the loss and metrics: means over every rank's rows
             mine, total = rows if rows is not None else (1, self.sync.group.size)   # equal shares
-            results = self.sync.run(feeds if mine else None, env, hyper, mine, total)
+            results, means = self.sync.run(feeds if mine else None, env, hyper, mine, total)
         # Counted once it ran: a step that failed on its batch (an index out of range) updated nothing,
         # and the next one takes its place (Adam's bias correction, the schedule's position).  So does a
         # step whose gradients overflowed under loss scaling: GradScaler skips `optimizer.step()`.
@@ -119,13 +120,13 @@ class Optimizer:
         self.skipped += skipped
         if kept is not None:
             numerics.check_step(train.graph, results, kept, env, backend.to_numpy, when, self.objective.span)
-        loss = float(backend.to_numpy(results["loss"]))
+        loss = means["loss"]
         if not math.isfinite(loss) and not skipped:   # a skipped step's loss may overflow: the scale backs off
             raise DlnError(Diagnostic("E0704", f"the loss {self.objective.loss} became {loss} {when}",
                                       self.objective.span, (Note("try a smaller learning rate or clip_grad = 1.0"),)))
         out = {self.objective.loss: loss}
         for m in train.metrics:
-            out.setdefault(m, float(backend.to_numpy(results[m])))
+            out.setdefault(m, means[m])
         if "found_inf" in results:   # 1 for a skipped step: an epoch's mean is the fraction skipped
             out["amp_skipped"] = float(skipped)
         return out

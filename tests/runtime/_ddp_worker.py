@@ -39,9 +39,9 @@ def main(out: str, file: str, settings: str) -> None:
     group = distributed.from_environment("cpu")
     losses: list[float] = []
     Trainer._step = record_steps(losses)
+    settings = {"backend": "numpy", **json.loads(settings)}
     try:
-        history = train_file(file, backend="numpy", progress=False, logdir=False, group=group,
-                             **json.loads(settings))
+        history = train_file(file, progress=False, logdir=False, group=group, **settings)
     finally:
         distributed.leave(group)
     save(Path(out) / f"rank{group.rank}.npz", losses, history)

@@ -79,7 +79,7 @@ def single(file: Path, settings: dict, monkeypatch) -> dict[str, np.ndarray]:
     """One process, in this one, recorded as the workers record themselves."""
     losses: list[float] = []
     monkeypatch.setattr(Trainer, "_step", record_steps(losses))
-    history = train_file(file, backend="numpy", progress=False, logdir=False, **settings)
+    history = train_file(file, progress=False, logdir=False, **{"backend": "numpy", **settings})
     record = {"losses": np.array(losses)}
     record.update({f"w:{k}": v for k, v in history.model.state_dict().items()})
     record.update({f"h:{k}": np.array([e[k] for e in history.epochs]) for k in history.epochs[0] if k != "time"})
@@ -130,6 +130,20 @@ def test_three_ranks_follow_one_process_with_an_empty_rank_at_the_end(tmp_path: 
     ranks = run_ranks(tmp_path, EXAMPLES / "mlp_digits.dln", n, settings)
     one = single(EXAMPLES / "mlp_digits.dln", {**settings, "batch": n * b}, monkeypatch)
     assert_same_trajectory(ranks, one, loss_rtol=5e-6, weight_atol=5e-6)
+
+
+def test_the_triton_backend_exchanges_its_own_buffers(tmp_path: Path, monkeypatch):
+    """The Triton backend (its interpreter, on the CPU here: torch CPU tensors over gloo) lays the update's
+    gradient inputs out in an arena of its own: the buckets follow them there, and 2 ranks still follow
+    one process at twice the batch."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    settings = {"backend": "triton", "epochs": 1, "batch": 16}
+    ranks = run_ranks(tmp_path, EXAMPLES / "iris.dln", 2, settings)
+    one = single(EXAMPLES / "iris.dln", {**settings, "batch": 32}, monkeypatch)
+    for rec in ranks:
+        np.testing.assert_allclose(rec["losses"], one["losses"], rtol=5e-6)
+        for key in [k for k in one if k.startswith("w:")]:
+            np.testing.assert_allclose(rec[key], one[key], rtol=0, atol=5e-6, err_msg=key)
 
 
 def test_nproc_from_the_command_line_trains_with_one_set_of_logs(tmp_path: Path, sgd_mlp: Path, capsys):
@@ -263,6 +277,26 @@ def test_buckets_hold_every_gradient_once_in_reverse_order(sgd_mlp: Path):
         for name, v in b.views.items():
             assert v.shape == model.parameters()[name].shape and np.shares_memory(v, b.flat)
     assert len(distributed.buckets(step, NumpyBackend())) == 1   # 25 MB holds this model whole
+
+
+def test_a_bucket_follows_inputs_a_backend_moved(sgd_mlp: Path):
+    """Gradient inputs laid out back to back elsewhere (torch tensors, any order): that run becomes the
+    bucket; inputs scattered: the bucket is copied to them after the all_reduce."""
+    import torch
+
+    flat = torch.zeros(10)
+    views = {"a": flat[0:6].view(2, 3), "b": flat[6:10].view(4)}
+    arena = torch.zeros(10)
+    moved = {"b": arena[0:4].view(4), "a": arena[4:10].view(2, 3)}
+    bucket = distributed.Bucket(flat, dict(views))
+    distributed._bind(bucket, moved)
+    assert bucket.flat.data_ptr() == arena.data_ptr() and bucket.flat.numel() == 10 and not bucket.copies
+    bucket.flat += 1   # the all_reduce, in place
+    assert all(float(t.min()) == 1 for t in moved.values())
+    scattered = {"a": torch.zeros(2, 3), "b": torch.zeros(4)}
+    bucket = distributed.Bucket(flat, dict(views))
+    distributed._bind(bucket, scattered)
+    assert bucket.flat is flat and [m for _, m in bucket.copies][0] is scattered["a"] and len(bucket.copies) == 2
 
 
 def start_ranks(file: Path, nproc: int, args: list[str], cwd: Path, timeout: float) -> list[subprocess.Popen]:
