@@ -4,18 +4,20 @@ The parent picks a free port on this machine, starts each worker as
 `python -m dln` with the same arguments and the standard environment (RANK,
 WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT; one
 thread each unless OMP_NUM_THREADS says otherwise, as torchrun does), and
-waits.  Rank 0's output is the run's; the others' standard output is
-dropped and their error output kept aside, shown only when that rank was
-the first to fail (the cause; the others then report losing it).  The exit
-status is the first failure's, else 0.  When one worker fails, the others
-stop on their own (their collective fails, or times out:
-dln.runtime.distributed); those still running after that timeout and a
-grace period (a stopped process) are ended.
+waits; a SIGTERM or Ctrl-C to it ends them too.  Rank 0's output is the
+run's; the others' standard output is dropped and their error output kept
+aside, shown only when that rank was the first to fail (the cause; the
+others then report losing it).  The exit status is the first failure's,
+else 0.  When one worker fails, the others stop on their own (their
+collective fails, or times out: dln.runtime.distributed); those still
+running after that timeout and a grace period (a stopped process) are
+ended.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -52,6 +54,11 @@ def launch(argv: Sequence[str], nproc: int) -> int:
     timeout = float(os.environ.get("DLN_DIST_TIMEOUT", DEFAULT_TIMEOUT))
     procs: list[subprocess.Popen] = []
     errors: list[IO[bytes] | None] = []
+
+    def terminated(signum, frame):   # the launcher ended (a job scheduler's SIGTERM): its workers with it
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, terminated)
     try:
         for rank in range(nproc):
             err = None if rank == 0 else tempfile.TemporaryFile(mode="w+b")
@@ -65,6 +72,7 @@ def launch(argv: Sequence[str], nproc: int) -> int:
         _end(procs)
         return 130
     finally:
+        signal.signal(signal.SIGTERM, previous)
         for e in errors:
             if e is not None:
                 e.close()
