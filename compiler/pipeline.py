@@ -9,7 +9,8 @@
                             per-channel affine maps folded into the conv or matmul before them)
          ──train_step──► forward + backward + optimizer update, optimized
          ──split_step──► the same step as two graphs, the gradients and the update, for the host to
-                         average the gradients across ranks in between (data parallelism)
+                         average the gradients across ranks in between (data parallelism); its random
+                         draws counted by global row (`global_rows`)
          ──gradient_graph──► forward + backward alone: a loss and its gradients
          ──lower──► what a backend runs: every composite it has no kernel for decomposed
                     into primitives (the backends call it in `prepare`)
@@ -33,6 +34,7 @@ from dln.compiler.passes.decompose import Keep, decompose, keep_none
 from dln.compiler.passes.detach import strip_detach
 from dln.compiler.passes.fold import fold
 from dln.compiler.passes.fold_affine import fold_affine
+from dln.compiler.passes.global_rows import global_rows
 from dln.compiler.passes.horizontal import horizontal
 from dln.compiler.passes.verify import verify
 from dln.compiler.program import load
@@ -131,7 +133,8 @@ def split_step(model: BuiltModel, objective: Objective, clip_grad: float | None 
         roots = [model.values[objective.loss], *model.metrics.values(), *model.updates.values()]
         model = _merged_model(model, roots, debug)
     step = build_split_step(model, objective, clip_grad, mixed)
-    step.graph = optimize(step.graph, debug)
+    # Each rank's random draws counted from its first row in the global batch: one process's masks.
+    step.graph = optimize(global_rows(step.graph), debug)
     step.update = optimize(step.update, debug)
     return step
 

@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from dln.compiler.passes.global_rows import ROW
 from dln.dsl.diagnostics import Diagnostic, DlnError, Note
 from dln.runtime.numpy_ops import np_dtype
 
@@ -202,17 +203,6 @@ def reduce_means(group: Group, means: Mapping[str, float], rows: int, total: int
     return {k: float(v) / max(total, 1) for k, v in zip(names, sums)}
 
 
-def model_seed(seed: int, group: Group | None) -> int:
-    """The seed of the model's own draws (dropout masks, randn_like) on this rank: the run's on rank 0 (and in
-    one process), another on each other rank, so that the ranks do not draw one mask for their k-th rows
-    alike.  (The draws are indexed by position in the rank's batch; indexed by global example, they would
-    be one process's, and this would go.)"""
-    if group is None or group.rank == 0:
-        return seed
-    mixed = (seed + group.rank * 0x9E3779B97F4A7C15) % 2 ** 64   # the golden ratio's odd 64-bit constant
-    return mixed - 2 ** 64 if mixed >= 2 ** 63 else mixed         # as an int64
-
-
 # ---- the sampler -------------------------------------------------------------------------------------------------
 def shard(batch: np.ndarray, rank: int, per_rank: int) -> np.ndarray:
     """Rank `rank`'s rows of one global batch: [rank·b, (rank+1)·b), fewer or none at a short last batch."""
@@ -276,7 +266,9 @@ class GradientSync:
         self.backend = backend
         self.rng = rng
         self.buckets = buckets(step, backend)
-        self.gradients = backend.prepare(step.graph, persistent, step.donate)
+        # This rank's first row in the global batch, from which its random draws count (passes.global_rows).
+        self.row = backend.asarray(np.array(0, np.int64))
+        self.gradients = backend.prepare(step.graph, {**persistent, ROW: self.row}, step.donate)
         # The update reads the averaged gradients where the all_reduce left them: persistent inputs (tensors
         # of their own over the same memory: a backend may move them, as the Triton backend lays the inputs of
         # a multi-tensor kernel out back to back; `_bind` then follows them).
@@ -288,13 +280,14 @@ class GradientSync:
         self.views = {name: view for b in self.buckets for name, view in b.views.items()}
 
     def run(self, feeds: Mapping[str, Any] | None, env: Mapping[str, int], hyper: Mapping[str, Any],
-            rows: int, total: int) -> tuple[dict[str, Any], dict[str, float]]:
-        """One step: `rows` of this rank's (`feeds`: None when it has none at a short last batch) among the
-        global batch's `total`.  Returns the outputs of this rank's graphs (the gradient graph's, none
+            rows: int, total: int, first: int = 0) -> tuple[dict[str, Any], dict[str, float]]:
+        """One step: `rows` of this rank's (`feeds`: None when it has none at a short last batch), from row
+        `first` of the global batch, among its `total`.  Returns the outputs of this rank's graphs (the gradient graph's, none
         without rows; the update's: `found_inf`), and the loss and metrics as means over all ranks' rows."""
         names = ["loss", *self.step.metrics]
         be = self.backend
         if rows:
+            be.copy_into(self.row, np.array(first, np.int64))
             results = dict(self.gradients.run(feeds, env))
             weight = rows / total
             for name, view in self.views.items():

@@ -96,11 +96,11 @@ class Optimizer:
         return results[self.objective.loss]
 
     def run(self, feeds: Mapping[str, Any] | None, env: Mapping[str, int], lr: float, when: str,
-            rows: tuple[int, int] | None = None) -> dict[str, float]:
+            rows: tuple[int, int, int] | None = None) -> dict[str, float]:
         """The step on checked feeds at rate `lr`: the loss and the metrics by name.  `when` says, in an
-        error, which step made the loss NaN or infinite.  Among ranks, `rows`: this rank's rows and the
-        global batch's (`feeds` None when this rank has none); the loss and metrics are then the whole
-        batch's."""
+        error, which step made the loss NaN or infinite.  Among ranks, `rows`: this rank's rows, the global
+        batch's, and its first row there (`feeds` None when this rank has none); the loss and metrics are
+        then the whole batch's."""
         backend, train = self.model.backend, self.train
         hyper = {"lr": np.array(lr, np.float64), "step": np.array(self.count + 1, np.float64)}
         feeds = {**{name: v for name, v in (feeds or {}).items() if name in self.inputs}, **hyper}
@@ -110,8 +110,8 @@ class Optimizer:
             results = self.prepared.run(feeds, env)
             means = {k: float(backend.to_numpy(results[k])) for k in ("loss", *train.metrics)}
         else:   # the loss and metrics: means over every rank's rows
-            mine, total = rows if rows is not None else (1, self.sync.group.size)   # equal shares
-            results, means = self.sync.run(feeds if mine else None, env, hyper, mine, total)
+            mine, total, first = rows if rows is not None else (1, self.sync.group.size, 0)   # equal shares
+            results, means = self.sync.run(feeds if mine else None, env, hyper, mine, total, first)
         # Counted once it ran: a step that failed on its batch (an index out of range) updated nothing,
         # and the next one takes its place (Adam's bias correction, the schedule's position).  So does a
         # step whose gradients overflowed under loss scaling: GradScaler skips `optimizer.step()`.

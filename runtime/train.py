@@ -170,8 +170,7 @@ class Trainer:
         spec = model.train_spec
         # The random state: the seed, and the step count every step graph advances in place.
         be = model.backend
-        seed = distributed.model_seed(recipe.seed, group)   # among ranks, each its own draws
-        self.rng = {"rng.seed": be.asarray(np.array(seed, np.int64)), "rng.step": be.asarray(np.array(0, np.int64))}
+        self.rng = {"rng.seed": be.asarray(np.array(recipe.seed, np.int64)), "rng.step": be.asarray(np.array(0, np.int64))}
         self.optimizers = [Optimizer(model, o, recipe.clip_grad, rng=self.rng, debug=debug,
                                      check_numerics=check_numerics, group=group) for o in recipe.objectives]
         self.steps: list[TrainStep] = [opt.train for opt in self.optimizers]
@@ -340,11 +339,12 @@ class Trainer:
                     # Augmentation and filled inputs draw for the global batch, as one process does, and
                     # every rank keeps its rows: the same numbers, and the same generator state after.
                     feeds = self._batch(train, sources, idx, augment=True)
-                    lo = min(self.group.rank * r.batch, len(idx))
+                    lo = self.group.rank * r.batch
                     feeds = {name: v[lo:lo + len(rows[0])] for name, v in feeds.items()} if len(rows[0]) else None
                 else:
                     feeds = self._batch(train, sources, rows[0], augment=True) if len(rows[0]) else None
-                results = self._step(feeds, schedules, epoch, (len(rows[0]), rows[1]))
+                first = 0 if whole is not None or self.group is None else min(self.group.rank * r.batch, len(idx))
+                results = self._step(feeds, schedules, epoch, (len(rows[0]), rows[1], first))
                 for name, value in results.items():   # among ranks, means over the global batch already
                     sums[name] = sums.get(name, 0.0) + value * len(idx)
                 seen += len(idx)
@@ -422,9 +422,9 @@ class Trainer:
         return distributed.shard(idx, self.group.rank, self.recipe.batch), len(idx)
 
     def _step(self, feeds: dict[str, Any] | None, schedules: list[Schedule], epoch: int,
-              rows: tuple[int, int] | None = None) -> dict[str, float]:
-        """One step of every objective on `feeds`; among ranks, `rows` (this rank's, all ranks') and
-        `feeds` None when this rank has no rows of the batch."""
+              rows: tuple[int, int, int] | None = None) -> dict[str, float]:
+        """One step of every objective on `feeds`; among ranks, `rows` (this rank's, all ranks', and its
+        first row in the global batch) and `feeds` None when this rank has no rows of the batch."""
         spec = self.model.train_spec
         # What the compiler could not prove about sizes is checked here, on the real batch.
         env = binding.bind(spec.inputs, feeds, [c for step in self.steps for c in step.graph.constraints]) \

@@ -37,7 +37,7 @@ TRAIN = 1438   # digits' training rows after validate = 0.2
 
 # A small variant of examples/mlp_digits.dln: SGD with momentum, so that gradient clipping (which must see
 # the averaged gradients) changes the trajectory; noise added to the inputs (drawn for the global batch, each
-# rank keeping its rows); no dropout (its masks are drawn per rank for now).
+# rank keeping its rows).
 SGD_MLP = """
 model mlp(hidden: int = 24) {
     input x: f32[B, 64]
@@ -122,11 +122,11 @@ def test_two_ranks_follow_one_process_at_twice_the_batch(tmp_path: Path, sgd_mlp
 
 
 def test_three_ranks_follow_one_process_with_an_empty_rank_at_the_end(tmp_path: Path, monkeypatch):
-    """examples/mlp_digits.dln (Adam), without dropout; b = 50: the last global batch of 88 rows gives
-    ranks 50, 38 and 0 rows."""
+    """examples/mlp_digits.dln (Adam, dropout 0.1: each rank draws the masks of its rows of the global
+    batch); b = 50: the last global batch of 88 rows gives ranks 50, 38 and 0 rows."""
     b, n = 50, 3
     assert TRAIN % (n * b) <= (n - 1) * b
-    settings = {"batch": b, "epochs": 2, "p": 0.0}
+    settings = {"batch": b, "epochs": 2}
     ranks = run_ranks(tmp_path, EXAMPLES / "mlp_digits.dln", n, settings)
     one = single(EXAMPLES / "mlp_digits.dln", {**settings, "batch": n * b}, monkeypatch)
     assert_same_trajectory(ranks, one, loss_rtol=5e-6, weight_atol=5e-6)
@@ -134,12 +134,15 @@ def test_three_ranks_follow_one_process_with_an_empty_rank_at_the_end(tmp_path: 
 
 def test_the_triton_backend_exchanges_its_own_buffers(tmp_path: Path, monkeypatch):
     """The Triton backend (its interpreter, on the CPU here: torch CPU tensors over gloo) lays the update's
-    gradient inputs out in an arena of its own: the buckets follow them there, and 2 ranks still follow
-    one process at twice the batch."""
+    gradient inputs out in an arena of its own: the buckets follow them there; its kernels count the
+    dropout draws from the rank's first row; and 2 ranks still follow one process at twice the batch."""
     monkeypatch.setenv("TRITON_INTERPRET", "1")
+    iris = tmp_path / "iris_dropout.dln"
+    iris.write_text((EXAMPLES / "iris.dln").read_text().replace("-> tanh ->", "-> tanh -> dropout(0.3) ->"))
+    assert "dropout" in iris.read_text()
     settings = {"backend": "triton", "epochs": 1, "batch": 16}
-    ranks = run_ranks(tmp_path, EXAMPLES / "iris.dln", 2, settings)
-    one = single(EXAMPLES / "iris.dln", {**settings, "batch": 32}, monkeypatch)
+    ranks = run_ranks(tmp_path, iris, 2, settings)
+    one = single(iris, {**settings, "batch": 32}, monkeypatch)
     for rec in ranks:
         np.testing.assert_allclose(rec["losses"], one["losses"], rtol=5e-6)
         for key in [k for k in one if k.startswith("w:")]:
@@ -208,10 +211,30 @@ def test_a_broken_environment_is_a_dln_error(environ: dict, message: str):
     assert e.value.code == "E0720" and message in e.value.diagnostics[0].message
 
 
-def test_each_rank_draws_with_its_own_seed():
-    seeds = [distributed.model_seed(7, distributed.Group(r, 4, r, "gloo", 1.0)) for r in range(4)]
-    assert seeds[0] == 7 == distributed.model_seed(7, None)
-    assert len(set(seeds)) == 4 and all(-2 ** 63 <= s < 2 ** 63 for s in seeds)
+def test_a_ranks_draws_are_one_process_s_rows():
+    """Counted from a global row, a rank's draws over its b rows are rows [lo, lo + b) of one process's draw
+    over the global batch, on the NumPy backend and in the torch reference alike."""
+    from dln.runtime import philox
+
+    whole = philox.uniform(12345, 3, 7, (13, 5))
+    np.testing.assert_array_equal(philox.uniform(12345, 3, 7, (4, 5), first=6 * 5), whole[6:10])
+    np.testing.assert_array_equal(philox.uniform(12345, 3, 7, (4, 5), first=0), whole[:4])
+
+
+def test_the_split_step_counts_batch_draws_from_the_ranks_first_row():
+    """`global_rows`: the gradient graph's dropout draw reads `rng.row`; the update graph has no draws."""
+    import dln
+    from dln.compiler import pipeline
+    from dln.compiler.ir import Op
+    from dln.runtime.train import default_objective
+
+    model = dln.compile(str(EXAMPLES / "mlp_digits.dln"), backend="numpy")
+    split = pipeline.split_step(model.train_spec, default_objective(model))
+    rands = [n for n in split.graph.nodes if n.op is Op.RAND]
+    assert rands and all(len(n.inputs) == 3 and split.graph.node(n.inputs[2]).attrs["name"] == "rng.row"
+                         for n in rands)
+    fused = pipeline.train_step(model.train_spec, default_objective(model))
+    assert all(len(n.inputs) == 2 for n in fused.graph.nodes if n.op is Op.RAND)   # one process: unchanged
 
 
 def test_no_launcher_or_one_rank_is_one_process():
@@ -359,8 +382,7 @@ def test_a_rank_that_dies_or_hangs_ends_the_others_with_a_dln_error(tmp_path: Pa
 def test_batch_norm_per_rank_leaves_every_rank_with_rank_0s_statistics(tmp_path: Path, sgd_mlp: Path):
     """Batch norm normalizes each rank's rows with their own statistics (PyTorch's default); the running
     statistics, which each rank updates from its own rows, are rank 0's on every rank after training, as
-    are the parameters: the ranks evaluate and return what rank 0 saves.  With dropout: each rank draws
-    its own masks (`model_seed`), and the update stays common."""
+    are the parameters: the ranks evaluate and return what rank 0 saves.  With dropout."""
     bn = tmp_path / "mlp_bn.dln"
     bn.write_text(SGD_MLP.replace("linear(hidden) -> tanh", "linear(hidden) -> batchnorm -> tanh -> dropout(0.2)"))
     ranks = run_ranks(tmp_path, bn, 2, {"batch": 24, "epochs": 1})
