@@ -18,7 +18,11 @@ The contract with one process (`dln train` at batch N·b):
   share of the global batch (rows / total) before the sum: the sum is the
   gradient of the mean over the whole batch, what one process computes, even
   for the short last batch.  The loss and metrics are reduced the same way,
-  so every rank reports the global figures; so is the validation (`reduce`).
+  so every rank reports the global figures; so is the validation
+  (`reduce_means`).
+- Random draws in the model (dropout) are counted from the rank's first row
+  in the global batch (`rng.row`, dln.compiler.passes.global_rows): a row's
+  mask is the one a single process draws for it.
 - Gradients travel in flat buckets (~25 MB, as DDP's), in reverse model
   order (the order a backward produces them: where overlap would start),
   exchanged as torch tensors over the NumPy arrays (`torch.from_numpy`, no
@@ -272,7 +276,7 @@ class GradientSync:
         # The update reads the averaged gradients where the all_reduce left them: persistent inputs (tensors
         # of their own over the same memory: a backend may move them, as the Triton backend lays the inputs of
         # a multi-tensor kernel out back to back; `_bind` then follows them).
-        grads = {name: _view(b.flat, view) for b in self.buckets for name, view in b.views.items()}
+        grads = {name: _view(view) for b in self.buckets for name, view in b.views.items()}
         self.update = backend.prepare(step.update, {**persistent, **{f"grad:{k}": v for k, v in grads.items()}},
                                       step.update_donate or {})
         for b in self.buckets:
@@ -282,8 +286,9 @@ class GradientSync:
     def run(self, feeds: Mapping[str, Any] | None, env: Mapping[str, int], hyper: Mapping[str, Any],
             rows: int, total: int, first: int = 0) -> tuple[dict[str, Any], dict[str, float]]:
         """One step: `rows` of this rank's (`feeds`: None when it has none at a short last batch), from row
-        `first` of the global batch, among its `total`.  Returns the outputs of this rank's graphs (the gradient graph's, none
-        without rows; the update's: `found_inf`), and the loss and metrics as means over all ranks' rows."""
+        `first` of the global batch, among its `total`.  Returns the outputs of this rank's graphs (the
+        gradient graph's, none without rows; the update's: `found_inf`), and the loss and metrics as means
+        over all ranks' rows."""
         names = ["loss", *self.step.metrics]
         be = self.backend
         if rows:
@@ -309,11 +314,9 @@ class GradientSync:
         return results, means
 
 
-def _view(flat: Any, like: Any) -> Any:
-    """Another array or tensor over the memory of `like`, a view into `flat`."""
-    if isinstance(flat, np.ndarray):
-        return like.view()
-    return like.view(like.shape)
+def _view(like: Any) -> Any:
+    """Another array or tensor object over the memory of `like`."""
+    return like.view() if isinstance(like, np.ndarray) else like.view(like.shape)
 
 
 def _address(t: Any) -> int:
