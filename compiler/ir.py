@@ -78,7 +78,7 @@ class Op(enum.Enum):
     CONST = "const"          # attrs: value (a scalar, filled into the node's shape)
     IOTA = "iota"            # 0, 1, ..., n-1 along the single axis
     SYMSIZE = "symsize"      # attrs: dim — the runtime value of a symbolic dimension
-    RAND = "rand"            # inputs: seed, step; attrs: stream, kind (dropout, randn_like, ...) — U[0, 1), Philox
+    RAND = "rand"            # inputs: seed, step[, row]; attrs: stream, kind (dropout, randn_like, ...) — U[0, 1), Philox
 
     # -- unary elementwise
     NEG = "neg"

@@ -8,6 +8,9 @@
          ──forward_graph──► the graph of the requested values, optimized (in evaluation mode,
                             per-channel affine maps folded into the conv or matmul before them)
          ──train_step──► forward + backward + optimizer update, optimized
+         ──split_step──► the same step as two graphs, the gradients and the update, for the host to
+                         average the gradients across ranks in between (data parallelism); its random
+                         draws counted by global row (`global_rows`)
          ──gradient_graph──► forward + backward alone: a loss and its gradients
          ──lower──► what a backend runs: every composite it has no kernel for decomposed
                     into primitives (the backends call it in `prepare`)
@@ -31,13 +34,15 @@ from dln.compiler.passes.decompose import Keep, decompose, keep_none
 from dln.compiler.passes.detach import strip_detach
 from dln.compiler.passes.fold import fold
 from dln.compiler.passes.fold_affine import fold_affine
+from dln.compiler.passes.global_rows import global_rows
 from dln.compiler.passes.horizontal import horizontal
 from dln.compiler.passes.verify import verify
 from dln.compiler.program import load
 from dln.compiler.recipe import Objective
-from dln.compiler.training import TrainStep, build_step
+from dln.compiler.training import SplitStep, TrainStep, build_split_step, build_step
 
-__all__ = ["load", "build_model", "forward_graph", "train_step", "gradient_graph", "optimize", "lower", "PASSES"]
+__all__ = ["load", "build_model", "forward_graph", "train_step", "split_step", "gradient_graph", "optimize", "lower",
+           "PASSES"]
 
 # The optimization passes, in order.
 PASSES: list[tuple[str, Callable[[Graph], Graph]]] = [
@@ -116,6 +121,21 @@ def train_step(model: BuiltModel, objective: Objective, clip_grad: float | None 
         model = _merged_model(model, roots, debug)
     step = build_step(model, objective, clip_grad, mixed)
     step.graph = optimize(step.graph, debug)
+    return step
+
+
+def split_step(model: BuiltModel, objective: Objective, clip_grad: float | None = None,
+               debug: bool = False, mixed: DType | None = None, merge: bool = False) -> SplitStep:
+    """`train_step` cut where data parallelism exchanges the gradients (dln.compiler.training.SplitStep):
+    `step.graph` computes the loss, the metrics and `grad:<name>`; `step.update` takes them averaged and
+    updates parameters and optimizer state; each optimized on its own."""
+    if merge:
+        roots = [model.values[objective.loss], *model.metrics.values(), *model.updates.values()]
+        model = _merged_model(model, roots, debug)
+    step = build_split_step(model, objective, clip_grad, mixed)
+    # Each rank's random draws counted from its first row in the global batch: one process's masks.
+    step.graph = optimize(global_rows(step.graph), debug)
+    step.update = optimize(step.update, debug)
     return step
 
 

@@ -16,6 +16,10 @@ float32.  Under f16 (`16-mixed`) the step also scales its loss as
 the count of steps since it last changed, and one more output, `found_inf`,
 1 when a gradient overflowed and the step left parameters and optimizer
 state as they were (the host then does not count it: Adam's step count).
+
+Data-parallel training cuts the same step in two (`build_split_step`, `SplitStep`):
+the gradient graph and the update graph, the host averaging the gradients
+across ranks in between.
 """
 
 from __future__ import annotations
@@ -59,78 +63,144 @@ def state_prefix(objective: Objective) -> str:
 
 def build_step(model: BuiltModel, objective: Objective, clip_grad: float | None = None,
                mixed: DType | None = None) -> TrainStep:
+    b, graph, kept_ids, updated, grads = _backward(model, objective, mixed)
+    outputs, metrics = _values(model, kept_ids)
+    with b.at(loc=objective.span, label="optimizer", phase=Phase.OPTIMIZER):
+        g = {p.name: b.tensor(grads[p.node]) for p in updated}
+        params = {p.name: b.tensor(p.node) for p in updated}
+        scale = b.tensor(kept_ids["\0scale"]) if mixed is DType.F16 else None
+        update, donate, states = _optimizer(b, objective, updated, params, g, clip_grad, scale)
+        outputs += update
+        # The random state advances with every step, in the graph like the model state layers assign.
+        for name, node in _advance(b, model, graph, kept_ids):
+            outputs.append((f"new:{name}", node))
+            donate[f"new:{name}"] = name
+    step_graph = _named(b.finish(outputs), f"{model.name}.step.{objective.loss}")
+    return TrainStep(step_graph, objective, [p.name for p in updated], states, donate, metrics)
+
+
+@dataclass
+class SplitStep(TrainStep):
+    """The training step as two graphs, for data-parallel training (dln.runtime.distributed): `graph`, the
+    forward and backward — the loss, the metrics, the gradient of every parameter the step updates
+    (`grad:<name>`), the new model state and random step (donated as `donate` says) — and `update`, the
+    optimizer's graph, whose gradient inputs (`grad:<name>`, role "grad") the host has averaged across
+    ranks in between: gradient clipping, loss unscaling (16-mixed) and the update see the averaged
+    gradients, so every rank makes the same update.  `update_donate` maps its outputs (`new:<param>`,
+    `new:<slot>`) to the inputs they replace.  Run back to back on one process, they compute what
+    `build_step`'s fused graph does."""
+
+    update: Graph | None = None
+    update_donate: dict[str, str] | None = None
+
+
+def build_split_step(model: BuiltModel, objective: Objective, clip_grad: float | None = None,
+                     mixed: DType | None = None) -> SplitStep:
+    b, graph, kept_ids, updated, grads = _backward(model, objective, mixed)
+    outputs, metrics = _values(model, kept_ids)
+    outputs += [(f"grad:{p.name}", grads[p.node]) for p in updated]
+    donate: dict[str, str] = {}
+    with b.at(loc=objective.span, label="optimizer", phase=Phase.OPTIMIZER):
+        for name, node in _advance(b, model, graph, kept_ids):
+            outputs.append((f"new:{name}", node))
+            donate[f"new:{name}"] = name
+    gradients = _named(b.finish(outputs), f"{model.name}.gradients.{objective.loss}")
+    # The update graph: parameters, gradients (role "grad": fed averaged), optimizer state, lr and step.
+    u = GraphBuilder(f"{model.name}.update.{objective.loss}")
+    with u.at(loc=objective.span, label="optimizer", phase=Phase.OPTIMIZER):
+        params = {p.name: u.input(p.name, p.type, "param") for p in updated}
+        g = {p.name: u.input(f"grad:{p.name}", p.type, "grad") for p in updated}
+        scale = u.input(f"{state_prefix(objective)}.amp.scale", TensorType(DType.F32, ()), "state") \
+            if mixed is DType.F16 else None
+        update_outputs, update_donate, states = _optimizer(u, objective, updated, params, g, clip_grad, scale)
+    update = u.finish(update_outputs)
+    return SplitStep(gradients, objective, [p.name for p in updated], states, donate, metrics, update,
+                     update_donate)
+
+
+def _backward(model: BuiltModel, objective: Objective, mixed: DType | None):
+    """The forward graph of the step's values, differentiated: the builder autodiff extended, the graph
+    it started from, the ids of the kept values (`loss`, metrics, `new:<state>`, `\0scale`), the
+    parameters updated and the gradient of each."""
     # The values the step returns, as outputs of the graph autodiff extends (which may replace nodes).
     kept = [("loss", model.values[objective.loss]), *model.metrics.items(),
             *((f"new:{name}", node) for name, node in model.updates.items())]
     graph = model.graph.with_outputs(kept)
     if mixed is not None:
         graph = autocast(graph, mixed)
-    scaler = mixed is DType.F16
     objective_id = graph.output("loss").id
-    if scaler:   # the backward pass starts from loss * scale
+    if mixed is DType.F16:   # the backward pass starts from loss * scale
         graph, objective_id = _scale_loss(graph, objective_id, f"{state_prefix(objective)}.amp.scale")
     # Frozen parameters (outside `over`) are no sources of the backward pass: autodiff computes no gradient
     # for them (nor for what only they need), and they get no optimizer state.
     chosen = [p for p in model.params if objective.updates(p.name)]
     full, grads, b = grad(graph, objective_id, [p.node for p in chosen])
-    kept_ids = dict(full.outputs)
     updated = [p for p in chosen if grads[p.node] is not None]
+    return b, graph, dict(full.outputs), updated, grads
+
+
+def _values(model: BuiltModel, kept_ids: dict[str, int]) -> tuple[list[tuple[str, int]], list[str]]:
+    """The step's first outputs, the loss and the metrics; and the metrics' names."""
+    metrics = list(model.metrics)
+    return [("loss", kept_ids["loss"]), *((name, kept_ids[name]) for name in metrics)], metrics
+
+
+def _optimizer(b: GraphBuilder, objective: Objective, updated: list, params: dict[str, Tensor],
+               g: dict[str, Tensor], clip_grad: float | None, scale: Tensor | None
+               ) -> tuple[list[tuple[str, int]], dict[str, str], list[StateSlot]]:
+    """Gradient clipping, loss unscaling (`scale`: 16-mixed) and the update of every parameter of `updated`
+    from its gradient: the outputs (`new:<param>`, `new:<slot>`, `found_inf`), what they donate to, and the
+    optimizer state slots."""
     opt = objective.optimizer
     hyper = {**OPTIMIZERS[opt.kind].defaults, **opt.hyper}
-    outputs: list[tuple[str, int]] = [("loss", kept_ids["loss"])]
-    metrics = []
-    for name in model.metrics:
-        outputs.append((name, kept_ids[name]))
-        metrics.append(name)
+    outputs: list[tuple[str, int]] = []
     donate: dict[str, str] = {}
     states: list[StateSlot] = []
-    with b.at(loc=objective.span, label="optimizer", phase=Phase.OPTIMIZER):
-        lr = b.input("lr", TensorType(DType.F64, ()), "hyper")
-        step = b.input("step", TensorType(DType.F64, ()), "hyper")
-        g = {p.name: b.tensor(grads[p.node]) for p in updated}
-        found_inf = None
-        if scaler:
-            with b.at(label="amp"):
-                g, found_inf = _unscale(b, g, b.tensor(kept_ids["\0scale"]))
-        if clip_grad is not None and updated:
-            with b.at(label="clip_grad"):
-                g = _clip(b, g, clip_grad)
-        for p in updated:
-            slots = {}
-            for slot, init in OPTIMIZERS[opt.kind].slots(hyper):
-                sname = f"{state_prefix(objective)}.{p.name}.{slot}"
-                states.append(StateSlot(sname, p.name, slot, p.type, init))
-                slots[slot] = b.input(sname, p.type, "state")
-            with b.at(label=f"optimizer.{p.name}"):
-                new_p, new_state = emit_update(b, opt.kind, hyper, b.tensor(p.node), g[p.name], slots, step, lr)
-                if found_inf is not None:   # an overflowing step changes nothing (GradScaler skips it)
-                    new_p = b.where(found_inf, b.tensor(p.node), new_p)
-                    new_state = {k: b.where(found_inf, slots[k], t) for k, t in new_state.items()}
-            outputs.append((f"new:{p.name}", new_p.id))
-            donate[f"new:{p.name}"] = p.name
-            for slot, t in new_state.items():
-                sname = f"{state_prefix(objective)}.{p.name}.{slot}"
-                outputs.append((f"new:{sname}", t.id))
-                donate[f"new:{sname}"] = sname
-        if found_inf is not None:
-            with b.at(label="amp"):
-                outputs.append(("found_inf", b.cast(found_inf, DType.F32).id))
-                for slot, init, new in _update_scale(b, b.tensor(kept_ids["\0scale"]), found_inf,
-                                                     state_prefix(objective)):
-                    states.append(StateSlot(slot, "", slot.rsplit(".", 1)[-1], TensorType(DType.F32, ()), init))
-                    outputs.append((f"new:{slot}", new.id))
-                    donate[f"new:{slot}"] = slot
-        # The random state advances with every step, in the graph like the model state layers assign.
-        rng_step = graph.input_named("rng.step")
-        rng = b.tensor(rng_step.id) if rng_step is not None else b.input("rng.step", TensorType(DType.I64, ()), "rng")
-        for name, node in [*((name, kept_ids[f"new:{name}"]) for name in model.updates),
-                           ("rng.step", b.add(rng, 1).id)]:
-            outputs.append((f"new:{name}", node))
-            donate[f"new:{name}"] = name
-    step_graph = b.finish(outputs)
-    step_graph = Graph(f"{model.name}.step.{objective.loss}", step_graph.nodes, step_graph.outputs,
-                       step_graph.constraints)
-    return TrainStep(step_graph, objective, [p.name for p in updated], states, donate, metrics)
+    lr = b.input("lr", TensorType(DType.F64, ()), "hyper")
+    step = b.input("step", TensorType(DType.F64, ()), "hyper")
+    found_inf = None
+    if scale is not None:
+        with b.at(label="amp"):
+            g, found_inf = _unscale(b, g, scale)
+    if clip_grad is not None and updated:
+        with b.at(label="clip_grad"):
+            g = _clip(b, g, clip_grad)
+    for p in updated:
+        slots = {}
+        for slot, init in OPTIMIZERS[opt.kind].slots(hyper):
+            sname = f"{state_prefix(objective)}.{p.name}.{slot}"
+            states.append(StateSlot(sname, p.name, slot, p.type, init))
+            slots[slot] = b.input(sname, p.type, "state")
+        with b.at(label=f"optimizer.{p.name}"):
+            new_p, new_state = emit_update(b, opt.kind, hyper, params[p.name], g[p.name], slots, step, lr)
+            if found_inf is not None:   # an overflowing step changes nothing (GradScaler skips it)
+                new_p = b.where(found_inf, params[p.name], new_p)
+                new_state = {k: b.where(found_inf, slots[k], t) for k, t in new_state.items()}
+        outputs.append((f"new:{p.name}", new_p.id))
+        donate[f"new:{p.name}"] = p.name
+        for slot, t in new_state.items():
+            sname = f"{state_prefix(objective)}.{p.name}.{slot}"
+            outputs.append((f"new:{sname}", t.id))
+            donate[f"new:{sname}"] = sname
+    if found_inf is not None:
+        with b.at(label="amp"):
+            outputs.append(("found_inf", b.cast(found_inf, DType.F32).id))
+            for slot, init, new in _update_scale(b, scale, found_inf, state_prefix(objective)):
+                states.append(StateSlot(slot, "", slot.rsplit(".", 1)[-1], TensorType(DType.F32, ()), init))
+                outputs.append((f"new:{slot}", new.id))
+                donate[f"new:{slot}"] = slot
+    return outputs, donate, states
+
+
+def _advance(b: GraphBuilder, model: BuiltModel, graph: Graph, kept_ids: dict[str, int]) -> list[tuple[str, int]]:
+    """The new model state (running statistics) and the random step, one more: (name, node) pairs."""
+    rng_step = graph.input_named("rng.step")
+    rng = b.tensor(rng_step.id) if rng_step is not None else b.input("rng.step", TensorType(DType.I64, ()), "rng")
+    return [*((name, kept_ids[f"new:{name}"]) for name in model.updates), ("rng.step", b.add(rng, 1).id)]
+
+
+def _named(graph: Graph, name: str) -> Graph:
+    return Graph(name, graph.nodes, graph.outputs, graph.constraints)
 
 
 def _clip(b: GraphBuilder, grads: dict[str, Tensor], max_norm: float) -> dict[str, Tensor]:

@@ -214,4 +214,5 @@ CODES: dict[str, str] = {
     "E0714": "an optional package is not installed",
     "E0715": "the model cannot be exported to ONNX",
     "E0716": "an ONNX model has no .dln form",
+    "E0720": "data-parallel training failed between ranks",
 }

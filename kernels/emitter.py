@@ -313,8 +313,11 @@ class Emitter:
             return self.value(src.id, ix.view_index(n, index, src.shape))
         if n.op is Op.RAND:
             self.uses_rng = True
-            seed, step = (self.value(i, ()) for i in n.inputs)
+            seed, step, *row = (self.value(i, ()) for i in n.inputs)
             flat = self.render(ix.linear(index, n.shape))
+            if row:   # counted from a global row (dln.compiler.passes.global_rows): the elements of the rows before
+                inner = " * ".join(self.dim(d) for d in n.shape[1:]) or "1"
+                flat = f"({flat} + {row[0]} * ({inner}))"
             name = self.fresh("u")
             draw = comment(f"%{n.id} {random_kind(n)} draw" + (f" ({n.name})" if n.name else ""))
             self.line(f"{name} = _uniform({seed}, {flat}, {n.attrs['stream']}, {step})  # {draw}")

@@ -110,6 +110,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--no-progress", action="store_true", help="no progress bar")
     c.add_argument("--check-numerics", action="store_true",
                    help="when a step makes a NaN or an infinity, name the op that made it (slower)")
+    c.add_argument("--nproc", type=_positive, metavar="N",
+                   help="data-parallel training in N local processes, --batch rows each (as torchrun "
+                        "--nproc-per-node N -m dln train FILE does)")
     c = command("eval", "metrics on the validation data", backend=True)
     c.add_argument("--weights", required=True, help="a .safetensors file of weights")
     _loading_options(c)
@@ -169,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = _parser()
     args = parser.parse_args(argv)
+    args.argv = list(argv) if argv is not None else sys.argv[1:]   # what --nproc's workers are started with
     try:
         args.hparams = _sets(getattr(args, "set", []))
         args.prefix_map = parse_map(getattr(args, "map", []))
@@ -360,10 +364,37 @@ def cmd_run(args) -> int:
 
 
 def cmd_train(args) -> int:
+    from dln.runtime import distributed
+
+    launched = distributed.environment_size()
+    if args.nproc is not None and launched is not None and args.nproc != launched:
+        print(f"dln train: --nproc {args.nproc} under a launcher that started {launched} processes "
+              f"(WORLD_SIZE={launched}); give one or the other", file=sys.stderr)
+        return 2
+    if args.nproc is not None and args.nproc > 1 and launched is None:
+        from dln.runtime.launch import launch
+
+        return launch(args.argv, args.nproc)
+    group = distributed.from_environment("cuda" if _on_gpu(args) else "cpu")
+    try:
+        return _train(args, group)
+    finally:
+        distributed.leave(group)
+
+
+def _on_gpu(args) -> bool:
+    """Whether this run's buffers live on a GPU (the Triton backend with CUDA): nccl, not gloo."""
+    from dln.runtime.backends import cuda_visible
+
+    return args.backend != "numpy" and cuda_visible()
+
+
+def _train(args, group) -> int:
     from dln.runtime.checkpoint import check_output
     from dln.runtime.train import train_file
 
-    if args.save:  # found out before training, not after
+    leader = group is None or group.leader   # among ranks, rank 0 alone writes and prints
+    if args.save and leader:  # found out before training, not after
         check_output(args.save, "file", "the weights (--save)")
     settings = {k: getattr(args, k) for k in ("epochs", "batch", "seed", "checkpoint") if getattr(args, k) is not None}
     # --logdir none: no run directory at all; no --logdir: the checkpoint directory, else runs/<file stem>
@@ -372,7 +403,9 @@ def cmd_train(args) -> int:
                          debug=args.debug, weights=args.weights, strict=not args.non_strict, map=args.prefix_map,
                          over=args.over, from_text=True, precision=args.precision,
                          model=args.model, limits=_limits(args), check_numerics=args.check_numerics,
-                         logdir=logdir, **settings, **args.hparams)
+                         logdir=logdir, group=group, **settings, **args.hparams)
+    if not leader:
+        return 0
     if args.save and history.model is not None:
         _save_or_rescue(history.model, Path(args.save))
         print(f"saved weights to {args.save}")

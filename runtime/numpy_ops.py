@@ -215,9 +215,11 @@ def _symsize(node, args, out, env):
 
 @impl(Op.RAND)
 def _rand(node, args, out, env):
-    seed, step = (int(a) for a in args)
+    seed, step, *row = (int(a) for a in args)
     out = _alloc(node, out, env)
-    out[...] = philox.uniform(seed & 0xFFFFFFFFFFFFFFFF, node.attrs["stream"], step, out.shape)
+    # A third input counts from a global row (dln.compiler.passes.global_rows): the elements of the rows before.
+    first = row[0] * (out.size // out.shape[0]) if row and out.size else 0
+    out[...] = philox.uniform(seed & 0xFFFFFFFFFFFFFFFF, node.attrs["stream"], step, out.shape, first)
     return out
 
 

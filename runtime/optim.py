@@ -29,7 +29,7 @@ from dln.compiler.train_functions import TRAIN_BUILTINS, call
 from dln.compiler.training import state_prefix
 from dln.compiler.values import TupleValue
 from dln.dsl.diagnostics import Diagnostic, DlnError, Note
-from dln.runtime import binding, numerics
+from dln.runtime import binding, distributed, numerics
 from dln.runtime.api import Model, _check_arg, _check_count, _kind
 from dln.runtime.backends import MERGES_PRODUCTS
 from dln.runtime.numpy_ops import np_dtype
@@ -44,11 +44,13 @@ class Optimizer:
 
     def __init__(self, model: Model, objective: Objective, clip_grad: float | None = None,
                  schedule: Schedule | None = None, rng: dict[str, Any] | None = None, debug: bool = False,
-                 check_numerics: bool = False) -> None:
+                 check_numerics: bool = False, group: distributed.Group | None = None) -> None:
         self.model = model
         self.objective = objective
-        self.train = pipeline.train_step(model.train_spec, objective, clip_grad, debug, model.mixed,
-                                          merge=MERGES_PRODUCTS[model.backend.name])
+        # Among ranks (`group`), the step in two graphs, the gradients averaged in between.
+        build = pipeline.train_step if group is None else pipeline.split_step
+        self.train = build(model.train_spec, objective, clip_grad, debug, model.mixed,
+                           merge=MERGES_PRODUCTS[model.backend.name])
         be = model.backend
         dtypes = {k: np.asarray(v).dtype for k, v in model.parameters().items()}
         # A parameter's slots take its type; the loss scaler's (16-mixed) their own, float32.
@@ -60,7 +62,11 @@ class Optimizer:
         # the optimizers of one model, so that two objectives draw different numbers.
         self.rng = rng if rng is not None else model.step_rng()
         self.persistent = {**model.persistent, **self.states, **self.rng}
-        self.prepared = be.prepare(self.train.graph, self.persistent, self.train.donate)
+        if group is None:
+            self.prepared, self.sync = be.prepare(self.train.graph, self.persistent, self.train.donate), None
+        else:
+            self.sync = distributed.GradientSync(group, self.train, be, self.persistent, self.rng)
+            self.prepared = self.sync.gradients
         self.inputs = {n.attrs["name"] for n in self.train.graph.nodes if n.op is Op.INPUT}
         self.schedule = schedule or Schedule(None, objective.optimizer.lr, 1)
         self.count = 0          # optimizer steps taken (torch's `state["step"]`)
@@ -89,15 +95,23 @@ class Optimizer:
         self.metrics = {k: v for k, v in results.items() if k != self.objective.loss}
         return results[self.objective.loss]
 
-    def run(self, feeds: Mapping[str, Any], env: Mapping[str, int], lr: float, when: str) -> dict[str, float]:
+    def run(self, feeds: Mapping[str, Any] | None, env: Mapping[str, int], lr: float, when: str,
+            rows: tuple[int, int, int] | None = None) -> dict[str, float]:
         """The step on checked feeds at rate `lr`: the loss and the metrics by name.  `when` says, in an
-        error, which step made the loss NaN or infinite."""
+        error, which step made the loss NaN or infinite.  Among ranks, `rows`: this rank's rows, the global
+        batch's, and its first row there (`feeds` None when this rank has none); the loss and metrics are
+        then the whole batch's."""
         backend, train = self.model.backend, self.train
-        feeds = {name: v for name, v in feeds.items() if name in self.inputs}
-        feeds["lr"] = np.array(lr, np.float64)
-        feeds["step"] = np.array(self.count + 1, np.float64)
-        kept = numerics.keep(train.graph, feeds, self.persistent, backend.to_numpy) if self.check_numerics else None
-        results = self.prepared.run(feeds, env)
+        hyper = {"lr": np.array(lr, np.float64), "step": np.array(self.count + 1, np.float64)}
+        feeds = {**{name: v for name, v in (feeds or {}).items() if name in self.inputs}, **hyper}
+        check = self.check_numerics and (rows is None or rows[0] > 0)
+        kept = numerics.keep(train.graph, feeds, self.persistent, backend.to_numpy) if check else None
+        if self.sync is None:
+            results = self.prepared.run(feeds, env)
+            means = {k: float(backend.to_numpy(results[k])) for k in ("loss", *train.metrics)}
+        else:   # the loss and metrics: means over every rank's rows
+            mine, total, first = rows if rows is not None else (1, self.sync.group.size, 0)   # equal shares
+            results, means = self.sync.run(feeds if mine else None, env, hyper, mine, total, first)
         # Counted once it ran: a step that failed on its batch (an index out of range) updated nothing,
         # and the next one takes its place (Adam's bias correction, the schedule's position).  So does a
         # step whose gradients overflowed under loss scaling: GradScaler skips `optimizer.step()`.
@@ -106,13 +120,13 @@ class Optimizer:
         self.skipped += skipped
         if kept is not None:
             numerics.check_step(train.graph, results, kept, env, backend.to_numpy, when, self.objective.span)
-        loss = float(backend.to_numpy(results["loss"]))
+        loss = means["loss"]
         if not math.isfinite(loss) and not skipped:   # a skipped step's loss may overflow: the scale backs off
             raise DlnError(Diagnostic("E0704", f"the loss {self.objective.loss} became {loss} {when}",
                                       self.objective.span, (Note("try a smaller learning rate or clip_grad = 1.0"),)))
         out = {self.objective.loss: loss}
         for m in train.metrics:
-            out.setdefault(m, float(backend.to_numpy(results[m])))
+            out.setdefault(m, means[m])
         if "found_inf" in results:   # 1 for a skipped step: an epoch's mean is the fraction skipped
             out["amp_skipped"] = float(skipped)
         return out

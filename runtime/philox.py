@@ -40,9 +40,10 @@ def philox(seed: int, c0: np.ndarray, c1: int, c2: int, c3: int, rounds: int = 1
     return x0.astype(np.uint32)
 
 
-def uniform(seed: int, stream: int, step: int, shape: tuple[int, ...]) -> np.ndarray:
-    """float32 numbers in [0, 1), one per element of `shape` (row-major index = counter)."""
+def uniform(seed: int, stream: int, step: int, shape: tuple[int, ...], first: int = 0) -> np.ndarray:
+    """float32 numbers in [0, 1), one per element of `shape` (row-major index, from `first`, = counter)."""
     n = int(np.prod(shape, dtype=np.int64))
-    bits = philox(seed, np.arange(n, dtype=np.uint32), stream, step, 0).view(np.int32)
+    counters = (np.arange(n, dtype=np.uint64) + np.uint64(first)) & MASK32 if first else np.arange(n, dtype=np.uint32)
+    bits = philox(seed, counters, stream, step, 0).view(np.int32)
     bits = np.where(bits < 0, ~bits, bits)
     return (bits.astype(np.float32) * UNIFORM_SCALE).reshape(shape)

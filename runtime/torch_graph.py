@@ -49,7 +49,9 @@ def torch_table() -> dict[Op, Callable]:
 
     @torch.compiler.disable  # NumPy's Philox is data to torch.compile: a graph break, not a trace
     def rand(n, a, env):
-        u = philox.uniform(int(a[0]) & 0xFFFFFFFFFFFFFFFF, n.attrs["stream"], int(a[1]), _shape(n, env))
+        shape = _shape(n, env)
+        first = int(a[2]) * (int(np.prod(shape)) // shape[0]) if len(a) > 2 and shape[0] else 0
+        u = philox.uniform(int(a[0]) & 0xFFFFFFFFFFFFFFFF, n.attrs["stream"], int(a[1]), shape, first)
         return torch.from_numpy(u).to(dtypes[n.dtype])
 
     def conv_pad(n, x):

@@ -31,7 +31,7 @@ from dln.compiler.training import TrainStep
 from dln.compiler.values import RecordValue
 from dln.dsl import ast
 from dln.dsl.diagnostics import Diagnostic, DlnError, Note, listing
-from dln.runtime import binding, checkpoint, checkpoint_state, data, monitor
+from dln.runtime import binding, checkpoint, checkpoint_state, data, distributed, monitor
 from dln.runtime.api import Model
 from dln.runtime.optim import Optimizer
 from dln.runtime.schedules import Schedule
@@ -99,13 +99,15 @@ def train_file(source: str | Path, backend: str | None = None, progress: bool | 
                from_text: bool = False, precision: str | None = None, model: str | None = None,
                limits: Limits = DEFAULT_LIMITS, check_numerics: bool = False, strict: bool = True,
                map: Mapping[str, str] | None = None, over: str | list[str] | None = None,
-               logdir: str | os.PathLike | bool | None = None, **overrides: Any) -> History:
+               logdir: str | os.PathLike | bool | None = None, group: distributed.Group | None = None,
+               **overrides: Any) -> History:
     """Train as `source`'s train section for `model` (the first section by default) says, from
     `weights` when given (`strict` and `map` as for `Model.load`: transfer learning), every objective
     over the parameters `over` names when given.  `logdir`: the run directory of metrics and pictures
     (dln.runtime.monitor) — a path; None, the checkpoint directory if there is one, else none; True, the
     same but runs/<file stem> (in the current directory) when there is no checkpoint, as `dln train`
-    does; False, none."""
+    does; False, none.  `group`: train as one rank of several (dln.runtime.distributed); rank 0 alone
+    logs and writes."""
     settings = {k: overrides.pop(k) for k in list(overrides) if k in SETTING_OVERRIDES}
     program = pipeline.load(source)
     train = find_train(program, model)
@@ -118,6 +120,8 @@ def train_file(source: str | Path, backend: str | None = None, progress: bool | 
     compiled = Model(program, probe.name, overrides, backend, seed=recipe.seed, from_text=from_text, debug=debug,
                      precision=precision or recipe.precision, limits=limits)
     log = log or (lambda s: print(s, flush=True))
+    if group is not None and not group.leader:
+        log, progress, logdir = (lambda s: None), False, False
     if not weights and (map or not strict):   # as `dln train --map` without --weights: a usage error
         raise DlnError(Diagnostic("E0710", "arguments strict and map say how to load weights, which are not given",
                                   None, (Note('dln.train(..., weights="pre.safetensors", strict=False, '
@@ -127,7 +131,8 @@ def train_file(source: str | Path, backend: str | None = None, progress: bool | 
         if not strict or map:   # what loaded, so that a misspelled map shows before training
             log(loaded.summary(str(weights)))
     base = Path(program.path).parent if not program.path.startswith("<") else Path.cwd()
-    trainer = Trainer(compiled, recipe, base, log=log, progress=progress, debug=debug, check_numerics=check_numerics)
+    trainer = Trainer(compiled, recipe, base, log=log, progress=progress, debug=debug, check_numerics=check_numerics,
+                      group=group)
     if logdir is True:
         stem = Path(program.path).stem if not program.path.startswith("<") else compiled.name
         logdir = recipe.checkpoint or _default_logdir(stem, log)
@@ -151,8 +156,12 @@ def _default_logdir(stem: str, log: Callable[[str], None]) -> Path | None:
 
 class Trainer:
     def __init__(self, model: Model, recipe: Recipe, base: Path, log: Callable[[str], None] | None = None,
-                 progress: bool | None = None, debug: bool = False, check_numerics: bool = False) -> None:
+                 progress: bool | None = None, debug: bool = False, check_numerics: bool = False,
+                 group: distributed.Group | None = None) -> None:
         self.model = model
+        # Data parallelism: this rank's place (None: one process); only rank 0 logs and writes.
+        self.group = group
+        self.writes = group is None or group.leader
         self.recipe = recipe
         self.base = base
         self.log = log or (lambda s: print(s, flush=True))
@@ -163,7 +172,7 @@ class Trainer:
         be = model.backend
         self.rng = {"rng.seed": be.asarray(np.array(recipe.seed, np.int64)), "rng.step": be.asarray(np.array(0, np.int64))}
         self.optimizers = [Optimizer(model, o, recipe.clip_grad, rng=self.rng, debug=debug,
-                                     check_numerics=check_numerics) for o in recipe.objectives]
+                                     check_numerics=check_numerics, group=group) for o in recipe.objectives]
         self.steps: list[TrainStep] = [opt.train for opt in self.optimizers]
         self.eval_names = [o.loss for o in recipe.objectives] + list(spec.metrics)
         self.history = History(model=model)
@@ -290,15 +299,19 @@ class Trainer:
         if whole is not None:
             self.log(f"one whole example: input '{whole[0].name}' {whole[0].type} holds {whole[1]} twice; every "
                      "step takes all of it, unshuffled")
-        batch = n if whole is not None else r.batch
+        ranks = self.group.size if self.group is not None else 1
+        # Among ranks, `batch` is each rank's: a global batch of ranks·batch rows, as one process would take.
+        batch = n if whole is not None else r.batch * ranks
         steps_per_epoch = math.ceil(n / batch)
         schedules = [Schedule(r.schedule, o.optimizer.lr, steps_per_epoch * r.epochs) for o in r.objectives]
         for opt, schedule in zip(self.optimizers, schedules):
             opt.schedule = schedule
         ckpt = Path(r.checkpoint) if r.checkpoint else None
-        if ckpt:  # found out before training, not after the first epoch
+        if ckpt and self.writes:  # found out before training, not after the first epoch
             checkpoint.check_output(ckpt, "directory", "the checkpoint directory")
         start = self._resume(ckpt, schedules) if ckpt else 0
+        if self.group is not None:   # the ranks start equal, whatever drew or loaded their weights
+            distributed.broadcast_state(self.group, self.model.persistent)
         if self.stopped:
             self.log(f"training stopped early after epoch {start} (checkpoint {ckpt})")
             return self.history
@@ -321,9 +334,18 @@ class Trainer:
                 batches = bar
             for k in batches:
                 idx = order[k * batch:(k + 1) * batch]
-                feeds = self._batch(train, sources, idx, augment=True)
-                results = self._step(feeds, schedules, epoch)
-                for name, value in results.items():
+                rows = self._rows(idx, whole is not None)
+                if self.group is not None and whole is None and self._draws(sources):
+                    # Augmentation and filled inputs draw for the global batch, as one process does, and
+                    # every rank keeps its rows: the same numbers, and the same generator state after.
+                    feeds = self._batch(train, sources, idx, augment=True)
+                    lo = self.group.rank * r.batch
+                    feeds = {name: v[lo:lo + len(rows[0])] for name, v in feeds.items()} if len(rows[0]) else None
+                else:
+                    feeds = self._batch(train, sources, rows[0], augment=True) if len(rows[0]) else None
+                first = 0 if whole is not None or self.group is None else min(self.group.rank * r.batch, len(idx))
+                results = self._step(feeds, schedules, epoch, (len(rows[0]), rows[1], first))
+                for name, value in results.items():   # among ranks, means over the global batch already
                     sums[name] = sums.get(name, 0.0) + value * len(idx)
                 seen += len(idx)
                 if bar is not None:   # the step and steps/s are tqdm's own; each objective's mean loss so far
@@ -350,7 +372,7 @@ class Trainer:
             if self.stopped:
                 self.log(f"early stop: no better validation loss for {r.early_stop} epochs; keeping the best weights")
                 self.model.load_state_dict(self.best_params)
-            if ckpt:
+            if ckpt and self.writes:
                 try:
                     self._save(ckpt, epoch + 1, schedules)
                 except OSError as e:   # a full disk, a directory made read-only meanwhile
@@ -362,6 +384,8 @@ class Trainer:
                 run.epoch(self.history.epochs)
             if self.stopped:
                 break
+        if self.group is not None:
+            distributed.broadcast_state(self.group, self.model._state, "the model state")
         if run is not None:
             run.finish(self.history.epochs, self._images(*((val, val_sources) if val is not None else (train, sources))))
         return self.history
@@ -383,31 +407,58 @@ class Trainer:
             self.model._rng_step = counter
         return {k: np.asarray(feeds[k] if k in feeds else values[k]) for k in self.recipe.images}
 
-    def _step(self, feeds: dict[str, Any], schedules: list[Schedule], epoch: int) -> dict[str, float]:
+    def _draws(self, sources: dict[str, str]) -> bool:
+        """Whether making a training batch draws random numbers: augmentation, filled inputs."""
+        return bool(self.recipe.augment) or any(s in ("randn", "rand") for s in sources.values())
+
+    def _rows(self, idx: np.ndarray, whole: bool) -> tuple[np.ndarray, int]:
+        """This rank's examples of the global batch `idx`, and the rows of all ranks together: the batch
+        itself in one process; among ranks, rows [rank·b, (rank+1)·b) of it (every rank the whole of a
+        whole example, which then counts once per rank)."""
+        if self.group is None:
+            return idx, len(idx)
+        if whole:
+            return idx, len(idx) * self.group.size
+        return distributed.shard(idx, self.group.rank, self.recipe.batch), len(idx)
+
+    def _step(self, feeds: dict[str, Any] | None, schedules: list[Schedule], epoch: int,
+              rows: tuple[int, int, int] | None = None) -> dict[str, float]:
+        """One step of every objective on `feeds`; among ranks, `rows` (this rank's, all ranks', and its
+        first row in the global batch) and `feeds` None when this rank has no rows of the batch."""
         spec = self.model.train_spec
         # What the compiler could not prove about sizes is checked here, on the real batch.
-        env = binding.bind(spec.inputs, feeds, [c for step in self.steps for c in step.graph.constraints])
+        env = binding.bind(spec.inputs, feeds, [c for step in self.steps for c in step.graph.constraints]) \
+            if feeds is not None else {}
+        shares = rows if self.group is not None else None
         out: dict[str, float] = {}
         for opt, schedule in zip(self.optimizers, schedules):
             when = f"at epoch {epoch + 1}, step {opt.count + 1}"
-            for name, value in opt.run(feeds, env, schedule.lr(opt.count, epoch), when).items():
+            for name, value in opt.run(feeds, env, schedule.lr(opt.count, epoch), when, shares).items():
                 out.setdefault(name, value)
         return out
 
     def evaluate(self, arrays: data.Arrays, sources: dict[str, str] | None = None) -> dict[str, float]:
         """Mean objective losses and metrics over `arrays` (validation data), in evaluation mode."""
         sources = sources or self._sources(arrays, self.recipe.validate_renames)
+        if self.group is not None:   # per-rank running statistics: rank 0's, the ones it saves
+            distributed.broadcast_state(self.group, self.model._state, "the model state")
         spec = self.model.spec
         names = [n for n in self.eval_names if n in spec.values or n in spec.metrics]
         n = len(next(iter(arrays.values())))
-        batch = n if self._whole_example(sources) is not None else max(self.recipe.batch, 256)
+        whole = self._whole_example(sources) is not None
+        batch = n if whole else max(self.recipe.batch, 256)
+        # Among ranks, each evaluates its contiguous share; the sums, weighted by rows, are added up.
+        mine = distributed.split_evenly(n, self.group) if self.group is not None and not whole else np.arange(n)
         sums = dict.fromkeys(names, 0.0)
-        for start in range(0, n, batch):
-            idx = np.arange(start, min(n, start + batch))
+        for start in range(0, len(mine), batch):
+            idx = mine[start:start + batch]
             feeds = self._batch(arrays, sources, idx)
             results = self.model.run(names, **feeds)
             for k in names:
                 sums[k] += float(np.asarray(results[k])) * len(idx)
+        if self.group is not None and not whole:
+            return distributed.reduce_means(self.group, {k: v / max(len(mine), 1) for k, v in sums.items()},
+                                            len(mine), n, "the all_reduce of the validation metrics")
         return {k: v / max(n, 1) for k, v in sums.items()}
 
     # ---- checkpoints ----------------------------------------------------------------------------------------
@@ -451,7 +502,8 @@ class Trainer:
     def _resume(self, ckpt: Path, schedules: list[Schedule]) -> int:
         state = checkpoint.load_json(ckpt / "state.json")
         if state is None:
-            checkpoint_state.tidy(ckpt, set())   # what a run killed before its first commit wrote
+            if self.writes:
+                checkpoint_state.tidy(ckpt, set())   # what a run killed before its first commit wrote
             return 0
         if not isinstance(state, dict):
             raise checkpoint_state.damaged(ckpt, "state.json does not hold an object")
@@ -480,7 +532,8 @@ class Trainer:
             raise checkpoint_state.damaged(ckpt, f"state.json field 'fill_rng' is not a generator state ({e})") \
                 from None
         self._check_optimizer_names(arrays["optimizer"], ckpt)
-        checkpoint_state.tidy(ckpt, _files_of(chosen))
+        if self.writes:   # among ranks, rank 0's directory: the others only read it
+            checkpoint_state.tidy(ckpt, _files_of(chosen))
         self.model.load_state_dict(arrays["weights"])
         for opt, count in zip(self.optimizers, chosen["step_counts"]):
             try:   # the count state.json records, which checkpoints made before the arrays held it record alone

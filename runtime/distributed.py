@@ -1,0 +1,370 @@
+"""Data-parallel training on `torch.distributed`: the process group, the sampler, the gradient exchange.
+
+Every rank holds the whole model and runs the same training step on its own
+rows of each batch.  The step is compiled in two graphs
+(`pipeline.split_step`): the forward and backward give the rank's loss,
+metrics and gradients; the host averages the gradients across ranks with
+`all_reduce`; the update graph — gradient clipping, loss unscaling, the
+optimizer — then makes the same update on every rank from the same averaged
+gradients, so the parameters never drift apart.
+
+The contract with one process (`dln train` at batch N·b):
+
+- `batch` is the per-rank batch b, as PyTorch's DDP takes it.  The epoch's
+  order is the one a single process draws (same seed); the global batch k is
+  rows [k·N·b, (k+1)·N·b) of it, and rank r takes rows [r·b, (r+1)·b) of that
+  (`shard`).  A short last batch leaves some ranks fewer rows, or none.
+- A rank's loss is a mean over its rows, so its gradient is weighted by its
+  share of the global batch (rows / total) before the sum: the sum is the
+  gradient of the mean over the whole batch, what one process computes, even
+  for the short last batch.  The loss and metrics are reduced the same way,
+  so every rank reports the global figures; so is the validation
+  (`reduce_means`).
+- Random draws in the model (dropout) are counted from the rank's first row
+  in the global batch (`rng.row`, dln.compiler.passes.global_rows): a row's
+  mask is the one a single process draws for it.
+- Gradients travel in flat buckets (~25 MB, as DDP's), in reverse model
+  order (the order a backward produces them: where overlap would start),
+  exchanged as torch tensors over the NumPy arrays (`torch.from_numpy`, no
+  copies); the update graph reads its gradient inputs straight from the
+  buckets' views.  On the Triton backend the buffers are torch tensors on
+  the GPU already, and the group's backend is `nccl`.
+- Collectives time out (`DEFAULT_TIMEOUT`, `DLN_DIST_TIMEOUT` seconds): a
+  rank that died or hangs ends the others with a dln error (E0720), never a
+  silent hang.
+
+The environment is the standard one (`torchrun`'s): RANK, WORLD_SIZE,
+LOCAL_RANK, MASTER_ADDR, MASTER_PORT.  `dln train --nproc N` sets it for N
+local workers (dln.runtime.launch).
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from dln.compiler.passes.global_rows import ROW
+from dln.dsl.diagnostics import Diagnostic, DlnError, Note
+from dln.runtime.numpy_ops import np_dtype
+
+if TYPE_CHECKING:
+    from dln.compiler.training import SplitStep
+    from dln.runtime.backends import Backend
+
+# How long a collective waits for the other ranks before it gives up (seconds): long enough for a slow
+# rank's first step (compiling its kernels), short enough that a dead rank does not hold the others for long.
+DEFAULT_TIMEOUT = 300.0
+# DDP's default bucket size: big enough that each all_reduce moves many bytes per call.
+BUCKET_BYTES = 25 * 2 ** 20
+ENVIRONMENT = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+@dataclass(frozen=True)
+class Group:
+    """This process's place among the ranks, and the torch.distributed backend joining them."""
+
+    rank: int
+    size: int
+    local_rank: int
+    backend: str          # gloo (CPU buffers) or nccl (CUDA buffers)
+    timeout: float
+
+    @property
+    def leader(self) -> bool:
+        """Rank 0: the one that writes logs, the run directory, checkpoints and the progress bar."""
+        return self.rank == 0
+
+
+def environment_size(environ: Mapping[str, str] | None = None) -> int | None:
+    """WORLD_SIZE as a launcher set it, or None outside a launcher."""
+    environ = os.environ if environ is None else environ
+    if "WORLD_SIZE" not in environ:
+        return None
+    return _env_int(environ, "WORLD_SIZE", 1)
+
+
+def from_environment(device: str = "cpu", environ: Mapping[str, str] | None = None) -> Group | None:
+    """Join the process group a launcher (torchrun, `dln train --nproc`) described in the environment;
+    None when there is no launcher or a single rank.  `device`: "cpu" (gloo) or "cuda" (nccl)."""
+    environ = os.environ if environ is None else environ
+    size = environment_size(environ)
+    if size is None or size == 1:
+        return None
+    missing = [k for k in ENVIRONMENT if k not in environ and k != "LOCAL_RANK"]
+    if missing:
+        raise DlnError(Diagnostic("E0720", f"WORLD_SIZE={size} is set but {', '.join(missing)} "
+                                           f"{'is' if len(missing) == 1 else 'are'} not", None,
+                                  (Note("launch with torchrun --nproc-per-node N -m dln train FILE, or "
+                                        "dln train FILE --nproc N"),)))
+    rank = _env_int(environ, "RANK", 0, size - 1)
+    local = _env_int(environ, "LOCAL_RANK", 0) if "LOCAL_RANK" in environ else rank
+    timeout = float(environ.get("DLN_DIST_TIMEOUT", DEFAULT_TIMEOUT))
+    import torch.distributed as dist
+
+    backend = "nccl" if device == "cuda" else "gloo"
+    if device == "cuda":
+        import torch
+
+        torch.cuda.set_device(local)
+    try:
+        dist.init_process_group(backend, init_method="env://", rank=rank, world_size=size,
+                                timeout=datetime.timedelta(seconds=timeout))
+    except (RuntimeError, ValueError) as e:
+        raise DlnError(Diagnostic(
+            "E0720", f"rank {rank} of {size} could not join the process group at "
+                     f"{environ['MASTER_ADDR']}:{environ['MASTER_PORT']}: {_first_line(e)}", None,
+            (Note("every rank must reach MASTER_ADDR:MASTER_PORT within the timeout (DLN_DIST_TIMEOUT, "
+                  f"{timeout:g} s)"),))) from None
+    return Group(rank, size, local, backend, timeout)
+
+
+def leave(group: Group | None) -> None:
+    """Leave the process group (at the end of training, or on the way out of an error)."""
+    if group is None:
+        return
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _env_int(environ: Mapping[str, str], key: str, low: int, high: int | None = None) -> int:
+    text = environ[key]
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or value < low or (high is not None and value > high):
+        bound = f"from {low} to {high}" if high is not None else f">= {low}"
+        raise DlnError(Diagnostic("E0720", f"the environment variable {key}={text!r} must be an integer {bound}"))
+    return value
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+# ---- collectives ---------------------------------------------------------------------------------------------
+def _torch_view(buffer: Any):
+    """A torch tensor sharing `buffer`'s memory: a NumPy array through torch.from_numpy, a tensor itself."""
+    if isinstance(buffer, np.ndarray):
+        import torch
+
+        return torch.from_numpy(buffer)
+    return buffer
+
+
+def _collective(group: Group, what: str, run: Callable[[], Any]) -> None:
+    """Run a collective; a rank that died or hangs (gloo's closed connection, the timeout) becomes a dln
+    error naming what was being exchanged, so the rank exits rather than waits forever."""
+    try:
+        run()
+    except (RuntimeError, ValueError) as e:   # torch.distributed.DistError derives from RuntimeError
+        raise DlnError(Diagnostic(
+            "E0720", f"rank {group.rank} of {group.size}: {what} failed: {_first_line(e)}", None,
+            (Note(f"another rank has stopped, or hung for more than {group.timeout:g} s (DLN_DIST_TIMEOUT); "
+                  "its own output says why"),
+             Note("the last checkpoint written stays good: run again to resume from it")))) from None
+
+
+def _each(group: Group, buffers: Sequence[Any], op: Callable[[Any], Any]) -> None:
+    """`op` on a torch view of each buffer; under nccl, host buffers (the loss and metrics' sums) go
+    through the GPU and back, as nccl reduces device memory only."""
+    for b in buffers:
+        t = _torch_view(b)
+        if group.backend == "nccl" and t.device.type == "cpu":
+            on_device = t.cuda()
+            op(on_device)
+            t.copy_(on_device.cpu())
+        else:
+            op(t)
+
+
+def all_reduce(group: Group, buffers: Sequence[Any], what: str) -> None:
+    """Sum each buffer across ranks, in place."""
+    import torch.distributed as dist
+
+    _collective(group, what, lambda: _each(group, buffers, lambda t: dist.all_reduce(t, op=dist.ReduceOp.SUM)))
+
+
+def broadcast(group: Group, buffers: Sequence[Any], what: str) -> None:
+    """Rank 0's buffers to every rank, in place."""
+    import torch.distributed as dist
+
+    _collective(group, what, lambda: _each(group, buffers, lambda t: dist.broadcast(t, src=0)))
+
+
+def reduce_means(group: Group, means: Mapping[str, float], rows: int, total: int, what: str) -> dict[str, float]:
+    """Means over each rank's `rows`, as means over all `total` rows: weighted by rows, summed."""
+    names = list(means)
+    sums = np.array([means[k] * rows for k in names], np.float64)
+    all_reduce(group, [sums], what)
+    return {k: float(v) / max(total, 1) for k, v in zip(names, sums)}
+
+
+# ---- the sampler -------------------------------------------------------------------------------------------------
+def shard(batch: np.ndarray, rank: int, per_rank: int) -> np.ndarray:
+    """Rank `rank`'s rows of one global batch: [rank·b, (rank+1)·b), fewer or none at a short last batch."""
+    return batch[rank * per_rank:(rank + 1) * per_rank]
+
+
+def split_evenly(n: int, group: Group) -> np.ndarray:
+    """Rank `group.rank`'s contiguous share of `n` examples (validation): sizes differ by one at most."""
+    return np.array_split(np.arange(n), group.size)[group.rank]
+
+
+# ---- the gradient exchange ---------------------------------------------------------------------------------------
+@dataclass
+class Bucket:
+    flat: Any                          # one flat buffer of the backend's (a NumPy array, a torch tensor)
+    views: dict[str, Any]              # parameter name -> its gradient's view into `flat`
+    # (view, the update's input) where the update reads a copy: a backend that moved its inputs elsewhere.
+    copies: list[tuple[Any, Any]] = field(default_factory=list)
+
+
+def buckets(step: SplitStep, backend: Backend, cap: int = BUCKET_BYTES) -> list[Bucket]:
+    """Flat buffers for the gradients `step.update` reads, one element type each, filled in reverse model
+    order up to `cap` bytes (a larger gradient gets a bucket of its own)."""
+    types = {n.attrs["name"].removeprefix("grad:"): n.type for n in step.update.nodes
+             if n.op.name == "INPUT" and n.attrs["role"] == "grad"}
+    plan: list[tuple[np.dtype, list[tuple[str, tuple[int, ...]]]]] = []
+    open_: dict[np.dtype, tuple[list, int]] = {}
+    for name in reversed(step.params):
+        if name not in types:
+            continue
+        dtype = np_dtype(types[name].dtype)
+        shape = tuple(int(d) for d in types[name].shape)
+        size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        entries, used = open_.get(dtype, (None, 0))
+        if entries is None or used + size > cap:
+            entries, used = [], 0
+            plan.append((dtype, entries))
+        entries.append((name, shape))
+        open_[dtype] = (entries, used + size)
+    out = []
+    for dtype, entries in plan:
+        total = sum(int(np.prod(s, dtype=np.int64)) for _, s in entries)
+        flat = backend.asarray(np.zeros(total, dtype))
+        views, offset = {}, 0
+        for name, shape in entries:
+            count = int(np.prod(shape, dtype=np.int64))
+            views[name] = flat[offset:offset + count].reshape(shape)
+            offset += count
+        out.append(Bucket(flat, views))
+    return out
+
+
+class GradientSync:
+    """One optimizer's step across ranks: the gradient graph on this rank's rows, the buckets summed, the
+    update graph on the averaged gradients (see the module docstring)."""
+
+    def __init__(self, group: Group, step: SplitStep, backend: Backend, persistent: Mapping[str, Any],
+                 rng: Mapping[str, Any]) -> None:
+        self.group = group
+        self.step = step
+        self.backend = backend
+        self.rng = rng
+        self.buckets = buckets(step, backend)
+        # This rank's first row in the global batch, from which its random draws count (passes.global_rows).
+        self.row = backend.asarray(np.array(0, np.int64))
+        self.gradients = backend.prepare(step.graph, {**persistent, ROW: self.row}, step.donate)
+        # The update reads the averaged gradients where the all_reduce left them: persistent inputs (tensors
+        # of their own over the same memory: a backend may move them, as the Triton backend lays the inputs of
+        # a multi-tensor kernel out back to back; `_bind` then follows them).
+        grads = {name: _view(view) for b in self.buckets for name, view in b.views.items()}
+        self.update = backend.prepare(step.update, {**persistent, **{f"grad:{k}": v for k, v in grads.items()}},
+                                      step.update_donate or {})
+        for b in self.buckets:
+            _bind(b, grads)
+        self.views = {name: view for b in self.buckets for name, view in b.views.items()}
+
+    def run(self, feeds: Mapping[str, Any] | None, env: Mapping[str, int], hyper: Mapping[str, Any],
+            rows: int, total: int, first: int = 0) -> tuple[dict[str, Any], dict[str, float]]:
+        """One step: `rows` of this rank's (`feeds`: None when it has none at a short last batch), from row
+        `first` of the global batch, among its `total`.  Returns the outputs of this rank's graphs (the
+        gradient graph's, none without rows; the update's: `found_inf`), and the loss and metrics as means
+        over all ranks' rows."""
+        names = ["loss", *self.step.metrics]
+        be = self.backend
+        if rows:
+            be.copy_into(self.row, np.array(first, np.int64))
+            results = dict(self.gradients.run(feeds, env))
+            weight = rows / total
+            for name, view in self.views.items():
+                _scaled_copy(view, results[f"grad:{name}"], weight)
+            means = {k: float(be.to_numpy(results[k])) for k in names}
+        else:
+            # No rows: nothing to add but the random step, which every rank advances alike.
+            results = {}
+            for b in self.buckets:
+                b.flat[...] = 0
+            be.copy_into(self.rng["rng.step"], be.to_numpy(self.rng["rng.step"]) + 1)
+            means = dict.fromkeys(names, 0.0)
+        all_reduce(self.group, [b.flat for b in self.buckets], "the all_reduce of the gradients")
+        for b in self.buckets:
+            for view, moved in b.copies:
+                _scaled_copy(moved, view, 1.0)
+        means = reduce_means(self.group, means, rows, total, "the all_reduce of the loss and metrics")
+        results.update(self.update.run(hyper, {}))
+        return results, means
+
+
+def _view(like: Any) -> Any:
+    """Another array or tensor object over the memory of `like`."""
+    return like.view() if isinstance(like, np.ndarray) else like.view(like.shape)
+
+
+def _address(t: Any) -> int:
+    return t.__array_interface__["data"][0] if isinstance(t, np.ndarray) else t.data_ptr()
+
+
+def _bind(bucket: Bucket, inputs: Mapping[str, Any]) -> None:
+    """Make the bucket feed the update's gradient inputs (`inputs`, as the backend left them after
+    preparing): where they still view the bucket, nothing to do; where the backend laid them out back to
+    back elsewhere, that run becomes the bucket (the all_reduce works in place there); else each is
+    copied from the bucket after the all_reduce."""
+    if all(_address(inputs[n]) == _address(v) for n, v in bucket.views.items()):
+        return
+    moved = [inputs[n] for n in bucket.views]
+    flat = _span(moved)
+    if flat is not None:
+        bucket.flat, bucket.views = flat, {n: inputs[n] for n in bucket.views}
+    else:
+        bucket.copies = [(v, inputs[n]) for n, v in bucket.views.items()]
+
+
+def _span(tensors: list[Any]) -> Any:
+    """One flat torch tensor over `tensors` when they lie back to back in one storage (in any order), else
+    None."""
+    if isinstance(tensors[0], np.ndarray):
+        return None
+    storage = tensors[0].untyped_storage()
+    if any(t.untyped_storage().data_ptr() != storage.data_ptr() or not t.is_contiguous() for t in tensors):
+        return None
+    runs = sorted((t.storage_offset(), t.numel()) for t in tensors)
+    if any(start != prev + size for (prev, size), (start, _) in zip(runs, runs[1:])):
+        return None
+    flat = tensors[0].new_empty(0)
+    flat.set_(storage, runs[0][0], (sum(size for _, size in runs),))
+    return flat
+
+
+def _scaled_copy(dst: Any, src: Any, weight: float) -> None:
+    """dst = src * weight, in dst's memory (one pass: the copy into the bucket is the scaling)."""
+    if isinstance(dst, np.ndarray):
+        np.multiply(src, dst.dtype.type(weight), out=dst)
+    else:
+        dst.copy_(src).mul_(weight)
+
+
+def broadcast_state(group: Group, persistent: Mapping[str, Any], what: str = "the initial weights") -> None:
+    """Rank 0's parameters or model state to every rank, in place.  Before the first step (DDP does the same):
+    the ranks start equal whatever drew or loaded their weights.  The model state (batch norm's running
+    statistics, which each rank updates from its own rows) before each evaluation and at the end: the
+    ranks evaluate, and return, the weights rank 0 saves."""
+    broadcast(group, [persistent[k] for k in sorted(persistent)], f"the broadcast of {what}")
