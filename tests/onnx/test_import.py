@@ -9,6 +9,7 @@ comes back computing what it did.  Batches of 3 to 7, never a power of two."""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -40,8 +41,10 @@ def export(module: nn.Module, args: tuple, path: Path, inputs: list[str], dynami
     `fold = False` keeps the model as written (and writes a MatMul's transposed weight as a Transpose)."""
     module.eval()
     mode = torch.onnx.TrainingMode.EVAL if fold else torch.onnx.TrainingMode.PRESERVE
-    torch.onnx.export(module, args, str(path), dynamo=False, opset_version=17, input_names=inputs,
-                      output_names=["y"], dynamic_axes=dynamic, do_constant_folding=fold, training=mode)
+    with warnings.catch_warnings():   # the TorchScript exporter's deprecation and tracing notices
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, args, str(path), dynamo=False, opset_version=17, input_names=inputs,
+                          output_names=["y"], dynamic_axes=dynamic, do_constant_folding=fold, training=mode)
     return path
 
 
