@@ -265,11 +265,16 @@ def _squeeze(imp: Importer, n: INode) -> None:
     rank = imp.rank(n.inputs[0])
     if rank is None and any(a < 0 for a in axes):
         raise unsupported(n, "negative axes of an input of unknown rank")
+    _one_axis_stages(imp, n, [f"squeeze({a})" for a in sorted((a % rank if rank else a for a in axes), reverse=True)])
+
+
+def _one_axis_stages(imp: Importer, n: INode, calls: list[str]) -> None:
+    """A squeeze or unsqueeze of several axes as a pipe of one-axis stages, in the order given."""
     source = n.inputs[0]
-    for k, a in enumerate(sorted((a % rank if rank else a for a in axes), reverse=True)):
-        out = n.outputs[0] if k == len(axes) - 1 else f"{n.outputs[0]}#{k}"
+    for k, call in enumerate(calls):
+        out = n.outputs[0] if k == len(calls) - 1 else f"{n.outputs[0]}#{k}"
         imp.uses[out] = 1
-        imp.stage(out, source, f"squeeze({a})", hint(n))
+        imp.stage(out, source, call, hint(n))
         source = out
 
 
@@ -277,12 +282,7 @@ def _squeeze(imp: Importer, n: INode) -> None:
 def _unsqueeze(imp: Importer, n: INode) -> None:
     axes = _axes_of(imp, n)
     rank = imp.rank(n.outputs[0]) or (imp.rank(n.inputs[0]) or 0) + len(axes)
-    source = n.inputs[0]
-    for k, a in enumerate(sorted(a % rank for a in axes)):
-        out = n.outputs[0] if k == len(axes) - 1 else f"{n.outputs[0]}#{k}"
-        imp.uses[out] = 1
-        imp.stage(out, source, f"unsqueeze({a})", hint(n))
-        source = out
+    _one_axis_stages(imp, n, [f"unsqueeze({a})" for a in sorted(a % rank for a in axes)])
 
 
 @handles("Concat")
