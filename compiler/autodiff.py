@@ -47,6 +47,14 @@ def _neg(b, n, g, xs, out):
     return [b.neg(g)]
 
 
+@vjp(Op.ALL_REDUCE)
+def _all_reduce(b, n, g, xs, out):
+    # Every rank's statistic is the sum of all ranks' contributions, so each contribution's cotangent is the
+    # sum of every rank's cotangent of the statistic: an all_reduce again.  Weighted, as each rank's loss is
+    # a mean over its own rows (dln.runtime.distributed.Communicator).
+    return [b.emit(Op.ALL_REDUCE, (g,), {"weighted": True})]
+
+
 @vjp(Op.EXP)
 def _exp(b, n, g, xs, out):
     return [b.mul(g, out)]

@@ -36,10 +36,11 @@ from dln.dsl.diagnostics import Diagnostic, DlnError, Note, Span, dedupe
 
 class ModelBuilder:
     def __init__(self, program: Program, decl: ast.Model, hparams: Mapping[str, Any], training: bool,
-                 limits: Limits = DEFAULT_LIMITS, stream: bool = False) -> None:
+                 limits: Limits = DEFAULT_LIMITS, stream: bool = False, sync_batchnorm: bool = False) -> None:
         self.program = program
         self.decl = decl
         self.training = training
+        self.sync_batchnorm = sync_batchnorm
         self.stream = stream
         self.carries: dict[str, CarryInfo] = {}
         self.carried: dict[str, int] = {}
@@ -474,14 +475,15 @@ def resolve_hparams(program: Program, decl: ast.Model, overrides: Mapping[str, A
 
 def build_model(program: Program, name: str | None = None, overrides: Mapping[str, Any] | None = None,
                 training: bool = False, from_text: bool = False, limits: Limits = DEFAULT_LIMITS,
-                stream: bool = False) -> BuiltModel:
+                stream: bool = False, sync_batchnorm: bool = False) -> BuiltModel:
     """`stream`: each recurrent layer given no initial state reads it from a graph input and returns
-    its final state (`BuiltModel.carries`), so that generation carries it from one run to the next."""
+    its final state (`BuiltModel.carries`), so that generation carries it from one run to the next.
+    `sync_batchnorm`: batch norm in training takes its statistics across ranks (`all_reduce`)."""
     decl = program.model(name)
     overrides = dict(overrides or {})
     check_overrides(decl, overrides)
     hparams = resolve_hparams(program, decl, overrides, from_text)
-    return ModelBuilder(program, decl, hparams, training, limits, stream).build()
+    return ModelBuilder(program, decl, hparams, training, limits, stream, sync_batchnorm).build()
 
 
 # Names that mean something only inside `train` (LANGUAGE.md §8): its functions and fills, less the

@@ -442,6 +442,7 @@ class _CallContext:
         self.span = span
         self.name = name
         self.training = m.training
+        self.sync_batchnorm = m.sync_batchnorm   # batch statistics over every rank's rows (all_reduce)
         self._spans = spans
 
     def param(self, leaf: str, shape, init, dtype: DType = DType.F32) -> Tensor:

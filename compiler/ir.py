@@ -124,6 +124,11 @@ class Op(enum.Enum):
     # -- ternary elementwise
     WHERE = "where"          # where(cond, a, b)
 
+    # -- collectives: data-parallel training (dln.runtime.distributed) hands the executable a communicator
+    ALL_REDUCE = "all_reduce"  # the sum of the operand across the ranks (identity on one process);
+    #                            attrs: weighted — the backward's: each rank's cotangent is weighted by its
+    #                            share of the global batch before the sum, and the sum divided by it after
+
     # -- reductions: attrs axes (sorted tuple), keepdim
     SUM = "sum"
     MAX = "max"
@@ -190,6 +195,7 @@ class GroupOp:
     Convolution = frozenset({Op.CONV, Op.CONV_TRANSPOSE, Op.CONV_WEIGHT})
     Contraction = frozenset({Op.MATMUL}) | Convolution
     Random = frozenset({Op.RAND})
+    Collective = frozenset({Op.ALL_REDUCE})  # run on the host between kernels, in the same order on every rank
     Region = frozenset({Op.SCAN})            # ops that carry body graphs (and have several results)
     Composite = frozenset({Op.COMPOSITE})    # ops defined by a decomposition (attention, cross-entropy)
     MultiResult = Region | Composite         # ops whose results `result` nodes read

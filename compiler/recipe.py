@@ -72,6 +72,8 @@ class Recipe:
     checkpoint: str | None = None
     images: list[str] = field(default_factory=list)   # values drawn as a grid at the end (images.png)
     precision: str | None = None   # a mixed mode (dln.compiler.passes.autocast.MIXED); None: float32
+    # Batch norm's batch statistics over every rank's rows (dln.runtime.distributed); one process: no change.
+    sync_batchnorm: bool = False
     spans: dict[str, Span] = field(default_factory=dict)
 
     @property
@@ -96,7 +98,7 @@ class Recipe:
 DEFAULT_OPTIMIZER = OptimizerSpec("adam", dict(OPTIMIZERS["adam"].defaults))
 
 _SETTINGS = {"data", "validate", "inputs", "optimizer", "batch", "epochs", "seed", "clip_grad", "schedule",
-             "early_stop", "augment", "checkpoint", "images", "precision"}
+             "early_stop", "augment", "checkpoint", "images", "precision", "sync_batchnorm"}
 
 
 def model_of(program: Program, train: ast.Train) -> ast.Model:
@@ -368,6 +370,9 @@ def _apply(recipe: Recipe, key: str, value: Value, span: Span | None) -> None:
     elif key == "precision":
         need(isinstance(value, str) and value in MIXED, " or ".join(f'"{m}"' for m in MIXED))
         recipe.precision = value
+    elif key == "sync_batchnorm":
+        need(isinstance(value, bool), "true or false")
+        recipe.sync_batchnorm = value
 
 
 def _eval(e: ast.Expr) -> Value:

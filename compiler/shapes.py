@@ -77,6 +77,14 @@ def _unary(cx, types, attrs):
     return x
 
 
+@rule(Op.ALL_REDUCE)
+def _all_reduce(cx, types, attrs):
+    (x,) = types
+    if not x.dtype.is_float:
+        raise ShapeError("E0206", f"all_reduce sums floating-point values, got {x}")
+    return x
+
+
 @rule(Op.NOT)
 def _not(cx, types, attrs):
     (x,) = types

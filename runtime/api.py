@@ -62,6 +62,9 @@ class Model:
         self._state: dict[str, Any] = init.draw_all(self.spec.state, rng, self.backend.asarray)
         self._round_bf16(self._params)
         self._train_spec: BuiltModel | None = None
+        # Training as one rank of several with `sync_batchnorm`: batch norm's statistics across ranks (set by
+        # dln.runtime.train before the training graphs are built).
+        self.sync_batchnorm = False
         self._prepared: dict[tuple, tuple[Graph, Any]] = {}
         self._rng_seed = seed
         self._rng_step = 0
@@ -80,7 +83,8 @@ class Model:
     def train_spec(self) -> BuiltModel:
         if self._train_spec is None:
             self._train_spec = pipeline.build_model(self.program, self.name, self.hparams_given, training=True,
-                                                    from_text=self.from_text, limits=self.limits)
+                                                    from_text=self.from_text, limits=self.limits,
+                                                    sync_batchnorm=self.sync_batchnorm)
         return self._train_spec
 
     @property

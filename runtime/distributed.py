@@ -47,9 +47,10 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from dln.compiler.ir import Op
 from dln.compiler.passes.global_rows import ROW
 from dln.dsl.diagnostics import Diagnostic, DlnError, Note
-from dln.runtime.numpy_ops import np_dtype
+from dln.runtime.numpy_ops import COMMUNICATOR, np_dtype
 
 if TYPE_CHECKING:
     from dln.compiler.training import SplitStep
@@ -259,6 +260,59 @@ def buckets(step: SplitStep, backend: Backend, cap: int = BUCKET_BYTES) -> list[
     return out
 
 
+class Communicator:
+    """The `all_reduce` ops of a training graph (`sync_batchnorm`), run by the NumPy interpreter with this as
+    its env's COMMUNICATOR: each sums its array across ranks in place.  A rank runs them in graph order, as
+    every rank does, so the collectives pair up; a rank without rows at a short last batch runs the same
+    sequence on zeros (`replay`).
+
+    Each rank's loss is a mean over its own rows, and its gradients are weighted by its share of the global
+    batch (`weight`) after the backward.  The backward's all_reduce (`weighted`) therefore weights each
+    rank's cotangent by its share before the sum and divides the sum by this rank's after: the gradient
+    that reaches this rank's rows is then the gradient of the mean loss over the whole batch, over its
+    weight, as the rest of its gradients are — also when the ranks hold unequal rows."""
+
+    def __init__(self, group: Group, nodes: Sequence[Any]) -> None:
+        self.group = group
+        self.nodes = list(nodes)   # the graph's all_reduce ops, in the order the interpreter runs them
+        self.weight = 1.0
+
+    def __call__(self, node: Any, array: np.ndarray) -> None:
+        weighted = node.attrs.get("weighted", False)
+        if weighted:
+            array *= array.dtype.type(self.weight)
+        all_reduce(self.group, [array], "the all_reduce of batch norm's statistics (sync_batchnorm)")
+        if weighted:
+            array /= array.dtype.type(self.weight)
+
+    def replay(self) -> None:
+        """This rank's part of each all_reduce without rows of its own: zeros, in the graph's order."""
+        for n in self.nodes:
+            self(n, np.zeros(tuple(int(d) for d in n.type.shape), np_dtype(n.type.dtype)))
+
+    def __repr__(self) -> str:   # the interpreter keys its plans on the env's items
+        return f"Communicator(rank {self.group.rank} of {self.group.size})"
+
+
+def collectives(graph: Any) -> list[Any]:
+    """The graph's all_reduce ops, in graph order (the interpreter's)."""
+    return [n for n in graph.nodes if n.op is Op.ALL_REDUCE]
+
+
+def sync_batchnorm(model: Any, recipe: Any) -> None:
+    """Build `model`'s training graphs with batch norm's statistics across ranks (`sync_batchnorm = true`).
+    The NumPy interpreter runs the all_reduce ops between its steps; the Triton backend cannot yet (it would
+    run them between kernels, on the device buffers)."""
+    if model.backend.name != "numpy":
+        raise DlnError(Diagnostic(
+            "E0601", f"sync_batchnorm is not supported on the {model.backend.name} backend yet",
+            recipe.spans.get("sync_batchnorm"),
+            (Note("train with --backend numpy, or leave batch norm's statistics per rank (sync_batchnorm = false)"),)))
+    if not model.sync_batchnorm:
+        model.sync_batchnorm = True
+        model._train_spec = None   # built again, with the all_reduce ops
+
+
 class GradientSync:
     """One optimizer's step across ranks: the gradient graph on this rank's rows, the buckets summed, the
     update graph on the averaged gradients (see the module docstring)."""
@@ -282,6 +336,9 @@ class GradientSync:
         for b in self.buckets:
             _bind(b, grads)
         self.views = {name: view for b in self.buckets for name, view in b.views.items()}
+        # Batch norm's statistics across ranks (sync_batchnorm): the graph's all_reduce ops, run on the host.
+        ops = collectives(getattr(self.gradients, "graph", step.graph))
+        self.communicator = Communicator(group, ops) if ops else None
 
     def run(self, feeds: Mapping[str, Any] | None, env: Mapping[str, int], hyper: Mapping[str, Any],
             rows: int, total: int, first: int = 0) -> tuple[dict[str, Any], dict[str, float]]:
@@ -293,14 +350,19 @@ class GradientSync:
         be = self.backend
         if rows:
             be.copy_into(self.row, np.array(first, np.int64))
-            results = dict(self.gradients.run(feeds, env))
             weight = rows / total
+            if self.communicator is not None:
+                self.communicator.weight = weight
+                env = {**env, COMMUNICATOR: self.communicator}
+            results = dict(self.gradients.run(feeds, env))
             for name, view in self.views.items():
                 _scaled_copy(view, results[f"grad:{name}"], weight)
             means = {k: float(be.to_numpy(results[k])) for k in names}
         else:
             # No rows: nothing to add but the random step, which every rank advances alike.
             results = {}
+            if self.communicator is not None:   # the others' batch statistics still need this rank's zeros
+                self.communicator.replay()
             for b in self.buckets:
                 b.flat[...] = 0
             be.copy_into(self.rng["rng.step"], be.to_numpy(self.rng["rng.step"]) + 1)

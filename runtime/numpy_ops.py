@@ -256,6 +256,21 @@ def _check_index(node, args, out, env):
     return out
 
 
+# The env key under which data-parallel training hands an executable its communicator
+# (dln.runtime.distributed.Communicator): a callable (node, array, out) that sums the array across ranks.
+COMMUNICATOR = "communicator"
+
+
+@impl(Op.ALL_REDUCE)
+def _all_reduce(node, args, out, env):
+    out = _alloc(node, out, env)
+    np.copyto(out, args[0])
+    communicate = env.get(COMMUNICATOR)
+    if communicate is not None:   # one process: the sum over one rank is the value itself
+        communicate(node, out)
+    return out
+
+
 @impl(Op.WHERE)
 def _where(node, args, out, env):
     cond, a, b = args

@@ -126,6 +126,7 @@ def torch_table() -> dict[Op, Callable]:
         Op.ATAN: unary(torch.atan), Op.FLOOR: unary(torch.floor),
         Op.NOT: unary(torch.logical_not), Op.DETACH: unary(lambda x: x.detach()),
         Op.CHECK_INDEX: unary(lambda x: x),
+        Op.ALL_REDUCE: unary(lambda x: x.clone()),   # `dln bench` runs one process: the sum over one rank
         Op.CAST: lambda n, a, env: a[0].to(dtypes[n.dtype]),
         Op.ADD: binary(torch.add), Op.SUB: binary(torch.sub), Op.MUL: binary(torch.mul), Op.DIV: binary(torch.div),
         Op.POW: binary(torch.pow), Op.MOD: binary(torch.remainder), Op.MAXIMUM: binary(torch.maximum),

@@ -171,6 +171,8 @@ class Trainer:
         # The random state: the seed, and the step count every step graph advances in place.
         be = model.backend
         self.rng = {"rng.seed": be.asarray(np.array(recipe.seed, np.int64)), "rng.step": be.asarray(np.array(0, np.int64))}
+        if group is not None and recipe.sync_batchnorm:
+            distributed.sync_batchnorm(model, recipe)
         self.optimizers = [Optimizer(model, o, recipe.clip_grad, rng=self.rng, debug=debug,
                                      check_numerics=check_numerics, group=group) for o in recipe.objectives]
         self.steps: list[TrainStep] = [opt.train for opt in self.optimizers]

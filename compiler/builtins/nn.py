@@ -109,9 +109,14 @@ def batchnorm(cx, x: TENSOR, momentum: FLOAT = 0.1, eps: FLOAT = 1e-5, affine: B
         running_var = cx.state("running_var", (n,), InitSpec("ones"), dtype)
         batches = cx.state("num_batches_tracked", (), InitSpec("zeros"), DType.I64)
     if cx.training or not track_running_stats:
-        mean, var = _batch_statistics(cx, x, axes)
+        synced = cx.training and cx.sync_batchnorm
+        if synced:
+            mean, var, count = _synced_statistics(cx, x, axes, n)
+        else:
+            mean, var = _batch_statistics(cx, x, axes)
+            count = b.reduced_count(x, axes)
         if cx.training and track_running_stats:
-            unbiased = b.mul(var, _bessel(b, b.reduced_count(x, axes), dtype))
+            unbiased = b.mul(var, _bessel(b, count, dtype))
             cx.assign(running_mean, _momentum(b, running_mean, b.reshape(mean, (n,)), momentum))
             cx.assign(running_var, _momentum(b, running_var, b.reshape(unbiased, (n,)), momentum))
             cx.assign(batches, b.add(batches, 1))
@@ -137,11 +142,31 @@ def _batch_statistics(cx, x: Tensor, axes: tuple[int, ...]) -> tuple[Tensor, Ten
     return mean, b.mean(b.mul(centered, centered), axes, keepdim=True)
 
 
+def _synced_statistics(cx, x: Tensor, axes: tuple[int, ...], n: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The mean and biased variance over `axes` of every rank's rows (`sync_batchnorm`, as
+    torch.nn.SyncBatchNorm), and the global count: each rank's sums are summed across ranks (`all_reduce`,
+    whose gradient is the all_reduce of the cotangents: the backward's per-channel sums travel too).  Two
+    passes, as one process takes them: the sums and counts, then the squares about the global mean.  The
+    count travels with the sums, so that no collective reads a value known before the data (which a
+    backend may compute once, ahead of the run).  A rank's single row is no error here: the count that
+    matters is the global one."""
+    b = cx.b
+    dtype = x.dtype
+    keep = (1, n) + (1,) * (x.rank - 2)
+    count = b.reshape(b.dim_value(b.reduced_count(x, axes), dtype), (1,))
+    sums = b.emit(Op.ALL_REDUCE, (b.concat([b.reshape(b.sum(x, axes), (n,)), count], 0),), {"weighted": False})
+    total = b.reshape(b.slice_axis(sums, 0, n, n + 1), ())
+    mean = b.reshape(b.div(b.slice_axis(sums, 0, 0, n), total), keep)
+    centered = b.sub(x, mean)
+    squares = b.emit(Op.ALL_REDUCE, (b.sum(b.mul(centered, centered), axes, keepdim=True),), {"weighted": False})
+    return mean, b.div(squares, total), total
+
+
 def _bessel(b, count, dtype) -> Tensor | float:
     """n / (n - 1): the biased variance of n values to the unbiased, which the running variance keeps."""
     if isinstance(count, int):
         return count / (count - 1)
-    n = b.dim_value(count, dtype)
+    n = count if isinstance(count, Tensor) else b.dim_value(count, dtype)
     return b.div(n, b.sub(n, 1))
 
 
