@@ -282,6 +282,75 @@ def test_the_split_step_computes_what_the_fused_step_does(sgd_mlp: Path):
                for k, w in models[1].state_dict().items())
 
 
+def test_sync_batchnorm_runs_its_statistics_and_their_gradients_through_the_communicator(tmp_path: Path,
+                                                                                       monkeypatch):
+    """The training graph of sync_batchnorm sums the statistics (forward) and their cotangents (backward,
+    weighted) through the communicator the env hands the interpreter, in graph order.  Without one (one
+    process) it computes the per-rank graph's loss and gradients; with two ranks holding the same rows
+    (the exchange doubling each sum) too, as the global batch is then the rows twice over."""
+    import dln
+    from dln.compiler import pipeline
+    from dln.compiler.passes.global_rows import ROW
+    from dln.runtime.interpreter import Executable
+    from dln.runtime.numpy_ops import COMMUNICATOR
+    from dln.runtime.train import default_objective
+
+    path = tmp_path / "mlp_sync.dln"
+    path.write_text(SYNC_BN)
+    rng = np.random.default_rng(0)
+    feeds = {"x": rng.random((30, 64), np.float32), "y": rng.integers(0, 10, 30)}
+    plain, synced = dln.compile(str(path), backend="numpy"), dln.compile(str(path), backend="numpy")
+    synced.sync_batchnorm = True
+    objective = default_objective(plain)
+    steps = [pipeline.split_step(m.train_spec, objective) for m in (plain, synced)]
+    ops = distributed.collectives(steps[1].graph)
+    assert not distributed.collectives(steps[0].graph)
+    assert [n.attrs["weighted"] for n in ops].count(False) == 2 and [n.attrs["weighted"] for n in ops].count(True)
+
+    def run(model, step, env):
+        rng_state = {"rng.seed": np.array(0, np.int64), "rng.step": np.array(0, np.int64),
+                     ROW: np.array(0, np.int64)}
+        out = Executable(step.graph, {**model.persistent, **rng_state}, step.donate).run(feeds, env)
+        return {k: np.array(v) for k, v in out.items() if k == "loss" or k.startswith("grad:")}
+
+    reference = run(plain, steps[0], {"B": 30})
+    seen: list[int] = []
+
+    def doubled(group, buffers, what):   # two ranks of the same rows
+        seen.append(len(buffers))
+        for b in buffers:
+            b *= 2
+
+    monkeypatch.setattr(distributed, "all_reduce", doubled)
+    communicator = distributed.Communicator(distributed.Group(0, 2, 0, "gloo", 1.0), ops)
+    communicator.weight = 0.5
+    for env in ({"B": 30}, {"B": 30, COMMUNICATOR: communicator}):
+        got = run(synced, steps[1], env)
+        assert sorted(got) == sorted(reference)
+        for k in reference:
+            np.testing.assert_allclose(got[k], reference[k], rtol=1e-5, atol=1e-6, err_msg=k)
+    assert len(seen) == len(ops)   # (the backward's weights cancel here; with unequal ranks they matter:
+    #                                 test_sync_batchnorm_with_a_rank_without_rows_at_the_end fails without them)
+
+
+def test_sync_batchnorm_on_the_triton_backend_is_refused_where_it_is_set(tmp_path: Path):
+    import dln
+    from dln.compiler.recipe import recipe_of
+    from dln.dsl.diagnostics import DlnError
+    from dln.runtime.train import find_train
+
+    path = tmp_path / "mlp_sync.dln"
+    path.write_text(SYNC_BN)
+    model = dln.compile(str(path), backend="triton")
+    recipe = recipe_of(find_train(model.program, None), model.train_spec)
+    with pytest.raises(DlnError) as e:
+        distributed.sync_batchnorm(model, recipe)
+    d = e.value.diagnostics[0]
+    assert d.code == "E0601" and "triton backend" in d.message and d.span.line == SYNC_BN[:SYNC_BN.index(
+        "sync_batchnorm")].count("\n") + 1
+    assert not model.sync_batchnorm
+
+
 def test_buckets_hold_every_gradient_once_in_reverse_order(sgd_mlp: Path):
     """Flat buckets up to a cap, a view per gradient, no overlap; a gradient over the cap gets its own."""
     import dln
