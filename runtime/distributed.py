@@ -290,7 +290,7 @@ class Communicator:
         for n in self.nodes:
             self(n, np.zeros(tuple(int(d) for d in n.type.shape), np_dtype(n.type.dtype)))
 
-    def __repr__(self) -> str:   # the interpreter keys its plans on the env's items
+    def __repr__(self) -> str:   # (the interpreter keys its plans on the env: by identity, this)
         return f"Communicator(rank {self.group.rank} of {self.group.size})"
 
 
