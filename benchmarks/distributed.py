@@ -191,15 +191,20 @@ def scaling(name: str, rounds: int, steps: int | None = None) -> dict:
             # The rest of the step: the gradient graph, the weighted copy into the bucket, the update.
             one["rest_ms"] = [_ms([a[rank]["seconds"] - a[rank][GRADS] - a[rank][METRICS] for a in rows])
                               for rank in range(n)]
+            # The rank that reaches an all_reduce last waits least: its time there is the exchange itself
+            # (at most), the other's adds the wait for it.
+            one["exchange_ms"] = _ms([min(x[GRADS] for x in a) + min(x[METRICS] for x in a) for a in rows])
+            one["gradient_exchange_ms"] = _ms([min(x[GRADS] for x in a) for a in rows])
         out[label] = one
     one_b, two_b, two_p = (out[label] for label, _, _ in CONFIGS)
     t1, t1x2, t2 = (c["step_ms"]["median"] for c in (one_b, two_b, two_p))
     grads = statistics.mean(r["median"] for r in two_p["all_reduce_grads_ms"])
     metrics = statistics.mean(r["median"] for r in two_p["all_reduce_metrics_ms"])
-    return {"model": bench.file, "b": bench.batch, "configs": out,
+    return {"model": bench.file, "b": bench.batch, "configs": out, "gradient_bytes": volume(name)["gradient_bytes"],
             "efficiency": round(t1 / t2, 3),                      # (2b / t2) / (2 x b / t1)
             "speedup_same_global_batch": round(t1x2 / t2, 3),     # 1 process at 2b against 2 at b each
             "all_reduce_share": round((grads + metrics) / t2, 3),
+            "exchange_share": round(two_p["exchange_ms"]["median"] / t2, 3),
             "rounds": rounds, "steps_per_round": steps, "cpus": os.cpu_count(),
             "load_avg_1min_before_after": [round(load_before, 2), round(load_after, 2)]}
 
@@ -303,13 +308,15 @@ def print_scaling(s: dict) -> None:
         print(f"  {label:<28}{c['step_ms']['median']:9.3f} ms/step (spread {c['step_ms']['spread']}), "
               f"{c['examples_per_s']:10.1f} examples/s{extra}; first losses {c['first_losses']}")
     print(f"  scaling efficiency {s['efficiency']}; 1 process at 2b / 2 processes: {s['speedup_same_global_batch']}; "
-          f"all_reduce share of the 2-process step {s['all_reduce_share']}")
+          f"all_reduce share of the 2-process step {s['all_reduce_share']} (waits included), "
+          f"{s['exchange_share']} (the later rank's: the exchange itself)")
 
 
 def _scaling_table(s: dict) -> str:
     rows = ["| configuration | step, ms (spread) | examples / s | all_reduce of the gradients, ms (rank 0; 1) "
             "| all_reduce of loss and metrics, ms (rank 0; 1) | rest of the step, ms (rank 0; 1) | first loss |",
             "| --- | --- | --- | --- | --- | --- | --- |"]
+    two_p = s["configs"][CONFIGS[-1][0]]
     for label, c in s["configs"].items():
         b = c["batch_per_process"]
         ar = mr = rest = "-"
@@ -324,7 +331,16 @@ def _scaling_table(s: dict) -> str:
             f"load average (1 min) before, after: {s['load_avg_1min_before_after']}.\n\n" + "\n".join(rows) +
             f"\n\nScaling efficiency (2 processes' examples/s over twice 1 process's at b): **{s['efficiency']}**; "
             f"2 processes at b against 1 process at 2b (the same global batch): **{s['speedup_same_global_batch']}x**; "
-            f"the all_reduces' share of the 2-process step: **{s['all_reduce_share']:.1%}**.\n\n")
+            f"time in the two all_reduces, a share of the 2-process step: **{s['all_reduce_share']:.1%}** (the "
+            f"ranks' mean, waiting for the other rank included), **{s['exchange_share']:.1%}** counting each "
+            f"all_reduce at the rank that reached it last (the exchange itself, at most: "
+            f"{two_p['exchange_ms']['median']} ms a step). The gradients' all_reduce at the rank that reached it "
+            f"last: {two_p['gradient_exchange_ms']['median']} ms for {s['gradient_bytes']:,} bytes, "
+            f"{s['gradient_bytes'] / two_p['gradient_exchange_ms']['median'] / 1e3:,.0f} MB/s over loopback. The "
+            f"rest of a rank's step (the gradient graph, the weighted copy into the bucket, the update) takes "
+            f"{statistics.mean(r['median'] for r in two_p['rest_ms']):.3f} ms against the fused step's "
+            f"{s['configs'][CONFIGS[0][0]]['step_ms']['median']} ms in 1 process at b: the split step, and both "
+            f"cores busy beside the machine's other load.\n\n")
 
 
 def _volume_table(vols: list[dict]) -> str:
