@@ -119,6 +119,9 @@ def worker(name: str, per_process: int) -> None:
             step()
         print(json.dumps({"first_loss": first}), flush=True)
         for line in sys.stdin:
+            if line.startswith("alone"):
+                print(json.dumps(_alone(group, opt.sync, int(line.split()[1]))), flush=True)
+                continue
             steps = int(line)
             clock.clear()
             began = time.perf_counter()
@@ -130,7 +133,28 @@ def worker(name: str, per_process: int) -> None:
         distributed.leave(group)
 
 
+def _alone(group, sync, reps: int) -> dict[str, float]:
+    """The median seconds of gloo's all_reduce with nothing else running: of buffers the sizes of the gradient
+    buckets, and of the loss and metrics' float64 sums (fresh buffers, the step's own left as they are)."""
+    import torch
+    import torch.distributed as dist
+
+    out = {}
+    for what, sizes in ((GRADS, [b.flat.size for b in sync.buckets]),
+                        (METRICS, [1 + len(sync.step.metrics)])):
+        tensors = [torch.zeros(n, dtype=torch.float32 if what == GRADS else torch.float64) for n in sizes]
+        times = []
+        for _ in range(reps + 2):       # the first two absorb the ranks' different start
+            began = time.perf_counter()
+            for t in tensors:
+                dist.all_reduce(t)
+            times.append(time.perf_counter() - began)
+        out[what] = statistics.median(times[2:])
+    return out
+
+
 # ---- the parent: configurations taking turns ------------------------------------------------------------------
+ALONE_REPS = 50
 GRADS = "the all_reduce of the gradients"
 METRICS = "the all_reduce of the loss and metrics"
 
@@ -172,6 +196,12 @@ def scaling(name: str, rounds: int, steps: int | None = None) -> dict:
                 p.stdin.flush()
             seen[label].append([json.loads(p.stdout.readline()) for p in procs[label]])
     load_after = os.getloadavg()[0]
+    ranks = procs[CONFIGS[-1][0]]
+    time.sleep(paired.SETTLE_S)
+    for p in ranks:
+        p.stdin.write(f"alone {ALONE_REPS}\n")
+        p.stdin.flush()
+    alone = [json.loads(p.stdout.readline()) for p in ranks]
     for ps in procs.values():
         for p in ps:
             p.stdin.close()
@@ -200,7 +230,11 @@ def scaling(name: str, rounds: int, steps: int | None = None) -> dict:
     t1, t1x2, t2 = (c["step_ms"]["median"] for c in (one_b, two_b, two_p))
     grads = statistics.mean(r["median"] for r in two_p["all_reduce_grads_ms"])
     metrics = statistics.mean(r["median"] for r in two_p["all_reduce_metrics_ms"])
-    return {"model": bench.file, "b": bench.batch, "configs": out, "gradient_bytes": volume(name)["gradient_bytes"],
+    vol = volume(name)
+    return {"model": bench.file, "b": bench.batch, "configs": out, "gradient_bytes": vol["gradient_bytes"],
+            "metric_bytes": vol["metric_bytes"],
+            # gloo alone (after the rounds, the other configurations idle): rank 0's median, ms
+            "alone_ms": {"gradients": round(alone[0][GRADS] * 1e3, 3), "metrics": round(alone[0][METRICS] * 1e3, 3)},
             "efficiency": round(t1 / t2, 3),                      # (2b / t2) / (2 x b / t1)
             "speedup_same_global_batch": round(t1x2 / t2, 3),     # 1 process at 2b against 2 at b each
             "all_reduce_share": round((grads + metrics) / t2, 3),
@@ -309,7 +343,7 @@ def print_scaling(s: dict) -> None:
               f"{c['examples_per_s']:10.1f} examples/s{extra}; first losses {c['first_losses']}")
     print(f"  scaling efficiency {s['efficiency']}; 1 process at 2b / 2 processes: {s['speedup_same_global_batch']}; "
           f"all_reduce share of the 2-process step {s['all_reduce_share']} (waits included), "
-          f"{s['exchange_share']} (the later rank's: the exchange itself)")
+          f"{s['exchange_share']} (the later rank's: the exchange itself); gloo alone {s['alone_ms']} ms")
 
 
 def _scaling_table(s: dict) -> str:
@@ -336,11 +370,15 @@ def _scaling_table(s: dict) -> str:
             f"all_reduce at the rank that reached it last (the exchange itself, at most: "
             f"{two_p['exchange_ms']['median']} ms a step). The gradients' all_reduce at the rank that reached it "
             f"last: {two_p['gradient_exchange_ms']['median']} ms for {s['gradient_bytes']:,} bytes, "
-            f"{s['gradient_bytes'] / two_p['gradient_exchange_ms']['median'] / 1e3:,.0f} MB/s over loopback. The "
+            f"{s['gradient_bytes'] / two_p['gradient_exchange_ms']['median'] / 1e3:,.0f} MB/s over loopback; gloo's "
+            f"all_reduce alone (after the rounds, nothing else of the benchmark running, median of {ALONE_REPS}): "
+            f"{s['alone_ms']['gradients']} ms for the gradients, {s['alone_ms']['metrics']} ms for the "
+            f"{s['metric_bytes']}-byte loss and metrics' sums. The "
             f"rest of a rank's step (the gradient graph, the weighted copy into the bucket, the update) takes "
             f"{statistics.mean(r['median'] for r in two_p['rest_ms']):.3f} ms against the fused step's "
-            f"{s['configs'][CONFIGS[0][0]]['step_ms']['median']} ms in 1 process at b: the split step, and both "
-            f"cores busy beside the machine's other load.\n\n")
+            f"{s['configs'][CONFIGS[0][0]]['step_ms']['median']} ms in 1 process at b (the difference: the step in "
+            f"two graphs with the copy between, and two processes, gloo's threads and the machine's other load "
+            f"sharing the two cores).\n\n")
 
 
 def _volume_table(vols: list[dict]) -> str:
