@@ -134,7 +134,7 @@ def worker(name: str, per_process: int) -> None:
 
 
 def _alone(group, sync, reps: int) -> dict[str, float]:
-    """The median seconds of gloo's all_reduce with nothing else running: of buffers the sizes of the gradient
+    """The median, fastest and slowest seconds of gloo's all_reduce with nothing else running: of buffers the sizes of the gradient
     buckets, and of the loss and metrics' float64 sums (fresh buffers, the step's own left as they are)."""
     import torch
     import torch.distributed as dist
@@ -149,7 +149,7 @@ def _alone(group, sync, reps: int) -> dict[str, float]:
             for t in tensors:
                 dist.all_reduce(t)
             times.append(time.perf_counter() - began)
-        out[what] = statistics.median(times[2:])
+        out[what] = [statistics.median(times[2:]), min(times[2:]), max(times[2:])]
     return out
 
 
@@ -234,7 +234,8 @@ def scaling(name: str, rounds: int, steps: int | None = None) -> dict:
     return {"model": bench.file, "b": bench.batch, "configs": out, "gradient_bytes": vol["gradient_bytes"],
             "metric_bytes": vol["metric_bytes"],
             # gloo alone (after the rounds, the other configurations idle): rank 0's median, ms
-            "alone_ms": {"gradients": round(alone[0][GRADS] * 1e3, 3), "metrics": round(alone[0][METRICS] * 1e3, 3)},
+            "alone_ms": {k: [round(x * 1e3, 3) for x in alone[0][what]] for k, what in (("gradients", GRADS),
+                                                                                       ("metrics", METRICS))},
             "efficiency": round(t1 / t2, 3),                      # (2b / t2) / (2 x b / t1)
             "speedup_same_global_batch": round(t1x2 / t2, 3),     # 1 process at 2b against 2 at b each
             "all_reduce_share": round((grads + metrics) / t2, 3),
@@ -371,14 +372,18 @@ def _scaling_table(s: dict) -> str:
             f"{two_p['exchange_ms']['median']} ms a step). The gradients' all_reduce at the rank that reached it "
             f"last: {two_p['gradient_exchange_ms']['median']} ms for {s['gradient_bytes']:,} bytes, "
             f"{s['gradient_bytes'] / two_p['gradient_exchange_ms']['median'] / 1e3:,.0f} MB/s over loopback; gloo's "
-            f"all_reduce alone (after the rounds, nothing else of the benchmark running, median of {ALONE_REPS}): "
-            f"{s['alone_ms']['gradients']} ms for the gradients, {s['alone_ms']['metrics']} ms for the "
-            f"{s['metric_bytes']}-byte loss and metrics' sums. The "
+            f"all_reduce alone (after the rounds, nothing else of the benchmark running; median of {ALONE_REPS}, "
+            f"fastest and slowest): {_spread(s['alone_ms']['gradients'])} ms for the gradients, "
+            f"{_spread(s['alone_ms']['metrics'])} ms for the {s['metric_bytes']}-byte loss and metrics' sums. The "
             f"rest of a rank's step (the gradient graph, the weighted copy into the bucket, the update) takes "
             f"{statistics.mean(r['median'] for r in two_p['rest_ms']):.3f} ms against the fused step's "
             f"{s['configs'][CONFIGS[0][0]]['step_ms']['median']} ms in 1 process at b (the difference: the step in "
             f"two graphs with the copy between, and two processes, gloo's threads and the machine's other load "
             f"sharing the two cores).\n\n")
+
+
+def _spread(x: list[float]) -> str:
+    return f"{x[0]} ({x[1]} - {x[2]})"
 
 
 def _volume_table(vols: list[dict]) -> str:
