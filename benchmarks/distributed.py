@@ -40,7 +40,6 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -133,9 +132,10 @@ def worker(name: str, per_process: int) -> None:
         distributed.leave(group)
 
 
-def _alone(group, sync, reps: int) -> dict[str, float]:
-    """The median, fastest and slowest seconds of gloo's all_reduce with nothing else running: of buffers the sizes of the gradient
-    buckets, and of the loss and metrics' float64 sums (fresh buffers, the step's own left as they are)."""
+def _alone(group, sync, reps: int) -> dict[str, list[float]]:
+    """The median, fastest and slowest seconds of gloo's all_reduce with nothing else running: of buffers
+    the sizes of the gradient buckets, and of the loss and metrics' float64 sums (fresh buffers: the step's
+    own are left as they are)."""
     import torch
     import torch.distributed as dist
 
@@ -403,7 +403,8 @@ def _model_table(rows: list[dict]) -> str:
     for r in rows:
         sizes = ", ".join(f"{k} = {v}" for k, v in r["sizes"].items())
         out.append(f"| {r['model']}, {sizes} | {r['link']} | {r['gradient_bytes']:,} | {r['ring_bandwidth_us']:.1f} + "
-                   f"{r['ring_latency_us']:.0f} = **{r['ring_us']:.1f}** | {r['forward_us']:.1f}, {r['backward_us']:.1f}, "
+                   f"{r['ring_latency_us']:.0f} = **{r['ring_us']:.1f}** | {r['forward_us']:.1f}, "
+                   f"{r['backward_us']:.1f}, "
                    f"{r['update_us']:.1f} | {r['serial_step_us']:.1f} | {r['ring_us'] / r['serial_step_us']:.0%} "
                    f"| {r['exposed_if_overlapped_us']:.1f} |")
     return "\n".join(out) + "\n\n"
@@ -425,7 +426,8 @@ def _model_summary(model: list[dict]) -> str:
                      f"{', '.join(hidden) or 'none of them'}" + (f", and leave {', '.join(exposed)} exposed"
                                                                    if exposed else "") + ".")
     steps = {r["model"]: (r["compute_us"], r["launch_us"] / r["compute_us"], r["kernels"]) for r in model}
-    sizes = "; ".join(f"{m} {c:.0f} us in {k} kernels, {launch:.0%} of it launches" for m, (c, launch, k) in steps.items())
+    sizes = "; ".join(f"{m} {c:.0f} us in {k} kernels, {launch:.0%} of it launches"
+                      for m, (c, launch, k) in steps.items())
     return ("\n".join(lines) + f"\n\nThese models are small for an H100 (modeled steps: {sizes}): 8 GPUs pay off "
             "only where the backward is long enough to cover the exchange. The loss and metrics' all_reduce adds "
             "one more latency-bound exchange per step (and, under nccl, a copy to the device and back).\n")
@@ -488,11 +490,13 @@ def main(argv: list[str] | None = None) -> dict:
     vols = [volume(name) for name in ("mlp", "lenet", "gpt")]
     for v in vols:
         print(f"{v['model']}: {v['parameters']:,} parameters, {v['gradient_bytes']:,} gradient bytes in "
-              f"{len(v['buckets'])} bucket(s); ring bytes per rank at 2 ranks {ring_bytes(v['gradient_bytes'], 2):,.0f}, "
+              f"{len(v['buckets'])} bucket(s); ring bytes per rank at 2 ranks "
+              f"{ring_bytes(v['gradient_bytes'], 2):,.0f}, "
               f"at 8 {ring_bytes(v['gradient_bytes'], 8):,.0f}")
     model = eight_gpus()
     for r in model:
-        print(f"{r['model']} {r['sizes']} over {r['link']}: ring {r['ring_bandwidth_us']:.1f} + {r['ring_latency_us']:.0f} "
+        print(f"{r['model']} {r['sizes']} over {r['link']}: ring {r['ring_bandwidth_us']:.1f} + "
+              f"{r['ring_latency_us']:.0f} "
               f"us; modeled H100 forward {r['forward_us']:.1f}, backward {r['backward_us']:.1f}, update "
               f"{r['update_us']:.1f} us; step without overlap {r['serial_step_us']:.1f} us, exposed if overlapped "
               f"{r['exposed_if_overlapped_us']:.1f} us")
