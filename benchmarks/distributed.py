@@ -1,0 +1,511 @@
+"""Data-parallel training: the MLP and LeNet steps on 1 and 2 processes, the gradient bytes, and 8 GPUs modeled.
+
+* Scaling on this machine (2 cores, so 2 processes use both; every process
+  has 1 thread in each pool: OMP, OpenBLAS, MKL).  Three configurations per
+  model, each in its own processes: 1 process at the per-rank batch b, 1
+  process at 2b, and 2 ranks at b each joined by `gloo`.  The ranks run the
+  step as `dln train --nproc 2` does — `runtime.optim.Optimizer` with a
+  group: the split step (`pipeline.split_step`) through
+  `distributed.GradientSync`, the gradients summed in buckets with
+  `all_reduce`, then the update — and one process runs the fused step, as
+  `dln train` does.  The time inside `distributed.all_reduce` is clocked
+  from outside (the module's function wrapped in the worker: the gradients'
+  exchange and the loss and metrics' apart); it includes waiting for the
+  other rank.  The configurations take turns (one round of steps each, the
+  others waiting on a pipe, a pause before each turn, as benchmarks/paired.py
+  does); medians over rounds, with the fastest and slowest round and the
+  load average before and after.
+* Communication volume: each model's gradient bytes per step, bucketed as
+  `distributed.buckets` buckets them, and what a ring all_reduce sends per
+  rank: 2(N-1)/N x the bytes.
+* 8 GPUs, modeled (no GPU): the split step's kernels planned for an H100 and
+  timed by its model (dln.kernels.gpu_model, compiler/fusion/target.py),
+  beside a ring all_reduce of the gradients over NVLink 4 and over NDR
+  InfiniBand (`ring_time`), and whether the exchange could hide behind the
+  backward.
+
+    .venv/bin/python benchmarks/distributed.py [--rounds 15] [--models mlp lenet] [--record]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import paired  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Bench:
+    file: str
+    batch: int              # the per-rank batch b (the file's)
+    steps: int              # steps per round
+    gpu_sizes: dict         # the sizes of the 8-GPU model's per-GPU batch
+
+    def data(self, rows: int) -> dict[str, np.ndarray]:
+        """`rows` examples of the model's inputs, the same for every configuration (seed 0)."""
+        rng = np.random.default_rng(0)
+        if self.file == "lenet.dln":
+            return {"images": rng.random((rows, 1, 28, 28), dtype=np.float32), "y": rng.integers(0, 10, rows)}
+        return {"x": rng.random((rows, 784), dtype=np.float32), "y": rng.integers(0, 10, rows)}
+
+
+BENCHES = {"mlp": Bench("mlp_784.dln", 128, 40, {"B": 4096}),
+           "lenet": Bench("lenet.dln", 64, 10, {"B": 512}),
+           "gpt": Bench("gpt.dln", 16, 0, {"B": 16, "T": 64})}   # modeled only
+# (label, processes, batch per process in units of b)
+CONFIGS = (("1 process, batch b", 1, 1), ("1 process, batch 2b", 1, 2), ("2 processes, batch b each", 2, 1))
+
+
+# ---- one process of a configuration ---------------------------------------------------------------------------
+def _clocked(clock: dict[str, float]) -> None:
+    """Wrap `distributed.all_reduce` (what GradientSync.run and reduce_means call) to add the seconds spent in
+    each exchange to `clock[what]`: a hook from outside, the exchange itself unchanged."""
+    from dln.runtime import distributed
+
+    real = distributed.all_reduce
+
+    def all_reduce(group, buffers, what):
+        began = time.perf_counter()
+        real(group, buffers, what)
+        clock[what] = clock.get(what, 0.0) + time.perf_counter() - began
+    distributed.all_reduce = all_reduce
+
+
+def worker(name: str, per_process: int) -> None:
+    """One process of a configuration: the step as `dln train` runs it (with the group the environment
+    describes, as `dln train --nproc` starts it), driven by the parent over stdin/stdout: a line with a
+    number of steps, answered with the seconds per step and per all_reduce."""
+    import dln
+    from dln.runtime import distributed
+    from dln.runtime.optim import Optimizer
+    from dln.runtime.train import default_objective
+
+    clock: dict[str, float] = {}
+    _clocked(clock)
+    bench = BENCHES[name]
+    group = distributed.from_environment("cpu")
+    size, rank = (group.size, group.rank) if group else (1, 0)
+    model = dln.compile(str(HERE / bench.file), backend="numpy", seed=0)
+    opt = Optimizer(model, default_objective(model), group=group)
+    if group is not None:   # as the Trainer does before the first step
+        distributed.broadcast_state(group, model.persistent)
+    total = per_process * size
+    feeds = {k: distributed.shard(v, rank, per_process) for k, v in bench.data(total).items()}
+    rows = (per_process, total, rank * per_process) if group else None
+    env = {"B": per_process}
+    loss = opt.objective.loss
+
+    def step() -> float:
+        return opt.run(feeds, env, 1e-3, "in the benchmark", rows)[loss]
+
+    try:
+        first = step()
+        for _ in range(3):
+            step()
+        print(json.dumps({"first_loss": first}), flush=True)
+        for line in sys.stdin:
+            if line.startswith("alone"):
+                print(json.dumps(_alone(group, opt.sync, int(line.split()[1]))), flush=True)
+                continue
+            steps = int(line)
+            clock.clear()
+            began = time.perf_counter()
+            for _ in range(steps):
+                step()
+            print(json.dumps({"seconds": (time.perf_counter() - began) / steps,
+                              **{k: v / steps for k, v in clock.items()}}), flush=True)
+    finally:
+        distributed.leave(group)
+
+
+def _alone(group, sync, reps: int) -> dict[str, list[float]]:
+    """The median, fastest and slowest seconds of gloo's all_reduce with nothing else running: of buffers
+    the sizes of the gradient buckets, and of the loss and metrics' float64 sums (fresh buffers: the step's
+    own are left as they are)."""
+    import torch
+    import torch.distributed as dist
+
+    out = {}
+    for what, sizes in ((GRADS, [b.flat.size for b in sync.buckets]),
+                        (METRICS, [1 + len(sync.step.metrics)])):
+        tensors = [torch.zeros(n, dtype=torch.float32 if what == GRADS else torch.float64) for n in sizes]
+        times = []
+        for _ in range(reps + 2):       # the first two absorb the ranks' different start
+            began = time.perf_counter()
+            for t in tensors:
+                dist.all_reduce(t)
+            times.append(time.perf_counter() - began)
+        out[what] = [statistics.median(times[2:]), min(times[2:]), max(times[2:])]
+    return out
+
+
+# ---- the parent: configurations taking turns ------------------------------------------------------------------
+ALONE_REPS = 50
+GRADS = "the all_reduce of the gradients"
+METRICS = "the all_reduce of the loss and metrics"
+
+
+def _start(name: str, processes: int, per_process: int) -> list[subprocess.Popen]:
+    from dln.runtime.launch import free_port, worker_environment
+
+    port = free_port()
+    procs = []
+    for rank in range(processes):
+        env = paired.thread_env(1)
+        if processes > 1:
+            env = worker_environment(rank, processes, port, env)
+        procs.append(subprocess.Popen([sys.executable, __file__, "--child", name, str(per_process)],
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env))
+    return procs
+
+
+def _ms(xs: list[float]) -> dict:
+    return {"median": round(statistics.median(xs) * 1e3, 3), "spread": [round(min(xs) * 1e3, 3),
+                                                                         round(max(xs) * 1e3, 3)]}
+
+
+def scaling(name: str, rounds: int, steps: int | None = None) -> dict:
+    """The three configurations of `name`, taking turns for `rounds` rounds of `steps` steps each."""
+    bench = BENCHES[name]
+    steps = steps or bench.steps
+    procs = {label: _start(name, n, k * bench.batch) for label, n, k in CONFIGS}
+    first = {label: [json.loads(p.stdout.readline())["first_loss"] for p in ps] for label, ps in procs.items()}
+    seen: dict[str, list[list[dict]]] = {label: [] for label in procs}
+    load_before = os.getloadavg()[0]
+    for r in range(rounds):
+        order = list(procs)
+        order = order[r % len(order):] + order[:r % len(order)]    # each configuration goes first in turn
+        for label in order:
+            time.sleep(paired.SETTLE_S)
+            for p in procs[label]:
+                p.stdin.write(f"{steps}\n")
+                p.stdin.flush()
+            seen[label].append([json.loads(p.stdout.readline()) for p in procs[label]])
+    load_after = os.getloadavg()[0]
+    ranks = procs[CONFIGS[-1][0]]
+    time.sleep(paired.SETTLE_S)
+    for p in ranks:
+        p.stdin.write(f"alone {ALONE_REPS}\n")
+        p.stdin.flush()
+    alone = [json.loads(p.stdout.readline()) for p in ranks]
+    for ps in procs.values():
+        for p in ps:
+            p.stdin.close()
+        for p in ps:
+            p.wait()
+    out = {}
+    for label, n, k in CONFIGS:
+        rows = seen[label]
+        # A step of N ranks ends when the slower one's does.
+        step = [max(a["seconds"] for a in answers) for answers in rows]
+        one = {"processes": n, "batch_per_process": k * bench.batch, "step_ms": _ms(step),
+               "examples_per_s": round(n * k * bench.batch / statistics.median(step), 1),
+               "first_losses": [round(x, 6) for x in first[label]]}
+        if n > 1:
+            for what, key in ((GRADS, "all_reduce_grads_ms"), (METRICS, "all_reduce_metrics_ms")):
+                one[key] = [_ms([answers[rank][what] for answers in rows]) for rank in range(n)]
+            # The rest of the step: the gradient graph, the weighted copy into the bucket, the update.
+            one["rest_ms"] = [_ms([a[rank]["seconds"] - a[rank][GRADS] - a[rank][METRICS] for a in rows])
+                              for rank in range(n)]
+            # The rank that reaches an all_reduce last waits least: its time there is the exchange itself
+            # (at most), the other's adds the wait for it.
+            one["exchange_ms"] = _ms([min(x[GRADS] for x in a) + min(x[METRICS] for x in a) for a in rows])
+            one["gradient_exchange_ms"] = _ms([min(x[GRADS] for x in a) for a in rows])
+        out[label] = one
+    one_b, two_b, two_p = (out[label] for label, _, _ in CONFIGS)
+    t1, t1x2, t2 = (c["step_ms"]["median"] for c in (one_b, two_b, two_p))
+    grads = statistics.mean(r["median"] for r in two_p["all_reduce_grads_ms"])
+    metrics = statistics.mean(r["median"] for r in two_p["all_reduce_metrics_ms"])
+    vol = volume(name)
+    return {"model": bench.file, "b": bench.batch, "configs": out, "gradient_bytes": vol["gradient_bytes"],
+            "metric_bytes": vol["metric_bytes"],
+            # gloo alone (after the rounds, the other configurations idle): rank 0's median, ms
+            "alone_ms": {k: [round(x * 1e3, 3) for x in alone[0][what]] for k, what in (("gradients", GRADS),
+                                                                                       ("metrics", METRICS))},
+            "efficiency": round(t1 / t2, 3),                      # (2b / t2) / (2 x b / t1)
+            "speedup_same_global_batch": round(t1x2 / t2, 3),     # 1 process at 2b against 2 at b each
+            "all_reduce_share": round((grads + metrics) / t2, 3),
+            "exchange_share": round(two_p["exchange_ms"]["median"] / t2, 3),
+            "rounds": rounds, "steps_per_round": steps, "cpus": os.cpu_count(),
+            "load_avg_1min_before_after": [round(load_before, 2), round(load_after, 2)]}
+
+
+# ---- communication volume ---------------------------------------------------------------------------------------
+def ring_bytes(nbytes: int, ranks: int) -> float:
+    """Bytes each rank sends (and receives) in a ring all_reduce of `nbytes`: a reduce-scatter and an
+    all-gather of N-1 steps each, every step 1/N of the buffer."""
+    return 2 * (ranks - 1) / ranks * nbytes
+
+
+def ring_time(nbytes: int, ranks: int, bandwidth: float, hop_latency: float) -> tuple[float, float]:
+    """(bandwidth term, latency term) of a ring all_reduce in seconds: ring_bytes / the bandwidth each way
+    of a rank's link, and 2(N-1) steps of `hop_latency` each."""
+    return ring_bytes(nbytes, ranks) / bandwidth, 2 * (ranks - 1) * hop_latency
+
+
+def volume(name: str) -> dict:
+    """The gradient bytes of one step of `name` and their buckets, as GradientSync lays them out."""
+    import dln
+    from dln.compiler import pipeline
+    from dln.runtime import distributed
+    from dln.runtime.train import default_objective
+
+    model = dln.compile(str(HERE / BENCHES[name].file), backend="numpy", seed=0)
+    step = pipeline.split_step(model.train_spec, default_objective(model))
+    buckets = [b.flat.nbytes for b in distributed.buckets(step, model.backend)]
+    params = sum(int(np.prod(v.shape)) for v in model.parameters().values())
+    metrics = (1 + len(step.metrics)) * 8    # the loss and metrics' means, float64 (reduce_means)
+    return {"model": BENCHES[name].file, "parameters": params, "gradient_bytes": sum(buckets),
+            "buckets": buckets, "metric_bytes": metrics, "step": step, "compiled": model}
+
+
+# ---- 8 GPUs, modeled ---------------------------------------------------------------------------------------------
+# NVLink 4 on the H100 SXM5: 900 GB/s of total (both directions) bandwidth per GPU (18 links; the H100
+# datasheet, and the "NVIDIA H100 Tensor Core GPU Architecture" whitepaper, 2022), so 450 GB/s each way —
+# what a ring's steady send-and-receive can use.  NDR InfiniBand: 400 Gb/s = 50 GB/s each way per port,
+# one ConnectX-7 per GPU as in a DGX H100.  Peak figures: NCCL reaches less.
+LINKS = {"NVLink 4 (450 GB/s each way)": (450e9, 5e-6), "InfiniBand NDR (50 GB/s each way)": (50e9, 10e-6)}
+GPUS = 8
+
+
+def gpu_step(vol: dict, sizes: dict, gpu: str = "h100") -> dict:
+    """The modeled H100 time of the split step's kernels at `sizes`: the forward, the backward (kernels of
+    backward nodes only; the loss kernel, which starts the backward, counted with the forward) and the
+    update graph."""
+    from dln.compiler.fusion.target import MACHINES
+    from dln.compiler.ir import Phase
+    from dln.kernels.gpu_model import model_module
+    from dln.kernels.module import generate_module
+
+    machine = MACHINES[gpu]
+    step = vol["step"]
+    out = {"forward": 0.0, "backward": 0.0, "update": 0.0, "kernels": 0, "launch": 0.0}
+    for graph, donate, part in ((step.graph, step.donate, None), (step.update, step.update_donate, "update")):
+        env = {s: sizes[s] for s in graph.symbols()}
+        generated = generate_module(graph, donate or {}, "ieee", machine=machine, sizes=env)
+        plan = generated.plan
+        for k in model_module(generated, machine, env):
+            group = plan.groups[int(re.match(r"k(\d+)_", k.name).group(1))]
+            phases = {plan.graph.node(m).phase for m in group.members}
+            where = part or ("backward" if phases == {Phase.BACKWARD} else "forward")
+            out[where] += k.time.time_s
+            out["kernels"] += 1
+            out["launch"] += k.time.launch_s
+    return out
+
+
+def eight_gpus(names=("mlp", "lenet", "gpt")) -> list[dict]:
+    rows = []
+    for name in names:
+        vol = volume(name)
+        t = gpu_step(vol, BENCHES[name].gpu_sizes)
+        compute = t["forward"] + t["backward"] + t["update"]
+        for link, (bandwidth, hop) in LINKS.items():
+            band, lat = ring_time(vol["gradient_bytes"], GPUS, bandwidth, hop)
+            comm = band + lat
+            rows.append({"model": vol["model"], "sizes": BENCHES[name].gpu_sizes, "link": link,
+                         "gradient_bytes": vol["gradient_bytes"], "buckets": len(vol["buckets"]),
+                         "ring_bytes_per_gpu": ring_bytes(vol["gradient_bytes"], GPUS),
+                         "forward_us": t["forward"] * 1e6, "backward_us": t["backward"] * 1e6,
+                         "update_us": t["update"] * 1e6, "kernels": t["kernels"], "compute_us": compute * 1e6,
+                         "launch_us": t["launch"] * 1e6,
+                         "ring_bandwidth_us": band * 1e6, "ring_latency_us": lat * 1e6, "ring_us": comm * 1e6,
+                         # today: the exchange after the whole gradient graph, nothing overlapped
+                         "serial_step_us": (compute + comm) * 1e6,
+                         # at best (buckets overlapping the backward): only what the backward cannot cover
+                         "exposed_if_overlapped_us": max(0.0, comm - t["backward"]) * 1e6})
+    return rows
+
+
+# ---- reporting ---------------------------------------------------------------------------------------------------
+def print_scaling(s: dict) -> None:
+    print(f"{s['model']}, b = {s['b']}; medians over {s['rounds']} rounds of {s['steps_per_round']} steps; "
+          f"1 thread a process on {s['cpus']} CPUs; load average 1 min {s['load_avg_1min_before_after']}")
+    for label, c in s["configs"].items():
+        extra = ""
+        if "all_reduce_grads_ms" in c:
+            extra = (f"; all_reduce gradients {[r['median'] for r in c['all_reduce_grads_ms']]} ms, "
+                     f"metrics {[r['median'] for r in c['all_reduce_metrics_ms']]} ms (rank 0, 1)")
+        print(f"  {label:<28}{c['step_ms']['median']:9.3f} ms/step (spread {c['step_ms']['spread']}), "
+              f"{c['examples_per_s']:10.1f} examples/s{extra}; first losses {c['first_losses']}")
+    print(f"  scaling efficiency {s['efficiency']}; 1 process at 2b / 2 processes: {s['speedup_same_global_batch']}; "
+          f"all_reduce share of the 2-process step {s['all_reduce_share']} (waits included), "
+          f"{s['exchange_share']} (the later rank's: the exchange itself); gloo alone {s['alone_ms']} ms")
+
+
+def _scaling_table(s: dict) -> str:
+    rows = ["| configuration | step, ms (spread) | examples / s | all_reduce of the gradients, ms (rank 0; 1) "
+            "| all_reduce of loss and metrics, ms (rank 0; 1) | rest of the step, ms (rank 0; 1) | first loss |",
+            "| --- | --- | --- | --- | --- | --- | --- |"]
+    two_p = s["configs"][CONFIGS[-1][0]]
+    for label, c in s["configs"].items():
+        b = c["batch_per_process"]
+        ar = mr = rest = "-"
+        if "all_reduce_grads_ms" in c:
+            ar, mr, rest = ("; ".join(f"{r['median']} ({r['spread'][0]} - {r['spread'][1]})" for r in c[key])
+                            for key in ("all_reduce_grads_ms", "all_reduce_metrics_ms", "rest_ms"))
+        who = f"{c['processes']} processes, batch {b} each" if c["processes"] > 1 else f"1 process, batch {b}"
+        rows.append(f"| {who} | {c['step_ms']['median']} "
+                    f"({c['step_ms']['spread'][0]} - {c['step_ms']['spread'][1]}) | {c['examples_per_s']:,.0f} "
+                    f"| {ar} | {mr} | {rest} | {', '.join(map(str, c['first_losses']))} |")
+    return (f"**{s['model']}**, b = {s['b']}: medians of {s['rounds']} rounds of {s['steps_per_round']} steps; "
+            f"load average (1 min) before, after: {s['load_avg_1min_before_after']}.\n\n" + "\n".join(rows) +
+            f"\n\nScaling efficiency (2 processes' examples/s over twice 1 process's at b): **{s['efficiency']}**; "
+            f"2 processes at b against 1 process at 2b (the same global batch): **{s['speedup_same_global_batch']}x**; "
+            f"time in the two all_reduces, a share of the 2-process step: **{s['all_reduce_share']:.1%}** (the "
+            f"ranks' mean, waiting for the other rank included), **{s['exchange_share']:.1%}** counting each "
+            f"all_reduce at the rank that reached it last (the exchange itself, at most: "
+            f"{two_p['exchange_ms']['median']} ms a step). The gradients' all_reduce at the rank that reached it "
+            f"last: {two_p['gradient_exchange_ms']['median']} ms for {s['gradient_bytes']:,} bytes, "
+            f"{s['gradient_bytes'] / two_p['gradient_exchange_ms']['median'] / 1e3:,.0f} MB/s over loopback; gloo's "
+            f"all_reduce alone (after the rounds, nothing else of the benchmark running; median of {ALONE_REPS}, "
+            f"fastest and slowest): {_spread(s['alone_ms']['gradients'])} ms for the gradients, "
+            f"{_spread(s['alone_ms']['metrics'])} ms for the {s['metric_bytes']}-byte loss and metrics' sums. The "
+            f"rest of a rank's step (the gradient graph, the weighted copy into the bucket, the update) takes "
+            f"{statistics.mean(r['median'] for r in two_p['rest_ms']):.3f} ms against the fused step's "
+            f"{s['configs'][CONFIGS[0][0]]['step_ms']['median']} ms in 1 process at b (the difference: the step in "
+            f"two graphs with the copy between, and two processes, gloo's threads and the machine's other load "
+            f"sharing the two cores).\n\n")
+
+
+def _spread(x: list[float]) -> str:
+    return f"{x[0]} ({x[1]} - {x[2]})"
+
+
+def _volume_table(vols: list[dict]) -> str:
+    rows = ["| model | parameters | gradient bytes per step | buckets (bytes) | ring bytes sent per rank, 2 ranks "
+            "| ... 8 ranks | loss and metrics, bytes |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for v in vols:
+        rows.append(f"| {v['model']} | {v['parameters']:,} | {v['gradient_bytes']:,} | {len(v['buckets'])} "
+                    f"({', '.join(f'{b:,}' for b in v['buckets'])}) | {ring_bytes(v['gradient_bytes'], 2):,.0f} "
+                    f"| {ring_bytes(v['gradient_bytes'], 8):,.0f} | {v['metric_bytes']} |")
+    return "\n".join(rows) + "\n\n"
+
+
+def _model_table(rows: list[dict]) -> str:
+    out = ["| model, per-GPU batch | link | gradient bytes | ring: bandwidth + latency = us | forward, backward, "
+           "update (modeled H100), us | step without overlap, us | exchange's share | exposed if overlapped, us |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        sizes = ", ".join(f"{k} = {v}" for k, v in r["sizes"].items())
+        out.append(f"| {r['model']}, {sizes} | {r['link']} | {r['gradient_bytes']:,} | {r['ring_bandwidth_us']:.1f} + "
+                   f"{r['ring_latency_us']:.0f} = **{r['ring_us']:.1f}** | {r['forward_us']:.1f}, "
+                   f"{r['backward_us']:.1f}, "
+                   f"{r['update_us']:.1f} | {r['serial_step_us']:.1f} | {r['ring_us'] / r['serial_step_us']:.0%} "
+                   f"| {r['exposed_if_overlapped_us']:.1f} |")
+    return "\n".join(out) + "\n\n"
+
+
+def _model_summary(model: list[dict]) -> str:
+    """What the modeled rows say, in words computed from them."""
+    lines = []
+    for link in LINKS:
+        rows = [r for r in model if r["link"] == link]
+        latency = sum(r["ring_latency_us"] > r["ring_bandwidth_us"] for r in rows)
+        shares = [r["ring_us"] / r["serial_step_us"] for r in rows]
+        hidden = [r["model"] for r in rows if r["exposed_if_overlapped_us"] == 0]
+        exposed = [f"{r['exposed_if_overlapped_us']:.0f} us for {r['model']}" for r in rows
+                   if r["exposed_if_overlapped_us"] > 0]
+        lines.append(f"- {link}: the exchange is latency-bound for {latency} of {len(rows)} models (the 2(N-1) "
+                     f"hops cost more than the bytes); without overlap it is {min(shares):.0%} - {max(shares):.0%} "
+                     f"of the step; overlapped with the backward it would hide entirely for "
+                     f"{', '.join(hidden) or 'none of them'}" + (f", and leave {', '.join(exposed)} exposed"
+                                                                   if exposed else "") + ".")
+    steps = {r["model"]: (r["compute_us"], r["launch_us"] / r["compute_us"], r["kernels"]) for r in model}
+    sizes = "; ".join(f"{m} {c:.0f} us in {k} kernels, {launch:.0%} of it launches"
+                      for m, (c, launch, k) in steps.items())
+    return ("\n".join(lines) + f"\n\nThese models are small for an H100 (modeled steps: {sizes}): 8 GPUs pay off "
+            "only where the backward is long enough to cover the exchange. The loss and metrics' all_reduce adds "
+            "one more latency-bound exchange per step (and, under nccl, a copy to the device and back).\n")
+
+
+TITLE = "## Data-parallel training (issue 13: 1 to 2 processes, communication per step, 8 GPUs modeled)"
+
+
+def section(scalings: list[dict], vols: list[dict], model: list[dict]) -> str:
+    text = (f"{TITLE}\n\nRecorded {datetime.date.today().isoformat()}; `benchmarks/distributed.py`. "
+            f"**The machine has {os.cpu_count()} cores**: 2 processes use both, 1 process leaves one idle; every "
+            "process runs 1 thread in each pool (OMP, OpenBLAS, MKL = 1), and the machine is shared with other "
+            "work (the load averages below). Three configurations a model, each in its own processes: 1 process "
+            "at the per-rank batch b and at 2b (the fused step, as `dln train` runs it), and 2 ranks at b each on "
+            "`gloo` (`runtime.optim.Optimizer` with a group, as `dln train --nproc 2` runs it: the split step "
+            "through `distributed.GradientSync`, the gradients summed in their bucket by `all_reduce`, the loss "
+            "and metrics by a second, then the update). The time inside `distributed.all_reduce` is clocked by "
+            "wrapping that function in the worker; it includes waiting for the other rank. The configurations "
+            "take turns (a round of steps each, a 0.3 s pause before each turn, each going first in turn), on "
+            "the same data (the first losses of 1 process at 2b and of the 2 ranks agree: the same step).\n\n")
+    text += "".join(_scaling_table(s) for s in scalings)
+    text += ("**Communication per step.** The gradients are float32, 4 bytes a parameter, in ~25 MB buckets "
+             "(`distributed.BUCKET_BYTES`); each of these models fits one. A ring all_reduce sends, and "
+             "receives, 2(N-1)/N x the bytes per rank (N-1 reduce-scatter steps and N-1 all-gather steps of "
+             "1/N each): at 2 ranks, the gradient bytes themselves (gloo picks its own algorithm; this is what a "
+             "bandwidth-optimal one moves).\n\n" + _volume_table(vols))
+    text += ("**8 GPUs, modeled (no GPU, not a measurement).** Ring all_reduce over 8 GPUs: time = 2(N-1)/N x "
+             "bytes / bandwidth + 2(N-1) x hop latency. Bandwidth: NVLink 4 on the H100 SXM5, 900 GB/s total "
+             "per GPU (the H100 datasheet and architecture whitepaper), i.e. 450 GB/s each way; InfiniBand NDR, "
+             "400 Gb/s = 50 GB/s each way per GPU (one ConnectX-7 per GPU, as in a DGX H100). Both peaks: NCCL "
+             "reaches less. Hop latency assumed 5 us on NVLink and 10 us on InfiniBand (not measured; for small "
+             "messages NCCL's tree and low-latency protocols do better, so the latency term is on the "
+             "pessimistic side). Compute: the split step's kernels (forward + backward graph, update graph) "
+             "planned for and modeled on an H100 SXM5 by `dln.kernels.gpu_model` (compiler/fusion/target.py: "
+             "max(compute, memory) at peak FP32, wave-quantized, 3 us launch each; the batches of "
+             "RESULTS-model.md, and the GPT block's file batch). \"Without overlap\" is dln's step today: the "
+             "exchange starts after the whole gradient graph. \"Exposed if overlapped\": what remains if the "
+             "exchange ran concurrently with the backward (buckets sent as their gradients are ready, as DDP "
+             "does; here one bucket a model, so this needs smaller buckets).\n\n" + _model_table(model))
+    text += _model_summary(model)
+    return text
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--steps", type=int, default=None, help="steps per round (default: the model's)")
+    parser.add_argument("--models", nargs="+", choices=("mlp", "lenet"), default=["mlp", "lenet"])
+    parser.add_argument("--record", action="store_true", help="write the figures to benchmarks/RESULTS.md")
+    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        worker(args.child[0], int(args.child[1]))
+        return {}
+    scalings = []
+    for name in args.models:
+        s = scaling(name, args.rounds, args.steps)
+        print_scaling(s)
+        scalings.append(s)
+    vols = [volume(name) for name in ("mlp", "lenet", "gpt")]
+    for v in vols:
+        print(f"{v['model']}: {v['parameters']:,} parameters, {v['gradient_bytes']:,} gradient bytes in "
+              f"{len(v['buckets'])} bucket(s); ring bytes per rank at 2 ranks "
+              f"{ring_bytes(v['gradient_bytes'], 2):,.0f}, "
+              f"at 8 {ring_bytes(v['gradient_bytes'], 8):,.0f}")
+    model = eight_gpus()
+    for r in model:
+        print(f"{r['model']} {r['sizes']} over {r['link']}: ring {r['ring_bandwidth_us']:.1f} + "
+              f"{r['ring_latency_us']:.0f} "
+              f"us; modeled H100 forward {r['forward_us']:.1f}, backward {r['backward_us']:.1f}, update "
+              f"{r['update_us']:.1f} us; step without overlap {r['serial_step_us']:.1f} us, exposed if overlapped "
+              f"{r['exposed_if_overlapped_us']:.1f} us")
+    if args.record:
+        paired.record("Data-parallel training", section(scalings, vols, model))
+    for v in vols:
+        v.pop("step"), v.pop("compiled")
+    return {"scaling": scalings, "volume": vols, "eight_gpus": model}
+
+
+if __name__ == "__main__":
+    main()
