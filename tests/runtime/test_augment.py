@@ -90,9 +90,9 @@ def test_augmentation_leaves_loss_targets_exact(tmp_path, monkeypatch):
     seen = []
     real_step = Trainer._step
 
-    def recording_step(self, feeds, schedules, epoch):
+    def recording_step(self, feeds, schedules, epoch, *rows):
         seen.append({k: np.array(v) for k, v in feeds.items()})
-        return real_step(self, feeds, schedules, epoch)
+        return real_step(self, feeds, schedules, epoch, *rows)
 
     monkeypatch.setattr(Trainer, "_step", recording_step)
     dln.train(tmp_path / "reg.dln", progress=False, log=lambda s: None)

@@ -628,8 +628,9 @@ GRADIENT_CASES = (UNARY + KINKS + BINARY + BROADCASTING + WHERE + REDUCTIONS + R
 
 
 # Loops and their result projections take a body: their VJP is checked against torch in
-# tests/compiler/test_scan.py (and through the recurrent layers in test_recurrent.py).
-COVERED_ELSEWHERE = {Op.SCAN, Op.RESULT}
+# tests/compiler/test_scan.py (and through the recurrent layers in test_recurrent.py).  The cross-rank
+# sum (identity on one process) and its VJP are checked on real ranks in tests/runtime/test_distributed.py.
+COVERED_ELSEWHERE = {Op.SCAN, Op.RESULT, Op.ALL_REDUCE}
 
 
 def test_every_primitive_with_a_gradient_is_covered():
