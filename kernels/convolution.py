@@ -31,7 +31,7 @@ from dln.compiler.symbolic import Dim, numel
 from dln.dsl.diagnostics import Diagnostic, DlnError, Note
 from dln.kernels.configs import tensor_cores
 from dln.kernels.emitter import Emitter, _mentions, render_dim
-from dln.kernels.lowering import HALF_TYPES, TL_DTYPES
+from dln.kernels.lowering import TL_DTYPES
 from dln.kernels.precision import PRECISIONS
 from dln.kernels.templates import (
     KernelSource,
@@ -46,6 +46,7 @@ from dln.kernels.templates import (
     grouped_tile_order,
     product_value,
     reduction_tiles,
+    widened_in_interpreter,
 )
 
 Axes = tuple[tuple[str, Dim], ...]   # (variable name, extent), flattened row-major
@@ -208,21 +209,10 @@ def convolution(plan: FusionPlan, group: Group, k: int, precision: str = "ieee")
     em.block_shape = "[BLOCK_M, BLOCK_N]"
     m_text, n_text, k_text = em.dim(M), em.dim(N), em.dim(K)
     wide = _start(em, _sizes(plan, pointers))
-    em.line("grp = tl.program_id(1)  # the group of channels")
-    em.vars["grp"] = "grp"
-    if tensor_cores(precision, g.node(gemm.lhs.node).dtype):
-        grouped_tile_order(em, m_text, n_text)
-    else:
-        # Measured with ptxas: the grouped order's index math makes two exact-fp32 (FMA) input gradients
-        # spill 16 B on sm_90 (conv_autoencoder's and dcgan's seed gradients); FMA tiles are small and many
-        # per wave, so they keep the row-major order.
-        em.line(f"num_n = tl.cdiv({n_text}, BLOCK_N)")
-        em.line("pid_m = pid // num_n")
-        em.line("pid_n = pid % num_n")
-    em.line("m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)[:, None]")
-    em.line("n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]")
-    _axes(em, "m", M, gemm.rows, "")
-    _axes(em, "n", N, gemm.cols, "")
+    # Measured with ptxas: the grouped order's index math makes two exact-fp32 (FMA) input gradients spill
+    # 16 B on sm_90 (conv_autoencoder's and dcgan's seed gradients); FMA tiles are small and many per wave,
+    # so they keep the row-major order.
+    tile_start(em, gemm, M, N, m_text, n_text, grouped=tensor_cores(precision, g.node(gemm.lhs.node).dtype))
     with reduction_tiles(em, node.dtype, k_text, wide):
         lhs, rhs = operand_tiles(em, g, gemm, K, k_text, m_text, n_text)
         prec = "" if node.dtype is DType.F64 else f", input_precision={precision!r}"
@@ -245,6 +235,23 @@ def convolution(plan: FusionPlan, group: Group, k: int, precision: str = "ieee")
                    _docstring(plan, group), {"M": M, "N": N, "K": K, "groups": gemm.groups})
 
 
+def tile_start(em: Emitter, gemm: Gemm, M: Dim, N: Dim, m_text: str, n_text: str, grouped: bool) -> None:
+    """The prologue of a convolution's tile: its group of channels (program axis 1), the tile's place
+    (grouped order or row-major), its rows `m` and columns `n`, split into their axes."""
+    em.line("grp = tl.program_id(1)  # the group of channels")
+    em.vars["grp"] = "grp"
+    if grouped:
+        grouped_tile_order(em, m_text, n_text)
+    else:
+        em.line(f"num_n = tl.cdiv({n_text}, BLOCK_N)")
+        em.line("pid_m = pid // num_n")
+        em.line("pid_n = pid % num_n")
+    em.line("m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)[:, None]")
+    em.line("n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]")
+    _axes(em, "m", M, gemm.rows, "")
+    _axes(em, "n", N, gemm.cols, "")
+
+
 def operand_tiles(em: Emitter, g: Graph, gemm: Gemm, K: Dim, k_end: str, m_text: str,
                   n_text: str) -> tuple[str, str]:
     """The two operand tiles of one step of the reduction loop over K (`ka`, `kb` from the loop's `k0`,
@@ -253,10 +260,7 @@ def operand_tiles(em: Emitter, g: Graph, gemm: Gemm, K: Dim, k_end: str, m_text:
     lhs = _tile(em, g, gemm.lhs, "lhs", f"(m < {m_text}) & (ka < {k_end})", "[BLOCK_M, BLOCK_K]")
     _axes(em, "kb", K, gemm.depth, "_b")
     rhs = _tile(em, g, gemm.rhs, "rhs", f"(kb < {k_end}) & (n < {n_text})", "[BLOCK_K, BLOCK_N]")
-    if g.node(gemm.lhs.node).dtype in HALF_TYPES:
-        with em.block("if INTERPRETED:  # no bf16 arithmetic there: exact fp32 products instead"):
-            em.line(f"{lhs} = {lhs}.to(tl.float32)")
-            em.line(f"{rhs} = {rhs}.to(tl.float32)")
+    widened_in_interpreter(em, g.node(gemm.lhs.node).dtype, lhs, rhs)
     return lhs, rhs
 
 

@@ -27,12 +27,13 @@ from dln.compiler.fusion import index as ix
 from dln.compiler.fusion.domain import REDUCE
 from dln.compiler.fusion.planner import FusionPlan, Group
 from dln.compiler.ir import DType
-from dln.compiler.symbolic import Dim, numel
+from dln.compiler.symbolic import Dim
 from dln.kernels.configs import gpu_config
 from dln.kernels.emitter import Emitter, accumulator_dtype, comment, identity_of, render_dim
 from dln.kernels.lowering import TL_DTYPES
 from dln.kernels.splitk import kernel_text, two_stage_host
-from dln.kernels.templates import _ACCUMULATE, _FINISH, KernelSource, _docstring, _pointers, _sizes, _split, _start
+from dln.kernels.templates import (_ACCUMULATE, _FINISH, KernelSource, _docstring, _pointers, _sizes, _split, _start,
+                                   rows_and_columns)
 
 TORCH_SCRATCH = {DType.F32: "torch.float32", DType.F64: "torch.float64"}
 
@@ -56,9 +57,7 @@ def _rows(em: Emitter, plan: FusionPlan, pointers, d, kept, n_rows) -> str:
 def split_reduction(plan: FusionPlan, group: Group, k: int) -> KernelSource:
     g = plan.graph
     d = group.domain
-    kept = tuple(dim for a, dim in enumerate(d.shape) if a not in d.axes)
-    cols = tuple(dim for a, dim in enumerate(d.shape) if a in d.axes)
-    n_rows, n_cols = numel(kept), numel(cols)
+    kept, cols, n_rows, n_cols = rows_and_columns(d)
     pointers = _pointers(plan, group, k)
     ordered = [pointers[i] for i in sorted(pointers)]
     params = [p.name for p in ordered]

@@ -28,9 +28,10 @@ from dln.compiler.ir import DType
 from dln.compiler.symbolic import Dim
 from dln.kernels.configs import _size, gpu_config, next_pow2
 from dln.kernels.emitter import Emitter, comment, render_dim
-from dln.kernels.lowering import HALF_TYPES, TL_DTYPES
+from dln.kernels.lowering import TL_DTYPES
 from dln.kernels.precision import PRECISIONS
-from dln.kernels.templates import KernelSource, _docstring, _operand_offset, _pointers, _sizes, _start, _store_members
+from dln.kernels.templates import (KernelSource, _docstring, _operand_offset, _pointers, _sizes, _start, _store_members,
+                                   widened_in_interpreter)
 
 
 def kernel_text(name: str, params: list[str], symbols: list[str], blocks: list[str], em: Emitter,
@@ -121,10 +122,7 @@ def splitk(plan: FusionPlan, group: Group, k: int, precision: str = "ieee") -> K
                 f"mask=(m < {m_text}) & (ka < k_end), other=0.0)")
         em.line(f"b = tl.load(tl.broadcast_to({b_ptr} + {b_off}, [BLOCK_K, BLOCK_N]), "
                 f"mask=(kb < k_end) & (n < {n_text}), other=0.0)")
-        if a_node.dtype in HALF_TYPES:
-            with em.block("if INTERPRETED:  # no bf16 arithmetic there: exact fp32 products instead"):
-                em.line("a = a.to(tl.float32)")
-                em.line("b = b.to(tl.float32)")
+        widened_in_interpreter(em, a_node.dtype, "a", "b")
         em.line(f"acc = tl.dot(a, b, acc, input_precision={precision!r})")
     em.line(f"part = split.to(tl.int64) * ({m_text} * {n_text})  # this chunk's [M, N] slice")
     em.line(f"tl.store(partials + part + m * {n_text} + n, acc, mask=mask)")

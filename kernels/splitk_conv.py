@@ -22,7 +22,7 @@ from dln.compiler.fusion.planner import FusionPlan, Group
 from dln.compiler.ir import DType
 from dln.compiler.symbolic import Dim, numel
 from dln.kernels.configs import gpu_config
-from dln.kernels.convolution import GEMMS, _axes, operand_tiles
+from dln.kernels.convolution import GEMMS, operand_tiles, tile_start
 from dln.kernels.emitter import Emitter, _mentions, comment, render_dim
 from dln.kernels.lowering import TL_DTYPES
 from dln.kernels.precision import PRECISIONS
@@ -33,15 +33,7 @@ from dln.kernels.templates import KernelSource, _docstring, _pointers, _sizes, _
 def _tile_start(em: Emitter, gemm, M: Dim, N: Dim) -> tuple[str, str]:
     """The convolution template's prologue: the output tile's rows and columns, split into their axes."""
     m_text, n_text = em.dim(M), em.dim(N)
-    em.line("grp = tl.program_id(1)  # the group of channels")
-    em.vars["grp"] = "grp"
-    em.line(f"num_n = tl.cdiv({n_text}, BLOCK_N)")
-    em.line("pid_m = pid // num_n")
-    em.line("pid_n = pid % num_n")
-    em.line("m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)[:, None]")
-    em.line("n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]")
-    _axes(em, "m", M, gemm.rows, "")
-    _axes(em, "n", N, gemm.cols, "")
+    tile_start(em, gemm, M, N, m_text, n_text, grouped=False)
     em.line(f"mask = (m < {m_text}) & (n < {n_text})")
     return m_text, n_text
 

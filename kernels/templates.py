@@ -239,9 +239,7 @@ def multi_tensor(plan: FusionPlan, group: Group, k: int) -> KernelSource:
 def reduction(plan: FusionPlan, group: Group, k: int) -> KernelSource:
     g = plan.graph
     d = group.domain
-    kept = tuple(dim for a, dim in enumerate(d.shape) if a not in d.axes)
-    cols = tuple(dim for a, dim in enumerate(d.shape) if a in d.axes)
-    n_rows, n_cols = numel(kept), numel(cols)
+    kept, cols, n_rows, n_cols = rows_and_columns(d)
     pointers = _pointers(plan, group, k)
     em = Emitter(g, pointers, {})
     em.members = set(group.members)
@@ -403,6 +401,22 @@ def _levels(plan: FusionPlan, group: Group) -> dict[int, int]:
 GROUP_M = 8
 
 
+def widened_in_interpreter(em: Emitter, dtype: DType, *names: str) -> None:
+    """Half-precision operand tiles as fp32 under Triton's interpreter (it has no bf16 arithmetic): exact
+    fp32 products there, the same tiles on a GPU."""
+    if dtype in HALF_TYPES:
+        with em.block("if INTERPRETED:  # no bf16 arithmetic there: exact fp32 products instead"):
+            for name in names:
+                em.line(f"{name} = {name}.to(tl.float32)")
+
+
+def rows_and_columns(d) -> tuple[tuple[Dim, ...], tuple[Dim, ...], Dim, Dim]:
+    """A reduction domain's kept axes (rows) and reduced axes (columns), and how many of each."""
+    kept = tuple(dim for a, dim in enumerate(d.shape) if a not in d.axes)
+    cols = tuple(dim for a, dim in enumerate(d.shape) if a in d.axes)
+    return kept, cols, numel(kept), numel(cols)
+
+
 def grouped_tile_order(em: Emitter, m_text: str, n_text: str) -> None:
     """`pid_m`, `pid_n` of program `pid` in grouped order (Triton's matmul tutorial): programs launched
     together take GROUP_M row tiles and sweep the columns, so the rows' and columns' operand tiles they
@@ -468,10 +482,7 @@ def matmul(plan: FusionPlan, group: Group, k: int, precision: str = "ieee") -> K
                 f"mask=(m < {m_text}) & (ka < {k_text}), other=0.0)")
         em.line(f"b = tl.load(tl.broadcast_to({b_off[0]} + {b_off[1]}, [BLOCK_K, BLOCK_N]), "
                 f"mask=(kb < {k_text}) & (n < {n_text}), other=0.0)")
-        if a_node.dtype in HALF_TYPES:
-            with em.block("if INTERPRETED:  # no bf16 arithmetic there: exact fp32 products instead"):
-                em.line("a = a.to(tl.float32)")
-                em.line("b = b.to(tl.float32)")
+        widened_in_interpreter(em, a_node.dtype, "a", "b")
         prec = "" if mm.dtype is DType.F64 else f", input_precision={precision!r}"
         em.line(f"acc = tl.dot(a, b, acc{prec})")
     em.line(f"mask = (m < {m_text}) & (n < {n_text})")
