@@ -66,23 +66,28 @@ class Bench:
 BENCHES = {"mlp": Bench("mlp_784.dln", 128, 40, {"B": 4096}),
            "lenet": Bench("lenet.dln", 64, 10, {"B": 512}),
            "gpt": Bench("gpt.dln", 16, 0, {"B": 16, "T": 64})}   # modeled only
-# (label, processes, batch per process in units of b)
-CONFIGS = (("1 process, batch b", 1, 1), ("1 process, batch 2b", 1, 2), ("2 processes, batch b each", 2, 1))
+# (label, processes, batch per process in units of b, one bucket): the 2-process configurations with the
+# gradients in one bucket after the backward (DLN_BUCKET_MB=25: DDP's caps, which these models fit under),
+# and in the default buckets (a quarter of the gradients each, at least 64 kB), started as the backward goes.
+CONFIGS = (("1 process, batch b", 1, 1, False), ("1 process, batch 2b", 1, 2, False),
+           ("2 processes, batch b each, one bucket", 2, 1, True), ("2 processes, batch b each", 2, 1, False))
 
 
 # ---- one process of a configuration ---------------------------------------------------------------------------
 def _clocked(clock: dict[str, float]) -> None:
-    """Wrap `distributed.all_reduce` (what GradientSync.run and reduce_means call) to add the seconds spent in
-    each exchange to `clock[what]`: a hook from outside, the exchange itself unchanged."""
+    """Wrap `distributed._collective` (through which GradientSync starts and waits for each bucket's
+    all_reduce, and reduce_means sums the loss and metrics) to add the seconds spent in each exchange to
+    `clock[what]`: a hook from outside, the exchange itself unchanged.  For the gradients that is the time
+    the step spends on them — starting each bucket, then waiting for what the backward did not cover."""
     from dln.runtime import distributed
 
-    real = distributed.all_reduce
+    real = distributed._collective
 
-    def all_reduce(group, buffers, what):
+    def collective(group, what, run):
         began = time.perf_counter()
-        real(group, buffers, what)
+        real(group, what, run)
         clock[what] = clock.get(what, 0.0) + time.perf_counter() - began
-    distributed.all_reduce = all_reduce
+    distributed._collective = collective
 
 
 def worker(name: str, per_process: int) -> None:
@@ -108,6 +113,7 @@ def worker(name: str, per_process: int) -> None:
     rows = (per_process, total, rank * per_process) if group else None
     env = {"B": per_process}
     loss = opt.objective.loss
+    buckets = len(opt.sync.buckets) if opt.sync is not None else 0
 
     def step() -> float:
         return opt.run(feeds, env, 1e-3, "in the benchmark", rows)[loss]
@@ -126,7 +132,7 @@ def worker(name: str, per_process: int) -> None:
             began = time.perf_counter()
             for _ in range(steps):
                 step()
-            print(json.dumps({"seconds": (time.perf_counter() - began) / steps,
+            print(json.dumps({"seconds": (time.perf_counter() - began) / steps, "buckets": buckets,
                               **{k: v / steps for k, v in clock.items()}}), flush=True)
     finally:
         distributed.leave(group)
@@ -159,13 +165,15 @@ GRADS = "the all_reduce of the gradients"
 METRICS = "the all_reduce of the loss and metrics"
 
 
-def _start(name: str, processes: int, per_process: int) -> list[subprocess.Popen]:
+def _start(name: str, processes: int, per_process: int, one_bucket: bool) -> list[subprocess.Popen]:
     from dln.runtime.launch import free_port, worker_environment
 
     port = free_port()
     procs = []
     for rank in range(processes):
         env = paired.thread_env(1)
+        if one_bucket:
+            env["DLN_BUCKET_MB"] = "25"
         if processes > 1:
             env = worker_environment(rank, processes, port, env)
         procs.append(subprocess.Popen([sys.executable, __file__, "--child", name, str(per_process)],
@@ -182,7 +190,7 @@ def scaling(name: str, rounds: int, steps: int | None = None) -> dict:
     """The three configurations of `name`, taking turns for `rounds` rounds of `steps` steps each."""
     bench = BENCHES[name]
     steps = steps or bench.steps
-    procs = {label: _start(name, n, k * bench.batch) for label, n, k in CONFIGS}
+    procs = {label: _start(name, n, k * bench.batch, one) for label, n, k, one in CONFIGS}
     first = {label: [json.loads(p.stdout.readline())["first_loss"] for p in ps] for label, ps in procs.items()}
     seen: dict[str, list[list[dict]]] = {label: [] for label in procs}
     load_before = os.getloadavg()[0]
@@ -196,7 +204,7 @@ def scaling(name: str, rounds: int, steps: int | None = None) -> dict:
                 p.stdin.flush()
             seen[label].append([json.loads(p.stdout.readline()) for p in procs[label]])
     load_after = os.getloadavg()[0]
-    ranks = procs[CONFIGS[-1][0]]
+    ranks = procs[CONFIGS[3][0]]
     time.sleep(paired.SETTLE_S)
     for p in ranks:
         p.stdin.write(f"alone {ALONE_REPS}\n")
@@ -208,17 +216,18 @@ def scaling(name: str, rounds: int, steps: int | None = None) -> dict:
         for p in ps:
             p.wait()
     out = {}
-    for label, n, k in CONFIGS:
+    for label, n, k, _ in CONFIGS:
         rows = seen[label]
         # A step of N ranks ends when the slower one's does.
         step = [max(a["seconds"] for a in answers) for answers in rows]
         one = {"processes": n, "batch_per_process": k * bench.batch, "step_ms": _ms(step),
+               "buckets": rows[0][0]["buckets"],
                "examples_per_s": round(n * k * bench.batch / statistics.median(step), 1),
                "first_losses": [round(x, 6) for x in first[label]]}
         if n > 1:
             for what, key in ((GRADS, "all_reduce_grads_ms"), (METRICS, "all_reduce_metrics_ms")):
                 one[key] = [_ms([answers[rank][what] for answers in rows]) for rank in range(n)]
-            # The rest of the step: the gradient graph, the weighted copy into the bucket, the update.
+            # The rest of the step: the gradient graph, the weighted copies into the buckets, the update.
             one["rest_ms"] = [_ms([a[rank]["seconds"] - a[rank][GRADS] - a[rank][METRICS] for a in rows])
                               for rank in range(n)]
             # The rank that reaches an all_reduce last waits least: its time there is the exchange itself
@@ -226,10 +235,11 @@ def scaling(name: str, rounds: int, steps: int | None = None) -> dict:
             one["exchange_ms"] = _ms([min(x[GRADS] for x in a) + min(x[METRICS] for x in a) for a in rows])
             one["gradient_exchange_ms"] = _ms([min(x[GRADS] for x in a) for a in rows])
         out[label] = one
-    one_b, two_b, two_p = (out[label] for label, _, _ in CONFIGS)
-    t1, t1x2, t2 = (c["step_ms"]["median"] for c in (one_b, two_b, two_p))
+    one_b, two_b, one_bucket, two_p = (out[label] for label, *_ in CONFIGS)
+    t1, t1x2, t2b, t2 = (c["step_ms"]["median"] for c in (one_b, two_b, one_bucket, two_p))
     grads = statistics.mean(r["median"] for r in two_p["all_reduce_grads_ms"])
     metrics = statistics.mean(r["median"] for r in two_p["all_reduce_metrics_ms"])
+    grads_b = statistics.mean(r["median"] for r in one_bucket["all_reduce_grads_ms"])
     vol = volume(name)
     return {"model": bench.file, "b": bench.batch, "configs": out, "gradient_bytes": vol["gradient_bytes"],
             "metric_bytes": vol["metric_bytes"],
@@ -237,7 +247,10 @@ def scaling(name: str, rounds: int, steps: int | None = None) -> dict:
             "alone_ms": {k: [round(x * 1e3, 3) for x in alone[0][what]] for k, what in (("gradients", GRADS),
                                                                                        ("metrics", METRICS))},
             "efficiency": round(t1 / t2, 3),                      # (2b / t2) / (2 x b / t1)
+            "efficiency_one_bucket": round(t1 / t2b, 3),
             "speedup_same_global_batch": round(t1x2 / t2, 3),     # 1 process at 2b against 2 at b each
+            "speedup_same_global_batch_one_bucket": round(t1x2 / t2b, 3),
+            "gradient_wait_ms": [round(grads, 3), round(grads_b, 3)],   # default buckets; one bucket
             "all_reduce_share": round((grads + metrics) / t2, 3),
             "exchange_share": round(two_p["exchange_ms"]["median"] / t2, 3),
             "rounds": rounds, "steps_per_round": steps, "cpus": os.cpu_count(),
@@ -258,15 +271,21 @@ def ring_time(nbytes: int, ranks: int, bandwidth: float, hop_latency: float) -> 
 
 
 def volume(name: str) -> dict:
-    """The gradient bytes of one step of `name` and their buckets, as GradientSync lays them out."""
+    """The gradient bytes of one step of `name` and their buckets, as GradientSync lays them out on the NumPy
+    backend (unless DLN_BUCKET_MB says otherwise)."""
     import dln
     from dln.compiler import pipeline
+    from dln.compiler.passes.global_rows import ROW
     from dln.runtime import distributed
     from dln.runtime.train import default_objective
 
     model = dln.compile(str(HERE / BENCHES[name].file), backend="numpy", seed=0)
     step = pipeline.split_step(model.train_spec, default_objective(model))
-    buckets = [b.flat.nbytes for b in distributed.buckets(step, model.backend)]
+    prepared = model.backend.prepare(step.graph, {**model.persistent, **model.step_rng(),
+                                                  ROW: np.array(0, np.int64)}, step.donate)
+    first, cap = distributed.bucket_caps(distributed.gradient_bytes(step))
+    buckets = [b.flat.nbytes for b in distributed.buckets(step, model.backend, cap, first,
+                                                          distributed.backward_order(step, prepared))]
     params = sum(int(np.prod(v.shape)) for v in model.parameters().values())
     metrics = (1 + len(step.metrics)) * 8    # the loss and metrics' means, float64 (reduce_means)
     return {"model": BENCHES[name].file, "parameters": params, "gradient_bytes": sum(buckets),
@@ -342,30 +361,38 @@ def print_scaling(s: dict) -> None:
                      f"metrics {[r['median'] for r in c['all_reduce_metrics_ms']]} ms (rank 0, 1)")
         print(f"  {label:<28}{c['step_ms']['median']:9.3f} ms/step (spread {c['step_ms']['spread']}), "
               f"{c['examples_per_s']:10.1f} examples/s{extra}; first losses {c['first_losses']}")
-    print(f"  scaling efficiency {s['efficiency']}; 1 process at 2b / 2 processes: {s['speedup_same_global_batch']}; "
+    print(f"  scaling efficiency {s['efficiency']} (buckets overlapping the backward), {s['efficiency_one_bucket']} "
+          f"(one bucket); gradient exchange {s['gradient_wait_ms']} ms; "
+          f"1 process at 2b / 2 processes: {s['speedup_same_global_batch']}; "
           f"all_reduce share of the 2-process step {s['all_reduce_share']} (waits included), "
           f"{s['exchange_share']} (the later rank's: the exchange itself); gloo alone {s['alone_ms']} ms")
 
 
 def _scaling_table(s: dict) -> str:
-    rows = ["| configuration | step, ms (spread) | examples / s | all_reduce of the gradients, ms (rank 0; 1) "
+    rows = ["| configuration | step, ms (spread) | examples / s | gradients' all_reduce: starts + wait, ms (rank 0; 1) "
             "| all_reduce of loss and metrics, ms (rank 0; 1) | rest of the step, ms (rank 0; 1) | first loss |",
             "| --- | --- | --- | --- | --- | --- | --- |"]
-    two_p = s["configs"][CONFIGS[-1][0]]
+    one_bucket, two_p = (s["configs"][c[0]] for c in CONFIGS[2:])
     for label, c in s["configs"].items():
         b = c["batch_per_process"]
         ar = mr = rest = "-"
         if "all_reduce_grads_ms" in c:
             ar, mr, rest = ("; ".join(f"{r['median']} ({r['spread'][0]} - {r['spread'][1]})" for r in c[key])
                             for key in ("all_reduce_grads_ms", "all_reduce_metrics_ms", "rest_ms"))
-        who = f"{c['processes']} processes, batch {b} each" if c["processes"] > 1 else f"1 process, batch {b}"
+        who = f"{c['processes']} processes, batch {b} each, {c['buckets']} bucket{'s' * (c['buckets'] > 1)}" \
+            if c["processes"] > 1 else f"1 process, batch {b}"
         rows.append(f"| {who} | {c['step_ms']['median']} "
                     f"({c['step_ms']['spread'][0]} - {c['step_ms']['spread'][1]}) | {c['examples_per_s']:,.0f} "
                     f"| {ar} | {mr} | {rest} | {', '.join(map(str, c['first_losses']))} |")
     return (f"**{s['model']}**, b = {s['b']}: medians of {s['rounds']} rounds of {s['steps_per_round']} steps; "
             f"load average (1 min) before, after: {s['load_avg_1min_before_after']}.\n\n" + "\n".join(rows) +
-            f"\n\nScaling efficiency (2 processes' examples/s over twice 1 process's at b): **{s['efficiency']}**; "
-            f"2 processes at b against 1 process at 2b (the same global batch): **{s['speedup_same_global_batch']}x**; "
+            f"\n\nScaling efficiency (2 processes' examples/s over twice 1 process's at b): **{s['efficiency']}** "
+            f"with the gradients in {two_p['buckets']} bucket{'s' * (two_p['buckets'] > 1)} overlapping the "
+            f"backward, **{s['efficiency_one_bucket']}** in one after it (the step's time on the gradients' "
+            f"exchange, starting the buckets and waiting for them: {s['gradient_wait_ms'][0]} ms against "
+            f"{s['gradient_wait_ms'][1]} ms, the ranks' mean); 2 processes at b against 1 process at 2b (the same "
+            f"global batch): **{s['speedup_same_global_batch']}x** (one bucket: "
+            f"**{s['speedup_same_global_batch_one_bucket']}x**); "
             f"time in the two all_reduces, a share of the 2-process step: **{s['all_reduce_share']:.1%}** (the "
             f"ranks' mean, waiting for the other rank included), **{s['exchange_share']:.1%}** counting each "
             f"all_reduce at the rank that reached it last (the exchange itself, at most: "
@@ -440,17 +467,24 @@ def section(scalings: list[dict], vols: list[dict], model: list[dict]) -> str:
     text = (f"{TITLE}\n\nRecorded {datetime.date.today().isoformat()}; `benchmarks/distributed.py`. "
             f"**The machine has {os.cpu_count()} cores**: 2 processes use both, 1 process leaves one idle; every "
             "process runs 1 thread in each pool (OMP, OpenBLAS, MKL = 1), and the machine is shared with other "
-            "work (the load averages below). Three configurations a model, each in its own processes: 1 process "
+            "work (the load averages below). Four configurations a model, each in its own processes: 1 process "
             "at the per-rank batch b and at 2b (the fused step, as `dln train` runs it), and 2 ranks at b each on "
             "`gloo` (`runtime.optim.Optimizer` with a group, as `dln train --nproc 2` runs it: the split step "
-            "through `distributed.GradientSync`, the gradients summed in their bucket by `all_reduce`, the loss "
-            "and metrics by a second, then the update). The time inside `distributed.all_reduce` is clocked by "
-            "wrapping that function in the worker; it includes waiting for the other rank. The configurations "
+            "through `distributed.GradientSync`, the gradients summed by `all_reduce` in buckets, the loss "
+            "and metrics by a second, then the update) — in one bucket after the backward (`DLN_BUCKET_MB=25`: "
+            "DDP's caps, under whose first bucket, 1 MB, these models' gradients fit) and in the default "
+            "buckets (a quarter of the gradients each, at least 64 kB: two or three here), each started "
+            "asynchronously as soon as the backward has made its gradients. The time in "
+            "the collectives is clocked by wrapping `distributed._collective` in the worker: for the gradients, "
+            "starting the buckets and waiting for them (what the backward did not cover); it includes waiting "
+            "for the other rank. The configurations "
             "take turns (a round of steps each, a 0.3 s pause before each turn, each going first in turn), on "
             "the same data (the first losses of 1 process at 2b and of the 2 ranks agree: the same step).\n\n")
     text += "".join(_scaling_table(s) for s in scalings)
-    text += ("**Communication per step.** The gradients are float32, 4 bytes a parameter, in ~25 MB buckets "
-             "(`distributed.BUCKET_BYTES`); each of these models fits one. A ring all_reduce sends, and "
+    text += ("**Communication per step.** The gradients are float32, 4 bytes a parameter, in buckets as DDP "
+             "lays them out (the first up to 1 MB, the others up to 25 MB: `distributed.FIRST_BUCKET_BYTES`, "
+             "`BUCKET_BYTES`), or in buckets of a quarter of the gradients when that is less (at least 64 kB, "
+             "`MIN_BUCKET_BYTES`: the layouts below; `DLN_BUCKET_MB` sets the cap). A ring all_reduce sends, and "
              "receives, 2(N-1)/N x the bytes per rank (N-1 reduce-scatter steps and N-1 all-gather steps of "
              "1/N each): at 2 ranks, the gradient bytes themselves (gloo picks its own algorithm; this is what a "
              "bandwidth-optimal one moves).\n\n" + _volume_table(vols))
@@ -463,10 +497,11 @@ def section(scalings: list[dict], vols: list[dict], model: list[dict]) -> str:
              "pessimistic side). Compute: the split step's kernels (forward + backward graph, update graph) "
              "planned for and modeled on an H100 SXM5 by `dln.kernels.gpu_model` (compiler/fusion/target.py: "
              "max(compute, memory) at peak FP32, wave-quantized, 3 us launch each; the batches of "
-             "RESULTS-model.md, and the GPT block's file batch). \"Without overlap\" is dln's step today: the "
-             "exchange starts after the whole gradient graph. \"Exposed if overlapped\": what remains if the "
-             "exchange ran concurrently with the backward (buckets sent as their gradients are ready, as DDP "
-             "does; here one bucket a model, so this needs smaller buckets).\n\n" + _model_table(model))
+             "RESULTS-model.md, and the GPT block's file batch). \"Without overlap\": the exchange after the whole "
+             "gradient graph — the Triton backend's step (its program hands the gradients over at the end), and "
+             "any step whose gradients fit one bucket. \"Exposed if overlapped\": what remains if the exchange "
+             "ran concurrently with the backward (buckets started as their gradients are ready, as the NumPy "
+             "backend does and DDP does; these models would need buckets under the 1 MB default).\n\n" + _model_table(model))
     text += _model_summary(model)
     return text
 

@@ -13,10 +13,15 @@ training: for each binding of the symbolic dimensions it plans once —
 * each step is a list of prebound NumPy calls (`np.add(a, b, out=c)`);
 * outputs named in `donate` are written straight into the buffer of the input
   they replace (a parameter, an optimizer state) when no later node reads it.
+
+A run can hand each output over as soon as the step that computes it has run
+(`ready`), before the rest of the graph: data-parallel training starts a
+bucket's all_reduce while the backward goes on (dln.runtime.distributed).
 """
 
 from __future__ import annotations
 
+import bisect
 import functools
 from typing import Any, Callable, Mapping
 
@@ -82,8 +87,14 @@ class Executable:
                       if n.op is Op.INPUT and n.attrs["name"] not in self.persistent]
         self._plans: dict[tuple, _Plan] = {}
 
-    def run(self, feeds: Mapping[str, np.ndarray], env: Mapping[str, int]) -> dict[str, np.ndarray]:
-        """Outputs as arrays owned by the executable: valid until the next run."""
+    # `run` hands outputs over as they are computed (`ready`): the data-parallel trainer overlaps with it.
+    hands_over = True
+
+    def run(self, feeds: Mapping[str, np.ndarray], env: Mapping[str, int],
+            ready: Callable[[str, np.ndarray], None] | None = None) -> dict[str, np.ndarray]:
+        """Outputs as arrays owned by the executable: valid until the next run.  `ready(name, array)` is
+        called for each output once its value is final, at the latest after the step of its node (in
+        graph order: `position`), while the later steps are still to run."""
         key = tuple(sorted(env.items()))
         plan = self._plans.pop(key, None)
         if plan is None:
@@ -91,7 +102,14 @@ class Executable:
                 del self._plans[next(iter(self._plans))]
             plan = _Plan(self, dict(env))
         self._plans[key] = plan                   # most recently run last
-        return plan.run(feeds)
+        return plan.run(feeds, ready)
+
+    def position(self, node_id: int) -> int:
+        """A node's place in the order the steps run (the graph's): `ready` hands an output over before
+        any step of a later place runs — for every binding of the sizes alike."""
+        if not hasattr(self, "_positions"):
+            self._positions = {n.id: k for k, n in enumerate(self.graph.nodes)}
+        return self._positions[node_id]
 
 
 # Plans kept per executable.  A plan holds every buffer of the graph, and a scan's plan T steps of
@@ -107,6 +125,7 @@ class _Plan:
         self.bf16_feeds: list[np.ndarray] = []
         self.steps: list[Callable[[], Any]] = []
         self.step_nodes: list[Node] = []
+        self.step_outs: list[Any] = []   # what each step writes (a buffer, a scan's tuple of them)
         self.shared: dict = {}   # scratch the prepared steps share (numpy_conv's column matrices)
         self.copies: list[tuple[np.ndarray, np.ndarray]] = []
         unrounded = bias_products(graph)
@@ -162,7 +181,7 @@ class _Plan:
                     # A reshape that must copy: a step of its own, into a buffer.
                     root[n.id] = n.id
                     out = self._buffer(n, pool, owned)
-                    self._step(n, functools.partial(np.copyto, out.reshape(args[0].shape), args[0]))
+                    self._step(n, functools.partial(np.copyto, out.reshape(args[0].shape), args[0]), out)
                     arrays[n.id] = out
                 else:
                     arrays[n.id] = view
@@ -170,7 +189,7 @@ class _Plan:
             if n.op is Op.SCAN:
                 # Several results: a buffer each, owned by the `result` nodes that read them.
                 outs = tuple(self._buffer(n, pool, set(), t) for t in n.results)
-                self._step(n, _at(n, numpy_scan.prepare, n, args, outs, env, _bind))
+                self._step(n, _at(n, numpy_scan.prepare, n, args, outs, env, _bind), outs)
                 arrays[n.id] = outs
             elif n.op is Op.RESULT:
                 arrays[n.id] = args[0][n.attrs["index"]]
@@ -184,7 +203,7 @@ class _Plan:
                     out = self._buffer(n, pool, owned, wide=n.id in unrounded)
                     if target is not None:
                         self.copies.append((arrays[target], out))
-                self._step(n, _at(n, _bind, n, args, out, env, self.shared, unrounded))
+                self._step(n, _at(n, _bind, n, args, out, env, self.shared, unrounded), out)
                 arrays[n.id] = out
             # Return the buffers whose last reader this was.
             for i in set(n.inputs):
@@ -196,6 +215,26 @@ class _Plan:
         for o, i in exe.donate.items():
             if i in exe.persistent:
                 self.outputs = [(name, exe.persistent[i] if name == o else a) for name, a in self.outputs]
+        self.handovers = self._handovers(graph, exe, order)
+
+    def _handovers(self, graph: Graph, exe: Executable, order: dict[int, int]) -> list[list[tuple[str, np.ndarray]]]:
+        """For `ready`: the outputs to hand over before step k (k = len(steps): at the end).  An output goes
+        after the step of its node's place in the graph order, or after the last step writing its memory
+        if that comes later; one a donated input receives at the end (`copies`) goes at the end."""
+        last_write: dict[int, int] = {}
+        for k, outs in enumerate(self.step_outs):
+            for buf in outs if isinstance(outs, tuple) else (outs,):
+                last_write[id(_memory(buf))] = k
+        places = [order[n.id] for n in self.step_nodes]
+        handovers: list[list[tuple[str, np.ndarray]]] = [[] for _ in range(len(self.steps) + 1)]
+        copied = {o for o, i in exe.donate.items() if i in exe.persistent}
+        for (name, array), (_, node_id) in zip(self.outputs, graph.outputs):
+            if name in copied and self.copies:
+                k = len(self.steps)
+            else:
+                k = max(bisect.bisect_right(places, order[node_id]), last_write.get(id(_memory(array)), -1) + 1)
+            handovers[k].append((name, array))
+        return handovers
 
     def _buffer(self, n: Node, pool: dict, owned: set, type_: TensorType | None = None,
                 wide: bool = False) -> np.ndarray:
@@ -208,11 +247,13 @@ class _Plan:
         owned.add(n.id)
         return buf
 
-    def _step(self, n: Node, fn: Callable[[], Any]) -> None:
+    def _step(self, n: Node, fn: Callable[[], Any], out: Any) -> None:
         self.steps.append(fn)
         self.step_nodes.append(n)
+        self.step_outs.append(out)
 
-    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def run(self, feeds: Mapping[str, np.ndarray],
+            ready: Callable[[str, np.ndarray], None] | None = None) -> dict[str, np.ndarray]:
         for name, buf in self.feed_buffers:
             np.copyto(buf, feeds[name], casting="unsafe")
         for buf in self.bf16_feeds:   # fed as float32: their bf16 values
@@ -220,12 +261,22 @@ class _Plan:
         k = 0
         try:
             with np.errstate(all="ignore"):
-                for k, step in enumerate(self.steps):
-                    step()
+                if ready is None:
+                    for k, step in enumerate(self.steps):
+                        step()
+                else:
+                    handovers = self.handovers
+                    for k, step in enumerate(self.steps):
+                        for name, array in handovers[k]:
+                            ready(name, array)
+                        step()
                 for dst, src in self.copies:
                     np.copyto(dst, src)
         except _RUN_ERRORS as e:
             raise _failure(self.step_nodes[k], e) from None
+        if ready is not None:
+            for name, array in self.handovers[-1]:
+                ready(name, array)
         return dict(self.outputs)
 
 
@@ -255,6 +306,13 @@ def _may_write_into(graph: Graph, n: Node, target: int, root: dict[int, int], or
     if any(root[i] == target and i != target for i in n.inputs):
         return False
     return not any(root[i] == target for m in graph.nodes if order[m.id] > order[n.id] for i in m.inputs)
+
+
+def _memory(a: np.ndarray) -> np.ndarray:
+    """The array owning `a`'s memory (a view's base, all the way down)."""
+    while isinstance(a.base, np.ndarray):
+        a = a.base
+    return a
 
 
 def _key(a: np.ndarray) -> tuple:

@@ -63,11 +63,12 @@ train mlp {
 """
 
 
-def run_ranks(tmp_path: Path, file: Path, nproc: int, settings: dict) -> list[dict[str, np.ndarray]]:
-    """`nproc` workers of _ddp_worker.py; each rank's record."""
+def run_ranks(tmp_path: Path, file: Path, nproc: int, settings: dict,
+              environ: dict[str, str] | None = None) -> list[dict[str, np.ndarray]]:
+    """`nproc` workers of _ddp_worker.py (with `environ` added to their environment); each rank's record."""
     port = free_port()
     procs = [subprocess.Popen([sys.executable, str(WORKER), str(tmp_path), str(file), json.dumps(settings)],
-                              env=worker_environment(rank, nproc, port), cwd=ROOT,
+                              env={**worker_environment(rank, nproc, port), **(environ or {})}, cwd=ROOT,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for rank in range(nproc)]
     outs = [p.communicate(timeout=120)[0] for p in procs]
@@ -123,13 +124,18 @@ def test_two_ranks_follow_one_process_at_twice_the_batch(tmp_path: Path, sgd_mlp
     assert np.abs(unclipped["losses"] - one["losses"]).max() > 1e-3
 
 
+# Buckets of 10 kB: the MLPs' gradients travel in several, each started during the backward (overlap).
+SMALL_BUCKETS = {"DLN_BUCKET_MB": "0.01"}
+
+
 def test_three_ranks_follow_one_process_with_an_empty_rank_at_the_end(tmp_path: Path, monkeypatch):
     """examples/mlp_digits.dln (Adam, dropout 0.1: each rank draws the masks of its rows of the global
-    batch); b = 50: the last global batch of 88 rows gives ranks 50, 38 and 0 rows."""
+    batch); b = 50: the last global batch of 88 rows gives ranks 50, 38 and 0 rows.  In small buckets, so
+    that several all_reduce ops overlap the backward (and the rank without rows starts them too)."""
     b, n = 50, 3
     assert TRAIN % (n * b) <= (n - 1) * b
     settings = {"batch": b, "epochs": 2}
-    ranks = run_ranks(tmp_path, EXAMPLES / "mlp_digits.dln", n, settings)
+    ranks = run_ranks(tmp_path, EXAMPLES / "mlp_digits.dln", n, settings, SMALL_BUCKETS)
     one = single(EXAMPLES / "mlp_digits.dln", {**settings, "batch": n * b}, monkeypatch)
     assert_same_trajectory(ranks, one, loss_rtol=5e-6, weight_atol=5e-6)
 
@@ -373,6 +379,106 @@ def test_buckets_hold_every_gradient_once_in_reverse_order(sgd_mlp: Path):
     assert len(distributed.buckets(step, NumpyBackend())) == 1   # 25 MB holds this model whole
 
 
+def test_a_small_first_bucket_then_buckets_up_to_the_cap_in_the_order_given(sgd_mlp: Path, monkeypatch):
+    """DDP's layout: the first bucket small (its all_reduce starts early in the backward), the others up to
+    the cap, filled in the order the backward makes the gradients; DLN_BUCKET_MB sets the cap, by default
+    DDP's, or smaller for a small model (so that its buckets overlap its backward too)."""
+    import dln
+    from dln.compiler import pipeline
+    from dln.dsl.diagnostics import DlnError
+    from dln.runtime.backends import NumpyBackend
+    from dln.runtime.train import default_objective
+
+    model = dln.compile(str(sgd_mlp), backend="numpy")
+    step = pipeline.split_step(model.train_spec, default_objective(model))
+    sizes = {p: model.parameters()[p].nbytes for p in step.params}
+    order = ["logits.bias", "h.bias", "logits.weight", "h.weight"]
+    buckets = distributed.buckets(step, NumpyBackend(), cap=sizes["h.weight"] + sizes["h.bias"],
+                                  first_cap=sizes["logits.bias"], order=order)
+    assert [list(b.views) for b in buckets] == [["logits.bias"], ["h.bias", "logits.weight"], ["h.weight"]]
+    # By default, DDP's caps for large models, a quarter of the gradients (no less than 64 kB) for small ones.
+    assert distributed.bucket_caps(100 * 2 ** 20) == (2 ** 20, 25 * 2 ** 20)
+    assert distributed.bucket_caps(1_000_000) == (250_000, 250_000)
+    assert distributed.bucket_caps(100_000) == (65536, 65536)
+    assert distributed.gradient_bytes(step) == sum(sizes.values())
+    monkeypatch.setenv("DLN_BUCKET_MB", "0.5")
+    assert distributed.bucket_caps(100 * 2 ** 20) == (2 ** 19, 2 ** 19)
+    monkeypatch.setenv("DLN_BUCKET_MB", "5")
+    assert distributed.bucket_caps(100_000) == (2 ** 20, 5 * 2 ** 20)
+    for bad in ("0", "-1", "lots"):
+        monkeypatch.setenv("DLN_BUCKET_MB", bad)
+        with pytest.raises(DlnError, match="DLN_BUCKET_MB"):
+            distributed.bucket_cap()
+
+
+def test_the_backward_hands_each_gradient_over_once_as_soon_as_it_is_final():
+    """The interpreter's `ready`: every output once, holding its final value when handed over (checked on
+    a second run with other inputs, so that a buffer still holding the first run's value would show), and
+    the gradients spread over the backward rather than all at its end — what the all_reduce overlaps."""
+    import dln
+    from dln.compiler import pipeline
+    from dln.compiler.passes.global_rows import ROW
+    from dln.runtime.train import default_objective
+
+    model = dln.compile(str(EXAMPLES / "cnn_digits.dln"), backend="numpy")
+    step = pipeline.split_step(model.train_spec, default_objective(model))
+    ex = model.backend.prepare(step.graph, {**model.persistent, **model.step_rng(), ROW: np.array(0, np.int64)},
+                               step.donate)
+    rng = np.random.default_rng(1)
+    for run in range(2):
+        feeds = {"images": rng.random((7, 1, 8, 8), np.float32), "y": rng.integers(0, 10, 7)}
+        names: list[str] = []
+        handed: dict[str, np.ndarray] = {}
+
+        def ready(name: str, array: np.ndarray) -> None:
+            names.append(name)
+            handed[name] = array.copy()
+
+        results = ex.run(feeds, {"B": 7}, ready)
+        assert sorted(names) == sorted(results)   # each once
+        for name, value in results.items():
+            np.testing.assert_array_equal(handed[name], value, err_msg=f"run {run}: {name}")
+    plan = next(iter(ex._plans.values()))
+    when = {name: k for k, outs in enumerate(plan.handovers) for name, _ in outs}
+    grads = sorted(when[n] for n in when if n.startswith("grad:"))
+    # (measured: the 10 gradients after steps 80 to 142 of 143: the forward is the first 75 or so)
+    assert len(grads) == len(set(grads)) == 10 and len(plan.steps) - grads[0] > len(plan.steps) // 3, grads
+
+
+def test_buckets_start_their_all_reduce_while_the_backward_goes_on(monkeypatch):
+    """A group of one rank (gloo, in this process): with 4 kB buckets, LeNet's first buckets start their
+    all_reduce before the backward has made the last gradients, in bucket order."""
+    import torch.distributed as dist
+
+    import dln
+    from dln.runtime.optim import Optimizer
+    from dln.runtime.train import default_objective
+
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(free_port()))
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    try:
+        group = distributed.Group(0, 1, 0, "gloo", 30.0)
+        monkeypatch.setenv("DLN_BUCKET_MB", str(4096 / 2 ** 20))
+        model = dln.compile(str(EXAMPLES / "cnn_digits.dln"), backend="numpy")
+        sync = Optimizer(model, default_objective(model), group=group).sync
+        events: list[tuple[str, int]] = []
+        ready, start = sync._ready, dist.all_reduce
+        monkeypatch.setattr(sync, "_ready", lambda name, a: (events.append(("made", name)), ready(name, a)))
+        monkeypatch.setattr(dist, "all_reduce", lambda t, **kw: (events.append(("sent", t.numel())),
+                                                                   start(t, **kw))[1])
+        x = np.random.default_rng(0).random((7, 1, 8, 8), np.float32)
+        sync.run({"images": x, "y": np.arange(7)}, {"B": 7}, {"lr": np.array(1e-3), "step": np.array(1.0)}, 7, 7)
+    finally:
+        dist.destroy_process_group()
+        distributed._GRADIENT_GROUPS.clear()
+    sent = [k for k, (what, _) in enumerate(events) if what == "sent"]
+    made = [k for k, (what, name) in enumerate(events) if what == "made" and name.startswith("grad:")]
+    assert len(sync.buckets) >= 4 and len(sent) == len(sync.buckets) + 1   # and the loss's
+    assert sent[0] < made[-1] and sent[1] < made[-1], events
+    assert [events[k][1] for k in sent[:len(sync.buckets)]] == [b.flat.size for b in sync.buckets]
+
+
 def test_a_bucket_follows_inputs_a_backend_moved(sgd_mlp: Path):
     """Gradient inputs laid out back to back elsewhere (torch tensors, any order): that run becomes the
     bucket; inputs scattered: the bucket is copied to them after the all_reduce."""
@@ -505,7 +611,8 @@ def test_sync_batchnorm_with_a_rank_without_rows_at_the_end(tmp_path: Path, monk
     path.write_text(SYNC_BN)
     b, n = 50, 3
     assert TRAIN % (n * b) <= (n - 1) * b
-    ranks = run_ranks(tmp_path, path, n, {"batch": b})
+    # Small buckets: their all_reduce ops start between the statistics' (in a process group of their own).
+    ranks = run_ranks(tmp_path, path, n, {"batch": b}, SMALL_BUCKETS)
     one = single(path, {"batch": n * b}, monkeypatch)
     assert_same_trajectory(ranks, one, loss_rtol=SYNC_RTOL, weight_atol=SYNC_ATOL)
 
