@@ -23,12 +23,14 @@ The contract with one process (`dln train` at batch N·b):
 - Random draws in the model (dropout) are counted from the rank's first row
   in the global batch (`rng.row`, dln.compiler.passes.global_rows): a row's
   mask is the one a single process draws for it.
-- Gradients travel in flat buckets (~25 MB, as DDP's), in reverse model
-  order (the order a backward produces them: where overlap would start),
-  exchanged as torch tensors over the NumPy arrays (`torch.from_numpy`, no
-  copies); the update graph reads its gradient inputs straight from the
-  buckets' views.  On the Triton backend the buffers are torch tensors on
-  the GPU already, and the group's backend is `nccl`.
+- Gradients travel in flat buckets (DDP's sizes, smaller for a small model:
+  `bucket_caps`), in the order the backward makes them, exchanged as torch
+  tensors over the NumPy arrays (`torch.from_numpy`, no copies); each
+  bucket's all_reduce starts, asynchronously, as soon as the backward has
+  filled it (the interpreter's `ready`), and the update graph reads its
+  gradient inputs straight from the buckets' views once all have arrived.
+  On the Triton backend the buffers are torch tensors on the GPU already,
+  the group's backend is `nccl`, and the buckets go after the backward.
 - Collectives time out (`DEFAULT_TIMEOUT`, `DLN_DIST_TIMEOUT` seconds): a
   rank that died or hangs ends the others with a dln error (E0720), never a
   silent hang.
