@@ -285,7 +285,7 @@ def volume(name: str) -> dict:
                                                   ROW: np.array(0, np.int64)}, step.donate)
     first, cap = distributed.bucket_caps(distributed.gradient_bytes(step))
     buckets = [b.flat.nbytes for b in distributed.buckets(step, model.backend, cap, first,
-                                                          distributed.backward_order(step, prepared))]
+                                                          distributed.backward_order(prepared))]
     params = sum(int(np.prod(v.shape)) for v in model.parameters().values())
     metrics = (1 + len(step.metrics)) * 8    # the loss and metrics' means, float64 (reduce_means)
     return {"model": BENCHES[name].file, "parameters": params, "gradient_bytes": sum(buckets),

@@ -300,12 +300,9 @@ def buckets(step: SplitStep, backend: Backend, cap: int = BUCKET_BYTES, first_ca
     return out
 
 
-def backward_order(step: SplitStep, prepared: Any) -> list[str]:
+def backward_order(prepared: Any) -> list[str]:
     """The parameters in the order a backend that hands outputs over (`hands_over`) makes their gradients."""
-    graph = prepared.graph
-    made = {name: prepared.position(graph.output(f"grad:{name}").id) for name in step.params
-            if f"grad:{name}" in graph.output_names}
-    return sorted(made, key=made.__getitem__)
+    return [name.removeprefix("grad:") for name in prepared.handover_order() if name.startswith("grad:")]
 
 
 def gradient_types(step: SplitStep) -> dict[str, Any]:
@@ -396,7 +393,7 @@ class GradientSync:
         self.overlaps = getattr(self.gradients, "hands_over", False)
         if self.overlaps:   # the buckets fill in the order the backward computes the gradients
             first, cap = bucket_caps(gradient_bytes(step))
-            self.buckets = buckets(step, backend, cap, first, backward_order(step, self.gradients))
+            self.buckets = buckets(step, backend, cap, first, backward_order(self.gradients))
         else:   # all at the end: as few all_reduce calls as can be
             self.buckets = buckets(step, backend, bucket_cap() or BUCKET_BYTES)
         # The update reads the averaged gradients where the all_reduce left them: persistent inputs (tensors

@@ -94,7 +94,7 @@ class Executable:
             ready: Callable[[str, np.ndarray], None] | None = None) -> dict[str, np.ndarray]:
         """Outputs as arrays owned by the executable: valid until the next run.  `ready(name, array)` is
         called for each output once its value is final, at the latest after the step of its node (in
-        graph order: `position`), while the later steps are still to run."""
+        graph order: `handover_order`), while the later steps are still to run."""
         key = tuple(sorted(env.items()))
         plan = self._plans.pop(key, None)
         if plan is None:
@@ -104,12 +104,11 @@ class Executable:
         self._plans[key] = plan                   # most recently run last
         return plan.run(feeds, ready)
 
-    def position(self, node_id: int) -> int:
-        """A node's place in the order the steps run (the graph's): `ready` hands an output over before
-        any step of a later place runs — for every binding of the sizes alike."""
-        if not hasattr(self, "_positions"):
-            self._positions = {n.id: k for k, n in enumerate(self.graph.nodes)}
-        return self._positions[node_id]
+    def handover_order(self) -> list[str]:
+        """The outputs in the order `ready` hands them over, for every binding of the sizes alike: by their
+        nodes' places in the graph order the steps run in (an output goes before any step of a later place)."""
+        place = {n.id: k for k, n in enumerate(self.graph.nodes)}
+        return [name for name, _ in sorted(self.graph.outputs, key=lambda o: place[o[1]])]
 
 
 # Plans kept per executable.  A plan holds every buffer of the graph, and a scan's plan T steps of
@@ -228,7 +227,7 @@ class _Plan:
         places = [order[n.id] for n in self.step_nodes]
         handovers: list[list[tuple[str, np.ndarray]]] = [[] for _ in range(len(self.steps) + 1)]
         copied = {o for o, i in exe.donate.items() if i in exe.persistent}
-        for (name, array), (_, node_id) in zip(self.outputs, graph.outputs):
+        for (name, array), (_, node_id) in sorted(zip(self.outputs, graph.outputs), key=lambda o: order[o[1][1]]):
             if name in copied and self.copies:
                 k = len(self.steps)
             else:

@@ -436,6 +436,7 @@ def test_the_backward_hands_each_gradient_over_once_as_soon_as_it_is_final():
 
         results = ex.run(feeds, {"B": 7}, ready)
         assert sorted(names) == sorted(results)   # each once
+        assert names == ex.handover_order()      # in the order the buckets are laid out in
         for name, value in results.items():
             np.testing.assert_array_equal(handed[name], value, err_msg=f"run {run}: {name}")
     plan = next(iter(ex._plans.values()))
