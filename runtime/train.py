@@ -31,7 +31,7 @@ from dln.compiler.training import TrainStep
 from dln.compiler.values import RecordValue
 from dln.dsl import ast
 from dln.dsl.diagnostics import Diagnostic, DlnError, Note, listing
-from dln.runtime import binding, checkpoint, checkpoint_state, data, distributed, monitor
+from dln.runtime import binding, checkpoint, checkpoint_state, data, distributed, monitor, ranks
 from dln.runtime.api import Model
 from dln.runtime.optim import Optimizer
 from dln.runtime.schedules import Schedule
@@ -446,21 +446,18 @@ class Trainer:
             distributed.broadcast_state(self.group, self.model._state, "the model state")
         spec = self.model.spec
         names = [n for n in self.eval_names if n in spec.values or n in spec.metrics]
-        n = len(next(iter(arrays.values())))
         whole = self._whole_example(sources) is not None
-        batch = n if whole else max(self.recipe.batch, 256)
-        # Among ranks, each evaluates its contiguous share; the sums, weighted by rows, are added up.
-        mine = distributed.split_evenly(n, self.group) if self.group is not None and not whole else np.arange(n)
+        if self.group is not None and not whole:   # one process's global batches, this rank's rows of each
+            return ranks.evaluate(self, arrays, sources, names)
+        n = len(next(iter(arrays.values())))
+        batch = n if whole else ranks.eval_batch(self.recipe.batch)
         sums = dict.fromkeys(names, 0.0)
-        for start in range(0, len(mine), batch):
-            idx = mine[start:start + batch]
+        for start in range(0, n, batch):
+            idx = np.arange(start, min(start + batch, n))
             feeds = self._batch(arrays, sources, idx)
             results = self.model.run(names, **feeds)
             for k in names:
                 sums[k] += float(np.asarray(results[k])) * len(idx)
-        if self.group is not None and not whole:
-            return distributed.reduce_means(self.group, {k: v / max(len(mine), 1) for k, v in sums.items()},
-                                            len(mine), n, "the all_reduce of the validation metrics")
         return {k: v / max(n, 1) for k, v in sums.items()}
 
     # ---- checkpoints ----------------------------------------------------------------------------------------
