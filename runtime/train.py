@@ -36,7 +36,7 @@ from dln.runtime.api import Model
 from dln.runtime.optim import Optimizer
 from dln.runtime.schedules import Schedule
 
-SETTING_OVERRIDES = ("epochs", "batch", "seed", "checkpoint", "clip_grad", "validate")
+SETTING_OVERRIDES = ("epochs", "batch", "seed", "checkpoint", "clip_grad", "validate", "sync_batchnorm")
 
 
 @dataclass
