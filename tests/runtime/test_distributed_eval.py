@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import dln
@@ -93,3 +94,25 @@ def test_three_ranks_validate_as_one_process_with_ranks_without_rows(tmp_path: P
     one = single(path, {**settings, "batch": n * b}, monkeypatch)
     assert len(one["h:val_loss"]) == 2
     assert_same_trajectory(ranks, one, loss_rtol=RTOL, weight_atol=RTOL)
+
+
+
+@pytest.mark.parametrize("backend", ["numpy", "triton"])
+def test_a_ranks_evaluation_draws_one_process_s_numbers_for_its_rows(tmp_path: Path, backend: str):
+    """Model._run_rows: the VAE's latent code over rows [lo, hi) of a batch, drawn from row lo (`rng.row`),
+    is rows [lo, hi) of one process's draw over the whole batch at the same count; a rank without rows
+    advances the count as a run does.  On the NumPy backend and the Triton backend's kernels."""
+    path = write(tmp_path, "vae.dln", VAE)
+    x = np.random.default_rng(0).random((13, 64), np.float32)
+    one = dln.compile(str(path), backend=backend)
+    whole = one.run(["code"], x=x)["code"]
+    for lo, hi in ((0, 5), (5, 13), (13, 13)):
+        rank = dln.compile(str(path), backend=backend)
+        got = rank._run_rows(["code"], lo, {"x": x[lo:hi]} if hi > lo else None)
+        assert rank._rng_step == one._rng_step == 1
+        if hi > lo:
+            np.testing.assert_allclose(got["code"], whole[lo:hi], rtol=1e-5, atol=1e-6, err_msg=f"rows {lo}:{hi}")
+        else:
+            assert got == {}
+    from_row_0 = dln.compile(str(path), backend=backend).run(["code"], x=x[5:])["code"]
+    assert np.abs(from_row_0 - whole[5:]).max() > 1e-2   # drawn as a batch of its own: other numbers
