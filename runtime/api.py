@@ -296,10 +296,10 @@ class Model:
         return _as_kind(results, inputs)
 
     def _run_rows(self, outputs: Iterable[str], row: int, inputs: Mapping[str, Any] | None) -> dict[str, Any]:
-        """`run` in evaluation mode as one rank of several (dln.runtime.ranks): the draws over the batch counted
-        from row `row` of the global batch (`rng.row`), so that this rank's rows get the numbers one process
-        draws for them there.  `inputs` None: this rank has no rows of the batch; its draw counter advances
-        all the same, as every rank's does once per global batch."""
+        """`run` in evaluation mode as one rank of several (dln.runtime.batches): the draws over the batch
+        counted from row `row` of the global batch (`rng.row`), so that this rank's rows get the numbers one
+        process draws for them there.  `inputs` None: this rank has no rows of the batch; its draw counter
+        advances all the same, as every rank's does once per global batch."""
         graph, prepared = self._forward(self.spec, outputs, False, rows=True)
         if inputs is None:
             if graph.input_named("rng.seed") is not None:

@@ -3,10 +3,10 @@ rank's part of each.
 
 One process feeds each batch whole: the examples picked, augmented
 (training only), filled inputs drawn from the run's fill generator;
-validation takes batches of max(b, 256) rows.  Among N
-ranks (data parallelism) the trainer walks the same global batches, and this
-module says what a rank takes of each, so that the ranks compute one
-process's figures (dln.runtime.distributed states the contract):
+validation takes batches of max(b, 256) rows.  Among N ranks (data
+parallelism) the trainer walks the same global batches, and this module
+says what a rank takes of each, so that the ranks compute one process's
+figures (dln.runtime.distributed states the contract):
 
 - **Rows.** Rank r takes a contiguous run of each global batch: rows
   [r·p, (r+1)·p) of it (`distributed.shard`), p = b in training and
@@ -41,6 +41,7 @@ from dln.runtime import binding, data, distributed
 from dln.runtime.api import Model
 
 FILLS = ("randn", "rand", "zeros")
+DRAWN = ("randn", "rand")   # the fills that draw from the generator
 
 # (this rank's rows, all ranks' rows, its first row in the global batch) of one step: GradientSync's shares.
 Rows = tuple[int, int, int]
@@ -108,7 +109,7 @@ class Batches:
             feeds = self.make(arrays, sources, idx, augment=True) if len(idx) else None
             return feeds, (len(idx), len(idx) * (group.size if group is not None else 1), 0)
         b = self.recipe.batch
-        draws = bool(self.recipe.augment) or any(s in ("randn", "rand") for s in sources.values())
+        draws = bool(self.recipe.augment) or any(s in DRAWN for s in sources.values())
         feeds = self._share(arrays, sources, idx, b, draws, augment=True)
         return feeds, (len(distributed.shard(idx, group.rank, b)), len(idx), _first_row(group, idx, b))
 
@@ -141,7 +142,7 @@ class Batches:
             return {k: v / max(n, 1) for k, v in sums.items()}
         batch = eval_batch(self.recipe.batch, group.size)
         per_rank = math.ceil(batch / group.size)
-        draws = any(s in ("randn", "rand") for s in sources.values())
+        draws = any(s in DRAWN for s in sources.values())
         rows = 0
         for start in range(0, n, batch):
             idx = np.arange(start, min(start + batch, n))

@@ -1,6 +1,6 @@
-"""Validation among ranks (dln.runtime.ranks.evaluate): N ranks of batch b report one process's validation
-figures at batch N·b, also for a model that draws in evaluation mode (a VAE's reparameterisation) or whose
-validation feeds filled inputs.
+"""Validation among ranks (dln.runtime.batches, Batches.evaluate): N ranks of batch b report one process's
+validation figures at batch N·b, also for a model that draws in evaluation mode (a VAE's reparameterisation)
+or whose validation feeds filled inputs.
 
 The ranks evaluate the global batches one process does (max(N·b, 256) rows), each rank its contiguous rows
 of each; a rank's draws are counted from its first row there (`rng.row`), its filled inputs cut from the
