@@ -69,13 +69,14 @@ def optimize(graph: Graph, debug: bool = False) -> Graph:
 
 
 def forward_graph(model: BuiltModel, outputs: Sequence[str] | None = None, debug: bool = False,
-                  mixed: DType | None = None, merge: bool = False) -> Graph:
+                  mixed: DType | None = None, merge: bool = False, rows: bool = False) -> Graph:
     """The graph computing `outputs` (declared outputs by default; any named value or metric may be asked
     for), and the new value of every model state the build assigns (`new:<name>`, donated to it by
     `model.state_donations()`): a run in training mode updates the running statistics.  `mixed`: the
     type of the products under mixed precision (dln.compiler.passes.autocast), None for float32.
     `merge`: products sharing an operand become one (`horizontal`; after folding, so that a batch norm
-    still folds into the weight before it)."""
+    still folds into the weight before it).  `rows`: random draws over the batch counted from a global row
+    (`global_rows`: one rank's share of a global batch draws one process's numbers for its rows)."""
     names = list(outputs) if outputs is not None else model.outputs
     pairs = []
     for name in names:
@@ -86,7 +87,8 @@ def forward_graph(model: BuiltModel, outputs: Sequence[str] | None = None, debug
         else:
             pairs.append((name, model.metrics[name]))
     g = model.graph.with_outputs(pairs + model.state_outputs() + model.carry_outputs())
-    g = optimize(autocast(g, mixed) if mixed is not None else g, debug)
+    g = autocast(g, mixed) if mixed is not None else g
+    g = optimize(global_rows(g) if rows else g, debug)
     if not model.training:
         # Evaluation: batch norm (any per-channel scale and shift) moves into the weights before it.
         folded = fold_affine(g)

@@ -25,6 +25,7 @@ from dln.compiler.build import BuiltModel, InputInfo
 from dln.compiler.ir import DType, Graph, Op
 from dln.compiler.limits import DEFAULT_LIMITS, Limits
 from dln.compiler.passes.autocast import MIXED
+from dln.compiler.passes.global_rows import ROW
 from dln.compiler.printer import format_graph
 from dln.compiler.program import Program
 from dln.dsl.diagnostics import Diagnostic, DlnError, Note
@@ -290,18 +291,36 @@ class Model:
         """Any named values of the model (declared outputs by default; one name or several)."""
         _check_flag("training", training)
         spec = self.train_spec if training else self.spec
+        graph, prepared = self._forward(spec, outputs, training)
+        results = self._execute(spec, graph, prepared, inputs)
+        return _as_kind(results, inputs)
+
+    def _run_rows(self, outputs: Iterable[str], row: int, inputs: Mapping[str, Any] | None) -> dict[str, Any]:
+        """`run` in evaluation mode as one rank of several (dln.runtime.batches): the draws over the batch
+        counted from row `row` of the global batch (`rng.row`), so that this rank's rows get the numbers one
+        process draws for them there.  `inputs` None: this rank has no rows of the batch; its draw counter
+        advances all the same, as every rank's does once per global batch."""
+        graph, prepared = self._forward(self.spec, outputs, False, rows=True)
+        if inputs is None:
+            if graph.input_named("rng.seed") is not None:
+                self._rng_step += 1
+            return {}
+        return self._execute(self.spec, graph, prepared, inputs, row)
+
+    def _forward(self, spec: BuiltModel, outputs: str | Iterable[str] | None, training: bool,
+                 rows: bool = False) -> tuple[Graph, Any]:
+        """The forward graph of `outputs` and its prepared executable, made once per request; `rows`: with
+        draws counted from a global row (pipeline.forward_graph)."""
         names = _names(outputs) if outputs is not None else tuple(spec.outputs)
         for n in names:
             if n not in spec.values and n not in spec.graph.output_names and n not in spec.metrics:
                 raise DlnError(Diagnostic("E0602", f"model {self.name} has no value '{n}'", spec.decl.name.span))
-        key = ("run", training, names)
+        key = ("run", training, names, rows)
         if key not in self._prepared:
             graph = pipeline.forward_graph(spec, names, self.debug, self.mixed,
-                                           merge=MERGES_PRODUCTS[self.backend.name])
+                                           merge=MERGES_PRODUCTS[self.backend.name], rows=rows)
             self._prepared[key] = (graph, self.backend.prepare(graph, self.persistent, spec.state_donations()))
-        graph, prepared = self._prepared[key]
-        results = self._execute(spec, graph, prepared, inputs)
-        return _as_kind(results, inputs)
+        return self._prepared[key]
 
     def value_and_grad(self, loss: str = "loss", *args: Any, **inputs: Any) -> tuple[Any, dict[str, Any]]:
         """The value of scalar `loss` and its gradient for every parameter, in training mode."""
@@ -326,16 +345,19 @@ class Model:
         converted = _as_kind({"loss": value, **grads}, inputs)
         return converted.pop("loss"), converted
 
-    def _execute(self, spec: BuiltModel, graph: Graph, prepared: Any, inputs: Mapping[str, Any]) -> dict[str, Any]:
-        feeds, env = self.feeds(spec, graph, inputs)
+    def _execute(self, spec: BuiltModel, graph: Graph, prepared: Any, inputs: Mapping[str, Any],
+                 row: int | None = None) -> dict[str, Any]:
+        feeds, env = self.feeds(spec, graph, inputs, row)
         if "rng.seed" in feeds:
             self._rng_step += 1
         out = prepared.run(feeds, env)
         updates = spec.state_donations()   # written over the model state by the run: not results
         return {k: self.backend.to_numpy(v).copy() for k, v in out.items() if k not in updates}
 
-    def feeds(self, spec: BuiltModel, graph: Graph, inputs: Mapping[str, Any]) -> tuple[dict[str, Any], dict]:
-        """Check `inputs` against the graph's needs; the arrays to feed and the symbol values."""
+    def feeds(self, spec: BuiltModel, graph: Graph, inputs: Mapping[str, Any],
+              row: int | None = None) -> tuple[dict[str, Any], dict]:
+        """Check `inputs` against the graph's needs; the arrays to feed and the symbol values (and `row`, the
+        global row a graph made with `rows` counts its draws from)."""
         infos = {i.name: i for i in spec.inputs}
         for name in inputs:
             if name not in infos:
@@ -363,6 +385,8 @@ class Model:
         if graph.input_named("rng.seed") is not None:
             feeds["rng.seed"] = np.array(self._rng_seed, np.int64)
             feeds["rng.step"] = np.array(self._rng_step, np.int64)
+        if row is not None and graph.input_named(ROW) is not None:
+            feeds[ROW] = np.array(row, np.int64)
         return feeds, env
 
     # ---- generation -------------------------------------------------------------------------------------------

@@ -113,6 +113,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--nproc", type=_positive, metavar="N",
                    help="data-parallel training in N local processes, --batch rows each (as torchrun "
                         "--nproc-per-node N -m dln train FILE does)")
+    c.add_argument("--sync-batchnorm", action=argparse.BooleanOptionalAction, default=None,
+                   help="among ranks, batch norm's statistics over every rank's rows (as torch.nn.SyncBatchNorm), "
+                        "or each rank's own (--no-sync-batchnorm), overriding the train section's sync_batchnorm")
     c = command("eval", "metrics on the validation data", backend=True)
     c.add_argument("--weights", required=True, help="a .safetensors file of weights")
     _loading_options(c)
@@ -396,7 +399,8 @@ def _train(args, group) -> int:
     leader = group is None or group.leader   # among ranks, rank 0 alone writes and prints
     if args.save and leader:  # found out before training, not after
         check_output(args.save, "file", "the weights (--save)")
-    settings = {k: getattr(args, k) for k in ("epochs", "batch", "seed", "checkpoint") if getattr(args, k) is not None}
+    settings = {k: getattr(args, k) for k in ("epochs", "batch", "seed", "checkpoint", "sync_batchnorm")
+                if getattr(args, k) is not None}
     # --logdir none: no run directory at all; no --logdir: the checkpoint directory, else runs/<file stem>
     logdir = True if args.logdir is None else False if args.logdir == "none" else args.logdir
     history = train_file(Path(args.file), backend=args.backend, progress=False if args.no_progress else None,

@@ -223,11 +223,6 @@ def shard(batch: np.ndarray, rank: int, per_rank: int) -> np.ndarray:
     return batch[rank * per_rank:(rank + 1) * per_rank]
 
 
-def split_evenly(n: int, group: Group) -> np.ndarray:
-    """Rank `group.rank`'s contiguous share of `n` examples (validation): sizes differ by one at most."""
-    return np.array_split(np.arange(n), group.size)[group.rank]
-
-
 # ---- the gradient exchange ---------------------------------------------------------------------------------------
 @dataclass
 class Bucket:

@@ -1,7 +1,8 @@
 """Training as a file's `train` section says.
 
 One compiled step graph per objective (forward + backward + optimizer
-update), run over shuffled mini-batches; parameters, model state (running
+update), run over shuffled mini-batches (their feeds, and among ranks each
+rank's part of them: dln.runtime.batches); parameters, model state (running
 statistics) and optimizer state are persistent buffers the step updates in
 place.  Each epoch reports loss and
 accuracy on the training batches and on the held-out data, writes a
@@ -23,7 +24,6 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from dln.compiler import pipeline
-from dln.compiler.build import BuiltModel, InputInfo
 from dln.compiler.ir import Op
 from dln.compiler.limits import DEFAULT_LIMITS, Limits
 from dln.compiler.recipe import DEFAULT_OPTIMIZER, Objective, Recipe, model_of, recipe_of, with_over
@@ -33,10 +33,11 @@ from dln.dsl import ast
 from dln.dsl.diagnostics import Diagnostic, DlnError, Note, listing
 from dln.runtime import binding, checkpoint, checkpoint_state, data, distributed, monitor
 from dln.runtime.api import Model
+from dln.runtime.batches import Batches, target_inputs  # noqa: F401 — target_inputs: imported from here
 from dln.runtime.optim import Optimizer
 from dln.runtime.schedules import Schedule
 
-SETTING_OVERRIDES = ("epochs", "batch", "seed", "checkpoint", "clip_grad", "validate")
+SETTING_OVERRIDES = ("epochs", "batch", "seed", "checkpoint", "clip_grad", "validate", "sync_batchnorm")
 
 
 @dataclass
@@ -178,9 +179,8 @@ class Trainer:
         self.steps: list[TrainStep] = [opt.train for opt in self.optimizers]
         self.eval_names = [o.loss for o in recipe.objectives] + list(spec.metrics)
         self.history = History(model=model)
-        self.fill_rng = np.random.default_rng(recipe.seed + 1)
-        # Augmentation changes what the model sees, never what a loss compares it with.
-        self.targets = target_inputs(spec)
+        # The feeds of each batch, with the run's generator of augmentation and filled inputs.
+        self.batches = Batches(model, recipe, group, np.random.default_rng(recipe.seed + 1))
         # Early stopping: the best validation loss so far, its weights, epochs since.
         self.best_val, self.best_params, self.bad_epochs, self.stopped = math.inf, None, 0, False
         # The state of the last checkpoint written or resumed from (state.json's content).
@@ -195,7 +195,7 @@ class Trainer:
         if isinstance(arrays, data.text.TextData):
             self._take_vocab(arrays.vocab)
         if isinstance(r.validate, float) and r.validate > 0:
-            whole = self._whole_example(self._sources(arrays))
+            whole = self.batches.whole_example(self._sources(arrays))
             if whole is not None:
                 info, symbol = whole
                 raise DlnError(Diagnostic(
@@ -251,42 +251,6 @@ class Trainer:
                                                            f'{info.name} = "..." }}'),)))
         return out
 
-    def _whole_example(self, sources: dict[str, str]) -> tuple[InputInfo, str] | None:
-        """The input that makes the data one whole example (data.whole_example), among those fed data."""
-        fed = [i for i in self.model.train_spec.inputs if sources.get(i.name) not in (None, "randn", "rand", "zeros")]
-        return data.whole_example(fed)
-
-    def _batch(self, arrays: data.Arrays, sources: dict[str, str], idx: np.ndarray,
-               augment: bool = False, fills: np.random.Generator | None = None) -> dict[str, Any]:
-        """The feeds of the examples `idx`; filled inputs drawn from `fills` (the run's fill generator
-        by default)."""
-        fills = self.fill_rng if fills is None else fills
-        spec = self.model.train_spec
-        picked = {info.name: arrays[src][idx] for info in spec.inputs
-                  if (src := sources.get(info.name)) is not None and src not in ("randn", "rand", "zeros")}
-        if augment and self.recipe.augment:
-            whole = self._whole_example(sources)
-            structure = {whole[0].name} if whole is not None else set()   # an adjacency is not noised
-            inputs = {name: x for name, x in picked.items() if name not in self.targets | structure}
-            picked = {**picked, **data.augment(inputs, self.recipe.augment, self.fill_rng)}
-        feeds: dict[str, Any] = {}
-        for info in spec.inputs:
-            if info.name in picked:
-                feeds[info.name] = binding.convert(info, picked[info.name])
-        env = binding.bind([i for i in spec.inputs if i.name in feeds], feeds)
-        for info in spec.inputs:
-            src = sources.get(info.name)
-            if src in ("randn", "rand", "zeros"):
-                shape = _fill_shape(info, env, len(idx))
-                if src == "randn":
-                    fill = fills.standard_normal(shape)
-                elif src == "rand":
-                    fill = fills.random(shape)
-                else:
-                    fill = np.zeros(shape)
-                feeds[info.name] = fill.astype(np.float32)
-        return feeds
-
     # ---- the loop -------------------------------------------------------------------------------------------
     def fit(self, logdir: Path | None = None) -> History:
         """Train; with `logdir`, write the run's metrics and pictures there (dln.runtime.monitor)."""
@@ -297,7 +261,7 @@ class Trainer:
         n = len(next(iter(train.values())))
         if n == 0:
             raise DlnError(Diagnostic("E0603", "the training data is empty", None))
-        whole = self._whole_example(sources)
+        whole = self.batches.whole_example(sources)
         if whole is not None:
             self.log(f"one whole example: input '{whole[0].name}' {whole[0].type} holds {whole[1]} twice; every "
                      "step takes all of it, unshuffled")
@@ -336,17 +300,9 @@ class Trainer:
                 batches = bar
             for k in batches:
                 idx = order[k * batch:(k + 1) * batch]
-                rows = self._rows(idx, whole is not None)
-                if self.group is not None and whole is None and self._draws(sources):
-                    # Augmentation and filled inputs draw for the global batch, as one process does, and
-                    # every rank keeps its rows: the same numbers, and the same generator state after.
-                    feeds = self._batch(train, sources, idx, augment=True)
-                    lo = self.group.rank * r.batch
-                    feeds = {name: v[lo:lo + len(rows[0])] for name, v in feeds.items()} if len(rows[0]) else None
-                else:
-                    feeds = self._batch(train, sources, rows[0], augment=True) if len(rows[0]) else None
-                first = 0 if whole is not None or self.group is None else min(self.group.rank * r.batch, len(idx))
-                results = self._step(feeds, schedules, epoch, (len(rows[0]), rows[1], first))
+                # Among ranks, this rank's rows of the global batch (dln.runtime.batches).
+                feeds, rows = self.batches.step(train, sources, idx, whole is not None)
+                results = self._step(feeds, schedules, epoch, rows)
                 for name, value in results.items():   # among ranks, means over the global batch already
                     sums[name] = sums.get(name, 0.0) + value * len(idx)
                 seen += len(idx)
@@ -399,8 +355,8 @@ class Trainer:
         if not self.recipe.images:
             return None
         n = len(next(iter(arrays.values())))
-        idx = np.arange(n if self._whole_example(sources) is not None else min(n, monitor.IMAGE_EXAMPLES))
-        feeds = self._batch(arrays, sources, idx, fills=np.random.default_rng(monitor.IMAGE_SEED))
+        idx = np.arange(n if self.batches.whole_example(sources) is not None else min(n, monitor.IMAGE_EXAMPLES))
+        feeds = self.batches.make(arrays, sources, idx, fills=np.random.default_rng(monitor.IMAGE_SEED))
         computed = [k for k in self.recipe.images if k not in feeds]
         counter, self.model._rng_step = self.model._rng_step, monitor.IMAGE_SEED
         try:
@@ -408,20 +364,6 @@ class Trainer:
         finally:
             self.model._rng_step = counter
         return {k: np.asarray(feeds[k] if k in feeds else values[k]) for k in self.recipe.images}
-
-    def _draws(self, sources: dict[str, str]) -> bool:
-        """Whether making a training batch draws random numbers: augmentation, filled inputs."""
-        return bool(self.recipe.augment) or any(s in ("randn", "rand") for s in sources.values())
-
-    def _rows(self, idx: np.ndarray, whole: bool) -> tuple[np.ndarray, int]:
-        """This rank's examples of the global batch `idx`, and the rows of all ranks together: the batch
-        itself in one process; among ranks, rows [rank·b, (rank+1)·b) of it (every rank the whole of a
-        whole example, which then counts once per rank)."""
-        if self.group is None:
-            return idx, len(idx)
-        if whole:
-            return idx, len(idx) * self.group.size
-        return distributed.shard(idx, self.group.rank, self.recipe.batch), len(idx)
 
     def _step(self, feeds: dict[str, Any] | None, schedules: list[Schedule], epoch: int,
               rows: tuple[int, int, int] | None = None) -> dict[str, float]:
@@ -446,22 +388,7 @@ class Trainer:
             distributed.broadcast_state(self.group, self.model._state, "the model state")
         spec = self.model.spec
         names = [n for n in self.eval_names if n in spec.values or n in spec.metrics]
-        n = len(next(iter(arrays.values())))
-        whole = self._whole_example(sources) is not None
-        batch = n if whole else max(self.recipe.batch, 256)
-        # Among ranks, each evaluates its contiguous share; the sums, weighted by rows, are added up.
-        mine = distributed.split_evenly(n, self.group) if self.group is not None and not whole else np.arange(n)
-        sums = dict.fromkeys(names, 0.0)
-        for start in range(0, len(mine), batch):
-            idx = mine[start:start + batch]
-            feeds = self._batch(arrays, sources, idx)
-            results = self.model.run(names, **feeds)
-            for k in names:
-                sums[k] += float(np.asarray(results[k])) * len(idx)
-        if self.group is not None and not whole:
-            return distributed.reduce_means(self.group, {k: v / max(len(mine), 1) for k, v in sums.items()},
-                                            len(mine), n, "the all_reduce of the validation metrics")
-        return {k: v / max(n, 1) for k, v in sums.items()}
+        return self.batches.evaluate(arrays, sources, names)
 
     # ---- checkpoints ----------------------------------------------------------------------------------------
     def _fingerprint(self) -> str:
@@ -488,7 +415,7 @@ class Trainer:
             # Evaluation draws too (randn_like in evaluation mode), from the model's own counter.
             "eval_rng_step": self.model._rng_step,
             "schedules": [s.state() for s in schedules], "history": [dict(e) for e in self.history.epochs],
-            "fill_rng": self.fill_rng.bit_generator.state,
+            "fill_rng": self.batches.fills.bit_generator.state,
             "early_stop": {"best_val": None if math.isinf(self.best_val) else self.best_val,
                            "bad_epochs": self.bad_epochs, "stopped": self.stopped},
         }
@@ -543,7 +470,7 @@ class Trainer:
             except DlnError as e:
                 d = e.diagnostics[0]
                 raise DlnError(Diagnostic(d.code, d.message, None, (Note(f"in the checkpoint {ckpt}"),))) from None
-        self.fill_rng = fill_rng
+        self.batches.fills = fill_rng
         for s, st in zip(schedules, chosen["schedules"]):
             s.restore(st)
         stop = chosen["early_stop"]
@@ -583,41 +510,6 @@ def _files_of(state: Mapping[str, Any]) -> set[str]:
     if state.get("previous"):
         names |= set(state["previous"]["files"].values())
     return names
-
-
-def target_inputs(spec: BuiltModel) -> set[str]:
-    """The model inputs a loss takes as its target, directly or through computation (`mse(pred, t)`,
-    `cross_entropy(logits, y)`, `bce(recon, x)`): data to compare with, which augmentation leaves alone."""
-    graph, names = spec.graph, set()
-    stack, seen = list(spec.loss_targets), set()
-    while stack:
-        node_id = stack.pop()
-        if node_id in seen:
-            continue
-        seen.add(node_id)
-        node = graph.node(node_id)
-        if node.op is Op.INPUT:
-            if node.attrs["role"] == "input":
-                names.add(node.attrs["name"])
-        else:
-            stack.extend(node.inputs)
-    return names
-
-
-def _fill_shape(info, env: dict[str, int], batch: int) -> tuple[int, ...]:
-    """The shape of a filled input: its declared dims, a free leading symbol taking the batch size."""
-    shape = []
-    for axis, d in enumerate(info.type.shape):
-        if isinstance(d, int):
-            shape.append(d)
-        elif d.symbols <= env.keys():
-            shape.append(d.evaluate(env))
-        elif axis == 0:
-            shape.append(batch)
-        else:
-            raise DlnError(Diagnostic("E0601", f"cannot size the filled input '{info.name}': {d} is unknown",
-                                      info.span))
-    return tuple(shape)
 
 
 def _format_epoch(r: Mapping[str, float], epochs: int) -> str:

@@ -250,6 +250,35 @@ def test_train_save_then_eval(project: Path):
     assert_user_error(result, "E0703")
 
 
+def test_train_sync_batchnorm_flag_is_the_setting_in_every_nproc_worker(tmp_path: Path):
+    """`--sync-batchnorm` reaches the recipe of every worker `--nproc` starts (they get the same arguments):
+    2 ranks of a batch-norm model save the weights its train section's own `sync_batchnorm = true` trains,
+    bit for bit, and those are one process's at twice the batch (which per-rank statistics do not give:
+    test_distributed.py); `dln.train(..., sync_batchnorm=...)` takes it as a setting, checked as one."""
+    from tests.runtime.test_distributed import SYNC_ATOL, SYNC_BN
+
+    plain, synced = tmp_path / "bn.dln", tmp_path / "bn_sync.dln"
+    plain.write_text(SYNC_BN.replace("    sync_batchnorm = true\n", ""))
+    synced.write_text(SYNC_BN)
+    assert "sync_batchnorm" not in plain.read_text()
+    common = ["--backend", "numpy", "--nproc", "2", "--batch", "24", "--epochs", "1", "--no-progress",
+              "--logdir", "none"]
+    for file, flag, out in ((plain, ["--sync-batchnorm"], "flag"), (synced, [], "setting")):
+        result = dln_cli("train", str(file), *common, *flag, "--save", f"{out}.safetensors", cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+    by_flag, by_setting = (load_file(str(tmp_path / f"{out}.safetensors")) for out in ("flag", "setting"))
+    assert sorted(by_flag) == sorted(by_setting) and any("running_var" in k for k in by_flag)
+    for name, w in by_setting.items():
+        np.testing.assert_array_equal(by_flag[name], w, err_msg=name)
+    one = dln.train(str(plain), backend="numpy", batch=48, epochs=1, progress=False, logdir=False,
+                    sync_batchnorm=True, log=lambda s: None)
+    for name, w in one.model.state_dict().items():
+        np.testing.assert_allclose(by_flag[name], w, rtol=0, atol=SYNC_ATOL, err_msg=name)
+    with pytest.raises(dln.DlnError) as e:
+        dln.train(str(plain), backend="numpy", epochs=1, progress=False, logdir=False, sync_batchnorm="yes")
+    assert e.value.code == "E0601" and "sync_batchnorm must be true or false" in e.value.diagnostics[0].message
+
+
 # ---- exit codes --------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("args", [
     [],
