@@ -230,6 +230,14 @@ def _launcher(plan: FusionPlan, kernels: list[KernelSource]) -> list[str]:
         f"    inputs = {json.dumps([n.attrs['name'] for n in inputs])}",
         f"    symbols = {json.dumps(symbols)}",
         "    prebound = True   # replay each binding's recorded launches (`Tape`); False: `launch` every call",
+    ]
+    collectives = sum(k.kind == "collective" for k in kernels)
+    if collectives:   # steps on the host between kernels (kernels/collective.py)
+        lines += [
+            f"    collectives = {collectives}   # host steps that sum values across ranks: no CUDA graph replays them",
+            "    communicate = None   # the runtime's (index, tensor): sums the tensor across ranks in place",
+        ]
+    lines += [
         "",
         "    def __init__(self, device, interpret=None, configs=None, autotune=False,",
         "                 tune_cache='~/.cache/dln/autotune'):",
