@@ -11,6 +11,9 @@ kernels/tuning.py); under Triton's interpreter blocks are sized to the data
 at launch time.  `Program.launch` is the launcher as it reads; a call records
 what it launches once per size binding and input buffers and replays that
 afterwards (kernels/prebound.py), the lean path a small batch on a GPU needs.
+A collective (sync_batchnorm's `all_reduce`) is a function the launcher
+calls between kernels (kernels/collective.py), through the program's
+`communicate`, which the runtime sets.
 """
 
 from __future__ import annotations

@@ -293,16 +293,20 @@ class Communicator:
             array /= weight
 
     def replay(self) -> None:
-        """This rank's part of each all_reduce without rows of its own: zeros, in the graph's order — torch
-        tensors where the others are (on their device: under nccl, the GPU's), else NumPy arrays."""
+        """This rank's part of each all_reduce without rows of its own: zeros, in the graph's order."""
         for n in self.nodes:
-            shape, dtype = tuple(int(d) for d in n.type.shape), np_dtype(n.type.dtype)
-            if self.device is None:
-                self(n, np.zeros(shape, dtype))
-            else:
-                import torch
+            self(n, self._zeros(n))
 
-                self(n, torch.zeros(shape, dtype=_torch_dtype(torch, n.type.dtype), device=self.device))
+    def _zeros(self, node: Any) -> Any:
+        """Zeros of `node`'s type, of the kind this rank sums: torch tensors on the device of those it summed
+        (the GPU's under nccl, the Triton backend's), else NumPy arrays (the NumPy backend's)."""
+        shape = tuple(int(d) for d in node.type.shape)
+        if self.device is None:
+            return np.zeros(shape, np_dtype(node.type.dtype))
+        import torch
+
+        dtype = {"bf16": torch.bfloat16, "f16": torch.float16, "f32": torch.float32, "f64": torch.float64}
+        return torch.zeros(shape, dtype=dtype[node.type.dtype.value], device=self.device)
 
     def __repr__(self) -> str:   # (the interpreter keys its plans on the env: by identity, this)
         return f"Communicator(rank {self.group.rank} of {self.group.size})"
@@ -311,11 +315,6 @@ class Communicator:
 def collectives(graph: Any) -> list[Any]:
     """The graph's all_reduce ops, in graph order (the interpreter's)."""
     return [n for n in graph.nodes if n.op is Op.ALL_REDUCE]
-
-
-def _torch_dtype(torch: Any, dtype: Any) -> Any:
-    """The torch element type of an IR type (bf16 included, which NumPy lacks)."""
-    return {"bf16": torch.bfloat16, "f16": torch.float16, "f32": torch.float32, "f64": torch.float64}[dtype.value]
 
 
 def sync_batchnorm(model: Any, recipe: Any) -> None:

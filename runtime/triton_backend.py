@@ -147,12 +147,14 @@ class TritonExecutable:
                   "configs": self.generated.configs}
         self.module = load_module(self.generated.source, record)
         self.program = self.module.Program(backend.device)
-        # The graph's collectives (sync_batchnorm's all_reduce), in the order the program exchanges them (the
-        # planner keeps the graph's): the communicator an env hands `run` sums them as the NumPy interpreter's.
+        # The graph's collectives (sync_batchnorm's all_reduce) in the order the program exchanges them, the
+        # graph's (the planner keeps it): the program's collective k is the communicator's node k, as a rank
+        # without rows replays them (dln.runtime.distributed.Communicator).
         self.collectives = [n for n in graph.nodes if n.op in GroupOp.Collective]
-        planned = [plan_node for plan_node in self.generated.plan.graph.nodes if plan_node.op in GroupOp.Collective]
-        assert [(n.type, n.attrs) for n in planned] == [(n.type, n.attrs) for n in self.collectives], \
-            "the kernels exchange other collectives than the graph's"
+        plan = self.generated.plan
+        exchanged = [plan.graph.node(group.members[0]) for group in plan.groups if group.kind == "collective"]
+        assert [(n.type, n.attrs) for n in exchanged] == [(n.type, n.attrs) for n in self.collectives], (
+            "the program exchanges other collectives than the graph's, or in another order")
         self.graphs = StepGraphs(self.program, why_no_graphs(backend.device, self.program, backend.cuda_graphs))
         self.fed: dict[tuple, dict[str, Any]] = {}   # per size binding, the feeds' buffers on the device
         self.persistent = persistent

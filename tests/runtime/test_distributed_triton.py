@@ -146,6 +146,29 @@ def test_the_program_sums_each_collective_through_the_communicator_in_graph_orde
     assert why_no_graphs(cuda, without.module.Program("cpu", interpret=False), True) is None
 
 
+def test_the_planner_keeps_each_all_reduce_alone_and_in_the_graphs_order():
+    """Every rank, and a rank without rows replaying them, exchanges in the graph's order: the planner may
+    not order two collectives otherwise.  Here the kernel of exp(x) would take the add that reads the second
+    sum (they share exp(x)), and so run after the second exchange while the first waits for it."""
+    from dln.compiler.emit import GraphBuilder
+    from dln.compiler.fusion.planner import plan_graph
+    from dln.compiler.ir import DType, Op, TensorType
+
+    b = GraphBuilder("two_sums")
+    x, y = b.input("x", TensorType(DType.F32, (5,))), b.input("y", TensorType(DType.F32, (7,)))
+    first = b.exp(x)
+    one = b.emit(Op.ALL_REDUCE, (first,), {"weighted": False})
+    two = b.emit(Op.ALL_REDUCE, (b.exp(y),), {"weighted": False})
+    graph = b.finish([("z", b.add(first, b.sum(two, (0,)))), ("one", one)])
+    plan = plan_graph(graph)
+    position = {m: k for k, group in enumerate(plan.groups) for m in group.members}
+    collectives = [n for n in plan.graph.nodes if n.op is Op.ALL_REDUCE]
+    assert [group.members for group in plan.groups if group.kind == "collective"] == [[n.id] for n in collectives]
+    assert [position[n.id] for n in collectives] == sorted(position[n.id] for n in collectives)
+    for n in collectives:   # the operand is stored by a kernel before the exchange
+        assert n.inputs[0] in plan.groups[position[n.inputs[0]]].stores and position[n.inputs[0]] < position[n.id]
+
+
 def test_a_rank_without_rows_replays_zeros_of_the_kind_it_sums(tmp_path: Path, monkeypatch):
     """`Communicator.replay`: a zero for each all_reduce, in the graph's order, of each op's shape and type —
     NumPy arrays before any tensor, then torch tensors on the device of the ones it summed."""
