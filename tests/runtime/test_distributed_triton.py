@@ -43,7 +43,7 @@ def test_three_ranks_follow_one_process_with_their_statistics_summed_between_ker
     (forward and backward) in the program's order, and the others weight their cotangents by their rows."""
     path = tmp_path / "iris_sync.dln"
     path.write_text(IRIS_SYNC)
-    assert "batchnorm" in IRIS_SYNC and "sync_batchnorm = true" in IRIS_SYNC
+    assert "bias = false) -> batchnorm ->" in IRIS_SYNC and "sync_batchnorm = true" in IRIS_SYNC
     b, n = 16, 3
     assert IRIS_TRAIN % (n * b) == b + b // 2, "the last global batch should give 16, 8 and 0 rows"
     settings = {"backend": "triton", "epochs": 2, "batch": b}
