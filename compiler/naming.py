@@ -214,6 +214,7 @@ def _op_words(graph: Graph, n: Node) -> list[str]:
     if n.op is Op.RAND:
         return [random_kind(n)]
     if n.op in GroupOp.Contraction or n.op in (Op.SUM, Op.MAX, Op.MIN, Op.ARGMAX, Op.RELU, Op.EXP, Op.LOG,
-                                                Op.TANH, Op.SIGMOID, Op.SCATTER_ADD, Op.GATHER, Op.ERF):
+                                                Op.TANH, Op.SIGMOID, Op.SCATTER_ADD, Op.GATHER, Op.ERF,
+                                                Op.ALL_REDUCE):
         return [n.op.value]
     return []

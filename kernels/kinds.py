@@ -7,6 +7,7 @@ from typing import Callable
 from dln.compiler.fusion.planner import FusionPlan, Group
 from dln.compiler.ir import Graph, Node, TensorType
 from dln.kernels import attention, layernorm
+from dln.kernels.collective import collective
 from dln.kernels.convolution import convolution
 from dln.kernels.recurrent import scan
 from dln.kernels.split_reduction import split_reduction
@@ -22,6 +23,7 @@ TEMPLATES: dict[str, Template] = {
     "scatter": scatter,
     "multi_tensor": multi_tensor,
     "split_reduction": split_reduction,   # partial results over column chunks, then their combination
+    "collective": collective,   # no kernel: the host's sum across ranks between kernels (sync_batchnorm)
 }
 
 # Contractions take the precision of their products (`input_precision` of `tl.dot`).

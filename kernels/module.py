@@ -11,6 +11,9 @@ kernels/tuning.py); under Triton's interpreter blocks are sized to the data
 at launch time.  `Program.launch` is the launcher as it reads; a call records
 what it launches once per size binding and input buffers and replays that
 afterwards (kernels/prebound.py), the lean path a small batch on a GPU needs.
+A collective (sync_batchnorm's `all_reduce`) is a function the launcher
+calls between kernels (kernels/collective.py), through the program's
+`communicate`, which the runtime sets.
 """
 
 from __future__ import annotations
@@ -230,6 +233,14 @@ def _launcher(plan: FusionPlan, kernels: list[KernelSource]) -> list[str]:
         f"    inputs = {json.dumps([n.attrs['name'] for n in inputs])}",
         f"    symbols = {json.dumps(symbols)}",
         "    prebound = True   # replay each binding's recorded launches (`Tape`); False: `launch` every call",
+    ]
+    collectives = sum(k.kind == "collective" for k in kernels)
+    if collectives:   # steps on the host between kernels (kernels/collective.py)
+        lines += [
+            f"    collectives = {collectives}   # host steps that sum values across ranks: no CUDA graph replays them",
+            "    communicate = None   # the runtime's (index, tensor): sums the tensor across ranks in place",
+        ]
+    lines += [
         "",
         "    def __init__(self, device, interpret=None, configs=None, autotune=False,",
         "                 tune_cache='~/.cache/dln/autotune'):",

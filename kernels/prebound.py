@@ -18,7 +18,8 @@ grid, the constants and the buffers' addresses resolved once (what
 Anything else — Triton's interpreter, an autotuned kernel, a kernel with
 pre-run hooks, a profiler's launch hooks — is replayed through the kernel's
 own `kernel[grid](...)`.  A host loop (a scan stepped on the host, a
-two-stage reduction) is replayed as one call of its function.
+two-stage reduction) is replayed as one call of its function, and so is a
+collective's exchange across ranks (kernels/collective.py).
 
 This file is copied into every generated module (which imports only torch
 and triton) like kernels/tuning.py's `TunedKernel`.

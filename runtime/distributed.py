@@ -313,10 +313,11 @@ def gradient_bytes(step: SplitStep) -> int:
 
 
 class Communicator:
-    """The `all_reduce` ops of a training graph (`sync_batchnorm`), run by the NumPy interpreter with this as
-    its env's COMMUNICATOR: each sums its array across ranks in place.  A rank runs them in graph order, as
-    every rank does, so the collectives pair up; a rank without rows at a short last batch runs the same
-    sequence on zeros (`replay`).
+    """The `all_reduce` ops of a training graph (`sync_batchnorm`), run with this as the env's COMMUNICATOR
+    by the NumPy interpreter (on arrays) and by the Triton backend's program between its kernels (on
+    tensors, dln.kernels.collective): each sums its buffer across ranks in place.  A rank runs them in graph
+    order, as every rank does, so the collectives pair up; a rank without rows at a short last batch runs
+    the same sequence on zeros (`replay`).
 
     Each rank's loss is a mean over its own rows, and its gradients are weighted by its share of the global
     batch (`weight`) after the backward.  The backward's all_reduce (`weighted`) therefore weights each
@@ -328,19 +329,36 @@ class Communicator:
         self.group = group
         self.nodes = list(nodes)   # the graph's all_reduce ops, in the order the interpreter runs them
         self.weight = 1.0
+        self.device = None         # where the tensors it sums lie (None: NumPy arrays, or none summed yet)
 
-    def __call__(self, node: Any, array: np.ndarray) -> None:
+    def __call__(self, node: Any, array: Any) -> None:
+        """Sum `array` (a NumPy array or a torch tensor) across ranks, in place."""
         weighted = node.attrs.get("weighted", False)
+        if isinstance(array, np.ndarray):
+            weight = array.dtype.type(self.weight)
+        else:   # a torch tensor scales by a Python number in its own type, as NumPy by the array's scalar
+            weight, self.device = self.weight, array.device
         if weighted:
-            array *= array.dtype.type(self.weight)
+            array *= weight
         all_reduce(self.group, [array], "the all_reduce of batch norm's statistics (sync_batchnorm)")
         if weighted:
-            array /= array.dtype.type(self.weight)
+            array /= weight
 
     def replay(self) -> None:
         """This rank's part of each all_reduce without rows of its own: zeros, in the graph's order."""
         for n in self.nodes:
-            self(n, np.zeros(tuple(int(d) for d in n.type.shape), np_dtype(n.type.dtype)))
+            self(n, self._zeros(n))
+
+    def _zeros(self, node: Any) -> Any:
+        """Zeros of `node`'s type, of the kind this rank sums: torch tensors on the device of those it summed
+        (the GPU's under nccl, the Triton backend's), else NumPy arrays (the NumPy backend's)."""
+        shape = tuple(int(d) for d in node.type.shape)
+        if self.device is None:
+            return np.zeros(shape, np_dtype(node.type.dtype))
+        import torch
+
+        dtype = {"bf16": torch.bfloat16, "f16": torch.float16, "f32": torch.float32, "f64": torch.float64}
+        return torch.zeros(shape, dtype=dtype[node.type.dtype.value], device=self.device)
 
     def __repr__(self) -> str:   # (the interpreter keys its plans on the env: by identity, this)
         return f"Communicator(rank {self.group.rank} of {self.group.size})"
@@ -352,14 +370,9 @@ def collectives(graph: Any) -> list[Any]:
 
 
 def sync_batchnorm(model: Any, recipe: Any) -> None:
-    """Build `model`'s training graphs with batch norm's statistics across ranks (`sync_batchnorm = true`).
-    The NumPy interpreter runs the all_reduce ops between its steps; the Triton backend cannot yet (it would
-    run them between kernels, on the device buffers)."""
-    if model.backend.name != "numpy":
-        raise DlnError(Diagnostic(
-            "E0601", f"sync_batchnorm is not supported on the {model.backend.name} backend yet",
-            recipe.spans.get("sync_batchnorm"),
-            (Note("train with --backend numpy, or leave batch norm's statistics per rank (sync_batchnorm = false)"),)))
+    """Build `model`'s training graphs with batch norm's statistics across ranks (`sync_batchnorm = true`,
+    set in `recipe`'s train section).  The NumPy interpreter runs the all_reduce ops between its steps, the
+    Triton backend's program between its kernels, on its device's buffers (dln.kernels.collective)."""
     if not model.sync_batchnorm:
         model.sync_batchnorm = True
         model._train_spec = None   # built again, with the all_reduce ops

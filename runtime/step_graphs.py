@@ -15,7 +15,9 @@ records the tape), its second is captured and replayed.  No graph is made on
 the CPU or under Triton's interpreter; for more than `MAX_BINDINGS` size
 bindings (shapes that keep changing); when the program's workspace was
 reallocated since a capture (the graph would write to freed memory: all
-graphs are dropped); or when a capture fails (a host-side decision inside the
+graphs are dropped); for a step that exchanges values with other ranks
+between its kernels (a collective: the host's, and weighted anew every
+step); or when a capture fails (a host-side decision inside the
 step, a launch that cannot be captured).  Then the lean launcher runs, and
 the `dln.triton` logger says why at debug level.
 
@@ -43,6 +45,9 @@ def why_no_graphs(device: Any, program: Any, enabled: bool) -> str | None:
         return f"the device is {device.type!r}, not a CUDA GPU"
     if program.interpret:
         return "the kernels run under Triton's interpreter"
+    if getattr(program, "collectives", 0):
+        return ("the step sums values across ranks on the host between kernels (sync_batchnorm's all_reduce, "
+                "kernels/collective.py)")
     return None
 
 

@@ -23,11 +23,12 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from dln.compiler.ir import Graph, Node
+from dln.compiler.ir import Graph, GroupOp, Node
 from dln.dsl.diagnostics import Diagnostic, DlnError
 from dln.runtime.checkpoint import write_text
 from dln.runtime.checks import check_sizes, index_bound, index_checks, index_error, value_bytes
 from dln.runtime.init import physical_memory
+from dln.runtime.numpy_ops import COMMUNICATOR
 from dln.runtime.step_graphs import StepGraphs, why_no_graphs
 
 
@@ -146,6 +147,14 @@ class TritonExecutable:
                   "configs": self.generated.configs}
         self.module = load_module(self.generated.source, record)
         self.program = self.module.Program(backend.device)
+        # The graph's collectives (sync_batchnorm's all_reduce) in the order the program exchanges them, the
+        # graph's (the planner keeps it): the program's collective k is the communicator's node k, as a rank
+        # without rows replays them (dln.runtime.distributed.Communicator).
+        self.collectives = [n for n in graph.nodes if n.op in GroupOp.Collective]
+        plan = self.generated.plan
+        exchanged = [plan.graph.node(group.members[0]) for group in plan.groups if group.kind == "collective"]
+        assert [(n.type, n.attrs) for n in exchanged] == [(n.type, n.attrs) for n in self.collectives], (
+            "the program exchanges other collectives than the graph's, or in another order")
         self.graphs = StepGraphs(self.program, why_no_graphs(backend.device, self.program, backend.cuda_graphs))
         self.fed: dict[tuple, dict[str, Any]] = {}   # per size binding, the feeds' buffers on the device
         self.persistent = persistent
@@ -170,8 +179,15 @@ class TritonExecutable:
                           and out in planned.output_names and planned.output(out).id not in in_place]
 
     @outside_autograd
-    def run(self, feeds: Mapping[str, Any], env: Mapping[str, int]) -> dict[str, Any]:
+    def run(self, feeds: Mapping[str, Any], env: Mapping[str, Any]) -> dict[str, Any]:
+        """One run on `feeds`, sizes bound by `env`; data-parallel training adds the communicator that sums
+        the graph's collectives across ranks (env[COMMUNICATOR], dln.runtime.distributed.Communicator)."""
         torch = self.backend.torch
+        if COMMUNICATOR in env or self.collectives:
+            env = dict(env)
+            communicate = env.pop(COMMUNICATOR, None)
+            nodes = self.collectives
+            self.program.communicate = None if communicate is None else lambda k, t: communicate(nodes[k], t)
         key = tuple(sorted(env.items()))
         if key not in self.sized:
             self._check_sizes(dict(env))

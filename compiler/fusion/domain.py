@@ -18,7 +18,10 @@ A kernel iterates over a domain:
   launches), its results are the kernel's stored values, one buffer each,
   and the `result` nodes that read them are those buffers (no copy);
 * composite — a composite node a target keeps whole (attention), alone, run
-  by its own kernel (dln.kernels); its results are buffers as a scan's.
+  by its own kernel (dln.kernels); its results are buffers as a scan's;
+* collective — an `all_reduce` alone: no kernel but a step on the host
+  between kernels (the sum across ranks, dln.kernels.collective), which
+  reads its operand from memory and stores its result there.
 
 `canonical` gives the index a node of a given shape has in the domain, or
 None when the node cannot live there.  `reads` walks the part of the graph a
@@ -44,7 +47,8 @@ REDUCE = GroupOp.Reduce
 POSITIONAL = frozenset({Op.IOTA, Op.RAND, Op.PAD, Op.CONCAT, Op.GATHER})
 
 # The kinds of domain (each has a kernel template: dln.kernels.kinds).
-KINDS = frozenset({"pointwise", "reduction", "matmul", "convolution", "scatter", "scan", "composite"})
+KINDS = frozenset({"pointwise", "reduction", "matmul", "convolution", "scatter", "scan", "composite",
+                   "collective"})
 
 
 def same_shape(a: Shape, b: Shape) -> bool:
@@ -54,6 +58,7 @@ def same_shape(a: Shape, b: Shape) -> bool:
 @dataclass(frozen=True)
 class Domain:
     kind: str                      # pointwise | reduction | matmul | convolution | scatter | scan | composite
+    #                                | collective
     shape: Shape
     axes: tuple[int, ...] = ()     # reduction: the reduced axes of `shape`
     contraction: object = None     # matmul: the size K
@@ -230,6 +235,8 @@ def node_domain(graph: Graph, n: Node) -> Domain:
         return Domain("scan", n.shape)
     if n.op in GroupOp.Composite:
         return Domain("composite", n.shape)
+    if n.op in GroupOp.Collective:
+        return Domain("collective", n.shape)
     if n.op is Op.SCATTER_ADD:
         return Domain("scatter", graph.node(n.inputs[1]).shape)
     return Domain("pointwise", n.shape)

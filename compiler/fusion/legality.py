@@ -30,8 +30,8 @@ if TYPE_CHECKING:
 
 # Domains whose kernels compute elementwise nodes at their own elements (a scatter's does not: it
 # iterates over its source, writing elsewhere; a scan's loop computes only its body, a composite's
-# kernel only itself).
-EPILOGUE_HOSTS = KINDS - {"scatter", "scan", "composite"}
+# kernel only itself; a collective is no kernel, but the host's exchange between kernels).
+EPILOGUE_HOSTS = KINDS - {"scatter", "scan", "composite", "collective"}
 
 
 def joined_domain(graph: Graph, group: "Group", n: Node) -> Domain | None:

@@ -7,7 +7,9 @@ Over a whole graph — for training, forward + backward + optimizer update:
    the operands contraction and composite kernels load (through strided
    views where they compose to one), the tables a gather indexes, and
    values so expensive and widely used that recomputing them costs more than
-   storing them (cost.py).  A `scan` is realized with its operands and the
+   storing them (cost.py).  An `all_reduce` (the sum across ranks) is
+   realized with its operand: the host exchanges it between kernels, from
+   memory to memory.  A `scan` is realized with its operands and the
    `result` nodes that read it: each result is one buffer its kernel writes.  Everything else (elementwise chains, views,
    constants, random numbers) is computed inline wherever it is used — a
    dropout mask is recomputed in the backward pass, never stored.
@@ -15,7 +17,8 @@ Over a whole graph — for training, forward + backward + optimizer update:
    profits most among those it may legally join (legality.py), or starts a
    kernel of its own: epilogues join their matrix product or convolution,
    softmax, its log, cross-entropy and its gradient share one pass over the
-   rows.
+   rows.  A collective is a group alone, after the one before it: every
+   rank exchanges in the graph's order.
 3. **Fill the GPU** (when planning for a target: a machine and a batch,
    target.py; fill.py).  A weight gradient's product keeps the optimizer
    update in its epilogue only if its grid still gives every SM a program;
@@ -121,6 +124,11 @@ class Planner:
                 r.update(self._strided_base(operand) for operand in n.inputs)
             if n.op is Op.RESULT:
                 r.add(n.id)
+            if n.op in GroupOp.Collective:
+                # The host sums the operand across ranks between kernels: the kernel before stores it whole,
+                # the kernels after read the sum.
+                r.add(n.id)
+                r.add(n.inputs[0])
         # Outputs that are leaves or inputs are produced by copying kernels; inputs stay inputs.
         r.difference_update(n.id for n in g.nodes if n.op is Op.INPUT)
         self._realize_shared()
@@ -158,6 +166,7 @@ class Planner:
 
     # ---- 2. group ------------------------------------------------------------------------------------------
     def group_all(self) -> None:
+        collective = None   # the group of the last collective
         for n in self.graph.nodes:
             if n.id not in self.realized:
                 continue
@@ -179,6 +188,13 @@ class Planner:
                 self._edges[best.id] = set()
             elif best_domain is not None:
                 best.domain = best_domain
+            if n.op in GroupOp.Collective:
+                # Every rank exchanges in the graph's order, as the NumPy interpreter runs them and as a rank
+                # without rows replays them (dln.runtime.distributed.Communicator): each collective after the
+                # one before, an edge the cycle check of every later join respects.
+                if collective is not None:
+                    self.add_edge(best.id, collective)
+                collective = best.id
             self._add(best, n)
 
     def _add(self, group: Group, n: Node) -> None:

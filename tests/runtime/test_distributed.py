@@ -339,24 +339,6 @@ def test_sync_batchnorm_runs_its_statistics_and_their_gradients_through_the_comm
     #                                 test_sync_batchnorm_with_a_rank_without_rows_at_the_end fails without them)
 
 
-def test_sync_batchnorm_on_the_triton_backend_is_refused_where_it_is_set(tmp_path: Path):
-    import dln
-    from dln.compiler.recipe import recipe_of
-    from dln.dsl.diagnostics import DlnError
-    from dln.runtime.train import find_train
-
-    path = tmp_path / "mlp_sync.dln"
-    path.write_text(SYNC_BN)
-    model = dln.compile(str(path), backend="triton")
-    recipe = recipe_of(find_train(model.program, None), model.train_spec)
-    with pytest.raises(DlnError) as e:
-        distributed.sync_batchnorm(model, recipe)
-    d = e.value.diagnostics[0]
-    assert d.code == "E0601" and "triton backend" in d.message and d.span.line == SYNC_BN[:SYNC_BN.index(
-        "sync_batchnorm")].count("\n") + 1
-    assert not model.sync_batchnorm
-
-
 def test_buckets_hold_every_gradient_once_in_reverse_order(sgd_mlp: Path):
     """Flat buckets up to a cap, a view per gradient, no overlap; a gradient over the cap gets its own."""
     import dln
