@@ -343,7 +343,7 @@ def eight_gpus(names=("mlp", "lenet", "gpt")) -> list[dict]:
                          "update_us": t["update"] * 1e6, "kernels": t["kernels"], "compute_us": compute * 1e6,
                          "launch_us": t["launch"] * 1e6,
                          "ring_bandwidth_us": band * 1e6, "ring_latency_us": lat * 1e6, "ring_us": comm * 1e6,
-                         # today: the exchange after the whole gradient graph, nothing overlapped
+                         # the exchange after the whole gradient graph, nothing overlapped
                          "serial_step_us": (compute + comm) * 1e6,
                          # at best (buckets overlapping the backward): only what the backward cannot cover
                          "exposed_if_overlapped_us": max(0.0, comm - t["backward"]) * 1e6})
@@ -498,10 +498,10 @@ def section(scalings: list[dict], vols: list[dict], model: list[dict]) -> str:
              "planned for and modeled on an H100 SXM5 by `dln.kernels.gpu_model` (compiler/fusion/target.py: "
              "max(compute, memory) at peak FP32, wave-quantized, 3 us launch each; the batches of "
              "RESULTS-model.md, and the GPT block's file batch). \"Without overlap\": the exchange after the whole "
-             "gradient graph — the Triton backend's step (its program hands the gradients over at the end), and "
-             "any step whose gradients fit one bucket. \"Exposed if overlapped\": what remains if the exchange "
-             "ran concurrently with the backward (buckets started as their gradients are ready, as the NumPy "
-             "backend does and DDP does; these models would need buckets under the 1 MB default).\n\n" + _model_table(model))
+             "gradient graph, as with one bucket. \"Exposed if overlapped\": what remains when the exchange "
+             "runs concurrently with the backward (buckets started as their gradients are ready, as both "
+             "backends do, and DDP; with the default buckets, a quarter of the gradients each; the model "
+             "assumes the whole exchange can hide behind the backward, the last bucket's cannot quite).\n\n" + _model_table(model))
     text += _model_summary(model)
     return text
 

@@ -13,7 +13,9 @@ what it launches once per size binding and input buffers and replays that
 afterwards (kernels/prebound.py), the lean path a small batch on a GPU needs.
 A collective (sync_batchnorm's `all_reduce`) is a function the launcher
 calls between kernels (kernels/collective.py), through the program's
-`communicate`, which the runtime sets.
+`communicate`, which the runtime sets.  A graph with gradient outputs hands
+each over (the program's `ready`, which the runtime sets) right after the
+kernel that finishes it: data parallelism starts its all_reduce there.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Mapping
 from dln.compiler.fusion.planner import FusionPlan, plan_graph
 from dln.compiler.fusion.target import Machine
 from dln.compiler.ir import DType, Graph, GroupOp, Op
+from dln.compiler.naming import GRADIENT
 from dln.compiler.pipeline import lower
 from dln.compiler.symbolic import numel
 from dln.kernels.configs import (
@@ -240,6 +243,12 @@ def _launcher(plan: FusionPlan, kernels: list[KernelSource]) -> list[str]:
             f"    collectives = {collectives}   # host steps that sum values across ranks: no CUDA graph replays them",
             "    communicate = None   # the runtime's (index, tensor): sums the tensor across ranks in place",
         ]
+    handovers = _handovers(plan)
+    if any(handovers):   # the gradients, each as soon as the kernels making it are launched
+        lines += [
+            f"    handovers = {json.dumps([name for names in handovers for name, _ in names])}",
+            "    ready = None   # the runtime's (name, tensor), for each of them: data parallelism starts its all_reduce",
+        ]
     lines += [
         "",
         "    def __init__(self, device, interpret=None, configs=None, autotune=False,",
@@ -290,6 +299,7 @@ def _launcher(plan: FusionPlan, kernels: list[KernelSource]) -> list[str]:
         "        if self._tape is not None:",
         "            self._tape.calls.append(lambda stream: t.zero_())",
         "",
+
         "    def _cfg(self, name, sizes):",
         "        if name in self.tuned:",
         "            return {}",
@@ -330,6 +340,16 @@ def _launcher(plan: FusionPlan, kernels: list[KernelSource]) -> list[str]:
         "    def launch(self, bufs, sizes):",
         '        """The launcher: the memory plan\'s views, each kernel\'s configuration, grid and launch, in order."""',
     ]
+    if any(handovers):
+        at = lines.index("    def _cfg(self, name, sizes):")
+        lines[at:at] = [
+            "    def _hand_over(self, name, t):",
+            "        if self.ready is not None:",
+            "            self.ready(name, t)",
+            "        if self._tape is not None:   # a replay hands it to the `ready` of its own run",
+            "            self._tape.calls.append(lambda stream: self.ready is not None and self.ready(name, t))",
+            "",
+        ]
     body: list[str] = []
     for s in symbols:
         body.append(f"s_{s} = int(sizes[{json.dumps(s)}])")
@@ -350,7 +370,7 @@ def _launcher(plan: FusionPlan, kernels: list[KernelSource]) -> list[str]:
             size = int(numel(n.shape))
             body.append(f"{_tensor(node)} = {var}[{offset}:{offset + size}].view({_shape(n.shape)})")
     produced: set[int] = set()
-    for kernel, group in zip(kernels, plan.groups):
+    for k, (kernel, group) in enumerate(zip(kernels, plan.groups)):
         body.append("")
         body.append(f"# {kernel.name}")
         for m in group.stores:
@@ -391,6 +411,8 @@ def _launcher(plan: FusionPlan, kernels: list[KernelSource]) -> list[str]:
         body.append("    " + ", ".join(args) + ",")
         body.append("    **cfg,")
         body.append(")")
+        body += [f"self._hand_over({json.dumps(name)}, {_tensor(i)})" for name, i in handovers[k]]
+    body += [f"self._hand_over({json.dumps(name)}, {_tensor(i)})" for name, i in handovers[-1]]
     body.append("")
     body.append("return {" + ", ".join(f"{json.dumps(name)}: {_tensor(i)}" for name, i in g.outputs) + "}")
     lines += ["        " + b if b else "" for b in body]
@@ -405,6 +427,18 @@ def _launcher(plan: FusionPlan, kernels: list[KernelSource]) -> list[str]:
         "            raise RuntimeError('multi-tensor operands are not laid out back to back')",
     ]
     return lines
+
+
+def _handovers(plan: FusionPlan) -> list[list[tuple[str, int]]]:
+    """The gradient outputs (`grad:...`) the launcher hands over after kernel k (k = len(groups): at the end):
+    after the last kernel storing each, so that data parallelism starts their exchange while the kernels
+    after it run (on a GPU: enqueued behind them on the stream, as DDP's hooks are)."""
+    last = {m: k for k, group in enumerate(plan.groups) for m in group.stores}
+    out: list[list[tuple[str, int]]] = [[] for _ in range(len(plan.groups) + 1)]
+    for name, i in plan.graph.outputs:
+        if name.startswith(GRADIENT):
+            out[last.get(i, len(plan.groups))].append((name, i))
+    return out
 
 
 def _shape(shape) -> str:

@@ -27,10 +27,11 @@ The contract with one process (`dln train` at batch N·b):
   `bucket_caps`), in the order the backward makes them, exchanged as torch
   tensors over the NumPy arrays (`torch.from_numpy`, no copies); each
   bucket's all_reduce starts, asynchronously, as soon as the backward has
-  filled it (the interpreter's `ready`), and the update graph reads its
-  gradient inputs straight from the buckets' views once all have arrived.
-  On the Triton backend the buffers are torch tensors on the GPU already,
-  the group's backend is `nccl`, and the buckets go after the backward.
+  filled it (the backend's `ready`: the interpreter's, the Triton
+  launcher's), and the update graph reads its gradient inputs straight from
+  the buckets' views once all have arrived.  On the Triton backend the
+  buffers are torch tensors on the GPU already, and the group's backend is
+  `nccl`.
 - Collectives time out (`DEFAULT_TIMEOUT`, `DLN_DIST_TIMEOUT` seconds): a
   rank that died or hangs ends the others with a dln error (E0720), never a
   silent hang.
@@ -382,7 +383,8 @@ class GradientSync:
     """One optimizer's step across ranks: the gradient graph on this rank's rows, the buckets summed, the
     update graph on the averaged gradients (see the module docstring).
 
-    A backend that hands outputs over as it computes them (the NumPy interpreter's `ready`) has each
+    A backend that hands outputs over as it computes them (`ready`: the NumPy interpreter, the Triton
+    launcher) has each
     gradient scaled into its bucket as soon as the backward has made it, and a full bucket's all_reduce
     started then, asynchronously, while the backward goes on (DDP's overlap).  The buckets start in their
     order on every rank, whatever order this rank's plan finished them in, so the collectives pair up;

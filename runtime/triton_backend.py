@@ -19,7 +19,7 @@ import importlib.util
 import json
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -178,11 +178,27 @@ class TritonExecutable:
         self.copy_back = [(out, inp) for out, inp in donate.items() if inp in persistent
                           and out in planned.output_names and planned.output(out).id not in in_place]
 
+    @property
+    def hands_over(self) -> bool:
+        """Whether `run` hands outputs over as the kernels finish them (`ready`): the gradients, when the
+        graph has them (kernels/module.py)."""
+        return bool(getattr(self.program, "handovers", ()))
+
+    def handover_order(self) -> list[str]:
+        """The outputs `ready` receives, in the order it receives them (the launch order)."""
+        return list(getattr(self.program, "handovers", ()))
+
     @outside_autograd
-    def run(self, feeds: Mapping[str, Any], env: Mapping[str, Any]) -> dict[str, Any]:
+    def run(self, feeds: Mapping[str, Any], env: Mapping[str, Any],
+            ready: Callable[[str, Any], None] | None = None) -> dict[str, Any]:
         """One run on `feeds`, sizes bound by `env`; data-parallel training adds the communicator that sums
-        the graph's collectives across ranks (env[COMMUNICATOR], dln.runtime.distributed.Communicator)."""
+        the graph's collectives across ranks (env[COMMUNICATOR], dln.runtime.distributed.Communicator), and
+        `ready(name, tensor)`, called for each gradient right after the kernel that finishes it is launched
+        (on a GPU the tensor is final once the kernels before on the stream have run: what an all_reduce
+        enqueued then waits for).  A run with `ready` is not replayed as a CUDA graph."""
         torch = self.backend.torch
+        if self.hands_over:
+            self.program.ready = ready
         if COMMUNICATOR in env or self.collectives:
             env = dict(env)
             communicate = env.pop(COMMUNICATOR, None)
@@ -200,7 +216,7 @@ class TritonExecutable:
                 relocate(tensors, torch)
         try:
             outputs = None
-            if self.graphs.reason is None:
+            if self.graphs.reason is None and ready is None:
                 outputs = self.graphs.run((key, tuple(t.data_ptr() for t in bufs.values())), bufs, dict(env))
             if outputs is None:
                 outputs = self.program(bufs, dict(env))

@@ -140,16 +140,19 @@ def test_three_ranks_follow_one_process_with_an_empty_rank_at_the_end(tmp_path: 
     assert_same_trajectory(ranks, one, loss_rtol=5e-6, weight_atol=5e-6)
 
 
-def test_the_triton_backend_exchanges_its_own_buffers(tmp_path: Path, monkeypatch):
+@pytest.mark.parametrize("bucket_mb", [None, "0.0001"])
+def test_the_triton_backend_exchanges_its_own_buffers(tmp_path: Path, monkeypatch, bucket_mb: str | None):
     """The Triton backend (its interpreter, on the CPU here: torch CPU tensors over gloo) lays the update's
     gradient inputs out in an arena of its own: the buckets follow them there; its kernels count the
-    dropout draws from the rank's first row; and 2 ranks still follow one process at twice the batch."""
+    dropout draws from the rank's first row; its launcher hands each gradient over after the kernel making
+    it (in one bucket, or in one each: 4 all_reduce ops started during the backward); and 2 ranks still
+    follow one process at twice the batch."""
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     iris = tmp_path / "iris_dropout.dln"
     iris.write_text((EXAMPLES / "iris.dln").read_text().replace("-> tanh ->", "-> tanh -> dropout(0.3) ->"))
     assert "dropout" in iris.read_text()
     settings = {"backend": "triton", "epochs": 1, "batch": 16}
-    ranks = run_ranks(tmp_path, iris, 2, settings)
+    ranks = run_ranks(tmp_path, iris, 2, settings, {"DLN_BUCKET_MB": bucket_mb} if bucket_mb else None)
     one = single(iris, {**settings, "batch": 32}, monkeypatch)
     for rec in ranks:
         np.testing.assert_allclose(rec["losses"], one["losses"], rtol=5e-6)
@@ -428,38 +431,48 @@ def test_the_backward_hands_each_gradient_over_once_as_soon_as_it_is_final():
     assert len(grads) == len(set(grads)) == 10 and len(plan.steps) - grads[0] > len(plan.steps) // 3, grads
 
 
-def test_buckets_start_their_all_reduce_while_the_backward_goes_on(monkeypatch):
-    """A group of one rank (gloo, in this process): with 4 kB buckets, LeNet's first buckets start their
-    all_reduce before the backward has made the last gradients, in bucket order."""
+@pytest.mark.parametrize("backend, file, cap", [("numpy", "cnn_digits.dln", 4096), ("triton", "iris.dln", 100)])
+def test_buckets_start_their_all_reduce_while_the_backward_goes_on(monkeypatch, backend: str, file: str, cap: int):
+    """A group of one rank (gloo, in this process): with small buckets, the first buckets start their
+    all_reduce before the backward has made the last gradients, in bucket order — on the NumPy backend
+    (LeNet) as its interpreter hands each gradient over, on the Triton backend (its interpreter; iris) as the
+    launcher does after the kernel making it, when it runs the launcher and when it replays its tape."""
     import torch.distributed as dist
 
     import dln
     from dln.runtime.optim import Optimizer
     from dln.runtime.train import default_objective
 
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
     monkeypatch.setenv("MASTER_PORT", str(free_port()))
     dist.init_process_group("gloo", rank=0, world_size=1)
+    steps: list[list[tuple[str, int]]] = []
     try:
         group = distributed.Group(0, 1, 0, "gloo", 30.0)
-        monkeypatch.setenv("DLN_BUCKET_MB", str(4096 / 2 ** 20))
-        model = dln.compile(str(EXAMPLES / "cnn_digits.dln"), backend="numpy")
+        monkeypatch.setenv("DLN_BUCKET_MB", str(cap / 2 ** 20))
+        model = dln.compile(str(EXAMPLES / file), backend=backend)
         sync = Optimizer(model, default_objective(model), group=group).sync
-        events: list[tuple[str, int]] = []
         ready, start = sync._ready, dist.all_reduce
-        monkeypatch.setattr(sync, "_ready", lambda name, a: (events.append(("made", name)), ready(name, a)))
-        monkeypatch.setattr(dist, "all_reduce", lambda t, **kw: (events.append(("sent", t.numel())),
+        monkeypatch.setattr(sync, "_ready", lambda name, a: (steps[-1].append(("made", name)), ready(name, a)))
+        monkeypatch.setattr(dist, "all_reduce", lambda t, **kw: (steps[-1].append(("sent", t.numel())),
                                                                    start(t, **kw))[1])
-        x = np.random.default_rng(0).random((7, 1, 8, 8), np.float32)
-        sync.run({"images": x, "y": np.arange(7)}, {"B": 7}, {"lr": np.array(1e-3), "step": np.array(1.0)}, 7, 7)
+        rng = np.random.default_rng(0)
+        x = rng.random((7, 1, 8, 8) if file == "cnn_digits.dln" else (7, 4), np.float32)
+        feeds = {"images" if file == "cnn_digits.dln" else "x": x, "y": rng.integers(0, 3, 7)}
+        for _ in range(2):
+            steps.append([])
+            sync.run(feeds, {"B": 7}, {"lr": np.array(1e-3), "step": np.array(1.0)}, 7, 7)
     finally:
         dist.destroy_process_group()
         distributed._GRADIENT_GROUPS.clear()
-    sent = [k for k, (what, _) in enumerate(events) if what == "sent"]
-    made = [k for k, (what, name) in enumerate(events) if what == "made" and name.startswith("grad:")]
-    assert len(sync.buckets) >= 4 and len(sent) == len(sync.buckets) + 1   # and the loss's
-    assert sent[0] < made[-1] and sent[1] < made[-1], events
-    assert [events[k][1] for k in sent[:len(sync.buckets)]] == [b.flat.size for b in sync.buckets]
+    assert sync.overlaps and len(sync.buckets) >= 4
+    for events in steps:
+        sent = [k for k, (what, _) in enumerate(events) if what == "sent"]
+        made = [k for k, (what, name) in enumerate(events) if what == "made" and name.startswith("grad:")]
+        assert len(sent) == len(sync.buckets) + 1   # and the loss's
+        assert sent[0] < made[-1] and sent[1] < made[-1], events
+        assert [events[k][1] for k in sent[:len(sync.buckets)]] == [np.asarray(b.flat).size for b in sync.buckets]
 
 
 def test_a_bucket_follows_inputs_a_backend_moved(sgd_mlp: Path):
