@@ -6,7 +6,7 @@
   process at 2b, and 2 ranks at b each joined by `gloo`.  The ranks run the
   step as `dln train --nproc 2` does — `runtime.optim.Optimizer` with a
   group: the split step (`pipeline.split_step`) through
-  `distributed.GradientSync`, the gradients summed in buckets with
+  `gradient_sync.GradientSync`, the gradients summed in buckets with
   `all_reduce`, then the update — and one process runs the fused step, as
   `dln train` does.  The time inside `distributed.all_reduce` is clocked
   from outside (the module's function wrapped in the worker: the gradients'
@@ -16,7 +16,7 @@
   does); medians over rounds, with the fastest and slowest round and the
   load average before and after.
 * Communication volume: each model's gradient bytes per step, bucketed as
-  `distributed.buckets` buckets them, and what a ring all_reduce sends per
+  `gradient_sync.buckets` buckets them, and what a ring all_reduce sends per
   rank: 2(N-1)/N x the bytes.
 * 8 GPUs, modeled (no GPU): the split step's kernels planned for an H100 and
   timed by its model (dln.kernels.gpu_model, compiler/fusion/target.py),
@@ -75,19 +75,19 @@ CONFIGS = (("1 process, batch b", 1, 1, False), ("1 process, batch 2b", 1, 2, Fa
 
 # ---- one process of a configuration ---------------------------------------------------------------------------
 def _clocked(clock: dict[str, float]) -> None:
-    """Wrap `distributed._collective` (through which GradientSync starts and waits for each bucket's
+    """Wrap `distributed.run_collective` (through which GradientSync starts and waits for each bucket's
     all_reduce, and reduce_means sums the loss and metrics) to add the seconds spent in each exchange to
     `clock[what]`: a hook from outside, the exchange itself unchanged.  For the gradients that is the time
     the step spends on them — starting each bucket, then waiting for what the backward did not cover."""
     from dln.runtime import distributed
 
-    real = distributed._collective
+    real = distributed.run_collective
 
     def collective(group, what, run):
         began = time.perf_counter()
         real(group, what, run)
         clock[what] = clock.get(what, 0.0) + time.perf_counter() - began
-    distributed._collective = collective
+    distributed.run_collective = collective
 
 
 def worker(name: str, per_process: int) -> None:
@@ -276,16 +276,16 @@ def volume(name: str) -> dict:
     import dln
     from dln.compiler import pipeline
     from dln.compiler.passes.global_rows import ROW
-    from dln.runtime import distributed
+    from dln.runtime import gradient_sync
     from dln.runtime.train import default_objective
 
     model = dln.compile(str(HERE / BENCHES[name].file), backend="numpy", seed=0)
     step = pipeline.split_step(model.train_spec, default_objective(model))
     prepared = model.backend.prepare(step.graph, {**model.persistent, **model.step_rng(),
                                                   ROW: np.array(0, np.int64)}, step.donate)
-    first, cap = distributed.bucket_caps(distributed.gradient_bytes(step))
-    buckets = [b.flat.nbytes for b in distributed.buckets(step, model.backend, cap, first,
-                                                          distributed.backward_order(prepared))]
+    first, cap = gradient_sync.bucket_caps(gradient_sync.gradient_bytes(step))
+    buckets = [b.flat.nbytes for b in gradient_sync.buckets(step, model.backend, cap, first,
+                                                          gradient_sync.backward_order(prepared))]
     params = sum(int(np.prod(v.shape)) for v in model.parameters().values())
     metrics = (1 + len(step.metrics)) * 8    # the loss and metrics' means, float64 (reduce_means)
     return {"model": BENCHES[name].file, "parameters": params, "gradient_bytes": sum(buckets),
@@ -470,19 +470,19 @@ def section(scalings: list[dict], vols: list[dict], model: list[dict]) -> str:
             "work (the load averages below). Four configurations a model, each in its own processes: 1 process "
             "at the per-rank batch b and at 2b (the fused step, as `dln train` runs it), and 2 ranks at b each on "
             "`gloo` (`runtime.optim.Optimizer` with a group, as `dln train --nproc 2` runs it: the split step "
-            "through `distributed.GradientSync`, the gradients summed by `all_reduce` in buckets, the loss "
+            "through `gradient_sync.GradientSync`, the gradients summed by `all_reduce` in buckets, the loss "
             "and metrics by a second, then the update) — in one bucket after the backward (`DLN_BUCKET_MB=25`: "
             "DDP's caps, under whose first bucket, 1 MB, these models' gradients fit) and in the default "
             "buckets (a quarter of the gradients each, at least 64 kB: two or three here), each started "
             "asynchronously as soon as the backward has made its gradients. The time in "
-            "the collectives is clocked by wrapping `distributed._collective` in the worker: for the gradients, "
+            "the collectives is clocked by wrapping `distributed.run_collective` in the worker: for the gradients, "
             "starting the buckets and waiting for them (what the backward did not cover); it includes waiting "
             "for the other rank. The configurations "
             "take turns (a round of steps each, a 0.3 s pause before each turn, each going first in turn), on "
             "the same data (the first losses of 1 process at 2b and of the 2 ranks agree: the same step).\n\n")
     text += "".join(_scaling_table(s) for s in scalings)
     text += ("**Communication per step.** The gradients are float32, 4 bytes a parameter, in buckets as DDP "
-             "lays them out (the first up to 1 MB, the others up to 25 MB: `distributed.FIRST_BUCKET_BYTES`, "
+             "lays them out (the first up to 1 MB, the others up to 25 MB: `gradient_sync.FIRST_BUCKET_BYTES`, "
              "`BUCKET_BYTES`), or in buckets of a quarter of the gradients when that is less (at least 64 kB, "
              "`MIN_BUCKET_BYTES`: the layouts below; `DLN_BUCKET_MB` sets the cap). A ring all_reduce sends, and "
              "receives, 2(N-1)/N x the bytes per rank (N-1 reduce-scatter steps and N-1 all-gather steps of "

@@ -21,7 +21,7 @@ figures (dln.runtime.distributed states the contract):
   counter advances once per global batch on every rank, rows or none.
 - **Reduction.** Means over a rank's rows, weighted by its rows, summed
   across ranks (`distributed.reduce_means`): training's in each step
-  (dln.runtime.distributed.GradientSync), validation's once, at the end.
+  (dln.runtime.gradient_sync.GradientSync), validation's once, at the end.
 - **Whole examples** (a graph every step takes whole) are every rank's
   whole, in training and in validation alike.
 """

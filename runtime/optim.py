@@ -29,7 +29,7 @@ from dln.compiler.train_functions import TRAIN_BUILTINS, call
 from dln.compiler.training import state_prefix
 from dln.compiler.values import TupleValue
 from dln.dsl.diagnostics import Diagnostic, DlnError, Note
-from dln.runtime import binding, distributed, numerics
+from dln.runtime import binding, distributed, gradient_sync, numerics
 from dln.runtime.api import Model, _check_arg, _check_count, _kind
 from dln.runtime.backends import MERGES_PRODUCTS
 from dln.runtime.numpy_ops import np_dtype
@@ -65,7 +65,7 @@ class Optimizer:
         if group is None:
             self.prepared, self.sync = be.prepare(self.train.graph, self.persistent, self.train.donate), None
         else:
-            self.sync = distributed.GradientSync(group, self.train, be, self.persistent, self.rng)
+            self.sync = gradient_sync.GradientSync(group, self.train, be, self.persistent, self.rng)
             self.prepared = self.sync.gradients
         self.inputs = {n.attrs["name"] for n in self.train.graph.nodes if n.op is Op.INPUT}
         self.schedule = schedule or Schedule(None, objective.optimizer.lr, 1)

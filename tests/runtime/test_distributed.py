@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dln.runtime import distributed
+from dln.runtime import distributed, gradient_sync
 from dln.runtime.cli import main as dln_main
 from dln.runtime.launch import free_port, worker_environment
 from dln.runtime.train import Trainer, train_file
@@ -353,7 +353,7 @@ def test_buckets_hold_every_gradient_once_in_reverse_order(sgd_mlp: Path):
     step = pipeline.split_step(model.train_spec, default_objective(model))
     sizes = {p: model.parameters()[p].nbytes for p in step.params}
     cap = sizes["h.bias"] + sizes["logits.weight"] + sizes["logits.bias"]   # the last three fit one bucket
-    buckets = distributed.buckets(step, NumpyBackend(), cap)
+    buckets = gradient_sync.buckets(step, NumpyBackend(), cap)
     assert [list(b.views) for b in buckets] == [["logits.bias", "logits.weight", "h.bias"], ["h.weight"]]
     for b in buckets:
         b.flat[...] = np.arange(b.flat.size)
@@ -361,7 +361,7 @@ def test_buckets_hold_every_gradient_once_in_reverse_order(sgd_mlp: Path):
         np.testing.assert_array_equal(seen, np.arange(b.flat.size))   # views tile the flat buffer, in order
         for name, v in b.views.items():
             assert v.shape == model.parameters()[name].shape and np.shares_memory(v, b.flat)
-    assert len(distributed.buckets(step, NumpyBackend())) == 1   # 25 MB holds this model whole
+    assert len(gradient_sync.buckets(step, NumpyBackend())) == 1   # 25 MB holds this model whole
 
 
 def test_a_small_first_bucket_then_buckets_up_to_the_cap_in_the_order_given(sgd_mlp: Path, monkeypatch):
@@ -378,22 +378,22 @@ def test_a_small_first_bucket_then_buckets_up_to_the_cap_in_the_order_given(sgd_
     step = pipeline.split_step(model.train_spec, default_objective(model))
     sizes = {p: model.parameters()[p].nbytes for p in step.params}
     order = ["logits.bias", "h.bias", "logits.weight", "h.weight"]
-    buckets = distributed.buckets(step, NumpyBackend(), cap=sizes["h.weight"] + sizes["h.bias"],
+    buckets = gradient_sync.buckets(step, NumpyBackend(), cap=sizes["h.weight"] + sizes["h.bias"],
                                   first_cap=sizes["logits.bias"], order=order)
     assert [list(b.views) for b in buckets] == [["logits.bias"], ["h.bias", "logits.weight"], ["h.weight"]]
     # By default, DDP's caps for large models, a quarter of the gradients (no less than 64 kB) for small ones.
-    assert distributed.bucket_caps(100 * 2 ** 20) == (2 ** 20, 25 * 2 ** 20)
-    assert distributed.bucket_caps(1_000_000) == (250_000, 250_000)
-    assert distributed.bucket_caps(100_000) == (65536, 65536)
-    assert distributed.gradient_bytes(step) == sum(sizes.values())
+    assert gradient_sync.bucket_caps(100 * 2 ** 20) == (2 ** 20, 25 * 2 ** 20)
+    assert gradient_sync.bucket_caps(1_000_000) == (250_000, 250_000)
+    assert gradient_sync.bucket_caps(100_000) == (65536, 65536)
+    assert gradient_sync.gradient_bytes(step) == sum(sizes.values())
     monkeypatch.setenv("DLN_BUCKET_MB", "0.5")
-    assert distributed.bucket_caps(100 * 2 ** 20) == (2 ** 19, 2 ** 19)
+    assert gradient_sync.bucket_caps(100 * 2 ** 20) == (2 ** 19, 2 ** 19)
     monkeypatch.setenv("DLN_BUCKET_MB", "5")
-    assert distributed.bucket_caps(100_000) == (2 ** 20, 5 * 2 ** 20)
+    assert gradient_sync.bucket_caps(100_000) == (2 ** 20, 5 * 2 ** 20)
     for bad in ("0", "-1", "lots"):
         monkeypatch.setenv("DLN_BUCKET_MB", bad)
         with pytest.raises(DlnError, match="DLN_BUCKET_MB"):
-            distributed.bucket_cap()
+            gradient_sync.bucket_cap()
 
 
 def test_the_backward_hands_each_gradient_over_once_as_soon_as_it_is_final():
@@ -484,14 +484,14 @@ def test_a_bucket_follows_inputs_a_backend_moved(sgd_mlp: Path):
     views = {"a": flat[0:6].view(2, 3), "b": flat[6:10].view(4)}
     arena = torch.zeros(10)
     moved = {"b": arena[0:4].view(4), "a": arena[4:10].view(2, 3)}
-    bucket = distributed.Bucket(flat, dict(views))
-    distributed._bind(bucket, moved)
+    bucket = gradient_sync.Bucket(flat, dict(views))
+    gradient_sync._bind(bucket, moved)
     assert bucket.flat.data_ptr() == arena.data_ptr() and bucket.flat.numel() == 10 and not bucket.copies
     bucket.flat += 1   # the all_reduce, in place
     assert all(float(t.min()) == 1 for t in moved.values())
     scattered = {"a": torch.zeros(2, 3), "b": torch.zeros(4)}
-    bucket = distributed.Bucket(flat, dict(views))
-    distributed._bind(bucket, scattered)
+    bucket = gradient_sync.Bucket(flat, dict(views))
+    gradient_sync._bind(bucket, scattered)
     assert bucket.flat is flat and [m for _, m in bucket.copies][0] is scattered["a"] and len(bucket.copies) == 2
 
 
