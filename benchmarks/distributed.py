@@ -1,17 +1,18 @@
 """Data-parallel training: the MLP and LeNet steps on 1 and 2 processes, the gradient bytes, and 8 GPUs modeled.
 
 * Scaling on this machine (2 cores, so 2 processes use both; every process
-  has 1 thread in each pool: OMP, OpenBLAS, MKL).  Three configurations per
+  has 1 thread in each pool: OMP, OpenBLAS, MKL).  Four configurations per
   model, each in its own processes: 1 process at the per-rank batch b, 1
-  process at 2b, and 2 ranks at b each joined by `gloo`.  The ranks run the
-  step as `dln train --nproc 2` does — `runtime.optim.Optimizer` with a
-  group: the split step (`pipeline.split_step`) through
-  `gradient_sync.GradientSync`, the gradients summed in buckets with
-  `all_reduce`, then the update — and one process runs the fused step, as
-  `dln train` does.  The time inside `distributed.all_reduce` is clocked
-  from outside (the module's function wrapped in the worker: the gradients'
-  exchange and the loss and metrics' apart); it includes waiting for the
-  other rank.  The configurations take turns (one round of steps each, the
+  process at 2b, and 2 ranks at b each joined by `gloo`, with the default
+  buckets and with small ones.  The ranks run the step as `dln train
+  --nproc 2` does — `runtime.optim.Optimizer` with a group: the split step
+  (`pipeline.split_step`) through `gradient_sync.GradientSync`, the
+  gradients (and the loss and metrics' sums, in the last bucket) summed in
+  buckets with `all_reduce`, then the update — and one process runs the
+  fused step, as `dln train` does.  The time in the exchange is clocked from
+  outside (`distributed.run_collective` wrapped in the worker: starting the
+  buckets and waiting for them); it includes waiting for the other rank.
+  The configurations take turns (one round of steps each, the
   others waiting on a pipe, a pause before each turn, as benchmarks/paired.py
   does); medians over rounds, with the fastest and slowest round and the
   load average before and after.
@@ -54,6 +55,7 @@ class Bench:
     batch: int              # the per-rank batch b (the file's)
     steps: int              # steps per round
     gpu_sizes: dict         # the sizes of the 8-GPU model's per-GPU batch
+    small_buckets_mb: float  # DLN_BUCKET_MB of the configuration with small buckets: three or four of them
 
     def data(self, rows: int) -> dict[str, np.ndarray]:
         """`rows` examples of the model's inputs, the same for every configuration (seed 0)."""
@@ -63,22 +65,22 @@ class Bench:
         return {"x": rng.random((rows, 784), dtype=np.float32), "y": rng.integers(0, 10, rows)}
 
 
-BENCHES = {"mlp": Bench("mlp_784.dln", 128, 40, {"B": 4096}),
-           "lenet": Bench("lenet.dln", 64, 10, {"B": 512}),
-           "gpt": Bench("gpt.dln", 16, 0, {"B": 16, "T": 64})}   # modeled only
-# (label, processes, batch per process in units of b, one bucket): the 2-process configurations with the
-# gradients in one bucket after the backward (DLN_BUCKET_MB=25: DDP's caps, which these models fit under),
-# and in the default buckets (a quarter of the gradients each, at least 64 kB), started as the backward goes.
+BENCHES = {"mlp": Bench("mlp_784.dln", 128, 40, {"B": 4096}, 0.1),
+           "lenet": Bench("lenet.dln", 64, 10, {"B": 512}, 0.05),
+           "gpt": Bench("gpt.dln", 16, 0, {"B": 16, "T": 64}, 0.25)}   # modeled only
+# (label, processes, batch per process in units of b, small buckets): the 2-process configurations with the
+# default buckets (DDP's caps: these models' gradients fit the first, so one bucket, started when the
+# backward ends) and with small ones (`small_buckets_mb`), each started as soon as the backward fills it.
 CONFIGS = (("1 process, batch b", 1, 1, False), ("1 process, batch 2b", 1, 2, False),
-           ("2 processes, batch b each, one bucket", 2, 1, True), ("2 processes, batch b each", 2, 1, False))
+           ("2 processes, batch b each", 2, 1, False), ("2 processes, batch b each, small buckets", 2, 1, True))
 
 
 # ---- one process of a configuration ---------------------------------------------------------------------------
 def _clocked(clock: dict[str, float]) -> None:
     """Wrap `distributed.run_collective` (through which GradientSync starts and waits for each bucket's
-    all_reduce, and reduce_means sums the loss and metrics) to add the seconds spent in each exchange to
-    `clock[what]`: a hook from outside, the exchange itself unchanged.  For the gradients that is the time
-    the step spends on them — starting each bucket, then waiting for what the backward did not cover."""
+    all_reduce) to add the seconds spent in each exchange to `clock[what]`: a hook from outside, the exchange
+    itself unchanged.  For the gradients that is the time the step spends on them — starting each bucket,
+    then waiting for what the backward did not cover."""
     from dln.runtime import distributed
 
     real = distributed.run_collective
@@ -138,42 +140,36 @@ def worker(name: str, per_process: int) -> None:
         distributed.leave(group)
 
 
-def _alone(group, sync, reps: int) -> dict[str, list[float]]:
-    """The median, fastest and slowest seconds of gloo's all_reduce with nothing else running: of buffers
-    the sizes of the gradient buckets, and of the loss and metrics' float64 sums (fresh buffers: the step's
-    own are left as they are)."""
+def _alone(group, sync, reps: int) -> list[float]:
+    """The median, fastest and slowest seconds of gloo's all_reduce with nothing else running, of buffers the
+    sizes of the buckets (fresh buffers: the step's own are left as they are)."""
     import torch
     import torch.distributed as dist
 
-    out = {}
-    for what, sizes in ((GRADS, [b.flat.size for b in sync.buckets]),
-                        (METRICS, [1 + len(sync.step.metrics)])):
-        tensors = [torch.zeros(n, dtype=torch.float32 if what == GRADS else torch.float64) for n in sizes]
-        times = []
-        for _ in range(reps + 2):       # the first two absorb the ranks' different start
-            began = time.perf_counter()
-            for t in tensors:
-                dist.all_reduce(t)
-            times.append(time.perf_counter() - began)
-        out[what] = [statistics.median(times[2:]), min(times[2:]), max(times[2:])]
-    return out
+    tensors = [torch.zeros(b.flat.size, dtype=torch.float32) for b in sync.buckets]
+    times = []
+    for _ in range(reps + 2):       # the first two absorb the ranks' different start
+        began = time.perf_counter()
+        for t in tensors:
+            dist.all_reduce(t)
+        times.append(time.perf_counter() - began)
+    return [statistics.median(times[2:]), min(times[2:]), max(times[2:])]
 
 
 # ---- the parent: configurations taking turns ------------------------------------------------------------------
 ALONE_REPS = 50
-GRADS = "the all_reduce of the gradients"
-METRICS = "the all_reduce of the loss and metrics"
+GRADS = "the all_reduce of the gradients"   # (the loss and metrics' sums travel in the last bucket)
 
 
-def _start(name: str, processes: int, per_process: int, one_bucket: bool) -> list[subprocess.Popen]:
+def _start(name: str, processes: int, per_process: int, small_buckets: bool) -> list[subprocess.Popen]:
     from dln.runtime.launch import free_port, worker_environment
 
     port = free_port()
     procs = []
     for rank in range(processes):
         env = paired.thread_env(1)
-        if one_bucket:
-            env["DLN_BUCKET_MB"] = "25"
+        if small_buckets:
+            env["DLN_BUCKET_MB"] = str(BENCHES[name].small_buckets_mb)
         if processes > 1:
             env = worker_environment(rank, processes, port, env)
         procs.append(subprocess.Popen([sys.executable, __file__, "--child", name, str(per_process)],
@@ -190,7 +186,7 @@ def scaling(name: str, rounds: int, steps: int | None = None) -> dict:
     """The three configurations of `name`, taking turns for `rounds` rounds of `steps` steps each."""
     bench = BENCHES[name]
     steps = steps or bench.steps
-    procs = {label: _start(name, n, k * bench.batch, one) for label, n, k, one in CONFIGS}
+    procs = {label: _start(name, n, k * bench.batch, small) for label, n, k, small in CONFIGS}
     first = {label: [json.loads(p.stdout.readline())["first_loss"] for p in ps] for label, ps in procs.items()}
     seen: dict[str, list[list[dict]]] = {label: [] for label in procs}
     load_before = os.getloadavg()[0]
@@ -204,7 +200,7 @@ def scaling(name: str, rounds: int, steps: int | None = None) -> dict:
                 p.stdin.flush()
             seen[label].append([json.loads(p.stdout.readline()) for p in procs[label]])
     load_after = os.getloadavg()[0]
-    ranks = procs[CONFIGS[3][0]]
+    ranks = procs[CONFIGS[2][0]]
     time.sleep(paired.SETTLE_S)
     for p in ranks:
         p.stdin.write(f"alone {ALONE_REPS}\n")
@@ -225,33 +221,28 @@ def scaling(name: str, rounds: int, steps: int | None = None) -> dict:
                "examples_per_s": round(n * k * bench.batch / statistics.median(step), 1),
                "first_losses": [round(x, 6) for x in first[label]]}
         if n > 1:
-            for what, key in ((GRADS, "all_reduce_grads_ms"), (METRICS, "all_reduce_metrics_ms")):
-                one[key] = [_ms([answers[rank][what] for answers in rows]) for rank in range(n)]
+            one["all_reduce_ms"] = [_ms([answers[rank][GRADS] for answers in rows]) for rank in range(n)]
             # The rest of the step: the gradient graph, the weighted copies into the buckets, the update.
-            one["rest_ms"] = [_ms([a[rank]["seconds"] - a[rank][GRADS] - a[rank][METRICS] for a in rows])
-                              for rank in range(n)]
-            # The rank that reaches an all_reduce last waits least: its time there is the exchange itself
+            one["rest_ms"] = [_ms([a[rank]["seconds"] - a[rank][GRADS] for a in rows]) for rank in range(n)]
+            # The rank that reaches the exchange last waits least: its time there is the exchange itself
             # (at most), the other's adds the wait for it.
-            one["exchange_ms"] = _ms([min(x[GRADS] for x in a) + min(x[METRICS] for x in a) for a in rows])
-            one["gradient_exchange_ms"] = _ms([min(x[GRADS] for x in a) for a in rows])
+            one["exchange_ms"] = _ms([min(x[GRADS] for x in a) for a in rows])
         out[label] = one
-    one_b, two_b, one_bucket, two_p = (out[label] for label, *_ in CONFIGS)
-    t1, t1x2, t2b, t2 = (c["step_ms"]["median"] for c in (one_b, two_b, one_bucket, two_p))
-    grads = statistics.mean(r["median"] for r in two_p["all_reduce_grads_ms"])
-    metrics = statistics.mean(r["median"] for r in two_p["all_reduce_metrics_ms"])
-    grads_b = statistics.mean(r["median"] for r in one_bucket["all_reduce_grads_ms"])
+    one_b, two_b, two_p, small = (out[label] for label, *_ in CONFIGS)
+    t1, t1x2, t2, t2s = (c["step_ms"]["median"] for c in (one_b, two_b, two_p, small))
+    grads = statistics.mean(r["median"] for r in two_p["all_reduce_ms"])
+    grads_s = statistics.mean(r["median"] for r in small["all_reduce_ms"])
     vol = volume(name)
     return {"model": bench.file, "b": bench.batch, "configs": out, "gradient_bytes": vol["gradient_bytes"],
             "metric_bytes": vol["metric_bytes"],
             # gloo alone (after the rounds, the other configurations idle): rank 0's median, ms
-            "alone_ms": {k: [round(x * 1e3, 3) for x in alone[0][what]] for k, what in (("gradients", GRADS),
-                                                                                       ("metrics", METRICS))},
+            "alone_ms": [round(x * 1e3, 3) for x in alone[0]],
             "efficiency": round(t1 / t2, 3),                      # (2b / t2) / (2 x b / t1)
-            "efficiency_one_bucket": round(t1 / t2b, 3),
+            "efficiency_small_buckets": round(t1 / t2s, 3),
             "speedup_same_global_batch": round(t1x2 / t2, 3),     # 1 process at 2b against 2 at b each
-            "speedup_same_global_batch_one_bucket": round(t1x2 / t2b, 3),
-            "gradient_wait_ms": [round(grads, 3), round(grads_b, 3)],   # default buckets; one bucket
-            "all_reduce_share": round((grads + metrics) / t2, 3),
+            "speedup_same_global_batch_small_buckets": round(t1x2 / t2s, 3),
+            "gradient_wait_ms": [round(grads, 3), round(grads_s, 3)],   # default buckets; small ones
+            "all_reduce_share": round(grads / t2, 3),
             "exchange_share": round(two_p["exchange_ms"]["median"] / t2, 3),
             "rounds": rounds, "steps_per_round": steps, "cpus": os.cpu_count(),
             "load_avg_1min_before_after": [round(load_before, 2), round(load_after, 2)]}
@@ -283,11 +274,11 @@ def volume(name: str) -> dict:
     step = pipeline.split_step(model.train_spec, default_objective(model))
     prepared = model.backend.prepare(step.graph, {**model.persistent, **model.step_rng(),
                                                   ROW: np.array(0, np.int64)}, step.donate)
-    first, cap = gradient_sync.bucket_caps(gradient_sync.gradient_bytes(step))
+    first, cap = gradient_sync.bucket_caps()
     buckets = [b.flat.nbytes for b in gradient_sync.buckets(step, model.backend, cap, first,
                                                           gradient_sync.backward_order(prepared))]
     params = sum(int(np.prod(v.shape)) for v in model.parameters().values())
-    metrics = (1 + len(step.metrics)) * 8    # the loss and metrics' means, float64 (reduce_means)
+    metrics = (1 + len(step.metrics)) * 4    # the loss and metrics' sums, float32 slots of the last bucket
     return {"model": BENCHES[name].file, "parameters": params, "gradient_bytes": sum(buckets),
             "buckets": buckets, "metric_bytes": metrics, "step": step, "compiled": model}
 
@@ -356,52 +347,49 @@ def print_scaling(s: dict) -> None:
           f"1 thread a process on {s['cpus']} CPUs; load average 1 min {s['load_avg_1min_before_after']}")
     for label, c in s["configs"].items():
         extra = ""
-        if "all_reduce_grads_ms" in c:
-            extra = (f"; all_reduce gradients {[r['median'] for r in c['all_reduce_grads_ms']]} ms, "
-                     f"metrics {[r['median'] for r in c['all_reduce_metrics_ms']]} ms (rank 0, 1)")
+        if "all_reduce_ms" in c:
+            extra = f"; exchange {[r['median'] for r in c['all_reduce_ms']]} ms (rank 0, 1)"
         print(f"  {label:<28}{c['step_ms']['median']:9.3f} ms/step (spread {c['step_ms']['spread']}), "
               f"{c['examples_per_s']:10.1f} examples/s{extra}; first losses {c['first_losses']}")
-    print(f"  scaling efficiency {s['efficiency']} (buckets overlapping the backward), {s['efficiency_one_bucket']} "
-          f"(one bucket); gradient exchange {s['gradient_wait_ms']} ms; "
+    print(f"  scaling efficiency {s['efficiency']} (default buckets), {s['efficiency_small_buckets']} "
+          f"(small buckets, overlapping the backward); gradient exchange {s['gradient_wait_ms']} ms; "
           f"1 process at 2b / 2 processes: {s['speedup_same_global_batch']}; "
           f"all_reduce share of the 2-process step {s['all_reduce_share']} (waits included), "
           f"{s['exchange_share']} (the later rank's: the exchange itself); gloo alone {s['alone_ms']} ms")
 
 
 def _scaling_table(s: dict) -> str:
-    rows = ["| configuration | step, ms (spread) | examples / s | gradients' all_reduce: starts + wait, ms (rank 0; 1) "
-            "| all_reduce of loss and metrics, ms (rank 0; 1) | rest of the step, ms (rank 0; 1) | first loss |",
-            "| --- | --- | --- | --- | --- | --- | --- |"]
-    one_bucket, two_p = (s["configs"][c[0]] for c in CONFIGS[2:])
+    rows = ["| configuration | step, ms (spread) | examples / s | exchange: buckets started + waited for, ms "
+            "(rank 0; 1) | rest of the step, ms (rank 0; 1) | first loss |",
+            "| --- | --- | --- | --- | --- | --- |"]
+    two_p, small = (s["configs"][c[0]] for c in CONFIGS[2:])
     for label, c in s["configs"].items():
         b = c["batch_per_process"]
-        ar = mr = rest = "-"
-        if "all_reduce_grads_ms" in c:
-            ar, mr, rest = ("; ".join(f"{r['median']} ({r['spread'][0]} - {r['spread'][1]})" for r in c[key])
-                            for key in ("all_reduce_grads_ms", "all_reduce_metrics_ms", "rest_ms"))
+        ar = rest = "-"
+        if "all_reduce_ms" in c:
+            ar, rest = ("; ".join(f"{r['median']} ({r['spread'][0]} - {r['spread'][1]})" for r in c[key])
+                        for key in ("all_reduce_ms", "rest_ms"))
         who = f"{c['processes']} processes, batch {b} each, {c['buckets']} bucket{'s' * (c['buckets'] > 1)}" \
             if c["processes"] > 1 else f"1 process, batch {b}"
         rows.append(f"| {who} | {c['step_ms']['median']} "
                     f"({c['step_ms']['spread'][0]} - {c['step_ms']['spread'][1]}) | {c['examples_per_s']:,.0f} "
-                    f"| {ar} | {mr} | {rest} | {', '.join(map(str, c['first_losses']))} |")
+                    f"| {ar} | {rest} | {', '.join(map(str, c['first_losses']))} |")
     return (f"**{s['model']}**, b = {s['b']}: medians of {s['rounds']} rounds of {s['steps_per_round']} steps; "
             f"load average (1 min) before, after: {s['load_avg_1min_before_after']}.\n\n" + "\n".join(rows) +
             f"\n\nScaling efficiency (2 processes' examples/s over twice 1 process's at b): **{s['efficiency']}** "
-            f"with the gradients in {two_p['buckets']} bucket{'s' * (two_p['buckets'] > 1)} overlapping the "
-            f"backward, **{s['efficiency_one_bucket']}** in one after it (the step's time on the gradients' "
+            f"with the default buckets ({two_p['buckets']} here), **{s['efficiency_small_buckets']}** with "
+            f"{small['buckets']} small ones overlapping the backward (the step's time on the gradients' "
             f"exchange, starting the buckets and waiting for them: {s['gradient_wait_ms'][0]} ms against "
             f"{s['gradient_wait_ms'][1]} ms, the ranks' mean); 2 processes at b against 1 process at 2b (the same "
-            f"global batch): **{s['speedup_same_global_batch']}x** (one bucket: "
-            f"**{s['speedup_same_global_batch_one_bucket']}x**); "
-            f"time in the two all_reduces, a share of the 2-process step: **{s['all_reduce_share']:.1%}** (the "
-            f"ranks' mean, waiting for the other rank included), **{s['exchange_share']:.1%}** counting each "
-            f"all_reduce at the rank that reached it last (the exchange itself, at most: "
-            f"{two_p['exchange_ms']['median']} ms a step). The gradients' all_reduce at the rank that reached it "
-            f"last: {two_p['gradient_exchange_ms']['median']} ms for {s['gradient_bytes']:,} bytes, "
-            f"{s['gradient_bytes'] / two_p['gradient_exchange_ms']['median'] / 1e3:,.0f} MB/s over loopback; gloo's "
-            f"all_reduce alone (after the rounds, nothing else of the benchmark running; median of {ALONE_REPS}, "
-            f"fastest and slowest): {_spread(s['alone_ms']['gradients'])} ms for the gradients, "
-            f"{_spread(s['alone_ms']['metrics'])} ms for the {s['metric_bytes']}-byte loss and metrics' sums. The "
+            f"global batch): **{s['speedup_same_global_batch']}x** (small buckets: "
+            f"**{s['speedup_same_global_batch_small_buckets']}x**); "
+            f"time in the exchange, a share of the 2-process step: **{s['all_reduce_share']:.1%}** (the ranks' "
+            f"mean, waiting for the other rank included), **{s['exchange_share']:.1%}** at the rank that reached it "
+            f"last (the exchange itself, at most: {two_p['exchange_ms']['median']} ms a step for "
+            f"{s['gradient_bytes']:,} bytes of gradients and {s['metric_bytes']} of sums, "
+            f"{s['gradient_bytes'] / two_p['exchange_ms']['median'] / 1e3:,.0f} MB/s over loopback); gloo's "
+            f"all_reduce of the buckets alone (after the rounds, nothing else of the benchmark running; median "
+            f"of {ALONE_REPS}, fastest and slowest): {_spread(s['alone_ms'])} ms. The "
             f"rest of a rank's step (the gradient graph, the weighted copy into the bucket, the update) takes "
             f"{statistics.mean(r['median'] for r in two_p['rest_ms']):.3f} ms against the fused step's "
             f"{s['configs'][CONFIGS[0][0]]['step_ms']['median']} ms in 1 process at b (the difference: the step in "
@@ -415,7 +403,7 @@ def _spread(x: list[float]) -> str:
 
 def _volume_table(vols: list[dict]) -> str:
     rows = ["| model | parameters | gradient bytes per step | buckets (bytes) | ring bytes sent per rank, 2 ranks "
-            "| ... 8 ranks | loss and metrics, bytes |", "| --- | --- | --- | --- | --- | --- | --- |"]
+            "| ... 8 ranks | loss and metrics' sums (in the last bucket), bytes |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for v in vols:
         rows.append(f"| {v['model']} | {v['parameters']:,} | {v['gradient_bytes']:,} | {len(v['buckets'])} "
                     f"({', '.join(f'{b:,}' for b in v['buckets'])}) | {ring_bytes(v['gradient_bytes'], 2):,.0f} "
@@ -456,8 +444,8 @@ def _model_summary(model: list[dict]) -> str:
     sizes = "; ".join(f"{m} {c:.0f} us in {k} kernels, {launch:.0%} of it launches"
                       for m, (c, launch, k) in steps.items())
     return ("\n".join(lines) + f"\n\nThese models are small for an H100 (modeled steps: {sizes}): 8 GPUs pay off "
-            "only where the backward is long enough to cover the exchange. The loss and metrics' all_reduce adds "
-            "one more latency-bound exchange per step (and, under nccl, a copy to the device and back).\n")
+            "only where the backward is long enough to cover the exchange. The loss and metrics travel in the "
+            "last bucket: no exchange of their own.\n")
 
 
 TITLE = "## Data-parallel training (issue 13: 1 to 2 processes, communication per step, 8 GPUs modeled)"
@@ -471,10 +459,10 @@ def section(scalings: list[dict], vols: list[dict], model: list[dict]) -> str:
             "at the per-rank batch b and at 2b (the fused step, as `dln train` runs it), and 2 ranks at b each on "
             "`gloo` (`runtime.optim.Optimizer` with a group, as `dln train --nproc 2` runs it: the split step "
             "through `gradient_sync.GradientSync`, the gradients summed by `all_reduce` in buckets, the loss "
-            "and metrics by a second, then the update) — in one bucket after the backward (`DLN_BUCKET_MB=25`: "
-            "DDP's caps, under whose first bucket, 1 MB, these models' gradients fit) and in the default "
-            "buckets (a quarter of the gradients each, at least 64 kB: two or three here), each started "
-            "asynchronously as soon as the backward has made its gradients. The time in "
+            "and metrics' sums in the last one, then the update) — in the default buckets (DDP's caps: these models' "
+            "gradients fit the first, 1 MB, so one bucket, started when the backward ends) and in small ones "
+            "(`DLN_BUCKET_MB`: three or four here), each started asynchronously as soon as the backward has "
+            "filled it. The time in "
             "the collectives is clocked by wrapping `distributed.run_collective` in the worker: for the gradients, "
             "starting the buckets and waiting for them (what the backward did not cover); it includes waiting "
             "for the other rank. The configurations "
@@ -483,8 +471,8 @@ def section(scalings: list[dict], vols: list[dict], model: list[dict]) -> str:
     text += "".join(_scaling_table(s) for s in scalings)
     text += ("**Communication per step.** The gradients are float32, 4 bytes a parameter, in buckets as DDP "
              "lays them out (the first up to 1 MB, the others up to 25 MB: `gradient_sync.FIRST_BUCKET_BYTES`, "
-             "`BUCKET_BYTES`), or in buckets of a quarter of the gradients when that is less (at least 64 kB, "
-             "`MIN_BUCKET_BYTES`: the layouts below; `DLN_BUCKET_MB` sets the cap). A ring all_reduce sends, and "
+             "`BUCKET_BYTES`; `DLN_BUCKET_MB` sets the cap): each of these models fits one. A ring all_reduce "
+             "sends, and "
              "receives, 2(N-1)/N x the bytes per rank (N-1 reduce-scatter steps and N-1 all-gather steps of "
              "1/N each): at 2 ranks, the gradient bytes themselves (gloo picks its own algorithm; this is what a "
              "bandwidth-optimal one moves).\n\n" + _volume_table(vols))
@@ -498,10 +486,11 @@ def section(scalings: list[dict], vols: list[dict], model: list[dict]) -> str:
              "planned for and modeled on an H100 SXM5 by `dln.kernels.gpu_model` (compiler/fusion/target.py: "
              "max(compute, memory) at peak FP32, wave-quantized, 3 us launch each; the batches of "
              "RESULTS-model.md, and the GPT block's file batch). \"Without overlap\": the exchange after the whole "
-             "gradient graph, as with one bucket. \"Exposed if overlapped\": what remains when the exchange "
-             "runs concurrently with the backward (buckets started as their gradients are ready, as both "
-             "backends do, and DDP; with the default buckets, a quarter of the gradients each; the model "
-             "assumes the whole exchange can hide behind the backward, the last bucket's cannot quite).\n\n" + _model_table(model))
+             "gradient graph, as with one bucket (DDP's default caps hold each of these models in one). \"Exposed "
+             "if overlapped\": what remains when the exchange runs concurrently with the backward (smaller "
+             "buckets, `DLN_BUCKET_MB`, started as their gradients are ready, as both backends do; the model "
+             "assumes the whole exchange can hide behind the backward, the last bucket's cannot quite, and "
+             "each bucket more pays the latency term again).\n\n" + _model_table(model))
     text += _model_summary(model)
     return text
 

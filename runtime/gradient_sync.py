@@ -8,9 +8,9 @@ them the gradients travel in flat buckets, as PyTorch's DDP lays them out:
 
 - **Layout.** Each bucket is one flat buffer of the backend's (a NumPy
   array, a torch tensor), one element type, the gradients as views of it,
-  in the order the backward makes them (`backward_order`), up to a cap:
-  DDP's (1 MB the first, 25 MB the others) or, for a small model, a quarter
-  of its gradient bytes (`bucket_caps`); `DLN_BUCKET_MB` sets it.
+  in the order the backward makes them (`backward_order`), up to DDP's caps
+  (1 MB the first, 25 MB the others: `bucket_caps`); `DLN_BUCKET_MB` sets
+  the others'.
 - **Overlap.** A backend that hands outputs over as it makes them (`ready`:
   the NumPy interpreter after a step, the Triton launcher after a kernel)
   has each gradient scaled into its bucket at once, and a full bucket's
@@ -49,10 +49,6 @@ if TYPE_CHECKING:
 BUCKET_BYTES = 25 * 2 ** 20
 # DDP's first bucket: small, so that its all_reduce starts early in the backward.
 FIRST_BUCKET_BYTES = 2 ** 20
-# A model whose gradients DDP's buckets would hold in one gets about four, none under this: over gloo
-# a bucket's all_reduce costs ~0.3 ms whatever its size up to there, and LeNet's step (177 kB of
-# gradients in 3 buckets) went from 0.52 to 0.74 scaling efficiency on 2 processes (benchmarks/distributed.py).
-MIN_BUCKET_BYTES = 64 * 2 ** 10
 
 @dataclass
 class Bucket:
@@ -62,16 +58,18 @@ class Bucket:
     copies: list[tuple[Any, Any]] = field(default_factory=list)
     waiting: int = 0                   # gradients of this step not in the bucket yet
     work: Any = None                   # the all_reduce under way (torch.distributed's Work)
+    extra: Any = None                  # the last bucket's slots after the gradients (`buckets(extra=...)`)
 
 
-def bucket_caps(gradient_bytes: int) -> tuple[int, int]:
-    """The caps of the first bucket and of the others, in bytes, for gradients of `gradient_bytes` in all.
-    DLN_BUCKET_MB (DDP's `bucket_cap_mb`) sets the others', the first staying under DDP's 1 MB; by default
-    DDP's 25 MB, or a quarter of the gradients (at least MIN_BUCKET_BYTES) when that is less: a small model
-    gets several buckets to overlap with its backward too."""
-    cap = bucket_cap()
-    if cap is None:
-        cap = min(BUCKET_BYTES, max(MIN_BUCKET_BYTES, gradient_bytes // 4))
+def bucket_caps() -> tuple[int, int]:
+    """The caps of the first bucket and of the others, in bytes: DDP's 1 MB and 25 MB, the others'
+    DLN_BUCKET_MB (DDP's `bucket_cap_mb`) when it is set, the first's no larger.
+
+    Not smaller by default, for a small model to overlap more of its backward: on this 2-core machine
+    (2 ranks over gloo) buckets of a quarter of the gradients made the step 7-13% slower than one bucket
+    for the MLP and LeNet (benchmarks/distributed.py): each all_reduce costs its latency, and no core is
+    idle to hide it behind the backward."""
+    cap = bucket_cap() or BUCKET_BYTES
     return min(cap, FIRST_BUCKET_BYTES), cap
 
 
@@ -91,11 +89,11 @@ def bucket_cap() -> int | None:
 
 
 def buckets(step: SplitStep, backend: Backend, cap: int = BUCKET_BYTES, first_cap: int | None = None,
-            order: Sequence[str] | None = None) -> list[Bucket]:
+            order: Sequence[str] | None = None, extra: int = 0) -> list[Bucket]:
     """Flat buffers for the gradients `step.update` reads, one element type each, filled in `order` (the
     order the backward computes them; by default reverse model order) up to `cap` bytes — the first bucket
     up to `first_cap` (DDP's 1 MB: its all_reduce starts early in the backward); a larger gradient gets a
-    bucket of its own."""
+    bucket of its own.  The last bucket has `extra` slots more after its gradients (`Bucket.extra`)."""
     types = gradient_types(step)
     plan: list[tuple[np.dtype, list[tuple[str, tuple[int, ...]]]]] = []
     open_: dict[np.dtype, tuple[list, int]] = {}
@@ -113,15 +111,16 @@ def buckets(step: SplitStep, backend: Backend, cap: int = BUCKET_BYTES, first_ca
         entries.append((name, shape))
         open_[dtype] = (entries, used + size)
     out = []
-    for dtype, entries in plan:
+    for k, (dtype, entries) in enumerate(plan):
         total = sum(int(np.prod(s, dtype=np.int64)) for _, s in entries)
-        flat = backend.asarray(np.zeros(total, dtype))
+        more = extra if k == len(plan) - 1 else 0
+        flat = backend.asarray(np.zeros(total + more, dtype))
         views, offset = {}, 0
         for name, shape in entries:
             count = int(np.prod(shape, dtype=np.int64))
             views[name] = flat[offset:offset + count].reshape(shape)
             offset += count
-        out.append(Bucket(flat, views))
+        out.append(Bucket(flat, views, extra=flat[total:] if more else None))
     return out
 
 
@@ -134,12 +133,6 @@ def gradient_types(step: SplitStep) -> dict[str, Any]:
     """The type of each gradient the update reads, by parameter name."""
     return {n.attrs["name"].removeprefix("grad:"): n.type for n in step.update.nodes
             if n.op is Op.INPUT and n.attrs["role"] == "grad"}
-
-
-def gradient_bytes(step: SplitStep) -> int:
-    """The bytes of the gradients the update reads: what each step's all_reduce moves."""
-    return sum(int(np.prod([int(d) for d in t.shape], dtype=np.int64)) * np_dtype(t.dtype).itemsize
-               for t in gradient_types(step).values())
 
 
 class GradientSync:
@@ -164,11 +157,14 @@ class GradientSync:
         self.row = backend.asarray(np.array(0, np.int64))
         self.gradients = backend.prepare(step.graph, {**persistent, ROW: self.row}, step.donate)
         self.overlaps = getattr(self.gradients, "hands_over", False)
+        # The loss and metrics' sums travel in the last bucket, after its gradients (one all_reduce less a
+        # step: the MLP's 2-process step 6.97 -> 5.83 ms over gloo, benchmarks/distributed.py).
+        self.names = ["loss", *step.metrics]
         if self.overlaps:   # the buckets fill in the order the backward computes the gradients
-            first, cap = bucket_caps(gradient_bytes(step))
-            self.buckets = buckets(step, backend, cap, first, backward_order(self.gradients))
+            first, cap = bucket_caps()
+            self.buckets = buckets(step, backend, cap, first, backward_order(self.gradients), len(self.names))
         else:   # all at the end: as few all_reduce calls as can be
-            self.buckets = buckets(step, backend, bucket_cap() or BUCKET_BYTES)
+            self.buckets = buckets(step, backend, bucket_cap() or BUCKET_BYTES, extra=len(self.names))
         # The update reads the averaged gradients where the all_reduce left them: persistent inputs (tensors
         # of their own over the same memory: a backend may move them, as the Triton backend lays the inputs of
         # a multi-tensor kernel out back to back; `_bind` then follows them).
@@ -181,6 +177,12 @@ class GradientSync:
         self.bucket_of = {f"grad:{name}": b for b in self.buckets for name in b.views}
         self.weight = 1.0
         self.started = 0   # buckets whose all_reduce has started, this step
+        # The bucket the sums travel in: the last, unless a backend moved it (`_bind`) or its element type is
+        # too narrow for them; then they go in an all_reduce of their own (`reduce_means`).
+        last = self.buckets[-1] if self.buckets else None
+        wide = last is not None and last.extra is not None and str(last.extra.dtype).endswith(("float32", "float64"))
+        self.tally = last if wide else None
+        self.tallied = False   # this step's sums are in the tally bucket: it may start
         # Batch norm's statistics across ranks (sync_batchnorm): the graph's all_reduce ops, run on the host.
         ops = collectives(getattr(self.gradients, "graph", step.graph))
         self.communicator = Communicator(group, ops) if ops else None
@@ -192,11 +194,11 @@ class GradientSync:
         `first` of the global batch, among its `total`.  Returns the outputs of this rank's graphs (the
         gradient graph's, none without rows; the update's: `found_inf`), and the loss and metrics as means
         over all ranks' rows."""
-        names = ["loss", *self.step.metrics]
+        names = self.names
         be = self.backend
         for b in self.buckets:
             b.waiting, b.work = len(b.views), None
-        self.started = 0
+        self.started, self.tallied = 0, False
         if rows:
             be.copy_into(self.row, np.array(first, np.int64))
             self.weight = rows / total
@@ -222,13 +224,21 @@ class GradientSync:
             self._start()
             be.copy_into(self.rng["rng.step"], be.to_numpy(self.rng["rng.step"]) + 1)
             means = dict.fromkeys(names, 0.0)
+        if self.tally is not None:   # the sums, weighted by rows, into the last bucket, which may start now
+            be.copy_into(self.tally.extra, np.array([means[k] * rows for k in names]))
+            self.tallied = True
+            self._start()
         if self.started < len(self.buckets):   # every gradient is an output: all full by now
             raise RuntimeError(f"gradients never computed: {[n for b in self.buckets if b.waiting for n in b.views]}")
-        means = reduce_means(self.group, means, rows, total, "the all_reduce of the loss and metrics")
+        if self.tally is None:
+            means = reduce_means(self.group, means, rows, total, "the all_reduce of the loss and metrics")
         for b in self.buckets:
             distributed.run_collective(self.group, "the all_reduce of the gradients", b.work.wait)
             for view, moved in b.copies:
                 _scaled_copy(moved, view, 1.0)
+        if self.tally is not None:
+            sums = be.to_numpy(self.tally.extra)
+            means = {k: float(v) / max(total, 1) for k, v in zip(names, sums)}
         results.update(self.update.run(hyper, {}))
         return results, means
 
@@ -248,6 +258,8 @@ class GradientSync:
 
         while self.started < len(self.buckets) and self.buckets[self.started].waiting == 0:
             b = self.buckets[self.started]
+            if b is self.tally and not self.tallied:   # it carries the loss and metrics too: after the run
+                break
             t = torch_view(b.flat)
             distributed.run_collective(self.group, "the all_reduce of the gradients",
                         lambda: setattr(b, "work", dist.all_reduce(t, op=dist.ReduceOp.SUM, group=self.exchange,
@@ -274,7 +286,7 @@ def _bind(bucket: Bucket, inputs: Mapping[str, Any]) -> None:
     moved = [inputs[n] for n in bucket.views]
     flat = _span(moved)
     if flat is not None:
-        bucket.flat, bucket.views = flat, {n: inputs[n] for n in bucket.views}
+        bucket.flat, bucket.views, bucket.extra = flat, {n: inputs[n] for n in bucket.views}, None
     else:
         bucket.copies = [(v, inputs[n]) for n, v in bucket.views.items()]
 
