@@ -66,8 +66,8 @@ def bucket_caps() -> tuple[int, int]:
     DLN_BUCKET_MB (DDP's `bucket_cap_mb`) when it is set, the first's no larger.
 
     Not smaller by default, for a small model to overlap more of its backward: on this 2-core machine
-    (2 ranks over gloo) buckets of a quarter of the gradients made the step 7-13% slower than one bucket
-    for the MLP and LeNet (benchmarks/distributed.py): each all_reduce costs its latency, and no core is
+    (2 ranks over gloo) three or four buckets made the step slower than one — the MLP's 4.9 -> 7.2 ms,
+    LeNet's 11.8 -> 12.8 ms (benchmarks/distributed.py): each all_reduce costs its latency, and no core is
     idle to hide it behind the backward."""
     cap = bucket_cap() or BUCKET_BYTES
     return min(cap, FIRST_BUCKET_BYTES), cap
