@@ -81,5 +81,6 @@ def test_every_primitive_is_reached():
                 model.run(["y"], training=case.torch_fn is None, **case.inputs)
                 model.value_and_grad("loss", **case.inputs, cot=np.zeros(shape))
             seen |= used_ops(model)
-    # The collectives run only among ranks: tests/runtime/test_distributed.py (sync_batchnorm) reaches them.
+    # The collectives run only among ranks: tests/runtime/test_distributed.py and test_distributed_triton.py
+    # (sync_batchnorm, on both backends, against one process) reach them.
     assert sorted(set(Op) - seen - GroupOp.Collective, key=str) == []
