@@ -403,7 +403,8 @@ def _spread(x: list[float]) -> str:
 
 def _volume_table(vols: list[dict]) -> str:
     rows = ["| model | parameters | gradient bytes per step | buckets (bytes) | ring bytes sent per rank, 2 ranks "
-            "| ... 8 ranks | loss and metrics' sums (in the last bucket), bytes |", "| --- | --- | --- | --- | --- | --- | --- |"]
+            "| ... 8 ranks | loss and metrics' sums (in the last bucket), bytes |",
+            "| --- | --- | --- | --- | --- | --- | --- |"]
     for v in vols:
         rows.append(f"| {v['model']} | {v['parameters']:,} | {v['gradient_bytes']:,} | {len(v['buckets'])} "
                     f"({', '.join(f'{b:,}' for b in v['buckets'])}) | {ring_bytes(v['gradient_bytes'], 2):,.0f} "

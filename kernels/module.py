@@ -247,7 +247,7 @@ def _launcher(plan: FusionPlan, kernels: list[KernelSource]) -> list[str]:
     if any(handovers):   # the gradients, each as soon as the kernels making it are launched
         lines += [
             f"    handovers = {json.dumps([name for names in handovers for name, _ in names])}",
-            "    ready = None   # the runtime's (name, tensor), for each of them: data parallelism starts its all_reduce",
+            "    ready = None   # the runtime's (name, tensor) for each: data parallelism starts its all_reduce",
         ]
     lines += [
         "",

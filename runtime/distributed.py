@@ -264,10 +264,10 @@ def collectives(graph: Any) -> list[Any]:
     return [n for n in graph.nodes if n.op is Op.ALL_REDUCE]
 
 
-def sync_batchnorm(model: Any, recipe: Any) -> None:
-    """Build `model`'s training graphs with batch norm's statistics across ranks (`sync_batchnorm = true`,
-    set in `recipe`'s train section).  The NumPy interpreter runs the all_reduce ops between its steps, the
-    Triton backend's program between its kernels, on its device's buffers (dln.kernels.collective)."""
+def sync_batchnorm(model: Any) -> None:
+    """Build `model`'s training graphs with batch norm's statistics across ranks (`sync_batchnorm = true` in
+    the train section, `--sync-batchnorm`).  The NumPy interpreter runs the all_reduce ops between its steps,
+    the Triton backend's program between its kernels, on its device's buffers (dln.kernels.collective)."""
     if not model.sync_batchnorm:
         model.sync_batchnorm = True
         model._train_spec = None   # built again, with the all_reduce ops

@@ -33,7 +33,7 @@ from dln.dsl import ast
 from dln.dsl.diagnostics import Diagnostic, DlnError, Note, listing
 from dln.runtime import binding, checkpoint, checkpoint_state, data, distributed, monitor
 from dln.runtime.api import Model
-from dln.runtime.batches import Batches, target_inputs  # noqa: F401 — target_inputs: imported from here
+from dln.runtime.batches import Batches
 from dln.runtime.optim import Optimizer
 from dln.runtime.schedules import Schedule
 
@@ -173,7 +173,7 @@ class Trainer:
         be = model.backend
         self.rng = {"rng.seed": be.asarray(np.array(recipe.seed, np.int64)), "rng.step": be.asarray(np.array(0, np.int64))}
         if group is not None and recipe.sync_batchnorm:
-            distributed.sync_batchnorm(model, recipe)
+            distributed.sync_batchnorm(model)
         self.optimizers = [Optimizer(model, o, recipe.clip_grad, rng=self.rng, debug=debug,
                                      check_numerics=check_numerics, group=group) for o in recipe.objectives]
         self.steps: list[TrainStep] = [opt.train for opt in self.optimizers]

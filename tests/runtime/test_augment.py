@@ -6,7 +6,8 @@ import pytest
 import dln
 from dln.compiler.values import TrainValue
 from dln.runtime import data
-from dln.runtime.train import Trainer, target_inputs
+from dln.runtime.batches import target_inputs
+from dln.runtime.train import Trainer
 
 
 def _spec(kind, **args):
