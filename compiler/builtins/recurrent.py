@@ -78,7 +78,9 @@ def _recurrent(cx, layer: str, x: Tensor, hidden: int, layers: int, nonlinearity
     bound = 1.0 / math.sqrt(hidden)
     for i in range(layers):
         if i and cx.training and dropout > 0.0:   # between layers, not after the last (as torch)
-            seq = _dropout(cx, seq, dropout)
+            # The mask drawn batch-major, as every draw over the batch: among ranks, each row's mask is
+            # then one process's (dln.compiler.passes.global_rows counts draws by leading row).
+            seq = b.permute(_dropout(cx, b.permute(seq, (1, 0, 2)), dropout), (1, 0, 2))
         outs = []
         for d in range(directions):
             index = i * directions + d

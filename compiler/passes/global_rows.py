@@ -8,7 +8,8 @@ rank's first row in the global batch, 0 in one process), and the backends count 
 per row): the counters, and so the masks, are those of a single process at the global batch.
 
 Random ops inside loop bodies, or whose leading axis is not the batch (a time-major [T, B, H]), keep their
-counters: the ranks draw alike there.
+counters: the ranks draw alike there.  So the built-ins draw over the batch batch-major (the dropout between
+stacked recurrent layers, whose sequence is time-major, draws its mask as [B, T, H]).
 """
 
 from __future__ import annotations

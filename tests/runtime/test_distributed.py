@@ -140,6 +140,23 @@ def test_three_ranks_follow_one_process_with_an_empty_rank_at_the_end(tmp_path: 
     assert_same_trajectory(ranks, one, loss_rtol=5e-6, weight_atol=5e-6)
 
 
+def test_a_stacked_rnn_s_dropout_between_layers_is_one_process_s(tmp_path: Path, monkeypatch):
+    """The mask between two recurrent layers is drawn over the batch (batch-major), so each rank draws one
+    process's numbers for its rows: 2 ranks follow one process at twice the batch."""
+    path = tmp_path / "rnn_dropout.dln"
+    path.write_text((EXAMPLES / "rnn_digits.dln").read_text()
+                    .replace("rnn(hidden, layers = 2)", "rnn(hidden, layers = 2, dropout = 0.3)")
+                    .replace("hidden: int = 64", "hidden: int = 16"))
+    assert "dropout = 0.3" in path.read_text()
+    settings = {"batch": 24, "epochs": 1}
+    ranks = run_ranks(tmp_path, path, 2, settings)
+    one = single(path, {**settings, "batch": 48}, monkeypatch)
+    assert_same_trajectory(ranks, one, loss_rtol=5e-6, weight_atol=5e-6)
+    # Without the dropout the trajectory is another: the masks acted.
+    plain = single(EXAMPLES / "rnn_digits.dln", {**settings, "batch": 48, "hidden": 16}, monkeypatch)
+    assert np.abs(plain["losses"] - one["losses"]).max() > 1e-3
+
+
 @pytest.mark.parametrize("bucket_mb", [None, "0.0001"])
 def test_the_triton_backend_exchanges_its_own_buffers(tmp_path: Path, monkeypatch, bucket_mb: str | None):
     """The Triton backend (its interpreter, on the CPU here: torch CPU tensors over gloo) lays the update's
