@@ -137,15 +137,8 @@ def gradient_types(step: SplitStep) -> dict[str, Any]:
 
 class GradientSync:
     """One optimizer's step across ranks: the gradient graph on this rank's rows, the buckets summed, the
-    update graph on the averaged gradients (see the module docstring).
-
-    A backend that hands outputs over as it computes them (`ready`: the NumPy interpreter, the Triton
-    launcher) has each
-    gradient scaled into its bucket as soon as the backward has made it, and a full bucket's all_reduce
-    started then, asynchronously, while the backward goes on (DDP's overlap).  The buckets start in their
-    order on every rank, whatever order this rank's plan finished them in, so the collectives pair up;
-    they run in a process group of their own, so that the all_reduce ops of batch norm's statistics
-    (sync_batchnorm), which the backward runs between them, keep their own order in the default one."""
+    update graph on the averaged gradients, each bucket's all_reduce started as soon as the backward has
+    filled it where the backend hands its gradients over (`ready`; see the module docstring)."""
 
     def __init__(self, group: Group, step: SplitStep, backend: Backend, persistent: Mapping[str, Any],
                  rng: Mapping[str, Any]) -> None:
