@@ -40,6 +40,7 @@ local workers (dln.runtime.launch).
 from __future__ import annotations
 
 import datetime
+import math
 import os
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
@@ -95,7 +96,7 @@ def from_environment(device: str = "cpu", environ: Mapping[str, str] | None = No
                                         "dln train FILE --nproc N"),)))
     rank = _env_int(environ, "RANK", 0, size - 1)
     local = _env_int(environ, "LOCAL_RANK", 0) if "LOCAL_RANK" in environ else rank
-    timeout = float(environ.get("DLN_DIST_TIMEOUT", DEFAULT_TIMEOUT))
+    timeout = timeout_seconds(environ)
     import torch.distributed as dist
 
     backend = "nccl" if device == "cuda" else "gloo"
@@ -124,6 +125,28 @@ def leave(group: Group | None) -> None:
     _GRADIENT_GROUPS.pop(group, None)
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def timeout_seconds(environ: Mapping[str, str] | None = None) -> float:
+    """How long a collective waits for the other ranks: DLN_DIST_TIMEOUT seconds, DEFAULT_TIMEOUT unset."""
+    return env_positive("DLN_DIST_TIMEOUT", DEFAULT_TIMEOUT, "seconds", environ)
+
+
+def env_positive(key: str, default: float | None, unit: str,
+                 environ: Mapping[str, str] | None = None) -> float | None:
+    """The environment variable `key` as a finite number of `unit` > 0; `default` when it is not set."""
+    environ = os.environ if environ is None else environ
+    text = environ.get(key)
+    if text is None:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < math.inf:
+        raise DlnError(Diagnostic("E0720", f"the environment variable {key}={text!r} must be a number of {unit} "
+                                           "> 0"))
+    return value
 
 
 def _env_int(environ: Mapping[str, str], key: str, low: int, high: int | None = None) -> int:

@@ -28,7 +28,6 @@ them the gradients travel in flat buckets, as PyTorch's DDP lays them out:
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
@@ -36,7 +35,6 @@ import numpy as np
 
 from dln.compiler.ir import Op
 from dln.compiler.passes.global_rows import ROW
-from dln.dsl.diagnostics import Diagnostic, DlnError
 from dln.runtime import distributed
 from dln.runtime.distributed import Communicator, Group, collectives, gradient_group, reduce_means, torch_view
 from dln.runtime.numpy_ops import COMMUNICATOR, np_dtype
@@ -75,17 +73,8 @@ def bucket_caps() -> tuple[int, int]:
 
 def bucket_cap() -> int | None:
     """DLN_BUCKET_MB in bytes, None when it is not set."""
-    text = os.environ.get("DLN_BUCKET_MB")
-    if text is None:
-        return None
-    try:
-        mb = float(text)
-    except ValueError:
-        mb = -1.0
-    if not mb > 0:
-        raise DlnError(Diagnostic("E0720", f"the environment variable DLN_BUCKET_MB={text!r} must be a number "
-                                           "of megabytes > 0"))
-    return max(1, int(mb * 2 ** 20))
+    mb = distributed.env_positive("DLN_BUCKET_MB", None, "megabytes")
+    return None if mb is None else max(1, int(mb * 2 ** 20))
 
 
 def buckets(step: SplitStep, backend: Backend, cap: int = BUCKET_BYTES, first_cap: int | None = None,

@@ -25,7 +25,7 @@ import tempfile
 import time
 from typing import IO, Sequence
 
-from dln.runtime.distributed import DEFAULT_TIMEOUT
+from dln.runtime.distributed import timeout_seconds
 
 # Seconds beyond the collectives' timeout before the survivors of a failure are ended: they were waiting in a
 # collective already, which gives up within the timeout of its own.
@@ -51,7 +51,7 @@ def worker_environment(rank: int, size: int, port: int, base: dict[str, str] | N
 def launch(argv: Sequence[str], nproc: int) -> int:
     """Run `dln *argv` as `nproc` ranks on this machine; the exit status to forward."""
     port = free_port()
-    timeout = float(os.environ.get("DLN_DIST_TIMEOUT", DEFAULT_TIMEOUT))
+    timeout = timeout_seconds()
     procs: list[subprocess.Popen] = []
     errors: list[IO[bytes] | None] = []
 

@@ -222,6 +222,13 @@ def test_a_bad_nproc_is_a_usage_error(sgd_mlp: Path, value: str, capsys):
     assert "--nproc" in capsys.readouterr().err
 
 
+def test_a_bad_timeout_stops_nproc_before_it_starts_a_worker(sgd_mlp: Path, monkeypatch, capsys):
+    monkeypatch.setenv("DLN_DIST_TIMEOUT", "abc")
+    assert dln_main(["train", str(sgd_mlp), "--nproc", "2"]) == 1
+    err = capsys.readouterr().err
+    assert "error[E0720]" in err and "DLN_DIST_TIMEOUT='abc'" in err and "internal error" not in err
+
+
 def test_nproc_under_a_launcher_of_another_size_is_a_usage_error(sgd_mlp: Path, monkeypatch, capsys):
     monkeypatch.setenv("WORLD_SIZE", "3")
     assert dln_main(["train", str(sgd_mlp), "--nproc", "2"]) == 2
@@ -232,6 +239,8 @@ def test_nproc_under_a_launcher_of_another_size_is_a_usage_error(sgd_mlp: Path, 
     ({"WORLD_SIZE": "2", "RANK": "0"}, "MASTER_ADDR, MASTER_PORT are not"),
     ({"WORLD_SIZE": "2", "RANK": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"}, "RANK='2'"),
     ({"WORLD_SIZE": "x"}, "WORLD_SIZE='x'"),
+    ({"WORLD_SIZE": "2", "RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1", "DLN_DIST_TIMEOUT": "soon"},
+     "DLN_DIST_TIMEOUT='soon' must be a number of seconds > 0"),
 ])
 def test_a_broken_environment_is_a_dln_error(environ: dict, message: str):
     with pytest.raises(distributed.DlnError) as e:
@@ -402,7 +411,7 @@ def test_a_small_first_bucket_then_buckets_up_to_the_cap_in_the_order_given(sgd_
     assert gradient_sync.bucket_caps() == (2 ** 19, 2 ** 19)
     monkeypatch.setenv("DLN_BUCKET_MB", "5")
     assert gradient_sync.bucket_caps() == (2 ** 20, 5 * 2 ** 20)
-    for bad in ("0", "-1", "lots"):
+    for bad in ("0", "-1", "lots", "inf"):
         monkeypatch.setenv("DLN_BUCKET_MB", bad)
         with pytest.raises(DlnError, match="DLN_BUCKET_MB"):
             gradient_sync.bucket_cap()
