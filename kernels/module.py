@@ -244,10 +244,19 @@ def _launcher(plan: FusionPlan, kernels: list[KernelSource]) -> list[str]:
             "    communicate = None   # the runtime's (index, tensor): sums the tensor across ranks in place",
         ]
     handovers = _handovers(plan)
+    hand_over: list[str] = []
     if any(handovers):   # the gradients, each as soon as the kernels making it are launched
         lines += [
             f"    handovers = {json.dumps([name for names in handovers for name, _ in names])}",
             "    ready = None   # the runtime's (name, tensor) for each: data parallelism starts its all_reduce",
+        ]
+        hand_over = [
+            "    def _hand_over(self, name, t):",
+            "        if self.ready is not None:",
+            "            self.ready(name, t)",
+            "        if self._tape is not None:   # a replay hands it to the `ready` of its own run",
+            "            self._tape.calls.append(lambda stream: self.ready is not None and self.ready(name, t))",
+            "",
         ]
     lines += [
         "",
@@ -299,7 +308,7 @@ def _launcher(plan: FusionPlan, kernels: list[KernelSource]) -> list[str]:
         "        if self._tape is not None:",
         "            self._tape.calls.append(lambda stream: t.zero_())",
         "",
-
+        *hand_over,
         "    def _cfg(self, name, sizes):",
         "        if name in self.tuned:",
         "            return {}",
@@ -340,16 +349,6 @@ def _launcher(plan: FusionPlan, kernels: list[KernelSource]) -> list[str]:
         "    def launch(self, bufs, sizes):",
         '        """The launcher: the memory plan\'s views, each kernel\'s configuration, grid and launch, in order."""',
     ]
-    if any(handovers):
-        at = lines.index("    def _cfg(self, name, sizes):")
-        lines[at:at] = [
-            "    def _hand_over(self, name, t):",
-            "        if self.ready is not None:",
-            "            self.ready(name, t)",
-            "        if self._tape is not None:   # a replay hands it to the `ready` of its own run",
-            "            self._tape.calls.append(lambda stream: self.ready is not None and self.ready(name, t))",
-            "",
-        ]
     body: list[str] = []
     for s in symbols:
         body.append(f"s_{s} = int(sizes[{json.dumps(s)}])")

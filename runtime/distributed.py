@@ -275,8 +275,10 @@ class Communicator:
             return np.zeros(shape, np_dtype(node.type.dtype))
         import torch
 
-        dtype = {"bf16": torch.bfloat16, "f16": torch.float16, "f32": torch.float32, "f64": torch.float64}
-        return torch.zeros(shape, dtype=dtype[node.type.dtype.value], device=self.device)
+        from dln.kernels.module import TORCH_DTYPES
+
+        dtype = getattr(torch, TORCH_DTYPES[node.type.dtype].removeprefix("torch."))
+        return torch.zeros(shape, dtype=dtype, device=self.device)
 
     def __repr__(self) -> str:   # (the interpreter keys its plans on the env: by identity, this)
         return f"Communicator(rank {self.group.rank} of {self.group.size})"

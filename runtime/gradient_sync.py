@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 import numpy as np
 
 from dln.compiler.ir import Op
+from dln.compiler.naming import GRADIENT
 from dln.compiler.passes.global_rows import ROW
 from dln.runtime import distributed
 from dln.runtime.distributed import Communicator, Group, collectives, gradient_group, reduce_means, torch_view
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
 BUCKET_BYTES = 25 * 2 ** 20
 # DDP's first bucket: small, so that its all_reduce starts early in the backward.
 FIRST_BUCKET_BYTES = 2 ** 20
+
 
 @dataclass
 class Bucket:
@@ -115,12 +117,12 @@ def buckets(step: SplitStep, backend: Backend, cap: int = BUCKET_BYTES, first_ca
 
 def backward_order(prepared: Any) -> list[str]:
     """The parameters in the order a backend that hands outputs over (`hands_over`) makes their gradients."""
-    return [name.removeprefix("grad:") for name in prepared.handover_order() if name.startswith("grad:")]
+    return [name.removeprefix(GRADIENT) for name in prepared.handover_order() if name.startswith(GRADIENT)]
 
 
 def gradient_types(step: SplitStep) -> dict[str, Any]:
     """The type of each gradient the update reads, by parameter name."""
-    return {n.attrs["name"].removeprefix("grad:"): n.type for n in step.update.nodes
+    return {n.attrs["name"].removeprefix(GRADIENT): n.type for n in step.update.nodes
             if n.op is Op.INPUT and n.attrs["role"] == "grad"}
 
 
@@ -142,21 +144,21 @@ class GradientSync:
         # The loss and metrics' sums travel in the last bucket, after its gradients (one all_reduce less a
         # step: the MLP's 2-process step 6.97 -> 5.83 ms over gloo, benchmarks/distributed.py).
         self.names = ["loss", *step.metrics]
-        if self.overlaps:   # the buckets fill in the order the backward computes the gradients
-            first, cap = bucket_caps()
-            self.buckets = buckets(step, backend, cap, first, backward_order(self.gradients), len(self.names))
-        else:   # all at the end: as few all_reduce calls as can be
-            self.buckets = buckets(step, backend, bucket_cap() or BUCKET_BYTES, extra=len(self.names))
+        # Overlapping, the buckets fill in the order the backward computes the gradients, the first small;
+        # else all start at the end: as few all_reduce calls as can be.
+        first, cap = bucket_caps()
+        order = backward_order(self.gradients) if self.overlaps else None
+        self.buckets = buckets(step, backend, cap, first if self.overlaps else None, order, len(self.names))
         # The update reads the averaged gradients where the all_reduce left them: persistent inputs (tensors
         # of their own over the same memory: a backend may move them, as the Triton backend lays the inputs of
         # a multi-tensor kernel out back to back; `_bind` then follows them).
         grads = {name: _view(view) for b in self.buckets for name, view in b.views.items()}
-        self.update = backend.prepare(step.update, {**persistent, **{f"grad:{k}": v for k, v in grads.items()}},
+        self.update = backend.prepare(step.update, {**persistent, **{GRADIENT + k: v for k, v in grads.items()}},
                                       step.update_donate or {})
         for b in self.buckets:
             _bind(b, grads)
         self.views = {name: view for b in self.buckets for name, view in b.views.items()}
-        self.bucket_of = {f"grad:{name}": b for b in self.buckets for name in b.views}
+        self.bucket_of = {GRADIENT + name: b for b in self.buckets for name in b.views}
         self.weight = 1.0
         self.started = 0   # buckets whose all_reduce has started, this step
         # The bucket the sums travel in: the last, unless a backend moved it (`_bind`) or its element type is
@@ -229,7 +231,7 @@ class GradientSync:
         bucket = self.bucket_of.get(name)
         if bucket is None:
             return
-        _scaled_copy(bucket.views[name.removeprefix("grad:")], array, self.weight)
+        _scaled_copy(bucket.views[name.removeprefix(GRADIENT)], array, self.weight)
         bucket.waiting -= 1
         if bucket.waiting == 0:
             self._start()

@@ -227,12 +227,14 @@ class _Plan:
         places = [order[n.id] for n in self.step_nodes]
         handovers: list[list[tuple[str, np.ndarray]]] = [[] for _ in range(len(self.steps) + 1)]
         copied = {o for o, i in exe.donate.items() if i in exe.persistent}
-        for (name, array), (_, node_id) in sorted(zip(self.outputs, graph.outputs), key=lambda o: order[o[1][1]]):
+        arrays = dict(self.outputs)
+        for name in exe.handover_order():
             if name in copied and self.copies:
                 k = len(self.steps)
             else:
-                k = max(bisect.bisect_right(places, order[node_id]), last_write.get(id(_memory(array)), -1) + 1)
-            handovers[k].append((name, array))
+                k = max(bisect.bisect_right(places, order[graph.output(name).id]),
+                        last_write.get(id(_memory(arrays[name])), -1) + 1)
+            handovers[k].append((name, arrays[name]))
         return handovers
 
     def _buffer(self, n: Node, pool: dict, owned: set, type_: TensorType | None = None,
